@@ -1,0 +1,278 @@
+/*
+** fla.h -- the public C API of fla in C, and its manual.
+**
+** fla in C runs linear-attention token mixers (GLA, Gated DeltaNet, RetNet, ...)
+** described as Lua recipes. A recipe is loaded once (fla_recipe_load), bound to
+** shapes (fla_op_bind), and run forward and backward on tensors (fla_op_forward,
+** fla_op_backward).
+**
+** Conventions that hold for every function here:
+**   - Every call that can fail returns an fla_status. FLA_OK is 0. On failure the
+**     context keeps a detailed message, read with fla_errmsg(ctx), until the next
+**     failing call on that context. The library never prints and never exits.
+**   - An object returned through an `out` pointer is owned by the caller and freed
+**     with its matching *_free function. On failure *out is set to NULL.
+**   - Pointers passed in are borrowed for the duration of the call unless a
+**     function says otherwise.
+**   - Layout is seq-first: sequences are [B, T, H, D], per-head gates [B, T, H],
+**     per-key gates [B, T, H, K], states [N, H, K, V]. Gates are natural-log decays.
+**   - A context is not thread-safe: use one context per thread.
+*/
+#ifndef FLA_H
+#define FLA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FLA_VERSION "0.1.0"
+
+/* ------------------------------------------------------------------ status */
+
+typedef enum fla_status {
+  FLA_OK = 0,
+  FLA_ERROR,        /* internal error: a bug, please report the message     */
+  FLA_NOMEM,        /* an allocation failed                                 */
+  FLA_INVALID,      /* a bad argument: NULL where an object is needed, a
+                       negative size, an unknown name, a wrong dtype        */
+  FLA_SHAPE,        /* a tensor's shape does not match what the op expects  */
+  FLA_RECIPE,       /* a recipe failed to load or validate                  */
+  FLA_IO,           /* a file could not be opened, read or written          */
+  FLA_FORMAT,       /* a file is malformed (safetensors header, ...)        */
+  FLA_UNSUPPORTED,  /* valid, but not implemented for this backend/dtype    */
+  FLA_NODEVICE      /* the requested backend is not available here          */
+} fla_status;
+
+/* A static, one-line description of a status code ("shape mismatch", ...).
+** Never NULL; unknown codes give "unknown status". */
+const char *fla_errstr(fla_status status);
+
+/* ----------------------------------------------------------------- context */
+
+typedef struct fla_ctx fla_ctx;
+
+typedef enum fla_backend {
+  FLA_BACKEND_AUTO = 0,  /* the best available: a GPU when present, else the CPU */
+  FLA_BACKEND_CPU,
+  FLA_BACKEND_CUDA,
+  FLA_BACKEND_HIP
+} fla_backend;
+
+/* Creates a context for `backend`. The CPU backend is always available;
+** FLA_NODEVICE when a GPU backend is asked for and none is present (in this
+** version only the CPU backend exists, so AUTO gives the CPU).
+** *out is freed with fla_ctx_free. */
+fla_status fla_ctx_create(fla_backend backend, fla_ctx **out);
+
+/* Frees a context. NULL is allowed. Objects created from it (recipes, ops,
+** tensors) must be freed before it. */
+void fla_ctx_free(fla_ctx *ctx);
+
+/* The detailed message of the last failing call on ctx ("" when none).
+** Owned by the context; valid until the next call on it. NULL ctx gives a
+** static message. */
+const char *fla_errmsg(const fla_ctx *ctx);
+
+/* The backend the context runs on (never AUTO). */
+fla_backend fla_ctx_backend(const fla_ctx *ctx);
+
+/* Number of CPU threads used over (sequence, head) pairs. 0 (the default)
+** means the number of online processors. */
+fla_status fla_ctx_set_threads(fla_ctx *ctx, int nthreads);
+
+/* ----------------------------------------------------------------- tensors */
+
+typedef enum fla_dtype {
+  FLA_F32 = 0,
+  FLA_F64,   /* CPU only: used by the float64 reference checks */
+  FLA_BF16,
+  FLA_F16,
+  FLA_I32,
+  FLA_I64
+} fla_dtype;
+
+#define FLA_MAX_DIMS 8
+
+typedef struct fla_tensor fla_tensor;
+
+/* Size in bytes of one element of dtype (0 for an invalid dtype). */
+size_t fla_dtype_size(fla_dtype dtype);
+/* "f32", "bf16", ... ; "?" for an invalid dtype. */
+const char *fla_dtype_name(fla_dtype dtype);
+
+/* Allocates a zero-filled tensor of the given dtype and shape in the context's
+** memory (host memory for the CPU backend). ndim is 0..FLA_MAX_DIMS; every
+** dimension must be >= 0. Freed with fla_tensor_free. */
+fla_status fla_tensor_new(fla_ctx *ctx, fla_dtype dtype, int ndim,
+                          const int64_t *shape, fla_tensor **out);
+
+/* Wraps caller-owned memory `data` (host memory, contiguous, row-major) as a
+** tensor without copying. The memory must outlive the tensor; fla_tensor_free
+** frees only the wrapper. */
+fla_status fla_tensor_wrap(fla_ctx *ctx, fla_dtype dtype, int ndim,
+                           const int64_t *shape, void *data, fla_tensor **out);
+
+/* Frees a tensor (and its memory unless wrapped). NULL is allowed. */
+void fla_tensor_free(fla_tensor *t);
+
+fla_dtype      fla_tensor_dtype(const fla_tensor *t);
+int            fla_tensor_ndim(const fla_tensor *t);
+const int64_t *fla_tensor_shape(const fla_tensor *t);  /* ndim entries */
+int64_t        fla_tensor_numel(const fla_tensor *t);
+void          *fla_tensor_data(fla_tensor *t);         /* host pointer */
+
+/* Copies n elements from src (of dtype src_dtype) into t, converting. n must
+** equal the tensor's numel. Float dtypes convert to each other (round to
+** nearest even); integer dtypes only to integer dtypes. */
+fla_status fla_tensor_copy_from(fla_ctx *ctx, fla_tensor *t, const void *src,
+                                fla_dtype src_dtype, int64_t n);
+/* Copies the tensor's elements into dst as dst_dtype (n == numel). */
+fla_status fla_tensor_copy_to(fla_ctx *ctx, const fla_tensor *t, void *dst,
+                              fla_dtype dst_dtype, int64_t n);
+/* Sets every element to value (converted to the tensor's dtype); NaN poisons. */
+fla_status fla_tensor_fill(fla_ctx *ctx, fla_tensor *t, double value);
+
+/* ----------------------------------------------------------------- recipes */
+
+typedef struct fla_recipe fla_recipe;
+
+/* Loads and validates the recipe in the Lua file at `path` (evaluated once, in
+** a sandbox without os, io, require or load). On FLA_RECIPE, fla_errmsg says
+** the file, the line where it can be told, and the key that was wrong. */
+fla_status fla_recipe_load(fla_ctx *ctx, const char *path, fla_recipe **out);
+
+/* Same, from a string; `chunkname` names it in messages (e.g. "my.lua"). */
+fla_status fla_recipe_load_string(fla_ctx *ctx, const char *chunkname,
+                                  const char *source, fla_recipe **out);
+
+/* Finds a shipped or user recipe by name ("gla" -> gla.lua) along the search
+** path: the FLA_RECIPE_PATH environment variable (directories separated by
+** ':'), then the recipes directory of the source tree this library was built
+** from. FLA_INVALID when no file is found. */
+fla_status fla_recipe_find(fla_ctx *ctx, const char *name, fla_recipe **out);
+
+void fla_recipe_free(fla_recipe *r);
+
+/* The recipe's name as declared (`recipe "gla" {...}`); owned by r. */
+const char *fla_recipe_name(const fla_recipe *r);
+/* The file it came from (or the chunkname); owned by r. */
+const char *fla_recipe_source(const fla_recipe *r);
+/* One line of documentation from the recipe's `doc` key ("" when none). */
+const char *fla_recipe_doc(const fla_recipe *r);
+
+/* The tensors the recipe takes, in declaration order. i in [0, n). The
+** layout string uses B, T, H, K, V (e.g. "BTHK", "BTH", "HK"). */
+int         fla_recipe_num_inputs(const fla_recipe *r);
+const char *fla_recipe_input_name(const fla_recipe *r, int i);
+const char *fla_recipe_input_layout(const fla_recipe *r, int i);
+/* Whether fla_op_backward produces a gradient for input i (a recipe's
+** constant decay, for example, has none). */
+int         fla_recipe_input_has_grad(const fla_recipe *r, int i);
+
+/* Lists the names of the shipped recipes (the *.lua files of the built-in
+** recipes directory), sorted. Returns how many; writes at most `cap` pointers
+** to static strings into names (names may be NULL to count). */
+int fla_recipe_list_builtin(const char **names, int cap);
+
+/* -------------------------------------------------------------------- ops */
+
+typedef struct fla_op fla_op;
+
+typedef enum fla_algo {
+  FLA_ALGO_AUTO = 0,    /* chunked for T > 1, recurrent for T == 1            */
+  FLA_ALGO_CHUNK,       /* the chunkwise-parallel algorithm of the family     */
+  FLA_ALGO_RECURRENT    /* token by token: the oracle (float64 on the CPU)    */
+} fla_algo;
+
+#define FLA_MAX_PARAMS 8
+
+/* What an op is bound to. Zero-initialise, then set the shape. */
+typedef struct fla_op_config {
+  int64_t B, T, H, K, V;   /* batch, time, heads, key dim, value dim (inputs) */
+  int64_t num_seqs;        /* > 0: variable-length batch of num_seqs sequences
+                              packed along T (B must be 1; cu_seqlens given at
+                              run time). 0: dense batch of B sequences.       */
+  double scale;            /* 0: the recipe's default (K^-0.5 unless set)     */
+  int chunk_size;          /* 0: the recipe's default (64)                    */
+  fla_algo algo;
+  /* Named recipe parameters (e.g. lightning_attn's layer_idx); names must be
+  ** declared in the recipe's `params`; unset ones keep the recipe default. */
+  int num_params;
+  const char *param_names[FLA_MAX_PARAMS];
+  double param_values[FLA_MAX_PARAMS];
+} fla_op_config;
+
+/* Binds recipe r to a shape. FLA_SHAPE for impossible shapes (a feature map
+** that needs K > 0, a varlen batch with B != 1, ...); FLA_INVALID for an
+** unknown parameter. The op keeps a reference to r: free the op first. */
+fla_status fla_op_bind(fla_ctx *ctx, const fla_recipe *r,
+                       const fla_op_config *cfg, fla_op **out);
+void fla_op_free(fla_op *op);
+
+/* The key dimension of the state (K, or the feature map's output size). */
+int64_t fla_op_state_k(const fla_op *op);
+/* The number of sequences N (B for dense batches). */
+int64_t fla_op_num_seqs(const fla_op *op);
+
+/* A named tensor argument. Inputs use the recipe's input names plus
+** "h0" (initial state [N, H, Ks, V], optional) and "cu_seqlens" (int32 or
+** int64 [N+1], varlen ops only: 0 first, T last, non-decreasing). */
+typedef struct fla_arg {
+  const char *name;
+  fla_tensor *tensor;
+} fla_arg;
+
+/* Forward: o [B, T, H, V] and, when ht is not NULL, the final state
+** [N, H, Ks, V]. Inputs may be f32, f64, bf16 or f16 (converted); o and ht
+** may be any float dtype. Missing or extra inputs are FLA_INVALID, shapes
+** that differ from the binding FLA_SHAPE; on error o and ht are untouched. */
+fla_status fla_op_forward(fla_op *op, const fla_arg *inputs, int num_inputs,
+                          fla_tensor *o, fla_tensor *ht);
+
+/* Backward of L = sum(o * d_o) + sum(ht * dht), recomputing the forward.
+** dht may be NULL (zero). grads names gradients as "d" + input name ("dq",
+** "dk", "dg", "dbeta", "dh0", ...); each given tensor must have the input's
+** shape and receives the gradient (overwritten, not accumulated). Gradients
+** not asked for are not written. On error nothing is written. */
+fla_status fla_op_backward(fla_op *op, const fla_arg *inputs, int num_inputs,
+                           const fla_tensor *d_o, const fla_tensor *dht,
+                           const fla_arg *grads, int num_grads);
+
+/* ------------------------------------------------------------ safetensors */
+
+typedef struct fla_safetensors fla_safetensors;
+
+/* Opens and validates a safetensors file (header JSON, dtypes, shapes, data
+** offsets inside the file, no overlaps). FLA_IO when it cannot be read,
+** FLA_FORMAT with the reason and the tensor name when it is malformed. */
+fla_status fla_safetensors_open(fla_ctx *ctx, const char *path,
+                                fla_safetensors **out);
+/* Same, over a buffer of n bytes (copied). */
+fla_status fla_safetensors_open_buffer(fla_ctx *ctx, const void *data,
+                                       size_t n, fla_safetensors **out);
+void fla_safetensors_free(fla_safetensors *st);
+
+int         fla_safetensors_count(const fla_safetensors *st);
+const char *fla_safetensors_name(const fla_safetensors *st, int i);
+/* Index of the tensor called name, or -1. */
+int         fla_safetensors_find(const fla_safetensors *st, const char *name);
+
+/* Loads tensor `name` as a new tensor (converted to dtype; pass -1 to keep the
+** file's dtype). FLA_INVALID when absent; FLA_UNSUPPORTED for a dtype this
+** library does not convert (e.g. F8). */
+fla_status fla_safetensors_load(fla_ctx *ctx, const fla_safetensors *st,
+                                const char *name, int dtype, fla_tensor **out);
+
+/* Writes tensors (names[i], tensors[i]) to path atomically (a temporary file
+** renamed into place), so a failed write never harms an existing file. */
+fla_status fla_safetensors_save(fla_ctx *ctx, const char *path, int n,
+                                const char *const *names,
+                                const fla_tensor *const *tensors);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* FLA_H */

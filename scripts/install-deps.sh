@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the build needs, when they are missing.
+# Runs as root (or with sudo available). The CUDA toolkit is optional and not installed here.
+set -euo pipefail
+
+need=()
+have_file() { [ -e "$1" ]; }
+have_file /usr/lib/x86_64-linux-gnu/libluajit-5.1.a || need+=(libluajit-5.1-dev)
+have_file /usr/include/jansson.h                     || need+=(libjansson-dev)
+have_file /usr/lib/x86_64-linux-gnu/libcheck.a       || need+=(check)
+have_file /usr/lib/x86_64-linux-gnu/libsubunit.a     || need+=(libsubunit-dev)
+have_file /usr/include/x86_64-linux-gnu/openblas-pthread/cblas.h|| need+=(libopenblas-dev)
+have_file /usr/include/sqlite3.h                     || need+=(libsqlite3-dev)
+command -v cmake >/dev/null                          || need+=(cmake)
+command -v gcc >/dev/null                            || need+=(gcc)
+command -v make >/dev/null                           || need+=(make)
+command -v pkg-config >/dev/null                     || need+=(pkg-config)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "install-deps: installing ${need[*]}"
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"

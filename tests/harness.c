@@ -1,0 +1,90 @@
+/*
+** harness.c -- helpers shared by the Check suites.
+*/
+#include "harness.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+const char *th_shared_path(const char *rel) {
+  static char buf[4096];
+  const char *dir = getenv("FLA_SHARED_DIR");
+  snprintf(buf, sizeof buf, "%s/%s", dir && *dir ? dir : FLA_SHARED_DIR, rel);
+  return buf;
+}
+
+const char *th_source_path(const char *rel) {
+  static char buf[4096];
+  snprintf(buf, sizeof buf, "%s/%s", FLA_SOURCE_DIR, rel);
+  return buf;
+}
+
+void th_seed(th_rng *r, uint64_t seed) { r->s = seed * 2685821657736338717ull + 1; }
+
+static uint64_t th_next_(th_rng *r) {
+  r->s ^= r->s >> 12;
+  r->s ^= r->s << 25;
+  r->s ^= r->s >> 27;
+  return r->s * 2685821657736338717ull;
+}
+
+double th_uniform(th_rng *r) { return (double)(th_next_(r) >> 11) * (1.0 / 9007199254740992.0); }
+
+double th_normal(th_rng *r) {
+  double u1 = th_uniform(r), u2 = th_uniform(r);
+  if (u1 < 1e-300) u1 = 1e-300;
+  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+void th_fill_normal(th_rng *r, double *x, int64_t n, double stddev) {
+  for (int64_t i = 0; i < n; i++) x[i] = stddev * th_normal(r);
+}
+
+void th_fill_logsigmoid(th_rng *r, double *x, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    double z = th_normal(r);
+    x[i] = z >= 0 ? -log1p(exp(-z)) : z - log1p(exp(z));
+  }
+}
+
+double th_rel_rms_f64(const double *a, const double *b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double d = a[i] - b[i];
+    num += d * d;
+    den += b[i] * b[i];
+  }
+  if (den == 0) return num == 0 ? 0 : 1;
+  return sqrt(num / den);
+}
+
+double th_rel_rms_f32(const float *a, const float *b, int64_t n) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double d = (double)a[i] - (double)b[i];
+    num += d * d;
+    den += (double)b[i] * b[i];
+  }
+  if (den == 0) return num == 0 ? 0 : 1;
+  return sqrt(num / den);
+}
+
+int th_any_nan_f32(const float *a, int64_t n) {
+  for (int64_t i = 0; i < n; i++)
+    if (isnan(a[i])) return 1;
+  return 0;
+}
+
+int th_quick(void) {
+  const char *q = getenv("FLA_TEST_QUICK");
+  return q && *q && strcmp(q, "0") != 0;
+}
+
+int th_run_suite(Suite *s) {
+  SRunner *sr = srunner_create(s);
+  srunner_run_all(sr, CK_NORMAL);
+  int failed = srunner_ntests_failed(sr);
+  srunner_free(sr);
+  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,38 @@
+/*
+** harness.h -- helpers shared by the Check suites.
+*/
+#ifndef FLA_TEST_HARNESS_H
+#define FLA_TEST_HARNESS_H
+
+#include <check.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "fla.h"
+
+/* Path of a file under ../shared (FLA_SHARED_DIR, or $FLA_SHARED_DIR when set). */
+const char *th_shared_path(const char *rel);
+/* Path of a file in the source tree (FLA_SOURCE_DIR). */
+const char *th_source_path(const char *rel);
+
+/* Deterministic random numbers (xorshift64*), per-test seeded. */
+typedef struct { uint64_t s; } th_rng;
+void   th_seed(th_rng *r, uint64_t seed);
+double th_uniform(th_rng *r);        /* [0, 1) */
+double th_normal(th_rng *r);         /* standard normal */
+void   th_fill_normal(th_rng *r, double *x, int64_t n, double stddev);
+/* log(sigmoid(x)) of normals: typical natural-log gates in (-inf, 0). */
+void   th_fill_logsigmoid(th_rng *r, double *x, int64_t n);
+
+/* ||a - b|| / ||b|| (0 when both are zero; 1 when only b is zero). */
+double th_rel_rms_f64(const double *a, const double *b, int64_t n);
+double th_rel_rms_f32(const float *a, const float *b, int64_t n);
+int    th_any_nan_f32(const float *a, int64_t n);
+
+/* FLA_TEST_QUICK set in the environment: smaller loops (sanitizer builds). */
+int th_quick(void);
+
+/* Runs a suite with CK_NORMAL output; returns the process exit code. */
+int th_run_suite(Suite *s);
+
+#endif
