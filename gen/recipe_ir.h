@@ -77,7 +77,8 @@ typedef struct fla_ir {
   char name[FLA_IR_NAME_MAX];
   char doc[256];
   int num_inputs;
-  fla_ir_input inputs[FLA_IR_MAX_INPUTS];  /* declaration order */
+  fla_ir_input inputs[FLA_IR_MAX_INPUTS];  /* role order: query, key, value,
+                                              probe, decay, rate, bonus */
 
   /* Index into inputs[] for each role, -1 when absent. */
   int query, key, value, probe, decay_input, rate, bonus;
@@ -94,7 +95,8 @@ typedef struct fla_ir {
   int num_params;
   fla_ir_param params[8];
   /* Constant decay: the loader evaluates the recipe's gamma function for
-  ** (h, H, params) through this callback (NULL unless decay == CONST). */
+  ** (h, H, params) through this callback (NULL unless decay == CONST). It
+  ** returns 0, or -1 with a message in err. */
   int (*const_decay)(void *state, int h, int H, const double *params,
                      int num_params, double *gamma, char *err, int errlen);
   void *const_decay_state;

@@ -163,13 +163,14 @@ const char *fla_recipe_source(const fla_recipe *r);
 /* One line of documentation from the recipe's `doc` key ("" when none). */
 const char *fla_recipe_doc(const fla_recipe *r);
 
-/* The tensors the recipe takes, in declaration order. i in [0, n). The
+/* The tensors the recipe takes, in the canonical role order (query, key,
+** value, probe, decay, rate, bonus). i in [0, n). The
 ** layout string uses B, T, H, K, V (e.g. "BTHK", "BTH", "HK"). */
 int         fla_recipe_num_inputs(const fla_recipe *r);
 const char *fla_recipe_input_name(const fla_recipe *r, int i);
 const char *fla_recipe_input_layout(const fla_recipe *r, int i);
-/* Whether fla_op_backward produces a gradient for input i (a recipe's
-** constant decay, for example, has none). */
+/* Whether fla_op_backward produces a gradient for input i (1 for every
+** input today; a constant decay is part of the recipe, not an input). */
 int         fla_recipe_input_has_grad(const fla_recipe *r, int i);
 
 /* Lists the names of the shipped recipes (the *.lua files of the built-in

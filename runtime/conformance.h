@@ -1,0 +1,31 @@
+/*
+** conformance.h -- running a recipe on a conformance case and comparing every
+** output, final state and gradient with the reference (fla-check, tests).
+*/
+#ifndef FLA_CONFORMANCE_H
+#define FLA_CONFORMANCE_H
+
+#include "fla.h"
+
+typedef struct fla_check_row {
+  char tensor[64];    /* "o", "ht", "dq", ..., "g (const decay)" */
+  double rel_rms;     /* ||ours - ref|| / ||ref||                */
+  double tol;
+} fla_check_row;
+
+#define FLA_CHECK_MAX_ROWS 24
+
+/* Runs case `name` of st (tensors "<name>.in.<x>", "<name>.out.o",
+** "<name>.out.ht", "<name>.grad.d<x>", as in shared/conformance/README.md)
+** through recipe r with algorithm algo, writing one row per compared tensor.
+** A decay input may be stored as in.g or in.gk. FLA_INVALID when the case
+** does not fit the recipe (missing input, unknown extra input). */
+fla_status fla_check_case(fla_ctx *ctx, const fla_recipe *r, const fla_safetensors *st,
+                          const char *name, fla_algo algo, double tol,
+                          fla_check_row *rows, int *nrows);
+
+/* Names of the cases in st (the prefixes of "<case>.out.o"), in file order;
+** returns how many, writing at most cap of them into names. */
+int fla_check_list_cases(const fla_safetensors *st, char (*names)[64], int cap);
+
+#endif
