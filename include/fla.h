@@ -256,6 +256,8 @@ fla_status fla_safetensors_open_buffer(fla_ctx *ctx, const void *data,
                                        size_t n, fla_safetensors **out);
 void fla_safetensors_free(fla_safetensors *st);
 
+/* Number of tensors, and the name of tensor i (names in strcmp order).
+** Duplicate names in a file are FLA_FORMAT at open. */
 int         fla_safetensors_count(const fla_safetensors *st);
 const char *fla_safetensors_name(const fla_safetensors *st, int i);
 /* Index of the tensor called name, or -1. */
@@ -263,12 +265,16 @@ int         fla_safetensors_find(const fla_safetensors *st, const char *name);
 
 /* Loads tensor `name` as a new tensor (converted to dtype; pass -1 to keep the
 ** file's dtype). FLA_INVALID when absent; FLA_UNSUPPORTED for a dtype this
-** library does not convert (e.g. F8). */
+** library does not convert (e.g. F8), or a conversion between float and
+** integer dtypes. */
 fla_status fla_safetensors_load(fla_ctx *ctx, const fla_safetensors *st,
                                 const char *name, int dtype, fla_tensor **out);
 
 /* Writes tensors (names[i], tensors[i]) to path atomically (a temporary file
-** renamed into place), so a failed write never harms an existing file. */
+** renamed into place), so a failed write never harms an existing file.
+** Tensors are laid out back to back, largest element size first, then by
+** name, with __metadata__ {"format": "pt"}: the layout Hugging Face's
+** safetensors library writes and requires. */
 fla_status fla_safetensors_save(fla_ctx *ctx, const char *path, int n,
                                 const char *const *names,
                                 const fla_tensor *const *tensors);

@@ -262,65 +262,100 @@ static fla_status sequence_offsets_(const fla_op *op, const op_args *a, int64_t 
 
 /* --------------------------------------------------------- prepared inputs */
 
-/* Everything one call needs in float64: the recipe inputs as given (raw), and
-** the core's inputs after feature maps, derived keys and constant decays. */
+/* Everything one call needs, in the dtype the algorithm computes in (the
+** "work" dtype: float64 for the recurrent oracle, float32 for the chunked
+** form): the recipe inputs as given (raw; aliases of the caller's memory when
+** the dtypes already agree) and the core's inputs after feature maps, derived
+** keys and constant decays, plus the core's outputs and gradients. */
 typedef struct {
-  double *raw[FLA_IR_MAX_INPUTS];
-  double *q, *k, *p, *g, *h0;     /* owned when they differ from raw[] */
-  int q_owned, k_owned, p_owned, g_owned;
+  fla_dtype work;
+  size_t esz;
+  void *owned[40];
+  int nowned;
+  const void *raw[FLA_IR_MAX_INPUTS];
+  const void *q, *k, *p, *v, *g, *beta, *bonus, *h0, *d_o, *dht;
+  void *o, *ht, *dq, *dk, *dv, *dp, *dg, *dbeta, *dbonus, *dh0;
   int64_t *cu;
   fla_core_spec spec;
-  fla_core_f64 io;
-  double *scratch[24];            /* outputs and gradients of the core */
-  int nscratch;
 } prepared;
 
 static void prepared_free_(prepared *pp) {
-  for (int i = 0; i < FLA_IR_MAX_INPUTS; i++) free(pp->raw[i]);
-  if (pp->q_owned) free(pp->q);
-  if (pp->k_owned) free(pp->k);
-  if (pp->p_owned) free(pp->p);
-  if (pp->g_owned) free(pp->g);
-  free(pp->h0);
+  for (int i = 0; i < pp->nowned; i++) free(pp->owned[i]);
   free(pp->cu);
-  for (int i = 0; i < pp->nscratch; i++) free(pp->scratch[i]);
   memset(pp, 0, sizeof *pp);
 }
 
-static double *scratch_(prepared *pp, int64_t n) {
-  if (pp->nscratch >= (int)(sizeof pp->scratch / sizeof pp->scratch[0])) return NULL;
-  double *x = calloc((size_t)(n > 0 ? n : 1), sizeof(double));
-  if (x) pp->scratch[pp->nscratch++] = x;
+/* A zeroed buffer of n work-dtype elements, freed with pp. */
+static void *alloc_(prepared *pp, int64_t n) {
+  if (pp->nowned >= (int)(sizeof pp->owned / sizeof pp->owned[0])) return NULL;
+  void *x = calloc((size_t)(n > 0 ? n : 1), pp->esz);
+  if (x) pp->owned[pp->nowned++] = x;
   return x;
 }
 
-static double *to_f64_(const fla_tensor *t) {
-  double *x = malloc(sizeof(double) * (size_t)(t->numel > 0 ? t->numel : 1));
-  if (x && fla_convert(x, FLA_F64, t->data, t->dtype, t->numel) != 0) {
-    free(x);
-    return NULL;
-  }
+/* The tensor's data in the work dtype: the tensor itself when it already is. */
+static const void *load_(prepared *pp, const fla_tensor *t) {
+  if (t->dtype == pp->work) return t->data;
+  void *x = alloc_(pp, t->numel);
+  if (x) fla_convert(x, pp->work, t->data, t->dtype, t->numel);
   return x;
 }
 
-/* q, k, p through their feature maps (identity maps alias the raw input). */
-static int apply_feature_(fla_ir_feature f, int64_t rows, int64_t d, double *raw, double **out,
-                          int *owned) {
-  if (f == FLA_FEATURE_IDENTITY) {
-    *out = raw, *owned = 0;
-    return 0;
+static const char *at_(const void *base, int64_t elem, size_t esz) {
+  return (const char *)base + (size_t)elem * esz;
+}
+
+/* y = phi(x) row by row, through float64 whatever the work dtype. */
+static int feature_forward_(prepared *pp, fla_ir_feature f, int64_t rows, int64_t d,
+                            const void *x, void *y) {
+  int64_t dout = fla_feature_dim(f, d);
+  double *bx = malloc(sizeof(double) * (size_t)(d + dout));
+  if (!bx) return -1;
+  for (int64_t r = 0; r < rows; r++) {
+    fla_convert(bx, FLA_F64, at_(x, r * d, pp->esz), pp->work, d);
+    fla_feature_forward(f, 1, d, bx, bx + d);
+    fla_convert((char *)y + (size_t)(r * dout) * pp->esz, pp->work, bx + d, FLA_F64, dout);
   }
-  *out = malloc(sizeof(double) * (size_t)(rows * fla_feature_dim(f, d)));
-  if (!*out) return -1;
-  *owned = 1;
-  fla_feature_forward(f, rows, d, raw, *out);
+  free(bx);
   return 0;
 }
 
-static fla_status prepare_(const fla_op *op, const op_args *a, prepared *pp) {
+/* The core's q, k or p: the raw input through its feature map. */
+static const void *featured_(prepared *pp, fla_ir_feature f, int64_t rows, int64_t d, const void *raw) {
+  if (f == FLA_FEATURE_IDENTITY) return raw;
+  void *y = alloc_(pp, rows * fla_feature_dim(f, d));
+  if (!y || feature_forward_(pp, f, rows, d, raw, y)) return NULL;
+  return y;
+}
+
+/* HGRN2: k_t = 1 - exp(gk_t), so forgetting and writing share one gate. */
+static const void *key_from_decay_(prepared *pp, int64_t n, const void *gk) {
+  void *k = alloc_(pp, n);
+  if (!k) return NULL;
+  for (int64_t i = 0; i < n; i++) {
+    double g;
+    fla_convert(&g, FLA_F64, at_(gk, i, pp->esz), pp->work, 1);
+    g = -expm1(g);
+    fla_convert((char *)k + (size_t)i * pp->esz, pp->work, &g, FLA_F64, 1);
+  }
+  return k;
+}
+
+/* A constant per-head decay, broadcast over tokens as a scalar gate. */
+static const void *const_decay_(prepared *pp, int64_t tokens, int64_t H, const double *gamma) {
+  char *g = alloc_(pp, tokens * H);
+  if (!g) return NULL;
+  for (int64_t t = 0; t < tokens; t++)
+    fla_convert(g + (size_t)(t * H) * pp->esz, pp->work, gamma, FLA_F64, H);
+  return g;
+}
+
+static fla_status prepare_(const fla_op *op, const op_args *a, fla_dtype work, prepared *pp) {
   const fla_ir *ir = op->ir;
   int64_t rows = op->tokens * op->H;
   memset(pp, 0, sizeof *pp);
+  pp->work = work;
+  pp->esz = fla_dtype_size(work);
   pp->cu = calloc((size_t)(op->N + 1), sizeof(int64_t));
   if (!pp->cu) goto nomem;
   fla_status st = sequence_offsets_(op, a, pp->cu);
@@ -329,30 +364,22 @@ static fla_status prepare_(const fla_op *op, const op_args *a, prepared *pp) {
     return st;
   }
   for (int i = 0; i < ir->num_inputs; i++)
-    if (!(pp->raw[i] = to_f64_(a->in[i]))) goto nomem;
-  if (a->h0 && !(pp->h0 = to_f64_(a->h0))) goto nomem;
-
-  if (apply_feature_(ir->feature_q, rows, op->K, pp->raw[ir->query], &pp->q, &pp->q_owned)) goto nomem;
-  if (ir->key_from_decay) {
-    /* HGRN2: k_t = 1 - exp(gk_t), so forgetting and writing share one gate. */
-    const double *gk = pp->raw[ir->decay_input];
-    if (!(pp->k = malloc(sizeof(double) * (size_t)(rows * op->K)))) goto nomem;
-    pp->k_owned = 1;
-    for (int64_t i = 0; i < rows * op->K; i++) pp->k[i] = -expm1(gk[i]);
-  } else if (apply_feature_(ir->feature_k, rows, op->K, pp->raw[ir->key], &pp->k, &pp->k_owned)) {
-    goto nomem;
-  }
-  if (ir->probe >= 0 &&
-      apply_feature_(ir->feature_k, rows, op->K, pp->raw[ir->probe], &pp->p, &pp->p_owned))
+    if (!(pp->raw[i] = load_(pp, a->in[i]))) goto nomem;
+  if (a->h0 && !(pp->h0 = load_(pp, a->h0))) goto nomem;
+  if (!(pp->q = featured_(pp, ir->feature_q, rows, op->K, pp->raw[ir->query]))) goto nomem;
+  pp->k = ir->key_from_decay ? key_from_decay_(pp, rows * op->K, pp->raw[ir->decay_input])
+                             : featured_(pp, ir->feature_k, rows, op->K, pp->raw[ir->key]);
+  if (!pp->k) goto nomem;
+  if (ir->probe >= 0 && !(pp->p = featured_(pp, ir->feature_k, rows, op->K, pp->raw[ir->probe])))
     goto nomem;
   if (ir->decay == FLA_DECAY_CONST) {
-    if (!(pp->g = malloc(sizeof(double) * (size_t)(rows > 0 ? rows : 1)))) goto nomem;
-    pp->g_owned = 1;
-    for (int64_t t = 0; t < op->tokens; t++)
-      for (int64_t h = 0; h < op->H; h++) pp->g[t * op->H + h] = op->gamma[h];
+    if (!(pp->g = const_decay_(pp, op->tokens, op->H, op->gamma))) goto nomem;
   } else if (ir->decay != FLA_DECAY_NONE) {
     pp->g = pp->raw[ir->decay_input];
   }
+  pp->v = pp->raw[ir->value];
+  pp->beta = ir->rate >= 0 ? pp->raw[ir->rate] : NULL;
+  pp->bonus = ir->bonus >= 0 ? pp->raw[ir->bonus] : NULL;
 
   fla_core_spec *s = &pp->spec;
   s->decay = ir->decay == FLA_DECAY_NONE ? FLA_CORE_DECAY_NONE
@@ -365,12 +392,6 @@ static fla_status prepare_(const fla_op *op, const op_args *a, prepared *pp) {
   s->scale = op->scale;
   s->chunk = op->chunk;
   s->nthreads = fla_ctx_threads(op->ctx);
-
-  fla_core_f64 *io = &pp->io;
-  io->q = pp->q, io->k = pp->k, io->p = pp->p, io->g = pp->g, io->h0 = pp->h0;
-  io->v = pp->raw[ir->value];
-  io->beta = ir->rate >= 0 ? pp->raw[ir->rate] : NULL;
-  io->bonus = ir->bonus >= 0 ? pp->raw[ir->bonus] : NULL;
   return FLA_OK;
 nomem:
   prepared_free_(pp);
@@ -379,7 +400,7 @@ nomem:
 
 /* ----------------------------------------------------- running the core */
 
-/* Element counts of the core's tensors, for converting them to float32. */
+/* Element counts of the core's tensors. */
 typedef struct {
   int64_t qk, v, g, beta, bonus, state;
 } core_sizes;
@@ -396,48 +417,19 @@ static core_sizes core_sizes_(const fla_core_spec *s) {
   return z;
 }
 
-/* The chunked algorithm runs in float32: copy the core's inputs down and
-** its outputs back up. */
-static int run_chunk_(const fla_core_spec *s, fla_core_f64 *d, int backward) {
-  core_sizes z = core_sizes_(s);
-  fla_core_f32 f;
-  memset(&f, 0, sizeof f);
-  float *bufs[32] = {0};
-  int nb = 0, rc = -1;
-  struct { const double *x; const float **fx; int64_t n; } ins[] = {
-    {d->q, &f.q, z.qk}, {d->k, &f.k, z.qk}, {d->v, &f.v, z.v}, {d->p, &f.p, z.qk},
-    {d->g, &f.g, z.g}, {d->beta, &f.beta, z.beta}, {d->bonus, &f.bonus, z.bonus},
-    {d->h0, &f.h0, z.state}, {d->d_o, &f.d_o, z.v}, {d->dht, &f.dht, z.state},
-  };
-  struct { double *x; float **fx; int64_t n; } outs[] = {
-    {d->o, &f.o, z.v}, {d->ht, &f.ht, z.state}, {d->dq, &f.dq, z.qk}, {d->dk, &f.dk, z.qk},
-    {d->dv, &f.dv, z.v}, {d->dp, &f.dp, z.qk}, {d->dg, &f.dg, z.g}, {d->dbeta, &f.dbeta, z.beta},
-    {d->dbonus, &f.dbonus, z.bonus}, {d->dh0, &f.dh0, z.state},
-  };
-  for (size_t i = 0; i < sizeof ins / sizeof ins[0]; i++) {
-    if (!ins[i].x) continue;
-    float *x = malloc(sizeof(float) * (size_t)(ins[i].n > 0 ? ins[i].n : 1));
-    if (!x) goto done;
-    bufs[nb++] = x;
-    for (int64_t j = 0; j < ins[i].n; j++) x[j] = (float)ins[i].x[j];
-    *ins[i].fx = x;
-  }
-  for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++) {
-    if (!outs[i].x) continue;
-    float *x = calloc((size_t)(outs[i].n > 0 ? outs[i].n : 1), sizeof(float));
-    if (!x) goto done;
-    bufs[nb++] = x;
-    *outs[i].fx = x;
-  }
-  rc = backward ? fla_cpu_chunk_backward(s, &f) : fla_cpu_chunk_forward(s, &f);
-  if (rc == 0)
-    for (size_t i = 0; i < sizeof outs / sizeof outs[0]; i++)
-      if (outs[i].x)
-        for (int64_t j = 0; j < outs[i].n; j++) outs[i].x[j] = (*outs[i].fx)[j];
-done:
-  for (int i = 0; i < nb; i++) free(bufs[i]);
-  return rc;
-}
+/* The typed io of either precision from the untyped pointers of pp. */
+#define FILL_CORE_IO(io, pp, REAL)                                                     \
+  do {                                                                                 \
+    io.q = (const REAL *)pp->q, io.k = (const REAL *)pp->k, io.p = (const REAL *)pp->p; \
+    io.v = (const REAL *)pp->v, io.g = (const REAL *)pp->g;                            \
+    io.beta = (const REAL *)pp->beta, io.bonus = (const REAL *)pp->bonus;              \
+    io.h0 = (const REAL *)pp->h0, io.d_o = (const REAL *)pp->d_o;                      \
+    io.dht = (const REAL *)pp->dht;                                                    \
+    io.o = (REAL *)pp->o, io.ht = (REAL *)pp->ht, io.dq = (REAL *)pp->dq;              \
+    io.dk = (REAL *)pp->dk, io.dv = (REAL *)pp->dv, io.dp = (REAL *)pp->dp;            \
+    io.dg = (REAL *)pp->dg, io.dbeta = (REAL *)pp->dbeta;                              \
+    io.dbonus = (REAL *)pp->dbonus, io.dh0 = (REAL *)pp->dh0;                          \
+  } while (0)
 
 static int use_recurrent_(const fla_op *op) {
   if (op->algo == FLA_ALGO_RECURRENT) return 1;
@@ -445,16 +437,22 @@ static int use_recurrent_(const fla_op *op) {
   return op->T == 1 && !op->varlen;
 }
 
+static fla_dtype work_dtype_(const fla_op *op) { return use_recurrent_(op) ? FLA_F64 : FLA_F32; }
+
 static fla_status run_core_(const fla_op *op, prepared *pp, int backward) {
   int rc;
-  if (use_recurrent_(op))
-    rc = backward ? fla_cpu_recurrent_backward(&pp->spec, &pp->io)
-                  : fla_cpu_recurrent_forward(&pp->spec, &pp->io);
-  else
-    rc = run_chunk_(&pp->spec, &pp->io, backward);
+  if (pp->work == FLA_F64) {
+    fla_core_f64 io;
+    FILL_CORE_IO(io, pp, double);
+    rc = backward ? fla_cpu_recurrent_backward(&pp->spec, &io) : fla_cpu_recurrent_forward(&pp->spec, &io);
+  } else {
+    fla_core_f32 io;
+    FILL_CORE_IO(io, pp, float);
+    rc = backward ? fla_cpu_chunk_backward(&pp->spec, &io) : fla_cpu_chunk_forward(&pp->spec, &io);
+  }
   if (rc != 0)
     return fla_set_error(op->ctx, FLA_NOMEM, "recipe '%s': out of memory in the %s %s pass",
-                         op->ir->name, use_recurrent_(op) ? "recurrent" : "chunked",
+                         op->ir->name, pp->work == FLA_F64 ? "recurrent" : "chunked",
                          backward ? "backward" : "forward");
   return FLA_OK;
 }
@@ -475,8 +473,9 @@ static fla_status check_outputs_(const fla_op *op, const fla_tensor *o, const fl
   return FLA_OK;
 }
 
-static void store_(fla_tensor *t, const double *x) {
-  fla_convert(t->data, t->dtype, x, FLA_F64, t->numel);
+/* Writes n work-dtype elements into the caller's tensor. */
+static void store_(const prepared *pp, fla_tensor *t, const void *x) {
+  fla_convert(t->data, t->dtype, x, pp->work, t->numel);
 }
 
 fla_status fla_op_forward(fla_op *op, const fla_arg *inputs, int num_inputs, fla_tensor *o,
@@ -488,18 +487,18 @@ fla_status fla_op_forward(fla_op *op, const fla_arg *inputs, int num_inputs, fla
   if (st == FLA_OK) st = check_outputs_(op, o, ht, "o", "ht");
   if (st != FLA_OK) return st;
   prepared pp;
-  if ((st = prepare_(op, &a, &pp)) != FLA_OK) return st;
+  if ((st = prepare_(op, &a, work_dtype_(op), &pp)) != FLA_OK) return st;
   core_sizes z = core_sizes_(&pp.spec);
-  pp.io.o = scratch_(&pp, z.v);
-  pp.io.ht = ht ? scratch_(&pp, z.state) : NULL;
-  if (!pp.io.o || (ht && !pp.io.ht)) {
+  pp.o = alloc_(&pp, z.v);
+  pp.ht = ht ? alloc_(&pp, z.state) : NULL;
+  if (!pp.o || (ht && !pp.ht)) {
     prepared_free_(&pp);
     return fla_set_error(op->ctx, FLA_NOMEM, "fla_op_forward: out of memory");
   }
   st = run_core_(op, &pp, 0);
   if (st == FLA_OK) {
-    store_(o, pp.io.o);
-    if (ht) store_(ht, pp.io.ht);
+    store_(&pp, o, pp.o);
+    if (ht) store_(&pp, ht, pp.ht);
   }
   prepared_free_(&pp);
   return st;
@@ -538,29 +537,70 @@ static fla_status match_grads_(const fla_op *op, const fla_arg *grads, int n, gr
   return FLA_OK;
 }
 
-/* Gradient of recipe input i from the core's gradients, in float64. */
-static void input_grad_(const fla_op *op, const prepared *pp, int i, double *out) {
-  const fla_ir *ir = op->ir;
-  const fla_core_f64 *io = &pp->io;
-  int64_t rows = op->tokens * op->H;
-  if (i == ir->query) {
-    fla_feature_backward(ir->feature_q, rows, op->K, pp->raw[i], io->dq, out);
-  } else if (i == ir->key) {
-    fla_feature_backward(ir->feature_k, rows, op->K, pp->raw[i], io->dk, out);
-  } else if (i == ir->probe) {
-    fla_feature_backward(ir->feature_k, rows, op->K, pp->raw[i], io->dp, out);
-  } else if (i == ir->value) {
-    memcpy(out, io->dv, sizeof(double) * (size_t)(rows * op->V));
-  } else if (i == ir->rate) {
-    memcpy(out, io->dbeta, sizeof(double) * (size_t)rows);
-  } else if (i == ir->bonus) {
-    memcpy(out, io->dbonus, sizeof(double) * (size_t)(op->H * op->Ks));
-  } else if (i == ir->decay_input) {
-    int64_t n = ir->decay == FLA_DECAY_KEY ? rows * op->K : rows;
-    memcpy(out, io->dg, sizeof(double) * (size_t)n);
-    if (ir->key_from_decay) /* k = 1 - exp(gk): dgk -= exp(gk) dk */
-      for (int64_t j = 0; j < n; j++) out[j] -= exp(pp->raw[i][j]) * io->dk[j];
+/* dx = phi'(x)^T dy row by row into the caller's tensor (through float64). */
+static int feature_backward_(const prepared *pp, fla_ir_feature f, int64_t rows, int64_t d,
+                             const void *x, const void *dy, fla_tensor *out) {
+  if (f == FLA_FEATURE_IDENTITY) {
+    store_(pp, out, dy);
+    return 0;
   }
+  int64_t dout = fla_feature_dim(f, d);
+  double *b = malloc(sizeof(double) * (size_t)(2 * d + dout));
+  if (!b) return -1;
+  size_t osz = fla_dtype_size(out->dtype);
+  for (int64_t r = 0; r < rows; r++) {
+    fla_convert(b, FLA_F64, at_(x, r * d, pp->esz), pp->work, d);
+    fla_convert(b + d, FLA_F64, at_(dy, r * dout, pp->esz), pp->work, dout);
+    fla_feature_backward(f, 1, d, b, b + d, b + d + dout);
+    fla_convert((char *)out->data + (size_t)(r * d) * osz, out->dtype, b + d + dout, FLA_F64, d);
+  }
+  free(b);
+  return 0;
+}
+
+/* k = 1 - exp(gk) shares the gate: dgk = dg - exp(gk) dk. */
+static void decay_grad_with_key_(const prepared *pp, int64_t n, const void *gk, const void *dg,
+                                 const void *dk, fla_tensor *out) {
+  size_t osz = fla_dtype_size(out->dtype);
+  for (int64_t i = 0; i < n; i++) {
+    double v[3];
+    fla_convert(&v[0], FLA_F64, at_(gk, i, pp->esz), pp->work, 1);
+    fla_convert(&v[1], FLA_F64, at_(dg, i, pp->esz), pp->work, 1);
+    fla_convert(&v[2], FLA_F64, at_(dk, i, pp->esz), pp->work, 1);
+    double d = v[1] - exp(v[0]) * v[2];
+    fla_convert((char *)out->data + (size_t)i * osz, out->dtype, &d, FLA_F64, 1);
+  }
+}
+
+/* Gradient of recipe input i from the core's gradients, into out. */
+static int input_grad_(const fla_op *op, const prepared *pp, int i, fla_tensor *out) {
+  const fla_ir *ir = op->ir;
+  int64_t rows = op->tokens * op->H;
+  if (i == ir->query) return feature_backward_(pp, ir->feature_q, rows, op->K, pp->raw[i], pp->dq, out);
+  if (i == ir->key) return feature_backward_(pp, ir->feature_k, rows, op->K, pp->raw[i], pp->dk, out);
+  if (i == ir->probe) return feature_backward_(pp, ir->feature_k, rows, op->K, pp->raw[i], pp->dp, out);
+  if (i == ir->decay_input && ir->key_from_decay)
+    decay_grad_with_key_(pp, rows * op->K, pp->raw[i], pp->dg, pp->dk, out);
+  else if (i == ir->decay_input) store_(pp, out, pp->dg);
+  else if (i == ir->value) store_(pp, out, pp->dv);
+  else if (i == ir->rate) store_(pp, out, pp->dbeta);
+  else if (i == ir->bonus) store_(pp, out, pp->dbonus);
+  return 0;
+}
+
+/* Buffers for every gradient the core produces. */
+static int alloc_grads_(prepared *pp) {
+  core_sizes z = core_sizes_(&pp->spec);
+  pp->dq = alloc_(pp, z.qk);
+  pp->dk = alloc_(pp, z.qk);
+  pp->dv = alloc_(pp, z.v);
+  pp->dh0 = alloc_(pp, z.state);
+  if (!pp->dq || !pp->dk || !pp->dv || !pp->dh0) return -1;
+  if (pp->p && !(pp->dp = alloc_(pp, z.qk))) return -1;
+  if (pp->g && !(pp->dg = alloc_(pp, z.g))) return -1;
+  if (pp->beta && !(pp->dbeta = alloc_(pp, z.beta))) return -1;
+  if (pp->bonus && !(pp->dbonus = alloc_(pp, z.bonus))) return -1;
+  return 0;
 }
 
 fla_status fla_op_backward(fla_op *op, const fla_arg *inputs, int num_inputs, const fla_tensor *d_o,
@@ -574,39 +614,18 @@ fla_status fla_op_backward(fla_op *op, const fla_arg *inputs, int num_inputs, co
   if (st == FLA_OK) st = match_grads_(op, grads, num_grads, &g);
   if (st != FLA_OK) return st;
   prepared pp;
-  if ((st = prepare_(op, &a, &pp)) != FLA_OK) return st;
-  core_sizes z = core_sizes_(&pp.spec);
-  fla_core_f64 *io = &pp.io;
-  double *d_o64 = scratch_(&pp, z.v);
-  double *dht64 = dht ? scratch_(&pp, z.state) : NULL;
-  io->dq = scratch_(&pp, z.qk);
-  io->dk = scratch_(&pp, z.qk);
-  io->dv = scratch_(&pp, z.v);
-  io->dp = pp.p ? scratch_(&pp, z.qk) : NULL;
-  io->dg = pp.spec.decay != FLA_CORE_DECAY_NONE ? scratch_(&pp, z.g) : NULL;
-  io->dbeta = io->beta ? scratch_(&pp, z.beta) : NULL;
-  io->dbonus = io->bonus ? scratch_(&pp, z.bonus) : NULL;
-  io->dh0 = scratch_(&pp, z.state);
-  double *gradbuf = scratch_(&pp, z.qk > z.v ? (z.qk > z.state ? z.qk : z.state) : (z.v > z.state ? z.v : z.state));
-  if (!d_o64 || (dht && !dht64) || !io->dq || !io->dk || !io->dv || (pp.p && !io->dp) ||
-      (pp.spec.decay != FLA_CORE_DECAY_NONE && !io->dg) || (io->beta && !io->dbeta) ||
-      (io->bonus && !io->dbonus) || !io->dh0 || !gradbuf) {
+  if ((st = prepare_(op, &a, work_dtype_(op), &pp)) != FLA_OK) return st;
+  pp.d_o = load_(&pp, d_o);
+  pp.dht = dht ? load_(&pp, dht) : NULL;
+  if (!pp.d_o || (dht && !pp.dht) || alloc_grads_(&pp)) {
     prepared_free_(&pp);
     return fla_set_error(op->ctx, FLA_NOMEM, "fla_op_backward: out of memory");
   }
-  fla_convert(d_o64, FLA_F64, d_o->data, d_o->dtype, d_o->numel);
-  if (dht) fla_convert(dht64, FLA_F64, dht->data, dht->dtype, dht->numel);
-  io->d_o = d_o64;
-  io->dht = dht64;
   st = run_core_(op, &pp, 1);
-  if (st == FLA_OK) {
-    for (int i = 0; i < op->ir->num_inputs; i++) {
-      if (!g.d[i]) continue;
-      input_grad_(op, &pp, i, gradbuf);
-      store_(g.d[i], gradbuf);
-    }
-    if (g.dh0) store_(g.dh0, io->dh0);
-  }
+  for (int i = 0; st == FLA_OK && i < op->ir->num_inputs; i++)
+    if (g.d[i] && input_grad_(op, &pp, i, g.d[i]))
+      st = fla_set_error(op->ctx, FLA_NOMEM, "fla_op_backward: out of memory");
+  if (st == FLA_OK && g.dh0) store_(&pp, g.dh0, pp.dh0);
   prepared_free_(&pp);
   return st;
 }

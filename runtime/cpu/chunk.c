@@ -28,7 +28,10 @@
 ** runs chunks last to first with dS = the gradient of the state leaving the
 ** chunk, recomputing the chunk's forward quantities from its S0. Products are
 ** cblas_sgemm / cblas_strsm on chunk tiles; BLAS itself runs on one thread
-** and the pairs run in parallel (fla_parallel_for).
+** and the pairs run in parallel (fla_parallel_for). Gates are cumulated in
+** double; the gate factors of the G products are prepared once per chunk and
+** shared by A and the WY matrix (gated_product.h); elementwise passes use the
+** vector kernels of gated_product.c.
 */
 #include "internal.h"
 #include "cpu/cpu.h"
@@ -36,10 +39,16 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 void openblas_set_num_threads(int);
+
+/* BLAS runs single-threaded: the parallelism is over (sequence, head) pairs,
+** and a threaded sgemm on 64-row tiles inside each would oversubscribe. */
+static pthread_once_t blas_once_ = PTHREAD_ONCE_INIT;
+static void blas_single_thread_(void) { openblas_set_num_threads(1); }
 
 typedef struct {
   const fla_core_spec *s;
@@ -141,6 +150,7 @@ static int ws_alloc_(pair_ws *w, const fla_core_spec *s, const float *bonus, int
   w->gmA = f;   f += gmn;
   w->gmL = f;   f += gmn;
   w->pL = w->rb ? &w->gL : &w->gA;
+  memset(w->Lb, 0, sizeof(float) * (size_t)(C * C)); /* only its strictly lower part is written */
   if (!w->rb) w->egx = w->egam; /* gx == gamma */
   if (with_backward) {
     w->dS = f;   f += KV;
@@ -208,7 +218,10 @@ static void chunk_gates_(pair_ws *w, const chunk_in *x) {
       else
         memset(w->gx, 0, sizeof(double) * (size_t)kg);
     }
-    for (int64_t d = 0; d < kg; d++) gi[d] = (prev ? prev[d] : 0.0) + (x->g ? x->g[i * x->ldg + d] : 0.0f);
+    if (x->g)
+      fla_vaddf(gi, prev, x->g + i * x->ldg, kg);
+    else
+      memset(gi, 0, sizeof(double) * (size_t)kg);
   }
   const double *gL = w->gam + (c - 1) * kg;
   if (kg == 1) {
@@ -289,10 +302,11 @@ static void chunk_prepare_(pair_ws *w, const chunk_in *x, const float *S0, int w
   int64_t c = x->c, K = w->K;
   chunk_gates_(w, x);
   gate_rows_(w->Kd, x->k, x->ldk, w->ekd, c, K, w->kg);
+  /* gx_i == gamma_{i-rb} exactly, and dgx joins dgamma in bwd_gates_ */
   if (with_A || (w->delta && !w->rb))
-    fla_gp_prepare(&w->gA, w->decay, c, K, w->gx, w->gam, x->k, x->ldk, w->gmA);
+    fla_gp_prepare(&w->gA, w->decay, c, K, w->gx, w->gam, w->rb, x->k, x->ldk, w->gmA);
   if (w->delta && w->rb)
-    fla_gp_prepare(&w->gL, w->decay, c, K, w->gam, w->gam, x->k, x->ldk, w->gmL);
+    fla_gp_prepare(&w->gL, w->decay, c, K, w->gam, w->gam, 0, x->k, x->ldk, w->gmL);
   if (with_A) {
     gate_rows_(w->Qg, x->q, x->ldk, w->egx, c, K, w->kg);
     fla_gp_forward(&w->gA, w->rb, x->q, x->ldk, w->A, w->C, w->gpw);
@@ -323,7 +337,8 @@ static void chunk_output_(pair_ws *w, const chunk_in *x, const float *S0, const 
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c, (int)V, (int)c, w->scale, w->A,
               (int)w->C, Vc, (int)ldvc, 1.0f, o, (int)ldo);
   if (w->rb && w->bonus)
-    for (int64_t i = 0; i < c; i++) fla_vaxpy(o + i * ldo, w->scale * w->bon[i], x->v + i * x->ldv, V);
+    for (int64_t i = 0; i < c; i++)
+      fla_vaxpy(o + i * ldo, w->scale * w->bon[i], x->v + i * x->ldv, V);
 }
 
 /* S = exp(gamma_L) .* S (row-wise per key) + Kd^T Vc, in place. */
@@ -378,7 +393,7 @@ static int spec_ok_(const fla_core_spec *s, const fla_core_f32 *io) {
 
 int fla_cpu_chunk_forward(const fla_core_spec *s, fla_core_f32 *io) {
   if (!spec_ok_(s, io)) return -1;
-  openblas_set_num_threads(1);
+  pthread_once(&blas_once_, blas_single_thread_);
   chunk_job job = {.s = s, .io = io, .dbonus_part = NULL};
   return fla_parallel_for(s->nthreads, s->N * s->H, forward_pair_, &job) != 0 ? -1 : 0;
 }
@@ -434,10 +449,13 @@ static void bwd_state_(pair_ws *w, const chunk_in *x, const float *S0, const flo
       else
         fla_vprodacc(w->dgL, 1.0, w->dKd + i * K, w->Kd + i * K, K);
     }
-    for (int64_t d = 0; d < K; d++)
-      w->dgL[kg == 1 ? 0 : d] += (double)w->eL[kg == 1 ? 0 : d] * fla_vdot(S0 + d * V, w->dS + d * V, V);
+    for (int64_t d = 0; d < K; d++) {
+      int64_t e = kg == 1 ? 0 : d;
+      w->dgL[e] += (double)w->eL[e] * fla_vdot(S0 + d * V, w->dS + d * V, V);
+    }
   }
-  for (int64_t d = 0; d < K; d++) fla_vscale(w->dS0 + d * V, w->dS + d * V, w->eL[kg == 1 ? 0 : d], V);
+  for (int64_t d = 0; d < K; d++)
+    fla_vscale(w->dS0 + d * V, w->dS + d * V, w->eL[kg == 1 ? 0 : d], V);
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)K, (int)V, (int)c, w->scale, w->Qg,
               (int)K, x->d_o, (int)x->lddo, 1.0f, w->dS0, (int)V);
   if (w->delta)
@@ -455,9 +473,7 @@ static void bwd_bonus_(pair_ws *w, const chunk_in *x, double *dbonus) {
   for (int64_t i = 0; i < c; i++) {
     const float *dO = x->d_o + i * x->lddo, *v = x->v + i * x->ldv;
     const float *q = x->q + i * x->ldk, *k = x->k + i * x->ldk;
-    double t = 0;
-    t = fla_vdot(dO, v, V);
-    float ds = (float)(w->scale * t);
+    float ds = (float)(w->scale * fla_vdot(dO, v, V));
     for (int64_t d = 0; d < K; d++) {
       float uk = u[d] * k[d], uq = u[d] * q[d];
       w->dQ[i * K + d] += ds * uk;
@@ -611,7 +627,7 @@ static void zero_(float *p, int64_t n) {
 int fla_cpu_chunk_backward(const fla_core_spec *s, fla_core_f32 *io) {
   if (!spec_ok_(s, io)) return -1;
   int64_t N = s->N, H = s->H, K = s->K, V = s->V, T = s->total;
-  openblas_set_num_threads(1);
+  pthread_once(&blas_once_, blas_single_thread_);
 
   /* Zero first: tokens outside every sequence and the tensors this family
   ** does not produce (dp without a probe, dbeta without delta) read 0. */

@@ -22,6 +22,11 @@
 ** From block I-1 to block I the factors of the rows already seen change by
 ** exp(r_I - r_{I-1}) <= 1 per key, so E_I = E_{I-1} .* that (one exp per key
 ** instead of one per row and key); only the new rows take fresh exps.
+**
+** Backward: the pairs whose gate terms cancel once dgx and dgy are summed
+** (the diagonal reading after, the first subdiagonal reading before) are the
+** largest terms of dgamma; they are left out of the gate gradient exactly
+** rather than added and subtracted (fla_gp_prepare's cancel).
 */
 #include "cpu/gated_product.h"
 #include "cpu/cpu.h"
@@ -30,7 +35,8 @@
 #include <math.h>
 #include <string.h>
 
-#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+/* FLA_NO_SIMD: build the scalar fallback only (tests it on AVX2 machines). */
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(FLA_NO_SIMD)
 #define GP_X86 1
 #include <immintrin.h>
 #endif
@@ -41,6 +47,12 @@
 #define GP_SAFE_RANGE 30.0
 
 static int in_mask_(int strict, int64_t i, int64_t j) { return strict ? j < i : j <= i; }
+
+/* 1 when the pairs (i, i - p->cancel) are inside the mask (their gate terms
+** cancel: see fla_gp_prepare). */
+static int cancels_(const fla_gp_gates *p, int strict) {
+  return (p->cancel == 0 && !strict) || (p->cancel >= 1);
+}
 
 static int64_t nblocks_(int64_t c) { return (c + FLA_GP_BC - 1) / FLA_GP_BC; }
 
@@ -85,7 +97,8 @@ GP_AVX2 static __m256 exp8_(__m256 x) {
   y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
   y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
   y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  __m256i e = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
+  e = _mm256_slli_epi32(e, 23);
   y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
   return _mm256_andnot_ps(under, y);
 }
@@ -134,7 +147,8 @@ GP_AVX2 static double vdot_avx2_(const float *x, const float *y, int64_t n, int6
   __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
-    acc0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + i)), _mm256_cvtps_pd(_mm_loadu_ps(y + i)), acc0);
+    acc0 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + i)),
+                           _mm256_cvtps_pd(_mm_loadu_ps(y + i)), acc0);
     acc1 = _mm256_fmadd_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + i + 4)),
                            _mm256_cvtps_pd(_mm_loadu_ps(y + i + 4)), acc1);
   }
@@ -145,12 +159,22 @@ GP_AVX2 static double vdot_avx2_(const float *x, const float *y, int64_t n, int6
   return _mm_cvtsd_f64(s);
 }
 
+GP_AVX2 static int64_t vaddf_avx2_(double *y, const double *a, const float *x, int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    __m256d v = _mm256_cvtps_pd(_mm_loadu_ps(x + i));
+    _mm256_storeu_pd(y + i, a ? _mm256_add_pd(_mm256_loadu_pd(a + i), v) : v);
+  }
+  return i;
+}
+
 GP_AVX2 static int64_t vprodacc_avx2_(double *acc, double s, const float *x, const float *y,
                                        int64_t n) {
   __m256d sv = _mm256_set1_pd(s);
   int64_t i = 0;
   for (; i + 4 <= n; i += 4) {
-    __m256d p = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + i)), _mm256_cvtps_pd(_mm_loadu_ps(y + i)));
+    __m256d p = _mm256_mul_pd(_mm256_cvtps_pd(_mm_loadu_ps(x + i)),
+                              _mm256_cvtps_pd(_mm_loadu_ps(y + i)));
     _mm256_storeu_pd(acc + i, _mm256_fmadd_pd(sv, p, _mm256_loadu_pd(acc + i)));
   }
   return i;
@@ -207,6 +231,14 @@ double fla_vdot(const float *x, const float *y, int64_t n) {
   return acc;
 }
 
+void fla_vaddf(double *y, const double *a, const float *x, int64_t n) {
+  int64_t i = 0;
+#ifdef GP_X86
+  if (have_avx2_()) i = vaddf_avx2_(y, a, x, n);
+#endif
+  for (; i < n; i++) y[i] = (a ? a[i] : 0.0) + x[i];
+}
+
 void fla_vprodacc(double *acc, double s, const float *x, const float *y, int64_t n) {
   int64_t i = 0;
 #ifdef GP_X86
@@ -231,7 +263,8 @@ static void prepare_key_(fla_gp_gates *p, float *mem) {
   int64_t off = 0, prev_ncol = 0, prev_off = 0;
   for (int64_t ib = 0; ib < nb; ib++) {
     int64_t i0 = ib * FLA_GP_BC, bi = c - i0 < FLA_GP_BC ? c - i0 : FLA_GP_BC;
-    const double *r = gx + i0 * K, *last_x = gx + (i0 + bi - 1) * K, *last_y = gy + (i0 + bi - 1) * K;
+    const double *r = gx + i0 * K;
+    const double *last_x = gx + (i0 + bi - 1) * K, *last_y = gy + (i0 + bi - 1) * K;
     for (int64_t i = i0; i < i0 + bi; i++) fla_vexp_diff(p->ex + i * K, gx + i * K, r, K);
     double range = 0;
     for (int64_t d = 0; d < K; d++) {
@@ -259,9 +292,10 @@ static void prepare_key_(fla_gp_gates *p, float *mem) {
 }
 
 void fla_gp_prepare(fla_gp_gates *p, int decay, int64_t c, int64_t K, const double *gx,
-                    const double *gy, const float *Y, int64_t ldy, float *mem) {
+                    const double *gy, int cancel, const float *Y, int64_t ldy, float *mem) {
   memset(p, 0, sizeof *p);
   p->decay = decay, p->c = c, p->K = K, p->gx = gx, p->gy = gy, p->Y = Y, p->ldy = ldy;
+  p->cancel = cancel;
   if (c <= 0) return;
   if (decay == FLA_CORE_DECAY_KEY) {
     prepare_key_(p, mem);
@@ -298,15 +332,17 @@ static void scalar_backward_(const fla_gp_gates *p, int strict, const float *X, 
                              float *dX, float *dY, double *dgx, double *dgy, float *dGE) {
   int64_t c = p->c, K = p->K;
   for (int64_t i = 0; i < c; i++)
-    for (int64_t j = 0; j < c; j++) dGE[i * c + j] = dG[i * lddG + j] * scalar_gate_(p, strict, i, j);
+    for (int64_t j = 0; j < c; j++)
+      dGE[i * c + j] = dG[i * lddG + j] * scalar_gate_(p, strict, i, j);
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)c, (int)K, (int)c, 1.0f, dGE,
               (int)c, p->Y, (int)p->ldy, 0.0f, dX, (int)K);
   cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)c, (int)K, (int)c, 1.0f, dGE,
               (int)c, X, (int)ldx, 0.0f, dY, (int)K);
   if (p->decay != FLA_CORE_DECAY_SCALAR) return;
+  int cancel = cancels_(p, strict);
   for (int64_t i = 0; i < c; i++)
     for (int64_t j = 0; j < c; j++) {
-      if (!in_mask_(strict, i, j)) continue;
+      if (!in_mask_(strict, i, j) || (cancel && j == i - p->cancel)) continue;
       double t = (double)dG[i * lddG + j] * G[i * ldG + j];
       if (dgx) dgx[i] += t;
       if (dgy) dgy[j] -= t;
@@ -338,7 +374,8 @@ static void key_forward_(const fla_gp_gates *p, int strict, const float *X, int6
   for (int64_t ib = 0; ib < nb; ib++) {
     int64_t i0 = ib * FLA_GP_BC, bi = c - i0 < FLA_GP_BC ? c - i0 : FLA_GP_BC, ncol = p->ncol[ib];
     if (ncol > 0) {
-      for (int64_t i = 0; i < bi; i++) fla_vmul(Xr + i * K, X + (i0 + i) * ldx, p->ex + (i0 + i) * K, K);
+      for (int64_t i = 0; i < bi; i++)
+        fla_vmul(Xr + i * K, X + (i0 + i) * ldx, p->ex + (i0 + i) * K, K);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)bi, (int)ncol, (int)K, 1.0f, Xr,
                   (int)K, p->Yr + p->off[ib] * K, (int)K, 0.0f, G + i0 * ldG, (int)ldG);
     }
@@ -352,15 +389,14 @@ static void key_forward_(const fla_gp_gates *p, int strict, const float *X, int6
   }
 }
 
-/* Backward of the direct diagonal block: e = dG_ij exp(gx_i - gy_j);
-** dX_i += e .* Y_j;  dY_j += e .* X_i. */
-static void key_diag_backward_(const fla_gp_gates *p, int strict, int64_t i0, int64_t bi,
+/* Backward of the direct diagonal block, pairs j <= i - gap:
+** e = dG_ij exp(gx_i - gy_j);  dX_i += e .* Y_j;  dY_j += e .* X_i. */
+static void key_diag_backward_(const fla_gp_gates *p, int64_t gap, int64_t i0, int64_t bi,
                                const float *X, int64_t ldx, const float *dG, int64_t lddG,
                                float *dX, float *dY, float *tmp) {
   int64_t K = p->K;
   for (int64_t i = i0; i < i0 + bi; i++)
-    for (int64_t j = i0; j <= i; j++) {
-      if (!in_mask_(strict, i, j)) continue;
+    for (int64_t j = i0; j <= i - gap; j++) {
       float a = dG[i * lddG + j];
       if (a == 0) continue;
       fla_vexp_diff(tmp, p->gx + i * K, p->gy + j * K, K);
@@ -370,13 +406,20 @@ static void key_diag_backward_(const fla_gp_gates *p, int strict, int64_t i0, in
     }
 }
 
-/* Per block I: dGm = dG[I, 0:ncol] masked;
+/* Main pass over the pairs j <= i - gap, per block I: dGm = dG[I, 0:ncol]
+** masked to them;
 **   dX_I += (dGm Yr_I) .* ex;   dY_j += (dGm^T Xr_I)_j .* E_I[j]   (j < ncol);
-** then dgx += X .* dX, dgy -= Y .* dY. */
+** then dgx += X .* dX, dgy -= Y .* dY. gap = 1 + cancel when the cancelling
+** pairs (i, i - cancel) are in the mask: they come last, without gate terms
+** (their exp factor is exactly 1):  dX_i += dG_ij Y_j,  dY_j += dG_ij X_i.
+** They are the largest terms of dgamma; leaving their rounding in would
+** swamp the small gate gradients of strongly decayed chunks. */
 static void key_backward_(const fla_gp_gates *p, int strict, const float *X, int64_t ldx,
                           const float *dG, int64_t lddG, float *dX, float *dY, double *dgx,
                           double *dgy, float *work) {
   int64_t c = p->c, K = p->K, nb = nblocks_(c);
+  int cancel = cancels_(p, strict);
+  int64_t gap = cancel ? 1 + p->cancel : strict ? 1 : 0;
   float *Xr = work, *dXr = Xr + FLA_GP_BC * K, *dGm = dXr + FLA_GP_BC * K;
   float *dYr = dGm + FLA_GP_BC * c, *tmp = dYr + c * K;
   memset(dX, 0, sizeof(float) * (size_t)(c * K));
@@ -388,7 +431,7 @@ static void key_backward_(const fla_gp_gates *p, int strict, const float *X, int
       for (int64_t i = 0; i < bi; i++) {
         fla_vmul(Xr + i * K, X + (i0 + i) * ldx, p->ex + (i0 + i) * K, K);
         for (int64_t j = 0; j < ncol; j++)
-          dGm[i * ncol + j] = in_mask_(strict, i0 + i, j) ? dG[(i0 + i) * lddG + j] : 0.0f;
+          dGm[i * ncol + j] = j <= i0 + i - gap ? dG[(i0 + i) * lddG + j] : 0.0f;
       }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)bi, (int)K, (int)ncol, 1.0f,
                   dGm, (int)ncol, Yr, (int)K, 0.0f, dXr, (int)K);
@@ -398,11 +441,18 @@ static void key_backward_(const fla_gp_gates *p, int strict, const float *X, int
         fla_vmuladd(dX + (i0 + i) * K, dXr + i * K, p->ex + (i0 + i) * K, K);
       for (int64_t j = 0; j < ncol; j++) fla_vmuladd(dY + j * K, dYr + j * K, E + j * K, K);
     }
-    if (ncol == i0) key_diag_backward_(p, strict, i0, bi, X, ldx, dG, lddG, dX, dY, tmp);
+    if (ncol == i0) key_diag_backward_(p, gap, i0, bi, X, ldx, dG, lddG, dX, dY, tmp);
   }
   for (int64_t i = 0; i < c; i++) {
     if (dgx) fla_vprodacc(dgx + i * K, 1.0, X + i * ldx, dX + i * K, K);
     if (dgy) fla_vprodacc(dgy + i * K, -1.0, p->Y + i * p->ldy, dY + i * K, K);
+  }
+  if (!cancel) return;
+  for (int64_t i = p->cancel; i < c; i++) {
+    int64_t j = i - p->cancel;
+    float a = dG[i * lddG + j];
+    fla_vaxpy(dX + i * K, a, p->Y + j * p->ldy, K);
+    fla_vaxpy(dY + j * K, a, X + i * ldx, K);
   }
 }
 

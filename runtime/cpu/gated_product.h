@@ -44,6 +44,7 @@
 ** for j <= i (c x c). */
 typedef struct {
   int decay;
+  int cancel; /* -1, or o: gx_i == gy_{i-o} exactly (see fla_gp_prepare) */
   int64_t c, K;
   const double *gx, *gy;
   const float *Y;
@@ -56,10 +57,16 @@ typedef struct {
 int64_t fla_gp_gates_floats(int64_t c, int64_t K);
 int64_t fla_gp_work_floats(int64_t c, int64_t K);
 
-/* Fills p (its arrays carved from mem); keeps gx, gy, Y by pointer. c <= 
-** FLA_GP_BC * FLA_GP_MAXB. */
+/* Fills p (its arrays carved from mem); keeps gx, gy, Y by pointer. c <=
+** FLA_GP_BC * FLA_GP_MAXB.
+** cancel = o >= 0 promises gx_i == gy_{i-o} exactly (o = 0: the same gates,
+** reading after; o = 1: gx_i = gamma_{i-1}, reading before) and that the
+** caller adds dgx_i and dgy_{i-o} into one gradient, so that the gate terms
+** of the pairs (i, i-o) cancel: fla_gp_backward then leaves them out of
+** both (they are the largest terms, and their rounding would swamp small
+** gate gradients) and gives those pairs the exact factor 1. -1: none. */
 void fla_gp_prepare(fla_gp_gates *p, int decay, int64_t c, int64_t K, const double *gx,
-                    const double *gy, const float *Y, int64_t ldy, float *mem);
+                    const double *gy, int cancel, const float *Y, int64_t ldy, float *mem);
 
 /* G (c x c, row stride ldG) = G(X, gx, Y, gy) masked. work: scratch. */
 void fla_gp_forward(const fla_gp_gates *p, int strict, const float *X, int64_t ldx, float *G,
@@ -69,6 +76,7 @@ void fla_gp_forward(const fla_gp_gates *p, int strict, const float *X, int64_t l
 **   dX_id = sum_j dG_ij Y_jd e^(gx_id - gy_jd)      (overwrites dX, c x K, stride K)
 **   dY_jd = sum_i dG_ij X_id e^(gx_id - gy_jd)      (overwrites dY, c x K, stride K)
 **   dgx   += X .* dX   (scalar: row sums),  dgy -= Y .* dY  (scalar: row sums)
+**           (less the cancelling pairs' terms, see fla_gp_prepare)
 ** G is the forward result (scalar decay: dgx_i = sum_j dG_ij G_ij). dgx and
 ** dgy may be the same array, or NULL to skip. */
 void fla_gp_backward(const fla_gp_gates *p, int strict, const float *X, int64_t ldx,
@@ -84,6 +92,8 @@ void fla_vmuladd(float *y, const float *x, const float *e, int64_t n); /* y += x
 void fla_vscale(float *y, const float *x, float s, int64_t n);         /* y = s x     */
 void fla_vaxpy(float *y, float s, const float *x, int64_t n);          /* y += s x    */
 double fla_vdot(const float *x, const float *y, int64_t n);            /* in double   */
+/* y_i = a_i + x_i in double (a NULL reads 0): one cumsum step of the gates. */
+void fla_vaddf(double *y, const double *a, const float *x, int64_t n);
 /* acc_i += s x_i y_i, in double. */
 void fla_vprodacc(double *acc, double s, const float *x, const float *y, int64_t n);
 
