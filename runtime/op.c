@@ -30,6 +30,10 @@ struct fla_op {
   int chunk;
   fla_algo algo;
   double *gamma;          /* [H] constant log decay, or NULL         */
+  /* Work buffers kept between calls: a fresh allocation of this size would
+  ** be page-faulted in on every call. An op runs one call at a time. */
+  void *ws[40];
+  size_t ws_bytes[40];
 };
 
 /* ------------------------------------------------------------------ binding */
@@ -129,6 +133,7 @@ fla_status fla_op_bind(fla_ctx *ctx, const fla_recipe *r, const fla_op_config *c
 
 void fla_op_free(fla_op *op) {
   if (!op) return;
+  for (int i = 0; i < (int)(sizeof op->ws / sizeof op->ws[0]); i++) free(op->ws[i]);
   free(op->gamma);
   free(op);
 }
@@ -268,10 +273,10 @@ static fla_status sequence_offsets_(const fla_op *op, const op_args *a, int64_t 
 ** the dtypes already agree) and the core's inputs after feature maps, derived
 ** keys and constant decays, plus the core's outputs and gradients. */
 typedef struct {
+  fla_op *op;                     /* owner of the work buffers */
   fla_dtype work;
   size_t esz;
-  void *owned[40];
-  int nowned;
+  int nowned;                     /* work buffers handed out */
   const void *raw[FLA_IR_MAX_INPUTS];
   const void *q, *k, *p, *v, *g, *beta, *bonus, *h0, *d_o, *dht;
   void *o, *ht, *dq, *dk, *dv, *dp, *dg, *dbeta, *dbonus, *dh0;
@@ -280,17 +285,26 @@ typedef struct {
 } prepared;
 
 static void prepared_free_(prepared *pp) {
-  for (int i = 0; i < pp->nowned; i++) free(pp->owned[i]);
   free(pp->cu);
   memset(pp, 0, sizeof *pp);
 }
 
-/* A zeroed buffer of n work-dtype elements, freed with pp. */
+/* A zeroed buffer of n work-dtype elements from the op's work buffers,
+** valid until the next call on the op. */
 static void *alloc_(prepared *pp, int64_t n) {
-  if (pp->nowned >= (int)(sizeof pp->owned / sizeof pp->owned[0])) return NULL;
-  void *x = calloc((size_t)(n > 0 ? n : 1), pp->esz);
-  if (x) pp->owned[pp->nowned++] = x;
-  return x;
+  fla_op *op = pp->op;
+  int i = pp->nowned;
+  if (i >= (int)(sizeof op->ws / sizeof op->ws[0])) return NULL;
+  size_t bytes = (size_t)(n > 0 ? n : 1) * pp->esz;
+  if (op->ws_bytes[i] < bytes) {
+    free(op->ws[i]);
+    op->ws_bytes[i] = 0;
+    if (!(op->ws[i] = malloc(bytes))) return NULL;
+    op->ws_bytes[i] = bytes;
+  }
+  pp->nowned++;
+  memset(op->ws[i], 0, bytes);
+  return op->ws[i];
 }
 
 /* The tensor's data in the work dtype: the tensor itself when it already is. */
@@ -301,22 +315,35 @@ static const void *load_(prepared *pp, const fla_tensor *t) {
   return x;
 }
 
-static const char *at_(const void *base, int64_t elem, size_t esz) {
-  return (const char *)base + (size_t)elem * esz;
+/* Feature maps run in float64 on blocks of rows small enough to stay in
+** cache (and under malloc's mmap threshold, so no page faults per call). */
+#define FEATURE_BLOCK 4096
+
+static int64_t block_rows_(int64_t width) {
+  return width >= FEATURE_BLOCK ? 1 : FEATURE_BLOCK / width;
 }
 
-/* y = phi(x) row by row, through float64 whatever the work dtype. */
-static int feature_forward_(prepared *pp, fla_ir_feature f, int64_t rows, int64_t d,
-                            const void *x, void *y) {
-  int64_t dout = fla_feature_dim(f, d);
-  double *bx = malloc(sizeof(double) * (size_t)(d + dout));
-  if (!bx) return -1;
-  for (int64_t r = 0; r < rows; r++) {
-    fla_convert(bx, FLA_F64, at_(x, r * d, pp->esz), pp->work, d);
-    fla_feature_forward(f, 1, d, bx, bx + d);
-    fla_convert((char *)y + (size_t)(r * dout) * pp->esz, pp->work, bx + d, FLA_F64, dout);
+/* y = phi(x) for work-dtype x [rows, d] into y [rows, dout] of dtype ydt. */
+static int feature_rows_(const prepared *pp, fla_ir_feature f, int64_t rows, int64_t d,
+                         const void *x, const void *dy, void *y, fla_dtype ydt) {
+  int64_t dout = fla_feature_dim(f, d), br = block_rows_(dout);
+  size_t ysz = fla_dtype_size(ydt);
+  double *b = malloc(sizeof(double) * (size_t)(br * (d + 2 * dout))); /* x, dy, out */
+  if (!b) return -1;
+  double *bx = b, *bdy = b + br * d, *bout = bdy + br * dout;
+  for (int64_t r0 = 0; r0 < rows; r0 += br) {
+    int64_t m = rows - r0 < br ? rows - r0 : br;
+    fla_convert(bx, FLA_F64, (const char *)x + (size_t)(r0 * d) * pp->esz, pp->work, m * d);
+    if (dy) { /* backward: dx [rows, d] */
+      fla_convert(bdy, FLA_F64, (const char *)dy + (size_t)(r0 * dout) * pp->esz, pp->work, m * dout);
+      fla_feature_backward(f, m, d, bx, bdy, bout);
+      fla_convert((char *)y + (size_t)(r0 * d) * ysz, ydt, bout, FLA_F64, m * d);
+    } else {
+      fla_feature_forward(f, m, d, bx, bout);
+      fla_convert((char *)y + (size_t)(r0 * dout) * ysz, ydt, bout, FLA_F64, m * dout);
+    }
   }
-  free(bx);
+  free(b);
   return 0;
 }
 
@@ -324,20 +351,22 @@ static int feature_forward_(prepared *pp, fla_ir_feature f, int64_t rows, int64_
 static const void *featured_(prepared *pp, fla_ir_feature f, int64_t rows, int64_t d, const void *raw) {
   if (f == FLA_FEATURE_IDENTITY) return raw;
   void *y = alloc_(pp, rows * fla_feature_dim(f, d));
-  if (!y || feature_forward_(pp, f, rows, d, raw, y)) return NULL;
+  if (!y || feature_rows_(pp, f, rows, d, raw, NULL, y, pp->work)) return NULL;
   return y;
 }
 
 /* HGRN2: k_t = 1 - exp(gk_t), so forgetting and writing share one gate. */
 static const void *key_from_decay_(prepared *pp, int64_t n, const void *gk) {
-  void *k = alloc_(pp, n);
-  if (!k) return NULL;
-  for (int64_t i = 0; i < n; i++) {
-    double g;
-    fla_convert(&g, FLA_F64, at_(gk, i, pp->esz), pp->work, 1);
-    g = -expm1(g);
-    fla_convert((char *)k + (size_t)i * pp->esz, pp->work, &g, FLA_F64, 1);
+  char *k = alloc_(pp, n);
+  double *b = k ? malloc(sizeof(double) * FEATURE_BLOCK) : NULL;
+  if (!b) return NULL;
+  for (int64_t i0 = 0; i0 < n; i0 += FEATURE_BLOCK) {
+    int64_t m = n - i0 < FEATURE_BLOCK ? n - i0 : FEATURE_BLOCK;
+    fla_convert(b, FLA_F64, (const char *)gk + (size_t)i0 * pp->esz, pp->work, m);
+    for (int64_t i = 0; i < m; i++) b[i] = -expm1(b[i]);
+    fla_convert(k + (size_t)i0 * pp->esz, pp->work, b, FLA_F64, m);
   }
+  free(b);
   return k;
 }
 
@@ -350,10 +379,11 @@ static const void *const_decay_(prepared *pp, int64_t tokens, int64_t H, const d
   return g;
 }
 
-static fla_status prepare_(const fla_op *op, const op_args *a, fla_dtype work, prepared *pp) {
+static fla_status prepare_(fla_op *op, const op_args *a, fla_dtype work, prepared *pp) {
   const fla_ir *ir = op->ir;
   int64_t rows = op->tokens * op->H;
   memset(pp, 0, sizeof *pp);
+  pp->op = op;
   pp->work = work;
   pp->esz = fla_dtype_size(work);
   pp->cu = calloc((size_t)(op->N + 1), sizeof(int64_t));
@@ -537,39 +567,33 @@ static fla_status match_grads_(const fla_op *op, const fla_arg *grads, int n, gr
   return FLA_OK;
 }
 
-/* dx = phi'(x)^T dy row by row into the caller's tensor (through float64). */
+/* dx = phi'(x)^T dy into the caller's tensor. */
 static int feature_backward_(const prepared *pp, fla_ir_feature f, int64_t rows, int64_t d,
                              const void *x, const void *dy, fla_tensor *out) {
   if (f == FLA_FEATURE_IDENTITY) {
     store_(pp, out, dy);
     return 0;
   }
-  int64_t dout = fla_feature_dim(f, d);
-  double *b = malloc(sizeof(double) * (size_t)(2 * d + dout));
-  if (!b) return -1;
-  size_t osz = fla_dtype_size(out->dtype);
-  for (int64_t r = 0; r < rows; r++) {
-    fla_convert(b, FLA_F64, at_(x, r * d, pp->esz), pp->work, d);
-    fla_convert(b + d, FLA_F64, at_(dy, r * dout, pp->esz), pp->work, dout);
-    fla_feature_backward(f, 1, d, b, b + d, b + d + dout);
-    fla_convert((char *)out->data + (size_t)(r * d) * osz, out->dtype, b + d + dout, FLA_F64, d);
-  }
-  free(b);
-  return 0;
+  return feature_rows_(pp, f, rows, d, x, dy, out->data, out->dtype);
 }
 
 /* k = 1 - exp(gk) shares the gate: dgk = dg - exp(gk) dk. */
-static void decay_grad_with_key_(const prepared *pp, int64_t n, const void *gk, const void *dg,
-                                 const void *dk, fla_tensor *out) {
+static int decay_grad_with_key_(const prepared *pp, int64_t n, const void *gk, const void *dg,
+                                const void *dk, fla_tensor *out) {
+  double *b = malloc(sizeof(double) * 3 * FEATURE_BLOCK);
+  if (!b) return -1;
   size_t osz = fla_dtype_size(out->dtype);
-  for (int64_t i = 0; i < n; i++) {
-    double v[3];
-    fla_convert(&v[0], FLA_F64, at_(gk, i, pp->esz), pp->work, 1);
-    fla_convert(&v[1], FLA_F64, at_(dg, i, pp->esz), pp->work, 1);
-    fla_convert(&v[2], FLA_F64, at_(dk, i, pp->esz), pp->work, 1);
-    double d = v[1] - exp(v[0]) * v[2];
-    fla_convert((char *)out->data + (size_t)i * osz, out->dtype, &d, FLA_F64, 1);
+  for (int64_t i0 = 0; i0 < n; i0 += FEATURE_BLOCK) {
+    int64_t m = n - i0 < FEATURE_BLOCK ? n - i0 : FEATURE_BLOCK;
+    size_t off = (size_t)i0 * pp->esz;
+    fla_convert(b, FLA_F64, (const char *)gk + off, pp->work, m);
+    fla_convert(b + FEATURE_BLOCK, FLA_F64, (const char *)dg + off, pp->work, m);
+    fla_convert(b + 2 * FEATURE_BLOCK, FLA_F64, (const char *)dk + off, pp->work, m);
+    for (int64_t i = 0; i < m; i++) b[FEATURE_BLOCK + i] -= exp(b[i]) * b[2 * FEATURE_BLOCK + i];
+    fla_convert((char *)out->data + (size_t)i0 * osz, out->dtype, b + FEATURE_BLOCK, FLA_F64, m);
   }
+  free(b);
+  return 0;
 }
 
 /* Gradient of recipe input i from the core's gradients, into out. */
@@ -580,8 +604,8 @@ static int input_grad_(const fla_op *op, const prepared *pp, int i, fla_tensor *
   if (i == ir->key) return feature_backward_(pp, ir->feature_k, rows, op->K, pp->raw[i], pp->dk, out);
   if (i == ir->probe) return feature_backward_(pp, ir->feature_k, rows, op->K, pp->raw[i], pp->dp, out);
   if (i == ir->decay_input && ir->key_from_decay)
-    decay_grad_with_key_(pp, rows * op->K, pp->raw[i], pp->dg, pp->dk, out);
-  else if (i == ir->decay_input) store_(pp, out, pp->dg);
+    return decay_grad_with_key_(pp, rows * op->K, pp->raw[i], pp->dg, pp->dk, out);
+  if (i == ir->decay_input) store_(pp, out, pp->dg);
   else if (i == ir->value) store_(pp, out, pp->dv);
   else if (i == ir->rate) store_(pp, out, pp->dbeta);
   else if (i == ir->bonus) store_(pp, out, pp->dbonus);

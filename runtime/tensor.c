@@ -188,6 +188,10 @@ static void convert_float(void *dst, fla_dtype dd, const void *src, fla_dtype sd
     for (int64_t i = 0; i < n; i++) ((float *)dst)[i] = (float)((const double *)src)[i];
     return;
   }
+  if (sd == FLA_F32 && dd == FLA_F64) { /* exact: no block round trip */
+    for (int64_t i = 0; i < n; i++) ((double *)dst)[i] = ((const float *)src)[i];
+    return;
+  }
   float tmp[CONVERT_BLOCK];
   for (int64_t off = 0; off < n; off += CONVERT_BLOCK) {
     int64_t m = n - off < CONVERT_BLOCK ? n - off : CONVERT_BLOCK;
