@@ -1,0 +1,113 @@
+/*
+** generate.h -- from a recipe's core recurrence to CUDA source text, and the
+** launch geometry of every kernel it contains.
+**
+** The GPU path mirrors the CPU one (runtime/cpu/cpu.h): the op layer applies
+** feature maps in a "prep" stage, and the core kernels run the recurrence of
+** cpu.h on effective inputs. A stage is one or more kernels compiled from one
+** source; the source is the template of templates/cuda/ behind a block of
+** #defines that fix the recurrence, the shapes and the tile configuration:
+**
+**   FLA_K, FLA_V          state key dim (after the feature map), value dim
+**   FLA_DECAY             0 none, 1 const (gamma[H] f32), 2 scalar g [tok,H],
+**                         3 per-key g [tok,H,K]
+**   FLA_DELTA             1: delta write (beta [tok,H], probe p or k)
+**   FLA_HAS_PROBE         1: a separate probe p [tok,H,K] (Comba)
+**   FLA_READ_BEFORE       1: o reads the state before the token
+**   FLA_HAS_BONUS         1: + scale (q . (bonus_h * k)) v (RWKV-6)
+**   FLA_KEY_FROM_DECAY    1: k = 1 - exp(g) computed on load (HGRN2)
+**   FLA_IN_BF16           1: q, k, v, p, g, beta, bonus, o are bf16; else f32
+**   FLA_HAS_H0, FLA_STORE_HT
+**   FLA_FEATURE           prep stage only: the fla_ir_feature to apply
+**   FLA_BT, FLA_BK, FLA_BV, FLA_WARPS   the tile configuration
+**
+** Every kernel is `extern "C" __global__ void <name>(fla_kernel_args a)`, the
+** struct below passed by value (the template declares the same struct).
+** Same inputs give the same bytes: the source is canonical, so the module
+** cache (runtime/cuda/modcache.h) keys on it.
+*/
+#ifndef FLA_GENERATE_H
+#define FLA_GENERATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fla.h"
+#include "recipe_ir.h"
+
+typedef enum fla_stage {
+  FLA_STAGE_PREP_FWD = 0,   /* y = phi(x) row by row: x [rows, d] -> y [rows, dout] */
+  FLA_STAGE_RECURRENT_FWD,  /* token by token, state on chip: o, ht             */
+  FLA_STAGE_CHUNK_FWD,      /* chunkwise-parallel forward: o, ht                */
+  FLA_STAGE_COUNT
+} fla_stage;
+
+const char *fla_stage_name(fla_stage s);   /* "prep_fwd", "recurrent_fwd", ... */
+
+/* What a stage's source depends on besides the tile configuration. */
+typedef struct fla_gen_key {
+  int decay;            /* 0 none, 1 const, 2 scalar, 3 per-key (FLA_DECAY)   */
+  int delta, has_probe, read_before, has_bonus, key_from_decay;
+  int in_bf16;
+  int has_h0, store_ht;
+  int K, V;             /* state key dim and value dim                        */
+  int feature, feature_in_dim;  /* prep stage: map and its input dim          */
+} fla_gen_key;
+
+/* The core part of a key from a recipe IR and its bound dims. */
+void fla_gen_key_from_ir(const fla_ir *ir, int K_state, int V, int in_bf16, int has_h0,
+                         int store_ht, fla_gen_key *key);
+
+typedef struct fla_tile_config {
+  int BT, BK, BV, warps;  /* 0: the stage's default */
+} fla_tile_config;
+
+/* The arguments every kernel receives (by value). Device pointers as 64-bit
+** integers; unused ones are 0. Token-major layouts as in runtime/cpu/cpu.h. */
+typedef struct fla_kernel_args {
+  uint64_t q, k, v, p, g, beta, bonus;  /* effective inputs                    */
+  uint64_t gamma;                       /* [H] f32 constant log decay         */
+  uint64_t h0, ht;                      /* [N,H,K,V] f32                      */
+  uint64_t o;                           /* [tok,H,V]                          */
+  uint64_t cu;                          /* [N+1] int64 token offsets          */
+  uint64_t chunk_seq;                   /* [NC] int32: sequence of chunk c    */
+  uint64_t chunk_first;                 /* [N+1] int64: first chunk of seq n  */
+  uint64_t ws0, ws1;                    /* stage workspaces (see fla_stage_workspace) */
+  uint64_t x, y;                        /* prep: input and output rows        */
+  int64_t total;                        /* tokens over all sequences          */
+  int64_t rows;                         /* prep: number of rows               */
+  int32_t N, H;
+  int32_t num_chunks;                   /* NC: chunks over all sequences      */
+  float scale;
+} fla_kernel_args;
+
+/* One kernel of a stage and how to launch it. */
+typedef struct fla_kernel_launch {
+  char name[64];
+  unsigned grid[3], block[3];
+  unsigned smem;        /* dynamic shared memory bytes */
+} fla_kernel_launch;
+
+#define FLA_STAGE_MAX_KERNELS 4
+
+/* Writes the stage's source (malloc'd, NUL-terminated; free() it) and the
+** names of its kernels in launch order. FLA_UNSUPPORTED (with the reason in
+** fla_errmsg) for a key the stage does not handle, FLA_INVALID for a tile
+** configuration outside the stage's space. */
+fla_status fla_generate(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key,
+                        const fla_tile_config *cfg, char **source,
+                        char (*kernels)[64], int *num_kernels);
+
+/* Launch geometry of every kernel of the stage for the runtime sizes in
+** args (N, H, total, num_chunks, rows). Returns the number of kernels. */
+int fla_stage_launches(fla_stage stage, const fla_gen_key *key, const fla_tile_config *cfg,
+                       const fla_kernel_args *args, fla_kernel_launch *out);
+
+/* Bytes of workspace ws0 and ws1 the stage needs (0 when none). */
+void fla_stage_workspace(fla_stage stage, const fla_gen_key *key, const fla_tile_config *cfg,
+                         const fla_kernel_args *args, size_t *ws0, size_t *ws1);
+
+/* The stage's default tile configuration for key. */
+void fla_stage_default_config(fla_stage stage, const fla_gen_key *key, fla_tile_config *cfg);
+
+#endif

@@ -1,0 +1,36 @@
+/*
+** stage.h -- what each stage of gen/generate.h provides to the generator.
+** One file per stage (gen/stage_prep.c, gen/stage_recurrent.c,
+** gen/stage_chunk.c) defines one of these; gen/generate.c dispatches to it
+** and puts the #define block of generate.h in front of its template.
+*/
+#ifndef FLA_STAGE_H
+#define FLA_STAGE_H
+
+#include "generate.h"
+
+typedef struct fla_stage_impl {
+  const char *name;          /* "chunk_fwd" */
+  const char *template_file; /* under templates/cuda/, e.g. "chunk_fwd.cuh" */
+  /* FLA_OK, or FLA_UNSUPPORTED / FLA_INVALID with a message (via
+  ** fla_set_error) for a key or a tile configuration it cannot handle.
+  ** cfg has the defaults already filled in. */
+  fla_status (*check)(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_config *cfg);
+  void (*default_config)(const fla_gen_key *key, fla_tile_config *cfg);
+  /* Kernel names in launch order; returns how many. */
+  int (*kernels)(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]);
+  int (*launches)(const fla_gen_key *key, const fla_tile_config *cfg,
+                  const fla_kernel_args *args, fla_kernel_launch *out);
+  void (*workspace)(const fla_gen_key *key, const fla_tile_config *cfg,
+                    const fla_kernel_args *args, size_t *ws0, size_t *ws1);
+} fla_stage_impl;
+
+extern const fla_stage_impl fla_stage_prep_fwd;
+extern const fla_stage_impl fla_stage_recurrent_fwd;
+extern const fla_stage_impl fla_stage_chunk_fwd;
+
+/* The text of templates/cuda/<file>, embedded in the library at build time
+** (so a binary does not need its source tree); NULL when unknown. */
+const char *fla_template_text(const char *file);
+
+#endif
