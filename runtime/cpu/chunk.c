@@ -620,25 +620,12 @@ static int backward_pair_(void *arg, int64_t idx) {
   return 0;
 }
 
-static void zero_(float *p, int64_t n) {
-  if (p) memset(p, 0, sizeof(float) * (size_t)n);
-}
-
 int fla_cpu_chunk_backward(const fla_core_spec *s, fla_core_f32 *io) {
   if (!spec_ok_(s, io)) return -1;
-  int64_t N = s->N, H = s->H, K = s->K, V = s->V, T = s->total;
+  int64_t N = s->N, H = s->H, K = s->K;
   pthread_once(&blas_once_, blas_single_thread_);
 
-  /* Zero first: tokens outside every sequence and the tensors this family
-  ** does not produce (dp without a probe, dbeta without delta) read 0. */
-  zero_(io->dq, T * H * K);
-  zero_(io->dk, T * H * K);
-  zero_(io->dv, T * H * V);
-  zero_(io->dp, T * H * K);
-  zero_(io->dbeta, T * H);
-  if (s->decay == FLA_CORE_DECAY_SCALAR) zero_(io->dg, T * H);
-  if (s->decay == FLA_CORE_DECAY_KEY) zero_(io->dg, T * H * K);
-  zero_(io->dbonus, H * K);
+  FLA_CORE_ZERO_GRADS(s, io, float);
 
   /* One dbonus slot per pair, summed by head afterwards in a fixed order, so
   ** the result does not depend on the thread count. */

@@ -25,6 +25,7 @@
 #ifndef FLA_CPU_H
 #define FLA_CPU_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 enum { FLA_CORE_DECAY_NONE = 0, FLA_CORE_DECAY_SCALAR, FLA_CORE_DECAY_KEY };
@@ -52,6 +53,15 @@ typedef struct fla_core_spec {
 
 typedef FLA_CORE_IO(double) fla_core_f64;
 typedef FLA_CORE_IO(float) fla_core_f32;
+
+/* Zeroes every non-NULL gradient of io (REAL of esz bytes) in full, so the
+** tokens outside every sequence and the gradients a family does not produce
+** (dp without a probe, dbeta without delta) read 0. Both backwards start here. */
+void fla_core_zero_grads(const fla_core_spec *s, size_t esz, void *dq, void *dk, void *dv,
+                         void *dp, void *dbeta, void *dg, void *dbonus);
+#define FLA_CORE_ZERO_GRADS(s, io, REAL)                                          \
+  fla_core_zero_grads(s, sizeof(REAL), (io)->dq, (io)->dk, (io)->dv, (io)->dp, \
+                      (io)->dbeta, (io)->dg, (io)->dbonus)
 
 /* Token-by-token recurrence in float64: the oracle. Return 0, or -1 when
 ** memory runs out. */

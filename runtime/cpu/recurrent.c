@@ -404,26 +404,12 @@ static int backward_pair_(void *arg, int64_t idx) {
   return 0;
 }
 
-/* Zeroes n doubles when p is given. */
-static void zero_(double *p, int64_t n) {
-  if (p) memset(p, 0, sizeof(double) * (size_t)n);
-}
-
 int fla_cpu_recurrent_backward(const fla_core_spec *s, fla_core_f64 *io) {
   if (!s || !io) return -1;
-  int64_t N = s->N, H = s->H, K = s->K, V = s->V, T = s->total;
+  int64_t N = s->N, H = s->H, K = s->K;
   int use_bonus = s->read_before && io->bonus;
 
-  /* Zero first: tokens outside every sequence and the tensors this family
-  ** does not produce (dp without a probe, dbeta without delta) read 0. */
-  zero_(io->dq, T * H * K);
-  zero_(io->dk, T * H * K);
-  zero_(io->dv, T * H * V);
-  zero_(io->dp, T * H * K);
-  zero_(io->dbeta, T * H);
-  if (s->decay == FLA_CORE_DECAY_SCALAR) zero_(io->dg, T * H);
-  if (s->decay == FLA_CORE_DECAY_KEY) zero_(io->dg, T * H * K);
-  zero_(io->dbonus, H * K);
+  FLA_CORE_ZERO_GRADS(s, io, double);
 
   /* Each pair gets its own dbonus slot; summed by head afterwards in a fixed
   ** order, so the result does not depend on the thread count. */
