@@ -61,15 +61,40 @@ typedef enum fla_backend {
   FLA_BACKEND_HIP
 } fla_backend;
 
-/* Creates a context for `backend`. The CPU backend is always available;
-** FLA_NODEVICE when a GPU backend is asked for and none is present (in this
-** version only the CPU backend exists, so AUTO gives the CPU).
-** *out is freed with fla_ctx_free. */
+/* Creates a context for `backend`. *out is freed with fla_ctx_free.
+**   FLA_BACKEND_CPU   always available.
+**   FLA_BACKEND_CUDA  loads the CUDA driver (libcuda.so.1) and NVRTC with
+**                     dlopen, takes device 0 (or the ordinal in the
+**                     environment variable FLA_CUDA_DEVICE), retains its
+**                     primary context and creates one stream for the
+**                     context's work. FLA_NODEVICE when the driver, NVRTC or
+**                     the device is missing; fla_ctx_create_ex says which.
+**   FLA_BACKEND_AUTO  CUDA when that succeeds, else the CPU (never fails
+**                     for want of a GPU).
+**   FLA_BACKEND_HIP   FLA_NODEVICE in this version.
+** A failed create has no context to hold a message: use fla_ctx_create_ex
+** to get one. The driver is initialised in the calling process: a process
+** that fork()s after creating a CUDA context cannot use CUDA in the child. */
 fla_status fla_ctx_create(fla_backend backend, fla_ctx **out);
 
-/* Frees a context. NULL is allowed. Objects created from it (recipes, ops,
+/* fla_ctx_create, and on failure a one-line reason written into err (of
+** errlen bytes, NUL-terminated, truncated to fit; err may be NULL when
+** errlen is 0), e.g. "CUDA driver not found (libcuda.so.1: cannot open
+** shared object file ...)" or "FLA_CUDA_DEVICE=3 but 1 CUDA device(s)".
+** On success err holds "". */
+fla_status fla_ctx_create_ex(fla_backend backend, fla_ctx **out, char *err, size_t errlen);
+
+/* Frees a context and everything its backend holds (device memory of its
+** scratch buffers, compiled modules, the stream, the primary context
+** reference). NULL is allowed. Objects created from it (recipes, ops,
 ** tensors) must be freed before it. */
 void fla_ctx_free(fla_ctx *ctx);
+
+/* A name for the device the context runs on, owned by the context: the
+** driver's name for a CUDA device followed by its NVRTC target in brackets
+** ("NVIDIA H100 80GB HBM3 [sm_90a]"), "cpu" for the CPU. NULL ctx gives
+** "none". */
+const char *fla_ctx_device_name(const fla_ctx *ctx);
 
 /* The detailed message of the last failing call on ctx ("" when none).
 ** Owned by the context; valid until the next call on it. NULL ctx gives a
@@ -104,16 +129,29 @@ size_t fla_dtype_size(fla_dtype dtype);
 const char *fla_dtype_name(fla_dtype dtype);
 
 /* Allocates a zero-filled tensor of the given dtype and shape in the context's
-** memory (host memory for the CPU backend). ndim is 0..FLA_MAX_DIMS; every
-** dimension must be >= 0. Freed with fla_tensor_free. */
+** memory: host memory for the CPU backend, device memory (cuMemAlloc, zeroed
+** with cuMemsetD8) on a CUDA context. ndim is 0..FLA_MAX_DIMS; every
+** dimension must be >= 0. Freed with fla_tensor_free, before its context.
+** FLA_NOMEM when the host or the device is out of memory (the message gives
+** the size and, for the device, the driver's error). */
 fla_status fla_tensor_new(fla_ctx *ctx, fla_dtype dtype, int ndim,
                           const int64_t *shape, fla_tensor **out);
 
 /* Wraps caller-owned memory `data` (host memory, contiguous, row-major) as a
 ** tensor without copying. The memory must outlive the tensor; fla_tensor_free
-** frees only the wrapper. */
+** frees only the wrapper. Host memory only: FLA_INVALID on a CUDA context
+** (use fla_tensor_wrap_device there). */
 fla_status fla_tensor_wrap(fla_ctx *ctx, fla_dtype dtype, int ndim,
                            const int64_t *shape, void *data, fla_tensor **out);
+
+/* Wraps caller-owned device memory (a CUdeviceptr, passed as a 64-bit
+** integer; contiguous, row-major, allocated in the context's device and
+** primary context, e.g. by PyTorch on the same GPU) as a device tensor
+** without copying. The memory must outlive the tensor; fla_tensor_free frees
+** only the wrapper. FLA_INVALID on a context that is not CUDA, or for a 0
+** pointer with a non-empty shape. */
+fla_status fla_tensor_wrap_device(fla_ctx *ctx, fla_dtype dtype, int ndim,
+                                  const int64_t *shape, uint64_t dptr, fla_tensor **out);
 
 /* Frees a tensor (and its memory unless wrapped). NULL is allowed. */
 void fla_tensor_free(fla_tensor *t);
@@ -122,17 +160,32 @@ fla_dtype      fla_tensor_dtype(const fla_tensor *t);
 int            fla_tensor_ndim(const fla_tensor *t);
 const int64_t *fla_tensor_shape(const fla_tensor *t);  /* ndim entries */
 int64_t        fla_tensor_numel(const fla_tensor *t);
-void          *fla_tensor_data(fla_tensor *t);         /* host pointer */
+/* The host pointer of a host tensor; NULL for a device tensor (read and
+** write those with copy_to / copy_from, or use fla_tensor_device_ptr). */
+void          *fla_tensor_data(fla_tensor *t);
+/* 1 when the tensor's elements live in device memory (every tensor of a CUDA
+** context), 0 for host tensors and NULL. */
+int            fla_tensor_is_device(const fla_tensor *t);
+/* The CUdeviceptr of a device tensor as a 64-bit integer (for passing to
+** other CUDA code on the same device); 0 for host tensors and NULL. */
+uint64_t       fla_tensor_device_ptr(const fla_tensor *t);
 
-/* Copies n elements from src (of dtype src_dtype) into t, converting. n must
-** equal the tensor's numel. Float dtypes convert to each other (round to
-** nearest even); integer dtypes only to integer dtypes. */
+/* Copies n elements from src (host memory, of dtype src_dtype) into t,
+** converting. n must equal the tensor's numel. Float dtypes convert to each
+** other (round to nearest even); integer dtypes only to integer dtypes. For
+** a device tensor the conversion runs on the host into a staging buffer,
+** which is then copied to the device (synchronous: src may be reused at
+** once; FLA_ERROR with the driver's message when the copy fails). */
 fla_status fla_tensor_copy_from(fla_ctx *ctx, fla_tensor *t, const void *src,
                                 fla_dtype src_dtype, int64_t n);
-/* Copies the tensor's elements into dst as dst_dtype (n == numel). */
+/* Copies the tensor's elements into dst (host memory) as dst_dtype
+** (n == numel). For a device tensor: a synchronous copy to a host staging
+** buffer, after all work queued on the context, then the conversion. */
 fla_status fla_tensor_copy_to(fla_ctx *ctx, const fla_tensor *t, void *dst,
                               fla_dtype dst_dtype, int64_t n);
-/* Sets every element to value (converted to the tensor's dtype); NaN poisons. */
+/* Sets every element to value (converted to the tensor's dtype); NaN poisons.
+** Device tensors are filled on the device (cuMemsetD32 for 4-byte dtypes,
+** through a host staging buffer for the others). */
 fla_status fla_tensor_fill(fla_ctx *ctx, fla_tensor *t, double value);
 
 /* ----------------------------------------------------------------- recipes */
@@ -229,11 +282,28 @@ typedef struct fla_arg {
 /* Forward: o [B, T, H, V] and, when ht is not NULL, the final state
 ** [N, H, Ks, V]. Inputs may be f32, f64, bf16 or f16 (converted); o and ht
 ** may be any float dtype. Missing or extra inputs are FLA_INVALID, shapes
-** that differ from the binding FLA_SHAPE; on error o and ht are untouched. */
+** that differ from the binding FLA_SHAPE; on error o and ht are untouched.
+**
+** On a CUDA context (the op bound on it) every tensor must be a device
+** tensor (a host tensor is FLA_INVALID, as is a device tensor given to an op
+** of a CPU context), and the kernels are generated for the recipe, compiled
+** with NVRTC on first use (kept in the on-disk module cache, see
+** runtime/cuda/modcache.h; $FLA_CACHE_DIR) and loaded once per context:
+**   - the recipe inputs share one dtype, bf16 or f32, and o has that dtype;
+**     h0 and ht are f32; cu_seqlens is i32 or i64 (read back to the host).
+**     Anything else is FLA_UNSUPPORTED with the reason.
+**   - T == 1 on a dense batch, or FLA_ALGO_RECURRENT: the token-by-token
+**     kernel (state on chip); otherwise the chunked kernels where they are
+**     generated for the recipe, the token-by-token kernel where not.
+**   - The call returns once the kernels have finished. A compile or launch
+**     failure is FLA_ERROR with NVRTC's log or the driver's message and the
+**     kernel's name. */
 fla_status fla_op_forward(fla_op *op, const fla_arg *inputs, int num_inputs,
                           fla_tensor *o, fla_tensor *ht);
 
 /* Backward of L = sum(o * d_o) + sum(ht * dht), recomputing the forward.
+** Not yet on a CUDA context: FLA_UNSUPPORTED ("backward on the GPU is not
+** generated yet").
 ** dht may be NULL (zero). grads names gradients as "d" + input name ("dq",
 ** "dk", "dg", "dbeta", "dh0", ...); each given tensor must have the input's
 ** shape and receives the gradient (overwritten, not accumulated). Gradients
@@ -266,7 +336,8 @@ int         fla_safetensors_find(const fla_safetensors *st, const char *name);
 /* Loads tensor `name` as a new tensor (converted to dtype; pass -1 to keep the
 ** file's dtype). FLA_INVALID when absent; FLA_UNSUPPORTED for a dtype this
 ** library does not convert (e.g. F8), or a conversion between float and
-** integer dtypes. */
+** integer dtypes. On a CUDA context the tensor is read and converted on the
+** host, then copied to a new device tensor. */
 fla_status fla_safetensors_load(fla_ctx *ctx, const fla_safetensors *st,
                                 const char *name, int dtype, fla_tensor **out);
 
@@ -274,7 +345,8 @@ fla_status fla_safetensors_load(fla_ctx *ctx, const fla_safetensors *st,
 ** renamed into place), so a failed write never harms an existing file.
 ** Tensors are laid out back to back, largest element size first, then by
 ** name, with __metadata__ {"format": "pt"}: the layout Hugging Face's
-** safetensors library writes and requires. */
+** safetensors library writes and requires. Host tensors only: a device
+** tensor is FLA_INVALID (copy it to a host tensor of a CPU context first). */
 fla_status fla_safetensors_save(fla_ctx *ctx, const char *path, int n,
                                 const char *const *names,
                                 const fla_tensor *const *tensors);

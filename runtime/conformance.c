@@ -156,21 +156,46 @@ static fla_status compare_const_decay_(fla_ctx *ctx, const fla_recipe *r, const 
   return s;
 }
 
-static fla_status run_forward_(fla_ctx *ctx, fla_op *op, const fla_ir *ir, case_tensors *c,
-                               fla_arg *args, int nargs, double tol, fla_check_row *rows, int *n) {
-  fla_tensor *o = NULL, *ht = NULL;
+/* A host f32 copy of t (which may be a device tensor of another dtype). */
+static fla_status to_host_f32_(fla_ctx *hc, fla_ctx *ctx, const fla_tensor *t, fla_tensor **out) {
+  fla_status s = fla_tensor_new(hc, FLA_F32, fla_tensor_ndim(t), fla_tensor_shape(t), out);
+  if (s == FLA_OK) s = fla_tensor_copy_to(ctx, t, fla_tensor_data(*out), FLA_F32, fla_tensor_numel(t));
+  return s;
+}
+
+/* o in the inputs' dtype on the GPU (the kernels write that), f32 on the CPU;
+** ht f32. Both poisoned with NaN, read back to host f32 for the comparison. */
+static fla_status run_forward_(fla_ctx *ctx, fla_ctx *hc, fla_op *op, case_tensors *c,
+                               fla_arg *args, int nargs, fla_dtype dtype, double tol,
+                               fla_check_row *rows, int *n) {
+  fla_tensor *o = NULL, *ht = NULL, *ho = NULL, *hht = NULL;
+  int gpu = fla_ctx_backend(ctx) == FLA_BACKEND_CUDA;
   const int64_t *os = fla_tensor_shape(c->ref_o);
-  fla_status s = fla_tensor_new(ctx, FLA_F32, 4, os, &o);
+  fla_status s = fla_tensor_new(ctx, gpu ? dtype : FLA_F32, 4, os, &o);
   if (s == FLA_OK && c->ref_ht) s = fla_tensor_new(ctx, FLA_F32, 4, fla_tensor_shape(c->ref_ht), &ht);
-  if (s == FLA_OK) fla_tensor_fill(ctx, o, NAN);
+  if (s == FLA_OK) s = fla_tensor_fill(ctx, o, NAN);
+  if (s == FLA_OK && ht) s = fla_tensor_fill(ctx, ht, NAN);
   if (s == FLA_OK) s = fla_op_forward(op, args, nargs, o, ht);
+  if (s == FLA_OK) s = to_host_f32_(hc, ctx, o, &ho);
+  if (s == FLA_OK && ht) s = to_host_f32_(hc, ctx, ht, &hht);
   if (s == FLA_OK) {
-    add_row_(rows, n, "o", rel_rms_(o, c->ref_o), tol);
-    if (ht) add_row_(rows, n, "ht", rel_rms_(ht, c->ref_ht), tol);
+    add_row_(rows, n, "o", rel_rms_(ho, c->ref_o), tol);
+    if (ht) add_row_(rows, n, "ht", rel_rms_(hht, c->ref_ht), tol);
   }
-  (void)ir;
-  fla_tensor_free(o);
-  fla_tensor_free(ht);
+  fla_tensor_free(o), fla_tensor_free(ht), fla_tensor_free(ho), fla_tensor_free(hht);
+  return s;
+}
+
+/* The tensor the op runs on for a host f32 case tensor: itself on the CPU in
+** f32, else a new tensor of ctx in dtype (uploaded on a GPU context). */
+static fla_status run_input_(fla_ctx *ctx, fla_tensor *host, fla_dtype dtype, fla_tensor **out) {
+  if (fla_ctx_backend(ctx) != FLA_BACKEND_CUDA && dtype == FLA_F32) {
+    *out = host;
+    return FLA_OK;
+  }
+  fla_status s = fla_tensor_new(ctx, dtype, fla_tensor_ndim(host), fla_tensor_shape(host), out);
+  if (s == FLA_OK)
+    s = fla_tensor_copy_from(ctx, *out, fla_tensor_data(host), FLA_F32, fla_tensor_numel(host));
   return s;
 }
 
@@ -210,13 +235,29 @@ static fla_status run_backward_(fla_ctx *ctx, const fla_safetensors *st, const c
 fla_status fla_check_case(fla_ctx *ctx, const fla_recipe *r, const fla_safetensors *st,
                           const char *name, fla_algo algo, double tol, fla_check_row *rows,
                           int *nrows) {
+  return fla_check_case_ex(ctx, r, st, name, algo, FLA_F32, tol, rows, nrows, NULL);
+}
+
+fla_status fla_check_case_ex(fla_ctx *ctx, const fla_recipe *r, const fla_safetensors *st,
+                             const char *name, fla_algo algo, fla_dtype dtype, double tol,
+                             fla_check_row *rows, int *nrows, int *backward_skipped) {
+  if (backward_skipped) *backward_skipped = 0;
   if (!ctx || !r || !st || !name || !rows || !nrows)
     return fla_set_error(ctx, FLA_INVALID, "fla_check_case: NULL argument");
+  if (dtype != FLA_F32 && dtype != FLA_BF16)
+    return fla_set_error(ctx, FLA_INVALID, "fla_check_case: dtype %s (f32 or bf16)", fla_dtype_name(dtype));
   *nrows = 0;
+  int gpu = fla_ctx_backend(ctx) == FLA_BACKEND_CUDA;
+  /* The case is read and compared on the host: a CPU context of our own on a GPU. */
+  fla_ctx *hc = ctx;
+  if (gpu && fla_ctx_create(FLA_BACKEND_CPU, &hc) != FLA_OK)
+    return fla_set_error(ctx, FLA_NOMEM, "fla_check_case: cannot create a host context");
   const fla_ir *ir = fla_recipe_ir(r);
   case_tensors c;
   memset(&c, 0, sizeof c);
-  fla_status s = load_case_(ctx, st, name, ir, &c);
+  fla_tensor *run_in[FLA_IR_MAX_INPUTS] = {0}, *run_h0 = NULL;
+  fla_status s = load_case_(hc, st, name, ir, &c);
+  if (s != FLA_OK && hc != ctx) fla_set_error(ctx, s, "%s", fla_errmsg(hc));
   fla_op *op = NULL;
   fla_op_config cfg;
   if (s == FLA_OK) {
@@ -227,13 +268,24 @@ fla_status fla_check_case(fla_ctx *ctx, const fla_recipe *r, const fla_safetenso
   if (s == FLA_OK && c.ref_g) s = compare_const_decay_(ctx, r, &cfg, &c, tol, rows, nrows);
   fla_arg args[FLA_IR_MAX_INPUTS + 1];
   int nargs = 0;
-  for (int i = 0; s == FLA_OK && i < ir->num_inputs; i++)
-    args[nargs++] = (fla_arg){ir->inputs[i].name, c.in[i]};
-  if (c.h0) args[nargs++] = (fla_arg){"h0", c.h0};
-  if (s == FLA_OK) s = run_forward_(ctx, op, ir, &c, args, nargs, tol, rows, nrows);
-  if (s == FLA_OK && c.d_o) s = run_backward_(ctx, st, name, op, ir, &c, args, nargs, tol, rows, nrows);
+  for (int i = 0; s == FLA_OK && i < ir->num_inputs; i++) {
+    s = run_input_(ctx, c.in[i], dtype, &run_in[i]);
+    args[nargs++] = (fla_arg){ir->inputs[i].name, run_in[i]};
+  }
+  if (s == FLA_OK && c.h0) { /* states stay f32 */
+    s = run_input_(ctx, c.h0, FLA_F32, &run_h0);
+    args[nargs++] = (fla_arg){"h0", run_h0};
+  }
+  if (s == FLA_OK) s = run_forward_(ctx, hc, op, &c, args, nargs, dtype, tol, rows, nrows);
+  if (s == FLA_OK && c.d_o && gpu && backward_skipped) *backward_skipped = 1;
+  if (s == FLA_OK && c.d_o && !gpu)
+    s = run_backward_(ctx, st, name, op, ir, &c, args, nargs, tol, rows, nrows);
+  for (int i = 0; i < FLA_IR_MAX_INPUTS; i++)
+    if (run_in[i] != c.in[i]) fla_tensor_free(run_in[i]);
+  if (run_h0 != c.h0) fla_tensor_free(run_h0);
   fla_op_free(op);
   case_free_(&c);
+  if (hc != ctx) fla_ctx_free(hc);
   return s;
 }
 

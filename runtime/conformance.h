@@ -24,6 +24,16 @@ fla_status fla_check_case(fla_ctx *ctx, const fla_recipe *r, const fla_safetenso
                           const char *name, fla_algo algo, double tol,
                           fla_check_row *rows, int *nrows);
 
+/* fla_check_case with the case's inputs rounded to `dtype` (FLA_F32 or
+** FLA_BF16; h0 stays f32) before the run. On a CUDA context the case is read
+** and compared on the host (a CPU context of its own), the inputs are
+** uploaded, the forward runs on the GPU with o in `dtype` and ht in f32, and
+** both are read back for the comparison; the backward is not run there, and
+** *backward_skipped (may be NULL) is set to 1 when the case holds gradients. */
+fla_status fla_check_case_ex(fla_ctx *ctx, const fla_recipe *r, const fla_safetensors *st,
+                             const char *name, fla_algo algo, fla_dtype dtype, double tol,
+                             fla_check_row *rows, int *nrows, int *backward_skipped);
+
 /* Names of the cases in st (the prefixes of "<case>.out.o"), in file order;
 ** returns how many, writing at most cap of them into names. */
 int fla_check_list_cases(const fla_safetensors *st, char (*names)[64], int cap);

@@ -37,21 +37,64 @@ void fla_clear_error(fla_ctx *ctx) {
   if (ctx) ctx->errmsg[0] = '\0';
 }
 
-fla_status fla_ctx_create(fla_backend backend, fla_ctx **out) {
-  if (!out) return FLA_INVALID;
-  *out = NULL;
-  if (backend == FLA_BACKEND_CUDA || backend == FLA_BACKEND_HIP)
-    return FLA_NODEVICE;
-  if (backend != FLA_BACKEND_AUTO && backend != FLA_BACKEND_CPU)
+static void put_err_(char *err, size_t errlen, const char *msg) {
+  if (err && errlen) snprintf(err, errlen, "%s", msg);
+}
+
+fla_status fla_ctx_create_ex(fla_backend backend, fla_ctx **out, char *err, size_t errlen) {
+  put_err_(err, errlen, "");
+  if (!out) {
+    put_err_(err, errlen, "fla_ctx_create: out is NULL");
     return FLA_INVALID;
+  }
+  *out = NULL;
+  if (backend == FLA_BACKEND_HIP) {
+    put_err_(err, errlen, "the HIP backend is not available in this version");
+    return FLA_NODEVICE;
+  }
+  if (backend != FLA_BACKEND_AUTO && backend != FLA_BACKEND_CPU && backend != FLA_BACKEND_CUDA) {
+    char msg[64];
+    snprintf(msg, sizeof msg, "unknown backend %d", (int)backend);
+    put_err_(err, errlen, msg);
+    return FLA_INVALID;
+  }
   fla_ctx *ctx = calloc(1, sizeof *ctx);
-  if (!ctx) return FLA_NOMEM;
+  if (!ctx) {
+    put_err_(err, errlen, "out of memory");
+    return FLA_NOMEM;
+  }
+  if (backend == FLA_BACKEND_CUDA || backend == FLA_BACKEND_AUTO) {
+    char why[1024] = "";
+    fla_status st = fla_cuda_ctx_open(ctx, why, sizeof why);
+    if (st == FLA_OK) {
+      ctx->backend = FLA_BACKEND_CUDA;
+      *out = ctx;
+      return FLA_OK;
+    }
+    if (backend == FLA_BACKEND_CUDA) {
+      put_err_(err, errlen, why);
+      free(ctx);
+      return st;
+    }
+    memset(ctx, 0, sizeof *ctx); /* AUTO: fall back to the CPU */
+  }
   ctx->backend = FLA_BACKEND_CPU;
+  snprintf(ctx->device_name, sizeof ctx->device_name, "cpu");
   *out = ctx;
   return FLA_OK;
 }
 
-void fla_ctx_free(fla_ctx *ctx) { free(ctx); }
+fla_status fla_ctx_create(fla_backend backend, fla_ctx **out) {
+  return fla_ctx_create_ex(backend, out, NULL, 0);
+}
+
+void fla_ctx_free(fla_ctx *ctx) {
+  if (!ctx) return;
+  fla_cuda_ctx_close(ctx);
+  free(ctx);
+}
+
+const char *fla_ctx_device_name(const fla_ctx *ctx) { return ctx ? ctx->device_name : "none"; }
 
 const char *fla_errmsg(const fla_ctx *ctx) {
   return ctx ? ctx->errmsg : "no context";

@@ -11,30 +11,13 @@
 #include "recipe.h"
 #include "feature.h"
 #include "cpu/cpu.h"
+#include "cuda/op_cuda.h"
+#include "op_internal.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-struct fla_op {
-  fla_ctx *ctx;
-  const fla_recipe *recipe;
-  const fla_ir *ir;
-  int64_t B, T, H, K, V;  /* bound shape (K: input key dim)          */
-  int64_t N;              /* sequences                               */
-  int64_t Ks;             /* state key dim (feature map output size) */
-  int64_t tokens;         /* B * T                                   */
-  int varlen;
-  double scale;
-  int chunk;
-  fla_algo algo;
-  double *gamma;          /* [H] constant log decay, or NULL         */
-  /* Work buffers kept between calls: a fresh allocation of this size would
-  ** be page-faulted in on every call. An op runs one call at a time. */
-  void *ws[40];
-  size_t ws_bytes[40];
-};
 
 /* ------------------------------------------------------------------ binding */
 
@@ -175,6 +158,9 @@ static fla_status check_tensor_(const fla_op *op, const char *what, const char *
                                 const fla_tensor *t, int ndim, const int64_t *shape) {
   char got[128], want[128];
   if (!t) return fla_set_error(op->ctx, FLA_INVALID, "%s '%s' is NULL", what, name);
+  if (t->device != (op->ctx->backend == FLA_BACKEND_CUDA))
+    return fla_set_error(op->ctx, FLA_INVALID, "%s '%s' is in %s memory, but the op runs on the %s",
+                         what, name, t->device ? "device" : "host", t->device ? "CPU" : "GPU");
   int same = t->ndim == ndim;
   for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];
   if (!same)
@@ -251,6 +237,8 @@ static fla_status sequence_offsets_(const fla_op *op, const op_args *a, int64_t 
   if (t->dtype != FLA_I32 && t->dtype != FLA_I64)
     return fla_set_error(op->ctx, FLA_INVALID, "input 'cu_seqlens' has dtype %s, expected i32 or i64",
                          fla_dtype_name(t->dtype));
+  if (t->device)
+    return fla_set_error(op->ctx, FLA_INVALID, "input 'cu_seqlens' is in device memory, but the op runs on the CPU");
   for (int64_t n = 0; n <= op->N; n++)
     cu[n] = t->dtype == FLA_I32 ? ((const int32_t *)t->data)[n] : ((const int64_t *)t->data)[n];
   if (cu[0] != 0)
@@ -516,6 +504,8 @@ fla_status fla_op_forward(fla_op *op, const fla_arg *inputs, int num_inputs, fla
   fla_status st = match_inputs_(op, inputs, num_inputs, &a);
   if (st == FLA_OK) st = check_outputs_(op, o, ht, "o", "ht");
   if (st != FLA_OK) return st;
+  if (op->ctx->backend == FLA_BACKEND_CUDA)
+    return fla_cuda_op_forward(op, a.in, a.h0, a.cu_seqlens, o, ht);
   prepared pp;
   if ((st = prepare_(op, &a, work_dtype_(op), &pp)) != FLA_OK) return st;
   core_sizes z = core_sizes_(&pp.spec);
@@ -631,6 +621,8 @@ fla_status fla_op_backward(fla_op *op, const fla_arg *inputs, int num_inputs, co
                            const fla_tensor *dht, const fla_arg *grads, int num_grads) {
   if (!op) return FLA_INVALID;
   if (!d_o) return fla_set_error(op->ctx, FLA_INVALID, "fla_op_backward: 'd_o' is NULL");
+  if (op->ctx->backend == FLA_BACKEND_CUDA)
+    return fla_set_error(op->ctx, FLA_UNSUPPORTED, "backward on the GPU is not generated yet");
   op_args a;
   grad_args g;
   fla_status st = match_inputs_(op, inputs, num_inputs, &a);

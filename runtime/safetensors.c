@@ -543,7 +543,7 @@ fla_status fla_safetensors_load(fla_ctx *ctx, const fla_safetensors *st, const c
     return fla_set_error(ctx, FLA_UNSUPPORTED, "%s: tensor '%s': cannot convert %s to %s",
                          st->label, name, sd->name, fla_dtype_name(want));
   fla_tensor *t;
-  fla_status s = fla_tensor_new(ctx, want, e->ndim, e->shape, &t);
+  fla_status s = fla_tensor_new_host(ctx, want, e->ndim, e->shape, &t);
   if (s != FLA_OK) return s;
   const unsigned char *src = st->buf + st->data_start + e->begin;
   size_t nbytes = (size_t)(e->end - e->begin);
@@ -553,6 +553,7 @@ fla_status fla_safetensors_load(fla_ctx *ctx, const fla_safetensors *st, const c
     fla_tensor_free(t);
     return s;
   }
+  if ((s = fla_tensor_to_backend(ctx, &t)) != FLA_OK) return s; /* a GPU context: upload */
   *out = t;
   return FLA_OK;
 }
@@ -586,6 +587,9 @@ static fla_status save_plan(fla_ctx *ctx, int n, const char *const *names,
                            !names[i] ? "names" : "tensors", i);
     if (strcmp(names[i], "__metadata__") == 0)
       return fla_set_error(ctx, FLA_INVALID, "fla_safetensors_save: the name '__metadata__' is reserved");
+    if (tensors[i]->device)
+      return fla_set_error(ctx, FLA_INVALID, "fla_safetensors_save: tensor '%s' is in device memory "
+                           "(copy it to a host tensor first)", names[i]);
     if (fla_dtype_size(tensors[i]->dtype) == 0 || (!tensors[i]->data && tensors[i]->numel > 0))
       return fla_set_error(ctx, FLA_INVALID, "fla_safetensors_save: tensor '%s' is not valid",
                            names[i]);

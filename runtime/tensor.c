@@ -1,6 +1,7 @@
 /*
-** tensor.c -- host tensors (allocate, wrap, copy, fill) and the scalar and
-** bulk conversions between the storage dtypes.
+** tensor.c -- tensors (allocate, wrap, copy, fill) in host memory or, on a
+** CUDA context, in device memory (through runtime/cuda/backend.c), and the
+** scalar and bulk conversions between the storage dtypes.
 **
 ** The half-precision conversions are written with integer bit operations
 ** rather than the compiler's _Float16 so that they behave the same on every
@@ -9,6 +10,7 @@
 #include "internal.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -288,8 +290,9 @@ static fla_status tensor_header(fla_ctx *ctx, const char *fn, fla_dtype dtype, i
   return FLA_OK;
 }
 
-fla_status fla_tensor_new(fla_ctx *ctx, fla_dtype dtype, int ndim, const int64_t *shape,
-                          fla_tensor **out) {
+/* A host tensor on any context. */
+fla_status fla_tensor_new_host(fla_ctx *ctx, fla_dtype dtype, int ndim, const int64_t *shape,
+                               fla_tensor **out) {
   if (!out) return fla_set_error(ctx, FLA_INVALID, "fla_tensor_new: out is NULL");
   *out = NULL;
   size_t bytes;
@@ -311,12 +314,62 @@ fla_status fla_tensor_new(fla_ctx *ctx, fla_dtype dtype, int ndim, const int64_t
   return FLA_OK;
 }
 
+static fla_status tensor_new_device(fla_ctx *ctx, fla_dtype dtype, int ndim, const int64_t *shape,
+                                    fla_tensor **out) {
+  size_t bytes;
+  fla_tensor *t;
+  fla_status st = tensor_header(ctx, "fla_tensor_new", dtype, ndim, shape, &t, &bytes);
+  if (st != FLA_OK) return st;
+  t->device = 1;
+  st = fla_cuda_mem_alloc(ctx, bytes, &t->dptr);
+  if (st == FLA_OK) st = fla_cuda_memset_d8(ctx, t->dptr, 0, bytes);
+  if (st != FLA_OK) {
+    char sbuf[256], why[FLA_ERRMSG_MAX];
+    snprintf(why, sizeof why, "%s", ctx->errmsg);
+    if (t->dptr) fla_cuda_mem_free(ctx, t->dptr);
+    free(t);
+    return fla_set_error(ctx, st, "fla_tensor_new: %s %s (%zu bytes) on the device: %s",
+                         fla_dtype_name(dtype), fla_shape_str(sbuf, sizeof sbuf, ndim, shape),
+                         bytes, why);
+  }
+  t->owned = 1;
+  *out = t;
+  return FLA_OK;
+}
+
+fla_status fla_tensor_new(fla_ctx *ctx, fla_dtype dtype, int ndim, const int64_t *shape,
+                          fla_tensor **out) {
+  if (!out) return fla_set_error(ctx, FLA_INVALID, "fla_tensor_new: out is NULL");
+  *out = NULL;
+  if (ctx && ctx->backend == FLA_BACKEND_CUDA) return tensor_new_device(ctx, dtype, ndim, shape, out);
+  return fla_tensor_new_host(ctx, dtype, ndim, shape, out);
+}
+
+fla_status fla_tensor_to_backend(fla_ctx *ctx, fla_tensor **t) {
+  if (!ctx || !*t || ctx->backend != FLA_BACKEND_CUDA || (*t)->device) return FLA_OK;
+  fla_tensor *host = *t, *dev = NULL;
+  fla_status st = tensor_new_device(ctx, host->dtype, host->ndim, host->shape, &dev);
+  if (st == FLA_OK)
+    st = fla_cuda_upload(ctx, dev->dptr, host->data, (size_t)host->numel * fla_dtype_size(host->dtype));
+  fla_tensor_free(host);
+  if (st != FLA_OK) {
+    fla_tensor_free(dev);
+    dev = NULL;
+  }
+  *t = dev;
+  return st;
+}
+
 fla_status fla_tensor_wrap(fla_ctx *ctx, fla_dtype dtype, int ndim, const int64_t *shape,
                            void *data, fla_tensor **out) {
   if (!out) return fla_set_error(ctx, FLA_INVALID, "fla_tensor_wrap: out is NULL");
   *out = NULL;
   size_t bytes;
   fla_tensor *t;
+  if (ctx && ctx->backend == FLA_BACKEND_CUDA)
+    return fla_set_error(ctx, FLA_INVALID,
+                         "fla_tensor_wrap: wraps host memory, but the context runs on the GPU "
+                         "(use fla_tensor_wrap_device)");
   fla_status st = tensor_header(ctx, "fla_tensor_wrap", dtype, ndim, shape, &t, &bytes);
   if (st != FLA_OK) return st;
   if (!data && bytes > 0) {
@@ -329,9 +382,31 @@ fla_status fla_tensor_wrap(fla_ctx *ctx, fla_dtype dtype, int ndim, const int64_
   return FLA_OK;
 }
 
+fla_status fla_tensor_wrap_device(fla_ctx *ctx, fla_dtype dtype, int ndim, const int64_t *shape,
+                                  uint64_t dptr, fla_tensor **out) {
+  if (!out) return fla_set_error(ctx, FLA_INVALID, "fla_tensor_wrap_device: out is NULL");
+  *out = NULL;
+  if (ctx && ctx->backend != FLA_BACKEND_CUDA)
+    return fla_set_error(ctx, FLA_INVALID, "fla_tensor_wrap_device: the context does not run on CUDA");
+  size_t bytes;
+  fla_tensor *t;
+  fla_status st = tensor_header(ctx, "fla_tensor_wrap_device", dtype, ndim, shape, &t, &bytes);
+  if (st != FLA_OK) return st;
+  if (!dptr && bytes > 0) {
+    free(t);
+    return fla_set_error(ctx, FLA_INVALID, "fla_tensor_wrap_device: dptr is 0 for %zu bytes", bytes);
+  }
+  t->device = 1;
+  t->dptr = dptr;
+  t->owned = 0;
+  *out = t;
+  return FLA_OK;
+}
+
 void fla_tensor_free(fla_tensor *t) {
   if (!t) return;
-  if (t->owned) free(t->data);
+  if (t->owned && t->device) fla_cuda_mem_free(t->ctx, t->dptr);
+  else if (t->owned) free(t->data);
   free(t);
 }
 
@@ -342,6 +417,8 @@ int fla_tensor_ndim(const fla_tensor *t) { return t ? t->ndim : 0; }
 const int64_t *fla_tensor_shape(const fla_tensor *t) { return t ? t->shape : NULL; }
 int64_t fla_tensor_numel(const fla_tensor *t) { return t ? t->numel : 0; }
 void *fla_tensor_data(fla_tensor *t) { return t ? t->data : NULL; }
+int fla_tensor_is_device(const fla_tensor *t) { return t ? t->device : 0; }
+uint64_t fla_tensor_device_ptr(const fla_tensor *t) { return t && t->device ? t->dptr : 0; }
 
 /* ------------------------------------------------ tensors: copy and fill */
 
@@ -375,6 +452,22 @@ fla_status fla_tensor_copy_from(fla_ctx *ctx, fla_tensor *t, const void *src,
   if (!ctx && t) ctx = t->ctx; /* so the message is still kept somewhere */
   fla_status st = check_copy(ctx, "fla_tensor_copy_from", t, src, "src", src_dtype, n);
   if (st != FLA_OK) return st;
+  if (t->device) {
+    if (n == 0) return FLA_OK;
+    size_t bytes = (size_t)n * fla_dtype_size(t->dtype);
+    const void *from = src;
+    void *tmp = NULL;
+    if (src_dtype != t->dtype) {
+      if (!(tmp = malloc(bytes)))
+        return fla_set_error(ctx, FLA_NOMEM, "fla_tensor_copy_from: cannot allocate %zu bytes", bytes);
+      fla_convert(tmp, t->dtype, src, src_dtype, n);
+      from = tmp;
+    }
+    st = fla_cuda_upload(t->ctx, t->dptr, from, bytes);
+    free(tmp);
+    if (st != FLA_OK && ctx != t->ctx) fla_set_error(ctx, st, "%s", fla_errmsg(t->ctx));
+    return st;
+  }
   if (n > 0 && fla_convert(t->data, t->dtype, src, src_dtype, n) != 0)
     return fla_set_error(ctx, FLA_ERROR, "fla_tensor_copy_from: conversion failed");
   return FLA_OK;
@@ -385,6 +478,18 @@ fla_status fla_tensor_copy_to(fla_ctx *ctx, const fla_tensor *t, void *dst,
   if (!ctx && t) ctx = t->ctx;
   fla_status st = check_copy(ctx, "fla_tensor_copy_to", t, dst, "dst", dst_dtype, n);
   if (st != FLA_OK) return st;
+  if (t->device) {
+    if (n == 0) return FLA_OK;
+    size_t bytes = (size_t)n * fla_dtype_size(t->dtype);
+    void *tmp = NULL;
+    if (dst_dtype != t->dtype && !(tmp = malloc(bytes)))
+      return fla_set_error(ctx, FLA_NOMEM, "fla_tensor_copy_to: cannot allocate %zu bytes", bytes);
+    st = fla_cuda_download(t->ctx, tmp ? tmp : dst, t->dptr, bytes);
+    if (st == FLA_OK && tmp) fla_convert(dst, dst_dtype, tmp, t->dtype, n);
+    free(tmp);
+    if (st != FLA_OK && ctx != t->ctx) fla_set_error(ctx, st, "%s", fla_errmsg(t->ctx));
+    return st;
+  }
   if (n > 0 && fla_convert(dst, dst_dtype, t->data, t->dtype, n) != 0)
     return fla_set_error(ctx, FLA_ERROR, "fla_tensor_copy_to: conversion failed");
   return FLA_OK;
@@ -420,6 +525,22 @@ fla_status fla_tensor_fill(fla_ctx *ctx, fla_tensor *t, double value) {
     if (st != FLA_OK) return st;
   } else {
     fla_convert(elem, t->dtype, &value, FLA_F64, 1); /* float pair: cannot fail */
+  }
+  if (t->device) {
+    fla_status st;
+    if (esize == 4) {
+      uint32_t word;
+      memcpy(&word, elem, 4);
+      st = fla_cuda_memset_d32(t->ctx, t->dptr, word, (size_t)t->numel);
+    } else {
+      unsigned char *buf = malloc((size_t)t->numel * esize + 1);
+      if (!buf) return fla_set_error(ctx, FLA_NOMEM, "fla_tensor_fill: out of host memory for staging");
+      for (int64_t i = 0; i < t->numel; i++) memcpy(buf + (size_t)i * esize, elem, esize);
+      st = fla_cuda_upload(t->ctx, t->dptr, buf, (size_t)t->numel * esize);
+      free(buf);
+    }
+    if (st != FLA_OK && ctx != t->ctx) fla_set_error(ctx, st, "%s", fla_errmsg(t->ctx));
+    return st;
   }
   unsigned char *p = t->data;
   for (int64_t i = 0; i < t->numel; i++) memcpy(p + (size_t)i * esize, elem, esize);

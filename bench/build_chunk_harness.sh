@@ -1,0 +1,13 @@
+#!/bin/sh
+# Builds bench/chunk_harness (the chunk_fwd stage's standalone GPU harness) with
+# gcc, outside the CMake build: the harness, the stage, and the runtime pieces it
+# needs (contexts, threads, the float64 recurrence, NVRTC and driver loaders).
+# Output: build-chunk/chunk_harness. Run it from the repository root.
+set -e
+cd "$(dirname "$0")/.."
+mkdir -p build-chunk
+${CC:-gcc} -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -Iinclude -Iruntime -Igen \
+  bench/chunk_harness.c gen/stage_chunk.c runtime/threads.c \
+  runtime/cpu/recurrent.c runtime/cpu/core_common.c runtime/cuda/nvrtc.c runtime/cuda/cuda_api.c \
+  -ldl -lpthread -lm -o build-chunk/chunk_harness
+echo built build-chunk/chunk_harness

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# bench/gpu_run.sh -- every GPU check and benchmark in one call, for the device
+# machine. Run from the repository root with the build folder carried, and the
+# conformance file copied into an ignored folder first (../shared does not
+# travel to the device machine):
+#
+#   here:   cmake -S . -B build && cmake --build build -j2
+#           mkdir -p .device/conformance && cp ../shared/conformance/ops.safetensors .device/conformance/
+#   there:  bash bench/gpu_run.sh        (run tool: carry ["build", ".device"])
+#
+# Runs build/test_gpu_ops (every recipe's GPU forward against the CPU),
+# build/fla-check --device cuda on every conformance case (f32 and bf16, both
+# algorithms), and build/fla-bench --device cuda when it runs there. Full logs
+# go to $OUT (or .device/out/ when OUT is unset); a short table comes last.
+# Exit status: 0 when every part passed.
+set -u
+cd "$(dirname "$0")/.."
+OUT=${OUT:-.device/out}
+mkdir -p "$OUT"
+BUILD=${BUILD:-build}
+OPS=${OPS:-.device/conformance/ops.safetensors}
+export FLA_CACHE_DIR=${FLA_CACHE_DIR:-/tmp/fla_modcache}
+export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-900}
+export FLA_GPU_OPS_BENCH=${FLA_GPU_OPS_BENCH:-1}
+
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true; } > "$OUT/device.txt"
+DEVICE=$(head -n1 "$OUT/device.txt")
+
+# 1. The GPU test suite.
+t0=$(date +%s)
+"$BUILD/test_gpu_ops" > "$OUT/test_gpu_ops.log" 2>&1
+rc_ops=$?
+t_ops=$(( $(date +%s) - t0 ))
+
+# 2. fla-check on every conformance case (case:recipe as in tests/test_conformance.c).
+CASES="linear_attn:linear_attn retention:retention simple_gla:simple_gla gla:gla gla_long:gla
+delta:delta_rule gdn:gated_delta_rule gdn_long:gated_delta_rule kda:kda"
+rc_check=0
+: > "$OUT/fla_check.log"
+: > "$OUT/fla_check.rows"
+if [ -f "$OPS" ]; then
+  for pair in $CASES; do
+    cs=${pair%%:*}; recipe=${pair##*:}
+    for dt in f32 bf16; do
+      echo "== fla-check $recipe $cs --device cuda --dtype $dt" >> "$OUT/fla_check.log"
+      out=$("$BUILD/fla-check" "$recipe" "$OPS" "$cs" --device cuda --dtype "$dt" 2>&1)
+      rc=$?
+      echo "$out" >> "$OUT/fla_check.log"
+      echo "rc=$rc" >> "$OUT/fla_check.log"
+      [ $rc -ne 0 ] && rc_check=1
+      # one row per (case, dtype, algo): o and ht errors
+      for algo in chunk recurrent; do
+        o=$(echo "$out" | awk -v a=$algo '$1==a && $2=="o" {print $4}')
+        h=$(echo "$out" | awk -v a=$algo '$1==a && $2=="ht" {print $4}')
+        bad=$(echo "$out" | awk -v a=$algo '$1==a && /FAIL/' | wc -l)
+        res=ok; [ "$bad" -gt 0 ] && res=FAIL; [ -z "$o" ] && res="error (rc $rc)"
+        printf '| %-11s | %-16s | %-4s | %-9s | %-9s | %-9s | %s |\n' "$cs" "$recipe" "$dt" "$algo" \
+          "${o:--}" "${h:--}" "$res" >> "$OUT/fla_check.rows"
+      done
+    done
+  done
+else
+  echo "no conformance file at $OPS (copy ../shared/conformance/ops.safetensors there and carry it)" \
+    | tee "$OUT/fla_check.log"
+  rc_check=2
+fi
+
+# 3. fla-bench on the GPU, when the tool runs there.
+rc_bench=-
+if [ -x "$BUILD/fla-bench" ]; then
+  timeout 300 "$BUILD/fla-bench" --device cuda --recipe gla --recipe simple_gla \
+    --recipe gated_delta_rule --shape 4,2048,16,128,128 --runs 5 --no-recurrent \
+    > "$OUT/fla_bench.log" 2>&1
+  rc_bench=$?
+fi
+
+# The table.
+{
+  echo
+  echo "=================== GPU run: ${DEVICE:-unknown device} ==================="
+  echo "test_gpu_ops (rc $rc_ops, ${t_ops} s): $(grep -E '^[0-9]+%: Checks' "$OUT/test_gpu_ops.log" | tail -n1)"
+  grep -E '^(test_gpu_ops: |warm-up: )' "$OUT/test_gpu_ops.log" | head -n 3
+  grep -E '^gpu_ops: ' "$OUT/test_gpu_ops.log"
+  grep -E '^gpu_bench: ' "$OUT/test_gpu_ops.log"
+  grep -E ':[A-Z]:|FAIL' "$OUT/test_gpu_ops.log" | grep -v '^  ' | head -n 20
+  echo
+  echo "fla-check --device cuda (rc $rc_check): relative RMS vs the float64 references"
+  echo "| case        | recipe           | dt   | algo      | o         | ht        | result |"
+  echo "|-------------|------------------|------|-----------|-----------|-----------|--------|"
+  cat "$OUT/fla_check.rows"
+  grep -m1 'backward: not generated' "$OUT/fla_check.log" | sed 's/^[a-z]* *backward: /(gradients: /; s/$/)/'
+  echo
+  echo "fla-bench --device cuda: rc $rc_bench (log: fla_bench.log)"
+  [ -f "$OUT/fla_bench.log" ] && tail -n 6 "$OUT/fla_bench.log"
+} | tee "$OUT/summary.txt"
+
+[ $rc_ops -eq 0 ] && [ $rc_check -eq 0 ]

@@ -1,0 +1,299 @@
+/*
+** generate.c -- the stage dispatcher of gen/generate.h: keys from recipe IRs,
+** the canonical source of a stage (a header comment, the #define block, the
+** shared template text, the stage's template), launch geometry, workspaces
+** and default tile configurations.
+**
+** Canonical: the source depends only on the stage, the fields of the key the
+** stage reads and the tile configuration (defaults filled in), written in a
+** fixed order, so the module cache (runtime/cuda/modcache.h) keys on it.
+** Fields a stage does not read are zeroed first (prep_fwd reads only the
+** feature map, its input dim and the dtype; recurrent_fwd everything but the
+** feature map), so e.g. every recipe with l2norm on 128-dim keys shares one
+** prep module.
+*/
+#include "generate.h"
+#include "feature.h"
+#include "internal.h"
+#include "stage.h"
+
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* The text every stage's template is put behind, in this order (names as
+** fla_template_text takes them: relative to templates/cuda/). */
+static const char *const prelude_[] = {"../common/math.h", "../common/index.h", "common.cuh"};
+#define NPRELUDE ((int)(sizeof prelude_ / sizeof prelude_[0]))
+
+const char *fla_stage_name(fla_stage s) {
+  switch (s) {
+  case FLA_STAGE_PREP_FWD: return "prep_fwd";
+  case FLA_STAGE_RECURRENT_FWD: return "recurrent_fwd";
+  case FLA_STAGE_CHUNK_FWD: return "chunk_fwd";
+  default: return "?";
+  }
+}
+
+static const fla_stage_impl *impl_(fla_stage s) {
+  switch (s) {
+  case FLA_STAGE_PREP_FWD: return &fla_stage_prep_fwd;
+  case FLA_STAGE_RECURRENT_FWD: return &fla_stage_recurrent_fwd;
+  case FLA_STAGE_CHUNK_FWD: return &fla_stage_chunk_fwd;
+  default: return NULL;
+  }
+}
+
+void fla_gen_key_from_ir(const fla_ir *ir, int K_state, int V, int in_bf16, int has_h0,
+                         int store_ht, fla_gen_key *key) {
+  if (!key) return;
+  memset(key, 0, sizeof *key);
+  if (ir) {
+    switch (ir->decay) {
+    case FLA_DECAY_NONE: key->decay = 0; break;
+    case FLA_DECAY_CONST: key->decay = 1; break;
+    case FLA_DECAY_SCALAR: key->decay = 2; break;
+    case FLA_DECAY_KEY: key->decay = 3; break;
+    }
+    key->delta = ir->family == FLA_FAMILY_WY;
+    key->has_probe = ir->probe >= 0;
+    key->read_before = ir->read_before != 0;
+    key->has_bonus = ir->bonus >= 0;
+    key->key_from_decay = ir->key_from_decay != 0;
+  }
+  key->in_bf16 = in_bf16 != 0;
+  key->has_h0 = has_h0 != 0;
+  key->store_ht = store_ht != 0;
+  key->K = K_state;
+  key->V = V;
+}
+
+/* The key as the stage sees it: unread fields zeroed; prep's K is the
+** feature map's output dim (INT_MAX when that overflows). */
+static void canon_key_(fla_stage s, const fla_gen_key *in, fla_gen_key *out) {
+  *out = *in;
+  if (s == FLA_STAGE_PREP_FWD) {
+    memset(out, 0, sizeof *out);
+    out->in_bf16 = in->in_bf16;
+    out->feature = in->feature;
+    out->feature_in_dim = in->feature_in_dim;
+    int64_t dout = in->feature_in_dim > 0 && in->feature_in_dim <= 1 << 20
+                       ? fla_feature_dim((fla_ir_feature)in->feature, in->feature_in_dim)
+                       : 0;
+    out->K = dout > INT_MAX ? INT_MAX : (int)dout;
+  } else if (s == FLA_STAGE_RECURRENT_FWD) {
+    out->feature = 0;
+    out->feature_in_dim = 0;
+  }
+}
+
+static int is_flag_(int x) { return x == 0 || x == 1; }
+
+/* A key that no stage could mean: FLA_INVALID. */
+static fla_status key_check_(fla_ctx *ctx, fla_stage s, const fla_gen_key *k) {
+  const char *st = fla_stage_name(s);
+  if (!is_flag_(k->delta) || !is_flag_(k->has_probe) || !is_flag_(k->read_before) ||
+      !is_flag_(k->has_bonus) || !is_flag_(k->key_from_decay) || !is_flag_(k->in_bf16) ||
+      !is_flag_(k->has_h0) || !is_flag_(k->store_ht))
+    return fla_set_error(ctx, FLA_INVALID, "%s: a key flag is not 0 or 1", st);
+  if (k->decay < 0 || k->decay > 3)
+    return fla_set_error(ctx, FLA_INVALID, "%s: decay %d is not 0 (none), 1 (const), 2 (scalar) "
+                         "or 3 (per-key)", st, k->decay);
+  if (s == FLA_STAGE_PREP_FWD) {
+    if (k->feature < FLA_FEATURE_IDENTITY || k->feature > FLA_FEATURE_TAYLOR2)
+      return fla_set_error(ctx, FLA_INVALID, "%s: unknown feature map %d", st, k->feature);
+    if (k->feature_in_dim < 1)
+      return fla_set_error(ctx, FLA_INVALID, "%s: feature_in_dim must be positive (got %d)", st,
+                           k->feature_in_dim);
+    return FLA_OK;
+  }
+  if (k->K < 1 || k->V < 1)
+    return fla_set_error(ctx, FLA_INVALID, "%s: K and V must be positive (got K=%d, V=%d)", st,
+                         k->K, k->V);
+  if (k->has_probe && !k->delta)
+    return fla_set_error(ctx, FLA_INVALID, "%s: a probe needs a delta write", st);
+  if (k->has_bonus && !k->read_before)
+    return fla_set_error(ctx, FLA_INVALID, "%s: a bonus needs read_before", st);
+  if (k->key_from_decay && k->decay != 3)
+    return fla_set_error(ctx, FLA_INVALID, "%s: key_from_decay needs a per-key decay (3)", st);
+  return FLA_OK;
+}
+
+/* cfg with every 0 field taken from the stage's default. */
+static void fill_cfg_(const fla_stage_impl *impl, const fla_gen_key *key,
+                      const fla_tile_config *cfg, fla_tile_config *out) {
+  fla_tile_config d = {0, 0, 0, 0};
+  impl->default_config(key, &d);
+  fla_tile_config c = {0, 0, 0, 0};
+  if (cfg) c = *cfg;
+  out->BT = c.BT ? c.BT : d.BT;
+  out->BK = c.BK ? c.BK : d.BK;
+  out->BV = c.BV ? c.BV : d.BV;
+  out->warps = c.warps ? c.warps : d.warps;
+}
+
+/* ------------------------------------------------------ the source text */
+
+typedef struct {
+  char *buf;
+  size_t len, cap;
+  int failed;
+} strbuf;
+
+static void sb_grow_(strbuf *b, size_t extra) {
+  if (b->failed || b->len + extra + 1 <= b->cap) return;
+  size_t cap = b->cap ? b->cap : 4096;
+  while (cap < b->len + extra + 1) cap *= 2;
+  char *p = realloc(b->buf, cap);
+  if (!p) {
+    b->failed = 1;
+    return;
+  }
+  b->buf = p;
+  b->cap = cap;
+}
+
+static void sb_put_(strbuf *b, const char *s) {
+  size_t n = strlen(s);
+  sb_grow_(b, n);
+  if (b->failed) return;
+  memcpy(b->buf + b->len, s, n + 1);
+  b->len += n;
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static void sb_printf_(strbuf *b, const char *fmt, ...) {
+  char tmp[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  sb_put_(b, tmp);
+}
+
+/* One template: a #line so NVRTC's messages name the template file and line. */
+static void sb_template_(strbuf *b, const char *name, const char *text) {
+  const char *path = strncmp(name, "../", 3) == 0 ? name + 3 : name;
+  sb_printf_(b, "\n#line 1 \"templates/%s%s\"\n", path == name ? "cuda/" : "", path);
+  sb_put_(b, text);
+  size_t n = strlen(text);
+  if (n == 0 || text[n - 1] != '\n') sb_put_(b, "\n");
+}
+
+fla_status fla_generate(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key,
+                        const fla_tile_config *cfg, char **source, char (*kernels)[64],
+                        int *num_kernels) {
+  if (source) *source = NULL;
+  if (num_kernels) *num_kernels = 0;
+  if (!key || !source || !kernels || !num_kernels)
+    return fla_set_error(ctx, FLA_INVALID, "fla_generate: NULL argument");
+  const fla_stage_impl *impl = impl_(stage);
+  if (!impl) return fla_set_error(ctx, FLA_INVALID, "fla_generate: unknown stage %d", (int)stage);
+  const char *sname = fla_stage_name(stage);
+  if (cfg && (cfg->BT < 0 || cfg->BK < 0 || cfg->BV < 0 || cfg->warps < 0))
+    return fla_set_error(ctx, FLA_INVALID, "%s: negative tile size (BT=%d BK=%d BV=%d warps=%d)",
+                         sname, cfg->BT, cfg->BK, cfg->BV, cfg->warps);
+  fla_status st = key_check_(ctx, stage, key);
+  if (st != FLA_OK) return st;
+  fla_gen_key k;
+  canon_key_(stage, key, &k);
+  fla_tile_config c;
+  fill_cfg_(impl, &k, cfg, &c);
+  if ((st = impl->check(ctx, &k, &c)) != FLA_OK) return st;
+
+  char names[FLA_STAGE_MAX_KERNELS][64];
+  memset(names, 0, sizeof names);
+  int nk = impl->kernels(&k, &c, names);
+  if (nk < 1 || nk > FLA_STAGE_MAX_KERNELS)
+    return fla_set_error(ctx, FLA_ERROR, "%s: the stage names %d kernels", sname, nk);
+
+  const char *texts[NPRELUDE + 1];
+  const char *files[NPRELUDE + 1];
+  for (int i = 0; i <= NPRELUDE; i++) {
+    files[i] = i < NPRELUDE ? prelude_[i] : impl->template_file;
+    if (!(texts[i] = fla_template_text(files[i])))
+      return fla_set_error(ctx, FLA_ERROR, "%s: template %s is not embedded in this build", sname,
+                           files[i]);
+  }
+
+  strbuf b = {NULL, 0, 0, 0};
+  sb_printf_(&b, "// fla in C, generated by gen/generate.c: stage %s\n", sname);
+  sb_printf_(&b,
+             "// key: decay=%d delta=%d probe=%d read_before=%d bonus=%d key_from_decay=%d "
+             "bf16=%d h0=%d ht=%d K=%d V=%d feature=%s feature_in_dim=%d\n",
+             k.decay, k.delta, k.has_probe, k.read_before, k.has_bonus, k.key_from_decay,
+             k.in_bf16, k.has_h0, k.store_ht, k.K, k.V,
+             fla_feature_name((fla_ir_feature)k.feature), k.feature_in_dim);
+  sb_printf_(&b, "// config: BT=%d BK=%d BV=%d warps=%d\n// kernels:", c.BT, c.BK, c.BV, c.warps);
+  for (int i = 0; i < nk; i++) sb_printf_(&b, " %s", names[i]);
+  sb_put_(&b, "\n");
+  sb_printf_(&b, "#define FLA_K %d\n", k.K);
+  sb_printf_(&b, "#define FLA_V %d\n", k.V);
+  sb_printf_(&b, "#define FLA_DECAY %d\n", k.decay);
+  sb_printf_(&b, "#define FLA_DELTA %d\n", k.delta);
+  sb_printf_(&b, "#define FLA_HAS_PROBE %d\n", k.has_probe);
+  sb_printf_(&b, "#define FLA_READ_BEFORE %d\n", k.read_before);
+  sb_printf_(&b, "#define FLA_HAS_BONUS %d\n", k.has_bonus);
+  sb_printf_(&b, "#define FLA_KEY_FROM_DECAY %d\n", k.key_from_decay);
+  sb_printf_(&b, "#define FLA_IN_BF16 %d\n", k.in_bf16);
+  sb_printf_(&b, "#define FLA_HAS_H0 %d\n", k.has_h0);
+  sb_printf_(&b, "#define FLA_STORE_HT %d\n", k.store_ht);
+  sb_printf_(&b, "#define FLA_FEATURE %d\n", k.feature);
+  sb_printf_(&b, "#define FLA_FEATURE_IN_DIM %d\n", k.feature_in_dim);
+  sb_printf_(&b, "#define FLA_BT %d\n", c.BT);
+  sb_printf_(&b, "#define FLA_BK %d\n", c.BK);
+  sb_printf_(&b, "#define FLA_BV %d\n", c.BV);
+  sb_printf_(&b, "#define FLA_WARPS %d\n", c.warps);
+  for (int i = 0; i <= NPRELUDE; i++) sb_template_(&b, files[i], texts[i]);
+  if (b.failed) {
+    free(b.buf);
+    return fla_set_error(ctx, FLA_NOMEM, "%s: out of memory for the source", sname);
+  }
+  for (int i = 0; i < nk; i++) memcpy(kernels[i], names[i], 64);
+  *num_kernels = nk;
+  *source = b.buf;
+  return FLA_OK;
+}
+
+/* --------------------------------------------- geometry and workspaces */
+
+int fla_stage_launches(fla_stage stage, const fla_gen_key *key, const fla_tile_config *cfg,
+                       const fla_kernel_args *args, fla_kernel_launch *out) {
+  const fla_stage_impl *impl = impl_(stage);
+  if (!impl || !key || !args || !out) return 0;
+  fla_gen_key k;
+  canon_key_(stage, key, &k);
+  fla_tile_config c;
+  fill_cfg_(impl, &k, cfg, &c);
+  return impl->launches(&k, &c, args, out);
+}
+
+void fla_stage_workspace(fla_stage stage, const fla_gen_key *key, const fla_tile_config *cfg,
+                         const fla_kernel_args *args, size_t *ws0, size_t *ws1) {
+  if (ws0) *ws0 = 0;
+  if (ws1) *ws1 = 0;
+  const fla_stage_impl *impl = impl_(stage);
+  if (!impl || !key || !args || !impl->workspace) return;
+  fla_gen_key k;
+  canon_key_(stage, key, &k);
+  fla_tile_config c;
+  fill_cfg_(impl, &k, cfg, &c);
+  size_t a = 0, b = 0;
+  impl->workspace(&k, &c, args, &a, &b);
+  if (ws0) *ws0 = a;
+  if (ws1) *ws1 = b;
+}
+
+void fla_stage_default_config(fla_stage stage, const fla_gen_key *key, fla_tile_config *cfg) {
+  if (!cfg) return;
+  memset(cfg, 0, sizeof *cfg);
+  const fla_stage_impl *impl = impl_(stage);
+  if (!impl || !key) return;
+  fla_gen_key k;
+  canon_key_(stage, key, &k);
+  impl->default_config(&k, cfg);
+}

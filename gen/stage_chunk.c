@@ -1,0 +1,202 @@
+/*
+** stage_chunk.c -- the chunkwise-parallel forward stage (FLA_STAGE_CHUNK_FWD):
+** its key space, tile space, kernels, launch geometry and workspaces. The
+** kernels and their math are in templates/cuda/chunk_fwd.cuh.
+**
+** Handled: the decay family with plain writes read after the token (FLA_DELTA
+** 0, FLA_READ_BEFORE 0, no probe, bonus or derived key), decay none / const /
+** scalar, bf16 inputs, K and V up to 256. Everything else is FLA_UNSUPPORTED
+** (the op falls back to the recurrent stage): f32 inputs (no fp32 tensor-core
+** path: the recurrent stage computes those in fp32), per-key decay (GLA, §2.3)
+** and the WY family (§2.4) are not done yet.
+**
+** Tiles: BT = 64 tokens a chunk, 4 warps, BV value columns a program (a
+** multiple of 16, 16..128), BK 0 or K (the key dim is never tiled: a program
+** holds the whole K x BV slice of the state, KW = ceil(K/64)*16 keys a warp).
+**
+** Three kernels (grid, block, dynamic shared memory):
+**   fla_chunk_fwd_h     (NB*NV1, H)     32*NW1   2*64*(KP1+8)*2 + 2*64*(BV1+8)*2 + 256
+**   fla_chunk_fwd_scan  (ceil(H*K*V/256))    256   0
+**   fla_chunk_fwd_o     (NB*NV, H)           128   4*64*(KP+8)*2 + 2*64*(BV+8)*2
+**                                                   + KP*(BV+8)*2 + 256
+** NV = ceil(V/BV), KP = 4*KW, NB = ceil(NC/M) blocks of M chunks (blocklen_);
+** the first kernel has its own geometry (h_geom_: NW1 8 warps, 4 when K <= 64,
+** KP1 = K rounded up to 16*NW1, BV1 = min(V rounded up to 16, 128 / (KP1/NW1/16)
+** rounded down to 16), NV1 = ceil(V/BV1)).
+** Workspaces: ws0 = NB*H*K*V f32 (block states), ws1 = NB*H f32 (block decays).
+** The first and last kernels need more than 48 KiB of shared memory for K >= 64:
+** the launcher raises CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to smem.
+*/
+#include "internal.h"
+#include "stage.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#define CHUNK_BT 64
+#define CHUNK_WARPS 4
+#define CHUNK_SMEM_MAX (227 * 1024)
+
+/* Block length: the same formula as ck_blocklen in chunk_fwd.cuh (keep the
+** constants in step). One block per sequence when the batch has equal-length
+** sequences and enough (sequence, head, value tile) programs; else blocks of
+** M chunks giving about TARGET programs. */
+#define CHUNK_FUSED_MIN 256
+#define CHUNK_TARGET_PROGRAMS 1024
+#define CHUNK_MIN_M 8
+#define CHUNK_MAX_M 64
+
+static int kw_(int K) { return (K + 16 * CHUNK_WARPS - 1) / (16 * CHUNK_WARPS) * 16; }
+static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
+  return (key->V + cfg->BV - 1) / cfg->BV;
+}
+
+static int64_t blocklen_(int64_t NC, int64_t N, int64_t H, int64_t NV) {
+  if (NC <= 0) return 1;
+  if (N >= 1 && NC % N == 0 && N * H * NV >= CHUNK_FUSED_MIN) return NC / N;
+  int64_t m = NC * H * NV / CHUNK_TARGET_PROGRAMS;
+  if (m < CHUNK_MIN_M) m = CHUNK_MIN_M;
+  if (m > CHUNK_MAX_M) m = CHUNK_MAX_M;
+  return m;
+}
+
+/* The block length the kernels compute for these sizes (bench/chunk_harness.c
+** uses it; a source compiled with FLA_CHUNK_M defined uses that instead). */
+int64_t fla_chunk_fwd_blocklen(const fla_gen_key *key, const fla_tile_config *cfg,
+                               const fla_kernel_args *args);
+int64_t fla_chunk_fwd_blocklen(const fla_gen_key *key, const fla_tile_config *cfg,
+                               const fla_kernel_args *args) {
+  return blocklen_(args->num_chunks, args->N, args->H, nv_(key, cfg));
+}
+
+/* fla_chunk_fwd_h's own geometry (CK1_* in chunk_fwd.cuh): 8 warps (4 when
+** K <= 64), KW1 keys a warp, value tiles BV1 as wide as 64 state registers a
+** thread allow (at most 128), so that each block reads K once. */
+typedef struct {
+  int nw, kp, bv, nv;
+} h_geom;
+
+static h_geom h_geom_(const fla_gen_key *key) {
+  h_geom g;
+  g.nw = key->K > 64 ? 8 : 4;
+  int kw = (key->K + 16 * g.nw - 1) / (16 * g.nw) * 16;
+  int mt = kw / 16;
+  int v16 = (key->V + 15) / 16 * 16, bvmax = 128 / mt / 16 * 16;
+  g.kp = kw * g.nw;
+  g.bv = v16 < bvmax ? v16 : bvmax;
+  g.nv = (key->V + g.bv - 1) / g.bv;
+  return g;
+}
+
+static unsigned smem_h_(const fla_gen_key *key) {
+  h_geom g = h_geom_(key);
+  return (unsigned)(2 * CHUNK_BT * (g.kp + 8) * 2 + 2 * CHUNK_BT * (g.bv + 8) * 2 + 256);
+}
+
+static unsigned smem_o_(const fla_gen_key *key, const fla_tile_config *cfg) {
+  int KP = kw_(key->K) * CHUNK_WARPS;
+  return (unsigned)(4 * CHUNK_BT * (KP + 8) * 2 + 2 * CHUNK_BT * (cfg->BV + 8) * 2 +
+                    KP * (cfg->BV + 8) * 2 + 256);
+}
+
+static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {
+  if (cfg->BT == 0) cfg->BT = CHUNK_BT;
+  if (cfg->warps == 0) cfg->warps = CHUNK_WARPS;
+  if (cfg->BK == 0) cfg->BK = key->K;
+  if (cfg->BV == 0) {
+    int v16 = (key->V + 15) / 16 * 16;
+    int bv = key->K <= 128 ? 64 : 32;
+    cfg->BV = v16 < bv ? v16 : bv;
+  }
+}
+
+static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_config *cfg) {
+  const char *no = NULL;
+  if (key->delta) no = "the WY family (delta write) is not done yet in chunk_fwd";
+  else if (key->decay == 3) no = "per-key decay (GLA) is not done yet in chunk_fwd";
+  else if (key->decay < 0 || key->decay > 3) no = "unknown decay";
+  else if (key->read_before) no = "reading before the token (RWKV-6) is not done in chunk_fwd";
+  else if (key->has_bonus) no = "the bonus term is not done in chunk_fwd";
+  else if (key->has_probe) no = "a separate probe needs the delta write";
+  else if (key->key_from_decay) no = "keys derived from the decay (HGRN2) are not done in chunk_fwd";
+  else if (!key->in_bf16) no = "f32 inputs have no tensor-core path (use the recurrent stage)";
+  if (no) return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_fwd: %s", no);
+  if (key->K < 1 || key->V < 1 || key->K > 256 || key->V > 256)
+    return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_fwd: K = %d, V = %d outside 1..256", key->K,
+                         key->V);
+  if (cfg->BT != CHUNK_BT || cfg->warps != CHUNK_WARPS)
+    return fla_set_error(ctx, FLA_INVALID, "chunk_fwd: BT %d warps %d (only BT 64, 4 warps)",
+                         cfg->BT, cfg->warps);
+  if (cfg->BK != key->K)
+    return fla_set_error(ctx, FLA_INVALID, "chunk_fwd: BK %d (the key dim is not tiled: BK = K = %d)",
+                         cfg->BK, key->K);
+  if (cfg->BV < 16 || cfg->BV > 128 || cfg->BV % 16)
+    return fla_set_error(ctx, FLA_INVALID, "chunk_fwd: BV %d (a multiple of 16 in 16..128)",
+                         cfg->BV);
+  /* state registers: (KW/16) m-tiles x (BV/8) n-tiles x 4 floats a thread */
+  int regs = kw_(key->K) / 16 * (cfg->BV / 8) * 4;
+  if (regs > 64)
+    return fla_set_error(ctx, FLA_INVALID,
+                         "chunk_fwd: BV %d with K %d needs %d state registers a thread (at most 64)",
+                         cfg->BV, key->K, regs);
+  if (smem_o_(key, cfg) > CHUNK_SMEM_MAX)
+    return fla_set_error(ctx, FLA_INVALID, "chunk_fwd: %u bytes of shared memory", smem_o_(key, cfg));
+  return FLA_OK;
+}
+
+static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]) {
+  (void)key, (void)cfg;
+  snprintf(names[0], 64, "fla_chunk_fwd_h");
+  snprintf(names[1], 64, "fla_chunk_fwd_scan");
+  snprintf(names[2], 64, "fla_chunk_fwd_o");
+  return 3;
+}
+
+static void set_(fla_kernel_launch *l, const char *name, unsigned gx, unsigned gy, unsigned bx,
+                 unsigned smem) {
+  memset(l, 0, sizeof *l);
+  snprintf(l->name, sizeof l->name, "%s", name);
+  l->grid[0] = gx > 0 ? gx : 1, l->grid[1] = gy > 0 ? gy : 1, l->grid[2] = 1;
+  l->block[0] = bx, l->block[1] = 1, l->block[2] = 1;
+  l->smem = smem;
+}
+
+/* The launches for block length M (the harness passes its forced M). */
+int fla_chunk_fwd_launches_m(const fla_gen_key *key, const fla_tile_config *cfg,
+                             const fla_kernel_args *args, int64_t M, fla_kernel_launch *out);
+int fla_chunk_fwd_launches_m(const fla_gen_key *key, const fla_tile_config *cfg,
+                             const fla_kernel_args *args, int64_t M, fla_kernel_launch *out) {
+  int64_t NC = args->num_chunks, H = args->H, NV = nv_(key, cfg);
+  int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
+  int64_t elems = H * key->K * key->V;
+  h_geom hg = h_geom_(key);
+  set_(&out[0], "fla_chunk_fwd_h", (unsigned)(NB * hg.nv), (unsigned)H, 32 * (unsigned)hg.nw,
+       smem_h_(key));
+  set_(&out[1], "fla_chunk_fwd_scan", (unsigned)((elems + 255) / 256), 1, 256, 0);
+  set_(&out[2], "fla_chunk_fwd_o", (unsigned)(NB * NV), (unsigned)H, 32 * CHUNK_WARPS, smem_o_(key, cfg));
+  return 3;
+}
+
+static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
+                     const fla_kernel_args *args, fla_kernel_launch *out) {
+  return fla_chunk_fwd_launches_m(key, cfg, args, fla_chunk_fwd_blocklen(key, cfg, args), out);
+}
+
+static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
+                       const fla_kernel_args *args, size_t *ws0, size_t *ws1) {
+  int64_t NC = args->num_chunks;
+  int64_t M = fla_chunk_fwd_blocklen(key, cfg, args);
+  int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
+  *ws0 = (size_t)(NB * args->H * key->K * key->V) * sizeof(float);
+  *ws1 = (size_t)(NB * args->H) * sizeof(float);
+}
+
+const fla_stage_impl fla_stage_chunk_fwd = {
+    .name = "chunk_fwd",
+    .template_file = "chunk_fwd.cuh",
+    .check = check_,
+    .default_config = default_config_,
+    .kernels = kernels_,
+    .launches = launches_,
+    .workspace = workspace_,
+};

@@ -1,0 +1,762 @@
+/*
+** chunk_fwd.cuh -- the chunkwise-parallel forward of the decay family on
+** tensor cores (stage FLA_STAGE_CHUNK_FWD, gen/stage_chunk.c).
+**
+** Keys handled: FLA_DELTA 0, FLA_READ_BEFORE 0, FLA_DECAY 0 (none), 1 (const
+** gamma[h]), 2 (scalar g [tok,H]); FLA_IN_BF16 1 (q, k, v, g, o bf16; h0, ht,
+** gamma f32). Tiles: FLA_BT 64 tokens a chunk, FLA_WARPS 4, FLA_BV value
+** columns a program (multiple of 16); the key dim is never tiled (FLA_BK is
+** ignored): each program holds the whole K x BV slice of the state.
+**
+** The math (runtime/cpu/chunk.c, fla-notes.md §2.2). Per chunk of C <= 64
+** rows with S0 the state entering it, log gates in base 2 (g * log2 e):
+**   gam_i = sum_{r <= i} g_r   (const decay: gam_i = gamma_h (i+1); none: 0)
+**   O     = scale [ diag(2^gam) Q S0 + ((Q K^T) .* M .* 2^(gam_i - gam_j)) V ]
+**           (M: j <= i < C)
+**   S_L   = 2^gam_L S0 + (K .* 2^(gam_L - gam))^T V        gam_L = gam_{C-1}
+** Every exponent is <= 0. Products run as mma.sync m16n8k16 (bf16 in, fp32
+** accumulate); the state and the gate sums stay fp32; S0 is rounded to bf16
+** only as the operand of Q S0 (as fla stores h in bf16), A = masked gated Q K^T
+** is rounded to bf16 as the operand of A V, and K .* 2^(gam_L - gam) to bf16
+** as the operand of the state update.
+**
+** The chunks (NC = a.num_chunks over all sequences, chunk c of sequence n =
+** a.chunk_first[n] + local index, a.chunk_seq[c] = n) are cut into blocks of
+** M consecutive chunks, b = 0..NB-1 (M: ck_blocklen, the same formula as
+** gen/stage_chunk.c's). Three kernels:
+**
+**   fla_chunk_fwd_h    (NB*NV1, H; its own geometry, CK1_*): for each block b
+**       whose last sequence n
+**       continues into block b+1, the state of n after the block assuming a
+**       zero state where its part of the block begins (start = max(first chunk
+**       of b, first chunk of n)):  P_b = sum over its chunks of the decayed
+**       updates, and D_b = the log2 decay over those chunks. P_b -> ws0 slot
+**       b (f32 [NB,H,K,V]), D_b -> ws1[b,H] (f32). Other blocks exit at once.
+**   fla_chunk_fwd_scan (ceil(H*K*V/256)): per state element, blocks in
+**       order: the state entering block b+1 is
+**         E_{b+1} = 2^D_b X_b + P_b,   X_b = h0[n] (or 0) when n began inside
+**                                      or at the start of block b, else E_b,
+**       written over P_b in ws0 slot b. Also ht[n] = h0[n] (or 0) for
+**       sequences with no chunk.
+**   fla_chunk_fwd_o    (NB*NV, H): walks the chunks of block b in order with
+**       the K x BV state slice in registers, starting from E_b (ws0 slot b-1)
+**       or h0 where a sequence begins, computes O of every chunk and updates
+**       the state; writes ht where a sequence ends.
+** With M = chunks per sequence (equal-length batches with enough heads), no
+** block starts inside a sequence and the first two kernels do no work.
+*/
+
+/* fla_kernel_args comes from templates/cuda/common.cuh (inlined before this). */
+
+#if FLA_BT != 64 || FLA_WARPS != 4
+#error "chunk_fwd: FLA_BT 64 and FLA_WARPS 4 only"
+#endif
+#if FLA_DELTA || FLA_READ_BEFORE || FLA_DECAY > 2 || !FLA_IN_BF16
+#error "chunk_fwd: decay family (none, const, scalar), bf16 inputs only"
+#endif
+#if FLA_BV % 16
+#error "chunk_fwd: FLA_BV must be a multiple of 16"
+#endif
+
+#define CK_BT 64
+#define CK_NW 4
+#define CK_NTH (32 * CK_NW)
+#define CK_KW ((FLA_K + 16 * CK_NW - 1) / (16 * CK_NW) * 16) /* state keys a warp owns */
+#define CK_KP (CK_KW * CK_NW)                                /* K padded              */
+#define CK_MT (CK_KW / 16)                                   /* m-tiles a warp owns   */
+#define CK_BV FLA_BV
+#define CK_NT (CK_BV / 8)                                    /* n-tiles of the slice  */
+#define CK_NV ((FLA_V + CK_BV - 1) / CK_BV)
+#define CK_LDQ (CK_KP + 8) /* smem row strides (elements): +16 bytes, no bank conflicts */
+#define CK_LDV (CK_BV + 8)
+
+/* fla_chunk_fwd_h has its own geometry: 8 warps (4 when K <= 64), each owning
+** KW1 keys of the state, and value tiles as wide as 64 state registers a
+** thread allow (128 for K <= 128), so that K is read once per block. Keep in
+** step with gen/stage_chunk.c (h_geom_). */
+#define CK1_NW (FLA_K > 64 ? 8 : 4)
+#define CK1_NTH (32 * CK1_NW)
+#define CK1_KW ((FLA_K + 16 * CK1_NW - 1) / (16 * CK1_NW) * 16)
+#define CK1_KP (CK1_KW * CK1_NW)
+#define CK1_MT (CK1_KW / 16)
+#define CK1_V16 ((FLA_V + 15) / 16 * 16)
+#define CK1_BVMAX (128 / CK1_MT / 16 * 16)
+#define CK1_BV (CK1_V16 < CK1_BVMAX ? CK1_V16 : CK1_BVMAX)
+#define CK1_NT (CK1_BV / 8)
+#define CK1_NV ((FLA_V + CK1_BV - 1) / CK1_BV)
+#define CK1_LDQ (CK1_KP + 8)
+#define CK1_LDV (CK1_BV + 8)
+#define CK_LOG2E 1.4426950408889634f
+#ifndef FLA_CHUNK_WSPEC
+#define FLA_CHUNK_WSPEC 1 /* fla_chunk_fwd_o: one code path per warp (see ck_o_chunk) */
+#endif
+
+/* Block length: keep in step with blocklen_() in gen/stage_chunk.c. */
+#define CK_FUSED_MIN 256        /* programs of one block per sequence that suffice */
+#define CK_TARGET_PROGRAMS 1024 /* else: blocks of about this many programs        */
+#define CK_MIN_M 8
+#define CK_MAX_M 64
+
+__device__ __forceinline__ long long ck_blocklen(long long NC, int N, int H) {
+#ifdef FLA_CHUNK_M
+  (void)NC, (void)N, (void)H;
+  return FLA_CHUNK_M;
+#else
+  const long long NV = CK_NV;
+  if (NC <= 0) return 1;
+  if (N >= 1 && NC % N == 0 && (long long)N * H * NV >= CK_FUSED_MIN) return NC / N;
+  long long m = NC * H * NV / CK_TARGET_PROGRAMS;
+  if (m < CK_MIN_M) m = CK_MIN_M;
+  if (m > CK_MAX_M) m = CK_MAX_M;
+  return m;
+#endif
+}
+
+/* ------------------------------------------------------------ primitives */
+
+__device__ __forceinline__ float ck_bf2f(unsigned short x) {
+  return __uint_as_float(((unsigned)x) << 16);
+}
+/* Two floats to bf16x2 (round to nearest even); lo in the low half. */
+__device__ __forceinline__ unsigned ck_pack(float lo, float hi) {
+  unsigned r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+__device__ __forceinline__ unsigned ck_scale2(unsigned x, float flo, float fhi) {
+  return ck_pack(__uint_as_float(x << 16) * flo, __uint_as_float(x & 0xffff0000u) * fhi);
+}
+__device__ __forceinline__ unsigned ck_smem(const void *p) {
+  return (unsigned)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void ck_cp16(unsigned dst, const void *src, int valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void ck_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void ck_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+__device__ __forceinline__ void ck_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+__device__ __forceinline__ void ck_ldm4(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ck_ldm4t(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+/* d += a b: m16n8k16, a row-major (4 regs), b column-major (2 regs), fp32 d. */
+__device__ __forceinline__ void ck_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                       unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float ck_ldgf(unsigned long long base, long long i) {
+  return ck_bf2f(((const unsigned short *)base)[i]); /* FLA_IN_BF16 */
+}
+
+/* ----------------------------------------------------------- chunk walk */
+
+/* Where chunk c lies: sequence n, its token range [t0, t0 + rows), whether it
+** is the first / last chunk of n. Advancing to c+1 inside the same sequence
+** needs no memory access. */
+struct ck_chunk {
+  long long t0, te, cfn1; /* te = cu[n+1], cfn1 = chunk_first[n+1] */
+  int n, rows, first, last;
+};
+
+__device__ __forceinline__ void ck_chunk_at(const fla_kernel_args &a, long long c, ck_chunk &x) {
+  const int *cs = (const int *)a.chunk_seq;
+  const long long *cf = (const long long *)a.chunk_first;
+  const long long *cu = (const long long *)a.cu;
+  x.n = cs[c];
+  long long f = cf[x.n];
+  x.cfn1 = cf[x.n + 1];
+  x.te = cu[x.n + 1];
+  x.t0 = cu[x.n] + (c - f) * CK_BT;
+  long long r = x.te - x.t0;
+  x.rows = r < CK_BT ? (int)r : CK_BT;
+  x.first = c == f;
+  x.last = c + 1 == x.cfn1;
+}
+
+__device__ __forceinline__ void ck_chunk_next(const fla_kernel_args &a, long long c, ck_chunk &x) {
+  /* x describes chunk c; make it describe c + 1 */
+  if (!x.last) {
+    x.t0 += CK_BT;
+    long long r = x.te - x.t0;
+    x.rows = r < CK_BT ? (int)r : CK_BT;
+    x.first = 0;
+    x.last = c + 2 == x.cfn1;
+  } else {
+    ck_chunk_at(a, c + 1, x);
+  }
+}
+
+/* ---------------------------------------------------------- tile loads */
+
+/* rows x COLS bf16 from global (row stride ld elements) into smem (row stride
+** LDS); rows >= nrows and columns >= ncols read 0. vec: 16-byte cp.async
+** (ncols, ld and the base a multiple of 8 elements / 16 bytes), else plain. */
+template <int COLS, int LDS, int NTH>
+__device__ __forceinline__ void ck_load_tile(unsigned short *s, const unsigned short *g, long long ld,
+                                             int nrows, int ncols, int vec, int tid) {
+  if (vec) {
+    const int P = COLS / 8;
+#pragma unroll 4
+    for (int p = tid; p < CK_BT * P; p += NTH) {
+      int r = p / P, c = (p % P) * 8;
+      int ok = r < nrows && c < ncols;
+      ck_cp16(ck_smem(s + r * LDS + c), ok ? (const void *)(g + r * ld + c) : (const void *)g, ok);
+    }
+  } else {
+    for (int p = tid; p < CK_BT * COLS; p += NTH) {
+      int r = p / COLS, c = p % COLS;
+      s[r * LDS + c] = (r < nrows && c < ncols) ? g[r * ld + c] : (unsigned short)0;
+    }
+  }
+}
+
+/* The chunk's log2 gates, per lane rows 2l and 2l+1 (warp 0): raw values. */
+__device__ __forceinline__ void ck_load_g(const fla_kernel_args &a, const ck_chunk &x, int h,
+                                          int lane, float &g0, float &g1) {
+#if FLA_DECAY == 2
+  int r0 = 2 * lane, r1 = 2 * lane + 1;
+  long long H = a.H;
+  g0 = r0 < x.rows ? ck_ldgf(a.g, (x.t0 + r0) * H + h) * CK_LOG2E : 0.0f;
+  g1 = r1 < x.rows ? ck_ldgf(a.g, (x.t0 + r1) * H + h) * CK_LOG2E : 0.0f;
+#else
+  (void)a, (void)x, (void)h, (void)lane;
+  g0 = g1 = 0.0f;
+#endif
+}
+
+/* gam[0..63] = chunk-local inclusive cumsum of the log2 gates (warp 0). */
+__device__ __forceinline__ void ck_scan_g(float *gam, float g0, float g1, float gc, int rows,
+                                          int lane) {
+#if FLA_DECAY == 2
+  (void)gc, (void)rows;
+  float s1 = g0 + g1, x = s1;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    float y = __shfl_up_sync(0xffffffffu, x, off);
+    if (lane >= off) x += y;
+  }
+  gam[2 * lane] = x - s1 + g0;
+  gam[2 * lane + 1] = x;
+#elif FLA_DECAY == 1
+  (void)g0, (void)g1;
+  int r0 = 2 * lane + 1, r1 = 2 * lane + 2;
+  gam[2 * lane] = gc * (float)(r0 < rows ? r0 : rows);
+  gam[2 * lane + 1] = gc * (float)(r1 < rows ? r1 : rows);
+#else
+  (void)gam, (void)g0, (void)g1, (void)gc, (void)rows, (void)lane;
+#endif
+}
+
+/* ---------------------------------------------------- state in registers */
+
+/* Thread (warp w, lane l = 4g + q) holds S[key][val] for
+**   key = KW w + 16 mt + g (+8 for elements 2, 3),
+**   val = 8 j + 2 q (+1 for elements 1, 3)      (val relative to the slice). */
+
+template <int MT, int NT>
+__device__ __forceinline__ void ck_state_zero(float (&S)[MT][NT][4]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) S[mt][j][e] = 0.0f;
+}
+
+/* S = src[key * FLA_V + v0 + val] (src: one head's K x V f32 matrix; NULL: 0). */
+template <int KW, int MT, int NT>
+__device__ __forceinline__ void ck_state_load(float (&S)[MT][NT][4], const float *src, int v0,
+                                              int w, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int key = KW * w + 16 * mt + g + (e >> 1) * 8;
+        int col = v0 + 8 * j + 2 * q + (e & 1);
+        S[mt][j][e] = (src && key < FLA_K && col < FLA_V) ? src[(long long)key * FLA_V + col] : 0.0f;
+      }
+}
+
+template <int KW, int MT, int NT>
+__device__ __forceinline__ void ck_state_store(const float (&S)[MT][NT][4], float *dst, int v0,
+                                               int w, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int key = KW * w + 16 * mt + g + (e >> 1) * 8;
+        int col = v0 + 8 * j + 2 * q + (e & 1);
+        if (key < FLA_K && col < FLA_V) dst[(long long)key * FLA_V + col] = S[mt][j][e];
+      }
+}
+
+/* S = 2^gL S + (K .* 2^(gL - gam))^T V over the chunk's 64 tokens.
+** Kd^T is the A operand (m = key, k = token) read transposed from Ks[token][key];
+** V the B operand (k = token, n = val) read transposed from Vs[token][val]. */
+template <int KW, int MT, int NT, int LDQ, int LDV>
+__device__ __forceinline__ void ck_state_update(float (&S)[MT][NT][4], const unsigned short *Ks,
+                                                const unsigned short *Vs, const float *gam,
+                                                int rows, int w, int lane) {
+  const int q = lane & 3;
+#if FLA_DECAY
+  const float gL = gam[rows - 1];
+  const float eL = exp2f(gL);
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) S[mt][j][e] *= eL;
+#else
+  (void)gam, (void)rows, (void)q;
+#endif
+#pragma unroll
+  for (int kk = 0; kk < CK_BT / 16; kk++) {
+    unsigned ka[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+      int row = 16 * kk + (lane >> 4) * 8 + (lane & 7);
+      int col = KW * w + 16 * mt + ((lane >> 3) & 1) * 8;
+      ck_ldm4t(ka[mt], ck_smem(Ks + row * LDQ + col));
+    }
+#if FLA_DECAY
+    {
+      int t = 16 * kk + 2 * q;
+      float f0 = exp2f(gL - gam[t]), f1 = exp2f(gL - gam[t + 1]);
+      float f8 = exp2f(gL - gam[t + 8]), f9 = exp2f(gL - gam[t + 9]);
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        ka[mt][0] = ck_scale2(ka[mt][0], f0, f1);
+        ka[mt][1] = ck_scale2(ka[mt][1], f0, f1);
+        ka[mt][2] = ck_scale2(ka[mt][2], f8, f9);
+        ka[mt][3] = ck_scale2(ka[mt][3], f8, f9);
+      }
+    }
+#endif
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+      unsigned vb[4];
+      int row = 16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7);
+      int col = 16 * np + (lane >> 4) * 8;
+      ck_ldm4t(vb, ck_smem(Vs + row * LDV + col));
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        ck_mma(S[mt][2 * np], ka[mt], vb[0], vb[1]);
+        ck_mma(S[mt][2 * np + 1], ka[mt], vb[2], vb[3]);
+      }
+    }
+  }
+}
+
+/* Common pointers and the block's place. */
+struct ck_prog {
+  int vt, h, v0, vcols;
+  long long b, M, NB, c0, c1;
+};
+
+template <int NV, int BV>
+__device__ __forceinline__ ck_prog ck_prog_at(const fla_kernel_args &a) {
+  ck_prog p;
+  p.vt = blockIdx.x % NV;
+  p.b = blockIdx.x / NV;
+  p.h = blockIdx.y;
+  p.v0 = p.vt * BV;
+  p.vcols = FLA_V - p.v0 < BV ? FLA_V - p.v0 : BV;
+  long long NC = a.num_chunks;
+  p.M = ck_blocklen(NC, a.N, a.H);
+  p.NB = (NC + p.M - 1) / p.M;
+  p.c0 = p.b * p.M;
+  p.c1 = p.c0 + p.M < NC ? p.c0 + p.M : NC;
+  return p;
+}
+
+__device__ __forceinline__ float ck_gamma_h(const fla_kernel_args &a, int h) {
+#if FLA_DECAY == 1
+  return ((const float *)a.gamma)[h] * CK_LOG2E;
+#else
+  (void)a, (void)h;
+  return 0.0f;
+#endif
+}
+
+/* ------------------------------------------------ kernel 1: block states */
+
+/* Shared memory: Ks[2][64][LDQ1], Vs[2][64][LDV1] bf16, gam[64] f32 (CK1_ geometry). */
+extern "C" __global__ void __launch_bounds__(CK1_NTH) fla_chunk_fwd_h(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  unsigned short *Ks = (unsigned short *)ck_sm;
+  unsigned short *Vs = Ks + 2 * CK_BT * CK1_LDQ;
+  float *gam = (float *)(Vs + 2 * CK_BT * CK1_LDV);
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+  const ck_prog p = ck_prog_at<CK1_NV, CK1_BV>(a);
+  if (p.b + 1 >= p.NB) return;
+  const int *cs = (const int *)a.chunk_seq;
+  const long long *cf = (const long long *)a.chunk_first;
+  const int nl = cs[p.c1 - 1];
+  if (cs[p.c1] != nl) return; /* the next block starts a sequence */
+  long long start = cf[nl] > p.c0 ? cf[nl] : p.c0;
+  const long long H = a.H;
+  const unsigned short *kp = (const unsigned short *)a.k;
+  const unsigned short *vp = (const unsigned short *)a.v;
+  const int veck = (FLA_K % 8 == 0) && ((a.k & 15) == 0);
+  const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
+  const float gc = ck_gamma_h(a, p.h);
+
+  float S[CK1_MT][CK1_NT][4];
+  ck_state_zero(S);
+  float dsum = 0.0f;
+
+  ck_chunk x;
+  ck_chunk_at(a, start, x);
+  ck_load_tile<CK1_KP, CK1_LDQ, CK1_NTH>(Ks, kp + (x.t0 * H + p.h) * FLA_K, H * FLA_K, x.rows, FLA_K, veck, tid);
+  ck_load_tile<CK1_BV, CK1_LDV, CK1_NTH>(Vs, vp + (x.t0 * H + p.h) * FLA_V + p.v0, H * FLA_V, x.rows, p.vcols,
+                              vecv, tid);
+  ck_commit();
+  float g0 = 0.0f, g1 = 0.0f;
+  if (w == 0) ck_load_g(a, x, p.h, lane, g0, g1);
+
+  for (long long c = start; c < p.c1; c++) {
+    const int buf = (int)((c - start) & 1);
+    const int rows = x.rows;
+    ck_chunk xn = x;
+    float gn0 = 0.0f, gn1 = 0.0f;
+    if (c + 1 < p.c1) {
+      ck_chunk_next(a, c, xn);
+      unsigned short *Kn = Ks + (buf ^ 1) * CK_BT * CK1_LDQ;
+      unsigned short *Vn = Vs + (buf ^ 1) * CK_BT * CK1_LDV;
+      ck_load_tile<CK1_KP, CK1_LDQ, CK1_NTH>(Kn, kp + (xn.t0 * H + p.h) * FLA_K, H * FLA_K, xn.rows, FLA_K,
+                                  veck, tid);
+      ck_load_tile<CK1_BV, CK1_LDV, CK1_NTH>(Vn, vp + (xn.t0 * H + p.h) * FLA_V + p.v0, H * FLA_V, xn.rows,
+                                  p.vcols, vecv, tid);
+      ck_commit();
+      if (w == 0) ck_load_g(a, xn, p.h, lane, gn0, gn1);
+      ck_wait_one();
+    } else {
+      ck_wait_all();
+    }
+    if (w == 0) ck_scan_g(gam, g0, g1, gc, rows, lane);
+    __syncthreads();
+#if FLA_DECAY
+    dsum += gam[rows - 1];
+#endif
+    ck_state_update<CK1_KW, CK1_MT, CK1_NT, CK1_LDQ, CK1_LDV>(S, Ks + buf * CK_BT * CK1_LDQ,
+                                                             Vs + buf * CK_BT * CK1_LDV, gam, rows, w,
+                                                             lane);
+    __syncthreads();
+    x = xn;
+    g0 = gn0, g1 = gn1;
+  }
+  const long long KV = (long long)FLA_K * FLA_V;
+  float *P = (float *)a.ws0 + (p.b * H + p.h) * KV;
+  ck_state_store<CK1_KW>(S, P, p.v0, w, lane);
+  if (p.vt == 0 && tid == 0) ((float *)a.ws1)[p.b * H + p.h] = dsum;
+}
+
+/* ------------------------------------------------- kernel 2: block scan */
+
+#define CK_SCAN_THREADS 256
+#define CK_SCAN_UNROLL 8
+
+extern "C" __global__ void __launch_bounds__(CK_SCAN_THREADS) fla_chunk_fwd_scan(fla_kernel_args a) {
+  const long long KV = (long long)FLA_K * FLA_V;
+  const long long H = a.H;
+  const long long e = (long long)blockIdx.x * CK_SCAN_THREADS + threadIdx.x;
+  if (e >= H * KV) return;
+  const int h = (int)(e / KV);
+  const long long kv = e % KV;
+  const int *cs = (const int *)a.chunk_seq;
+  const long long *cf = (const long long *)a.chunk_first;
+  const float *h0 = (const float *)a.h0;
+#if FLA_STORE_HT
+  for (int n = 0; n < a.N; n++)
+    if (cf[n] == cf[n + 1])
+      ((float *)a.ht)[((long long)n * H + h) * KV + kv] =
+          FLA_HAS_H0 && h0 ? h0[((long long)n * H + h) * KV + kv] : 0.0f;
+#endif
+  const long long NC = a.num_chunks;
+  const long long M = ck_blocklen(NC, a.N, a.H);
+  const long long NB = (NC + M - 1) / M;
+  float *P = (float *)a.ws0;
+  const float *D = (const float *)a.ws1;
+  float E = 0.0f;
+  for (long long b0 = 0; b0 + 1 < NB; b0 += CK_SCAN_UNROLL) {
+    float pv[CK_SCAN_UNROLL], dv[CK_SCAN_UNROLL];
+    int need[CK_SCAN_UNROLL], nl[CK_SCAN_UNROLL];
+#pragma unroll
+    for (int u = 0; u < CK_SCAN_UNROLL; u++) {
+      long long b = b0 + u;
+      need[u] = 0, nl[u] = 0, pv[u] = 0.0f, dv[u] = 0.0f;
+      if (b + 1 < NB) {
+        long long c1 = (b + 1) * M;
+        nl[u] = cs[c1 - 1];
+        need[u] = cs[c1] == nl[u];
+        if (need[u]) {
+          pv[u] = P[(b * H + h) * KV + kv];
+          dv[u] = D[b * H + h];
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < CK_SCAN_UNROLL; u++) {
+      long long b = b0 + u;
+      if (need[u]) {
+        float X = E;
+        if (cf[nl[u]] >= b * M) /* the sequence began inside or at the start of block b */
+          X = FLA_HAS_H0 && h0 ? h0[((long long)nl[u] * H + h) * KV + kv] : 0.0f;
+        E = exp2f(dv[u]) * X + pv[u];
+        P[(b * H + h) * KV + kv] = E;
+      }
+    }
+  }
+}
+
+/* ------------------------------------------------- kernel 3: the output */
+
+/* Shared memory: Qs[2][64][LDQ], Ks[2][64][LDQ], Vs[2][64][LDV], Ss[KP][LDV]
+** bf16, gam[64] f32. Warp w owns output rows 16w .. 16w+15 of the chunk and
+** state keys KW w .. KW w + KW-1. */
+/* One chunk of fla_chunk_fwd_o for warp w (W >= 0: w == W known at compile
+** time, so the causal skips below are not branches and the whole chunk is one
+** basic block the scheduler can interleave; W < 0: w at run time).
+**   A = Q K^T (columns up to the warp's last row), O = 2^gam .* (Q S0) + A V,
+**   store scale O, then S = 2^gL S + (K .* 2^(gL - gam))^T V. */
+template <int W>
+__device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const unsigned short *Qb,
+                                           const unsigned short *Kb, const unsigned short *Vb,
+                                           const unsigned short *Ss, const float *gam, int rows,
+                                           int w_rt, int lane, unsigned short *orow, long long ld,
+                                           int vcols, float scale) {
+  const int w = W >= 0 ? W : w_rt;
+  const int g = lane >> 2, q = lane & 3;
+  const int r0 = 16 * w;
+
+  /* A = Q K^T (columns up to the warp's last row), Oacc = Q S0 */
+  float acc[CK_BT / 8][4], oacc[CK_NT][4];
+#pragma unroll
+  for (int j = 0; j < CK_BT / 8; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+#pragma unroll
+  for (int j = 0; j < CK_NT; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) oacc[j][e] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < CK_KP / 16; kk++) {
+    unsigned qa[4];
+    ck_ldm4(qa, ck_smem(Qb + (r0 + (lane & 15)) * CK_LDQ + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+    for (int np = 0; np < CK_BT / 16; np++) {
+      if (np <= w) {
+        unsigned kb[4];
+        ck_ldm4(kb, ck_smem(Kb + (16 * np + (lane >> 4) * 8 + (lane & 7)) * CK_LDQ + kk * 16 +
+                            ((lane >> 3) & 1) * 8));
+        ck_mma(acc[2 * np], qa, kb[0], kb[1]);
+        ck_mma(acc[2 * np + 1], qa, kb[2], kb[3]);
+      }
+    }
+#pragma unroll
+    for (int np = 0; np < CK_NT / 2; np++) {
+      unsigned sb[4];
+      ck_ldm4t(sb, ck_smem(Ss + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * CK_LDV +
+                           16 * np + (lane >> 4) * 8));
+      ck_mma(oacc[2 * np], qa, sb[0], sb[1]);
+      ck_mma(oacc[2 * np + 1], qa, sb[2], sb[3]);
+    }
+  }
+
+  const int rA = r0 + g, rB = r0 + g + 8;
+#if FLA_DECAY
+  const float gA = gam[rA], gB = gam[rB];
+  {
+    const float eA = exp2f(gA), eB = exp2f(gB);
+#pragma unroll
+    for (int j = 0; j < CK_NT; j++) {
+      oacc[j][0] *= eA, oacc[j][1] *= eA;
+      oacc[j][2] *= eB, oacc[j][3] *= eB;
+    }
+  }
+#endif
+  /* mask and gate A, then O += A V over the warp's causal k-steps */
+#pragma unroll
+  for (int kk = 0; kk < CK_BT / 16; kk++) {
+    if (kk <= w) {
+      unsigned af[4];
+#pragma unroll
+      for (int hf = 0; hf < 2; hf++) {
+        const int j = 2 * kk + hf;
+        const int cc = 8 * j + 2 * q;
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int r = (e < 2) ? rA : rB, col = cc + (e & 1);
+          const bool in = col <= r && r < rows;
+#if FLA_DECAY
+          const float gr = (e < 2) ? gA : gB;
+          v[e] = in ? acc[j][e] * exp2f(gr - gam[col]) : 0.0f;
+#else
+          v[e] = in ? acc[j][e] : 0.0f;
+#endif
+        }
+        af[2 * hf] = ck_pack(v[0], v[1]);
+        af[2 * hf + 1] = ck_pack(v[2], v[3]);
+      }
+      /* af = {a0a1, a2a3, a4a5, a6a7}: n-tile 2kk (rows g, g+8), then 2kk+1 */
+      unsigned afr[4] = {af[0], af[1], af[2], af[3]};
+#pragma unroll
+      for (int np = 0; np < CK_NT / 2; np++) {
+        unsigned vb[4];
+        ck_ldm4t(vb, ck_smem(Vb + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * CK_LDV +
+                             16 * np + (lane >> 4) * 8));
+        ck_mma(oacc[2 * np], afr, vb[0], vb[1]);
+        ck_mma(oacc[2 * np + 1], afr, vb[2], vb[3]);
+      }
+    }
+  }
+
+  /* store O */
+  {
+    
+#pragma unroll
+    for (int j = 0; j < CK_NT; j++) {
+      const int col = 8 * j + 2 * q;
+#if FLA_V % 2 == 0
+      if (col < vcols) {
+        if (rA < rows)
+          *(unsigned *)(orow + rA * ld + col) = ck_pack(scale * oacc[j][0], scale * oacc[j][1]);
+        if (rB < rows)
+          *(unsigned *)(orow + rB * ld + col) = ck_pack(scale * oacc[j][2], scale * oacc[j][3]);
+      }
+#else
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int r = (e < 2) ? rA : rB, cl = col + (e & 1);
+        if (r < rows && cl < vcols) {
+          unsigned u = ck_pack(scale * oacc[j][e], 0.0f);
+          orow[r * ld + cl] = (unsigned short)(u & 0xffffu);
+        }
+      }
+#endif
+    }
+  }
+
+  /* the state leaving the chunk */
+  ck_state_update<CK_KW, CK_MT, CK_NT, CK_LDQ, CK_LDV>(S, Kb, Vb, gam, rows, w, lane);
+}
+
+extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  unsigned short *Qs = (unsigned short *)ck_sm;
+  unsigned short *Ks = Qs + 2 * CK_BT * CK_LDQ;
+  unsigned short *Vs = Ks + 2 * CK_BT * CK_LDQ;
+  unsigned short *Ss = Vs + 2 * CK_BT * CK_LDV;
+  float *gam = (float *)(Ss + CK_KP * CK_LDV);
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const ck_prog p = ck_prog_at<CK_NV, CK_BV>(a);
+  if (p.c0 >= a.num_chunks) return;
+  const long long H = a.H;
+  const long long KV = (long long)FLA_K * FLA_V;
+  const unsigned short *qp = (const unsigned short *)a.q;
+  const unsigned short *kp = (const unsigned short *)a.k;
+  const unsigned short *vp = (const unsigned short *)a.v;
+  unsigned short *op = (unsigned short *)a.o;
+  const int vecq = (FLA_K % 8 == 0) && (((a.q | a.k) & 15) == 0);
+  const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
+  const float gc = ck_gamma_h(a, p.h);
+  const float scale = a.scale;
+  const float *h0 = FLA_HAS_H0 ? (const float *)a.h0 : (const float *)0;
+
+  ck_chunk x;
+  ck_chunk_at(a, p.c0, x);
+
+  float S[CK_MT][CK_NT][4];
+  if (x.first)
+    ck_state_load<CK_KW>(S, h0 ? h0 + ((long long)x.n * H + p.h) * KV : h0, p.v0, w, lane);
+  else
+    ck_state_load<CK_KW>(S, (const float *)a.ws0 + ((p.b - 1) * H + p.h) * KV, p.v0, w, lane);
+
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs, qp + (x.t0 * H + p.h) * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, kp + (x.t0 * H + p.h) * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
+  ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs, vp + (x.t0 * H + p.h) * FLA_V + p.v0, H * FLA_V, x.rows, p.vcols,
+                              vecv, tid);
+  ck_commit();
+  float g0 = 0.0f, g1 = 0.0f;
+  if (w == 0) ck_load_g(a, x, p.h, lane, g0, g1);
+
+  for (long long c = p.c0; c < p.c1; c++) {
+    const int buf = (int)((c - p.c0) & 1);
+    const int rows = x.rows;
+    ck_chunk xn = x;
+    float gn0 = 0.0f, gn1 = 0.0f;
+    if (c + 1 < p.c1) {
+      ck_chunk_next(a, c, xn);
+      const long long ro = (xn.t0 * H + p.h);
+      ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs + (buf ^ 1) * CK_BT * CK_LDQ, qp + ro * FLA_K, H * FLA_K,
+                                  xn.rows, FLA_K, vecq, tid);
+      ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks + (buf ^ 1) * CK_BT * CK_LDQ, kp + ro * FLA_K, H * FLA_K,
+                                  xn.rows, FLA_K, vecq, tid);
+      ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs + (buf ^ 1) * CK_BT * CK_LDV, vp + ro * FLA_V + p.v0,
+                                  H * FLA_V, xn.rows, p.vcols, vecv, tid);
+      ck_commit();
+      if (w == 0) ck_load_g(a, xn, p.h, lane, gn0, gn1);
+    }
+    /* a sequence starting inside the block: its initial state */
+    if (x.first && c > p.c0)
+      ck_state_load<CK_KW>(S, h0 ? h0 + ((long long)x.n * H + p.h) * KV : h0, p.v0, w, lane);
+    /* S0 as bf16, the B operand of Q S0 */
+#pragma unroll
+    for (int mt = 0; mt < CK_MT; mt++)
+#pragma unroll
+      for (int j = 0; j < CK_NT; j++) {
+        int key = CK_KW * w + 16 * mt + g, col = 8 * j + 2 * q;
+        *(unsigned *)(Ss + key * CK_LDV + col) = ck_pack(S[mt][j][0], S[mt][j][1]);
+        *(unsigned *)(Ss + (key + 8) * CK_LDV + col) = ck_pack(S[mt][j][2], S[mt][j][3]);
+      }
+    if (w == 0) ck_scan_g(gam, g0, g1, gc, rows, lane);
+    if (c + 1 < p.c1)
+      ck_wait_one();
+    else
+      ck_wait_all();
+    __syncthreads();
+
+    const unsigned short *Qb = Qs + buf * CK_BT * CK_LDQ;
+    const unsigned short *Kb = Ks + buf * CK_BT * CK_LDQ;
+    const unsigned short *Vb = Vs + buf * CK_BT * CK_LDV;
+    unsigned short *orow = op + (x.t0 * H + p.h) * FLA_V + p.v0;
+#if FLA_CHUNK_WSPEC
+    switch (w) {
+    case 0: ck_o_chunk<0>(S, Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, H * FLA_V, p.vcols, scale); break;
+    case 1: ck_o_chunk<1>(S, Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, H * FLA_V, p.vcols, scale); break;
+    case 2: ck_o_chunk<2>(S, Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, H * FLA_V, p.vcols, scale); break;
+    default: ck_o_chunk<3>(S, Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, H * FLA_V, p.vcols, scale); break;
+    }
+#else
+    ck_o_chunk<-1>(S, Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, H * FLA_V, p.vcols, scale);
+#endif
+#if FLA_STORE_HT
+    if (x.last)
+      ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)x.n * H + p.h) * KV, p.v0, w, lane);
+#endif
+    __syncthreads();
+    x = xn;
+    g0 = gn0, g1 = gn1;
+  }
+}
