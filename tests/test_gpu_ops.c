@@ -24,8 +24,7 @@
 **     Tolerance: relative RMS < 5e-3 (bf16 inputs) or 1e-4 (f32) for o and ht.
 **     Each recipe prints one summary line starting "gpu_ops:".
 **
-** FLA_GPU_OPS_BENCH=1: also "bench", forward times at the shapes of
-** shared/ANCHORS.md (lines "gpu_bench: ..."; asserts only that they run).
+** Forward times: tools/fla_bench.c (fla-bench --device cuda).
 **
 ** FLA_GPU_OPS_PRECOMPILE=<arch> (e.g. sm_90a): no tests; compiles every
 ** module of the forward tests for <arch> into the module cache
@@ -588,85 +587,6 @@ START_TEST(test_recipe_forward) {
 }
 END_TEST
 
-/* ================================================================= bench */
-
-/* FLA_GPU_OPS_BENCH set: forward times at the shapes of shared/ANCHORS.md,
-** bf16, synchronous wall time of fla_op_forward (median of 10 after a warm-up
-** call), one line "gpu_bench: ..." each. Values are cheap pseudo-random
-** numbers in the ranges of each role (timing does not depend on them). */
-static const struct {
-  const char *recipe;
-  int64_t B, T, H, D;
-} bench_[] = {
-    {"retention", 4, 2048, 16, 128},        {"simple_gla", 4, 2048, 16, 128},
-    {"gla", 4, 2048, 16, 128},              {"gated_delta_rule", 4, 2048, 16, 128},
-    {"simple_gla", 2, 16384, 16, 128},      {"gated_delta_rule", 2, 16384, 16, 128},
-    {"gated_delta_rule", 64, 1, 16, 128},   {"gated_delta_rule", 256, 1, 16, 128},
-};
-#define NBENCH ((int)(sizeof bench_ / sizeof bench_[0]))
-
-static int cmp_double_(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-START_TEST(test_bench_forward) {
-  fla_ctx *g = gpu_ctx();
-  fla_recipe *r = find_(g, bench_[_i].recipe);
-  const fla_ir *ir = fla_recipe_ir(r);
-  fla_op_config cfg;
-  memset(&cfg, 0, sizeof cfg);
-  cfg.B = bench_[_i].B, cfg.T = bench_[_i].T, cfg.H = bench_[_i].H;
-  cfg.K = cfg.V = bench_[_i].D;
-  fla_op *op = NULL;
-  ck_assert_int_eq(fla_op_bind(g, r, &cfg, &op), FLA_OK);
-  fla_arg args[FLA_IR_MAX_INPUTS];
-  uint64_t seed = 88172645463325252ull;
-  int64_t rows = cfg.B * cfg.T * cfg.H;
-  float *x = malloc(sizeof(float) * (size_t)(rows * cfg.K));
-  ck_assert_ptr_nonnull(x);
-  for (int i = 0; i < ir->num_inputs; i++) {
-    const fla_ir_input *in = &ir->inputs[i];
-    int64_t shape[4] = {cfg.B, cfg.T, cfg.H, in->layout == FLA_LAYOUT_BTHV ? cfg.V : cfg.K};
-    int nd = in->layout == FLA_LAYOUT_BTH ? 3 : 4;
-    if (in->layout == FLA_LAYOUT_HK) nd = 2, shape[0] = cfg.H, shape[1] = cfg.K;
-    fla_tensor *t = NULL;
-    ck_assert_int_eq(fla_tensor_new(g, FLA_BF16, nd, shape, &t), FLA_OK);
-    int64_t n = fla_tensor_numel(t);
-    for (int64_t j = 0; j < n; j++) {
-      seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
-      float u = (float)(seed >> 40) * (1.0f / 16777216.0f);
-      x[j] = in->role == FLA_ROLE_DECAY ? -0.01f - 0.05f * u
-             : in->role == FLA_ROLE_RATE ? 0.2f + 0.6f * u
-             : in->role == FLA_ROLE_BONUS ? 0.1f * u : 2.0f * u - 1.0f;
-    }
-    ck_assert_int_eq(fla_tensor_copy_from(g, t, x, FLA_F32, n), FLA_OK);
-    args[i] = (fla_arg){in->name, t};
-  }
-  free(x);
-  int64_t os[4] = {cfg.B, cfg.T, cfg.H, cfg.V}, ss[4] = {cfg.B, cfg.H, fla_op_state_k(op), cfg.V};
-  fla_tensor *o = NULL, *ht = NULL;
-  ck_assert_int_eq(fla_tensor_new(g, FLA_BF16, 4, os, &o), FLA_OK);
-  ck_assert_int_eq(fla_tensor_new(g, FLA_F32, 4, ss, &ht), FLA_OK);
-  ck_assert_msg(fla_op_forward(op, args, ir->num_inputs, o, ht) == FLA_OK, "%s", fla_errmsg(g));
-  double t[10];
-  for (int k = 0; k < 10; k++) {
-    double t0 = now_s();
-    ck_assert_int_eq(fla_op_forward(op, args, ir->num_inputs, o, ht), FLA_OK);
-    t[k] = 1e3 * (now_s() - t0);
-  }
-  qsort(t, 10, sizeof t[0], cmp_double_);
-  int stage = fla_cuda_op_core_stage(op, FLA_BF16, 0, 1);
-  printf("gpu_bench: %-16s B=%-3lld T=%-5lld H=%-2lld D=%lld  %-13s fwd %8.3f ms (min %.3f)\n",
-         bench_[_i].recipe, (long long)cfg.B, (long long)cfg.T, (long long)cfg.H,
-         (long long)bench_[_i].D, stage >= 0 ? fla_stage_name((fla_stage)stage) : "?", t[5], t[0]);
-  for (int i = 0; i < ir->num_inputs; i++) fla_tensor_free(args[i].tensor);
-  fla_tensor_free(o), fla_tensor_free(ht);
-  fla_op_free(op);
-  fla_recipe_free(r);
-  fla_ctx_free(g);
-}
-END_TEST
 
 /* ================================================================== main */
 
@@ -735,13 +655,6 @@ static Suite *gpu_suite(void) {
   tcase_set_timeout(fwd, 900);
   tcase_add_loop_test(fwd, test_recipe_forward, 0, nrecipes);
   suite_add_tcase(s, fwd);
-  const char *bench = getenv("FLA_GPU_OPS_BENCH");
-  if (bench && *bench && strcmp(bench, "0") != 0) {
-    TCase *b = tcase_create("bench");
-    tcase_set_timeout(b, 600);
-    tcase_add_loop_test(b, test_bench_forward, 0, NBENCH);
-    suite_add_tcase(s, b);
-  }
   return s;
 }
 

@@ -6,15 +6,24 @@
 **                                         B=1 T=4096 H=4 K=V=128 (based: K=16)
 **   fla-bench [--recipe R ...] [--shape B,T,H,K,V ...] [--device cpu]
 **             [--runs N] [--no-recurrent] [--threads N]
+**   fla-bench --device cuda [--recipe R ...] [--shape B,T,H,K,V ...] [--runs N]
 **
-** Prints one row per (recipe, shape): chunked forward and forward+backward
+** CPU: one row per (recipe, shape): chunked forward and forward+backward
 ** times (median of --runs), the recurrent oracle's forward+backward time,
 ** the speed-up, and the largest relative RMS error of o, ht and every
 ** gradient of the chunked form against the recurrent one.
+**
+** CUDA: bf16 forward times (median of --runs synchronous calls, wall clock,
+** so host overhead is included) at the shapes of shared/ANCHORS.md by
+** default, with the achieved bandwidth, the memory floor, and fla's time
+** from ANCHORS.md where it has one. The backward is not generated for the
+** GPU yet.
 */
 #include "common.h"
 #include "recipe.h"
 #include "testdata.h"
+#include "op_internal.h"
+#include "cuda/op_cuda.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -156,6 +165,157 @@ static int bench_one_(fla_ctx *ctx, const char *name, shape_ sh, const options_ 
   return s != FLA_OK;
 }
 
+/* ------------------------------------------------------------ the GPU */
+
+/* fla's forward times and the memory floors on the H100, from
+** shared/ANCHORS.md (bf16, do_bench medians), keyed by our recipe names. */
+static const struct {
+  const char *recipe;
+  int64_t B, T, H, D;
+  double fla_ms, floor_ms;
+} anchors_[] = {
+  {"retention", 1, 8192, 96, 128, 1.021, 0.267},      {"simple_gla", 1, 8192, 96, 128, 0.815, 0.268},
+  {"gla", 1, 8192, 96, 128, 2.391, 0.334},            {"gated_delta_rule", 1, 8192, 96, 128, 1.641, 0.269},
+  {"retention", 2, 16384, 16, 128, 0.955, 0.178},     {"simple_gla", 2, 16384, 16, 128, 0.548, 0.179},
+  {"gla", 2, 16384, 16, 128, 1.752, 0.222},           {"gated_delta_rule", 2, 16384, 16, 128, 1.080, 0.179},
+  {"retention", 4, 2048, 16, 128, 0.410, 0.044},      {"simple_gla", 4, 2048, 16, 128, 0.388, 0.045},
+  {"gla", 4, 2048, 16, 128, 0.990, 0.056},            {"gated_delta_rule", 4, 2048, 16, 128, 0.924, 0.045},
+  {"retention", 4, 4096, 64, 128, 1.285, 0.356},      {"simple_gla", 4, 4096, 64, 128, 1.030, 0.357},
+  {"gla", 4, 4096, 64, 128, 3.211, 0.445},            {"gated_delta_rule", 4, 4096, 64, 128, 2.083, 0.359},
+  {"retention", 1, 65536, 16, 128, 2.251, 0.356},     {"simple_gla", 1, 65536, 16, 128, 1.324, 0.357},
+  {"gla", 1, 65536, 16, 128, 4.262, 0.445},           {"gated_delta_rule", 1, 65536, 16, 128, 2.736, 0.359},
+  {"retention", 1, 262144, 8, 128, 5.609, 0.711},     {"simple_gla", 1, 262144, 8, 128, 3.921, 0.714},
+  {"gla", 1, 262144, 8, 128, 11.567, 0.889},          {"gated_delta_rule", 1, 262144, 8, 128, 7.452, 0.717},
+  /* one-token decoding, fla's fused_recurrent_gated_delta_rule (state read and written) */
+  {"gated_delta_rule", 1, 1, 16, 128, 0.0589, 0},     {"gated_delta_rule", 16, 1, 16, 128, 0.1261, 0},
+  {"gated_delta_rule", 64, 1, 16, 128, 0.0653, 0},    {"gated_delta_rule", 256, 1, 16, 128, 0.2268, 0},
+};
+#define NANCHORS ((int)(sizeof anchors_ / sizeof anchors_[0]))
+
+static int anchor_(const char *recipe, shape_ sh) {
+  for (int i = 0; i < NANCHORS; i++)
+    if (!strcmp(anchors_[i].recipe, recipe) && anchors_[i].B == sh.B && anchors_[i].T == sh.T &&
+        anchors_[i].H == sh.H && anchors_[i].D == sh.K && sh.K == sh.V)
+      return i;
+  return -1;
+}
+
+/* Cheap pseudo-random values in each role's range (timing does not depend
+** on them; correctness is the GPU test suite's job). */
+static float value_(uint64_t *seed, fla_ir_role role) {
+  *seed ^= *seed << 13, *seed ^= *seed >> 7, *seed ^= *seed << 17;
+  float u = (float)(*seed >> 40) * (1.0f / 16777216.0f);
+  return role == FLA_ROLE_DECAY ? -0.01f - 0.05f * u
+         : role == FLA_ROLE_RATE ? 0.2f + 0.6f * u
+         : role == FLA_ROLE_BONUS ? 0.1f * u : 2.0f * u - 1.0f;
+}
+
+static fla_status device_inputs_(fla_ctx *g, const fla_ir *ir, const fla_op_config *cfg, fla_arg *args,
+                                 int64_t *bytes) {
+  uint64_t seed = 88172645463325252ull;
+  fla_status s = FLA_OK;
+  *bytes = 0;
+  for (int i = 0; i < ir->num_inputs; i++) args[i] = (fla_arg){ir->inputs[i].name, NULL};
+  for (int i = 0; s == FLA_OK && i < ir->num_inputs; i++) {
+    const fla_ir_input *in = &ir->inputs[i];
+    int64_t shape[4] = {cfg->B, cfg->T, cfg->H, in->layout == FLA_LAYOUT_BTHV ? cfg->V : cfg->K};
+    int nd = in->layout == FLA_LAYOUT_BTH ? 3 : 4;
+    if (in->layout == FLA_LAYOUT_HK) nd = 2, shape[0] = cfg->H, shape[1] = cfg->K;
+    s = fla_tensor_new(g, FLA_BF16, nd, shape, &args[i].tensor);
+    if (s != FLA_OK) break;
+    int64_t n = fla_tensor_numel(args[i].tensor), block = 1 << 22;
+    float *x = malloc(sizeof(float) * (size_t)(n < block ? n : block));
+    if (!x) return FLA_NOMEM;
+    for (int64_t j = 0; j < (n < block ? n : block); j++) x[j] = value_(&seed, in->role);
+    /* the tensor repeats one random block: enough for timing */
+    uint16_t *h = malloc(sizeof(uint16_t) * (size_t)n);
+    if (!h) {
+      free(x);
+      return FLA_NOMEM;
+    }
+    for (int64_t j = 0; j < n; j++) h[j] = fla_f32_to_bf16(x[j % block]);
+    s = fla_tensor_copy_from(g, args[i].tensor, h, FLA_BF16, n);
+    *bytes += 2 * n;
+    free(h);
+    free(x);
+  }
+  return s;
+}
+
+static int bench_gpu_one_(fla_ctx *g, const char *name, shape_ sh, int runs) {
+  fla_recipe *r = tool_load_recipe(g, "fla-bench", name);
+  if (!r) return 1;
+  const fla_ir *ir = fla_recipe_ir(r);
+  fla_op_config cfg = {.B = sh.B, .T = sh.T, .H = sh.H, .K = sh.K, .V = sh.V};
+  fla_op *op = NULL;
+  fla_arg args[FLA_IR_MAX_INPUTS];
+  memset(args, 0, sizeof args);
+  fla_tensor *o = NULL, *ht = NULL;
+  int64_t bytes = 0;
+  double t[64], med = NAN;
+  fla_status s = fla_op_bind(g, r, &cfg, &op);
+  if (s == FLA_OK) s = device_inputs_(g, ir, &cfg, args, &bytes);
+  int64_t os[4] = {sh.B, sh.T, sh.H, sh.V}, ss[4] = {sh.B, sh.H, op ? fla_op_state_k(op) : 0, sh.V};
+  if (s == FLA_OK) s = fla_tensor_new(g, FLA_BF16, 4, os, &o);
+  if (s == FLA_OK) s = fla_tensor_new(g, FLA_F32, 4, ss, &ht);
+  if (s == FLA_OK) s = fla_op_forward(op, args, ir->num_inputs, o, ht); /* compiles, warms up */
+  for (int i = 0; s == FLA_OK && i < runs; i++) {
+    double t0 = now_();
+    s = fla_op_forward(op, args, ir->num_inputs, o, ht);
+    t[i] = 1e3 * (now_() - t0);
+  }
+  if (s == FLA_OK) {
+    qsort(t, (size_t)runs, sizeof t[0], cmp_double_);
+    med = t[runs / 2];
+    bytes += 2 * fla_tensor_numel(o);
+    int stage = fla_cuda_op_core_stage(op, FLA_BF16, 0, 1);
+    int a = anchor_(name, sh);
+    char shape[96], fla[32] = "-", ratio[32] = "-", floor[32] = "-";
+    snprintf(shape, sizeof shape, "%lld,%lld,%lld,%lld,%lld", (long long)sh.B, (long long)sh.T,
+             (long long)sh.H, (long long)sh.K, (long long)sh.V);
+    if (a >= 0) {
+      snprintf(fla, sizeof fla, "%.3f", anchors_[a].fla_ms);
+      snprintf(ratio, sizeof ratio, "%.2fx", anchors_[a].fla_ms / med);
+      if (anchors_[a].floor_ms > 0) snprintf(floor, sizeof floor, "%.3f", anchors_[a].floor_ms);
+    }
+    printf("| %-16s | %-20s | %-13s | %9.3f | %6.2f | %8s | %8s | %7s |\n", name, shape,
+           stage >= 0 ? fla_stage_name((fla_stage)stage) : "?", med, (double)bytes / (med * 1e9),
+           floor, fla, ratio);
+    fflush(stdout);
+  } else {
+    fprintf(stderr, "fla-bench: %s: %s: %s\n", name, fla_errstr(s), fla_errmsg(g));
+  }
+  for (int i = 0; i < ir->num_inputs; i++) fla_tensor_free(args[i].tensor);
+  fla_tensor_free(o);
+  fla_tensor_free(ht);
+  fla_op_free(op);
+  fla_recipe_free(r);
+  return s != FLA_OK;
+}
+
+static int bench_gpu_(fla_ctx *g, const char **recipes, int nr, const shape_ *shapes, int ns, int runs) {
+  printf("fla-bench on %s: bf16 forward, median of %d synchronous calls (wall clock, host overhead\n"
+         "included); TB/s = bytes of inputs and o over the time; floor and fla from shared/ANCHORS.md;\n"
+         "ratio = fla's time / ours (above 1: faster than fla). Backward: not generated for the GPU yet.\n\n",
+         fla_ctx_device_name(g), runs);
+  printf("| %-16s | %-20s | %-13s | %9s | %6s | %8s | %8s | %7s |\n", "recipe", "B,T,H,K,V", "stage",
+         "fwd ms", "TB/s", "floor ms", "fla ms", "ratio");
+  printf("|------------------|----------------------|---------------|-----------|--------|----------|----------|---------|\n");
+  int failed = 0;
+  if (nr == 0 && ns == 0) { /* the anchors */
+    for (int i = 0; i < NANCHORS; i++) {
+      shape_ sh = {anchors_[i].B, anchors_[i].T, anchors_[i].H, anchors_[i].D, anchors_[i].D};
+      failed |= bench_gpu_one_(g, anchors_[i].recipe, sh, runs);
+    }
+    return failed;
+  }
+  static const char *defaults[] = {"retention", "simple_gla", "gla", "gated_delta_rule"};
+  if (nr == 0) recipes = defaults, nr = 4;
+  for (int i = 0; i < nr; i++)
+    for (int j = 0; j < ns; j++) failed |= bench_gpu_one_(g, recipes[i], shapes[j], runs);
+  return failed;
+}
+
 static int parse_shape_(const char *s, shape_ *sh) {
   long long v[5];
   char tail;
@@ -176,7 +336,7 @@ int main(int argc, char **argv) {
   const char *recipes[MAX_ITEMS];
   shape_ shapes[MAX_ITEMS];
   int nr = 0, ns = 0, device = FLA_BACKEND_CPU, threads = 0;
-  options_ opt = {.runs = 3, .recurrent = 1};
+  options_ opt = {.runs = 0, .recurrent = 1}; /* runs 0: 3 on the CPU, 20 on a GPU */
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     int more = i + 1 < argc;
@@ -210,15 +370,22 @@ int main(int argc, char **argv) {
     }
   }
   fla_ctx *ctx;
-  fla_status s = fla_ctx_create((fla_backend)device, &ctx);
+  char why[512] = "";
+  fla_status s = fla_ctx_create_ex((fla_backend)device, &ctx, why, sizeof why);
   if (s != FLA_OK) {
-    fprintf(stderr, "fla-bench: cannot use that device: %s\n", fla_errstr(s));
+    fprintf(stderr, "fla-bench: cannot use that device: %s: %s\n", fla_errstr(s), why);
     return 2;
+  }
+  if (fla_ctx_backend(ctx) == FLA_BACKEND_CUDA) {
+    int rc = bench_gpu_(ctx, recipes, nr, shapes, ns, opt.runs ? opt.runs : 20);
+    fla_ctx_free(ctx);
+    return rc;
   }
   if (threads > 0 && fla_ctx_set_threads(ctx, threads) != FLA_OK) {
     fprintf(stderr, "fla-bench: %s\n", fla_errmsg(ctx));
     return 2;
   }
+  if (opt.runs == 0) opt.runs = 3;
   if (nr == 0) nr = fla_recipe_list_builtin(recipes, MAX_ITEMS);
   if (nr > MAX_ITEMS) nr = MAX_ITEMS;
   if (ns == 0) shapes[ns++] = (shape_){1, 4096, 4, 128, 128};
