@@ -16,9 +16,10 @@
 **             scalar g) with CUDA events, median of 30 runs after warm-up,
 **             per kernel and in total, beside fla's times;
 **   --compile-only  compiles the variants and prints ptxas' report (no GPU).
-** Options: --m M1,M2,...  block lengths to time besides the default formula
-**          --bv N         value tile (default: the stage's)
-**          --shapes i,j   bench only these shapes (0-based)
+** Options: --var BV/M,...    bench variants: value tile (0 default), block length
+**                             (0: the formula; else forced at compile time)
+**          --shapes i,j      bench only these shapes (0-based)
+**          --cache DIR       cubin cache; --precompile fills it without a GPU
 */
 #include "internal.h"
 #include "generate.h"
@@ -482,7 +483,13 @@ static int cmp_f(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-static int bench_mode(const int64_t *ms, int nm, int bv, const int *only, int nonly) {
+/* A timed variant: value tile (0: default), block length (0: the formula). */
+typedef struct vspec {
+  int bv;
+  int64_t m;
+} vspec;
+
+static int bench_mode(const vspec *vs, int nvs, const int *only, int nonly) {
   {
     void *cubin = NULL;
     size_t size = 0;
@@ -497,14 +504,14 @@ static int bench_mode(const int64_t *ms, int nm, int bv, const int *only, int no
     }
     free(cubin);
   }
-  /* variants: the formula, then each forced M */
-  int nvar = 1 + nm;
+  static const vspec dflt = {0, 0};
+  if (nvs == 0) vs = &dflt, nvs = 1;
+  int nvar = nvs;
   variant *vars = calloc((size_t)nvar, sizeof *vars);
   for (int i = 0; i < nvar; i++) {
-    make_variant(&vars[i], 2, 128, 128, 0, 1, bv, i == 0 ? 0 : ms[i - 1]);
-    printf("variant %d: BV %d, M %s%lld\n", i, vars[i].cfg.BV, i == 0 ? "formula " : "",
-           (long long)(i == 0 ? 0 : ms[i - 1]));
-    if (build(&vars[i], i == 0) != 0) return 1;
+    make_variant(&vars[i], 2, 128, 128, 0, 1, vs[i].bv, vs[i].m);
+    printf("variant %d: BV %d, M %s\n", i, vars[i].cfg.BV, vs[i].m ? "forced" : "formula");
+    if (build(&vars[i], 1) != 0) return 1;
   }
   if (!have_gpu) return 0;
   CUstream s;
@@ -563,8 +570,9 @@ static int bench_mode(const int64_t *ms, int nm, int bv, const int *only, int no
         qsort(t[e], REPS, sizeof(float), cmp_f);
         med[e] = t[e][REPS / 2];
       }
-      printf("| %d | %d | %d | %d%s | %lld | %lld | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %.2fx |\n",
-             sh->B, sh->T, sh->H, vi, vi == 0 ? " (formula)" : "", (long long)M,
+      printf("| %d | %d | %d | BV%d/%s | %lld | %lld | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | "
+             "%.2fx |\n",
+             sh->B, sh->T, sh->H, v->cfg.BV, v->force_m ? "M" : "formula", (long long)M,
              (long long)(NB * NV * H), med[0], med[1], med[2], med[3], sh->fla_ms, sh->floor_ms,
              sh->fla_ms / med[3]);
       fflush(stdout);
@@ -594,8 +602,8 @@ static int compile_only(int bv) {
 
 int main(int argc, char **argv) {
   int mode = 0; /* 1 check, 2 bench, 3 compile-only */
-  int bv = 0, nm = 0, nonly = 0, only[16];
-  int64_t ms[16];
+  int bv = 0, nonly = 0, only[16], nvs = 0;
+  vspec vs[32];
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--check")) mode |= 1;
     else if (!strcmp(argv[i], "--bench")) mode |= 2;
@@ -603,14 +611,21 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--precompile")) mode |= 8;
     else if (!strcmp(argv[i], "--cache") && i + 1 < argc) cache_dir = argv[++i];
     else if (!strcmp(argv[i], "--bv") && i + 1 < argc) bv = atoi(argv[++i]);
-    else if (!strcmp(argv[i], "--m") && i + 1 < argc) {
-      for (char *t = strtok(argv[++i], ","); t && nm < 16; t = strtok(NULL, ",")) ms[nm++] = atoll(t);
+    else if (!strcmp(argv[i], "--var") && i + 1 < argc) {
+      for (char *t = strtok(argv[++i], ","); t && nvs < 32; t = strtok(NULL, ",")) {
+        long long m = 0;
+        if (sscanf(t, "%d/%lld", &vs[nvs].bv, &m) != 2) {
+          fprintf(stderr, "--var: BV/M pairs, e.g. 64/0,64/32 (0: default tile, formula)\n");
+          return 2;
+        }
+        vs[nvs++].m = m;
+      }
     } else if (!strcmp(argv[i], "--shapes") && i + 1 < argc) {
       for (char *t = strtok(argv[++i], ","); t && nonly < 16; t = strtok(NULL, ","))
         only[nonly++] = atoi(t);
     } else {
-      fprintf(stderr, "usage: %s --check | --bench [--m M,...] [--bv N] [--shapes i,...] | "
-                      "--compile-only\n", argv[0]);
+      fprintf(stderr, "usage: %s [--check] [--bench [--var BV/M,...] [--shapes i,...]] "
+                      "[--cache DIR] [--precompile] | --compile-only [--bv N]\n", argv[0]);
       return 2;
     }
   }
@@ -630,7 +645,7 @@ int main(int argc, char **argv) {
   if (mode & 8) { /* compile what --check / --bench would, into the cache, without a GPU */
     int rc = 0;
     if (mode & 1) rc |= check_mode(1) != 0;
-    if (mode & 2) rc |= bench_mode(ms, nm, bv, only, nonly) != 0;
+    if (mode & 2) rc |= bench_mode(vs, nvs, only, nonly) != 0;
     printf("precompiled into %s\n", cache_dir ? cache_dir : "(no --cache)");
     return rc;
   }
@@ -659,6 +674,6 @@ int main(int argc, char **argv) {
   long nthreads = sysconf(_SC_NPROCESSORS_ONLN);
   int rc = 0;
   if (mode & 1) rc |= check_mode(nthreads > 0 ? (int)nthreads : 1) != 0;
-  if (mode & 2) rc |= bench_mode(ms, nm, bv, only, nonly) != 0;
+  if (mode & 2) rc |= bench_mode(vs, nvs, only, nonly) != 0;
   return rc;
 }

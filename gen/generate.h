@@ -19,7 +19,12 @@
 **   FLA_IN_BF16           1: q, k, v, p, g, beta, bonus, o are bf16; else f32
 **   FLA_HAS_H0, FLA_STORE_HT
 **   FLA_FEATURE           prep stage only: the fla_ir_feature to apply
+**   FLA_FEATURE_IN_DIM    prep stage only: its input dim D (FLA_K is then the
+**                         output dim, 1 + D + D^2 for taylor2, else D)
 **   FLA_BT, FLA_BK, FLA_BV, FLA_WARPS   the tile configuration
+**
+** Fields of the key a stage does not read are zeroed before the block is
+** written (docs/kernels.md), so keys that differ only there share a module.
 **
 ** Every kernel is `extern "C" __global__ void <name>(fla_kernel_args a)`, the
 ** struct below passed by value (the template declares the same struct).

@@ -30,7 +30,8 @@ extern const fla_stage_impl fla_stage_recurrent_fwd;
 extern const fla_stage_impl fla_stage_chunk_fwd;
 
 /* The text of templates/cuda/<file>, embedded in the library at build time
-** (so a binary does not need its source tree); NULL when unknown. */
+** (so a binary does not need its source tree); NULL when unknown. The shared
+** vendor-neutral files are "../common/<file>" (templates/common/). */
 const char *fla_template_text(const char *file);
 
 #endif

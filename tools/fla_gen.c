@@ -105,7 +105,7 @@ static int compile_(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key,
   if (s != FLA_OK) {
     fprintf(stderr, "fla-gen: %s: %s\n", fla_errstr(s), fla_errmsg(ctx));
     free(log);
-    return 1;
+    return s == FLA_INVALID ? 2 : 1; /* a bad --arch, or a failed compile / no NVRTC */
   }
   fla_tile_config full;
   fla_stage_default_config(stage, key, &full);
@@ -221,6 +221,9 @@ int main(int argc, char **argv) {
     if (map ? !strcmp(map, "k") : f == FLA_FEATURE_IDENTITY) f = ir->feature_k;
     key.feature = (int)f;
     key.feature_in_dim = K;
+    if (f == FLA_FEATURE_IDENTITY)
+      fprintf(stderr, "fla-gen: note: %s maps neither q nor k: prep_fwd would only copy\n",
+              fla_recipe_name(r));
   }
   char kernels[FLA_STAGE_MAX_KERNELS][64];
   int nk = 0;

@@ -87,9 +87,6 @@
 #define CK1_LDQ (CK1_KP + 8)
 #define CK1_LDV (CK1_BV + 8)
 #define CK_LOG2E 1.4426950408889634f
-#ifndef FLA_CHUNK_WSPEC
-#define FLA_CHUNK_WSPEC 1 /* fla_chunk_fwd_o: one code path per warp (see ck_o_chunk) */
-#endif
 
 /* Block length: keep in step with blocklen_() in gen/stage_chunk.c. */
 #define CK_FUSED_MIN 256        /* programs of one block per sequence that suffice */
@@ -534,18 +531,18 @@ extern "C" __global__ void __launch_bounds__(CK_SCAN_THREADS) fla_chunk_fwd_scan
 /* Shared memory: Qs[2][64][LDQ], Ks[2][64][LDQ], Vs[2][64][LDV], Ss[KP][LDV]
 ** bf16, gam[64] f32. Warp w owns output rows 16w .. 16w+15 of the chunk and
 ** state keys KW w .. KW w + KW-1. */
-/* One chunk of fla_chunk_fwd_o for warp w (W >= 0: w == W known at compile
-** time, so the causal skips below are not branches and the whole chunk is one
-** basic block the scheduler can interleave; W < 0: w at run time).
+/* One chunk of fla_chunk_fwd_o for warp w (rows 16w .. 16w+15):
 **   A = Q K^T (columns up to the warp's last row), O = 2^gam .* (Q S0) + A V,
-**   store scale O, then S = 2^gL S + (K .* 2^(gL - gam))^T V. */
-template <int W>
+**   store scale O, then S = 2^gL S + (K .* 2^(gL - gam))^T V.
+** Measured and dropped (bench/results/2026-11-22-chunk-fwd.md): a copy of
+** this body per warp index, making the causal skips compile-time (255
+** registers, spills: 5-30% slower), and O staged through the warp's own Q rows
+** for 16-byte stores (1-3% slower than these 4-byte stores). */
 __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const unsigned short *Qb,
                                            const unsigned short *Kb, const unsigned short *Vb,
                                            const unsigned short *Ss, const float *gam, int rows,
-                                           int w_rt, int lane, unsigned short *orow, long long ld,
+                                           int w, int lane, unsigned short *orow, long long ld,
                                            int vcols, float scale) {
-  const int w = W >= 0 ? W : w_rt;
   const int g = lane >> 2, q = lane & 3;
   const int r0 = 16 * w;
 
@@ -633,8 +630,8 @@ __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const un
   }
 
   /* store O */
+  /* store O */
   {
-    
 #pragma unroll
     for (int j = 0; j < CK_NT; j++) {
       const int col = 8 * j + 2 * q;
@@ -741,16 +738,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
     const unsigned short *Kb = Ks + buf * CK_BT * CK_LDQ;
     const unsigned short *Vb = Vs + buf * CK_BT * CK_LDV;
     unsigned short *orow = op + (x.t0 * H + p.h) * FLA_V + p.v0;
-#if FLA_CHUNK_WSPEC
-    switch (w) {
-    case 0: ck_o_chunk<0>(S, Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, H * FLA_V, p.vcols, scale); break;
-    case 1: ck_o_chunk<1>(S, Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, H * FLA_V, p.vcols, scale); break;
-    case 2: ck_o_chunk<2>(S, Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, H * FLA_V, p.vcols, scale); break;
-    default: ck_o_chunk<3>(S, Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, H * FLA_V, p.vcols, scale); break;
-    }
-#else
-    ck_o_chunk<-1>(S, Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, H * FLA_V, p.vcols, scale);
-#endif
+    ck_o_chunk(S, Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, H * FLA_V, p.vcols, scale);
 #if FLA_STORE_HT
     if (x.last)
       ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)x.n * H + p.h) * KV, p.v0, w, lane);

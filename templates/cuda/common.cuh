@@ -5,7 +5,7 @@
 **
 ** gen/generate.c inlines, in this order: the #define block of gen/generate.h,
 ** templates/common/math.h, templates/common/index.h, this file, then the
-** stage's template. Nothing is #included: NVRTC needs no include path (its
+** stage's template. Nothing is included: NVRTC needs no include path (its
 ** builtin headers have no cuda_bf16.h, so bf16 is handled by bit
 ** manipulation in templates/common/math.h). Fast math stays off.
 */

@@ -21,6 +21,12 @@
 ** second reduction once the state is written. Rows past K and columns past V
 ** hold zeros and write nothing. Sums are taken in a fixed order: the result
 ** does not depend on timing.
+**
+** Tokens go through shared memory FLA_BT at a time, in two buffers: while
+** chunk c runs, the q/k/p/gk rows of chunk c + 1 arrive by cp.async (16-byte
+** vectors when K is a multiple of 16 bytes and the bases are aligned; 4-byte
+** copies for other f32 rows; plain loads for other bf16 rows), and its v
+** columns, beta and exp(g) wait in registers until chunk c is done.
 */
 
 #define RT_THREADS (FLA_WARPS * 32)
@@ -132,7 +138,8 @@ FLA_DEVICE void rt_rows(const in_t *row, int i0, float *x) {
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(RT_THREADS)
+/* The 1: without it ptxas (under NVRTC) may cap registers at 128 and spill. */
+extern "C" __global__ void __launch_bounds__(RT_THREADS, 1)
 fla_recurrent_fwd(const fla_kernel_args a) {
   const int H = a.H;
   const int nh = blockIdx.x;

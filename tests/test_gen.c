@@ -1,0 +1,686 @@
+/*
+** test_gen.c -- the kernel generator (gen/generate.h): keys from recipes,
+** canonical sources, tile configurations and their errors, launch
+** geometry, the embedded templates, and (where NVRTC loads) that every
+** shipped recipe's stages compile for sm_80 and sm_90 in bf16 and f32.
+**
+** How absence is reported, honestly: when NVRTC cannot be loaded, the compile
+** tests are not added; the suite gets `test_skip_no_nvrtc`, which asserts
+** nothing and prints "SKIP: NVRTC not found (...)". The generator's own
+** tests need no NVRTC and run everywhere. Running the kernels against the
+** CPU reference needs a GPU and is the CUDA backend's integration test.
+*/
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "harness.h"
+#include "internal.h"
+#include "cuda/cuda_api.h"
+#include "cuda/nvrtc.h"
+#include "feature.h"
+#include "generate.h"
+#include "recipe.h"
+#include "stage.h"
+
+static char nvrtc_why[1024];
+
+static fla_ctx *new_ctx(void) {
+  fla_ctx *ctx = NULL;
+  ck_assert_int_eq(fla_ctx_create(FLA_BACKEND_CPU, &ctx), FLA_OK);
+  return ctx;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* The key of a shipped recipe at input dims K, V (state K after the feature map). */
+static void recipe_key(fla_ctx *ctx, const char *name, int K, int V, int bf16, fla_gen_key *key,
+                       fla_recipe **out) {
+  fla_recipe *r = NULL;
+  ck_assert_msg(fla_recipe_find(ctx, name, &r) == FLA_OK, "%s: %s", name, fla_errmsg(ctx));
+  const fla_ir *ir = fla_recipe_ir(r);
+  fla_gen_key_from_ir(ir, (int)fla_feature_dim(ir->feature_k, K), V, bf16, 1, 1, key);
+  if (out)
+    *out = r;
+  else
+    fla_recipe_free(r);
+}
+
+static char *gen_ok(fla_ctx *ctx, fla_stage st, const fla_gen_key *key, const fla_tile_config *cfg,
+                    char (*names)[64], int *nk) {
+  char *src = NULL;
+  fla_status s = fla_generate(ctx, st, key, cfg, &src, names, nk);
+  ck_assert_msg(s == FLA_OK, "%s: %s", fla_stage_name(st), fla_errmsg(ctx));
+  ck_assert_ptr_nonnull(src);
+  return src;
+}
+
+/* fla_generate fails with status and a message containing want. */
+static void gen_fails(fla_ctx *ctx, fla_stage st, const fla_gen_key *key,
+                      const fla_tile_config *cfg, fla_status status, const char *want) {
+  char *src = (char *)1;
+  char names[FLA_STAGE_MAX_KERNELS][64];
+  int nk = -1;
+  fla_status s = fla_generate(ctx, st, key, cfg, &src, names, &nk);
+  ck_assert_msg(s == status, "status %d (want %d): %s", s, status, fla_errmsg(ctx));
+  ck_assert_ptr_null(src);
+  ck_assert_int_eq(nk, 0);
+  ck_assert_msg(strstr(fla_errmsg(ctx), want), "message '%s' lacks '%s'", fla_errmsg(ctx), want);
+}
+
+/* 1 when a line of text starts with #include (spaces allowed). */
+static int has_include(const char *text) {
+  for (const char *l = text; l; l = strchr(l, '\n')) {
+    while (*l == '\n' || *l == ' ' || *l == '\t') l++;
+    if (strncmp(l, "#include", 8) == 0 || strncmp(l, "# include", 9) == 0) return 1;
+  }
+  return 0;
+}
+
+/* ============================================================ no NVRTC */
+
+START_TEST(test_stage_names) {
+  ck_assert_str_eq(fla_stage_name(FLA_STAGE_PREP_FWD), "prep_fwd");
+  ck_assert_str_eq(fla_stage_name(FLA_STAGE_RECURRENT_FWD), "recurrent_fwd");
+  ck_assert_str_eq(fla_stage_name(FLA_STAGE_CHUNK_FWD), "chunk_fwd");
+  ck_assert_str_eq(fla_stage_name(FLA_STAGE_COUNT), "?");
+  ck_assert_str_eq(fla_stage_name((fla_stage)-1), "?");
+  ck_assert_str_eq(fla_stage_prep_fwd.name, "prep_fwd");
+  ck_assert_str_eq(fla_stage_recurrent_fwd.name, "recurrent_fwd");
+}
+END_TEST
+
+/* The args struct the templates declare (templates/cuda/common.cuh asserts
+** its size is 176) has this layout. */
+START_TEST(test_args_layout) {
+  ck_assert_uint_eq(sizeof(fla_kernel_args), 176);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, q), 0);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, gamma), 56);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, cu), 88);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, y), 136);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, total), 144);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, rows), 152);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, N), 160);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, num_chunks), 168);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, scale), 172);
+}
+END_TEST
+
+START_TEST(test_templates_embedded) {
+  const char *files[] = {"common.cuh", "prep_fwd.cuh", "recurrent_fwd.cuh", "../common/math.h",
+                         "../common/index.h"};
+  for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+    const char *t = fla_template_text(files[i]);
+    ck_assert_msg(t && strlen(t) > 100, "%s not embedded", files[i]);
+    ck_assert_msg(!has_include(t), "%s #includes something", files[i]);
+  }
+  ck_assert_ptr_null(fla_template_text("no_such.cuh"));
+  ck_assert_ptr_null(fla_template_text(NULL));
+  ck_assert(strstr(fla_template_text("recurrent_fwd.cuh"), "fla_recurrent_fwd"));
+  ck_assert(strstr(fla_template_text("prep_fwd.cuh"), "fla_prep_fwd"));
+  ck_assert(strstr(fla_template_text("common.cuh"), "struct fla_kernel_args"));
+}
+END_TEST
+
+START_TEST(test_key_from_ir) {
+  fla_ctx *ctx = new_ctx();
+  struct {
+    const char *recipe;
+    int decay, delta, probe, before, bonus, kfd, K;
+  } want[] = {
+      {"linear_attn", 0, 0, 0, 0, 0, 0, 64},   {"retention", 1, 0, 0, 0, 0, 0, 64},
+      {"simple_gla", 2, 0, 0, 0, 0, 0, 64},    {"gla", 3, 0, 0, 0, 0, 0, 64},
+      {"delta_rule", 0, 1, 0, 0, 0, 0, 64},    {"gated_delta_rule", 2, 1, 0, 0, 0, 0, 64},
+      {"kda", 3, 1, 0, 0, 0, 0, 64},           {"comba", 2, 1, 1, 0, 0, 0, 64},
+      {"rwkv6", 3, 0, 0, 1, 1, 0, 64},         {"hgrn2", 3, 0, 0, 0, 0, 1, 64},
+      {"based", 0, 0, 0, 0, 0, 0, 1 + 64 + 64 * 64},
+  };
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+    fla_gen_key k;
+    recipe_key(ctx, want[i].recipe, 64, 32, 1, &k, NULL);
+    ck_assert_msg(k.decay == want[i].decay && k.delta == want[i].delta &&
+                      k.has_probe == want[i].probe && k.read_before == want[i].before &&
+                      k.has_bonus == want[i].bonus && k.key_from_decay == want[i].kfd &&
+                      k.K == want[i].K && k.V == 32 && k.in_bf16 == 1 && k.has_h0 == 1 &&
+                      k.store_ht == 1 && k.feature == 0 && k.feature_in_dim == 0,
+                  "%s: decay %d delta %d probe %d before %d bonus %d kfd %d K %d", want[i].recipe,
+                  k.decay, k.delta, k.has_probe, k.read_before, k.has_bonus, k.key_from_decay,
+                  k.K);
+  }
+  fla_gen_key k;
+  memset(&k, 0x55, sizeof k);
+  fla_gen_key_from_ir(NULL, 8, 9, 0, 0, 1, &k);
+  ck_assert_int_eq(k.decay, 0);
+  ck_assert_int_eq(k.K, 8);
+  ck_assert_int_eq(k.V, 9);
+  ck_assert_int_eq(k.store_ht, 1);
+  ck_assert_int_eq(k.has_h0, 0);
+  fla_gen_key_from_ir(NULL, 8, 9, 0, 0, 1, NULL); /* no crash */
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_canonical_source) {
+  fla_ctx *ctx = new_ctx();
+  fla_gen_key key;
+  recipe_key(ctx, "gated_delta_rule", 128, 128, 1, &key, NULL);
+  char n1[FLA_STAGE_MAX_KERNELS][64], n2[FLA_STAGE_MAX_KERNELS][64];
+  int k1 = 0, k2 = 0;
+  char *a = gen_ok(ctx, FLA_STAGE_RECURRENT_FWD, &key, NULL, n1, &k1);
+  char *b = gen_ok(ctx, FLA_STAGE_RECURRENT_FWD, &key, NULL, n2, &k2);
+  ck_assert_str_eq(a, b);
+  ck_assert_int_eq(k1, 1);
+  ck_assert_int_eq(k2, 1);
+  ck_assert_str_eq(n1[0], "fla_recurrent_fwd");
+  /* The defaults spelled out give the same bytes. */
+  fla_tile_config d;
+  fla_stage_default_config(FLA_STAGE_RECURRENT_FWD, &key, &d);
+  char *c = gen_ok(ctx, FLA_STAGE_RECURRENT_FWD, &key, &d, n2, &k2);
+  ck_assert_str_eq(a, c);
+  free(c);
+  /* The header, the #define block in its fixed order, the templates behind it. */
+  ck_assert(strncmp(a, "// fla in C, generated by gen/generate.c: stage recurrent_fwd\n", 61) == 0);
+  const char *order[] = {"#define FLA_K 128\n",          "#define FLA_V 128\n",
+                         "#define FLA_DECAY 2\n",        "#define FLA_DELTA 1\n",
+                         "#define FLA_HAS_PROBE 0\n",    "#define FLA_READ_BEFORE 0\n",
+                         "#define FLA_HAS_BONUS 0\n",    "#define FLA_KEY_FROM_DECAY 0\n",
+                         "#define FLA_IN_BF16 1\n",      "#define FLA_HAS_H0 1\n",
+                         "#define FLA_STORE_HT 1\n",     "#define FLA_FEATURE 0\n",
+                         "#define FLA_FEATURE_IN_DIM 0\n", "#define FLA_BT ",
+                         "#define FLA_BK 128\n",         "#define FLA_BV ",
+                         "#define FLA_WARPS ",           "#line 1 \"templates/common/math.h\"",
+                         "#line 1 \"templates/common/index.h\"",
+                         "#line 1 \"templates/cuda/common.cuh\"",
+                         "#line 1 \"templates/cuda/recurrent_fwd.cuh\""};
+  const char *at = a;
+  for (size_t i = 0; i < sizeof order / sizeof order[0]; i++) {
+    const char *p = strstr(at, order[i]);
+    ck_assert_msg(p, "'%s' missing or out of order", order[i]);
+    at = p + 1;
+  }
+  ck_assert_msg(!has_include(a), "the source must include nothing");
+
+  /* Any field the stage reads changes the source. */
+  int fields = 0;
+  for (int f = 0; f < 9; f++) {
+    fla_gen_key k2k = key;
+    switch (f) {
+    case 0: k2k.decay = 3; break;
+    case 1: k2k.delta = 0; break;
+    case 2: k2k.has_probe = 1; break;
+    case 3: k2k.in_bf16 = 0; break;
+    case 4: k2k.has_h0 = 0; break;
+    case 5: k2k.store_ht = 0; break;
+    case 6: k2k.K = 64; break;
+    case 7: k2k.V = 96; break;
+    case 8: k2k.decay = 1; break;
+    }
+    char *o = gen_ok(ctx, FLA_STAGE_RECURRENT_FWD, &k2k, NULL, n2, &k2);
+    ck_assert_msg(strcmp(o, a) != 0, "field %d does not change the source", f);
+    fields++;
+    free(o);
+  }
+  ck_assert_int_eq(fields, 9);
+  fla_tile_config cfg = {0, 0, 4, 0};
+  char *o = gen_ok(ctx, FLA_STAGE_RECURRENT_FWD, &key, &cfg, n2, &k2);
+  ck_assert(strcmp(o, a) != 0);
+  ck_assert(strstr(o, "#define FLA_BV 4\n"));
+  free(o);
+  /* The feature fields are not read by recurrent_fwd: the same bytes. */
+  fla_gen_key kf = key;
+  kf.feature = FLA_FEATURE_L2NORM;
+  kf.feature_in_dim = 77;
+  o = gen_ok(ctx, FLA_STAGE_RECURRENT_FWD, &kf, NULL, n2, &k2);
+  ck_assert_str_eq(o, a);
+  free(o);
+  free(a);
+  free(b);
+
+  /* prep_fwd reads only the map, its input dim and the dtype. */
+  fla_gen_key p1, p2;
+  memset(&p1, 0, sizeof p1);
+  p1.feature = FLA_FEATURE_L2NORM;
+  p1.feature_in_dim = 128;
+  p1.in_bf16 = 1;
+  recipe_key(ctx, "gla", 64, 64, 1, &p2, NULL);
+  p2.feature = FLA_FEATURE_L2NORM;
+  p2.feature_in_dim = 128;
+  char *s1 = gen_ok(ctx, FLA_STAGE_PREP_FWD, &p1, NULL, n1, &k1);
+  char *s2 = gen_ok(ctx, FLA_STAGE_PREP_FWD, &p2, NULL, n2, &k2);
+  ck_assert_str_eq(s1, s2);
+  ck_assert_str_eq(n1[0], "fla_prep_fwd");
+  ck_assert(strstr(s1, "#define FLA_FEATURE 1\n#define FLA_FEATURE_IN_DIM 128\n"));
+  ck_assert(strstr(s1, "#define FLA_K 128\n#define FLA_V 0\n#define FLA_DECAY 0\n"));
+  p2.feature = FLA_FEATURE_TAYLOR2;
+  p2.feature_in_dim = 16;
+  char *s3 = gen_ok(ctx, FLA_STAGE_PREP_FWD, &p2, NULL, n2, &k2);
+  ck_assert(strstr(s3, "#define FLA_K 273\n")); /* K is the output dim */
+  ck_assert(strcmp(s1, s3) != 0);
+  free(s1);
+  free(s2);
+  free(s3);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_errors) {
+  fla_ctx *ctx = new_ctx();
+  fla_gen_key key;
+  recipe_key(ctx, "gla", 128, 128, 1, &key, NULL);
+  const fla_stage R = FLA_STAGE_RECURRENT_FWD, P = FLA_STAGE_PREP_FWD;
+
+  /* Keys the stage does not support: FLA_UNSUPPORTED with the limit. */
+  fla_gen_key k = key;
+  k.K = 4096;
+  gen_fails(ctx, R, &k, NULL, FLA_UNSUPPORTED, "K <= 2048 (got K=4096)");
+  k = key;
+  k.V = 5000;
+  gen_fails(ctx, R, &k, NULL, FLA_UNSUPPORTED, "V <= 4096 (got V=5000)");
+  k = key;
+  k.K = 2048;
+  k.in_bf16 = 0;
+  k.delta = 1;
+  k.has_probe = 1; /* q, k, p, gk rows of f32 even one token at a time: 64 KiB */
+  gen_fails(ctx, R, &k, NULL, FLA_UNSUPPORTED, "even one token at a time");
+  fla_gen_key pk;
+  memset(&pk, 0, sizeof pk);
+  pk.feature = FLA_FEATURE_TAYLOR2;
+  pk.feature_in_dim = 2000;
+  gen_fails(ctx, P, &pk, NULL, FLA_UNSUPPORTED, "taylor2 supports input dims <= 1024 (got 2000)");
+  pk.feature = FLA_FEATURE_ELU1;
+  pk.feature_in_dim = 100000;
+  gen_fails(ctx, P, &pk, NULL, FLA_UNSUPPORTED, "input dims <= 65536");
+
+  /* Tile configurations outside the stage's space: FLA_INVALID. */
+  fla_tile_config c = {64, 0, 0, 0};
+  gen_fails(ctx, R, &key, &c, FLA_INVALID, "BT=64 tokens of K=128 need");
+  gen_fails(ctx, R, &key, &c, FLA_INVALID, "use a smaller BT");
+  c = (fla_tile_config){65, 0, 0, 0};
+  gen_fails(ctx, R, &key, &c, FLA_INVALID, "1 to 64 tokens at a time: BT=65");
+  c = (fla_tile_config){0, 64, 0, 0};
+  gen_fails(ctx, R, &key, &c, FLA_INVALID, "BK must be K=128 (got BK=64)");
+  c = (fla_tile_config){0, 0, 3, 0};
+  gen_fails(ctx, R, &key, &c, FLA_INVALID, "BV must be 1, 2, 4, 8, 16 or 32 (got BV=3)");
+  c = (fla_tile_config){0, 0, 64, 0};
+  gen_fails(ctx, R, &key, &c, FLA_INVALID, "(got BV=64)");
+  c = (fla_tile_config){0, 0, 0, 3};
+  gen_fails(ctx, R, &key, &c, FLA_INVALID, "warps must be 1, 2, 4, 8 or 16 (got warps=3)");
+  c = (fla_tile_config){1, 0, 32, 1};
+  k = key;
+  k.K = 1024; /* one row group a warp: 1024 rows a thread */
+  gen_fails(ctx, R, &k, &c, FLA_INVALID, "use more warps or a smaller BV");
+  c = (fla_tile_config){0, 0, -1, 0};
+  gen_fails(ctx, R, &key, &c, FLA_INVALID, "negative tile size");
+  pk.feature = FLA_FEATURE_L2NORM;
+  pk.feature_in_dim = 64;
+  c = (fla_tile_config){64, 0, 0, 4};
+  gen_fails(ctx, P, &pk, &c, FLA_INVALID, "prep_fwd has no BT, BK or BV tiles, only warps");
+  c = (fla_tile_config){0, 0, 0, 64};
+  gen_fails(ctx, P, &pk, &c, FLA_INVALID, "warps must be 1, 2, 4, 8, 16 or 32 (got warps=64)");
+  pk.feature = FLA_FEATURE_TAYLOR2;
+  pk.feature_in_dim = 1024;
+  c = (fla_tile_config){0, 0, 0, 16};
+  gen_fails(ctx, P, &pk, &c, FLA_INVALID, "use fewer warps");
+
+  /* Keys no stage could mean. */
+  k = key;
+  k.delta = 2;
+  gen_fails(ctx, R, &k, NULL, FLA_INVALID, "a key flag is not 0 or 1");
+  k = key;
+  k.decay = 4;
+  gen_fails(ctx, R, &k, NULL, FLA_INVALID, "decay 4 is not");
+  k = key;
+  k.delta = 0;
+  k.has_probe = 1;
+  gen_fails(ctx, R, &k, NULL, FLA_INVALID, "a probe needs a delta write");
+  k = key;
+  k.has_bonus = 1;
+  gen_fails(ctx, R, &k, NULL, FLA_INVALID, "a bonus needs read_before");
+  k = key;
+  k.decay = 2;
+  k.key_from_decay = 1;
+  gen_fails(ctx, R, &k, NULL, FLA_INVALID, "key_from_decay needs a per-key decay");
+  k = key;
+  k.V = 0;
+  gen_fails(ctx, R, &k, NULL, FLA_INVALID, "K and V must be positive");
+  pk.feature = 9;
+  gen_fails(ctx, P, &pk, NULL, FLA_INVALID, "unknown feature map 9");
+  pk.feature = FLA_FEATURE_RELU;
+  pk.feature_in_dim = 0;
+  gen_fails(ctx, P, &pk, NULL, FLA_INVALID, "feature_in_dim must be positive");
+  gen_fails(ctx, (fla_stage)7, &key, NULL, FLA_INVALID, "unknown stage 7");
+
+  char *src = NULL;
+  char names[FLA_STAGE_MAX_KERNELS][64];
+  int nk = 0;
+  ck_assert_int_eq(fla_generate(ctx, R, NULL, NULL, &src, names, &nk), FLA_INVALID);
+  ck_assert_int_eq(fla_generate(ctx, R, &key, NULL, NULL, names, &nk), FLA_INVALID);
+  ck_assert_int_eq(fla_generate(ctx, R, &key, NULL, &src, NULL, &nk), FLA_INVALID);
+  ck_assert_int_eq(fla_generate(ctx, R, &key, NULL, &src, names, NULL), FLA_INVALID);
+  ck_assert_int_eq(fla_generate(NULL, R, NULL, NULL, &src, names, &nk), FLA_INVALID);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_configs_and_geometry) {
+  fla_ctx *ctx = new_ctx();
+  fla_gen_key key;
+  recipe_key(ctx, "gated_delta_rule", 128, 128, 1, &key, NULL);
+  const fla_stage R = FLA_STAGE_RECURRENT_FWD, P = FLA_STAGE_PREP_FWD;
+  fla_tile_config d;
+  fla_stage_default_config(R, &key, &d);
+  ck_assert_int_eq(d.BK, 128);
+  ck_assert_int_eq(d.BV, 16);
+  ck_assert_int_eq(d.warps, 2);
+  ck_assert_int_eq(d.BT, 8);
+  /* Small V: BV shrinks; large K: more warps. */
+  fla_gen_key k = key;
+  k.V = 3;
+  k.K = 512;
+  fla_stage_default_config(R, &k, &d);
+  ck_assert_int_eq(d.BV, 4);
+  ck_assert_int_eq(d.warps, 2); /* 16 row groups of 32 rows */
+  ck_assert_int_ge(d.BT, 1);
+
+  fla_kernel_args a;
+  memset(&a, 0, sizeof a);
+  a.N = 3, a.H = 4, a.total = 100;
+  fla_kernel_launch L[FLA_STAGE_MAX_KERNELS];
+  k = key;
+  k.V = 100;
+  fla_tile_config c = {0, 0, 8, 1};
+  ck_assert_int_eq(fla_stage_launches(R, &k, &c, &a, L), 1);
+  ck_assert_str_eq(L[0].name, "fla_recurrent_fwd");
+  ck_assert_uint_eq(L[0].grid[0], 12);
+  ck_assert_uint_eq(L[0].grid[1], 13);
+  ck_assert_uint_eq(L[0].grid[2], 1);
+  ck_assert_uint_eq(L[0].block[0], 32);
+  ck_assert_uint_eq(L[0].block[1] * L[0].block[2], 1);
+  ck_assert_uint_eq(L[0].smem, 0);
+  ck_assert_int_eq(fla_stage_launches(R, &k, NULL, &a, L), 1);
+  ck_assert_uint_eq(L[0].block[0], 64); /* the default warps */
+  ck_assert_uint_eq(L[0].grid[1], 7);
+  a.N = 0; /* never a zero grid */
+  ck_assert_int_eq(fla_stage_launches(R, &k, NULL, &a, L), 1);
+  ck_assert_uint_eq(L[0].grid[0], 1);
+  size_t w0 = 1, w1 = 1;
+  fla_stage_workspace(R, &k, NULL, &a, &w0, &w1);
+  ck_assert_uint_eq(w0, 0);
+  ck_assert_uint_eq(w1, 0);
+
+  fla_gen_key pk;
+  memset(&pk, 0, sizeof pk);
+  pk.feature = FLA_FEATURE_L2NORM;
+  pk.feature_in_dim = 128;
+  fla_stage_default_config(P, &pk, &d);
+  ck_assert_int_eq(d.warps, 4);
+  ck_assert_int_eq(d.BT + d.BK + d.BV, 0);
+  a.rows = 1001;
+  ck_assert_int_eq(fla_stage_launches(P, &pk, NULL, &a, L), 1);
+  ck_assert_str_eq(L[0].name, "fla_prep_fwd");
+  ck_assert_uint_eq(L[0].grid[0], 251);
+  ck_assert_uint_eq(L[0].block[0], 128);
+  a.rows = 0;
+  fla_stage_launches(P, &pk, NULL, &a, L);
+  ck_assert_uint_eq(L[0].grid[0], 1);
+  a.rows = (int64_t)1 << 40; /* the kernel loops over rows past the grid */
+  fla_stage_launches(P, &pk, NULL, &a, L);
+  ck_assert_uint_eq(L[0].grid[0], 1u << 20);
+  pk.feature = FLA_FEATURE_TAYLOR2;
+  pk.feature_in_dim = 1024; /* a 4 KiB row a warp in shared memory */
+  fla_stage_default_config(P, &pk, &d);
+  ck_assert_int_le(d.warps * 1024 * 4, 49152);
+
+  ck_assert_int_eq(fla_stage_launches(FLA_STAGE_COUNT, &k, NULL, &a, L), 0);
+  fla_stage_default_config(FLA_STAGE_COUNT, &k, &d);
+  ck_assert_int_eq(d.BT + d.BK + d.BV + d.warps, 0);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_skip_no_nvrtc) {
+  printf("test_gen: SKIP: %s: the generated sources were not compiled\n",
+         nvrtc_why);
+}
+END_TEST
+
+/* ============================================================ with NVRTC */
+
+typedef struct {
+  char **sources;
+  int n, cap;
+  int compiled, duplicates, unsupported_chunk;
+  double seconds, slowest;
+} compile_log;
+
+static int seen(compile_log *cl, const char *src, const char *arch) {
+  size_t n = strlen(src) + strlen(arch) + 2;
+  char *tagged = malloc(n);
+  ck_assert_ptr_nonnull(tagged);
+  snprintf(tagged, n, "%s\n%s", arch, src);
+  for (int i = 0; i < cl->n; i++)
+    if (!strcmp(cl->sources[i], tagged)) {
+      free(tagged);
+      return 1;
+    }
+  if (cl->n == cl->cap) {
+    cl->cap = cl->cap ? 2 * cl->cap : 64;
+    cl->sources = realloc(cl->sources, sizeof(char *) * (size_t)cl->cap);
+    ck_assert_ptr_nonnull(cl->sources);
+  }
+  cl->sources[cl->n++] = tagged;
+  return 0;
+}
+
+/* Compiles one generated source (once per distinct text and arch); for our
+** own stages, asserts ptxas spilled nothing. */
+static void compile_one(fla_ctx *ctx, compile_log *cl, const char *what, fla_stage st,
+                        const char *src, char (*names)[64], int nk, const char *arch) {
+  if (seen(cl, src, arch)) {
+    cl->duplicates++;
+    return;
+  }
+  void *cubin = NULL;
+  size_t size = 0;
+  char *log = NULL;
+  double t0 = now_s();
+  fla_status s = fla_nvrtc_compile_ex(ctx, what, src, arch, NULL, 0, &cubin, &size, &log);
+  double dt = now_s() - t0;
+  ck_assert_msg(s == FLA_OK, "%s for %s: %s", what, arch, fla_errmsg(ctx));
+  ck_assert(fla_cubin_is_elf(cubin, size));
+  cl->compiled++;
+  cl->seconds += dt;
+  if (dt > cl->slowest) cl->slowest = dt;
+  for (int i = 0; i < nk; i++) {
+    fla_kernel_resources r;
+    ck_assert_msg(fla_nvrtc_parse_resources(log, names[i], &r) == 1, "%s: no report for %s", what,
+                  names[i]);
+    if (st != FLA_STAGE_CHUNK_FWD)
+      ck_assert_msg(r.spill_store_bytes == 0 && r.spill_load_bytes == 0,
+                    "%s for %s: %s spills %d/%d bytes (%d registers)", what, arch, names[i],
+                    r.spill_store_bytes, r.spill_load_bytes, r.registers);
+  }
+  free(log);
+  free(cubin);
+}
+
+/* Every shipped recipe x stage x {bf16, f32} x {sm_80, sm_90}, default
+** configs: K = V = 128 (based: K = 16, a 273-dim state); recurrent_fwd also
+** at odd sizes (K = 100, V = 72: scalar loads, partial column blocks). */
+START_TEST(test_every_recipe_compiles) {
+  fla_ctx *ctx = new_ctx();
+  const char *names[64];
+  int nr = fla_recipe_list_builtin(names, 64);
+  ck_assert_int_ge(nr, 13);
+  const char *archs[] = {"sm_80", "sm_90"};
+  compile_log cl;
+  memset(&cl, 0, sizeof cl);
+  int preps = 0, chunks = 0;
+  for (int i = 0; i < nr; i++) {
+    fla_recipe *r = NULL;
+    ck_assert_msg(fla_recipe_find(ctx, names[i], &r) == FLA_OK, "%s: %s", names[i],
+                  fla_errmsg(ctx));
+    const fla_ir *ir = fla_recipe_ir(r);
+    int based = ir->feature_k == FLA_FEATURE_TAYLOR2;
+    for (int bf16 = 0; bf16 <= 1; bf16++)
+      for (int shape = 0; shape < 2; shape++) {
+        int K = shape ? (based ? 8 : 100) : (based ? 16 : 128), V = shape ? 72 : 128;
+        fla_gen_key key;
+        fla_gen_key_from_ir(ir, (int)fla_feature_dim(ir->feature_k, K), V, bf16, 1, 1, &key);
+        char what[160];
+        char kn[FLA_STAGE_MAX_KERNELS][64];
+        int nk = 0;
+        for (int a = 0; a < 2; a++) {
+          snprintf(what, sizeof what, "%s_recurrent_fwd_K%d_V%d_%s", names[i], K, V,
+                   bf16 ? "bf16" : "f32");
+          char *src = gen_ok(ctx, FLA_STAGE_RECURRENT_FWD, &key, NULL, kn, &nk);
+          if (!shape || !strcmp(archs[a], "sm_90"))
+            compile_one(ctx, &cl, what, FLA_STAGE_RECURRENT_FWD, src, kn, nk, archs[a]);
+          free(src);
+
+          /* prep_fwd for each map that is not the identity. */
+          fla_ir_feature maps[2] = {ir->feature_q, ir->feature_k};
+          for (int m = 0; m < 2 && !shape; m++) {
+            if (maps[m] == FLA_FEATURE_IDENTITY || (m == 1 && maps[1] == maps[0])) continue;
+            fla_gen_key pk = key;
+            pk.feature = maps[m];
+            pk.feature_in_dim = K;
+            snprintf(what, sizeof what, "%s_prep_fwd_%s_%s", names[i],
+                     fla_feature_name(maps[m]), bf16 ? "bf16" : "f32");
+            src = gen_ok(ctx, FLA_STAGE_PREP_FWD, &pk, NULL, kn, &nk);
+            compile_one(ctx, &cl, what, FLA_STAGE_PREP_FWD, src, kn, nk, archs[a]);
+            preps++;
+            free(src);
+          }
+
+          /* chunk_fwd where its check accepts the key. */
+          if (shape) continue;
+          src = NULL;
+          fla_status s = fla_generate(ctx, FLA_STAGE_CHUNK_FWD, &key, NULL, &src, kn, &nk);
+          if (s == FLA_UNSUPPORTED) {
+            cl.unsupported_chunk++;
+            continue;
+          }
+          ck_assert_msg(s == FLA_OK, "%s chunk_fwd: %s", names[i], fla_errmsg(ctx));
+          snprintf(what, sizeof what, "%s_chunk_fwd_%s", names[i], bf16 ? "bf16" : "f32");
+          compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_FWD, src, kn, nk, archs[a]);
+          chunks++;
+          free(src);
+        }
+      }
+    fla_recipe_free(r);
+  }
+  printf("test_gen: %d recipes: %d distinct sources compiled in %.1f s (slowest %.2f s, mean "
+         "%.2f s), %d duplicates shared; %d prep_fwd and %d chunk_fwd builds, chunk_fwd "
+         "declined %d keys\n",
+         nr, cl.compiled, cl.seconds, cl.slowest, cl.compiled ? cl.seconds / cl.compiled : 0.0,
+         cl.duplicates, preps, chunks, cl.unsupported_chunk);
+  for (int i = 0; i < cl.n; i++) free(cl.sources[i]);
+  free(cl.sources);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+/* Non-default tile configurations of the recurrent stage compile too: every
+** BV, several warps and BT, the feature maps on odd dims. */
+START_TEST(test_configs_compile) {
+  fla_ctx *ctx = new_ctx();
+  compile_log cl;
+  memset(&cl, 0, sizeof cl);
+  const char *recipes[] = {"comba", "rwkv6", "hgrn2"};
+  fla_tile_config cfgs[] = {{1, 0, 1, 1}, {3, 0, 2, 2}, {16, 0, 32, 4}, {16, 0, 4, 16}};
+  char kn[FLA_STAGE_MAX_KERNELS][64];
+  int nk = 0;
+  for (size_t i = 0; i < sizeof recipes / sizeof recipes[0]; i++) {
+    fla_gen_key key;
+    recipe_key(ctx, recipes[i], 64, 48, (int)(i & 1), &key, NULL);
+    for (size_t c = 0; c < sizeof cfgs / sizeof cfgs[0]; c++) {
+      char *src = gen_ok(ctx, FLA_STAGE_RECURRENT_FWD, &key, &cfgs[c], kn, &nk);
+      char what[128];
+      snprintf(what, sizeof what, "%s_BT%d_BV%d_w%d", recipes[i], cfgs[c].BT, cfgs[c].BV,
+               cfgs[c].warps);
+      compile_one(ctx, &cl, what, FLA_STAGE_RECURRENT_FWD, src, kn, nk, "sm_90");
+      free(src);
+    }
+  }
+  for (int f = FLA_FEATURE_IDENTITY; f <= FLA_FEATURE_TAYLOR2; f++) {
+    fla_gen_key pk;
+    memset(&pk, 0, sizeof pk);
+    pk.feature = f;
+    pk.feature_in_dim = f == FLA_FEATURE_TAYLOR2 ? 7 : 100;
+    pk.in_bf16 = f & 1;
+    fla_tile_config c = {0, 0, 0, f == FLA_FEATURE_L2NORM ? 1 : 0};
+    char *src = gen_ok(ctx, FLA_STAGE_PREP_FWD, &pk, &c, kn, &nk);
+    char what[64];
+    snprintf(what, sizeof what, "prep_%s", fla_feature_name((fla_ir_feature)f));
+    compile_one(ctx, &cl, what, FLA_STAGE_PREP_FWD, src, kn, nk, "sm_90");
+    free(src);
+  }
+  printf("test_gen: %d configuration sources compiled in %.1f s\n", cl.compiled, cl.seconds);
+  for (int i = 0; i < cl.n; i++) free(cl.sources[i]);
+  free(cl.sources);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+/* A template error points at the template file and line (#line directives). */
+START_TEST(test_errors_name_template_lines) {
+  fla_ctx *ctx = new_ctx();
+  fla_gen_key key;
+  recipe_key(ctx, "gla", 64, 64, 1, &key, NULL);
+  char kn[FLA_STAGE_MAX_KERNELS][64];
+  int nk = 0;
+  char *src = gen_ok(ctx, FLA_STAGE_RECURRENT_FWD, &key, NULL, kn, &nk);
+  /* Break the stage template's first kernel line. */
+  char *p = strstr(src, "extern \"C\" __global__");
+  ck_assert_ptr_nonnull(p);
+  memcpy(p, "extern \"C\" __glibal__", 21);
+  void *cubin = NULL;
+  size_t size = 0;
+  ck_assert_int_eq(fla_nvrtc_compile(ctx, "broken", src, "sm_90", NULL, 0, &cubin, &size),
+                   FLA_ERROR);
+  ck_assert_msg(strstr(fla_errmsg(ctx), "templates/cuda/recurrent_fwd.cuh("), "%s",
+                fla_errmsg(ctx));
+  free(src);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+static Suite *gen_suite(void) {
+  Suite *s = suite_create("gen");
+  TCase *tc = tcase_create("generator");
+  tcase_add_test(tc, test_stage_names);
+  tcase_add_test(tc, test_args_layout);
+  tcase_add_test(tc, test_templates_embedded);
+  tcase_add_test(tc, test_key_from_ir);
+  tcase_add_test(tc, test_canonical_source);
+  tcase_add_test(tc, test_errors);
+  tcase_add_test(tc, test_configs_and_geometry);
+  suite_add_tcase(s, tc);
+
+  if (fla_nvrtc_load(nvrtc_why, sizeof nvrtc_why) != 0) {
+    printf("test_gen: skipped: %s\n", nvrtc_why);
+    TCase *skip = tcase_create("nvrtc_skipped");
+    tcase_add_test(skip, test_skip_no_nvrtc);
+    suite_add_tcase(s, skip);
+    return s;
+  }
+  TCase *nv = tcase_create("nvrtc");
+  tcase_set_timeout(nv, 900);
+  tcase_add_test(nv, test_every_recipe_compiles);
+  tcase_add_test(nv, test_configs_compile);
+  tcase_add_test(nv, test_errors_name_template_lines);
+  suite_add_tcase(s, nv);
+  return s;
+}
+
+int main(void) { return th_run_suite(gen_suite()); }
