@@ -281,7 +281,8 @@ typedef struct tcase {
   int decay, K, V, H, N;
   int lens[8];
   int has_h0, store_ht;
-  double gdiv; /* g = logsigmoid(randn) / gdiv */
+  double gdiv;  /* g = logsigmoid(randn) / gdiv */
+  int rand_lens; /* 1: N random lengths in 0..200, about one in five empty */
 } tcase;
 
 static CUdeviceptr dalloc(size_t n) {
@@ -298,13 +299,16 @@ static int run_case(const tcase *tc, int bv, int64_t force_m, int nthreads) {
   if (build(&v, 0) != 0) return -1;
   if (!have_gpu) return 0;
   int N = tc->N, H = tc->H, K = tc->K, V = tc->V;
-  int64_t cuh[9];
+  int64_t *len = malloc(sizeof(int64_t) * (size_t)N);
+  int64_t *cuh = malloc(sizeof(int64_t) * (size_t)(N + 1));
+  int64_t *cfh = malloc(sizeof(int64_t) * (size_t)(N + 1));
+  for (int n = 0; n < N; n++)
+    len[n] = !tc->rand_lens ? tc->lens[n] : rng_unif() < 0.2 ? 0 : (int64_t)(rng_unif() * 200);
   cuh[0] = 0;
-  for (int n = 0; n < N; n++) cuh[n + 1] = cuh[n] + tc->lens[n];
+  for (int n = 0; n < N; n++) cuh[n + 1] = cuh[n] + len[n];
   int64_t T = cuh[N];
-  int64_t cfh[9];
   cfh[0] = 0;
-  for (int n = 0; n < N; n++) cfh[n + 1] = cfh[n] + (tc->lens[n] + 63) / 64;
+  for (int n = 0; n < N; n++) cfh[n + 1] = cfh[n] + (len[n] + 63) / 64;
   int64_t NC = cfh[N];
   int32_t *csh = malloc(sizeof(int32_t) * (size_t)(NC > 0 ? NC : 1));
   for (int n = 0; n < N; n++)
@@ -410,20 +414,23 @@ static int run_case(const tcase *tc, int bv, int64_t force_m, int nthreads) {
   cu->cuModuleUnload(v.mod);
   free(q), free(k), free(vv), free(g), free(o), free(gamma), free(h0), free(ht), free(csh);
   free(dq), free(dk), free(dv), free(dg), free(dh0), free(ro), free(rht);
+  free(len), free(cuh), free(cfh);
   return ok ? 0 : 1;
 }
 
 static int check_mode(int nthreads) {
   static const tcase cases[] = {
-      {"scalar K128 V128 varlen h0 ht", 2, 128, 128, 3, 4, {1000, 64, 700, 129}, 1, 1, 8.0},
-      {"scalar K128 V128 strong decay", 2, 128, 128, 2, 2, {777, 300}, 0, 1, 1.0},
-      {"const K64 V96 h0 ht", 1, 64, 96, 3, 2, {513, 1100}, 1, 1, 1.0},
-      {"none K100 V72 ht", 0, 100, 72, 2, 3, {300, 1, 450}, 0, 1, 1.0},
-      {"none K128 V128 long", 0, 128, 128, 2, 1, {3000}, 1, 1, 1.0},
-      {"scalar K256 V256 h0 ht", 2, 256, 256, 2, 2, {300, 190}, 1, 1, 8.0},
-      {"scalar K48 V40 empty seq", 2, 48, 40, 3, 4, {200, 0, 65, 64}, 1, 1, 8.0},
-      {"scalar K20 V33 (odd V)", 2, 20, 33, 2, 3, {100, 7, 250}, 1, 1, 8.0},
-      {"const K192 V160 no ht", 1, 192, 160, 2, 2, {400, 333}, 1, 0, 1.0},
+      {"scalar K128 V128 varlen h0 ht", 2, 128, 128, 3, 4, {1000, 64, 700, 129}, 1, 1, 8.0, 0},
+      {"scalar K128 V128 strong decay", 2, 128, 128, 2, 2, {777, 300}, 0, 1, 1.0, 0},
+      {"const K64 V96 h0 ht", 1, 64, 96, 3, 2, {513, 1100}, 1, 1, 1.0, 0},
+      {"none K100 V72 ht", 0, 100, 72, 2, 3, {300, 1, 450}, 0, 1, 1.0, 0},
+      {"none K128 V128 long", 0, 128, 128, 2, 1, {3000}, 1, 1, 1.0, 0},
+      {"scalar K256 V256 h0 ht", 2, 256, 256, 2, 2, {300, 190}, 1, 1, 8.0, 0},
+      {"scalar K48 V40 empty seq", 2, 48, 40, 3, 4, {200, 0, 65, 64}, 1, 1, 8.0, 0},
+      {"scalar K20 V33 (odd V)", 2, 20, 33, 2, 3, {100, 7, 250}, 1, 1, 8.0, 0},
+      {"const K192 V160 no ht", 1, 192, 160, 2, 2, {400, 333}, 1, 0, 1.0, 0},
+      {"scalar K64 V64 70 seqs, empties", 2, 64, 64, 2, 70, {0}, 1, 1, 8.0, 1},
+      {"scalar K128 V128 equal lens (fused M)", 2, 128, 128, 32, 4, {200, 200, 200, 200}, 1, 1, 8.0, 0},
   };
   static const int64_t ms[] = {0, 1, 3, 5};
   int fails = 0, runs = 0;

@@ -26,8 +26,8 @@
 ** gen/stage_chunk.c's). Three kernels:
 **
 **   fla_chunk_fwd_h    (NB*NV1, H; its own geometry, CK1_*): for each block b
-**       whose last sequence n
-**       continues into block b+1, the state of n after the block assuming a
+**       whose last sequence n continues into block b+1, the state of n after
+**       the block assuming a
 **       zero state where its part of the block begins (start = max(first chunk
 **       of b, first chunk of n)):  P_b = sum over its chunks of the decayed
 **       updates, and D_b = the log2 decay over those chunks. P_b -> ws0 slot
@@ -44,6 +44,10 @@
 **       the state; writes ht where a sequence ends.
 ** With M = chunks per sequence (equal-length batches with enough heads), no
 ** block starts inside a sequence and the first two kernels do no work.
+** The grids and shared memory sizes are gen/stage_chunk.c's (launches_).
+**
+** Not here yet: per-key decay (GLA, fla-notes §2.3), the WY family (§2.4),
+** f32 inputs (check() answers FLA_UNSUPPORTED: the recurrent stage runs them).
 */
 
 /* fla_kernel_args comes from templates/cuda/common.cuh (inlined before this). */
@@ -477,18 +481,28 @@ extern "C" __global__ void __launch_bounds__(CK_SCAN_THREADS) fla_chunk_fwd_scan
   const long long KV = (long long)FLA_K * FLA_V;
   const long long H = a.H;
   const long long e = (long long)blockIdx.x * CK_SCAN_THREADS + threadIdx.x;
-  if (e >= H * KV) return;
+  const bool valid = e < H * KV;
   const int h = (int)(e / KV);
   const long long kv = e % KV;
   const int *cs = (const int *)a.chunk_seq;
   const long long *cf = (const long long *)a.chunk_first;
   const float *h0 = (const float *)a.h0;
 #if FLA_STORE_HT
-  for (int n = 0; n < a.N; n++)
-    if (cf[n] == cf[n + 1])
-      ((float *)a.ht)[((long long)n * H + h) * KV + kv] =
-          FLA_HAS_H0 && h0 ? h0[((long long)n * H + h) * KV + kv] : 0.0f;
+  /* ht[n] = h0[n] (or 0) for sequences with no chunk: 32 sequences a step per
+  ** warp (every lane of the block gets here: full warps for the ballot) */
+  for (int n0 = 0; n0 < a.N; n0 += 32) {
+    const int n = n0 + (int)(threadIdx.x & 31);
+    unsigned m = __ballot_sync(0xffffffffu, n < a.N && cf[n] == cf[n + 1]);
+    while (m) {
+      const int ne = n0 + __ffs(m) - 1;
+      m &= m - 1;
+      if (valid)
+        ((float *)a.ht)[((long long)ne * H + h) * KV + kv] =
+            FLA_HAS_H0 && h0 ? h0[((long long)ne * H + h) * KV + kv] : 0.0f;
+    }
+  }
 #endif
+  if (!valid) return;
   const long long NC = a.num_chunks;
   const long long M = ck_blocklen(NC, a.N, a.H);
   const long long NB = (NC + M - 1) / M;
