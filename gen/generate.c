@@ -33,6 +33,8 @@ const char *fla_stage_name(fla_stage s) {
   case FLA_STAGE_PREP_FWD: return "prep_fwd";
   case FLA_STAGE_RECURRENT_FWD: return "recurrent_fwd";
   case FLA_STAGE_CHUNK_FWD: return "chunk_fwd";
+  case FLA_STAGE_CHUNK_GK_FWD: return "chunk_gk_fwd";
+  case FLA_STAGE_CHUNK_WY_FWD: return "chunk_wy_fwd";
   default: return "?";
   }
 }
@@ -42,6 +44,8 @@ static const fla_stage_impl *impl_(fla_stage s) {
   case FLA_STAGE_PREP_FWD: return &fla_stage_prep_fwd;
   case FLA_STAGE_RECURRENT_FWD: return &fla_stage_recurrent_fwd;
   case FLA_STAGE_CHUNK_FWD: return &fla_stage_chunk_fwd;
+  case FLA_STAGE_CHUNK_GK_FWD: return &fla_stage_chunk_gk_fwd;
+  case FLA_STAGE_CHUNK_WY_FWD: return &fla_stage_chunk_wy_fwd;
   default: return NULL;
   }
 }

@@ -43,7 +43,9 @@
 typedef enum fla_stage {
   FLA_STAGE_PREP_FWD = 0,   /* y = phi(x) row by row: x [rows, d] -> y [rows, dout] */
   FLA_STAGE_RECURRENT_FWD,  /* token by token, state on chip: o, ht             */
-  FLA_STAGE_CHUNK_FWD,      /* chunkwise-parallel forward: o, ht                */
+  FLA_STAGE_CHUNK_FWD,      /* chunkwise-parallel forward: o, ht (scalar gates) */
+  FLA_STAGE_CHUNK_GK_FWD,   /* chunked forward, per-key gates (GLA, sub-chunks) */
+  FLA_STAGE_CHUNK_WY_FWD,   /* chunked forward, delta rule (WY / UT transform)  */
   FLA_STAGE_COUNT
 } fla_stage;
 

@@ -85,9 +85,11 @@ static fla_status plan_(fla_op *op, fla_ctx *ctx, int in_bf16, int has_h0, int s
   memset(&key, 0, sizeof key);
   fla_gen_key_from_ir(ir, (int)op->Ks, (int)op->V, in_bf16, has_h0, store_ht, &key);
   fla_status st = FLA_UNSUPPORTED;
-  if (!wants_recurrent_(op)) {
-    st = gen_(ctx, FLA_STAGE_CHUNK_FWD, &key, &p->core);
-    if (st == FLA_UNSUPPORTED) { /* not generated for this key yet: the recurrent form */
+  /* The first chunked stage that handles the key; none: the recurrent form. */
+  static const fla_stage chunked[] = {FLA_STAGE_CHUNK_FWD, FLA_STAGE_CHUNK_GK_FWD, FLA_STAGE_CHUNK_WY_FWD};
+  for (int i = 0; !wants_recurrent_(op) && st == FLA_UNSUPPORTED && i < 3; i++) {
+    st = gen_(ctx, chunked[i], &key, &p->core);
+    if (st == FLA_UNSUPPORTED) {
       free(p->core.src);
       p->core.src = NULL;
       fla_clear_error(ctx);
@@ -298,7 +300,7 @@ fla_status fla_cuda_op_forward(struct fla_op *op, fla_tensor *const *in, fla_ten
   }
 
   /* The core. */
-  if (p.core.stage == FLA_STAGE_CHUNK_FWD) {
+  if (p.core.stage != FLA_STAGE_RECURRENT_FWD) { /* a chunked stage */
     int BT = p.core.cfg.BT > 0 ? p.core.cfg.BT : op->chunk;
     if ((st = chunk_tables_(op, cu, BT, &a)) != FLA_OK) goto done;
   }
