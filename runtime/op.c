@@ -117,6 +117,7 @@ fla_status fla_op_bind(fla_ctx *ctx, const fla_recipe *r, const fla_op_config *c
 void fla_op_free(fla_op *op) {
   if (!op) return;
   for (int i = 0; i < (int)(sizeof op->ws / sizeof op->ws[0]); i++) free(op->ws[i]);
+  if (op->backend_cache_free) op->backend_cache_free(op->backend_cache);
   free(op->gamma);
   free(op);
 }

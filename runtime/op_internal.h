@@ -25,6 +25,10 @@ struct fla_op {
   ** be page-faulted in on every call. An op runs one call at a time. */
   void *ws[40];
   size_t ws_bytes[40];
+  /* What a backend keeps between calls (runtime/cuda/op_cuda.c: the plan,
+  ** its kernels and device tables), freed with the op. */
+  void *backend_cache;
+  void (*backend_cache_free)(void *cache);
 };
 
 #endif

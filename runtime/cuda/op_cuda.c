@@ -20,7 +20,6 @@
 enum {
   SLOT_Q = 0, SLOT_K, SLOT_P,     /* feature-mapped q, k, probe */
   SLOT_CU, SLOT_CSEQ, SLOT_CFIRST, /* sequence and chunk tables  */
-  SLOT_GAMMA,                      /* constant decay [H] f32     */
   SLOT_WS0, SLOT_WS1,              /* the core stage's workspaces */
   SLOT_COUNT
 };
@@ -186,13 +185,18 @@ static fla_status upload_slot_(fla_ctx *ctx, int slot, const void *src, size_t b
   return st;
 }
 
-/* Launches every kernel of stage s with args. */
-static fla_status run_stage_(fla_ctx *ctx, const stage_src *s, fla_kernel_args *args) {
-  CUfunction fns[FLA_STAGE_MAX_KERNELS];
+/* The functions of stage s, loaded (compiled or from the cache) once per context. */
+static fla_status stage_fns_(fla_ctx *ctx, const stage_src *s, CUfunction *fns) {
+  return fla_cuda_get_kernels(ctx, fla_stage_name(s->stage), s->src, (char (*)[64])s->kernels,
+                              s->nkernels, fns);
+}
+
+/* Launches every kernel of stage s (functions fns) with args. */
+static fla_status run_stage_(fla_ctx *ctx, const stage_src *s, const CUfunction *fns,
+                             fla_kernel_args *args) {
   fla_kernel_launch l[FLA_STAGE_MAX_KERNELS];
   const char *name = fla_stage_name(s->stage);
-  fla_status st = fla_cuda_get_kernels(ctx, name, s->src, (char (*)[64])s->kernels, s->nkernels, fns);
-  if (st != FLA_OK) return st;
+  fla_status st = FLA_OK;
   memset(l, 0, sizeof l);
   int n = fla_stage_launches(s->stage, &s->key, &s->cfg, args, l);
   if (n != s->nkernels)
@@ -208,25 +212,140 @@ static fla_status run_stage_(fla_ctx *ctx, const stage_src *s, fla_kernel_args *
   return FLA_OK;
 }
 
-/* Chunk tables for chunk size BT: chunk_seq [NC] int32, chunk_first [N+1]. */
-static fla_status chunk_tables_(fla_op *op, const int64_t *cu, int BT, fla_kernel_args *a) {
-  fla_ctx *ctx = op->ctx;
+/* What an op keeps between forwards: the plan for one (dtype, h0, ht)
+** combination, its kernels, and for dense batches the sequence and chunk
+** tables and the constant decay on the device. A repeated forward (decoding,
+** training steps) then neither regenerates and hashes sources nor uploads. */
+typedef struct op_cache {
+  int in_bf16, has_h0, store_ht;
+  plan p;
+  CUfunction core_fns[FLA_STAGE_MAX_KERNELS];
+  CUfunction prep_fns[3][FLA_STAGE_MAX_KERNELS];
+  fla_tensor *cu, *cfirst, *cseq, *gamma;  /* device copies; cu/chunk tables dense only */
+  int32_t num_chunks;
+} op_cache;
+
+static void op_cache_free_(void *p) {
+  op_cache *c = p;
+  if (!c) return;
+  plan_free_(&c->p);
+  fla_tensor_free(c->cu), fla_tensor_free(c->cfirst), fla_tensor_free(c->cseq);
+  fla_tensor_free(c->gamma);
+  free(c);
+}
+
+/* A device tensor holding n elements of host data. */
+static fla_status device_copy_(fla_ctx *ctx, fla_dtype dt, int64_t n, const void *src, fla_tensor **out) {
+  int64_t shape[1] = {n > 0 ? n : 1};
+  fla_status st = fla_tensor_new(ctx, dt, 1, shape, out);
+  if (st == FLA_OK && n > 0) st = fla_tensor_copy_from(ctx, *out, src, dt, n);
+  return st;
+}
+
+/* Chunk tables for chunk size BT on the host: first [N+1], seq [NC]. */
+static fla_status chunk_tables_host_(fla_op *op, const int64_t *cu, int BT, int64_t **first,
+                                     int32_t **seq, int64_t *nc_out) {
   int64_t N = op->N, nc = 0;
-  int64_t *first = malloc(sizeof(int64_t) * (size_t)(N + 1));
-  if (!first) return fla_set_error(ctx, FLA_NOMEM, "out of memory (chunk tables)");
+  *first = malloc(sizeof(int64_t) * (size_t)(N + 1));
+  if (!*first) return fla_set_error(op->ctx, FLA_NOMEM, "out of memory (chunk tables)");
   for (int64_t n = 0; n < N; n++) {
-    first[n] = nc;
+    (*first)[n] = nc;
     nc += (cu[n + 1] - cu[n] + BT - 1) / BT;
   }
-  first[N] = nc;
-  int32_t *seq = malloc(sizeof(int32_t) * (size_t)(nc > 0 ? nc : 1));
-  if (!seq) {
-    free(first);
-    return fla_set_error(ctx, FLA_NOMEM, "out of memory (chunk tables)");
+  (*first)[N] = nc;
+  *seq = malloc(sizeof(int32_t) * (size_t)(nc > 0 ? nc : 1));
+  if (!*seq) {
+    free(*first);
+    return fla_set_error(op->ctx, FLA_NOMEM, "out of memory (chunk tables)");
   }
   for (int64_t n = 0; n < N; n++)
-    for (int64_t c = first[n]; c < first[n + 1]; c++) seq[c] = (int32_t)n;
-  fla_status st = upload_slot_(ctx, SLOT_CFIRST, first, sizeof(int64_t) * (size_t)(N + 1), &a->chunk_first);
+    for (int64_t c = (*first)[n]; c < (*first)[n + 1]; c++) (*seq)[c] = (int32_t)n;
+  *nc_out = nc;
+  return FLA_OK;
+}
+
+static int core_is_chunked_(const op_cache *c) { return c->p.core.stage != FLA_STAGE_RECURRENT_FWD; }
+
+static int core_bt_(const fla_op *op, const op_cache *c) {
+  return c->p.core.cfg.BT > 0 ? c->p.core.cfg.BT : op->chunk;
+}
+
+/* Builds the cache for (dtype, h0, ht): plan, kernels, dense tables. */
+static fla_status cache_build_(fla_op *op, int in_bf16, int has_h0, int store_ht, const int64_t *cu,
+                               op_cache **out) {
+  fla_ctx *ctx = op->ctx;
+  op_cache *c = calloc(1, sizeof *c);
+  if (!c) return fla_set_error(ctx, FLA_NOMEM, "out of memory");
+  c->in_bf16 = in_bf16, c->has_h0 = has_h0, c->store_ht = store_ht;
+  fla_status st = plan_(op, ctx, in_bf16, has_h0, store_ht, &c->p);
+  if (st == FLA_OK) st = stage_fns_(ctx, &c->p.core, c->core_fns);
+  for (int i = 0; st == FLA_OK && i < 3; i++)
+    if (c->p.prep[i].src) st = stage_fns_(ctx, &c->p.prep[i], c->prep_fns[i]);
+  if (st == FLA_OK && op->gamma) {
+    float *g = malloc(sizeof(float) * (size_t)op->H);
+    if (!g) st = fla_set_error(ctx, FLA_NOMEM, "out of memory");
+    for (int64_t h = 0; g && h < op->H; h++) g[h] = (float)op->gamma[h];
+    if (g) st = device_copy_(ctx, FLA_F32, op->H, g, &c->gamma);
+    free(g);
+  }
+  if (st == FLA_OK && !op->varlen) {
+    st = device_copy_(ctx, FLA_I64, op->N + 1, cu, &c->cu);
+    if (st == FLA_OK && core_is_chunked_(c)) {
+      int64_t *first = NULL, nc = 0;
+      int32_t *seq = NULL;
+      st = chunk_tables_host_(op, cu, core_bt_(op, c), &first, &seq, &nc);
+      if (st == FLA_OK) st = device_copy_(ctx, FLA_I64, op->N + 1, first, &c->cfirst);
+      if (st == FLA_OK) st = device_copy_(ctx, FLA_I32, nc, seq, &c->cseq);
+      c->num_chunks = (int32_t)nc;
+      free(first);
+      free(seq);
+    }
+  }
+  if (st != FLA_OK) {
+    op_cache_free_(c);
+    return st;
+  }
+  *out = c;
+  return FLA_OK;
+}
+
+/* The op's cache for (dtype, h0, ht), rebuilt when the combination changes. */
+static fla_status cache_get_(fla_op *op, int in_bf16, int has_h0, int store_ht, const int64_t *cu,
+                             op_cache **out) {
+  op_cache *c = op->backend_cache;
+  if (c && c->in_bf16 == in_bf16 && c->has_h0 == has_h0 && c->store_ht == store_ht) {
+    *out = c;
+    return FLA_OK;
+  }
+  fla_status st = cache_build_(op, in_bf16, has_h0, store_ht, cu, &c);
+  if (st != FLA_OK) return st;
+  if (op->backend_cache_free) op->backend_cache_free(op->backend_cache);
+  op->backend_cache = c;
+  op->backend_cache_free = op_cache_free_;
+  *out = c;
+  return FLA_OK;
+}
+
+/* Sequence and chunk tables of this call: the cached ones for dense
+** batches, uploaded into scratch for variable-length ones. */
+static fla_status tables_(fla_op *op, const op_cache *c, const int64_t *cu, fla_kernel_args *a) {
+  fla_ctx *ctx = op->ctx;
+  if (!op->varlen) {
+    a->cu = c->cu->dptr;
+    if (core_is_chunked_(c)) {
+      a->chunk_first = c->cfirst->dptr;
+      a->chunk_seq = c->cseq->dptr;
+      a->num_chunks = c->num_chunks;
+    }
+    return FLA_OK;
+  }
+  fla_status st = upload_slot_(ctx, SLOT_CU, cu, sizeof(int64_t) * (size_t)(op->N + 1), &a->cu);
+  if (st != FLA_OK || !core_is_chunked_(c)) return st;
+  int64_t *first = NULL, nc = 0;
+  int32_t *seq = NULL;
+  st = chunk_tables_host_(op, cu, core_bt_(op, c), &first, &seq, &nc);
+  if (st == FLA_OK)
+    st = upload_slot_(ctx, SLOT_CFIRST, first, sizeof(int64_t) * (size_t)(op->N + 1), &a->chunk_first);
   if (st == FLA_OK)
     st = upload_slot_(ctx, SLOT_CSEQ, seq, sizeof(int32_t) * (size_t)(nc > 0 ? nc : 1), &a->chunk_seq);
   a->num_chunks = (int32_t)nc;
@@ -246,10 +365,9 @@ fla_status fla_cuda_op_forward(struct fla_op *op, fla_tensor *const *in, fla_ten
     return fla_set_error(ctx, FLA_SHAPE, "recipe '%s' on the GPU: too many sequences or heads", ir->name);
   int64_t *cu = malloc(sizeof(int64_t) * (size_t)(op->N + 1));
   if (!cu) return fla_set_error(ctx, FLA_NOMEM, "out of memory");
-  plan p;
-  memset(&p, 0, sizeof p);
+  op_cache *c = NULL;
   if ((st = offsets_(op, cu_seqlens, cu)) != FLA_OK) goto done;
-  if ((st = plan_(op, ctx, dt == FLA_BF16, h0 != NULL, ht != NULL, &p)) != FLA_OK) goto done;
+  if ((st = cache_get_(op, dt == FLA_BF16, h0 != NULL, ht != NULL, cu, &c)) != FLA_OK) goto done;
 
   fla_kernel_args a;
   memset(&a, 0, sizeof a);
@@ -265,19 +383,8 @@ fla_status fla_cuda_op_forward(struct fla_op *op, fla_tensor *const *in, fla_ten
   a.h0 = h0 ? h0->dptr : 0;
   a.ht = ht ? ht->dptr : 0;
   a.o = o->dptr;
-  if ((st = upload_slot_(ctx, SLOT_CU, cu, sizeof(int64_t) * (size_t)(op->N + 1), &a.cu)) != FLA_OK)
-    goto done;
-  if (ir->decay == FLA_DECAY_CONST) {
-    float *gamma = malloc(sizeof(float) * (size_t)op->H);
-    if (!gamma) {
-      st = fla_set_error(ctx, FLA_NOMEM, "out of memory");
-      goto done;
-    }
-    for (int64_t h = 0; h < op->H; h++) gamma[h] = (float)op->gamma[h];
-    st = upload_slot_(ctx, SLOT_GAMMA, gamma, sizeof(float) * (size_t)op->H, &a.gamma);
-    free(gamma);
-    if (st != FLA_OK) goto done;
-  }
+  a.gamma = c->gamma ? c->gamma->dptr : 0;
+  if ((st = tables_(op, c, cu, &a)) != FLA_OK) goto done;
 
   /* Feature maps: x -> y row by row, into scratch. */
   int raw_index[3] = {ir->query, ir->key, ir->probe};
@@ -286,37 +393,32 @@ fla_status fla_cuda_op_forward(struct fla_op *op, fla_tensor *const *in, fla_ten
   for (int i = 0; i < 3; i++) {
     int idx = raw_index[i];
     if (idx < 0 || (i == PREP_K && ir->key_from_decay)) continue;
-    if (!p.prep[i].src) {
+    if (!c->p.prep[i].src) {
       *dst[i] = in[idx]->dptr;
       continue;
     }
     fla_kernel_args pa = a;
     pa.x = in[idx]->dptr;
-    int64_t dout = fla_feature_dim((fla_ir_feature)p.prep[i].key.feature, op->K);
+    int64_t dout = fla_feature_dim((fla_ir_feature)c->p.prep[i].key.feature, op->K);
     st = fla_cuda_scratch(ctx, SLOT_Q + i, (size_t)(a.rows * dout) * esz, &pa.y);
-    if (st == FLA_OK) st = run_stage_(ctx, &p.prep[i], &pa);
+    if (st == FLA_OK) st = run_stage_(ctx, &c->p.prep[i], c->prep_fns[i], &pa);
     if (st != FLA_OK) goto done;
     *dst[i] = pa.y;
   }
 
   /* The core. */
-  if (p.core.stage != FLA_STAGE_RECURRENT_FWD) { /* a chunked stage */
-    int BT = p.core.cfg.BT > 0 ? p.core.cfg.BT : op->chunk;
-    if ((st = chunk_tables_(op, cu, BT, &a)) != FLA_OK) goto done;
-  }
   size_t ws0 = 0, ws1 = 0;
-  fla_stage_workspace(p.core.stage, &p.core.key, &p.core.cfg, &a, &ws0, &ws1);
+  fla_stage_workspace(c->p.core.stage, &c->p.core.key, &c->p.core.cfg, &a, &ws0, &ws1);
   if (ws0 && (st = fla_cuda_scratch(ctx, SLOT_WS0, ws0, &a.ws0)) != FLA_OK) goto done;
   if (ws1 && (st = fla_cuda_scratch(ctx, SLOT_WS1, ws1, &a.ws1)) != FLA_OK) goto done;
-  if ((st = run_stage_(ctx, &p.core, &a)) != FLA_OK) goto done;
+  if ((st = run_stage_(ctx, &c->p.core, c->core_fns, &a)) != FLA_OK) goto done;
   {
     char what[320];
     snprintf(what, sizeof what, "recipe '%s': stage %s (kernel %s%s) failed on the device", ir->name,
-             fla_stage_name(p.core.stage), p.core.kernels[0], p.core.nkernels > 1 ? ", ..." : "");
+             fla_stage_name(c->p.core.stage), c->p.core.kernels[0], c->p.core.nkernels > 1 ? ", ..." : "");
     st = fla_cuda_sync(ctx, what);
   }
 done:
-  plan_free_(&p);
   free(cu);
   return st;
 }
