@@ -119,3 +119,46 @@ void fla_feature_backward(fla_ir_feature f, int64_t rows, int64_t d, const doubl
     }
   }
 }
+
+/* Same maps as elementwise_, in float32: y = f(x), and f'(x) when wanted. */
+static int elementwise_f32_ok_(fla_ir_feature f) {
+  return f == FLA_FEATURE_IDENTITY || f == FLA_FEATURE_ELU1 || f == FLA_FEATURE_RELU ||
+         f == FLA_FEATURE_SILU;
+}
+
+static float elementwise_f32_(fla_ir_feature f, float x, float *deriv) {
+  switch (f) {
+  case FLA_FEATURE_ELU1:
+    if (x > 0) { *deriv = 1; return x + 1; }
+    *deriv = expf(x);
+    return *deriv;
+  case FLA_FEATURE_RELU:
+    *deriv = x > 0 ? 1.0f : 0.0f;
+    return x > 0 ? x : 0;
+  case FLA_FEATURE_SILU: {
+    float sg = 1.0f / (1.0f + expf(-x));
+    *deriv = sg * (1 + x * (1 - sg));
+    return x * sg;
+  }
+  default:
+    *deriv = 1;
+    return x;
+  }
+}
+
+int fla_feature_forward_f32(fla_ir_feature f, int64_t n, const float *x, float *y) {
+  if (!elementwise_f32_ok_(f)) return 0;
+  float deriv;
+  for (int64_t i = 0; i < n; i++) y[i] = elementwise_f32_(f, x[i], &deriv);
+  return 1;
+}
+
+int fla_feature_backward_f32(fla_ir_feature f, int64_t n, const float *x, const float *dy, float *dx) {
+  if (!elementwise_f32_ok_(f)) return 0;
+  for (int64_t i = 0; i < n; i++) {
+    float deriv;
+    elementwise_f32_(f, x[i], &deriv);
+    dx[i] = deriv * dy[i];
+  }
+  return 1;
+}

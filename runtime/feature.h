@@ -23,4 +23,12 @@ void fla_feature_forward(fla_ir_feature f, int64_t rows, int64_t d,
 void fla_feature_backward(fla_ir_feature f, int64_t rows, int64_t d,
                           const double *x, const double *dy, double *dx);
 
+/* The element-wise maps (elu1, relu, silu, identity) on n float32 values,
+** for the chunked algorithm's float32 inputs without a float64 round trip.
+** Return 1 when f is element-wise and was applied, 0 (nothing written) when
+** it is not. */
+int fla_feature_forward_f32(fla_ir_feature f, int64_t n, const float *x, float *y);
+int fla_feature_backward_f32(fla_ir_feature f, int64_t n, const float *x, const float *dy,
+                             float *dx);
+
 #endif

@@ -317,6 +317,10 @@ static int feature_rows_(const prepared *pp, fla_ir_feature f, int64_t rows, int
                          const void *x, const void *dy, void *y, fla_dtype ydt) {
   int64_t dout = fla_feature_dim(f, d), br = block_rows_(dout);
   size_t ysz = fla_dtype_size(ydt);
+  if (pp->work == FLA_F32 && ydt == FLA_F32) { /* element-wise maps: no float64 round trip */
+    int done = dy ? fla_feature_backward_f32(f, rows * d, x, dy, y) : fla_feature_forward_f32(f, rows * d, x, y);
+    if (done) return 0;
+  }
   double *b = malloc(sizeof(double) * (size_t)(br * (d + 2 * dout))); /* x, dy, out */
   if (!b) return -1;
   double *bx = b, *bdy = b + br * d, *bout = bdy + br * dout;
