@@ -21,6 +21,7 @@ typedef struct fla_stage_impl {
   int (*kernels)(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]);
   int (*launches)(const fla_gen_key *key, const fla_tile_config *cfg,
                   const fla_kernel_args *args, fla_kernel_launch *out);
+  /* NULL when the stage needs no workspace. */
   void (*workspace)(const fla_gen_key *key, const fla_tile_config *cfg,
                     const fla_kernel_args *args, size_t *ws0, size_t *ws1);
 } fla_stage_impl;

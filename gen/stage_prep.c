@@ -77,14 +77,6 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
   return 1;
 }
 
-static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
-                       const fla_kernel_args *args, size_t *ws0, size_t *ws1) {
-  (void)key;
-  (void)cfg;
-  (void)args;
-  *ws0 = *ws1 = 0;
-}
-
 const fla_stage_impl fla_stage_prep_fwd = {
     .name = "prep_fwd",
     .template_file = "prep_fwd.cuh",
@@ -92,5 +84,5 @@ const fla_stage_impl fla_stage_prep_fwd = {
     .default_config = default_config_,
     .kernels = kernels_,
     .launches = launches_,
-    .workspace = workspace_,
+    .workspace = NULL, /* none */
 };

@@ -133,14 +133,6 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
   return 1;
 }
 
-static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
-                       const fla_kernel_args *args, size_t *ws0, size_t *ws1) {
-  (void)key;
-  (void)cfg;
-  (void)args;
-  *ws0 = *ws1 = 0;
-}
-
 const fla_stage_impl fla_stage_recurrent_fwd = {
     .name = "recurrent_fwd",
     .template_file = "recurrent_fwd.cuh",
@@ -148,5 +140,5 @@ const fla_stage_impl fla_stage_recurrent_fwd = {
     .default_config = default_config_,
     .kernels = kernels_,
     .launches = launches_,
-    .workspace = workspace_,
+    .workspace = NULL, /* none */
 };

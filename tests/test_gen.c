@@ -504,7 +504,7 @@ static void compile_one(fla_ctx *ctx, compile_log *cl, const char *what, fla_sta
     fla_kernel_resources r;
     ck_assert_msg(fla_nvrtc_parse_resources(log, names[i], &r) == 1, "%s: no report for %s", what,
                   names[i]);
-    if (st != FLA_STAGE_CHUNK_FWD)
+    if (st != FLA_STAGE_CHUNK_FWD && st != FLA_STAGE_CHUNK_GK_FWD)
       ck_assert_msg(r.spill_store_bytes == 0 && r.spill_load_bytes == 0,
                     "%s for %s: %s spills %d/%d bytes (%d registers)", what, arch, names[i],
                     r.spill_store_bytes, r.spill_load_bytes, r.registers);
@@ -564,6 +564,20 @@ START_TEST(test_every_recipe_compiles) {
 
           /* chunk_fwd where its check accepts the key. */
           if (shape) continue;
+          /* chunk_gk_fwd likewise (per-key gates). */
+          src = NULL;
+          if (fla_generate(ctx, FLA_STAGE_CHUNK_GK_FWD, &key, NULL, &src, kn, &nk) == FLA_OK) {
+            snprintf(what, sizeof what, "%s_chunk_gk_fwd_%s", names[i], bf16 ? "bf16" : "f32");
+            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_GK_FWD, src, kn, nk, archs[a]);
+            free(src);
+          }
+          /* chunk_wy_fwd likewise (delta rule, WY form). */
+          src = NULL;
+          if (fla_generate(ctx, FLA_STAGE_CHUNK_WY_FWD, &key, NULL, &src, kn, &nk) == FLA_OK) {
+            snprintf(what, sizeof what, "%s_chunk_wy_fwd_%s", names[i], bf16 ? "bf16" : "f32");
+            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_WY_FWD, src, kn, nk, archs[a]);
+            free(src);
+          }
           src = NULL;
           fla_status s = fla_generate(ctx, FLA_STAGE_CHUNK_FWD, &key, NULL, &src, kn, &nk);
           if (s == FLA_UNSUPPORTED) {
