@@ -576,10 +576,11 @@ START_TEST(test_recipe_forward) {
   printf("%s on %s:\n", name, fla_ctx_device_name(g));
   for (int i = 0; i < NCASES; i++)
     if (!skip_case_(i)) run_case_(h, g, name, r, &cases_[i], 1000u * (uint64_t)_i + (uint64_t)i, &sum);
-  printf("gpu_ops: %-16s %2d runs  max rel RMS o %.2e ht %.2e  stages: recurrent %d, chunk %d  "
-         "fwd T=4096 %.2f ms  (%.1f s)  PASS\n",
+  printf("gpu_ops: %-16s %2d runs  max rel RMS o %.2e ht %.2e  stages: recurrent %d, chunk %d, "
+         "chunk_gk %d, chunk_wy %d  fwd T=4096 %.2f ms  (%.1f s)  PASS\n",
          name, sum.runs, sum.max_o, sum.max_ht, sum.stages[FLA_STAGE_RECURRENT_FWD],
-         sum.stages[FLA_STAGE_CHUNK_FWD], sum.fwd_ms_4096, now_s() - t0);
+         sum.stages[FLA_STAGE_CHUNK_FWD], sum.stages[FLA_STAGE_CHUNK_GK_FWD],
+         sum.stages[FLA_STAGE_CHUNK_WY_FWD], sum.fwd_ms_4096, now_s() - t0);
   fflush(stdout);
   fla_recipe_free(r);
   fla_ctx_free(g);
