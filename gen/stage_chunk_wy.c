@@ -1,45 +1,160 @@
 /*
-** stage_chunk_wy.c -- the chunked forward for the delta rule (WY form): not generated yet.
-** Its check refuses every key, so ops fall back to the recurrent stage.
+** stage_chunk_wy.c -- the chunkwise-parallel forward of the delta rule in WY
+** form (FLA_STAGE_CHUNK_WY_FWD): key space, tile space, kernels, launch
+** geometry and workspaces. The kernels and their math are in
+** templates/cuda/chunk_wy_fwd.cuh (fla-notes.md §2.4, runtime/cpu/chunk.c).
+**
+** Handled: delta write (FLA_DELTA 1) read after the token, decay none /
+** const / scalar, with or without a probe (Comba), no bonus or derived key,
+** bf16 inputs, K and V up to 256. Everything else is FLA_UNSUPPORTED (the op
+** falls back to the recurrent stage): f32 inputs (no fp32 tensor-core path),
+** per-key decay (KDA: needs the sub-chunked per-key gate products).
+**
+** Tiles: BT = 64 tokens a chunk, 4 warps, BV value columns a program of the
+** second and third kernels (a multiple of 16, 16..128; default 64, 32 for
+** K > 128), BK 0 or K (never tiled).
+**
+** Three kernels (grid, block, dynamic shared memory):
+**   fla_wy_prep   (NC, H)      128   NBP*64*(KP+8)*2 + 64*(VP+8)*2 + 2*64*65*4
+**                                     + 64*72*2 + 3*64*4
+**   fla_wy_fwd_h  (NVH*N, H)   128   2*2*64*(KP+8)*2 + 2*64*(BVH+8)*2 + KP*(BVH+8)*2 + 256
+**   fla_wy_fwd_o  (NC*NV, H)   128   2*64*(KP+8)*2 + 64*(BV+8)*2 + KP*(BV+8)*2 + 256
+** KP = K rounded up to 64, VP = V rounded up to 64, NBP = 2 with a probe
+** (p and k tiles) else 1, NV = ceil(V/BV), BVH = min(BV, 32) (the sequential
+** state kernel takes narrower value tiles: more programs, a shorter chain a
+** chunk), NVH = ceil(V/BVH).
+** Workspaces: ws0 = W bf16 [total, H, K] (padded to 16 bytes), then the chunk
+** states h bf16 [NC, H, K, V]; ws1 = U bf16 [total, H, V], overwritten with Vn
+** by fla_wy_fwd_h.
+** Both kernels can need more than 48 KiB of shared memory: the launcher
+** raises CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to smem.
 */
 #include "stage.h"
 #include "internal.h"
 
+#include <stdio.h>
 #include <string.h>
 
-static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_config *cfg) {
-  (void)key, (void)cfg;
-  return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_wy_fwd: not generated yet");
+#define WY_BT 64
+#define WY_WARPS 4
+#define WY_SMEM_MAX (227 * 1024)
+
+static int kw_(int K) { return (K + 16 * WY_WARPS - 1) / (16 * WY_WARPS) * 16; }
+static int kp_(int K) { return kw_(K) * WY_WARPS; }
+static int vp_(int V) { return (V + 63) / 64 * 64; }
+static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
+  return (key->V + cfg->BV - 1) / cfg->BV;
+}
+
+static unsigned smem_prep_(const fla_gen_key *key) {
+  int nbp = key->has_probe ? 2 : 1;
+  return (unsigned)(nbp * WY_BT * (kp_(key->K) + 8) * 2 + WY_BT * (vp_(key->V) + 8) * 2 +
+                    2 * WY_BT * 65 * 4 + WY_BT * 72 * 2 + 3 * WY_BT * 4);
+}
+
+/* The state kernel's value tile (CW_BVH in chunk_wy_fwd.cuh). */
+static int bvh_(const fla_tile_config *cfg) { return cfg->BV < 32 ? cfg->BV : 32; }
+
+static unsigned smem_h_(const fla_gen_key *key, const fla_tile_config *cfg) {
+  int KP = kp_(key->K), bv = bvh_(cfg);
+  return (unsigned)(2 * 2 * WY_BT * (KP + 8) * 2 + 2 * WY_BT * (bv + 8) * 2 + KP * (bv + 8) * 2 + 256);
+}
+
+static unsigned smem_o_(const fla_gen_key *key, const fla_tile_config *cfg) {
+  int KP = kp_(key->K);
+  return (unsigned)(2 * WY_BT * (KP + 8) * 2 + WY_BT * (cfg->BV + 8) * 2 +
+                    KP * (cfg->BV + 8) * 2 + 256);
 }
 
 static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {
-  (void)key;
-  memset(cfg, 0, sizeof *cfg);
+  if (cfg->BT == 0) cfg->BT = WY_BT;
+  if (cfg->warps == 0) cfg->warps = WY_WARPS;
+  if (cfg->BK == 0) cfg->BK = key->K;
+  if (cfg->BV == 0) {
+    int v16 = (key->V + 15) / 16 * 16;
+    int bv = key->K <= 128 ? 64 : 32; /* K > 128: 64 state registers a thread at most */
+    cfg->BV = v16 < bv ? v16 : bv;
+  }
+}
+
+static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_config *cfg) {
+  const char *no = NULL;
+  if (!key->delta) no = "plain writes belong to chunk_fwd / chunk_gk_fwd";
+  else if (key->decay == 3) no = "per-key decay (KDA) is not done yet in chunk_wy_fwd";
+  else if (key->decay < 0 || key->decay > 3) no = "unknown decay";
+  else if (key->read_before) no = "reading before the token is not done in chunk_wy_fwd";
+  else if (key->has_bonus) no = "the bonus term is not done in chunk_wy_fwd";
+  else if (key->key_from_decay) no = "keys derived from the decay are not done in chunk_wy_fwd";
+  else if (!key->in_bf16) no = "f32 inputs have no tensor-core path (use the recurrent stage)";
+  if (no) return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_wy_fwd: %s", no);
+  if (key->K < 1 || key->V < 1 || key->K > 256 || key->V > 256)
+    return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_wy_fwd: K = %d, V = %d outside 1..256",
+                         key->K, key->V);
+  if (cfg->BT != WY_BT || cfg->warps != WY_WARPS)
+    return fla_set_error(ctx, FLA_INVALID, "chunk_wy_fwd: BT %d warps %d (only BT 64, 4 warps)",
+                         cfg->BT, cfg->warps);
+  if (cfg->BK != key->K)
+    return fla_set_error(ctx, FLA_INVALID,
+                         "chunk_wy_fwd: BK %d (the key dim is not tiled: BK = K = %d)", cfg->BK,
+                         key->K);
+  if (cfg->BV < 16 || cfg->BV > 128 || cfg->BV % 16)
+    return fla_set_error(ctx, FLA_INVALID, "chunk_wy_fwd: BV %d (a multiple of 16 in 16..128)",
+                         cfg->BV);
+  int regs = kw_(key->K) / 16 * (cfg->BV / 8) * 4;
+  if (regs > 64)
+    return fla_set_error(ctx, FLA_INVALID,
+                         "chunk_wy_fwd: BV %d with K %d needs %d state registers a thread (at most 64)",
+                         cfg->BV, key->K, regs);
+  if (smem_h_(key, cfg) > WY_SMEM_MAX || smem_o_(key, cfg) > WY_SMEM_MAX ||
+      smem_prep_(key) > WY_SMEM_MAX)
+    return fla_set_error(ctx, FLA_INVALID, "chunk_wy_fwd: %u / %u / %u bytes of shared memory",
+                         smem_prep_(key), smem_h_(key, cfg), smem_o_(key, cfg));
+  return FLA_OK;
 }
 
 static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]) {
-  (void)key, (void)cfg, (void)names;
-  return 0;
+  (void)key, (void)cfg;
+  snprintf(names[0], 64, "fla_wy_prep");
+  snprintf(names[1], 64, "fla_wy_fwd_h");
+  snprintf(names[2], 64, "fla_wy_fwd_o");
+  return 3;
 }
 
-static int launches_(const fla_gen_key *key, const fla_tile_config *cfg, const fla_kernel_args *args,
-                     fla_kernel_launch *out) {
-  (void)key, (void)cfg, (void)args, (void)out;
-  return 0;
+static void set_(fla_kernel_launch *l, const char *name, unsigned gx, unsigned gy, unsigned bx,
+                 unsigned smem) {
+  memset(l, 0, sizeof *l);
+  snprintf(l->name, sizeof l->name, "%s", name);
+  l->grid[0] = gx > 0 ? gx : 1, l->grid[1] = gy > 0 ? gy : 1, l->grid[2] = 1;
+  l->block[0] = bx, l->block[1] = 1, l->block[2] = 1;
+  l->smem = smem;
 }
 
-static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg, const fla_kernel_args *args,
-                       size_t *ws0, size_t *ws1) {
-  (void)key, (void)cfg, (void)args;
-  *ws0 = *ws1 = 0;
+static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
+                     const fla_kernel_args *args, fla_kernel_launch *out) {
+  int64_t NC = args->num_chunks, H = args->H, N = args->N, NV = nv_(key, cfg);
+  set_(&out[0], "fla_wy_prep", (unsigned)NC, (unsigned)H, 32 * WY_WARPS, smem_prep_(key));
+  int64_t NVH = (key->V + bvh_(cfg) - 1) / bvh_(cfg);
+  set_(&out[1], "fla_wy_fwd_h", (unsigned)(NVH * N), (unsigned)H, 32 * WY_WARPS, smem_h_(key, cfg));
+  set_(&out[2], "fla_wy_fwd_o", (unsigned)(NC * NV), (unsigned)H, 32 * WY_WARPS, smem_o_(key, cfg));
+  return 3;
+}
+
+static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
+                       const fla_kernel_args *args, size_t *ws0, size_t *ws1) {
+  (void)cfg;
+  int64_t rows = args->total * args->H;
+  size_t wbytes = ((size_t)(rows * key->K) * 2 + 15) / 16 * 16;
+  size_t hbytes = (size_t)((int64_t)args->num_chunks * args->H * key->K * key->V) * 2;
+  *ws0 = rows > 0 ? wbytes + hbytes + 16 : 0;
+  *ws1 = rows > 0 ? (size_t)(rows * key->V) * 2 + 16 : 0;
 }
 
 const fla_stage_impl fla_stage_chunk_wy_fwd = {
-  .name = "chunk_wy_fwd",
-  .template_file = "common.cuh",
-  .check = check_,
-  .default_config = default_config_,
-  .kernels = kernels_,
-  .launches = launches_,
-  .workspace = workspace_,
+    .name = "chunk_wy_fwd",
+    .template_file = "chunk_wy_fwd.cuh",
+    .check = check_,
+    .default_config = default_config_,
+    .kernels = kernels_,
+    .launches = launches_,
+    .workspace = workspace_,
 };

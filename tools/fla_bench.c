@@ -302,8 +302,11 @@ static int bench_gpu_(fla_ctx *g, const char **recipes, int nr, const shape_ *sh
          "fwd ms", "TB/s", "floor ms", "fla ms", "ratio");
   printf("|------------------|----------------------|---------------|-----------|--------|----------|----------|---------|\n");
   int failed = 0;
-  if (nr == 0 && ns == 0) { /* the anchors */
+  if (ns == 0) { /* the anchors (of the recipes asked for, when any) */
     for (int i = 0; i < NANCHORS; i++) {
+      int wanted = nr == 0;
+      for (int j = 0; j < nr; j++) wanted |= !strcmp(recipes[j], anchors_[i].recipe);
+      if (!wanted) continue;
       shape_ sh = {anchors_[i].B, anchors_[i].T, anchors_[i].H, anchors_[i].D, anchors_[i].D};
       failed |= bench_gpu_one_(g, anchors_[i].recipe, sh, runs);
     }

@@ -1,0 +1,889 @@
+/*
+** chunk_wy_fwd.cuh -- the chunkwise-parallel forward of the delta-rule (WY)
+** family on tensor cores (stage FLA_STAGE_CHUNK_WY_FWD, gen/stage_chunk_wy.c).
+**
+** Keys handled: FLA_DELTA 1, FLA_DECAY 0 (none), 1 (const gamma[h]), 2
+** (scalar g [tok,H]), FLA_HAS_PROBE 0/1 (p replaces k in L and W: Comba),
+** FLA_READ_BEFORE 0, no bonus, no derived key, FLA_IN_BF16 1 (q, k, v, p, g,
+** beta, o bf16; h0, ht, gamma f32). FLA_BT 64, FLA_WARPS 4, FLA_BV value
+** columns a program of the second kernel (multiple of 16); K is never tiled.
+**
+** The math (runtime/cpu/chunk.c, fla-notes.md §2.4). Per chunk of C <= 64
+** rows with S0 the state entering it, log gates in base 2 (g * log2 e),
+** P = p (probe) or k:
+**   gam_i = sum_{r <= i} g_r   (const decay: gam_i = gamma_h (i+1); none: 0)
+**   L     = diag(beta) ((P K^T) .* 2^(gam_i - gam_j)), strictly lower (j < i)
+**   T     = (I + L)^-1          (unit lower triangular: forward substitution)
+**   W     = T diag(beta) (P .* 2^gam),   U = T diag(beta) V
+**   Vn    = U - W S0
+**   O     = scale [ diag(2^gam) Q S0 + ((Q K^T) .* M .* 2^(gam_i - gam_j)) Vn ]
+**   S_L   = 2^gam_L S0 + (K .* 2^(gam_L - gam))^T Vn
+** (with P = K in L for the plain delta rule: L uses P K^T = P P^T only when
+** there is no probe; with a probe, L_ij = beta_i (p_i . k_j) 2^(gam_i - gam_j).)
+**
+** Three kernels:
+**   fla_wy_prep  (NC, H), 128 threads: one chunk of one head, fully parallel.
+**       L by mma (fp32 accumulate) into fp32 smem, T by forward substitution
+**       in fp32 (threads 2j, 2j+1 own column j: X_ij = delta_ij -
+**       sum_{j<=m<i} L_im X_mj), T rounded to bf16 (as fla's solve_tril
+**       output), the operands beta .* 2^gam .* P and beta .* V rounded to
+**       bf16, W and U by mma -> ws0 = W bf16 [tok,H,K], ws1 = U bf16 [tok,H,V].
+**   fla_wy_fwd_h (NVH*N, H), 128 threads: one (value tile of BVH = min(BV,
+**       32) columns, sequence, head),
+**       sequential over the sequence's chunks with the K x BV state slice in
+**       fp32 registers (chunk_fwd's layout); per chunk h[c] = bf16(S0) -> ws0
+**       after W ([NC,H,K,V]), Vn = U - W h[c] by mma, rounded to bf16 (fla's
+**       v_new) -> ws1 over U, then S = 2^gam_L S0 + (K .* 2^(gam_L-gam))^T Vn.
+**       K, W, U tiles double-buffered with cp.async.
+**   fla_wy_fwd_o (NC*NV, H), 128 threads: fully parallel, chunk_fwd's output
+**       of one chunk from Q, K, Vn and h[c] (ck_o_chunk without the update).
+** The helpers below (primitives, chunk walk, tile loads, gate scan, state in
+** registers, ck_o_chunk) are copied from chunk_fwd.cuh: keep them in step.
+*/
+
+#if FLA_BT != 64 || FLA_WARPS != 4
+#error "chunk_wy_fwd: FLA_BT 64 and FLA_WARPS 4 only"
+#endif
+#if !FLA_DELTA || FLA_READ_BEFORE || FLA_DECAY > 2 || !FLA_IN_BF16 || FLA_HAS_BONUS || FLA_KEY_FROM_DECAY
+#error "chunk_wy_fwd: delta rule with decay none, const or scalar, bf16 inputs only"
+#endif
+#if FLA_BV % 16
+#error "chunk_wy_fwd: FLA_BV must be a multiple of 16"
+#endif
+
+#define CK_BT 64
+#define CK_NW 4
+#define CK_NTH (32 * CK_NW)
+#define CK_KW ((FLA_K + 16 * CK_NW - 1) / (16 * CK_NW) * 16) /* state keys a warp owns */
+#define CK_KP (CK_KW * CK_NW)                                /* K padded              */
+#define CK_MT (CK_KW / 16)                                   /* m-tiles a warp owns   */
+#define CK_BV FLA_BV
+#define CK_NT (CK_BV / 8)                                    /* n-tiles of the slice  */
+#define CK_NV ((FLA_V + CK_BV - 1) / CK_BV)
+#define CK_LDQ (CK_KP + 8) /* smem row strides (elements): +16 bytes, no bank conflicts */
+#define CK_LDV (CK_BV + 8)
+#define CK_LOG2E 1.4426950408889634f
+
+/* ------------------------------------------------------------ primitives */
+
+__device__ __forceinline__ float ck_bf2f(unsigned short x) {
+  return __uint_as_float(((unsigned)x) << 16);
+}
+/* Two floats to bf16x2 (round to nearest even); lo in the low half. */
+__device__ __forceinline__ unsigned ck_pack(float lo, float hi) {
+  unsigned r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+__device__ __forceinline__ unsigned ck_scale2(unsigned x, float flo, float fhi) {
+  return ck_pack(__uint_as_float(x << 16) * flo, __uint_as_float(x & 0xffff0000u) * fhi);
+}
+__device__ __forceinline__ unsigned ck_smem(const void *p) {
+  return (unsigned)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void ck_cp16(unsigned dst, const void *src, int valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void ck_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void ck_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::); }
+__device__ __forceinline__ void ck_wait_one() { asm volatile("cp.async.wait_group 1;\n" ::); }
+
+__device__ __forceinline__ void ck_ldm4(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ck_ldm4t(unsigned (&r)[4], unsigned addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+/* d += a b: m16n8k16, a row-major (4 regs), b column-major (2 regs), fp32 d. */
+__device__ __forceinline__ void ck_mma(float (&d)[4], const unsigned (&a)[4], unsigned b0,
+                                       unsigned b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ float ck_ldgf(unsigned long long base, long long i) {
+  return ck_bf2f(((const unsigned short *)base)[i]); /* FLA_IN_BF16 */
+}
+
+/* ----------------------------------------------------------- chunk walk */
+
+/* Where chunk c lies: sequence n, its token range [t0, t0 + rows), whether it
+** is the first / last chunk of n. Advancing to c+1 inside the same sequence
+** needs no memory access. */
+struct ck_chunk {
+  long long t0, te, cfn1; /* te = cu[n+1], cfn1 = chunk_first[n+1] */
+  int n, rows, first, last;
+};
+
+__device__ __forceinline__ void ck_chunk_at(const fla_kernel_args &a, long long c, ck_chunk &x) {
+  const int *cs = (const int *)a.chunk_seq;
+  const long long *cf = (const long long *)a.chunk_first;
+  const long long *cu = (const long long *)a.cu;
+  x.n = cs[c];
+  long long f = cf[x.n];
+  x.cfn1 = cf[x.n + 1];
+  x.te = cu[x.n + 1];
+  x.t0 = cu[x.n] + (c - f) * CK_BT;
+  long long r = x.te - x.t0;
+  x.rows = r < CK_BT ? (int)r : CK_BT;
+  x.first = c == f;
+  x.last = c + 1 == x.cfn1;
+}
+
+__device__ __forceinline__ void ck_chunk_next(const fla_kernel_args &a, long long c, ck_chunk &x) {
+  /* x describes chunk c; make it describe c + 1 */
+  if (!x.last) {
+    x.t0 += CK_BT;
+    long long r = x.te - x.t0;
+    x.rows = r < CK_BT ? (int)r : CK_BT;
+    x.first = 0;
+    x.last = c + 2 == x.cfn1;
+  } else {
+    ck_chunk_at(a, c + 1, x);
+  }
+}
+
+/* ---------------------------------------------------------- tile loads */
+
+/* rows x COLS bf16 from global (row stride ld elements) into smem (row stride
+** LDS); rows >= nrows and columns >= ncols read 0. vec: 16-byte cp.async
+** (ncols, ld and the base a multiple of 8 elements / 16 bytes), else plain. */
+template <int COLS, int LDS, int NTH>
+__device__ __forceinline__ void ck_load_tile(unsigned short *s, const unsigned short *g, long long ld,
+                                             int nrows, int ncols, int vec, int tid) {
+  if (vec) {
+    const int P = COLS / 8;
+#pragma unroll 4
+    for (int p = tid; p < CK_BT * P; p += NTH) {
+      int r = p / P, c = (p % P) * 8;
+      int ok = r < nrows && c < ncols;
+      ck_cp16(ck_smem(s + r * LDS + c), ok ? (const void *)(g + r * ld + c) : (const void *)g, ok);
+    }
+  } else {
+    for (int p = tid; p < CK_BT * COLS; p += NTH) {
+      int r = p / COLS, c = p % COLS;
+      s[r * LDS + c] = (r < nrows && c < ncols) ? g[r * ld + c] : (unsigned short)0;
+    }
+  }
+}
+
+/* The chunk's log2 gates, per lane rows 2l and 2l+1 (warp 0): raw values. */
+__device__ __forceinline__ void ck_load_g(const fla_kernel_args &a, const ck_chunk &x, int h,
+                                          int lane, float &g0, float &g1) {
+#if FLA_DECAY == 2
+  int r0 = 2 * lane, r1 = 2 * lane + 1;
+  long long H = a.H;
+  g0 = r0 < x.rows ? ck_ldgf(a.g, (x.t0 + r0) * H + h) * CK_LOG2E : 0.0f;
+  g1 = r1 < x.rows ? ck_ldgf(a.g, (x.t0 + r1) * H + h) * CK_LOG2E : 0.0f;
+#else
+  (void)a, (void)x, (void)h, (void)lane;
+  g0 = g1 = 0.0f;
+#endif
+}
+
+/* gam[0..63] = chunk-local inclusive cumsum of the log2 gates (warp 0). */
+__device__ __forceinline__ void ck_scan_g(float *gam, float g0, float g1, float gc, int rows,
+                                          int lane) {
+#if FLA_DECAY == 2
+  (void)gc, (void)rows;
+  float s1 = g0 + g1, x = s1;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    float y = __shfl_up_sync(0xffffffffu, x, off);
+    if (lane >= off) x += y;
+  }
+  gam[2 * lane] = x - s1 + g0;
+  gam[2 * lane + 1] = x;
+#elif FLA_DECAY == 1
+  (void)g0, (void)g1;
+  int r0 = 2 * lane + 1, r1 = 2 * lane + 2;
+  gam[2 * lane] = gc * (float)(r0 < rows ? r0 : rows);
+  gam[2 * lane + 1] = gc * (float)(r1 < rows ? r1 : rows);
+#else
+  (void)gam, (void)g0, (void)g1, (void)gc, (void)rows, (void)lane;
+#endif
+}
+
+/* ---------------------------------------------------- state in registers */
+
+/* Thread (warp w, lane l = 4g + q) holds S[key][val] for
+**   key = KW w + 16 mt + g (+8 for elements 2, 3),
+**   val = 8 j + 2 q (+1 for elements 1, 3)      (val relative to the slice). */
+
+template <int MT, int NT>
+__device__ __forceinline__ void ck_state_zero(float (&S)[MT][NT][4]) {
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) S[mt][j][e] = 0.0f;
+}
+
+/* S = src[key * FLA_V + v0 + val] (src: one head's K x V f32 matrix; NULL: 0). */
+template <int KW, int MT, int NT>
+__device__ __forceinline__ void ck_state_load(float (&S)[MT][NT][4], const float *src, int v0,
+                                              int w, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int key = KW * w + 16 * mt + g + (e >> 1) * 8;
+        int col = v0 + 8 * j + 2 * q + (e & 1);
+        S[mt][j][e] = (src && key < FLA_K && col < FLA_V) ? src[(long long)key * FLA_V + col] : 0.0f;
+      }
+}
+
+template <int KW, int MT, int NT>
+__device__ __forceinline__ void ck_state_store(const float (&S)[MT][NT][4], float *dst, int v0,
+                                               int w, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        int key = KW * w + 16 * mt + g + (e >> 1) * 8;
+        int col = v0 + 8 * j + 2 * q + (e & 1);
+        if (key < FLA_K && col < FLA_V) dst[(long long)key * FLA_V + col] = S[mt][j][e];
+      }
+}
+
+/* S = 2^gL S + (K .* 2^(gL - gam))^T V over the chunk's 64 tokens.
+** Kd^T is the A operand (m = key, k = token) read transposed from Ks[token][key];
+** V the B operand (k = token, n = val) read transposed from Vs[token][val]. */
+template <int KW, int MT, int NT, int LDQ, int LDV>
+__device__ __forceinline__ void ck_state_update(float (&S)[MT][NT][4], const unsigned short *Ks,
+                                                const unsigned short *Vs, const float *gam,
+                                                int rows, int w, int lane) {
+  const int q = lane & 3;
+#if FLA_DECAY
+  const float gL = gam[rows - 1];
+  const float eL = exp2f(gL);
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) S[mt][j][e] *= eL;
+#else
+  (void)gam, (void)rows, (void)q;
+#endif
+#pragma unroll
+  for (int kk = 0; kk < CK_BT / 16; kk++) {
+    unsigned ka[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+      int row = 16 * kk + (lane >> 4) * 8 + (lane & 7);
+      int col = KW * w + 16 * mt + ((lane >> 3) & 1) * 8;
+      ck_ldm4t(ka[mt], ck_smem(Ks + row * LDQ + col));
+    }
+#if FLA_DECAY
+    {
+      int t = 16 * kk + 2 * q;
+      float f0 = exp2f(gL - gam[t]), f1 = exp2f(gL - gam[t + 1]);
+      float f8 = exp2f(gL - gam[t + 8]), f9 = exp2f(gL - gam[t + 9]);
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        ka[mt][0] = ck_scale2(ka[mt][0], f0, f1);
+        ka[mt][1] = ck_scale2(ka[mt][1], f0, f1);
+        ka[mt][2] = ck_scale2(ka[mt][2], f8, f9);
+        ka[mt][3] = ck_scale2(ka[mt][3], f8, f9);
+      }
+    }
+#endif
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+      unsigned vb[4];
+      int row = 16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7);
+      int col = 16 * np + (lane >> 4) * 8;
+      ck_ldm4t(vb, ck_smem(Vs + row * LDV + col));
+#pragma unroll
+      for (int mt = 0; mt < MT; mt++) {
+        ck_mma(S[mt][2 * np], ka[mt], vb[0], vb[1]);
+        ck_mma(S[mt][2 * np + 1], ka[mt], vb[2], vb[3]);
+      }
+    }
+  }
+}
+
+__device__ __forceinline__ float ck_gamma_h(const fla_kernel_args &a, int h) {
+#if FLA_DECAY == 1
+  return ((const float *)a.gamma)[h] * CK_LOG2E;
+#else
+  (void)a, (void)h;
+  return 0.0f;
+#endif
+}
+
+/* ------------------------------------ one chunk of output (chunk_fwd.cuh) */
+
+template <int UPD>
+__device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const unsigned short *Qb,
+                                           const unsigned short *Kb, const unsigned short *Vb,
+                                           const unsigned short *Ss, const float *gam, int rows,
+                                           int w, int lane, unsigned short *orow, long long ld,
+                                           int vcols, float scale) {
+  const int g = lane >> 2, q = lane & 3;
+  const int r0 = 16 * w;
+
+  /* A = Q K^T (columns up to the warp's last row), Oacc = Q S0 */
+  float acc[CK_BT / 8][4], oacc[CK_NT][4];
+#pragma unroll
+  for (int j = 0; j < CK_BT / 8; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+#pragma unroll
+  for (int j = 0; j < CK_NT; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) oacc[j][e] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < CK_KP / 16; kk++) {
+    unsigned qa[4];
+    ck_ldm4(qa, ck_smem(Qb + (r0 + (lane & 15)) * CK_LDQ + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+    for (int np = 0; np < CK_BT / 16; np++) {
+      if (np <= w) {
+        unsigned kb[4];
+        ck_ldm4(kb, ck_smem(Kb + (16 * np + (lane >> 4) * 8 + (lane & 7)) * CK_LDQ + kk * 16 +
+                            ((lane >> 3) & 1) * 8));
+        ck_mma(acc[2 * np], qa, kb[0], kb[1]);
+        ck_mma(acc[2 * np + 1], qa, kb[2], kb[3]);
+      }
+    }
+#pragma unroll
+    for (int np = 0; np < CK_NT / 2; np++) {
+      unsigned sb[4];
+      ck_ldm4t(sb, ck_smem(Ss + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * CK_LDV +
+                           16 * np + (lane >> 4) * 8));
+      ck_mma(oacc[2 * np], qa, sb[0], sb[1]);
+      ck_mma(oacc[2 * np + 1], qa, sb[2], sb[3]);
+    }
+  }
+
+  const int rA = r0 + g, rB = r0 + g + 8;
+#if FLA_DECAY
+  const float gA = gam[rA], gB = gam[rB];
+  {
+    const float eA = exp2f(gA), eB = exp2f(gB);
+#pragma unroll
+    for (int j = 0; j < CK_NT; j++) {
+      oacc[j][0] *= eA, oacc[j][1] *= eA;
+      oacc[j][2] *= eB, oacc[j][3] *= eB;
+    }
+  }
+#endif
+  /* mask and gate A, then O += A V over the warp's causal k-steps */
+#pragma unroll
+  for (int kk = 0; kk < CK_BT / 16; kk++) {
+    if (kk <= w) {
+      unsigned af[4];
+#pragma unroll
+      for (int hf = 0; hf < 2; hf++) {
+        const int j = 2 * kk + hf;
+        const int cc = 8 * j + 2 * q;
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int r = (e < 2) ? rA : rB, col = cc + (e & 1);
+          const bool in = col <= r && r < rows;
+#if FLA_DECAY
+          const float gr = (e < 2) ? gA : gB;
+          v[e] = in ? acc[j][e] * exp2f(gr - gam[col]) : 0.0f;
+#else
+          v[e] = in ? acc[j][e] : 0.0f;
+#endif
+        }
+        af[2 * hf] = ck_pack(v[0], v[1]);
+        af[2 * hf + 1] = ck_pack(v[2], v[3]);
+      }
+      /* af = {a0a1, a2a3, a4a5, a6a7}: n-tile 2kk (rows g, g+8), then 2kk+1 */
+      unsigned afr[4] = {af[0], af[1], af[2], af[3]};
+#pragma unroll
+      for (int np = 0; np < CK_NT / 2; np++) {
+        unsigned vb[4];
+        ck_ldm4t(vb, ck_smem(Vb + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * CK_LDV +
+                             16 * np + (lane >> 4) * 8));
+        ck_mma(oacc[2 * np], afr, vb[0], vb[1]);
+        ck_mma(oacc[2 * np + 1], afr, vb[2], vb[3]);
+      }
+    }
+  }
+
+  /* store O */
+  /* store O */
+  {
+#pragma unroll
+    for (int j = 0; j < CK_NT; j++) {
+      const int col = 8 * j + 2 * q;
+#if FLA_V % 2 == 0
+      if (col < vcols) {
+        if (rA < rows)
+          *(unsigned *)(orow + rA * ld + col) = ck_pack(scale * oacc[j][0], scale * oacc[j][1]);
+        if (rB < rows)
+          *(unsigned *)(orow + rB * ld + col) = ck_pack(scale * oacc[j][2], scale * oacc[j][3]);
+      }
+#else
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int r = (e < 2) ? rA : rB, cl = col + (e & 1);
+        if (r < rows && cl < vcols) {
+          unsigned u = ck_pack(scale * oacc[j][e], 0.0f);
+          orow[r * ld + cl] = (unsigned short)(u & 0xffffu);
+        }
+      }
+#endif
+    }
+  }
+
+  /* the state leaving the chunk (UPD 0: the caller has no state) */
+  if (UPD) ck_state_update<CK_KW, CK_MT, CK_NT, CK_LDQ, CK_LDV>(S, Kb, Vb, gam, rows, w, lane);
+}
+
+
+/* ------------------------------------------------ kernel 1: W and U */
+
+/* fla_wy_prep's geometry: P padded to CK_KP keys, V padded to 64 columns. */
+#define CW_VP ((FLA_V + 63) / 64 * 64)
+#define CW_LDP CK_LDQ
+#define CW_LDV1 (CW_VP + 8)
+#define CW_LDL 65 /* fp32 L and T rows */
+#define CW_LDT 72 /* bf16 T rows       */
+
+#if FLA_HAS_PROBE
+#define CW_NBUF_P 2 /* Ps (p) and Ks (k) */
+#else
+#define CW_NBUF_P 1
+#endif
+
+/* D[16w.., 0..NCOL) = T[16w.., 0..64) B[0..64, n0..n0+NCOL) for each 64-column
+** group of B (bf16 [64][LDB] in smem), rows < rows and columns < ncols stored
+** as bf16 to dst (row stride ld). T lower triangular: k-steps kk <= w only. */
+template <int NCOL, int LDB>
+__device__ __forceinline__ void cw_tmul_store(const unsigned short *Tb, const unsigned short *Bs,
+                                              unsigned short *dst, long long ld, int ncols,
+                                              int rows, int w, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+  const int rA = 16 * w + g, rB = rA + 8;
+#pragma unroll
+  for (int n0 = 0; n0 < NCOL; n0 += 64) {
+    float acc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+      if (kk <= w) {
+        unsigned ta[4];
+        ck_ldm4(ta, ck_smem(Tb + (16 * w + (lane & 15)) * CW_LDT + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+          unsigned vb[4];
+          ck_ldm4t(vb, ck_smem(Bs + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * LDB + n0 +
+                               16 * np + (lane >> 4) * 8));
+          ck_mma(acc[2 * np], ta, vb[0], vb[1]);
+          ck_mma(acc[2 * np + 1], ta, vb[2], vb[3]);
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+      const int col = n0 + 8 * j + 2 * q;
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int r = (e < 2) ? rA : rB, cl = col + (e & 1);
+        if (r < rows && cl < ncols) {
+          unsigned u = ck_pack(acc[j][e], 0.0f);
+          dst[r * ld + cl] = (unsigned short)(u & 0xffffu);
+        }
+      }
+    }
+  }
+}
+
+/* Shared memory: Ps[64][LDP] (and Ks[64][LDP] with a probe), Vs[64][LDV1]
+** bf16, Lf[64][65], Tf[64][65] f32, Tb[64][72] bf16, gam, bet, fsc [64] f32. */
+extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  unsigned short *Ps = (unsigned short *)ck_sm;
+  unsigned short *Vs = Ps + CW_NBUF_P * CK_BT * CW_LDP;
+  float *Lf = (float *)(Vs + CK_BT * CW_LDV1);
+  float *Tf = Lf + CK_BT * CW_LDL;
+  unsigned short *Tb = (unsigned short *)(Tf + CK_BT * CW_LDL);
+  float *gam = (float *)(Tb + CK_BT * CW_LDT);
+  float *bet = gam + CK_BT;
+  float *fsc = bet + CK_BT;
+  const long long c = blockIdx.x;
+  if (c >= a.num_chunks) return;
+  const int h = blockIdx.y;
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const long long H = a.H;
+  ck_chunk x;
+  ck_chunk_at(a, c, x);
+  const int rows = x.rows;
+  const long long rk = (x.t0 * H + h) * FLA_K, rv = (x.t0 * H + h) * FLA_V;
+#if FLA_HAS_PROBE
+  unsigned short *Ks = Ps + CK_BT * CW_LDP;
+  const unsigned short *pp = (const unsigned short *)a.p;
+  const int vecp = (FLA_K % 8 == 0) && (((a.p | a.k) & 15) == 0);
+  ck_load_tile<CK_KP, CW_LDP, CK_NTH>(Ks, (const unsigned short *)a.k + rk, H * FLA_K, rows, FLA_K,
+                                      vecp, tid);
+#else
+  const unsigned short *pp = (const unsigned short *)a.k;
+  const int vecp = (FLA_K % 8 == 0) && ((a.k & 15) == 0);
+  const unsigned short *Ks = Ps;
+#endif
+  const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
+  ck_load_tile<CK_KP, CW_LDP, CK_NTH>(Ps, pp + rk, H * FLA_K, rows, FLA_K, vecp, tid);
+  ck_load_tile<CW_VP, CW_LDV1, CK_NTH>(Vs, (const unsigned short *)a.v + rv, H * FLA_V, rows, FLA_V,
+                                       vecv, tid);
+  ck_commit();
+  if (w == 0) {
+    float g0, g1;
+    ck_load_g(a, x, h, lane, g0, g1);
+    ck_scan_g(gam, g0, g1, ck_gamma_h(a, h), rows, lane);
+  }
+  if (tid < CK_BT)
+    bet[tid] = tid < rows ? ck_ldgf(a.beta, (x.t0 + tid) * H + h) : 0.0f;
+  ck_wait_all();
+  __syncthreads();
+
+  /* L = diag(beta) (P K^T .* 2^(gam_i - gam_j)), j < i: warp w rows 16w.. */
+  {
+    float acc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < CK_KP / 16; kk++) {
+      unsigned pa[4];
+      ck_ldm4(pa, ck_smem(Ps + (16 * w + (lane & 15)) * CW_LDP + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+      for (int np = 0; np < 4; np++) {
+        if (np <= w) {
+          unsigned kb[4];
+          ck_ldm4(kb, ck_smem(Ks + (16 * np + (lane >> 4) * 8 + (lane & 7)) * CW_LDP + kk * 16 +
+                              ((lane >> 3) & 1) * 8));
+          ck_mma(acc[2 * np], pa, kb[0], kb[1]);
+          ck_mma(acc[2 * np + 1], pa, kb[2], kb[3]);
+        }
+      }
+    }
+    const int rA = 16 * w + g, rB = rA + 8;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int r = (e < 2) ? rA : rB, col = 8 * j + 2 * q + (e & 1);
+        float v = 0.0f;
+        if (col < r && r < rows) {
+#if FLA_DECAY
+          v = bet[r] * acc[j][e] * exp2f(gam[r] - gam[col]);
+#else
+          v = bet[r] * acc[j][e];
+#endif
+        }
+        Lf[r * CW_LDL + col] = v;
+      }
+  }
+  if (tid < CK_BT) {
+#if FLA_DECAY
+    fsc[tid] = bet[tid] * exp2f(gam[tid]);
+#else
+    fsc[tid] = bet[tid];
+#endif
+  }
+  __syncthreads();
+
+  /* T = (I + L)^-1, fp32: threads 2j and 2j+1 own column j, each summing
+  ** every other m of X_ij = delta_ij - sum_{j<=m<i} L_im X_mj (shuffle to
+  ** combine; the i loop is uniform, so every lane reaches the shuffle). */
+  {
+    const int j = tid >> 1, half = tid & 1;
+    for (int i = 0; i < CK_BT; i++) {
+      float s = 0.0f;
+      const float *Li = Lf + i * CW_LDL;
+      for (int m = j + half; m < i; m += 2) s -= Li[m] * Tf[m * CW_LDL + j];
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      if (i == j) s = 1.0f;
+      if (i < j) s = 0.0f;
+      if (half == 0) {
+        Tf[i * CW_LDL + j] = s;
+        Tb[i * CW_LDT + j] = (unsigned short)(ck_pack(s, 0.0f) & 0xffffu);
+      }
+      __syncwarp();
+    }
+  }
+  /* the operands: Ps <- bf16(beta 2^gam .* P), Vs <- bf16(beta .* V) */
+  for (int e = tid; e < CK_BT * (CK_KP / 2); e += CK_NTH) {
+    const int r = e / (CK_KP / 2), cc = 2 * (e % (CK_KP / 2));
+    unsigned *pv = (unsigned *)(Ps + r * CW_LDP + cc);
+    *pv = ck_scale2(*pv, fsc[r], fsc[r]);
+  }
+  for (int e = tid; e < CK_BT * (CW_VP / 2); e += CK_NTH) {
+    const int r = e / (CW_VP / 2), cc = 2 * (e % (CW_VP / 2));
+    unsigned *pv = (unsigned *)(Vs + r * CW_LDV1 + cc);
+    *pv = ck_scale2(*pv, bet[r], bet[r]);
+  }
+  __syncthreads();
+
+  /* W = T (beta 2^gam .* P) -> ws0, U = T (beta .* V) -> ws1 */
+  cw_tmul_store<CK_KP, CW_LDP>(Tb, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w, lane);
+  cw_tmul_store<CW_VP, CW_LDV1>(Tb, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
+                                lane);
+}
+
+/* ----------------------------------------- kernel 2: the chunk states */
+
+/* The state kernel's value tile: at most 32 columns (twice the programs of
+** BV 64 and half the work a chunk on its sequential path; keep in step with
+** bvh_() in gen/stage_chunk_wy.c). */
+#define CW_BVH (FLA_BV < 32 ? FLA_BV : 32)
+#define CW_NTH (CW_BVH / 8)
+#define CW_NVH ((FLA_V + CW_BVH - 1) / CW_BVH)
+#define CW_LDVH (CW_BVH + 8)
+
+/* Where the chunk states start in ws0 (after W, 16-byte aligned). */
+__device__ __forceinline__ unsigned short *cw_hws(const fla_kernel_args &a) {
+  const unsigned long long wbytes = ((unsigned long long)a.total * a.H * FLA_K * 2 + 15) / 16 * 16;
+  return (unsigned short *)(a.ws0 + wbytes);
+}
+
+/* Program (value tile vt, sequence n, head h), its chunks in order, the
+** K x BVH state slice S in fp32 registers. Per chunk, S0 = S:
+**   h[c]  = bf16(S0)                     -> ws0 after W ([NC,H,K,V] bf16)
+**   Vn    = U - W h[c]                   -> ws1 over U (bf16), and smem
+**   S     = 2^gam_L S0 + (K .* 2^(gam_L - gam))^T Vn
+** Shared memory: Ks, Ws [2][64][LDQ], Us [2][64][LDV], Ss [KP][LDV] bf16,
+** gam[64] f32. */
+extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  unsigned short *Ks = (unsigned short *)ck_sm;
+  unsigned short *Ws = Ks + 2 * CK_BT * CK_LDQ;
+  unsigned short *Us = Ws + 2 * CK_BT * CK_LDQ;
+  unsigned short *Ss = Us + 2 * CK_BT * CW_LDVH;
+  float *gam = (float *)(Ss + CK_KP * CW_LDVH);
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const int vt = blockIdx.x % CW_NVH;
+  const int n = blockIdx.x / CW_NVH;
+  const int h = blockIdx.y;
+  if (n >= a.N) return;
+  const int v0 = vt * CW_BVH;
+  const int vcols = FLA_V - v0 < CW_BVH ? FLA_V - v0 : CW_BVH;
+  const long long H = a.H;
+  const long long KV = (long long)FLA_K * FLA_V;
+  const long long *cf = (const long long *)a.chunk_first;
+  const long long c0 = cf[n], c1 = cf[n + 1];
+  const float *h0 = FLA_HAS_H0 ? (const float *)a.h0 : (const float *)0;
+  const float *h0n = h0 ? h0 + ((long long)n * H + h) * KV : h0;
+
+  float S[CK_MT][CW_NTH][4];
+  ck_state_load<CK_KW>(S, h0n, v0, w, lane);
+  if (c0 >= c1) {
+#if FLA_STORE_HT
+    ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0, w, lane);
+#endif
+    return;
+  }
+  const unsigned short *kp = (const unsigned short *)a.k;
+  const unsigned short *wp = (const unsigned short *)a.ws0;
+  unsigned short *up = (unsigned short *)a.ws1;
+  unsigned short *hws = cw_hws(a);
+  const int veck = (FLA_K % 8 == 0) && (((a.k | a.ws0) & 15) == 0);
+  const int vecv = (FLA_V % 8 == 0) && ((a.ws1 & 15) == 0);
+  const float gc = ck_gamma_h(a, h);
+
+  ck_chunk x;
+  ck_chunk_at(a, c0, x);
+  {
+    const long long ro = x.t0 * H + h;
+    ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, kp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, veck, tid);
+    ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ws, wp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, veck, tid);
+    ck_load_tile<CW_BVH, CW_LDVH, CK_NTH>(Us, up + ro * FLA_V + v0, H * FLA_V, x.rows, vcols, vecv, tid);
+  }
+  ck_commit();
+  float g0 = 0.0f, g1 = 0.0f;
+  if (w == 0) ck_load_g(a, x, h, lane, g0, g1);
+
+  for (long long c = c0; c < c1; c++) {
+    const int buf = (int)((c - c0) & 1);
+    const int rows = x.rows;
+    ck_chunk xn = x;
+    float gn0 = 0.0f, gn1 = 0.0f;
+    if (c + 1 < c1) {
+      ck_chunk_next(a, c, xn);
+      const long long ro = xn.t0 * H + h;
+      const int nb = buf ^ 1;
+      ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks + nb * CK_BT * CK_LDQ, kp + ro * FLA_K, H * FLA_K,
+                                          xn.rows, FLA_K, veck, tid);
+      ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ws + nb * CK_BT * CK_LDQ, wp + ro * FLA_K, H * FLA_K,
+                                          xn.rows, FLA_K, veck, tid);
+      ck_load_tile<CW_BVH, CW_LDVH, CK_NTH>(Us + nb * CK_BT * CW_LDVH, up + ro * FLA_V + v0, H * FLA_V,
+                                          xn.rows, vcols, vecv, tid);
+      ck_commit();
+      if (w == 0) ck_load_g(a, xn, h, lane, gn0, gn1);
+    }
+    /* S0 as bf16: the B operand of W S0, and h[c] for the output kernel */
+    unsigned short *hc = hws + (c * H + h) * KV + v0;
+#pragma unroll
+    for (int mt = 0; mt < CK_MT; mt++)
+#pragma unroll
+      for (int j = 0; j < CW_NTH; j++) {
+        const int key = CK_KW * w + 16 * mt + g, col = 8 * j + 2 * q;
+        const unsigned lo = ck_pack(S[mt][j][0], S[mt][j][1]);
+        const unsigned hi = ck_pack(S[mt][j][2], S[mt][j][3]);
+        *(unsigned *)(Ss + key * CW_LDVH + col) = lo;
+        *(unsigned *)(Ss + (key + 8) * CW_LDVH + col) = hi;
+#if FLA_V % 2 == 0
+        if (col < vcols) {
+          if (key < FLA_K) *(unsigned *)(hc + (long long)key * FLA_V + col) = lo;
+          if (key + 8 < FLA_K) *(unsigned *)(hc + (long long)(key + 8) * FLA_V + col) = hi;
+        }
+#else
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int kk = key + (e >> 1) * 8, cl = col + (e & 1);
+          const unsigned u = (e >> 1) ? hi : lo;
+          if (kk < FLA_K && cl < vcols)
+            hc[(long long)kk * FLA_V + cl] = (unsigned short)((e & 1) ? (u >> 16) : (u & 0xffffu));
+        }
+#endif
+      }
+    if (w == 0) ck_scan_g(gam, g0, g1, gc, rows, lane);
+    if (c + 1 < c1)
+      ck_wait_one();
+    else
+      ck_wait_all();
+    __syncthreads();
+
+    const unsigned short *Kb = Ks + buf * CK_BT * CK_LDQ;
+    const unsigned short *Wb = Ws + buf * CK_BT * CK_LDQ;
+    unsigned short *Ub = Us + buf * CK_BT * CW_LDVH;
+
+    /* Vn = U - W S0 for the warp's rows 16w.., over U in smem and in ws1 */
+    {
+      float acc[CW_NTH][4];
+#pragma unroll
+      for (int j = 0; j < CW_NTH; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < CK_KP / 16; kk++) {
+        unsigned wa[4];
+        ck_ldm4(wa, ck_smem(Wb + (16 * w + (lane & 15)) * CK_LDQ + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int np = 0; np < CW_NTH / 2; np++) {
+          unsigned sb[4];
+          ck_ldm4t(sb, ck_smem(Ss + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * CW_LDVH +
+                               16 * np + (lane >> 4) * 8));
+          ck_mma(acc[2 * np], wa, sb[0], sb[1]);
+          ck_mma(acc[2 * np + 1], wa, sb[2], sb[3]);
+        }
+      }
+      const int rA = 16 * w + g, rB = rA + 8;
+      unsigned short *urow = up + (x.t0 * H + h) * FLA_V + v0;
+#pragma unroll
+      for (int j = 0; j < CW_NTH; j++) {
+        const int col = 8 * j + 2 * q;
+        unsigned *pa = (unsigned *)(Ub + rA * CW_LDVH + col);
+        unsigned *pb = (unsigned *)(Ub + rB * CW_LDVH + col);
+        const unsigned ua = *pa, ub = *pb;
+        const unsigned na = ck_pack(__uint_as_float(ua << 16) - acc[j][0],
+                                    __uint_as_float(ua & 0xffff0000u) - acc[j][1]);
+        const unsigned nb = ck_pack(__uint_as_float(ub << 16) - acc[j][2],
+                                    __uint_as_float(ub & 0xffff0000u) - acc[j][3]);
+        *pa = na, *pb = nb;
+#if FLA_V % 2 == 0
+        if (col < vcols) {
+          if (rA < rows) *(unsigned *)(urow + rA * H * FLA_V + col) = na;
+          if (rB < rows) *(unsigned *)(urow + rB * H * FLA_V + col) = nb;
+        }
+#else
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int r = (e < 2) ? rA : rB, cl = col + (e & 1);
+          const unsigned u = (e < 2) ? na : nb;
+          if (r < rows && cl < vcols)
+            urow[r * H * FLA_V + cl] = (unsigned short)((e & 1) ? (u >> 16) : (u & 0xffffu));
+        }
+#endif
+      }
+    }
+    __syncthreads();
+
+    ck_state_update<CK_KW, CK_MT, CW_NTH, CK_LDQ, CW_LDVH>(S, Kb, Ub, gam, rows, w, lane);
+#if FLA_STORE_HT
+    if (x.last)
+      ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0, w, lane);
+#endif
+    __syncthreads();
+    x = xn;
+    g0 = gn0, g1 = gn1;
+  }
+}
+
+/* ------------------------------------------------ kernel 3: the output */
+
+/* Program (chunk c, value tile vt, head h), fully parallel:
+**   O = scale [ 2^gam .* (Q h[c]) + ((Q K^T) .* M .* 2^(gam_i - gam_j)) Vn ]
+** (chunk_fwd's ck_o_chunk without the state update). Shared memory: Qs, Ks
+** [64][LDQ], Vs [64][LDV], Ss [KP][LDV] bf16, gam[64] f32. */
+extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_fwd_o(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  unsigned short *Qs = (unsigned short *)ck_sm;
+  unsigned short *Ks = Qs + CK_BT * CK_LDQ;
+  unsigned short *Vs = Ks + CK_BT * CK_LDQ;
+  unsigned short *Ss = Vs + CK_BT * CK_LDV;
+  float *gam = (float *)(Ss + CK_KP * CK_LDV);
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+  const int vt = blockIdx.x % CK_NV;
+  const long long c = blockIdx.x / CK_NV;
+  const int h = blockIdx.y;
+  if (c >= a.num_chunks) return;
+  const int v0 = vt * CK_BV;
+  const int vcols = FLA_V - v0 < CK_BV ? FLA_V - v0 : CK_BV;
+  const long long H = a.H;
+  const long long KV = (long long)FLA_K * FLA_V;
+  ck_chunk x;
+  ck_chunk_at(a, c, x);
+  const long long ro = x.t0 * H + h;
+  const int vecq = (FLA_K % 8 == 0) && (((a.q | a.k) & 15) == 0);
+  const int vecv = (FLA_V % 8 == 0) && (((a.ws0 | a.ws1) & 15) == 0);
+  const unsigned short *hc = cw_hws(a) + (c * H + h) * KV + v0;
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs, (const unsigned short *)a.q + ro * FLA_K, H * FLA_K, x.rows,
+                                      FLA_K, vecq, tid);
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K, x.rows,
+                                      FLA_K, vecq, tid);
+  ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs, (const unsigned short *)a.ws1 + ro * FLA_V + v0, H * FLA_V,
+                                      x.rows, vcols, vecv, tid);
+#pragma unroll
+  for (int r0 = 0; r0 < CK_KP; r0 += CK_BT)
+    ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Ss + r0 * CK_LDV, hc + (long long)r0 * FLA_V, FLA_V,
+                                        FLA_K - r0, vcols, vecv, tid);
+  ck_commit();
+  if (w == 0) {
+    float g0, g1;
+    ck_load_g(a, x, h, lane, g0, g1);
+    ck_scan_g(gam, g0, g1, ck_gamma_h(a, h), x.rows, lane);
+  }
+  ck_wait_all();
+  __syncthreads();
+  float Sd[CK_MT][CK_NT][4]; /* unused: no state update here */
+  ck_state_zero(Sd);
+  ck_o_chunk<0>(Sd, Qs, Ks, Vs, Ss, gam, x.rows, w, lane,
+                (unsigned short *)a.o + ro * FLA_V + v0, H * FLA_V, vcols, a.scale);
+}
