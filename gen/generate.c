@@ -159,13 +159,16 @@ static void sb_grow_(strbuf *b, size_t extra) {
   b->cap = cap;
 }
 
-static void sb_put_(strbuf *b, const char *s) {
-  size_t n = strlen(s);
+/* Appends n bytes of s. */
+static void sb_putn_(strbuf *b, const char *s, size_t n) {
   sb_grow_(b, n);
   if (b->failed) return;
-  memcpy(b->buf + b->len, s, n + 1);
+  memcpy(b->buf + b->len, s, n);
   b->len += n;
+  b->buf[b->len] = '\0';
 }
+
+static void sb_put_(strbuf *b, const char *s) { sb_putn_(b, s, strlen(s)); }
 
 #if defined(__GNUC__)
 __attribute__((format(printf, 2, 3)))
@@ -179,13 +182,41 @@ static void sb_printf_(strbuf *b, const char *fmt, ...) {
   sb_put_(b, tmp);
 }
 
-/* One template: a #line so NVRTC's messages name the template file and line. */
-static void sb_template_(strbuf *b, const char *name, const char *text) {
+/* One template: a #line so NVRTC's messages name the template file and line.
+** A line `//@include "file"` splices in another embedded template (one
+** level deep), followed by a #line back to the includer. Returns 0, or -1
+** with the unknown name in *missing. */
+static int sb_template_(strbuf *b, const char *name, const char *text, int depth,
+                        const char **missing) {
+  static const char tag[] = "//@include \"";
   const char *path = strncmp(name, "../", 3) == 0 ? name + 3 : name;
-  sb_printf_(b, "\n#line 1 \"templates/%s%s\"\n", path == name ? "cuda/" : "", path);
-  sb_put_(b, text);
-  size_t n = strlen(text);
-  if (n == 0 || text[n - 1] != '\n') sb_put_(b, "\n");
+  const char *dir = path == name ? "cuda/" : "";
+  sb_printf_(b, "\n#line 1 \"templates/%s%s\"\n", dir, path);
+  int line = 1;
+  for (const char *p = text; *p;) {
+    const char *eol = strchr(p, '\n');
+    size_t len = eol ? (size_t)(eol - p) : strlen(p);
+    if (depth == 0 && strncmp(p, tag, sizeof tag - 1) == 0) {
+      char inc[128];
+      size_t n = 0;
+      for (const char *q = p + sizeof tag - 1; q < p + len && *q != '"' && n + 1 < sizeof inc; q++)
+        inc[n++] = *q;
+      inc[n] = '\0';
+      const char *itext = fla_template_text(inc);
+      if (!itext) {
+        *missing = fla_template_text(name) == text ? name : "?";
+        return -1;
+      }
+      if (sb_template_(b, inc, itext, depth + 1, missing)) return -1;
+      sb_printf_(b, "#line %d \"templates/%s%s\"\n", line + 1, dir, path);
+    } else {
+      sb_putn_(b, p, len);
+      sb_put_(b, "\n");
+    }
+    line++;
+    p = eol ? eol + 1 : p + len;
+  }
+  return 0;
 }
 
 fla_status fla_generate(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key,
@@ -252,7 +283,14 @@ fla_status fla_generate(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key,
   sb_printf_(&b, "#define FLA_BK %d\n", c.BK);
   sb_printf_(&b, "#define FLA_BV %d\n", c.BV);
   sb_printf_(&b, "#define FLA_WARPS %d\n", c.warps);
-  for (int i = 0; i <= NPRELUDE; i++) sb_template_(&b, files[i], texts[i]);
+  for (int i = 0; i <= NPRELUDE; i++) {
+    const char *missing = NULL;
+    if (sb_template_(&b, files[i], texts[i], 0, &missing)) {
+      free(b.buf);
+      return fla_set_error(ctx, FLA_ERROR, "%s: template %s includes a template that is not "
+                           "embedded in this build", sname, files[i]);
+    }
+  }
   if (b.failed) {
     free(b.buf);
     return fla_set_error(ctx, FLA_NOMEM, "%s: out of memory for the source", sname);
