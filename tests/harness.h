@@ -29,6 +29,11 @@ double th_rel_rms_f64(const double *a, const double *b, int64_t n);
 double th_rel_rms_f32(const float *a, const float *b, int64_t n);
 int    th_any_nan_f32(const float *a, int64_t n);
 
+/* Seconds on the monotonic clock. */
+double th_now_s(void);
+/* A CPU context (the test fails when it cannot be made). */
+fla_ctx *th_cpu_ctx(void);
+
 /* FLA_TEST_QUICK set in the environment: smaller loops (sanitizer builds). */
 int th_quick(void);
 

@@ -30,18 +30,6 @@
 
 static char nvrtc_why[1024];
 
-static fla_ctx *new_ctx(void) {
-  fla_ctx *ctx = NULL;
-  ck_assert_int_eq(fla_ctx_create(FLA_BACKEND_CPU, &ctx), FLA_OK);
-  return ctx;
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* The key of a shipped recipe at input dims K, V (state K after the feature map). */
 static void recipe_key(fla_ctx *ctx, const char *name, int K, int V, int bf16, fla_gen_key *key,
                        fla_recipe **out) {
@@ -132,7 +120,7 @@ START_TEST(test_templates_embedded) {
 END_TEST
 
 START_TEST(test_key_from_ir) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   struct {
     const char *recipe;
     int decay, delta, probe, before, bonus, kfd, K;
@@ -170,7 +158,7 @@ START_TEST(test_key_from_ir) {
 END_TEST
 
 START_TEST(test_canonical_source) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_gen_key key;
   recipe_key(ctx, "gated_delta_rule", 128, 128, 1, &key, NULL);
   char n1[FLA_STAGE_MAX_KERNELS][64], n2[FLA_STAGE_MAX_KERNELS][64];
@@ -273,7 +261,7 @@ START_TEST(test_canonical_source) {
 END_TEST
 
 START_TEST(test_errors) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_gen_key key;
   recipe_key(ctx, "gla", 128, 128, 1, &key, NULL);
   const fla_stage R = FLA_STAGE_RECURRENT_FWD, P = FLA_STAGE_PREP_FWD;
@@ -372,7 +360,7 @@ START_TEST(test_errors) {
 END_TEST
 
 START_TEST(test_configs_and_geometry) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_gen_key key;
   recipe_key(ctx, "gated_delta_rule", 128, 128, 1, &key, NULL);
   const fla_stage R = FLA_STAGE_RECURRENT_FWD, P = FLA_STAGE_PREP_FWD;
@@ -492,9 +480,9 @@ static void compile_one(fla_ctx *ctx, compile_log *cl, const char *what, fla_sta
   void *cubin = NULL;
   size_t size = 0;
   char *log = NULL;
-  double t0 = now_s();
+  double t0 = th_now_s();
   fla_status s = fla_nvrtc_compile_ex(ctx, what, src, arch, NULL, 0, &cubin, &size, &log);
-  double dt = now_s() - t0;
+  double dt = th_now_s() - t0;
   ck_assert_msg(s == FLA_OK, "%s for %s: %s", what, arch, fla_errmsg(ctx));
   ck_assert(fla_cubin_is_elf(cubin, size));
   cl->compiled++;
@@ -517,7 +505,7 @@ static void compile_one(fla_ctx *ctx, compile_log *cl, const char *what, fla_sta
 ** configs: K = V = 128 (based: K = 16, a 273-dim state); recurrent_fwd also
 ** at odd sizes (K = 100, V = 72: scalar loads, partial column blocks). */
 START_TEST(test_every_recipe_compiles) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *names[64];
   int nr = fla_recipe_list_builtin(names, 64);
   ck_assert_int_ge(nr, 13);
@@ -607,7 +595,7 @@ END_TEST
 /* Non-default tile configurations of the recurrent stage compile too: every
 ** BV, several warps and BT, the feature maps on odd dims. */
 START_TEST(test_configs_compile) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   compile_log cl;
   memset(&cl, 0, sizeof cl);
   const char *recipes[] = {"comba", "rwkv6", "hgrn2"};
@@ -648,7 +636,7 @@ END_TEST
 
 /* A template error points at the template file and line (#line directives). */
 START_TEST(test_errors_name_template_lines) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_gen_key key;
   recipe_key(ctx, "gla", 64, 64, 1, &key, NULL);
   char kn[FLA_STAGE_MAX_KERNELS][64];

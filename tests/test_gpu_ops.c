@@ -120,12 +120,6 @@ static int skip_case_(int i) {
 
 /* ------------------------------------------------------------ helpers */
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static fla_ctx *cpu_ctx(void) {
   fla_ctx *ctx = NULL;
   ck_assert_int_eq(fla_ctx_create(FLA_BACKEND_CPU, &ctx), FLA_OK);
@@ -466,13 +460,13 @@ static int warm_all_(int nthreads, double *seconds) {
   memset(&warm, 0, sizeof warm);
   pthread_mutex_init(&warm.mu, NULL);
   warm.total = nrecipes * NCASES;
-  double t0 = now_s();
+  double t0 = th_now_s();
   pthread_t th[64];
   if (nthreads > 64) nthreads = 64;
   if (nthreads < 1) nthreads = 1;
   for (int i = 0; i < nthreads; i++) pthread_create(&th[i], NULL, warm_worker_, NULL);
   for (int i = 0; i < nthreads; i++) pthread_join(th[i], NULL);
-  *seconds = now_s() - t0;
+  *seconds = th_now_s() - t0;
   pthread_mutex_destroy(&warm.mu);
   return warm.failed;
 }
@@ -539,9 +533,9 @@ static void run_case_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, c
   fla_status st = fla_op_forward(opg, dargs, td.n, o, ht);
   ck_assert_msg(st == FLA_OK, "%s: %s: %s", label, fla_errstr(st), fla_errmsg(g));
   if (cfg.T == 4096 && sum->fwd_ms_4096 == 0) {
-    double t0 = now_s();
+    double t0 = th_now_s();
     ck_assert_int_eq(fla_op_forward(opg, dargs, td.n, o, ht), FLA_OK);
-    sum->fwd_ms_4096 = 1e3 * (now_s() - t0);
+    sum->fwd_ms_4096 = 1e3 * (th_now_s() - t0);
   }
   float *go = download_f32_(g, o), *ght = download_f32_(g, ht);
   const float *ro = fla_tensor_data(o_ref), *rht = fla_tensor_data(ht_ref);
@@ -572,7 +566,7 @@ START_TEST(test_recipe_forward) {
   fla_recipe *r = find_(h, name);
   recipe_summary sum;
   memset(&sum, 0, sizeof sum);
-  double t0 = now_s();
+  double t0 = th_now_s();
   printf("%s on %s:\n", name, fla_ctx_device_name(g));
   for (int i = 0; i < NCASES; i++)
     if (!skip_case_(i)) run_case_(h, g, name, r, &cases_[i], 1000u * (uint64_t)_i + (uint64_t)i, &sum);
@@ -580,7 +574,7 @@ START_TEST(test_recipe_forward) {
          "chunk_gk %d, chunk_wy %d  fwd T=4096 %.2f ms  (%.1f s)  PASS\n",
          name, sum.runs, sum.max_o, sum.max_ht, sum.stages[FLA_STAGE_RECURRENT_FWD],
          sum.stages[FLA_STAGE_CHUNK_FWD], sum.stages[FLA_STAGE_CHUNK_GK_FWD],
-         sum.stages[FLA_STAGE_CHUNK_WY_FWD], sum.fwd_ms_4096, now_s() - t0);
+         sum.stages[FLA_STAGE_CHUNK_WY_FWD], sum.fwd_ms_4096, th_now_s() - t0);
   fflush(stdout);
   fla_recipe_free(r);
   fla_ctx_free(g);

@@ -39,18 +39,6 @@
 static char nvrtc_why[1024];
 static char driver_why[1024];
 
-static fla_ctx *new_ctx(void) {
-  fla_ctx *ctx = NULL;
-  ck_assert_int_eq(fla_ctx_create(FLA_BACKEND_CPU, &ctx), FLA_OK);
-  return ctx;
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* One warp computes D[16x8] = A[16x16] * B[16x8] with the bf16 tensor-core
 ** instruction; A is row-major, B is stored column-major (Bt[n][k]), D row-major.
 ** Fragment layouts follow the PTX ISA for m16n8k16. */
@@ -224,7 +212,7 @@ END_TEST
 
 START_TEST(test_compile_bad_arguments) {
   /* Argument checks come before NVRTC is needed, so these run everywhere. */
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   void *cubin = (void *)1;
   size_t n = 7;
   ck_assert_int_eq(fla_nvrtc_compile(ctx, "k", NULL, "sm_90", NULL, 0, &cubin, &n),
@@ -357,7 +345,7 @@ START_TEST(test_skip_no_nvrtc) {
 END_TEST
 
 START_TEST(test_compile_unsupported_without_nvrtc) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   void *cubin = NULL;
   size_t n = 0;
   int cached = -1;
@@ -377,7 +365,7 @@ END_TEST
 /* ======================================================== NVRTC compiles */
 
 START_TEST(test_mma_compiles_for_each_arch) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   int ma = 0, mi = 0;
   ck_assert_int_eq(fla_nvrtc_version(&ma, &mi), 0);
   ck_assert_int_ge(ma, 11);
@@ -385,10 +373,10 @@ START_TEST(test_mma_compiles_for_each_arch) {
   for (int i = 0; i < 3; i++) {
     void *cubin = NULL;
     size_t n = 0;
-    double t0 = now_s();
+    double t0 = th_now_s();
     fla_status st = fla_nvrtc_compile(ctx, "mma_bf16", mma_source, archs[i], NULL, 0, &cubin,
                                       &n);
-    double dt = now_s() - t0;
+    double dt = th_now_s() - t0;
     ck_assert_msg(st == FLA_OK, "%s: %s", archs[i], fla_errmsg(ctx));
     ck_assert_ptr_nonnull(cubin);
     ck_assert_uint_gt(n, 64);
@@ -402,7 +390,7 @@ START_TEST(test_mma_compiles_for_each_arch) {
 END_TEST
 
 START_TEST(test_wgmma_needs_sm_90a) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   void *cubin = NULL;
   size_t n = 0;
   ck_assert_msg(fla_nvrtc_compile(ctx, "fence", wgmma_source, "sm_90a", NULL, 0, &cubin, &n) ==
@@ -421,7 +409,7 @@ START_TEST(test_wgmma_needs_sm_90a) {
 END_TEST
 
 START_TEST(test_syntax_error_reports_log) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   void *cubin = NULL;
   size_t n = 0;
   char *log = NULL;
@@ -453,7 +441,7 @@ START_TEST(test_long_log_keeps_first_error_and_summary) {
   used += (size_t)sprintf(src + used, "__global__ void k(float *x) {\n");
   for (int i = 0; i < 60; i++) used += (size_t)sprintf(src + used, "  x[0] = = %d.0f;\n", i);
   sprintf(src + used, "}\n");
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   void *cubin = NULL;
   size_t n = 0;
   ck_assert_int_eq(fla_nvrtc_compile(ctx, "long", src, "sm_80", NULL, 0, &cubin, &n), FLA_ERROR);
@@ -468,7 +456,7 @@ START_TEST(test_long_log_keeps_first_error_and_summary) {
 END_TEST
 
 START_TEST(test_resources_from_ptxas) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   void *cubin = NULL;
   size_t n = 0;
   char *log = NULL;
@@ -515,16 +503,16 @@ static void cache_compile(fla_ctx *ctx, const char *src, void **cubin, size_t *n
 START_TEST(test_cache_hit_and_log) {
   char *dir = make_tmpdir();
   setenv("FLA_CACHE_DIR", dir, 1);
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   void *c1 = NULL, *c2 = NULL;
   size_t n1 = 0, n2 = 0;
   int cached = -1;
-  double t0 = now_s();
+  double t0 = th_now_s();
   cache_compile(ctx, mma_source, &c1, &n1, &cached);
-  double t1 = now_s();
+  double t1 = th_now_s();
   ck_assert_int_eq(cached, 0);
   cache_compile(ctx, mma_source, &c2, &n2, &cached);
-  double t2 = now_s();
+  double t2 = th_now_s();
   ck_assert_int_eq(cached, 1);
   ck_assert_uint_eq(n1, n2);
   ck_assert_int_eq(memcmp(c1, c2, n1), 0);
@@ -593,7 +581,7 @@ static void check_recovers(fla_ctx *ctx, const char *path, const void *good, siz
 START_TEST(test_cache_rejects_damaged_files) {
   char *dir = make_tmpdir();
   setenv("FLA_CACHE_DIR", dir, 1);
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   void *good = NULL;
   size_t n = 0;
   int cached = -1;
@@ -649,7 +637,7 @@ START_TEST(test_cache_unwritable_dirs_still_compile) {
   write_file(file, "x", 1);
   snprintf(below_file, sizeof below_file, "%s/sub/dir", file);
   const char *dirs[] = {"/proc/forbidden", file, below_file, "/dev/null"};
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   for (size_t i = 0; i < sizeof dirs / sizeof dirs[0]; i++) {
     setenv("FLA_CACHE_DIR", dirs[i], 1);
     for (int round = 0; round < 2; round++) {
@@ -699,7 +687,7 @@ START_TEST(test_cache_default_dirs_created) {
   unsetenv("FLA_CACHE_DIR");
   unsetenv("XDG_CACHE_HOME");
   setenv("HOME", dir, 1);
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   void *c = NULL;
   size_t n = 0;
   int cached = -1;
@@ -756,7 +744,7 @@ START_TEST(test_gpu_mma_runs) {
 
   char *dir = make_tmpdir();
   setenv("FLA_CACHE_DIR", dir, 1);
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   void *cubin = NULL;
   size_t n = 0;
   int cached = -1;

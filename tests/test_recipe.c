@@ -16,12 +16,6 @@
 
 /* ------------------------------------------------------------ helpers */
 
-static fla_ctx *new_ctx(void) {
-  fla_ctx *ctx = NULL;
-  ck_assert_int_eq(fla_ctx_create(FLA_BACKEND_CPU, &ctx), FLA_OK);
-  return ctx;
-}
-
 static fla_recipe *find_ok(fla_ctx *ctx, const char *name) {
   fla_recipe *r = NULL;
   fla_status s = fla_recipe_find(ctx, name, &r);
@@ -33,7 +27,7 @@ static fla_recipe *find_ok(fla_ctx *ctx, const char *name) {
 /* Loads src and expects FLA_RECIPE with every NULL-terminated substring in
 ** the message. */
 static void expect_error_v(const char *chunk, const char *src, const char *const *subs) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_recipe *r = (fla_recipe *)1;
   fla_status s = fla_recipe_load_string(ctx, chunk, src, &r);
   ck_assert_msg(s == FLA_RECIPE, "expected FLA_RECIPE, got %s (%s) for:\n%s", fla_errstr(s),
@@ -146,7 +140,7 @@ END_TEST
 
 START_TEST(test_shipped_ir) {
   const expect_ir *e = &shipped[_i];
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_recipe *r = find_ok(ctx, e->name);
   const fla_ir *ir = fla_recipe_ir(r);
   char buf[256];
@@ -186,7 +180,7 @@ START_TEST(test_shipped_ir) {
 END_TEST
 
 START_TEST(test_accessors) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_recipe *r = find_ok(ctx, "rwkv6");
   const fla_ir *ir = fla_recipe_ir(r);
   ck_assert_int_eq(fla_recipe_num_inputs(r), 5);
@@ -218,7 +212,7 @@ START_TEST(test_accessors) {
 END_TEST
 
 START_TEST(test_comba_roles) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_recipe *r = find_ok(ctx, "comba");
   const fla_ir *ir = fla_recipe_ir(r);
   ck_assert_str_eq(ir->inputs[ir->key].name, "k");
@@ -234,7 +228,7 @@ START_TEST(test_comba_roles) {
 END_TEST
 
 START_TEST(test_retention_gamma) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_recipe *r = find_ok(ctx, "retention");
   double g[8];
   ck_assert_int_eq(fla_recipe_const_decay(ctx, r, 8, NULL, g), FLA_OK);
@@ -247,7 +241,7 @@ START_TEST(test_retention_gamma) {
 END_TEST
 
 START_TEST(test_lightning_params) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_recipe *r = find_ok(ctx, "lightning_attn");
   const fla_ir *ir = fla_recipe_ir(r);
   ck_assert_int_eq(ir->num_params, 2);
@@ -272,7 +266,7 @@ END_TEST
 
 START_TEST(test_const_decay_runtime_error) {
   /* Fine at load (defaults), failing for other params: FLA_RECIPE at call time. */
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_recipe *r = load_ok(ctx,
                           "return recipe \"c\" {\n"
                           "  inputs = { q = \"BTHK\", k = \"BTHK\", v = \"BTHV\" },\n"
@@ -301,7 +295,7 @@ END_TEST
 
 START_TEST(test_options) {
   /* Every optional key at once: features, scale, chunk size and tiles, none decay. */
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_recipe *r = load_ok(ctx,
                           "-- a comment with trnsition = 1\n"
                           "return recipe \"all_options\" {\n"
@@ -669,7 +663,7 @@ START_TEST(test_sandbox) {
   expect_error("sb.lua", "return string.dump(function() end)", "field 'dump'");
   expect_error("sb.lua", "return coroutine.create(print)", "global 'coroutine'");
   /* What stays: math, string, table, pairs, pcall. */
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_recipe *r = load_ok(ctx,
                           "local names = {}\n"
                           "for _, n in ipairs({ 'q', 'k', 'v' }) do table.insert(names, n) end\n"
@@ -718,7 +712,7 @@ END_TEST
 
 /* Mutations of a shipped recipe's text: every result loads or fails cleanly. */
 START_TEST(test_mutations) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   FILE *f = fopen(th_source_path("recipes/comba.lua"), "rb");
   ck_assert_ptr_nonnull(f);
   char text[4096];
@@ -789,7 +783,7 @@ static void write_file(const char *path, const char *text) {
 }
 
 START_TEST(test_find_errors) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_recipe *r = (fla_recipe *)1;
   ck_assert_int_eq(fla_recipe_find(ctx, "../recipes/gla", &r), FLA_INVALID);
   ck_assert_ptr_null(r);
@@ -810,7 +804,7 @@ START_TEST(test_find_errors) {
 END_TEST
 
 START_TEST(test_recipe_path) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = scratch_dir("");
   char path[1024], env[2048];
   snprintf(path, sizeof path, "%s/my_variant.lua", dir);
@@ -848,7 +842,7 @@ START_TEST(test_long_path_messages) {
   char path[1024];
   snprintf(path, sizeof path, "%s/syntax.lua", dir);
   write_file(path, "return recipe 'x' {\n  inputs = = 1 }\n");
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_recipe *r;
   ck_assert_int_eq(fla_recipe_load(ctx, path, &r), FLA_RECIPE);
   char want[1100];

@@ -14,12 +14,6 @@
 #include "harness.h"
 #include "internal.h"
 
-static fla_ctx *new_ctx(void) {
-  fla_ctx *ctx = NULL;
-  ck_assert_int_eq(fla_ctx_create(FLA_BACKEND_CPU, &ctx), FLA_OK);
-  return ctx;
-}
-
 /* A fresh directory under /tmp; each Check test runs in its own process. */
 static const char *tmp_dir(void) {
   static char dir[64];
@@ -87,7 +81,7 @@ static unsigned char *make_image(const char *header, size_t data_len, size_t *n)
 
 /* Opens the image and asserts the status and that the message contains `part`. */
 static void expect_image(const unsigned char *img, size_t n, fla_status want, const char *part) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_safetensors *st = (fla_safetensors *)&st;
   fla_status got = fla_safetensors_open_buffer(ctx, img, n, &st);
   ck_assert_msg(got == want, "status %s, wanted %s (%s)", fla_errstr(got), fla_errstr(want),
@@ -111,7 +105,7 @@ static void expect_header(const char *header, size_t data_len, fla_status want, 
 /* ------------------------------------------------------- the real file */
 
 START_TEST(test_conformance_file) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_safetensors *st = NULL;
   const char *path = th_shared_path("conformance/ops.safetensors");
   ck_assert_msg(fla_safetensors_open(ctx, path, &st) == FLA_OK, "%s", fla_errmsg(ctx));
@@ -159,7 +153,7 @@ START_TEST(test_conformance_file) {
 END_TEST
 
 START_TEST(test_open_errors) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_safetensors *st = (fla_safetensors *)&st;
   ck_assert_int_eq(fla_safetensors_open(ctx, "/nonexistent/x.safetensors", &st), FLA_IO);
   ck_assert_ptr_null(st);
@@ -219,7 +213,7 @@ static void assert_same(fla_tensor *a, fla_tensor *b) {
 }
 
 START_TEST(test_round_trip) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[256];
   snprintf(path, sizeof path, "%s/out.safetensors", dir);
@@ -259,7 +253,7 @@ START_TEST(test_round_trip) {
 END_TEST
 
 START_TEST(test_save_bad_args) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[256];
   snprintf(path, sizeof path, "%s/x.safetensors", dir);
@@ -294,7 +288,7 @@ END_TEST
 /* ---------------------------------------------------------------- atomic */
 
 START_TEST(test_save_missing_dir) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[512], sub[256];
   snprintf(sub, sizeof sub, "%s/no/such", dir);
@@ -315,7 +309,7 @@ START_TEST(test_save_missing_dir) {
 END_TEST
 
 START_TEST(test_save_replaces_only_on_success) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   sample s;
   make_sample(ctx, &s);
@@ -367,7 +361,7 @@ END_TEST
 /* -------------------------------------------------------------- malformed */
 
 START_TEST(test_empty_and_short_files) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[256];
   snprintf(path, sizeof path, "%s/empty.safetensors", dir);
@@ -482,7 +476,7 @@ START_TEST(test_overlap) {
 END_TEST
 
 START_TEST(test_truncated_data) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[256];
   snprintf(path, sizeof path, "%s/t.safetensors", dir);
@@ -515,7 +509,7 @@ START_TEST(test_unsupported_dtypes) {
       "\"big\": {\"dtype\": \"F32\", \"shape\": [1,1,1,1,1,1,1,1,1], \"data_offsets\": [13, 17]}}";
   size_t n;
   unsigned char *img = make_image(header, 17, &n);
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_safetensors *st = NULL;
   ck_assert_msg(fla_safetensors_open_buffer(ctx, img, n, &st) == FLA_OK, "%s", fla_errmsg(ctx));
   ck_assert_int_eq(fla_safetensors_count(st), 5);
@@ -606,7 +600,7 @@ static void load_all(fla_ctx *ctx, fla_safetensors *st) {
 }
 
 START_TEST(test_fuzz_mutations) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[256];
   snprintf(path, sizeof path, "%s/f.safetensors", dir);

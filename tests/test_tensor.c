@@ -8,12 +8,6 @@
 #include "harness.h"
 #include "internal.h"
 
-static fla_ctx *new_ctx(void) {
-  fla_ctx *ctx = NULL;
-  ck_assert_int_eq(fla_ctx_create(FLA_BACKEND_CPU, &ctx), FLA_OK);
-  return ctx;
-}
-
 static float bits_f32(uint32_t u) {
   float x;
   memcpy(&x, &u, sizeof x);
@@ -37,7 +31,7 @@ START_TEST(test_dtype_size_name) {
 END_TEST
 
 START_TEST(test_new_basic) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   int64_t shape[3] = {2, 3, 4};
   fla_tensor *t = NULL;
   ck_assert_int_eq(fla_tensor_new(ctx, FLA_F32, 3, shape, &t), FLA_OK);
@@ -55,7 +49,7 @@ START_TEST(test_new_basic) {
 END_TEST
 
 START_TEST(test_new_scalar_and_empty) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_tensor *t = NULL;
   ck_assert_int_eq(fla_tensor_new(ctx, FLA_F64, 0, NULL, &t), FLA_OK);
   ck_assert_int_eq(fla_tensor_numel(t), 1);
@@ -72,7 +66,7 @@ START_TEST(test_new_scalar_and_empty) {
 END_TEST
 
 START_TEST(test_wrap) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   int32_t buf[6] = {1, 2, 3, 4, 5, 6};
   int64_t shape[2] = {2, 3};
   fla_tensor *t = NULL;
@@ -89,7 +83,7 @@ START_TEST(test_wrap) {
 END_TEST
 
 START_TEST(test_new_bad_args) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_tensor *t = (fla_tensor *)&t; /* must be reset to NULL on failure */
   int64_t neg[3] = {2, -3, 4};
   ck_assert_int_eq(fla_tensor_new(ctx, FLA_F32, 3, neg, &t), FLA_INVALID);
@@ -116,7 +110,7 @@ START_TEST(test_new_bad_args) {
 END_TEST
 
 START_TEST(test_numel_overflow) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_tensor *t = NULL;
   int64_t big[2] = {(int64_t)1 << 32, (int64_t)1 << 32};
   ck_assert_int_eq(fla_tensor_new(ctx, FLA_F32, 2, big, &t), FLA_INVALID);
@@ -328,7 +322,7 @@ END_TEST
 /* ------------------------------------------------------------ copy & fill */
 
 START_TEST(test_copy_from_to) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   int64_t shape[2] = {2, 3};
   fla_tensor *t = NULL;
   ck_assert_int_eq(fla_tensor_new(ctx, FLA_BF16, 2, shape, &t), FLA_OK);
@@ -367,7 +361,7 @@ START_TEST(test_copy_from_to) {
 END_TEST
 
 START_TEST(test_fill) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   int64_t shape[1] = {5};
   const fla_dtype fl[4] = {FLA_F32, FLA_F64, FLA_BF16, FLA_F16};
   for (int k = 0; k < 4; k++) {

@@ -19,12 +19,6 @@
 #include "internal.h"
 #include "tunedb.h"
 
-static fla_ctx *new_ctx(void) {
-  fla_ctx *ctx = NULL;
-  ck_assert_int_eq(fla_ctx_create(FLA_BACKEND_CPU, &ctx), FLA_OK);
-  return ctx;
-}
-
 /* A fresh directory under /tmp; each Check test runs in its own process. */
 static const char *tmp_dir(void) {
   static char dir[64];
@@ -150,7 +144,7 @@ static void make_db(fla_ctx *ctx, const char *path, int rows) {
 /* -------------------------------------------------------------- tests */
 
 START_TEST(test_schema_created) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[256];
   join(path, sizeof path, dir, "a/b/tunedb.sqlite");  /* parents are created */
@@ -205,7 +199,7 @@ END_TEST
 
 /* A v0 -> v1 migration from a database that a reader cannot migrate. */
 START_TEST(test_migration_readonly_refuses) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[256];
   join(path, sizeof path, dir, "t.sqlite");
@@ -226,7 +220,7 @@ START_TEST(test_migration_readonly_refuses) {
 END_TEST
 
 START_TEST(test_bad_args) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   fla_tunedb *db = (fla_tunedb *)ctx;
   ck_assert_int_eq(fla_tunedb_open(ctx, NULL, FLA_TUNEDB_CREATE, &db), FLA_INVALID);
   ck_assert_ptr_null(db);
@@ -280,7 +274,7 @@ START_TEST(test_default_path) {
   ck_assert_int_eq(fla_tunedb_default_path(NULL, buf, 8), FLA_INVALID);
   ck_assert_str_eq(buf, "");
   unsetenv("HOME");
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   ck_assert_int_eq(fla_tunedb_default_path(ctx, buf, sizeof buf), FLA_IO);
   ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), "HOME"));
   fla_ctx_free(ctx);
@@ -316,7 +310,7 @@ START_TEST(test_bucket_and_distance) {
 END_TEST
 
 START_TEST(test_round_trip) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[256];
   join(path, sizeof path, dir, "t.sqlite");
@@ -365,7 +359,7 @@ START_TEST(test_round_trip) {
 END_TEST
 
 START_TEST(test_fallbacks) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[256];
   join(path, sizeof path, dir, "t.sqlite");
@@ -461,7 +455,7 @@ START_TEST(test_fallbacks) {
 END_TEST
 
 START_TEST(test_candidates) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[256];
   join(path, sizeof path, dir, "t.sqlite");
@@ -564,7 +558,7 @@ static void expect_refused(fla_ctx *ctx, const char *dir, const char *path, fla_
 }
 
 START_TEST(test_corrupt_files) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[256];
   join(path, sizeof path, dir, "t.sqlite");
@@ -618,7 +612,7 @@ START_TEST(test_corrupt_files) {
 END_TEST
 
 START_TEST(test_future_version) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[256];
   join(path, sizeof path, dir, "t.sqlite");
@@ -632,14 +626,8 @@ START_TEST(test_future_version) {
 }
 END_TEST
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 START_TEST(test_locked) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char path[256];
   join(path, sizeof path, dir, "t.sqlite");
@@ -659,9 +647,9 @@ START_TEST(test_locked) {
   char b[64];
   fla_tunedb_key k = make_key(b, sizeof b, 16, 512, 512);
   fla_tile_config w = cfg_of(64, 64, 64, 4), d = cfg_of(32, 32, 32, 4), got;
-  double t0 = now_s();
+  double t0 = th_now_s();
   ck_assert_int_eq(fla_tunedb_insert(db, &k, &w, 1.0, NULL, 0), FLA_IO);
-  double waited = now_s() - t0;
+  double waited = th_now_s() - t0;
   ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), "database is locked"));
   ck_assert_msg(waited >= 0.15 && waited < 1.9, "waited %.3f s for a 200 ms timeout", waited);
   fla_tunedb_candidate c = {cfg_of(64, 64, 64, 4), -1, FLA_TUNEDB_CAND_FAILED, "x"};
@@ -691,7 +679,7 @@ START_TEST(test_locked) {
 END_TEST
 
 START_TEST(test_readonly_location) {
-  fla_ctx *ctx = new_ctx();
+  fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
   char ro[256], path[512];
   join(ro, sizeof ro, dir, "ro");
