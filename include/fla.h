@@ -261,7 +261,9 @@ typedef struct fla_op_config {
 
 /* Binds recipe r to a shape. FLA_SHAPE for impossible shapes (a feature map
 ** that needs K > 0, a varlen batch with B != 1, ...); FLA_INVALID for an
-** unknown parameter. The op keeps a reference to r: free the op first. */
+** unknown parameter. The op keeps a reference to r: free the op first.
+** An op keeps work buffers (and on a GPU its compiled plan) between calls,
+** so it runs one call at a time, like its context. */
 fla_status fla_op_bind(fla_ctx *ctx, const fla_recipe *r,
                        const fla_op_config *cfg, fla_op **out);
 void fla_op_free(fla_op *op);
