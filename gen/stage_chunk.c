@@ -29,6 +29,7 @@
 */
 #include "internal.h"
 #include "stage.h"
+#include "stage_chunk_common.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -69,27 +70,8 @@ int64_t fla_chunk_fwd_blocklen(const fla_gen_key *key, const fla_tile_config *cf
   return blocklen_(args->num_chunks, args->N, args->H, nv_(key, cfg));
 }
 
-/* fla_chunk_fwd_h's own geometry (CK1_* in chunk_fwd.cuh): 8 warps (4 when
-** K <= 64), KW1 keys a warp, value tiles BV1 as wide as 64 state registers a
-** thread allow (at most 128), so that each block reads K once. */
-typedef struct {
-  int nw, kp, bv, nv;
-} h_geom;
-
-static h_geom h_geom_(const fla_gen_key *key) {
-  h_geom g;
-  g.nw = key->K > 64 ? 8 : 4;
-  int kw = (key->K + 16 * g.nw - 1) / (16 * g.nw) * 16;
-  int mt = kw / 16;
-  int v16 = (key->V + 15) / 16 * 16, bvmax = 128 / mt / 16 * 16;
-  g.kp = kw * g.nw;
-  g.bv = v16 < bvmax ? v16 : bvmax;
-  g.nv = (key->V + g.bv - 1) / g.bv;
-  return g;
-}
-
 static unsigned smem_h_(const fla_gen_key *key) {
-  h_geom g = h_geom_(key);
+  fla_chunk_h_geom g = fla_chunk_h_geom_of(key);
   return (unsigned)(2 * CHUNK_BT * (g.kp + 8) * 2 + 2 * CHUNK_BT * (g.bv + 8) * 2 + 256);
 }
 
@@ -152,15 +134,6 @@ static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*n
   return 3;
 }
 
-static void set_(fla_kernel_launch *l, const char *name, unsigned gx, unsigned gy, unsigned bx,
-                 unsigned smem) {
-  memset(l, 0, sizeof *l);
-  snprintf(l->name, sizeof l->name, "%s", name);
-  l->grid[0] = gx > 0 ? gx : 1, l->grid[1] = gy > 0 ? gy : 1, l->grid[2] = 1;
-  l->block[0] = bx, l->block[1] = 1, l->block[2] = 1;
-  l->smem = smem;
-}
-
 /* The launches for block length M (the harness passes its forced M). */
 int fla_chunk_fwd_launches_m(const fla_gen_key *key, const fla_tile_config *cfg,
                              const fla_kernel_args *args, int64_t M, fla_kernel_launch *out);
@@ -169,11 +142,11 @@ int fla_chunk_fwd_launches_m(const fla_gen_key *key, const fla_tile_config *cfg,
   int64_t NC = args->num_chunks, H = args->H, NV = nv_(key, cfg);
   int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
   int64_t elems = H * key->K * key->V;
-  h_geom hg = h_geom_(key);
-  set_(&out[0], "fla_chunk_fwd_h", (unsigned)(NB * hg.nv), (unsigned)H, 32 * (unsigned)hg.nw,
+  fla_chunk_h_geom hg = fla_chunk_h_geom_of(key);
+  fla_chunk_launch_set(&out[0], "fla_chunk_fwd_h", (unsigned)(NB * hg.nv), (unsigned)H, 32 * (unsigned)hg.nw,
        smem_h_(key));
-  set_(&out[1], "fla_chunk_fwd_scan", (unsigned)((elems + 255) / 256), 1, 256, 0);
-  set_(&out[2], "fla_chunk_fwd_o", (unsigned)(NB * NV), (unsigned)H, 32 * CHUNK_WARPS, smem_o_(key, cfg));
+  fla_chunk_launch_set(&out[1], "fla_chunk_fwd_scan", (unsigned)((elems + 255) / 256), 1, 256, 0);
+  fla_chunk_launch_set(&out[2], "fla_chunk_fwd_o", (unsigned)(NB * NV), (unsigned)H, 32 * CHUNK_WARPS, smem_o_(key, cfg));
   return 3;
 }
 

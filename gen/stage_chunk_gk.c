@@ -13,7 +13,7 @@
 ** Tiles as chunk_fwd's: BT = 64 tokens a chunk, 4 warps, BV value columns a
 ** program (multiple of 16, 16..128), BK = K (never tiled).
 **
-** Three kernels (grid, block, dynamic shared memory), KP, KW, NB, M, h_geom_ as
+** Three kernels (grid, block, dynamic shared memory), KP, KW, NB, M, fla_chunk_h_geom_of (stage_chunk_common.h) as
 ** in gen/stage_chunk.c (the same block-length formula: keep in step):
 **   fla_chunk_gk_fwd_h     (NB*NV1, H)   32*NW1  4*64*(KP1+8)*2 + 2*64*(BV1+8)*2
 **                                                 + 64*(KP1+4)*4 + 256
@@ -27,6 +27,7 @@
 */
 #include "internal.h"
 #include "stage.h"
+#include "stage_chunk_common.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -55,24 +56,8 @@ static int64_t blocklen_(int64_t NC, int64_t N, int64_t H, int64_t NV) {
   return m;
 }
 
-typedef struct {
-  int nw, kp, bv, nv;
-} h_geom;
-
-static h_geom h_geom_(const fla_gen_key *key) {
-  h_geom g;
-  g.nw = key->K > 64 ? 8 : 4;
-  int kw = (key->K + 16 * g.nw - 1) / (16 * g.nw) * 16;
-  int mt = kw / 16;
-  int v16 = (key->V + 15) / 16 * 16, bvmax = 128 / mt / 16 * 16;
-  g.kp = kw * g.nw;
-  g.bv = v16 < bvmax ? v16 : bvmax;
-  g.nv = (key->V + g.bv - 1) / g.bv;
-  return g;
-}
-
 static unsigned smem_h_(const fla_gen_key *key) {
-  h_geom g = h_geom_(key);
+  fla_chunk_h_geom g = fla_chunk_h_geom_of(key);
   return (unsigned)(4 * GK_BT * (g.kp + 8) * 2 + 2 * GK_BT * (g.bv + 8) * 2 + GK_BT * (g.kp + 4) * 4 +
                     256);
 }
@@ -137,15 +122,6 @@ static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*n
   return 3;
 }
 
-static void set_(fla_kernel_launch *l, const char *name, unsigned gx, unsigned gy, unsigned bx,
-                 unsigned smem) {
-  memset(l, 0, sizeof *l);
-  snprintf(l->name, sizeof l->name, "%s", name);
-  l->grid[0] = gx > 0 ? gx : 1, l->grid[1] = gy > 0 ? gy : 1, l->grid[2] = 1;
-  l->block[0] = bx, l->block[1] = 1, l->block[2] = 1;
-  l->smem = smem;
-}
-
 static int64_t blocklen_args_(const fla_gen_key *key, const fla_tile_config *cfg,
                               const fla_kernel_args *args) {
   return blocklen_(args->num_chunks, args->N, args->H, nv_(key, cfg));
@@ -157,11 +133,11 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
   int64_t M = blocklen_args_(key, cfg, args);
   int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
   int64_t elems = H * key->K * key->V;
-  h_geom hg = h_geom_(key);
-  set_(&out[0], "fla_chunk_gk_fwd_h", (unsigned)(NB * hg.nv), (unsigned)H, 32 * (unsigned)hg.nw,
+  fla_chunk_h_geom hg = fla_chunk_h_geom_of(key);
+  fla_chunk_launch_set(&out[0], "fla_chunk_gk_fwd_h", (unsigned)(NB * hg.nv), (unsigned)H, 32 * (unsigned)hg.nw,
        smem_h_(key));
-  set_(&out[1], "fla_chunk_gk_fwd_scan", (unsigned)((elems + 255) / 256), 1, 256, 0);
-  set_(&out[2], "fla_chunk_gk_fwd_o", (unsigned)(NB * NV), (unsigned)H, 32 * GK_WARPS,
+  fla_chunk_launch_set(&out[1], "fla_chunk_gk_fwd_scan", (unsigned)((elems + 255) / 256), 1, 256, 0);
+  fla_chunk_launch_set(&out[2], "fla_chunk_gk_fwd_o", (unsigned)(NB * NV), (unsigned)H, 32 * GK_WARPS,
        smem_o_(key, cfg));
   return 3;
 }

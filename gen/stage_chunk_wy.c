@@ -30,6 +30,7 @@
 ** raises CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to smem.
 */
 #include "stage.h"
+#include "stage_chunk_common.h"
 #include "internal.h"
 
 #include <stdio.h>
@@ -120,22 +121,13 @@ static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*n
   return 3;
 }
 
-static void set_(fla_kernel_launch *l, const char *name, unsigned gx, unsigned gy, unsigned bx,
-                 unsigned smem) {
-  memset(l, 0, sizeof *l);
-  snprintf(l->name, sizeof l->name, "%s", name);
-  l->grid[0] = gx > 0 ? gx : 1, l->grid[1] = gy > 0 ? gy : 1, l->grid[2] = 1;
-  l->block[0] = bx, l->block[1] = 1, l->block[2] = 1;
-  l->smem = smem;
-}
-
 static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
                      const fla_kernel_args *args, fla_kernel_launch *out) {
   int64_t NC = args->num_chunks, H = args->H, N = args->N, NV = nv_(key, cfg);
-  set_(&out[0], "fla_wy_prep", (unsigned)NC, (unsigned)H, 32 * WY_WARPS, smem_prep_(key));
+  fla_chunk_launch_set(&out[0], "fla_wy_prep", (unsigned)NC, (unsigned)H, 32 * WY_WARPS, smem_prep_(key));
   int64_t NVH = (key->V + bvh_(cfg) - 1) / bvh_(cfg);
-  set_(&out[1], "fla_wy_fwd_h", (unsigned)(NVH * N), (unsigned)H, 32 * WY_WARPS, smem_h_(key, cfg));
-  set_(&out[2], "fla_wy_fwd_o", (unsigned)(NC * NV), (unsigned)H, 32 * WY_WARPS, smem_o_(key, cfg));
+  fla_chunk_launch_set(&out[1], "fla_wy_fwd_h", (unsigned)(NVH * N), (unsigned)H, 32 * WY_WARPS, smem_h_(key, cfg));
+  fla_chunk_launch_set(&out[2], "fla_wy_fwd_o", (unsigned)(NC * NV), (unsigned)H, 32 * WY_WARPS, smem_o_(key, cfg));
   return 3;
 }
 
