@@ -38,27 +38,9 @@
 #define CHUNK_WARPS 4
 #define CHUNK_SMEM_MAX (227 * 1024)
 
-/* Block length: the same formula as ck_blocklen in chunk_fwd.cuh (keep the
-** constants in step). One block per sequence when the batch has equal-length
-** sequences and enough (sequence, head, value tile) programs; else blocks of
-** M chunks giving about TARGET programs. */
-#define CHUNK_FUSED_MIN 256
-#define CHUNK_TARGET_PROGRAMS 1024
-#define CHUNK_MIN_M 8
-#define CHUNK_MAX_M 64
-
 static int kw_(int K) { return (K + 16 * CHUNK_WARPS - 1) / (16 * CHUNK_WARPS) * 16; }
 static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
   return (key->V + cfg->BV - 1) / cfg->BV;
-}
-
-static int64_t blocklen_(int64_t NC, int64_t N, int64_t H, int64_t NV) {
-  if (NC <= 0) return 1;
-  if (N >= 1 && NC % N == 0 && N * H * NV >= CHUNK_FUSED_MIN) return NC / N;
-  int64_t m = NC * H * NV / CHUNK_TARGET_PROGRAMS;
-  if (m < CHUNK_MIN_M) m = CHUNK_MIN_M;
-  if (m > CHUNK_MAX_M) m = CHUNK_MAX_M;
-  return m;
 }
 
 /* The block length the kernels compute for these sizes (bench/chunk_harness.c
@@ -67,7 +49,7 @@ int64_t fla_chunk_fwd_blocklen(const fla_gen_key *key, const fla_tile_config *cf
                                const fla_kernel_args *args);
 int64_t fla_chunk_fwd_blocklen(const fla_gen_key *key, const fla_tile_config *cfg,
                                const fla_kernel_args *args) {
-  return blocklen_(args->num_chunks, args->N, args->H, nv_(key, cfg));
+  return fla_chunk_blocklen(args->num_chunks, args->N, args->H, nv_(key, cfg));
 }
 
 static unsigned smem_h_(const fla_gen_key *key) {

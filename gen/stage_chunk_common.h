@@ -40,4 +40,23 @@ static inline fla_chunk_h_geom fla_chunk_h_geom_of(const fla_gen_key *key) {
   return g;
 }
 
+/* Block length M (chunks per block) of the chunked scalar- and per-key-gate
+** stages; the templates compute the same (ck_blocklen: keep the constants in
+** step). One block per sequence when the batch has equal-length sequences
+** and enough (sequence, head, value tile) programs; else blocks of M chunks
+** giving about FLA_CHUNK_TARGET_PROGRAMS programs, M in [8, 64]. */
+#define FLA_CHUNK_FUSED_MIN 256
+#define FLA_CHUNK_TARGET_PROGRAMS 1024
+#define FLA_CHUNK_MIN_M 8
+#define FLA_CHUNK_MAX_M 64
+
+static inline int64_t fla_chunk_blocklen(int64_t NC, int64_t N, int64_t H, int64_t NV) {
+  if (NC <= 0) return 1;
+  if (N >= 1 && NC % N == 0 && N * H * NV >= FLA_CHUNK_FUSED_MIN) return NC / N;
+  int64_t m = NC * H * NV / FLA_CHUNK_TARGET_PROGRAMS;
+  if (m < FLA_CHUNK_MIN_M) m = FLA_CHUNK_MIN_M;
+  if (m > FLA_CHUNK_MAX_M) m = FLA_CHUNK_MAX_M;
+  return m;
+}
+
 #endif

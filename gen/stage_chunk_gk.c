@@ -36,24 +36,9 @@
 #define GK_WARPS 4
 #define GK_SMEM_MAX (227 * 1024)
 
-/* Block length: the formula of gen/stage_chunk.c and ck_blocklen. */
-#define GK_FUSED_MIN 256
-#define GK_TARGET_PROGRAMS 1024
-#define GK_MIN_M 8
-#define GK_MAX_M 64
-
 static int kw_(int K) { return (K + 16 * GK_WARPS - 1) / (16 * GK_WARPS) * 16; }
 static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
   return (key->V + cfg->BV - 1) / cfg->BV;
-}
-
-static int64_t blocklen_(int64_t NC, int64_t N, int64_t H, int64_t NV) {
-  if (NC <= 0) return 1;
-  if (N >= 1 && NC % N == 0 && N * H * NV >= GK_FUSED_MIN) return NC / N;
-  int64_t m = NC * H * NV / GK_TARGET_PROGRAMS;
-  if (m < GK_MIN_M) m = GK_MIN_M;
-  if (m > GK_MAX_M) m = GK_MAX_M;
-  return m;
 }
 
 static unsigned smem_h_(const fla_gen_key *key) {
@@ -124,7 +109,7 @@ static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*n
 
 static int64_t blocklen_args_(const fla_gen_key *key, const fla_tile_config *cfg,
                               const fla_kernel_args *args) {
-  return blocklen_(args->num_chunks, args->N, args->H, nv_(key, cfg));
+  return fla_chunk_blocklen(args->num_chunks, args->N, args->H, nv_(key, cfg));
 }
 
 static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,

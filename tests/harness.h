@@ -34,6 +34,13 @@ double th_now_s(void);
 /* A CPU context (the test fails when it cannot be made). */
 fla_ctx *th_cpu_ctx(void);
 
+/* Files for the tests: n bytes of p into path, the whole of path (malloc'd,
+** *n set), and the number of entries of a directory besides . and ..;
+** each asserts that the file system did what was asked. */
+void th_write_bytes(const char *path, const void *p, size_t n);
+unsigned char *th_read_bytes(const char *path, size_t *n);
+int th_count_entries(const char *dir);
+
 /* FLA_TEST_QUICK set in the environment: smaller loops (sanitizer builds). */
 int th_quick(void);
 

@@ -37,37 +37,6 @@ static void rm_dir(const char *dir) {
   rmdir(dir);
 }
 
-static int count_entries(const char *dir) {
-  DIR *d = opendir(dir);
-  ck_assert_ptr_nonnull(d);
-  int n = 0;
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL)
-    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
-  closedir(d);
-  return n;
-}
-
-static void write_bytes(const char *path, const void *p, size_t n) {
-  FILE *f = fopen(path, "wb");
-  ck_assert_ptr_nonnull(f);
-  ck_assert_uint_eq(fwrite(p, 1, n, f), n);
-  fclose(f);
-}
-
-static unsigned char *read_bytes(const char *path, size_t *n) {
-  FILE *f = fopen(path, "rb");
-  ck_assert_ptr_nonnull(f);
-  fseek(f, 0, SEEK_END);
-  long len = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  unsigned char *p = malloc((size_t)len + 1);
-  ck_assert_uint_eq(fread(p, 1, (size_t)len, f), (size_t)len);
-  fclose(f);
-  *n = (size_t)len;
-  return p;
-}
-
 /* Builds a file image: length prefix, header text, then `data_len` bytes of data. */
 static unsigned char *make_image(const char *header, size_t data_len, size_t *n) {
   size_t h = strlen(header);
@@ -221,7 +190,7 @@ START_TEST(test_round_trip) {
   make_sample(ctx, &s);
   ck_assert_msg(fla_safetensors_save(ctx, path, 5, s.names, (const fla_tensor *const *)s.t) == FLA_OK,
                 "%s", fla_errmsg(ctx));
-  ck_assert_int_eq(count_entries(dir), 1); /* no temporary file left behind */
+  ck_assert_int_eq(th_count_entries(dir), 1); /* no temporary file left behind */
 
   fla_safetensors *st = NULL;
   ck_assert_msg(fla_safetensors_open(ctx, path, &st) == FLA_OK, "%s", fla_errmsg(ctx));
@@ -237,7 +206,7 @@ START_TEST(test_round_trip) {
   /* The layout the reference implementation demands: header a multiple of 8,
   ** data contiguous up to the end of the file, each tensor aligned to its size. */
   size_t n;
-  unsigned char *img = read_bytes(path, &n);
+  unsigned char *img = th_read_bytes(path, &n);
   uint64_t h = 0;
   for (int i = 7; i >= 0; i--) h = (h << 8) | img[i];
   ck_assert_uint_eq(h % 8, 0);
@@ -272,7 +241,7 @@ START_TEST(test_save_bad_args) {
   ck_assert_int_eq(fla_safetensors_save(ctx, path, 1, null_name, ts), FLA_INVALID);
   ck_assert_int_eq(fla_safetensors_save(ctx, path, -1, s.names, ts), FLA_INVALID);
   ck_assert_int_eq(fla_safetensors_save(ctx, NULL, 1, s.names, ts), FLA_INVALID);
-  ck_assert_int_eq(count_entries(dir), 0);
+  ck_assert_int_eq(th_count_entries(dir), 0);
   /* Zero tensors is a valid (empty) file. */
   ck_assert_int_eq(fla_safetensors_save(ctx, path, 0, NULL, NULL), FLA_OK);
   fla_safetensors *st = NULL;
@@ -301,7 +270,7 @@ START_TEST(test_save_missing_dir) {
   ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), strerror(ENOENT)));
   struct stat sb;
   ck_assert_int_ne(stat(sub, &sb), 0);
-  ck_assert_int_eq(count_entries(dir), 0);
+  ck_assert_int_eq(th_count_entries(dir), 0);
   free_sample(&s);
   rm_dir(dir);
   fla_ctx_free(ctx);
@@ -321,13 +290,13 @@ START_TEST(test_save_replaces_only_on_success) {
   memset(name, 'n', 250);
   name[250] = '\0';
   snprintf(path, sizeof path, "%s/%s", dir, name);
-  write_bytes(path, "old contents", 12);
+  th_write_bytes(path, "old contents", 12);
   ck_assert_int_eq(fla_safetensors_save(ctx, path, 5, s.names, ts), FLA_IO);
   size_t n;
-  unsigned char *img = read_bytes(path, &n);
+  unsigned char *img = th_read_bytes(path, &n);
   ck_assert(n == 12 && memcmp(img, "old contents", 12) == 0);
   free(img);
-  ck_assert_int_eq(count_entries(dir), 1);
+  ck_assert_int_eq(th_count_entries(dir), 1);
 
   /* A failure at the rename step (the target is a non-empty directory)
   ** removes the temporary file. */
@@ -335,23 +304,23 @@ START_TEST(test_save_replaces_only_on_success) {
   snprintf(target, sizeof target, "%s/d", dir);
   ck_assert_int_eq(mkdir(target, 0777), 0);
   snprintf(inner, sizeof inner, "%s/keep", target);
-  write_bytes(inner, "k", 1);
+  th_write_bytes(inner, "k", 1);
   ck_assert_int_eq(fla_safetensors_save(ctx, target, 5, s.names, ts), FLA_IO);
   ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), "rename"));
-  ck_assert_int_eq(count_entries(dir), 2);
+  ck_assert_int_eq(th_count_entries(dir), 2);
   unlink(inner);
   rmdir(target);
 
   /* Success replaces an existing file. */
   char ok[256];
   snprintf(ok, sizeof ok, "%s/model.safetensors", dir);
-  write_bytes(ok, "old contents", 12);
+  th_write_bytes(ok, "old contents", 12);
   ck_assert_int_eq(fla_safetensors_save(ctx, ok, 5, s.names, ts), FLA_OK);
   fla_safetensors *st = NULL;
   ck_assert_int_eq(fla_safetensors_open(ctx, ok, &st), FLA_OK);
   ck_assert_int_eq(fla_safetensors_count(st), 5);
   fla_safetensors_free(st);
-  ck_assert_int_eq(count_entries(dir), 2);
+  ck_assert_int_eq(th_count_entries(dir), 2);
   free_sample(&s);
   rm_dir(dir);
   fla_ctx_free(ctx);
@@ -365,12 +334,12 @@ START_TEST(test_empty_and_short_files) {
   const char *dir = tmp_dir();
   char path[256];
   snprintf(path, sizeof path, "%s/empty.safetensors", dir);
-  write_bytes(path, "", 0);
+  th_write_bytes(path, "", 0);
   fla_safetensors *st = NULL;
   ck_assert_int_eq(fla_safetensors_open(ctx, path, &st), FLA_FORMAT);
   ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), path));
   ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), "0 bytes"));
-  write_bytes(path, "\x02\0\0\0\0\0\0", 7);
+  th_write_bytes(path, "\x02\0\0\0\0\0\0", 7);
   ck_assert_int_eq(fla_safetensors_open(ctx, path, &st), FLA_FORMAT);
   ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), "7 bytes"));
   rm_dir(dir);
@@ -485,10 +454,10 @@ START_TEST(test_truncated_data) {
   ck_assert_int_eq(fla_safetensors_save(ctx, path, 5, s.names, (const fla_tensor *const *)s.t),
                    FLA_OK);
   size_t n;
-  unsigned char *img = read_bytes(path, &n);
+  unsigned char *img = th_read_bytes(path, &n);
   expect_image(img, n, FLA_OK, "");
   expect_image(img, n - 3, FLA_FORMAT, "truncated");
-  write_bytes(path, img, n - 1);
+  th_write_bytes(path, img, n - 1);
   fla_safetensors *st = NULL;
   ck_assert_int_eq(fla_safetensors_open(ctx, path, &st), FLA_FORMAT);
   ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), path));
@@ -610,7 +579,7 @@ START_TEST(test_fuzz_mutations) {
                    FLA_OK);
   free_sample(&s);
   size_t n0;
-  unsigned char *orig = read_bytes(path, &n0);
+  unsigned char *orig = th_read_bytes(path, &n0);
   rm_dir(dir);
   enum { MAX_EDITS = 4 };
   const size_t hdr0 = 8 + (size_t)orig[0] + ((size_t)orig[1] << 8);

@@ -48,37 +48,6 @@ static void rm_tree(const char *dir) {
   rmdir(dir);
 }
 
-static int count_entries(const char *dir) {
-  DIR *d = opendir(dir);
-  ck_assert_ptr_nonnull(d);
-  int n = 0;
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL)
-    if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
-  closedir(d);
-  return n;
-}
-
-static void write_bytes(const char *path, const void *p, size_t n) {
-  FILE *f = fopen(path, "wb");
-  ck_assert_ptr_nonnull(f);
-  ck_assert_uint_eq(fwrite(p, 1, n, f), n);
-  fclose(f);
-}
-
-static unsigned char *read_bytes(const char *path, size_t *n) {
-  FILE *f = fopen(path, "rb");
-  ck_assert_ptr_nonnull(f);
-  fseek(f, 0, SEEK_END);
-  long len = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  unsigned char *p = malloc((size_t)len + 1);
-  ck_assert_uint_eq(fread(p, 1, (size_t)len, f), (size_t)len);
-  fclose(f);
-  *n = (size_t)len;
-  return p;
-}
-
 static void join(char *buf, size_t len, const char *dir, const char *name) {
   int n = snprintf(buf, len, "%s/%s", dir, name);
   ck_assert(n > 0 && (size_t)n < len);
@@ -154,7 +123,7 @@ START_TEST(test_schema_created) {
   ck_assert_ptr_null(db);
   ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), "no such file"));
   ck_assert_int_eq(fla_tunedb_open(ctx, path, FLA_TUNEDB_READONLY, &db), FLA_IO);
-  ck_assert_int_eq(count_entries(dir), 0);
+  ck_assert_int_eq(th_count_entries(dir), 0);
 
   ck_assert_int_eq(fla_tunedb_open(ctx, path, FLA_TUNEDB_CREATE, &db), FLA_OK);
   ck_assert_ptr_nonnull(db);
@@ -184,7 +153,7 @@ START_TEST(test_schema_created) {
   /* An empty file is a new database for a writer, no database for a reader. */
   char empty[256];
   join(empty, sizeof empty, dir, "empty.sqlite");
-  write_bytes(empty, "", 0);
+  th_write_bytes(empty, "", 0);
   ck_assert_int_eq(fla_tunedb_open(ctx, empty, FLA_TUNEDB_READONLY, &db), FLA_FORMAT);
   ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), "empty"));
   ck_assert_int_eq(fla_tunedb_open(ctx, empty, FLA_TUNEDB_READWRITE, &db), FLA_OK);
@@ -538,7 +507,7 @@ static int count_non_sidecar(const char *dir) {
 static void expect_refused(fla_ctx *ctx, const char *dir, const char *path, fla_status want,
                            const char *msg_part) {
   size_t n0;
-  unsigned char *before = read_bytes(path, &n0);
+  unsigned char *before = th_read_bytes(path, &n0);
   int entries = count_non_sidecar(dir);
   const int flags[3] = {FLA_TUNEDB_READONLY, FLA_TUNEDB_READWRITE, FLA_TUNEDB_CREATE};
   for (int i = 0; i < 3; i++) {
@@ -548,7 +517,7 @@ static void expect_refused(fla_ctx *ctx, const char *dir, const char *path, fla_
     if (msg_part && !strstr(fla_errmsg(ctx), msg_part))
       ck_abort_msg("message '%s' lacks '%s'", fla_errmsg(ctx), msg_part);
     size_t n1;
-    unsigned char *after = read_bytes(path, &n1);
+    unsigned char *after = th_read_bytes(path, &n1);
     ck_assert_uint_eq(n0, n1);
     ck_assert(memcmp(before, after, n0) == 0);
     free(after);
@@ -568,27 +537,27 @@ START_TEST(test_corrupt_files) {
   th_seed(&r, 4);
   unsigned char junk[8192];
   for (size_t i = 0; i < sizeof junk; i++) junk[i] = (unsigned char)(th_uniform(&r) * 256);
-  write_bytes(path, junk, sizeof junk);
+  th_write_bytes(path, junk, sizeof junk);
   expect_refused(ctx, dir, path, FLA_FORMAT, "not an SQLite database");
 
   /* A text file. */
   const char *text = "recipe,stage,bt\ngla,chunk_fwd,64\n";
-  write_bytes(path, text, strlen(text));
+  th_write_bytes(path, text, strlen(text));
   expect_refused(ctx, dir, path, FLA_FORMAT, "not an SQLite database");
 
   /* A real database, truncated: to half, and to just past the magic. */
   unlink(path);
   make_db(ctx, path, 200);
   size_t n;
-  unsigned char *img = read_bytes(path, &n);
+  unsigned char *img = th_read_bytes(path, &n);
   ck_assert(n >= 4 * 4096);
-  write_bytes(path, img, n / 2);
+  th_write_bytes(path, img, n / 2);
   expect_refused(ctx, dir, path, FLA_FORMAT, "corrupt");
-  write_bytes(path, img, 50);
+  th_write_bytes(path, img, 50);
   expect_refused(ctx, dir, path, FLA_FORMAT, NULL);
   /* Damaged in the middle (a page of zeros). */
   memset(img + 2 * 4096, 0, 4096);
-  write_bytes(path, img, n);
+  th_write_bytes(path, img, n);
   expect_refused(ctx, dir, path, FLA_FORMAT, "corrupt");
   free(img);
 
@@ -693,12 +662,12 @@ START_TEST(test_readonly_location) {
     ck_assert_ptr_null(db);
     join(path, sizeof path, ro, "sub/tunedb.sqlite");
     ck_assert_int_eq(fla_tunedb_open(ctx, path, FLA_TUNEDB_CREATE, &db), FLA_IO);
-    ck_assert_int_eq(count_entries(ro), 0);
+    ck_assert_int_eq(th_count_entries(ro), 0);
   }
   /* Whoever runs it: a "directory" that is a regular file (ENOTDIR). */
   char file[256];
   join(file, sizeof file, dir, "plain");
-  write_bytes(file, "x", 1);
+  th_write_bytes(file, "x", 1);
   join(path, sizeof path, file, "tunedb.sqlite");
   ck_assert_int_eq(fla_tunedb_open(ctx, path, FLA_TUNEDB_CREATE, &db), FLA_IO);
   ck_assert_ptr_null(db);
@@ -706,7 +675,7 @@ START_TEST(test_readonly_location) {
   ck_assert_int_eq(fla_tunedb_open(ctx, path, FLA_TUNEDB_CREATE, &db), FLA_IO);
   ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), "directory"));
   size_t n;
-  unsigned char *p = read_bytes(file, &n);
+  unsigned char *p = th_read_bytes(file, &n);
   ck_assert_uint_eq(n, 1);
   free(p);
   rm_tree(dir);
