@@ -81,6 +81,12 @@ typedef struct fla_kernel_args {
   uint64_t chunk_first;                 /* [N+1] int64: first chunk of seq n  */
   uint64_t ws0, ws1;                    /* stage workspaces (see fla_stage_workspace) */
   uint64_t x, y;                        /* prep: input and output rows        */
+  /* Backward stages: the output gradients in, the input gradients out
+  ** (layouts of the inputs they belong to; dh0 [N,H,K,V] f32). */
+  uint64_t d_o, dht;
+  uint64_t dq, dk, dv, dp, dg, dbeta, dbonus, dh0;
+  uint64_t dx, dy;                      /* prep backward: dL/dx from dL/dy    */
+  uint64_t ws2, ws3;                    /* more stage workspace               */
   int64_t total;                        /* tokens over all sequences          */
   int64_t rows;                         /* prep: number of rows               */
   int32_t N, H;

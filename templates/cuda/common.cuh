@@ -23,14 +23,18 @@ struct fla_kernel_args {
   fla_u64 chunk_first;                 /* [N+1] int64: first chunk of seq n  */
   fla_u64 ws0, ws1;                    /* stage workspaces                   */
   fla_u64 x, y;                        /* prep: input and output rows        */
+  fla_u64 d_o, dht;                    /* backward: output gradients         */
+  fla_u64 dq, dk, dv, dp, dg, dbeta, dbonus, dh0; /* input gradients      */
+  fla_u64 dx, dy;                      /* prep backward                      */
+  fla_u64 ws2, ws3;                    /* more stage workspace               */
   fla_i64 total;                       /* tokens over all sequences          */
   fla_i64 rows;                        /* prep: number of rows               */
   fla_i32 N, H;
   fla_i32 num_chunks;                  /* NC: chunks over all sequences      */
   float scale;
 };
-/* 18 pointers, 2 int64, 3 int32 and a float: no padding anywhere. */
-static_assert(sizeof(fla_kernel_args) == 176, "fla_kernel_args differs from generate.h");
+/* 32 pointers, 2 int64, 3 int32 and a float: no padding anywhere. */
+static_assert(sizeof(fla_kernel_args) == 288, "fla_kernel_args differs from generate.h");
 
 /* ------------------------------------------------------------ input type */
 
