@@ -95,11 +95,14 @@ START_TEST(test_args_layout) {
   ck_assert_uint_eq(offsetof(fla_kernel_args, gamma), 56);
   ck_assert_uint_eq(offsetof(fla_kernel_args, cu), 88);
   ck_assert_uint_eq(offsetof(fla_kernel_args, y), 136);
-  ck_assert_uint_eq(offsetof(fla_kernel_args, total), 144);
-  ck_assert_uint_eq(offsetof(fla_kernel_args, rows), 152);
-  ck_assert_uint_eq(offsetof(fla_kernel_args, N), 160);
-  ck_assert_uint_eq(offsetof(fla_kernel_args, num_chunks), 168);
-  ck_assert_uint_eq(offsetof(fla_kernel_args, scale), 172);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, d_o), 144);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, dh0), 216);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, ws3), 248);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, total), 256);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, rows), 264);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, N), 272);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, num_chunks), 280);
+  ck_assert_uint_eq(offsetof(fla_kernel_args, scale), 284);
 }
 END_TEST
 
