@@ -8,9 +8,10 @@
 #           mkdir -p .device/conformance && cp ../shared/conformance/ops.safetensors .device/conformance/
 #   there:  bash bench/gpu_run.sh        (run tool: carry ["build", ".device"])
 #
-# Runs build/test_gpu_ops (every recipe's GPU forward against the CPU),
-# build/fla-check --device cuda on every conformance case (f32 and bf16, both
-# algorithms), and build/fla-bench --device cuda when it runs there. Full logs
+# Runs build/test_gpu_ops (every recipe's GPU forward and backward against the
+# CPU), build/fla-check --device cuda on every conformance case (f32 and bf16,
+# both algorithms; outputs and every gradient), and build/fla-bench --device
+# cuda (forward, and forward+backward for T > 1) when it runs there. Full logs
 # go to $OUT (or .device/out/ when OUT is unset); a short table comes last.
 # Exit status: 0 when every part passed.
 set -u
@@ -47,14 +48,15 @@ if [ -f "$OPS" ]; then
       echo "$out" >> "$OUT/fla_check.log"
       echo "rc=$rc" >> "$OUT/fla_check.log"
       [ $rc -ne 0 ] && rc_check=1
-      # one row per (case, dtype, algo): o and ht errors
+      # one row per (case, dtype, algo): o and ht errors, the worst gradient
       for algo in chunk recurrent; do
         o=$(echo "$out" | awk -v a=$algo '$1==a && $2=="o" {print $4}')
         h=$(echo "$out" | awk -v a=$algo '$1==a && $2=="ht" {print $4}')
+        gw=$(echo "$out" | awk -v a=$algo '$1==a && $2 ~ /^d/ {if ($4+0 >= m+0) {m=$4; n=$2}} END {if (n) print m " (" n ")"}')
         bad=$(echo "$out" | awk -v a=$algo '$1==a && /FAIL/' | wc -l)
         res=ok; [ "$bad" -gt 0 ] && res=FAIL; [ -z "$o" ] && res="error (rc $rc)"
-        printf '| %-11s | %-16s | %-4s | %-9s | %-9s | %-9s | %s |\n' "$cs" "$recipe" "$dt" "$algo" \
-          "${o:--}" "${h:--}" "$res" >> "$OUT/fla_check.rows"
+        printf '| %-11s | %-16s | %-4s | %-9s | %-9s | %-9s | %-17s | %s |\n' "$cs" "$recipe" "$dt" "$algo" \
+          "${o:--}" "${h:--}" "${gw:--}" "$res" >> "$OUT/fla_check.rows"
       done
     done
   done
@@ -64,7 +66,7 @@ else
   rc_check=2
 fi
 
-# 3. fla-bench on the GPU: the shapes of shared/ANCHORS.md (forward, bf16).
+# 3. fla-bench on the GPU: the shapes of shared/ANCHORS.md (forward and fwd+bwd, bf16).
 timeout ${BENCH_TIMEOUT:-300} "$BUILD/fla-bench" --device cuda > "$OUT/fla_bench.log" 2>&1
 rc_bench=$?
 
@@ -75,13 +77,13 @@ rc_bench=$?
   echo "test_gpu_ops (rc $rc_ops, ${t_ops} s): $(grep -E '^[0-9]+%: Checks' "$OUT/test_gpu_ops.log" | tail -n1)"
   grep -E '^(test_gpu_ops: |warm-up: )' "$OUT/test_gpu_ops.log" | head -n 3
   grep -E '^gpu_ops: ' "$OUT/test_gpu_ops.log"
+  grep -E '^gpu_ops_bwd: ' "$OUT/test_gpu_ops.log"
   grep -E ':[A-Z]:|FAIL' "$OUT/test_gpu_ops.log" | grep -v '^  ' | head -n 20
   echo
-  echo "fla-check --device cuda (rc $rc_check): relative RMS vs the float64 references"
-  echo "| case        | recipe           | dt   | algo      | o         | ht        | result |"
-  echo "|-------------|------------------|------|-----------|-----------|-----------|--------|"
+  echo "fla-check --device cuda (rc $rc_check): relative RMS vs the float64 references (grad: the worst gradient)"
+  echo "| case        | recipe           | dt   | algo      | o         | ht        | grad              | result |"
+  echo "|-------------|------------------|------|-----------|-----------|-----------|-------------------|--------|"
   cat "$OUT/fla_check.rows"
-  grep -m1 'backward: not generated' "$OUT/fla_check.log" | sed 's/^[a-z]* *backward: /(gradients: /; s/$/)/'
   echo
   echo "fla-bench --device cuda: rc $rc_bench (log: fla_bench.log)"
   cat "$OUT/fla_bench.log"

@@ -8,8 +8,8 @@
 ** stage reads and the tile configuration (defaults filled in), written in a
 ** fixed order, so the module cache (runtime/cuda/modcache.h) keys on it.
 ** Fields a stage does not read are zeroed first (prep_fwd reads only the
-** feature map, its input dim and the dtype; recurrent_fwd everything but the
-** feature map), so e.g. every recipe with l2norm on 128-dim keys shares one
+** feature map, its input dim and the dtype, as does prep_bwd; recurrent_fwd
+** and recurrent_bwd everything but the feature map), so e.g. every recipe with l2norm on 128-dim keys shares one
 ** prep module.
 */
 #include "generate.h"
@@ -35,6 +35,8 @@ const char *fla_stage_name(fla_stage s) {
   case FLA_STAGE_CHUNK_FWD: return "chunk_fwd";
   case FLA_STAGE_CHUNK_GK_FWD: return "chunk_gk_fwd";
   case FLA_STAGE_CHUNK_WY_FWD: return "chunk_wy_fwd";
+  case FLA_STAGE_PREP_BWD: return "prep_bwd";
+  case FLA_STAGE_RECURRENT_BWD: return "recurrent_bwd";
   default: return "?";
   }
 }
@@ -46,6 +48,8 @@ static const fla_stage_impl *impl_(fla_stage s) {
   case FLA_STAGE_CHUNK_FWD: return &fla_stage_chunk_fwd;
   case FLA_STAGE_CHUNK_GK_FWD: return &fla_stage_chunk_gk_fwd;
   case FLA_STAGE_CHUNK_WY_FWD: return &fla_stage_chunk_wy_fwd;
+  case FLA_STAGE_PREP_BWD: return &fla_stage_prep_bwd;
+  case FLA_STAGE_RECURRENT_BWD: return &fla_stage_recurrent_bwd;
   default: return NULL;
   }
 }
@@ -78,7 +82,7 @@ void fla_gen_key_from_ir(const fla_ir *ir, int K_state, int V, int in_bf16, int 
 ** feature map's output dim (INT_MAX when that overflows). */
 static void canon_key_(fla_stage s, const fla_gen_key *in, fla_gen_key *out) {
   *out = *in;
-  if (s == FLA_STAGE_PREP_FWD) {
+  if (s == FLA_STAGE_PREP_FWD || s == FLA_STAGE_PREP_BWD) {
     memset(out, 0, sizeof *out);
     out->in_bf16 = in->in_bf16;
     out->feature = in->feature;
@@ -87,7 +91,7 @@ static void canon_key_(fla_stage s, const fla_gen_key *in, fla_gen_key *out) {
                        ? fla_feature_dim((fla_ir_feature)in->feature, in->feature_in_dim)
                        : 0;
     out->K = dout > INT_MAX ? INT_MAX : (int)dout;
-  } else if (s == FLA_STAGE_RECURRENT_FWD) {
+  } else if (s == FLA_STAGE_RECURRENT_FWD || s == FLA_STAGE_RECURRENT_BWD) {
     out->feature = 0;
     out->feature_in_dim = 0;
   }
@@ -105,7 +109,7 @@ static fla_status key_check_(fla_ctx *ctx, fla_stage s, const fla_gen_key *k) {
   if (k->decay < 0 || k->decay > 3)
     return fla_set_error(ctx, FLA_INVALID, "%s: decay %d is not 0 (none), 1 (const), 2 (scalar) "
                          "or 3 (per-key)", st, k->decay);
-  if (s == FLA_STAGE_PREP_FWD) {
+  if (s == FLA_STAGE_PREP_FWD || s == FLA_STAGE_PREP_BWD) {
     if (k->feature < FLA_FEATURE_IDENTITY || k->feature > FLA_FEATURE_TAYLOR2)
       return fla_set_error(ctx, FLA_INVALID, "%s: unknown feature map %d", st, k->feature);
     if (k->feature_in_dim < 1)

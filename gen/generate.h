@@ -17,9 +17,9 @@
 **   FLA_HAS_BONUS         1: + scale (q . (bonus_h * k)) v (RWKV-6)
 **   FLA_KEY_FROM_DECAY    1: k = 1 - exp(g) computed on load (HGRN2)
 **   FLA_IN_BF16           1: q, k, v, p, g, beta, bonus, o are bf16; else f32
-**   FLA_HAS_H0, FLA_STORE_HT
-**   FLA_FEATURE           prep stage only: the fla_ir_feature to apply
-**   FLA_FEATURE_IN_DIM    prep stage only: its input dim D (FLA_K is then the
+**   FLA_HAS_H0, FLA_STORE_HT  (backward stages: STORE_HT = a dht is given)
+**   FLA_FEATURE           prep stages only: the fla_ir_feature to apply
+**   FLA_FEATURE_IN_DIM    prep stages only: its input dim D (FLA_K is then the
 **                         output dim, 1 + D + D^2 for taylor2, else D)
 **   FLA_BT, FLA_BK, FLA_BV, FLA_WARPS   the tile configuration
 **
@@ -46,6 +46,8 @@ typedef enum fla_stage {
   FLA_STAGE_CHUNK_FWD,      /* chunkwise-parallel forward: o, ht (scalar gates) */
   FLA_STAGE_CHUNK_GK_FWD,   /* chunked forward, per-key gates (GLA, sub-chunks) */
   FLA_STAGE_CHUNK_WY_FWD,   /* chunked forward, delta rule (WY / UT transform)  */
+  FLA_STAGE_PREP_BWD,       /* dx = phi'(x)^T dy row by row (dy f32)            */
+  FLA_STAGE_RECURRENT_BWD,  /* token by token backward, checkpointed: dq..dh0   */
   FLA_STAGE_COUNT
 } fla_stage;
 

@@ -304,8 +304,16 @@ fla_status fla_op_forward(fla_op *op, const fla_arg *inputs, int num_inputs,
                           fla_tensor *o, fla_tensor *ht);
 
 /* Backward of L = sum(o * d_o) + sum(ht * dht), recomputing the forward.
-** Not yet on a CUDA context: FLA_UNSUPPORTED ("backward on the GPU is not
-** generated yet").
+** On a CUDA context every tensor is a device tensor; the recipe inputs and
+** d_o share one dtype (bf16 or f32), each input gradient has that dtype too,
+** and h0, dht and dh0 are f32 (anything else: FLA_UNSUPPORTED with the
+** reason). The kernels are generated like the forward's: the feature maps
+** run forward again, then the core backward (a chunked backward stage where
+** one is generated for the recipe, else the token-by-token backward, which
+** recomputes states from checkpoints every 64 tokens), then the feature
+** maps' backward; scratch memory grows with T*H*K*V/64 (checkpoints) and
+** with T*H*K times ceil(V/16) (per-block partial sums). The call returns
+** once the kernels have finished.
 ** dht may be NULL (zero). grads names gradients as "d" + input name ("dq",
 ** "dk", "dg", "dbeta", "dh0", ...); each given tensor must have the input's
 ** shape and receives the gradient (overwritten, not accumulated). Gradients

@@ -199,36 +199,53 @@ static fla_status run_input_(fla_ctx *ctx, fla_tensor *host, fla_dtype dtype, fl
   return s;
 }
 
-static fla_status run_backward_(fla_ctx *ctx, const fla_safetensors *st, const char *cs, fla_op *op,
-                                const fla_ir *ir, case_tensors *c, fla_arg *args, int nargs,
-                                double tol, fla_check_row *rows, int *n) {
+/* Every gradient the case holds. On the GPU, d_o is uploaded in dtype and
+** dht in f32, input gradients are device tensors of dtype (dh0 f32), read
+** back to host f32 for the comparison. bf16 runs compare gates and rates
+** against max(tol, 2e-2) (fla's thresholds for dg, dgk, dbeta). */
+static fla_status run_backward_(fla_ctx *ctx, fla_ctx *hc, const fla_safetensors *st, const char *cs,
+                                fla_op *op, const fla_ir *ir, case_tensors *c, fla_arg *args,
+                                int nargs, fla_dtype dtype, double tol, fla_check_row *rows, int *n) {
+  int gpu = fla_ctx_backend(ctx) == FLA_BACKEND_CUDA;
   fla_arg grads[FLA_IR_MAX_INPUTS + 1];
   fla_tensor *refs[FLA_IR_MAX_INPUTS + 1] = {0};
+  double tols[FLA_IR_MAX_INPUTS + 1];
   char gname[FLA_IR_MAX_INPUTS + 1][80], fname[80];
   int ng = 0;
   fla_status s = FLA_OK;
+  fla_tensor *d_o = c->d_o, *dht = c->dht;
+  if (gpu) {
+    d_o = dht = NULL;
+    s = run_input_(ctx, c->d_o, dtype, &d_o);
+    if (s == FLA_OK && c->dht) s = run_input_(ctx, c->dht, FLA_F32, &dht);
+  }
   for (int i = 0; s == FLA_OK && i <= ir->num_inputs; i++) {
     const char *x = i < ir->num_inputs ? c->file_name[i] : "h0";
     snprintf(fname, sizeof fname, "d%s", x);
     if (!has_(st, cs, "grad", fname)) continue;
-    s = load_(ctx, st, cs, "grad", fname, &refs[ng]);
+    s = load_(hc, st, cs, "grad", fname, &refs[ng]);
     if (s != FLA_OK) break;
     snprintf(gname[ng], sizeof gname[ng], "d%s", i < ir->num_inputs ? ir->inputs[i].name : "h0");
     grads[ng].name = gname[ng];
-    s = fla_tensor_new(ctx, FLA_F32, fla_tensor_ndim(refs[ng]), fla_tensor_shape(refs[ng]),
+    int gate = i < ir->num_inputs && (i == ir->decay_input || i == ir->rate);
+    tols[ng] = dtype == FLA_BF16 && gate && tol < 2e-2 ? 2e-2 : tol;
+    fla_dtype gd = gpu && i < ir->num_inputs ? dtype : FLA_F32;
+    s = fla_tensor_new(ctx, gd, fla_tensor_ndim(refs[ng]), fla_tensor_shape(refs[ng]),
                        &grads[ng].tensor);
     if (s == FLA_OK) fla_tensor_fill(ctx, grads[ng].tensor, NAN);
     ng++;
     if (s != FLA_OK) grads[ng - 1].tensor = NULL;
   }
-  if (s == FLA_OK) s = fla_op_backward(op, args, nargs, c->d_o, c->dht, grads, ng);
+  if (s == FLA_OK) s = fla_op_backward(op, args, nargs, d_o, dht, grads, ng);
   for (int j = 0; j < ng; j++) {
-    if (s == FLA_OK) {
-      add_row_(rows, n, grads[j].name, rel_rms_(grads[j].tensor, refs[j]), tol);
-    }
+    fla_tensor *host = NULL;
+    if (s == FLA_OK) s = to_host_f32_(hc, ctx, grads[j].tensor, &host);
+    if (s == FLA_OK) add_row_(rows, n, grads[j].name, rel_rms_(host, refs[j]), tols[j]);
+    fla_tensor_free(host);
     fla_tensor_free(grads[j].tensor);
     fla_tensor_free(refs[j]);
   }
+  if (gpu) fla_tensor_free(d_o), fla_tensor_free(dht);
   return s;
 }
 
@@ -277,9 +294,8 @@ fla_status fla_check_case_ex(fla_ctx *ctx, const fla_recipe *r, const fla_safete
     args[nargs++] = (fla_arg){"h0", run_h0};
   }
   if (s == FLA_OK) s = run_forward_(ctx, hc, op, &c, args, nargs, dtype, tol, rows, nrows);
-  if (s == FLA_OK && c.d_o && gpu && backward_skipped) *backward_skipped = 1;
-  if (s == FLA_OK && c.d_o && !gpu)
-    s = run_backward_(ctx, st, name, op, ir, &c, args, nargs, tol, rows, nrows);
+  if (s == FLA_OK && c.d_o)
+    s = run_backward_(ctx, hc, st, name, op, ir, &c, args, nargs, dtype, tol, rows, nrows);
   for (int i = 0; i < FLA_IR_MAX_INPUTS; i++)
     if (run_in[i] != c.in[i]) fla_tensor_free(run_in[i]);
   if (run_h0 != c.h0) fla_tensor_free(run_h0);

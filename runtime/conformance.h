@@ -27,9 +27,11 @@ fla_status fla_check_case(fla_ctx *ctx, const fla_recipe *r, const fla_safetenso
 /* fla_check_case with the case's inputs rounded to `dtype` (FLA_F32 or
 ** FLA_BF16; h0 stays f32) before the run. On a CUDA context the case is read
 ** and compared on the host (a CPU context of its own), the inputs are
-** uploaded, the forward runs on the GPU with o in `dtype` and ht in f32, and
-** both are read back for the comparison; the backward is not run there, and
-** *backward_skipped (may be NULL) is set to 1 when the case holds gradients. */
+** uploaded, the forward runs on the GPU with o in `dtype` and ht in f32, the
+** backward with d_o in `dtype`, dht in f32 and the input gradients in `dtype`
+** (dh0 f32), and everything is read back for the comparison. In bf16 the
+** gradients of gates and rates are held to max(tol, 2e-2). *backward_skipped
+** (may be NULL) is set to 0: every backend runs the backward now. */
 fla_status fla_check_case_ex(fla_ctx *ctx, const fla_recipe *r, const fla_safetensors *st,
                              const char *name, fla_algo algo, fla_dtype dtype, double tol,
                              fla_check_row *rows, int *nrows, int *backward_skipped);

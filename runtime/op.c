@@ -626,14 +626,15 @@ fla_status fla_op_backward(fla_op *op, const fla_arg *inputs, int num_inputs, co
                            const fla_tensor *dht, const fla_arg *grads, int num_grads) {
   if (!op) return FLA_INVALID;
   if (!d_o) return fla_set_error(op->ctx, FLA_INVALID, "fla_op_backward: 'd_o' is NULL");
-  if (op->ctx->backend == FLA_BACKEND_CUDA)
-    return fla_set_error(op->ctx, FLA_UNSUPPORTED, "backward on the GPU is not generated yet");
   op_args a;
   grad_args g;
   fla_status st = match_inputs_(op, inputs, num_inputs, &a);
   if (st == FLA_OK) st = check_outputs_(op, d_o, dht, "d_o", "dht");
   if (st == FLA_OK) st = match_grads_(op, grads, num_grads, &g);
   if (st != FLA_OK) return st;
+  if (op->ctx->backend == FLA_BACKEND_CUDA)
+    return fla_cuda_op_backward(op, a.in, a.h0, a.cu_seqlens, (fla_tensor *)d_o, (fla_tensor *)dht,
+                                g.d, g.dh0);
   prepared pp;
   if ((st = prepare_(op, &a, work_dtype_(op), &pp)) != FLA_OK) return st;
   pp.d_o = load_(&pp, d_o);

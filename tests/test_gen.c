@@ -80,6 +80,8 @@ START_TEST(test_stage_names) {
   ck_assert_str_eq(fla_stage_name(FLA_STAGE_PREP_FWD), "prep_fwd");
   ck_assert_str_eq(fla_stage_name(FLA_STAGE_RECURRENT_FWD), "recurrent_fwd");
   ck_assert_str_eq(fla_stage_name(FLA_STAGE_CHUNK_FWD), "chunk_fwd");
+  ck_assert_str_eq(fla_stage_name(FLA_STAGE_PREP_BWD), "prep_bwd");
+  ck_assert_str_eq(fla_stage_name(FLA_STAGE_RECURRENT_BWD), "recurrent_bwd");
   ck_assert_str_eq(fla_stage_name(FLA_STAGE_COUNT), "?");
   ck_assert_str_eq(fla_stage_name((fla_stage)-1), "?");
   ck_assert_str_eq(fla_stage_prep_fwd.name, "prep_fwd");
@@ -505,8 +507,10 @@ static void compile_one(fla_ctx *ctx, compile_log *cl, const char *what, fla_sta
 }
 
 /* Every shipped recipe x stage x {bf16, f32} x {sm_80, sm_90}, default
-** configs: K = V = 128 (based: K = 16, a 273-dim state); recurrent_fwd also
-** at odd sizes (K = 100, V = 72: scalar loads, partial column blocks). */
+** configs: K = V = 128 (based: K = 16, a 273-dim state); recurrent_fwd and
+** recurrent_bwd also at odd sizes (K = 100, V = 72: scalar loads, partial
+** column blocks). Under FLA_TEST_QUICK (the sanitizer run) the backward
+** stages (recurrent_bwd, prep_bwd) compile for sm_90 at K = V = 128 only. */
 START_TEST(test_every_recipe_compiles) {
   fla_ctx *ctx = th_cpu_ctx();
   const char *names[64];
@@ -537,6 +541,32 @@ START_TEST(test_every_recipe_compiles) {
           if (!shape || !strcmp(archs[a], "sm_90"))
             compile_one(ctx, &cl, what, FLA_STAGE_RECURRENT_FWD, src, kn, nk, archs[a]);
           free(src);
+
+          /* recurrent_bwd: the backward of every recipe (dht given). */
+          snprintf(what, sizeof what, "%s_recurrent_bwd_K%d_V%d_%s", names[i], K, V,
+                   bf16 ? "bf16" : "f32");
+          src = gen_ok(ctx, FLA_STAGE_RECURRENT_BWD, &key, NULL, kn, &nk);
+          /* FLA_TEST_QUICK (the sanitizer run): sm_90 and K = V = 128 only; the
+          ** plain run does every arch and shape. */
+          int bwd_arch = !th_quick() || !strcmp(archs[a], "sm_90");
+          if (bwd_arch && (!shape || !strcmp(archs[a], "sm_90")) && !(th_quick() && shape))
+            compile_one(ctx, &cl, what, FLA_STAGE_RECURRENT_BWD, src, kn, nk, archs[a]);
+          free(src);
+
+          /* prep_bwd for each map (the identity too: the cast of the core's
+          ** f32 gradient into the input dtype). */
+          fla_ir_feature bmaps[3] = {FLA_FEATURE_IDENTITY, ir->feature_q, ir->feature_k};
+          for (int m = 0; m < 3 && !shape && bwd_arch; m++) {
+            if (m > 0 && (bmaps[m] == FLA_FEATURE_IDENTITY || bmaps[m] == bmaps[m - 1])) continue;
+            fla_gen_key pk = key;
+            pk.feature = bmaps[m];
+            pk.feature_in_dim = K;
+            snprintf(what, sizeof what, "%s_prep_bwd_%s_%s", names[i],
+                     fla_feature_name(bmaps[m]), bf16 ? "bf16" : "f32");
+            src = gen_ok(ctx, FLA_STAGE_PREP_BWD, &pk, NULL, kn, &nk);
+            compile_one(ctx, &cl, what, FLA_STAGE_PREP_BWD, src, kn, nk, archs[a]);
+            free(src);
+          }
 
           /* prep_fwd for each map that is not the identity. */
           fla_ir_feature maps[2] = {ir->feature_q, ir->feature_k};
@@ -615,6 +645,12 @@ START_TEST(test_configs_compile) {
                cfgs[c].warps);
       compile_one(ctx, &cl, what, FLA_STAGE_RECURRENT_FWD, src, kn, nk, "sm_90");
       free(src);
+      /* recurrent_bwd on the same configurations (BT: the checkpoint interval). */
+      src = gen_ok(ctx, FLA_STAGE_RECURRENT_BWD, &key, &cfgs[c], kn, &nk);
+      snprintf(what, sizeof what, "%s_bwd_BT%d_BV%d_w%d", recipes[i], cfgs[c].BT, cfgs[c].BV,
+               cfgs[c].warps);
+      compile_one(ctx, &cl, what, FLA_STAGE_RECURRENT_BWD, src, kn, nk, "sm_90");
+      free(src);
     }
   }
   for (int f = FLA_FEATURE_IDENTITY; f <= FLA_FEATURE_TAYLOR2; f++) {
@@ -680,7 +716,7 @@ static Suite *gen_suite(void) {
     return s;
   }
   TCase *nv = tcase_create("nvrtc");
-  tcase_set_timeout(nv, 900);
+  tcase_set_timeout(nv, 1800); /* about 270 distinct sources, forward and backward */
   tcase_add_test(nv, test_every_recipe_compiles);
   tcase_add_test(nv, test_configs_compile);
   tcase_add_test(nv, test_errors_name_template_lines);

@@ -1,7 +1,7 @@
 /*
 ** test_gpu_ops.c -- the CUDA backend: contexts, device tensors, and the
-** forward of every shipped recipe on the GPU against the CPU's float64
-** recurrence on the same (bf16-rounded) inputs.
+** forward and backward of every shipped recipe on the GPU against the CPU's
+** float64 recurrence on the same (bf16-rounded) inputs.
 **
 ** How absence is reported, honestly: the GPU is probed in a child process
 ** (CUDA does not survive fork(), and Check forks for every test). Without a
@@ -12,7 +12,8 @@
 **
 ** With a device:
 **   - "device": contexts, device memory, copies, fills, wraps, safetensors
-**     loads, and the errors of the GPU op (dtypes, host tensors, backward).
+**     loads, and the errors of the GPU op (dtypes, host tensors), forward
+**     and backward.
 **   - "warmup": every module the forward tests use is compiled into the
 **     module cache by parallel threads (NVRTC only), so the tests that follow
 **     load them from disk.
@@ -23,6 +24,14 @@
 **     length-1 sequence. Outputs are poisoned with NaN before each run.
 **     Tolerance: relative RMS < 5e-3 (bf16 inputs) or 1e-4 (f32) for o and ht.
 **     Each recipe prints one summary line starting "gpu_ops:".
+**   - "backward": one test per shipped recipe: every gradient (each input's
+**     and dh0) of the GPU backward against the CPU's float64 recurrence on
+**     the same inputs, T in {1, 63, 100, 500}, K and V in {64, 100, 128}
+**     (based: K 16 or 8), h0 and dht given or not, bf16 and f32, a
+**     variable-length batch with a length-1 sequence. Gradients are poisoned
+**     with NaN first; one call asks for dv alone (the rest stays untouched).
+**     Tolerance: rel RMS < 5e-3 (bf16; 2e-2 for gates and beta) or 1e-4
+**     (f32). Each recipe prints one summary line starting "gpu_ops_bwd:".
 **
 ** Forward times: tools/fla_bench.c (fla-bench --device cuda).
 **
@@ -95,6 +104,25 @@ static const gcase cases_[] = {
     {257, 64, 64, 1, FLA_F32, FLA_ALGO_AUTO, 3},
 };
 #define NCASES ((int)(sizeof cases_ / sizeof cases_[0]))
+
+/* Backward cases (h0 and dht given unless noted): awkward T, K, V; f32; a
+** varlen batch with a length-1 sequence. */
+typedef struct {
+  gcase c;
+  int dht;
+} bcase;
+
+static const bcase bcases_[] = {
+    {{1, 64, 64, 1, FLA_BF16, FLA_ALGO_AUTO, 0}, 1},
+    {{63, 100, 100, 1, FLA_BF16, FLA_ALGO_AUTO, 0}, 1},
+    {{100, 128, 128, 0, FLA_BF16, FLA_ALGO_AUTO, 0}, 0},
+    {{500, 64, 64, 1, FLA_BF16, FLA_ALGO_AUTO, 0}, 1},
+    {{100, 64, 100, 1, FLA_F32, FLA_ALGO_AUTO, 0}, 1},
+    {{63, 128, 128, 1, FLA_F32, FLA_ALGO_RECURRENT, 0}, 1},
+    {{300, 64, 64, 1, FLA_BF16, FLA_ALGO_AUTO, 4}, 1},
+    {{100, 100, 100, 1, FLA_F32, FLA_ALGO_AUTO, 3}, 1},
+};
+#define NBCASES ((int)(sizeof bcases_ / sizeof bcases_[0]))
 
 static int is_taylor2_(const fla_recipe *r) { return fla_recipe_ir(r)->feature_k == FLA_FEATURE_TAYLOR2; }
 
@@ -348,12 +376,22 @@ START_TEST(test_op_errors) {
   ck_assert_int_eq(fla_op_forward(oph, dargs, td.n, hto, NULL), FLA_INVALID);
   ck_assert_ptr_nonnull(strstr(fla_errmsg(h), "device memory"));
   ck_assert_int_eq(fla_op_forward(oph, td.args, td.n, o, NULL), FLA_INVALID);
-  /* No backward on the GPU yet. */
-  fla_tensor *dq = NULL;
-  ck_assert_int_eq(fla_tensor_new(g, FLA_F32, 4, os, &dq), FLA_OK);
-  fla_arg grads[1] = {{"dq", dq}};
+  /* The backward: d_o and input gradients in the inputs' dtype, dh0 f32. */
+  fla_tensor *dq = NULL, *dqb = NULL;
+  int64_t qs[4] = {1, 20, 2, 32};
+  ck_assert_int_eq(fla_tensor_new(g, FLA_F32, 4, qs, &dq), FLA_OK);
+  ck_assert_int_eq(fla_tensor_new(g, FLA_BF16, 4, qs, &dqb), FLA_OK);
+  fla_arg grads[1] = {{"dq", dqb}};
   ck_assert_int_eq(fla_op_backward(opg, dargs, td.n, o32, NULL, grads, 1), FLA_UNSUPPORTED);
-  ck_assert_str_eq(fla_errmsg(g), "backward on the GPU is not generated yet");
+  ck_assert_ptr_nonnull(strstr(fla_errmsg(g), "'d_o'"));
+  grads[0].tensor = dq;
+  ck_assert_int_eq(fla_op_backward(opg, dargs, td.n, o, NULL, grads, 1), FLA_UNSUPPORTED);
+  ck_assert_ptr_nonnull(strstr(fla_errmsg(g), "'dq'"));
+  ck_assert_int_eq(fla_op_backward(opg, dargs, td.n, o, ht16, grads, 1), FLA_UNSUPPORTED);
+  ck_assert_ptr_nonnull(strstr(fla_errmsg(g), "'dht'"));
+  grads[0].tensor = dqb;
+  ck_assert_msg(fla_op_backward(opg, dargs, td.n, o, ht, grads, 1) == FLA_OK, "%s", fla_errmsg(g));
+  fla_tensor_free(dqb);
 
   fla_tensor_free(dq);
   fla_tensor_free(ht16);
@@ -441,6 +479,18 @@ static void *warm_worker_(void *arg) {
       st = fla_op_bind(ctx, r, &cfg, &op);
     }
     if (st == FLA_OK) st = fla_cuda_op_precompile(op, c->dtype, c->h0, 1, gpu_arch, &compiled);
+    /* The backward's modules: for the cases of bcases_ (same recipe). */
+    for (int b = 0; st == FLA_OK && b < NBCASES && i % NCASES == 0; b++) {
+      const gcase *bc = &bcases_[b].c;
+      fla_op *bop = NULL;
+      int more = 0;
+      fla_op_config bcfg = config_(r, bc);
+      st = fla_op_bind(ctx, r, &bcfg, &bop);
+      if (st == FLA_OK)
+        st = fla_cuda_op_precompile_backward(bop, bc->dtype, bc->h0, bcases_[b].dht, gpu_arch, &more);
+      compiled += more;
+      fla_op_free(bop);
+    }
     pthread_mutex_lock(&warm.mu);
     warm.compiled += compiled;
     if (st != FLA_OK && !warm.failed++)
@@ -582,6 +632,150 @@ START_TEST(test_recipe_forward) {
 }
 END_TEST
 
+/* =============================================================== backward */
+
+typedef struct {
+  int runs;
+  double max_err;        /* worst rel RMS over every gradient */
+  char worst[200];
+} bwd_summary;
+
+/* Gradient tolerance: gates and rates are looser in bf16 (fla's thresholds). */
+static double grad_tol_(const fla_ir *ir, int input, fla_dtype dt) {
+  if (dt != FLA_BF16) return 1e-4;
+  return input >= 0 && (input == ir->decay_input || input == ir->rate) ? 2e-2 : 5e-3;
+}
+
+/* Case b of recipe r: every gradient of the GPU backward against the CPU's
+** float64 recurrence (FLA_ALGO_RECURRENT) on the same inputs. */
+static void run_bcase_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, const bcase *b,
+                       uint64_t seed, bwd_summary *sum) {
+  const gcase *c = &b->c;
+  const fla_ir *ir = fla_recipe_ir(r);
+  fla_op_config cfg = config_(r, c);
+  fla_testdata td;
+  ck_assert_msg(fla_testdata_make(h, r, &cfg, c->h0, c->dtype, seed, &td) == FLA_OK, "%s",
+                fla_errmsg(h));
+  fla_op_config rc = cfg;
+  rc.algo = FLA_ALGO_RECURRENT;
+  fla_op *oph = NULL, *opg = NULL;
+  ck_assert_int_eq(fla_op_bind(h, r, &rc, &oph), FLA_OK);
+  ck_assert_msg(fla_op_bind(g, r, &cfg, &opg) == FLA_OK, "%s", fla_errmsg(g));
+
+  /* Gradients of every input and dh0: host f32 references, device tensors
+  ** in the inputs' dtype (dh0 f32) poisoned with NaN. */
+  enum { MAXG = FLA_IR_MAX_INPUTS + 1 };
+  fla_arg hg[MAXG], dg[MAXG];
+  char names[MAXG][80];
+  int gidx[MAXG], ng = 0;
+  fla_arg dargs[12];
+  int has_h0 = 0;
+  for (int i = 0; i < td.n; i++) {
+    int is_h0 = !strcmp(td.args[i].name, "h0");
+    has_h0 |= is_h0;
+    dargs[i].name = td.args[i].name;
+    dargs[i].tensor = upload_(g, td.args[i].tensor, is_h0 ? FLA_F32 : -1);
+  }
+  for (int i = 0; i <= ir->num_inputs; i++) {
+    const fla_tensor *like = NULL;
+    if (i < ir->num_inputs) {
+      for (int j = 0; j < td.n; j++)
+        if (!strcmp(td.args[j].name, ir->inputs[i].name)) like = td.args[j].tensor;
+    } else {
+      like = td.dht;
+    }
+    ck_assert_ptr_nonnull(like);
+    snprintf(names[ng], sizeof names[ng], "d%s", i < ir->num_inputs ? ir->inputs[i].name : "h0");
+    hg[ng].name = dg[ng].name = names[ng];
+    ck_assert_int_eq(fla_tensor_new(h, FLA_F32, fla_tensor_ndim(like), fla_tensor_shape(like),
+                                    &hg[ng].tensor), FLA_OK);
+    ck_assert_int_eq(fla_tensor_new(g, i < ir->num_inputs ? c->dtype : FLA_F32, fla_tensor_ndim(like),
+                                    fla_tensor_shape(like), &dg[ng].tensor), FLA_OK);
+    ck_assert_int_eq(fla_tensor_fill(g, dg[ng].tensor, NAN), FLA_OK);
+    gidx[ng++] = i < ir->num_inputs ? i : -1;
+  }
+  fla_tensor *ddo = upload_(g, td.d_o, -1), *ddht = b->dht ? upload_(g, td.dht, FLA_F32) : NULL;
+  ck_assert_msg(fla_op_backward(oph, td.args, td.n, td.d_o, b->dht ? td.dht : NULL, hg, ng) == FLA_OK,
+                "%s", fla_errmsg(h));
+  int stage = fla_cuda_op_backward_core_stage(opg, c->dtype, has_h0, b->dht);
+  char label[200];
+  snprintf(label, sizeof label, "%s T=%lld K=%lld V=%lld h0=%d dht=%d %s %s%s%s", name,
+           (long long)cfg.T, (long long)cfg.K, (long long)cfg.V, c->h0, b->dht,
+           fla_dtype_name(c->dtype), stage >= 0 ? fla_stage_name((fla_stage)stage) : "?",
+           c->algo == FLA_ALGO_RECURRENT ? " (recurrent forced)" : "", c->nseqs ? " varlen" : "");
+  fla_status st = fla_op_backward(opg, dargs, td.n, ddo, ddht, dg, ng);
+  ck_assert_msg(st == FLA_OK, "%s: %s: %s", label, fla_errstr(st), fla_errmsg(g));
+  char line[1024];
+  int used = snprintf(line, sizeof line, "  %-74s", label);
+  int bad = 0;
+  char badmsg[256] = "";
+  for (int k = 0; k < ng; k++) {
+    int64_t n = fla_tensor_numel(hg[k].tensor);
+    float *got = download_f32_(g, dg[k].tensor);
+    double e = th_rel_rms_f32(got, fla_tensor_data(hg[k].tensor), n);
+    if (th_any_nan_f32(got, n)) e = NAN;
+    free(got);
+    double tol = grad_tol_(ir, gidx[k], c->dtype);
+    if (used < (int)sizeof line)
+      used += snprintf(line + used, sizeof line - (size_t)used, " %s %.1e", names[k], e);
+    if (!(e <= sum->max_err)) {
+      sum->max_err = e;
+      snprintf(sum->worst, sizeof sum->worst, "%.150s %.40s", label, names[k]);
+    }
+    if (!(e < tol) && !bad++)
+      snprintf(badmsg, sizeof badmsg, "%.40s rel RMS %.3e >= %.0e", names[k], e, tol);
+  }
+  printf("%s  %s\n", line, bad ? "FAIL" : "ok");
+  sum->runs++;
+  ck_assert_msg(!bad, "%s: %s", label, badmsg);
+
+  /* Only dv asked for: the same dv, nothing else touched. */
+  if (c->T == 63) {
+    fla_tensor *dv = NULL;
+    int iv = -1;
+    for (int k = 0; k < ng; k++)
+      if (gidx[k] == ir->value) iv = k;
+    ck_assert_int_ge(iv, 0);
+    ck_assert_int_eq(fla_tensor_new(g, c->dtype, fla_tensor_ndim(dg[iv].tensor),
+                                    fla_tensor_shape(dg[iv].tensor), &dv), FLA_OK);
+    fla_arg one[1] = {{names[iv], dv}};
+    ck_assert_int_eq(fla_tensor_fill(g, dg[0].tensor, NAN), FLA_OK);
+    ck_assert_msg(fla_op_backward(opg, dargs, td.n, ddo, ddht, one, 1) == FLA_OK, "%s", fla_errmsg(g));
+    float *a1 = download_f32_(g, dv), *a2 = download_f32_(g, dg[iv].tensor);
+    ck_assert_int_eq(memcmp(a1, a2, sizeof(float) * (size_t)fla_tensor_numel(dv)), 0);
+    free(a1), free(a2);
+    if (iv != 0) {
+      float *q = download_f32_(g, dg[0].tensor);
+      ck_assert(th_any_nan_f32(q, 1));
+      free(q);
+    }
+    fla_tensor_free(dv);
+  }
+  for (int k = 0; k < ng; k++) fla_tensor_free(hg[k].tensor), fla_tensor_free(dg[k].tensor);
+  for (int i = 0; i < td.n; i++) fla_tensor_free(dargs[i].tensor);
+  fla_tensor_free(ddo), fla_tensor_free(ddht);
+  fla_op_free(oph), fla_op_free(opg);
+  fla_testdata_free(&td);
+}
+
+START_TEST(test_recipe_backward) {
+  const char *name = recipes[_i];
+  fla_ctx *h = cpu_ctx(), *g = gpu_ctx();
+  fla_recipe *r = find_(h, name);
+  bwd_summary sum;
+  memset(&sum, 0, sizeof sum);
+  double t0 = th_now_s();
+  printf("%s backward on %s:\n", name, fla_ctx_device_name(g));
+  for (int i = 0; i < NBCASES; i++)
+    run_bcase_(h, g, name, r, &bcases_[i], 7000u + 1000u * (uint64_t)_i + (uint64_t)i, &sum);
+  printf("gpu_ops_bwd: %-16s %2d runs  max grad rel RMS %.2e (%s)  (%.1f s)  PASS\n", name, sum.runs,
+         sum.max_err, sum.worst, th_now_s() - t0);
+  fflush(stdout);
+  fla_recipe_free(r);
+  fla_ctx_free(g);
+  fla_ctx_free(h);
+}
+END_TEST
 
 /* ================================================================== main */
 
@@ -650,6 +844,10 @@ static Suite *gpu_suite(void) {
   tcase_set_timeout(fwd, 900);
   tcase_add_loop_test(fwd, test_recipe_forward, 0, nrecipes);
   suite_add_tcase(s, fwd);
+  TCase *bwd = tcase_create("backward");
+  tcase_set_timeout(bwd, 900);
+  tcase_add_loop_test(bwd, test_recipe_backward, 0, nrecipes);
+  suite_add_tcase(s, bwd);
   return s;
 }
 

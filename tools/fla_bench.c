@@ -16,8 +16,8 @@
 ** CUDA: bf16 forward times (median of --runs synchronous calls, wall clock,
 ** so host overhead is included) at the shapes of shared/ANCHORS.md by
 ** default, with the achieved bandwidth, the memory floor, and fla's time
-** from ANCHORS.md where it has one. The backward is not generated for the
-** GPU yet.
+** from ANCHORS.md where it has one; for T > 1 also forward+backward (every
+** input's gradient), against fla's fwd+bwd where ANCHORS.md has one.
 */
 #include "common.h"
 #include "recipe.h"
@@ -173,22 +173,23 @@ static const struct {
   const char *recipe;
   int64_t B, T, H, D;
   double fla_ms, floor_ms;
+  double fla_fb_ms; /* fla's forward+backward (0: no figure in ANCHORS.md) */
 } anchors_[] = {
-  {"retention", 1, 8192, 96, 128, 1.021, 0.267},      {"simple_gla", 1, 8192, 96, 128, 0.815, 0.268},
-  {"gla", 1, 8192, 96, 128, 2.391, 0.334},            {"gated_delta_rule", 1, 8192, 96, 128, 1.641, 0.269},
-  {"retention", 2, 16384, 16, 128, 0.955, 0.178},     {"simple_gla", 2, 16384, 16, 128, 0.548, 0.179},
-  {"gla", 2, 16384, 16, 128, 1.752, 0.222},           {"gated_delta_rule", 2, 16384, 16, 128, 1.080, 0.179},
-  {"retention", 4, 2048, 16, 128, 0.410, 0.044},      {"simple_gla", 4, 2048, 16, 128, 0.388, 0.045},
-  {"gla", 4, 2048, 16, 128, 0.990, 0.056},            {"gated_delta_rule", 4, 2048, 16, 128, 0.924, 0.045},
-  {"retention", 4, 4096, 64, 128, 1.285, 0.356},      {"simple_gla", 4, 4096, 64, 128, 1.030, 0.357},
-  {"gla", 4, 4096, 64, 128, 3.211, 0.445},            {"gated_delta_rule", 4, 4096, 64, 128, 2.083, 0.359},
-  {"retention", 1, 65536, 16, 128, 2.251, 0.356},     {"simple_gla", 1, 65536, 16, 128, 1.324, 0.357},
-  {"gla", 1, 65536, 16, 128, 4.262, 0.445},           {"gated_delta_rule", 1, 65536, 16, 128, 2.736, 0.359},
-  {"retention", 1, 262144, 8, 128, 5.609, 0.711},     {"simple_gla", 1, 262144, 8, 128, 3.921, 0.714},
-  {"gla", 1, 262144, 8, 128, 11.567, 0.889},          {"gated_delta_rule", 1, 262144, 8, 128, 7.452, 0.717},
+  {"retention", 1, 8192, 96, 128, 1.021, 0.267, 3.744},      {"simple_gla", 1, 8192, 96, 128, 0.815, 0.268, 0},
+  {"gla", 1, 8192, 96, 128, 2.391, 0.334, 0},            {"gated_delta_rule", 1, 8192, 96, 128, 1.641, 0.269, 0},
+  {"retention", 2, 16384, 16, 128, 0.955, 0.178, 3.047},     {"simple_gla", 2, 16384, 16, 128, 0.548, 0.179, 0},
+  {"gla", 2, 16384, 16, 128, 1.752, 0.222, 0},           {"gated_delta_rule", 2, 16384, 16, 128, 1.080, 0.179, 0},
+  {"retention", 4, 2048, 16, 128, 0.410, 0.044, 1.800},      {"simple_gla", 4, 2048, 16, 128, 0.388, 0.045, 0},
+  {"gla", 4, 2048, 16, 128, 0.990, 0.056, 0},            {"gated_delta_rule", 4, 2048, 16, 128, 0.924, 0.045, 0},
+  {"retention", 4, 4096, 64, 128, 1.285, 0.356, 5.146},      {"simple_gla", 4, 4096, 64, 128, 1.030, 0.357, 0},
+  {"gla", 4, 4096, 64, 128, 3.211, 0.445, 0},            {"gated_delta_rule", 4, 4096, 64, 128, 2.083, 0.359, 0},
+  {"retention", 1, 65536, 16, 128, 2.251, 0.356, 7.277},     {"simple_gla", 1, 65536, 16, 128, 1.324, 0.357, 0},
+  {"gla", 1, 65536, 16, 128, 4.262, 0.445, 0},           {"gated_delta_rule", 1, 65536, 16, 128, 2.736, 0.359, 0},
+  {"retention", 1, 262144, 8, 128, 5.609, 0.711, 19.907},     {"simple_gla", 1, 262144, 8, 128, 3.921, 0.714, 0},
+  {"gla", 1, 262144, 8, 128, 11.567, 0.889, 0},          {"gated_delta_rule", 1, 262144, 8, 128, 7.452, 0.717, 0},
   /* one-token decoding, fla's fused_recurrent_gated_delta_rule (state read and written) */
-  {"gated_delta_rule", 1, 1, 16, 128, 0.0589, 0},     {"gated_delta_rule", 16, 1, 16, 128, 0.1261, 0},
-  {"gated_delta_rule", 64, 1, 16, 128, 0.0653, 0},    {"gated_delta_rule", 256, 1, 16, 128, 0.2268, 0},
+  {"gated_delta_rule", 1, 1, 16, 128, 0.0589, 0, 0},     {"gated_delta_rule", 16, 1, 16, 128, 0.1261, 0, 0},
+  {"gated_delta_rule", 64, 1, 16, 128, 0.0653, 0, 0},    {"gated_delta_rule", 256, 1, 16, 128, 0.2268, 0, 0},
 };
 #define NANCHORS ((int)(sizeof anchors_ / sizeof anchors_[0]))
 
@@ -264,28 +265,62 @@ static int bench_gpu_one_(fla_ctx *g, const char *name, shape_ sh, int runs) {
     s = fla_op_forward(op, args, ir->num_inputs, o, ht);
     t[i] = 1e3 * (now_() - t0);
   }
+  /* forward + backward (T > 1): every input's gradient in bf16, d_o = o */
+  double fb = NAN;
+  fla_arg grads[FLA_IR_MAX_INPUTS];
+  char gnames[FLA_IR_MAX_INPUTS][80];
+  int ng = 0;
+  memset(grads, 0, sizeof grads);
   if (s == FLA_OK) {
     qsort(t, (size_t)runs, sizeof t[0], cmp_double_);
     med = t[runs / 2];
+  }
+  if (s == FLA_OK && sh.T > 1 && !getenv("FLA_BENCH_NO_BWD")) {
+    for (int i = 0; s == FLA_OK && i < ir->num_inputs; i++) {
+      const fla_tensor *x = args[i].tensor;
+      snprintf(gnames[ng], sizeof gnames[ng], "d%s", ir->inputs[i].name);
+      grads[ng].name = gnames[ng];
+      s = fla_tensor_new(g, FLA_BF16, fla_tensor_ndim(x), fla_tensor_shape(x), &grads[ng].tensor);
+      ng++;
+    }
+    int fbruns = runs < 5 ? runs : 5; /* the recurrent backward is slow at long T */
+    if (s == FLA_OK) s = fla_op_backward(op, args, ir->num_inputs, o, NULL, grads, ng); /* warm-up */
+    for (int i = 0; s == FLA_OK && i < fbruns; i++) {
+      double t0 = now_();
+      s = fla_op_forward(op, args, ir->num_inputs, o, ht);
+      if (s == FLA_OK) s = fla_op_backward(op, args, ir->num_inputs, o, NULL, grads, ng);
+      t[i] = 1e3 * (now_() - t0);
+    }
+    if (s == FLA_OK) {
+      qsort(t, (size_t)fbruns, sizeof t[0], cmp_double_);
+      fb = t[fbruns / 2];
+    }
+  }
+  if (s == FLA_OK) {
     bytes += 2 * fla_tensor_numel(o);
     int stage = fla_cuda_op_core_stage(op, FLA_BF16, 0, 1);
     int a = anchor_(name, sh);
-    char shape[96], fla[32] = "-", ratio[32] = "-", floor[32] = "-";
+    char shape[96], fla[32] = "-", ratio[32] = "-", floor[32] = "-", fbs[32] = "-", flafb[32] = "-";
+    int bstage = sh.T > 1 ? fla_cuda_op_backward_core_stage(op, FLA_BF16, 0, 0) : -1;
+    if (!isnan(fb)) snprintf(fbs, sizeof fbs, "%.3f", fb);
     snprintf(shape, sizeof shape, "%lld,%lld,%lld,%lld,%lld", (long long)sh.B, (long long)sh.T,
              (long long)sh.H, (long long)sh.K, (long long)sh.V);
     if (a >= 0) {
       snprintf(fla, sizeof fla, "%.3f", anchors_[a].fla_ms);
       snprintf(ratio, sizeof ratio, "%.2fx", anchors_[a].fla_ms / med);
       if (anchors_[a].floor_ms > 0) snprintf(floor, sizeof floor, "%.3f", anchors_[a].floor_ms);
+      if (anchors_[a].fla_fb_ms > 0) snprintf(flafb, sizeof flafb, "%.3f", anchors_[a].fla_fb_ms);
     }
-    printf("| %-16s | %-20s | %-13s | %9.3f | %6.2f | %8s | %8s | %7s |\n", name, shape,
-           stage >= 0 ? fla_stage_name((fla_stage)stage) : "?", med, (double)bytes / (med * 1e9),
-           floor, fla, ratio);
+    printf("| %-16s | %-20s | %-13s | %9.3f | %6.2f | %8s | %8s | %7s | %-13s | %10s | %10s |\n", name,
+           shape, stage >= 0 ? fla_stage_name((fla_stage)stage) : "?", med,
+           (double)bytes / (med * 1e9), floor, fla, ratio,
+           bstage >= 0 ? fla_stage_name((fla_stage)bstage) : "-", fbs, flafb);
     fflush(stdout);
   } else {
     fprintf(stderr, "fla-bench: %s: %s: %s\n", name, fla_errstr(s), fla_errmsg(g));
   }
   for (int i = 0; i < ir->num_inputs; i++) fla_tensor_free(args[i].tensor);
+  for (int i = 0; i < ng; i++) fla_tensor_free(grads[i].tensor);
   fla_tensor_free(o);
   fla_tensor_free(ht);
   fla_op_free(op);
@@ -296,11 +331,14 @@ static int bench_gpu_one_(fla_ctx *g, const char *name, shape_ sh, int runs) {
 static int bench_gpu_(fla_ctx *g, const char **recipes, int nr, const shape_ *shapes, int ns, int runs) {
   printf("fla-bench on %s: bf16 forward, median of %d synchronous calls (wall clock, host overhead\n"
          "included); TB/s = bytes of inputs and o over the time; floor and fla from shared/ANCHORS.md;\n"
-         "ratio = fla's time / ours (above 1: faster than fla). Backward: not generated for the GPU yet.\n\n",
+         "ratio = fla's time / ours (above 1: faster than fla). fwd+bwd ms: forward then backward of\n"
+         "every input's gradient (T > 1; median of up to 5; FLA_BENCH_NO_BWD=1 skips it), against\n"
+         "fla's fwd+bwd where ANCHORS.md has one.\n\n",
          fla_ctx_device_name(g), runs);
-  printf("| %-16s | %-20s | %-13s | %9s | %6s | %8s | %8s | %7s |\n", "recipe", "B,T,H,K,V", "stage",
-         "fwd ms", "TB/s", "floor ms", "fla ms", "ratio");
-  printf("|------------------|----------------------|---------------|-----------|--------|----------|----------|---------|\n");
+  printf("| %-16s | %-20s | %-13s | %9s | %6s | %8s | %8s | %7s | %-13s | %10s | %10s |\n", "recipe",
+         "B,T,H,K,V", "stage", "fwd ms", "TB/s", "floor ms", "fla ms", "ratio", "bwd stage",
+         "fwd+bwd ms", "fla f+b ms");
+  printf("|------------------|----------------------|---------------|-----------|--------|----------|----------|---------|---------------|------------|------------|\n");
   int failed = 0;
   if (ns == 0) { /* the anchors (of the recipes asked for, when any) */
     for (int i = 0; i < NANCHORS; i++) {

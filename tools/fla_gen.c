@@ -2,7 +2,7 @@
 ** fla-gen -- prints the CUDA source a recipe's stage generates, or compiles
 ** it with NVRTC and reports what ptxas says of every kernel.
 **
-**   fla-gen RECIPE [--stage prep_fwd|recurrent_fwd|chunk_fwd]
+**   fla-gen RECIPE [--stage prep_fwd|recurrent_fwd|chunk_fwd|prep_bwd|recurrent_bwd]
 **           [--config BT=64,BK=64,BV=32,warps=4] [--K 128] [--V 128]
 **           [--f32|--bf16] [--no-h0] [--no-ht] [--map q|k]
 **           [--arch sm_90] [--compile [--source]]
@@ -29,7 +29,7 @@
 
 static void usage_(void) {
   fprintf(stderr,
-          "usage: fla-gen RECIPE [--stage prep_fwd|recurrent_fwd|chunk_fwd]\n"
+          "usage: fla-gen RECIPE [--stage prep_fwd|recurrent_fwd|chunk_fwd|prep_bwd|recurrent_bwd]\n"
           "               [--config BT=64,BK=64,BV=32,warps=4] [--K 128] [--V 128]\n"
           "               [--f32|--bf16] [--no-h0] [--no-ht] [--map q|k]\n"
           "               [--arch sm_90] [--compile [--source]]\n"
@@ -199,7 +199,7 @@ int main(int argc, char **argv) {
   for (int s = 0; s < FLA_STAGE_COUNT; s++)
     if (!strcmp(stage_arg, fla_stage_name((fla_stage)s))) stage = (fla_stage)s;
   if (stage == FLA_STAGE_COUNT) {
-    fprintf(stderr, "fla-gen: unknown stage '%s' (prep_fwd, recurrent_fwd, chunk_fwd)\n",
+    fprintf(stderr, "fla-gen: unknown stage '%s' (prep_fwd, recurrent_fwd, chunk_fwd, prep_bwd, recurrent_bwd, ...)\n",
             stage_arg);
     return 2;
   }
@@ -216,7 +216,7 @@ int main(int argc, char **argv) {
   const fla_ir *ir = fla_recipe_ir(r);
   fla_gen_key key;
   fla_gen_key_from_ir(ir, (int)fla_feature_dim(ir->feature_k, K), V, bf16, h0, ht, &key);
-  if (stage == FLA_STAGE_PREP_FWD) {
+  if (stage == FLA_STAGE_PREP_FWD || stage == FLA_STAGE_PREP_BWD) {
     fla_ir_feature f = ir->feature_q;
     if (map ? !strcmp(map, "k") : f == FLA_FEATURE_IDENTITY) f = ir->feature_k;
     key.feature = (int)f;

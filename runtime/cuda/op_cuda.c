@@ -8,6 +8,7 @@
 ** module cache and loaded once per context (runtime/cuda/backend.c).
 */
 #include "cuda/op_cuda.h"
+#include "cuda/op_cuda_internal.h"
 #include "cuda/modcache.h"
 #include "feature.h"
 #include "op_internal.h"
@@ -16,29 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Scratch slots of the context (see fla_cuda_scratch). */
-enum {
-  SLOT_Q = 0, SLOT_K, SLOT_P,     /* feature-mapped q, k, probe */
-  SLOT_CU, SLOT_CSEQ, SLOT_CFIRST, /* sequence and chunk tables  */
-  SLOT_WS0, SLOT_WS1,              /* the core stage's workspaces */
-  SLOT_COUNT
-};
-
-#if SLOT_COUNT > FLA_CUDA_SCRATCH_SLOTS
-#error "too many scratch slots"
-#endif
-
 /* ------------------------------------------------------------------ plan */
-
-/* One stage to run: its key, tile configuration, source and kernels. */
-typedef struct stage_src {
-  fla_stage stage;
-  fla_gen_key key;
-  fla_tile_config cfg;
-  char *src;
-  char kernels[FLA_STAGE_MAX_KERNELS][64];
-  int nkernels;
-} stage_src;
 
 enum { PREP_Q = 0, PREP_K, PREP_P };
 
@@ -54,7 +33,7 @@ static void plan_free_(plan *p) {
   memset(p, 0, sizeof *p);
 }
 
-static fla_status gen_(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key, stage_src *s) {
+fla_status fla_cuda_gen_stage(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key, stage_src *s) {
   s->stage = stage;
   s->key = *key;
   memset(&s->cfg, 0, sizeof s->cfg);
@@ -64,7 +43,7 @@ static fla_status gen_(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key, st
 }
 
 /* The prep key: only what the feature map depends on. */
-static void prep_key_(const fla_gen_key *core, fla_ir_feature f, int64_t K_in, fla_gen_key *key) {
+void fla_cuda_prep_key(const fla_gen_key *core, fla_ir_feature f, int64_t K_in, fla_gen_key *key) {
   memset(key, 0, sizeof *key);
   key->in_bf16 = core->in_bf16;
   key->K = core->K;
@@ -87,14 +66,14 @@ static fla_status plan_(fla_op *op, fla_ctx *ctx, int in_bf16, int has_h0, int s
   /* The first chunked stage that handles the key; none: the recurrent form. */
   static const fla_stage chunked[] = {FLA_STAGE_CHUNK_FWD, FLA_STAGE_CHUNK_GK_FWD, FLA_STAGE_CHUNK_WY_FWD};
   for (int i = 0; !wants_recurrent_(op) && st == FLA_UNSUPPORTED && i < 3; i++) {
-    st = gen_(ctx, chunked[i], &key, &p->core);
+    st = fla_cuda_gen_stage(ctx, chunked[i], &key, &p->core);
     if (st == FLA_UNSUPPORTED) {
       free(p->core.src);
       p->core.src = NULL;
       fla_clear_error(ctx);
     }
   }
-  if (st == FLA_UNSUPPORTED) st = gen_(ctx, FLA_STAGE_RECURRENT_FWD, &key, &p->core);
+  if (st == FLA_UNSUPPORTED) st = fla_cuda_gen_stage(ctx, FLA_STAGE_RECURRENT_FWD, &key, &p->core);
   if (st != FLA_OK) goto fail;
 
   fla_ir_feature maps[3] = {ir->feature_q, FLA_FEATURE_IDENTITY, FLA_FEATURE_IDENTITY};
@@ -103,8 +82,8 @@ static fla_status plan_(fla_op *op, fla_ctx *ctx, int in_bf16, int has_h0, int s
   for (int i = 0; i < 3; i++) {
     if (maps[i] == FLA_FEATURE_IDENTITY) continue;
     fla_gen_key pk;
-    prep_key_(&key, maps[i], op->K, &pk);
-    if ((st = gen_(ctx, FLA_STAGE_PREP_FWD, &pk, &p->prep[i])) != FLA_OK) goto fail;
+    fla_cuda_prep_key(&key, maps[i], op->K, &pk);
+    if ((st = fla_cuda_gen_stage(ctx, FLA_STAGE_PREP_FWD, &pk, &p->prep[i])) != FLA_OK) goto fail;
   }
   return FLA_OK;
 fail:
@@ -114,14 +93,14 @@ fail:
 
 /* ---------------------------------------------------------------- checks */
 
-static int is_gpu_float_(fla_dtype d) { return d == FLA_BF16 || d == FLA_F32; }
+int fla_cuda_is_gpu_float(fla_dtype d) { return d == FLA_BF16 || d == FLA_F32; }
 
-static fla_status check_dtypes_(fla_op *op, fla_tensor *const *in, fla_tensor *h0, fla_tensor *o,
-                                fla_tensor *ht, fla_dtype *dt) {
+fla_status fla_cuda_check_dtypes(fla_op *op, fla_tensor *const *in, fla_tensor *h0, fla_tensor *o,
+                                 fla_tensor *ht, fla_dtype *dt) {
   const fla_ir *ir = op->ir;
   fla_ctx *ctx = op->ctx;
   fla_dtype d = in[0]->dtype;
-  if (!is_gpu_float_(d))
+  if (!fla_cuda_is_gpu_float(d))
     return fla_set_error(ctx, FLA_UNSUPPORTED,
                          "recipe '%s' on the GPU: input '%s' is %s; the GPU kernels take bf16 or f32",
                          ir->name, ir->inputs[0].name, fla_dtype_name(d));
@@ -148,7 +127,7 @@ static fla_status check_dtypes_(fla_op *op, fla_tensor *const *in, fla_tensor *h
 
 /* Token offsets of every sequence (n*T for dense batches; cu_seqlens read
 ** back and checked as op.c does for the CPU). cu has N+1 entries. */
-static fla_status offsets_(fla_op *op, fla_tensor *cs, int64_t *cu) {
+fla_status fla_cuda_offsets(fla_op *op, fla_tensor *cs, int64_t *cu) {
   fla_ctx *ctx = op->ctx;
   if (!op->varlen) {
     for (int64_t n = 0; n <= op->N; n++) cu[n] = n * op->T;
@@ -179,21 +158,21 @@ static fla_status offsets_(fla_op *op, fla_tensor *cs, int64_t *cu) {
 
 /* ------------------------------------------------------------- launching */
 
-static fla_status upload_slot_(fla_ctx *ctx, int slot, const void *src, size_t bytes, uint64_t *dptr) {
+fla_status fla_cuda_upload_slot(fla_ctx *ctx, int slot, const void *src, size_t bytes, uint64_t *dptr) {
   fla_status st = fla_cuda_scratch(ctx, slot, bytes, dptr);
   if (st == FLA_OK) st = fla_cuda_upload(ctx, *dptr, src, bytes);
   return st;
 }
 
 /* The functions of stage s, loaded (compiled or from the cache) once per context. */
-static fla_status stage_fns_(fla_ctx *ctx, const stage_src *s, CUfunction *fns) {
+fla_status fla_cuda_stage_fns(fla_ctx *ctx, const stage_src *s, CUfunction *fns) {
   return fla_cuda_get_kernels(ctx, fla_stage_name(s->stage), s->src, (char (*)[64])s->kernels,
                               s->nkernels, fns);
 }
 
 /* Launches every kernel of stage s (functions fns) with args. */
-static fla_status run_stage_(fla_ctx *ctx, const stage_src *s, const CUfunction *fns,
-                             fla_kernel_args *args) {
+fla_status fla_cuda_run_stage(fla_ctx *ctx, const stage_src *s, const CUfunction *fns,
+                              fla_kernel_args *args) {
   fla_kernel_launch l[FLA_STAGE_MAX_KERNELS];
   const char *name = fla_stage_name(s->stage);
   fla_status st = FLA_OK;
@@ -243,8 +222,8 @@ static fla_status device_copy_(fla_ctx *ctx, fla_dtype dt, int64_t n, const void
 }
 
 /* Chunk tables for chunk size BT on the host: first [N+1], seq [NC]. */
-static fla_status chunk_tables_host_(fla_op *op, const int64_t *cu, int BT, int64_t **first,
-                                     int32_t **seq, int64_t *nc_out) {
+fla_status fla_cuda_chunk_tables_host(fla_op *op, const int64_t *cu, int BT, int64_t **first,
+                                      int32_t **seq, int64_t *nc_out) {
   int64_t N = op->N, nc = 0;
   *first = malloc(sizeof(int64_t) * (size_t)(N + 1));
   if (!*first) return fla_set_error(op->ctx, FLA_NOMEM, "out of memory (chunk tables)");
@@ -278,9 +257,9 @@ static fla_status cache_build_(fla_op *op, int in_bf16, int has_h0, int store_ht
   if (!c) return fla_set_error(ctx, FLA_NOMEM, "out of memory");
   c->in_bf16 = in_bf16, c->has_h0 = has_h0, c->store_ht = store_ht;
   fla_status st = plan_(op, ctx, in_bf16, has_h0, store_ht, &c->p);
-  if (st == FLA_OK) st = stage_fns_(ctx, &c->p.core, c->core_fns);
+  if (st == FLA_OK) st = fla_cuda_stage_fns(ctx, &c->p.core, c->core_fns);
   for (int i = 0; st == FLA_OK && i < 3; i++)
-    if (c->p.prep[i].src) st = stage_fns_(ctx, &c->p.prep[i], c->prep_fns[i]);
+    if (c->p.prep[i].src) st = fla_cuda_stage_fns(ctx, &c->p.prep[i], c->prep_fns[i]);
   if (st == FLA_OK && op->gamma) {
     float *g = malloc(sizeof(float) * (size_t)op->H);
     if (!g) st = fla_set_error(ctx, FLA_NOMEM, "out of memory");
@@ -293,7 +272,7 @@ static fla_status cache_build_(fla_op *op, int in_bf16, int has_h0, int store_ht
     if (st == FLA_OK && core_is_chunked_(c)) {
       int64_t *first = NULL, nc = 0;
       int32_t *seq = NULL;
-      st = chunk_tables_host_(op, cu, core_bt_(op, c), &first, &seq, &nc);
+      st = fla_cuda_chunk_tables_host(op, cu, core_bt_(op, c), &first, &seq, &nc);
       if (st == FLA_OK) st = device_copy_(ctx, FLA_I64, op->N + 1, first, &c->cfirst);
       if (st == FLA_OK) st = device_copy_(ctx, FLA_I32, nc, seq, &c->cseq);
       c->num_chunks = (int32_t)nc;
@@ -339,15 +318,15 @@ static fla_status tables_(fla_op *op, const op_cache *c, const int64_t *cu, fla_
     }
     return FLA_OK;
   }
-  fla_status st = upload_slot_(ctx, SLOT_CU, cu, sizeof(int64_t) * (size_t)(op->N + 1), &a->cu);
+  fla_status st = fla_cuda_upload_slot(ctx, SLOT_CU, cu, sizeof(int64_t) * (size_t)(op->N + 1), &a->cu);
   if (st != FLA_OK || !core_is_chunked_(c)) return st;
   int64_t *first = NULL, nc = 0;
   int32_t *seq = NULL;
-  st = chunk_tables_host_(op, cu, core_bt_(op, c), &first, &seq, &nc);
+  st = fla_cuda_chunk_tables_host(op, cu, core_bt_(op, c), &first, &seq, &nc);
   if (st == FLA_OK)
-    st = upload_slot_(ctx, SLOT_CFIRST, first, sizeof(int64_t) * (size_t)(op->N + 1), &a->chunk_first);
+    st = fla_cuda_upload_slot(ctx, SLOT_CFIRST, first, sizeof(int64_t) * (size_t)(op->N + 1), &a->chunk_first);
   if (st == FLA_OK)
-    st = upload_slot_(ctx, SLOT_CSEQ, seq, sizeof(int32_t) * (size_t)(nc > 0 ? nc : 1), &a->chunk_seq);
+    st = fla_cuda_upload_slot(ctx, SLOT_CSEQ, seq, sizeof(int32_t) * (size_t)(nc > 0 ? nc : 1), &a->chunk_seq);
   a->num_chunks = (int32_t)nc;
   free(first);
   free(seq);
@@ -359,14 +338,14 @@ fla_status fla_cuda_op_forward(struct fla_op *op, fla_tensor *const *in, fla_ten
   fla_ctx *ctx = op->ctx;
   const fla_ir *ir = op->ir;
   fla_dtype dt = FLA_F32;
-  fla_status st = check_dtypes_(op, in, h0, o, ht, &dt);
+  fla_status st = fla_cuda_check_dtypes(op, in, h0, o, ht, &dt);
   if (st != FLA_OK) return st;
   if (op->N > INT32_MAX || op->H > INT32_MAX)
     return fla_set_error(ctx, FLA_SHAPE, "recipe '%s' on the GPU: too many sequences or heads", ir->name);
   int64_t *cu = malloc(sizeof(int64_t) * (size_t)(op->N + 1));
   if (!cu) return fla_set_error(ctx, FLA_NOMEM, "out of memory");
   op_cache *c = NULL;
-  if ((st = offsets_(op, cu_seqlens, cu)) != FLA_OK) goto done;
+  if ((st = fla_cuda_offsets(op, cu_seqlens, cu)) != FLA_OK) goto done;
   if ((st = cache_get_(op, dt == FLA_BF16, h0 != NULL, ht != NULL, cu, &c)) != FLA_OK) goto done;
 
   fla_kernel_args a;
@@ -401,7 +380,7 @@ fla_status fla_cuda_op_forward(struct fla_op *op, fla_tensor *const *in, fla_ten
     pa.x = in[idx]->dptr;
     int64_t dout = fla_feature_dim((fla_ir_feature)c->p.prep[i].key.feature, op->K);
     st = fla_cuda_scratch(ctx, SLOT_Q + i, (size_t)(a.rows * dout) * esz, &pa.y);
-    if (st == FLA_OK) st = run_stage_(ctx, &c->p.prep[i], c->prep_fns[i], &pa);
+    if (st == FLA_OK) st = fla_cuda_run_stage(ctx, &c->p.prep[i], c->prep_fns[i], &pa);
     if (st != FLA_OK) goto done;
     *dst[i] = pa.y;
   }
@@ -411,7 +390,7 @@ fla_status fla_cuda_op_forward(struct fla_op *op, fla_tensor *const *in, fla_ten
   fla_stage_workspace(c->p.core.stage, &c->p.core.key, &c->p.core.cfg, &a, &ws0, &ws1);
   if (ws0 && (st = fla_cuda_scratch(ctx, SLOT_WS0, ws0, &a.ws0)) != FLA_OK) goto done;
   if (ws1 && (st = fla_cuda_scratch(ctx, SLOT_WS1, ws1, &a.ws1)) != FLA_OK) goto done;
-  if ((st = run_stage_(ctx, &c->p.core, c->core_fns, &a)) != FLA_OK) goto done;
+  if ((st = fla_cuda_run_stage(ctx, &c->p.core, c->core_fns, &a)) != FLA_OK) goto done;
   {
     char what[320];
     snprintf(what, sizeof what, "recipe '%s': stage %s (kernel %s%s) failed on the device", ir->name,
@@ -440,7 +419,7 @@ fla_status fla_cuda_op_precompile(struct fla_op *op, fla_dtype in_dtype, int has
                                   const char *arch, int *compiled) {
   if (compiled) *compiled = 0;
   if (!op || !arch) return FLA_INVALID;
-  if (!is_gpu_float_(in_dtype))
+  if (!fla_cuda_is_gpu_float(in_dtype))
     return fla_set_error(op->ctx, FLA_UNSUPPORTED, "the GPU kernels take bf16 or f32, not %s",
                          fla_dtype_name(in_dtype));
   plan p;

@@ -14,7 +14,7 @@
 
 /* Scratch device buffers of a context, reused across calls (one op call runs
 ** at a time on a context). Slot numbers are fixed by op_cuda.c. */
-#define FLA_CUDA_SCRATCH_SLOTS 12
+#define FLA_CUDA_SCRATCH_SLOTS 16
 
 /* A device buffer of at least `bytes` in scratch slot `slot`, valid until the
 ** next request for that slot or the context's end. Contents are undefined. */
@@ -71,6 +71,29 @@ fla_status fla_cuda_op_forward(struct fla_op *op, fla_tensor *const *in, fla_ten
 ** one context each). */
 fla_status fla_cuda_op_precompile(struct fla_op *op, fla_dtype in_dtype, int has_h0,
                                   int store_ht, const char *arch, int *compiled);
+
+/* The backward of fla_op_backward on a CUDA context, called by op.c after
+** it matched inputs and gradients and checked every shape: in[i] is recipe
+** input i, d[i] its gradient tensor or NULL (not asked for), h0, cu_seqlens,
+** dht and dh0 may be NULL. Rules as for the forward, plus: d_o has the
+** inputs' dtype, dht is f32, input gradients have the inputs' dtype and dh0
+** is f32 (FLA_UNSUPPORTED otherwise). Stages: PREP_FWD for each feature map,
+** the core backward (chunked backward stages where one handles the key,
+** else RECURRENT_BWD; see op_cuda_bwd.c), then PREP_BWD for each of dq, dk,
+** dp asked for. Gradients not asked for are not written; a failed check
+** writes nothing. Synchronous. */
+fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_tensor *h0,
+                                fla_tensor *cu_seqlens, fla_tensor *d_o, fla_tensor *dht,
+                                fla_tensor *const *d, fla_tensor *dh0);
+
+/* As fla_cuda_op_precompile, for the modules of fla_cuda_op_backward
+** (with or without h0 and dht). */
+fla_status fla_cuda_op_precompile_backward(struct fla_op *op, fla_dtype in_dtype, int has_h0,
+                                           int has_dht, const char *arch, int *compiled);
+
+/* The core stage fla_cuda_op_backward runs (RECURRENT_BWD, or a chunked
+** backward stage), or -1 with the error in op's context. */
+int fla_cuda_op_backward_core_stage(struct fla_op *op, fla_dtype in_dtype, int has_h0, int has_dht);
 
 /* The stage fla_cuda_op_forward runs for the core of op with those inputs
 ** (RECURRENT_FWD or CHUNK_FWD), or -1 with the error in op's context. For
