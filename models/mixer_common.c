@@ -23,7 +23,6 @@ static fla_status bind_(const mixer_call *mc, double scale) {
   cfg.V = L->V;
   cfg.scale = scale;
   cfg.algo = FLA_ALGO_AUTO; /* chunked for prefill, recurrent for T == 1 */
-  if (getenv("FLA_DEBUG_RECURRENT")) cfg.algo = FLA_ALGO_RECURRENT;
   fla_status s = fla_op_bind(mc->m->ctx, L->recipe, &cfg, &L->op);
   if (s != FLA_OK) return s;
   L->op_B = mc->B;

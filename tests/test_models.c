@@ -66,21 +66,45 @@ START_TEST(test_reference_logits_and_greedy) {
   printf("%-16s logits rel-RMS error %.3g\n", name, err);
   ck_assert_msg(err < 1e-4, "%s: logits rel-RMS error %g", name, err);
 
+  /* greedy: fla's greedy_out where it agrees with fla's own logits (see below),
+  ** and always the arg max of a full forward at every step */
   int64_t np, no;
   int32_t *prompt = ref_tensor_(ctx, name, "greedy_prompt", FLA_I32, &np);
   int32_t *want = ref_tensor_(ctx, name, "greedy_out", FLA_I32, &no);
-  int32_t got[64];
+  int32_t got[64], seq[128];
   int32_t *outs[1] = {got};
   int64_t out_len = 0;
   const int32_t *prompts[1] = {prompt};
   fla_generate_options opt = {0};
-  opt.max_new_tokens = (int)(no - np);
+  opt.max_new_tokens = 20;
   opt.sampling.greedy = 1;
+  int32_t eos = fla_model_eos_token(m);
+  opt.stop_ids = &eos;
+  opt.num_stop_ids = 1;
   ck_assert_int_eq(fla_model_generate(m, 1, prompts, &np, &opt, outs, &out_len, NULL), FLA_OK);
-  ck_assert_int_eq(out_len, no - np);
-  for (int64_t i = 0; i < out_len; i++)
-    ck_assert_msg(got[i] == want[np + i], "%s: greedy token %lld is %d, fla gives %d", name, (long long)i,
-                  got[i], want[np + i]);
+  memcpy(seq, prompt, sizeof(int32_t) * (size_t)np);
+  float *step = malloc(sizeof(float) * (size_t)(np + out_len) * V);
+  for (int64_t i = 0; i < out_len; i++) {
+    ck_assert_int_eq(fla_model_forward(m, seq, 1, np + i, step), FLA_OK);
+    const float *last = step + (np + i - 1) * V;
+    int32_t best = 0;
+    for (int j = 1; j < V; j++)
+      if (last[j] > last[best]) best = j;
+    ck_assert_msg(got[i] == best, "%s: greedy token %lld is %d, the full forward's arg max %d", name,
+                  (long long)i, got[i], best);
+    seq[np + i] = best;
+  }
+  free(step);
+  /* fla's greedy_out of gla, gated_deltanet, retnet, delta_net, kda and hgrn2
+  ** came from its cached generation, which disagrees with its own logits: for
+  ** retnet, delta_net, kda and hgrn2 already the first token is not the arg max
+  ** of reference logits[0, 9] (the prompt is input_ids[0, :10]). The others
+  ** (softmax attention: a full forward per token; RWKV-6) are exact. */
+  int exact = !strcmp(name, "rwkv6") || !strcmp(name, "transformer") || !strcmp(name, "gla_hybrid_swa");
+  int agree = out_len == no - np;
+  for (int64_t i = 0; agree && i < out_len; i++) agree = got[i] == want[np + i];
+  printf("%-16s greedy tokens %s fla's greedy_out\n", name, agree ? "equal" : "differ from");
+  if (exact) ck_assert_msg(agree, "%s: greedy tokens differ from fla's", name);
   free(prompt);
   free(want);
   free(ids);
@@ -251,7 +275,11 @@ static void write_config_(const char *from, const char *to) {
   char src[4096];
   snprintf(src, sizeof src, "%s/config.json", model_dir_("gla"));
   size_t n;
-  char *text = (char *)th_read_bytes(src, &n);
+  unsigned char *raw = th_read_bytes(src, &n);
+  char *text = malloc(n + 1); /* NUL-terminated for strstr */
+  memcpy(text, raw, n);
+  text[n] = 0;
+  free(raw);
   char *buf = malloc(n + 256);
   if (from) {
     char *at = strstr(text, from);
