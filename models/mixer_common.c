@@ -54,7 +54,12 @@ fla_status mixer_run_op(const mixer_call *mc, const op_input *in, int n, double 
   if (s == FLA_OK) {
     args[n].name = "h0";
     args[n].tensor = h0;
+    /* Starting threads costs more than a small step computes (a decode step of
+    ** a small model): run those on the calling thread. */
+    int threads = ctx->nthreads;
+    if (mc->B * mc->T * L->H * (int64_t)L->K * L->V < (1 << 20)) ctx->nthreads = 1;
     s = fla_op_forward(L->op, args, n + 1, ot, htt);
+    ctx->nthreads = threads;
   }
   if (s == FLA_OK) memcpy(lc->state + mc->slot0 * lc->state_size, ht, sizeof(float) * (size_t)(mc->B * lc->state_size));
   for (int i = 0; i < nt; i++) fla_tensor_free(owned[i]);
