@@ -370,14 +370,18 @@ typedef struct fla_model fla_model;
 ** are used in place, bf16/f16 ones converted to float32 once. The files must
 ** stay unchanged while the model lives. Errors, each naming the file and the
 ** field or tensor:
-**   FLA_IO           config.json or a weight file cannot be opened or read;
-**   FLA_FORMAT       config.json is not JSON or a field has the wrong type
-**                    or an impossible value; a weight file is malformed; the
-**                    index names a file that is not there; a tensor the
-**                    architecture needs is missing, has the wrong shape, or
-**                    a tensor is present that it does not use;
-**   FLA_UNSUPPORTED  an unknown model_type, or an option of a known one
-**                    this library does not implement (named).
+**   FLA_IO           config.json or a weight file cannot be opened or read,
+**                    or model.safetensors.index.json names a shard that is
+**                    not there;
+**   FLA_FORMAT       config.json or the index is not JSON, or a field has
+**                    the wrong type or an impossible value; a weight file is
+**                    malformed; a tensor the architecture needs is missing,
+**                    has the wrong shape, or a tensor is present that it
+**                    does not use;
+**   FLA_UNSUPPORTED  an unknown model_type, an option of a known one this
+**                    library does not implement (named), or a weight dtype
+**                    other than F32, BF16, F16; also a context that is not
+**                    the CPU's (models run on the CPU in this version).
 ** The context must outlive the model. */
 fla_status fla_model_load(fla_ctx *ctx, const char *dir, fla_model **out);
 void fla_model_free(fla_model *m);
