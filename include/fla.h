@@ -362,7 +362,10 @@ fla_status fla_safetensors_save(fla_ctx *ctx, const char *path, int n,
 ** "model_type"): "gla", "gated_deltanet", "retnet", "delta_net", "kda",
 ** "hgrn2", "rwkv6", "transformer"; any of them but "transformer" may replace
 ** layers by softmax attention through fla's "attn" config (docs/models.md).
-** A model is read-only once loaded; its forward runs on the CPU in float32.
+** Its forward runs on the CPU in float32. A model runs one call at a time,
+** like its context (it keeps the recipe ops it bound between calls); the
+** context must outlive it. The math outside the token mixers is behind
+** models/nn.h, the seam where a GPU backend slots in.
 */
 typedef struct fla_model fla_model;
 
@@ -381,9 +384,10 @@ typedef struct fla_model fla_model;
 **   FLA_UNSUPPORTED  an unknown model_type, an option of a known one this
 **                    library does not implement (named), or a weight dtype
 **                    other than F32, BF16, F16; also a context that is not
-**                    the CPU's (models run on the CPU in this version).
-** The context must outlive the model. */
+**                    the CPU's (models run on the CPU in this version). */
 fla_status fla_model_load(fla_ctx *ctx, const char *dir, fla_model **out);
+/* Frees the model, its bound ops and converted weights, and unmaps its files.
+** Caches made from it must be freed first. NULL is allowed. */
 void fla_model_free(fla_model *m);
 
 /* Facts from config.json: model_type ("gla", ...), vocabulary size,
@@ -408,7 +412,10 @@ fla_status fla_model_forward(fla_model *m, const int32_t *ids, int64_t B, int64_
 ** vectors (RWKV-6) and the key/value cache of softmax attention (only the
 ** last window_size tokens under a sliding window). Slots start empty. */
 typedef struct fla_cache fla_cache;
+/* A cache of num_seqs empty slots for model m (which must outlive it).
+** FLA_INVALID for num_seqs < 1, FLA_NOMEM. */
 fla_status fla_cache_new(fla_model *m, int num_seqs, fla_cache **out);
+/* NULL is allowed. */
 void fla_cache_free(fla_cache *c);
 /* Empties slot seq (its sequence starts again from nothing). */
 fla_status fla_cache_reset(fla_cache *c, int seq);
