@@ -12,6 +12,11 @@
 void nn_linear_strided(const float *x, int ldx, int64_t M, int in, const float *W, int ldw,
                        int out, float *y, int ldy) {
   if (M <= 0 || out <= 0) return;
+  if (M <= 4) { /* decode: sgemm would pack all of W for a few rows; y_m = W x_m */
+    for (int64_t m = 0; m < M; m++)
+      cblas_sgemv(CblasRowMajor, CblasNoTrans, out, in, 1.0f, W, ldw, x + m * ldx, 1, 0.0f, y + m * ldy, 1);
+    return;
+  }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, out, in, 1.0f, x, ldx, W, ldw,
               0.0f, y, ldy);
 }
