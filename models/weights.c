@@ -23,6 +23,7 @@ typedef struct {
 
 struct weight_store {
   fla_ctx *ctx;
+  char label[4096]; /* model.safetensors or the index: names the checkpoint in messages */
   shard *shards;
   int nshards;
   float **owned; /* converted copies */
@@ -114,6 +115,7 @@ fla_status weights_open(fla_ctx *ctx, const char *dir, weight_store **out) {
   snprintf(single, sizeof single, "%s/model.safetensors", dir);
   snprintf(index, sizeof index, "%s/model.safetensors.index.json", dir);
   fla_status s;
+  snprintf(ws->label, sizeof ws->label, "%s", file_exists_(single) ? single : index);
   if (file_exists_(single)) s = add_shard_(ws, single);
   else if (file_exists_(index)) s = open_index_(ws, dir, index);
   else
@@ -147,7 +149,7 @@ fla_status weights_get(weight_store *ws, const char *name, int ndim, const int64
   char want[128], got[128];
   int k, i = find_(ws, name, &k);
   if (i < 0) {
-    return fla_set_error(ws->ctx, FLA_FORMAT, "%s: missing tensor '%s' %s", ws->shards[0].path, name,
+    return fla_set_error(ws->ctx, FLA_FORMAT, "%s: missing tensor '%s' %s", ws->label, name,
                          fla_shape_str(want, sizeof want, ndim, shape));
   }
   shard *sh = &ws->shards[k];
