@@ -7,9 +7,9 @@
 **         out = Wo (rmsnorm(o) * w * silu(Wg x)) per head.
 ** RetNet: the same without gk, with rotary q and k, o = retention(q, k, v).
 ** HGRN2:  q = silu(Wq x), g = logsigmoid(Wf x) (floored by the layer's lower
-**         bound lb: g = log(lb + (1 - lb) e^g)), o = gla(q, k = 1 - e^g, v = Wi x, g)
-**         (as fla does: the gla recipe, k rounded in float32), out = Wo rmsnorm(o)
-**         over the whole row.
+**         bound lb: g = log(lb + (1 - lb) e^g)), o = hgrn2(q, v = Wi x, g) (the
+**         recipe's key is 1 - e^g), out = Wo rmsnorm(o) over the whole row, with
+**         eps 1e-5 whatever norm_eps says (fla's rms_norm_linear default).
 */
 #include "internal.h"
 #include "model_internal.h"
@@ -34,9 +34,8 @@ static fla_status hgrn2_(const mixer_call *mc, const float *x, float *out) {
   int D = cfg->hidden_size, F = L->H * L->K;
   float *q = model_alloc(ctx, rows * F), *g = model_alloc(ctx, rows * F), *v = model_alloc(ctx, rows * D);
   float *tmp = model_alloc(ctx, rows * (F > D ? F : D)), *o = model_alloc(ctx, rows * D);
-  float *k = model_alloc(ctx, rows * F);
   fla_status s = FLA_NOMEM;
-  if (!q || !g || !v || !tmp || !o || !k) goto done;
+  if (!q || !g || !v || !tmp || !o) goto done;
   const float *W[3] = {L->q_proj, L->f_proj, L->i_proj};
   float *dst[3] = {q, g, v};
   int C[3] = {F, F, D};
@@ -58,18 +57,13 @@ static fla_status hgrn2_(const mixer_call *mc, const float *x, float *out) {
         double a = log(lb), b = log1p(-lb) + *gi, mx = fmax(a, b);
         *gi = (float)(mx + log(exp(a - mx) + exp(b - mx)));
       }
-      /* fla forms k = 1 - exp(g) in float32 and runs GLA; the hgrn2 recipe's
-      ** exact -expm1(g) differs by the rounding of 1 - exp(g) near g = 0, which
-      ** the logits amplify to ~3e-4, so the key is formed here the same way. */
-      k[r * F + c] = 1.0f - expf(*gi);
     }
-  op_input in[4] = {
+  op_input in[3] = {
     {"q", q, 4, {mc->B, mc->T, L->H, L->K}},
-    {"k", k, 4, {mc->B, mc->T, L->H, L->K}},
     {"v", v, 4, {mc->B, mc->T, L->H, L->V}},
     {"gk", g, 4, {mc->B, mc->T, L->H, L->K}},
   };
-  if ((s = mixer_run_op(mc, in, 4, 0.0, o))) goto done;
+  if ((s = mixer_run_op(mc, in, 3, 0.0, o))) goto done;
   /* fla's rms_norm_linear call passes no eps: its default 1e-5, not norm_eps */
   nn_rmsnorm(o, rows, D, L->out_norm, 1e-5f, tmp);
   nn_linear(tmp, rows, D, L->o_proj, D, NULL, out);
@@ -79,7 +73,6 @@ done:
   free(v);
   free(tmp);
   free(o);
-  free(k);
   return s;
 }
 

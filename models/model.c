@@ -258,7 +258,7 @@ static const char *recipe_of_(model_arch a) {
   case ARCH_RETNET: return "retention";
   case ARCH_DELTA_NET: return "delta_rule";
   case ARCH_KDA: return "kda";
-  case ARCH_HGRN2: return "gla"; /* with k = 1 - exp(g) formed as fla does (mixer_linear.c) */
+  case ARCH_HGRN2: return "hgrn2";
   case ARCH_RWKV6: return "rwkv6";
   case ARCH_TRANSFORMER: return NULL;
   }
