@@ -48,19 +48,18 @@ int32_t fla_sample(const float *logits, int vocab, const fla_sampling *s, uint64
   cand *c = malloc(sizeof(cand) * (size_t)vocab);
   if (!c) return argmax_(logits, vocab);
   float mx = logits[argmax_(logits, vocab)];
-  double sum = 0;
   for (int i = 0; i < vocab; i++) {
     c[i].id = i;
     c[i].p = (float)exp((logits[i] - mx) / s->temperature);
-    sum += c[i].p;
   }
   qsort(c, (size_t)vocab, sizeof(cand), by_prob_desc_);
   int n = vocab;
   if (s->top_k > 0 && s->top_k < n) n = s->top_k;
-  if (s->top_p > 0 && s->top_p < 1) {
-    double acc = 0;
+  if (s->top_p > 0 && s->top_p < 1) { /* of the distribution left after top-k, as HF */
+    double kept = 0, acc = 0;
+    for (int i = 0; i < n; i++) kept += c[i].p;
     int keep = 0;
-    while (keep < n && acc < s->top_p * sum) acc += c[keep++].p;
+    while (keep < n && acc < s->top_p * kept) acc += c[keep++].p;
     n = keep > 0 ? keep : 1;
   }
   double mass = 0;
