@@ -437,8 +437,9 @@ typedef struct fla_sampling {
   int greedy;          /* 1 (or temperature <= 0): the arg max, lowest id on ties */
   float temperature;   /* divides the logits before the softmax */
   int top_k;           /* > 0: only the k most likely tokens */
-  float top_p;         /* in (0, 1): the smallest set of most likely tokens whose
-                          probability reaches top_p (nucleus); else off */
+  float top_p;         /* in (0, 1): of the tokens top_k kept, the smallest set of
+                          most likely ones whose probability reaches top_p
+                          (nucleus); else off */
   uint64_t seed;       /* the random stream; sequence i of a batch uses its own
                           stream derived from (seed, i), so results do not
                           depend on the batch's other prompts */
