@@ -43,7 +43,7 @@ static void fail_(fla_tune_cand *c, fla_tunedb_outcome o, const char *what, cons
   c->done = 1;
   c->outcome = o;
   c->time_ms = -1;
-  snprintf(c->reason, sizeof c->reason, "%s: %s", what, msg);
+  snprintf(c->reason, sizeof c->reason, "%.40s: %.150s", what, msg);
   for (char *p = c->reason; *p; p++)
     if (*p == '\n' || *p == '\r') *p = ' ';
 }
@@ -201,7 +201,8 @@ static fla_status bench_set_(fla_ctx *g, const fla_tune_job *job, uint64_t seed,
       break;
     }
     for (int64_t j = 0; j < BLOCK; j++) blk[j] = fla_f32_to_bf16(value_(&seed, in->role));
-    for (int64_t j = 0; j < n; j++) h[j] = blk[j % BLOCK];  /* one random block, repeated */
+    for (int64_t j = 0; j < n; j += BLOCK)  /* one random block, repeated */
+      memcpy(h + j, blk, sizeof(uint16_t) * (size_t)(n - j < BLOCK ? n - j : BLOCK));
     s = fla_tensor_copy_from(g, args[i].tensor, h, FLA_BF16, n);
     free(h);
     *bytes += 2 * n;
@@ -241,14 +242,20 @@ static fla_algo algo_of_(const fla_tune_cand *c) {
   return c->stage == FLA_STAGE_RECURRENT_FWD ? FLA_ALGO_RECURRENT : FLA_ALGO_CHUNK;
 }
 
-/* After a failed launch: 0 when the context still works (the failure was
-** the candidate's), -1 when it is broken (nothing may be recorded). */
-static int ctx_alive_(fla_ctx *g) {
+/* A forward of candidate c failed with status f: c fails with the message.
+** FLA_OK when the context still works; when the failure broke it (an
+** illegal address is sticky), FLA_ERROR: c is still recorded as failed, so
+** that the resumed sweep, in a new process, does not run it again, and the
+** sweep stops. */
+static fla_status launch_failed_(fla_ctx *g, fla_tune_cand *c, fla_status f) {
   char keep[FLA_ERRMSG_MAX];
   snprintf(keep, sizeof keep, "%s", fla_errmsg(g));
-  int ok = fla_cuda_sync(g, "tuner: after a failed candidate") == FLA_OK;
-  fla_set_error(g, FLA_ERROR, "%s", keep);
-  return ok ? 0 : -1;
+  int alive = fla_cuda_sync(g, "tuner: after a failed candidate") == FLA_OK;
+  fail_(c, FLA_TUNEDB_CAND_FAILED, alive ? "launch" : "launch (broke the CUDA context)", keep);
+  if (alive) return FLA_OK;
+  return fla_set_error(g, FLA_ERROR, "%s: %s (status %d); the CUDA context is unusable: run the "
+                       "sweep again, it resumes after this candidate", fla_tune_cfg_str(&c->cfg,
+                       (char[64]){0}, 64), keep, (int)f);
 }
 
 /* Runs candidate c at the check shape. FLA_OK with c->done set when it
@@ -267,11 +274,7 @@ static fla_status check_cand_(fla_ctx *g, const fla_tune_job *job, checker *ck, 
   if (s != FLA_OK) goto done;  /* setup: not the candidate's fault */
   fla_status f = fla_op_forward(op, ck->dargs, ck->n, o, ht);
   if (f != FLA_OK) {
-    if (ctx_alive_(g) != 0) {
-      s = f;
-      goto done;
-    }
-    fail_(c, FLA_TUNEDB_CAND_FAILED, "launch", fla_errmsg(g));
+    s = launch_failed_(g, c, f);
     goto done;
   }
   int ran = fla_cuda_op_core_stage(op, FLA_BF16, 0, 1);
@@ -332,8 +335,7 @@ static fla_status time_cand_(fla_ctx *g, const fla_tune_job *job, bench_in *b, i
   /* the first call loads the module (and compiles the prep stages once) */
   fla_status f = fla_op_forward(op, b->sets[0], b->nin, b->o, b->ht);
   if (f != FLA_OK) {
-    if (ctx_alive_(g) != 0) s = f;
-    else fail_(c, FLA_TUNEDB_CAND_FAILED, "launch", fla_errmsg(g));
+    s = launch_failed_(g, c, f);
     fla_op_free(op);
     return s;
   }
@@ -355,8 +357,7 @@ static fla_status time_cand_(fla_ctx *g, const fla_tune_job *job, bench_in *b, i
     f = fla_op_forward(op, b->sets[i % b->nsets], b->nin, b->o, b->ht);
     d->cuEventRecord(e1, NULL);
     if (f != FLA_OK) {
-      if (ctx_alive_(g) != 0) s = f;
-      else fail_(c, FLA_TUNEDB_CAND_FAILED, "launch", fla_errmsg(g));
+      s = launch_failed_(g, c, f);
       goto done;
     }
     float ms = 0;
@@ -543,7 +544,7 @@ fla_status fla_tune_run(fla_ctx *g, fla_tunedb *db, fla_tune_job *job, const fla
       s = check_cand_(g, job, &ck, c);
       if (s == FLA_OK && !c->done) s = time_cand_(g, job, &b, runs, best[slot_(c)], any, c);
       fla_ctx_tune_force(g, -1, NULL);
-      if (s != FLA_OK) break;  /* the context broke: record nothing for c */
+      if (s != FLA_OK && !c->done) break;  /* not the candidate's doing: record nothing */
     }
     if (c->outcome == FLA_TUNEDB_CAND_OK) {
       res->timed++;
@@ -552,7 +553,9 @@ fla_status fla_tune_run(fla_ctx *g, fla_tunedb *db, fla_tune_job *job, const fla
     } else {
       res->failed++;
     }
-    if ((s = record_(db, &k[slot_(c)], c)) != FLA_OK) break;
+    fla_status rs = record_(db, &k[slot_(c)], c);
+    if (s == FLA_OK) s = rs;
+    if (s != FLA_OK) break;  /* the context broke (c recorded), or the database failed */
     report_(opts, job, todo[j], c->outcome == FLA_TUNEDB_CAND_OK ? "timed"
                                 : c->outcome == FLA_TUNEDB_CAND_WRONG ? "wrong" : "failed");
   }
