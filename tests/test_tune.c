@@ -436,6 +436,50 @@ START_TEST(test_ctx_readonly_location) {
 }
 END_TEST
 
+static int count_rows_(void *user, const fla_tunedb_row *r) {
+  int *n = user;
+  if (r->has_winner) ck_assert(r->time_ms > 0 && r->winner.BT > 0);
+  else ck_assert(r->time_ms == -1);
+  n[0]++;
+  n[1] += r->n_ok, n[2] += r->n_failed;
+  return 0;
+}
+
+/* What fla-tune --show walks: every row, sweeps under way included. */
+START_TEST(test_foreach) {
+  fla_ctx *ctx = th_cpu_ctx();
+  const char *dir = tmp_dir();
+  char path[256];
+  snprintf(path, sizeof path, "%s/t.sqlite", dir);
+  fla_recipe *r = recipe_(ctx, "simple_gla");
+  fla_tile_config w = {64, 128, 32, 4};
+  put_row_(ctx, path, r, FLA_STAGE_CHUNK_FWD, 16, 128, w, 0.5);
+  put_row_(ctx, path, r, FLA_STAGE_CHUNK_FWD, 32, 128, w, 0.7);
+  fla_tunedb *db = NULL;
+  ck_assert_int_eq(fla_tunedb_open(ctx, path, FLA_TUNEDB_READWRITE, &db), FLA_OK);
+  fla_tune_ident id = h100_();
+  fla_tune_key k;
+  fla_gen_key gk = gkey_(r, 64);
+  ck_assert_int_eq(fla_tune_key_make(ctx, &id, r, FLA_STAGE_CHUNK_FWD, &gk, 16, &k), FLA_OK);
+  fla_tunedb_candidate c = {w, -1, FLA_TUNEDB_CAND_FAILED, "compile: x"};
+  ck_assert_int_eq(fla_tunedb_record_candidate(db, &k.key, &c), FLA_OK);  /* no winner yet */
+  int n[3] = {0, 0, 0};
+  ck_assert_int_eq(fla_tunedb_foreach(db, count_rows_, n), FLA_OK);
+  ck_assert_int_eq(n[0], 3);
+  ck_assert_int_eq(n[1], 2);
+  ck_assert_int_eq(n[2], 1);
+  ck_assert_int_eq(fla_tunedb_checkpoint(db), FLA_OK);
+  fla_tunedb_close(db);
+  ck_assert_int_eq(th_count_entries(dir), 1);  /* the file alone holds it all */
+  ck_assert_int_eq(fla_tunedb_open(ctx, path, FLA_TUNEDB_READONLY, &db), FLA_OK);
+  ck_assert_int_eq(fla_tunedb_checkpoint(db), FLA_INVALID);  /* a reader does not write */
+  fla_tunedb_close(db);
+  fla_recipe_free(r);
+  rm_tree(dir);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 /* Dispatch on a context without a GPU: the tuner's forced configuration for
 ** its stage only, else the default (no device to key on). */
 START_TEST(test_pick_forced) {
@@ -476,6 +520,7 @@ static Suite *tune_suite(void) {
   tcase_add_test(tc, test_ctx_corrupt);
   tcase_add_test(tc, test_ctx_locked);
   tcase_add_test(tc, test_ctx_readonly_location);
+  tcase_add_test(tc, test_foreach);
   tcase_add_test(tc, test_pick_forced);
   suite_add_tcase(s, tc);
   return s;

@@ -68,7 +68,7 @@ START_TEST(test_sweep_twice) {
   fla_recipe *r = NULL;
   ck_assert_int_eq(fla_recipe_find(cpu, "simple_gla", &r), FLA_OK);
   fla_tunedb *db = NULL;
-  ck_assert_msg(fla_tunedb_open(cpu, path, FLA_TUNEDB_CREATE, &db) == FLA_OK, "%s", fla_errmsg(cpu));
+  ck_assert_msg(fla_tunedb_open(g, path, FLA_TUNEDB_CREATE, &db) == FLA_OK, "%s", fla_errmsg(g));
   fla_tune_shape sh = {2, 1000, 4, 64, 64};
   static fla_tune_job job;
   fla_tune_result res;

@@ -282,9 +282,9 @@ int main(int argc, char **argv) {
   }
   fla_ctx_set_tunedb(g, "");  /* the tuner forces every configuration it times */
   fla_tunedb *db = NULL;
-  s = fla_tunedb_open(cpu, db_path, FLA_TUNEDB_CREATE, &db);
+  s = fla_tunedb_open(g, db_path, FLA_TUNEDB_CREATE, &db);  /* its messages go to g */
   if (s != FLA_OK) {
-    fprintf(stderr, "fla-tune: %s: %s\n", fla_errstr(s), fla_errmsg(cpu));
+    fprintf(stderr, "fla-tune: %s: %s\n", fla_errstr(s), fla_errmsg(g));
     fla_ctx_free(g);
     for (int i = 0; i < nr; i++) fla_recipe_free(loaded[i]);
     fla_ctx_free(cpu);
