@@ -6,6 +6,7 @@
 #include "cuda/op_cuda.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 fla_status fla_cuda_tune_ident(fla_ctx *ctx, fla_tune_ident *id) {
@@ -23,6 +24,17 @@ fla_status fla_cuda_tune_ident(fla_ctx *ctx, fla_tune_ident *id) {
 }
 
 static int is_core_(fla_stage s) { return s != FLA_STAGE_PREP_FWD; }
+
+/* Whether the stage takes cfg for key: a database edited by hand, or from
+** another build, must not make a forward fail. */
+static int valid_(fla_stage stage, const fla_gen_key *key, const fla_tile_config *cfg) {
+  char *src = NULL;
+  char names[FLA_STAGE_MAX_KERNELS][64];
+  int nk = 0;
+  fla_status s = fla_generate(NULL, stage, key, cfg, &src, names, &nk);
+  free(src);
+  return s == FLA_OK;
+}
 
 /* One-token decoding keeps the recurrent default: the sweep times long
 ** sequences, whose best staging differs. */
@@ -53,6 +65,7 @@ void fla_cuda_pick_config(fla_op *op, fla_ctx *ctx, fla_stage stage, const fla_g
   fla_tunedb_how how;
   double ms;
   lookup_(op, ctx, stage, key, &dflt, cfg, &how, &ms);
+  if (how != FLA_TUNEDB_DEFAULT && !valid_(stage, key, cfg)) *cfg = dflt;
 }
 
 int fla_cuda_pick_recurrent(fla_op *op, fla_ctx *ctx, fla_stage chunk_stage, const fla_gen_key *key) {
@@ -68,5 +81,6 @@ int fla_cuda_pick_recurrent(fla_op *op, fla_ctx *ctx, fla_stage chunk_stage, con
   lookup_(op, ctx, chunk_stage, key, &dc, &c, &hc, &mc);
   if (hc == FLA_TUNEDB_DEFAULT) return 0;
   lookup_(op, ctx, FLA_STAGE_RECURRENT_FWD, key, &dr, &r, &hr, &mr);
-  return hr != FLA_TUNEDB_DEFAULT && mr >= 0 && mc >= 0 && mr < mc;
+  return hr != FLA_TUNEDB_DEFAULT && mr >= 0 && mc >= 0 && mr < mc &&
+         valid_(FLA_STAGE_RECURRENT_FWD, key, &dr);
 }
