@@ -6,9 +6,11 @@
 #   here:   cmake -S . -B build -DCMAKE_BUILD_TYPE=Release && cmake --build build -j2
 #   there:  bash bench/tune_run.sh [STEP ...]     (run tool: carry ["build", ".device"])
 #
-# Steps, in this order when none is named (each fits the 10-minute limit of
-# one device command on its own; name them in separate calls if the whole
-# does not, the work folder survives between calls of one warm machine):
+# Steps, in this order when none is named. All of them together may pass the
+# 10-minute limit of one device command: run them in three calls,
+#   bash bench/tune_run.sh test small;  bash bench/tune_run.sh sweep;  bash bench/tune_run.sh ttff bench
+# (the work folder build-tunework/, ignored and not carried, keeps the module
+# caches and a copy of the swept database between calls of one warm machine):
 #   test    build/test_tune_gpu (a small sweep twice, dispatch of the winner)
 #   small   fla-tune on 3 recipes x 1 shape into a fresh database, then the
 #           same command again: it must compile and time nothing
@@ -39,6 +41,9 @@ rc_all=0
 
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true; } > "$OUT/device.txt"
 say "device: $(head -n1 "$OUT/device.txt")"
+
+# A later call may not see the tree's copy of the swept database: use the work folder's.
+[ -f "$SHIPPED" ] || { [ -f "$WORK/h100.sqlite" ] && cp "$WORK/h100.sqlite" "$SHIPPED"; }
 
 for step in $STEPS; do
   case $step in
@@ -71,6 +76,7 @@ for step in $STEPS; do
     rc=$?; t=$(since "$t0")
     [ $rc -ne 0 ] && rc_all=1
     cp "$SHIPPED" "$OUT/h100.sqlite"
+    cp "$SHIPPED" "$WORK/h100.sqlite"   # for ttff and bench in a later call
     "$BUILD/fla-tune" --show --db "$SHIPPED" > "$OUT/show.txt" 2>&1
     say "full default sweep: rc=$rc in $t s (goal < 600 s); $(grep '^totals' "$OUT/sweep.txt")"
     grep -E '^fla-tune: .*(modules compiled|skipped)' "$OUT/sweep.err" | tee -a "$SUMMARY"
