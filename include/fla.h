@@ -108,6 +108,32 @@ fla_backend fla_ctx_backend(const fla_ctx *ctx);
 ** means the number of online processors. */
 fla_status fla_ctx_set_threads(fla_ctx *ctx, int nthreads);
 
+/* The tuning database: where the GPU forward finds the tile configuration
+** (and, between the chunked and the token-by-token kernels, the algorithm)
+** that fla-tune measured best on this GPU (docs/tunedb.md). Only read:
+** the library never writes to it.
+**   path            that file alone, opened read-only now;
+**   ""              no database: every kernel runs its default configuration;
+**   NULL            the default resolution, which a context also uses when
+**                   this is never called (then lazily, at the first GPU
+**                   forward, silently): $FLA_TUNEDB when set ("none": no
+**                   database), else the user's cache
+**                   ($XDG_CACHE_HOME/fla/tunedb.sqlite, else
+**                   ~/.cache/fla/tunedb.sqlite) when that file exists,
+**                   followed by the database shipped with the library
+**                   (tunedb/h100.sqlite of its source tree), asked when the
+**                   first has nothing for a kernel.
+** FLA_FORMAT for a file that is not a tuning database (corrupt, another
+** program's, a newer schema), FLA_IO for one that cannot be opened (missing,
+** unreadable, locked): fla_errmsg says which file and why. The context then
+** keeps going on the databases that did open (none: default
+** configurations), and the file is left exactly as it was. */
+fla_status fla_ctx_set_tunedb(fla_ctx *ctx, const char *path);
+
+/* The databases the context reads, in lookup order, separated by ':'
+** ("" when none is open or none was resolved yet). Owned by ctx. */
+const char *fla_ctx_tunedb(const fla_ctx *ctx);
+
 /* ----------------------------------------------------------------- tensors */
 
 typedef enum fla_dtype {

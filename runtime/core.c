@@ -91,6 +91,7 @@ fla_status fla_ctx_create(fla_backend backend, fla_ctx **out) {
 void fla_ctx_free(fla_ctx *ctx) {
   if (!ctx) return;
   fla_cuda_ctx_close(ctx);
+  fla_ctx_tune_free(ctx);
   free(ctx);
 }
 

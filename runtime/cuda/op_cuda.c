@@ -9,6 +9,7 @@
 */
 #include "cuda/op_cuda.h"
 #include "cuda/modcache.h"
+#include "cuda/tune_pick.h"
 #include "feature.h"
 #include "op_internal.h"
 
@@ -54,11 +55,12 @@ static void plan_free_(plan *p) {
   memset(p, 0, sizeof *p);
 }
 
-static fla_status gen_(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key, stage_src *s) {
+/* The tile configuration: tuned (runtime/cuda/tune_pick.h), else the default. */
+static fla_status gen_(fla_op *op, fla_ctx *ctx, fla_stage stage, const fla_gen_key *key, stage_src *s) {
   s->stage = stage;
   s->key = *key;
   memset(&s->cfg, 0, sizeof s->cfg);
-  fla_stage_default_config(stage, key, &s->cfg);
+  fla_cuda_pick_config(op, ctx, stage, key, &s->cfg);
   s->src = NULL;
   return fla_generate(ctx, stage, &s->key, &s->cfg, &s->src, s->kernels, &s->nkernels);
 }
@@ -87,14 +89,16 @@ static fla_status plan_(fla_op *op, fla_ctx *ctx, int in_bf16, int has_h0, int s
   /* The first chunked stage that handles the key; none: the recurrent form. */
   static const fla_stage chunked[] = {FLA_STAGE_CHUNK_FWD, FLA_STAGE_CHUNK_GK_FWD, FLA_STAGE_CHUNK_WY_FWD};
   for (int i = 0; !wants_recurrent_(op) && st == FLA_UNSUPPORTED && i < 3; i++) {
-    st = gen_(ctx, chunked[i], &key, &p->core);
+    st = gen_(op, ctx, chunked[i], &key, &p->core);
+    /* the tuning database may have found the recurrent kernel faster here */
+    if (st == FLA_OK && fla_cuda_pick_recurrent(op, ctx, chunked[i], &key)) st = FLA_UNSUPPORTED;
     if (st == FLA_UNSUPPORTED) {
       free(p->core.src);
       p->core.src = NULL;
       fla_clear_error(ctx);
     }
   }
-  if (st == FLA_UNSUPPORTED) st = gen_(ctx, FLA_STAGE_RECURRENT_FWD, &key, &p->core);
+  if (st == FLA_UNSUPPORTED) st = gen_(op, ctx, FLA_STAGE_RECURRENT_FWD, &key, &p->core);
   if (st != FLA_OK) goto fail;
 
   fla_ir_feature maps[3] = {ir->feature_q, FLA_FEATURE_IDENTITY, FLA_FEATURE_IDENTITY};
@@ -104,7 +108,7 @@ static fla_status plan_(fla_op *op, fla_ctx *ctx, int in_bf16, int has_h0, int s
     if (maps[i] == FLA_FEATURE_IDENTITY) continue;
     fla_gen_key pk;
     prep_key_(&key, maps[i], op->K, &pk);
-    if ((st = gen_(ctx, FLA_STAGE_PREP_FWD, &pk, &p->prep[i])) != FLA_OK) goto fail;
+    if ((st = gen_(op, ctx, FLA_STAGE_PREP_FWD, &pk, &p->prep[i])) != FLA_OK) goto fail;
   }
   return FLA_OK;
 fail:
