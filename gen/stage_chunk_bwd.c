@@ -15,7 +15,7 @@
 ** KW/16 * BV/8 * 4 <= 64 state registers a thread). BK is K (not tiled).
 **
 ** Three kernels (grid, block, dynamic shared memory):
-**   fla_chunk_bwd_h     (N*NVW, H)  128   2*64*(KP+8)*2 + 2*64*(BV+8)*2 + 256
+**   fla_chunk_bwd_h     (N*NVW, H)  128   4*(64*(KP+8)*2 + 64*(BV+8)*2) + 256
 **   fla_chunk_bwd_dh    (N*NVW, H)  128   same
 **   fla_chunk_bwd_dqkv  (NC, H)     128   2*64*(K16+8)*2 + 2*64*(V16+8)*2
 **                                         + 2*K16*(V16+8)*2 + 2*64*72*2 + 1056
@@ -36,6 +36,7 @@
 #define BWD_BT 64
 #define BWD_WARPS 4
 #define BWD_MAXKV 128
+#define BWD_NST 4 /* cp.async stages of the walks (CK_NST) */
 #define BWD_SMEM_MAX (227 * 1024)
 
 static int kw_(int K) { return (K + 16 * BWD_WARPS - 1) / (16 * BWD_WARPS) * 16; }
@@ -43,7 +44,7 @@ static int r16_(int x) { return (x + 15) / 16 * 16; }
 
 static unsigned smem_walk_(const fla_gen_key *key, const fla_tile_config *cfg) {
   int KP = kw_(key->K) * BWD_WARPS;
-  return (unsigned)(2 * BWD_BT * (KP + 8) * 2 + 2 * BWD_BT * (cfg->BV + 8) * 2 + 256);
+  return (unsigned)(BWD_NST * (BWD_BT * (KP + 8) * 2 + BWD_BT * (cfg->BV + 8) * 2) + 256);
 }
 
 static unsigned smem_dqkv_(const fla_gen_key *key) {

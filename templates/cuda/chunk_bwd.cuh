@@ -194,7 +194,8 @@ __device__ __forceinline__ void ckb_state_store_bf16(const float (&S)[CK_MT][CK_
       }
 }
 
-/* The chunk c of sequence n (chunks c0 .. of tokens from t0n) without the chunk tables. */
+/* The chunk c of sequence n (chunks c0 .. c1-1, tokens from t0n to te) without
+** the chunk tables. */
 __device__ __forceinline__ void ckb_chunk_of(long long c, long long c0, long long c1, int n,
                                              long long t0n, long long te, ck_chunk &x) {
   x.n = n;
@@ -207,146 +208,122 @@ __device__ __forceinline__ void ckb_chunk_of(long long c, long long c0, long lon
   x.last = c + 1 == c1;
 }
 
-/* Kernel 1: for each sequence n (blockIdx.x / NVW), value slice vt, head h:
-**   S = h0[n] (or 0); for each chunk c of n in order:
-**     ws0[c,h][:, slice] = bf16(S);   S = 2^gL S + (K .* 2^(gL - gam))^T V.
-** Shared memory: Ks[2][64][LDQ], Vs[2][64][LDV] bf16, gam[64] f32. */
-extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_bwd_h(fla_kernel_args a) {
-  extern __shared__ __align__(16) unsigned char ck_sm[];
-  unsigned short *Ks = (unsigned short *)ck_sm;
-  unsigned short *Vs = Ks + 2 * CK_BT * CK_LDQ;
-  float *gam = (float *)(Vs + 2 * CK_BT * CK_LDV);
-  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
-  const int vt = blockIdx.x % CK_NVW, n = blockIdx.x / CK_NVW, h = blockIdx.y;
-  const int v0 = vt * CK_BV, vcols = FLA_V - v0 < CK_BV ? FLA_V - v0 : CK_BV;
-  const long long *cf = (const long long *)a.chunk_first;
-  const long long *cu = (const long long *)a.cu;
-  const long long c0 = cf[n], c1 = cf[n + 1];
-  if (c0 >= c1) return;
-  const long long H = a.H, KV = (long long)FLA_K * FLA_V;
-  const unsigned short *kp = (const unsigned short *)a.k;
-  const unsigned short *vp = (const unsigned short *)a.v;
-  unsigned short *hs = (unsigned short *)a.ws0;
-  const int veck = ckb_vec(a.k, 0, FLA_K) && (FLA_K * 2) % 16 == 0;
-  const int vecv = ckb_vec(a.v, v0, FLA_V) && (FLA_V * 2) % 16 == 0;
-  const float gc = ckb_gamma_h(a, h);
-  const float *h0 = FLA_HAS_H0 ? (const float *)a.h0 : (const float *)0;
+/* The walks of kernels 1 and 2: step i handles chunk c0 + i (MODE 0, the state:
+** X = k, Y = v, stored to ws0) or c1 - 1 - i (MODE 1, its gradient: X = q,
+** Y = dO, stored to ws1). Per step: store bf16(S) for the chunk, then
+** S = 2^gL S + (X .* f)^T Y (ckb_update). Tiles come through a ring of CK_NST
+** cp.async stages (a step is short: one chunk ahead does not hide the load
+** latency); the gates one step ahead in registers.
+** Shared memory: Xs[NST][64][LDQ], Ys[NST][64][LDV] bf16, gam[64] f32. */
+#define CK_NST 4
 
-  float S[CK_MT][CK_NT][4];
-  ck_state_load<CK_KW>(S, h0 ? h0 + ((long long)n * H + h) * KV : h0, v0, w, lane);
-
+template <int MODE>
+__device__ __forceinline__ void ckb_walk_load(const fla_kernel_args &a, long long i, long long c0,
+                                              long long c1, int n, long long t0n, long long te,
+                                              int h, int v0, int vcols, unsigned short *Xs,
+                                              unsigned short *Ys, int vecx, int vecy, int tid) {
+  const long long H = a.H;
   ck_chunk x;
-  ckb_chunk_of(c0, c0, c1, n, cu[n], cu[n + 1], x);
-  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, kp + (x.t0 * H + h) * FLA_K, H * FLA_K, x.rows, FLA_K,
-                                      veck, tid);
-  ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs, vp + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, x.rows,
-                                      vcols, vecv, tid);
-  ck_commit();
+  ckb_chunk_of(MODE ? c1 - 1 - i : c0 + i, c0, c1, n, t0n, te, x);
+  const int slot = (int)(i % CK_NST);
+  const unsigned short *xp = (const unsigned short *)(MODE ? a.q : a.k);
+  const unsigned short *yp = (const unsigned short *)(MODE ? a.d_o : a.v);
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Xs + slot * CK_BT * CK_LDQ, xp + (x.t0 * H + h) * FLA_K,
+                                      H * FLA_K, x.rows, FLA_K, vecx, tid);
+  ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Ys + slot * CK_BT * CK_LDV,
+                                      yp + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, x.rows, vcols,
+                                      vecy, tid);
+}
+
+template <int MODE>
+__device__ __forceinline__ void ckb_walk(const fla_kernel_args &a, float (&S)[CK_MT][CK_NT][4],
+                                         int n, int h, int v0, int vcols, long long c0,
+                                         long long c1, unsigned char *sm) {
+  unsigned short *Xs = (unsigned short *)sm;
+  unsigned short *Ys = Xs + CK_NST * CK_BT * CK_LDQ;
+  float *gam = (float *)(Ys + CK_NST * CK_BT * CK_LDV);
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+  const long long *cu = (const long long *)a.cu;
+  const long long t0n = cu[n], te = cu[n + 1], nc = c1 - c0;
+  const long long H = a.H, KV = (long long)FLA_K * FLA_V;
+  const int vecx = ckb_vec(MODE ? a.q : a.k, 0, FLA_K);
+  const int vecy = ckb_vec(MODE ? a.d_o : a.v, v0, FLA_V);
+  unsigned short *store = (unsigned short *)(MODE ? a.ws1 : a.ws0);
+  const float gc = ckb_gamma_h(a, h);
+  const float scale = MODE ? a.scale : 1.0f;
+
+#pragma unroll
+  for (int i = 0; i < CK_NST - 1; i++) {
+    if (i < nc) ckb_walk_load<MODE>(a, i, c0, c1, n, t0n, te, h, v0, vcols, Xs, Ys, vecx, vecy, tid);
+    ck_commit(); /* always: one group a step keeps the wait count fixed */
+  }
+  ck_chunk x;
+  ckb_chunk_of(MODE ? c1 - 1 : c0, c0, c1, n, t0n, te, x);
   float g0 = 0.0f, g1 = 0.0f;
   if (w == 0) ck_load_g(a, x, h, lane, g0, g1);
 
-  for (long long c = c0; c < c1; c++) {
-    const int buf = (int)((c - c0) & 1);
+  for (long long i = 0; i < nc; i++) {
+    const long long c = MODE ? c1 - 1 - i : c0 + i;
+    const int slot = (int)(i % CK_NST);
+    if (i + CK_NST - 1 < nc)
+      ckb_walk_load<MODE>(a, i + CK_NST - 1, c0, c1, n, t0n, te, h, v0, vcols, Xs, Ys, vecx, vecy,
+                          tid);
+    ck_commit();
     const int rows = x.rows;
     ck_chunk xn = x;
     float gn0 = 0.0f, gn1 = 0.0f;
-    if (c + 1 < c1) {
-      ckb_chunk_of(c + 1, c0, c1, n, cu[n], x.te, xn);
-      ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks + (buf ^ 1) * CK_BT * CK_LDQ,
-                                          kp + (xn.t0 * H + h) * FLA_K, H * FLA_K, xn.rows, FLA_K,
-                                          veck, tid);
-      ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs + (buf ^ 1) * CK_BT * CK_LDV,
-                                          vp + (xn.t0 * H + h) * FLA_V + v0, H * FLA_V, xn.rows,
-                                          vcols, vecv, tid);
-      ck_commit();
+    if (i + 1 < nc) {
+      ckb_chunk_of(MODE ? c - 1 : c + 1, c0, c1, n, t0n, te, xn);
       if (w == 0) ck_load_g(a, xn, h, lane, gn0, gn1);
     }
-    ckb_state_store_bf16(S, hs + (c * H + h) * KV, v0, w, lane);
+    ckb_state_store_bf16(S, store + (c * H + h) * KV, v0, w, lane);
     if (w == 0) ck_scan_g(gam, g0, g1, gc, rows, lane);
-    if (c + 1 < c1)
-      ck_wait_one();
-    else
-      ck_wait_all();
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(CK_NST - 1));
     __syncthreads();
-    ckb_update<0, CK_LDQ, CK_LDV>(S, Ks + buf * CK_BT * CK_LDQ, Vs + buf * CK_BT * CK_LDV, gam,
-                                  rows, 1.0f, w, lane);
+    ckb_update<MODE, CK_LDQ, CK_LDV>(S, Xs + slot * CK_BT * CK_LDQ, Ys + slot * CK_BT * CK_LDV,
+                                     gam, rows, scale, w, lane);
     __syncthreads();
     x = xn;
     g0 = gn0, g1 = gn1;
   }
+  ck_wait_all();
+}
+
+/* Kernel 1: for each sequence n (blockIdx.x / NVW), value slice vt, head h:
+**   S = h0[n] (or 0); for each chunk c of n in order:
+**     ws0[c,h][:, slice] = bf16(S);   S = 2^gL S + (K .* 2^(gL - gam))^T V. */
+extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_bwd_h(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+  const int vt = blockIdx.x % CK_NVW, n = blockIdx.x / CK_NVW, h = blockIdx.y;
+  const int v0 = vt * CK_BV, vcols = FLA_V - v0 < CK_BV ? FLA_V - v0 : CK_BV;
+  const long long *cf = (const long long *)a.chunk_first;
+  const long long c0 = cf[n], c1 = cf[n + 1];
+  if (c0 >= c1) return;
+  const long long KV = (long long)FLA_K * FLA_V;
+  const float *h0 = FLA_HAS_H0 ? (const float *)a.h0 : (const float *)0;
+  float S[CK_MT][CK_NT][4];
+  ck_state_load<CK_KW>(S, h0 ? h0 + ((long long)n * a.H + h) * KV : h0, v0, w, lane);
+  ckb_walk<0>(a, S, n, h, v0, vcols, c0, c1, ck_sm);
 }
 
 /* Kernel 2: for each sequence n, value slice, head h: dS = dht[n] (or 0); for
 ** each chunk c of n, last to first:
 **   ws1[c,h][:, slice] = bf16(dS);   dS = 2^gL dS + (scale 2^gam .* Q)^T dO;
-** then dh0[n] = dS (f32). Shared memory: Qs[2][64][LDQ], Os[2][64][LDV] bf16,
-** gam[64] f32. */
-extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_bwd_dh(fla_kernel_args a) {
+** then dh0[n] = dS (f32; also for a sequence without tokens). */
+extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_bwd_dh(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
-  unsigned short *Qs = (unsigned short *)ck_sm;
-  unsigned short *Os = Qs + 2 * CK_BT * CK_LDQ;
-  float *gam = (float *)(Os + 2 * CK_BT * CK_LDV);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
   const int vt = blockIdx.x % CK_NVW, n = blockIdx.x / CK_NVW, h = blockIdx.y;
   const int v0 = vt * CK_BV, vcols = FLA_V - v0 < CK_BV ? FLA_V - v0 : CK_BV;
   const long long *cf = (const long long *)a.chunk_first;
-  const long long *cu = (const long long *)a.cu;
   const long long c0 = cf[n], c1 = cf[n + 1];
-  const long long H = a.H, KV = (long long)FLA_K * FLA_V;
-  const unsigned short *qp = (const unsigned short *)a.q;
-  const unsigned short *dop = (const unsigned short *)a.d_o;
-  unsigned short *dhs = (unsigned short *)a.ws1;
-  const int vecq = ckb_vec(a.q, 0, FLA_K);
-  const int veco = ckb_vec(a.d_o, v0, FLA_V);
-  const float gc = ckb_gamma_h(a, h);
-  const float scale = a.scale;
+  const long long KV = (long long)FLA_K * FLA_V;
   const float *dht = (const float *)a.dht;
-
   float S[CK_MT][CK_NT][4];
-  ck_state_load<CK_KW>(S, dht ? dht + ((long long)n * H + h) * KV : dht, v0, w, lane);
-
-  if (c1 > c0) {
-    const long long t0n = cu[n], te = cu[n + 1];
-    ck_chunk x;
-    ckb_chunk_of(c1 - 1, c0, c1, n, t0n, te, x);
-    ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs, qp + (x.t0 * H + h) * FLA_K, H * FLA_K, x.rows, FLA_K,
-                                        vecq, tid);
-    ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Os, dop + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, x.rows,
-                                        vcols, veco, tid);
-    ck_commit();
-    float g0 = 0.0f, g1 = 0.0f;
-    if (w == 0) ck_load_g(a, x, h, lane, g0, g1);
-    for (long long c = c1 - 1; c >= c0; c--) {
-      const int buf = (int)((c1 - 1 - c) & 1);
-      const int rows = x.rows;
-      ck_chunk xn = x;
-      float gn0 = 0.0f, gn1 = 0.0f;
-      if (c > c0) {
-        ckb_chunk_of(c - 1, c0, c1, n, t0n, te, xn);
-        ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs + (buf ^ 1) * CK_BT * CK_LDQ,
-                                            qp + (xn.t0 * H + h) * FLA_K, H * FLA_K, xn.rows,
-                                            FLA_K, vecq, tid);
-        ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Os + (buf ^ 1) * CK_BT * CK_LDV,
-                                            dop + (xn.t0 * H + h) * FLA_V + v0, H * FLA_V,
-                                            xn.rows, vcols, veco, tid);
-        ck_commit();
-        if (w == 0) ck_load_g(a, xn, h, lane, gn0, gn1);
-      }
-      ckb_state_store_bf16(S, dhs + (c * H + h) * KV, v0, w, lane);
-      if (w == 0) ck_scan_g(gam, g0, g1, gc, rows, lane);
-      if (c > c0)
-        ck_wait_one();
-      else
-        ck_wait_all();
-      __syncthreads();
-      ckb_update<1, CK_LDQ, CK_LDV>(S, Qs + buf * CK_BT * CK_LDQ, Os + buf * CK_BT * CK_LDV, gam,
-                                    rows, scale, w, lane);
-      __syncthreads();
-      x = xn;
-      g0 = gn0, g1 = gn1;
-    }
-  }
-  if (a.dh0) ck_state_store<CK_KW>(S, (float *)a.dh0 + ((long long)n * H + h) * KV, v0, w, lane);
+  ck_state_load<CK_KW>(S, dht ? dht + ((long long)n * a.H + h) * KV : dht, v0, w, lane);
+  if (c1 > c0) ckb_walk<1>(a, S, n, h, v0, vcols, c0, c1, ck_sm);
+  if (a.dh0) ck_state_store<CK_KW>(S, (float *)a.dh0 + ((long long)n * a.H + h) * KV, v0, w, lane);
 }
 
 /* ---------------------------------------------------- per-chunk grads */
@@ -494,6 +471,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_bwd_dqkv(fla_k
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const long long c = blockIdx.x;
   const int h = blockIdx.y;
+  if (c >= a.num_chunks) return; /* the grid is at least 1 block */
   const long long H = a.H, KV = (long long)FLA_K * FLA_V;
   ck_chunk x;
   ck_chunk_at(a, c, x);
