@@ -14,11 +14,11 @@
 ** value slice of the two state walks (KW = ceil(K/64)*16 keys a warp,
 ** KW/16 * BV/8 * 4 <= 64 state registers a thread). BK is K (not tiled).
 **
-** Three kernels (grid, block, dynamic shared memory):
-**   fla_chunk_bwd_h     (N*NVW, H)  128   4*(64*(KP+8)*2 + 64*(BV+8)*2) + 256
-**   fla_chunk_bwd_dh    (N*NVW, H)  128   same
-**   fla_chunk_bwd_dqkv  (NC, H)     128   2*64*(K16+8)*2 + 2*64*(V16+8)*2
-**                                         + 2*K16*(V16+8)*2 + 2*64*72*2 + 1056
+** Two kernels (grid, block, dynamic shared memory):
+**   fla_chunk_bwd_walk  (N*NVW, H, 2)  128   4*(64*(KP+8)*2 + 64*(BV+8)*2) + 256
+**       z = 0 the state walk, z = 1 the state-gradient walk (independent)
+**   fla_chunk_bwd_dqkv  (NC, H)        128   2*64*(K16+8)*2 + 2*64*(V16+8)*2
+**                                            + 2*K16*(V16+8)*2 + 2*64*72*2 + 1056
 ** NVW = ceil(V/BV), KP = 4*KW, K16/V16 = K/V rounded up to 16.
 ** Workspaces: ws0 = NC*H*K*V bf16 (the state entering each chunk), ws1 = the
 ** same (the gradient of the state leaving each chunk).
@@ -102,22 +102,20 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
 
 static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]) {
   (void)key, (void)cfg;
-  snprintf(names[0], 64, "fla_chunk_bwd_h");
-  snprintf(names[1], 64, "fla_chunk_bwd_dh");
-  snprintf(names[2], 64, "fla_chunk_bwd_dqkv");
-  return 3;
+  snprintf(names[0], 64, "fla_chunk_bwd_walk");
+  snprintf(names[1], 64, "fla_chunk_bwd_dqkv");
+  return 2;
 }
 
 static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
                      const fla_kernel_args *args, fla_kernel_launch *out) {
   unsigned NVW = (unsigned)((key->V + cfg->BV - 1) / cfg->BV);
   unsigned N = (unsigned)args->N, H = (unsigned)args->H, NC = (unsigned)args->num_chunks;
-  fla_chunk_launch_set(&out[0], "fla_chunk_bwd_h", N * NVW, H, 32 * BWD_WARPS,
+  fla_chunk_launch_set(&out[0], "fla_chunk_bwd_walk", N * NVW, H, 32 * BWD_WARPS,
                        smem_walk_(key, cfg));
-  fla_chunk_launch_set(&out[1], "fla_chunk_bwd_dh", N * NVW, H, 32 * BWD_WARPS,
-                       smem_walk_(key, cfg));
-  fla_chunk_launch_set(&out[2], "fla_chunk_bwd_dqkv", NC, H, 32 * BWD_WARPS, smem_dqkv_(key));
-  return 3;
+  out[0].grid[2] = 2;
+  fla_chunk_launch_set(&out[1], "fla_chunk_bwd_dqkv", NC, H, 32 * BWD_WARPS, smem_dqkv_(key));
+  return 2;
 }
 
 static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,

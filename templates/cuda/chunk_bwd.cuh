@@ -26,13 +26,13 @@
 ** stored per chunk as bf16 (as fla stores h and dh); A and ds are rounded to
 ** bf16 as operands.
 **
-** Three kernels:
-**   fla_chunk_bwd_h    (N*NVW, H): per sequence, the states entering each of
-**       its chunks, from h0 (or 0): ws0[c,h] = h_c (bf16 [NC,H,K,V]).
-**   fla_chunk_bwd_dh   (N*NVW, H): per sequence, last chunk to first, from dht
-**       (or 0): ws1[c,h] = dh_c (bf16 [NC,H,K,V]); dh0[n] (f32) at the end.
+** Two kernels:
+**   fla_chunk_bwd_walk (N*NVW, H, 2): per sequence, z = 0: the states entering
+**       each of its chunks, from h0 (or 0): ws0[c,h] = h_c (bf16 [NC,H,K,V]);
+**       z = 1: last chunk to first, from dht (or 0): ws1[c,h] = dh_c (bf16
+**       [NC,H,K,V]) and dh0[n] (f32) at the end. The two are independent.
 **   fla_chunk_bwd_dqkv (NC, H): per chunk, from q, k, v, dO, g, h_c, dh_c:
-**       dq, dk, dv (bf16), dg (bf16, scalar gates).
+**       dq, dk, dv (bf16), dg (bf16, scalar gates; skipped when a.dg is 0).
 */
 
 #if FLA_BT != 64 || FLA_WARPS != 4
@@ -289,29 +289,16 @@ __device__ __forceinline__ void ckb_walk(const fla_kernel_args &a, float (&S)[CK
   ck_wait_all();
 }
 
-/* Kernel 1: for each sequence n (blockIdx.x / NVW), value slice vt, head h:
+/* Kernel 1, blockIdx.z = 0 (the states): for each sequence n (blockIdx.x / NVW),
+** value slice vt, head h (blockIdx.y):
 **   S = h0[n] (or 0); for each chunk c of n in order:
-**     ws0[c,h][:, slice] = bf16(S);   S = 2^gL S + (K .* 2^(gL - gam))^T V. */
-extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_bwd_h(fla_kernel_args a) {
-  extern __shared__ __align__(16) unsigned char ck_sm[];
-  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
-  const int vt = blockIdx.x % CK_NVW, n = blockIdx.x / CK_NVW, h = blockIdx.y;
-  const int v0 = vt * CK_BV, vcols = FLA_V - v0 < CK_BV ? FLA_V - v0 : CK_BV;
-  const long long *cf = (const long long *)a.chunk_first;
-  const long long c0 = cf[n], c1 = cf[n + 1];
-  if (c0 >= c1) return;
-  const long long KV = (long long)FLA_K * FLA_V;
-  const float *h0 = FLA_HAS_H0 ? (const float *)a.h0 : (const float *)0;
-  float S[CK_MT][CK_NT][4];
-  ck_state_load<CK_KW>(S, h0 ? h0 + ((long long)n * a.H + h) * KV : h0, v0, w, lane);
-  ckb_walk<0>(a, S, n, h, v0, vcols, c0, c1, ck_sm);
-}
-
-/* Kernel 2: for each sequence n, value slice, head h: dS = dht[n] (or 0); for
-** each chunk c of n, last to first:
-**   ws1[c,h][:, slice] = bf16(dS);   dS = 2^gL dS + (scale 2^gam .* Q)^T dO;
-** then dh0[n] = dS (f32; also for a sequence without tokens). */
-extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_bwd_dh(fla_kernel_args a) {
+**     ws0[c,h][:, slice] = bf16(S);   S = 2^gL S + (K .* 2^(gL - gam))^T V.
+** blockIdx.z = 1 (their gradients), independent of the first, so both walks
+** share one launch and run side by side:
+**   dS = dht[n] (or 0); for each chunk c of n, last to first:
+**     ws1[c,h][:, slice] = bf16(dS);   dS = 2^gL dS + (scale 2^gam .* Q)^T dO;
+**   then dh0[n] = dS (f32; also for a sequence without tokens). */
+extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_bwd_walk(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
   const int vt = blockIdx.x % CK_NVW, n = blockIdx.x / CK_NVW, h = blockIdx.y;
@@ -319,11 +306,19 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_bwd_dh(fla_ker
   const long long *cf = (const long long *)a.chunk_first;
   const long long c0 = cf[n], c1 = cf[n + 1];
   const long long KV = (long long)FLA_K * FLA_V;
-  const float *dht = (const float *)a.dht;
+  const long long so = ((long long)n * a.H + h) * KV;
   float S[CK_MT][CK_NT][4];
-  ck_state_load<CK_KW>(S, dht ? dht + ((long long)n * a.H + h) * KV : dht, v0, w, lane);
-  if (c1 > c0) ckb_walk<1>(a, S, n, h, v0, vcols, c0, c1, ck_sm);
-  if (a.dh0) ck_state_store<CK_KW>(S, (float *)a.dh0 + ((long long)n * a.H + h) * KV, v0, w, lane);
+  if (blockIdx.z == 0) {
+    if (c0 >= c1) return;
+    const float *h0 = FLA_HAS_H0 ? (const float *)a.h0 : (const float *)0;
+    ck_state_load<CK_KW>(S, h0 ? h0 + so : h0, v0, w, lane);
+    ckb_walk<0>(a, S, n, h, v0, vcols, c0, c1, ck_sm);
+  } else {
+    const float *dht = (const float *)a.dht;
+    ck_state_load<CK_KW>(S, dht ? dht + so : dht, v0, w, lane);
+    if (c1 > c0) ckb_walk<1>(a, S, n, h, v0, vcols, c0, c1, ck_sm);
+    if (a.dh0) ck_state_store<CK_KW>(S, (float *)a.dh0 + so, v0, w, lane);
+  }
 }
 
 /* ---------------------------------------------------- per-chunk grads */
@@ -673,6 +668,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_bwd_dqkv(fla_k
       }
       unsigned short *dg = (unsigned short *)a.dg;
       const int ra = 2 * lane, rb = 2 * lane + 1;
+      if (!dg) return; /* dg not wanted */
       if (ra < rows) dg[(x.t0 + ra) * H + h] = fla_f32_to_bf16_bits(sfx);
       if (rb < rows) dg[(x.t0 + rb) * H + h] = fla_f32_to_bf16_bits(sfx - d0);
     }
