@@ -645,10 +645,15 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_bwd_dqkv(fla_k
       dgs[rB] = rB < rows ? qdqB - kdkB : 0.0f;
       kdi[rA] = kdiA, kdi[rB] = kdiB; /* rows past the chunk have k = 0 */
     }
+    /* <h, dh> over bf16 pairs (the padding columns are 0) */
     float hdh = 0.0f;
-    for (int p = tid; p < FLA_K * FLA_V; p += CK_NTH) {
-      const int kr = p / FLA_V, vc = p % FLA_V;
-      hdh += ck_bf2f(Hs[kr * C3_LDV + vc]) * ck_bf2f(dHs[kr * C3_LDV + vc]);
+#pragma unroll 4
+    for (int p = tid; p < FLA_K * (C3_VP / 2); p += CK_NTH) {
+      const int kr = p / (C3_VP / 2), vc = 2 * (p % (C3_VP / 2));
+      float hv[2], dv[2];
+      ck_unpack(*(const unsigned *)(Hs + kr * C3_LDV + vc), hv);
+      ck_unpack(*(const unsigned *)(dHs + kr * C3_LDV + vc), dv);
+      hdh += hv[0] * dv[0] + hv[1] * dv[1];
     }
     hdh = fla_warp_sum(hdh);
     if (lane == 0) red[w] = hdh;
