@@ -1,7 +1,8 @@
 /*
 ** stage_chunk_bwd.c -- the chunkwise-parallel backward stage
 ** (FLA_STAGE_CHUNK_BWD): key space, tile space, kernels, launch geometry and
-** workspaces. The kernels and their math are in templates/cuda/chunk_bwd.cuh.
+** workspaces. The kernels and their math are in templates/cuda/chunk_bwd.cuh
+** (and its warp-level helpers, chunk_bwd_mm.cuh).
 **
 ** Handled: the decay family with plain writes read after the token (FLA_DELTA
 ** 0, FLA_READ_BEFORE 0, no probe, bonus or derived key), decay none / const /
