@@ -35,6 +35,7 @@ const char *fla_stage_name(fla_stage s) {
   case FLA_STAGE_CHUNK_FWD: return "chunk_fwd";
   case FLA_STAGE_CHUNK_GK_FWD: return "chunk_gk_fwd";
   case FLA_STAGE_CHUNK_WY_FWD: return "chunk_wy_fwd";
+  case FLA_STAGE_CHUNK_BWD: return "chunk_bwd";
   default: return "?";
   }
 }
@@ -46,6 +47,7 @@ static const fla_stage_impl *impl_(fla_stage s) {
   case FLA_STAGE_CHUNK_FWD: return &fla_stage_chunk_fwd;
   case FLA_STAGE_CHUNK_GK_FWD: return &fla_stage_chunk_gk_fwd;
   case FLA_STAGE_CHUNK_WY_FWD: return &fla_stage_chunk_wy_fwd;
+  case FLA_STAGE_CHUNK_BWD: return &fla_stage_chunk_bwd;
   default: return NULL;
   }
 }

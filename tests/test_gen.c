@@ -80,6 +80,8 @@ START_TEST(test_stage_names) {
   ck_assert_str_eq(fla_stage_name(FLA_STAGE_PREP_FWD), "prep_fwd");
   ck_assert_str_eq(fla_stage_name(FLA_STAGE_RECURRENT_FWD), "recurrent_fwd");
   ck_assert_str_eq(fla_stage_name(FLA_STAGE_CHUNK_FWD), "chunk_fwd");
+  ck_assert_str_eq(fla_stage_name(FLA_STAGE_CHUNK_BWD), "chunk_bwd");
+  ck_assert_str_eq(fla_stage_chunk_bwd.name, "chunk_bwd");
   ck_assert_str_eq(fla_stage_name(FLA_STAGE_COUNT), "?");
   ck_assert_str_eq(fla_stage_name((fla_stage)-1), "?");
   ck_assert_str_eq(fla_stage_prep_fwd.name, "prep_fwd");
@@ -362,6 +364,59 @@ START_TEST(test_errors) {
 }
 END_TEST
 
+/* chunk_bwd: the keys it declines (with a reason), its geometry and workspaces. */
+START_TEST(test_chunk_bwd_stage) {
+  fla_ctx *ctx = th_cpu_ctx();
+  const fla_stage B = FLA_STAGE_CHUNK_BWD;
+  fla_gen_key key;
+  recipe_key(ctx, "simple_gla", 128, 128, 1, &key, NULL);
+  ck_assert_int_eq(key.decay, 2);
+  char kn[FLA_STAGE_MAX_KERNELS][64];
+  int nk = 0;
+  char *src = gen_ok(ctx, B, &key, NULL, kn, &nk);
+  ck_assert_int_eq(nk, 2);
+  ck_assert_str_eq(kn[0], "fla_chunk_bwd_walk");
+  ck_assert_str_eq(kn[1], "fla_chunk_bwd_dqkv");
+  ck_assert(strstr(src, "#define FLA_BV 32"));
+  ck_assert(!has_include(src));
+  free(src);
+
+  fla_gen_key k = key;
+  k.in_bf16 = 0;
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "f32");
+  k = key;
+  k.decay = 3;
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "per-key");
+  k = key;
+  k.delta = 1;
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "delta");
+  k = key;
+  k.K = 129;
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "outside");
+  k = key;
+  fla_tile_config c = {0, 0, 24, 0};
+  gen_fails(ctx, B, &k, &c, FLA_INVALID, "BV 24");
+
+  fla_kernel_args a;
+  memset(&a, 0, sizeof a);
+  a.N = 3, a.H = 4, a.num_chunks = 10, a.total = 600;
+  fla_kernel_launch L[FLA_STAGE_MAX_KERNELS];
+  ck_assert_int_eq(fla_stage_launches(B, &key, NULL, &a, L), 2);
+  ck_assert_uint_eq(L[0].grid[0], 3 * 4); /* N sequences x V/32 slices */
+  ck_assert_uint_eq(L[0].grid[1], 4);
+  ck_assert_uint_eq(L[0].grid[2], 2); /* the state walk and its gradient's */
+  ck_assert_uint_eq(L[1].grid[0], 10);
+  ck_assert_uint_eq(L[1].grid[1], 4);
+  ck_assert_uint_eq(L[1].block[0], 128);
+  ck_assert_uint_le(L[1].smem, 227 * 1024);
+  size_t w0 = 0, w1 = 0;
+  fla_stage_workspace(B, &key, NULL, &a, &w0, &w1);
+  ck_assert_uint_eq(w0, (size_t)10 * 4 * 128 * 128 * 2);
+  ck_assert_uint_eq(w1, w0);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_configs_and_geometry) {
   fla_ctx *ctx = th_cpu_ctx();
   fla_gen_key key;
@@ -449,7 +504,7 @@ END_TEST
 typedef struct {
   char **sources;
   int n, cap;
-  int compiled, duplicates, unsupported_chunk;
+  int compiled, duplicates, unsupported_chunk, chunk_bwd;
   double seconds, slowest;
 } compile_log;
 
@@ -569,6 +624,14 @@ START_TEST(test_every_recipe_compiles) {
             compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_WY_FWD, src, kn, nk, archs[a]);
             free(src);
           }
+          /* chunk_bwd likewise (decay family backward). */
+          src = NULL;
+          if (fla_generate(ctx, FLA_STAGE_CHUNK_BWD, &key, NULL, &src, kn, &nk) == FLA_OK) {
+            snprintf(what, sizeof what, "%s_chunk_bwd_%s", names[i], bf16 ? "bf16" : "f32");
+            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_BWD, src, kn, nk, archs[a]);
+            cl.chunk_bwd++;
+            free(src);
+          }
           src = NULL;
           fla_status s = fla_generate(ctx, FLA_STAGE_CHUNK_FWD, &key, NULL, &src, kn, &nk);
           if (s == FLA_UNSUPPORTED) {
@@ -586,9 +649,11 @@ START_TEST(test_every_recipe_compiles) {
   }
   printf("test_gen: %d recipes: %d distinct sources compiled in %.1f s (slowest %.2f s, mean "
          "%.2f s), %d duplicates shared; %d prep_fwd and %d chunk_fwd builds, chunk_fwd "
-         "declined %d keys\n",
+         "declined %d keys; %d chunk_bwd builds\n",
          nr, cl.compiled, cl.seconds, cl.slowest, cl.compiled ? cl.seconds / cl.compiled : 0.0,
-         cl.duplicates, preps, chunks, cl.unsupported_chunk);
+         cl.duplicates, preps, chunks, cl.unsupported_chunk, cl.chunk_bwd);
+  /* linear_attn, retention, simple_gla, ... in bf16 on both archs */
+  ck_assert_int_ge(cl.chunk_bwd, 6);
   for (int i = 0; i < cl.n; i++) free(cl.sources[i]);
   free(cl.sources);
   fla_ctx_free(ctx);
@@ -670,6 +735,7 @@ static Suite *gen_suite(void) {
   tcase_add_test(tc, test_canonical_source);
   tcase_add_test(tc, test_errors);
   tcase_add_test(tc, test_configs_and_geometry);
+  tcase_add_test(tc, test_chunk_bwd_stage);
   suite_add_tcase(s, tc);
 
   if (fla_nvrtc_load(nvrtc_why, sizeof nvrtc_why) != 0) {
