@@ -12,12 +12,14 @@
 #define FLA_ERRMSG_MAX 2048
 
 struct fla_cuda_ctx;             /* runtime/cuda/backend.c */
+struct fla_hip_ctx;              /* runtime/hip/backend.c */
 
 struct fla_ctx {
   fla_backend backend;
   int nthreads;                 /* 0: all online processors */
   char errmsg[FLA_ERRMSG_MAX];
   struct fla_cuda_ctx *cuda;    /* the CUDA backend's state; NULL on the CPU */
+  struct fla_hip_ctx *hip;      /* the HIP backend's state (runtime/hip/hip_backend.h) */
   char device_name[256];        /* fla_ctx_device_name */
 };
 
