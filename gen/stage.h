@@ -12,6 +12,9 @@
 typedef struct fla_stage_impl {
   const char *name;          /* "chunk_fwd" */
   const char *template_file; /* under templates/cuda/, e.g. "chunk_fwd.cuh" */
+  /* 1: the template uses only what both vendors' preludes provide (no mma,
+  ** no unguarded PTX), so it is generated for HIP too (gen/generate.h). */
+  int portable;
   /* FLA_OK, or FLA_UNSUPPORTED / FLA_INVALID with a message (via
   ** fla_set_error) for a key or a tile configuration it cannot handle.
   ** cfg has the defaults already filled in. */

@@ -87,7 +87,7 @@ START_TEST(test_stage_names) {
 }
 END_TEST
 
-/* The args struct the templates declare (templates/cuda/common.cuh asserts
+/* The args struct the templates declare (templates/common/kernel_args.h asserts
 ** its size is 288) has this layout. */
 START_TEST(test_args_layout) {
   ck_assert_uint_eq(sizeof(fla_kernel_args), 288);
@@ -108,7 +108,7 @@ END_TEST
 
 START_TEST(test_templates_embedded) {
   const char *files[] = {"common.cuh", "prep_fwd.cuh", "recurrent_fwd.cuh", "../common/math.h",
-                         "../common/index.h"};
+                         "../common/index.h", "../common/kernel_args.h", "../hip/common.hip.h"};
   for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
     const char *t = fla_template_text(files[i]);
     ck_assert_msg(t && strlen(t) > 100, "%s not embedded", files[i]);
@@ -118,7 +118,7 @@ START_TEST(test_templates_embedded) {
   ck_assert_ptr_null(fla_template_text(NULL));
   ck_assert(strstr(fla_template_text("recurrent_fwd.cuh"), "fla_recurrent_fwd"));
   ck_assert(strstr(fla_template_text("prep_fwd.cuh"), "fla_prep_fwd"));
-  ck_assert(strstr(fla_template_text("common.cuh"), "struct fla_kernel_args"));
+  ck_assert(strstr(fla_template_text("../common/kernel_args.h"), "struct fla_kernel_args"));
 }
 END_TEST
 
