@@ -14,8 +14,8 @@
 ** stdout; with it, a report (compile time, and per kernel registers, shared
 ** memory, stack, spills, launch block) and the source only with --source.
 ** --target hip writes HIP (the portable stages only) and --arch defaults to
-** gfx90a; hipRTC needs no AMD GPU, and its report is the code object's size
-** and the compile time (hipRTC prints no register report).
+** gfx90a; hipRTC needs no AMD GPU, and the report comes from the code
+** object's metadata (VGPRs, SGPRs, LDS, scratch, spills, wavefront size).
 **
 ** Exit status: 0 done, 1 the compile failed (the compiler's log on stderr) or
 ** the compiler is missing, 2 bad arguments, recipe, stage, tile configuration or a key the
@@ -23,6 +23,7 @@
 */
 #include "common.h"
 #include "cuda/nvrtc.h"
+#include "hip/code_object.h"
 #include "hip/hiprtc.h"
 #include "feature.h"
 #include "generate.h"
@@ -148,7 +149,7 @@ static int compile_(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key,
   return 0;
 }
 
-/* hipRTC reports no registers: the code object's size and the compile time. */
+/* hipRTC prints no resource report: the code object's metadata note says it. */
 static int compile_hip_(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key,
                         const fla_tile_config *cfg, const char *src, char (*kernels)[64], int nk,
                         const char *arch, const char *recipe) {
@@ -172,7 +173,12 @@ static int compile_hip_(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key,
   printf("%s %s for %s (hip): %zu-byte code object, compiled in %.3f s (BT=%d BK=%d BV=%d "
          "warps=%d)\n", recipe, fla_stage_name(stage), arch, size, dt, full.BT, full.BK, full.BV,
          full.warps);
-  for (int i = 0; i < nk; i++) printf("  %s\n", kernels[i]);
+  fla_hip_resources res;
+  if (fla_hip_code_resources(code, size, &res) > 0)
+    printf("  %-24s %3d VGPRs, %3d SGPRs, %6d B LDS, %4d B scratch, spills %d VGPR / %d SGPR, "
+           "wave%d (max over the module's kernels)\n", kernels[0], res.vgprs, res.sgprs,
+           res.lds_bytes, res.stack_bytes, res.vgpr_spills, res.sgpr_spills, res.wavefront_size);
+  for (int i = 1; i < nk; i++) printf("  %s\n", kernels[i]);
   free(code);
   return 0;
 }
