@@ -46,6 +46,7 @@ typedef enum fla_stage {
   FLA_STAGE_CHUNK_FWD,      /* chunkwise-parallel forward: o, ht (scalar gates) */
   FLA_STAGE_CHUNK_GK_FWD,   /* chunked forward, per-key gates (GLA, sub-chunks) */
   FLA_STAGE_CHUNK_WY_FWD,   /* chunked forward, delta rule (WY / UT transform)  */
+  FLA_STAGE_CHUNK_FWD_PORTABLE, /* chunk_fwd's math with scalar FMA tiles: CUDA and HIP */
   FLA_STAGE_COUNT
 } fla_stage;
 

@@ -562,6 +562,15 @@ START_TEST(test_every_recipe_compiles) {
             compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_GK_FWD, src, kn, nk, archs[a]);
             free(src);
           }
+          /* chunk_fwd_portable likewise (scalar tiles; sm_90 only: it has no
+          ** arch-specific code). */
+          src = NULL;
+          if (!strcmp(archs[a], "sm_90") &&
+              fla_generate(ctx, FLA_STAGE_CHUNK_FWD_PORTABLE, &key, NULL, &src, kn, &nk) == FLA_OK) {
+            snprintf(what, sizeof what, "%s_chunk_fwd_portable_%s", names[i], bf16 ? "bf16" : "f32");
+            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_FWD_PORTABLE, src, kn, nk, archs[a]);
+            free(src);
+          }
           /* chunk_wy_fwd likewise (delta rule, WY form). */
           src = NULL;
           if (fla_generate(ctx, FLA_STAGE_CHUNK_WY_FWD, &key, NULL, &src, kn, &nk) == FLA_OK) {

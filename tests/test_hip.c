@@ -2,7 +2,7 @@
 ** test_hip.c -- the HIP target: generated HIP sources (no compiler needed),
 ** offload-arch names, code-object metadata, FLA_BACKEND_HIP's refusal, and,
 ** where hipRTC loads, that every shipped recipe's portable stages (prep_fwd,
-** recurrent_fwd) compile for gfx90a (CDNA2, wave64) and gfx1030 (RDNA2,
+** recurrent_fwd, chunk_fwd_portable where it applies) compile for gfx90a (CDNA2, wave64) and gfx1030 (RDNA2,
 ** wave32) in bf16 and f32, spill nothing, and land in the module cache.
 **
 ** How absence is reported: when hipRTC cannot be loaded the compile tests
@@ -95,7 +95,8 @@ START_TEST(test_hip_targets) {
   ck_assert_str_eq(fla_target_name((fla_target)9), "?");
   for (int s = 0; s < FLA_STAGE_COUNT; s++) {
     ck_assert(fla_stage_has_target((fla_stage)s, FLA_TARGET_CUDA));
-    int portable = s == FLA_STAGE_PREP_FWD || s == FLA_STAGE_RECURRENT_FWD;
+    int portable = s == FLA_STAGE_PREP_FWD || s == FLA_STAGE_RECURRENT_FWD ||
+                   s == FLA_STAGE_CHUNK_FWD_PORTABLE;
     ck_assert_int_eq(fla_stage_has_target((fla_stage)s, FLA_TARGET_HIP), portable);
   }
   ck_assert(!fla_stage_has_target(FLA_STAGE_COUNT, FLA_TARGET_CUDA));
@@ -244,7 +245,8 @@ static int add_job(job *jobs, int n, int cap, const char *what, char *src, const
   return n + 1;
 }
 
-/* Every shipped recipe x {prep_fwd for each non-identity map, recurrent_fwd}
+/* Every shipped recipe x {prep_fwd for each non-identity map, recurrent_fwd,
+** chunk_fwd_portable where its check accepts the key}
 ** x {bf16, f32} x {gfx90a, gfx1030} at K = V = 128 (based: K = 16), and
 ** recurrent_fwd at odd sizes (K = 100, V = 72) for gfx90a. Compiled by a
 ** few threads (hipRTC compiles independent programs concurrently). */
@@ -258,7 +260,7 @@ START_TEST(test_every_recipe_compiles_hip) {
   enum { CAP = 512 };
   job *jobs = calloc(CAP, sizeof *jobs);
   ck_assert_ptr_nonnull(jobs);
-  int n = 0, total = 0;
+  int n = 0, total = 0, chunks = 0;
   for (int i = 0; i < nr; i++) {
     fla_recipe *r = NULL;
     ck_assert(fla_recipe_find(ctx, names[i], &r) == FLA_OK);
@@ -277,6 +279,17 @@ START_TEST(test_every_recipe_compiles_hip) {
           n = add_job(jobs, n, CAP, what, gen(ctx, FLA_TARGET_HIP, FLA_STAGE_RECURRENT_FWD, &key),
                       archs[a], machs[a], waves[a]);
           total++;
+          /* chunk_fwd_portable where its check accepts the key (main shape). */
+          char *csrc = NULL;
+          char kn[FLA_STAGE_MAX_KERNELS][64];
+          int nk = 0;
+          if (!shape && fla_generate_target(ctx, FLA_TARGET_HIP, FLA_STAGE_CHUNK_FWD_PORTABLE,
+                                            &key, NULL, &csrc, kn, &nk) == FLA_OK) {
+            snprintf(what, sizeof what, "%s_chunk_fwd_portable_%s", names[i],
+                     bf16 ? "bf16" : "f32");
+            n = add_job(jobs, n, CAP, what, csrc, archs[a], machs[a], waves[a]);
+            total++, chunks++;
+          }
           fla_ir_feature maps[2] = {ir->feature_q, ir->feature_k};
           for (int m = 0; m < 2 && !shape; m++) {
             if (maps[m] == FLA_FEATURE_IDENTITY || (m == 1 && maps[1] == maps[0])) continue;
@@ -322,10 +335,11 @@ START_TEST(test_every_recipe_compiles_hip) {
     sum += j->seconds;
     if (j->seconds > slowest) slowest = j->seconds;
   }
-  printf("test_hip: %d recipes: %d builds, %d distinct sources compiled by hipRTC (%s) for "
+  ck_assert_int_ge(chunks, th_quick() ? 8 : 16); /* 4+ recipes have a portable chunk_fwd */
+  printf("test_hip: %d recipes: %d builds (%d chunk_fwd_portable), %d distinct sources compiled by hipRTC (%s) for "
          "gfx90a and gfx1030 in %.1f s wall on %d threads (%.1f s of compiles, slowest %.2f s, "
          "mean %.2f s)\n",
-         nr, total, n, fla_hiprtc_library(), wall, nt, sum, slowest, n ? sum / n : 0.0);
+         nr, total, chunks, n, fla_hiprtc_library(), wall, nt, sum, slowest, n ? sum / n : 0.0);
   for (int i = 0; i < n; i++) free(jobs[i].src);
   free(jobs);
   fla_ctx_free(ctx);
