@@ -492,7 +492,7 @@ static Suite *hip_suite(void) {
     return s;
   }
   TCase *rtc = tcase_create("hiprtc");
-  tcase_set_timeout(rtc, 600);
+  tcase_set_timeout(rtc, 900);
   tcase_add_test(rtc, test_every_recipe_compiles_hip);
   tcase_add_test(rtc, test_hip_error_names_template_line);
   tcase_add_test(rtc, test_hip_modcache);
