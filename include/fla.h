@@ -71,7 +71,10 @@ typedef enum fla_backend {
 **                     the device is missing; fla_ctx_create_ex says which.
 **   FLA_BACKEND_AUTO  CUDA when that succeeds, else the CPU (never fails
 **                     for want of a GPU).
-**   FLA_BACKEND_HIP   FLA_NODEVICE in this version.
+**   FLA_BACKEND_HIP   FLA_NODEVICE in this version: no op runs on HIP yet.
+**                     fla_ctx_create_ex says why (no HIP runtime, no AMD
+**                     GPU, or the GPU it found). HIP kernels are generated
+**                     and compiled with hipRTC without a GPU (docs/hip.md).
 ** A failed create has no context to hold a message: use fla_ctx_create_ex
 ** to get one. The driver is initialised in the calling process: a process
 ** that fork()s after creating a CUDA context cannot use CUDA in the child. */

@@ -13,12 +13,14 @@
 
 struct fla_cuda_ctx;             /* runtime/cuda/backend.c */
 struct fla_ctx_tune;             /* tunedb/tune_ctx.c: its tuning databases */
+struct fla_hip_ctx;              /* runtime/hip/backend.c */
 
 struct fla_ctx {
   fla_backend backend;
   int nthreads;                 /* 0: all online processors */
   char errmsg[FLA_ERRMSG_MAX];
   struct fla_cuda_ctx *cuda;    /* the CUDA backend's state; NULL on the CPU */
+  struct fla_hip_ctx *hip;      /* the HIP backend's state (runtime/hip/hip_backend.h) */
   char device_name[256];        /* fla_ctx_device_name */
   struct fla_ctx_tune *tune;    /* NULL until a database is asked for */
 };
