@@ -48,6 +48,8 @@ typedef enum fla_stage {
   FLA_STAGE_CHUNK_WY_FWD,   /* chunked forward, delta rule (WY / UT transform)  */
   FLA_STAGE_PREP_BWD,       /* dx = phi'(x)^T dy row by row (dy f32)            */
   FLA_STAGE_RECURRENT_BWD,  /* token by token backward, checkpointed: dq..dh0   */
+  FLA_STAGE_CHUNK_BWD,      /* chunked backward, decay family: dq dk dv dg dh0  */
+  FLA_STAGE_CHUNK_FWD_PORTABLE, /* chunk_fwd's math with scalar FMA tiles: CUDA and HIP */
   FLA_STAGE_COUNT
 } fla_stage;
 
@@ -112,6 +114,24 @@ typedef struct fla_kernel_launch {
 fla_status fla_generate(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key,
                         const fla_tile_config *cfg, char **source,
                         char (*kernels)[64], int *num_kernels);
+
+/* The vendor a source is written for. HIP sources are the CUDA ones with
+** templates/hip/common.hip.h in place of templates/cuda/common.cuh (and a
+** "// target: hip" line); launch geometry, workspaces and tile
+** configurations do not depend on the target. */
+typedef enum fla_target { FLA_TARGET_CUDA = 0, FLA_TARGET_HIP } fla_target;
+
+const char *fla_target_name(fla_target t);  /* "cuda", "hip", "?" */
+
+/* 1 when the stage has a source for the target: every stage for CUDA, the
+** portable ones (no vendor matrix instructions) for HIP. */
+int fla_stage_has_target(fla_stage s, fla_target t);
+
+/* fla_generate for a target (fla_generate is FLA_TARGET_CUDA). FLA_UNSUPPORTED
+** for a stage without a source for the target. */
+fla_status fla_generate_target(fla_ctx *ctx, fla_target target, fla_stage stage,
+                               const fla_gen_key *key, const fla_tile_config *cfg,
+                               char **source, char (*kernels)[64], int *num_kernels);
 
 /* Launch geometry of every kernel of the stage for the runtime sizes in
 ** args (N, H, total, num_chunks, rows). Returns the number of kernels. */

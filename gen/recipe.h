@@ -17,4 +17,8 @@ const fla_ir *fla_recipe_ir(const fla_recipe *r);
 fla_status fla_recipe_const_decay(fla_ctx *ctx, const fla_recipe *r, int H,
                                   const double *params, double *gamma);
 
+/* The Lua text the recipe was loaded from (*len bytes; owned by r). The
+** tuning database keys on a hash of it. */
+const char *fla_recipe_text(const fla_recipe *r, size_t *len);
+
 #endif

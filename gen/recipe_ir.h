@@ -62,6 +62,10 @@ typedef enum fla_ir_family {
   FLA_FAMILY_WY         /* delta write: UT transform, triangular solve  */
 } fla_ir_family;
 
+/* The tile dimensions of chunk.tiles (BT, BK, BV, warps). */
+enum { FLA_TILE_BT = 0, FLA_TILE_BK, FLA_TILE_BV, FLA_TILE_WARPS };
+#define FLA_IR_MAX_TILES 16
+
 typedef struct fla_ir_input {
   char name[FLA_IR_NAME_MAX];
   fla_ir_layout layout;
@@ -91,6 +95,11 @@ typedef struct fla_ir {
 
   double scale;         /* 0: K^-0.5 of the input key dim */
   int chunk_size;       /* default chunk size (power of two) */
+  /* chunk.tiles: the GPU tile search space the tuner enumerates, by
+  ** FLA_TILE_* (values in the recipe's order, duplicates dropped, at most
+  ** FLA_IR_MAX_TILES each; tiles_n[d] == 0: the stage's default only). */
+  int tiles_n[4];
+  int tiles[4][16];
 
   int num_params;
   fla_ir_param params[8];

@@ -695,7 +695,19 @@ static int small_int_(lua_State *L, int idx, int max) {
 }
 
 /* tiles = { NAME = { n1, n2, ... }, ... }: the GPU search space. Validated
-** here; the IR does not carry it yet. */
+** here; BT, BK, BV and warps go into ir.tiles for the tuner (other names
+** are accepted and ignored: no stage has such a dimension). */
+/* Adds value x to the tile dimension called name (when it is one). */
+static void tile_add_(fla_ir *ir, const char *name, int x) {
+  static const char *const dims[4] = {"BT", "BK", "BV", "warps"};
+  for (int d = 0; d < 4; d++) {
+    if (strcmp(name, dims[d]) != 0) continue;
+    for (int i = 0; i < ir->tiles_n[d]; i++)
+      if (ir->tiles[d][i] == x) return;
+    if (ir->tiles_n[d] < FLA_IR_MAX_TILES) ir->tiles[d][ir->tiles_n[d]++] = x;
+  }
+}
+
 static int parse_tiles_(vctx *v, int tiles) {
   lua_State *L = v->L;
   if (check_keys_(v, tiles, NULL, "chunk.tiles", "chunk.tiles")) return -1;
@@ -726,6 +738,7 @@ static int parse_tiles_(vctx *v, int tiles) {
           snprintf(got, sizeof got, "a %s", type_of_(L, -1));
         return verr_(v, path, "chunk.tiles.%s[%d] must be an integer in 1..65536, got %s", name, i, got);
       }
+      tile_add_(&v->r->ir, name, small_int_(L, -1, 1 << 16));
       lua_pop(L, 1);
     }
     lua_settop(L, list - 1);
@@ -1252,6 +1265,10 @@ fla_status fla_recipe_find(fla_ctx *ctx, const char *name, fla_recipe **out) {
 const fla_ir *fla_recipe_ir(const fla_recipe *r) { return r ? &r->ir : NULL; }
 const char *fla_recipe_name(const fla_recipe *r) { return r ? r->ir.name : ""; }
 const char *fla_recipe_source(const fla_recipe *r) { return r ? r->path : ""; }
+const char *fla_recipe_text(const fla_recipe *r, size_t *len) {
+  if (len) *len = r ? r->source_len : 0;
+  return r ? r->source : "";
+}
 const char *fla_recipe_doc(const fla_recipe *r) { return r ? r->ir.doc : ""; }
 int fla_recipe_num_inputs(const fla_recipe *r) { return r ? r->ir.num_inputs : 0; }
 

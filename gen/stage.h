@@ -12,6 +12,9 @@
 typedef struct fla_stage_impl {
   const char *name;          /* "chunk_fwd" */
   const char *template_file; /* under templates/cuda/, e.g. "chunk_fwd.cuh" */
+  /* 1: the template uses only what both vendors' preludes provide (no mma,
+  ** no unguarded PTX), so it is generated for HIP too (gen/generate.h). */
+  int portable;
   /* FLA_OK, or FLA_UNSUPPORTED / FLA_INVALID with a message (via
   ** fla_set_error) for a key or a tile configuration it cannot handle.
   ** cfg has the defaults already filled in. */
@@ -33,6 +36,8 @@ extern const fla_stage_impl fla_stage_chunk_gk_fwd;
 extern const fla_stage_impl fla_stage_chunk_wy_fwd;
 extern const fla_stage_impl fla_stage_prep_bwd;
 extern const fla_stage_impl fla_stage_recurrent_bwd;
+extern const fla_stage_impl fla_stage_chunk_bwd;
+extern const fla_stage_impl fla_stage_chunk_fwd_portable;
 
 /* The text of templates/cuda/<file>, embedded in the library at build time
 ** (so a binary does not need its source tree); NULL when unknown. The shared

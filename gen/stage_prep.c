@@ -80,6 +80,7 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
 const fla_stage_impl fla_stage_prep_fwd = {
     .name = "prep_fwd",
     .template_file = "prep_fwd.cuh",
+    .portable = 1, /* also generated for HIP */
     .check = check_,
     .default_config = default_config_,
     .kernels = kernels_,

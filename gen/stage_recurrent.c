@@ -136,6 +136,7 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
 const fla_stage_impl fla_stage_recurrent_fwd = {
     .name = "recurrent_fwd",
     .template_file = "recurrent_fwd.cuh",
+    .portable = 1, /* also generated for HIP */
     .check = check_,
     .default_config = default_config_,
     .kernels = kernels_,

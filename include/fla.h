@@ -71,7 +71,10 @@ typedef enum fla_backend {
 **                     the device is missing; fla_ctx_create_ex says which.
 **   FLA_BACKEND_AUTO  CUDA when that succeeds, else the CPU (never fails
 **                     for want of a GPU).
-**   FLA_BACKEND_HIP   FLA_NODEVICE in this version.
+**   FLA_BACKEND_HIP   FLA_NODEVICE in this version: no op runs on HIP yet.
+**                     fla_ctx_create_ex says why (no HIP runtime, no AMD
+**                     GPU, or the GPU it found). HIP kernels are generated
+**                     and compiled with hipRTC without a GPU (docs/hip.md).
 ** A failed create has no context to hold a message: use fla_ctx_create_ex
 ** to get one. The driver is initialised in the calling process: a process
 ** that fork()s after creating a CUDA context cannot use CUDA in the child. */
@@ -107,6 +110,32 @@ fla_backend fla_ctx_backend(const fla_ctx *ctx);
 /* Number of CPU threads used over (sequence, head) pairs. 0 (the default)
 ** means the number of online processors. */
 fla_status fla_ctx_set_threads(fla_ctx *ctx, int nthreads);
+
+/* The tuning database: where the GPU forward finds the tile configuration
+** (and, between the chunked and the token-by-token kernels, the algorithm)
+** that fla-tune measured best on this GPU (docs/tunedb.md). Only read:
+** the library never writes to it.
+**   path            that file alone, opened read-only now;
+**   ""              no database: every kernel runs its default configuration;
+**   NULL            the default resolution, which a context also uses when
+**                   this is never called (then lazily, at the first GPU
+**                   forward, silently): $FLA_TUNEDB when set ("none": no
+**                   database), else the user's cache
+**                   ($XDG_CACHE_HOME/fla/tunedb.sqlite, else
+**                   ~/.cache/fla/tunedb.sqlite) when that file exists,
+**                   followed by the database shipped with the library
+**                   (tunedb/h100.sqlite of its source tree), asked when the
+**                   first has nothing for a kernel.
+** FLA_FORMAT for a file that is not a tuning database (corrupt, another
+** program's, a newer schema), FLA_IO for one that cannot be opened (missing,
+** unreadable, locked): fla_errmsg says which file and why. The context then
+** keeps going on the databases that did open (none: default
+** configurations), and the file is left exactly as it was. */
+fla_status fla_ctx_set_tunedb(fla_ctx *ctx, const char *path);
+
+/* The databases the context reads, in lookup order, separated by ':'
+** ("" when none is open or none was resolved yet). Owned by ctx. */
+const char *fla_ctx_tunedb(const fla_ctx *ctx);
 
 /* ----------------------------------------------------------------- tensors */
 
@@ -360,6 +389,133 @@ fla_status fla_safetensors_load(fla_ctx *ctx, const fla_safetensors *st,
 fla_status fla_safetensors_save(fla_ctx *ctx, const char *path, int n,
                                 const char *const *names,
                                 const fla_tensor *const *tensors);
+
+
+/* ----------------------------------------------------------------- models */
+
+/* A causal language model in fla's format: a directory with config.json and
+** model.safetensors, or shards listed by model.safetensors.index.json, with
+** flash-linear-attention's parameter names. Architectures (config.json
+** "model_type"): "gla", "gated_deltanet", "retnet", "delta_net", "kda",
+** "hgrn2", "rwkv6", "transformer"; any of them but "transformer" may replace
+** layers by softmax attention through fla's "attn" config (docs/models.md).
+** Its forward runs on the CPU in float32. A model runs one call at a time,
+** like its context (it keeps the recipe ops it bound between calls); the
+** context must outlive it. The math outside the token mixers is behind
+** models/nn.h, the seam where a GPU backend slots in.
+*/
+typedef struct fla_model fla_model;
+
+/* Loads the model in directory dir. Weights are memory-mapped; float32 ones
+** are used in place, bf16/f16 ones converted to float32 once. The files must
+** stay unchanged while the model lives. Errors, each naming the file and the
+** field or tensor:
+**   FLA_IO           config.json or a weight file cannot be opened or read,
+**                    or model.safetensors.index.json names a shard that is
+**                    not there;
+**   FLA_FORMAT       config.json or the index is not JSON, or a field has
+**                    the wrong type or an impossible value; a weight file is
+**                    malformed; a tensor the architecture needs is missing,
+**                    has the wrong shape, or a tensor is present that it
+**                    does not use;
+**   FLA_UNSUPPORTED  an unknown model_type, an option of a known one this
+**                    library does not implement (named), or a weight dtype
+**                    other than F32, BF16, F16; also a context that is not
+**                    the CPU's (models run on the CPU in this version). */
+fla_status fla_model_load(fla_ctx *ctx, const char *dir, fla_model **out);
+/* Frees the model, its bound ops and converted weights, and unmaps its files.
+** Caches made from it must be freed first. NULL is allowed. */
+void fla_model_free(fla_model *m);
+
+/* Facts from config.json: model_type ("gla", ...), vocabulary size,
+** hidden size, number of layers, eos_token_id (-1 when none). */
+const char *fla_model_type(const fla_model *m);
+int fla_model_vocab_size(const fla_model *m);
+int fla_model_hidden_size(const fla_model *m);
+int fla_model_num_layers(const fla_model *m);
+int fla_model_eos_token(const fla_model *m);
+/* 1 when layer i is softmax attention (a Transformer, or fla's "attn"). */
+int fla_model_layer_is_attention(const fla_model *m, int i);
+
+/* One full forward of B sequences of T tokens each (ids [B, T], every id in
+** [0, vocab)), from empty states: logits [B, T, vocab] in float32, written
+** into caller memory. Linear-attention layers run the chunked algorithm.
+** FLA_INVALID for an id out of range or B, T < 1. */
+fla_status fla_model_forward(fla_model *m, const int32_t *ids, int64_t B, int64_t T,
+                             float *logits);
+
+/* The generation state of num_seqs sequences (slots 0..num_seqs-1): per
+** layer the recurrent state, the short-convolution windows, the token-shift
+** vectors (RWKV-6) and the key/value cache of softmax attention (only the
+** last window_size tokens under a sliding window). Slots start empty. */
+typedef struct fla_cache fla_cache;
+/* A cache of num_seqs empty slots for model m (which must outlive it).
+** FLA_INVALID for num_seqs < 1, FLA_NOMEM. */
+fla_status fla_cache_new(fla_model *m, int num_seqs, fla_cache **out);
+/* NULL is allowed. */
+void fla_cache_free(fla_cache *c);
+/* Empties slot seq (its sequence starts again from nothing). */
+fla_status fla_cache_reset(fla_cache *c, int seq);
+/* Tokens slot seq has consumed so far. */
+int64_t fla_cache_length(const fla_cache *c, int seq);
+
+/* Feeds n tokens to slot seq, continuing its state (chunked kernels). When
+** logits is not NULL it receives [n, vocab] float32; when last_logits is not
+** NULL it receives the last token's [vocab]. */
+fla_status fla_model_prefill(fla_model *m, fla_cache *c, int seq, const int32_t *ids,
+                             int64_t n, float *logits, float *last_logits);
+
+/* Feeds one token to every slot (ids [num_seqs]), the recurrent step for
+** linear attention: logits [num_seqs, vocab]. */
+fla_status fla_model_decode(fla_model *m, fla_cache *c, const int32_t *ids, float *logits);
+
+/* How the next token is chosen from logits. Zero-initialised means greedy. */
+typedef struct fla_sampling {
+  int greedy;          /* 1 (or temperature <= 0): the arg max, lowest id on ties */
+  float temperature;   /* divides the logits before the softmax */
+  int top_k;           /* > 0: only the k most likely tokens */
+  float top_p;         /* in (0, 1): of the tokens top_k kept, the smallest set of
+                          most likely ones whose probability reaches top_p
+                          (nucleus); else off */
+  uint64_t seed;       /* the random stream; sequence i of a batch uses its own
+                          stream derived from (seed, i), so results do not
+                          depend on the batch's other prompts */
+} fla_sampling;
+
+/* Picks a token from logits [vocab] with the random state *rng (advanced).
+** Returns the id. Logits are not modified. */
+int32_t fla_sample(const float *logits, int vocab, const fla_sampling *s, uint64_t *rng);
+/* The random state fla_model_generate starts sequence i of a batch from. */
+uint64_t fla_sampling_stream(uint64_t seed, int i);
+
+/* Called for every generated token as it comes (seq: the prompt's index);
+** returning non-zero stops the whole generation (not an error). */
+typedef int (*fla_token_fn)(void *user, int seq, int32_t token);
+
+typedef struct fla_generate_options {
+  int max_new_tokens;        /* per prompt; > 0 */
+  fla_sampling sampling;
+  const int32_t *stop_ids;   /* a sequence ends after emitting one of these */
+  int num_stop_ids;          /* (the stop token is part of its output) */
+  fla_token_fn on_token;     /* may be NULL */
+  void *user;
+} fla_generate_options;
+
+typedef struct fla_generate_stats {
+  int64_t prefill_tokens, decode_tokens;
+  double prefill_s, decode_s;          /* wall-clock seconds */
+} fla_generate_stats;
+
+/* Generates up to max_new_tokens after each of num_prompts prompts (of
+** different lengths; each at least one token): every prompt is prefilled
+** into its own cache slot, then all still-running sequences are decoded one
+** token per step together. out_ids[i] (caller memory of max_new_tokens
+** entries) receives prompt i's tokens and out_lens[i] their number. stats
+** may be NULL. */
+fla_status fla_model_generate(fla_model *m, int num_prompts, const int32_t *const *prompts,
+                              const int64_t *prompt_lens, const fla_generate_options *opt,
+                              int32_t *const *out_ids, int64_t *out_lens,
+                              fla_generate_stats *stats);
 
 #ifdef __cplusplus
 }

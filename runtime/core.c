@@ -2,6 +2,7 @@
 ** core.c -- contexts, status strings and error messages.
 */
 #include "internal.h"
+#include "hip/hip_backend.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +42,25 @@ static void put_err_(char *err, size_t errlen, const char *msg) {
   if (err && errlen) snprintf(err, errlen, "%s", msg);
 }
 
+/* FLA_BACKEND_HIP: the op layer does not dispatch to HIP yet, so even a
+** HIP device that opens is reported as unavailable, with what was found
+** (runtime/hip/hip_backend.h; HIP kernels compile: fla-gen --target hip). */
+static fla_status hip_unavailable_(char *err, size_t errlen) {
+  fla_ctx probe;
+  memset(&probe, 0, sizeof probe);
+  char why[1024] = "";
+  char msg[1400];
+  if (fla_hip_ctx_open(&probe, why, sizeof why) == FLA_OK) {
+    snprintf(msg, sizeof msg, "HIP device %s opened, but this version runs no ops on HIP "
+             "(HIP kernels only compile: fla-gen --target hip)", probe.device_name);
+    fla_hip_ctx_close(&probe);
+  } else {
+    snprintf(msg, sizeof msg, "the HIP backend is not available: %s", why);
+  }
+  put_err_(err, errlen, msg);
+  return FLA_NODEVICE;
+}
+
 fla_status fla_ctx_create_ex(fla_backend backend, fla_ctx **out, char *err, size_t errlen) {
   put_err_(err, errlen, "");
   if (!out) {
@@ -48,10 +68,7 @@ fla_status fla_ctx_create_ex(fla_backend backend, fla_ctx **out, char *err, size
     return FLA_INVALID;
   }
   *out = NULL;
-  if (backend == FLA_BACKEND_HIP) {
-    put_err_(err, errlen, "the HIP backend is not available in this version");
-    return FLA_NODEVICE;
-  }
+  if (backend == FLA_BACKEND_HIP) return hip_unavailable_(err, errlen);
   if (backend != FLA_BACKEND_AUTO && backend != FLA_BACKEND_CPU && backend != FLA_BACKEND_CUDA) {
     char msg[64];
     snprintf(msg, sizeof msg, "unknown backend %d", (int)backend);
@@ -91,6 +108,8 @@ fla_status fla_ctx_create(fla_backend backend, fla_ctx **out) {
 void fla_ctx_free(fla_ctx *ctx) {
   if (!ctx) return;
   fla_cuda_ctx_close(ctx);
+  fla_ctx_tune_free(ctx);
+  fla_hip_ctx_close(ctx);
   free(ctx);
 }
 

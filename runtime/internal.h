@@ -12,13 +12,17 @@
 #define FLA_ERRMSG_MAX 2048
 
 struct fla_cuda_ctx;             /* runtime/cuda/backend.c */
+struct fla_ctx_tune;             /* tunedb/tune_ctx.c: its tuning databases */
+struct fla_hip_ctx;              /* runtime/hip/backend.c */
 
 struct fla_ctx {
   fla_backend backend;
   int nthreads;                 /* 0: all online processors */
   char errmsg[FLA_ERRMSG_MAX];
   struct fla_cuda_ctx *cuda;    /* the CUDA backend's state; NULL on the CPU */
+  struct fla_hip_ctx *hip;      /* the HIP backend's state (runtime/hip/hip_backend.h) */
   char device_name[256];        /* fla_ctx_device_name */
+  struct fla_ctx_tune *tune;    /* NULL until a database is asked for */
 };
 
 struct fla_tensor {
@@ -76,6 +80,9 @@ fla_status fla_cuda_ctx_open(fla_ctx *ctx, char *err, size_t errlen);
 /* Releases everything fla_cuda_ctx_open took (modules, scratch, stream,
 ** the primary context). NULL state allowed. */
 void fla_cuda_ctx_close(fla_ctx *ctx);
+
+/* Closes the context's tuning databases (tunedb/tune_ctx.c). */
+void fla_ctx_tune_free(fla_ctx *ctx);
 
 fla_status fla_cuda_mem_alloc(fla_ctx *ctx, size_t bytes, uint64_t *dptr);
 void fla_cuda_mem_free(fla_ctx *ctx, uint64_t dptr);

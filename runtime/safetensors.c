@@ -23,6 +23,7 @@
 ** tensor still starts at a multiple of its own element size.
 */
 #include "internal.h"
+#include "st_view.h" /* models/: the mmap loader and raw views defined here */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -30,6 +31,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -86,6 +88,7 @@ struct fla_safetensors {
   char *label;           /* the path, or "<buffer>": names the file in messages */
   unsigned char *buf;    /* the whole file */
   size_t size;
+  int mapped;            /* 1: buf is a read-only mmap of the file (munmap, not free) */
   size_t data_start;     /* 8 + N */
   size_t data_size;
   int count;
@@ -104,7 +107,11 @@ static void st_entries_free(st_entry *e, int n) {
 void fla_safetensors_free(fla_safetensors *st) {
   if (!st) return;
   st_entries_free(st->entries, st->count);
-  free(st->buf);
+  if (st->mapped) {
+    if (st->size) munmap(st->buf, st->size);
+  } else {
+    free(st->buf);
+  }
   free(st->label);
   free(st);
 }
@@ -381,20 +388,25 @@ static fla_status parse_file(fla_ctx *ctx, fla_safetensors *st) {
   return s;
 }
 
-/* Takes ownership of buf (freed on failure too). */
+/* Takes ownership of buf (freed, or unmapped when mapped, on failure too). */
 static fla_status st_from_bytes(fla_ctx *ctx, const char *label, unsigned char *buf,
-                                size_t size, fla_safetensors **out) {
+                                size_t size, int mapped, fla_safetensors **out) {
   fla_safetensors *st = calloc(1, sizeof *st);
   char *lab = str_dup(label);
   if (!st || !lab) {
     free(st);
     free(lab);
-    free(buf);
+    if (mapped) {
+      if (size) munmap(buf, size);
+    } else {
+      free(buf);
+    }
     return fla_set_error(ctx, FLA_NOMEM, "%s: out of memory", label);
   }
   st->label = lab;
   st->buf = buf;
   st->size = size;
+  st->mapped = mapped;
   fla_status s = parse_file(ctx, st);
   if (s != FLA_OK) {
     fla_safetensors_free(st);
@@ -452,7 +464,44 @@ fla_status fla_safetensors_open(fla_ctx *ctx, const char *path, fla_safetensors 
   size_t size = 0;
   fla_status s = read_file(ctx, path, &buf, &size);
   if (s != FLA_OK) return s;
-  return st_from_bytes(ctx, path, buf, size, out);
+  return st_from_bytes(ctx, path, buf, size, 0, out);
+}
+
+/* As fla_safetensors_open, but the file is memory-mapped read-only instead of
+** read: model weights then cost page cache, not heap (models/st_view.h). */
+fla_status fla_safetensors_open_mmap(fla_ctx *ctx, const char *path, fla_safetensors **out) {
+  if (!out) return fla_set_error(ctx, FLA_INVALID, "fla_safetensors_open_mmap: out is NULL");
+  *out = NULL;
+  if (!path) return fla_set_error(ctx, FLA_INVALID, "fla_safetensors_open_mmap: path is NULL");
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fla_set_error(ctx, FLA_IO, "%s: cannot open: %s", path, strerror(errno));
+  struct stat sb;
+  if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+    int err = errno;
+    close(fd);
+    return fla_set_error(ctx, FLA_IO, "%s: cannot read: %s", path,
+                         err ? strerror(err) : "not a regular file");
+  }
+  size_t n = (size_t)sb.st_size;
+  void *p = n ? mmap(NULL, n, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+  int err = errno;
+  close(fd);
+  if (p == MAP_FAILED) return fla_set_error(ctx, FLA_IO, "%s: cannot mmap: %s", path, strerror(err));
+  return st_from_bytes(ctx, path, p, n, 1, out);
+}
+
+/* The raw view of tensor i: its dtype (-1 when this library has none for it),
+** shape and a pointer to its bytes in the file (possibly unaligned). */
+int fla_safetensors_view(const fla_safetensors *st, int i, int *dtype, int *ndim,
+                         const int64_t **shape, const void **data, size_t *nbytes) {
+  if (!st || i < 0 || i >= st->count) return -1;
+  const st_entry *e = &st->entries[i];
+  *dtype = st_dtypes[e->dtype].fla;
+  *ndim = e->ndim;
+  *shape = e->shape;
+  *data = st->buf + st->data_start + e->begin;
+  *nbytes = (size_t)(e->end - e->begin);
+  return 0;
 }
 
 fla_status fla_safetensors_open_buffer(fla_ctx *ctx, const void *data, size_t n,
@@ -464,7 +513,7 @@ fla_status fla_safetensors_open_buffer(fla_ctx *ctx, const void *data, size_t n,
   unsigned char *buf = malloc(n ? n : 1);
   if (!buf) return fla_set_error(ctx, FLA_NOMEM, "<buffer>: cannot allocate %zu bytes", n);
   if (n) memcpy(buf, data, n);
-  return st_from_bytes(ctx, "<buffer>", buf, n, out);
+  return st_from_bytes(ctx, "<buffer>", buf, n, 0, out);
 }
 
 /* ------------------------------------------------------------------ query */

@@ -1,24 +1,30 @@
 /*
-** fla-gen -- prints the CUDA source a recipe's stage generates, or compiles
-** it with NVRTC and reports what ptxas says of every kernel.
+** fla-gen -- prints the CUDA or HIP source a recipe's stage generates, or
+** compiles it (NVRTC, or hipRTC for --target hip) and reports what the
+** compiler says of every kernel.
 **
-**   fla-gen RECIPE [--stage prep_fwd|recurrent_fwd|chunk_fwd|prep_bwd|recurrent_bwd]
+**   fla-gen RECIPE [--stage prep_fwd|recurrent_fwd|chunk_fwd|...]
 **           [--config BT=64,BK=64,BV=32,warps=4] [--K 128] [--V 128]
 **           [--f32|--bf16] [--no-h0] [--no-ht] [--map q|k]
-**           [--arch sm_90] [--compile [--source]]
+**           [--target cuda|hip] [--arch sm_90|gfx90a] [--compile [--source]]
 **
 ** --K is the recipe's input key dim (the state key dim is the feature map's
 ** output size); --map picks whose feature map prep_fwd applies (default: q's,
 ** or k's when q's is the identity). Without --compile the source goes to
 ** stdout; with it, a report (compile time, and per kernel registers, shared
 ** memory, stack, spills, launch block) and the source only with --source.
+** --target hip writes HIP (the portable stages only) and --arch defaults to
+** gfx90a; hipRTC needs no AMD GPU, and the report comes from the code
+** object's metadata (VGPRs, SGPRs, LDS, scratch, spills, wavefront size).
 **
-** Exit status: 0 done, 1 the compile failed (NVRTC's log on stderr) or NVRTC
-** is missing, 2 bad arguments, recipe, stage, tile configuration or a key the
+** Exit status: 0 done, 1 the compile failed (the compiler's log on stderr) or
+** the compiler is missing, 2 bad arguments, recipe, stage, tile configuration or a key the
 ** stage does not support.
 */
 #include "common.h"
 #include "cuda/nvrtc.h"
+#include "hip/code_object.h"
+#include "hip/hiprtc.h"
 #include "feature.h"
 #include "generate.h"
 #include "recipe.h"
@@ -29,14 +35,15 @@
 
 static void usage_(void) {
   fprintf(stderr,
-          "usage: fla-gen RECIPE [--stage prep_fwd|recurrent_fwd|chunk_fwd|prep_bwd|recurrent_bwd]\n"
+          "usage: fla-gen RECIPE [--stage prep_fwd|recurrent_fwd|chunk_fwd|...]\n"
           "               [--config BT=64,BK=64,BV=32,warps=4] [--K 128] [--V 128]\n"
           "               [--f32|--bf16] [--no-h0] [--no-ht] [--map q|k]\n"
-          "               [--arch sm_90] [--compile [--source]]\n"
+          "               [--target cuda|hip] [--arch sm_90|gfx90a] [--compile [--source]]\n"
           "RECIPE is a recipe name (gla) or a path to a .lua file. Prints the generated\n"
           "source; --compile compiles it with NVRTC and reports registers, shared memory\n"
-          "and spills per kernel (--source prints the source too). Config keys left out\n"
-          "take the stage's defaults.\n");
+          "and spills per kernel (--source prints the source too). --target hip writes\n"
+          "HIP (prep_fwd, recurrent_fwd) and compiles it with hipRTC for --arch (default\n"
+          "gfx90a; no AMD GPU needed). Config keys left out take the stage's defaults.\n");
 }
 
 /* "BT=64,BK=64,BV=32,warps=4" -> cfg (fields not named stay 0). 0 or -1. */
@@ -142,8 +149,43 @@ static int compile_(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key,
   return 0;
 }
 
+/* hipRTC prints no resource report: the code object's metadata note says it. */
+static int compile_hip_(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key,
+                        const fla_tile_config *cfg, const char *src, char (*kernels)[64], int nk,
+                        const char *arch, const char *recipe) {
+  char name[128];
+  snprintf(name, sizeof name, "%s_%s", recipe, fla_stage_name(stage));
+  void *code = NULL;
+  size_t size = 0;
+  double t0 = now_();
+  fla_status s = fla_hiprtc_compile_ex(ctx, name, src, arch, NULL, 0, &code, &size, NULL);
+  double dt = now_() - t0;
+  if (s != FLA_OK) {
+    fprintf(stderr, "fla-gen: %s: %s\n", fla_errstr(s), fla_errmsg(ctx));
+    return s == FLA_INVALID ? 2 : 1;
+  }
+  fla_tile_config full;
+  fla_stage_default_config(stage, key, &full);
+  if (cfg->BT) full.BT = cfg->BT;
+  if (cfg->BK) full.BK = cfg->BK;
+  if (cfg->BV) full.BV = cfg->BV;
+  if (cfg->warps) full.warps = cfg->warps;
+  printf("%s %s for %s (hip): %zu-byte code object, compiled in %.3f s (BT=%d BK=%d BV=%d "
+         "warps=%d)\n", recipe, fla_stage_name(stage), arch, size, dt, full.BT, full.BK, full.BV,
+         full.warps);
+  fla_hip_resources res;
+  if (fla_hip_code_resources(code, size, &res) > 0)
+    printf("  %-24s %3d VGPRs, %3d SGPRs, %6d B LDS, %4d B scratch, spills %d VGPR / %d SGPR, "
+           "wave%d (max over the module's kernels)\n", kernels[0], res.vgprs, res.sgprs,
+           res.lds_bytes, res.stack_bytes, res.vgpr_spills, res.sgpr_spills, res.wavefront_size);
+  for (int i = 1; i < nk; i++) printf("  %s\n", kernels[i]);
+  free(code);
+  return 0;
+}
+
 int main(int argc, char **argv) {
-  const char *recipe_arg = NULL, *stage_arg = "recurrent_fwd", *arch = "sm_90", *map = NULL;
+  const char *recipe_arg = NULL, *stage_arg = "recurrent_fwd", *arch = NULL, *map = NULL;
+  fla_target target = FLA_TARGET_CUDA;
   fla_tile_config cfg = {0, 0, 0, 0};
   int K = 128, V = 128, bf16 = 1, h0 = 1, ht = 1, compile = 0, print_source = 0;
   for (int i = 1; i < argc; i++) {
@@ -174,6 +216,14 @@ int main(int argc, char **argv) {
         fprintf(stderr, "fla-gen: --map takes q or k (got '%s')\n", map);
         return 2;
       }
+    } else if (!strcmp(a, "--target") && more) {
+      const char *t = argv[++i];
+      if (!strcmp(t, "cuda")) target = FLA_TARGET_CUDA;
+      else if (!strcmp(t, "hip")) target = FLA_TARGET_HIP;
+      else {
+        fprintf(stderr, "fla-gen: --target takes cuda or hip (got '%s')\n", t);
+        return 2;
+      }
     } else if (!strcmp(a, "--arch") && more) {
       arch = argv[++i];
     } else if (!strcmp(a, "--compile")) {
@@ -195,12 +245,15 @@ int main(int argc, char **argv) {
     usage_();
     return 2;
   }
+  if (!arch) arch = target == FLA_TARGET_HIP ? "gfx90a" : "sm_90";
   fla_stage stage = FLA_STAGE_COUNT;
   for (int s = 0; s < FLA_STAGE_COUNT; s++)
     if (!strcmp(stage_arg, fla_stage_name((fla_stage)s))) stage = (fla_stage)s;
   if (stage == FLA_STAGE_COUNT) {
-    fprintf(stderr, "fla-gen: unknown stage '%s' (prep_fwd, recurrent_fwd, chunk_fwd, prep_bwd, recurrent_bwd, ...)\n",
-            stage_arg);
+    fprintf(stderr, "fla-gen: unknown stage '%s' (", stage_arg);
+    for (int t = 0; t < FLA_STAGE_COUNT; t++)
+      fprintf(stderr, "%s%s", t ? ", " : "", fla_stage_name((fla_stage)t));
+    fprintf(stderr, ")\n");
     return 2;
   }
 
@@ -227,13 +280,18 @@ int main(int argc, char **argv) {
   }
   char kernels[FLA_STAGE_MAX_KERNELS][64];
   int nk = 0;
-  fla_status s = fla_generate(ctx, stage, &key, &cfg, &src, kernels, &nk);
+  fla_status s = fla_generate_target(ctx, target, stage, &key, &cfg, &src, kernels, &nk);
   if (s != FLA_OK) {
     fprintf(stderr, "fla-gen: %s: %s\n", fla_errstr(s), fla_errmsg(ctx));
     goto done;
   }
   if (!compile || print_source) fputs(src, stdout);
-  rc = compile ? compile_(ctx, stage, &key, &cfg, src, kernels, nk, arch, fla_recipe_name(r)) : 0;
+  if (!compile)
+    rc = 0;
+  else if (target == FLA_TARGET_HIP)
+    rc = compile_hip_(ctx, stage, &key, &cfg, src, kernels, nk, arch, fla_recipe_name(r));
+  else
+    rc = compile_(ctx, stage, &key, &cfg, src, kernels, nk, arch, fla_recipe_name(r));
 done:
   free(src);
   fla_recipe_free(r);

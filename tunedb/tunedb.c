@@ -721,3 +721,59 @@ fla_status fla_tunedb_lookup(fla_tunedb *db, const fla_tunedb_key *key,
   }
   return FLA_OK;
 }
+
+/* ---------------------------------------------------------------- listing */
+
+fla_status fla_tunedb_foreach(fla_tunedb *db, int (*fn)(void *user, const fla_tunedb_row *row),
+                              void *user) {
+  if (!db || !fn) return fla_set_error(db ? db->ctx : NULL, FLA_INVALID, "fla_tunedb_foreach: NULL argument");
+  sqlite3_stmt *st = NULL;
+  int rc = sqlite3_prepare_v2(db->h,
+      "SELECT t.recipe_hash, t.stage, t.gpu_name, t.nvrtc_version, t.dtype, t.bucket, t.cc_major,"
+      " t.cc_minor, t.driver_version, t.bt, t.bk, t.bv, t.warps, t.time_ms,"
+      " (SELECT count(*) FROM candidate c WHERE c.tuned_id = t.id AND c.status = 'ok'),"
+      " (SELECT count(*) FROM candidate c WHERE c.tuned_id = t.id AND c.status = 'failed'),"
+      " (SELECT count(*) FROM candidate c WHERE c.tuned_id = t.id AND c.status = 'wrong')"
+      " FROM tuned t ORDER BY t.gpu_name, t.recipe_hash, t.stage, t.dtype, t.bucket, t.id",
+      -1, &st, NULL);
+  while (rc == SQLITE_OK) {
+    int step = sqlite3_step(st);
+    if (step == SQLITE_DONE) break;
+    if (step != SQLITE_ROW) {
+      rc = step;
+      break;
+    }
+    fla_tunedb_row r;
+    memset(&r, 0, sizeof r);
+    const char **str[6] = {&r.recipe_hash, &r.stage, &r.gpu_name, &r.nvrtc_version, &r.dtype, &r.bucket};
+    for (int i = 0; i < 6; i++) {
+      const char *t = (const char *)sqlite3_column_text(st, i);
+      *str[i] = t ? t : "";
+    }
+    r.cc_major = sqlite3_column_int(st, 6);
+    r.cc_minor = sqlite3_column_int(st, 7);
+    r.driver_version = sqlite3_column_int(st, 8);
+    r.has_winner = sqlite3_column_type(st, 9) != SQLITE_NULL;
+    r.time_ms = -1;
+    if (r.has_winner) read_cfg_(st, 9, &r.winner, &r.time_ms);
+    r.n_ok = sqlite3_column_int(st, 14);
+    r.n_failed = sqlite3_column_int(st, 15);
+    r.n_wrong = sqlite3_column_int(st, 16);
+    if (fn(user, &r)) break;
+  }
+  sqlite3_finalize(st);
+  return rc == SQLITE_OK ? FLA_OK : sql_error_(db, rc, "listing the rows");
+}
+
+fla_status fla_tunedb_checkpoint(fla_tunedb *db) {
+  if (!db) return FLA_INVALID;
+  if (db->readonly) return check_writable_(db, "fla_tunedb_checkpoint");
+  int rc = sqlite3_wal_checkpoint_v2(db->h, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+  if (rc != SQLITE_OK) return sql_error_(db, rc, "checkpointing");
+  /* Rollback-journal mode: readers then need no -wal/-shm files beside it
+  ** (a database shipped in a read-only place). Best effort: another open
+  ** connection keeps WAL, which is as correct. The next writer's open
+  ** switches back to WAL. */
+  exec_(db, "PRAGMA journal_mode = DELETE");
+  return FLA_OK;
+}

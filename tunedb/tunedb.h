@@ -161,4 +161,29 @@ fla_status fla_tunedb_lookup(fla_tunedb *db, const fla_tunedb_key *key,
                              const fla_tile_config *dflt, fla_tile_config *cfg,
                              fla_tunedb_how *how, double *time_ms);
 
+/* ---------------------------------------------------------------- listing */
+
+/* One row of the table as fla_tunedb_foreach gives it (strings valid during
+** the callback only). */
+typedef struct fla_tunedb_row {
+  const char *recipe_hash, *stage, *gpu_name, *nvrtc_version, *dtype, *bucket;
+  int cc_major, cc_minor, driver_version;
+  int has_winner;             /* 0 while its sweep is under way              */
+  fla_tile_config winner;
+  double time_ms;             /* the winner's; -1 without one                */
+  int n_ok, n_failed, n_wrong;  /* its candidates by outcome                 */
+} fla_tunedb_row;
+
+/* Calls fn for every row, ordered by GPU, recipe hash, stage, dtype and
+** bucket; a non-zero return stops the walk (FLA_OK still). */
+fla_status fla_tunedb_foreach(fla_tunedb *db, int (*fn)(void *user, const fla_tunedb_row *row),
+                              void *user);
+
+/* Moves the write-ahead log into the database file (a checkpoint) and,
+** when no other connection is open, leaves the file in rollback-journal
+** mode, so the file alone holds everything and readers in a read-only
+** place need no -wal/-shm beside it (before shipping or committing it; the
+** next writer's open switches back to WAL). */
+fla_status fla_tunedb_checkpoint(fla_tunedb *db);
+
 #endif

@@ -19,6 +19,7 @@
 #include <stdint.h>
 
 #include "internal.h"
+#include "modcache_core.h" /* fla_modcache_dir, and the format shared with HIP */
 
 /* Returns the module for (name, source, arch, opts) from the cache, or
 ** compiles it with fla_nvrtc_compile_ex and stores it. Statuses and messages
@@ -37,10 +38,6 @@ fla_status fla_modcache_get_or_compile_ex(fla_ctx *ctx, const char *name,
                                           const char *const *opts, int nopts,
                                           void **cubin, size_t *size, int *was_cached,
                                           char **log);
-
-/* The cache directory as configured by the environment, whether it exists or
-** not. 0 on success, -1 when none can be named (no variable set). */
-int fla_modcache_dir(char *buf, size_t len);
 
 /* The 128-bit key of a module: source, name, arch, the default and extra
 ** options in order, and the NVRTC version, each length-prefixed so no two

@@ -10,6 +10,7 @@
 #include "cuda/op_cuda.h"
 #include "cuda/op_cuda_internal.h"
 #include "cuda/modcache.h"
+#include "cuda/tune_pick.h"
 #include "feature.h"
 #include "op_internal.h"
 
@@ -33,11 +34,12 @@ static void plan_free_(plan *p) {
   memset(p, 0, sizeof *p);
 }
 
-fla_status fla_cuda_gen_stage(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key, stage_src *s) {
+/* The tile configuration: tuned (runtime/cuda/tune_pick.h), else the default. */
+fla_status fla_cuda_gen_stage(fla_op *op, fla_ctx *ctx, fla_stage stage, const fla_gen_key *key, stage_src *s) {
   s->stage = stage;
   s->key = *key;
   memset(&s->cfg, 0, sizeof s->cfg);
-  fla_stage_default_config(stage, key, &s->cfg);
+  fla_cuda_pick_config(op, ctx, stage, key, &s->cfg);
   s->src = NULL;
   return fla_generate(ctx, stage, &s->key, &s->cfg, &s->src, s->kernels, &s->nkernels);
 }
@@ -66,14 +68,16 @@ static fla_status plan_(fla_op *op, fla_ctx *ctx, int in_bf16, int has_h0, int s
   /* The first chunked stage that handles the key; none: the recurrent form. */
   static const fla_stage chunked[] = {FLA_STAGE_CHUNK_FWD, FLA_STAGE_CHUNK_GK_FWD, FLA_STAGE_CHUNK_WY_FWD};
   for (int i = 0; !wants_recurrent_(op) && st == FLA_UNSUPPORTED && i < 3; i++) {
-    st = fla_cuda_gen_stage(ctx, chunked[i], &key, &p->core);
+    st = fla_cuda_gen_stage(op, ctx, chunked[i], &key, &p->core);
+    /* the tuning database may have found the recurrent kernel faster here */
+    if (st == FLA_OK && fla_cuda_pick_recurrent(op, ctx, chunked[i], &key)) st = FLA_UNSUPPORTED;
     if (st == FLA_UNSUPPORTED) {
       free(p->core.src);
       p->core.src = NULL;
       fla_clear_error(ctx);
     }
   }
-  if (st == FLA_UNSUPPORTED) st = fla_cuda_gen_stage(ctx, FLA_STAGE_RECURRENT_FWD, &key, &p->core);
+  if (st == FLA_UNSUPPORTED) st = fla_cuda_gen_stage(op, ctx, FLA_STAGE_RECURRENT_FWD, &key, &p->core);
   if (st != FLA_OK) goto fail;
 
   fla_ir_feature maps[3] = {ir->feature_q, FLA_FEATURE_IDENTITY, FLA_FEATURE_IDENTITY};
@@ -83,7 +87,7 @@ static fla_status plan_(fla_op *op, fla_ctx *ctx, int in_bf16, int has_h0, int s
     if (maps[i] == FLA_FEATURE_IDENTITY) continue;
     fla_gen_key pk;
     fla_cuda_prep_key(&key, maps[i], op->K, &pk);
-    if ((st = fla_cuda_gen_stage(ctx, FLA_STAGE_PREP_FWD, &pk, &p->prep[i])) != FLA_OK) goto fail;
+    if ((st = fla_cuda_gen_stage(op, ctx, FLA_STAGE_PREP_FWD, &pk, &p->prep[i])) != FLA_OK) goto fail;
   }
   return FLA_OK;
 fail:

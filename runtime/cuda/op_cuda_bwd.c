@@ -36,27 +36,28 @@ static void bwd_plan_free_(bwd_plan *p) {
 /*
 ** The core backward stage for key. Chunked stages first, in order; one that
 ** answers FLA_UNSUPPORTED passes to the next, and RECURRENT_BWD takes any
-** key the forward takes. The chunked backward of the decay family
-** (FLA_STAGE_CHUNK_BWD, written separately) goes in chunked_[] once it
-** exists; it then needs the chunk tables (fla_cuda_chunk_tables_host, the
-** SLOT_CFIRST / SLOT_CSEQ slots) in run_core_() below.
+** key the forward takes. CHUNK_BWD (the decay family, bf16) writes dq and dk
+** in the input dtype straight into their tensors, so it is taken only when
+** q and k have no feature map (a mapped recipe's prep_bwd reads the core's
+** f32 gradients, which only RECURRENT_BWD writes).
 */
 static fla_status bwd_core_(fla_op *op, const fla_gen_key *key, stage_src *core) {
-  static const fla_stage chunked_[] = {FLA_STAGE_COUNT}; /* placeholder: none yet */
+  static const fla_stage chunked_[] = {FLA_STAGE_CHUNK_BWD};
   fla_ctx *ctx = op->ctx;
   fla_status st = FLA_UNSUPPORTED;
-  int recurrent = op->algo == FLA_ALGO_RECURRENT || (op->T == 1 && !op->varlen);
+  int mapped = op->ir->feature_q != FLA_FEATURE_IDENTITY || op->ir->feature_k != FLA_FEATURE_IDENTITY;
+  int recurrent = mapped || op->algo == FLA_ALGO_RECURRENT || (op->T == 1 && !op->varlen);
   for (size_t i = 0; !recurrent && st == FLA_UNSUPPORTED && i < sizeof chunked_ / sizeof chunked_[0];
        i++) {
     if (chunked_[i] == FLA_STAGE_COUNT) continue;
-    st = fla_cuda_gen_stage(ctx, chunked_[i], key, core);
+    st = fla_cuda_gen_stage(op, ctx, chunked_[i], key, core);
     if (st == FLA_UNSUPPORTED) {
       free(core->src);
       core->src = NULL;
       fla_clear_error(ctx);
     }
   }
-  if (st == FLA_UNSUPPORTED) st = fla_cuda_gen_stage(ctx, FLA_STAGE_RECURRENT_BWD, key, core);
+  if (st == FLA_UNSUPPORTED) st = fla_cuda_gen_stage(op, ctx, FLA_STAGE_RECURRENT_BWD, key, core);
   return st;
 }
 
@@ -75,9 +76,10 @@ static fla_status bwd_plan_(fla_op *op, int in_bf16, int has_h0, int has_dht, bw
     fla_gen_key pk;
     fla_cuda_prep_key(&key, maps[i], op->K, &pk);
     if (maps[i] != FLA_FEATURE_IDENTITY &&
-        (st = fla_cuda_gen_stage(ctx, FLA_STAGE_PREP_FWD, &pk, &p->fwd[i])) != FLA_OK)
+        (st = fla_cuda_gen_stage(op, ctx, FLA_STAGE_PREP_FWD, &pk, &p->fwd[i])) != FLA_OK)
       goto fail;
-    if ((st = fla_cuda_gen_stage(ctx, FLA_STAGE_PREP_BWD, &pk, &p->bwd[i])) != FLA_OK) goto fail;
+    if (p->core.stage == FLA_STAGE_CHUNK_BWD) continue; /* dq, dk written in place */
+    if ((st = fla_cuda_gen_stage(op, ctx, FLA_STAGE_PREP_BWD, &pk, &p->bwd[i])) != FLA_OK) goto fail;
   }
   return FLA_OK;
 fail:
@@ -100,6 +102,25 @@ static fla_status check_grads_(fla_op *op, fla_tensor *const *d, fla_tensor *dh0
                          "recipe '%s' on the GPU: gradient 'dh0' is %s; states are f32", ir->name,
                          fla_dtype_name(dh0->dtype));
   return FLA_OK;
+}
+
+/* The chunk tables of the chunked backward (chunks of BT tokens), uploaded. */
+static fla_status chunk_tables_(fla_op *op, const int64_t *cu, int BT, fla_kernel_args *a) {
+  int64_t *first = NULL, nc = 0;
+  int32_t *seq = NULL;
+  fla_status st = fla_cuda_chunk_tables_host(op, cu, BT, &first, &seq, &nc);
+  if (st != FLA_OK) return st;
+  if (nc > INT32_MAX) st = fla_set_error(op->ctx, FLA_SHAPE, "too many chunks (%lld)", (long long)nc);
+  if (st == FLA_OK)
+    st = fla_cuda_upload_slot(op->ctx, SLOT_CFIRST, first, sizeof(int64_t) * (size_t)(op->N + 1),
+                              &a->chunk_first);
+  if (st == FLA_OK)
+    st = fla_cuda_upload_slot(op->ctx, SLOT_CSEQ, seq, sizeof(int32_t) * (size_t)(nc > 0 ? nc : 1),
+                              &a->chunk_seq);
+  a->num_chunks = (int32_t)nc;
+  free(first);
+  free(seq);
+  return st;
 }
 
 fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_tensor *h0,
@@ -186,11 +207,28 @@ fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_te
   if (ir->bonus >= 0 && d[ir->bonus]) a.dbonus = d[ir->bonus]->dptr;
   a.dh0 = dh0 ? dh0->dptr : 0;
   uint64_t *core_grad[3] = {&a.dq, &a.dk, &a.dp};
-  for (int i = 0; i < 3; i++)
-    if (raw[i] >= 0 && d[raw[i]] &&
+  int chunked = p.core.stage == FLA_STAGE_CHUNK_BWD;
+  for (int i = 0; i < 3; i++) {
+    if (raw[i] < 0) continue;
+    if (chunked) {
+      /* chunk_bwd writes dq, dk, dv (input dtype) unconditionally: the
+      ** caller's tensors, or scratch for those not asked for */
+      if (d[raw[i]]) *core_grad[i] = d[raw[i]]->dptr;
+      else if ((st = fla_cuda_scratch(ctx, SLOT_DQ + i, esz * (size_t)(a.rows * op->Ks),
+                                      core_grad[i])) != FLA_OK)
+        goto done;
+      continue;
+    }
+    if (d[raw[i]] &&
         (st = fla_cuda_scratch(ctx, SLOT_DQ + i, sizeof(float) * (size_t)(a.rows * op->Ks),
                                core_grad[i])) != FLA_OK)
       goto done;
+  }
+  if (chunked) {
+    if (!a.dv && (st = fla_cuda_scratch(ctx, SLOT_DP, esz * (size_t)(a.rows * op->V), &a.dv)) != FLA_OK)
+      goto done;
+    if ((st = chunk_tables_(op, cu, p.core.cfg.BT, &a)) != FLA_OK) goto done;
+  }
 
   size_t ws0 = 0, ws1 = 0;
   fla_stage_workspace(p.core.stage, &p.core.key, &p.core.cfg, &a, &ws0, &ws1);
@@ -199,7 +237,7 @@ fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_te
   if ((st = fla_cuda_run_stage(ctx, &p.core, core_fns, &a)) != FLA_OK) goto done;
 
   for (int i = 0; i < 3; i++) {
-    if (raw[i] < 0 || !d[raw[i]]) continue;
+    if (raw[i] < 0 || !d[raw[i]] || !p.bwd[i].src) continue;
     fla_kernel_args pa = a;
     pa.x = in[raw[i]]->dptr;
     pa.dy = *core_grad[i];

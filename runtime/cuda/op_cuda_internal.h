@@ -34,9 +34,10 @@ typedef struct stage_src {
   int nkernels;
 } stage_src;
 
-/* s <- stage with key, default tile configuration, generated source
+/* s <- stage with key, its tile configuration (tuned for op, else the
+** default: runtime/cuda/tune_pick.h), generated source
 ** (free s->src). The generator's status (FLA_UNSUPPORTED: try another). */
-fla_status fla_cuda_gen_stage(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key, stage_src *s);
+fla_status fla_cuda_gen_stage(struct fla_op *op, fla_ctx *ctx, fla_stage stage, const fla_gen_key *key, stage_src *s);
 
 /* The prep key of feature map f on K_in-dim rows (only what the map reads). */
 void fla_cuda_prep_key(const fla_gen_key *core, fla_ir_feature f, int64_t K_in, fla_gen_key *key);

@@ -1,0 +1,163 @@
+/*
+** model_internal.h -- the structs shared by the files of the model layer:
+** the parsed config.json, the weights of each layer, the model, its cache.
+**
+** Files: config.c (config.json), weights.c (safetensors, sharded, mapped),
+** model.c (load and the forward over layers), mixer_*.c (token mixers),
+** cache.c (per-sequence state), generate.c (sampling and the loop), nn.h (math).
+*/
+#ifndef FLA_MODELS_INTERNAL_H
+#define FLA_MODELS_INTERNAL_H
+
+#include "fla.h"
+#include "nn.h"
+
+#include <stdint.h>
+
+#define MODEL_MAX_LAYERS 1024
+
+typedef enum {
+  ARCH_GLA, ARCH_GATED_DELTANET, ARCH_RETNET, ARCH_DELTA_NET, ARCH_KDA, ARCH_HGRN2,
+  ARCH_RWKV6, ARCH_TRANSFORMER
+} model_arch;
+
+/* A layer's softmax attention (a Transformer's, or fla's hybrid `attn`). */
+typedef struct {
+  int num_heads, num_kv_heads, qkv_bias;
+  int64_t window;            /* 0: full causal */
+  double rope_theta;
+} attn_spec;
+
+/* config.json, with fla's defaults for absent fields. */
+typedef struct {
+  model_arch arch;
+  char model_type[32];
+  int vocab_size, hidden_size, num_layers, num_heads, num_kv_heads;
+  int intermediate_size;     /* the MLP width, after fla's rounding */
+  double hidden_ratio, norm_eps;
+  int eos_token_id, tie_word_embeddings;
+  /* token-mixer options (the ones of the architecture) */
+  double expand_k, expand_v;
+  int head_dim, use_short_conv, conv_size, use_output_gate, use_gate, use_beta;
+  int allow_neg_eigval, fuse_norm, expand_ratio, use_lower_bound;
+  double clamp_min;          /* GLA's gate floor; NAN when none */
+  int proj_low_rank_dim, gate_low_rank_dim, norm_bias, norm_first; /* RWKV-6 */
+  int has_attn[MODEL_MAX_LAYERS];
+  attn_spec attn[MODEL_MAX_LAYERS];
+} model_config;
+
+/* Parses dir/config.json. Errors name the file and the field. */
+fla_status model_config_load(fla_ctx *ctx, const char *path, model_config *cfg);
+
+/* ------------------------------------------------------------ weights */
+
+typedef struct weight_store weight_store;
+
+/* Opens dir/model.safetensors, or the shards of dir/model.safetensors.index.json. */
+fla_status weights_open(fla_ctx *ctx, const char *dir, weight_store **out);
+void weights_free(weight_store *ws);
+/* The float32 data of tensor `name`, which must have exactly the given shape
+** (ndim entries). Marks it used. FLA_FORMAT names a missing or mis-shaped one. */
+fla_status weights_get(weight_store *ws, const char *name, int ndim, const int64_t *shape,
+                       const float **out);
+int weights_has(const weight_store *ws, const char *name);
+/* FLA_FORMAT naming the first tensor of the files no weights_get asked for. */
+fla_status weights_check_all_used(weight_store *ws);
+
+/* ------------------------------------------------------------ layers */
+
+typedef struct { const float *w, *b; int channels; } conv_weights; /* w [C, 1, W] */
+
+/* One block. Pointers are NULL where the architecture has no such tensor;
+** names in comments are fla's (under model.layers.N.). */
+typedef struct {
+  int index, is_attn;
+  const float *attn_norm_w, *attn_norm_b, *mlp_norm_w, *mlp_norm_b;
+  const float *pre_norm_w, *pre_norm_b;     /* RWKV-6 layer 0 */
+  /* dims of the token mixer: heads, per-head key and value sizes */
+  int H, Hkv, K, V;
+  /* projections shared by most mixers: attn.{q,k,v,o,g}_proj */
+  const float *q_proj, *k_proj, *v_proj, *o_proj, *g_proj, *qkv_bias[3];
+  conv_weights conv[3];                     /* attn.{q,k,v}_conv1d (HGRN2: q, f, i) */
+  const float *gk_proj0, *gk_proj1, *gk_proj1_b;    /* GLA low-rank gate */
+  const float *a_proj, *b_proj, *A_log, *dt_bias;   /* GDN / KDA / DeltaNet */
+  const float *f_proj0, *f_proj1, *g_proj0, *g_proj1, *g_proj1_b; /* KDA */
+  const float *f_proj, *i_proj;             /* HGRN2 */
+  const float *out_norm;                    /* g_norm_swish_gate, g_norm or o_norm */
+  const float *out_norm_b;                  /* RWKV-6 g_norm bias */
+  const float *lower_bound;                 /* HGRN2: this layer's bound [D], or NULL */
+  /* RWKV-6 */
+  const float *x_mu, *x_proj0, *x_proj2, *x_bias, *w_lora0, *w_lora2, *w_lora2_b, *bonus;
+  const float *ffn_key, *ffn_key_mu, *ffn_value, *ffn_rec, *ffn_rec_mu;
+  int low_rank, ffn_dim;
+  /* MLP: mlp.{gate,up,down}_proj */
+  const float *mlp_gate, *mlp_up, *mlp_down;
+  attn_spec attn;
+  /* the recipe op, bound for the last (B, T) it ran */
+  fla_recipe *recipe;
+  fla_op *op;
+  int64_t op_B, op_T;
+} model_layer;
+
+struct fla_model {
+  fla_ctx *ctx;
+  model_config cfg;
+  weight_store *weights;
+  const float *embeddings, *final_norm_w, *final_norm_b, *lm_head;
+  float *lower_bounds;        /* HGRN2: [L, D] after softmax and cumsum */
+  model_layer *layers;
+};
+
+/* ------------------------------------------------------------ cache */
+
+typedef struct {
+  float *state;       /* [N, H, Ks, V] recurrent state */
+  int64_t state_size; /* per sequence */
+  float *conv[3];     /* [N, C, W-1] past inputs of each convolution */
+  float *shift_attn, *shift_ffn; /* [N, D] RWKV-6: last inputs */
+  float **k, **v;     /* per sequence [cap, Hkv*D] keys (rotated) and values */
+  int64_t *kv_len, *kv_cap, *kv_start; /* rows held, capacity, position of row 0 */
+} layer_cache;
+
+struct fla_cache {
+  fla_model *m;
+  int N;
+  int64_t *pos;       /* tokens consumed per sequence */
+  layer_cache *layers;
+};
+
+/* Runs B sequences (cache slots slot0..slot0+B-1) over T new tokens each:
+** logits [B, T, vocab] (NULL: not computed; last_only: only [B, vocab] of the
+** last token). The chunked algorithm for T > 1, the recurrent step for T == 1. */
+fla_status model_run(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T,
+                     const int32_t *ids, float *logits, int last_only);
+
+/* The token mixers: x [B*T, D] normalised input -> out [B*T, D]. */
+typedef struct {
+  fla_model *m;
+  model_layer *L;
+  layer_cache *lc;
+  int slot0;
+  int64_t B, T;
+  const int64_t *pos; /* [B] tokens each sequence had consumed before this call */
+} mixer_call;
+
+fla_status mixer_linear(const mixer_call *mc, const float *x, float *out);    /* GLA, RetNet, HGRN2 */
+fla_status mixer_delta(const mixer_call *mc, const float *x, float *out);     /* DeltaNet, GDN, KDA */
+fla_status mixer_rwkv6(const mixer_call *mc, const float *x, float *out);
+fla_status mixer_rwkv6_ffn(const mixer_call *mc, const float *x, float *out);
+fla_status mixer_attention(const mixer_call *mc, const float *x, float *out);
+
+/* Runs the layer's recipe op on B x T with named inputs ([B, T, H, *] or [H, K]
+** for RWKV-6's bonus), continuing and updating the cache's state. */
+typedef struct { const char *name; float *data; int ndim; int64_t shape[4]; } op_input;
+fla_status mixer_run_op(const mixer_call *mc, const op_input *in, int n, double scale,
+                        float *o);
+
+/* Short convolutions of projection j (0..2) with their cache; act per fla. */
+void mixer_conv(const mixer_call *mc, int j, const float *x, int C, nn_act act, float *y);
+
+/* malloc of n floats that reports FLA_NOMEM: NULL on failure. */
+float *model_alloc(fla_ctx *ctx, int64_t n);
+
+#endif
