@@ -651,9 +651,9 @@ START_TEST(test_every_recipe_compiles) {
             free(src);
           }
           /* chunk_fwd_portable likewise (scalar tiles; sm_90 only: it has no
-          ** arch-specific code). */
+          ** arch-specific code; not in the sanitizer build, which only times out). */
           src = NULL;
-          if (!strcmp(archs[a], "sm_90") &&
+          if (!strcmp(archs[a], "sm_90") && !th_quick() && /* the release build covers it */
               fla_generate(ctx, FLA_STAGE_CHUNK_FWD_PORTABLE, &key, NULL, &src, kn, &nk) == FLA_OK) {
             snprintf(what, sizeof what, "%s_chunk_fwd_portable_%s", names[i], bf16 ? "bf16" : "f32");
             compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_FWD_PORTABLE, src, kn, nk, archs[a]);
