@@ -31,6 +31,9 @@ t0=$(date +%s)
 "$BUILD/test_gpu_ops" > "$OUT/test_gpu_ops.log" 2>&1
 rc_ops=$?
 t_ops=$(( $(date +%s) - t0 ))
+# The portable stages (HIP's shared source, built for CUDA) against the CPU.
+"$BUILD/test_gpu_portable" > "$OUT/test_gpu_portable.log" 2>&1
+rc_port=$?
 
 # 2. fla-check on every conformance case (case:recipe as in tests/test_conformance.c).
 CASES="linear_attn:linear_attn retention:retention simple_gla:simple_gla gla:gla gla_long:gla
@@ -79,6 +82,8 @@ rc_bench=$?
   grep -E '^gpu_ops: ' "$OUT/test_gpu_ops.log"
   grep -E '^gpu_ops_bwd: ' "$OUT/test_gpu_ops.log"
   grep -E ':[A-Z]:|FAIL' "$OUT/test_gpu_ops.log" | grep -v '^  ' | head -n 20
+  echo "test_gpu_portable (rc $rc_port): $(grep -E '^[0-9]+%: Checks' "$OUT/test_gpu_portable.log" | tail -n1)"
+  grep -E ':[A-Z]:|FAIL' "$OUT/test_gpu_portable.log" | head -n 10
   echo
   echo "fla-check --device cuda (rc $rc_check): relative RMS vs the float64 references (grad: the worst gradient)"
   echo "| case        | recipe           | dt   | algo      | o         | ht        | grad              | result |"
@@ -89,4 +94,4 @@ rc_bench=$?
   cat "$OUT/fla_bench.log"
 } | tee "$OUT/summary.txt"
 
-[ $rc_ops -eq 0 ] && [ $rc_check -eq 0 ]
+[ $rc_ops -eq 0 ] && [ $rc_port -eq 0 ] && [ $rc_check -eq 0 ]
