@@ -337,10 +337,12 @@ fla_status fla_op_forward(fla_op *op, const fla_arg *inputs, int num_inputs,
 ** d_o share one dtype (bf16 or f32), each input gradient has that dtype too,
 ** and h0, dht and dh0 are f32 (anything else: FLA_UNSUPPORTED with the
 ** reason). The kernels are generated like the forward's: the feature maps
-** run forward again, then the core backward (a chunked backward stage where
-** one is generated for the recipe, else the token-by-token backward, which
-** recomputes states from checkpoints every 64 tokens), then the feature
-** maps' backward; scratch memory grows with T*H*K*V/64 (checkpoints) and
+** run forward again, then the core backward (chunk_bwd, the chunked
+** backward on tensor cores, for bf16 recipes with no, constant or scalar
+** gates, a plain write and no feature map on q or k: linear_attn,
+** retention, lightning_attn, simple_gla; else the token-by-token backward,
+** which recomputes states from checkpoints every 64 tokens and is slow),
+** then the feature maps' backward; scratch memory grows with T*H*K*V/64 (checkpoints) and
 ** with T*H*K times ceil(V/16) (per-block partial sums). The call returns
 ** once the kernels have finished.
 ** dht may be NULL (zero). grads names gradients as "d" + input name ("dq",
