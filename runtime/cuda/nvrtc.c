@@ -3,6 +3,7 @@
 ** at run time by cuda_api.c), and reads ptxas' resource report.
 */
 #include "cuda/nvrtc.h"
+#include "rtc_log.h"
 #include "cuda/cuda_api.h"
 
 #include <ctype.h>
@@ -40,26 +41,6 @@ static int arch_ok(const char *arch) {
   if (digits < 2 || digits > 3) return 0;
   if (islower((unsigned char)*p)) p++;
   return *p == '\0';
-}
-
-/* Appends log to the message: whole when short, else its start (the first
-** error) and its end (the last errors and the count), cut at line starts. */
-static void format_log(char *dst, size_t cap, const char *log) {
-  enum { WHOLE = 1500, HEAD = 400, TAIL = 1100 };
-  size_t n = strlen(log);
-  while (n && isspace((unsigned char)log[n - 1])) n--;
-  if (n <= WHOLE) {
-    snprintf(dst, cap, "%.*s", (int)n, log);
-    return;
-  }
-  size_t head = HEAD;
-  const char *nl = memchr(log + HEAD / 2, '\n', HEAD / 2);
-  if (nl) head = (size_t)(nl - log);
-  size_t tail_start = n - TAIL;
-  nl = memchr(log + tail_start, '\n', 200);
-  if (nl) tail_start = (size_t)(nl - log) + 1;
-  snprintf(dst, cap, "%.*s\n[... %zu bytes of the log left out ...]\n%.*s", (int)head, log,
-           tail_start - head, (int)(n - tail_start), log + tail_start);
 }
 
 static char *read_log(const fla_nvrtc_api *api, nvrtcProgram prog) {
@@ -135,7 +116,7 @@ fla_status fla_nvrtc_compile_ex(fla_ctx *ctx, const char *name, const char *sour
   if (r != NVRTC_SUCCESS) {
     char body[FLA_ERRMSG_MAX];
     if (text && text[0])
-      format_log(body, sizeof body, text);
+      fla_rtc_format_log(body, sizeof body, text);
     else
       snprintf(body, sizeof body, "%s (empty log)", api->nvrtcGetErrorString(r));
     st = fla_set_error(ctx, FLA_ERROR, "nvrtc: %s for %s: %s", name, arch, body);

@@ -226,6 +226,22 @@ static fla_status device_copy_(fla_ctx *ctx, fla_dtype dt, int64_t n, const void
 }
 
 /* Chunk tables for chunk size BT on the host: first [N+1], seq [NC]. */
+void fla_cuda_base_args(const fla_op *op, fla_tensor *const *in, const fla_tensor *h0,
+                        const int64_t *cu, fla_kernel_args *a) {
+  const fla_ir *ir = op->ir;
+  memset(a, 0, sizeof *a);
+  a->total = cu[op->N];
+  a->rows = a->total * op->H;
+  a->N = (int32_t)op->N;
+  a->H = (int32_t)op->H;
+  a->scale = (float)op->scale;
+  a->v = in[ir->value]->dptr;
+  if (ir->decay == FLA_DECAY_SCALAR || ir->decay == FLA_DECAY_KEY) a->g = in[ir->decay_input]->dptr;
+  if (ir->rate >= 0) a->beta = in[ir->rate]->dptr;
+  if (ir->bonus >= 0) a->bonus = in[ir->bonus]->dptr;
+  a->h0 = h0 ? h0->dptr : 0;
+}
+
 fla_status fla_cuda_chunk_tables_host(fla_op *op, const int64_t *cu, int BT, int64_t **first,
                                       int32_t **seq, int64_t *nc_out) {
   int64_t N = op->N, nc = 0;
@@ -353,17 +369,7 @@ fla_status fla_cuda_op_forward(struct fla_op *op, fla_tensor *const *in, fla_ten
   if ((st = cache_get_(op, dt == FLA_BF16, h0 != NULL, ht != NULL, cu, &c)) != FLA_OK) goto done;
 
   fla_kernel_args a;
-  memset(&a, 0, sizeof a);
-  a.total = cu[op->N];
-  a.rows = a.total * op->H;
-  a.N = (int32_t)op->N;
-  a.H = (int32_t)op->H;
-  a.scale = (float)op->scale;
-  a.v = in[ir->value]->dptr;
-  if (ir->decay == FLA_DECAY_SCALAR || ir->decay == FLA_DECAY_KEY) a.g = in[ir->decay_input]->dptr;
-  if (ir->rate >= 0) a.beta = in[ir->rate]->dptr;
-  if (ir->bonus >= 0) a.bonus = in[ir->bonus]->dptr;
-  a.h0 = h0 ? h0->dptr : 0;
+  fla_cuda_base_args(op, in, h0, cu, &a);
   a.ht = ht ? ht->dptr : 0;
   a.o = o->dptr;
   a.gamma = c->gamma ? c->gamma->dptr : 0;

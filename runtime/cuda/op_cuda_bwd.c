@@ -156,17 +156,7 @@ fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_te
   }
 
   fla_kernel_args a;
-  memset(&a, 0, sizeof a);
-  a.total = cu[op->N];
-  a.rows = a.total * op->H;
-  a.N = (int32_t)op->N;
-  a.H = (int32_t)op->H;
-  a.scale = (float)op->scale;
-  a.v = in[ir->value]->dptr;
-  if (ir->decay == FLA_DECAY_SCALAR || ir->decay == FLA_DECAY_KEY) a.g = in[ir->decay_input]->dptr;
-  if (ir->rate >= 0) a.beta = in[ir->rate]->dptr;
-  if (ir->bonus >= 0) a.bonus = in[ir->bonus]->dptr;
-  a.h0 = h0 ? h0->dptr : 0;
+  fla_cuda_base_args(op, in, h0, cu, &a);
   a.d_o = d_o->dptr;
   a.dht = dht ? dht->dptr : 0;
   st = fla_cuda_upload_slot(ctx, SLOT_CU, cu, sizeof(int64_t) * (size_t)(op->N + 1), &a.cu);

@@ -52,6 +52,11 @@ fla_status fla_cuda_check_dtypes(fla_op *op, fla_tensor *const *in, fla_tensor *
 fla_status fla_cuda_offsets(fla_op *op, fla_tensor *cs, int64_t *cu);
 
 /* Chunk tables for chunk size BT on the host: first [N+1], seq [NC] (malloc'd). */
+/* a <- zeroes, then the sizes (total, rows, N, H, scale) and the recipe's
+** raw v, g, beta, bonus and h0 pointers: what forward and backward share. */
+void fla_cuda_base_args(const fla_op *op, fla_tensor *const *in, const fla_tensor *h0,
+                        const int64_t *cu, fla_kernel_args *a);
+
 fla_status fla_cuda_chunk_tables_host(fla_op *op, const int64_t *cu, int BT, int64_t **first,
                                       int32_t **seq, int64_t *nc_out);
 
