@@ -352,7 +352,9 @@ START_TEST(test_errors) {
   pk.feature = FLA_FEATURE_RELU;
   pk.feature_in_dim = 0;
   gen_fails(ctx, P, &pk, NULL, FLA_INVALID, "feature_in_dim must be positive");
-  gen_fails(ctx, (fla_stage)7, &key, NULL, FLA_INVALID, "unknown stage 7");
+  char unknown[32];
+  snprintf(unknown, sizeof unknown, "unknown stage %d", FLA_STAGE_COUNT + 3);
+  gen_fails(ctx, (fla_stage)(FLA_STAGE_COUNT + 3), &key, NULL, FLA_INVALID, unknown);
 
   char *src = NULL;
   char names[FLA_STAGE_MAX_KERNELS][64];
