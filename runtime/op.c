@@ -118,6 +118,7 @@ void fla_op_free(fla_op *op) {
   if (!op) return;
   for (int i = 0; i < (int)(sizeof op->ws / sizeof op->ws[0]); i++) free(op->ws[i]);
   if (op->backend_cache_free) op->backend_cache_free(op->backend_cache);
+  if (op->backend_bwd_cache_free) op->backend_bwd_cache_free(op->backend_bwd_cache);
   free(op->gamma);
   free(op);
 }

@@ -29,6 +29,9 @@ struct fla_op {
   ** its kernels and device tables), freed with the op. */
   void *backend_cache;
   void (*backend_cache_free)(void *cache);
+  /* The same for the backward (runtime/cuda/op_cuda_bwd.c). */
+  void *backend_bwd_cache;
+  void (*backend_bwd_cache_free)(void *cache);
 };
 
 #endif

@@ -87,6 +87,50 @@ fail:
   return st;
 }
 
+/* The plan and its kernels for one (dtype, h0, dht) combination, kept on the
+** op: a repeated backward (training steps) neither regenerates nor hashes
+** sources. Rebuilt when the combination changes. */
+typedef struct bwd_cache {
+  int in_bf16, has_h0, has_dht;
+  bwd_plan p;
+  CUfunction core_fns[FLA_STAGE_MAX_KERNELS], fwd_fns[3][FLA_STAGE_MAX_KERNELS],
+      bwd_fns[3][FLA_STAGE_MAX_KERNELS];
+} bwd_cache;
+
+static void bwd_cache_free_(void *p) {
+  bwd_cache *c = p;
+  if (!c) return;
+  bwd_plan_free_(&c->p);
+  free(c);
+}
+
+static fla_status bwd_cache_get_(fla_op *op, int in_bf16, int has_h0, int has_dht, bwd_cache **out) {
+  bwd_cache *c = op->backend_bwd_cache;
+  if (c && c->in_bf16 == in_bf16 && c->has_h0 == has_h0 && c->has_dht == has_dht) {
+    *out = c;
+    return FLA_OK;
+  }
+  fla_ctx *ctx = op->ctx;
+  c = calloc(1, sizeof *c);
+  if (!c) return fla_set_error(ctx, FLA_NOMEM, "out of memory");
+  c->in_bf16 = in_bf16, c->has_h0 = has_h0, c->has_dht = has_dht;
+  fla_status st = bwd_plan_(op, in_bf16, has_h0, has_dht, &c->p);
+  if (st == FLA_OK) st = fla_cuda_stage_fns(ctx, &c->p.core, c->core_fns);
+  for (int i = 0; st == FLA_OK && i < 3; i++) {
+    if (c->p.fwd[i].src) st = fla_cuda_stage_fns(ctx, &c->p.fwd[i], c->fwd_fns[i]);
+    if (st == FLA_OK && c->p.bwd[i].src) st = fla_cuda_stage_fns(ctx, &c->p.bwd[i], c->bwd_fns[i]);
+  }
+  if (st != FLA_OK) {
+    bwd_cache_free_(c);
+    return st;
+  }
+  if (op->backend_bwd_cache_free) op->backend_bwd_cache_free(op->backend_bwd_cache);
+  op->backend_bwd_cache = c;
+  op->backend_bwd_cache_free = bwd_cache_free_;
+  *out = c;
+  return FLA_OK;
+}
+
 /* The gradient tensors' dtypes: inputs' dtype for input gradients, f32 for dh0. */
 static fla_status check_grads_(fla_op *op, fla_tensor *const *d, fla_tensor *dh0, fla_dtype dt) {
   const fla_ir *ir = op->ir;
@@ -143,17 +187,10 @@ fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_te
     return fla_set_error(ctx, FLA_SHAPE, "recipe '%s' on the GPU: too many sequences or heads", ir->name);
   int64_t *cu = malloc(sizeof(int64_t) * (size_t)(op->N + 1));
   if (!cu) return fla_set_error(ctx, FLA_NOMEM, "out of memory");
-  bwd_plan p;
-  memset(&p, 0, sizeof p);
-  CUfunction core_fns[FLA_STAGE_MAX_KERNELS], fwd_fns[3][FLA_STAGE_MAX_KERNELS],
-      bwd_fns[3][FLA_STAGE_MAX_KERNELS];
+  bwd_cache *c = NULL;
   if ((st = fla_cuda_offsets(op, cu_seqlens, cu)) != FLA_OK) goto done;
-  if ((st = bwd_plan_(op, dt == FLA_BF16, h0 != NULL, dht != NULL, &p)) != FLA_OK) goto done;
-  if ((st = fla_cuda_stage_fns(ctx, &p.core, core_fns)) != FLA_OK) goto done;
-  for (int i = 0; i < 3; i++) {
-    if (p.fwd[i].src && (st = fla_cuda_stage_fns(ctx, &p.fwd[i], fwd_fns[i])) != FLA_OK) goto done;
-    if (p.bwd[i].src && (st = fla_cuda_stage_fns(ctx, &p.bwd[i], bwd_fns[i])) != FLA_OK) goto done;
-  }
+  if ((st = bwd_cache_get_(op, dt == FLA_BF16, h0 != NULL, dht != NULL, &c)) != FLA_OK) goto done;
+  const bwd_plan *pp = &c->p;
 
   fla_kernel_args a;
   fla_cuda_base_args(op, in, h0, cu, &a);
@@ -179,11 +216,11 @@ fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_te
   for (int i = 0; i < 3; i++) {
     if (raw[i] < 0) continue;
     *eff[i] = in[raw[i]]->dptr;
-    if (!p.fwd[i].src) continue;
+    if (!pp->fwd[i].src) continue;
     fla_kernel_args pa = a;
     pa.x = in[raw[i]]->dptr;
     st = fla_cuda_scratch(ctx, SLOT_Q + i, (size_t)(a.rows * op->Ks) * esz, &pa.y);
-    if (st == FLA_OK) st = fla_cuda_run_stage(ctx, &p.fwd[i], fwd_fns[i], &pa);
+    if (st == FLA_OK) st = fla_cuda_run_stage(ctx, &pp->fwd[i], c->fwd_fns[i], &pa);
     if (st != FLA_OK) goto done;
     *eff[i] = pa.y;
   }
@@ -197,7 +234,7 @@ fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_te
   if (ir->bonus >= 0 && d[ir->bonus]) a.dbonus = d[ir->bonus]->dptr;
   a.dh0 = dh0 ? dh0->dptr : 0;
   uint64_t *core_grad[3] = {&a.dq, &a.dk, &a.dp};
-  int chunked = p.core.stage == FLA_STAGE_CHUNK_BWD;
+  int chunked = pp->core.stage == FLA_STAGE_CHUNK_BWD;
   for (int i = 0; i < 3; i++) {
     if (raw[i] < 0) continue;
     if (chunked) {
@@ -217,32 +254,31 @@ fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_te
   if (chunked) {
     if (!a.dv && (st = fla_cuda_scratch(ctx, SLOT_DP, esz * (size_t)(a.rows * op->V), &a.dv)) != FLA_OK)
       goto done;
-    if ((st = chunk_tables_(op, cu, p.core.cfg.BT, &a)) != FLA_OK) goto done;
+    if ((st = chunk_tables_(op, cu, pp->core.cfg.BT, &a)) != FLA_OK) goto done;
   }
 
   size_t ws0 = 0, ws1 = 0;
-  fla_stage_workspace(p.core.stage, &p.core.key, &p.core.cfg, &a, &ws0, &ws1);
+  fla_stage_workspace(pp->core.stage, &pp->core.key, &pp->core.cfg, &a, &ws0, &ws1);
   if (ws0 && (st = fla_cuda_scratch(ctx, SLOT_WS0, ws0, &a.ws0)) != FLA_OK) goto done;
   if (ws1 && (st = fla_cuda_scratch(ctx, SLOT_WS1, ws1, &a.ws1)) != FLA_OK) goto done;
-  if ((st = fla_cuda_run_stage(ctx, &p.core, core_fns, &a)) != FLA_OK) goto done;
+  if ((st = fla_cuda_run_stage(ctx, &pp->core, c->core_fns, &a)) != FLA_OK) goto done;
 
   for (int i = 0; i < 3; i++) {
-    if (raw[i] < 0 || !d[raw[i]] || !p.bwd[i].src) continue;
+    if (raw[i] < 0 || !d[raw[i]] || !pp->bwd[i].src) continue;
     fla_kernel_args pa = a;
     pa.x = in[raw[i]]->dptr;
     pa.dy = *core_grad[i];
     pa.dx = d[raw[i]]->dptr;
-    if ((st = fla_cuda_run_stage(ctx, &p.bwd[i], bwd_fns[i], &pa)) != FLA_OK) goto done;
+    if ((st = fla_cuda_run_stage(ctx, &pp->bwd[i], c->bwd_fns[i], &pa)) != FLA_OK) goto done;
   }
   {
     char what[320];
     snprintf(what, sizeof what, "recipe '%s': backward stage %s (kernels %s, %s) failed on the device",
-             ir->name, fla_stage_name(p.core.stage), p.core.kernels[0],
-             p.core.nkernels > 1 ? p.core.kernels[1] : "-");
+             ir->name, fla_stage_name(pp->core.stage), pp->core.kernels[0],
+             pp->core.nkernels > 1 ? pp->core.kernels[1] : "-");
     st = fla_cuda_sync(ctx, what);
   }
 done:
-  bwd_plan_free_(&p);
   free(cu);
   return st;
 }
