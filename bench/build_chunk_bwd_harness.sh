@@ -8,8 +8,8 @@
 set -e
 cd "$(dirname "$0")/.."
 mkdir -p build
-${CC:-gcc} -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -Iinclude -Iruntime -Igen \
-  bench/chunk_bwd_harness.c gen/generate.c gen/stage_*.c runtime/feature.c runtime/threads.c \
+${CC:-gcc} -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -Iinclude -Iruntime -Igen -Ibench \
+  bench/chunk_bwd_harness.c bench/harness_common.c runtime/rtc_log.c gen/generate.c gen/stage_*.c runtime/feature.c runtime/threads.c \
   runtime/cpu/recurrent.c runtime/cpu/core_common.c runtime/cuda/nvrtc.c runtime/cuda/cuda_api.c \
   -ldl -lpthread -lm -o build/chunk_bwd_harness
 echo built build/chunk_bwd_harness

@@ -6,8 +6,9 @@
 set -e
 cd "$(dirname "$0")/.."
 mkdir -p build-chunk
-${CC:-gcc} -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -Iinclude -Iruntime -Igen \
-  bench/chunk_harness.c gen/stage_chunk.c runtime/threads.c \
+${CC:-gcc} -std=c11 -O2 -g -Wall -Wextra -D_GNU_SOURCE -Iinclude -Iruntime -Igen -Ibench \
+  bench/chunk_harness.c bench/harness_common.c gen/generate.c gen/stage_*.c runtime/feature.c \
+  runtime/threads.c runtime/rtc_log.c \
   runtime/cpu/recurrent.c runtime/cpu/core_common.c runtime/cuda/nvrtc.c runtime/cuda/cuda_api.c \
   -ldl -lpthread -lm -o build-chunk/chunk_harness
 echo built build-chunk/chunk_harness

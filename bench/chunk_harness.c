@@ -3,8 +3,8 @@
 ** (gen/stage_chunk.c, templates/cuda/chunk_fwd.cuh). Not part of the library
 ** build: bench/build_chunk_harness.sh builds it with gcc.
 **
-** It assembles the stage's source itself (the #define block of
-** gen/generate.h, templates/cuda/common.cuh when it exists, the template),
+** It generates the stage's source with gen/generate.c (the #define block of
+** gen/generate.h, the shared templates, the stage's template, read from disk),
 ** compiles it with NVRTC (runtime/cuda/nvrtc.c), runs it through the driver
 ** (runtime/cuda/cuda_api.c), and
 **   --check   runs random cases (varlen, h0/ht, partial chunks, K and V not
@@ -27,6 +27,7 @@
 #include "cpu/cpu.h"
 #include "cuda/cuda_api.h"
 #include "cuda/nvrtc.h"
+#include "harness_common.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -46,79 +47,7 @@ static int have_gpu;
 static char arch[16] = "sm_90a";
 static int smem_optin = 227 * 1024;
 
-#define CK(call)                                                                        \
-  do {                                                                                  \
-    CUresult r_ = (call);                                                               \
-    if (r_ != CUDA_SUCCESS) {                                                           \
-      fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, fla_cuda_result_str(r_)); \
-      exit(2);                                                                          \
-    }                                                                                   \
-  } while (0)
-
 /* ------------------------------------------------------------------ misc */
-
-/* The harness links only the runtime pieces it needs (not runtime/core.c,
-** which pulls in the whole CUDA backend): the error helpers they call. */
-fla_status fla_set_error(fla_ctx *c, fla_status status, const char *fmt, ...) {
-  if (c) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(c->errmsg, sizeof c->errmsg, fmt, ap);
-    va_end(ap);
-  }
-  return status;
-}
-const char *fla_errmsg(const fla_ctx *c) { return c ? c->errmsg : "no context"; }
-const char *fla_errstr(fla_status st) {
-  switch (st) {
-  case FLA_OK: return "ok";
-  case FLA_INVALID: return "invalid argument";
-  case FLA_UNSUPPORTED: return "unsupported";
-  default: return "error";
-  }
-}
-
-static char *read_text(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  char *s = malloc((size_t)n + 1);
-  if (!s || fread(s, 1, (size_t)n, f) != (size_t)n) {
-    fclose(f);
-    free(s);
-    return NULL;
-  }
-  s[n] = '\0';
-  fclose(f);
-  return s;
-}
-
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static uint64_t rng_next(void) {
-  uint64_t x = rng_state;
-  x ^= x << 13, x ^= x >> 7, x ^= x << 17;
-  return rng_state = x;
-}
-static double rng_unif(void) { return ((double)(rng_next() >> 11) + 0.5) / 9007199254740992.0; }
-static double rng_normal(void) {
-  return sqrt(-2.0 * log(rng_unif())) * cos(6.283185307179586 * rng_unif());
-}
-
-static uint16_t f2bf(float x) {
-  uint32_t u;
-  memcpy(&u, &x, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-static float bf2f(uint16_t x) {
-  uint32_t u = (uint32_t)x << 16;
-  float f;
-  memcpy(&f, &u, 4);
-  return f;
-}
 
 /* ---------------------------------------------------------- the source */
 
@@ -130,40 +59,22 @@ typedef struct variant {
   CUfunction fn[3];
 } variant;
 
+/* The stage's source as the library generates it (gen/generate.c, the
+** templates read from disk), with FLA_CHUNK_M forced in front when asked. */
 static char *assemble(const variant *v) {
-  char defs[1024];
-  const fla_gen_key *k = &v->key;
-  int n = snprintf(defs, sizeof defs,
-                   "#define FLA_K %d\n#define FLA_V %d\n#define FLA_DECAY %d\n#define FLA_DELTA %d\n"
-                   "#define FLA_HAS_PROBE %d\n#define FLA_READ_BEFORE %d\n#define FLA_HAS_BONUS %d\n"
-                   "#define FLA_KEY_FROM_DECAY %d\n#define FLA_IN_BF16 %d\n#define FLA_HAS_H0 %d\n"
-                   "#define FLA_STORE_HT %d\n#define FLA_FEATURE 0\n#define FLA_FEATURE_IN_DIM 0\n#define FLA_BT %d\n#define FLA_BK %d\n"
-                   "#define FLA_BV %d\n#define FLA_WARPS %d\n",
-                   k->K, k->V, k->decay, k->delta, k->has_probe, k->read_before, k->has_bonus,
-                   k->key_from_decay, k->in_bf16, k->has_h0, k->store_ht, v->cfg.BT, v->cfg.BK,
-                   v->cfg.BV, v->cfg.warps);
-  if (v->force_m > 0)
-    n += snprintf(defs + n, sizeof defs - (size_t)n, "#define FLA_CHUNK_M %lld\n",
-                  (long long)v->force_m);
-  /* gen/generate.c's order: the #define block, templates/common/math.h,
-  ** templates/common/index.h, templates/cuda/common.cuh, the stage's template */
-  static const char *const files[] = {"templates/common/math.h", "templates/common/index.h",
-                                      "templates/cuda/common.cuh", "templates/cuda/chunk_fwd.cuh"};
-  char *texts[4];
-  size_t len = strlen(defs) + 64;
-  for (int i = 0; i < 4; i++) {
-    if (!(texts[i] = read_text(files[i]))) {
-      fprintf(stderr, "cannot read %s (run from the repository root)\n", files[i]);
-      exit(2);
-    }
-    len += strlen(texts[i]) + 64;
+  char *gen = NULL;
+  char names[FLA_STAGE_MAX_KERNELS][64];
+  int nk = 0;
+  if (fla_generate(ctx, FLA_STAGE_CHUNK_FWD, &v->key, &v->cfg, &gen, names, &nk) != FLA_OK) {
+    fprintf(stderr, "generate: %s (run from the repository root)\n", fla_errmsg(ctx));
+    exit(2);
   }
+  if (v->force_m <= 0) return gen;
+  size_t len = strlen(gen) + 64;
   char *src = malloc(len);
-  size_t at = (size_t)snprintf(src, len, "%s", defs);
-  for (int i = 0; i < 4; i++) {
-    at += (size_t)snprintf(src + at, len - at, "\n#line 1 \"%s\"\n%s", files[i], texts[i]);
-    free(texts[i]);
-  }
+  if (!src) exit(2);
+  snprintf(src, len, "#define FLA_CHUNK_M %lld\n%s", (long long)v->force_m, gen);
+  free(gen);
   return src;
 }
 
