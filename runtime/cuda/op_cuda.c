@@ -340,13 +340,21 @@ static fla_status tables_(fla_op *op, const op_cache *c, const int64_t *cu, fla_
   }
   fla_status st = fla_cuda_upload_slot(ctx, SLOT_CU, cu, sizeof(int64_t) * (size_t)(op->N + 1), &a->cu);
   if (st != FLA_OK || !core_is_chunked_(c)) return st;
+  return fla_cuda_upload_chunk_tables(op, cu, core_bt_(op, c), a);
+}
+
+fla_status fla_cuda_upload_chunk_tables(fla_op *op, const int64_t *cu, int BT, fla_kernel_args *a) {
   int64_t *first = NULL, nc = 0;
   int32_t *seq = NULL;
-  st = fla_cuda_chunk_tables_host(op, cu, core_bt_(op, c), &first, &seq, &nc);
+  fla_status st = fla_cuda_chunk_tables_host(op, cu, BT, &first, &seq, &nc);
+  if (st != FLA_OK) return st;
+  if (nc > INT32_MAX) st = fla_set_error(op->ctx, FLA_SHAPE, "too many chunks (%lld)", (long long)nc);
   if (st == FLA_OK)
-    st = fla_cuda_upload_slot(ctx, SLOT_CFIRST, first, sizeof(int64_t) * (size_t)(op->N + 1), &a->chunk_first);
+    st = fla_cuda_upload_slot(op->ctx, SLOT_CFIRST, first, sizeof(int64_t) * (size_t)(op->N + 1),
+                              &a->chunk_first);
   if (st == FLA_OK)
-    st = fla_cuda_upload_slot(ctx, SLOT_CSEQ, seq, sizeof(int32_t) * (size_t)(nc > 0 ? nc : 1), &a->chunk_seq);
+    st = fla_cuda_upload_slot(op->ctx, SLOT_CSEQ, seq, sizeof(int32_t) * (size_t)(nc > 0 ? nc : 1),
+                              &a->chunk_seq);
   a->num_chunks = (int32_t)nc;
   free(first);
   free(seq);

@@ -148,25 +148,6 @@ static fla_status check_grads_(fla_op *op, fla_tensor *const *d, fla_tensor *dh0
   return FLA_OK;
 }
 
-/* The chunk tables of the chunked backward (chunks of BT tokens), uploaded. */
-static fla_status chunk_tables_(fla_op *op, const int64_t *cu, int BT, fla_kernel_args *a) {
-  int64_t *first = NULL, nc = 0;
-  int32_t *seq = NULL;
-  fla_status st = fla_cuda_chunk_tables_host(op, cu, BT, &first, &seq, &nc);
-  if (st != FLA_OK) return st;
-  if (nc > INT32_MAX) st = fla_set_error(op->ctx, FLA_SHAPE, "too many chunks (%lld)", (long long)nc);
-  if (st == FLA_OK)
-    st = fla_cuda_upload_slot(op->ctx, SLOT_CFIRST, first, sizeof(int64_t) * (size_t)(op->N + 1),
-                              &a->chunk_first);
-  if (st == FLA_OK)
-    st = fla_cuda_upload_slot(op->ctx, SLOT_CSEQ, seq, sizeof(int32_t) * (size_t)(nc > 0 ? nc : 1),
-                              &a->chunk_seq);
-  a->num_chunks = (int32_t)nc;
-  free(first);
-  free(seq);
-  return st;
-}
-
 fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_tensor *h0,
                                 fla_tensor *cu_seqlens, fla_tensor *d_o, fla_tensor *dht,
                                 fla_tensor *const *d, fla_tensor *dh0) {
@@ -254,7 +235,7 @@ fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_te
   if (chunked) {
     if (!a.dv && (st = fla_cuda_scratch(ctx, SLOT_DP, esz * (size_t)(a.rows * op->V), &a.dv)) != FLA_OK)
       goto done;
-    if ((st = chunk_tables_(op, cu, pp->core.cfg.BT, &a)) != FLA_OK) goto done;
+    if ((st = fla_cuda_upload_chunk_tables(op, cu, pp->core.cfg.BT, &a)) != FLA_OK) goto done;
   }
 
   size_t ws0 = 0, ws1 = 0;

@@ -60,6 +60,10 @@ void fla_cuda_base_args(const fla_op *op, fla_tensor *const *in, const fla_tenso
 fla_status fla_cuda_chunk_tables_host(fla_op *op, const int64_t *cu, int BT, int64_t **first,
                                       int32_t **seq, int64_t *nc_out);
 
+/* The chunk tables of cu for chunks of BT tokens, uploaded into the
+** SLOT_CFIRST / SLOT_CSEQ scratch slots: a->chunk_first, chunk_seq, num_chunks. */
+fla_status fla_cuda_upload_chunk_tables(fla_op *op, const int64_t *cu, int BT, fla_kernel_args *a);
+
 /* Scratch slot `slot` holding a copy of bytes of host src. */
 fla_status fla_cuda_upload_slot(fla_ctx *ctx, int slot, const void *src, size_t bytes, uint64_t *dptr);
 
