@@ -519,6 +519,60 @@ fla_status fla_model_generate(fla_model *m, int num_prompts, const int32_t *cons
                               int32_t *const *out_ids, int64_t *out_lens,
                               fla_generate_stats *stats);
 
+/* --------------------------------------------------------------- training */
+
+/* Training a model (issue 6). A model becomes trainable with
+** fla_model_enable_grad: its weights are copied into float32 memory it owns
+** (master weights; the mapped files are no longer read) and every parameter
+** gets a gradient buffer of the same shape, zero at first. A model made by
+** fla_model_create from a config.json alone starts with fla's initialisation
+** (normal(0, initializer_range) for projections and embeddings, ones for
+** norm weights, zeros for biases) drawn from seed, and is trainable at once. */
+
+/* A fresh model of the architecture in config_path (a config.json file),
+** weights initialised from seed as above. Errors as fla_model_load's for the
+** config. */
+fla_status fla_model_create(fla_ctx *ctx, const char *config_path, uint64_t seed,
+                            fla_model **out);
+/* Makes a loaded model trainable (a no-op on one that already is). FLA_NOMEM. */
+fla_status fla_model_enable_grad(fla_model *m);
+
+/* One parameter: fla's name ("model.layers.0.attn.q_proj.weight", ...), its
+** shape, and pointers into the model's memory (owned by the model; valid
+** until it is freed). A tied lm_head is not listed separately. */
+typedef struct fla_param {
+  const char *name;
+  int ndim;
+  int64_t shape[4];
+  int64_t numel;
+  float *data;               /* the float32 master weight, writable */
+  float *grad;               /* its gradient, accumulated by fla_model_loss_backward */
+} fla_param;
+
+/* The number of parameters of a trainable model (0 when it is not). */
+int fla_model_num_params(const fla_model *m);
+/* Parameter i in [0, fla_model_num_params), in a fixed order. FLA_INVALID
+** for i out of range or a model that is not trainable. */
+fla_status fla_model_param(fla_model *m, int i, fla_param *out);
+/* Sets every gradient to zero. */
+void fla_model_zero_grad(fla_model *m);
+
+/* Forward and backward of B sequences of T tokens (ids [B, T]) against
+** targets [B, T] (a target of -100 is ignored): *loss_sum receives the sum
+** over the counted targets of the cross-entropy in nats, *count their number,
+** and every parameter's grad += grad_scale * d(loss_sum)/d(param) (so micro-
+** batches accumulate; grad_scale = 1/total count gives the mean's gradient).
+** The logits are never stored whole (the LM head and the loss run in chunks
+** of tokens). FLA_INVALID for an id or target out of range, B or T < 1, or a
+** model that is not trainable. */
+fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32_t *targets,
+                                   int64_t B, int64_t T, float grad_scale,
+                                   double *loss_sum, int64_t *count);
+
+/* The model's config.json text (as loaded, or as fla_model_create read it),
+** owned by the model: what a checkpoint writer saves beside the weights. */
+const char *fla_model_config_json(const fla_model *m);
+
 #ifdef __cplusplus
 }
 #endif
