@@ -84,19 +84,34 @@ for step in $STEPS; do
     ;;
   ttff)
     say "time to first forward (ms; B,T,H,K,V = 1,4096,16,128,128; goals: cold < 5000, warm < 100)"
+    say "  warm: module cache and database warm; warm1: the same with CUDA_DEVICE_MAX_CONNECTIONS=1"
+    say "  (the driver alone: bench/ctx_probe, cuInit + primary context, printed below)"
     for r in simple_gla retention gla gated_delta_rule delta_rule linear_attn; do
-      rm -rf "$WORK/mc_cold_$r"
+      rm -rf "$WORK/mc_cold_$r" "$WORK/mc_warm_$r"
       cold=$(FLA_CACHE_DIR=$WORK/mc_cold_$r FLA_TUNEDB=none "$BUILD/fla-ttff" --recipe $r --t0 "$(date +%s%N)" 2>&1)
       echo "$cold" >> "$OUT/ttff.log"
-      # warm: the sweep's module cache and database (run once to load the page cache, then time)
-      FLA_CACHE_DIR=$WORK/mc_full FLA_TUNEDB=$SHIPPED "$BUILD/fla-ttff" --recipe $r > /dev/null 2>&1
-      warm=$(FLA_CACHE_DIR=$WORK/mc_full FLA_TUNEDB=$SHIPPED "$BUILD/fla-ttff" --recipe $r --t0 "$(date +%s%N)" 2>&1)
+      # warm: fill a module cache with the database's choice, run once more to
+      # load the page cache, then time
+      for i in 1 2; do
+        FLA_CACHE_DIR=$WORK/mc_warm_$r FLA_TUNEDB=$SHIPPED "$BUILD/fla-ttff" --recipe $r > /dev/null 2>&1
+      done
+      warm=$(FLA_CACHE_DIR=$WORK/mc_warm_$r FLA_TUNEDB=$SHIPPED "$BUILD/fla-ttff" --recipe $r --t0 "$(date +%s%N)" 2>&1)
       echo "$warm" >> "$OUT/ttff.log"
+      warm1=$(CUDA_DEVICE_MAX_CONNECTIONS=1 FLA_CACHE_DIR=$WORK/mc_warm_$r FLA_TUNEDB=$SHIPPED "$BUILD/fla-ttff" --recipe $r --t0 "$(date +%s%N)" 2>&1)
+      echo "(CUDA_DEVICE_MAX_CONNECTIONS=1) $warm1" >> "$OUT/ttff.log"
       c=$(echo "$cold" | sed -n 's/.*first forward result after \([0-9.]*\) ms.*/\1/p')
       w=$(echo "$warm" | sed -n 's/.*first forward result after \([0-9.]*\) ms.*/\1/p')
-      say "  $(printf '%-18s cold %8s   warm %8s' "$r" "${c:-error}" "${w:-error}")"
+      w1=$(echo "$warm1" | sed -n 's/.*first forward result after \([0-9.]*\) ms.*/\1/p')
+      say "  $(printf '%-18s cold %8s   warm %8s   warm1 %8s' "$r" "${c:-error}" "${w:-error}" "${w1:-error}")"
+      say "    warm: $(echo "$warm" | sed -n 's/^  process start/process start/p')"
       [ -z "$c" ] || [ -z "$w" ] && rc_all=1
     done
+    if [ -x "$BUILD/ctx_probe" ]; then
+      for i in 1 2 3; do "$BUILD/ctx_probe" > "$OUT/ctx_probe_$i.txt" 2>&1; done
+      say "  the driver alone (bench/ctx_probe, 3rd run): $(tr '\n' ';' < "$OUT/ctx_probe_3.txt")"
+      CUDA_DEVICE_MAX_CONNECTIONS=1 "$BUILD/ctx_probe" > "$OUT/ctx_probe_c1.txt" 2>&1
+      say "  with CUDA_DEVICE_MAX_CONNECTIONS=1: $(tr '\n' ';' < "$OUT/ctx_probe_c1.txt")"
+    fi
     ;;
   bench)
     FLA_CACHE_DIR=$WORK/mc_full FLA_TUNEDB=$SHIPPED "$BUILD/fla-bench" --device cuda > "$OUT/bench_tuned.txt" 2>&1

@@ -87,6 +87,7 @@ void fla_ctx_tune_free(fla_ctx *ctx);
 fla_status fla_cuda_mem_alloc(fla_ctx *ctx, size_t bytes, uint64_t *dptr);
 void fla_cuda_mem_free(fla_ctx *ctx, uint64_t dptr);
 fla_status fla_cuda_memset_d8(fla_ctx *ctx, uint64_t dptr, unsigned char v, size_t bytes);
+fla_status fla_cuda_memset_d16(fla_ctx *ctx, uint64_t dptr, uint16_t v, size_t count);
 fla_status fla_cuda_memset_d32(fla_ctx *ctx, uint64_t dptr, uint32_t v, size_t count);
 fla_status fla_cuda_upload(fla_ctx *ctx, uint64_t dst, const void *src, size_t bytes);
 fla_status fla_cuda_download(fla_ctx *ctx, void *dst, uint64_t src, size_t bytes);

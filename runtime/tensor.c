@@ -532,6 +532,10 @@ fla_status fla_tensor_fill(fla_ctx *ctx, fla_tensor *t, double value) {
       uint32_t word;
       memcpy(&word, elem, 4);
       st = fla_cuda_memset_d32(t->ctx, t->dptr, word, (size_t)t->numel);
+    } else if (esize == 2) {
+      uint16_t half;
+      memcpy(&half, elem, 2);
+      st = fla_cuda_memset_d16(t->ctx, t->dptr, half, (size_t)t->numel);
     } else {
       unsigned char *buf = malloc((size_t)t->numel * esize + 1);
       if (!buf) return fla_set_error(ctx, FLA_NOMEM, "fla_tensor_fill: out of host memory for staging");

@@ -63,6 +63,7 @@ static const sym_entry driver_syms[] = {
   DRV(cuMemcpyDtoH, "cuMemcpyDtoH_v2", NULL, 0),
   DRV(cuMemcpyDtoD, "cuMemcpyDtoD_v2", NULL, 0),
   DRV(cuMemsetD8, "cuMemsetD8_v2", NULL, 0),
+  DRV(cuMemsetD16, "cuMemsetD16_v2", NULL, 0),
   DRV(cuMemsetD32, "cuMemsetD32_v2", NULL, 0),
   DRV(cuModuleLoadData, "cuModuleLoadData", NULL, 0),
   DRV(cuModuleUnload, "cuModuleUnload", NULL, 0),

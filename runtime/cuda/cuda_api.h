@@ -84,6 +84,7 @@ typedef struct fla_cuda_driver {
   CUresult (*cuMemcpyDtoH)(void *dst, CUdeviceptr src, size_t n);        /* _v2 */
   CUresult (*cuMemcpyDtoD)(CUdeviceptr dst, CUdeviceptr src, size_t n);  /* _v2 */
   CUresult (*cuMemsetD8)(CUdeviceptr dst, unsigned char uc, size_t n);   /* _v2 */
+  CUresult (*cuMemsetD16)(CUdeviceptr dst, unsigned short us, size_t n); /* _v2 */
   CUresult (*cuMemsetD32)(CUdeviceptr dst, unsigned int ui, size_t n);   /* _v2 */
   CUresult (*cuModuleLoadData)(CUmodule *module, const void *image);
   CUresult (*cuModuleUnload)(CUmodule hmod);
