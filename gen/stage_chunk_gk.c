@@ -17,16 +17,17 @@
 **
 ** Four kernels (grid, block, dynamic shared memory), with NC chunks, M the
 ** block length (gk_blocklen_, = ck_blocklen in the template), NB = ceil(NC/M),
-** KP = K padded to 64, NV = ceil(V/BV):
-**   fla_chunk_gk_fwd_h   (NB*NV1, H)  32*NW1  smem_h_: 4*64*(KP1+8)*2 + 2*64*(BV1+8)*2
-**                                                     + 64*(KP1+4)*4
-**   fla_chunk_gk_fwd_hs  (NB*NV1, H)  32*NW1  smem_h_
+** KP = K padded to 64, NV = ceil(V/BV), in launch order:
 **   fla_chunk_gk_fwd_a   (NC, H)      128     smem_a_: 2*64*(KP+8)*2 + 65*(KP+4)*4
+**   fla_chunk_gk_fwd_h   (NB*NV1, H)  32*NW1  smem_h_: 3*(64*(KP1+8)*2 + 64*(BV1+8)*2
+**                                                     + KP1*4)   (none when NB = 1)
+**   fla_chunk_gk_fwd_hs  (NB*NV1, H)  32*NW1  smem_h_
 **   fla_chunk_gk_fwd_o   (NC*NV, H)   128     smem_o_: 64*(KP+8)*2 + (KP+64)*(BV+8)*2
 **                                                     + 64*72*2
-** Workspaces: ws0 = NB*H*K*V f32 (block states); ws1 = NC*H*K*V bf16 (the
-** state entering each chunk, padded to 8 elements), NC*H*64*64 bf16 (A of
-** each chunk), NB*H*K f32 (block decays per key).
+** Workspaces: ws0 = NB*H*K*V f32 (block states); ws1, each part padded to 8
+** elements of 2 bytes: NC*H*K*V bf16 (the state entering each chunk),
+** NC*H*64*64 bf16 (A of each chunk), twice NC*H*64*K bf16 (Q .* 2^gam, K .*
+** 2^(gam_L - gam)), NC*H*K f32 (gam_L), NB*H*K f32 (block decays per key).
 */
 #include "internal.h"
 #include "stage.h"
@@ -38,6 +39,7 @@
 #define GK_BT 64
 #define GK_WARPS 4
 #define GK_SMEM_MAX (227 * 1024)
+#define GK_NS 3 /* chunks in the state passes' ring (CK1_NS) */
 
 static int kw_(int K) { return (K + 16 * GK_WARPS - 1) / (16 * GK_WARPS) * 16; }
 static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
@@ -46,7 +48,7 @@ static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
 
 static unsigned smem_h_(const fla_gen_key *key) {
   fla_chunk_h_geom g = fla_chunk_h_geom_of(key);
-  return (unsigned)(4 * GK_BT * (g.kp + 8) * 2 + 2 * GK_BT * (g.bv + 8) * 2 + GK_BT * (g.kp + 4) * 4);
+  return (unsigned)(GK_NS * (GK_BT * (g.kp + 8) * 2 + GK_BT * (g.bv + 8) * 2 + g.kp * 4));
 }
 
 static unsigned smem_a_(const fla_gen_key *key) {
@@ -116,9 +118,9 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
 
 static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]) {
   (void)key, (void)cfg;
-  snprintf(names[0], 64, "fla_chunk_gk_fwd_h");
-  snprintf(names[1], 64, "fla_chunk_gk_fwd_hs");
-  snprintf(names[2], 64, "fla_chunk_gk_fwd_a");
+  snprintf(names[0], 64, "fla_chunk_gk_fwd_a");
+  snprintf(names[1], 64, "fla_chunk_gk_fwd_h");
+  snprintf(names[2], 64, "fla_chunk_gk_fwd_hs");
   snprintf(names[3], 64, "fla_chunk_gk_fwd_o");
   return 4;
 }
@@ -130,14 +132,16 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
   int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
   fla_chunk_h_geom hg = fla_chunk_h_geom_of(key);
   unsigned th = 32 * (unsigned)hg.nw;
-  fla_chunk_launch_set(&out[0], "fla_chunk_gk_fwd_h", (unsigned)(NB * hg.nv), (unsigned)H, th, smem_h_(key));
-  if (NB <= 1) out[0].grid[0] = 0; /* nothing to fold: skipped (fla_cuda_run_stage skips empty grids) */
-  fla_chunk_launch_set(&out[1], "fla_chunk_gk_fwd_hs", (unsigned)(NB * hg.nv), (unsigned)H, th, smem_h_(key));
-  fla_chunk_launch_set(&out[2], "fla_chunk_gk_fwd_a", (unsigned)NC, (unsigned)H, 32 * GK_WARPS, smem_a_(key));
+  fla_chunk_launch_set(&out[0], "fla_chunk_gk_fwd_a", (unsigned)NC, (unsigned)H, 32 * GK_WARPS, smem_a_(key));
+  fla_chunk_launch_set(&out[1], "fla_chunk_gk_fwd_h", (unsigned)(NB * hg.nv), (unsigned)H, th, smem_h_(key));
+  if (NB <= 1) out[1].grid[0] = 0; /* nothing to fold: skipped (fla_cuda_run_stage skips empty grids) */
+  fla_chunk_launch_set(&out[2], "fla_chunk_gk_fwd_hs", (unsigned)(NB * hg.nv), (unsigned)H, th, smem_h_(key));
   fla_chunk_launch_set(&out[3], "fla_chunk_gk_fwd_o", (unsigned)(NC * NV), (unsigned)H, 32 * GK_WARPS,
                        smem_o_(key, cfg));
   return 4;
 }
+
+static int64_t pad8_(int64_t n) { return (n + 7) / 8 * 8; }
 
 static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
                        const fla_kernel_args *args, size_t *ws0, size_t *ws1) {
@@ -145,9 +149,11 @@ static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
   int64_t NC = args->num_chunks, H = args->H;
   int64_t M = gk_blocklen_(key, args);
   int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
-  int64_t hs = (NC * H * key->K * key->V + 7) / 8 * 8; /* elements; keep in step with ck_ws_* */
+  /* elements of 2 bytes, each part padded to 8; keep in step with ck_ws_* */
+  int64_t hs = pad8_(NC * H * key->K * key->V), aw = NC * H * GK_BT * GK_BT;
+  int64_t qk = 2 * pad8_(NC * H * GK_BT * key->K), gl = 2 * pad8_(NC * H * key->K);
   *ws0 = (size_t)(NB * H * key->K * key->V) * sizeof(float);
-  *ws1 = (size_t)(hs + NC * H * GK_BT * GK_BT) * 2 + (size_t)(NB * H * key->K) * sizeof(float);
+  *ws1 = (size_t)(hs + aw + qk + gl) * 2 + (size_t)(NB * H * key->K) * sizeof(float);
 }
 
 const fla_stage_impl fla_stage_chunk_gk_fwd = {

@@ -30,10 +30,18 @@
 ** bf16 as mma operands (as fla stores h and A for its output kernel); the
 ** running state and the gate sums stay fp32.
 **
-** The work is split as fla's chunk_gla forward splits it: the states entering
-** every chunk come from a pass over the chunks (serial per sequence, or per
-** block of M chunks with a fold of the earlier blocks), and everything else
-** is parallel over (chunk, head [, value tile]). Four kernels:
+** The diagonal block's lower-left quadrant (rows 8..15, columns 0..7 of I)
+** is an mma too, with r the gam row 16w+8 (gx: 16w+7), which lies between
+** its rows and columns; only the two 8 x 8 triangles are fp32 loops.
+**
+** The work is split as fla's chunk_gla forward splits it: everything that
+** needs the gate cumsum is done once per (chunk, head) in parallel; the states
+** entering every chunk come from a lean serial pass over the chunks (per
+** sequence, or per block of M chunks with a fold of the earlier blocks); the
+** output is parallel over (chunk, head, value tile). Four kernels:
+**   fla_chunk_gk_fwd_a  (NC, H): gam, then A of the chunk (masked, bonus on
+**       the diagonal) -> AW [NC,H,64,64] bf16, Q .* 2^gam -> QG [NC,H,64,K]
+**       bf16, K .* 2^(gam_L - gam) -> KD [NC,H,64,K] bf16, gam_L -> GL [NC,H,K] f32.
 **   fla_chunk_gk_fwd_h  (NB*NV1, H): for each block of M chunks whose last
 **       sequence continues into the next, that sequence's state after the
 **       block from a zero state, P_b -> ws0 [NB,H,K,V] f32, and its log2
@@ -42,13 +50,11 @@
 **   fla_chunk_gk_fwd_hs (NB*NV1, H): the state entering block b (h0 or 0 at a
 **       sequence start, else the fold E = 2^D_b' E + P_b' over the earlier
 **       blocks b' of the sequence), then the chunks of b in order: the state
-**       entering each chunk -> HS [NC,H,K,V] bf16, the state update; ht where
-**       a sequence ends (and ht = h0 or 0 for sequences with no token).
-**   fla_chunk_gk_fwd_a  (NC, H): A of the chunk (masked, bonus on the
-**       diagonal) -> AW [NC,H,64,64] bf16.
-**   fla_chunk_gk_fwd_o  (NC*NV, H): O = scale [(Q .* 2^gam) S0 + A V] for one
-**       value tile (S0 from HS, A from AW; Q is scaled in shared memory).
-** Workspaces: ws0 = P; ws1 = HS, then AW, then D (offsets: ck_ws_*).
+**       entering each chunk -> HS [NC,H,K,V] bf16, S = diag(2^gam_L) S + KD^T V;
+**       ht where a sequence ends (and ht = h0 or 0 for sequences with no token).
+**   fla_chunk_gk_fwd_o  (NC*NV, H): O = scale [QG S0 + A V] for one value
+**       tile (S0 from HS, A from AW).
+** Workspaces: ws0 = P; ws1 = HS, AW, QG, KD, GL, D (offsets: ck_ws_*).
 ** Shared memory per kernel: gen/stage_chunk_gk.c (smem_*_).
 */
 
@@ -90,9 +96,9 @@
 #define CK1_NV ((FLA_V + CK1_BV - 1) / CK1_BV)
 #define CK1_LDQ (CK1_KP + 8)
 #define CK1_LDV (CK1_BV + 8)
+#define CK1_NS 3 /* chunks in the state passes' shared-memory ring */
 #define CK_LOG2E 1.4426950408889634f
 #define CK_LDG (CK_KP + 4)   /* gam row stride (floats), A kernel */
-#define CK1_LDG (CK1_KP + 4) /* gam row stride (floats), state kernels */
 
 /* Block length M of the state kernels: keep in step with gk_blocklen_() in
 ** gen/stage_chunk_gk.c. Whole sequences when there are enough (sequence,
@@ -116,20 +122,39 @@ __device__ __forceinline__ long long ck_blocklen(long long NC, int N, int H) {
 #endif
 }
 
-/* Workspace ws1: HS [NC,H,K,V] bf16 (padded to 8 elements), AW [NC,H,64,64]
-** bf16, D [NB,H,K] f32. Keep in step with workspace_() in gen/stage_chunk_gk.c. */
+/* Workspace ws1 (elements of 2 bytes, each array padded to 8 of them): HS
+** [NC,H,K,V] bf16, AW [NC,H,64,64] bf16, QG and KD [NC,H,64,K] bf16, then GL
+** [NC,H,K] and D [NB,H,K] f32. Keep in step with workspace_() in
+** gen/stage_chunk_gk.c. */
+__device__ __forceinline__ long long ck_pad8(long long n) { return (n + 7) / 8 * 8; }
 __device__ __forceinline__ unsigned short *ck_ws_hs(const fla_kernel_args &a) {
   return (unsigned short *)a.ws1;
 }
 __device__ __forceinline__ unsigned short *ck_ws_aw(const fla_kernel_args &a) {
-  const long long hs = ((long long)a.num_chunks * a.H * FLA_K * FLA_V + 7) / 8 * 8;
-  return (unsigned short *)a.ws1 + hs;
+  return ck_ws_hs(a) + ck_pad8((long long)a.num_chunks * a.H * FLA_K * FLA_V);
+}
+__device__ __forceinline__ unsigned short *ck_ws_qg(const fla_kernel_args &a) {
+  return ck_ws_aw(a) + (long long)a.num_chunks * a.H * CK_BT * CK_BT;
+}
+__device__ __forceinline__ unsigned short *ck_ws_kd(const fla_kernel_args &a) {
+  return ck_ws_qg(a) + ck_pad8((long long)a.num_chunks * a.H * CK_BT * FLA_K);
+}
+__device__ __forceinline__ float *ck_ws_gl(const fla_kernel_args &a) {
+  return (float *)(ck_ws_kd(a) + ck_pad8((long long)a.num_chunks * a.H * CK_BT * FLA_K));
 }
 __device__ __forceinline__ float *ck_ws_d(const fla_kernel_args &a) {
-  return (float *)(ck_ws_aw(a) + (long long)a.num_chunks * a.H * CK_BT * CK_BT);
+  return ck_ws_gl(a) + ck_pad8((long long)a.num_chunks * a.H * FLA_K);
 }
 
 //@include "chunk_common.cuh"
+
+/* 2^x for x <= 0 (MUFU; results below 2^-126 flush to 0). */
+__device__ __forceinline__ float ck_ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 /* ---------------------------------------------------------- tile loads */
 
 /* ROWS x COLS bf16 from global (row stride ld elements) into smem (row stride
@@ -203,36 +228,26 @@ __device__ __forceinline__ void ck_state_store(const float (&S)[MT][NT][4], floa
       }
 }
 
-/* ------------------------------------------------------ gates and keys */
 
-/* gam[r][d] = sum_{r' <= r} g[r'][d] * log2 e over the chunk's 64 rows, from
-** the bf16 tile Gs (rows past the chunk's end and columns past K read 0, so
-** gam stays at its last value there). HGRN2: Ks[r][d] = bf16(1 - e^g[r][d])
-** (0 where g is 0). One thread a column. */
-template <int NTH, int KP, int LDQ, int LDG>
-__device__ __forceinline__ void ck_cumsum(float *gam, const unsigned short *Gs, unsigned short *Ks,
-                                          int tid) {
-#if !FLA_KEY_FROM_DECAY
-  (void)Ks;
-#endif
-  for (int c = tid; c < KP; c += NTH) {
-    float s = 0.0f;
-#pragma unroll 16
-    for (int r = 0; r < CK_BT; r++) {
-      const float gv = ck_bf2f(Gs[r * LDQ + c]);
-      s += gv * CK_LOG2E;
-      gam[r * LDG + c] = s;
-#if FLA_KEY_FROM_DECAY
-      Ks[r * LDQ + c] = (unsigned short)(ck_pack(-expm1f(gv), 0.0f) & 0xffffu);
-#endif
-    }
+/* n floats from global into smem s[0..N) (zeros past n): 16-byte cp.async
+** when n is a multiple of 4 and g 16-byte aligned, else plain loads. */
+template <int N, int NTH>
+__device__ __forceinline__ void ck_load_row_f32(float *s, const float *g, int n, int tid) {
+  if (n % 4 == 0 && ((unsigned long long)g & 15) == 0) {
+    for (int p = tid; p < N / 4; p += NTH)
+      ck_cp16(ck_smem(s + 4 * p), 4 * p < n ? (const void *)(g + 4 * p) : (const void *)g, 4 * p < n);
+  } else {
+    for (int p = tid; p < N; p += NTH) s[p] = p < n ? g[p] : 0.0f;
   }
 }
 
-/* The same straight from global memory (the output kernel keeps no G tile,
-** so that two of its blocks fit an SM): g rows t0.. with row stride ld, rows
-** >= nrows and columns >= K read 0. Consecutive threads read consecutive
-** columns of a row. */
+/* ------------------------------------------------------ gates and keys */
+
+/* gam[r][d] = sum_{r' <= r} g[r'][d] * log2 e over the chunk's 64 rows, g
+** straight from global memory: rows t0.. with row stride ld, rows >= nrows
+** and columns >= K read 0 (so gam stays at its last value past the end).
+** HGRN2: Ks[r][d] = bf16(1 - e^g[r][d]) (0 where g is 0). One thread a
+** column; consecutive threads read consecutive columns of a row. */
 template <int NTH, int KP, int LDQ, int LDG>
 __device__ __forceinline__ void ck_cumsum_global(float *gam, const unsigned short *gsrc, long long ld,
                                                  int nrows, unsigned short *Ks, int tid) {
@@ -241,34 +256,39 @@ __device__ __forceinline__ void ck_cumsum_global(float *gam, const unsigned shor
 #endif
   for (int c = tid; c < KP; c += NTH) {
     float s = 0.0f;
-#pragma unroll 16
-    for (int r = 0; r < CK_BT; r++) {
-      const float gv = (r < nrows && c < FLA_K) ? ck_bf2f(gsrc[r * ld + c]) : 0.0f;
-      s += gv * CK_LOG2E;
-      gam[r * LDG + c] = s;
+    /* 32 loads in flight before the first store: gam's stores could alias g
+    ** for the compiler, which would otherwise wait out each load in turn */
+#pragma unroll
+    for (int r0 = 0; r0 < CK_BT; r0 += 32) {
+      float gv[32];
+#pragma unroll
+      for (int i = 0; i < 32; i++)
+        gv[i] = (r0 + i < nrows && c < FLA_K) ? ck_bf2f(gsrc[(r0 + i) * ld + c]) : 0.0f;
+#pragma unroll
+      for (int i = 0; i < 32; i++) {
+        s += gv[i] * CK_LOG2E;
+        gam[(r0 + i) * LDG + c] = s;
 #if FLA_KEY_FROM_DECAY
-      Ks[r * LDQ + c] = (unsigned short)(ck_pack(-expm1f(gv), 0.0f) & 0xffffu);
+        Ks[(r0 + i) * LDQ + c] = (unsigned short)(ck_pack(-expm1f(gv[i]), 0.0f) & 0xffffu);
 #endif
+      }
     }
   }
 }
 
-/* S = diag(2^gL) S + (K .* 2^(gL - gam))^T V over the chunk's 64 tokens
-** (gL = gam row rows-1, per key). Kd^T is the A operand (m = key, k = token)
-** read transposed from Ks[token][key]; V the B operand read transposed from
-** Vs[token][val]. Lane (g, q) of warp w holds, of ka[mt]: [0] key kA tokens
-** t, t+1; [1] key kA+8 tokens t, t+1; [2] key kA, t+8, t+9; [3] kA+8, t+8, t+9
-** (kA = KW w + 16 mt + g, t = 16 kk + 2 q). */
-template <int KW, int MT, int NT, int LDQ, int LDV, int LDG>
-__device__ __forceinline__ void ck_state_update(float (&S)[MT][NT][4], const unsigned short *Ks,
-                                                const unsigned short *Vs, const float *gam,
-                                                int rows, int w, int lane) {
-  const int g = lane >> 2, q = lane & 3;
-  const float *gL = gam + (rows - 1) * LDG;
+/* S = diag(2^gL) S + Kd^T V over one chunk (Kd = K .* 2^(gL - gam): rows past
+** the end are 0; gL [KP] f32 in smem, 0 past K). Kd^T is the A operand (m =
+** key, k = token) read transposed from Kd[token][key]; V the B operand read
+** transposed from Vs[token][val]. */
+template <int KW, int MT, int NT, int LDQ, int LDV>
+__device__ __forceinline__ void ck_state_update(float (&S)[MT][NT][4], const unsigned short *Kd,
+                                                const unsigned short *Vs, const float *gL, int w,
+                                                int lane) {
+  const int g = lane >> 2;
 #pragma unroll
   for (int mt = 0; mt < MT; mt++) {
     const int kA = KW * w + 16 * mt + g;
-    const float eA = exp2f(gL[kA]), eB = exp2f(gL[kA + 8]);
+    const float eA = ck_ex2(gL[kA]), eB = ck_ex2(gL[kA + 8]);
 #pragma unroll
     for (int j = 0; j < NT; j++) {
       S[mt][j][0] *= eA, S[mt][j][1] *= eA;
@@ -278,19 +298,11 @@ __device__ __forceinline__ void ck_state_update(float (&S)[MT][NT][4], const uns
 #pragma unroll
   for (int kk = 0; kk < CK_BT / 16; kk++) {
     unsigned ka[MT][4];
-    const int t = 16 * kk + 2 * q;
 #pragma unroll
     for (int mt = 0; mt < MT; mt++) {
       int row = 16 * kk + (lane >> 4) * 8 + (lane & 7);
       int col = KW * w + 16 * mt + ((lane >> 3) & 1) * 8;
-      ck_ldm4t(ka[mt], ck_smem(Ks + row * LDQ + col));
-      const int kA = KW * w + 16 * mt + g, kB = kA + 8;
-      const float LA = gL[kA], LB = gL[kB];
-      const float *g0 = gam + t * LDG, *g1 = g0 + LDG, *g8 = g0 + 8 * LDG, *g9 = g0 + 9 * LDG;
-      ka[mt][0] = ck_scale2(ka[mt][0], exp2f(LA - g0[kA]), exp2f(LA - g1[kA]));
-      ka[mt][1] = ck_scale2(ka[mt][1], exp2f(LB - g0[kB]), exp2f(LB - g1[kB]));
-      ka[mt][2] = ck_scale2(ka[mt][2], exp2f(LA - g8[kA]), exp2f(LA - g9[kA]));
-      ka[mt][3] = ck_scale2(ka[mt][3], exp2f(LB - g8[kB]), exp2f(LB - g9[kB]));
+      ck_ldm4t(ka[mt], ck_smem(Kd + row * LDQ + col));
     }
 #pragma unroll
     for (int np = 0; np < NT / 2; np++) {
@@ -306,6 +318,7 @@ __device__ __forceinline__ void ck_state_update(float (&S)[MT][NT][4], const uns
     }
   }
 }
+
 
 /* Common pointers and the block's place. */
 struct ck_prog {
@@ -329,83 +342,6 @@ __device__ __forceinline__ ck_prog ck_prog_at(const fla_kernel_args &a) {
   return p;
 }
 
-/* ------------------------------------------------ kernel 1: block states */
-
-/* Shared memory: Ks[2][64][LDQ1], Gs[2][64][LDQ1], Vs[2][64][LDV1] bf16,
-** gam[64][LDG1] f32 (CK1_ geometry). */
-extern "C" __global__ void __launch_bounds__(CK1_NTH) fla_chunk_gk_fwd_h(fla_kernel_args a) {
-  extern __shared__ __align__(16) unsigned char ck_sm[];
-  unsigned short *Ks = (unsigned short *)ck_sm;
-  unsigned short *Gs = Ks + 2 * CK_BT * CK1_LDQ;
-  unsigned short *Vs = Gs + 2 * CK_BT * CK1_LDQ;
-  float *gam = (float *)(Vs + 2 * CK_BT * CK1_LDV);
-  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
-  const ck_prog p = ck_prog_at<CK1_NV, CK1_BV>(a);
-  if (p.b + 1 >= p.NB) return;
-  const int *cs = (const int *)a.chunk_seq;
-  const long long *cf = (const long long *)a.chunk_first;
-  const int nl = cs[p.c1 - 1];
-  if (cs[p.c1] != nl) return; /* the next block starts a sequence */
-  long long start = cf[nl] > p.c0 ? cf[nl] : p.c0;
-  const long long H = a.H;
-  const unsigned short *kp = (const unsigned short *)a.k;
-  const unsigned short *gp = (const unsigned short *)a.g;
-  const unsigned short *vp = (const unsigned short *)a.v;
-  const int veck = (FLA_K % 8 == 0) && (((a.k | a.g) & 15) == 0);
-  const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
-
-  float S[CK1_MT][CK1_NT][4];
-  ck_state_zero(S);
-  float dsum = 0.0f; /* thread tid < K: the block's log2 decay of key tid */
-
-  ck_chunk x;
-  ck_chunk_at(a, start, x);
-#if !FLA_KEY_FROM_DECAY
-  ck_load_tile<CK1_KP, CK1_LDQ, CK1_NTH>(Ks, kp + (x.t0 * H + p.h) * FLA_K, H * FLA_K, x.rows, FLA_K, veck, tid);
-#endif
-  ck_load_tile<CK1_KP, CK1_LDQ, CK1_NTH>(Gs, gp + (x.t0 * H + p.h) * FLA_K, H * FLA_K, x.rows, FLA_K, veck, tid);
-  ck_load_tile<CK1_BV, CK1_LDV, CK1_NTH>(Vs, vp + (x.t0 * H + p.h) * FLA_V + p.v0, H * FLA_V, x.rows, p.vcols,
-                                         vecv, tid);
-  ck_commit();
-
-  for (long long c = start; c < p.c1; c++) {
-    const int buf = (int)((c - start) & 1);
-    const int rows = x.rows;
-    ck_chunk xn = x;
-    if (c + 1 < p.c1) {
-      ck_chunk_next(a, c, xn);
-      const long long ro = xn.t0 * H + p.h;
-#if !FLA_KEY_FROM_DECAY
-      ck_load_tile<CK1_KP, CK1_LDQ, CK1_NTH>(Ks + (buf ^ 1) * CK_BT * CK1_LDQ, kp + ro * FLA_K, H * FLA_K,
-                                             xn.rows, FLA_K, veck, tid);
-#endif
-      ck_load_tile<CK1_KP, CK1_LDQ, CK1_NTH>(Gs + (buf ^ 1) * CK_BT * CK1_LDQ, gp + ro * FLA_K, H * FLA_K,
-                                             xn.rows, FLA_K, veck, tid);
-      ck_load_tile<CK1_BV, CK1_LDV, CK1_NTH>(Vs + (buf ^ 1) * CK_BT * CK1_LDV, vp + ro * FLA_V + p.v0,
-                                             H * FLA_V, xn.rows, p.vcols, vecv, tid);
-      ck_commit();
-      ck_wait_one();
-    } else {
-      ck_wait_all();
-    }
-    __syncthreads();
-    unsigned short *Kb = Ks + buf * CK_BT * CK1_LDQ;
-    ck_cumsum<CK1_NTH, CK1_KP, CK1_LDQ, CK1_LDG>(gam, Gs + buf * CK_BT * CK1_LDQ, Kb, tid);
-    __syncthreads();
-    if (tid < CK1_KP) dsum += gam[(rows - 1) * CK1_LDG + tid];
-    ck_state_update<CK1_KW, CK1_MT, CK1_NT, CK1_LDQ, CK1_LDV, CK1_LDG>(S, Kb, Vs + buf * CK_BT * CK1_LDV,
-                                                                      gam, rows, w, lane);
-    __syncthreads();
-    x = xn;
-  }
-  const long long KV = (long long)FLA_K * FLA_V;
-  float *P = (float *)a.ws0 + (p.b * H + p.h) * KV;
-  ck_state_store<CK1_KW>(S, P, p.v0, w, lane);
-  if (p.vt == 0 && tid < FLA_K) ck_ws_d(a)[(p.b * H + p.h) * FLA_K + tid] = dsum;
-}
-
-
-/* ------------------------------- kernel 2: the states entering the chunks */
 
 /* S = 2^D[key] S + P[key][v0 + val] (fragment layout of ck_state_load; P one
 ** head's K x V f32 block state, D its log2 decay per key). */
@@ -416,7 +352,7 @@ __device__ __forceinline__ void ck_state_fold(float (&S)[MT][NT][4], const float
 #pragma unroll
   for (int mt = 0; mt < MT; mt++) {
     const int kA = KW * w + 16 * mt + g, kB = kA + 8;
-    const float eA = kA < FLA_K ? exp2f(D[kA]) : 0.0f, eB = kB < FLA_K ? exp2f(D[kB]) : 0.0f;
+    const float eA = kA < FLA_K ? ck_ex2(D[kA]) : 0.0f, eB = kB < FLA_K ? ck_ex2(D[kB]) : 0.0f;
 #pragma unroll
     for (int j = 0; j < NT; j++)
 #pragma unroll
@@ -454,13 +390,309 @@ __device__ __forceinline__ void ck_state_store_bf16(const float (&S)[MT][NT][4],
     }
 }
 
-/* Shared memory as fla_chunk_gk_fwd_h. */
-extern "C" __global__ void __launch_bounds__(CK1_NTH) fla_chunk_gk_fwd_hs(fla_kernel_args a) {
+/* ------------------------------------------------ kernel 1: per chunk */
+
+/* acc = rows I = 16w .. 16w+15 of A (unmasked above the diagonal block;
+** lane (g, q) holds rows rA = 16w + g and rB = rA + 8, columns 8j + 2q +
+** {0, 1} of acc[j]):
+**   A_IJ, J < I: (Q_I .* 2^(gq_I - r)) (K_J .* 2^(r - gam_J))^T, r = gq row 16w;
+**   A_II rows 8..15 x columns 0..7: the same with r = gq row 16w+8;
+**   A_II's two 8 x 8 triangles: fp32 loops over the keys (and the bonus).
+** gq = gam (read after) or gx = gam one row up (read before): in every
+** product the reference row lies between the row and the column, so both
+** exponents are <= 0. The A-operand registers of Q (ldmatrix of Q_I, keys c
+** = 16 kk + 2q): [0] rA, c, c+1 [1] rB, c, c+1 [2] rA, c+8, c+9 [3] rB, c+8,
+** c+9; of K_J (B operand, tokens 16J + g): [0] tok g keys c, c+1; [1] tok g
+** keys c+8, c+9; [2] tok g+8 keys c, c+1; [3] tok g+8 keys c+8, c+9. */
+__device__ __forceinline__ void ck_a_rows(float (&acc)[CK_BT / 8][4], const unsigned short *Qb,
+                                          const unsigned short *Kb, const float *gam, int w,
+                                          int lane, const unsigned short *bon) {
+  const int g = lane >> 2, q = lane & 3;
+  const int r0 = 16 * w;
+  const int rA = r0 + g, rB = r0 + g + 8;
+  const float *gamQ = gam - FLA_READ_BEFORE * CK_LDG;
+  const float *gamA = gamQ + rA * CK_LDG, *gamB = gamQ + rB * CK_LDG;
+  const float *gamR = gamQ + r0 * CK_LDG, *gamM = gamQ + (r0 + 8) * CK_LDG;
+#if !FLA_HAS_BONUS
+  (void)bon;
+#endif
+#pragma unroll
+  for (int j = 0; j < CK_BT / 8; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+  float quad[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll 2
+  for (int kk = 0; kk < CK_KP / 16; kk++) {
+    const int c = 16 * kk + 2 * q;
+    unsigned qa[4];
+    ck_ldm4(qa, ck_smem(Qb + (r0 + (lane & 15)) * CK_LDQ + kk * 16 + (lane >> 4) * 8));
+    const float B0 = gamB[c], B1 = gamB[c + 1], B8 = gamB[c + 8], B9 = gamB[c + 9];
+    if (w > 0) {
+      const float R0 = gamR[c], R1 = gamR[c + 1], R8 = gamR[c + 8], R9 = gamR[c + 9];
+      unsigned qr[4];
+      qr[0] = ck_scale2(qa[0], ck_ex2(gamA[c] - R0), ck_ex2(gamA[c + 1] - R1));
+      qr[1] = ck_scale2(qa[1], ck_ex2(B0 - R0), ck_ex2(B1 - R1));
+      qr[2] = ck_scale2(qa[2], ck_ex2(gamA[c + 8] - R8), ck_ex2(gamA[c + 9] - R9));
+      qr[3] = ck_scale2(qa[3], ck_ex2(B8 - R8), ck_ex2(B9 - R9));
+#pragma unroll
+      for (int np = 0; np < CK_BT / 16; np++) {
+        if (np < w) {
+          unsigned kb[4];
+          ck_ldm4(kb, ck_smem(Kb + (16 * np + (lane >> 4) * 8 + (lane & 7)) * CK_LDQ + kk * 16 +
+                              ((lane >> 3) & 1) * 8));
+          const float *gt = gam + (16 * np + g) * CK_LDG, *gu = gt + 8 * CK_LDG;
+          kb[0] = ck_scale2(kb[0], ck_ex2(R0 - gt[c]), ck_ex2(R1 - gt[c + 1]));
+          kb[1] = ck_scale2(kb[1], ck_ex2(R8 - gt[c + 8]), ck_ex2(R9 - gt[c + 9]));
+          kb[2] = ck_scale2(kb[2], ck_ex2(R0 - gu[c]), ck_ex2(R1 - gu[c + 1]));
+          kb[3] = ck_scale2(kb[3], ck_ex2(R8 - gu[c + 8]), ck_ex2(R9 - gu[c + 9]));
+          ck_mma(acc[2 * np], qr, kb[0], kb[1]);
+          ck_mma(acc[2 * np + 1], qr, kb[2], kb[3]);
+        }
+      }
+    }
+    /* the diagonal block's lower-left quadrant: rows rB (rows rA zeroed) x tokens r0 + g */
+    {
+      const float M0 = gamM[c], M1 = gamM[c + 1], M8 = gamM[c + 8], M9 = gamM[c + 9];
+      unsigned qm[4];
+      qm[0] = 0u, qm[2] = 0u;
+      qm[1] = ck_scale2(qa[1], ck_ex2(B0 - M0), ck_ex2(B1 - M1));
+      qm[3] = ck_scale2(qa[3], ck_ex2(B8 - M8), ck_ex2(B9 - M9));
+      unsigned kb[2];
+      const unsigned short *kr = Kb + (r0 + g) * CK_LDQ + c;
+      const float *gt = gam + (r0 + g) * CK_LDG;
+      kb[0] = ck_scale2(*(const unsigned *)kr, ck_ex2(M0 - gt[c]), ck_ex2(M1 - gt[c + 1]));
+      kb[1] = ck_scale2(*(const unsigned *)(kr + 8), ck_ex2(M8 - gt[c + 8]), ck_ex2(M9 - gt[c + 9]));
+      ck_mma(quad, qm, kb[0], kb[1]);
+    }
+  }
+  /* the two 8 x 8 triangles in fp32: (rA, c0 | c1) and (rB, c8 | c9) */
+  const int c0 = r0 + 2 * q, c1 = c0 + 1, c8 = c0 + 8, c9 = c0 + 9;
+  const unsigned short *qA = Qb + rA * CK_LDQ, *qB = Qb + rB * CK_LDQ;
+  const unsigned short *k0 = Kb + c0 * CK_LDQ, *k1 = Kb + c1 * CK_LDQ;
+  const unsigned short *k8 = Kb + c8 * CK_LDQ, *k9 = Kb + c9 * CK_LDQ;
+  const float *h0 = gam + c0 * CK_LDG, *h1 = gam + c1 * CK_LDG;
+  const float *h8 = gam + c8 * CK_LDG, *h9 = gam + c9 * CK_LDG;
+  /* mask j <= i (j < i read before; the bonus term is the diagonal) */
+#if FLA_READ_BEFORE
+  const bool m0 = c0 < rA, m1 = c1 < rA, m8 = c8 < rB, m9 = c9 < rB;
+#else
+  const bool m0 = c0 <= rA, m1 = c1 <= rA, m8 = c8 <= rB, m9 = c9 <= rB;
+#endif
+  float s0 = 0.0f, s1 = 0.0f, s8 = 0.0f, s9 = 0.0f;
+#if FLA_HAS_BONUS
+  float u0 = 0.0f, u1 = 0.0f, u8 = 0.0f, u9 = 0.0f; /* the bonus term (diagonal entries only) */
+#endif
+  /* two keys a step: columns past K are 0 in Q and K (and gam there is 0) */
+#pragma unroll 4
+  for (int d = 0; d < ((FLA_K + 1) & ~1); d += 2) {
+    float xa[2], xb[2], y0[2], y1[2], y8[2], y9[2];
+    ck_unpack(*(const unsigned *)(qA + d), xa), ck_unpack(*(const unsigned *)(qB + d), xb);
+    ck_unpack(*(const unsigned *)(k0 + d), y0), ck_unpack(*(const unsigned *)(k1 + d), y1);
+    ck_unpack(*(const unsigned *)(k8 + d), y8), ck_unpack(*(const unsigned *)(k9 + d), y9);
+    const float2 ga = *(const float2 *)(gamA + d), gb = *(const float2 *)(gamB + d);
+    const float2 e0 = *(const float2 *)(h0 + d), e1 = *(const float2 *)(h1 + d);
+    const float2 e8 = *(const float2 *)(h8 + d), e9 = *(const float2 *)(h9 + d);
+    /* masked entries would take 2^(positive): clamp the exponent, the product is dropped */
+    s0 += xa[0] * y0[0] * ck_ex2(fminf(ga.x - e0.x, 0.0f)) + xa[1] * y0[1] * ck_ex2(fminf(ga.y - e0.y, 0.0f));
+    s1 += xa[0] * y1[0] * ck_ex2(fminf(ga.x - e1.x, 0.0f)) + xa[1] * y1[1] * ck_ex2(fminf(ga.y - e1.y, 0.0f));
+    s8 += xb[0] * y8[0] * ck_ex2(fminf(gb.x - e8.x, 0.0f)) + xb[1] * y8[1] * ck_ex2(fminf(gb.y - e8.y, 0.0f));
+    s9 += xb[0] * y9[0] * ck_ex2(fminf(gb.x - e9.x, 0.0f)) + xb[1] * y9[1] * ck_ex2(fminf(gb.y - e9.y, 0.0f));
+#if FLA_HAS_BONUS
+    /* scalar loads: bonus + h*K is 4-byte aligned only for even K */
+    const float u[2] = {ck_bf2f(bon[d]), d + 1 < FLA_K ? ck_bf2f(bon[d + 1]) : 0.0f};
+    u0 += xa[0] * y0[0] * u[0] + xa[1] * y0[1] * u[1];
+    u1 += xa[0] * y1[0] * u[0] + xa[1] * y1[1] * u[1];
+    u8 += xb[0] * y8[0] * u[0] + xb[1] * y8[1] * u[1];
+    u9 += xb[0] * y9[0] * u[0] + xb[1] * y9[1] * u[1];
+#endif
+  }
+  float t0 = m0 ? s0 : 0.0f, t1 = m1 ? s1 : 0.0f, t8 = m8 ? s8 : 0.0f, t9 = m9 ? s9 : 0.0f;
+#if FLA_HAS_BONUS
+  t0 += c0 == rA ? u0 : 0.0f, t1 += c1 == rA ? u1 : 0.0f;
+  t8 += c8 == rB ? u8 : 0.0f, t9 += c9 == rB ? u9 : 0.0f;
+#endif
+#pragma unroll
+  for (int np = 0; np < CK_BT / 16; np++)
+    if (np == w) {
+      acc[2 * np][0] = t0;
+      acc[2 * np][1] = t1;
+      acc[2 * np][2] = quad[2];
+      acc[2 * np][3] = quad[3];
+      acc[2 * np + 1][0] = 0.0f;
+      acc[2 * np + 1][1] = 0.0f;
+      acc[2 * np + 1][2] = t8;
+      acc[2 * np + 1][3] = t9;
+    }
+}
+
+/* Shared memory: Qs, Ks [64][LDQ] bf16, gam[1 + 64][LDG] f32 (row -1 zero). */
+extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_gk_fwd_a(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
-  unsigned short *Ks = (unsigned short *)ck_sm;
-  unsigned short *Gs = Ks + 2 * CK_BT * CK1_LDQ;
-  unsigned short *Vs = Gs + 2 * CK_BT * CK1_LDQ;
-  float *gam = (float *)(Vs + 2 * CK_BT * CK1_LDV);
+  unsigned short *Qs = (unsigned short *)ck_sm;
+  unsigned short *Ks = Qs + CK_BT * CK_LDQ;
+  float *gam = (float *)(Ks + CK_BT * CK_LDQ) + CK_LDG; /* row -1: zeros */
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const long long c = blockIdx.x;
+  const int h = blockIdx.y;
+  if (c >= a.num_chunks) return;
+  for (int i = tid; i < CK_LDG; i += CK_NTH) gam[i - CK_LDG] = 0.0f;
+  ck_chunk x;
+  ck_chunk_at(a, c, x);
+  const long long H = a.H, ro = x.t0 * H + h, ch = c * H + h;
+  const unsigned short *qp = (const unsigned short *)a.q;
+  const unsigned short *kp = (const unsigned short *)a.k;
+  const unsigned short *gp = (const unsigned short *)a.g;
+  const int vecq = (FLA_K % 8 == 0) && (((a.q | a.k) & 15) == 0);
+  const unsigned short *bon =
+      FLA_HAS_BONUS ? (const unsigned short *)a.bonus + (long long)h * FLA_K : (const unsigned short *)0;
+  (void)kp;
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs, qp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
+  if (!FLA_KEY_FROM_DECAY)
+    ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, kp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
+  ck_commit();
+  ck_cumsum_global<CK_NTH, CK_KP, CK_LDQ, CK_LDG>(gam, gp + ro * FLA_K, H * FLA_K, x.rows, Ks, tid);
+  ck_wait_all();
+  __syncthreads();
+
+  /* QG = Q .* 2^gq, KD = K .* 2^(gam_L - gam) (gam_L = gam row 63: rows past
+  ** the end add 0), GL = gam_L: what the state and output kernels need */
+  {
+    unsigned short *qg = ck_ws_qg(a) + ch * CK_BT * FLA_K, *kd = ck_ws_kd(a) + ch * CK_BT * FLA_K;
+    const float *gL = gam + (CK_BT - 1) * CK_LDG;
+#if FLA_K % 2 == 0
+    for (int e = tid; e < CK_BT * FLA_K / 2; e += CK_NTH) {
+      const int r = e / (FLA_K / 2), d = 2 * (e % (FLA_K / 2));
+      const float *gr = gam + r * CK_LDG + d, *gqr = gr - FLA_READ_BEFORE * CK_LDG;
+      const unsigned qv = *(const unsigned *)(Qs + r * CK_LDQ + d);
+      const unsigned kv = *(const unsigned *)(Ks + r * CK_LDQ + d);
+      *(unsigned *)(qg + r * FLA_K + d) = ck_scale2(qv, ck_ex2(gqr[0]), ck_ex2(gqr[1]));
+      *(unsigned *)(kd + r * FLA_K + d) = ck_scale2(kv, ck_ex2(gL[d] - gr[0]), ck_ex2(gL[d + 1] - gr[1]));
+    }
+#else
+    for (int e = tid; e < CK_BT * FLA_K; e += CK_NTH) {
+      const int r = e / FLA_K, d = e % FLA_K;
+      const float gr = gam[r * CK_LDG + d], gqr = gam[(r - FLA_READ_BEFORE) * CK_LDG + d];
+      qg[r * FLA_K + d] = (unsigned short)(ck_pack(ck_bf2f(Qs[r * CK_LDQ + d]) * ck_ex2(gqr), 0.0f) & 0xffffu);
+      kd[r * FLA_K + d] = (unsigned short)(ck_pack(ck_bf2f(Ks[r * CK_LDQ + d]) * ck_ex2(gL[d] - gr), 0.0f) & 0xffffu);
+    }
+#endif
+    for (int d = tid; d < FLA_K; d += CK_NTH) ck_ws_gl(a)[ch * FLA_K + d] = gL[d];
+  }
+
+  float acc[CK_BT / 8][4];
+  ck_a_rows(acc, Qs, Ks, gam, w, lane, bon);
+  /* mask (j <= i; j < i read before without a bonus; rows past the end: 0), store */
+  unsigned short *dst = ck_ws_aw(a) + ch * CK_BT * CK_BT;
+  const int rA = 16 * w + g, rB = rA + 8;
+#pragma unroll
+  for (int j = 0; j < CK_BT / 8; j++) {
+    const int col = 8 * j + 2 * q;
+    float v[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int r = (e < 2) ? rA : rB, cl = col + (e & 1);
+      v[e] = (cl + (FLA_READ_BEFORE && !FLA_HAS_BONUS) <= r && r < x.rows) ? acc[j][e] : 0.0f;
+    }
+    *(unsigned *)(dst + rA * CK_BT + col) = ck_pack(v[0], v[1]);
+    *(unsigned *)(dst + rB * CK_BT + col) = ck_pack(v[2], v[3]);
+  }
+}
+
+/* ------------------------------------- kernels 2 and 3: the state passes */
+
+/* The state passes' shared memory: a ring of CK1_NS chunks (KD tile, V
+** slice, GL row), so that NS - 1 chunks are in flight while one is used. */
+struct ck_state_smem {
+  unsigned short *Kd, *Vs;
+  float *gl;
+};
+
+__device__ __forceinline__ ck_state_smem ck_state_smem_at(unsigned char *sm) {
+  ck_state_smem s;
+  s.Kd = (unsigned short *)sm;
+  s.Vs = s.Kd + CK1_NS * CK_BT * CK1_LDQ;
+  s.gl = (float *)(s.Vs + CK1_NS * CK_BT * CK1_LDV);
+  return s;
+}
+
+/* Chunk c's KD tile, V slice and GL row into ring slot b (one commit). */
+__device__ __forceinline__ void ck_state_load_chunk(const fla_kernel_args &a, const ck_state_smem &s,
+                                                    int b, long long c, const ck_chunk &x,
+                                                    const ck_prog &p, int tid) {
+  const long long H = a.H, ch = c * H + p.h;
+  const int veck = (FLA_K % 8 == 0) && ((a.ws1 & 15) == 0);
+  const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
+  ck_load_tile<CK1_KP, CK1_LDQ, CK1_NTH>(s.Kd + b * CK_BT * CK1_LDQ, ck_ws_kd(a) + ch * CK_BT * FLA_K,
+                                         FLA_K, CK_BT, FLA_K, veck, tid);
+  ck_load_tile<CK1_BV, CK1_LDV, CK1_NTH>(s.Vs + b * CK_BT * CK1_LDV,
+                                         (const unsigned short *)a.v + (x.t0 * H + p.h) * FLA_V + p.v0,
+                                         H * FLA_V, x.rows, p.vcols, vecv, tid);
+  ck_load_row_f32<CK1_KP, CK1_NTH>(s.gl + b * CK1_KP, ck_ws_gl(a) + ch * FLA_K, FLA_K, tid);
+  ck_commit();
+}
+
+template <int N>
+__device__ __forceinline__ void ck_wait_n() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+/* The chunk ring of the state passes: chunk ld (described by xl) into its
+** slot, then advance; past c1 an empty group, so that ck_wait_n<NS - 1>
+** always leaves the oldest chunk complete. */
+__device__ __forceinline__ void ck_state_prefetch(const fla_kernel_args &a, const ck_state_smem &s,
+                                                  long long start, long long c1, long long &ld,
+                                                  ck_chunk &xl, const ck_prog &p, int tid) {
+  if (ld < c1) {
+    ck_state_load_chunk(a, s, (int)((ld - start) % CK1_NS), ld, xl, p, tid);
+    if (ld + 1 < c1) ck_chunk_next(a, ld, xl);
+    ld++;
+  } else {
+    ck_commit();
+  }
+}
+
+/* Shared memory: Kd[NS][64][LDQ1], Vs[NS][64][LDV1] bf16, gl[NS][KP1] f32. */
+extern "C" __global__ void __launch_bounds__(CK1_NTH, 2) fla_chunk_gk_fwd_h(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  const ck_state_smem sm = ck_state_smem_at(ck_sm);
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+  const ck_prog p = ck_prog_at<CK1_NV, CK1_BV>(a);
+  if (p.b + 1 >= p.NB) return;
+  const int *cs = (const int *)a.chunk_seq;
+  const long long *cf = (const long long *)a.chunk_first;
+  const int nl = cs[p.c1 - 1];
+  if (cs[p.c1] != nl) return; /* the next block starts a sequence */
+  long long start = cf[nl] > p.c0 ? cf[nl] : p.c0;
+  const long long H = a.H;
+
+  float S[CK1_MT][CK1_NT][4];
+  ck_state_zero(S);
+  float dsum = 0.0f; /* thread tid < K: the block's log2 decay of key tid */
+  ck_chunk xl;
+  ck_chunk_at(a, start, xl);
+  long long ld = start;
+  for (int st = 0; st < CK1_NS - 1; st++) ck_state_prefetch(a, sm, start, p.c1, ld, xl, p, tid);
+  for (long long c = start; c < p.c1; c++) {
+    const int buf = (int)((c - start) % CK1_NS);
+    ck_state_prefetch(a, sm, start, p.c1, ld, xl, p, tid);
+    ck_wait_n<CK1_NS - 1>();
+    __syncthreads();
+    const float *gl = sm.gl + buf * CK1_KP;
+    if (tid < FLA_K) dsum += gl[tid];
+    ck_state_update<CK1_KW, CK1_MT, CK1_NT, CK1_LDQ, CK1_LDV>(S, sm.Kd + buf * CK_BT * CK1_LDQ,
+                                                              sm.Vs + buf * CK_BT * CK1_LDV, gl, w, lane);
+    __syncthreads();
+  }
+  const long long KV = (long long)FLA_K * FLA_V;
+  float *P = (float *)a.ws0 + (p.b * H + p.h) * KV;
+  ck_state_store<CK1_KW>(S, P, p.v0, w, lane);
+  if (p.vt == 0 && tid < FLA_K) ck_ws_d(a)[(p.b * H + p.h) * FLA_K + tid] = dsum;
+}
+
+/* Shared memory as fla_chunk_gk_fwd_h. */
+extern "C" __global__ void __launch_bounds__(CK1_NTH, 2) fla_chunk_gk_fwd_hs(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  const ck_state_smem sm = ck_state_smem_at(ck_sm);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
   const ck_prog p = ck_prog_at<CK1_NV, CK1_BV>(a);
   const long long *cf = (const long long *)a.chunk_first;
@@ -480,13 +712,7 @@ extern "C" __global__ void __launch_bounds__(CK1_NTH) fla_chunk_gk_fwd_hs(fla_ke
     }
 #endif
   if (p.c0 >= a.num_chunks) return;
-  const unsigned short *kp = (const unsigned short *)a.k;
-  const unsigned short *gp = (const unsigned short *)a.g;
-  const unsigned short *vp = (const unsigned short *)a.v;
-  const int veck = (FLA_K % 8 == 0) && (((a.k | a.g) & 15) == 0);
-  const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
   unsigned short *hs = ck_ws_hs(a);
-  (void)kp;
 
   ck_chunk x;
   ck_chunk_at(a, p.c0, x);
@@ -497,220 +723,34 @@ extern "C" __global__ void __launch_bounds__(CK1_NTH) fla_chunk_gk_fwd_hs(fla_ke
     for (long long bb = cf[x.n] / p.M; bb < p.b; bb++)
       ck_state_fold<CK1_KW>(S, P + (bb * H + p.h) * KV, D + (bb * H + p.h) * FLA_K, p.v0, w, lane);
   }
-
-#define CK_LOAD_CHUNK1(b_, xx_)                                                                       \
-  do {                                                                                                \
-    const long long ro_ = (xx_).t0 * H + p.h;                                                         \
-    if (!FLA_KEY_FROM_DECAY)                                                                          \
-      ck_load_tile<CK1_KP, CK1_LDQ, CK1_NTH>(Ks + (b_) * CK_BT * CK1_LDQ, kp + ro_ * FLA_K, H * FLA_K, \
-                                             (xx_).rows, FLA_K, veck, tid);                           \
-    ck_load_tile<CK1_KP, CK1_LDQ, CK1_NTH>(Gs + (b_) * CK_BT * CK1_LDQ, gp + ro_ * FLA_K, H * FLA_K,   \
-                                           (xx_).rows, FLA_K, veck, tid);                             \
-    ck_load_tile<CK1_BV, CK1_LDV, CK1_NTH>(Vs + (b_) * CK_BT * CK1_LDV, vp + ro_ * FLA_V + p.v0,      \
-                                           H * FLA_V, (xx_).rows, p.vcols, vecv, tid);                \
-    ck_commit();                                                                                      \
-  } while (0)
-
-  CK_LOAD_CHUNK1(0, x);
+  ck_chunk xl = x;
+  long long ld = p.c0;
+  for (int st = 0; st < CK1_NS - 1; st++) ck_state_prefetch(a, sm, p.c0, p.c1, ld, xl, p, tid);
   for (long long c = p.c0; c < p.c1; c++) {
-    const int buf = (int)((c - p.c0) & 1);
-    const int rows = x.rows;
+    const int buf = (int)((c - p.c0) % CK1_NS);
     if (x.first && c > p.c0) /* a sequence starting inside the block */
       ck_state_load<CK1_KW>(S, h0 ? h0 + ((long long)x.n * H + p.h) * KV : h0, p.v0, w, lane);
     ck_state_store_bf16<CK1_KW>(S, hs + (c * H + p.h) * KV, p.v0, w, lane);
-    ck_chunk xn = x;
-    if (c + 1 < p.c1) {
-      ck_chunk_next(a, c, xn);
-      CK_LOAD_CHUNK1(buf ^ 1, xn);
-      ck_wait_one();
-    } else {
-      ck_wait_all();
-    }
+    ck_state_prefetch(a, sm, p.c0, p.c1, ld, xl, p, tid);
+    ck_wait_n<CK1_NS - 1>();
     __syncthreads();
-    unsigned short *Kb = Ks + buf * CK_BT * CK1_LDQ;
-    ck_cumsum<CK1_NTH, CK1_KP, CK1_LDQ, CK1_LDG>(gam, Gs + buf * CK_BT * CK1_LDQ, Kb, tid);
-    __syncthreads();
-    ck_state_update<CK1_KW, CK1_MT, CK1_NT, CK1_LDQ, CK1_LDV, CK1_LDG>(S, Kb, Vs + buf * CK_BT * CK1_LDV,
-                                                                      gam, rows, w, lane);
+    ck_state_update<CK1_KW, CK1_MT, CK1_NT, CK1_LDQ, CK1_LDV>(S, sm.Kd + buf * CK_BT * CK1_LDQ,
+                                                              sm.Vs + buf * CK_BT * CK1_LDV,
+                                                              sm.gl + buf * CK1_KP, w, lane);
 #if FLA_STORE_HT
     if (x.last)
       ck_state_store<CK1_KW>(S, (float *)a.ht + ((long long)x.n * H + p.h) * KV, p.v0, w, lane);
 #endif
     __syncthreads();
-    x = xn;
-  }
-#undef CK_LOAD_CHUNK1
-}
-
-/* ------------------------------------------------ kernel 3: A of a chunk */
-
-/* acc = rows I = 16w .. 16w+15 of A (unmasked; lane (g, q) holds rows rA =
-** 16w + g and rB = rA + 8, columns 8j + 2q + {0, 1} of acc[j]):
-**   A_IJ, J < I: (Q_I .* 2^(gam_I - r)) (K_J .* 2^(r - gam_J))^T, r = gam row 16w;
-**   A_II: fp32 loops over the keys (and the bonus on the diagonal).
-** The A-operand registers of Q (ldmatrix of Q_I, keys c = 16 kk + 2q):
-**   [0] rA, c, c+1   [1] rB, c, c+1   [2] rA, c+8, c+9   [3] rB, c+8, c+9;
-** of K_J (B operand, tokens 16J + g): [0] tok g keys c, c+1; [1] tok g keys
-** c+8, c+9; [2] tok g+8 keys c, c+1; [3] tok g+8 keys c+8, c+9. */
-__device__ __forceinline__ void ck_a_rows(float (&acc)[CK_BT / 8][4], const unsigned short *Qb,
-                                          const unsigned short *Kb, const float *gam, int w,
-                                          int lane, const unsigned short *bon) {
-  const int g = lane >> 2, q = lane & 3;
-  const int r0 = 16 * w;
-  const int rA = r0 + g, rB = r0 + g + 8;
-  /* the queries' log gates: gam (read after) or gx = gam one row up (read before) */
-  const float *gamQ = gam - FLA_READ_BEFORE * CK_LDG;
-  const float *gamA = gamQ + rA * CK_LDG, *gamB = gamQ + rB * CK_LDG, *gamR = gamQ + r0 * CK_LDG;
-#if !FLA_HAS_BONUS
-  (void)bon;
-#endif
-#pragma unroll
-  for (int j = 0; j < CK_BT / 8; j++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
-  if (w > 0) {
-#pragma unroll 2
-    for (int kk = 0; kk < CK_KP / 16; kk++) {
-      const int c = 16 * kk + 2 * q;
-      unsigned qa[4];
-      ck_ldm4(qa, ck_smem(Qb + (r0 + (lane & 15)) * CK_LDQ + kk * 16 + (lane >> 4) * 8));
-      const float R0 = gamR[c], R1 = gamR[c + 1], R8 = gamR[c + 8], R9 = gamR[c + 9];
-      unsigned qr[4];
-      qr[0] = ck_scale2(qa[0], exp2f(gamA[c] - R0), exp2f(gamA[c + 1] - R1));
-      qr[1] = ck_scale2(qa[1], exp2f(gamB[c] - R0), exp2f(gamB[c + 1] - R1));
-      qr[2] = ck_scale2(qa[2], exp2f(gamA[c + 8] - R8), exp2f(gamA[c + 9] - R9));
-      qr[3] = ck_scale2(qa[3], exp2f(gamB[c + 8] - R8), exp2f(gamB[c + 9] - R9));
-#pragma unroll
-      for (int np = 0; np < CK_BT / 16; np++) {
-        if (np < w) {
-          unsigned kb[4];
-          ck_ldm4(kb, ck_smem(Kb + (16 * np + (lane >> 4) * 8 + (lane & 7)) * CK_LDQ + kk * 16 +
-                              ((lane >> 3) & 1) * 8));
-          const float *gt = gam + (16 * np + g) * CK_LDG, *gu = gt + 8 * CK_LDG;
-          kb[0] = ck_scale2(kb[0], exp2f(R0 - gt[c]), exp2f(R1 - gt[c + 1]));
-          kb[1] = ck_scale2(kb[1], exp2f(R8 - gt[c + 8]), exp2f(R9 - gt[c + 9]));
-          kb[2] = ck_scale2(kb[2], exp2f(R0 - gu[c]), exp2f(R1 - gu[c + 1]));
-          kb[3] = ck_scale2(kb[3], exp2f(R8 - gu[c + 8]), exp2f(R9 - gu[c + 9]));
-          ck_mma(acc[2 * np], qr, kb[0], kb[1]);
-          ck_mma(acc[2 * np + 1], qr, kb[2], kb[3]);
-        }
-      }
-    }
-  }
-  /* the diagonal block A_II in fp32: lane entries (rA | rB, 16w + 8hf + 2q + {0,1}) */
-  const int cb = r0 + 2 * q;
-  const int c0 = cb, c1 = cb + 1, c8 = cb + 8, c9 = cb + 9;
-  const unsigned short *qA = Qb + rA * CK_LDQ, *qB = Qb + rB * CK_LDQ;
-  const unsigned short *k0 = Kb + c0 * CK_LDQ, *k1 = Kb + c1 * CK_LDQ;
-  const unsigned short *k8 = Kb + c8 * CK_LDQ, *k9 = Kb + c9 * CK_LDQ;
-  const float *h0 = gam + c0 * CK_LDG, *h1 = gam + c1 * CK_LDG;
-  const float *h8 = gam + c8 * CK_LDG, *h9 = gam + c9 * CK_LDG;
-  /* entries: [0] (rA,c0) [1] (rA,c1) [2] (rB,c0) [3] (rB,c1) [4] (rA,c8) [5] (rA,c9)
-  **          [6] (rB,c8) [7] (rB,c9); mask j <= i (j < i read before) */
-#if FLA_READ_BEFORE
-  const bool m0 = c0 < rA, m1 = c1 < rA, m4 = c8 < rA, m5 = c9 < rA;
-  const bool m2 = c0 < rB, m3 = c1 < rB, m6 = c8 < rB, m7 = c9 < rB;
-#else
-  const bool m0 = c0 <= rA, m1 = c1 <= rA, m4 = c8 <= rA, m5 = c9 <= rA;
-  const bool m2 = c0 <= rB, m3 = c1 <= rB, m6 = c8 <= rB, m7 = c9 <= rB;
-#endif
-  float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-  /* two keys a step: columns past K are 0 in Q and K (and gam there is 0) */
-#pragma unroll 2
-  for (int d = 0; d < ((FLA_K + 1) & ~1); d += 2) {
-    float xa[2], xb[2], y0[2], y1[2], y8[2], y9[2];
-    ck_unpack(*(const unsigned *)(qA + d), xa), ck_unpack(*(const unsigned *)(qB + d), xb);
-    ck_unpack(*(const unsigned *)(k0 + d), y0), ck_unpack(*(const unsigned *)(k1 + d), y1);
-    ck_unpack(*(const unsigned *)(k8 + d), y8), ck_unpack(*(const unsigned *)(k9 + d), y9);
-    const float2 ga = *(const float2 *)(gamA + d), gb = *(const float2 *)(gamB + d);
-    const float2 e0 = *(const float2 *)(h0 + d), e1 = *(const float2 *)(h1 + d);
-    const float2 e8 = *(const float2 *)(h8 + d), e9 = *(const float2 *)(h9 + d);
-    if (m0) s[0] += xa[0] * y0[0] * exp2f(ga.x - e0.x) + xa[1] * y0[1] * exp2f(ga.y - e0.y);
-    if (m1) s[1] += xa[0] * y1[0] * exp2f(ga.x - e1.x) + xa[1] * y1[1] * exp2f(ga.y - e1.y);
-    if (m2) s[2] += xb[0] * y0[0] * exp2f(gb.x - e0.x) + xb[1] * y0[1] * exp2f(gb.y - e0.y);
-    if (m3) s[3] += xb[0] * y1[0] * exp2f(gb.x - e1.x) + xb[1] * y1[1] * exp2f(gb.y - e1.y);
-    if (m4) s[4] += xa[0] * y8[0] * exp2f(ga.x - e8.x) + xa[1] * y8[1] * exp2f(ga.y - e8.y);
-    if (m5) s[5] += xa[0] * y9[0] * exp2f(ga.x - e9.x) + xa[1] * y9[1] * exp2f(ga.y - e9.y);
-    if (m6) s[6] += xb[0] * y8[0] * exp2f(gb.x - e8.x) + xb[1] * y8[1] * exp2f(gb.y - e8.y);
-    if (m7) s[7] += xb[0] * y9[0] * exp2f(gb.x - e9.x) + xb[1] * y9[1] * exp2f(gb.y - e9.y);
-#if FLA_HAS_BONUS
-    /* scalar loads: bonus + h*K is 4-byte aligned only for even K */
-    const float u[2] = {ck_bf2f(bon[d]), d + 1 < FLA_K ? ck_bf2f(bon[d + 1]) : 0.0f};
-    if (c0 == rA) s[0] += xa[0] * y0[0] * u[0] + xa[1] * y0[1] * u[1];
-    if (c1 == rA) s[1] += xa[0] * y1[0] * u[0] + xa[1] * y1[1] * u[1];
-    if (c0 == rB) s[2] += xb[0] * y0[0] * u[0] + xb[1] * y0[1] * u[1];
-    if (c1 == rB) s[3] += xb[0] * y1[0] * u[0] + xb[1] * y1[1] * u[1];
-    if (c8 == rA) s[4] += xa[0] * y8[0] * u[0] + xa[1] * y8[1] * u[1];
-    if (c9 == rA) s[5] += xa[0] * y9[0] * u[0] + xa[1] * y9[1] * u[1];
-    if (c8 == rB) s[6] += xb[0] * y8[0] * u[0] + xb[1] * y8[1] * u[1];
-    if (c9 == rB) s[7] += xb[0] * y9[0] * u[0] + xb[1] * y9[1] * u[1];
-#endif
-  }
-#pragma unroll
-  for (int np = 0; np < CK_BT / 16; np++)
-    if (np == w) {
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        acc[2 * np][e] = s[e];
-        acc[2 * np + 1][e] = s[4 + e];
-      }
-    }
-}
-
-/* Shared memory: Qs, Ks [64][LDQ] bf16, gam[1 + 64][LDG] f32 (row -1 zero). */
-extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_gk_fwd_a(fla_kernel_args a) {
-  extern __shared__ __align__(16) unsigned char ck_sm[];
-  unsigned short *Qs = (unsigned short *)ck_sm;
-  unsigned short *Ks = Qs + CK_BT * CK_LDQ;
-  float *gam = (float *)(Ks + CK_BT * CK_LDQ) + CK_LDG; /* row -1: zeros */
-  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
-  const long long c = blockIdx.x;
-  const int h = blockIdx.y;
-  if (c >= a.num_chunks) return;
-  for (int i = tid; i < CK_LDG; i += CK_NTH) gam[i - CK_LDG] = 0.0f;
-  ck_chunk x;
-  ck_chunk_at(a, c, x);
-  const long long H = a.H, ro = x.t0 * H + h;
-  const unsigned short *qp = (const unsigned short *)a.q;
-  const unsigned short *kp = (const unsigned short *)a.k;
-  const unsigned short *gp = (const unsigned short *)a.g;
-  const int vecq = (FLA_K % 8 == 0) && (((a.q | a.k) & 15) == 0);
-  const unsigned short *bon =
-      FLA_HAS_BONUS ? (const unsigned short *)a.bonus + (long long)h * FLA_K : (const unsigned short *)0;
-  (void)kp;
-  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs, qp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
-  if (!FLA_KEY_FROM_DECAY)
-    ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, kp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
-  ck_commit();
-  ck_cumsum_global<CK_NTH, CK_KP, CK_LDQ, CK_LDG>(gam, gp + ro * FLA_K, H * FLA_K, x.rows, Ks, tid);
-  ck_wait_all();
-  __syncthreads();
-
-  float acc[CK_BT / 8][4];
-  ck_a_rows(acc, Qs, Ks, gam, w, lane, bon);
-  /* mask (j <= i; j < i read before without a bonus; rows past the end: 0), store */
-  unsigned short *dst = ck_ws_aw(a) + (c * H + h) * CK_BT * CK_BT;
-  const int rA = 16 * w + g, rB = rA + 8;
-#pragma unroll
-  for (int j = 0; j < CK_BT / 8; j++) {
-    const int col = 8 * j + 2 * q;
-    float v[4];
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-      const int r = (e < 2) ? rA : rB, cl = col + (e & 1);
-      v[e] = (cl + (FLA_READ_BEFORE && !FLA_HAS_BONUS) <= r && r < x.rows) ? acc[j][e] : 0.0f;
-    }
-    *(unsigned *)(dst + rA * CK_BT + col) = ck_pack(v[0], v[1]);
-    *(unsigned *)(dst + rB * CK_BT + col) = ck_pack(v[2], v[3]);
+    if (c + 1 < p.c1) ck_chunk_next(a, c, x);
   }
 }
 
 /* ------------------------------------------------- kernel 4: the output */
 
-/* O = scale [(Q .* 2^gam) S0 + A V] for chunk c, value tile vt (warp w: rows
-** 16w .. 16w+15). Shared memory: Qs [64][LDQ], Hs [KP][LDV] (S0, bf16 from
-** HS), Vs [64][LDV], As [64][LDA] bf16. Q is scaled in place: one thread a
-** column walks the rows with the running gate sum (g read from global memory). */
+/* O = scale [QG S0 + A V] for chunk c, value tile vt (warp w: rows 16w ..
+** 16w+15). Shared memory: Qs [64][LDQ] (QG), Hs [KP][LDV] (S0 from HS), Vs
+** [64][LDV], As [64][LDA] bf16. */
 extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_gk_fwd_o(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Qs = (unsigned short *)ck_sm;
@@ -724,38 +764,19 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_gk_fwd_o(fla_kern
   const int v0 = vt * CK_BV, vcols = FLA_V - v0 < CK_BV ? FLA_V - v0 : CK_BV;
   ck_chunk x;
   ck_chunk_at(a, c, x);
-  const long long H = a.H, ro = x.t0 * H + h;
+  const long long H = a.H, ro = x.t0 * H + h, ch = c * H + h;
   const long long KV = (long long)FLA_K * FLA_V;
-  const unsigned short *qp = (const unsigned short *)a.q;
-  const unsigned short *gp = (const unsigned short *)a.g;
-  const unsigned short *vp = (const unsigned short *)a.v;
-  const int vecq = (FLA_K % 8 == 0) && ((a.q & 15) == 0);
+  const int wsv = (a.ws1 & 15) == 0;
+  const int vecq = (FLA_K % 8 == 0) && wsv;
   const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
-  const int vech = (FLA_V % 8 == 0) && ((a.ws1 & 15) == 0);
-  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs, qp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
+  const int vech = (FLA_V % 8 == 0) && wsv;
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs, ck_ws_qg(a) + ch * CK_BT * FLA_K, FLA_K, CK_BT, FLA_K, vecq, tid);
+  ck_load_tile<CK_BV, CK_LDV, CK_NTH, CK_KP>(Hs, ck_ws_hs(a) + ch * KV + v0, FLA_V, FLA_K, vcols, vech,
+                                             tid);
+  ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs, (const unsigned short *)a.v + ro * FLA_V + v0, H * FLA_V,
+                                      x.rows, vcols, vecv, tid);
+  ck_load_tile<CK_BT, CK_LDA, CK_NTH>(As, ck_ws_aw(a) + ch * CK_BT * CK_BT, CK_BT, CK_BT, CK_BT, wsv, tid);
   ck_commit();
-  ck_load_tile<CK_BV, CK_LDV, CK_NTH, CK_KP>(Hs, ck_ws_hs(a) + (c * H + h) * KV + v0, FLA_V, FLA_K,
-                                             vcols, vech, tid);
-  ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs, vp + ro * FLA_V + v0, H * FLA_V, x.rows, vcols, vecv, tid);
-  ck_load_tile<CK_BT, CK_LDA, CK_NTH>(As, ck_ws_aw(a) + (c * H + h) * CK_BT * CK_BT, CK_BT, CK_BT,
-                                      CK_BT, (a.ws1 & 15) == 0, tid);
-  ck_commit();
-
-  /* Q .* 2^gam (2^gx: the sum before the row, read before) */
-  ck_wait_one();
-  __syncthreads();
-  for (int col = tid; col < CK_KP; col += CK_NTH) {
-    const unsigned short *gs = gp + ro * FLA_K + col;
-    float s = 0.0f;
-#pragma unroll 16
-    for (int r = 0; r < CK_BT; r++) {
-      const float gv = (r < x.rows && col < FLA_K) ? ck_bf2f(gs[r * H * FLA_K]) : 0.0f;
-      if (!FLA_READ_BEFORE) s += gv * CK_LOG2E;
-      unsigned short *qe = Qs + r * CK_LDQ + col;
-      *qe = (unsigned short)(ck_pack(ck_bf2f(*qe) * exp2f(s), 0.0f) & 0xffffu);
-      if (FLA_READ_BEFORE) s += gv * CK_LOG2E;
-    }
-  }
   ck_wait_all();
   __syncthreads();
 
