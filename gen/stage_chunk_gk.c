@@ -18,7 +18,7 @@
 ** Four kernels (grid, block, dynamic shared memory), with NC chunks, M the
 ** block length (gk_blocklen_, = ck_blocklen in the template), NB = ceil(NC/M),
 ** KP = K padded to 64, NV = ceil(V/BV), in launch order:
-**   fla_chunk_gk_fwd_a   (NC, H)      128     smem_a_: 2*64*(KP+8)*2 + 65*(KP+4)*4
+**   fla_chunk_gk_fwd_a   (NC, H)      256     smem_a_: 2*64*(KP+8)*2 + 65*(KP+4)*4
 **   fla_chunk_gk_fwd_h   (NB*NV1, H)  32*NW1  smem_h_: 3*(64*(KP1+8)*2 + 64*(BV1+8)*2
 **                                                     + KP1*4)   (none when NB = 1)
 **   fla_chunk_gk_fwd_hs  (NB*NV1, H)  32*NW1  smem_h_
@@ -132,7 +132,7 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
   int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
   fla_chunk_h_geom hg = fla_chunk_h_geom_of(key);
   unsigned th = 32 * (unsigned)hg.nw;
-  fla_chunk_launch_set(&out[0], "fla_chunk_gk_fwd_a", (unsigned)NC, (unsigned)H, 32 * GK_WARPS, smem_a_(key));
+  fla_chunk_launch_set(&out[0], "fla_chunk_gk_fwd_a", (unsigned)NC, (unsigned)H, 64 * GK_WARPS, smem_a_(key));
   fla_chunk_launch_set(&out[1], "fla_chunk_gk_fwd_h", (unsigned)(NB * hg.nv), (unsigned)H, th, smem_h_(key));
   if (NB <= 1) out[1].grid[0] = 0; /* nothing to fold: skipped (fla_cuda_run_stage skips empty grids) */
   fla_chunk_launch_set(&out[2], "fla_chunk_gk_fwd_hs", (unsigned)(NB * hg.nv), (unsigned)H, th, smem_h_(key));

@@ -79,6 +79,7 @@
 #define CK_LDQ (CK_KP + 8) /* smem row strides (elements): +16 bytes, no bank conflicts */
 #define CK_LDV (CK_BV + 8)
 #define CK_LDA (CK_BT + 8)
+#define CK_A_NTH (2 * CK_NTH) /* the A kernel: two warps a row block, one a key half */
 
 /* The state kernels (h, hs) have their own geometry: 8 warps (4 when K <= 64),
 ** each owning KW1 keys of the state, and value tiles as wide as 64 state
@@ -254,12 +255,16 @@ __device__ __forceinline__ void ck_cumsum_global(float *gam, const unsigned shor
 #if !FLA_KEY_FROM_DECAY
   (void)Ks;
 #endif
-  for (int c = tid; c < KP; c += NTH) {
+  /* NTH >= 2 KP: two threads a column, rows 0..31 and 32..63 (the second
+  ** half adds the first's total after a barrier); else one thread a column */
+  constexpr int SPLIT = NTH >= 2 * KP ? 2 : 1;
+  const int part = SPLIT == 2 ? tid / KP : 0;
+  for (int c = SPLIT == 2 ? tid % KP : tid; c < KP && part < SPLIT; c += SPLIT == 2 ? KP : NTH) {
     float s = 0.0f;
     /* 32 loads in flight before the first store: gam's stores could alias g
     ** for the compiler, which would otherwise wait out each load in turn */
 #pragma unroll
-    for (int r0 = 0; r0 < CK_BT; r0 += 32) {
+    for (int r0 = part * (CK_BT / SPLIT); r0 < (part + 1) * (CK_BT / SPLIT); r0 += 32) {
       float gv[32];
 #pragma unroll
       for (int i = 0; i < 32; i++)
@@ -272,6 +277,15 @@ __device__ __forceinline__ void ck_cumsum_global(float *gam, const unsigned shor
         Ks[(r0 + i) * LDQ + c] = (unsigned short)(ck_pack(-expm1f(gv[i]), 0.0f) & 0xffffu);
 #endif
       }
+    }
+  }
+  if (SPLIT == 2) {
+    __syncthreads();
+    if (part == 1) {
+      const int c = tid % KP;
+      const float carry = gam[(CK_BT / 2 - 1) * LDG + c];
+#pragma unroll 8
+      for (int r = CK_BT / 2; r < CK_BT; r++) gam[r * LDG + c] += carry;
     }
   }
 }
@@ -406,8 +420,11 @@ __device__ __forceinline__ void ck_state_store_bf16(const float (&S)[MT][NT][4],
 ** keys c+8, c+9; [2] tok g+8 keys c, c+1; [3] tok g+8 keys c+8, c+9. */
 __device__ __forceinline__ void ck_a_rows(float (&acc)[CK_BT / 8][4], const unsigned short *Qb,
                                           const unsigned short *Kb, const float *gam, int w,
-                                          int lane, const unsigned short *bon) {
+                                          int kh, int lane, const unsigned short *bon) {
   const int g = lane >> 2, q = lane & 3;
+  /* this warp's half of the keys: k-steps kk0..kk1-1, keys d0..d1-1 */
+  const int kk0 = kh * (CK_KP / 32), kk1 = kk0 + CK_KP / 32;
+  const int d0 = kh * (CK_KP / 2), dend = d0 + CK_KP / 2 < ((FLA_K + 1) & ~1) ? d0 + CK_KP / 2 : ((FLA_K + 1) & ~1);
   const int r0 = 16 * w;
   const int rA = r0 + g, rB = r0 + g + 8;
   const float *gamQ = gam - FLA_READ_BEFORE * CK_LDG;
@@ -422,7 +439,7 @@ __device__ __forceinline__ void ck_a_rows(float (&acc)[CK_BT / 8][4], const unsi
     for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
   float quad[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll 2
-  for (int kk = 0; kk < CK_KP / 16; kk++) {
+  for (int kk = kk0; kk < kk1; kk++) {
     const int c = 16 * kk + 2 * q;
     unsigned qa[4];
     ck_ldm4(qa, ck_smem(Qb + (r0 + (lane & 15)) * CK_LDQ + kk * 16 + (lane >> 4) * 8));
@@ -484,7 +501,7 @@ __device__ __forceinline__ void ck_a_rows(float (&acc)[CK_BT / 8][4], const unsi
 #endif
   /* two keys a step: columns past K are 0 in Q and K (and gam there is 0) */
 #pragma unroll 4
-  for (int d = 0; d < ((FLA_K + 1) & ~1); d += 2) {
+  for (int d = d0; d < dend; d += 2) {
     float xa[2], xb[2], y0[2], y1[2], y8[2], y9[2];
     ck_unpack(*(const unsigned *)(qA + d), xa), ck_unpack(*(const unsigned *)(qB + d), xb);
     ck_unpack(*(const unsigned *)(k0 + d), y0), ck_unpack(*(const unsigned *)(k1 + d), y1);
@@ -526,16 +543,17 @@ __device__ __forceinline__ void ck_a_rows(float (&acc)[CK_BT / 8][4], const unsi
 }
 
 /* Shared memory: Qs, Ks [64][LDQ] bf16, gam[1 + 64][LDG] f32 (row -1 zero). */
-extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_gk_fwd_a(fla_kernel_args a) {
+extern "C" __global__ void __launch_bounds__(CK_A_NTH, 3) fla_chunk_gk_fwd_a(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Qs = (unsigned short *)ck_sm;
   unsigned short *Ks = Qs + CK_BT * CK_LDQ;
   float *gam = (float *)(Ks + CK_BT * CK_LDQ) + CK_LDG; /* row -1: zeros */
-  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const int tid = threadIdx.x, wid = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const int w = wid & 3, kh = wid >> 2; /* row block, key half */
   const long long c = blockIdx.x;
   const int h = blockIdx.y;
   if (c >= a.num_chunks) return;
-  for (int i = tid; i < CK_LDG; i += CK_NTH) gam[i - CK_LDG] = 0.0f;
+  for (int i = tid; i < CK_LDG; i += CK_A_NTH) gam[i - CK_LDG] = 0.0f;
   ck_chunk x;
   ck_chunk_at(a, c, x);
   const long long H = a.H, ro = x.t0 * H + h, ch = c * H + h;
@@ -546,11 +564,11 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_gk_fwd_a(fla_kern
   const unsigned short *bon =
       FLA_HAS_BONUS ? (const unsigned short *)a.bonus + (long long)h * FLA_K : (const unsigned short *)0;
   (void)kp;
-  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs, qp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
+  ck_load_tile<CK_KP, CK_LDQ, CK_A_NTH>(Qs, qp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
   if (!FLA_KEY_FROM_DECAY)
-    ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, kp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
+    ck_load_tile<CK_KP, CK_LDQ, CK_A_NTH>(Ks, kp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
   ck_commit();
-  ck_cumsum_global<CK_NTH, CK_KP, CK_LDQ, CK_LDG>(gam, gp + ro * FLA_K, H * FLA_K, x.rows, Ks, tid);
+  ck_cumsum_global<CK_A_NTH, CK_KP, CK_LDQ, CK_LDG>(gam, gp + ro * FLA_K, H * FLA_K, x.rows, Ks, tid);
   ck_wait_all();
   __syncthreads();
 
@@ -560,7 +578,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_gk_fwd_a(fla_kern
     unsigned short *qg = ck_ws_qg(a) + ch * CK_BT * FLA_K, *kd = ck_ws_kd(a) + ch * CK_BT * FLA_K;
     const float *gL = gam + (CK_BT - 1) * CK_LDG;
 #if FLA_K % 2 == 0
-    for (int e = tid; e < CK_BT * FLA_K / 2; e += CK_NTH) {
+    for (int e = tid; e < CK_BT * FLA_K / 2; e += CK_A_NTH) {
       const int r = e / (FLA_K / 2), d = 2 * (e % (FLA_K / 2));
       const float *gr = gam + r * CK_LDG + d, *gqr = gr - FLA_READ_BEFORE * CK_LDG;
       const unsigned qv = *(const unsigned *)(Qs + r * CK_LDQ + d);
@@ -569,18 +587,32 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_gk_fwd_a(fla_kern
       *(unsigned *)(kd + r * FLA_K + d) = ck_scale2(kv, ck_ex2(gL[d] - gr[0]), ck_ex2(gL[d + 1] - gr[1]));
     }
 #else
-    for (int e = tid; e < CK_BT * FLA_K; e += CK_NTH) {
+    for (int e = tid; e < CK_BT * FLA_K; e += CK_A_NTH) {
       const int r = e / FLA_K, d = e % FLA_K;
       const float gr = gam[r * CK_LDG + d], gqr = gam[(r - FLA_READ_BEFORE) * CK_LDG + d];
       qg[r * FLA_K + d] = (unsigned short)(ck_pack(ck_bf2f(Qs[r * CK_LDQ + d]) * ck_ex2(gqr), 0.0f) & 0xffffu);
       kd[r * FLA_K + d] = (unsigned short)(ck_pack(ck_bf2f(Ks[r * CK_LDQ + d]) * ck_ex2(gL[d] - gr), 0.0f) & 0xffffu);
     }
 #endif
-    for (int d = tid; d < FLA_K; d += CK_NTH) ck_ws_gl(a)[ch * FLA_K + d] = gL[d];
+    for (int d = tid; d < FLA_K; d += CK_A_NTH) ck_ws_gl(a)[ch * FLA_K + d] = gL[d];
   }
 
   float acc[CK_BT / 8][4];
-  ck_a_rows(acc, Qs, Ks, gam, w, lane, bon);
+  ck_a_rows(acc, Qs, Ks, gam, w, kh, lane, bon);
+  /* the second key half's sums through shared memory (gam's space: done with it) */
+  __syncthreads();
+  float4 *red = (float4 *)(gam - CK_LDG) + (w * 32 + lane) * (CK_BT / 8);
+  if (kh == 1) {
+#pragma unroll
+    for (int j = 0; j < CK_BT / 8; j++) red[j] = make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
+  }
+  __syncthreads();
+  if (kh == 1) return;
+#pragma unroll
+  for (int j = 0; j < CK_BT / 8; j++) {
+    const float4 o = red[j];
+    acc[j][0] += o.x, acc[j][1] += o.y, acc[j][2] += o.z, acc[j][3] += o.w;
+  }
   /* mask (j <= i; j < i read before without a bonus; rows past the end: 0), store */
   unsigned short *dst = ck_ws_aw(a) + ch * CK_BT * CK_BT;
   const int rA = 16 * w + g, rB = rA + 8;
