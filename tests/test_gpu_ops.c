@@ -127,13 +127,16 @@ static const bcase bcases_[] = {
 
 static int is_taylor2_(const fla_recipe *r) { return fla_recipe_ir(r)->feature_k == FLA_FEATURE_TAYLOR2; }
 
+/* Heads of every binding (0: 2); test_gk_many_heads raises it. */
+static int64_t heads_;
+
 /* The binding of case c for recipe r. */
 static fla_op_config config_(const fla_recipe *r, const gcase *c) {
   fla_op_config cfg;
   memset(&cfg, 0, sizeof cfg);
   cfg.B = c->nseqs ? 1 : 2;
   cfg.T = c->T;
-  cfg.H = 2;
+  cfg.H = heads_ > 0 ? heads_ : 2;
   cfg.K = c->K;
   cfg.V = c->V;
   cfg.num_seqs = c->nseqs;
@@ -633,6 +636,40 @@ START_TEST(test_recipe_forward) {
 }
 END_TEST
 
+/* Enough (sequence, head) programs that chunk_gk_fwd walks whole sequences
+** in one state pass (no block fold): the cases above, with H = 2, always
+** take the blocked path. Recipes whose core is another stage are skipped. */
+static const gcase many_heads_cases_[] = {
+    {256, 128, 128, 1, FLA_BF16, FLA_ALGO_AUTO, 0},
+    {200, 128, 128, 0, FLA_BF16, FLA_ALGO_AUTO, 0},
+    {300, 64, 64, 1, FLA_BF16, FLA_ALGO_AUTO, 3},
+};
+
+START_TEST(test_gk_many_heads) {
+  const char *name = recipes[_i];
+  fla_ctx *h = cpu_ctx(), *g = gpu_ctx();
+  fla_recipe *r = find_(h, name);
+  heads_ = 48;
+  fla_op_config cfg = config_(r, &many_heads_cases_[0]);
+  fla_op *op = NULL;
+  ck_assert_msg(fla_op_bind(g, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(g));
+  int stage = fla_cuda_op_core_stage(op, FLA_BF16, 1, 1);
+  fla_op_free(op);
+  recipe_summary sum;
+  memset(&sum, 0, sizeof sum);
+  if (stage == FLA_STAGE_CHUNK_GK_FWD) {
+    int n = (int)(sizeof many_heads_cases_ / sizeof many_heads_cases_[0]);
+    for (int i = 0; i < n; i++) run_case_(h, g, name, r, &many_heads_cases_[i], 7000u + (uint64_t)i, &sum);
+    printf("gpu_ops_heads: %-16s %d runs (H = 48)  max rel RMS o %.2e ht %.2e  PASS\n", name, sum.runs,
+           sum.max_o, sum.max_ht);
+  }
+  heads_ = 0;
+  fla_recipe_free(r);
+  fla_ctx_free(g);
+  fla_ctx_free(h);
+}
+END_TEST
+
 /* =============================================================== backward */
 
 typedef struct {
@@ -845,6 +882,7 @@ static Suite *gpu_suite(void) {
   TCase *fwd = tcase_create("forward");
   tcase_set_timeout(fwd, 900);
   tcase_add_loop_test(fwd, test_recipe_forward, 0, nrecipes);
+  tcase_add_loop_test(fwd, test_gk_many_heads, 0, nrecipes);
   suite_add_tcase(s, fwd);
   TCase *bwd = tcase_create("backward");
   tcase_set_timeout(bwd, 900);
