@@ -1,0 +1,111 @@
+/*
+** grad_ops.c -- what the mixers' backward share: the recipe op run from a
+** zero state, forward and backward, the backward of the KV-head repeat, and
+** scratch buffers freed together.
+*/
+#include "internal.h"
+#include "train_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+float *grad_alloc(grad_scratch *s, int64_t n) {
+  if (s->n == (int)(sizeof s->p / sizeof s->p[0])) {
+    fla_set_error(s->ctx, FLA_ERROR, "grad_alloc: too many scratch buffers");
+    return NULL;
+  }
+  float *p = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
+  if (!p) {
+    fla_set_error(s->ctx, FLA_NOMEM, "out of memory for %lld floats of backward scratch", (long long)n);
+    return NULL;
+  }
+  return s->p[s->n++] = p;
+}
+
+void grad_scratch_free(grad_scratch *s) {
+  for (int i = 0; i < s->n; i++) free(s->p[i]);
+  s->n = 0;
+}
+
+void grad_unrepeat_heads(const float *dx, int64_t rows, int Hkv, int H, int d, float *dy) {
+  int g = H / Hkv;
+  memset(dy, 0, sizeof(float) * (size_t)(rows * Hkv * d));
+  for (int64_t r = 0; r < rows; r++)
+    for (int h = 0; h < H; h++) {
+      const float *src = dx + (r * H + h) * d;
+      float *dst = dy + (r * Hkv + h / g) * d;
+      for (int i = 0; i < d; i++) dst[i] += src[i];
+    }
+}
+
+/* Wraps the n inputs as tensors into args[0..n). */
+static fla_status wrap_inputs_(fla_ctx *ctx, const op_input *in, int n, fla_arg *args, fla_tensor **owned) {
+  for (int i = 0; i < n; i++) {
+    fla_status s = fla_tensor_wrap(ctx, FLA_F32, in[i].ndim, in[i].shape, in[i].data, &owned[i]);
+    if (s != FLA_OK) return s;
+    args[i].name = in[i].name;
+    args[i].tensor = owned[i];
+  }
+  return FLA_OK;
+}
+
+/* Small calls run on the calling thread (as mixer_run_op does). */
+static int threads_for_(const mixer_call *mc) {
+  const model_layer *L = mc->L;
+  return mc->B * mc->T * L->H * (int64_t)L->K * L->V < (1 << 20) ? 1 : mc->m->ctx->nthreads;
+}
+
+fla_status grad_op_forward(const mixer_call *mc, const op_input *in, int n, double scale, float *o) {
+  fla_ctx *ctx = mc->m->ctx;
+  const model_layer *L = mc->L;
+  fla_status s = mixer_bind_op(mc, scale);
+  if (s != FLA_OK) return s;
+  fla_arg args[8];
+  fla_tensor *owned[8] = {0}, *ot = NULL;
+  int64_t oshape[4] = {mc->B, mc->T, L->H, L->V};
+  s = wrap_inputs_(ctx, in, n, args, owned);
+  if (s == FLA_OK) s = fla_tensor_wrap(ctx, FLA_F32, 4, oshape, o, &ot);
+  if (s == FLA_OK) {
+    int threads = ctx->nthreads;
+    ctx->nthreads = threads_for_(mc);
+    s = fla_op_forward(L->op, args, n, ot, NULL);
+    ctx->nthreads = threads;
+  }
+  for (int i = 0; i < n; i++) fla_tensor_free(owned[i]);
+  fla_tensor_free(ot);
+  return s;
+}
+
+fla_status grad_op_backward(const mixer_call *mc, const op_input *in, int n, double scale,
+                            const float *d_o, float *const *d) {
+  fla_ctx *ctx = mc->m->ctx;
+  const model_layer *L = mc->L;
+  fla_status s = mixer_bind_op(mc, scale);
+  if (s != FLA_OK) return s;
+  fla_arg args[8], grads[8];
+  fla_tensor *owned[8] = {0}, *gt[8] = {0}, *dot = NULL;
+  char names[8][16];
+  int ng = 0;
+  int64_t oshape[4] = {mc->B, mc->T, L->H, L->V};
+  s = wrap_inputs_(ctx, in, n, args, owned);
+  if (s == FLA_OK) s = fla_tensor_wrap(ctx, FLA_F32, 4, oshape, (void *)d_o, &dot);
+  for (int i = 0; i < n && s == FLA_OK; i++) {
+    if (!d[i]) continue;
+    s = fla_tensor_wrap(ctx, FLA_F32, in[i].ndim, in[i].shape, d[i], &gt[ng]);
+    snprintf(names[ng], sizeof names[ng], "d%s", in[i].name);
+    grads[ng].name = names[ng];
+    grads[ng].tensor = gt[ng];
+    ng++;
+  }
+  if (s == FLA_OK) {
+    int threads = ctx->nthreads;
+    ctx->nthreads = threads_for_(mc);
+    s = fla_op_backward(L->op, args, n, dot, NULL, grads, ng);
+    ctx->nthreads = threads;
+  }
+  for (int i = 0; i < n; i++) fla_tensor_free(owned[i]);
+  for (int i = 0; i < ng; i++) fla_tensor_free(gt[i]);
+  fla_tensor_free(dot);
+  return s;
+}

@@ -1,0 +1,45 @@
+/*
+** train_internal.h -- the backward of the model layer (training).
+**
+** train_backward.c runs fla_model_loss_backward: a forward that keeps only the
+** residual stream at each layer's input and middle, the fused LM head and
+** cross-entropy (grad_math.h), then each layer's backward, which recomputes
+** that layer's forward from its kept input (one layer's activations at a time).
+** The token mixers' backward (grad_mixer_*.c) recomputes the mixer with its
+** intermediates and differentiates it, the recipe core through fla_op_backward.
+**
+** A mixer backward: x [rows, D] is the mixer's (normalised) input, dout
+** [rows, D] the gradient of its output; dx [rows, D] receives the gradient of
+** x (overwritten) and every weight's gradient (model_grad) is accumulated.
+** Sequences start from a zero state (no cache).
+*/
+#ifndef FLA_MODELS_TRAIN_INTERNAL_H
+#define FLA_MODELS_TRAIN_INTERNAL_H
+
+#include "grad_math.h"
+#include "model_internal.h"
+
+fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *dout, float *dx);
+fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *dout, float *dx);
+fla_status grad_mixer_attention(const mixer_call *mc, const float *x, const float *dout, float *dx);
+
+/* The layer's recipe op from a zero state: o = op(in), then d[i] = the
+** gradient of sum(o * d_o) with respect to in[i] (d[i] NULL: not wanted). */
+fla_status grad_op_forward(const mixer_call *mc, const op_input *in, int n, double scale, float *o);
+fla_status grad_op_backward(const mixer_call *mc, const op_input *in, int n, double scale,
+                            const float *d_o, float *const *d);
+
+/* Sum over the g = H / Hkv consecutive query heads that share a KV head:
+** dx [rows, H*d] -> dy [rows, Hkv*d] (the backward of the repeat). */
+void grad_unrepeat_heads(const float *dx, int64_t rows, int Hkv, int H, int d, float *dy);
+
+/* Scratch buffers of a backward, freed together by grad_scratch_free. */
+typedef struct {
+  fla_ctx *ctx;
+  float *p[32];
+  int n;
+} grad_scratch;
+float *grad_alloc(grad_scratch *s, int64_t n); /* zeroed; NULL (FLA_NOMEM set) on failure */
+void grad_scratch_free(grad_scratch *s);
+
+#endif
