@@ -2,7 +2,7 @@
 ** fla-train -- trains a model from a JSON config on the CPU (docs/training.md).
 **
 **   fla-train --config FILE [--resume] [--init-from DIR] [--steps N]
-**             [--checkpoint-dir DIR] [--log FILE] [--threads N]
+**             [--checkpoint-dir DIR] [--log FILE] [--threads N] [--stop-after N]
 **
 ** Prints a progress line (step, loss, learning rate, tokens/s, ETA) every
 ** log_every steps, appends the same per step to the log (JSONL, or CSV when the
@@ -10,7 +10,9 @@
 ** end, and at the next step boundary after SIGINT/SIGTERM. --resume continues
 ** from the newest complete checkpoint of the checkpoint directory (from scratch
 ** when there is none); --init-from starts from the weights of an fla / Hugging
-** Face checkpoint directory. Command-line values override the config's.
+** Face checkpoint directory. Command-line values override the config's (--steps
+** sets the run's length and the schedule's); --stop-after N ends this invocation
+** after N steps, saving, as a signal would (a run split over several calls).
 ** Exit status: 0 done, 1 failed, 2 bad arguments or config, 130 stopped by a
 ** signal (after saving).
 */
@@ -178,14 +180,14 @@ static fla_status save_(fla_ctx *ctx, fla_trainer *tr, const run_config *rc) {
 
 static void usage_(void) {
   fprintf(stderr, "usage: fla-train --config FILE [--resume] [--init-from DIR] [--steps N]\n"
-                  "                 [--checkpoint-dir DIR] [--log FILE] [--threads N]\n");
+                  "                 [--checkpoint-dir DIR] [--log FILE] [--threads N] [--stop-after N]\n");
 }
 
 int main(int argc, char **argv) {
   run_config rc = {0};
   const char *config_path = NULL;
   int resume = 0;
-  int64_t steps_override = 0;
+  int64_t steps_override = 0, stop_after = 0;
   int threads_override = -1;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
@@ -197,6 +199,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(a, "--checkpoint-dir") && has) rc.ckpt_dir = argv[++i];
     else if (!strcmp(a, "--log") && has) rc.log_path = argv[++i];
     else if (!strcmp(a, "--threads") && has) threads_override = atoi(argv[++i]);
+    else if (!strcmp(a, "--stop-after") && has) stop_after = strtoll(argv[++i], NULL, 10);
     else if (!strcmp(a, "-h") || !strcmp(a, "--help")) return usage_(), 0;
     else return usage_(), fprintf(stderr, "fla-train: unknown argument '%s'\n", a), 2;
   }
@@ -287,7 +290,8 @@ int main(int argc, char **argv) {
   const double t0 = now_s_();
   int64_t tokens_run = 0, last_saved = from[0] ? start_step : -1;
   exit_code = 0;
-  while (fla_trainer_step_count(tr) < rc.opt.steps && !stop_requested_) {
+  while (fla_trainer_step_count(tr) < rc.opt.steps && !stop_requested_ &&
+         (stop_after <= 0 || fla_trainer_step_count(tr) < start_step + stop_after)) {
     fla_step_stats st;
     s = fla_trainer_step(tr, &st);
     if (s != FLA_OK) {
