@@ -487,6 +487,7 @@ fla_status model_run(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T
     if (ids[i] < 0 || ids[i] >= Vb)
       return fla_set_error(m->ctx, FLA_INVALID, "token id %d at position %lld is outside the vocabulary [0, %d)",
                            ids[i], (long long)i, Vb);
+  if (m->master) model_hgrn2_lower_bounds(m); /* trainable: the raw bounds may have changed */
   float *x = model_alloc(m->ctx, rows * D), *h = model_alloc(m->ctx, rows * D);
   float *o = model_alloc(m->ctx, rows * D);
   int64_t *pos = malloc(sizeof(int64_t) * (size_t)B);

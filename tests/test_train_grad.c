@@ -263,7 +263,9 @@ static void check_model_fd_(const char *name) {
       double lm = forward_loss_(m, ids, tg, B, T);
       p.data[j] = keep;
       double fd = (lp - lm) / ((double)(keep + h) - (double)(keep - h)), g = p.grad[j];
-      double tol = 3e-3 * gmax + 2e-2 * fabs(fd) + 2e-4;
+      /* float32 forwards: the differences carry noise of about 2e-4 here
+      ** (the same entry's difference moves that much with the op's algorithm) */
+      double tol = 3e-3 * gmax + 2e-2 * fabs(fd) + 6e-4;
       ck_assert_msg(fabs(fd - g) <= tol, "%s: %s[%lld]: gradient %.6g, finite difference %.6g (largest |gradient| %.3g)",
                     name, p.name, (long long)j, g, fd, gmax);
       if (getenv("TG_VERBOSE")) printf("    %s[%lld] g %.6g fd %.6g gmax %.3g\n", p.name, (long long)j, g, fd, gmax);
@@ -277,6 +279,14 @@ static void check_model_fd_(const char *name) {
 }
 
 START_TEST(test_model_fd_gla) { check_model_fd_("gla"); }
+END_TEST
+START_TEST(test_model_fd_retnet) { check_model_fd_("retnet"); }
+END_TEST
+START_TEST(test_model_fd_hgrn2) { check_model_fd_("hgrn2"); }
+END_TEST
+START_TEST(test_model_fd_transformer) { check_model_fd_("transformer"); }
+END_TEST
+START_TEST(test_model_fd_gla_hybrid_swa) { check_model_fd_("gla_hybrid_swa"); }
 END_TEST
 
 /* ------------------------------------------------------------ API behaviour */
@@ -458,6 +468,10 @@ int main(void) {
   tcase_set_timeout(tc, 1200);
   tcase_add_test(tc, test_layers_fd);
   tcase_add_test(tc, test_model_fd_gla);
+  tcase_add_test(tc, test_model_fd_retnet);
+  tcase_add_test(tc, test_model_fd_hgrn2);
+  tcase_add_test(tc, test_model_fd_transformer);
+  tcase_add_test(tc, test_model_fd_gla_hybrid_swa);
   tcase_add_test(tc, test_accumulation);
   tcase_add_test(tc, test_params_and_create);
   tcase_add_test(tc, test_bad_input);
