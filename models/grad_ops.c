@@ -109,3 +109,41 @@ fla_status grad_op_backward(const mixer_call *mc, const op_input *in, int n, dou
   fla_tensor_free(dot);
   return s;
 }
+
+/* One projection j of x through its optional convolution: keeps a (the
+** projection), pre (before the activation) and c (the result). */
+
+void grad_proj_forward(const mixer_call *mc, int j, grad_proj *p, const float *x, nn_act act) {
+  const model_config *cfg = &mc->m->cfg;
+  int64_t rows = mc->B * mc->T;
+  gm_linear_f(x, rows, cfg->hidden_size, p->W, p->C, NULL, p->a);
+  if (cfg->use_short_conv)
+    gm_conv_f(p->a, mc->B, mc->T, p->C, cfg->conv_size, mc->L->conv[j].w, mc->L->conv[j].b, act, p->pre, p->c);
+  else
+    gm_act_f(p->a, rows * p->C, act, p->c);
+}
+
+/* dc -> da -> dx (+=) and the projection's and convolution's weight gradients. */
+void grad_proj_backward(const mixer_call *mc, int j, grad_proj *p, const float *x, nn_act act, float *dx) {
+  const fla_model *m = mc->m;
+  const model_config *cfg = &m->cfg;
+  const model_layer *L = mc->L;
+  int64_t rows = mc->B * mc->T;
+  if (cfg->use_short_conv)
+    gm_conv_bwd_f(p->a, mc->B, mc->T, p->C, cfg->conv_size, L->conv[j].w, p->pre, act, p->dc, p->da,
+                  model_grad(m, L->conv[j].w), model_grad(m, L->conv[j].b));
+  else
+    gm_act_bwd_f(p->a, rows * p->C, act, p->dc, p->da);
+  gm_linear_bwd_f(x, rows, cfg->hidden_size, p->W, p->C, p->da, dx, 1, model_grad(m, p->W), NULL);
+}
+
+fla_status grad_proj_alloc(grad_scratch *sc, grad_proj *p, const float *W, int C, int64_t rows) {
+  p->W = W;
+  p->C = C;
+  if (!(p->a = grad_alloc(sc, rows * C)) || !(p->pre = grad_alloc(sc, rows * C)) ||
+      !(p->c = grad_alloc(sc, rows * C)) || !(p->dc = grad_alloc(sc, rows * C)) ||
+      !(p->da = grad_alloc(sc, rows * C)))
+    return FLA_NOMEM;
+  return FLA_OK;
+}
+
