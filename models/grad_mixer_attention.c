@@ -18,7 +18,7 @@ fla_status grad_mixer_attention(const mixer_call *mc, const float *x, const floa
   int64_t rows = mc->B * mc->T, B = mc->B, T = mc->T;
   int D = m->cfg.hidden_size, Hq = L->H, Hkv = L->Hkv, d = L->K;
   int qw = Hq * d, kw = Hkv * d;
-  grad_scratch sc = {m->ctx, {0}, 0};
+  grad_scratch sc = grad_scratch_begin(m);
   float *q, *k, *v, *o, *dq, *dk, *dv, *dO;
   if (!(q = grad_alloc(&sc, rows * qw)) || !(k = grad_alloc(&sc, rows * kw)) || !(v = grad_alloc(&sc, rows * kw)) ||
       !(o = grad_alloc(&sc, rows * qw)) || !(dq = grad_alloc(&sc, rows * qw)) || !(dk = grad_alloc(&sc, rows * kw)) ||

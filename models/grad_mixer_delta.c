@@ -28,7 +28,7 @@ fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *d
   int kda = cfg->arch == ARCH_KDA, gdn = cfg->arch == ARCH_GATED_DELTANET;
   int G = kda ? H * K : H; /* gate entries per token */
   double bscale = cfg->allow_neg_eigval ? 2.0 : 1.0;
-  grad_scratch sc = {m->ctx, {0}, 0};
+  grad_scratch sc = grad_scratch_begin(m);
   grad_proj P[3];
   float *q, *k, *dq, *dk, *braw = NULL, *beta, *dbeta, *z = NULL, *g = NULL, *dg = NULL, *f0 = NULL, *df0 = NULL;
   float *o, *dO, *y, *dy, *gg = NULL, *dgg = NULL, *gg0 = NULL, *dgg0 = NULL;

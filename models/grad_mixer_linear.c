@@ -35,7 +35,7 @@ static fla_status hgrn2_(const mixer_call *mc, const float *x, const float *dout
   const model_layer *L = mc->L;
   int64_t rows = mc->B * mc->T;
   int D = m->cfg.hidden_size, F = L->H * L->K;
-  grad_scratch sc = {m->ctx, {0}, 0};
+  grad_scratch sc = grad_scratch_begin(m);
   grad_proj P[3];
   float *q, *dq, *g, *dg, *o, *dO, *y, *dy;
   fla_status s = FLA_NOMEM;
@@ -96,7 +96,7 @@ fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *
   int D = cfg->hidden_size, H = L->H, Hkv = L->Hkv, K = L->K, V = L->V;
   int gla = cfg->arch == ARCH_GLA, retnet = cfg->arch == ARCH_RETNET;
   nn_act act = cfg->use_short_conv ? NN_ACT_SILU : NN_ACT_NONE;
-  grad_scratch sc = {m->ctx, {0}, 0};
+  grad_scratch sc = grad_scratch_begin(m);
   grad_proj P[3];
   float *k, *v, *gk = NULL, *z0 = NULL, *z1 = NULL, *dz0 = NULL, *o, *dO, *gg = NULL, *dgg = NULL, *y, *dy;
   float *dk, *dv, *dgk = NULL;

@@ -422,6 +422,7 @@ void fla_model_free(fla_model *m) {
   free(m->config_json);
   free(m->master);
   free(m->dlower_bounds);
+  for (int t = 0; t < m->arena.n; t++) free(m->arena.p[t]);
   free(m);
 }
 

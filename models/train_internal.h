@@ -43,13 +43,17 @@ typedef struct {
   float *a, *pre, *c, *dc, *da;
 } grad_proj;
 
-/* Scratch buffers of a backward, freed together by grad_scratch_free. */
+/* Scratch buffers of a backward come from the model's arena, a stack of
+** blocks kept between calls (no page faults, no zeroing per step): a scratch
+** marks the top when it begins and gives back everything above on free.
+** Scratches nest like calls. grad_alloc's memory is NOT zeroed. */
 typedef struct {
-  fla_ctx *ctx;
-  float *p[48];
-  int n;
+  fla_model *m;
+  int top;
+  int64_t used;
 } grad_scratch;
-float *grad_alloc(grad_scratch *s, int64_t n); /* zeroed; NULL (FLA_NOMEM set) on failure */
+grad_scratch grad_scratch_begin(fla_model *m);
+float *grad_alloc(grad_scratch *s, int64_t n); /* NULL (FLA_NOMEM set) on failure */
 void grad_scratch_free(grad_scratch *s);
 
 fla_status grad_proj_alloc(grad_scratch *sc, grad_proj *p, const float *W, int C, int64_t rows);
