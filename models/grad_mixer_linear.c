@@ -30,64 +30,22 @@ static void repeat_heads_(const float *x, int64_t rows, int Hkv, int H, int d, f
     for (int h = 0; h < H; h++) memcpy(y + (r * H + h) * d, x + (r * Hkv + h / g) * d, sizeof(float) * (size_t)d);
 }
 
-/* One projection j of x through its optional convolution: keeps a (the
-** projection), pre (before the activation) and c (the result). */
-typedef struct {
-  const float *W;
-  int C;
-  float *a, *pre, *c, *dc, *da;
-} proj_;
-
-static void proj_forward_(const mixer_call *mc, int j, proj_ *p, const float *x, nn_act act) {
-  const model_config *cfg = &mc->m->cfg;
-  int64_t rows = mc->B * mc->T;
-  gm_linear_f(x, rows, cfg->hidden_size, p->W, p->C, NULL, p->a);
-  if (cfg->use_short_conv)
-    gm_conv_f(p->a, mc->B, mc->T, p->C, cfg->conv_size, mc->L->conv[j].w, mc->L->conv[j].b, act, p->pre, p->c);
-  else
-    gm_act_f(p->a, rows * p->C, act, p->c);
-}
-
-/* dc -> da -> dx (+=) and the projection's and convolution's weight gradients. */
-static void proj_backward_(const mixer_call *mc, int j, proj_ *p, const float *x, nn_act act, float *dx) {
-  const fla_model *m = mc->m;
-  const model_config *cfg = &m->cfg;
-  const model_layer *L = mc->L;
-  int64_t rows = mc->B * mc->T;
-  if (cfg->use_short_conv)
-    gm_conv_bwd_f(p->a, mc->B, mc->T, p->C, cfg->conv_size, L->conv[j].w, p->pre, act, p->dc, p->da,
-                  model_grad(m, L->conv[j].w), model_grad(m, L->conv[j].b));
-  else
-    gm_act_bwd_f(p->a, rows * p->C, act, p->dc, p->da);
-  gm_linear_bwd_f(x, rows, cfg->hidden_size, p->W, p->C, p->da, dx, 1, model_grad(m, p->W), NULL);
-}
-
-static fla_status alloc_proj_(grad_scratch *sc, proj_ *p, const float *W, int C, int64_t rows) {
-  p->W = W;
-  p->C = C;
-  if (!(p->a = grad_alloc(sc, rows * C)) || !(p->pre = grad_alloc(sc, rows * C)) ||
-      !(p->c = grad_alloc(sc, rows * C)) || !(p->dc = grad_alloc(sc, rows * C)) ||
-      !(p->da = grad_alloc(sc, rows * C)))
-    return FLA_NOMEM;
-  return FLA_OK;
-}
-
 static fla_status hgrn2_(const mixer_call *mc, const float *x, const float *dout, float *dx) {
   fla_model *m = mc->m;
   const model_layer *L = mc->L;
   int64_t rows = mc->B * mc->T;
   int D = m->cfg.hidden_size, F = L->H * L->K;
-  grad_scratch sc = {m->ctx, {0}, 0};
-  proj_ P[3];
+  grad_scratch sc = grad_scratch_begin(m);
+  grad_proj P[3];
   float *q, *dq, *g, *dg, *o, *dO, *y, *dy;
   fla_status s = FLA_NOMEM;
-  if (alloc_proj_(&sc, &P[0], L->q_proj, F, rows) || alloc_proj_(&sc, &P[1], L->f_proj, F, rows) ||
-      alloc_proj_(&sc, &P[2], L->i_proj, D, rows) || !(q = grad_alloc(&sc, rows * F)) ||
+  if (grad_proj_alloc(&sc, &P[0], L->q_proj, F, rows) || grad_proj_alloc(&sc, &P[1], L->f_proj, F, rows) ||
+      grad_proj_alloc(&sc, &P[2], L->i_proj, D, rows) || !(q = grad_alloc(&sc, rows * F)) ||
       !(dq = grad_alloc(&sc, rows * F)) || !(g = grad_alloc(&sc, rows * F)) ||
       !(dg = grad_alloc(&sc, rows * F)) || !(o = grad_alloc(&sc, rows * D)) ||
       !(dO = grad_alloc(&sc, rows * D)) || !(y = grad_alloc(&sc, rows * D)) || !(dy = grad_alloc(&sc, rows * D)))
     goto done;
-  for (int j = 0; j < 3; j++) proj_forward_(mc, j, &P[j], x, NN_ACT_NONE);
+  for (int j = 0; j < 3; j++) grad_proj_forward(mc, j, &P[j], x, NN_ACT_NONE);
   gm_act_f(P[0].c, rows * F, NN_ACT_SILU, q);
   for (int64_t r = 0; r < rows; r++)
     for (int c = 0; c < F; c++) {
@@ -123,7 +81,7 @@ static fla_status hgrn2_(const mixer_call *mc, const float *x, const float *dout
       }
     }
   memset(dx, 0, sizeof(float) * (size_t)(rows * D));
-  for (int j = 0; j < 3; j++) proj_backward_(mc, j, &P[j], x, NN_ACT_NONE, dx);
+  for (int j = 0; j < 3; j++) grad_proj_backward(mc, j, &P[j], x, NN_ACT_NONE, dx);
 done:
   grad_scratch_free(&sc);
   return s;
@@ -138,13 +96,13 @@ fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *
   int D = cfg->hidden_size, H = L->H, Hkv = L->Hkv, K = L->K, V = L->V;
   int gla = cfg->arch == ARCH_GLA, retnet = cfg->arch == ARCH_RETNET;
   nn_act act = cfg->use_short_conv ? NN_ACT_SILU : NN_ACT_NONE;
-  grad_scratch sc = {m->ctx, {0}, 0};
-  proj_ P[3];
+  grad_scratch sc = grad_scratch_begin(m);
+  grad_proj P[3];
   float *k, *v, *gk = NULL, *z0 = NULL, *z1 = NULL, *dz0 = NULL, *o, *dO, *gg = NULL, *dgg = NULL, *y, *dy;
   float *dk, *dv, *dgk = NULL;
   fla_status s = FLA_NOMEM;
-  if (alloc_proj_(&sc, &P[0], L->q_proj, H * K, rows) || alloc_proj_(&sc, &P[1], L->k_proj, Hkv * K, rows) ||
-      alloc_proj_(&sc, &P[2], L->v_proj, Hkv * V, rows) || !(k = grad_alloc(&sc, rows * H * K)) ||
+  if (grad_proj_alloc(&sc, &P[0], L->q_proj, H * K, rows) || grad_proj_alloc(&sc, &P[1], L->k_proj, Hkv * K, rows) ||
+      grad_proj_alloc(&sc, &P[2], L->v_proj, Hkv * V, rows) || !(k = grad_alloc(&sc, rows * H * K)) ||
       !(v = grad_alloc(&sc, rows * H * V)) || !(o = grad_alloc(&sc, rows * H * V)) ||
       !(dO = grad_alloc(&sc, rows * H * V)) || !(y = grad_alloc(&sc, rows * H * V)) ||
       !(dy = grad_alloc(&sc, rows * H * V)) || !(dk = grad_alloc(&sc, rows * H * K)) ||
@@ -157,7 +115,7 @@ fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *
   if (L->g_proj && (!(gg = grad_alloc(&sc, rows * H * V)) || !(dgg = grad_alloc(&sc, rows * H * V))))
     goto done;
   /* forward, keeping what the backward reads */
-  for (int j = 0; j < 3; j++) proj_forward_(mc, j, &P[j], x, act);
+  for (int j = 0; j < 3; j++) grad_proj_forward(mc, j, &P[j], x, act);
   if (retnet) {
     gm_rotary_f(P[0].c, B, T, H, K, 10000.0, 0);
     gm_rotary_f(P[1].c, B, T, Hkv, K, 10000.0, 0);
@@ -219,7 +177,7 @@ fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *
     gm_rotary_f(P[0].dc, B, T, H, K, 10000.0, 1);
     gm_rotary_f(P[1].dc, B, T, Hkv, K, 10000.0, 1);
   }
-  for (int j = 0; j < 3; j++) proj_backward_(mc, j, &P[j], x, act, dx);
+  for (int j = 0; j < 3; j++) grad_proj_backward(mc, j, &P[j], x, act, dx);
   s = FLA_OK;
 done:
   grad_scratch_free(&sc);

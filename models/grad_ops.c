@@ -10,23 +10,49 @@
 #include <stdlib.h>
 #include <string.h>
 
+grad_scratch grad_scratch_begin(fla_model *m) {
+  grad_scratch s = {m, m->arena.top, m->arena.n ? m->arena.used[m->arena.top] : 0};
+  return s;
+}
+
 float *grad_alloc(grad_scratch *s, int64_t n) {
-  if (s->n == (int)(sizeof s->p / sizeof s->p[0])) {
-    fla_set_error(s->ctx, FLA_ERROR, "grad_alloc: too many scratch buffers");
-    return NULL;
+  model_arena *A = &s->m->arena;
+  n = (n + 15) / 16 * 16; /* 64-byte steps */
+  for (;;) {
+    if (A->top == A->n) { /* a new block on top */
+      if (A->n == (int)(sizeof A->p / sizeof A->p[0])) break;
+      int64_t cap = n > (1 << 22) ? n : (1 << 22);
+      if (!(A->p[A->n] = malloc(sizeof(float) * (size_t)cap))) break;
+      A->cap[A->n] = cap;
+      A->used[A->n++] = 0;
+    }
+    int t = A->top;
+    if (A->cap[t] - A->used[t] >= n) {
+      float *p = A->p[t] + A->used[t];
+      A->used[t] += n;
+      return p;
+    }
+    if (A->used[t] == 0) { /* an empty block too small: grow it */
+      free(A->p[t]);
+      int64_t cap = n > 2 * A->cap[t] ? n : 2 * A->cap[t];
+      A->cap[t] = 0;
+      if (!(A->p[t] = malloc(sizeof(float) * (size_t)cap))) break;
+      A->cap[t] = cap;
+      continue;
+    }
+    if (++A->top < A->n) A->used[A->top] = 0;
   }
-  float *p = calloc((size_t)(n > 0 ? n : 1), sizeof(float));
-  if (!p) {
-    fla_set_error(s->ctx, FLA_NOMEM, "out of memory for %lld floats of backward scratch", (long long)n);
-    return NULL;
-  }
-  return s->p[s->n++] = p;
+  fla_set_error(s->m->ctx, FLA_NOMEM, "out of memory for %lld floats of backward scratch", (long long)n);
+  return NULL;
 }
 
 void grad_scratch_free(grad_scratch *s) {
-  for (int i = 0; i < s->n; i++) free(s->p[i]);
-  s->n = 0;
+  model_arena *A = &s->m->arena;
+  for (int t = s->top + 1; t < A->n; t++) A->used[t] = 0;
+  A->top = s->top;
+  if (A->n) A->used[A->top] = s->used;
 }
+
 
 void grad_unrepeat_heads(const float *dx, int64_t rows, int Hkv, int H, int d, float *dy) {
   int g = H / Hkv;
@@ -109,3 +135,41 @@ fla_status grad_op_backward(const mixer_call *mc, const op_input *in, int n, dou
   fla_tensor_free(dot);
   return s;
 }
+
+/* One projection j of x through its optional convolution: keeps a (the
+** projection), pre (before the activation) and c (the result). */
+
+void grad_proj_forward(const mixer_call *mc, int j, grad_proj *p, const float *x, nn_act act) {
+  const model_config *cfg = &mc->m->cfg;
+  int64_t rows = mc->B * mc->T;
+  gm_linear_f(x, rows, cfg->hidden_size, p->W, p->C, NULL, p->a);
+  if (cfg->use_short_conv)
+    gm_conv_f(p->a, mc->B, mc->T, p->C, cfg->conv_size, mc->L->conv[j].w, mc->L->conv[j].b, act, p->pre, p->c);
+  else
+    gm_act_f(p->a, rows * p->C, act, p->c);
+}
+
+/* dc -> da -> dx (+=) and the projection's and convolution's weight gradients. */
+void grad_proj_backward(const mixer_call *mc, int j, grad_proj *p, const float *x, nn_act act, float *dx) {
+  const fla_model *m = mc->m;
+  const model_config *cfg = &m->cfg;
+  const model_layer *L = mc->L;
+  int64_t rows = mc->B * mc->T;
+  if (cfg->use_short_conv)
+    gm_conv_bwd_f(p->a, mc->B, mc->T, p->C, cfg->conv_size, L->conv[j].w, p->pre, act, p->dc, p->da,
+                  model_grad(m, L->conv[j].w), model_grad(m, L->conv[j].b));
+  else
+    gm_act_bwd_f(p->a, rows * p->C, act, p->dc, p->da);
+  gm_linear_bwd_f(x, rows, cfg->hidden_size, p->W, p->C, p->da, dx, 1, model_grad(m, p->W), NULL);
+}
+
+fla_status grad_proj_alloc(grad_scratch *sc, grad_proj *p, const float *W, int C, int64_t rows) {
+  p->W = W;
+  p->C = C;
+  if (!(p->a = grad_alloc(sc, rows * C)) || !(p->pre = grad_alloc(sc, rows * C)) ||
+      !(p->c = grad_alloc(sc, rows * C)) || !(p->dc = grad_alloc(sc, rows * C)) ||
+      !(p->da = grad_alloc(sc, rows * C)))
+    return FLA_NOMEM;
+  return FLA_OK;
+}
+

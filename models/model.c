@@ -422,6 +422,7 @@ void fla_model_free(fla_model *m) {
   free(m->config_json);
   free(m->master);
   free(m->dlower_bounds);
+  for (int t = 0; t < m->arena.n; t++) free(m->arena.p[t]);
   free(m);
 }
 
@@ -487,6 +488,7 @@ fla_status model_run(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T
     if (ids[i] < 0 || ids[i] >= Vb)
       return fla_set_error(m->ctx, FLA_INVALID, "token id %d at position %lld is outside the vocabulary [0, %d)",
                            ids[i], (long long)i, Vb);
+  if (m->master) model_hgrn2_lower_bounds(m); /* trainable: the raw bounds may have changed */
   float *x = model_alloc(m->ctx, rows * D), *h = model_alloc(m->ctx, rows * D);
   float *o = model_alloc(m->ctx, rows * D);
   int64_t *pos = malloc(sizeof(int64_t) * (size_t)B);

@@ -100,6 +100,13 @@ typedef struct {
   int64_t op_B, op_T;
 } model_layer;
 
+/* A stack of float blocks kept between backward calls (grad_ops.c). */
+typedef struct {
+  float *p[32];
+  int64_t cap[32], used[32];
+  int n, top;
+} model_arena;
+
 /* A tensor the config implies, as the loader asked for it: fla's name, shape,
 ** and the field of the model or layer that points at its data. */
 typedef struct {
@@ -126,6 +133,7 @@ struct fla_model {
   float *master;
   int64_t master_numel;
   float *dlower_bounds;       /* HGRN2 backward: d loss / d lower_bounds [L, D] */
+  model_arena arena;          /* the backward's scratch (grad_ops.c) */
 };
 
 /* The gradient of the weight whose data starts at p (a trainable model's). */

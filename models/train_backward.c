@@ -44,7 +44,7 @@ static fla_status mlp_bwd_(const mixer_call *mc, const float *h, const float *do
   const model_layer *L = mc->L;
   int64_t rows = mc->B * mc->T;
   int D = m->cfg.hidden_size, I = L->ffn_dim;
-  grad_scratch sc = {m->ctx, {0}, 0};
+  grad_scratch sc = grad_scratch_begin(m);
   float *gate, *up, *a, *da, *dg, *du;
   if (!(gate = grad_alloc(&sc, rows * I)) || !(up = grad_alloc(&sc, rows * I)) || !(a = grad_alloc(&sc, rows * I)) ||
       !(da = grad_alloc(&sc, rows * I)) || !(dg = grad_alloc(&sc, rows * I)) || !(du = grad_alloc(&sc, rows * I))) {
@@ -128,7 +128,7 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
   const model_config *cfg = &m->cfg;
   int D = cfg->hidden_size, NL = cfg->num_layers;
   int64_t rows = B * T, RD = rows * D;
-  grad_scratch sc = {m->ctx, {0}, 0};
+  grad_scratch sc = grad_scratch_begin(m);
   fla_cache *c = NULL;
   int64_t *pos = calloc((size_t)B, sizeof(int64_t));
   float *xs, *x0 = NULL, *h, *o, *dx, *dh, *tmp;

@@ -33,13 +33,31 @@ fla_status grad_op_backward(const mixer_call *mc, const op_input *in, int n, dou
 ** dx [rows, H*d] -> dy [rows, Hkv*d] (the backward of the repeat). */
 void grad_unrepeat_heads(const float *dx, int64_t rows, int Hkv, int H, int d, float *dy);
 
-/* Scratch buffers of a backward, freed together by grad_scratch_free. */
+/* One projection j (0..2) of x through the layer's optional short
+** convolution j, then act: a = W x, pre = conv(a) (or a), c = act(pre).
+** The backward takes dc, fills da, adds W^T da to dx and accumulates the
+** gradients of W and the convolution. */
 typedef struct {
-  fla_ctx *ctx;
-  float *p[32];
-  int n;
+  const float *W;
+  int C;
+  float *a, *pre, *c, *dc, *da;
+} grad_proj;
+
+/* Scratch buffers of a backward come from the model's arena, a stack of
+** blocks kept between calls (no page faults, no zeroing per step): a scratch
+** marks the top when it begins and gives back everything above on free.
+** Scratches nest like calls. grad_alloc's memory is NOT zeroed. */
+typedef struct {
+  fla_model *m;
+  int top;
+  int64_t used;
 } grad_scratch;
-float *grad_alloc(grad_scratch *s, int64_t n); /* zeroed; NULL (FLA_NOMEM set) on failure */
+grad_scratch grad_scratch_begin(fla_model *m);
+float *grad_alloc(grad_scratch *s, int64_t n); /* NULL (FLA_NOMEM set) on failure */
 void grad_scratch_free(grad_scratch *s);
+
+fla_status grad_proj_alloc(grad_scratch *sc, grad_proj *p, const float *W, int C, int64_t rows);
+void grad_proj_forward(const mixer_call *mc, int j, grad_proj *p, const float *x, nn_act act);
+void grad_proj_backward(const mixer_call *mc, int j, grad_proj *p, const float *x, nn_act act, float *dx);
 
 #endif
