@@ -59,6 +59,19 @@ ls -d ck2/step-* > /dev/null || fail "no checkpoint after SIGTERM"
 "$BUILD/fla-train" --config long.json --checkpoint-dir ck2 --resume --steps 1 2> run4.err || true
 grep -q "resumed from ck2/step-" run4.err || fail "no resume after SIGTERM"
 
+# --init-from: continued pretraining from an fla checkpoint directory.
+"$BUILD/fla-train" --config train.json --init-from "$(dirname "$MODEL")" --steps 1 --checkpoint-dir ck3 \
+  2> run5.err || { cat run5.err; fail "--init-from"; }
+grep -q "initialised from a checkpoint" run5.err && [ -d ck3/step-00000001 ] || fail "--init-from did not train"
+
+# A tokenizer.json: 2-byte tokens, its </s> or <|endoftext|> as the boundary.
+TOK="$(dirname "$MODEL")/../../tokenizer/tokenizer.json"
+if [ -f "$TOK" ]; then
+  "$BUILD/fla-tokenize" -o bpe.tok --tokenizer "$TOK" "$SRC/README.md" > bpe.out || fail "fla-tokenize --tokenizer"
+  grep -q "1 documents" bpe.out || fail "tokenizer.json: no document"
+  [ "$(od -A n -t u4 -j 12 -N 4 bpe.tok | tr -d ' ')" -ge 2 ] || fail "tokenizer.json ids should take 2 or 4 bytes"
+fi
+
 # Bad configs: exit 2, saying what is wrong.
 echo '{"model_config": {}, "data": "docs.tok", "seq_len": 8, "steps": 1, "colour": 1}' > bad.json
 set +e
