@@ -164,6 +164,14 @@ static int parse_config_(json_t *root, run_config *rc) {
   return 0;
 }
 
+/* Frees what parse_config_ allocated and removes an inline config's temporary file. */
+static void free_config_(run_config *rc) {
+  if (rc->model_config_tmp) unlink(rc->model_config);
+  free(rc->model_config);
+  for (int i = 0; i < rc->ndata; i++) free((void *)rc->data[i]);
+  free(rc->data);
+}
+
 static void format_duration_(double s, char *buf, size_t n) {
   long t = (long)(s + 0.5);
   if (t >= 3600) snprintf(buf, n, "%ldh%02ldm", t / 3600, t / 60 % 60);
@@ -221,7 +229,7 @@ int main(int argc, char **argv) {
   }
   if (!bad && resume && !rc.ckpt_dir) fprintf(stderr, "fla-train: --resume needs checkpoint.dir\n"), bad = 1;
   if (bad) {
-    if (rc.model_config_tmp) unlink(rc.model_config);
+    free_config_(&rc);
     json_decref(root);
     return 2;
   }
@@ -342,10 +350,7 @@ done:
   fla_model_free(model);
   fla_loader_free(ld);
   fla_ctx_free(ctx);
-  if (rc.model_config_tmp) unlink(rc.model_config);
-  free(rc.model_config);
-  for (int i = 0; i < rc.ndata; i++) free((void *)rc.data[i]);
-  free(rc.data);
+  free_config_(&rc);
   json_decref(root);
   return exit_code;
 }
