@@ -71,10 +71,10 @@ static fla_status mixer_bwd_(const mixer_call *mc, const float *h, const float *
   case ARCH_GATED_DELTANET:
   case ARCH_DELTA_NET:
   case ARCH_KDA: return grad_mixer_delta(mc, h, dout, dh);
-  default: break;
+  case ARCH_RWKV6: return grad_mixer_rwkv6(mc, h, dout, dh);
+  case ARCH_TRANSFORMER: break;
   }
-  return fla_set_error(mc->m->ctx, FLA_UNSUPPORTED, "fla_model_loss_backward: no backward for %s's token mixer yet",
-                       mc->m->cfg.model_type);
+  return fla_set_error(mc->m->ctx, FLA_ERROR, "layer %d: no token mixer", mc->L->index);
 }
 
 /* HGRN2: lb_l = sum_{1<=j<=l} p_j with p = softmax over layers of the raw
@@ -182,12 +182,8 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
     model_layer *L = &m->layers[l];
     mixer_call mc = {m, L, &c->layers[l], 0, B, T, pos};
     const float *xin = xs + 2 * (int64_t)l * RD, *xmid = xs + (2 * (int64_t)l + 1) * RD;
-    if (cfg->arch == ARCH_RWKV6) {
-      s = fla_set_error(m->ctx, FLA_UNSUPPORTED, "fla_model_loss_backward: no backward for rwkv6 yet");
-      goto done;
-    }
     model_block_norm(m, xmid, rows, L->mlp_norm_w, L->mlp_norm_b, h);
-    if ((s = mlp_bwd_(&mc, h, dx, dh))) goto done;
+    if ((s = cfg->arch == ARCH_RWKV6 ? grad_rwkv6_ffn(&mc, h, dx, dh) : mlp_bwd_(&mc, h, dx, dh))) goto done;
     norm_bwd_(m, xmid, rows, L->mlp_norm_w, L->mlp_norm_b, dh, tmp, dx);
     model_block_norm(m, xin, rows, L->attn_norm_w, L->attn_norm_b, h);
     if ((s = mixer_bwd_(&mc, h, dx, dh))) goto done;
