@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------ float64 layers */
 
@@ -236,9 +237,7 @@ static double central_diff_(fla_model *m, const int32_t *ids, const int32_t *tg,
 
 /* For each parameter: the entry of largest |gradient| and two random ones
 ** against central differences of the float32 forward. */
-static void check_model_fd_(const char *name) {
-  fla_ctx *ctx = th_cpu_ctx();
-  fla_model *m = load_trainable_(ctx, name);
+static void check_fd_(fla_ctx *ctx, fla_model *m, const char *name) {
   enum { B = 2, T = 19 };
   int V = fla_model_vocab_size(m);
   int32_t ids[B * T], tg[B * T];
@@ -292,6 +291,12 @@ static void check_model_fd_(const char *name) {
     }
   }
   printf("  %-16s %3d parameters, %4d entries, worst error / largest gradient %.2e\n", name, np, checked, worst);
+}
+
+static void check_model_fd_(const char *name) {
+  fla_ctx *ctx = th_cpu_ctx();
+  fla_model *m = load_trainable_(ctx, name);
+  check_fd_(ctx, m, name);
   fla_model_free(m);
   fla_ctx_free(ctx);
 }
@@ -313,6 +318,71 @@ END_TEST
 START_TEST(test_model_fd_transformer) { check_model_fd_("transformer"); }
 END_TEST
 START_TEST(test_model_fd_gla_hybrid_swa) { check_model_fd_("gla_hybrid_swa"); }
+END_TEST
+
+/* A model made by fla_model_create with tied embeddings: the head's gradient
+** and the embedding's meet in one parameter. */
+START_TEST(test_model_fd_tied) {
+  fla_ctx *ctx = th_cpu_ctx();
+  char dir[] = "/tmp/fla_tied_XXXXXX", path[64];
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  const char *cfg = "{\"model_type\": \"gla\", \"hidden_size\": 32, \"num_hidden_layers\": 2, \"num_heads\": 2,"
+                    " \"vocab_size\": 64, \"tie_word_embeddings\": true, \"use_short_conv\": true,"
+                    " \"initializer_range\": 0.2}";
+  th_write_bytes(path, cfg, strlen(cfg));
+  fla_model *m;
+  ck_assert_int_eq(fla_model_create(ctx, path, 5, &m), FLA_OK);
+  for (int i = 0; i < fla_model_num_params(m); i++) {
+    fla_param p;
+    fla_model_param(m, i, &p);
+    ck_assert_msg(strcmp(p.name, "lm_head.weight"), "a tied head is listed");
+  }
+  check_fd_(ctx, m, "gla tied+conv");
+  fla_model_free(m);
+  unlink(path);
+  rmdir(dir);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+/* Every architecture starts from its config alone and trains (one backward). */
+START_TEST(test_create_every_arch) {
+  static const char *const names[] = {"gla", "gated_deltanet", "retnet", "delta_net", "kda",
+                                      "hgrn2", "rwkv6", "transformer", "gla_hybrid_swa"};
+  fla_ctx *ctx = th_cpu_ctx();
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    char cfg[8192];
+    snprintf(cfg, sizeof cfg, "%s/config.json", model_dir_(names[i]));
+    fla_model *m, *ref;
+    ck_assert_msg(fla_model_create(ctx, cfg, 11, &m) == FLA_OK, "%s: %s", names[i], fla_errmsg(ctx));
+    /* the same parameters, names and shapes as fla's checkpoint */
+    ref = load_trainable_(ctx, names[i]);
+    ck_assert_int_eq(fla_model_num_params(m), fla_model_num_params(ref));
+    for (int j = 0; j < fla_model_num_params(m); j++) {
+      fla_param a, b;
+      fla_model_param(m, j, &a);
+      fla_model_param(ref, j, &b);
+      ck_assert_str_eq(a.name, b.name);
+      ck_assert_int_eq(a.numel, b.numel);
+    }
+    fla_model_free(ref);
+    int32_t ids[24], tg[24];
+    for (int t = 0; t < 24; t++) {
+      ids[t] = (t * 37 + 1) % fla_model_vocab_size(m);
+      tg[t] = (t * 11 + 5) % fla_model_vocab_size(m);
+    }
+    double loss;
+    int64_t count;
+    ck_assert_msg(fla_model_loss_backward(m, ids, tg, 2, 12, 1.0f / 24, &loss, &count) == FLA_OK, "%s: %s",
+                  names[i], fla_errmsg(ctx));
+    double per = loss / (double)count, want = log((double)fla_model_vocab_size(m));
+    printf("  %-16s created: initial loss %.4f per token (log vocab %.4f)\n", names[i], per, want);
+    ck_assert_msg(isfinite(per) && fabs(per - want) < 0.1, "%s: initial loss %g", names[i], per);
+    fla_model_free(m);
+  }
+  fla_ctx_free(ctx);
+}
 END_TEST
 
 /* ------------------------------------------------------------ API behaviour */
@@ -502,6 +572,8 @@ int main(void) {
   tcase_add_test(tc, test_model_fd_rwkv6);
   tcase_add_test(tc, test_model_fd_transformer);
   tcase_add_test(tc, test_model_fd_gla_hybrid_swa);
+  tcase_add_test(tc, test_model_fd_tied);
+  tcase_add_test(tc, test_create_every_arch);
   tcase_add_test(tc, test_accumulation);
   tcase_add_test(tc, test_params_and_create);
   tcase_add_test(tc, test_bad_input);
