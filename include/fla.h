@@ -569,6 +569,15 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
                                    int64_t B, int64_t T, float grad_scale,
                                    double *loss_sum, int64_t *count);
 
+/* What fla_model_loss_backward keeps between its forward and its backward.
+** 0 (the default): every activation of the layers whose backward can use
+** them (GLA and RetNet mixers, the SwiGLU MLP; the others recompute), about
+** 10 to 20 floats per token and hidden unit per layer. 1: only the residual
+** stream at each layer's input and middle; each layer's forward runs again
+** in the backward (less memory, about a third more arithmetic). FLA_INVALID
+** for a NULL model. */
+fla_status fla_model_set_recompute(fla_model *m, int recompute);
+
 /* The model's config.json text (as loaded, or as fla_model_create read it),
 ** owned by the model: what a checkpoint writer saves beside the weights. */
 const char *fla_model_config_json(const fla_model *m);

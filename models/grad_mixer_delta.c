@@ -33,8 +33,8 @@ fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *d
   float *q, *k, *dq, *dk, *braw = NULL, *beta, *dbeta, *z = NULL, *g = NULL, *dg = NULL, *f0 = NULL, *df0 = NULL;
   float *o, *dO, *y, *dy, *gg = NULL, *dgg = NULL, *gg0 = NULL, *dgg0 = NULL;
   fla_status s = FLA_NOMEM;
-  if (grad_proj_alloc(&sc, &P[0], L->q_proj, H * K, rows) || grad_proj_alloc(&sc, &P[1], L->k_proj, H * K, rows) ||
-      grad_proj_alloc(&sc, &P[2], L->v_proj, H * V, rows) || !(q = grad_alloc(&sc, rows * H * K)) ||
+  if (grad_proj_alloc(&sc, &P[0], L->q_proj, H * K, rows) || grad_proj_alloc_grad(&sc, &P[0], rows) || grad_proj_alloc(&sc, &P[1], L->k_proj, H * K, rows) || grad_proj_alloc_grad(&sc, &P[1], rows) ||
+      grad_proj_alloc(&sc, &P[2], L->v_proj, H * V, rows) || grad_proj_alloc_grad(&sc, &P[2], rows) || !(q = grad_alloc(&sc, rows * H * K)) ||
       !(k = grad_alloc(&sc, rows * H * K)) || !(dq = grad_alloc(&sc, rows * H * K)) ||
       !(dk = grad_alloc(&sc, rows * H * K)) || !(beta = grad_alloc(&sc, rows * H)) ||
       !(dbeta = grad_alloc(&sc, rows * H)) || !(o = grad_alloc(&sc, rows * H * V)) ||

@@ -435,6 +435,25 @@ START_TEST(test_accumulation) {
     off += (int)p.numel;
   }
   ck_assert_msg(den > 0 && sqrt(num / den) < 1e-5, "accumulated gradients differ: relative %.3g", sqrt(num / den));
+  /* recomputing each layer's activations in the backward changes nothing
+  ** (but float rounding: the kept forward runs grad_math's functions) */
+  ck_assert_int_eq(fla_model_set_recompute(m, 1), FLA_OK);
+  fla_model_zero_grad(m);
+  ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, 2, T, scale, &l1, &c1), FLA_OK);
+  ck_assert_msg(fabs(l1 - la) <= 1e-6 * la, "loss recomputing %.9g, keeping %.9g", l1, la);
+  num = den = 0;
+  for (int i = 0, off = 0; i < np; i++) {
+    fla_param p;
+    fla_model_param(m, i, &p);
+    for (int64_t j = 0; j < p.numel; j++) {
+      double d = (double)p.grad[j] - one[off + j];
+      num += d * d;
+      den += (double)one[off + j] * one[off + j];
+    }
+    off += (int)p.numel;
+  }
+  ck_assert_msg(sqrt(num / den) < 1e-5, "recomputed gradients differ: relative %.3g", sqrt(num / den));
+  ck_assert_int_eq(fla_model_set_recompute(NULL, 1), FLA_INVALID);
   /* zero_grad clears */
   fla_model_zero_grad(m);
   fla_param p;
