@@ -569,6 +569,17 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
                                    int64_t B, int64_t T, float grad_scale,
                                    double *loss_sum, int64_t *count);
 
+/* fla_model_loss_backward over documents packed end to end: ids and targets
+** [cu_seqlens[num_docs]], document i at [cu_seqlens[i], cu_seqlens[i+1]);
+** every document starts from an empty state (no state, convolution window or
+** attention crosses a boundary). Runs of equal-length documents go as one
+** batch. *loss_sum and *count cover all documents. FLA_INVALID for
+** cu_seqlens not starting at 0 or not increasing, num_docs < 1, and what
+** fla_model_loss_backward refuses. */
+fla_status fla_model_loss_backward_varlen(fla_model *m, const int32_t *ids, const int32_t *targets,
+                                          const int64_t *cu_seqlens, int64_t num_docs,
+                                          float grad_scale, double *loss_sum, int64_t *count);
+
 /* What fla_model_loss_backward keeps between its forward and its backward.
 ** 0 (the default): every activation of the layers whose backward can use
 ** them (GLA and RetNet mixers, the SwiGLU MLP; the others recompute), about

@@ -253,3 +253,36 @@ done:
   grad_scratch_free(&sc);
   return s;
 }
+
+fla_status fla_model_loss_backward_varlen(fla_model *m, const int32_t *ids, const int32_t *targets,
+                                          const int64_t *cu_seqlens, int64_t num_docs, float grad_scale,
+                                          double *loss_sum, int64_t *count) {
+  if (!m) return FLA_INVALID;
+  if (!cu_seqlens || !loss_sum || !count)
+    return fla_set_error(m->ctx, FLA_INVALID, "fla_model_loss_backward_varlen: %s is NULL",
+                         !cu_seqlens ? "cu_seqlens" : !loss_sum ? "loss_sum" : "count");
+  if (num_docs < 1 || cu_seqlens[0] != 0)
+    return fla_set_error(m->ctx, FLA_INVALID, "fla_model_loss_backward_varlen: %lld documents, cu_seqlens[0] = %lld (must be 0)",
+                         (long long)num_docs, (long long)cu_seqlens[0]);
+  for (int64_t i = 0; i < num_docs; i++)
+    if (cu_seqlens[i + 1] <= cu_seqlens[i])
+      return fla_set_error(m->ctx, FLA_INVALID, "fla_model_loss_backward_varlen: cu_seqlens[%lld] = %lld does not exceed cu_seqlens[%lld] = %lld (empty or backward document)",
+                           (long long)(i + 1), (long long)cu_seqlens[i + 1], (long long)i, (long long)cu_seqlens[i]);
+  double total = 0;
+  int64_t n = 0;
+  for (int64_t i = 0; i < num_docs;) {
+    int64_t T = cu_seqlens[i + 1] - cu_seqlens[i], j = i + 1;
+    while (j < num_docs && cu_seqlens[j + 1] - cu_seqlens[j] == T) j++; /* a run of equal lengths: a batch */
+    double l;
+    int64_t c;
+    fla_status s = fla_model_loss_backward(m, ids ? ids + cu_seqlens[i] : NULL, targets ? targets + cu_seqlens[i] : NULL,
+                                           j - i, T, grad_scale, &l, &c);
+    if (s != FLA_OK) return s;
+    total += l;
+    n += c;
+    i = j;
+  }
+  *loss_sum = total;
+  *count = n;
+  return FLA_OK;
+}

@@ -536,6 +536,45 @@ START_TEST(test_params_and_create) {
 }
 END_TEST
 
+/* Packed documents: each starts afresh (equal to separate sequences, unlike
+** one long sequence), equal lengths batch together, boundaries checked. */
+START_TEST(test_varlen) {
+  fla_ctx *ctx = th_cpu_ctx();
+  fla_model *m = load_trainable_(ctx, "gla");
+  enum { N = 40 };
+  int32_t ids[N], tg[N];
+  th_rng rng;
+  th_seed(&rng, 9);
+  batch_(&rng, 256, N, ids, tg);
+  int64_t cu[4] = {0, 13, 26, 40}; /* 13, 13 (one batch), 14 */
+  double lv, l1, l2, l3, lone;
+  int64_t cv, c1, c2, c3, cone;
+  fla_model_zero_grad(m);
+  ck_assert_int_eq(fla_model_loss_backward_varlen(m, ids, tg, cu, 3, 1.0f, &lv, &cv), FLA_OK);
+  fla_param p;
+  fla_model_param(m, 3, &p); /* a layer's weight */
+  float *gv = malloc(sizeof(float) * (size_t)p.numel);
+  memcpy(gv, p.grad, sizeof(float) * (size_t)p.numel);
+  fla_model_zero_grad(m);
+  ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, 1, 13, 1.0f, &l1, &c1), FLA_OK);
+  ck_assert_int_eq(fla_model_loss_backward(m, ids + 13, tg + 13, 1, 13, 1.0f, &l2, &c2), FLA_OK);
+  ck_assert_int_eq(fla_model_loss_backward(m, ids + 26, tg + 26, 1, 14, 1.0f, &l3, &c3), FLA_OK);
+  ck_assert_int_eq(cv, c1 + c2 + c3);
+  ck_assert_msg(fabs(lv - (l1 + l2 + l3)) <= 1e-6 * lv, "varlen %.9g vs documents %.9g", lv, l1 + l2 + l3);
+  ck_assert_double_lt(th_rel_rms_f32(gv, p.grad, p.numel), 1e-5);
+  ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, 1, N, 1.0f, &lone, &cone), FLA_OK);
+  ck_assert_msg(fabs(lone - lv) > 1e-3, "one long sequence should differ from three documents");
+  int64_t bad1[3] = {1, 5, 40}, bad2[3] = {0, 20, 20};
+  ck_assert_int_eq(fla_model_loss_backward_varlen(m, ids, tg, bad1, 2, 1.0f, &lv, &cv), FLA_INVALID);
+  ck_assert_int_eq(fla_model_loss_backward_varlen(m, ids, tg, bad2, 2, 1.0f, &lv, &cv), FLA_INVALID);
+  ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), "cu_seqlens[2] = 20"));
+  ck_assert_int_eq(fla_model_loss_backward_varlen(m, ids, tg, cu, 0, 1.0f, &lv, &cv), FLA_INVALID);
+  free(gv);
+  fla_model_free(m);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_bad_input) {
   fla_ctx *ctx = th_cpu_ctx();
   fla_model *m = NULL;
@@ -595,6 +634,7 @@ int main(void) {
   tcase_add_test(tc, test_create_every_arch);
   tcase_add_test(tc, test_accumulation);
   tcase_add_test(tc, test_params_and_create);
+  tcase_add_test(tc, test_varlen);
   tcase_add_test(tc, test_bad_input);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
