@@ -39,7 +39,8 @@ static fla_status hgrn2_(const mixer_call *mc, const float *x, const float *dout
   grad_proj P[3];
   float *q, *dq, *g, *dg, *o, *dO, *y, *dy;
   fla_status s = FLA_NOMEM;
-  if (grad_proj_alloc(&sc, &P[0], L->q_proj, F, rows) || grad_proj_alloc_grad(&sc, &P[0], rows) || grad_proj_alloc(&sc, &P[1], L->f_proj, F, rows) || grad_proj_alloc_grad(&sc, &P[1], rows) ||
+  if (grad_proj_alloc(&sc, &P[0], L->q_proj, F, rows) || grad_proj_alloc_grad(&sc, &P[0], rows) ||
+      grad_proj_alloc(&sc, &P[1], L->f_proj, F, rows) || grad_proj_alloc_grad(&sc, &P[1], rows) ||
       grad_proj_alloc(&sc, &P[2], L->i_proj, D, rows) || grad_proj_alloc_grad(&sc, &P[2], rows) || !(q = grad_alloc(&sc, rows * F)) ||
       !(dq = grad_alloc(&sc, rows * F)) || !(g = grad_alloc(&sc, rows * F)) ||
       !(dg = grad_alloc(&sc, rows * F)) || !(o = grad_alloc(&sc, rows * D)) ||

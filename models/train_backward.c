@@ -87,8 +87,10 @@ static fla_status mlp_grad_(const mixer_call *mc, const float *h, const float *d
 }
 
 static fla_status mixer_grad_(const mixer_call *mc, const float *h, const float *dout, float *dh, grad_pass *gp) {
-  if (mc->m->cfg.arch == ARCH_GLA || mc->m->cfg.arch == ARCH_RETNET || mc->m->cfg.arch == ARCH_HGRN2)
-    if (!mc->L->is_attn) return grad_mixer_linear(mc, h, dout, dh, gp);
+  model_arch a = mc->m->cfg.arch;
+  if (!mc->L->is_attn && (a == ARCH_GLA || a == ARCH_RETNET || a == ARCH_HGRN2)) return grad_mixer_linear(mc, h, dout, dh, gp);
+  if (!mc->L->is_attn && (a == ARCH_GATED_DELTANET || a == ARCH_DELTA_NET || a == ARCH_KDA))
+    return grad_mixer_delta(mc, h, dout, dh, gp);
   if (gp && gp->phase == GRAD_FWD) return FLA_UNSUPPORTED; /* recomputed in the backward */
   if (mc->L->is_attn) return grad_mixer_attention(mc, h, dout, dh);
   switch (mc->m->cfg.arch) {
@@ -97,7 +99,7 @@ static fla_status mixer_grad_(const mixer_call *mc, const float *h, const float 
   case ARCH_HGRN2: break;
   case ARCH_GATED_DELTANET:
   case ARCH_DELTA_NET:
-  case ARCH_KDA: return grad_mixer_delta(mc, h, dout, dh);
+  case ARCH_KDA: break;
   case ARCH_RWKV6: return grad_mixer_rwkv6(mc, h, dout, dh);
   case ARCH_TRANSFORMER: break;
   }

@@ -538,6 +538,51 @@ END_TEST
 
 /* Packed documents: each starts afresh (equal to separate sequences, unlike
 ** one long sequence), equal lengths batch together, boundaries checked. */
+/* Keeping the activations and recomputing them give the same gradients, for
+** every mixer that can keep (and one that cannot). */
+START_TEST(test_keep_equals_recompute) {
+  static const char *const names[] = {"gla", "retnet", "gated_deltanet", "delta_net", "kda", "hgrn2"};
+  fla_ctx *ctx = th_cpu_ctx();
+  for (size_t n = 0; n < sizeof names / sizeof names[0]; n++) {
+    fla_model *m = load_trainable_(ctx, names[n]);
+    enum { B = 2, T = 21 };
+    int32_t ids[B * T], tg[B * T];
+    th_rng rng;
+    th_seed(&rng, 21);
+    batch_(&rng, fla_model_vocab_size(m), B * T, ids, tg);
+    double loss[2];
+    int64_t count;
+    float *grads[2];
+    int np = fla_model_num_params(m);
+    int64_t total = 0;
+    for (int i = 0; i < np; i++) {
+      fla_param p;
+      fla_model_param(m, i, &p);
+      total += p.numel;
+    }
+    for (int r = 0; r < 2; r++) {
+      fla_model_set_recompute(m, r);
+      fla_model_zero_grad(m);
+      ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, B, T, 0.01f, &loss[r], &count), FLA_OK);
+      grads[r] = malloc(sizeof(float) * (size_t)total);
+      for (int i = 0, off = 0; i < np; i++) {
+        fla_param p;
+        fla_model_param(m, i, &p);
+        memcpy(grads[r] + off, p.grad, sizeof(float) * (size_t)p.numel);
+        off += (int)p.numel;
+      }
+    }
+    double rel = th_rel_rms_f32(grads[1], grads[0], total);
+    printf("  %-16s keep vs recompute: loss %.9g / %.9g, gradients rel-RMS %.2e\n", names[n], loss[0], loss[1], rel);
+    ck_assert_msg(fabs(loss[0] - loss[1]) <= 1e-6 * loss[0] && rel < 1e-5, "%s: keep and recompute differ", names[n]);
+    free(grads[0]);
+    free(grads[1]);
+    fla_model_free(m);
+  }
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_varlen) {
   fla_ctx *ctx = th_cpu_ctx();
   fla_model *m = load_trainable_(ctx, "gla");
@@ -634,6 +679,7 @@ int main(void) {
   tcase_add_test(tc, test_create_every_arch);
   tcase_add_test(tc, test_accumulation);
   tcase_add_test(tc, test_params_and_create);
+  tcase_add_test(tc, test_keep_equals_recompute);
   tcase_add_test(tc, test_varlen);
   tcase_add_test(tc, test_bad_input);
   suite_add_tcase(s, tc);
