@@ -569,6 +569,27 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
                                    int64_t B, int64_t T, float grad_scale,
                                    double *loss_sum, int64_t *count);
 
+/* fla_model_loss_backward over documents packed end to end: ids and targets
+** [cu_seqlens[num_docs]], document i at [cu_seqlens[i], cu_seqlens[i+1]);
+** every document starts from an empty state (no state, convolution window or
+** attention crosses a boundary). Runs of equal-length documents go as one
+** batch. *loss_sum and *count cover all documents. FLA_INVALID for
+** cu_seqlens not starting at 0 or not increasing, num_docs < 1, and what
+** fla_model_loss_backward refuses. */
+fla_status fla_model_loss_backward_varlen(fla_model *m, const int32_t *ids, const int32_t *targets,
+                                          const int64_t *cu_seqlens, int64_t num_docs,
+                                          float grad_scale, double *loss_sum, int64_t *count);
+
+/* What fla_model_loss_backward keeps between its forward and its backward.
+** 0 (the default): every activation of the layers whose backward can use
+** them (the GLA, RetNet and delta-rule mixers, the SwiGLU MLP; HGRN2, RWKV-6
+** and attention recompute), about 10 to 30 floats per token and hidden unit
+** per layer. 1: only the residual
+** stream at each layer's input and middle; each layer's forward runs again
+** in the backward (less memory, about a third more arithmetic). FLA_INVALID
+** for a NULL model. */
+fla_status fla_model_set_recompute(fla_model *m, int recompute);
+
 /* The model's config.json text (as loaded, or as fla_model_create read it),
 ** owned by the model: what a checkpoint writer saves beside the weights. */
 const char *fla_model_config_json(const fla_model *m);

@@ -19,7 +19,18 @@
 #include <math.h>
 #include <string.h>
 
-fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *dout, float *dx) {
+/* Every buffer of the mixer, kept whole between a split forward and backward. */
+#define DELTA_BUFFERS(X) X(q) X(k) X(dq) X(dk) X(braw) X(beta) X(dbeta) X(z) X(g) X(dg) X(f0) X(df0) \
+  X(o) X(dO) X(y) X(dy) X(gg) X(dgg) X(gg0) X(dgg0)
+#define DELTA_FIELD_(n) float *n;
+#define DELTA_SAVE_(n) kp->n = n;
+#define DELTA_LOAD_(n) n = kp->n;
+typedef struct {
+  grad_proj P[3];
+  DELTA_BUFFERS(DELTA_FIELD_)
+} delta_kept_;
+
+fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp) {
   fla_model *m = mc->m;
   const model_config *cfg = &m->cfg;
   const model_layer *L = mc->L;
@@ -28,49 +39,40 @@ fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *d
   int kda = cfg->arch == ARCH_KDA, gdn = cfg->arch == ARCH_GATED_DELTANET;
   int G = kda ? H * K : H; /* gate entries per token */
   double bscale = cfg->allow_neg_eigval ? 2.0 : 1.0;
-  grad_scratch sc = grad_scratch_begin(m);
+  grad_phase phase = gp ? gp->phase : GRAD_BOTH;
+  grad_scratch sc;
   grad_proj P[3];
-  float *q, *k, *dq, *dk, *braw = NULL, *beta, *dbeta, *z = NULL, *g = NULL, *dg = NULL, *f0 = NULL, *df0 = NULL;
-  float *o, *dO, *y, *dy, *gg = NULL, *dgg = NULL, *gg0 = NULL, *dgg0 = NULL;
+  float *q = NULL, *k = NULL, *dq = NULL, *dk = NULL, *braw = NULL, *beta = NULL, *dbeta = NULL, *z = NULL;
+  float *g = NULL, *dg = NULL, *f0 = NULL, *df0 = NULL, *o = NULL, *dO = NULL, *y = NULL, *dy = NULL;
+  float *gg = NULL, *dgg = NULL, *gg0 = NULL, *dgg0 = NULL;
+  delta_kept_ *kp = NULL;
   fla_status s = FLA_NOMEM;
-  if (grad_proj_alloc(&sc, &P[0], L->q_proj, H * K, rows) || grad_proj_alloc(&sc, &P[1], L->k_proj, H * K, rows) ||
-      grad_proj_alloc(&sc, &P[2], L->v_proj, H * V, rows) || !(q = grad_alloc(&sc, rows * H * K)) ||
-      !(k = grad_alloc(&sc, rows * H * K)) || !(dq = grad_alloc(&sc, rows * H * K)) ||
-      !(dk = grad_alloc(&sc, rows * H * K)) || !(beta = grad_alloc(&sc, rows * H)) ||
-      !(dbeta = grad_alloc(&sc, rows * H)) || !(o = grad_alloc(&sc, rows * H * V)) ||
-      !(dO = grad_alloc(&sc, rows * H * V)) || !(y = grad_alloc(&sc, rows * H * V)) ||
-      !(dy = grad_alloc(&sc, rows * H * V)))
-    goto done;
-  if (L->b_proj && !(braw = grad_alloc(&sc, rows * H))) goto done;
-  if ((gdn || kda) && (!(z = grad_alloc(&sc, rows * G)) || !(g = grad_alloc(&sc, rows * G)) || !(dg = grad_alloc(&sc, rows * G))))
-    goto done;
-  if (kda && (!(f0 = grad_alloc(&sc, rows * V)) || !(df0 = grad_alloc(&sc, rows * V)) ||
-              !(gg0 = grad_alloc(&sc, rows * V)) || !(dgg0 = grad_alloc(&sc, rows * V))))
-    goto done;
-  if ((kda || L->g_proj) && (!(gg = grad_alloc(&sc, rows * H * V)) || !(dgg = grad_alloc(&sc, rows * H * V))))
-    goto done;
-  /* forward */
-  for (int j = 0; j < 3; j++) grad_proj_forward(mc, j, &P[j], x, NN_ACT_SILU);
-  gm_l2norm_f(P[0].c, rows * H, K, q);
-  gm_l2norm_f(P[1].c, rows * H, K, k);
-  if (L->b_proj) {
-    gm_linear_f(x, rows, D, L->b_proj, H, NULL, braw);
-    for (int64_t i = 0; i < rows * H; i++) beta[i] = (float)(nn_sigmoid(braw[i]) * bscale);
+  if (phase == GRAD_BWD) {
+    sc = gp->sc;
+    kp = gp->kept;
+    memcpy(P, kp->P, sizeof P);
+    DELTA_BUFFERS(DELTA_LOAD_)
   } else {
-    for (int64_t i = 0; i < rows * H; i++) beta[i] = (float)bscale;
+    sc = grad_scratch_begin(m);
+    if (phase == GRAD_FWD && !(kp = (delta_kept_ *)grad_alloc(&sc, (int64_t)(sizeof *kp / sizeof(float)) + 1))) goto done;
+    if (grad_proj_alloc(&sc, &P[0], L->q_proj, H * K, rows) || grad_proj_alloc_grad(&sc, &P[0], rows) ||
+        grad_proj_alloc(&sc, &P[1], L->k_proj, H * K, rows) || grad_proj_alloc_grad(&sc, &P[1], rows) ||
+        grad_proj_alloc(&sc, &P[2], L->v_proj, H * V, rows) || grad_proj_alloc_grad(&sc, &P[2], rows) || !(q = grad_alloc(&sc, rows * H * K)) ||
+        !(k = grad_alloc(&sc, rows * H * K)) || !(dq = grad_alloc(&sc, rows * H * K)) ||
+        !(dk = grad_alloc(&sc, rows * H * K)) || !(beta = grad_alloc(&sc, rows * H)) ||
+        !(dbeta = grad_alloc(&sc, rows * H)) || !(o = grad_alloc(&sc, rows * H * V)) ||
+        !(dO = grad_alloc(&sc, rows * H * V)) || !(y = grad_alloc(&sc, rows * H * V)) ||
+        !(dy = grad_alloc(&sc, rows * H * V)))
+      goto done;
+    if (L->b_proj && !(braw = grad_alloc(&sc, rows * H))) goto done;
+    if ((gdn || kda) && (!(z = grad_alloc(&sc, rows * G)) || !(g = grad_alloc(&sc, rows * G)) || !(dg = grad_alloc(&sc, rows * G))))
+      goto done;
+    if (kda && (!(f0 = grad_alloc(&sc, rows * V)) || !(df0 = grad_alloc(&sc, rows * V)) ||
+                !(gg0 = grad_alloc(&sc, rows * V)) || !(dgg0 = grad_alloc(&sc, rows * V))))
+      goto done;
+    if ((kda || L->g_proj) && (!(gg = grad_alloc(&sc, rows * H * V)) || !(dgg = grad_alloc(&sc, rows * H * V))))
+      goto done;
   }
-  if (gdn) gm_linear_f(x, rows, D, L->a_proj, H, NULL, z);
-  if (kda) {
-    gm_linear_f(x, rows, D, L->f_proj0, V, NULL, f0);
-    gm_linear_f(f0, rows, V, L->f_proj1, H * K, NULL, z);
-  }
-  if (gdn || kda)
-    for (int64_t r = 0; r < rows; r++)
-      for (int c = 0; c < G; c++) {
-        int h = kda ? c / K : c;
-        z[r * G + c] += L->dt_bias[c];
-        g[r * G + c] = -expf(L->A_log[h]) * nn_softplus(z[r * G + c]);
-      }
   op_input in[5] = {
     {"q", q, 4, {B, T, H, K}},
     {"k", k, 4, {B, T, H, K}},
@@ -79,17 +81,49 @@ fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *d
     {"g", g, kda ? 4 : 3, {B, T, H, kda ? K : 0}},
   };
   int nin = gdn || kda ? 5 : 4;
-  if ((s = grad_op_forward(mc, in, nin, 0.0, o))) goto done;
   double eps = cfg->norm_eps;
   nn_act gact = kda ? NN_ACT_SIGMOID : NN_ACT_SILU;
-  if (kda) {
-    gm_linear_f(x, rows, D, L->g_proj0, V, NULL, gg0);
-    gm_linear_f(gg0, rows, V, L->g_proj1, H * V, L->g_proj1_b, gg);
-  } else if (L->g_proj) {
-    gm_linear_f(x, rows, D, L->g_proj, H * V, NULL, gg);
+  if (phase != GRAD_BWD) {
+    /* forward */
+    for (int j = 0; j < 3; j++) grad_proj_forward(mc, j, &P[j], x, NN_ACT_SILU);
+    gm_l2norm_f(P[0].c, rows * H, K, q);
+    gm_l2norm_f(P[1].c, rows * H, K, k);
+    if (L->b_proj) {
+      gm_linear_f(x, rows, D, L->b_proj, H, NULL, braw);
+      for (int64_t i = 0; i < rows * H; i++) beta[i] = (float)(nn_sigmoid(braw[i]) * bscale);
+    } else {
+      for (int64_t i = 0; i < rows * H; i++) beta[i] = (float)bscale;
+    }
+    if (gdn) gm_linear_f(x, rows, D, L->a_proj, H, NULL, z);
+    if (kda) {
+      gm_linear_f(x, rows, D, L->f_proj0, V, NULL, f0);
+      gm_linear_f(f0, rows, V, L->f_proj1, H * K, NULL, z);
+    }
+    if (gdn || kda)
+      for (int64_t r = 0; r < rows; r++)
+        for (int c = 0; c < G; c++) {
+          int h = kda ? c / K : c;
+          z[r * G + c] += L->dt_bias[c];
+          g[r * G + c] = -expf(L->A_log[h]) * nn_softplus(z[r * G + c]);
+        }
+    if ((s = grad_op_forward(mc, in, nin, 0.0, o))) goto done;
+    if (kda) {
+      gm_linear_f(x, rows, D, L->g_proj0, V, NULL, gg0);
+      gm_linear_f(gg0, rows, V, L->g_proj1, H * V, L->g_proj1_b, gg);
+    } else if (L->g_proj) {
+      gm_linear_f(x, rows, D, L->g_proj, H * V, NULL, gg);
+    }
+    if (gg) gm_rmsnorm_gated_f(o, gg, rows * H, V, L->out_norm, eps, gact, y);
+    else gm_rmsnorm_f(o, rows * H, V, L->out_norm, eps, y);
+    if (phase == GRAD_FWD) { /* the mixer's output; every buffer stays for the backward */
+      gm_linear_f(y, rows, H * V, L->o_proj, D, NULL, gp->out);
+      memcpy(kp->P, P, sizeof P);
+      DELTA_BUFFERS(DELTA_SAVE_)
+      gp->sc = sc;
+      gp->kept = kp;
+      return FLA_OK;
+    }
   }
-  if (gg) gm_rmsnorm_gated_f(o, gg, rows * H, V, L->out_norm, eps, gact, y);
-  else gm_rmsnorm_f(o, rows * H, V, L->out_norm, eps, y);
   /* backward */
   memset(dx, 0, sizeof(float) * (size_t)(rows * D));
   gm_linear_bwd_f(y, rows, H * V, L->o_proj, D, dout, dy, 0, model_grad(m, L->o_proj), NULL);

@@ -39,8 +39,9 @@ static fla_status hgrn2_(const mixer_call *mc, const float *x, const float *dout
   grad_proj P[3];
   float *q, *dq, *g, *dg, *o, *dO, *y, *dy;
   fla_status s = FLA_NOMEM;
-  if (grad_proj_alloc(&sc, &P[0], L->q_proj, F, rows) || grad_proj_alloc(&sc, &P[1], L->f_proj, F, rows) ||
-      grad_proj_alloc(&sc, &P[2], L->i_proj, D, rows) || !(q = grad_alloc(&sc, rows * F)) ||
+  if (grad_proj_alloc(&sc, &P[0], L->q_proj, F, rows) || grad_proj_alloc_grad(&sc, &P[0], rows) ||
+      grad_proj_alloc(&sc, &P[1], L->f_proj, F, rows) || grad_proj_alloc_grad(&sc, &P[1], rows) ||
+      grad_proj_alloc(&sc, &P[2], L->i_proj, D, rows) || grad_proj_alloc_grad(&sc, &P[2], rows) || !(q = grad_alloc(&sc, rows * F)) ||
       !(dq = grad_alloc(&sc, rows * F)) || !(g = grad_alloc(&sc, rows * F)) ||
       !(dg = grad_alloc(&sc, rows * F)) || !(o = grad_alloc(&sc, rows * D)) ||
       !(dO = grad_alloc(&sc, rows * D)) || !(y = grad_alloc(&sc, rows * D)) || !(dy = grad_alloc(&sc, rows * D)))
@@ -87,89 +88,120 @@ done:
   return s;
 }
 
-fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *dout, float *dx) {
+/* What the GLA / RetNet forward keeps for the backward. */
+typedef struct {
+  grad_proj P[3];
+  float *k, *v, *gk, *z0, *z1, *o, *gg, *y;
+  int nin;
+} linear_kept_;
+
+fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp) {
   fla_model *m = mc->m;
   const model_config *cfg = &m->cfg;
-  if (cfg->arch == ARCH_HGRN2) return hgrn2_(mc, x, dout, dx);
+  grad_phase phase = gp ? gp->phase : GRAD_BOTH;
+  if (cfg->arch == ARCH_HGRN2) {
+    if (phase != GRAD_BOTH) return FLA_UNSUPPORTED; /* the caller recomputes instead */
+    return hgrn2_(mc, x, dout, dx);
+  }
   const model_layer *L = mc->L;
   int64_t rows = mc->B * mc->T, B = mc->B, T = mc->T;
   int D = cfg->hidden_size, H = L->H, Hkv = L->Hkv, K = L->K, V = L->V;
   int gla = cfg->arch == ARCH_GLA, retnet = cfg->arch == ARCH_RETNET;
   nn_act act = cfg->use_short_conv ? NN_ACT_SILU : NN_ACT_NONE;
-  grad_scratch sc = grad_scratch_begin(m);
-  grad_proj P[3];
-  float *k, *v, *gk = NULL, *z0 = NULL, *z1 = NULL, *dz0 = NULL, *o, *dO, *gg = NULL, *dgg = NULL, *y, *dy;
-  float *dk, *dv, *dgk = NULL;
+  double eps = cfg->norm_eps;
+  grad_scratch sc;
+  linear_kept_ *kp;
+  float *dO, *dy, *dk, *dv, *dgk = NULL, *dz0 = NULL, *dgg = NULL;
   fla_status s = FLA_NOMEM;
-  if (grad_proj_alloc(&sc, &P[0], L->q_proj, H * K, rows) || grad_proj_alloc(&sc, &P[1], L->k_proj, Hkv * K, rows) ||
-      grad_proj_alloc(&sc, &P[2], L->v_proj, Hkv * V, rows) || !(k = grad_alloc(&sc, rows * H * K)) ||
-      !(v = grad_alloc(&sc, rows * H * V)) || !(o = grad_alloc(&sc, rows * H * V)) ||
-      !(dO = grad_alloc(&sc, rows * H * V)) || !(y = grad_alloc(&sc, rows * H * V)) ||
-      !(dy = grad_alloc(&sc, rows * H * V)) || !(dk = grad_alloc(&sc, rows * H * K)) ||
-      !(dv = grad_alloc(&sc, rows * H * V)))
-    goto done;
-  if (gla && (!(gk = grad_alloc(&sc, rows * H * K)) || !(dgk = grad_alloc(&sc, rows * H * K)) ||
-              !(z0 = grad_alloc(&sc, rows * 16)) || !(dz0 = grad_alloc(&sc, rows * 16)) ||
-              !(z1 = grad_alloc(&sc, rows * Hkv * K))))
-    goto done;
-  if (L->g_proj && (!(gg = grad_alloc(&sc, rows * H * V)) || !(dgg = grad_alloc(&sc, rows * H * V))))
-    goto done;
-  /* forward, keeping what the backward reads */
-  for (int j = 0; j < 3; j++) grad_proj_forward(mc, j, &P[j], x, act);
-  if (retnet) {
-    gm_rotary_f(P[0].c, B, T, H, K, 10000.0, 0);
-    gm_rotary_f(P[1].c, B, T, Hkv, K, 10000.0, 0);
+  if (phase == GRAD_BWD) {
+    sc = gp->sc;
+    kp = gp->kept;
+  } else {
+    sc = grad_scratch_begin(m);
+    if (!(kp = (linear_kept_ *)grad_alloc(&sc, (int64_t)(sizeof *kp / sizeof(float)) + 1))) goto done;
+    memset(kp, 0, sizeof *kp);
+    if (grad_proj_alloc(&sc, &kp->P[0], L->q_proj, H * K, rows) || grad_proj_alloc(&sc, &kp->P[1], L->k_proj, Hkv * K, rows) ||
+        grad_proj_alloc(&sc, &kp->P[2], L->v_proj, Hkv * V, rows) || !(kp->k = grad_alloc(&sc, rows * H * K)) ||
+        !(kp->v = grad_alloc(&sc, rows * H * V)) || !(kp->o = grad_alloc(&sc, rows * H * V)) ||
+        !(kp->y = grad_alloc(&sc, rows * H * V)))
+      goto done;
+    if (gla && (!(kp->gk = grad_alloc(&sc, rows * H * K)) || !(kp->z0 = grad_alloc(&sc, rows * 16)) ||
+                !(kp->z1 = grad_alloc(&sc, rows * Hkv * K))))
+      goto done;
+    if (L->g_proj && !(kp->gg = grad_alloc(&sc, rows * H * V))) goto done;
   }
-  repeat_heads_(P[1].c, rows, Hkv, H, K, k);
-  repeat_heads_(P[2].c, rows, Hkv, H, V, v);
-  int nin = 3;
-  if (gla) {
-    gm_linear_f(x, rows, D, L->gk_proj0, 16, NULL, z0);
-    gm_linear_f(z0, rows, 16, L->gk_proj1, Hkv * K, L->gk_proj1_b, z1);
-    float *g1 = dgk; /* free until the backward: the gate per KV head */
-    for (int64_t i = 0; i < rows * Hkv * K; i++) {
-      g1[i] = nn_logsigmoid(z1[i]) / 16.0f;
-      if (!isnan(cfg->clamp_min) && g1[i] < cfg->clamp_min) g1[i] = (float)cfg->clamp_min;
-    }
-    repeat_heads_(g1, rows, Hkv, H, K, gk);
-    nin = 4;
-  }
+  grad_proj *P = kp->P;
   op_input in[4] = {
     {"q", P[0].c, 4, {B, T, H, K}},
-    {"k", k, 4, {B, T, H, K}},
-    {"v", v, 4, {B, T, H, V}},
-    {"gk", gk, 4, {B, T, H, K}},
+    {"k", kp->k, 4, {B, T, H, K}},
+    {"v", kp->v, 4, {B, T, H, V}},
+    {"gk", kp->gk, 4, {B, T, H, K}},
   };
-  if ((s = grad_op_forward(mc, in, nin, 0.0, o))) goto done;
-  double eps = cfg->norm_eps;
-  if (L->g_proj) {
-    gm_linear_f(x, rows, D, L->g_proj, H * V, NULL, gg);
-    gm_rmsnorm_gated_f(o, gg, rows * H, V, L->out_norm, eps, NN_ACT_SILU, y);
-  } else {
-    gm_rmsnorm_f(o, rows * H, V, L->out_norm, eps, y);
+  if (phase != GRAD_BWD) { /* forward, keeping what the backward reads */
+    for (int j = 0; j < 3; j++) grad_proj_forward(mc, j, &P[j], x, act);
+    if (retnet) {
+      gm_rotary_f(P[0].c, B, T, H, K, 10000.0, 0);
+      gm_rotary_f(P[1].c, B, T, Hkv, K, 10000.0, 0);
+    }
+    repeat_heads_(P[1].c, rows, Hkv, H, K, kp->k);
+    repeat_heads_(P[2].c, rows, Hkv, H, V, kp->v);
+    kp->nin = 3;
+    if (gla) { /* the gate per KV head goes through y's room (free until the norm) */
+      float *g1 = kp->y;
+      gm_linear_f(x, rows, D, L->gk_proj0, 16, NULL, kp->z0);
+      gm_linear_f(kp->z0, rows, 16, L->gk_proj1, Hkv * K, L->gk_proj1_b, kp->z1);
+      for (int64_t i = 0; i < rows * Hkv * K; i++) {
+        g1[i] = nn_logsigmoid(kp->z1[i]) / 16.0f;
+        if (!isnan(cfg->clamp_min) && g1[i] < cfg->clamp_min) g1[i] = (float)cfg->clamp_min;
+      }
+      repeat_heads_(g1, rows, Hkv, H, K, kp->gk);
+      kp->nin = 4;
+    }
+    if ((s = grad_op_forward(mc, in, kp->nin, 0.0, kp->o))) goto done;
+    if (L->g_proj) {
+      gm_linear_f(x, rows, D, L->g_proj, H * V, NULL, kp->gg);
+      gm_rmsnorm_gated_f(kp->o, kp->gg, rows * H, V, L->out_norm, eps, NN_ACT_SILU, kp->y);
+    } else {
+      gm_rmsnorm_f(kp->o, rows * H, V, L->out_norm, eps, kp->y);
+    }
+    if (phase == GRAD_FWD) { /* the mixer's output; the scratch stays for the backward */
+      gm_linear_f(kp->y, rows, H * V, L->o_proj, D, NULL, gp->out);
+      gp->sc = sc;
+      gp->kept = kp;
+      return FLA_OK;
+    }
   }
   /* backward */
+  s = FLA_NOMEM;
+  for (int j = 0; j < 3; j++)
+    if (grad_proj_alloc_grad(&sc, &P[j], rows)) goto done;
+  if (!(dO = grad_alloc(&sc, rows * H * V)) || !(dy = grad_alloc(&sc, rows * H * V)) ||
+      !(dk = grad_alloc(&sc, rows * H * K)) || !(dv = grad_alloc(&sc, rows * H * V)))
+    goto done;
+  if (gla && (!(dgk = grad_alloc(&sc, rows * H * K)) || !(dz0 = grad_alloc(&sc, rows * 16)))) goto done;
+  if (L->g_proj && !(dgg = grad_alloc(&sc, rows * H * V))) goto done;
   memset(dx, 0, sizeof(float) * (size_t)(rows * D));
-  gm_linear_bwd_f(y, rows, H * V, L->o_proj, D, dout, dy, 0, model_grad(m, L->o_proj), NULL);
+  gm_linear_bwd_f(kp->y, rows, H * V, L->o_proj, D, dout, dy, 0, model_grad(m, L->o_proj), NULL);
   if (L->g_proj) {
-    gm_rmsnorm_gated_bwd_f(o, gg, rows * H, V, L->out_norm, eps, NN_ACT_SILU, dy, dO, dgg, model_grad(m, L->out_norm));
+    gm_rmsnorm_gated_bwd_f(kp->o, kp->gg, rows * H, V, L->out_norm, eps, NN_ACT_SILU, dy, dO, dgg,
+                           model_grad(m, L->out_norm));
     gm_linear_bwd_f(x, rows, D, L->g_proj, H * V, dgg, dx, 1, model_grad(m, L->g_proj), NULL);
   } else {
-    gm_rmsnorm_bwd_f(o, rows * H, V, L->out_norm, eps, dy, dO, model_grad(m, L->out_norm));
+    gm_rmsnorm_bwd_f(kp->o, rows * H, V, L->out_norm, eps, dy, dO, model_grad(m, L->out_norm));
   }
   float *d[4] = {P[0].dc, dk, dv, dgk};
-  if ((s = grad_op_backward(mc, in, nin, 0.0, dO, d))) goto done;
+  if ((s = grad_op_backward(mc, in, kp->nin, 0.0, dO, d))) goto done;
   grad_unrepeat_heads(dk, rows, Hkv, H, K, P[1].dc);
   grad_unrepeat_heads(dv, rows, Hkv, H, V, P[2].dc);
   if (gla) { /* dz1 = dgk / 16 sigmoid(-z1), 0 where the floor held; into dk's room */
     float *dz1 = dk;
     grad_unrepeat_heads(dgk, rows, Hkv, H, K, dz1);
     for (int64_t i = 0; i < rows * Hkv * K; i++) {
-      float g1 = nn_logsigmoid(z1[i]) / 16.0f;
+      float g1 = nn_logsigmoid(kp->z1[i]) / 16.0f;
       int clamped = !isnan(cfg->clamp_min) && g1 < cfg->clamp_min;
-      dz1[i] = clamped ? 0.0f : dz1[i] / 16.0f * nn_sigmoid(-z1[i]);
+      dz1[i] = clamped ? 0.0f : dz1[i] / 16.0f * nn_sigmoid(-kp->z1[i]);
     }
-    gm_linear_bwd_f(z0, rows, 16, L->gk_proj1, Hkv * K, dz1, dz0, 0, model_grad(m, L->gk_proj1),
+    gm_linear_bwd_f(kp->z0, rows, 16, L->gk_proj1, Hkv * K, dz1, dz0, 0, model_grad(m, L->gk_proj1),
                     model_grad(m, L->gk_proj1_b));
     gm_linear_bwd_f(x, rows, D, L->gk_proj0, 16, dz0, dx, 1, model_grad(m, L->gk_proj0), NULL);
   }

@@ -166,10 +166,14 @@ void grad_proj_backward(const mixer_call *mc, int j, grad_proj *p, const float *
 fla_status grad_proj_alloc(grad_scratch *sc, grad_proj *p, const float *W, int C, int64_t rows) {
   p->W = W;
   p->C = C;
-  if (!(p->a = grad_alloc(sc, rows * C)) || !(p->pre = grad_alloc(sc, rows * C)) ||
-      !(p->c = grad_alloc(sc, rows * C)) || !(p->dc = grad_alloc(sc, rows * C)) ||
-      !(p->da = grad_alloc(sc, rows * C)))
+  p->dc = p->da = NULL;
+  if (!(p->a = grad_alloc(sc, rows * C)) || !(p->pre = grad_alloc(sc, rows * C)) || !(p->c = grad_alloc(sc, rows * C)))
     return FLA_NOMEM;
+  return FLA_OK;
+}
+
+fla_status grad_proj_alloc_grad(grad_scratch *sc, grad_proj *p, int64_t rows) {
+  if (!(p->dc = grad_alloc(sc, rows * p->C)) || !(p->da = grad_alloc(sc, rows * p->C))) return FLA_NOMEM;
   return FLA_OK;
 }
 

@@ -134,6 +134,7 @@ struct fla_model {
   int64_t master_numel;
   float *dlower_bounds;       /* HGRN2 backward: d loss / d lower_bounds [L, D] */
   model_arena arena;          /* the backward's scratch (grad_ops.c) */
+  int recompute;              /* fla_model_set_recompute */
 };
 
 /* The gradient of the weight whose data starts at p (a trainable model's). */

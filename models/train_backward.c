@@ -39,42 +39,71 @@ static void norm_bwd_(const fla_model *m, const float *x, int64_t rows, const fl
   for (int64_t i = 0; i < rows * D; i++) dx[i] += tmp[i];
 }
 
-static fla_status mlp_bwd_(const mixer_call *mc, const float *h, const float *dout, float *dh) {
+typedef struct {
+  float *gate, *up, *a;
+} mlp_kept_;
+
+/* The MLP's forward and backward, split like the mixers' (grad_pass). */
+static fla_status mlp_grad_(const mixer_call *mc, const float *h, const float *dout, float *dh, grad_pass *gp) {
   fla_model *m = mc->m;
   const model_layer *L = mc->L;
   int64_t rows = mc->B * mc->T;
   int D = m->cfg.hidden_size, I = L->ffn_dim;
-  grad_scratch sc = grad_scratch_begin(m);
-  float *gate, *up, *a, *da, *dg, *du;
-  if (!(gate = grad_alloc(&sc, rows * I)) || !(up = grad_alloc(&sc, rows * I)) || !(a = grad_alloc(&sc, rows * I)) ||
-      !(da = grad_alloc(&sc, rows * I)) || !(dg = grad_alloc(&sc, rows * I)) || !(du = grad_alloc(&sc, rows * I))) {
+  grad_phase phase = gp ? gp->phase : GRAD_BOTH;
+  grad_scratch sc;
+  mlp_kept_ *kp;
+  float *da, *dg, *du;
+  if (phase == GRAD_BWD) {
+    sc = gp->sc;
+    kp = gp->kept;
+  } else {
+    sc = grad_scratch_begin(m);
+    if (!(kp = (mlp_kept_ *)grad_alloc(&sc, (int64_t)(sizeof *kp / sizeof(float)) + 1)) ||
+        !(kp->gate = grad_alloc(&sc, rows * I)) || !(kp->up = grad_alloc(&sc, rows * I)) ||
+        !(kp->a = grad_alloc(&sc, rows * I))) {
+      grad_scratch_free(&sc);
+      return FLA_NOMEM;
+    }
+    gm_linear_f(h, rows, D, L->mlp_gate, I, NULL, kp->gate);
+    gm_linear_f(h, rows, D, L->mlp_up, I, NULL, kp->up);
+    gm_swiglu_f(kp->gate, kp->up, rows * I, kp->a);
+    if (phase == GRAD_FWD) {
+      gm_linear_f(kp->a, rows, I, L->mlp_down, D, NULL, gp->out);
+      gp->sc = sc;
+      gp->kept = kp;
+      return FLA_OK;
+    }
+  }
+  if (!(da = grad_alloc(&sc, rows * I)) || !(dg = grad_alloc(&sc, rows * I)) || !(du = grad_alloc(&sc, rows * I))) {
     grad_scratch_free(&sc);
     return FLA_NOMEM;
   }
-  gm_linear_f(h, rows, D, L->mlp_gate, I, NULL, gate);
-  gm_linear_f(h, rows, D, L->mlp_up, I, NULL, up);
-  gm_swiglu_f(gate, up, rows * I, a);
-  gm_linear_bwd_f(a, rows, I, L->mlp_down, D, dout, da, 0, model_grad(m, L->mlp_down), NULL);
-  gm_swiglu_bwd_f(gate, up, rows * I, da, dg, du);
+  gm_linear_bwd_f(kp->a, rows, I, L->mlp_down, D, dout, da, 0, model_grad(m, L->mlp_down), NULL);
+  gm_swiglu_bwd_f(kp->gate, kp->up, rows * I, da, dg, du);
   gm_linear_bwd_f(h, rows, D, L->mlp_gate, I, dg, dh, 0, model_grad(m, L->mlp_gate), NULL);
   gm_linear_bwd_f(h, rows, D, L->mlp_up, I, du, dh, 1, model_grad(m, L->mlp_up), NULL);
   grad_scratch_free(&sc);
   return FLA_OK;
 }
 
-static fla_status mixer_bwd_(const mixer_call *mc, const float *h, const float *dout, float *dh) {
+static fla_status mixer_grad_(const mixer_call *mc, const float *h, const float *dout, float *dh, grad_pass *gp) {
+  model_arch a = mc->m->cfg.arch;
+  if (!mc->L->is_attn && (a == ARCH_GLA || a == ARCH_RETNET || a == ARCH_HGRN2)) return grad_mixer_linear(mc, h, dout, dh, gp);
+  if (!mc->L->is_attn && (a == ARCH_GATED_DELTANET || a == ARCH_DELTA_NET || a == ARCH_KDA))
+    return grad_mixer_delta(mc, h, dout, dh, gp);
+  if (gp && gp->phase == GRAD_FWD) return FLA_UNSUPPORTED; /* recomputed in the backward */
   if (mc->L->is_attn) return grad_mixer_attention(mc, h, dout, dh);
   switch (mc->m->cfg.arch) {
   case ARCH_GLA:
   case ARCH_RETNET:
-  case ARCH_HGRN2: return grad_mixer_linear(mc, h, dout, dh);
+  case ARCH_HGRN2: break;
   case ARCH_GATED_DELTANET:
   case ARCH_DELTA_NET:
-  case ARCH_KDA: return grad_mixer_delta(mc, h, dout, dh);
-  default: break;
+  case ARCH_KDA: break;
+  case ARCH_RWKV6: return grad_mixer_rwkv6(mc, h, dout, dh);
+  case ARCH_TRANSFORMER: break;
   }
-  return fla_set_error(mc->m->ctx, FLA_UNSUPPORTED, "fla_model_loss_backward: no backward for %s's token mixer yet",
-                       mc->m->cfg.model_type);
+  return fla_set_error(mc->m->ctx, FLA_ERROR, "layer %d: no token mixer", mc->L->index);
 }
 
 /* HGRN2: lb_l = sum_{1<=j<=l} p_j with p = softmax over layers of the raw
@@ -131,8 +160,9 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
   grad_scratch sc = grad_scratch_begin(m);
   fla_cache *c = NULL;
   int64_t *pos = calloc((size_t)B, sizeof(int64_t));
+  grad_pass *pass = calloc((size_t)(2 * NL), sizeof(grad_pass)); /* per layer: mixer, MLP */
   float *xs, *x0 = NULL, *h, *o, *dx, *dh, *tmp;
-  if (!pos || !(xs = grad_alloc(&sc, (2 * (int64_t)NL + 1) * RD)) || !(h = grad_alloc(&sc, RD)) ||
+  if (!pos || !pass || !(xs = grad_alloc(&sc, (2 * (int64_t)NL + 1) * RD)) || !(h = grad_alloc(&sc, RD)) ||
       !(o = grad_alloc(&sc, RD)) || !(dx = grad_alloc(&sc, RD)) || !(dh = grad_alloc(&sc, RD)) ||
       !(tmp = grad_alloc(&sc, RD)) || (m->layers[0].pre_norm_w && !(x0 = grad_alloc(&sc, RD)))) {
     s = fla_set_error(m->ctx, FLA_NOMEM, "fla_model_loss_backward: out of memory for %lld tokens", (long long)rows);
@@ -159,11 +189,22 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
     }
     memcpy(xs + 2 * (int64_t)l * RD, x, sizeof(float) * (size_t)RD);
     model_block_norm(m, x, rows, L->attn_norm_w, L->attn_norm_b, h);
-    if ((s = model_token_mixer(&mc, h, o))) goto done;
+    /* keeping activations: the grad mixer's forward when it can split */
+    grad_pass *gm = &pass[2 * l], *gf = &pass[2 * l + 1];
+    *gm = (grad_pass){m->recompute ? GRAD_BOTH : GRAD_FWD, o, NULL, {0}};
+    s = gm->phase == GRAD_FWD ? mixer_grad_(&mc, h, NULL, NULL, gm) : FLA_UNSUPPORTED;
+    if (s == FLA_UNSUPPORTED) {
+      gm->phase = GRAD_BOTH;
+      s = model_token_mixer(&mc, h, o);
+    }
+    if (s) goto done;
     nn_add(x, o, RD);
     memcpy(xs + (2 * (int64_t)l + 1) * RD, x, sizeof(float) * (size_t)RD);
     model_block_norm(m, x, rows, L->mlp_norm_w, L->mlp_norm_b, h);
-    if ((s = cfg->arch == ARCH_RWKV6 ? mixer_rwkv6_ffn(&mc, h, o) : model_mlp(&mc, h, o))) goto done;
+    *gf = (grad_pass){m->recompute || cfg->arch == ARCH_RWKV6 ? GRAD_BOTH : GRAD_FWD, o, NULL, {0}};
+    if (gf->phase == GRAD_FWD) s = mlp_grad_(&mc, h, NULL, NULL, gf);
+    else s = cfg->arch == ARCH_RWKV6 ? mixer_rwkv6_ffn(&mc, h, o) : model_mlp(&mc, h, o);
+    if (s) goto done;
     nn_add(x, o, RD);
   }
   /* the head and the loss, chunk by chunk; dx = the final norm's backward */
@@ -182,15 +223,18 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
     model_layer *L = &m->layers[l];
     mixer_call mc = {m, L, &c->layers[l], 0, B, T, pos};
     const float *xin = xs + 2 * (int64_t)l * RD, *xmid = xs + (2 * (int64_t)l + 1) * RD;
-    if (cfg->arch == ARCH_RWKV6) {
-      s = fla_set_error(m->ctx, FLA_UNSUPPORTED, "fla_model_loss_backward: no backward for rwkv6 yet");
-      goto done;
-    }
+    grad_pass *gm = &pass[2 * l], *gf = &pass[2 * l + 1];
+    if (gm->phase == GRAD_FWD) gm->phase = GRAD_BWD;
+    if (gf->phase == GRAD_FWD) gf->phase = GRAD_BWD;
     model_block_norm(m, xmid, rows, L->mlp_norm_w, L->mlp_norm_b, h);
-    if ((s = mlp_bwd_(&mc, h, dx, dh))) goto done;
+    s = cfg->arch == ARCH_RWKV6 ? grad_rwkv6_ffn(&mc, h, dx, dh) : mlp_grad_(&mc, h, dx, dh, gf);
+    gf->phase = GRAD_BOTH; /* its scratch is given back */
+    if (s) goto done;
     norm_bwd_(m, xmid, rows, L->mlp_norm_w, L->mlp_norm_b, dh, tmp, dx);
     model_block_norm(m, xin, rows, L->attn_norm_w, L->attn_norm_b, h);
-    if ((s = mixer_bwd_(&mc, h, dx, dh))) goto done;
+    s = mixer_grad_(&mc, h, dx, dh, gm);
+    gm->phase = GRAD_BOTH;
+    if (s) goto done;
     norm_bwd_(m, xin, rows, L->attn_norm_w, L->attn_norm_b, dh, tmp, dx);
     if (L->pre_norm_w) { /* dx = pre_norm'(x0)^T dx */
       memcpy(dh, dx, sizeof(float) * (size_t)RD);
@@ -207,6 +251,40 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
 done:
   fla_cache_free(c);
   free(pos);
+  free(pass); /* on error, kept scratch above sc's mark goes with it */
   grad_scratch_free(&sc);
   return s;
+}
+
+fla_status fla_model_loss_backward_varlen(fla_model *m, const int32_t *ids, const int32_t *targets,
+                                          const int64_t *cu_seqlens, int64_t num_docs, float grad_scale,
+                                          double *loss_sum, int64_t *count) {
+  if (!m) return FLA_INVALID;
+  if (!cu_seqlens || !loss_sum || !count)
+    return fla_set_error(m->ctx, FLA_INVALID, "fla_model_loss_backward_varlen: %s is NULL",
+                         !cu_seqlens ? "cu_seqlens" : !loss_sum ? "loss_sum" : "count");
+  if (num_docs < 1 || cu_seqlens[0] != 0)
+    return fla_set_error(m->ctx, FLA_INVALID, "fla_model_loss_backward_varlen: %lld documents, cu_seqlens[0] = %lld (must be 0)",
+                         (long long)num_docs, (long long)cu_seqlens[0]);
+  for (int64_t i = 0; i < num_docs; i++)
+    if (cu_seqlens[i + 1] <= cu_seqlens[i])
+      return fla_set_error(m->ctx, FLA_INVALID, "fla_model_loss_backward_varlen: cu_seqlens[%lld] = %lld does not exceed cu_seqlens[%lld] = %lld (empty or backward document)",
+                           (long long)(i + 1), (long long)cu_seqlens[i + 1], (long long)i, (long long)cu_seqlens[i]);
+  double total = 0;
+  int64_t n = 0;
+  for (int64_t i = 0; i < num_docs;) {
+    int64_t T = cu_seqlens[i + 1] - cu_seqlens[i], j = i + 1;
+    while (j < num_docs && cu_seqlens[j + 1] - cu_seqlens[j] == T) j++; /* a run of equal lengths: a batch */
+    double l;
+    int64_t c;
+    fla_status s = fla_model_loss_backward(m, ids ? ids + cu_seqlens[i] : NULL, targets ? targets + cu_seqlens[i] : NULL,
+                                           j - i, T, grad_scale, &l, &c);
+    if (s != FLA_OK) return s;
+    total += l;
+    n += c;
+    i = j;
+  }
+  *loss_sum = total;
+  *count = n;
+  return FLA_OK;
 }

@@ -19,9 +19,19 @@
 #include "grad_math.h"
 #include "model_internal.h"
 
-fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *dout, float *dx);
-fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *dout, float *dx);
+/* Forward and backward in one call (GRAD_BOTH), or split: GRAD_FWD runs the
+** forward, writes the mixer's output into gp->out and keeps its activations
+** (gp->kept, in gp->sc's scratch, left allocated); GRAD_BWD later runs the
+** backward from them and frees that scratch. A mixer that cannot split
+** answers FLA_UNSUPPORTED (no error message) to GRAD_FWD. */
+typedef enum { GRAD_BOTH, GRAD_FWD, GRAD_BWD } grad_phase;
+typedef struct grad_pass grad_pass;
+
+fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp);
+fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp);
 fla_status grad_mixer_attention(const mixer_call *mc, const float *x, const float *dout, float *dx);
+fla_status grad_mixer_rwkv6(const mixer_call *mc, const float *x, const float *dout, float *dx);
+fla_status grad_rwkv6_ffn(const mixer_call *mc, const float *x, const float *dout, float *dx);
 
 /* The layer's recipe op from a zero state: o = op(in), then d[i] = the
 ** gradient of sum(o * d_o) with respect to in[i] (d[i] NULL: not wanted). */
@@ -56,7 +66,16 @@ grad_scratch grad_scratch_begin(fla_model *m);
 float *grad_alloc(grad_scratch *s, int64_t n); /* NULL (FLA_NOMEM set) on failure */
 void grad_scratch_free(grad_scratch *s);
 
+struct grad_pass {
+  grad_phase phase;
+  float *out;       /* GRAD_FWD: [rows, D] */
+  void *kept;
+  grad_scratch sc;
+};
+
+/* a, pre, c (what the forward keeps); then dc, da (the backward's) */
 fla_status grad_proj_alloc(grad_scratch *sc, grad_proj *p, const float *W, int C, int64_t rows);
+fla_status grad_proj_alloc_grad(grad_scratch *sc, grad_proj *p, int64_t rows);
 void grad_proj_forward(const mixer_call *mc, int j, grad_proj *p, const float *x, nn_act act);
 void grad_proj_backward(const mixer_call *mc, int j, grad_proj *p, const float *x, nn_act act, float *dx);
 

@@ -143,3 +143,9 @@ void fla_model_zero_grad(fla_model *m) {
 }
 
 const char *fla_model_config_json(const fla_model *m) { return m ? m->config_json : NULL; }
+
+fla_status fla_model_set_recompute(fla_model *m, int recompute) {
+  if (!m) return FLA_INVALID;
+  m->recompute = recompute != 0;
+  return FLA_OK;
+}

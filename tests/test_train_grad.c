@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------ float64 layers */
 
@@ -236,9 +237,7 @@ static double central_diff_(fla_model *m, const int32_t *ids, const int32_t *tg,
 
 /* For each parameter: the entry of largest |gradient| and two random ones
 ** against central differences of the float32 forward. */
-static void check_model_fd_(const char *name) {
-  fla_ctx *ctx = th_cpu_ctx();
-  fla_model *m = load_trainable_(ctx, name);
+static void check_fd_(fla_ctx *ctx, fla_model *m, const char *name) {
   enum { B = 2, T = 19 };
   int V = fla_model_vocab_size(m);
   int32_t ids[B * T], tg[B * T];
@@ -265,6 +264,10 @@ static void check_model_fd_(const char *name) {
     double gmax = 0;
     for (int64_t j = 0; j < p.numel; j++)
       if (fabs(p.grad[j]) > gmax) gmax = fabs(p.grad[pick[0] = j]);
+    /* every weight reaches the loss, but for RWKV-6's decay LoRA output whose
+    ** input weights fla initialises to 0 (tanh(0 x) = 0) */
+    if (!strstr(p.name, "w_proj.linear.lora.2.weight"))
+      ck_assert_msg(gmax > 0, "%s: %s has no gradient", name, p.name);
     for (int t = 0; t < 3; t++) {
       int64_t j = pick[t];
       /* central differences at steps h and h/2 and their Richardson
@@ -288,6 +291,12 @@ static void check_model_fd_(const char *name) {
     }
   }
   printf("  %-16s %3d parameters, %4d entries, worst error / largest gradient %.2e\n", name, np, checked, worst);
+}
+
+static void check_model_fd_(const char *name) {
+  fla_ctx *ctx = th_cpu_ctx();
+  fla_model *m = load_trainable_(ctx, name);
+  check_fd_(ctx, m, name);
   fla_model_free(m);
   fla_ctx_free(ctx);
 }
@@ -304,9 +313,76 @@ START_TEST(test_model_fd_delta_net) { check_model_fd_("delta_net"); }
 END_TEST
 START_TEST(test_model_fd_kda) { check_model_fd_("kda"); }
 END_TEST
+START_TEST(test_model_fd_rwkv6) { check_model_fd_("rwkv6"); }
+END_TEST
 START_TEST(test_model_fd_transformer) { check_model_fd_("transformer"); }
 END_TEST
 START_TEST(test_model_fd_gla_hybrid_swa) { check_model_fd_("gla_hybrid_swa"); }
+END_TEST
+
+/* A model made by fla_model_create with tied embeddings: the head's gradient
+** and the embedding's meet in one parameter. */
+START_TEST(test_model_fd_tied) {
+  fla_ctx *ctx = th_cpu_ctx();
+  char dir[] = "/tmp/fla_tied_XXXXXX", path[64];
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  const char *cfg = "{\"model_type\": \"gla\", \"hidden_size\": 32, \"num_hidden_layers\": 2, \"num_heads\": 2,"
+                    " \"vocab_size\": 64, \"tie_word_embeddings\": true, \"use_short_conv\": true,"
+                    " \"initializer_range\": 0.2}";
+  th_write_bytes(path, cfg, strlen(cfg));
+  fla_model *m;
+  ck_assert_int_eq(fla_model_create(ctx, path, 5, &m), FLA_OK);
+  for (int i = 0; i < fla_model_num_params(m); i++) {
+    fla_param p;
+    fla_model_param(m, i, &p);
+    ck_assert_msg(strcmp(p.name, "lm_head.weight"), "a tied head is listed");
+  }
+  check_fd_(ctx, m, "gla tied+conv");
+  fla_model_free(m);
+  unlink(path);
+  rmdir(dir);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+/* Every architecture starts from its config alone and trains (one backward). */
+START_TEST(test_create_every_arch) {
+  static const char *const names[] = {"gla", "gated_deltanet", "retnet", "delta_net", "kda",
+                                      "hgrn2", "rwkv6", "transformer", "gla_hybrid_swa"};
+  fla_ctx *ctx = th_cpu_ctx();
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    char cfg[8192];
+    snprintf(cfg, sizeof cfg, "%s/config.json", model_dir_(names[i]));
+    fla_model *m, *ref;
+    ck_assert_msg(fla_model_create(ctx, cfg, 11, &m) == FLA_OK, "%s: %s", names[i], fla_errmsg(ctx));
+    /* the same parameters, names and shapes as fla's checkpoint */
+    ref = load_trainable_(ctx, names[i]);
+    ck_assert_int_eq(fla_model_num_params(m), fla_model_num_params(ref));
+    for (int j = 0; j < fla_model_num_params(m); j++) {
+      fla_param a, b;
+      fla_model_param(m, j, &a);
+      fla_model_param(ref, j, &b);
+      ck_assert_str_eq(a.name, b.name);
+      ck_assert_int_eq(a.numel, b.numel);
+    }
+    fla_model_free(ref);
+    int32_t ids[24], tg[24];
+    for (int t = 0; t < 24; t++) {
+      ids[t] = (t * 37 + 1) % fla_model_vocab_size(m);
+      tg[t] = (t * 11 + 5) % fla_model_vocab_size(m);
+    }
+    double loss;
+    int64_t count;
+    ck_assert_msg(fla_model_loss_backward(m, ids, tg, 2, 12, 1.0f / 24, &loss, &count) == FLA_OK, "%s: %s",
+                  names[i], fla_errmsg(ctx));
+    double per = loss / (double)count, want = log((double)fla_model_vocab_size(m));
+    printf("  %-16s created: initial loss %.4f per token (log vocab %.4f)\n", names[i], per, want);
+    ck_assert_msg(isfinite(per) && fabs(per - want) < 0.1, "%s: initial loss %g", names[i], per);
+    fla_model_free(m);
+  }
+  fla_ctx_free(ctx);
+}
 END_TEST
 
 /* ------------------------------------------------------------ API behaviour */
@@ -359,6 +435,25 @@ START_TEST(test_accumulation) {
     off += (int)p.numel;
   }
   ck_assert_msg(den > 0 && sqrt(num / den) < 1e-5, "accumulated gradients differ: relative %.3g", sqrt(num / den));
+  /* recomputing each layer's activations in the backward changes nothing
+  ** (but float rounding: the kept forward runs grad_math's functions) */
+  ck_assert_int_eq(fla_model_set_recompute(m, 1), FLA_OK);
+  fla_model_zero_grad(m);
+  ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, 2, T, scale, &l1, &c1), FLA_OK);
+  ck_assert_msg(fabs(l1 - la) <= 1e-6 * la, "loss recomputing %.9g, keeping %.9g", l1, la);
+  num = den = 0;
+  for (int i = 0, off = 0; i < np; i++) {
+    fla_param p;
+    fla_model_param(m, i, &p);
+    for (int64_t j = 0; j < p.numel; j++) {
+      double d = (double)p.grad[j] - one[off + j];
+      num += d * d;
+      den += (double)one[off + j] * one[off + j];
+    }
+    off += (int)p.numel;
+  }
+  ck_assert_msg(sqrt(num / den) < 1e-5, "recomputed gradients differ: relative %.3g", sqrt(num / den));
+  ck_assert_int_eq(fla_model_set_recompute(NULL, 1), FLA_INVALID);
   /* zero_grad clears */
   fla_model_zero_grad(m);
   fla_param p;
@@ -441,6 +536,90 @@ START_TEST(test_params_and_create) {
 }
 END_TEST
 
+/* Packed documents: each starts afresh (equal to separate sequences, unlike
+** one long sequence), equal lengths batch together, boundaries checked. */
+/* Keeping the activations and recomputing them give the same gradients, for
+** every mixer that can keep (and one that cannot). */
+START_TEST(test_keep_equals_recompute) {
+  static const char *const names[] = {"gla", "retnet", "gated_deltanet", "delta_net", "kda", "hgrn2"};
+  fla_ctx *ctx = th_cpu_ctx();
+  for (size_t n = 0; n < sizeof names / sizeof names[0]; n++) {
+    fla_model *m = load_trainable_(ctx, names[n]);
+    enum { B = 2, T = 21 };
+    int32_t ids[B * T], tg[B * T];
+    th_rng rng;
+    th_seed(&rng, 21);
+    batch_(&rng, fla_model_vocab_size(m), B * T, ids, tg);
+    double loss[2];
+    int64_t count;
+    float *grads[2];
+    int np = fla_model_num_params(m);
+    int64_t total = 0;
+    for (int i = 0; i < np; i++) {
+      fla_param p;
+      fla_model_param(m, i, &p);
+      total += p.numel;
+    }
+    for (int r = 0; r < 2; r++) {
+      fla_model_set_recompute(m, r);
+      fla_model_zero_grad(m);
+      ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, B, T, 0.01f, &loss[r], &count), FLA_OK);
+      grads[r] = malloc(sizeof(float) * (size_t)total);
+      for (int i = 0, off = 0; i < np; i++) {
+        fla_param p;
+        fla_model_param(m, i, &p);
+        memcpy(grads[r] + off, p.grad, sizeof(float) * (size_t)p.numel);
+        off += (int)p.numel;
+      }
+    }
+    double rel = th_rel_rms_f32(grads[1], grads[0], total);
+    printf("  %-16s keep vs recompute: loss %.9g / %.9g, gradients rel-RMS %.2e\n", names[n], loss[0], loss[1], rel);
+    ck_assert_msg(fabs(loss[0] - loss[1]) <= 1e-6 * loss[0] && rel < 1e-5, "%s: keep and recompute differ", names[n]);
+    free(grads[0]);
+    free(grads[1]);
+    fla_model_free(m);
+  }
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_varlen) {
+  fla_ctx *ctx = th_cpu_ctx();
+  fla_model *m = load_trainable_(ctx, "gla");
+  enum { N = 40 };
+  int32_t ids[N], tg[N];
+  th_rng rng;
+  th_seed(&rng, 9);
+  batch_(&rng, 256, N, ids, tg);
+  int64_t cu[4] = {0, 13, 26, 40}; /* 13, 13 (one batch), 14 */
+  double lv, l1, l2, l3, lone;
+  int64_t cv, c1, c2, c3, cone;
+  fla_model_zero_grad(m);
+  ck_assert_int_eq(fla_model_loss_backward_varlen(m, ids, tg, cu, 3, 1.0f, &lv, &cv), FLA_OK);
+  fla_param p;
+  fla_model_param(m, 3, &p); /* a layer's weight */
+  float *gv = malloc(sizeof(float) * (size_t)p.numel);
+  memcpy(gv, p.grad, sizeof(float) * (size_t)p.numel);
+  fla_model_zero_grad(m);
+  ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, 1, 13, 1.0f, &l1, &c1), FLA_OK);
+  ck_assert_int_eq(fla_model_loss_backward(m, ids + 13, tg + 13, 1, 13, 1.0f, &l2, &c2), FLA_OK);
+  ck_assert_int_eq(fla_model_loss_backward(m, ids + 26, tg + 26, 1, 14, 1.0f, &l3, &c3), FLA_OK);
+  ck_assert_int_eq(cv, c1 + c2 + c3);
+  ck_assert_msg(fabs(lv - (l1 + l2 + l3)) <= 1e-6 * lv, "varlen %.9g vs documents %.9g", lv, l1 + l2 + l3);
+  ck_assert_double_lt(th_rel_rms_f32(gv, p.grad, p.numel), 1e-5);
+  ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, 1, N, 1.0f, &lone, &cone), FLA_OK);
+  ck_assert_msg(fabs(lone - lv) > 1e-3, "one long sequence should differ from three documents");
+  int64_t bad1[3] = {1, 5, 40}, bad2[3] = {0, 20, 20};
+  ck_assert_int_eq(fla_model_loss_backward_varlen(m, ids, tg, bad1, 2, 1.0f, &lv, &cv), FLA_INVALID);
+  ck_assert_int_eq(fla_model_loss_backward_varlen(m, ids, tg, bad2, 2, 1.0f, &lv, &cv), FLA_INVALID);
+  ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), "cu_seqlens[2] = 20"));
+  ck_assert_int_eq(fla_model_loss_backward_varlen(m, ids, tg, cu, 0, 1.0f, &lv, &cv), FLA_INVALID);
+  free(gv);
+  fla_model_free(m);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_bad_input) {
   fla_ctx *ctx = th_cpu_ctx();
   fla_model *m = NULL;
@@ -493,10 +672,15 @@ int main(void) {
   tcase_add_test(tc, test_model_fd_gated_deltanet);
   tcase_add_test(tc, test_model_fd_delta_net);
   tcase_add_test(tc, test_model_fd_kda);
+  tcase_add_test(tc, test_model_fd_rwkv6);
   tcase_add_test(tc, test_model_fd_transformer);
   tcase_add_test(tc, test_model_fd_gla_hybrid_swa);
+  tcase_add_test(tc, test_model_fd_tied);
+  tcase_add_test(tc, test_create_every_arch);
   tcase_add_test(tc, test_accumulation);
   tcase_add_test(tc, test_params_and_create);
+  tcase_add_test(tc, test_keep_equals_recompute);
+  tcase_add_test(tc, test_varlen);
   tcase_add_test(tc, test_bad_input);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
