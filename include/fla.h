@@ -767,6 +767,10 @@ typedef struct fla_train_options {
   fla_lr_schedule schedule;
   double clip_norm;          /* <= 0: no clipping */
   uint64_t seed;             /* recorded in checkpoints (and the RNG's start) */
+  int separate_documents;    /* 1: each window is cut at its boundary tokens and every
+                                document runs from an empty state
+                                (fla_model_loss_backward_varlen); 0: windows run
+                                whole, documents packed (the state crosses them) */
 } fla_train_options;
 typedef struct fla_step_stats {
   int64_t step;              /* steps done after this one */

@@ -27,6 +27,6 @@ echo "== text from $CKPT (temperature 0.8, top-k 40)"
 for prompt in "The " "A man " "Q: Why "; do
   printf -- '--- %s' "$prompt"
   "$BUILD/fla-generate" --model "$CKPT" --prompt "$prompt" --max-new-tokens 160 --temperature 0.8 --top-k 40 \
-    --seed 7 2>/dev/null
+    --seed 7 2>/dev/null | tr -d '\000'   # the NUL boundary token ends a fortune
   echo
 done

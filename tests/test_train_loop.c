@@ -706,6 +706,80 @@ START_TEST(test_loss_goes_down_on_text) {
 }
 END_TEST
 
+/* "documents": "separate": the first step's loss is the mean, over every
+** document piece of the step's windows run alone, of the cross-entropy; and on a
+** file without boundaries it is exactly the packed step. */
+START_TEST(test_separate_documents) {
+  fla_ctx *ctx = th_cpu_ctx();
+  char *tmp = temp_dir_();
+  char tokens[128], plain[128];
+  snprintf(tokens, sizeof tokens, "%s/docs.tok", tmp);
+  snprintf(plain, sizeof plain, "%s/plain.tok", tmp);
+  th_rng r;
+  th_seed(&r, 5);
+  fla_token_writer *w = NULL, *w2 = NULL;
+  ck_assert_int_eq(fla_token_writer_open(ctx, tokens, 256, 0, &w), FLA_OK);
+  ck_assert_int_eq(fla_token_writer_open(ctx, plain, 256, -1, &w2), FLA_OK);
+  for (int d = 0; d < 200; d++) {  /* documents of 3 to 22 tokens: several per window */
+    int32_t doc[22];
+    int len = 3 + (int)(th_uniform(&r) * 20);
+    for (int i = 0; i < len; i++) doc[i] = 1 + (int32_t)(th_uniform(&r) * 255);
+    ck_assert_int_eq(fla_token_writer_add(w, doc, len), FLA_OK);
+    ck_assert_int_eq(fla_token_writer_end_document(w), FLA_OK);
+    ck_assert_int_eq(fla_token_writer_add(w2, doc, len), FLA_OK);
+  }
+  ck_assert_int_eq(fla_token_writer_close(w), FLA_OK);
+  ck_assert_int_eq(fla_token_writer_close(w2), FLA_OK);
+  fla_train_options o = small_options_(4);
+  o.separate_documents = 1;
+  run a = {0};
+  start_run_(ctx, &a, tokens, NULL, &o);
+  double loss;
+  run_steps_(ctx, &a, 1, &loss);
+  /* The same windows, each document piece through its own call on a fresh model. */
+  const char *paths[1] = {tokens};
+  fla_loader *ld = NULL;
+  ck_assert_int_eq(fla_loader_open(ctx, 1, paths, 32, o.seed, &ld), FLA_OK);
+  fla_model *m = NULL;
+  ck_assert_int_eq(fla_model_create(ctx, th_shared_path("conformance/tiny_models/gla/config.json"), 5, &m), FLA_OK);
+  double sum = 0;
+  int64_t count = 0, pieces = 0;
+  int32_t ids[32], tg[32];
+  int64_t cu[33];
+  for (int win = 0; win < 4; win++) {
+    ck_assert_int_eq(fla_loader_next(ld, 1, ids, tg), FLA_OK);
+    int64_t n = fla_split_documents(ids, 32, 0, cu);
+    for (int64_t i = 0; i < n; i++) {
+      double part;
+      int64_t c;
+      ck_assert_int_eq(fla_model_loss_backward(m, ids + cu[i], tg + cu[i], 1, cu[i + 1] - cu[i], 1.0f, &part, &c),
+                       FLA_OK);
+      sum += part, count += c, pieces++;
+    }
+  }
+  ck_assert_int_gt(pieces, 8);
+  ck_assert_int_eq(count, 4 * 32);
+  ck_assert_msg(fabs(loss - sum / count) < 1e-6 * loss, "separate %.9g, piece by piece %.9g", loss, sum / count);
+  fla_model_free(m);
+  fla_loader_free(ld);
+  end_run_(&a);
+  /* No boundaries: one document a window, the packed step bit for bit. */
+  run b = {0}, c = {0};
+  double lb[2], lc[2];
+  start_run_(ctx, &b, plain, NULL, &o);
+  run_steps_(ctx, &b, 2, lb);
+  o.separate_documents = 0;
+  start_run_(ctx, &c, plain, NULL, &o);
+  run_steps_(ctx, &c, 2, lc);
+  ck_assert_msg(lb[0] == lc[0] && lb[1] == lc[1], "separate %.17g %.17g, packed %.17g %.17g", lb[0], lb[1], lc[0],
+                lc[1]);
+  end_run_(&b);
+  end_run_(&c);
+  remove_tree_(tmp);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 /* 1 when fla_model_create works (the model gradients are built). */
 static int have_gradients_(void) {
   fla_ctx *ctx = NULL;
@@ -737,6 +811,7 @@ static Suite *train_loop_suite(void) {
     tcase_set_timeout(tr, 300);
     tcase_add_test(tr, test_resume_is_bit_exact);
     tcase_add_test(tr, test_loss_goes_down_on_text);
+    tcase_add_test(tr, test_separate_documents);
     suite_add_tcase(s, tr);
   } else {
     printf("SKIP: training: the model gradients are not built (fla_model_create answers FLA_UNSUPPORTED)\n");

@@ -74,7 +74,7 @@ static const char *get_str_(json_t *obj, const char *key) {
 static int parse_config_(json_t *root, run_config *rc) {
   static const char *known[] = {"model_config", "init_from", "data", "seq_len", "batch_size", "micro_batches",
                                 "steps", "optimizer", "schedule", "checkpoint", "log", "log_every", "seed",
-                                "device", "threads", NULL};
+                                "device", "threads", "documents", NULL};
   const char *key;
   json_t *val;
   json_object_foreach(root, key, val) {
@@ -136,6 +136,10 @@ static int parse_config_(json_t *root, run_config *rc) {
       get_num_(ck, "every", &every, "checkpoint.") || get_num_(ck, "keep", &keep, "checkpoint.") ||
       get_num_(ck, "shard_bytes", &shard, "checkpoint."))
     return -1;
+  const char *docs = get_str_(root, "documents");
+  if (json_object_get(root, "documents") && (!docs || (strcmp(docs, "packed") && strcmp(docs, "separate"))))
+    return fprintf(stderr, "fla-train: config: documents must be \"packed\" or \"separate\"\n"), -1;
+  rc->opt.separate_documents = docs && !strcmp(docs, "separate");
   const char *kind = get_str_(sch, "kind");
   if (kind && strcmp(kind, "cosine") && strcmp(kind, "constant"))
     return fprintf(stderr, "fla-train: config: schedule.kind '%s' (cosine or constant)\n", kind), -1;

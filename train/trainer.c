@@ -24,6 +24,7 @@ struct fla_trainer {
   uint64_t rng;             /* splitmix64 state, advanced once per step */
   double last_loss;
   int32_t *ids, *targets;   /* one micro-batch [batch, seq_len] */
+  int64_t *cu_seqlens;      /* its documents when they run separately */
 };
 
 void fla_trainer_free(fla_trainer *t) {
@@ -32,6 +33,7 @@ void fla_trainer_free(fla_trainer *t) {
   free(t->params);
   free(t->ids);
   free(t->targets);
+  free(t->cu_seqlens);
   free(t);
 }
 
@@ -76,7 +78,9 @@ fla_status fla_trainer_new(fla_ctx *ctx, fla_model *m, fla_loader *ld, const fla
     size_t count = (size_t)(o->batch_size * loader_seq_len_(t));
     t->ids = malloc(sizeof(int32_t) * count);
     t->targets = malloc(sizeof(int32_t) * count);
-    if (!t->ids || !t->targets) s = fla_set_error(ctx, FLA_NOMEM, "fla_trainer_new: out of memory for a micro-batch");
+    t->cu_seqlens = malloc(sizeof(int64_t) * (count + 1));
+    if (!t->ids || !t->targets || !t->cu_seqlens)
+      s = fla_set_error(ctx, FLA_NOMEM, "fla_trainer_new: out of memory for a micro-batch");
   }
   if (s != FLA_OK) {
     fla_trainer_free(t);
@@ -84,6 +88,21 @@ fla_status fla_trainer_new(fla_ctx *ctx, fla_model *m, fla_loader *ld, const fla
   }
   *out = t;
   return FLA_OK;
+}
+
+/* cu_seqlens of the micro-batch's documents: each window cut after its boundary
+** tokens (windows are never joined). Returns the number of documents. */
+static int64_t split_batch_(fla_trainer *t, int64_t B, int64_t T) {
+  const int32_t boundary = fla_loader_boundary(t->data);
+  int64_t docs = 0;
+  t->cu_seqlens[0] = 0;
+  for (int64_t b = 0; b < B; b++) {
+    /* Writes 0, ends...; entry 0 overwrites the previous window's end, b T, with 0. */
+    int64_t n = fla_split_documents(t->ids + b * T, T, boundary, t->cu_seqlens + docs);
+    for (int64_t i = 0; i <= n; i++) t->cu_seqlens[docs + i] += b * T;
+    docs += n;
+  }
+  return docs;
 }
 
 fla_status fla_trainer_step(fla_trainer *t, fla_step_stats *stats) {
@@ -99,7 +118,12 @@ fla_status fla_trainer_step(fla_trainer *t, fla_step_stats *stats) {
     fla_status s = fla_loader_next(t->data, B, t->ids, t->targets);
     double part = 0;
     int64_t n = 0;
-    if (s == FLA_OK) s = fla_model_loss_backward(t->model, t->ids, t->targets, B, T, scale, &part, &n);
+    if (s == FLA_OK && t->opt.separate_documents) {
+      int64_t docs = split_batch_(t, B, T);
+      s = fla_model_loss_backward_varlen(t->model, t->ids, t->targets, t->cu_seqlens, docs, scale, &part, &n);
+    } else if (s == FLA_OK) {
+      s = fla_model_loss_backward(t->model, t->ids, t->targets, B, T, scale, &part, &n);
+    }
     if (s != FLA_OK) return s;
     loss_sum += part;
     count += n;

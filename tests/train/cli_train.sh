@@ -72,6 +72,12 @@ if [ -f "$TOK" ]; then
   [ "$(od -A n -t u4 -j 12 -N 4 bpe.tok | tr -d ' ')" -ge 2 ] || fail "tokenizer.json ids should take 2 or 4 bytes"
 fi
 
+# "documents": "separate": every document of a window from an empty state.
+sed 's/"seed": 3,/"seed": 3, "documents": "separate",/' train.json > separate.json
+"$BUILD/fla-train" --config separate.json --steps 2 --checkpoint-dir ck4 --log sep.csv 2> run6.err \
+  || { cat run6.err; fail "documents separate"; }
+[ "$(wc -l < sep.csv)" -eq 3 ] || fail "documents separate: 2 steps expected in sep.csv"
+
 # Bad configs: exit 2, saying what is wrong.
 echo '{"model_config": {}, "data": "docs.tok", "seq_len": 8, "steps": 1, "colour": 1}' > bad.json
 set +e
@@ -80,6 +86,9 @@ set +e
 echo '{"model_config": {}, "data": "docs.tok", "seq_len": 8, "steps": 1, "device": "cuda"}' > cuda.json
 "$BUILD/fla-train" --config cuda.json 2> cuda.err; rc=$?
 [ $rc -eq 2 ] && grep -q "device 'cuda' is not supported" cuda.err || fail "device cuda: rc $rc"
+echo '{"model_config": {}, "data": "docs.tok", "seq_len": 8, "steps": 1, "documents": "mixed"}' > docs.json
+"$BUILD/fla-train" --config docs.json 2> docs.err; rc=$?
+[ $rc -eq 2 ] && grep -q "documents must be" docs.err || fail "documents mixed: rc $rc"
 echo '{"model_config": {}, "data": "docs.tok"' > trunc.json
 "$BUILD/fla-train" --config trunc.json 2> trunc.err; rc=$?
 [ $rc -eq 2 ] || fail "truncated JSON: rc $rc"
