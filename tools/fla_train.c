@@ -7,7 +7,8 @@
 ** Prints a progress line (step, loss, learning rate, tokens/s, ETA) every
 ** log_every steps, appends the same per step to the log (JSONL, or CSV when the
 ** name ends in .csv), saves a checkpoint every checkpoint.every steps, at the
-** end, and at the next step boundary after SIGINT/SIGTERM. --resume continues
+** end, and at the next step boundary after SIGINT/SIGTERM (a second one stops at
+** once, without saving). --resume continues
 ** from the newest complete checkpoint of the checkpoint directory (from scratch
 ** when there is none); --init-from starts from the weights of an fla / Hugging
 ** Face checkpoint directory. Command-line values override the config's (--steps
@@ -294,6 +295,7 @@ int main(int argc, char **argv) {
   struct sigaction sa;
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_signal_;
+  sa.sa_flags = SA_RESETHAND;  /* a second signal ends the process at once */
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGTERM, &sa, NULL);
 
