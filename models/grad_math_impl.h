@@ -1,28 +1,40 @@
 /*
 ** grad_math_impl.h -- the bodies of grad_math.h for one real type. Included by
-** grad_math.c with R (float or double), S (the name suffix) and GEMM (cblas's
-** sgemm or dgemm) defined. No include guard: meant to be included twice.
+** grad_math.c with R (float or double), S (the name suffix), GEMM (cblas's
+** sgemm or dgemm) and EXP (expf or exp) defined. No include guard: meant to be included twice.
 */
 
 #define GM_CAT_(a, b) a##_##b
 #define GM_CAT(a, b) GM_CAT_(a, b)
 #define FN(name) GM_CAT(name, S)
 
+static R FN(sigmoid_)(R x) { return 1 / (1 + EXP(-x)); }
+
 static R FN(act_)(R x, nn_act act) {
   switch (act) {
-  case NN_ACT_SILU: return x / (1 + exp(-(double)x));
-  case NN_ACT_SIGMOID: return (R)(1 / (1 + exp(-(double)x)));
+  case NN_ACT_SILU: return x * FN(sigmoid_)(x);
+  case NN_ACT_SIGMOID: return FN(sigmoid_)(x);
   default: return x;
   }
 }
 
 /* act'(x): silu' = s (1 + x (1 - s)), sigmoid' = s (1 - s) */
 static R FN(act_grad_)(R x, nn_act act) {
-  double s = 1 / (1 + exp(-(double)x));
+  R s = FN(sigmoid_)(x);
   switch (act) {
-  case NN_ACT_SILU: return (R)(s * (1 + x * (1 - s)));
-  case NN_ACT_SIGMOID: return (R)(s * (1 - s));
+  case NN_ACT_SILU: return s * (1 + x * (1 - s));
+  case NN_ACT_SIGMOID: return s * (1 - s);
   default: return 1;
+  }
+}
+
+/* act(x) and act'(x) from one exponential */
+static void FN(act_both_)(R x, nn_act act, R *a, R *da) {
+  R s = FN(sigmoid_)(x);
+  switch (act) {
+  case NN_ACT_SILU: *a = x * s; *da = s * (1 + x * (1 - s)); break;
+  case NN_ACT_SIGMOID: *a = s; *da = s * (1 - s); break;
+  default: *a = x; *da = 1;
   }
 }
 
@@ -83,9 +95,10 @@ void FN(gm_rmsnorm_gated_bwd)(const R *x, const R *g, int64_t rows, int dim, con
     for (int i = 0; i < dim; i++) {
       double xh = xr[i] * rstd, wi = w ? w[i] : 1, a = 1;
       if (g) {
-        R gi = g[r * dim + i];
-        a = FN(act_)(gi, act);
-        if (dg) dg[r * dim + i] = (R)(dyr[i] * xh * wi * FN(act_grad_)(gi, act));
+        R ai, dai;
+        FN(act_both_)(g[r * dim + i], act, &ai, &dai);
+        a = ai;
+        if (dg) dg[r * dim + i] = (R)(dyr[i] * xh * wi * dai);
       }
       if (dw) dw[i] += (R)(dyr[i] * xh * a);
       double dxh = dyr[i] * wi * a;
@@ -160,9 +173,10 @@ void FN(gm_swiglu)(const R *gate, const R *up, int64_t n, R *out) {
 
 void FN(gm_swiglu_bwd)(const R *gate, const R *up, int64_t n, const R *dout, R *dgate, R *dup) {
   for (int64_t i = 0; i < n; i++) {
-    R d = dout[i];
-    dup[i] = d * FN(act_)(gate[i], NN_ACT_SILU);
-    dgate[i] = d * up[i] * FN(act_grad_)(gate[i], NN_ACT_SILU);
+    R d = dout[i], a, da;
+    FN(act_both_)(gate[i], NN_ACT_SILU, &a, &da);
+    dup[i] = d * a;
+    dgate[i] = d * up[i] * da;
   }
 }
 
@@ -356,12 +370,12 @@ double FN(gm_head_ce)(const R *h, int64_t rows, int D, const R *W, int vocab,
       }
       double mx = -INFINITY, sum = 0;
       for (int c = 0; c < vocab; c++) mx = l[c] > mx ? l[c] : mx;
-      for (int c = 0; c < vocab; c++) sum += exp(l[c] - mx);
+      for (int c = 0; c < vocab; c++) sum += EXP(l[c] - (R)mx);
       double lse = mx + log(sum);
       loss += lse - l[tg];
       n++;
       if (dh)
-        for (int c = 0; c < vocab; c++) l[c] = (R)(scale * (exp(l[c] - lse) - (c == tg)));
+        for (int c = 0; c < vocab; c++) l[c] = (R)(scale * (EXP(l[c] - (R)lse) - (c == tg)));
     }
     if (dh) {
       GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, D, vocab, 1, lg, vocab, W, D, 0, dh + r0 * D, D);
