@@ -39,6 +39,9 @@ fla_status grad_op_forward(const mixer_call *mc, const op_input *in, int n, doub
 fla_status grad_op_backward(const mixer_call *mc, const op_input *in, int n, double scale,
                             const float *d_o, float *const *d);
 
+/* OpenBLAS's thread count (see grad_ops.c). */
+void grad_blas_threads(int n);
+
 /* Sum over the g = H / Hkv consecutive query heads that share a KV head:
 ** dx [rows, H*d] -> dy [rows, Hkv*d] (the backward of the repeat). */
 void grad_unrepeat_heads(const float *dx, int64_t rows, int Hkv, int H, int d, float *dy);

@@ -583,6 +583,38 @@ START_TEST(test_keep_equals_recompute) {
 }
 END_TEST
 
+/* Bit for bit the same gradients on every call, the first included (the
+** recipe core switches OpenBLAS to one thread on its first call: the backward
+** sets the thread count itself on every call). */
+START_TEST(test_deterministic) {
+  fla_ctx *ctx = th_cpu_ctx();
+  fla_ctx_set_threads(ctx, 2);
+  fla_model *m = load_trainable_(ctx, "gla");
+  enum { B = 4, T = 200 };
+  static int32_t ids[B * T], tg[B * T];
+  th_rng rng;
+  th_seed(&rng, 5);
+  batch_(&rng, 256, B * T, ids, tg);
+  fla_param p;
+  fla_model_param(m, 5, &p);
+  float *first = malloc(sizeof(float) * (size_t)p.numel);
+  double l0, l1;
+  int64_t c;
+  fla_model_zero_grad(m);
+  ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, B, T, 1.0f, &l0, &c), FLA_OK);
+  memcpy(first, p.grad, sizeof(float) * (size_t)p.numel);
+  for (int r = 0; r < 2; r++) {
+    fla_model_zero_grad(m);
+    ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, B, T, 1.0f, &l1, &c), FLA_OK);
+    ck_assert_msg(l0 == l1, "loss %.17g then %.17g", l0, l1);
+    ck_assert(!memcmp(first, p.grad, sizeof(float) * (size_t)p.numel));
+  }
+  free(first);
+  fla_model_free(m);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_varlen) {
   fla_ctx *ctx = th_cpu_ctx();
   fla_model *m = load_trainable_(ctx, "gla");
@@ -680,6 +712,7 @@ int main(void) {
   tcase_add_test(tc, test_accumulation);
   tcase_add_test(tc, test_params_and_create);
   tcase_add_test(tc, test_keep_equals_recompute);
+  tcase_add_test(tc, test_deterministic);
   tcase_add_test(tc, test_varlen);
   tcase_add_test(tc, test_bad_input);
   suite_add_tcase(s, tc);
