@@ -91,8 +91,8 @@ static fla_status mixer_grad_(const mixer_call *mc, const float *h, const float 
   if (!mc->L->is_attn && (a == ARCH_GLA || a == ARCH_RETNET || a == ARCH_HGRN2)) return grad_mixer_linear(mc, h, dout, dh, gp);
   if (!mc->L->is_attn && (a == ARCH_GATED_DELTANET || a == ARCH_DELTA_NET || a == ARCH_KDA))
     return grad_mixer_delta(mc, h, dout, dh, gp);
+  if (mc->L->is_attn) return grad_mixer_attention(mc, h, dout, dh, gp);
   if (gp && gp->phase == GRAD_FWD) return FLA_UNSUPPORTED; /* recomputed in the backward */
-  if (mc->L->is_attn) return grad_mixer_attention(mc, h, dout, dh);
   switch (mc->m->cfg.arch) {
   case ARCH_GLA:
   case ARCH_RETNET:

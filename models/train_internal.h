@@ -29,7 +29,7 @@ typedef struct grad_pass grad_pass;
 
 fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp);
 fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp);
-fla_status grad_mixer_attention(const mixer_call *mc, const float *x, const float *dout, float *dx);
+fla_status grad_mixer_attention(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp);
 fla_status grad_mixer_rwkv6(const mixer_call *mc, const float *x, const float *dout, float *dx);
 fla_status grad_rwkv6_ffn(const mixer_call *mc, const float *x, const float *dout, float *dx);
 

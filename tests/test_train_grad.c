@@ -586,7 +586,8 @@ END_TEST
 /* Keeping the activations and recomputing them give the same gradients, for
 ** every mixer that can keep (and one that cannot). */
 START_TEST(test_keep_equals_recompute) {
-  static const char *const names[] = {"gla", "retnet", "gated_deltanet", "delta_net", "kda", "hgrn2"};
+  static const char *const names[] = {"gla", "retnet", "gated_deltanet", "delta_net", "kda", "hgrn2",
+                                      "transformer", "gla_hybrid_swa"};
   fla_ctx *ctx = th_cpu_ctx();
   for (size_t n = 0; n < sizeof names / sizeof names[0]; n++) {
     fla_model *m = load_trainable_(ctx, names[n]);
