@@ -12,15 +12,19 @@
 #define R float
 #define S f
 #define GEMM cblas_sgemm
+#define EXP expf
 #include "grad_math_impl.h"
 #undef R
 #undef S
 #undef GEMM
+#undef EXP
 
 #define R double
 #define S d
 #define GEMM cblas_dgemm
+#define EXP exp
 #include "grad_math_impl.h"
 #undef R
 #undef S
 #undef GEMM
+#undef EXP

@@ -1,28 +1,40 @@
 /*
 ** grad_math_impl.h -- the bodies of grad_math.h for one real type. Included by
-** grad_math.c with R (float or double), S (the name suffix) and GEMM (cblas's
-** sgemm or dgemm) defined. No include guard: meant to be included twice.
+** grad_math.c with R (float or double), S (the name suffix), GEMM (cblas's
+** sgemm or dgemm) and EXP (expf or exp) defined. No include guard: meant to be included twice.
 */
 
 #define GM_CAT_(a, b) a##_##b
 #define GM_CAT(a, b) GM_CAT_(a, b)
 #define FN(name) GM_CAT(name, S)
 
+static R FN(sigmoid_)(R x) { return 1 / (1 + EXP(-x)); }
+
 static R FN(act_)(R x, nn_act act) {
   switch (act) {
-  case NN_ACT_SILU: return x / (1 + exp(-(double)x));
-  case NN_ACT_SIGMOID: return (R)(1 / (1 + exp(-(double)x)));
+  case NN_ACT_SILU: return x * FN(sigmoid_)(x);
+  case NN_ACT_SIGMOID: return FN(sigmoid_)(x);
   default: return x;
   }
 }
 
 /* act'(x): silu' = s (1 + x (1 - s)), sigmoid' = s (1 - s) */
 static R FN(act_grad_)(R x, nn_act act) {
-  double s = 1 / (1 + exp(-(double)x));
+  R s = FN(sigmoid_)(x);
   switch (act) {
-  case NN_ACT_SILU: return (R)(s * (1 + x * (1 - s)));
-  case NN_ACT_SIGMOID: return (R)(s * (1 - s));
+  case NN_ACT_SILU: return s * (1 + x * (1 - s));
+  case NN_ACT_SIGMOID: return s * (1 - s);
   default: return 1;
+  }
+}
+
+/* act(x) and act'(x) from one exponential */
+static void FN(act_both_)(R x, nn_act act, R *a, R *da) {
+  R s = FN(sigmoid_)(x);
+  switch (act) {
+  case NN_ACT_SILU: *a = x * s; *da = s * (1 + x * (1 - s)); break;
+  case NN_ACT_SIGMOID: *a = s; *da = s * (1 - s); break;
+  default: *a = x; *da = 1;
   }
 }
 
@@ -83,9 +95,10 @@ void FN(gm_rmsnorm_gated_bwd)(const R *x, const R *g, int64_t rows, int dim, con
     for (int i = 0; i < dim; i++) {
       double xh = xr[i] * rstd, wi = w ? w[i] : 1, a = 1;
       if (g) {
-        R gi = g[r * dim + i];
-        a = FN(act_)(gi, act);
-        if (dg) dg[r * dim + i] = (R)(dyr[i] * xh * wi * FN(act_grad_)(gi, act));
+        R ai, dai;
+        FN(act_both_)(g[r * dim + i], act, &ai, &dai);
+        a = ai;
+        if (dg) dg[r * dim + i] = (R)(dyr[i] * xh * wi * dai);
       }
       if (dw) dw[i] += (R)(dyr[i] * xh * a);
       double dxh = dyr[i] * wi * a;
@@ -160,9 +173,10 @@ void FN(gm_swiglu)(const R *gate, const R *up, int64_t n, R *out) {
 
 void FN(gm_swiglu_bwd)(const R *gate, const R *up, int64_t n, const R *dout, R *dgate, R *dup) {
   for (int64_t i = 0; i < n; i++) {
-    R d = dout[i];
-    dup[i] = d * FN(act_)(gate[i], NN_ACT_SILU);
-    dgate[i] = d * up[i] * FN(act_grad_)(gate[i], NN_ACT_SILU);
+    R d = dout[i], a, da;
+    FN(act_both_)(gate[i], NN_ACT_SILU, &a, &da);
+    dup[i] = d * a;
+    dgate[i] = d * up[i] * da;
   }
 }
 
@@ -251,85 +265,67 @@ static int64_t FN(first_key_)(int64_t t, int64_t window) {
   return window > 0 && t - window + 1 > 0 ? t - window + 1 : 0;
 }
 
-/* p[j - lo] = softmax_j(scale q . k_j) over lo..t */
-static void FN(attn_probs_)(const R *qh, const R *k, int64_t lo, int64_t t, int Hkv, int kh, int D,
-                            double scale, double *p) {
-  double mx = -INFINITY, sum = 0;
-  for (int64_t j = lo; j <= t; j++) {
-    const R *kj = k + (j * Hkv + kh) * D;
-    double s = 0;
-    for (int d = 0; d < D; d++) s += (double)qh[d] * kj[d];
-    p[j - lo] = s * scale;
-    if (p[j - lo] > mx) mx = p[j - lo];
+/* P[T, T] = the causal (windowed) softmax of scale Q_h K_kh^T of one sequence
+** and head (rows of q and k ldq, ldk apart); 0 outside the visible keys. */
+static void FN(attn_probs_)(const R *qh, int ldq, const R *kh, int ldk, int64_t T, int D, int64_t window,
+                            R scale, R *P) {
+  GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, D, scale, qh, ldq, kh, ldk, 0, P, (int)T);
+  for (int64_t t = 0; t < T; t++) {
+    R *p = P + t * T;
+    int64_t lo = FN(first_key_)(t, window);
+    double mx = -INFINITY, sum = 0;
+    for (int64_t j = lo; j <= t; j++) mx = p[j] > mx ? p[j] : mx;
+    for (int64_t j = lo; j <= t; j++) sum += (p[j] = EXP(p[j] - (R)mx));
+    for (int64_t j = 0; j < T; j++) p[j] = j >= lo && j <= t ? (R)(p[j] / sum) : 0;
   }
-  for (int64_t j = lo; j <= t; j++) sum += (p[j - lo] = exp(p[j - lo] - mx));
-  for (int64_t j = lo; j <= t; j++) p[j - lo] /= sum;
 }
 
+/* Per sequence b and query head h (KV head kh = h / (Hq / Hkv)):
+**   P = softmax(scale Q_h K_kh^T) (causal, window), O_h = P V_kh. */
 void FN(gm_attention)(const R *q, const R *k, const R *v, int64_t B, int64_t T, int Hq, int Hkv,
                       int D, int64_t window, R *o) {
-  double scale = 1.0 / sqrt((double)D);
-  double *p = malloc(sizeof(double) * (size_t)T);
+  R scale = (R)(1.0 / sqrt((double)D));
+  R *P = malloc(sizeof(R) * (size_t)(T * T));
   int group = Hq / Hkv;
-  for (int64_t b = 0; b < B; b++) {
-    const R *qb = q + b * T * Hq * D, *kb = k + b * T * Hkv * D, *vb = v + b * T * Hkv * D;
-    for (int64_t t = 0; t < T; t++)
-      for (int h = 0; h < Hq; h++) {
-        int kh = h / group;
-        int64_t lo = FN(first_key_)(t, window);
-        FN(attn_probs_)(qb + (t * Hq + h) * D, kb, lo, t, Hkv, kh, D, scale, p);
-        R *oh = o + ((b * T + t) * Hq + h) * D;
-        for (int d = 0; d < D; d++) {
-          double acc = 0;
-          for (int64_t j = lo; j <= t; j++) acc += p[j - lo] * vb[(j * Hkv + kh) * D + d];
-          oh[d] = (R)acc;
-        }
-      }
-  }
-  free(p);
+  for (int64_t b = 0; b < B; b++)
+    for (int h = 0; h < Hq; h++) {
+      int64_t qo = b * T * Hq * D + (int64_t)h * D, ko = b * T * Hkv * D + (int64_t)(h / group) * D;
+      FN(attn_probs_)(q + qo, Hq * D, k + ko, Hkv * D, T, D, window, scale, P);
+      GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, D, (int)T, 1, P, (int)T, v + ko, Hkv * D, 0,
+           o + qo, Hq * D);
+    }
+  free(P);
 }
 
-/* dv_j += p_j do;  ds_j = p_j (do . v_j - do . o);  dq += scale sum_j ds_j k_j;
-** dk_j += scale ds_j q. */
+/* dV_kh += P^T dO_h;  dP = dO_h V_kh^T;  dS = P (dP - rowsum(P dP));
+** dQ_h = scale dS K_kh;  dK_kh += scale dS^T Q_h. */
 void FN(gm_attention_bwd)(const R *q, const R *k, const R *v, int64_t B, int64_t T, int Hq,
                           int Hkv, int D, int64_t window, const R *dout, R *dq, R *dk, R *dv) {
-  double scale = 1.0 / sqrt((double)D);
-  double *p = malloc(sizeof(double) * (size_t)T * 2), *dp = p + T;
+  R scale = (R)(1.0 / sqrt((double)D));
+  R *P = malloc(sizeof(R) * (size_t)(2 * T * T)), *dP = P + T * T;
   int group = Hq / Hkv;
-  memset(dq, 0, sizeof(R) * (size_t)(B * T * Hq * D));
   memset(dk, 0, sizeof(R) * (size_t)(B * T * Hkv * D));
   memset(dv, 0, sizeof(R) * (size_t)(B * T * Hkv * D));
-  for (int64_t b = 0; b < B; b++) {
-    const R *qb = q + b * T * Hq * D, *kb = k + b * T * Hkv * D, *vb = v + b * T * Hkv * D;
-    R *dkb = dk + b * T * Hkv * D, *dvb = dv + b * T * Hkv * D;
-    for (int64_t t = 0; t < T; t++)
-      for (int h = 0; h < Hq; h++) {
-        int kh = h / group;
-        int64_t lo = FN(first_key_)(t, window);
-        const R *qh = qb + (t * Hq + h) * D, *doh = dout + ((b * T + t) * Hq + h) * D;
-        R *dqh = dq + ((b * T + t) * Hq + h) * D;
-        FN(attn_probs_)(qh, kb, lo, t, Hkv, kh, D, scale, p);
-        double dot_o = 0;
-        for (int64_t j = lo; j <= t; j++) {
-          const R *vj = vb + (j * Hkv + kh) * D;
-          double s = 0;
-          for (int d = 0; d < D; d++) s += (double)doh[d] * vj[d];
-          dp[j - lo] = s;
-          dot_o += p[j - lo] * s;
-        }
-        for (int64_t j = lo; j <= t; j++) {
-          double pj = p[j - lo], ds = pj * (dp[j - lo] - dot_o) * scale;
-          const R *kj = kb + (j * Hkv + kh) * D;
-          R *dkj = dkb + (j * Hkv + kh) * D, *dvj = dvb + (j * Hkv + kh) * D;
-          for (int d = 0; d < D; d++) {
-            dvj[d] += (R)(pj * doh[d]);
-            dqh[d] += (R)(ds * kj[d]);
-            dkj[d] += (R)(ds * qh[d]);
-          }
-        }
+  for (int64_t b = 0; b < B; b++)
+    for (int h = 0; h < Hq; h++) {
+      int64_t qo = b * T * Hq * D + (int64_t)h * D, ko = b * T * Hkv * D + (int64_t)(h / group) * D;
+      FN(attn_probs_)(q + qo, Hq * D, k + ko, Hkv * D, T, D, window, scale, P);
+      GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, D, (int)T, 1, P, (int)T, dout + qo, Hq * D, 1,
+           dv + ko, Hkv * D);
+      GEMM(CblasRowMajor, CblasNoTrans, CblasTrans, (int)T, (int)T, D, 1, dout + qo, Hq * D, v + ko, Hkv * D, 0,
+           dP, (int)T);
+      for (int64_t t = 0; t < T; t++) {
+        R *p = P + t * T, *dp = dP + t * T;
+        double dot = 0;
+        for (int64_t j = 0; j <= t; j++) dot += (double)p[j] * dp[j];
+        for (int64_t j = 0; j < T; j++) dp[j] = j <= t ? (R)(p[j] * (dp[j] - dot)) : 0;
       }
-  }
-  free(p);
+      GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)T, D, (int)T, scale, dP, (int)T, k + ko, Hkv * D, 0,
+           dq + qo, Hq * D);
+      GEMM(CblasRowMajor, CblasTrans, CblasNoTrans, (int)T, D, (int)T, scale, dP, (int)T, q + qo, Hq * D, 1,
+           dk + ko, Hkv * D);
+    }
+  free(P);
 }
 
 /* Per chunk of rows: logits = h W^T; loss += logsumexp - logit[target];
@@ -356,12 +352,12 @@ double FN(gm_head_ce)(const R *h, int64_t rows, int D, const R *W, int vocab,
       }
       double mx = -INFINITY, sum = 0;
       for (int c = 0; c < vocab; c++) mx = l[c] > mx ? l[c] : mx;
-      for (int c = 0; c < vocab; c++) sum += exp(l[c] - mx);
+      for (int c = 0; c < vocab; c++) sum += EXP(l[c] - (R)mx);
       double lse = mx + log(sum);
       loss += lse - l[tg];
       n++;
       if (dh)
-        for (int c = 0; c < vocab; c++) l[c] = (R)(scale * (exp(l[c] - lse) - (c == tg)));
+        for (int c = 0; c < vocab; c++) l[c] = (R)(scale * (EXP(l[c] - (R)lse) - (c == tg)));
     }
     if (dh) {
       GEMM(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, D, vocab, 1, lg, vocab, W, D, 0, dh + r0 * D, D);

@@ -196,9 +196,9 @@ fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *
   if (gla) { /* dz1 = dgk / 16 sigmoid(-z1), 0 where the floor held; into dk's room */
     float *dz1 = dk;
     grad_unrepeat_heads(dgk, rows, Hkv, H, K, dz1);
+    int floor = !isnan(cfg->clamp_min);
     for (int64_t i = 0; i < rows * Hkv * K; i++) {
-      float g1 = nn_logsigmoid(kp->z1[i]) / 16.0f;
-      int clamped = !isnan(cfg->clamp_min) && g1 < cfg->clamp_min;
+      int clamped = floor && nn_logsigmoid(kp->z1[i]) / 16.0f < cfg->clamp_min;
       dz1[i] = clamped ? 0.0f : dz1[i] / 16.0f * nn_sigmoid(-kp->z1[i]);
     }
     gm_linear_bwd_f(kp->z0, rows, 16, L->gk_proj1, Hkv * K, dz1, dz0, 0, model_grad(m, L->gk_proj1),

@@ -76,6 +76,14 @@ static fla_status wrap_inputs_(fla_ctx *ctx, const op_input *in, int n, fla_arg 
   return FLA_OK;
 }
 
+void openblas_set_num_threads(int);
+
+/* The CPU recipe core (runtime/cpu/chunk.c) sets OpenBLAS to one thread on its
+** first call (it parallelises over sequences and heads itself) and leaves it
+** so: the backward's own products want every thread. Every call into the op
+** runs with BLAS on one thread, every product of the backward with all. */
+void grad_blas_threads(int n) { openblas_set_num_threads(n > 0 ? n : 1); }
+
 /* Small calls run on the calling thread (as mixer_run_op does). */
 static int threads_for_(const mixer_call *mc) {
   const model_layer *L = mc->L;
@@ -95,7 +103,9 @@ fla_status grad_op_forward(const mixer_call *mc, const op_input *in, int n, doub
   if (s == FLA_OK) {
     int threads = ctx->nthreads;
     ctx->nthreads = threads_for_(mc);
+    grad_blas_threads(1);
     s = fla_op_forward(L->op, args, n, ot, NULL);
+    grad_blas_threads(threads);
     ctx->nthreads = threads;
   }
   for (int i = 0; i < n; i++) fla_tensor_free(owned[i]);
@@ -127,7 +137,9 @@ fla_status grad_op_backward(const mixer_call *mc, const op_input *in, int n, dou
   if (s == FLA_OK) {
     int threads = ctx->nthreads;
     ctx->nthreads = threads_for_(mc);
+    grad_blas_threads(1);
     s = fla_op_backward(L->op, args, n, dot, NULL, grads, ng);
+    grad_blas_threads(threads);
     ctx->nthreads = threads;
   }
   for (int i = 0; i < n; i++) fla_tensor_free(owned[i]);

@@ -91,8 +91,8 @@ static fla_status mixer_grad_(const mixer_call *mc, const float *h, const float 
   if (!mc->L->is_attn && (a == ARCH_GLA || a == ARCH_RETNET || a == ARCH_HGRN2)) return grad_mixer_linear(mc, h, dout, dh, gp);
   if (!mc->L->is_attn && (a == ARCH_GATED_DELTANET || a == ARCH_DELTA_NET || a == ARCH_KDA))
     return grad_mixer_delta(mc, h, dout, dh, gp);
+  if (mc->L->is_attn) return grad_mixer_attention(mc, h, dout, dh, gp);
   if (gp && gp->phase == GRAD_FWD) return FLA_UNSUPPORTED; /* recomputed in the backward */
-  if (mc->L->is_attn) return grad_mixer_attention(mc, h, dout, dh);
   switch (mc->m->cfg.arch) {
   case ARCH_GLA:
   case ARCH_RETNET:
@@ -177,6 +177,7 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
     }
   }
   if ((s = fla_cache_new(m, (int)B, &c))) goto done;
+  grad_blas_threads(m->ctx->nthreads); /* the products use every thread (and every call alike) */
   /* forward: keep the residual stream at each layer's input and middle */
   float *x = xs + 2 * (int64_t)NL * RD; /* runs through the layers, ends as the final stream */
   for (int64_t i = 0; i < rows; i++) memcpy(x + i * D, m->embeddings + (int64_t)ids[i] * D, sizeof(float) * D);
@@ -193,9 +194,11 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
     grad_pass *gm = &pass[2 * l], *gf = &pass[2 * l + 1];
     *gm = (grad_pass){m->recompute ? GRAD_BOTH : GRAD_FWD, o, NULL, {0}};
     s = gm->phase == GRAD_FWD ? mixer_grad_(&mc, h, NULL, NULL, gm) : FLA_UNSUPPORTED;
-    if (s == FLA_UNSUPPORTED) {
+    if (s == FLA_UNSUPPORTED) { /* the model's forward: its op wants BLAS on one thread */
       gm->phase = GRAD_BOTH;
+      grad_blas_threads(1);
       s = model_token_mixer(&mc, h, o);
+      grad_blas_threads(m->ctx->nthreads);
     }
     if (s) goto done;
     nn_add(x, o, RD);
@@ -249,6 +252,7 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
   }
   if (m->lower_bounds_raw) lower_bounds_bwd_(m);
 done:
+  grad_blas_threads(1); /* as the recipe core leaves it for the model's forward */
   fla_cache_free(c);
   free(pos);
   free(pass); /* on error, kept scratch above sc's mark goes with it */

@@ -29,7 +29,7 @@ typedef struct grad_pass grad_pass;
 
 fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp);
 fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp);
-fla_status grad_mixer_attention(const mixer_call *mc, const float *x, const float *dout, float *dx);
+fla_status grad_mixer_attention(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp);
 fla_status grad_mixer_rwkv6(const mixer_call *mc, const float *x, const float *dout, float *dx);
 fla_status grad_rwkv6_ffn(const mixer_call *mc, const float *x, const float *dout, float *dx);
 
@@ -38,6 +38,9 @@ fla_status grad_rwkv6_ffn(const mixer_call *mc, const float *x, const float *dou
 fla_status grad_op_forward(const mixer_call *mc, const op_input *in, int n, double scale, float *o);
 fla_status grad_op_backward(const mixer_call *mc, const op_input *in, int n, double scale,
                             const float *d_o, float *const *d);
+
+/* OpenBLAS's thread count (see grad_ops.c). */
+void grad_blas_threads(int n);
 
 /* Sum over the g = H / Hkv consecutive query heads that share a KV head:
 ** dx [rows, H*d] -> dy [rows, Hkv*d] (the backward of the repeat). */

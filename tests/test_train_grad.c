@@ -346,6 +346,51 @@ START_TEST(test_model_fd_tied) {
 }
 END_TEST
 
+/* Options the tiny checkpoints leave out, on created models (initializer_range
+** 0.1 for gradients well above the float32 noise): GLA with grouped KV heads,
+** a gate floor (clamp_min) and no output gate; RetNet with grouped KV heads
+** and convolutions; Gated DeltaNet with negative eigenvalues and no output
+** gate; DeltaNet without beta; a Transformer with qkv biases, one KV head and
+** a window of 5. */
+START_TEST(test_model_fd_variants) {
+  static const char *const cfgs[][2] = {
+    {"gla gqa+clamp", "{\"model_type\": \"gla\", \"hidden_size\": 32, \"num_hidden_layers\": 2, \"num_heads\": 2,"
+                      " \"num_kv_heads\": 1, \"vocab_size\": 64, \"clamp_min\": -0.045, \"use_output_gate\": false,"
+                      " \"initializer_range\": 0.1}"},
+    {"retnet gqa+conv", "{\"model_type\": \"retnet\", \"hidden_size\": 32, \"num_hidden_layers\": 2, \"num_heads\": 2,"
+                        " \"num_kv_heads\": 1, \"vocab_size\": 64, \"use_short_conv\": true, \"initializer_range\": 0.1}"},
+    {"gdn neg+nogate", "{\"model_type\": \"gated_deltanet\", \"hidden_size\": 32, \"num_hidden_layers\": 2, \"num_heads\": 2,"
+                       " \"head_dim\": 16, \"vocab_size\": 64, \"allow_neg_eigval\": true, \"use_gate\": false,"
+                       " \"use_short_conv\": false, \"initializer_range\": 0.1}"},
+    {"deltanet nobeta", "{\"model_type\": \"delta_net\", \"hidden_size\": 32, \"num_hidden_layers\": 2, \"num_heads\": 2,"
+                        " \"vocab_size\": 64, \"use_beta\": false, \"initializer_range\": 0.1}"},
+    {"transformer bias", "{\"model_type\": \"transformer\", \"hidden_size\": 32, \"num_hidden_layers\": 2, \"num_heads\": 4,"
+                         " \"num_kv_heads\": 1, \"qkv_bias\": true, \"window_size\": 5, \"vocab_size\": 64,"
+                         " \"initializer_range\": 0.1}"},
+  };
+  fla_ctx *ctx = th_cpu_ctx();
+  char dir[] = "/tmp/fla_variants_XXXXXX", path[64];
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  for (size_t i = 0; i < sizeof cfgs / sizeof cfgs[0]; i++) {
+    th_write_bytes(path, cfgs[i][1], strlen(cfgs[i][1]));
+    fla_model *m;
+    ck_assert_msg(fla_model_create(ctx, path, 3 + i, &m) == FLA_OK, "%s: %s", cfgs[i][0], fla_errmsg(ctx));
+    for (int j = 0; j < fla_model_num_params(m); j++) { /* biases start at 0: give them a value */
+      fla_param p;
+      fla_model_param(m, j, &p);
+      if (strstr(p.name, "proj.bias"))
+        for (int64_t e = 0; e < p.numel; e++) p.data[e] = 0.1f * (float)((e * 7) % 5 - 2);
+    }
+    check_fd_(ctx, m, cfgs[i][0]);
+    fla_model_free(m);
+  }
+  unlink(path);
+  rmdir(dir);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 /* Every architecture starts from its config alone and trains (one backward). */
 START_TEST(test_create_every_arch) {
   static const char *const names[] = {"gla", "gated_deltanet", "retnet", "delta_net", "kda",
@@ -541,7 +586,8 @@ END_TEST
 /* Keeping the activations and recomputing them give the same gradients, for
 ** every mixer that can keep (and one that cannot). */
 START_TEST(test_keep_equals_recompute) {
-  static const char *const names[] = {"gla", "retnet", "gated_deltanet", "delta_net", "kda", "hgrn2"};
+  static const char *const names[] = {"gla", "retnet", "gated_deltanet", "delta_net", "kda", "hgrn2",
+                                      "transformer", "gla_hybrid_swa"};
   fla_ctx *ctx = th_cpu_ctx();
   for (size_t n = 0; n < sizeof names / sizeof names[0]; n++) {
     fla_model *m = load_trainable_(ctx, names[n]);
@@ -579,6 +625,38 @@ START_TEST(test_keep_equals_recompute) {
     free(grads[1]);
     fla_model_free(m);
   }
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+/* Bit for bit the same gradients on every call, the first included (the
+** recipe core switches OpenBLAS to one thread on its first call: the backward
+** sets the thread count itself on every call). */
+START_TEST(test_deterministic) {
+  fla_ctx *ctx = th_cpu_ctx();
+  fla_ctx_set_threads(ctx, 2);
+  fla_model *m = load_trainable_(ctx, "gla");
+  enum { B = 4, T = 200 };
+  static int32_t ids[B * T], tg[B * T];
+  th_rng rng;
+  th_seed(&rng, 5);
+  batch_(&rng, 256, B * T, ids, tg);
+  fla_param p;
+  fla_model_param(m, 5, &p);
+  float *first = malloc(sizeof(float) * (size_t)p.numel);
+  double l0, l1;
+  int64_t c;
+  fla_model_zero_grad(m);
+  ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, B, T, 1.0f, &l0, &c), FLA_OK);
+  memcpy(first, p.grad, sizeof(float) * (size_t)p.numel);
+  for (int r = 0; r < 2; r++) {
+    fla_model_zero_grad(m);
+    ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, B, T, 1.0f, &l1, &c), FLA_OK);
+    ck_assert_msg(l0 == l1, "loss %.17g then %.17g", l0, l1);
+    ck_assert(!memcmp(first, p.grad, sizeof(float) * (size_t)p.numel));
+  }
+  free(first);
+  fla_model_free(m);
   fla_ctx_free(ctx);
 }
 END_TEST
@@ -676,10 +754,12 @@ int main(void) {
   tcase_add_test(tc, test_model_fd_transformer);
   tcase_add_test(tc, test_model_fd_gla_hybrid_swa);
   tcase_add_test(tc, test_model_fd_tied);
+  tcase_add_test(tc, test_model_fd_variants);
   tcase_add_test(tc, test_create_every_arch);
   tcase_add_test(tc, test_accumulation);
   tcase_add_test(tc, test_params_and_create);
   tcase_add_test(tc, test_keep_equals_recompute);
+  tcase_add_test(tc, test_deterministic);
   tcase_add_test(tc, test_varlen);
   tcase_add_test(tc, test_bad_input);
   suite_add_tcase(s, tc);
