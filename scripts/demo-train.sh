@@ -20,8 +20,8 @@ start=$(date +%s)
 echo "fla-train: $(( $(date +%s) - start )) s on $(nproc) core(s)"
 CKPT="$(ls -d checkpoints/step-* | sort | tail -1)"
 echo
-echo "== loss curve (every 20 steps; the whole log is $WORK/train-log.csv)"
-awk -F, 'NR > 1 && ($1 % 20 == 0 || $1 == 1) { printf "  step %4d  loss %.3f\n", $1, $2 }' train-log.csv
+echo "== loss curve (every 40 steps; the whole log is $WORK/train-log.csv)"
+awk -F, 'NR > 1 && ($1 % 40 == 0 || $1 == 1) { printf "  step %4d  loss %.3f\n", $1, $2 }' train-log.csv
 echo
 echo "== text from $CKPT (temperature 0.8, top-k 40)"
 for prompt in "The " "A man " "Q: Why "; do
