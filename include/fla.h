@@ -534,7 +534,8 @@ fla_status fla_model_generate(fla_model *m, int num_prompts, const int32_t *cons
 ** config. */
 fla_status fla_model_create(fla_ctx *ctx, const char *config_path, uint64_t seed,
                             fla_model **out);
-/* Makes a loaded model trainable (a no-op on one that already is). FLA_NOMEM. */
+/* Makes a loaded model trainable (a no-op on one that already is). FLA_NOMEM;
+** FLA_UNSUPPORTED for a model on another backend than the CPU. */
 fla_status fla_model_enable_grad(fla_model *m);
 
 /* One parameter: fla's name ("model.layers.0.attn.q_proj.weight", ...), its

@@ -21,7 +21,10 @@ float *grad_alloc(grad_scratch *s, int64_t n) {
   for (;;) {
     if (A->top == A->n) { /* a new block on top */
       if (A->n == (int)(sizeof A->p / sizeof A->p[0])) break;
-      int64_t cap = n > (1 << 22) ? n : (1 << 22);
+      int64_t cap = 1 << 22, held = 0; /* at least all held so far: few blocks, however many layers */
+      for (int t = 0; t < A->n; t++) held += A->cap[t];
+      if (cap < held) cap = held;
+      if (cap < n) cap = n;
       if (!(A->p[A->n] = malloc(sizeof(float) * (size_t)cap))) break;
       A->cap[A->n] = cap;
       A->used[A->n++] = 0;

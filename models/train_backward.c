@@ -4,8 +4,11 @@
 **
 ** Memory kept between the forward and the backward: the residual stream at
 ** each layer's input and after its token mixer, (2 L + 1) x tokens x hidden
-** floats; everything inside a layer is recomputed from those during its
-** backward (activation checkpointing per block).
+** floats, and each layer's activations where its backward can take them
+** (grad_pass, GRAD_FWD then GRAD_BWD; the scratch of layer l lies above that
+** of layer l - 1 in the arena, so the backward frees them in stack order).
+** Otherwise, or with fla_model_set_recompute, a layer's forward runs again
+** from its kept input during its backward (activation checkpointing).
 **
 ** Block backward (x: layer input, y = x + mixer(n1(x)), z = y + mlp(n2(y))):
 **   dy = dz + n2'(y)^T mlp'^T dz;   dx = dy + n1'(x)^T mixer'^T dy.

@@ -1,12 +1,13 @@
 /*
 ** train_internal.h -- the backward of the model layer (training).
 **
-** train_backward.c runs fla_model_loss_backward: a forward that keeps only the
-** residual stream at each layer's input and middle, the fused LM head and
-** cross-entropy (grad_math.h), then each layer's backward, which recomputes
-** that layer's forward from its kept input (one layer's activations at a time).
-** The token mixers' backward (grad_mixer_*.c) recomputes the mixer with its
-** intermediates and differentiates it, the recipe core through fla_op_backward.
+** train_backward.c runs fla_model_loss_backward: a forward that keeps the
+** residual stream at each layer's input and middle and (unless the model
+** recomputes) each layer's activations, the fused LM head and cross-entropy
+** (grad_math.h), then each layer's backward, from the kept activations or
+** from a forward recomputed out of the kept input. The token mixers' backward
+** (grad_mixer_*.c) differentiates the mixer, the recipe core through
+** fla_op_backward.
 **
 ** A mixer backward: x [rows, D] is the mixer's (normalised) input, dout
 ** [rows, D] the gradient of its output; dx [rows, D] receives the gradient of

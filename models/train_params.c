@@ -39,6 +39,8 @@ static fla_status own_weights_(fla_model *m) {
 fla_status fla_model_enable_grad(fla_model *m) {
   if (!m) return FLA_INVALID;
   if (m->master) return FLA_OK;
+  if (m->ctx->backend != FLA_BACKEND_CPU)
+    return fla_set_error(m->ctx, FLA_UNSUPPORTED, "fla_model_enable_grad: training runs on the CPU backend only in this version");
   return own_weights_(m);
 }
 
