@@ -2,8 +2,8 @@
 ** test_train_loop.c -- the training loop around the gradients (train/): AdamW
 ** against a hand-computed reference, schedules, clipping, token files, the loader
 ** (windows, shuffle determinism, resume position), checkpoints (round trip,
-** fla_model_load reading them, a crash half-way), and -- when the model
-** gradients are built -- training that resumes bit for bit and lowers the loss.
+** fla_model_load reading them, a crash half-way), and training that resumes bit
+** for bit, lowers the loss and runs documents separately.
 */
 #define _XOPEN_SOURCE 700
 #include "harness.h"
@@ -780,17 +780,6 @@ START_TEST(test_separate_documents) {
 }
 END_TEST
 
-/* 1 when fla_model_create works (the model gradients are built). */
-static int have_gradients_(void) {
-  fla_ctx *ctx = NULL;
-  if (fla_ctx_create(FLA_BACKEND_CPU, &ctx) != FLA_OK) return 0;
-  fla_model *m = NULL;
-  fla_status s = fla_model_create(ctx, th_shared_path("conformance/tiny_models/gla/config.json"), 1, &m);
-  fla_model_free(m);
-  fla_ctx_free(ctx);
-  return s == FLA_OK;
-}
-
 static Suite *train_loop_suite(void) {
   Suite *s = suite_create("train_loop");
   TCase *tc = tcase_create("core");
@@ -806,16 +795,12 @@ static Suite *train_loop_suite(void) {
   tcase_add_test(tc, test_checkpoint_round_trip_loads_as_a_model);
   tcase_add_test(tc, test_checkpoint_crash_leaves_previous);
   suite_add_tcase(s, tc);
-  if (have_gradients_()) {
-    TCase *tr = tcase_create("training");
-    tcase_set_timeout(tr, 300);
-    tcase_add_test(tr, test_resume_is_bit_exact);
-    tcase_add_test(tr, test_loss_goes_down_on_text);
-    tcase_add_test(tr, test_separate_documents);
-    suite_add_tcase(s, tr);
-  } else {
-    printf("SKIP: training: the model gradients are not built (fla_model_create answers FLA_UNSUPPORTED)\n");
-  }
+  TCase *tr = tcase_create("training");
+  tcase_set_timeout(tr, 300);
+  tcase_add_test(tr, test_resume_is_bit_exact);
+  tcase_add_test(tr, test_loss_goes_down_on_text);
+  tcase_add_test(tr, test_separate_documents);
+  suite_add_tcase(s, tr);
   return s;
 }
 
