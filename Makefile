@@ -1,5 +1,7 @@
 # A thin wrapper over CMake for the README's two commands.
-#   make demo   install what is missing, build, run every recipe on the CPU
+#   make demo   install what is missing, build, train a small GLA on the fortune files on
+#               the CPU for a few minutes, then generate text from it
+#   make demo-recipes   run every recipe on the CPU and print a table (the former demo)
 #   make test   install what is missing, build, run every test (plain and ASan/UBSan)
 
 BUILD ?= build
@@ -10,7 +12,7 @@ JOBS ?= $(shell nproc)
 # must compile every HIP kernel rather than skip.
 export FLA_REQUIRE_HIPRTC := $(if $(filter x86_64,$(shell uname -m)),1,)
 
-.PHONY: all deps build demo test test-plain test-san clean
+.PHONY: all deps build demo demo-recipes test test-plain test-san clean
 
 all: build
 
@@ -22,6 +24,9 @@ build: deps
 	cmake --build $(BUILD) -j $(JOBS)
 
 demo: build
+	bash scripts/demo-train.sh $(BUILD)
+
+demo-recipes: build
 	$(BUILD)/fla-bench --demo
 
 test-plain: build

@@ -534,7 +534,8 @@ fla_status fla_model_generate(fla_model *m, int num_prompts, const int32_t *cons
 ** config. */
 fla_status fla_model_create(fla_ctx *ctx, const char *config_path, uint64_t seed,
                             fla_model **out);
-/* Makes a loaded model trainable (a no-op on one that already is). FLA_NOMEM. */
+/* Makes a loaded model trainable (a no-op on one that already is). FLA_NOMEM;
+** FLA_UNSUPPORTED for a model on another backend than the CPU. */
 fla_status fla_model_enable_grad(fla_model *m);
 
 /* One parameter: fla's name ("model.layers.0.attn.q_proj.weight", ...), its
@@ -569,9 +570,233 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
                                    int64_t B, int64_t T, float grad_scale,
                                    double *loss_sum, int64_t *count);
 
+/* fla_model_loss_backward over documents packed end to end: ids and targets
+** [cu_seqlens[num_docs]], document i at [cu_seqlens[i], cu_seqlens[i+1]);
+** every document starts from an empty state (no state, convolution window or
+** attention crosses a boundary). Runs of equal-length documents go as one
+** batch. *loss_sum and *count cover all documents. FLA_INVALID for
+** cu_seqlens not starting at 0 or not increasing, num_docs < 1, and what
+** fla_model_loss_backward refuses. */
+fla_status fla_model_loss_backward_varlen(fla_model *m, const int32_t *ids, const int32_t *targets,
+                                          const int64_t *cu_seqlens, int64_t num_docs,
+                                          float grad_scale, double *loss_sum, int64_t *count);
+
+/* What fla_model_loss_backward keeps between its forward and its backward.
+** 0 (the default): every activation of the layers whose backward can use
+** them (the GLA, RetNet and delta-rule mixers, softmax attention, the
+** SwiGLU MLP; HGRN2 and RWKV-6 recompute), about 10 to 30 floats per token
+** and hidden unit per layer. 1: only the residual
+** stream at each layer's input and middle; each layer's forward runs again
+** in the backward (less memory, about a third more arithmetic). FLA_INVALID
+** for a NULL model. */
+fla_status fla_model_set_recompute(fla_model *m, int recompute);
+
 /* The model's config.json text (as loaded, or as fla_model_create read it),
 ** owned by the model: what a checkpoint writer saves beside the weights. */
 const char *fla_model_config_json(const fla_model *m);
+
+/* ---------------------------------------------------------- training loop */
+
+/* Everything around the gradients (train/, docs/training.md): the AdamW
+** optimizer, learning-rate schedules, gradient clipping, token files and
+** their loader, checkpoints, and a trainer that runs the steps. The
+** optimizer, clipping and checkpoints work on any array of fla_param (a
+** model's, from fla_model_param, or the caller's own). */
+
+/* AdamW with decoupled weight decay, state in float32 (Loshchilov & Hutter):
+**   t += 1;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
+**   p -= lr (wd p)                                    (decayed params only)
+**   p -= lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+** Weight decay applies to parameters of two or more dimensions whose name
+** does not contain "embed" (projections, the LM head); norms, biases and
+** embeddings are not decayed. */
+typedef struct fla_adamw_options {
+  float beta1, beta2;        /* 0.9, 0.95 are usual */
+  float eps;                 /* 1e-8 */
+  float weight_decay;        /* 0.1; 0 turns decay off */
+} fla_adamw_options;
+
+typedef struct fla_adamw fla_adamw;
+
+/* An optimizer over n parameters (the array is copied; the memory its data
+** and grad point to must outlive the optimizer), moments zero, step 0.
+** FLA_INVALID for n < 1, a parameter without data/grad, a duplicate name,
+** or a beta outside [0, 1); FLA_NOMEM. */
+fla_status fla_adamw_new(fla_ctx *ctx, int n, const fla_param *params,
+                         const fla_adamw_options *opt, fla_adamw **out);
+/* NULL is allowed. */
+void fla_adamw_free(fla_adamw *a);
+/* One update of every parameter from its grad at learning rate lr. */
+fla_status fla_adamw_step(fla_adamw *a, float lr);
+/* Updates taken so far (t of the formula). */
+int64_t fla_adamw_step_count(const fla_adamw *a);
+/* 1 when parameter i is weight-decayed (the rule above), else 0. */
+int fla_adamw_decays(const fla_adamw *a, int i);
+/* Writes the state to path (safetensors: "exp_avg.<name>" and
+** "exp_avg_sq.<name>" in float32 for every parameter, "step" as one I64),
+** atomically. FLA_IO. */
+fla_status fla_adamw_save(fla_adamw *a, const char *path);
+/* Reads a state written by fla_adamw_save for the same parameters. FLA_IO;
+** FLA_FORMAT when a moment is missing or has another shape (named). */
+fla_status fla_adamw_load(fla_adamw *a, const char *path);
+
+/* Global gradient-norm clipping: the L2 norm of all n gradients together
+** (summed in float64), and when it exceeds max_norm > 0 every gradient is
+** scaled by max_norm / (norm + 1e-6) (as PyTorch's clip_grad_norm_). Returns the norm before clipping; max_norm <= 0
+** only measures. */
+double fla_clip_grad_norm(int n, const fla_param *params, double max_norm);
+
+/* Learning rate schedules. Both warm up linearly over warmup_steps (the
+** rate of step s, counted from 0, is lr (s + 1) / warmup_steps there); then
+** CONSTANT holds lr and COSINE decays from lr to min_lr along half a cosine,
+** reaching min_lr at total_steps (and staying there after):
+**   lr(s) = min_lr + (lr - min_lr) (1 + cos(pi (s - w) / (total - w))) / 2 */
+typedef enum fla_lr_kind { FLA_LR_CONSTANT = 0, FLA_LR_COSINE } fla_lr_kind;
+typedef struct fla_lr_schedule {
+  fla_lr_kind kind;
+  double lr, min_lr;
+  int64_t warmup_steps, total_steps;
+} fla_lr_schedule;
+/* The learning rate of step s (0-based). */
+double fla_lr_at(const fla_lr_schedule *s, int64_t step);
+
+/* Token files (written by fla-tokenize): a 32-byte little-endian header
+**   "FLATOKEN" | u32 version (1) | u32 bytes per token (1, 2 or 4: the
+**   smallest that holds vocab_size) | u64 token count | u32 vocab_size |
+**   i32 boundary id (the token between documents; -1 when none)
+** followed by the tokens. Documents are separated by one boundary token. */
+typedef struct fla_token_writer fla_token_writer;
+/* Starts writing path (into "<path>.tmp.<pid>", renamed over path by
+** fla_token_writer_close). FLA_INVALID for vocab_size < 1 or a boundary
+** outside [-1, vocab_size); FLA_IO. */
+fla_status fla_token_writer_open(fla_ctx *ctx, const char *path, int64_t vocab_size,
+                                 int32_t boundary_id, fla_token_writer **out);
+/* Appends n tokens. FLA_INVALID for a token outside [0, vocab_size). */
+fla_status fla_token_writer_add(fla_token_writer *w, const int32_t *ids, int64_t n);
+/* Appends the boundary token (ends a document). */
+fla_status fla_token_writer_end_document(fla_token_writer *w);
+/* Finishes the header, fsyncs and renames into place, then frees the writer
+** (also on failure; the temporary file is then removed). */
+fla_status fla_token_writer_close(fla_token_writer *w);
+/* Frees a writer without writing (its temporary file removed). NULL is allowed. */
+void fla_token_writer_abort(fla_token_writer *w);
+
+/* A token file, memory-mapped: nothing is read into memory but the pages
+** touched. FLA_IO; FLA_FORMAT for a bad magic, version, width, or a size
+** that does not match the count (names the file). */
+typedef struct fla_token_file fla_token_file;
+fla_status fla_token_file_open(fla_ctx *ctx, const char *path, fla_token_file **out);
+void fla_token_file_close(fla_token_file *f);   /* NULL allowed */
+int64_t fla_token_file_count(const fla_token_file *f);
+int64_t fla_token_file_vocab_size(const fla_token_file *f);
+int32_t fla_token_file_boundary(const fla_token_file *f);
+/* Tokens [start, start + n) as int32 into out. FLA_INVALID when past the end. */
+fla_status fla_token_file_read(const fla_token_file *f, int64_t start, int64_t n, int32_t *out);
+
+/* A loader of fixed-length windows from token files. Each file is cut into
+** windows of seq_len + 1 tokens every seq_len tokens (the last token of a
+** window is the first of the next); a window gives ids = its first seq_len
+** tokens and targets = its last seq_len (shifted by one). Windows do not
+** cross files. Every epoch visits every window once in an order shuffled by
+** (seed, epoch) (a keyed permutation: no table of windows in memory). */
+typedef struct fla_loader fla_loader;
+/* Where the loader is: the epoch, and the windows of it already given. */
+typedef struct fla_loader_pos {
+  uint64_t epoch;
+  uint64_t index;
+} fla_loader_pos;
+/* Opens nfiles token files (same vocab_size and boundary id). FLA_INVALID for
+** seq_len < 1, files that disagree, or no file long enough for one window
+** (seq_len + 1 tokens); errors of fla_token_file_open. */
+fla_status fla_loader_open(fla_ctx *ctx, int nfiles, const char *const *paths,
+                           int64_t seq_len, uint64_t seed, fla_loader **out);
+void fla_loader_free(fla_loader *ld);  /* NULL allowed */
+int64_t fla_loader_num_windows(const fla_loader *ld);  /* per epoch */
+int64_t fla_loader_seq_len(const fla_loader *ld);
+int64_t fla_loader_vocab_size(const fla_loader *ld);
+int32_t fla_loader_boundary(const fla_loader *ld);
+/* The next batch windows: ids and targets [batch, seq_len] (caller memory),
+** moving on to the next epoch (a new order) when one ends. */
+fla_status fla_loader_next(fla_loader *ld, int64_t batch, int32_t *ids, int32_t *targets);
+/* The position (a small struct to save), and going back to one: after
+** fla_loader_seek(ld, p) the loader gives what it gave after p was told. */
+fla_loader_pos fla_loader_tell(const fla_loader *ld);
+fla_status fla_loader_seek(fla_loader *ld, fla_loader_pos pos);
+/* Document boundaries of a window as variable-length sequences: a sequence
+** ends after each boundary token and at the end. cu_seqlens (n + 1 entries
+** at most) receives 0, the ends..., n; returns the number of sequences. */
+int64_t fla_split_documents(const int32_t *ids, int64_t n, int32_t boundary,
+                            int64_t *cu_seqlens);
+
+/* Checkpoints: root/step-NNNNNNNN/ holding config.json, the weights as
+** model-0000i-of-0000n.safetensors shards with model.safetensors.index.json
+** (what fla_model_load reads), optimizer.safetensors (fla_adamw_save) and
+** trainer_state.json (step, seed, data position, RNG; docs/training.md). A
+** checkpoint is written in root/.tmp-step-NNNNNNNN.<pid>, every file fsynced,
+** then renamed into place: a crash leaves the previous ones intact and no
+** directory named step-* that is incomplete. */
+typedef struct fla_checkpoint_contents {
+  const char *config_json;   /* config.json's text */
+  int nparams;
+  const fla_param *params;   /* the weights (data; grad is not read) */
+  fla_adamw *optimizer;      /* NULL: no optimizer.safetensors */
+  const char *state_json;    /* trainer_state.json's text; NULL: none */
+} fla_checkpoint_contents;
+/* Writes checkpoint `step` under root (created when missing), shards of at
+** most shard_bytes (<= 0: one shard; a tensor larger than the limit gets a
+** shard of its own); an existing checkpoint of the same step is replaced.
+** dir_out (may be NULL) receives the directory. FLA_IO naming the file. */
+fla_status fla_checkpoint_save(fla_ctx *ctx, const char *root, int64_t step,
+                               const fla_checkpoint_contents *c, int64_t shard_bytes,
+                               char *dir_out, size_t dir_out_len);
+/* The newest complete checkpoint under root: its directory and step.
+** FLA_IO when root has none. */
+fla_status fla_checkpoint_latest(fla_ctx *ctx, const char *root, char *dir_out,
+                                 size_t dir_out_len, int64_t *step);
+/* Removes all but the newest keep checkpoints (keep >= 1), and temporary
+** directories left by crashed saves. */
+fla_status fla_checkpoint_prune(fla_ctx *ctx, const char *root, int keep);
+
+/* The trainer: one optimizer step is micro_batches forward/backward passes
+** of batch_size windows from the loader, gradients accumulated with scale
+** 1 / (tokens of the step), clipping, then AdamW at the schedule's rate. */
+typedef struct fla_train_options {
+  int64_t batch_size;        /* windows per micro-batch */
+  int micro_batches;         /* >= 1 */
+  int64_t steps;             /* the run's length (the schedule's total) */
+  fla_adamw_options adamw;
+  fla_lr_schedule schedule;
+  double clip_norm;          /* <= 0: no clipping */
+  uint64_t seed;             /* recorded in checkpoints (and the RNG's start) */
+  int separate_documents;    /* 1: each window is cut at its boundary tokens and every
+                                document runs from an empty state
+                                (fla_model_loss_backward_varlen); 0: windows run
+                                whole, documents packed (the state crosses them) */
+} fla_train_options;
+typedef struct fla_step_stats {
+  int64_t step;              /* steps done after this one */
+  double loss;               /* mean cross-entropy of the step's targets, nats */
+  double lr, grad_norm;      /* the rate used; the norm before clipping */
+  int64_t tokens;            /* targets counted in the step */
+} fla_step_stats;
+typedef struct fla_trainer fla_trainer;
+/* A trainer of model m (trainable, made on ctx) on data ld; all three must
+** outlive it and are not owned. FLA_INVALID for a model that is not trainable, a vocabulary
+** smaller than the data's, or bad options (named). */
+fla_status fla_trainer_new(fla_ctx *ctx, fla_model *m, fla_loader *ld,
+                           const fla_train_options *o, fla_trainer **out);
+void fla_trainer_free(fla_trainer *t);  /* NULL allowed */
+/* Runs one optimizer step. */
+fla_status fla_trainer_step(fla_trainer *t, fla_step_stats *stats);
+int64_t fla_trainer_step_count(const fla_trainer *t);
+/* Saves a checkpoint of the current step under root (see fla_checkpoint_save). */
+fla_status fla_trainer_save(fla_trainer *t, const char *root, int64_t shard_bytes,
+                            char *dir_out, size_t dir_out_len);
+/* Continues from checkpoint directory dir: the optimizer state, step, RNG and
+** data position. The model's weights must already be dir's (fla_model_load of
+** dir then fla_model_enable_grad). FLA_FORMAT when trainer_state.json is
+** malformed or was written for another seq_len or seed (named). */
+fla_status fla_trainer_restore(fla_trainer *t, const char *dir);
 
 #ifdef __cplusplus
 }

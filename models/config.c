@@ -247,6 +247,7 @@ static fla_status parse_(cfg_reader *r, model_config *c) {
       (s = get_int_(r, o, "num_heads", heads_default, 0, &c->num_heads)) ||
       (s = get_num_(r, o, "norm_eps", eps_default, &c->norm_eps)) ||
       (s = get_num_(r, o, "hidden_ratio", ratio_default, &c->hidden_ratio)) ||
+      (s = get_num_(r, o, "initializer_range", 0.02, &c->initializer_range)) ||
       (s = get_int_(r, o, "intermediate_size", 0, 0, &c->intermediate_size)) ||
       (s = get_int_(r, o, "eos_token_id", -1, 0, &c->eos_token_id)) ||
       (s = get_int_(r, o, "conv_size", 4, 0, &c->conv_size)) ||

@@ -9,7 +9,7 @@
 #include <string.h>
 
 /* The op, bound again only when (B, T) changes: decoding rebinds never. */
-static fla_status bind_(const mixer_call *mc, double scale) {
+fla_status mixer_bind_op(const mixer_call *mc, double scale) {
   model_layer *L = mc->L;
   if (L->op && L->op_B == mc->B && L->op_T == mc->T) return FLA_OK;
   fla_op_free(L->op);
@@ -34,7 +34,7 @@ fla_status mixer_run_op(const mixer_call *mc, const op_input *in, int n, double 
   fla_ctx *ctx = mc->m->ctx;
   model_layer *L = mc->L;
   layer_cache *lc = mc->lc;
-  fla_status s = bind_(mc, scale);
+  fla_status s = mixer_bind_op(mc, scale);
   if (s != FLA_OK) return s;
   fla_arg args[8];
   fla_tensor *owned[10] = {0};

@@ -24,6 +24,28 @@ float *model_alloc(fla_ctx *ctx, int64_t n) {
 
 /* ------------------------------------------------------------ loading */
 
+#define I64(x) ((int64_t)(x))
+#define TRY(expr) do { fla_status s_ = (expr); if (s_ != FLA_OK) return s_; } while (0)
+
+fla_status model_register_param(fla_model *m, const char *name, int ndim, const int64_t *shape,
+                                const float **slot) {
+  if (m->num_params == m->cap_params) {
+    int cap = m->cap_params ? 2 * m->cap_params : 64;
+    model_param *p = realloc(m->params, sizeof *p * (size_t)cap);
+    if (!p) return fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
+    m->params = p;
+    m->cap_params = cap;
+  }
+  model_param *p = &m->params[m->num_params++];
+  memset(p, 0, sizeof *p);
+  snprintf(p->name, sizeof p->name, "%s", name);
+  p->ndim = ndim;
+  p->numel = 1;
+  for (int i = 0; i < ndim; i++) p->numel *= (p->shape[i] = shape[i]);
+  p->slot = slot;
+  return FLA_OK;
+}
+
 typedef struct {
   fla_model *m;
   int layer; /* -1: a model-level tensor */
@@ -40,11 +62,19 @@ static fla_status get_(loader *ld, const float **out, const char *suffix, int nd
   char name[256];
   if (ld->layer >= 0) snprintf(name, sizeof name, "model.layers.%d.%s", ld->layer, suffix);
   else snprintf(name, sizeof name, "%s", suffix);
+  TRY(model_register_param(ld->m, name, ndim, shape, out));
+  if (!ld->m->weights) { /* fla_model_create: the memory comes after the last tensor */
+    *out = NULL;
+    return FLA_OK;
+  }
   return weights_get(ld->m->weights, name, ndim, shape, out);
 }
 
-#define I64(x) ((int64_t)(x))
-#define TRY(expr) do { fla_status s_ = (expr); if (s_ != FLA_OK) return s_; } while (0)
+/* Whether the files hold `name` (never for a model made from a config alone). */
+static int has_(const fla_model *m, const char *name) {
+  return m->weights && weights_has(m->weights, name);
+}
+
 
 static fla_status load_conv_(loader *ld, model_layer *L, int j, const char *name, int64_t C) {
   const model_config *c = &ld->m->cfg;
@@ -54,7 +84,7 @@ static fla_status load_conv_(loader *ld, model_layer *L, int j, const char *name
   snprintf(full, sizeof full, "attn.%s.weight", name);
   TRY(get_(ld, &L->conv[j].w, full, 3, C, I64(1), I64(c->conv_size)));
   snprintf(full, sizeof full, "model.layers.%d.attn.%s.bias", ld->layer, name);
-  if (weights_has(ld->m->weights, full)) { /* conv_bias is not in config.json */
+  if (has_(ld->m, full)) { /* conv_bias is not in config.json */
     snprintf(full, sizeof full, "attn.%s.bias", name);
     TRY(get_(ld, &L->conv[j].b, full, 1, C));
   }
@@ -267,13 +297,11 @@ static const char *recipe_of_(model_arch a) {
 
 /* HGRN2's per-layer forget-gate floors: softmax over layers, cumsum, minus the
 ** first (so layer 0 has none): lb[l] = sum_{j<=l} p_j - p_0. */
-static fla_status hgrn2_lower_bounds_(fla_model *m) {
+void model_hgrn2_lower_bounds(fla_model *m) {
   const model_config *c = &m->cfg;
   int64_t L = c->num_layers, D = c->hidden_size;
-  const float *raw;
-  loader ld = {m, -1};
-  TRY(get_(&ld, &raw, "model.lower_bounds", 2, L, D));
-  if (!(m->lower_bounds = model_alloc(m->ctx, L * D))) return FLA_NOMEM;
+  const float *raw = m->lower_bounds_raw;
+  if (!raw || !m->lower_bounds) return;
   for (int64_t d = 0; d < D; d++) {
     double mx = -INFINITY, sum = 0, acc = 0, first = 0;
     for (int64_t l = 0; l < L; l++) mx = fmax(mx, raw[l * D + d]);
@@ -286,15 +314,19 @@ static fla_status hgrn2_lower_bounds_(fla_model *m) {
     }
   }
   for (int64_t l = 1; l < L; l++) m->layers[l].lower_bound = m->lower_bounds + l * D;
+}
+
+static fla_status hgrn2_lower_bounds_(fla_model *m) {
+  int64_t L = m->cfg.num_layers, D = m->cfg.hidden_size;
+  loader ld = {m, -1};
+  TRY(get_(&ld, &m->lower_bounds_raw, "model.lower_bounds", 2, L, D));
+  if (!(m->lower_bounds = model_alloc(m->ctx, L * D))) return FLA_NOMEM;
   return FLA_OK;
 }
 
-static fla_status load_(fla_model *m, const char *dir) {
-  char path[4096];
-  snprintf(path, sizeof path, "%s/config.json", dir);
-  TRY(model_config_load(m->ctx, path, &m->cfg));
+/* Every tensor of the config, from the files or (no files) registered only. */
+fla_status model_build(fla_model *m) {
   const model_config *c = &m->cfg;
-  TRY(weights_open(m->ctx, dir, &m->weights));
   if (!(m->layers = calloc((size_t)c->num_layers, sizeof(model_layer))))
     return fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
   int64_t D = c->hidden_size, Vb = c->vocab_size;
@@ -302,8 +334,8 @@ static fla_status load_(fla_model *m, const char *dir) {
   TRY(get_(&ld, &m->embeddings, "model.embeddings.weight", 2, Vb, D));
   TRY(get_(&ld, &m->final_norm_w, "model.norm.weight", 1, D));
   if (c->arch == ARCH_RWKV6 && c->norm_bias) TRY(get_(&ld, &m->final_norm_b, "model.norm.bias", 1, D));
-  if (c->tie_word_embeddings && !weights_has(m->weights, "lm_head.weight")) m->lm_head = m->embeddings;
-  else TRY(get_(&ld, &m->lm_head, "lm_head.weight", 2, Vb, D));
+  m->tied_head = c->tie_word_embeddings && !has_(m, "lm_head.weight"); /* = embeddings */
+  if (!m->tied_head) TRY(get_(&ld, &m->lm_head, "lm_head.weight", 2, Vb, D));
   fla_recipe *recipe = NULL;
   for (int i = 0; i < c->num_layers; i++) {
     TRY(load_layer_(m, i));
@@ -313,7 +345,48 @@ static fla_status load_(fla_model *m, const char *dir) {
     }
   }
   if (c->arch == ARCH_HGRN2 && c->use_lower_bound) TRY(hgrn2_lower_bounds_(m));
-  return weights_check_all_used(m->weights);
+  return m->weights ? weights_check_all_used(m->weights) : FLA_OK;
+}
+
+/* What every tensor's data being known implies: a tied head, HGRN2's floors. */
+void model_finish_weights(fla_model *m) {
+  if (m->tied_head) m->lm_head = m->embeddings;
+  model_hgrn2_lower_bounds(m);
+}
+
+fla_status model_read_text(fla_ctx *ctx, const char *path, char **out) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return fla_set_error(ctx, FLA_IO, "%s: cannot open", path);
+  size_t cap = 4096, n = 0;
+  char *buf = malloc(cap);
+  while (buf) {
+    n += fread(buf + n, 1, cap - 1 - n, f);
+    if (n < cap - 1) break;
+    char *nb = realloc(buf, cap *= 2);
+    if (!nb) free(buf);
+    buf = nb;
+  }
+  int err = ferror(f);
+  fclose(f);
+  if (!buf) return fla_set_error(ctx, FLA_NOMEM, "%s: out of memory", path);
+  if (err) {
+    free(buf);
+    return fla_set_error(ctx, FLA_IO, "%s: read error", path);
+  }
+  buf[n] = 0;
+  *out = buf;
+  return FLA_OK;
+}
+
+static fla_status load_(fla_model *m, const char *dir) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  TRY(model_config_load(m->ctx, path, &m->cfg));
+  TRY(model_read_text(m->ctx, path, &m->config_json));
+  TRY(weights_open(m->ctx, dir, &m->weights));
+  TRY(model_build(m));
+  model_finish_weights(m);
+  return FLA_OK;
 }
 
 fla_status fla_model_load(fla_ctx *ctx, const char *dir, fla_model **out) {
@@ -345,6 +418,11 @@ void fla_model_free(fla_model *m) {
   free(m->layers);
   free(m->lower_bounds);
   weights_free(m->weights);
+  free(m->params);
+  free(m->config_json);
+  free(m->master);
+  free(m->dlower_bounds);
+  for (int t = 0; t < m->arena.n; t++) free(m->arena.p[t]);
   free(m);
 }
 
@@ -359,7 +437,7 @@ int fla_model_layer_is_attention(const fla_model *m, int i) {
 
 /* ------------------------------------------------------------ forward */
 
-static void block_norm_(const fla_model *m, const float *x, int64_t rows, const float *w,
+void model_block_norm(const fla_model *m, const float *x, int64_t rows, const float *w,
                         const float *b, float *y) {
   int D = m->cfg.hidden_size;
   if (m->cfg.arch == ARCH_RWKV6) nn_groupnorm(x, rows, D, 1, w, b, (float)m->cfg.norm_eps, y);
@@ -367,7 +445,7 @@ static void block_norm_(const fla_model *m, const float *x, int64_t rows, const 
 }
 
 /* mlp(x) = down(silu(gate x) * up x) */
-static fla_status mlp_(const mixer_call *mc, const float *x, float *out) {
+fla_status model_mlp(const mixer_call *mc, const float *x, float *out) {
   const model_layer *L = mc->L;
   int64_t rows = mc->B * mc->T;
   int D = mc->m->cfg.hidden_size, I = L->ffn_dim;
@@ -386,7 +464,7 @@ static fla_status mlp_(const mixer_call *mc, const float *x, float *out) {
   return FLA_OK;
 }
 
-static fla_status token_mixer_(const mixer_call *mc, const float *x, float *out) {
+fla_status model_token_mixer(const mixer_call *mc, const float *x, float *out) {
   if (mc->L->is_attn) return mixer_attention(mc, x, out);
   switch (mc->m->cfg.arch) {
   case ARCH_GLA:
@@ -410,6 +488,7 @@ fla_status model_run(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T
     if (ids[i] < 0 || ids[i] >= Vb)
       return fla_set_error(m->ctx, FLA_INVALID, "token id %d at position %lld is outside the vocabulary [0, %d)",
                            ids[i], (long long)i, Vb);
+  if (m->master) model_hgrn2_lower_bounds(m); /* trainable: the raw bounds may have changed */
   float *x = model_alloc(m->ctx, rows * D), *h = model_alloc(m->ctx, rows * D);
   float *o = model_alloc(m->ctx, rows * D);
   int64_t *pos = malloc(sizeof(int64_t) * (size_t)B);
@@ -424,11 +503,11 @@ fla_status model_run(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T
     model_layer *L = &m->layers[l];
     mixer_call mc = {m, L, &c->layers[l], slot0, B, T, pos};
     if (L->pre_norm_w) nn_groupnorm(x, rows, D, 1, L->pre_norm_w, L->pre_norm_b, (float)cfg->norm_eps, x);
-    block_norm_(m, x, rows, L->attn_norm_w, L->attn_norm_b, h);
-    if ((s = token_mixer_(&mc, h, o))) goto done;
+    model_block_norm(m, x, rows, L->attn_norm_w, L->attn_norm_b, h);
+    if ((s = model_token_mixer(&mc, h, o))) goto done;
     nn_add(x, o, rows * D);
-    block_norm_(m, x, rows, L->mlp_norm_w, L->mlp_norm_b, h);
-    s = cfg->arch == ARCH_RWKV6 ? mixer_rwkv6_ffn(&mc, h, o) : mlp_(&mc, h, o);
+    model_block_norm(m, x, rows, L->mlp_norm_w, L->mlp_norm_b, h);
+    s = cfg->arch == ARCH_RWKV6 ? mixer_rwkv6_ffn(&mc, h, o) : model_mlp(&mc, h, o);
     if (s) goto done;
     nn_add(x, o, rows * D);
   }
@@ -438,7 +517,7 @@ fla_status model_run(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T
       for (int64_t b = 0; b < B; b++) memmove(x + b * D, x + ((b + 1) * T - 1) * D, sizeof(float) * D);
       n = B;
     }
-    block_norm_(m, x, n, m->final_norm_w, m->final_norm_b, h);
+    model_block_norm(m, x, n, m->final_norm_w, m->final_norm_b, h);
     nn_linear(h, n, D, m->lm_head, Vb, NULL, logits);
   }
   for (int64_t b = 0; b < B; b++) c->pos[slot0 + b] += T;

@@ -35,6 +35,7 @@ typedef struct {
   int vocab_size, hidden_size, num_layers, num_heads, num_kv_heads;
   int intermediate_size;     /* the MLP width, after fla's rounding */
   double hidden_ratio, norm_eps;
+  double initializer_range;  /* std of the normal init (fla_model_create) */
   int eos_token_id, tie_word_embeddings;
   /* token-mixer options (the ones of the architecture) */
   double expand_k, expand_v;
@@ -99,14 +100,60 @@ typedef struct {
   int64_t op_B, op_T;
 } model_layer;
 
+/* A stack of float blocks kept between backward calls (grad_ops.c). */
+typedef struct {
+  float *p[32];
+  int64_t cap[32], used[32];
+  int n, top;
+} model_arena;
+
+/* A tensor the config implies, as the loader asked for it: fla's name, shape,
+** and the field of the model or layer that points at its data. */
+typedef struct {
+  char name[128];
+  int ndim;
+  int64_t shape[4], numel;
+  const float **slot;
+} model_param;
+
 struct fla_model {
   fla_ctx *ctx;
   model_config cfg;
-  weight_store *weights;
+  weight_store *weights;      /* NULL once trainable (or made by fla_model_create) */
   const float *embeddings, *final_norm_w, *final_norm_b, *lm_head;
+  const float *lower_bounds_raw; /* HGRN2: the parameter [L, D] */
   float *lower_bounds;        /* HGRN2: [L, D] after softmax and cumsum */
   model_layer *layers;
+  model_param *params;        /* every tensor, in load order (a tied lm_head is not one) */
+  int num_params, cap_params;
+  char *config_json;          /* the config.json text */
+  int tied_head;              /* lm_head is the embeddings (tie_word_embeddings) */
+  /* trainable: one block of 2 * master_numel floats, the weights then their
+  ** gradients, so a weight at p has its gradient at p + master_numel */
+  float *master;
+  int64_t master_numel;
+  float *dlower_bounds;       /* HGRN2 backward: d loss / d lower_bounds [L, D] */
+  model_arena arena;          /* the backward's scratch (grad_ops.c) */
+  int recompute;              /* fla_model_set_recompute */
 };
+
+/* The gradient of the weight whose data starts at p (a trainable model's). */
+static inline float *model_grad(const fla_model *m, const float *p) {
+  return p ? (float *)p + m->master_numel : NULL;
+}
+
+/* Loading (model.c). model_register_param records a tensor of the config;
+** model_build looks up (or, with no weight files, only registers) every tensor;
+** model_finish_weights ties the head and computes HGRN2's floors once every
+** tensor has its data. model_read_text: a whole file, NUL-terminated, malloc'd. */
+fla_status model_register_param(fla_model *m, const char *name, int ndim, const int64_t *shape,
+                                const float **slot);
+fla_status model_build(fla_model *m);
+void model_finish_weights(fla_model *m);
+fla_status model_read_text(fla_ctx *ctx, const char *path, char **out);
+
+/* HGRN2: recomputes m->lower_bounds from lower_bounds_raw (after an update). */
+void model_hgrn2_lower_bounds(fla_model *m);
 
 /* ------------------------------------------------------------ cache */
 
@@ -156,6 +203,15 @@ fla_status mixer_run_op(const mixer_call *mc, const op_input *in, int n, double 
 
 /* Short convolutions of projection j (0..2) with their cache; act per fla. */
 void mixer_conv(const mixer_call *mc, int j, const float *x, int C, nn_act act, float *y);
+
+/* The block's pieces, as model_run runs them (model.c). */
+void model_block_norm(const fla_model *m, const float *x, int64_t rows, const float *w,
+                      const float *b, float *y);
+fla_status model_token_mixer(const mixer_call *mc, const float *x, float *out);
+fla_status model_mlp(const mixer_call *mc, const float *x, float *out);
+
+/* Binds the layer's op for (mc->B, mc->T) unless it already is (mixer_common.c). */
+fla_status mixer_bind_op(const mixer_call *mc, double scale);
 
 /* malloc of n floats that reports FLA_NOMEM: NULL on failure. */
 float *model_alloc(fla_ctx *ctx, int64_t n);

@@ -19,6 +19,8 @@ if [ "$(uname -m)" = x86_64 ]; then
   have_file /usr/lib/x86_64-linux-gnu/libamdhip64.so.5 || need+=(libamdhip64-dev)
   have_file /usr/lib/x86_64-linux-gnu/libamd_comgr.so.2 || need+=(libamd-comgr2)
 fi
+# make demo trains on the fortune cookie files (English text).
+have_file /usr/share/games/fortunes/wisdom          || need+=(fortunes)
 command -v cmake >/dev/null                          || need+=(cmake)
 command -v gcc >/dev/null                            || need+=(gcc)
 command -v make >/dev/null                           || need+=(make)

@@ -1,0 +1,204 @@
+/*
+** grad_mixer_rwkv6.c -- backward of RWKV-6's time mix and channel mix
+** (mixer_rwkv6.c's math) for sequences that start from a zero token shift.
+**
+** Token shift d_t = x_{t-1} - x_t (x_{-1} = 0): dx_t += -dd_t + dd_{t+1}.
+** Lerp xn = x + d m: dx += dxn, dd += dxn m, dm = dxn d (summed over rows
+** for a per-channel mu).
+** Time mix: z = W0 (x + d mu), th = tanh z, m_n = W2_n th_n + x_bias_n
+**   (n = r, w, k, v, g; W2_n the columns nR..(n+1)R of W2), xn_n = x + d m_n;
+**   r, k, v, graw = W{r,k,v,g} xn_n;  w = -exp(L2 tanh(L0 xn_w) + b);
+**   o = rwkv6(r, k, v, w, u); y = groupnorm_heads(o) silu(graw); out = Wo y.
+**   dw -> d(L2 ...) = dw w (w = -exp(.)); tanh' = 1 - tanh^2.
+** Channel mix: out = sigmoid(Wr xr) * Wv relu(Wk xk)^2, xr, xk lerps with
+**   mu_r, mu_k:  d(relu(a)^2)/da = 2 relu(a).
+*/
+#include "internal.h"
+#include "train_internal.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+static void shift_(const mixer_call *mc, const float *x, float *d) {
+  int D = mc->m->cfg.hidden_size;
+  for (int64_t b = 0; b < mc->B; b++)
+    for (int64_t t = 0; t < mc->T; t++) {
+      const float *xt = x + (b * mc->T + t) * D;
+      float *dt = d + (b * mc->T + t) * D;
+      for (int i = 0; i < D; i++) dt[i] = (t ? xt[i - D] : 0.0f) - xt[i];
+    }
+}
+
+/* dx += the shift's backward of dd */
+static void shift_bwd_(const mixer_call *mc, const float *dd, float *dx) {
+  int D = mc->m->cfg.hidden_size;
+  for (int64_t b = 0; b < mc->B; b++)
+    for (int64_t t = 0; t < mc->T; t++) {
+      const float *ddt = dd + (b * mc->T + t) * D;
+      float *dxt = dx + (b * mc->T + t) * D;
+      for (int i = 0; i < D; i++) {
+        dxt[i] -= ddt[i];
+        if (t) dxt[i - D] += ddt[i];
+      }
+    }
+}
+
+/* y = x + d mu (mu [D], or [rows, D] when per_row) */
+static void lerp_(const float *x, const float *d, const float *mu, int per_row, int64_t rows, int D, float *y) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int i = 0; i < D; i++) y[r * D + i] = x[r * D + i] + d[r * D + i] * mu[per_row ? r * D + i : i];
+}
+
+/* The lerp's backward: dx += dxn, dd += dxn mu, and dmu (+= summed over rows
+** when per channel, = per row otherwise). */
+static void lerp_bwd_(const float *d, const float *mu, int per_row, int64_t rows, int D, const float *dxn,
+                      float *dx, float *dd, float *dmu) {
+  for (int64_t r = 0; r < rows; r++)
+    for (int i = 0; i < D; i++) {
+      int64_t j = r * D + i;
+      dx[j] += dxn[j];
+      dd[j] += dxn[j] * mu[per_row ? j : i];
+      if (per_row) dmu[j] = dxn[j] * d[j];
+      else dmu[i] += dxn[j] * d[j];
+    }
+}
+
+fla_status grad_mixer_rwkv6(const mixer_call *mc, const float *x, const float *dout, float *dx) {
+  fla_model *m = mc->m;
+  const model_config *cfg = &m->cfg;
+  const model_layer *L = mc->L;
+  int64_t rows = mc->B * mc->T, B = mc->B, T = mc->T;
+  int D = cfg->hidden_size, H = L->H, K = L->K, V = L->V, R = L->low_rank, G = cfg->gate_low_rank_dim;
+  grad_scratch sc = grad_scratch_begin(m);
+  float *d, *dd, *xx0, *th, *dth, *mix, *xn, *dxn, *dm, *r, *k, *v, *graw, *ta, *w, *o, *on, *y, *dy, *dO, *dOn;
+  float *dr, *dk, *dv, *dw, *du, *dta;
+  fla_status s = FLA_NOMEM;
+  if (!(d = grad_alloc(&sc, rows * D)) || !(dd = grad_alloc(&sc, rows * D)) || !(xx0 = grad_alloc(&sc, rows * D)) ||
+      !(th = grad_alloc(&sc, rows * 5 * R)) || !(dth = grad_alloc(&sc, rows * 5 * R)) ||
+      !(mix = grad_alloc(&sc, 5 * rows * D)) || !(xn = grad_alloc(&sc, 5 * rows * D)) ||
+      !(dxn = grad_alloc(&sc, rows * D)) || !(dm = grad_alloc(&sc, rows * D)) ||
+      !(r = grad_alloc(&sc, rows * H * K)) || !(k = grad_alloc(&sc, rows * H * K)) ||
+      !(v = grad_alloc(&sc, rows * H * V)) || !(graw = grad_alloc(&sc, rows * H * V)) ||
+      !(ta = grad_alloc(&sc, rows * G)) || !(dta = grad_alloc(&sc, rows * G)) || !(w = grad_alloc(&sc, rows * H * K)) ||
+      !(o = grad_alloc(&sc, rows * H * V)) || !(on = grad_alloc(&sc, rows * H * V)) ||
+      !(y = grad_alloc(&sc, rows * H * V)) || !(dy = grad_alloc(&sc, rows * H * V)) ||
+      !(dO = grad_alloc(&sc, rows * H * V)) || !(dOn = grad_alloc(&sc, rows * H * V)) ||
+      !(dr = grad_alloc(&sc, rows * H * K)) || !(dk = grad_alloc(&sc, rows * H * K)) ||
+      !(dv = grad_alloc(&sc, rows * H * V)) || !(dw = grad_alloc(&sc, rows * H * K)) || !(du = grad_alloc(&sc, H * K)))
+    goto done;
+  /* forward */
+  shift_(mc, x, d);
+  lerp_(x, d, L->x_mu, 0, rows, D, xx0);
+  gm_linear_f(xx0, rows, D, L->x_proj0, 5 * R, NULL, th);
+  for (int64_t i = 0; i < rows * 5 * R; i++) th[i] = tanhf(th[i]);
+  for (int n = 0; n < 5; n++) {
+    float *mn = mix + n * rows * D;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, D, R, 1.0f, th + n * R, 5 * R,
+                L->x_proj2 + n * R, 5 * R, 0.0f, mn, D);
+    for (int64_t i = 0; i < rows; i++)
+      for (int c = 0; c < D; c++) mn[i * D + c] += L->x_bias[n * D + c];
+    lerp_(x, d, mn, 1, rows, D, xn + n * rows * D);
+  }
+  const float *Wn[5] = {L->q_proj, NULL, L->k_proj, L->v_proj, L->g_proj};
+  float *dst[5] = {r, NULL, k, v, graw}, *ddst[5] = {dr, NULL, dk, dv, dy};
+  int C[5] = {H * K, H * K, H * K, H * V, H * V};
+  for (int n = 0; n < 5; n++)
+    if (Wn[n]) gm_linear_f(xn + n * rows * D, rows, D, Wn[n], C[n], NULL, dst[n]);
+  gm_linear_f(xn + rows * D, rows, D, L->w_lora0, G, NULL, ta);
+  for (int64_t i = 0; i < rows * G; i++) ta[i] = tanhf(ta[i]);
+  gm_linear_f(ta, rows, G, L->w_lora2, H * K, L->w_lora2_b, w);
+  for (int64_t i = 0; i < rows * H * K; i++) w[i] = -expf(w[i]);
+  op_input in[5] = {
+    {"r", r, 4, {B, T, H, K}},
+    {"k", k, 4, {B, T, H, K}},
+    {"v", v, 4, {B, T, H, V}},
+    {"w", w, 4, {B, T, H, K}},
+    {"u", (float *)L->bonus, 2, {H, K, 0, 0}},
+  };
+  if ((s = grad_op_forward(mc, in, 5, 1.0, o))) goto done;
+  gm_groupnorm_f(o, rows, H * V, H, L->out_norm, L->out_norm_b, cfg->norm_eps, on);
+  for (int64_t i = 0; i < rows * H * V; i++) y[i] = on[i] * graw[i] * nn_sigmoid(graw[i]);
+  /* backward: output, gate, norm, recipe */
+  gm_linear_bwd_f(y, rows, H * V, L->o_proj, D, dout, dOn, 0, model_grad(m, L->o_proj), NULL);
+  for (int64_t i = 0; i < rows * H * V; i++) {
+    double sg = 1 / (1 + exp(-(double)graw[i]));
+    dy[i] = (float)(dOn[i] * on[i] * sg * (1 + graw[i] * (1 - sg))); /* d graw */
+    dOn[i] = (float)(dOn[i] * graw[i] * sg);
+  }
+  gm_groupnorm_bwd_f(o, rows, H * V, H, L->out_norm, cfg->norm_eps, dOn, dO, model_grad(m, L->out_norm),
+                     model_grad(m, L->out_norm_b));
+  float *dg_[5] = {dr, dk, dv, dw, du};
+  if ((s = grad_op_backward(mc, in, 5, 1.0, dO, dg_))) goto done;
+  float *dbonus = model_grad(m, L->bonus);
+  for (int64_t i = 0; i < H * K; i++) dbonus[i] += du[i];
+  /* w = -exp(wl): dwl = dw w; then L2, tanh, L0 */
+  for (int64_t i = 0; i < rows * H * K; i++) dw[i] *= w[i];
+  gm_linear_bwd_f(ta, rows, G, L->w_lora2, H * K, dw, dta, 0, model_grad(m, L->w_lora2), model_grad(m, L->w_lora2_b));
+  for (int64_t i = 0; i < rows * G; i++) dta[i] *= 1 - ta[i] * ta[i];
+  /* the five branches: dxn_n -> dx, dd, dm_n -> dth (columns n), dW2, dx_bias */
+  memset(dx, 0, sizeof(float) * (size_t)(rows * D));
+  memset(dd, 0, sizeof(float) * (size_t)(rows * D));
+  float *dW2 = model_grad(m, L->x_proj2), *dxb = model_grad(m, L->x_bias);
+  for (int n = 0; n < 5; n++) {
+    const float *xnn = xn + n * rows * D, *mn = mix + n * rows * D;
+    if (n == 1) gm_linear_bwd_f(xnn, rows, D, L->w_lora0, G, dta, dxn, 0, model_grad(m, L->w_lora0), NULL);
+    else gm_linear_bwd_f(xnn, rows, D, Wn[n], C[n], ddst[n], dxn, 0, model_grad(m, Wn[n]), NULL);
+    lerp_bwd_(d, mn, 1, rows, D, dxn, dx, dd, dm);
+    for (int64_t i = 0; i < rows; i++)
+      for (int c = 0; c < D; c++) dxb[n * D + c] += dm[i * D + c];
+    /* dW2[:, nR:(n+1)R] += dm^T th_n;  dth_n = dm W2_n */
+    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, D, R, (int)rows, 1.0f, dm, D, th + n * R, 5 * R, 1.0f,
+                dW2 + n * R, 5 * R);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)rows, R, D, 1.0f, dm, D, L->x_proj2 + n * R, 5 * R,
+                0.0f, dth + n * R, 5 * R);
+  }
+  for (int64_t i = 0; i < rows * 5 * R; i++) dth[i] *= 1 - th[i] * th[i];
+  gm_linear_bwd_f(xx0, rows, D, L->x_proj0, 5 * R, dth, dxn, 0, model_grad(m, L->x_proj0), NULL);
+  lerp_bwd_(d, L->x_mu, 0, rows, D, dxn, dx, dd, model_grad(m, L->x_mu));
+  shift_bwd_(mc, dd, dx);
+  s = FLA_OK;
+done:
+  grad_scratch_free(&sc);
+  return s;
+}
+
+fla_status grad_rwkv6_ffn(const mixer_call *mc, const float *x, const float *dout, float *dx) {
+  fla_model *m = mc->m;
+  const model_layer *L = mc->L;
+  int64_t rows = mc->B * mc->T;
+  int D = m->cfg.hidden_size, F = L->ffn_dim; /* not F: complex.h (via cblas.h) owns it */
+  grad_scratch sc = grad_scratch_begin(m);
+  float *d, *dd, *xk, *xr, *kr, *kk, *vv, *rr, *dkk, *dxn;
+  if (!(d = grad_alloc(&sc, rows * D)) || !(dd = grad_alloc(&sc, rows * D)) || !(xk = grad_alloc(&sc, rows * D)) ||
+      !(xr = grad_alloc(&sc, rows * D)) || !(kr = grad_alloc(&sc, rows * F)) || !(kk = grad_alloc(&sc, rows * F)) ||
+      !(vv = grad_alloc(&sc, rows * D)) || !(rr = grad_alloc(&sc, rows * D)) || !(dkk = grad_alloc(&sc, rows * F)) ||
+      !(dxn = grad_alloc(&sc, rows * D))) {
+    grad_scratch_free(&sc);
+    return FLA_NOMEM;
+  }
+  shift_(mc, x, d);
+  lerp_(x, d, L->ffn_key_mu, 0, rows, D, xk);
+  gm_linear_f(xk, rows, D, L->ffn_key, F, NULL, kr);
+  for (int64_t i = 0; i < rows * F; i++) kk[i] = kr[i] > 0 ? kr[i] * kr[i] : 0.0f;
+  gm_linear_f(kk, rows, F, L->ffn_value, D, NULL, vv);
+  lerp_(x, d, L->ffn_rec_mu, 0, rows, D, xr);
+  gm_linear_f(xr, rows, D, L->ffn_rec, D, NULL, rr);
+  /* out = vv sigmoid(rr): dvv (into vv's room after use) and drr (into rr's) */
+  for (int64_t i = 0; i < rows * D; i++) {
+    float sg = nn_sigmoid(rr[i]);
+    rr[i] = dout[i] * vv[i] * sg * (1 - sg);
+    vv[i] = dout[i] * sg;
+  }
+  memset(dx, 0, sizeof(float) * (size_t)(rows * D));
+  memset(dd, 0, sizeof(float) * (size_t)(rows * D));
+  gm_linear_bwd_f(kk, rows, F, L->ffn_value, D, vv, dkk, 0, model_grad(m, L->ffn_value), NULL);
+  for (int64_t i = 0; i < rows * F; i++) dkk[i] *= kr[i] > 0 ? 2 * kr[i] : 0.0f;
+  gm_linear_bwd_f(xk, rows, D, L->ffn_key, F, dkk, dxn, 0, model_grad(m, L->ffn_key), NULL);
+  lerp_bwd_(d, L->ffn_key_mu, 0, rows, D, dxn, dx, dd, model_grad(m, L->ffn_key_mu));
+  gm_linear_bwd_f(xr, rows, D, L->ffn_rec, D, rr, dxn, 0, model_grad(m, L->ffn_rec), NULL);
+  lerp_bwd_(d, L->ffn_rec_mu, 0, rows, D, dxn, dx, dd, model_grad(m, L->ffn_rec_mu));
+  shift_bwd_(mc, dd, dx);
+  grad_scratch_free(&sc);
+  return FLA_OK;
+}
