@@ -63,6 +63,12 @@ fla_status weights_get(weight_store *ws, const char *name, int ndim, const int64
 int weights_has(const weight_store *ws, const char *name);
 /* FLA_FORMAT naming the first tensor of the files no weights_get asked for. */
 fla_status weights_check_all_used(weight_store *ws);
+/* A store without files: weights_get draws every tensor from seed (norm
+** weights 1, the rest uniform in +-0.03), weights_has is 0 for every name.
+** For benchmarks of a configuration (fla-generate --random-weights). */
+fla_status weights_open_random(fla_ctx *ctx, uint64_t seed, weight_store **out);
+/* 1 when some tensor weights_get returned was stored as bf16 or f16. */
+int weights_half(const weight_store *ws);
 
 /* ------------------------------------------------------------ layers */
 
@@ -97,6 +103,7 @@ typedef struct {
   fla_recipe *recipe;
   fla_op *op;
   int64_t op_B, op_T;
+  struct gpu_layer *gpu;     /* the device copies of the weights (model_gpu.c) */
 } model_layer;
 
 struct fla_model {
@@ -106,6 +113,7 @@ struct fla_model {
   const float *embeddings, *final_norm_w, *final_norm_b, *lm_head;
   float *lower_bounds;        /* HGRN2: [L, D] after softmax and cumsum */
   model_layer *layers;
+  struct gpu_model *gpu;      /* non-NULL on a CUDA context (model_gpu.c) */
 };
 
 /* ------------------------------------------------------------ cache */
@@ -124,6 +132,7 @@ struct fla_cache {
   int N;
   int64_t *pos;       /* tokens consumed per sequence */
   layer_cache *layers;
+  struct gpu_cache *gpu; /* the device state, for a model on a CUDA context */
 };
 
 /* Runs B sequences (cache slots slot0..slot0+B-1) over T new tokens each:
@@ -156,6 +165,23 @@ fla_status mixer_run_op(const mixer_call *mc, const op_input *in, int n, double 
 
 /* Short convolutions of projection j (0..2) with their cache; act per fla. */
 void mixer_conv(const mixer_call *mc, int j, const float *x, int C, nn_act act, float *y);
+
+/* ------------------------------------------------------------ GPU (model_gpu.c) */
+
+/* Remembers that host weight p (numel floats) belongs to the model, so that
+** gpu_model_upload finds its size. Called for every tensor the loader gets. */
+fla_status gpu_register_weight(fla_model *m, const float *p, int64_t numel);
+/* Uploads every weight to the device of the model's CUDA context as dtype
+** (FLA_F32 or FLA_BF16 for the matrices; vectors stay float32) and prepares
+** the kernels and cuBLAS. */
+fla_status gpu_model_upload(fla_model *m, fla_dtype dtype);
+void gpu_model_free(fla_model *m);
+/* model_run on the device (same contract); the caches' device state. */
+fla_status gpu_model_run(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T,
+                         const int32_t *ids, float *logits, int last_only);
+fla_status gpu_cache_new(fla_cache *c);
+void gpu_cache_free(fla_cache *c);
+void gpu_cache_reset(fla_cache *c, int seq);
 
 /* malloc of n floats that reports FLA_NOMEM: NULL on failure. */
 float *model_alloc(fla_ctx *ctx, int64_t n);
