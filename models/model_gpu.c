@@ -54,19 +54,22 @@ static fla_status block_(fla_model *m, size_t bytes, dptr *out) {
   return s;
 }
 
-/* Copies n floats of host p to device dst as dt (converted in pieces). */
+/* Copies n floats of host p to device dst as dt: bf16 is converted on the
+** device, in pieces staged through the model's scratch. */
 static fla_status put_(fla_model *m, dptr dst, const float *p, int64_t n, fla_dtype dt) {
   if (dt == FLA_F32) return fla_cuda_upload(m->ctx, dst, p, sizeof(float) * (size_t)n);
+  nn_gpu *g = &m->gpu->g;
   const int64_t piece = 1 << 22;
-  uint16_t *tmp = malloc(sizeof(uint16_t) * (size_t)(n < piece ? n : piece));
-  if (!tmp) return fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
-  fla_status s = FLA_OK;
-  for (int64_t i = 0; i < n && s == FLA_OK; i += piece) {
+  nn_gpu_reset(g);
+  dptr stage = GF(g, piece);
+  for (int64_t i = 0; i < n && g->status == FLA_OK; i += piece) {
     int64_t k = n - i < piece ? n - i : piece;
-    fla_convert(tmp, dt, p + i, FLA_F32, k);
-    s = fla_cuda_upload(m->ctx, dst + (dptr)i * 2, tmp, sizeof(uint16_t) * (size_t)k);
+    gl_upload(g, stage, p + i, sizeof(float) * (size_t)k);
+    gl_cast_bf16(g, stage, dst + (dptr)i * 2, k);
   }
-  free(tmp);
+  gl_sync(g, "weight upload");
+  fla_status s = g->status;
+  g->status = FLA_OK;
   return s;
 }
 
@@ -431,6 +434,7 @@ fla_status gpu_model_run(fla_model *m, fla_cache *c, int slot0, int64_t B, int64
     }
     gl_download(g, logits, G->graph_logits, sizeof(float) * (size_t)(B * Vb));
   } else {
+    graph_drop_(G); /* its buffers are in the arena this step reuses */
     nn_gpu_reset(g);
     dptr dids = nn_gpu_tmp(g, sizeof(int32_t) * (size_t)rows), dpos = nn_gpu_tmp(g, sizeof(int64_t) * (size_t)B);
     gl_upload(g, dids, ids, sizeof(int32_t) * (size_t)rows);

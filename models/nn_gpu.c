@@ -220,16 +220,10 @@ void gl_linear_ex(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw
   int type = CUDA_R_32F_, mm = (int)M;
   dptr xb = x;
   int ldb = ldx;
-  if (g->wdt == FLA_BF16) { /* cuBLAS wants both factors in bf16 */
-    size_t mark = g->arena_used, peak = g->arena_peak;
-    xb = nn_gpu_tmp(g, 2 * (size_t)M * (size_t)in);
-    if (ldx == in) {
-      gl_cast_bf16(g, x, xb, M * in);
-    } else { /* a column block: cast the whole rows, point into them */
-      g->arena_used = mark, g->arena_peak = peak;
-      xb = nn_gpu_tmp(g, 2 * (size_t)M * (size_t)ldx);
-      gl_cast_bf16(g, x, xb, M * ldx);
-    }
+  if (g->wdt == FLA_BF16) { /* cuBLAS wants both factors in bf16: x's rows as they lie */
+    int64_t span = (M - 1) * ldx + in;
+    xb = nn_gpu_tmp(g, 2 * (size_t)span);
+    gl_cast_bf16(g, x, xb, span);
     type = CUDA_R_16BF_;
   }
   if (g->status != FLA_OK) return;

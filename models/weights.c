@@ -182,8 +182,7 @@ static fla_status random_get_(weight_store *ws, const char *name, int ndim, cons
       continue;
     }
     ws->rng ^= ws->rng >> 12, ws->rng ^= ws->rng << 25, ws->rng ^= ws->rng >> 27;
-    uint64_t r = ws->rng * 2685821657736338717ull;
-    f[i] = (float)(((double)(r >> 11) / 9007199254740992.0 - 0.5) * 0.06);
+    f[i] = (float)(int32_t)((ws->rng * 2685821657736338717ull) >> 32) * (0.03f / 2147483648.0f);
   }
   *out = f;
   return FLA_OK;

@@ -76,29 +76,40 @@ __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int 
   bool vec = (in % V) == 0 && (ldw % V) == 0 && (((unsigned long long)W) & 15) == 0 &&
              (ldx % 4) == 0 && (((unsigned long long)x) & 15) == 0;
   if (vec) {
-    for (int i = lane * V; i < in; i += 32 * V) {
-      float wf[16 / sizeof(W_t)];
-      uint4 raw = *(const uint4 *)(w + i);
-      if (sizeof(W_t) == 2) {
-        const unsigned *r = (const unsigned *)&raw;
+    /* four 16-byte loads in flight per lane before the arithmetic */
+    for (int i0 = lane * V; i0 < in; i0 += 4 * 32 * V) {
+      uint4 raw[4];
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-          wf[2 * j] = __uint_as_float(r[j] << 16);
-          wf[2 * j + 1] = __uint_as_float(r[j] & 0xffff0000u);
-        }
-      } else {
-        const float *r = (const float *)&raw;
-#pragma unroll
-        for (int j = 0; j < 4; j++) wf[j] = r[j];
+      for (int u = 0; u < 4; u++) {
+        int i = i0 + u * 32 * V;
+        raw[u] = i < in ? *(const uint4 *)(w + i) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
-      for (int m = 0; m < 8; m++) {
-        if (m < M) {
-          const float4 *xp = (const float4 *)(x + (i64)m * ldx + i);
+      for (int u = 0; u < 4; u++) {
+        int i = i0 + u * 32 * V;
+        if (i >= in) break;
+        float wf[16 / sizeof(W_t)];
+        if (sizeof(W_t) == 2) {
+          const unsigned *r = (const unsigned *)&raw[u];
 #pragma unroll
-          for (int j = 0; j < V / 4; j++) {
-            float4 xv = xp[j];
-            acc[m] += wf[4 * j] * xv.x + wf[4 * j + 1] * xv.y + wf[4 * j + 2] * xv.z + wf[4 * j + 3] * xv.w;
+          for (int j = 0; j < 4; j++) {
+            wf[2 * j] = __uint_as_float(r[j] << 16);
+            wf[2 * j + 1] = __uint_as_float(r[j] & 0xffff0000u);
+          }
+        } else {
+          const float *r = (const float *)&raw[u];
+#pragma unroll
+          for (int j = 0; j < 4; j++) wf[j] = r[j];
+        }
+#pragma unroll
+        for (int m = 0; m < 8; m++) {
+          if (m < M) {
+            const float4 *xp = (const float4 *)(x + (i64)m * ldx + i);
+#pragma unroll
+            for (int j = 0; j < V / 4; j++) {
+              float4 xv = xp[j];
+              acc[m] += wf[4 * j] * xv.x + wf[4 * j + 1] * xv.y + wf[4 * j + 2] * xv.z + wf[4 * j + 3] * xv.w;
+            }
           }
         }
       }

@@ -1,0 +1,149 @@
+/*
+** fla-model-bench -- prefill and decode speed of a model, from a checkpoint or
+** from a config.json alone (random weights, nothing read from disk).
+**
+**   fla-model-bench (--config FILE | --model DIR) [--device cuda|cpu] [--dtype bf16|f32]
+**                   [--prompt-len N] [--runs R] [--batch B[,B...]] [--decode-steps S]
+**                   [--graphs]
+**
+** Prefill: one sequence of --prompt-len random tokens (default 4096) into a
+** fresh slot, median wall time of --runs runs after one warm-up (which
+** compiles the kernels). Decode: for each batch size B, B slots prefilled with
+** 16 tokens, 8 warm-up steps, then --decode-steps steps (default 128) timed one
+** by one; tokens/s = B / median step time. Each step is fla_model_decode: the
+** ids go up, the [B, vocab] float32 logits come back (part of the time).
+** --graphs sets FLA_CUDA_GRAPHS=1 (decode steps replay a CUDA graph).
+** Exit status: 0, 1 on a library error, 2 for bad arguments.
+*/
+#include "fla.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static double now_(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return x < y ? -1 : x > y;
+}
+
+static double median_(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static int fail_(fla_ctx *ctx, const char *what) {
+  fprintf(stderr, "fla-model-bench: %s: %s\n", what, fla_errmsg(ctx));
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  const char *config = NULL, *model = NULL, *device = "cuda", *dtype = "bf16", *batches = "1,64";
+  int prompt_len = 4096, runs = 3, steps = 128, graphs = 0;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+    if (!strcmp(a, "--graphs")) {
+      graphs = 1;
+      continue;
+    }
+    if (!v) {
+      fprintf(stderr, "fla-model-bench: %s needs a value\n", a);
+      return 2;
+    }
+    i++;
+    if (!strcmp(a, "--config")) config = v;
+    else if (!strcmp(a, "--model")) model = v;
+    else if (!strcmp(a, "--device")) device = v;
+    else if (!strcmp(a, "--dtype")) dtype = v;
+    else if (!strcmp(a, "--prompt-len")) prompt_len = atoi(v);
+    else if (!strcmp(a, "--runs")) runs = atoi(v);
+    else if (!strcmp(a, "--batch")) batches = v;
+    else if (!strcmp(a, "--decode-steps")) steps = atoi(v);
+    else {
+      fprintf(stderr, "fla-model-bench: unknown option %s\n", a);
+      return 2;
+    }
+  }
+  int dt = !strcmp(dtype, "bf16") ? FLA_BF16 : !strcmp(dtype, "f32") ? FLA_F32 : -2;
+  if (!config == !model || dt == -2 || prompt_len < 0 || runs < 1 || steps < 1) {
+    fprintf(stderr, "usage: fla-model-bench (--config FILE | --model DIR) [--device cuda|cpu] [--dtype bf16|f32]\n"
+                    "                       [--prompt-len N] [--runs R] [--batch B,...] [--decode-steps S] [--graphs]\n");
+    return 2;
+  }
+  if (graphs) setenv("FLA_CUDA_GRAPHS", "1", 1);
+  fla_ctx *ctx;
+  char why[1024] = "";
+  if (fla_ctx_create_ex(!strcmp(device, "cpu") ? FLA_BACKEND_CPU : FLA_BACKEND_CUDA, &ctx, why, sizeof why)) {
+    fprintf(stderr, "fla-model-bench: no %s context: %s\n", device, why);
+    return 1;
+  }
+  fla_model *m;
+  double t0 = now_();
+  fla_status s = config ? fla_model_load_random(ctx, config, 1, dt, &m) : fla_model_load_ex(ctx, model, dt, &m);
+  if (s != FLA_OK) return fail_(ctx, "load");
+  int V = fla_model_vocab_size(m);
+  printf("model %s (%s), %d layers, hidden %d, vocab %d, %s %s, loaded in %.1f s\n", fla_model_type(m),
+         config ? config : model, fla_model_num_layers(m), fla_model_hidden_size(m), V,
+         fla_ctx_device_name(ctx), dtype, now_() - t0);
+  int nids = prompt_len > 32 ? prompt_len : 32;
+  int32_t *ids = malloc(sizeof(int32_t) * (size_t)nids);
+  float *last = malloc(sizeof(float) * (size_t)V);
+  uint64_t r = 88172645463325252ull;
+  for (int i = 0; i < nids; i++) {
+    r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+    ids[i] = (int32_t)(r % (uint64_t)V);
+  }
+  if (prompt_len > 0) {
+    fla_cache *c;
+    if (fla_cache_new(m, 1, &c)) return fail_(ctx, "cache");
+    double *t = malloc(sizeof(double) * (size_t)runs);
+    for (int k = -1; k < runs; k++) { /* k = -1: warm-up */
+      fla_cache_reset(c, 0);
+      double a = now_();
+      if (fla_model_prefill(m, c, 0, ids, prompt_len, NULL, last)) return fail_(ctx, "prefill");
+      if (k >= 0) t[k] = now_() - a;
+    }
+    double med = median_(t, runs);
+    printf("prefill  B=1  T=%d: %.2f ms (median of %d), %.0f tokens/s\n", prompt_len, 1e3 * med, runs,
+           prompt_len / med);
+    free(t);
+    fla_cache_free(c);
+  }
+  for (const char *p = batches; *p;) {
+    int B = atoi(p);
+    if (B < 1) return 2;
+    fla_cache *c;
+    if (fla_cache_new(m, B, &c)) return fail_(ctx, "cache");
+    for (int b = 0; b < B; b++)
+      if (fla_model_prefill(m, c, b, ids + b % 8, 16, NULL, last)) return fail_(ctx, "prefill");
+    int32_t *next = malloc(sizeof(int32_t) * (size_t)B);
+    float *lg = malloc(sizeof(float) * (size_t)B * (size_t)V);
+    double *t = malloc(sizeof(double) * (size_t)steps);
+    for (int k = -8; k < steps; k++) {
+      for (int b = 0; b < B; b++) next[b] = ids[(k + 8 + b) % 16];
+      double a = now_();
+      if (fla_model_decode(m, c, next, lg)) return fail_(ctx, "decode");
+      if (k >= 0) t[k] = now_() - a;
+    }
+    double med = median_(t, steps);
+    printf("decode   B=%-3d %s: %.3f ms per step (median of %d, min %.3f), %.0f tokens/s\n", B,
+           graphs ? "graphs" : "", 1e3 * med, steps, 1e3 * t[0], B / med);
+    free(next);
+    free(lg);
+    free(t);
+    fla_cache_free(c);
+    while (*p && *p != ',') p++;
+    if (*p == ',') p++;
+  }
+  free(ids);
+  free(last);
+  fla_model_free(m);
+  fla_ctx_free(ctx);
+  return 0;
+}
