@@ -49,18 +49,22 @@ dptr gpu_run_op(const gpu_call *c, const gpu_input *in, int n, double scale, int
   fla_arg args[8];
   fla_tensor *t[10] = {0};
   int nt = 0;
+  dptr src[6], dst[6];
+  int64_t cnt[6];
+  int ncast = 0;
   for (int i = 0; i < n && s == FLA_OK; i++) {
     int64_t numel = 1;
     for (int d = 0; d < in[i].ndim; d++) numel *= in[i].shape[d];
     dptr p = in[i].data;
-    if (dt == FLA_BF16 && !in[i].is_param) { /* the op's inputs share its dtype */
+    if (dt == FLA_BF16 && !in[i].is_param) { /* the op's inputs share its dtype: cast in one launch */
       p = nn_gpu_tmp(g, 2 * (size_t)numel);
-      gl_cast_bf16(g, in[i].data, p, numel);
+      src[ncast] = in[i].data, dst[ncast] = p, cnt[ncast++] = numel;
     }
     s = fla_tensor_wrap_device(ctx, dt, in[i].ndim, in[i].shape, p, &t[nt]);
     args[i].name = in[i].name;
     args[i].tensor = t[nt++];
   }
+  if (ncast) gl_cast_multi(g, ncast, src, dst, cnt);
   int64_t sshape[4] = {c->B, L->H, L->K, L->V}, oshape[4] = {c->B, c->T, L->H, L->V};
   dptr state = c->lc->state + (dptr)(c->slot0 * c->lc->state_size) * sizeof(float);
   /* The recurrent step reads and writes each state entry in the same thread:
@@ -149,10 +153,12 @@ void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
   int D = cfg->hidden_size, H = L->H, Hkv = L->Hkv, K = L->K, V = L->V;
   int gla = cfg->arch == ARCH_GLA, rep = Hkv != H;
   dptr q, k, v, gate = 0, gk0;
-  if (rows == 1 && !cfg->use_short_conv && W->in_rows) {
-    /* decode: q, k, v, g and gk's first factor in one pass over the weights */
+  if (c->xraw) {
+    /* decode (gpu_fast_decode): the block's RMSNorm, then q, k, v, g and gk's
+    ** first factor in one pass over the weights, y = [q | k | v | g | gk0] */
     dptr y = GF(g, W->in_rows);
-    gl_linear(g, x, 1, D, W->q_proj, (int)W->in_rows, 0, y);
+    gl_gemv_opts op = {c->nw, (float)cfg->norm_eps, 1, 0, 0, 0.0f};
+    gl_gemv(g, c->xraw, D, 1, D, W->q_proj, D, (int)W->in_rows, 0, y, (int)W->in_rows, 0, &op);
     q = y;
     k = q + sizeof(float) * (size_t)(H * K);
     v = k + sizeof(float) * (size_t)(Hkv * K);
@@ -180,10 +186,15 @@ void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
   dptr gk = 0;
   if (gla) { /* gk = logsigmoid(W1 (W0 x) + b) / 16, floored at clamp_min */
     gk = GF(g, rows * Hkv * K);
-    gl_linear_ex(g, gk0, (int)(W->in_rows && rows == 1 ? W->in_rows : 16), rows, 16, W->gk_proj1, 16, Hkv * K,
-                 W->gk_proj1_b, gk, Hkv * K, 0);
     float floor_ = isnan(cfg->clamp_min) ? -INFINITY : (float)cfg->clamp_min;
-    gl_ew(g, EW_GLA_GATE, gk, gk, 0, 0, rows * Hkv * K, Hkv * K, floor_);
+    if (rows <= 8) {
+      gl_gemv_opts op = {0, 0.0f, 0, 0, 1, floor_};
+      gl_gemv(g, gk0, c->xraw ? (int)W->in_rows : 16, rows, 16, W->gk_proj1, 16, Hkv * K, W->gk_proj1_b, gk,
+              Hkv * K, 0, &op);
+    } else {
+      gl_linear(g, gk0, rows, 16, W->gk_proj1, Hkv * K, W->gk_proj1_b, gk);
+      gl_ew(g, EW_GLA_GATE, gk, gk, 0, 0, rows * Hkv * K, Hkv * K, floor_);
+    }
   }
   if (rep) { /* KV heads repeated to consecutive query heads */
     dptr k2 = GF(g, rows * H * K), v2 = GF(g, rows * H * V);

@@ -4,7 +4,7 @@
 ** nn_gpu.h and the mixers of mixer_gpu.c). Only the token ids go up and the
 ** logits come down per call.
 **
-** Decode steps can be replayed from a CUDA graph (FLA_CUDA_GRAPHS=1): the
+** Decode steps replay a CUDA graph (unless FLA_CUDA_GRAPHS=0): the
 ** first step of a batch size is captured (the recipe ops queue without
 ** synchronising, fla_cuda_set_defer_sync), later steps upload the ids and
 ** positions into the graph's fixed buffers and launch it, which removes the
@@ -170,7 +170,7 @@ fla_status gpu_model_upload(fla_model *m, fla_dtype dtype) {
   for (int l = 0; l < m->cfg.num_layers; l++)
     if ((s = upload_layer_(m, l)) != FLA_OK) return s;
   const char *env = getenv("FLA_CUDA_GRAPHS");
-  G->use_graphs = env && env[0] == '1';
+  G->use_graphs = !(env && env[0] == '0');
   return fla_cuda_sync(m->ctx, "weight upload");
 }
 
@@ -297,20 +297,32 @@ static void block_norm_(fla_model *m, dptr x, int64_t rows, dptr w, dptr b, dptr
   else gl_rmsnorm(g, x, 0, rows, D, w, (float)m->cfg.norm_eps, y);
 }
 
-/* out += down(silu(gate x) * up x) */
-static void mlp_(const gpu_call *c, dptr x, dptr out) {
+int gpu_fast_decode(const fla_model *m, const model_layer *L, int64_t rows) {
+  const model_config *c = &m->cfg;
+  return rows == 1 && !L->is_attn && (c->arch == ARCH_GLA || c->arch == ARCH_RETNET) && !c->use_short_conv &&
+         L->gpu->in_rows > 0;
+}
+
+/* out += down(silu(gate h) * up h), h = rmsnorm(x) (computed here: decode
+** fuses it into the first product, and SwiGLU into the second). */
+static void mlp_(const gpu_call *c, dptr x, dptr h, dptr out) {
   nn_gpu *g = &c->m->gpu->g;
+  const model_config *cfg = &c->m->cfg;
   int64_t rows = c->B * c->T;
-  int D = c->m->cfg.hidden_size, I = c->L->ffn_dim;
-  dptr gu = GF(g, rows * 2 * I), a = GF(g, rows * I);
-  if (rows <= 8 && c->W->mlp_fused) { /* gate and up in one pass: y = [gate | up] per row */
-    gl_linear_ex(g, x, D, rows, D, c->W->mlp_gate, D, 2 * I, 0, gu, 2 * I, 0);
-    gl_swiglu(g, gu, gu + sizeof(float) * (size_t)I, 2 * I, rows, I, a);
-  } else {
-    gl_linear_ex(g, x, D, rows, D, c->W->mlp_gate, D, I, 0, gu, 2 * I, 0);
-    gl_linear_ex(g, x, D, rows, D, c->W->mlp_up, D, I, 0, gu + sizeof(float) * (size_t)I, 2 * I, 0);
-    gl_swiglu(g, gu, gu + sizeof(float) * (size_t)I, 2 * I, rows, I, a);
+  int D = cfg->hidden_size, I = c->L->ffn_dim;
+  dptr gu = GF(g, rows * 2 * I);
+  if (rows <= 8 && c->W->mlp_fused) { /* gate and up in one pass: gu = [gate | up] per row */
+    gl_gemv_opts n1 = {c->W->mlp_norm_w, (float)cfg->norm_eps, 1, 0, 0, 0.0f};
+    gl_gemv(g, x, D, rows, D, c->W->mlp_gate, D, 2 * I, 0, gu, 2 * I, 0, &n1);
+    gl_gemv_opts n2 = {0, 0.0f, 2, I, 0, 0.0f};
+    gl_gemv(g, gu, 2 * I, rows, I, c->W->mlp_down, I, D, 0, out, D, 1, &n2);
+    return;
   }
+  dptr a = GF(g, rows * I);
+  gl_rmsnorm(g, x, 0, rows, D, c->W->mlp_norm_w, (float)cfg->norm_eps, h);
+  gl_linear_ex(g, h, D, rows, D, c->W->mlp_gate, D, I, 0, gu, 2 * I, 0);
+  gl_linear_ex(g, h, D, rows, D, c->W->mlp_up, D, I, 0, gu + sizeof(float) * (size_t)I, 2 * I, 0);
+  gl_swiglu(g, gu, gu + sizeof(float) * (size_t)I, 2 * I, rows, I, a);
   gl_linear_ex(g, a, I, rows, I, c->W->mlp_down, I, D, 0, out, D, 1);
 }
 
@@ -343,14 +355,22 @@ static dptr body_(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T, d
   gl_embed(g, ids, G->embeddings, x, rows, D);
   for (int l = 0; l < cfg->num_layers && g->status == FLA_OK; l++) {
     model_layer *L = &m->layers[l];
-    gpu_call gc = {m, L, L->gpu, &c->gpu->L[l], slot0, B, T, pos, dpos};
+    gpu_call gc = {m, L, L->gpu, &c->gpu->L[l], slot0, B, T, pos, dpos, 0, 0};
     if (L->gpu->pre_norm_w)
       gl_groupnorm(g, x, 0, rows, D, 1, L->gpu->pre_norm_w, L->gpu->pre_norm_b, (float)cfg->norm_eps, x);
-    block_norm_(m, x, rows, L->gpu->attn_norm_w, L->gpu->attn_norm_b, h);
+    if (gpu_fast_decode(m, L, rows)) {
+      gc.xraw = x, gc.nw = L->gpu->attn_norm_w;
+    } else {
+      block_norm_(m, x, rows, L->gpu->attn_norm_w, L->gpu->attn_norm_b, h);
+    }
     token_mixer_(&gc, h, x);
-    block_norm_(m, x, rows, L->gpu->mlp_norm_w, L->gpu->mlp_norm_b, h);
-    if (cfg->arch == ARCH_RWKV6) gpu_mixer_rwkv6_ffn(&gc, h, x);
-    else mlp_(&gc, h, x);
+    gc.xraw = gc.nw = 0;
+    if (cfg->arch == ARCH_RWKV6) {
+      block_norm_(m, x, rows, L->gpu->mlp_norm_w, L->gpu->mlp_norm_b, h);
+      gpu_mixer_rwkv6_ffn(&gc, h, x);
+    } else {
+      mlp_(&gc, x, h, x);
+    }
   }
   if (!want_logits) return 0;
   int64_t n = rows;
@@ -360,9 +380,14 @@ static dptr body_(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T, d
     gl_copy(g, h, x, B * D);
     n = B;
   }
-  block_norm_(m, x, n, G->final_norm_w, G->final_norm_b, h);
   dptr lg = GF(g, n * Vb);
-  gl_linear(g, h, n, D, G->lm_head, Vb, 0, lg);
+  if (n <= 8 && cfg->arch != ARCH_RWKV6) { /* the final RMSNorm inside the head's product */
+    gl_gemv_opts op = {G->final_norm_w, (float)cfg->norm_eps, 1, 0, 0, 0.0f};
+    gl_gemv(g, x, D, n, D, G->lm_head, D, Vb, 0, lg, Vb, 0, &op);
+  } else {
+    block_norm_(m, x, n, G->final_norm_w, G->final_norm_b, h);
+    gl_linear(g, h, n, D, G->lm_head, Vb, 0, lg);
+  }
   return lg;
 }
 

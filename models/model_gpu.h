@@ -52,7 +52,7 @@ typedef struct gpu_model {
   int graph_B;
   int64_t graph_T;
   dptr graph_ids, graph_pos, graph_logits;
-  int use_graphs, graph_off; /* FLA_CUDA_GRAPHS=1 asks for graphs */
+  int use_graphs, graph_off; /* FLA_CUDA_GRAPHS=0 turns graphs off */
 } gpu_model;
 
 typedef struct {
@@ -78,7 +78,14 @@ typedef struct {
   int64_t B, T;
   const int64_t *pos;      /* host [B] */
   dptr dpos;               /* device int64 [B] */
+  dptr xraw, nw;           /* set when gpu_fast_decode: the block's input before its
+                              RMSNorm (weight nw), which the first product fuses */
 } gpu_call;
+
+/* 1 when layer L's token mixer takes the un-normalised input (xraw) for rows
+** tokens: GLA and RetNet layers decoding one token, their x-projections laid
+** out next to each other, no short convolution. */
+int gpu_fast_decode(const fla_model *m, const model_layer *L, int64_t rows);
 
 /* x [B*T, D] normalised input; out += the mixer's output. */
 void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out);

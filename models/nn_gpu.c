@@ -113,7 +113,7 @@ static void cublas_load_(void) {
 static const char *kernel_names_[NK_COUNT] = {
   "gemv_f32", "gemv_bf16", "add_bias", "cast_to_bf16", "cast_to_f32", "copy_f32", "ew", "swiglu",
   "repeat_heads", "rmsnorm", "groupnorm", "l2norm", "embed_f32", "embed_bf16", "short_conv", "rotary",
-  "token_shift", "kv_append", "attention", "argmax_rows"};
+  "token_shift", "kv_append", "attention", "argmax_rows", "cast_multi"};
 
 fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
   memset(g, 0, sizeof *g);
@@ -211,9 +211,8 @@ void gl_linear_ex(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw
                   dptr y, int ldy, int accumulate) {
   if (g->status != FLA_OK || M <= 0 || out <= 0) return;
   if (M <= 8) { /* decode: a warp per output row, W read once */
-    int m = (int)M;
-    void *a[] = {P(x), P(ldx), P(m), P(in), P(W), P(ldw), P(out), P(bias), P(y), P(ldy), P(accumulate)};
-    launch_(g, g->wdt == FLA_BF16 ? NK_GEMV_BF16 : NK_GEMV_F32, (unsigned)((out + 7) / 8), 1, 256, a);
+    gl_gemv_opts op = {0, 0.0f, 0, 0, 0, 0.0f};
+    gl_gemv(g, x, ldx, M, in, W, ldw, out, bias, y, ldy, accumulate, &op);
     return;
   }
   float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
@@ -241,6 +240,36 @@ void gl_linear_ex(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw
     if (ldy != out) gl_fail(g, FLA_ERROR, "gl_linear_ex: a bias with a strided output");
     launch_(g, NK_ADD_BIAS, blocks_(M * out), 1, 256, a);
   }
+}
+
+void gl_gemv(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, dptr bias, dptr y,
+             int ldy, int accumulate, const gl_gemv_opts *op) {
+  if (M > 8) {
+    gl_fail(g, FLA_ERROR, "gl_gemv: %lld rows (at most 8)", (long long)M);
+    return;
+  }
+  int m = (int)M;
+  gl_gemv_opts o = *op;
+  void *a[] = {P(x), P(ldx), P(m), P(in), P(W), P(ldw), P(out), P(bias), P(y), P(ldy), P(accumulate), P(o)};
+  launch_(g, g->wdt == FLA_BF16 ? NK_GEMV_BF16 : NK_GEMV_F32, (unsigned)((out + 7) / 8), 1, 256, a);
+}
+
+void gl_cast_multi(nn_gpu *g, int count, const dptr *src, const dptr *dst, const int64_t *n) {
+  struct {
+    uint64_t src[6], dst[6];
+    int64_t n[6];
+    int count;
+  } L;
+  memset(&L, 0, sizeof L);
+  int64_t total = 0;
+  if (count > 6) {
+    gl_fail(g, FLA_ERROR, "gl_cast_multi: %d arrays (at most 6)", count);
+    return;
+  }
+  for (int k = 0; k < count; k++) L.src[k] = src[k], L.dst[k] = dst[k], L.n[k] = n[k], total += n[k];
+  L.count = count;
+  void *a[] = {P(L)};
+  launch_(g, NK_CAST_MULTI, blocks_(total), 1, 256, a);
 }
 
 void gl_linear(nn_gpu *g, dptr x, int64_t M, int in, dptr W, int out, dptr bias, dptr y) {

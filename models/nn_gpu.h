@@ -24,7 +24,7 @@ typedef uint64_t dptr;
 enum {
   NK_GEMV_F32, NK_GEMV_BF16, NK_ADD_BIAS, NK_CAST_BF16, NK_CAST_F32, NK_COPY, NK_EW, NK_SWIGLU,
   NK_REPEAT, NK_RMSNORM, NK_GROUPNORM, NK_L2NORM, NK_EMBED_F32, NK_EMBED_BF16, NK_CONV, NK_ROTARY,
-  NK_SHIFT, NK_KV_APPEND, NK_ATTN, NK_ARGMAX, NK_COUNT
+  NK_SHIFT, NK_KV_APPEND, NK_ATTN, NK_ARGMAX, NK_CAST_MULTI, NK_COUNT
 };
 
 /* The element-wise maps of the kernel `ew` (model_nn.cuh says what each does). */
@@ -61,6 +61,22 @@ void nn_gpu_reset(nn_gpu *g);
 void gl_linear_ex(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, dptr bias,
                   dptr y, int ldy, int accumulate);
 void gl_linear(nn_gpu *g, dptr x, int64_t M, int in, dptr W, int out, dptr bias, dptr y);
+
+/* The matrix-vector kernel of decode (M <= 8 rows) with what it fuses (the
+** kernel gemv_ in model_nn.cuh): xmode 1 normalises x's rows first (RMSNorm
+** with weight nw), xmode 2 reads x as SwiGLU(x[:, :in], x[:, up_off:]);
+** epi 1 applies GLA's gate max(logsigmoid(y) / 16, epa) to the result.
+** The layout is the kernel's argument struct. */
+typedef struct {
+  dptr nw;
+  float eps;
+  int xmode, up_off, epi;
+  float epa;
+} gl_gemv_opts;
+void gl_gemv(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, dptr bias, dptr y,
+             int ldy, int accumulate, const gl_gemv_opts *op);
+/* dst[k] (bf16) = src[k] (float32), n[k] elements, k < count <= 6: one launch. */
+void gl_cast_multi(nn_gpu *g, int count, const dptr *src, const dptr *dst, const int64_t *n);
 
 /* nn.h's functions (x_bf16: x holds bf16, a token mixer's output). */
 void gl_rmsnorm(nn_gpu *g, dptr x, int x_bf16, int64_t rows, int dim, dptr w, float eps, dptr y);

@@ -3,7 +3,8 @@
 ** checkpoint reproduces fla's logits (float32 within 1e-4 relative RMS, bf16
 ** within 2e-2: see BF16_TOL) and greedy tokens (the expectations of test_models.c), and
 ** prefill + decode of two prompts of different lengths equals one full
-** forward, also when decode steps replay a CUDA graph (FLA_CUDA_GRAPHS=1).
+** forward, with decode steps replaying a CUDA graph (the default) and without
+** (FLA_CUDA_GRAPHS=0).
 ** Without a usable device the suite holds one test that prints why it skipped.
 */
 #include "harness.h"
@@ -148,17 +149,18 @@ END_TEST
 
 /* Two prompts of different lengths in one cache (the first prefilled in two
 ** pieces), then 9 decode steps of both together; every logit equals the full
-** forward's. _i: model in float32, + NMODELS with CUDA graphs, + 2 NMODELS in
+** forward's. _i: model in float32 without CUDA graphs, + NMODELS with, + 2 NMODELS in
 ** bf16 (against the bf16 full forward, BF16_TOL: decode's products keep the
 ** activations in float32, prefill's round them to bf16 for cuBLAS). */
 START_TEST(test_prefill_decode_equals_forward) {
-  int mode = _i / NMODELS; /* 0 f32, 1 f32 + graphs, 2 bf16 */
+  int mode = _i / NMODELS; /* 0 f32 without graphs, 1 f32 (graphs), 2 bf16 (graphs) */
   const char *name = models_[_i % NMODELS];
-  if (mode == 1) setenv("FLA_CUDA_GRAPHS", "1", 1);
+  if (mode == 0) setenv("FLA_CUDA_GRAPHS", "0", 1);
   else unsetenv("FLA_CUDA_GRAPHS");
   fla_ctx *ctx = cuda_ctx_();
   fla_model *m = load_(ctx, name, mode == 2 ? FLA_BF16 : FLA_F32);
   double tol = mode == 2 ? BF16_TOL : 1e-4;
+  const char *what[3] = {"f32 no graphs", "f32 ", "bf16"};
   int V = fla_model_vocab_size(m);
   int64_t nids;
   int32_t *ids = ref_tensor_(name, "input_ids", FLA_I32, &nids);
@@ -190,13 +192,25 @@ START_TEST(test_prefill_decode_equals_forward) {
       if (e > worst) worst = e;
     }
   }
-  const char *what[3] = {"f32 ", "f32 graphs", "bf16"};
   printf("gpu %-16s %s prefill + decode vs forward: rel-RMS error %.3g\n", name, what[mode], worst);
   ck_assert_msg(worst < tol, "%s %s: decode: rel-RMS error %g", name, what[mode], worst);
   ck_assert_int_eq(fla_cache_reset(c, 0), FLA_OK);
   ck_assert_int_eq(fla_model_prefill(m, c, 0, seq[0], 10, NULL, last[0]), FLA_OK);
   err = th_rel_rms_f32(last[0], full[0] + 9 * V, V);
   ck_assert_msg(err < tol, "%s: after reset: rel-RMS error %g", name, err);
+  fla_cache_free(c);
+  /* one sequence alone: decode's fused single-token path */
+  ck_assert_int_eq(fla_cache_new(m, 1, &c), FLA_OK);
+  ck_assert_int_eq(fla_model_prefill(m, c, 0, seq[0], pre[0], NULL, last[0]), FLA_OK);
+  worst = 0;
+  for (int step = 0; step < 9; step++) {
+    float lg[256];
+    ck_assert_msg(fla_model_decode(m, c, &seq[0][pre[0] + step], lg) == FLA_OK, "%s: %s", name, fla_errmsg(ctx));
+    double e = th_rel_rms_f32(lg, full[0] + (pre[0] + step) * V, V);
+    if (e > worst) worst = e;
+  }
+  printf("gpu %-16s %s decode of one sequence vs forward: rel-RMS error %.3g\n", name, what[mode], worst);
+  ck_assert_msg(worst < tol, "%s %s: decode of one sequence: rel-RMS error %g", name, what[mode], worst);
   fla_cache_free(c);
   free(got);
   free(full[0]);

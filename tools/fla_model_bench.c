@@ -4,7 +4,7 @@
 **
 **   fla-model-bench (--config FILE | --model DIR) [--device cuda|cpu] [--dtype bf16|f32]
 **                   [--prompt-len N] [--runs R] [--batch B[,B...]] [--decode-steps S]
-**                   [--graphs]
+**                   [--no-graphs]
 **
 ** Prefill: one sequence of --prompt-len random tokens (default 4096) into a
 ** fresh slot, median wall time of --runs runs after one warm-up (which
@@ -12,7 +12,7 @@
 ** 16 tokens, 8 warm-up steps, then --decode-steps steps (default 128) timed one
 ** by one; tokens/s = B / median step time. Each step is fla_model_decode: the
 ** ids go up, the [B, vocab] float32 logits come back (part of the time).
-** --graphs sets FLA_CUDA_GRAPHS=1 (decode steps replay a CUDA graph).
+** Decode steps replay a CUDA graph unless --no-graphs (FLA_CUDA_GRAPHS=0).
 ** Exit status: 0, 1 on a library error, 2 for bad arguments.
 */
 #include "fla.h"
@@ -45,11 +45,11 @@ static int fail_(fla_ctx *ctx, const char *what) {
 
 int main(int argc, char **argv) {
   const char *config = NULL, *model = NULL, *device = "cuda", *dtype = "bf16", *batches = "1,64";
-  int prompt_len = 4096, runs = 3, steps = 128, graphs = 0;
+  int prompt_len = 4096, runs = 3, steps = 128, graphs = 1;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    if (!strcmp(a, "--graphs")) {
-      graphs = 1;
+    if (!strcmp(a, "--no-graphs")) {
+      graphs = 0;
       continue;
     }
     if (!v) {
@@ -73,10 +73,10 @@ int main(int argc, char **argv) {
   int dt = !strcmp(dtype, "bf16") ? FLA_BF16 : !strcmp(dtype, "f32") ? FLA_F32 : -2;
   if (!config == !model || dt == -2 || prompt_len < 0 || runs < 1 || steps < 1) {
     fprintf(stderr, "usage: fla-model-bench (--config FILE | --model DIR) [--device cuda|cpu] [--dtype bf16|f32]\n"
-                    "                       [--prompt-len N] [--runs R] [--batch B,...] [--decode-steps S] [--graphs]\n");
+                    "                       [--prompt-len N] [--runs R] [--batch B,...] [--decode-steps S] [--no-graphs]\n");
     return 2;
   }
-  if (graphs) setenv("FLA_CUDA_GRAPHS", "1", 1);
+  if (!graphs) setenv("FLA_CUDA_GRAPHS", "0", 1);
   fla_ctx *ctx;
   char why[1024] = "";
   if (fla_ctx_create_ex(!strcmp(device, "cpu") ? FLA_BACKEND_CPU : FLA_BACKEND_CUDA, &ctx, why, sizeof why)) {
@@ -133,7 +133,7 @@ int main(int argc, char **argv) {
     }
     double med = median_(t, steps);
     printf("decode   B=%-3d %s: %.3f ms per step (median of %d, min %.3f), %.0f tokens/s\n", B,
-           graphs ? "graphs" : "", 1e3 * med, steps, 1e3 * t[0], B / med);
+           graphs ? "graphs" : "no graphs", 1e3 * med, steps, 1e3 * t[0], B / med);
     free(next);
     free(lg);
     free(t);

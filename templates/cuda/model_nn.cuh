@@ -60,21 +60,68 @@ __device__ __forceinline__ float act_(float x, int act) {
 /* ------------------------------------------------------------ products */
 
 /* y[m, o] (+)= sum_i x[m, i] W[o, i] (+ bias[o]), for m < M <= 8: one warp per
-** output o, each lane a strided slice of i (8 consecutive weights per load when
-** in, ldw are multiples of 8 and W is 16-byte aligned). Decode's products:
-** bandwidth-bound on W. accumulate: y += instead of y =. */
+** output o, each lane a strided slice of i (8 bf16 or 4 f32 weights per 16-byte
+** load, four loads in flight, when in, ldw are multiples of 8 and W, x are
+** 16-byte aligned). Decode's products: bandwidth-bound on W. Fused around it:
+**   xmode 0: x as is
+**   xmode 1: x = rmsnorm(x) * nw  (rstd = rsqrt(mean(x^2) + eps) per row, applied to the sum)
+**   xmode 2: x[i] = silu(x[i]) * x[i + up_off]  (SwiGLU of a [gate | up] row)
+**   epi 1:   y = max(logsigmoid(s) / 16, epa)  (GLA's gate), before accumulate
+** accumulate: y += instead of y =. */
+struct gemv_opts {
+  const float *nw;
+  float eps;
+  int xmode, up_off, epi;
+  float epa;
+};
+
+__device__ __forceinline__ float silu_(float v) { return v / (1.f + expf(-v)); }
+
+__device__ __forceinline__ float4 ld_x4(const float *xr, int i, const gemv_opts &op) {
+  float4 v = *(const float4 *)(xr + i);
+  if (op.xmode == 1) {
+    float4 w = *(const float4 *)(op.nw + i);
+    v.x *= w.x, v.y *= w.y, v.z *= w.z, v.w *= w.w;
+  } else if (op.xmode == 2) {
+    float4 u = *(const float4 *)(xr + op.up_off + i);
+    v.x = silu_(v.x) * u.x, v.y = silu_(v.y) * u.y, v.z = silu_(v.z) * u.z, v.w = silu_(v.w) * u.w;
+  }
+  return v;
+}
+
+__device__ __forceinline__ float ld_x1(const float *xr, int i, const gemv_opts &op) {
+  float v = xr[i];
+  if (op.xmode == 1) v *= op.nw[i];
+  else if (op.xmode == 2) v = silu_(v) * xr[op.up_off + i];
+  return v;
+}
+
 template <typename W_t>
 __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int ldw, int out,
-                      const float *bias, float *y, int ldy, int accumulate) {
+                      const float *bias, float *y, int ldy, int accumulate, const gemv_opts &op) {
   int o = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (o >= out) return;
-  float acc[8];
+  float acc[8], rs[8];
 #pragma unroll
-  for (int m = 0; m < 8; m++) acc[m] = 0.f;
+  for (int m = 0; m < 8; m++) acc[m] = 0.f, rs[m] = 1.f;
+  if (op.xmode == 1) { /* every warp recomputes the rows' rstd: x is small and cached */
+#pragma unroll
+    for (int m = 0; m < 8; m++) {
+      if (m < M) {
+        float ss = 0.f;
+        for (int i = lane; i < in; i += 32) {
+          float v = x[(i64)m * ldx + i];
+          ss += v * v;
+        }
+        rs[m] = rsqrtf(warp_sum(ss) / in + op.eps);
+      }
+    }
+  }
   const W_t *w = W + (i64)o * ldw;
   const int V = 16 / sizeof(W_t); /* elements per 16-byte load */
-  bool vec = (in % V) == 0 && (ldw % V) == 0 && (((unsigned long long)W) & 15) == 0 &&
-             (ldx % 4) == 0 && (((unsigned long long)x) & 15) == 0;
+  bool vec = (in % V) == 0 && (ldw % V) == 0 && (((unsigned long long)W) & 15) == 0 && (ldx % 4) == 0 &&
+             (((unsigned long long)x) & 15) == 0 && (op.xmode != 1 || (((unsigned long long)op.nw) & 15) == 0) &&
+             (op.xmode != 2 || (op.up_off % 4) == 0);
   if (vec) {
     /* four 16-byte loads in flight per lane before the arithmetic */
     for (int i0 = lane * V; i0 < in; i0 += 4 * 32 * V) {
@@ -104,10 +151,9 @@ __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int 
 #pragma unroll
         for (int m = 0; m < 8; m++) {
           if (m < M) {
-            const float4 *xp = (const float4 *)(x + (i64)m * ldx + i);
 #pragma unroll
             for (int j = 0; j < V / 4; j++) {
-              float4 xv = xp[j];
+              float4 xv = ld_x4(x + (i64)m * ldx, i + 4 * j, op);
               acc[m] += wf[4 * j] * xv.x + wf[4 * j + 1] * xv.y + wf[4 * j + 2] * xv.z + wf[4 * j + 3] * xv.w;
             }
           }
@@ -119,15 +165,16 @@ __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int 
       float wi = ldval(w, i);
 #pragma unroll
       for (int m = 0; m < 8; m++)
-        if (m < M) acc[m] += wi * x[(i64)m * ldx + i];
+        if (m < M) acc[m] += wi * ld_x1(x + (i64)m * ldx, i, op);
     }
   }
 #pragma unroll
   for (int m = 0; m < 8; m++) {
     if (m < M) {
-      float s = warp_sum(acc[m]);
+      float s = warp_sum(acc[m]) * rs[m];
       if (lane == 0) {
         if (bias) s += bias[o];
+        if (op.epi == 1) s = fmaxf(logsigm(s) / 16.f, op.epa);
         float *yp = y + (i64)m * ldy + o;
         *yp = accumulate ? *yp + s : s;
       }
@@ -135,12 +182,30 @@ __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int 
   }
 }
 extern "C" __global__ void gemv_f32(const float *x, int ldx, int M, int in, const float *W, int ldw,
-                                    int out, const float *bias, float *y, int ldy, int acc) {
-  gemv_<float>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc);
+                                    int out, const float *bias, float *y, int ldy, int acc, gemv_opts op) {
+  gemv_<float>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);
 }
 extern "C" __global__ void gemv_bf16(const float *x, int ldx, int M, int in, const bf16 *W, int ldw,
-                                     int out, const float *bias, float *y, int ldy, int acc) {
-  gemv_<bf16>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc);
+                                     int out, const float *bias, float *y, int ldy, int acc, gemv_opts op) {
+  gemv_<bf16>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);
+}
+
+/* Up to six float32 -> bf16 casts in one launch (a token mixer's inputs). */
+struct cast_list {
+  const float *src[6];
+  bf16 *dst[6];
+  i64 n[6];
+  int count;
+};
+extern "C" __global__ void cast_multi(cast_list L) {
+  i64 total = 0;
+  for (int k = 0; k < L.count; k++) total += L.n[k];
+  for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+    i64 j = i;
+    int k = 0;
+    while (j >= L.n[k]) j -= L.n[k], k++;
+    L.dst[k][j] = f2bf(L.src[k][j]);
+  }
 }
 
 /* y[r, o] += bias[o] over rows x out (after a cuBLAS product). */
