@@ -304,7 +304,7 @@ int gpu_fast_decode(const fla_model *m, const model_layer *L, int64_t rows) {
 }
 
 /* out += down(silu(gate h) * up h), h = rmsnorm(x) (computed here: decode
-** fuses it into the first product, and SwiGLU into the second). */
+** fuses it into the gate/up product). */
 static void mlp_(const gpu_call *c, dptr x, dptr h, dptr out) {
   nn_gpu *g = &c->m->gpu->g;
   const model_config *cfg = &c->m->cfg;
@@ -314,8 +314,10 @@ static void mlp_(const gpu_call *c, dptr x, dptr h, dptr out) {
   if (rows <= 8 && c->W->mlp_fused) { /* gate and up in one pass: gu = [gate | up] per row */
     gl_gemv_opts n1 = {c->W->mlp_norm_w, (float)cfg->norm_eps, 1, 0, 0, 0.0f};
     gl_gemv(g, x, D, rows, D, c->W->mlp_gate, D, 2 * I, 0, gu, 2 * I, 0, &n1);
-    gl_gemv_opts n2 = {0, 0.0f, 2, I, 0, 0.0f};
-    gl_gemv(g, gu, 2 * I, rows, I, c->W->mlp_down, I, D, 0, out, D, 1, &n2);
+    /* SwiGLU apart: fused into the down product, every warp would recompute it for the whole row */
+    dptr a = GF(g, rows * I);
+    gl_swiglu(g, gu, gu + sizeof(float) * (size_t)I, 2 * I, rows, I, a);
+    gl_linear_ex(g, a, I, rows, I, c->W->mlp_down, I, D, 0, out, D, 1);
     return;
   }
   dptr a = GF(g, rows * I);

@@ -113,7 +113,8 @@ static void cublas_load_(void) {
 static const char *kernel_names_[NK_COUNT] = {
   "gemv_f32", "gemv_bf16", "add_bias", "cast_to_bf16", "cast_to_f32", "copy_f32", "ew", "swiglu",
   "repeat_heads", "rmsnorm", "groupnorm", "l2norm", "embed_f32", "embed_bf16", "short_conv", "rotary",
-  "token_shift", "kv_append", "attention", "argmax_rows", "cast_multi"};
+  "token_shift", "kv_append", "attention", "argmax_rows", "cast_multi", "gemv1_f32",
+  "gemv1_bf16"};
 
 fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
   memset(g, 0, sizeof *g);
@@ -251,7 +252,8 @@ void gl_gemv(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int
   int m = (int)M;
   gl_gemv_opts o = *op;
   void *a[] = {P(x), P(ldx), P(m), P(in), P(W), P(ldw), P(out), P(bias), P(y), P(ldy), P(accumulate), P(o)};
-  launch_(g, g->wdt == FLA_BF16 ? NK_GEMV_BF16 : NK_GEMV_F32, (unsigned)((out + 7) / 8), 1, 256, a);
+  int k = m == 1 ? (g->wdt == FLA_BF16 ? NK_GEMV1_BF16 : NK_GEMV1_F32) : (g->wdt == FLA_BF16 ? NK_GEMV_BF16 : NK_GEMV_F32);
+  launch_(g, k, (unsigned)((out + 7) / 8), 1, 256, a);
 }
 
 void gl_cast_multi(nn_gpu *g, int count, const dptr *src, const dptr *dst, const int64_t *n) {

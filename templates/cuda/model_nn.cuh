@@ -64,7 +64,8 @@ __device__ __forceinline__ float act_(float x, int act) {
 ** load, four loads in flight, when in, ldw are multiples of 8 and W, x are
 ** 16-byte aligned). Decode's products: bandwidth-bound on W. Fused around it:
 **   xmode 0: x as is
-**   xmode 1: x = rmsnorm(x) * nw  (rstd = rsqrt(mean(x^2) + eps) per row, applied to the sum)
+**   xmode 1: x = rmsnorm(x) * nw  (rstd = rsqrt(mean(x^2) + eps) per row, from the
+**            same loads, applied to the sum; every warp reads all of x anyway)
 **   xmode 2: x[i] = silu(x[i]) * x[i + up_off]  (SwiGLU of a [gate | up] row)
 **   epi 1:   y = max(logsigmoid(s) / 16, epa)  (GLA's gate), before accumulate
 ** accumulate: y += instead of y =. */
@@ -96,27 +97,14 @@ __device__ __forceinline__ float ld_x1(const float *xr, int i, const gemv_opts &
   return v;
 }
 
-template <typename W_t>
+template <typename W_t, int MM>
 __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int ldw, int out,
                       const float *bias, float *y, int ldy, int accumulate, const gemv_opts &op) {
   int o = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (o >= out) return;
-  float acc[8], rs[8];
+  float acc[MM], ss[MM]; /* ss: sum of x^2 of each row (xmode 1), from the loads the product makes anyway */
 #pragma unroll
-  for (int m = 0; m < 8; m++) acc[m] = 0.f, rs[m] = 1.f;
-  if (op.xmode == 1) { /* every warp recomputes the rows' rstd: x is small and cached */
-#pragma unroll
-    for (int m = 0; m < 8; m++) {
-      if (m < M) {
-        float ss = 0.f;
-        for (int i = lane; i < in; i += 32) {
-          float v = x[(i64)m * ldx + i];
-          ss += v * v;
-        }
-        rs[m] = rsqrtf(warp_sum(ss) / in + op.eps);
-      }
-    }
-  }
+  for (int m = 0; m < MM; m++) acc[m] = 0.f, ss[m] = 0.f;
   const W_t *w = W + (i64)o * ldw;
   const int V = 16 / sizeof(W_t); /* elements per 16-byte load */
   bool vec = (in % V) == 0 && (ldw % V) == 0 && (((unsigned long long)W) & 15) == 0 && (ldx % 4) == 0 &&
@@ -149,11 +137,19 @@ __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int 
           for (int j = 0; j < 4; j++) wf[j] = r[j];
         }
 #pragma unroll
-        for (int m = 0; m < 8; m++) {
+        for (int m = 0; m < MM; m++) {
           if (m < M) {
 #pragma unroll
             for (int j = 0; j < V / 4; j++) {
-              float4 xv = ld_x4(x + (i64)m * ldx, i + 4 * j, op);
+              const float *xr = x + (i64)m * ldx;
+              float4 xv = *(const float4 *)(xr + i + 4 * j);
+              if (op.xmode == 1) {
+                float4 nv = *(const float4 *)(op.nw + i + 4 * j);
+                ss[m] += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+                xv.x *= nv.x, xv.y *= nv.y, xv.z *= nv.z, xv.w *= nv.w;
+              } else if (op.xmode == 2) {
+                xv = ld_x4(xr, i + 4 * j, op);
+              }
               acc[m] += wf[4 * j] * xv.x + wf[4 * j + 1] * xv.y + wf[4 * j + 2] * xv.z + wf[4 * j + 3] * xv.w;
             }
           }
@@ -164,14 +160,18 @@ __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int 
     for (int i = lane; i < in; i += 32) {
       float wi = ldval(w, i);
 #pragma unroll
-      for (int m = 0; m < 8; m++)
-        if (m < M) acc[m] += wi * ld_x1(x + (i64)m * ldx, i, op);
+      for (int m = 0; m < MM; m++)
+        if (m < M) {
+          if (op.xmode == 1) ss[m] += x[(i64)m * ldx + i] * x[(i64)m * ldx + i];
+          acc[m] += wi * ld_x1(x + (i64)m * ldx, i, op);
+        }
     }
   }
 #pragma unroll
-  for (int m = 0; m < 8; m++) {
+  for (int m = 0; m < MM; m++) {
     if (m < M) {
-      float s = warp_sum(acc[m]) * rs[m];
+      float s = warp_sum(acc[m]);
+      if (op.xmode == 1) s *= rsqrtf(warp_sum(ss[m]) / in + op.eps);
       if (lane == 0) {
         if (bias) s += bias[o];
         if (op.epi == 1) s = fmaxf(logsigm(s) / 16.f, op.epa);
@@ -181,13 +181,23 @@ __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int 
     }
   }
 }
+/* MM: the most rows the instance handles; M == 1 (batch-1 decode) gets its own
+** instance, whose registers leave room for three times the warps. */
 extern "C" __global__ void gemv_f32(const float *x, int ldx, int M, int in, const float *W, int ldw,
                                     int out, const float *bias, float *y, int ldy, int acc, gemv_opts op) {
-  gemv_<float>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);
+  gemv_<float, 8>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);
 }
 extern "C" __global__ void gemv_bf16(const float *x, int ldx, int M, int in, const bf16 *W, int ldw,
                                      int out, const float *bias, float *y, int ldy, int acc, gemv_opts op) {
-  gemv_<bf16>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);
+  gemv_<bf16, 8>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);
+}
+extern "C" __global__ void gemv1_f32(const float *x, int ldx, int M, int in, const float *W, int ldw,
+                                     int out, const float *bias, float *y, int ldy, int acc, gemv_opts op) {
+  gemv_<float, 1>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);
+}
+extern "C" __global__ void gemv1_bf16(const float *x, int ldx, int M, int in, const bf16 *W, int ldw,
+                                      int out, const float *bias, float *y, int ldy, int acc, gemv_opts op) {
+  gemv_<bf16, 1>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);
 }
 
 /* Up to six float32 -> bf16 casts in one launch (a token mixer's inputs). */
