@@ -5,6 +5,7 @@
 **   fla-model-bench (--config FILE | --model DIR) [--device cuda|cpu] [--dtype bf16|f32]
 **                   [--prompt-len N] [--runs R] [--batch B[,B...]] [--decode-steps S]
 **                   [--no-graphs]
+**   fla-model-bench --kernels       (the decode product's bandwidth, a small kernel's cost)
 **
 ** Prefill: one sequence of --prompt-len random tokens (default 4096) into a
 ** fresh slot, median wall time of --runs runs after one warm-up (which
@@ -16,6 +17,7 @@
 ** Exit status: 0, 1 on a library error, 2 for bad arguments.
 */
 #include "fla.h"
+#include "../models/nn_gpu.h" /* internal: the --kernels probe times the model layer's own kernels */
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +40,39 @@ static double median_(double *v, int n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
+/* --kernels: the decode product alone (bf16 weights [rows, in], one row of x)
+** and a one-row RMSNorm, each queued n times then synchronised: the product's
+** bandwidth and the cost of a small kernel back to back on the stream. */
+static int kernel_probe_(fla_ctx *ctx) {
+  nn_gpu g;
+  if (nn_gpu_init(&g, ctx, FLA_BF16) != FLA_OK) return 1;
+  const int shapes[3][2] = {{32000, 2048}, {11264, 2048}, {2048, 5632}};
+  for (int k = 0; k < 3; k++) {
+    int rows = shapes[k][0], in = shapes[k][1], n = 50;
+    dptr W = nn_gpu_tmp(&g, 2 * (size_t)rows * (size_t)in), x = GF(&g, in), y = GF(&g, rows);
+    gl_ew(&g, EW_FILL, x, 0, 0, 0, in, in, 0.01f);
+    gl_sync(&g, "probe");
+    double a = 0;
+    for (int r = -1; r < n; r++) {
+      if (r == 0) gl_sync(&g, "probe"), a = now_();
+      gl_linear(&g, x, 1, in, W, rows, 0, y);
+    }
+    gl_sync(&g, "probe");
+    double t = (now_() - a) / n;
+    printf("gemv bf16 %5d x %4d: %.2f us, %.0f GB/s\n", rows, in, 1e6 * t, 2.0 * rows * in / t / 1e9);
+  }
+  dptr x = GF(&g, 2048), w = GF(&g, 2048), y = GF(&g, 2048);
+  int n = 2000;
+  gl_sync(&g, "probe");
+  double a = now_();
+  for (int r = 0; r < n; r++) gl_rmsnorm(&g, x, 0, 1, 2048, w, 1e-6f, y);
+  gl_sync(&g, "probe");
+  printf("rmsnorm 1 x 2048, %d back to back: %.2f us each\n", n, 1e6 * (now_() - a) / n);
+  fla_status s = g.status;
+  nn_gpu_free(&g);
+  return s != FLA_OK;
+}
+
 static int fail_(fla_ctx *ctx, const char *what) {
   fprintf(stderr, "fla-model-bench: %s: %s\n", what, fla_errmsg(ctx));
   return 1;
@@ -45,11 +80,15 @@ static int fail_(fla_ctx *ctx, const char *what) {
 
 int main(int argc, char **argv) {
   const char *config = NULL, *model = NULL, *device = "cuda", *dtype = "bf16", *batches = "1,64";
-  int prompt_len = 4096, runs = 3, steps = 128, graphs = 1;
+  int prompt_len = 4096, runs = 3, steps = 128, graphs = 1, probe = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "--no-graphs")) {
       graphs = 0;
+      continue;
+    }
+    if (!strcmp(a, "--kernels")) {
+      probe = 1;
       continue;
     }
     if (!v) {
@@ -71,6 +110,18 @@ int main(int argc, char **argv) {
     }
   }
   int dt = !strcmp(dtype, "bf16") ? FLA_BF16 : !strcmp(dtype, "f32") ? FLA_F32 : -2;
+  if (probe) {
+    fla_ctx *pctx;
+    char pwhy[1024] = "";
+    if (fla_ctx_create_ex(FLA_BACKEND_CUDA, &pctx, pwhy, sizeof pwhy)) {
+      fprintf(stderr, "fla-model-bench: no cuda context: %s\n", pwhy);
+      return 1;
+    }
+    int rc = kernel_probe_(pctx);
+    if (rc) fprintf(stderr, "fla-model-bench: --kernels: %s\n", fla_errmsg(pctx));
+    fla_ctx_free(pctx);
+    return rc;
+  }
   if (!config == !model || dt == -2 || prompt_len < 0 || runs < 1 || steps < 1) {
     fprintf(stderr, "usage: fla-model-bench (--config FILE | --model DIR) [--device cuda|cpu] [--dtype bf16|f32]\n"
                     "                       [--prompt-len N] [--runs R] [--batch B,...] [--decode-steps S] [--no-graphs]\n");
