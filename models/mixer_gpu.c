@@ -56,7 +56,9 @@ dptr gpu_run_op(const gpu_call *c, const gpu_input *in, int n, double scale, int
     int64_t numel = 1;
     for (int d = 0; d < in[i].ndim; d++) numel *= in[i].shape[d];
     dptr p = in[i].data;
-    if (dt == FLA_BF16 && !in[i].is_param) { /* the op's inputs share its dtype: cast in one launch */
+    if (dt == FLA_BF16 && in[i].bf) {
+      p = in[i].bf;
+    } else if (dt == FLA_BF16 && !in[i].is_param) { /* the op's inputs share its dtype: cast in one launch */
       p = nn_gpu_tmp(g, 2 * (size_t)numel);
       src[ncast] = in[i].data, dst[ncast] = p, cnt[ncast++] = numel;
     }
@@ -129,9 +131,9 @@ static void hgrn2_(const gpu_call *c, dptr x, dptr out) {
   gl_ew(g, EW_ACT, q, q, 0, 0, rows * F, F, (float)NN_ACT_SILU);
   gl_ew(g, EW_HGRN2_GATE, f, f, W->lower_bound, 0, rows * F, F, 0.0f);
   gpu_input in[3] = {
-    {"q", q, 4, {c->B, c->T, L->H, L->K}, 0},
-    {"v", v, 4, {c->B, c->T, L->H, L->V}, 0},
-    {"gk", f, 4, {c->B, c->T, L->H, L->K}, 0},
+    {"q", q, 4, {c->B, c->T, L->H, L->K}, 0, 0},
+    {"v", v, 4, {c->B, c->T, L->H, L->V}, 0, 0},
+    {"gk", f, 4, {c->B, c->T, L->H, L->K}, 0, 0},
   };
   int ob = 0;
   dptr o = gpu_run_op(c, in, 3, 0.0, &ob);
@@ -153,11 +155,15 @@ void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
   int D = cfg->hidden_size, H = L->H, Hkv = L->Hkv, K = L->K, V = L->V;
   int gla = cfg->arch == ARCH_GLA, rep = Hkv != H;
   dptr q, k, v, gate = 0, gk0;
+  /* decode of GLA in bf16: the products also write the op's bf16 inputs */
+  int bf_direct = c->xraw && gla && !rep && c->m->gpu->adt == FLA_BF16;
+  dptr yb = 0, gkb = 0;
   if (c->xraw) {
     /* decode (gpu_fast_decode): the block's RMSNorm, then q, k, v, g and gk's
     ** first factor in one pass over the weights, y = [q | k | v | g | gk0] */
     dptr y = GF(g, W->in_rows);
-    gl_gemv_opts op = {c->nw, (float)cfg->norm_eps, 1, 0, 0, 0.0f};
+    if (bf_direct) yb = nn_gpu_tmp(g, 2 * (size_t)W->in_rows), gkb = nn_gpu_tmp(g, 2 * (size_t)(H * K));
+    gl_gemv_opts op = {c->nw, (float)cfg->norm_eps, 1, 0, 0, 0.0f, yb};
     gl_gemv(g, c->xraw, D, 1, D, W->q_proj, D, (int)W->in_rows, 0, y, (int)W->in_rows, 0, &op);
     q = y;
     k = q + sizeof(float) * (size_t)(H * K);
@@ -188,7 +194,7 @@ void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
     gk = GF(g, rows * Hkv * K);
     float floor_ = isnan(cfg->clamp_min) ? -INFINITY : (float)cfg->clamp_min;
     if (rows <= 8) {
-      gl_gemv_opts op = {0, 0.0f, 0, 0, 1, floor_};
+      gl_gemv_opts op = {0, 0.0f, 0, 0, 1, floor_, gkb};
       gl_gemv(g, gk0, c->xraw ? (int)W->in_rows : 16, rows, 16, W->gk_proj1, 16, Hkv * K, W->gk_proj1_b, gk,
               Hkv * K, 0, &op);
     } else {
@@ -208,10 +214,10 @@ void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
     }
   }
   gpu_input in[4] = {
-    {"q", q, 4, {c->B, c->T, H, K}, 0},
-    {"k", k, 4, {c->B, c->T, H, K}, 0},
-    {"v", v, 4, {c->B, c->T, H, V}, 0},
-    {"gk", gk, 4, {c->B, c->T, H, K}, 0},
+    {"q", q, 4, {c->B, c->T, H, K}, 0, yb},
+    {"k", k, 4, {c->B, c->T, H, K}, 0, yb ? yb + 2 * (size_t)(H * K) : 0},
+    {"v", v, 4, {c->B, c->T, H, V}, 0, yb ? yb + 4 * (size_t)(H * K) : 0},
+    {"gk", gk, 4, {c->B, c->T, H, K}, 0, gkb},
   };
   int ob = 0;
   dptr o = gpu_run_op(c, in, gla ? 4 : 3, 0.0, &ob);
@@ -261,11 +267,11 @@ void gpu_mixer_delta(const gpu_call *c, dptr x, dptr out) {
     gl_ew(g, EW_DT_GATE, gg, gg, W->dt_bias, W->A_log, rows * H * K, H * K, (float)K);
   }
   gpu_input in[5] = {
-    {"q", q, 4, {c->B, c->T, H, K}, 0},
-    {"k", k, 4, {c->B, c->T, H, K}, 0},
-    {"v", v, 4, {c->B, c->T, H, V}, 0},
-    {"beta", beta, 3, {c->B, c->T, H, 0}, 0},
-    {"g", gg, kda ? 4 : 3, {c->B, c->T, H, kda ? K : 0}, 0},
+    {"q", q, 4, {c->B, c->T, H, K}, 0, 0},
+    {"k", k, 4, {c->B, c->T, H, K}, 0, 0},
+    {"v", v, 4, {c->B, c->T, H, V}, 0, 0},
+    {"beta", beta, 3, {c->B, c->T, H, 0}, 0, 0},
+    {"g", gg, kda ? 4 : 3, {c->B, c->T, H, kda ? K : 0}, 0, 0},
   };
   int ob = 0;
   dptr o = gpu_run_op(c, in, gdn || kda ? 5 : 4, 0.0, &ob);
@@ -324,11 +330,11 @@ void gpu_mixer_rwkv6(const gpu_call *c, dptr x, dptr out) {
     }
   }
   gpu_input in[5] = {
-    {"r", r, 4, {c->B, c->T, H, K}, 0},
-    {"k", k, 4, {c->B, c->T, H, K}, 0},
-    {"v", v, 4, {c->B, c->T, H, V}, 0},
-    {"w", w, 4, {c->B, c->T, H, K}, 0},
-    {"u", W->bonus, 2, {H, K, 0, 0}, 1},
+    {"r", r, 4, {c->B, c->T, H, K}, 0, 0},
+    {"k", k, 4, {c->B, c->T, H, K}, 0, 0},
+    {"v", v, 4, {c->B, c->T, H, V}, 0, 0},
+    {"w", w, 4, {c->B, c->T, H, K}, 0, 0},
+    {"u", W->bonus, 2, {H, K, 0, 0}, 1, 0},
   };
   int ob = 0;
   dptr o = gpu_run_op(c, in, 5, 1.0, &ob);

@@ -304,19 +304,18 @@ int gpu_fast_decode(const fla_model *m, const model_layer *L, int64_t rows) {
 }
 
 /* out += down(silu(gate h) * up h), h = rmsnorm(x) (computed here: decode
-** fuses it into the gate/up product). */
+** fuses the norm and SwiGLU into the gate/up product). */
 static void mlp_(const gpu_call *c, dptr x, dptr h, dptr out) {
   nn_gpu *g = &c->m->gpu->g;
   const model_config *cfg = &c->m->cfg;
   int64_t rows = c->B * c->T;
   int D = cfg->hidden_size, I = c->L->ffn_dim;
   dptr gu = GF(g, rows * 2 * I);
-  if (rows <= 8 && c->W->mlp_fused) { /* gate and up in one pass: gu = [gate | up] per row */
-    gl_gemv_opts n1 = {c->W->mlp_norm_w, (float)cfg->norm_eps, 1, 0, 0, 0.0f};
-    gl_gemv(g, x, D, rows, D, c->W->mlp_gate, D, 2 * I, 0, gu, 2 * I, 0, &n1);
-    /* SwiGLU apart: fused into the down product, every warp would recompute it for the whole row */
+  if (rows <= 8 && c->W->mlp_fused) {
+    /* the norm, gate and up rows together, SwiGLU in the epilogue: a = silu(gate h) * up h */
     dptr a = GF(g, rows * I);
-    gl_swiglu(g, gu, gu + sizeof(float) * (size_t)I, 2 * I, rows, I, a);
+    gl_gemv_opts n1 = {c->W->mlp_norm_w, (float)cfg->norm_eps, 1, 0, 0, 0.0f, 0};
+    gl_gemv_swiglu(g, x, D, rows, D, c->W->mlp_gate, D, I, I, a, I, &n1);
     gl_linear_ex(g, a, I, rows, I, c->W->mlp_down, I, D, 0, out, D, 1);
     return;
   }
@@ -384,7 +383,7 @@ static dptr body_(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T, d
   }
   dptr lg = GF(g, n * Vb);
   if (n <= 8 && cfg->arch != ARCH_RWKV6) { /* the final RMSNorm inside the head's product */
-    gl_gemv_opts op = {G->final_norm_w, (float)cfg->norm_eps, 1, 0, 0, 0.0f};
+    gl_gemv_opts op = {G->final_norm_w, (float)cfg->norm_eps, 1, 0, 0, 0.0f, 0};
     gl_gemv(g, x, D, n, D, G->lm_head, D, Vb, 0, lg, Vb, 0, &op);
   } else {
     block_norm_(m, x, n, G->final_norm_w, G->final_norm_b, h);

@@ -97,7 +97,14 @@ void gpu_mixer_attention(const gpu_call *c, dptr x, dptr out);
 /* The layer's recipe op on device inputs (float32 [B, T, H, *], cast to the
 ** model's dtype here): continues and updates the cache's state. Returns the
 ** output [B, T, H, V] (in g->adt; *o_bf16 says which), 0 on failure. */
-typedef struct { const char *name; dptr data; int ndim; int64_t shape[4]; int is_param; } gpu_input;
+typedef struct {
+  const char *name;
+  dptr data;
+  int ndim;
+  int64_t shape[4];
+  int is_param;  /* already in the op's dtype (RWKV-6's bonus) */
+  dptr bf;       /* a bf16 copy made already (0: cast here when the op is bf16) */
+} gpu_input;
 dptr gpu_run_op(const gpu_call *c, const gpu_input *in, int n, double scale, int *o_bf16);
 
 #endif

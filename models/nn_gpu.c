@@ -114,13 +114,16 @@ static const char *kernel_names_[NK_COUNT] = {
   "gemv_f32", "gemv_bf16", "add_bias", "cast_to_bf16", "cast_to_f32", "copy_f32", "ew", "swiglu",
   "repeat_heads", "rmsnorm", "groupnorm", "l2norm", "embed_f32", "embed_bf16", "short_conv", "rotary",
   "token_shift", "kv_append", "attention", "argmax_rows", "cast_multi", "gemv1_f32",
-  "gemv1_bf16"};
+  "gemv1_bf16", "gemv_swiglu_f32", "gemv_swiglu_bf16",
+  "gemv1_swiglu_f32", "gemv1_swiglu_bf16"};
 
 fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
   memset(g, 0, sizeof *g);
   g->ctx = ctx;
   g->wdt = wdt;
   g->stream = fla_cuda_ctx_stream(ctx);
+  const fla_cuda_device_info *info = fla_cuda_ctx_info(ctx);
+  g->sms = info && info->sm_count > 0 ? info->sm_count : 132;
   const char *src = fla_template_text("model_nn.cuh");
   if (!src) return gl_fail(g, FLA_ERROR, "templates/cuda/model_nn.cuh is not embedded in this build");
   for (int i = 0; i < NK_COUNT; i += FLA_STAGE_MAX_KERNELS) {
@@ -129,6 +132,14 @@ fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
     for (int k = 0; k < n; k++) snprintf(names[k], sizeof names[k], "%s", kernel_names_[i + k]);
     fla_status s = fla_cuda_get_kernels(ctx, "model_nn", src, names, n, (CUfunction *)&g->fn[i]);
     if (s != FLA_OK) return g->status = s;
+  }
+  const fla_cuda_driver *d = fla_cuda_driver_api();
+  for (int k = 0; k < NK_COUNT; k++) {
+    int nb = 0;
+    if (!d->cuOccupancyMaxActiveBlocksPerMultiprocessor ||
+        d->cuOccupancyMaxActiveBlocksPerMultiprocessor(&nb, (CUfunction)g->fn[k], 256, 0) != CUDA_SUCCESS || nb < 1)
+      nb = 2;
+    g->resident[k] = nb;
   }
   pthread_once(&cublas_once_, cublas_load_);
   if (!cublas_ok_) return gl_fail(g, FLA_UNSUPPORTED, "%s", cublas_err_);
@@ -212,7 +223,7 @@ void gl_linear_ex(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw
                   dptr y, int ldy, int accumulate) {
   if (g->status != FLA_OK || M <= 0 || out <= 0) return;
   if (M <= 8) { /* decode: a warp per output row, W read once */
-    gl_gemv_opts op = {0, 0.0f, 0, 0, 0, 0.0f};
+    gl_gemv_opts op = {0, 0.0f, 0, 0, 0, 0.0f, 0};
     gl_gemv(g, x, ldx, M, in, W, ldw, out, bias, y, ldy, accumulate, &op);
     return;
   }
@@ -253,7 +264,26 @@ void gl_gemv(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int
   gl_gemv_opts o = *op;
   void *a[] = {P(x), P(ldx), P(m), P(in), P(W), P(ldw), P(out), P(bias), P(y), P(ldy), P(accumulate), P(o)};
   int k = m == 1 ? (g->wdt == FLA_BF16 ? NK_GEMV1_BF16 : NK_GEMV1_F32) : (g->wdt == FLA_BF16 ? NK_GEMV_BF16 : NK_GEMV_F32);
-  launch_(g, k, (unsigned)((out + 7) / 8), 1, 256, a);
+  /* a warp per row at a time, the grid striding over rows: one wave of resident blocks */
+  int64_t blocks = (out + 7) / 8, cap = (int64_t)g->resident[k] * g->sms;
+  launch_(g, k, (unsigned)(blocks < cap ? blocks : cap), 1, 256, a);
+}
+
+void gl_gemv_swiglu(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, int up_off,
+                    dptr y, int ldy, const gl_gemv_opts *op) {
+  if (M > 8) {
+    gl_fail(g, FLA_ERROR, "gl_gemv_swiglu: %lld rows (at most 8)", (long long)M);
+    return;
+  }
+  int m = (int)M, accumulate = 0;
+  dptr bias = 0;
+  gl_gemv_opts o = *op;
+  o.up_off = up_off;
+  void *a[] = {P(x), P(ldx), P(m), P(in), P(W), P(ldw), P(out), P(bias), P(y), P(ldy), P(accumulate), P(o)};
+  int k = m == 1 ? (g->wdt == FLA_BF16 ? NK_GEMV1_SWIGLU_BF16 : NK_GEMV1_SWIGLU_F32)
+                 : (g->wdt == FLA_BF16 ? NK_GEMV_SWIGLU_BF16 : NK_GEMV_SWIGLU_F32);
+  int64_t blocks = (out + 7) / 8, cap = (int64_t)g->resident[k] * g->sms;
+  launch_(g, k, (unsigned)(blocks < cap ? blocks : cap), 1, 256, a);
 }
 
 void gl_cast_multi(nn_gpu *g, int count, const dptr *src, const dptr *dst, const int64_t *n) {

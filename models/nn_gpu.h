@@ -24,7 +24,8 @@ typedef uint64_t dptr;
 enum {
   NK_GEMV_F32, NK_GEMV_BF16, NK_ADD_BIAS, NK_CAST_BF16, NK_CAST_F32, NK_COPY, NK_EW, NK_SWIGLU,
   NK_REPEAT, NK_RMSNORM, NK_GROUPNORM, NK_L2NORM, NK_EMBED_F32, NK_EMBED_BF16, NK_CONV, NK_ROTARY,
-  NK_SHIFT, NK_KV_APPEND, NK_ATTN, NK_ARGMAX, NK_CAST_MULTI, NK_GEMV1_F32, NK_GEMV1_BF16, NK_COUNT
+  NK_SHIFT, NK_KV_APPEND, NK_ATTN, NK_ARGMAX, NK_CAST_MULTI, NK_GEMV1_F32, NK_GEMV1_BF16,
+  NK_GEMV_SWIGLU_F32, NK_GEMV_SWIGLU_BF16, NK_GEMV1_SWIGLU_F32, NK_GEMV1_SWIGLU_BF16, NK_COUNT
 };
 
 /* The element-wise maps of the kernel `ew` (model_nn.cuh says what each does). */
@@ -37,6 +38,8 @@ typedef struct nn_gpu {
   fla_ctx *ctx;
   fla_status status;     /* sticky: FLA_OK until a call fails */
   fla_dtype wdt;         /* weight matrices: FLA_F32 or FLA_BF16 */
+  int sms;               /* the device's multiprocessors (grids of the products) */
+  int resident[NK_COUNT]; /* blocks of 256 threads a multiprocessor holds, per kernel */
   void *stream;          /* CUstream */
   void *fn[NK_COUNT];    /* CUfunction */
   void *cublas;          /* cublasHandle_t */
@@ -64,17 +67,22 @@ void gl_linear(nn_gpu *g, dptr x, int64_t M, int in, dptr W, int out, dptr bias,
 
 /* The matrix-vector kernel of decode (M <= 8 rows) with what it fuses (the
 ** kernel gemv_ in model_nn.cuh): xmode 1 normalises x's rows first (RMSNorm
-** with weight nw), xmode 2 reads x as SwiGLU(x[:, :in], x[:, up_off:]);
-** epi 1 applies GLA's gate max(logsigmoid(y) / 16, epa) to the result.
-** The layout is the kernel's argument struct. */
+** with weight nw); epi 1 applies GLA's gate max(logsigmoid(y) / 16, epa) to the
+** result; yb (when not 0) receives a bf16 copy of y. The layout is the
+** kernel's argument struct. */
 typedef struct {
   dptr nw;
   float eps;
   int xmode, up_off, epi;
   float epa;
+  dptr yb;
 } gl_gemv_opts;
 void gl_gemv(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, dptr bias, dptr y,
              int ldy, int accumulate, const gl_gemv_opts *op);
+/* y[m, j] = silu(W[j] . x_m) * (W[up_off + j] . x_m) for j < out (SwiGLU of a
+** [gate; up] weight in one pass), M <= 8, with op's xmode. */
+void gl_gemv_swiglu(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, int up_off,
+                    dptr y, int ldy, const gl_gemv_opts *op);
 /* dst[k] (bf16) = src[k] (float32), n[k] elements, k < count <= 6: one launch. */
 void gl_cast_multi(nn_gpu *g, int count, const dptr *src, const dptr *dst, const int64_t *n);
 

@@ -60,145 +60,136 @@ __device__ __forceinline__ float act_(float x, int act) {
 /* ------------------------------------------------------------ products */
 
 /* y[m, o] (+)= sum_i x[m, i] W[o, i] (+ bias[o]), for m < M <= 8: one warp per
-** output o, each lane a strided slice of i (8 bf16 or 4 f32 weights per 16-byte
-** load, four loads in flight, when in, ldw are multiples of 8 and W, x are
-** 16-byte aligned). Decode's products: bandwidth-bound on W. Fused around it:
-**   xmode 0: x as is
+** output row o at a time (the grid strides over the rows, so the warps stay
+** busy to the end), each lane a strided slice of i (8 bf16 or 4 f32 weights per
+** 16-byte load, four loads in flight, when in, ldw are multiples of 8 and W, x
+** are 16-byte aligned). Decode's products: bandwidth-bound on W. Fused around it:
 **   xmode 1: x = rmsnorm(x) * nw  (rstd = rsqrt(mean(x^2) + eps) per row, from the
 **            same loads, applied to the sum; every warp reads all of x anyway)
-**   xmode 2: x[i] = silu(x[i]) * x[i + up_off]  (SwiGLU of a [gate | up] row)
 **   epi 1:   y = max(logsigmoid(s) / 16, epa)  (GLA's gate), before accumulate
+**   DUAL:    rows o and o + up_off together, y[o] = silu(s_o) * s_{o+up_off}
+**            (SwiGLU of a [gate; up] weight; out = the gate rows)
+**   yb:      also a bf16 copy of y (a token mixer's inputs)
 ** accumulate: y += instead of y =. */
 struct gemv_opts {
   const float *nw;
   float eps;
   int xmode, up_off, epi;
   float epa;
+  bf16 *yb;
 };
 
 __device__ __forceinline__ float silu_(float v) { return v / (1.f + expf(-v)); }
 
-__device__ __forceinline__ float4 ld_x4(const float *xr, int i, const gemv_opts &op) {
-  float4 v = *(const float4 *)(xr + i);
-  if (op.xmode == 1) {
-    float4 w = *(const float4 *)(op.nw + i);
-    v.x *= w.x, v.y *= w.y, v.z *= w.z, v.w *= w.w;
-  } else if (op.xmode == 2) {
-    float4 u = *(const float4 *)(xr + op.up_off + i);
-    v.x = silu_(v.x) * u.x, v.y = silu_(v.y) * u.y, v.z = silu_(v.z) * u.z, v.w = silu_(v.w) * u.w;
+__device__ __forceinline__ void unpack_(const uint4 &raw, float *wf, const bf16 *) {
+  const unsigned *r = (const unsigned *)&raw;
+#pragma unroll
+  for (int j = 0; j < 4; j++) {
+    wf[2 * j] = __uint_as_float(r[j] << 16);
+    wf[2 * j + 1] = __uint_as_float(r[j] & 0xffff0000u);
   }
-  return v;
+}
+__device__ __forceinline__ void unpack_(const uint4 &raw, float *wf, const float *) {
+  const float *r = (const float *)&raw;
+#pragma unroll
+  for (int j = 0; j < 4; j++) wf[j] = r[j];
 }
 
-__device__ __forceinline__ float ld_x1(const float *xr, int i, const gemv_opts &op) {
-  float v = xr[i];
-  if (op.xmode == 1) v *= op.nw[i];
-  else if (op.xmode == 2) v = silu_(v) * xr[op.up_off + i];
-  return v;
-}
-
-template <typename W_t, int MM>
+template <typename W_t, int MM, bool DUAL>
 __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int ldw, int out,
                       const float *bias, float *y, int ldy, int accumulate, const gemv_opts &op) {
-  int o = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-  if (o >= out) return;
-  float acc[MM], ss[MM]; /* ss: sum of x^2 of each row (xmode 1), from the loads the product makes anyway */
+  const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31, V = 16 / sizeof(W_t);
+  const bool vec = (in % V) == 0 && (ldw % V) == 0 && (((unsigned long long)W) & 15) == 0 && (ldx % 4) == 0 &&
+                   (((unsigned long long)x) & 15) == 0 && (op.xmode != 1 || (((unsigned long long)op.nw) & 15) == 0);
+  for (int o = blockIdx.x * wpb + (threadIdx.x >> 5); o < out; o += gridDim.x * wpb) {
+    float acc[MM], acc2[MM], ss[MM]; /* ss: sum of x^2 of each row (xmode 1) */
 #pragma unroll
-  for (int m = 0; m < MM; m++) acc[m] = 0.f, ss[m] = 0.f;
-  const W_t *w = W + (i64)o * ldw;
-  const int V = 16 / sizeof(W_t); /* elements per 16-byte load */
-  bool vec = (in % V) == 0 && (ldw % V) == 0 && (((unsigned long long)W) & 15) == 0 && (ldx % 4) == 0 &&
-             (((unsigned long long)x) & 15) == 0 && (op.xmode != 1 || (((unsigned long long)op.nw) & 15) == 0) &&
-             (op.xmode != 2 || (op.up_off % 4) == 0);
-  if (vec) {
-    /* four 16-byte loads in flight per lane before the arithmetic */
-    for (int i0 = lane * V; i0 < in; i0 += 4 * 32 * V) {
-      uint4 raw[4];
+    for (int m = 0; m < MM; m++) acc[m] = 0.f, acc2[m] = 0.f, ss[m] = 0.f;
+    const W_t *w = W + (i64)o * ldw, *w2 = W + (i64)(o + (DUAL ? op.up_off : 0)) * ldw;
+    if (vec) {
+      for (int i0 = lane * V; i0 < in; i0 += 4 * 32 * V) {
+        uint4 raw[4], raw2[4];
 #pragma unroll
-      for (int u = 0; u < 4; u++) {
-        int i = i0 + u * 32 * V;
-        raw[u] = i < in ? *(const uint4 *)(w + i) : make_uint4(0, 0, 0, 0);
-      }
-#pragma unroll
-      for (int u = 0; u < 4; u++) {
-        int i = i0 + u * 32 * V;
-        if (i >= in) break;
-        float wf[16 / sizeof(W_t)];
-        if (sizeof(W_t) == 2) {
-          const unsigned *r = (const unsigned *)&raw[u];
-#pragma unroll
-          for (int j = 0; j < 4; j++) {
-            wf[2 * j] = __uint_as_float(r[j] << 16);
-            wf[2 * j + 1] = __uint_as_float(r[j] & 0xffff0000u);
-          }
-        } else {
-          const float *r = (const float *)&raw[u];
-#pragma unroll
-          for (int j = 0; j < 4; j++) wf[j] = r[j];
+        for (int u = 0; u < 4; u++) {
+          int i = i0 + u * 32 * V;
+          raw[u] = i < in ? *(const uint4 *)(w + i) : make_uint4(0, 0, 0, 0);
+          if (DUAL) raw2[u] = i < in ? *(const uint4 *)(w2 + i) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
-        for (int m = 0; m < MM; m++) {
-          if (m < M) {
+        for (int u = 0; u < 4; u++) {
+          int i = i0 + u * 32 * V;
+          if (i >= in) break;
+          float wf[16 / sizeof(W_t)], wf2[16 / sizeof(W_t)];
+          unpack_(raw[u], wf, W);
+          if (DUAL) unpack_(raw2[u], wf2, W);
 #pragma unroll
-            for (int j = 0; j < V / 4; j++) {
-              const float *xr = x + (i64)m * ldx;
-              float4 xv = *(const float4 *)(xr + i + 4 * j);
-              if (op.xmode == 1) {
-                float4 nv = *(const float4 *)(op.nw + i + 4 * j);
-                ss[m] += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
-                xv.x *= nv.x, xv.y *= nv.y, xv.z *= nv.z, xv.w *= nv.w;
-              } else if (op.xmode == 2) {
-                xv = ld_x4(xr, i + 4 * j, op);
+          for (int m = 0; m < MM; m++) {
+            if (m < M) {
+#pragma unroll
+              for (int j = 0; j < V / 4; j++) {
+                float4 xv = *(const float4 *)(x + (i64)m * ldx + i + 4 * j);
+                if (op.xmode == 1) {
+                  float4 nv = *(const float4 *)(op.nw + i + 4 * j);
+                  ss[m] += xv.x * xv.x + xv.y * xv.y + xv.z * xv.z + xv.w * xv.w;
+                  xv.x *= nv.x, xv.y *= nv.y, xv.z *= nv.z, xv.w *= nv.w;
+                }
+                acc[m] += wf[4 * j] * xv.x + wf[4 * j + 1] * xv.y + wf[4 * j + 2] * xv.z + wf[4 * j + 3] * xv.w;
+                if (DUAL)
+                  acc2[m] += wf2[4 * j] * xv.x + wf2[4 * j + 1] * xv.y + wf2[4 * j + 2] * xv.z + wf2[4 * j + 3] * xv.w;
               }
-              acc[m] += wf[4 * j] * xv.x + wf[4 * j + 1] * xv.y + wf[4 * j + 2] * xv.z + wf[4 * j + 3] * xv.w;
             }
           }
         }
       }
-    }
-  } else {
-    for (int i = lane; i < in; i += 32) {
-      float wi = ldval(w, i);
+    } else {
+      for (int i = lane; i < in; i += 32) {
+        float wi = ldval(w, i), wi2 = DUAL ? ldval(w2, i) : 0.f;
 #pragma unroll
-      for (int m = 0; m < MM; m++)
-        if (m < M) {
-          if (op.xmode == 1) ss[m] += x[(i64)m * ldx + i] * x[(i64)m * ldx + i];
-          acc[m] += wi * ld_x1(x + (i64)m * ldx, i, op);
+        for (int m = 0; m < MM; m++)
+          if (m < M) {
+            float xv = x[(i64)m * ldx + i];
+            if (op.xmode == 1) ss[m] += xv * xv, xv *= op.nw[i];
+            acc[m] += wi * xv;
+            if (DUAL) acc2[m] += wi2 * xv;
+          }
+      }
+    }
+#pragma unroll
+    for (int m = 0; m < MM; m++) {
+      if (m < M) {
+        float s = warp_sum(acc[m]), s2 = DUAL ? warp_sum(acc2[m]) : 0.f;
+        if (op.xmode == 1) {
+          float r = rsqrtf(warp_sum(ss[m]) / in + op.eps);
+          s *= r, s2 *= r;
         }
-    }
-  }
-#pragma unroll
-  for (int m = 0; m < MM; m++) {
-    if (m < M) {
-      float s = warp_sum(acc[m]);
-      if (op.xmode == 1) s *= rsqrtf(warp_sum(ss[m]) / in + op.eps);
-      if (lane == 0) {
-        if (bias) s += bias[o];
-        if (op.epi == 1) s = fmaxf(logsigm(s) / 16.f, op.epa);
-        float *yp = y + (i64)m * ldy + o;
-        *yp = accumulate ? *yp + s : s;
+        if (lane == 0) {
+          if (bias) s += bias[o];
+          if (DUAL) s = silu_(s) * s2;
+          if (op.epi == 1) s = fmaxf(logsigm(s) / 16.f, op.epa);
+          float *yp = y + (i64)m * ldy + o;
+          if (accumulate) s += *yp;
+          *yp = s;
+          if (op.yb) op.yb[(i64)m * ldy + o] = f2bf(s);
+        }
       }
     }
   }
 }
 /* MM: the most rows the instance handles; M == 1 (batch-1 decode) gets its own
-** instance, whose registers leave room for three times the warps. */
-extern "C" __global__ void gemv_f32(const float *x, int ldx, int M, int in, const float *W, int ldw,
-                                    int out, const float *bias, float *y, int ldy, int acc, gemv_opts op) {
-  gemv_<float, 8>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);
-}
-extern "C" __global__ void gemv_bf16(const float *x, int ldx, int M, int in, const bf16 *W, int ldw,
-                                     int out, const float *bias, float *y, int ldy, int acc, gemv_opts op) {
-  gemv_<bf16, 8>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);
-}
-extern "C" __global__ void gemv1_f32(const float *x, int ldx, int M, int in, const float *W, int ldw,
-                                     int out, const float *bias, float *y, int ldy, int acc, gemv_opts op) {
-  gemv_<float, 1>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);
-}
-extern "C" __global__ void gemv1_bf16(const float *x, int ldx, int M, int in, const bf16 *W, int ldw,
-                                      int out, const float *bias, float *y, int ldy, int acc, gemv_opts op) {
-  gemv_<bf16, 1>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);
-}
+** instances, whose registers leave room for more warps. */
+#define GEMV_KERNEL(name, W_t, MM, DUAL)                                                              \
+  extern "C" __global__ void name(const float *x, int ldx, int M, int in, const W_t *W, int ldw, int out, \
+                                  const float *bias, float *y, int ldy, int acc, gemv_opts op) {      \
+    gemv_<W_t, MM, DUAL>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);                          \
+  }
+GEMV_KERNEL(gemv_f32, float, 8, false)
+GEMV_KERNEL(gemv_bf16, bf16, 8, false)
+GEMV_KERNEL(gemv1_f32, float, 1, false)
+GEMV_KERNEL(gemv1_bf16, bf16, 1, false)
+GEMV_KERNEL(gemv_swiglu_f32, float, 8, true)
+GEMV_KERNEL(gemv_swiglu_bf16, bf16, 8, true)
+GEMV_KERNEL(gemv1_swiglu_f32, float, 1, true)
+GEMV_KERNEL(gemv1_swiglu_bf16, bf16, 1, true)
 
 /* Up to six float32 -> bf16 casts in one launch (a token mixer's inputs). */
 struct cast_list {
