@@ -401,10 +401,11 @@ fla_status fla_safetensors_save(fla_ctx *ctx, const char *path, int n,
 ** "model_type"): "gla", "gated_deltanet", "retnet", "delta_net", "kda",
 ** "hgrn2", "rwkv6", "transformer"; any of them but "transformer" may replace
 ** layers by softmax attention through fla's "attn" config (docs/models.md).
-** Its forward runs on the CPU in float32. A model runs one call at a time,
-** like its context (it keeps the recipe ops it bound between calls); the
-** context must outlive it. The math outside the token mixers is behind
-** models/nn.h, the seam where a GPU backend slots in.
+** Its forward runs on the context's backend: the CPU in float32, or a CUDA
+** device in float32 or bf16 (fla_model_load_ex). A model runs one call at a
+** time, like its context (it keeps the recipe ops it bound between calls);
+** the context must outlive it. The math outside the token mixers is behind
+** models/nn.h (CPU) and models/nn_gpu.h (CUDA).
 */
 typedef struct fla_model fla_model;
 
