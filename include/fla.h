@@ -401,10 +401,11 @@ fla_status fla_safetensors_save(fla_ctx *ctx, const char *path, int n,
 ** "model_type"): "gla", "gated_deltanet", "retnet", "delta_net", "kda",
 ** "hgrn2", "rwkv6", "transformer"; any of them but "transformer" may replace
 ** layers by softmax attention through fla's "attn" config (docs/models.md).
-** Its forward runs on the CPU in float32. A model runs one call at a time,
-** like its context (it keeps the recipe ops it bound between calls); the
-** context must outlive it. The math outside the token mixers is behind
-** models/nn.h, the seam where a GPU backend slots in.
+** Its forward runs on the context's backend: the CPU in float32, or a CUDA
+** device in float32 or bf16 (fla_model_load_ex). A model runs one call at a
+** time, like its context (it keeps the recipe ops it bound between calls);
+** the context must outlive it. The math outside the token mixers is behind
+** models/nn.h (CPU) and models/nn_gpu.h (CUDA).
 */
 typedef struct fla_model fla_model;
 
@@ -422,9 +423,30 @@ typedef struct fla_model fla_model;
 **                    does not use;
 **   FLA_UNSUPPORTED  an unknown model_type, an option of a known one this
 **                    library does not implement (named), or a weight dtype
-**                    other than F32, BF16, F16; also a context that is not
-**                    the CPU's (models run on the CPU in this version). */
+**                    other than F32, BF16, F16; also a context that is
+**                    neither the CPU's nor a CUDA one.
+** On a CUDA context the weights are uploaded to the device once (the host
+** copies are kept, mapped, while the model lives): matrices (projections,
+** embeddings, LM head) in bf16 when the checkpoint stores any tensor in
+** bf16/f16, else float32; every vector (norm weights, biases, gates'
+** parameters) in float32. fla_model_load_ex chooses. The forward then runs on
+** the device (docs/models.md, "On the GPU"); logits still come back to host
+** memory. FLA_NOMEM when the device is full, FLA_UNSUPPORTED when cuBLAS
+** cannot be loaded, FLA_ERROR for a kernel that fails to compile. */
 fla_status fla_model_load(fla_ctx *ctx, const char *dir, fla_model **out);
+/* fla_model_load with the device precision chosen: dtype FLA_F32 (weights
+** and the token mixers' inputs in float32), FLA_BF16 (weight matrices and the
+** token mixers' inputs in bf16, products accumulated in float32), or -1 (the
+** checkpoint's, as fla_model_load). Ignored on the CPU (always float32).
+** FLA_INVALID for another dtype. */
+fla_status fla_model_load_ex(fla_ctx *ctx, const char *dir, int dtype, fla_model **out);
+/* A model of the architecture in config_path (a config.json file) whose
+** weights are drawn from seed instead of read (norm weights 1, every other
+** tensor uniform in [-0.03, 0.03]): for benchmarks of a configuration without
+** a checkpoint. dtype as fla_model_load_ex (-1: float32). Errors as
+** fla_model_load's for the config. */
+fla_status fla_model_load_random(fla_ctx *ctx, const char *config_path, uint64_t seed, int dtype,
+                                 fla_model **out);
 /* Frees the model, its bound ops and converted weights, and unmaps its files.
 ** Caches made from it must be freed first. NULL is allowed. */
 void fla_model_free(fla_model *m);

@@ -25,6 +25,7 @@ static void layer_cache_free_(layer_cache *lc, int N) {
 
 void fla_cache_free(fla_cache *c) {
   if (!c) return;
+  gpu_cache_free(c);
   for (int l = 0; c->layers && l < c->m->cfg.num_layers; l++) layer_cache_free_(&c->layers[l], c->N);
   free(c->layers);
   free(c->pos);
@@ -67,6 +68,12 @@ fla_status fla_cache_new(fla_model *m, int num_seqs, fla_cache **out) {
   c->pos = calloc((size_t)num_seqs, sizeof(int64_t));
   c->layers = calloc((size_t)m->cfg.num_layers, sizeof(layer_cache));
   int ok = c->pos && c->layers;
+  if (ok && m->gpu) { /* the state lives on the device */
+    fla_status s = gpu_cache_new(c);
+    if (s != FLA_OK) fla_cache_free(c);
+    else *out = c;
+    return s;
+  }
   for (int l = 0; ok && l < m->cfg.num_layers; l++) {
     ok = layer_cache_init_(m, &m->layers[l], &c->layers[l], num_seqs);
     /* RWKV-6's channel mix shifts in every layer, attention or not */
@@ -84,6 +91,11 @@ fla_status fla_cache_new(fla_model *m, int num_seqs, fla_cache **out) {
 fla_status fla_cache_reset(fla_cache *c, int seq) {
   if (!c || seq < 0 || seq >= c->N) return FLA_INVALID;
   const fla_model *m = c->m;
+  if (c->gpu) {
+    gpu_cache_reset(c, seq);
+    c->pos[seq] = 0;
+    return FLA_OK;
+  }
   int64_t D = m->cfg.hidden_size, W1 = m->cfg.conv_size - 1;
   for (int l = 0; l < m->cfg.num_layers; l++) {
     layer_cache *lc = &c->layers[l];

@@ -67,7 +67,13 @@ static fla_status get_(loader *ld, const float **out, const char *suffix, int nd
     *out = NULL;
     return FLA_OK;
   }
-  return weights_get(ld->m->weights, name, ndim, shape, out);
+  fla_status s = weights_get(ld->m->weights, name, ndim, shape, out);
+  if (s == FLA_OK && ld->m->ctx->backend == FLA_BACKEND_CUDA) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    s = gpu_register_weight(ld->m, *out, n);
+  }
+  return s;
 }
 
 /* Whether the files hold `name` (never for a model made from a config alone). */
@@ -378,27 +384,38 @@ fla_status model_read_text(fla_ctx *ctx, const char *path, char **out) {
   return FLA_OK;
 }
 
-static fla_status load_(fla_model *m, const char *dir) {
+/* dir: the checkpoint; NULL: random weights from seed (config_path alone). */
+static fla_status load_(fla_model *m, const char *dir, const char *config_path, uint64_t seed) {
   char path[4096];
-  snprintf(path, sizeof path, "%s/config.json", dir);
+  if (dir) snprintf(path, sizeof path, "%s/config.json", dir);
+  else snprintf(path, sizeof path, "%s", config_path);
   TRY(model_config_load(m->ctx, path, &m->cfg));
   TRY(model_read_text(m->ctx, path, &m->config_json));
-  TRY(weights_open(m->ctx, dir, &m->weights));
+  if (dir) TRY(weights_open(m->ctx, dir, &m->weights));
+  else TRY(weights_open_random(m->ctx, seed, &m->weights));
   TRY(model_build(m));
   model_finish_weights(m);
   return FLA_OK;
 }
 
-fla_status fla_model_load(fla_ctx *ctx, const char *dir, fla_model **out) {
+static fla_status load_any_(fla_ctx *ctx, const char *dir, const char *config_path, uint64_t seed,
+                            int dtype, fla_model **out) {
   if (!out) return fla_set_error(ctx, FLA_INVALID, "fla_model_load: out is NULL");
   *out = NULL;
-  if (!ctx || !dir) return fla_set_error(ctx, FLA_INVALID, "fla_model_load: %s is NULL", !ctx ? "ctx" : "dir");
-  if (ctx->backend != FLA_BACKEND_CPU)
-    return fla_set_error(ctx, FLA_UNSUPPORTED, "fla_model_load: models run on the CPU backend only in this version");
+  if (!ctx || (!dir && !config_path))
+    return fla_set_error(ctx, FLA_INVALID, "fla_model_load: %s is NULL", !ctx ? "ctx" : "dir");
+  if (ctx->backend != FLA_BACKEND_CPU && ctx->backend != FLA_BACKEND_CUDA)
+    return fla_set_error(ctx, FLA_UNSUPPORTED, "fla_model_load: models run on the CPU and CUDA backends");
+  if (dtype != -1 && dtype != FLA_F32 && dtype != FLA_BF16)
+    return fla_set_error(ctx, FLA_INVALID, "fla_model_load_ex: dtype must be FLA_F32, FLA_BF16 or -1 (the checkpoint's)");
   fla_model *m = calloc(1, sizeof *m);
   if (!m) return fla_set_error(ctx, FLA_NOMEM, "out of memory");
   m->ctx = ctx;
-  fla_status s = load_(m, dir);
+  fla_status s = load_(m, dir, config_path, seed);
+  if (s == FLA_OK && ctx->backend == FLA_BACKEND_CUDA) {
+    fla_dtype dt = dtype >= 0 ? (fla_dtype)dtype : weights_half(m->weights) ? FLA_BF16 : FLA_F32;
+    s = gpu_model_upload(m, dt);
+  }
   if (s != FLA_OK) {
     fla_model_free(m);
     return s;
@@ -407,8 +424,23 @@ fla_status fla_model_load(fla_ctx *ctx, const char *dir, fla_model **out) {
   return FLA_OK;
 }
 
+fla_status fla_model_load(fla_ctx *ctx, const char *dir, fla_model **out) {
+  return load_any_(ctx, dir, NULL, 0, -1, out);
+}
+
+fla_status fla_model_load_ex(fla_ctx *ctx, const char *dir, int dtype, fla_model **out) {
+  return load_any_(ctx, dir, NULL, 0, dtype, out);
+}
+
+fla_status fla_model_load_random(fla_ctx *ctx, const char *config_path, uint64_t seed, int dtype,
+                                 fla_model **out) {
+  if (!config_path) return fla_set_error(ctx, FLA_INVALID, "fla_model_load_random: config_path is NULL");
+  return load_any_(ctx, NULL, config_path, seed, dtype, out);
+}
+
 void fla_model_free(fla_model *m) {
   if (!m) return;
+  gpu_model_free(m);
   fla_recipe *recipe = NULL;
   for (int i = 0; m->layers && i < m->cfg.num_layers; i++) {
     fla_op_free(m->layers[i].op);
@@ -488,6 +520,7 @@ fla_status model_run(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T
     if (ids[i] < 0 || ids[i] >= Vb)
       return fla_set_error(m->ctx, FLA_INVALID, "token id %d at position %lld is outside the vocabulary [0, %d)",
                            ids[i], (long long)i, Vb);
+  if (m->gpu) return gpu_model_run(m, c, slot0, B, T, ids, logits, last_only);
   if (m->master) model_hgrn2_lower_bounds(m); /* trainable: the raw bounds may have changed */
   float *x = model_alloc(m->ctx, rows * D), *h = model_alloc(m->ctx, rows * D);
   float *o = model_alloc(m->ctx, rows * D);

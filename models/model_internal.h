@@ -64,6 +64,12 @@ fla_status weights_get(weight_store *ws, const char *name, int ndim, const int64
 int weights_has(const weight_store *ws, const char *name);
 /* FLA_FORMAT naming the first tensor of the files no weights_get asked for. */
 fla_status weights_check_all_used(weight_store *ws);
+/* A store without files: weights_get draws every tensor from seed (norm
+** weights 1, the rest uniform in +-0.03), weights_has is 0 for every name.
+** For benchmarks of a configuration (fla-generate --random-weights). */
+fla_status weights_open_random(fla_ctx *ctx, uint64_t seed, weight_store **out);
+/* 1 when some tensor weights_get returned was stored as bf16 or f16. */
+int weights_half(const weight_store *ws);
 
 /* ------------------------------------------------------------ layers */
 
@@ -98,6 +104,7 @@ typedef struct {
   fla_recipe *recipe;
   fla_op *op;
   int64_t op_B, op_T;
+  struct gpu_layer *gpu;     /* the device copies of the weights (model_gpu.c) */
 } model_layer;
 
 /* A stack of float blocks kept between backward calls (grad_ops.c). */
@@ -135,6 +142,7 @@ struct fla_model {
   float *dlower_bounds;       /* HGRN2 backward: d loss / d lower_bounds [L, D] */
   model_arena arena;          /* the backward's scratch (grad_ops.c) */
   int recompute;              /* fla_model_set_recompute */
+  struct gpu_model *gpu;      /* non-NULL on a CUDA context (model_gpu.c) */
 };
 
 /* The gradient of the weight whose data starts at p (a trainable model's). */
@@ -171,6 +179,7 @@ struct fla_cache {
   int N;
   int64_t *pos;       /* tokens consumed per sequence */
   layer_cache *layers;
+  struct gpu_cache *gpu; /* the device state, for a model on a CUDA context */
 };
 
 /* Runs B sequences (cache slots slot0..slot0+B-1) over T new tokens each:
@@ -212,6 +221,23 @@ fla_status model_mlp(const mixer_call *mc, const float *x, float *out);
 
 /* Binds the layer's op for (mc->B, mc->T) unless it already is (mixer_common.c). */
 fla_status mixer_bind_op(const mixer_call *mc, double scale);
+
+/* ------------------------------------------------------------ GPU (model_gpu.c) */
+
+/* Remembers that host weight p (numel floats) belongs to the model, so that
+** gpu_model_upload finds its size. Called for every tensor the loader gets. */
+fla_status gpu_register_weight(fla_model *m, const float *p, int64_t numel);
+/* Uploads every weight to the device of the model's CUDA context as dtype
+** (FLA_F32 or FLA_BF16 for the matrices; vectors stay float32) and prepares
+** the kernels and cuBLAS. */
+fla_status gpu_model_upload(fla_model *m, fla_dtype dtype);
+void gpu_model_free(fla_model *m);
+/* model_run on the device (same contract); the caches' device state. */
+fla_status gpu_model_run(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T,
+                         const int32_t *ids, float *logits, int last_only);
+fla_status gpu_cache_new(fla_cache *c);
+void gpu_cache_free(fla_cache *c);
+void gpu_cache_reset(fla_cache *c, int seq);
 
 /* malloc of n floats that reports FLA_NOMEM: NULL on failure. */
 float *model_alloc(fla_ctx *ctx, int64_t n);

@@ -28,6 +28,9 @@ struct weight_store {
   int nshards;
   float **owned; /* converted copies */
   int nowned, capowned;
+  int any_half;  /* some tensor handed out was bf16 or f16 */
+  int random;    /* weights_open_random: no files, every weight drawn from rng */
+  uint64_t rng;
 };
 
 void weights_free(weight_store *ws) {
@@ -141,12 +144,66 @@ static int find_(const weight_store *ws, const char *name, int *shard_index) {
 
 int weights_has(const weight_store *ws, const char *name) {
   int k;
+  if (ws->random) return 0;
   return find_(ws, name, &k) >= 0;
 }
+
+static fla_status keep_(weight_store *ws, float *f, const char *name) {
+  if (ws->nowned == ws->capowned) {
+    int cap = ws->capowned ? 2 * ws->capowned : 64;
+    float **grown = realloc(ws->owned, sizeof(float *) * (size_t)cap);
+    if (grown) {
+      ws->owned = grown;
+      ws->capowned = cap;
+    }
+  }
+  if (!f || ws->nowned == ws->capowned) {
+    free(f);
+    return fla_set_error(ws->ctx, FLA_NOMEM, "tensor '%s': out of memory", name);
+  }
+  ws->owned[ws->nowned++] = f;
+  return FLA_OK;
+}
+
+/* A random weight: norm weights 1, everything else uniform in [-0.03, 0.03]
+** (about fla's normal(0, 0.02)); xorshift64*, so a seed gives the same model. */
+static fla_status random_get_(weight_store *ws, const char *name, int ndim, const int64_t *shape,
+                              const float **out) {
+  int64_t n = 1;
+  for (int d = 0; d < ndim; d++) n *= shape[d];
+  float *f = malloc(sizeof(float) * (size_t)(n ? n : 1));
+  fla_status s = keep_(ws, f, name);
+  if (s != FLA_OK) return s;
+  size_t len = strlen(name);
+  int ones = len >= 11 && strcmp(name + len - 11, "norm.weight") == 0;
+  for (int64_t i = 0; i < n; i++) {
+    if (ones) {
+      f[i] = 1.0f;
+      continue;
+    }
+    ws->rng ^= ws->rng >> 12, ws->rng ^= ws->rng << 25, ws->rng ^= ws->rng >> 27;
+    f[i] = (float)(int32_t)((ws->rng * 2685821657736338717ull) >> 32) * (0.03f / 2147483648.0f);
+  }
+  *out = f;
+  return FLA_OK;
+}
+
+fla_status weights_open_random(fla_ctx *ctx, uint64_t seed, weight_store **out) {
+  *out = calloc(1, sizeof **out);
+  if (!*out) return fla_set_error(ctx, FLA_NOMEM, "out of memory");
+  (*out)->ctx = ctx;
+  (*out)->random = 1;
+  (*out)->rng = seed * 0x9E3779B97F4A7C15ull + 1;
+  snprintf((*out)->label, sizeof (*out)->label, "random weights (seed %llu)", (unsigned long long)seed);
+  return FLA_OK;
+}
+
+int weights_half(const weight_store *ws) { return ws->any_half; }
 
 fla_status weights_get(weight_store *ws, const char *name, int ndim, const int64_t *shape,
                        const float **out) {
   char want[128], got[128];
+  if (ws->random) return random_get_(ws, name, ndim, shape, out);
   int k, i = find_(ws, name, &k);
   if (i < 0) {
     return fla_set_error(ws->ctx, FLA_FORMAT, "%s: missing tensor '%s' %s", ws->label, name,
@@ -168,6 +225,7 @@ fla_status weights_get(weight_store *ws, const char *name, int ndim, const int64
     return fla_set_error(ws->ctx, FLA_UNSUPPORTED, "%s: tensor '%s': dtype %s (F32, BF16 and F16 are supported)",
                          sh->path, name, dtype >= 0 ? fla_dtype_name((fla_dtype)dtype) : "other");
   sh->used[i] = 1;
+  if (dtype != FLA_F32) ws->any_half = 1;
   if (dtype == FLA_F32 && (uintptr_t)data % sizeof(float) == 0) {
     *out = data;
     return FLA_OK;

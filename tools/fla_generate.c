@@ -1,7 +1,8 @@
 /*
-** fla-generate -- text generation with an fla checkpoint on the CPU.
+** fla-generate -- text generation with an fla checkpoint, on the CPU or a GPU.
 **
 **   fla-generate --model DIR (--prompt TEXT | --prompt-ids 5,17,...) [options]
+**   fla-generate --random-weights --config FILE --prompt-ids ... [options]
 **
 ** Streams the generated text (or ids) to stdout as tokens come, then prints the
 ** prefill and decode speed to stderr. Options:
@@ -16,6 +17,10 @@
 **   --print-ids          print the generated ids on one line, comma-separated,
 **                        instead of text (for scripts)
 **   --threads N          CPU threads of the token mixers (default: all)
+**   --device cpu|cuda    where the model runs (default cpu)
+**   --dtype f32|bf16     the GPU's precision (default: the checkpoint's)
+**   --random-weights     no checkpoint: the architecture of --config FILE (a
+**   --config FILE        config.json) with weights drawn from --seed
 ** Exit status: 0 on success, 1 when generation failed, 2 for bad arguments.
 */
 #include "fla.h"
@@ -31,7 +36,8 @@ static void usage_(void) {
           "usage: fla-generate --model DIR (--prompt TEXT | --prompt-ids 5,17,...)\n"
           "                    [--max-new-tokens N] [--greedy] [--temperature X] [--top-k N]\n"
           "                    [--top-p X] [--seed N] [--stop ID,...|none] [--tokenizer PATH]\n"
-          "                    [--print-ids] [--threads N]\n");
+          "                    [--print-ids] [--threads N] [--device cpu|cuda] [--dtype f32|bf16]\n"
+          "       fla-generate --random-weights --config FILE --prompt-ids ... [options]\n");
 }
 
 /* "5,17,3" -> ids (malloc'd); -1 on a malformed list. */
@@ -88,7 +94,8 @@ static int on_token_(void *user, int seq, int32_t token) {
 
 int main(int argc, char **argv) {
   const char *model_dir = NULL, *prompt = NULL, *prompt_ids = NULL, *tok_path = NULL, *stop = NULL;
-  int max_new = 64, print_ids = 0, threads = 0;
+  const char *device = "cpu", *dtype = NULL, *config = NULL;
+  int max_new = 64, print_ids = 0, threads = 0, random_weights = 0;
   fla_sampling samp = {0};
   samp.temperature = 1.0f;
   for (int i = 1; i < argc; i++) {
@@ -96,6 +103,7 @@ int main(int argc, char **argv) {
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
     if (!strcmp(a, "--greedy")) samp.greedy = 1;
     else if (!strcmp(a, "--print-ids")) print_ids = 1;
+    else if (!strcmp(a, "--random-weights")) random_weights = 1;
     else if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
       usage_();
       return 0;
@@ -116,6 +124,9 @@ int main(int argc, char **argv) {
       else if (!strcmp(a, "--top-p")) samp.top_p = (float)atof(v);
       else if (!strcmp(a, "--seed")) samp.seed = strtoull(v, NULL, 10);
       else if (!strcmp(a, "--threads")) threads = atoi(v);
+      else if (!strcmp(a, "--device")) device = v;
+      else if (!strcmp(a, "--dtype")) dtype = v;
+      else if (!strcmp(a, "--config")) config = v;
       else {
         fprintf(stderr, "fla-generate: unknown option %s\n", a);
         usage_();
@@ -123,14 +134,20 @@ int main(int argc, char **argv) {
       }
     }
   }
-  if (!model_dir || (!prompt == !prompt_ids) || max_new < 1) {
-    fprintf(stderr, "fla-generate: give --model and exactly one of --prompt, --prompt-ids; --max-new-tokens >= 1\n");
+  int cuda = !strcmp(device, "cuda");
+  int dt = !dtype ? -1 : !strcmp(dtype, "bf16") ? FLA_BF16 : !strcmp(dtype, "f32") ? FLA_F32 : -2;
+  if ((random_weights ? !config || model_dir : !model_dir) || (!prompt == !prompt_ids) || max_new < 1 ||
+      (!cuda && strcmp(device, "cpu")) || dt == -2) {
+    fprintf(stderr, "fla-generate: give --model (or --random-weights --config FILE) and exactly one of --prompt, "
+                    "--prompt-ids; --max-new-tokens >= 1; --device cpu or cuda; --dtype f32 or bf16\n");
     usage_();
     return 2;
   }
+  if (random_weights) model_dir = "."; /* only for the tokenizer guess */
   fla_ctx *ctx;
-  if (fla_ctx_create(FLA_BACKEND_CPU, &ctx) != FLA_OK) {
-    fprintf(stderr, "fla-generate: cannot create a CPU context\n");
+  char why[1024] = "";
+  if (fla_ctx_create_ex(cuda ? FLA_BACKEND_CUDA : FLA_BACKEND_CPU, &ctx, why, sizeof why) != FLA_OK) {
+    fprintf(stderr, "fla-generate: cannot create a %s context: %s\n", device, why);
     return 1;
   }
   if (threads > 0) fla_ctx_set_threads(ctx, threads);
@@ -139,7 +156,8 @@ int main(int argc, char **argv) {
   fla_tokenizer *tok = NULL;
   int32_t *ids = NULL, *out = NULL, *stops = NULL;
   int64_t n = 0, nstop = 0;
-  fla_status s = fla_model_load(ctx, model_dir, &m);
+  fla_status s = random_weights ? fla_model_load_random(ctx, config, samp.seed, dt, &m)
+                                : fla_model_load_ex(ctx, model_dir, dt, &m);
   if (s != FLA_OK) {
     fprintf(stderr, "fla-generate: %s: %s\n", fla_errstr(s), fla_errmsg(ctx));
     goto done;

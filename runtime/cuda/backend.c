@@ -40,6 +40,7 @@ struct fla_cuda_ctx {
   size_t scratch_bytes[FLA_CUDA_SCRATCH_SLOTS];
   void *host;              /* host staging buffer */
   size_t host_bytes;
+  int defer_sync;          /* fla_cuda_set_defer_sync */
 };
 
 /* ----------------------------------------------------------------- errors */
@@ -253,6 +254,16 @@ void *fla_cuda_host_staging(fla_ctx *ctx, size_t bytes) {
   }
   return c->host;
 }
+
+CUstream fla_cuda_ctx_stream(const fla_ctx *ctx) {
+  return ctx && ctx->cuda ? ctx->cuda->stream : NULL;
+}
+
+void fla_cuda_set_defer_sync(fla_ctx *ctx, int on) {
+  if (ctx && ctx->cuda) ctx->cuda->defer_sync = on;
+}
+
+int fla_cuda_defer_sync(const fla_ctx *ctx) { return ctx && ctx->cuda && ctx->cuda->defer_sync; }
 
 const fla_cuda_device_info *fla_cuda_ctx_info(const fla_ctx *ctx) {
   return ctx && ctx->cuda ? &ctx->cuda->info : NULL;

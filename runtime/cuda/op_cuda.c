@@ -409,7 +409,7 @@ fla_status fla_cuda_op_forward(struct fla_op *op, fla_tensor *const *in, fla_ten
   if (ws0 && (st = fla_cuda_scratch(ctx, SLOT_WS0, ws0, &a.ws0)) != FLA_OK) goto done;
   if (ws1 && (st = fla_cuda_scratch(ctx, SLOT_WS1, ws1, &a.ws1)) != FLA_OK) goto done;
   if ((st = fla_cuda_run_stage(ctx, &c->p.core, c->core_fns, &a)) != FLA_OK) goto done;
-  {
+  if (!fla_cuda_defer_sync(ctx)) {
     char what[320];
     snprintf(what, sizeof what, "recipe '%s': stage %s (kernel %s%s) failed on the device", ir->name,
              fla_stage_name(c->p.core.stage), c->p.core.kernels[0], c->p.core.nkernels > 1 ? ", ..." : "");

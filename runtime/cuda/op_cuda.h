@@ -24,6 +24,18 @@ fla_status fla_cuda_scratch(fla_ctx *ctx, int slot, size_t bytes, uint64_t *dptr
 ** out of memory). Valid until the next call. */
 void *fla_cuda_host_staging(fla_ctx *ctx, size_t bytes);
 
+/* The context's stream (NULL for a context that is not CUDA): other device
+** code of the library (models/) queues its work behind the ops' on it. */
+CUstream fla_cuda_ctx_stream(const fla_ctx *ctx);
+
+/* With on = 1, fla_cuda_op_forward returns once its kernels are queued
+** instead of after they finished (for callers that queue more work on the
+** stream, or capture it into a CUDA graph; a kernel's failure then shows at
+** the caller's next synchronisation). Only on the forward of dense batches
+** whose tables are cached (a repeated forward) is nothing else synchronous. */
+void fla_cuda_set_defer_sync(fla_ctx *ctx, int on);
+int fla_cuda_defer_sync(const fla_ctx *ctx);
+
 /* The device the context runs on; NULL for a context that is not CUDA. */
 const fla_cuda_device_info *fla_cuda_ctx_info(const fla_ctx *ctx);
 
