@@ -47,6 +47,8 @@ const char *fla_stage_name(fla_stage s) {
   case FLA_STAGE_RECURRENT_BWD: return "recurrent_bwd";
   case FLA_STAGE_CHUNK_BWD: return "chunk_bwd";
   case FLA_STAGE_CHUNK_FWD_PORTABLE: return "chunk_fwd_portable";
+  case FLA_STAGE_CHUNK_GK_FWD_PORTABLE: return "chunk_gk_fwd_portable";
+  case FLA_STAGE_CHUNK_WY_FWD_PORTABLE: return "chunk_wy_fwd_portable";
   default: return "?";
   }
 }
@@ -62,6 +64,8 @@ static const fla_stage_impl *impl_(fla_stage s) {
   case FLA_STAGE_RECURRENT_BWD: return &fla_stage_recurrent_bwd;
   case FLA_STAGE_CHUNK_BWD: return &fla_stage_chunk_bwd;
   case FLA_STAGE_CHUNK_FWD_PORTABLE: return &fla_stage_chunk_fwd_portable;
+  case FLA_STAGE_CHUNK_GK_FWD_PORTABLE: return &fla_stage_chunk_gk_fwd_portable;
+  case FLA_STAGE_CHUNK_WY_FWD_PORTABLE: return &fla_stage_chunk_wy_fwd_portable;
   default: return NULL;
   }
 }
@@ -261,8 +265,9 @@ fla_status fla_generate_target(fla_ctx *ctx, fla_target target, fla_stage stage,
     return fla_set_error(ctx, FLA_INVALID, "fla_generate: unknown target %d", (int)target);
   if (!fla_stage_has_target(stage, target))
     return fla_set_error(ctx, FLA_UNSUPPORTED, "%s has no %s source yet: its template uses "
-                         "NVIDIA matrix instructions (portable: prep_fwd, recurrent_fwd, "
-                         "chunk_fwd_portable)", sname, fla_target_name(target));
+                         "NVIDIA matrix instructions (every other stage is portable; the "
+                         "chunked ones as chunk_fwd_portable, chunk_gk_fwd_portable, "
+                         "chunk_wy_fwd_portable)", sname, fla_target_name(target));
   if (cfg && (cfg->BT < 0 || cfg->BK < 0 || cfg->BV < 0 || cfg->warps < 0))
     return fla_set_error(ctx, FLA_INVALID, "%s: negative tile size (BT=%d BK=%d BV=%d warps=%d)",
                          sname, cfg->BT, cfg->BK, cfg->BV, cfg->warps);

@@ -50,6 +50,8 @@ typedef enum fla_stage {
   FLA_STAGE_RECURRENT_BWD,  /* token by token backward, checkpointed: dq..dh0   */
   FLA_STAGE_CHUNK_BWD,      /* chunked backward, decay family: dq dk dv dg dh0  */
   FLA_STAGE_CHUNK_FWD_PORTABLE, /* chunk_fwd's math with scalar FMA tiles: CUDA and HIP */
+  FLA_STAGE_CHUNK_GK_FWD_PORTABLE, /* chunk_gk_fwd's math with scalar FMA tiles          */
+  FLA_STAGE_CHUNK_WY_FWD_PORTABLE, /* chunk_wy_fwd's math with scalar FMA tiles          */
   FLA_STAGE_COUNT
 } fla_stage;
 
