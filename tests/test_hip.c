@@ -2,8 +2,9 @@
 ** test_hip.c -- the HIP target: generated HIP sources (no compiler needed),
 ** offload-arch names, code-object metadata, FLA_BACKEND_HIP's refusal, and,
 ** where hipRTC loads, that every shipped recipe's portable stages (prep_fwd,
-** recurrent_fwd, chunk_fwd_portable where it applies) compile for gfx90a (CDNA2, wave64) and gfx1030 (RDNA2,
-** wave32) in bf16 and f32, spill nothing, and land in the module cache.
+** recurrent_fwd, its portable chunked forward; prep_bwd, recurrent_bwd)
+** compile for gfx90a (CDNA2, wave64) and gfx1030 (RDNA2, wave32) in bf16 and
+** f32, spill nothing to memory on gfx90a, and land in the module cache.
 **
 ** How absence is reported: when hipRTC cannot be loaded the compile tests
 ** are replaced by `test_skip_no_hiprtc`, which prints "SKIP: ..." -- unless
@@ -94,8 +95,9 @@ START_TEST(test_hip_targets) {
   ck_assert_str_eq(fla_target_name((fla_target)9), "?");
   for (int s = 0; s < FLA_STAGE_COUNT; s++) {
     ck_assert(fla_stage_has_target((fla_stage)s, FLA_TARGET_CUDA));
-    int portable = s == FLA_STAGE_PREP_FWD || s == FLA_STAGE_RECURRENT_FWD ||
-                   s == FLA_STAGE_CHUNK_FWD_PORTABLE;
+    /* the tensor-core stages are NVIDIA's; every other one is portable */
+    int portable = s != FLA_STAGE_CHUNK_FWD && s != FLA_STAGE_CHUNK_GK_FWD &&
+                   s != FLA_STAGE_CHUNK_WY_FWD && s != FLA_STAGE_CHUNK_BWD;
     ck_assert_int_eq(fla_stage_has_target((fla_stage)s, FLA_TARGET_HIP), portable);
   }
   ck_assert(!fla_stage_has_target(FLA_STAGE_COUNT, FLA_TARGET_CUDA));
@@ -230,26 +232,37 @@ static int add_job(job *jobs, int n, int cap, const char *what, char *src, const
   return n + 1;
 }
 
-/* Every shipped recipe x {prep_fwd for each non-identity map, recurrent_fwd,
-** chunk_fwd_portable where its check accepts the key}
-** x {bf16, f32} x {gfx90a, gfx1030} at K = V = 128 (based: K = 16), and
-** recurrent_fwd at odd sizes (K = 100, V = 72) for gfx90a. */
-START_TEST(test_every_recipe_compiles_hip) {
+/* The portable chunked forwards: each recipe's key is taken by exactly one
+** of them, except the delta rule with per-key gates (KDA), taken by none. */
+static const fla_stage chunk_stages[3] = {FLA_STAGE_CHUNK_FWD_PORTABLE,
+                                          FLA_STAGE_CHUNK_GK_FWD_PORTABLE,
+                                          FLA_STAGE_CHUNK_WY_FWD_PORTABLE};
+
+/* Every shipped recipe x every stage with a HIP source x {bf16, f32} x
+** {gfx90a, gfx1030} at K = V = 128 (based: K = 16), and odd sizes (K = 100,
+** V = 72; based K = 8) on gfx90a. Forward (bwd 0): prep_fwd for each
+** non-identity map, recurrent_fwd, the recipe's portable chunked forward
+** (odd sizes: f32 only). Backward (bwd 1): prep_bwd for each non-identity
+** map, recurrent_bwd (odd sizes: f32 only). */
+static void compile_sweep(int bwd) {
   fla_ctx *ctx = th_cpu_ctx();
   const char *names[64];
   int nr = fla_recipe_list_builtin(names, 64);
   ck_assert_int_ge(nr, 13);
   static const char *const archs[] = {"gfx90a", "gfx1030"};
   static const int machs[] = {0x3f, 0x36}, waves[] = {64, 32};
+  const fla_stage rec = bwd ? FLA_STAGE_RECURRENT_BWD : FLA_STAGE_RECURRENT_FWD;
+  const fla_stage prep = bwd ? FLA_STAGE_PREP_BWD : FLA_STAGE_PREP_FWD;
   enum { CAP = 512 };
   job *jobs = calloc(CAP, sizeof *jobs);
   ck_assert_ptr_nonnull(jobs);
-  int n = 0, total = 0, chunks = 0;
+  int n = 0, total = 0, chunks = 0, chunk_recipes = 0;
   for (int i = 0; i < nr; i++) {
     fla_recipe *r = NULL;
     ck_assert(fla_recipe_find(ctx, names[i], &r) == FLA_OK);
     const fla_ir *ir = fla_recipe_ir(r);
     int based = ir->feature_k == FLA_FEATURE_TAYLOR2;
+    int has_chunk = 0;
     /* FLA_TEST_QUICK (the sanitizer build): bf16 at the main shape only. */
     for (int bf16 = th_quick(); bf16 <= 1; bf16++)
       for (int shape = 0; shape < 2 - th_quick(); shape++)
@@ -257,36 +270,51 @@ START_TEST(test_every_recipe_compiles_hip) {
           int K = shape ? (based ? 8 : 100) : (based ? 16 : 128), V = shape ? 72 : 128;
           fla_gen_key key;
           fla_gen_key_from_ir(ir, (int)fla_feature_dim(ir->feature_k, K), V, bf16, 1, 1, &key);
+          const char *dt = bf16 ? "bf16" : "f32";
           char what[128];
-          snprintf(what, sizeof what, "%s_recurrent_fwd_K%d_V%d_%s", names[i], K, V,
-                   bf16 ? "bf16" : "f32");
-          n = add_job(jobs, n, CAP, what, gen(ctx, FLA_TARGET_HIP, FLA_STAGE_RECURRENT_FWD, &key),
-                      archs[a], machs[a], waves[a]);
-          total++;
-          /* chunk_fwd_portable where its check accepts the key (main shape). */
-          char *csrc = NULL;
-          char kn[FLA_STAGE_MAX_KERNELS][64];
-          int nk = 0;
-          if (!shape && fla_generate_target(ctx, FLA_TARGET_HIP, FLA_STAGE_CHUNK_FWD_PORTABLE,
-                                            &key, NULL, &csrc, kn, &nk) == FLA_OK) {
-            snprintf(what, sizeof what, "%s_chunk_fwd_portable_%s", names[i],
-                     bf16 ? "bf16" : "f32");
-            n = add_job(jobs, n, CAP, what, csrc, archs[a], machs[a], waves[a]);
-            total++, chunks++;
+          if (!(bwd && shape && bf16)) {
+            snprintf(what, sizeof what, "%s_%s_K%d_V%d_%s", names[i], fla_stage_name(rec), K, V,
+                     dt);
+            n = add_job(jobs, n, CAP, what, gen(ctx, FLA_TARGET_HIP, rec, &key), archs[a],
+                        machs[a], waves[a]);
+            total++;
           }
+          int got = 0;
+          for (int c = 0; c < 3 && !bwd && !(shape && bf16); c++) {
+            char *csrc = NULL;
+            char kn[FLA_STAGE_MAX_KERNELS][64];
+            int nk = 0;
+            fla_status st = fla_generate_target(ctx, FLA_TARGET_HIP, chunk_stages[c], &key, NULL,
+                                                &csrc, kn, &nk);
+            ck_assert_msg(st == FLA_OK || st == FLA_UNSUPPORTED, "%s %s: %s", names[i],
+                          fla_stage_name(chunk_stages[c]), fla_errmsg(ctx));
+            if (st != FLA_OK) continue;
+            snprintf(what, sizeof what, "%s_%s_K%d_V%d_%s", names[i],
+                     fla_stage_name(chunk_stages[c]), K, V, dt);
+            n = add_job(jobs, n, CAP, what, csrc, archs[a], machs[a], waves[a]);
+            total++, chunks++, got++;
+          }
+          /* exactly one portable chunked forward takes the key, none for KDA
+          ** (per-key gates with the delta rule) or a state wider than 256 */
+          int kda = ir->decay == FLA_DECAY_KEY && ir->family == FLA_FAMILY_WY;
+          int want = !bwd && !(shape && bf16) && !kda && key.K <= 256 && key.V <= 256;
+          ck_assert_msg(got == want, "%s K=%d V=%d %s: %d portable chunked forwards, want %d",
+                        names[i], key.K, key.V, dt, got, want);
+          has_chunk += got;
           fla_ir_feature maps[2] = {ir->feature_q, ir->feature_k};
           for (int m = 0; m < 2 && !shape; m++) {
             if (maps[m] == FLA_FEATURE_IDENTITY || (m == 1 && maps[1] == maps[0])) continue;
             fla_gen_key pk = key;
             pk.feature = maps[m];
             pk.feature_in_dim = K;
-            snprintf(what, sizeof what, "%s_prep_fwd_%s_%s", names[i],
-                     fla_feature_name(maps[m]), bf16 ? "bf16" : "f32");
-            n = add_job(jobs, n, CAP, what, gen(ctx, FLA_TARGET_HIP, FLA_STAGE_PREP_FWD, &pk),
-                        archs[a], machs[a], waves[a]);
+            snprintf(what, sizeof what, "%s_%s_%s_%s", names[i], fla_stage_name(prep),
+                     fla_feature_name(maps[m]), dt);
+            n = add_job(jobs, n, CAP, what, gen(ctx, FLA_TARGET_HIP, prep, &pk), archs[a],
+                        machs[a], waves[a]);
             total++;
           }
         }
+    chunk_recipes += has_chunk > 0;
     fla_recipe_free(r);
   }
   double t0 = th_now_s();
@@ -314,14 +342,20 @@ START_TEST(test_every_recipe_compiles_hip) {
     sum += j->seconds;
     if (j->seconds > slowest) slowest = j->seconds;
   }
-  ck_assert_int_ge(chunks, th_quick() ? 8 : 16); /* 4+ recipes have a portable chunk_fwd */
-  printf("test_hip: %d recipes: %d builds (%d chunk_fwd_portable), %d distinct sources compiled by hipRTC (%s) for "
-         "gfx90a and gfx1030 in %.1f s (%.1f s in hipRTC, slowest %.2f s, mean %.2f s)\n",
-         nr, total, chunks, n, fla_hiprtc_library(), wall, sum, slowest, n ? sum / n : 0.0);
+  if (!bwd) ck_assert_int_eq(chunk_recipes, nr - 1); /* all but KDA */
+  printf("test_hip: %s: %d recipes: %d builds (%d portable chunked), %d distinct sources "
+         "compiled by hipRTC (%s) for gfx90a and gfx1030 in %.1f s (%.1f s in hipRTC, slowest "
+         "%.2f s, mean %.2f s)\n", bwd ? "backward" : "forward", nr, total, chunks, n,
+         fla_hiprtc_library(), wall, sum, slowest, n ? sum / n : 0.0);
   for (int i = 0; i < n; i++) free(jobs[i].src);
   free(jobs);
   fla_ctx_free(ctx);
 }
+
+START_TEST(test_every_recipe_compiles_hip) { compile_sweep(0); }
+END_TEST
+
+START_TEST(test_every_recipe_backward_compiles_hip) { compile_sweep(1); }
 END_TEST
 
 /* A template error names the template file and line, as with NVRTC. */
@@ -472,6 +506,7 @@ static Suite *hip_suite(void) {
   TCase *rtc = tcase_create("hiprtc");
   tcase_set_timeout(rtc, 900);
   tcase_add_test(rtc, test_every_recipe_compiles_hip);
+  tcase_add_test(rtc, test_every_recipe_backward_compiles_hip);
   tcase_add_test(rtc, test_hip_error_names_template_line);
   tcase_add_test(rtc, test_hip_modcache);
   suite_add_tcase(s, rtc);
