@@ -71,10 +71,16 @@ typedef enum fla_backend {
 **                     the device is missing; fla_ctx_create_ex says which.
 **   FLA_BACKEND_AUTO  CUDA when that succeeds, else the CPU (never fails
 **                     for want of a GPU).
-**   FLA_BACKEND_HIP   FLA_NODEVICE in this version: no op runs on HIP yet.
-**                     fla_ctx_create_ex says why (no HIP runtime, no AMD
-**                     GPU, or the GPU it found). HIP kernels are generated
-**                     and compiled with hipRTC without a GPU (docs/hip.md).
+**   FLA_BACKEND_HIP   an AMD GPU: loads the HIP runtime (libamdhip64) and
+**                     hipRTC with dlopen, takes device 0 (or the ordinal in
+**                     FLA_HIP_DEVICE) and creates one stream. Tensors live
+**                     in its memory; ops run the portable kernels (no
+**                     vendor matrix instructions), compiled by hipRTC for
+**                     the device's arch. FLA_NODEVICE when the runtime,
+**                     hipRTC or an AMD GPU is missing; fla_ctx_create_ex
+**                     says which. AUTO never picks it. Untested on AMD
+**                     hardware: none was available (docs/hip.md says what
+**                     ran where).
 ** A failed create has no context to hold a message: use fla_ctx_create_ex
 ** to get one. The driver is initialised in the calling process: a process
 ** that fork()s after creating a CUDA context cannot use CUDA in the child. */

@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "feature.h"
@@ -27,6 +29,7 @@
 #include "hip/code_object.h"
 #include "hip/hip_backend.h"
 #include "hip/hiprtc.h"
+#include "hip/op_hip.h"
 #include "internal.h"
 #include "modcache_core.h"
 #include "recipe.h"
@@ -157,14 +160,74 @@ START_TEST(test_code_object_garbage) {
 }
 END_TEST
 
-/* No op runs on HIP yet: the create says so, with a reason. */
+/* FLA_BACKEND_HIP opens where an AMD GPU is (never so far); elsewhere it
+** answers FLA_NODEVICE with the reason, and no context. */
 START_TEST(test_hip_ctx_refused) {
+  fla_ctx probe;
+  memset(&probe, 0, sizeof probe);
+  char pwhy[1024] = "";
+  int amd = fla_hip_ctx_open(&probe, pwhy, sizeof pwhy) == FLA_OK;
+  fla_hip_ctx_close(&probe);
   fla_ctx *ctx = (fla_ctx *)0x1;
   char why[1024] = "";
-  ck_assert_int_eq(fla_ctx_create_ex(FLA_BACKEND_HIP, &ctx, why, sizeof why), FLA_NODEVICE);
+  fla_status st = fla_ctx_create_ex(FLA_BACKEND_HIP, &ctx, why, sizeof why);
+  if (amd) {
+    ck_assert_int_eq(st, FLA_OK);
+    ck_assert_int_eq(fla_ctx_backend(ctx), FLA_BACKEND_HIP);
+    printf("test_hip: FLA_BACKEND_HIP opened %s\n", fla_ctx_device_name(ctx));
+    fla_ctx_free(ctx);
+    return;
+  }
+  ck_assert_int_eq(st, FLA_NODEVICE);
   ck_assert_ptr_null(ctx);
-  ck_assert_msg(strstr(why, "HIP"), "reason: '%s'", why);
+  ck_assert_msg(strstr(why, "the HIP backend is not available: "), "reason: '%s'", why);
+  ck_assert_msg(strstr(why, pwhy), "reason '%s' lacks the backend's '%s'", why, pwhy);
+  ck_assert_int_eq(fla_ctx_create(FLA_BACKEND_HIP, &ctx), FLA_NODEVICE);
+  /* AUTO never picks HIP: CUDA or the CPU */
+  ck_assert_int_eq(fla_ctx_create(FLA_BACKEND_AUTO, &ctx), FLA_OK);
+  ck_assert_int_ne(fla_ctx_backend(ctx), FLA_BACKEND_HIP);
+  fla_ctx_free(ctx);
   printf("test_hip: FLA_BACKEND_HIP: %s\n", why);
+}
+END_TEST
+
+/* The op layer dispatches a HIP context's ops to runtime/hip/op_hip.c: on
+** a context whose device is gone (a HIP context without its backend state,
+** as no AMD GPU is here) the forward and backward fail with an error that
+** says so, after generating their plan, and write nothing. */
+START_TEST(test_hip_op_without_device) {
+  fla_ctx *ctx = calloc(1, sizeof *ctx);
+  ck_assert_ptr_nonnull(ctx);
+  ctx->backend = FLA_BACKEND_HIP;
+  fla_recipe *r = NULL;
+  ck_assert_int_eq(fla_recipe_find(ctx, "gla", &r), FLA_OK);
+  fla_op_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.B = 1, cfg.T = 20, cfg.H = 2, cfg.K = 32, cfg.V = 32;
+  fla_op *op = NULL;
+  ck_assert_msg(fla_op_bind(ctx, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(ctx));
+  int64_t shk[4] = {1, 20, 2, 32};
+  fla_tensor *q, *k, *v, *g, *o, *host = NULL;
+  uint64_t fake = 4096; /* never dereferenced: nothing reaches a device */
+  fla_tensor **ts[5] = {&q, &k, &v, &g, &o};
+  for (int i = 0; i < 5; i++)
+    ck_assert_int_eq(fla_tensor_wrap_device(ctx, FLA_BF16, 4, shk, fake, ts[i]), FLA_OK);
+  fla_arg in[4] = {{"q", q}, {"k", k}, {"v", v}, {"gk", g}};
+  ck_assert_int_eq(fla_op_forward(op, in, 4, o, NULL), FLA_INVALID);
+  ck_assert_msg(strstr(fla_errmsg(ctx), "not a HIP context"), "%s", fla_errmsg(ctx));
+  fla_arg grads[1] = {{"dq", q}};
+  ck_assert_int_eq(fla_op_backward(op, in, 4, o, NULL, grads, 1), FLA_INVALID);
+  ck_assert_msg(strstr(fla_errmsg(ctx), "not a HIP context"), "%s", fla_errmsg(ctx));
+  /* host tensors are refused on a GPU context, as on CUDA */
+  ck_assert_int_eq(fla_tensor_new_host(ctx, FLA_BF16, 4, shk, &host), FLA_OK);
+  fla_arg bad[4] = {{"q", host}, {"k", k}, {"v", v}, {"gk", g}};
+  ck_assert_int_eq(fla_op_forward(op, bad, 4, o, NULL), FLA_INVALID);
+  ck_assert_msg(strstr(fla_errmsg(ctx), "host memory"), "%s", fla_errmsg(ctx));
+  for (int i = 0; i < 5; i++) fla_tensor_free(*ts[i]);
+  fla_tensor_free(host);
+  fla_op_free(op);
+  fla_recipe_free(r);
+  fla_ctx_free(ctx);
 }
 END_TEST
 
@@ -384,6 +447,71 @@ START_TEST(test_hip_error_names_template_line) {
 }
 END_TEST
 
+static int rm_entry_(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+  (void)sb, (void)flag, (void)ftw;
+  return remove(path);
+}
+
+/* The HIP op layer's plans for every recipe: the forward's core is the
+** portable chunked stage that takes the key (recurrent_fwd for KDA, for
+** FLA_ALGO_RECURRENT and T == 1), the backward's recurrent_bwd; every
+** module of both plans compiles with hipRTC for gfx90a (no device), and a
+** second precompile finds them all in the module cache. */
+START_TEST(test_hip_op_plans) {
+  char dir[] = "/tmp/fla_hip_plan_XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  setenv("FLA_CACHE_DIR", dir, 1);
+  fla_ctx *ctx = th_cpu_ctx();
+  const char *names[64];
+  int nr = fla_recipe_list_builtin(names, 64), modules = 0;
+  for (int i = 0; i < nr; i++) {
+    fla_recipe *r = NULL;
+    ck_assert(fla_recipe_find(ctx, names[i], &r) == FLA_OK);
+    const fla_ir *ir = fla_recipe_ir(r);
+    int kda = ir->decay == FLA_DECAY_KEY && ir->family == FLA_FAMILY_WY;
+    fla_stage want = kda ? FLA_STAGE_RECURRENT_FWD
+                     : ir->family == FLA_FAMILY_WY ? FLA_STAGE_CHUNK_WY_FWD_PORTABLE
+                     : ir->decay == FLA_DECAY_KEY  ? FLA_STAGE_CHUNK_GK_FWD_PORTABLE
+                                                   : FLA_STAGE_CHUNK_FWD_PORTABLE;
+    for (int algo = 0; algo < 2; algo++) {
+      fla_op_config cfg;
+      memset(&cfg, 0, sizeof cfg);
+      cfg.B = 2, cfg.T = 100, cfg.H = 2, cfg.V = 64;
+      cfg.K = ir->feature_k == FLA_FEATURE_TAYLOR2 ? 8 : 64;
+      cfg.algo = algo ? FLA_ALGO_RECURRENT : FLA_ALGO_AUTO;
+      fla_op *op = NULL;
+      ck_assert_msg(fla_op_bind(ctx, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(ctx));
+      for (int bf = 0; bf <= 1; bf++) {
+        fla_dtype dt = bf ? FLA_BF16 : FLA_F32;
+        int fwd = fla_hip_op_core_stage(op, 0, dt, 1, 1);
+        ck_assert_msg(fwd == (int)(algo ? FLA_STAGE_RECURRENT_FWD : want), "%s: forward core %s",
+                      names[i], fwd < 0 ? fla_errmsg(ctx) : fla_stage_name((fla_stage)fwd));
+        ck_assert_int_eq(fla_hip_op_core_stage(op, 1, dt, 1, 1), FLA_STAGE_RECURRENT_BWD);
+        if (algo || bf) continue; /* compile the f32 plans of the default algo */
+        for (int bwd = 0; bwd <= 1; bwd++) {
+          int n1 = -1, n2 = -1;
+          ck_assert_msg(fla_hip_op_precompile(op, bwd, dt, 1, 1, "gfx90a", &n1) == FLA_OK,
+                        "%s %s: %s", names[i], bwd ? "backward" : "forward", fla_errmsg(ctx));
+          ck_assert_int_eq(fla_hip_op_precompile(op, bwd, dt, 1, 1, "gfx90a", &n2), FLA_OK);
+          ck_assert_int_ge(n1, 0);
+          ck_assert_int_eq(n2, 0); /* all cached now */
+          modules += n1;
+        }
+      }
+      ck_assert_int_eq(fla_hip_op_precompile(op, 0, FLA_F16, 1, 1, "gfx90a", NULL),
+                       FLA_UNSUPPORTED);
+      fla_op_free(op);
+    }
+    fla_recipe_free(r);
+  }
+  ck_assert_int_ge(modules, 2 * nr - 4); /* a core each way, less the shared ones */
+  printf("test_hip: op plans of %d recipes: %d modules compiled for gfx90a\n", nr, modules);
+  nftw(dir, rm_entry_, 8, FTW_DEPTH | FTW_PHYS);
+  unsetenv("FLA_CACHE_DIR");
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 /* The shared module cache: a miss compiles and writes a .hsaco entry, a hit
 ** reads it back, and HIP keys never equal NVRTC's for the same inputs. */
 START_TEST(test_hip_modcache) {
@@ -494,6 +622,7 @@ static Suite *hip_suite(void) {
   tcase_add_test(tc, test_hip_arch_names);
   tcase_add_test(tc, test_code_object_garbage);
   tcase_add_test(tc, test_hip_ctx_refused);
+  tcase_add_test(tc, test_hip_op_without_device);
   tcase_add_test(tc, test_device_roundtrip);
   suite_add_tcase(s, tc);
   if (fla_hiprtc_load(hiprtc_why, sizeof hiprtc_why) != 0) {
@@ -509,6 +638,7 @@ static Suite *hip_suite(void) {
   tcase_add_test(rtc, test_every_recipe_backward_compiles_hip);
   tcase_add_test(rtc, test_hip_error_names_template_line);
   tcase_add_test(rtc, test_hip_modcache);
+  tcase_add_test(rtc, test_hip_op_plans);
   suite_add_tcase(s, rtc);
   return s;
 }
