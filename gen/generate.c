@@ -49,6 +49,7 @@ const char *fla_stage_name(fla_stage s) {
   case FLA_STAGE_CHUNK_FWD_PORTABLE: return "chunk_fwd_portable";
   case FLA_STAGE_CHUNK_GK_FWD_PORTABLE: return "chunk_gk_fwd_portable";
   case FLA_STAGE_CHUNK_WY_FWD_PORTABLE: return "chunk_wy_fwd_portable";
+  case FLA_STAGE_CHUNK_BWD_PORTABLE: return "chunk_bwd_portable";
   default: return "?";
   }
 }
@@ -66,6 +67,7 @@ static const fla_stage_impl *impl_(fla_stage s) {
   case FLA_STAGE_CHUNK_FWD_PORTABLE: return &fla_stage_chunk_fwd_portable;
   case FLA_STAGE_CHUNK_GK_FWD_PORTABLE: return &fla_stage_chunk_gk_fwd_portable;
   case FLA_STAGE_CHUNK_WY_FWD_PORTABLE: return &fla_stage_chunk_wy_fwd_portable;
+  case FLA_STAGE_CHUNK_BWD_PORTABLE: return &fla_stage_chunk_bwd_portable;
   default: return NULL;
   }
 }
@@ -267,7 +269,7 @@ fla_status fla_generate_target(fla_ctx *ctx, fla_target target, fla_stage stage,
     return fla_set_error(ctx, FLA_UNSUPPORTED, "%s has no %s source yet: its template uses "
                          "NVIDIA matrix instructions (every other stage is portable; the "
                          "chunked ones as chunk_fwd_portable, chunk_gk_fwd_portable, "
-                         "chunk_wy_fwd_portable)", sname, fla_target_name(target));
+                         "chunk_wy_fwd_portable, chunk_bwd_portable)", sname, fla_target_name(target));
   if (cfg && (cfg->BT < 0 || cfg->BK < 0 || cfg->BV < 0 || cfg->warps < 0))
     return fla_set_error(ctx, FLA_INVALID, "%s: negative tile size (BT=%d BK=%d BV=%d warps=%d)",
                          sname, cfg->BT, cfg->BK, cfg->BV, cfg->warps);

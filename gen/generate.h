@@ -52,6 +52,7 @@ typedef enum fla_stage {
   FLA_STAGE_CHUNK_FWD_PORTABLE, /* chunk_fwd's math with scalar FMA tiles: CUDA and HIP */
   FLA_STAGE_CHUNK_GK_FWD_PORTABLE, /* chunk_gk_fwd's math with scalar FMA tiles          */
   FLA_STAGE_CHUNK_WY_FWD_PORTABLE, /* chunk_wy_fwd's math with scalar FMA tiles          */
+  FLA_STAGE_CHUNK_BWD_PORTABLE,    /* chunk_bwd's math with scalar FMA tiles             */
   FLA_STAGE_COUNT
 } fla_stage;
 
