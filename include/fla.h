@@ -359,8 +359,9 @@ fla_status fla_op_forward(fla_op *op, const fla_arg *inputs, int num_inputs,
 ** "dk", "dg", "dbeta", "dh0", ...); each given tensor must have the input's
 ** shape and receives the gradient (overwritten, not accumulated). Gradients
 ** not asked for are not written. On error nothing is written.
-** On a HIP context the same rules hold, and the core backward is always the
-** token-by-token one. */
+** On a HIP context the same rules hold; the core backward is a portable
+** chunked one (scalar FMA) for the recipes that get chunk_bwd on CUDA, else
+** the token-by-token one. */
 fla_status fla_op_backward(fla_op *op, const fla_arg *inputs, int num_inputs,
                            const fla_tensor *d_o, const fla_tensor *dht,
                            const fla_arg *grads, int num_grads);

@@ -6,8 +6,8 @@
 **
 **   recurrent_fwd, chunk_fwd_portable, chunk_gk_fwd_portable,
 **   chunk_wy_fwd_portable   o, ht vs fla_cpu_recurrent_forward
-**   recurrent_bwd           dq, dk, dv, dp, dg, dbeta, dbonus, dh0 vs
-**                           fla_cpu_recurrent_backward (HGRN2's dg with the
+**   recurrent_bwd,          dq, dk, dv, dp, dg, dbeta, dbonus, dh0 vs
+**   chunk_bwd_portable      fla_cpu_recurrent_backward (HGRN2's dg with the
 **                           chain rule through k = 1 - e^g)
 **   prep_fwd, prep_bwd      y, dx vs fla_feature_forward / _backward
 **
@@ -408,9 +408,32 @@ static int forward_case(fla_ctx *ctx, const dev_ops *ops, fla_stage stage,
   return 1;
 }
 
-/* recurrent_bwd: every gradient against the float64 backward. */
-static void backward_case(fla_ctx *ctx, const dev_ops *ops, const fla_gen_key *key,
-                          const fla_tile_config *cfg) {
+/* The chunk tables of CU for chunks of BT tokens, uploaded: a->chunk_first,
+** chunk_seq, num_chunks. */
+static void chunk_tables(bufs *b, int BT, fla_kernel_args *a) {
+  int64_t first[NSEQ + 1], nc = 0;
+  int32_t seq[1024];
+  for (int n = 0; n < NSEQ; n++) {
+    first[n] = nc;
+    for (int64_t c = 0; c < (CU[n + 1] - CU[n] + BT - 1) / BT; c++) {
+      ck_assert_int_lt(nc, 1024);
+      seq[nc++] = n;
+    }
+  }
+  first[NSEQ] = nc;
+  a->chunk_first = dalloc(b, sizeof first);
+  a->chunk_seq = dalloc(b, sizeof(int32_t) * (size_t)(nc ? nc : 1));
+  ck_assert_int_eq(b->ops->upload(b->ctx, a->chunk_first, first, sizeof first), FLA_OK);
+  ck_assert_int_eq(b->ops->upload(b->ctx, a->chunk_seq, seq, sizeof(int32_t) * (size_t)nc), FLA_OK);
+  a->num_chunks = (int32_t)nc;
+}
+
+/* A backward stage: every gradient against the float64 backward.
+** recurrent_bwd writes dq, dk, dp in f32 (the core's gradients),
+** chunk_bwd_portable dq, dk in the input dtype (chunk_bwd's contract).
+** Returns 0 when the stage does not take the key. */
+static int backward_case(fla_ctx *ctx, const dev_ops *ops, fla_stage stage,
+                         const fla_gen_key *key, const fla_tile_config *cfg) {
   bufs b = {ctx, ops, {0}, 0};
   core_in x;
   fla_kernel_args a;
@@ -420,15 +443,25 @@ static void backward_case(fla_ctx *ctx, const dev_ops *ops, const fla_gen_key *k
   const int64_t S = (int64_t)NSEQ * x.H * x.K * x.V, GN = key->decay == 3 ? TK : TH;
   a.d_o = put(&b, x.d_o, TV, bf);
   if (key->store_ht) a.dht = put(&b, x.dht, S, 0);
-  a.dq = out_nan(&b, TK, 0);
-  if (!key->key_from_decay) a.dk = out_nan(&b, TK, 0);
+  const int qkbf = stage == FLA_STAGE_CHUNK_BWD_PORTABLE ? bf : 0; /* dq, dk dtype */
+  a.dq = out_nan(&b, TK, qkbf);
+  if (!key->key_from_decay) a.dk = out_nan(&b, TK, qkbf);
   a.dv = out_nan(&b, TV, bf);
   if (key->delta && key->has_probe) a.dp = out_nan(&b, TK, 0);
   if (key->decay >= 2) a.dg = out_nan(&b, GN, bf);
   if (key->delta) a.dbeta = out_nan(&b, TH, bf);
   if (key->has_bonus) a.dbonus = out_nan(&b, (int64_t)x.H * x.K, bf);
   a.dh0 = out_nan(&b, S, 0);
-  ck_assert_int_eq(run_stage(&b, FLA_STAGE_RECURRENT_BWD, key, cfg, &a), FLA_OK);
+  if (stage == FLA_STAGE_CHUNK_BWD_PORTABLE) {
+    fla_tile_config d;
+    fla_stage_default_config(stage, key, &d);
+    chunk_tables(&b, cfg && cfg->BT ? cfg->BT : d.BT, &a);
+  }
+  if (run_stage(&b, stage, key, cfg, &a) == FLA_UNSUPPORTED) {
+    bufs_free(&b);
+    core_in_free(&x);
+    return 0;
+  }
 
   fla_core_spec s;
   fla_core_f64 io;
@@ -448,12 +481,13 @@ static void backward_case(fla_ctx *ctx, const dev_ops *ops, const fla_gen_key *k
     for (int64_t i = 0; i < TK; i++) r[4][i] -= exp(x.g[i]) * r[1][i];
 
   const double tf = 1e-3, tb = bf ? 5e-3 : 1e-3; /* f32-stored, input-dtype-stored */
+  const double tq = qkbf ? tb : tf;
   struct {
     const char *what;
     uint64_t d;
     int i, bf16;
     double tol;
-  } outs[8] = {{"dq", a.dq, 0, 0, tf},     {"dk", a.dk, 1, 0, tf},       {"dv", a.dv, 2, bf, tb},
+  } outs[8] = {{"dq", a.dq, 0, qkbf, tq},  {"dk", a.dk, 1, qkbf, tq},    {"dv", a.dv, 2, bf, tb},
                {"dp", a.dp, 3, 0, tf},     {"dg", a.dg, 4, bf, tb},      {"dbeta", a.dbeta, 5, bf, tb},
                {"dbonus", a.dbonus, 6, bf, tb}, {"dh0", a.dh0, 7, 0, tf}};
   check c[8];
@@ -466,11 +500,12 @@ static void backward_case(fla_ctx *ctx, const dev_ops *ops, const fla_gen_key *k
   }
   char label[256], extra[64] = "";
   if (cfg) snprintf(extra, sizeof extra, " BT=%d BV=%d warps=%d", cfg->BT, cfg->BV, cfg->warps);
-  key_label(key, "recurrent_bwd", extra, label, sizeof label);
+  key_label(key, fla_stage_name(stage), extra, label, sizeof label);
   report(label, c, nc);
   for (int i = 0; i < 8; i++) free(r[i]);
   bufs_free(&b);
   core_in_free(&x);
+  return 1;
 }
 
 /* The distinct core keys of the shipped recipes (feature maps are prep's). */
@@ -545,12 +580,12 @@ START_TEST(test_forward_stages_vs_cpu) {
 }
 END_TEST
 
-START_TEST(test_recurrent_bwd_vs_cpu) {
+START_TEST(test_backward_stages_vs_cpu) {
   const dev_ops *ops = NULL;
   fla_ctx *ctx = open_or_skip(&ops);
   if (!ctx) return;
   fla_gen_key keys[32];
-  int nkeys = recipe_keys(keys, 32), runs = 0;
+  int nkeys = recipe_keys(keys, 32), runs = 0, chunked = 0;
   failures = 0;
   for (int i = 0; i < nkeys; i++)
     for (int bf = 0; bf <= 1; bf++)
@@ -559,13 +594,21 @@ START_TEST(test_recurrent_bwd_vs_cpu) {
           fla_gen_key k = keys[i];
           k.in_bf16 = bf, k.K = DIMS[d][0], k.V = DIMS[d][1];
           k.has_h0 = k.store_ht = !plain;
-          backward_case(ctx, ops, &k, NULL), runs++;
+          ck_assert(backward_case(ctx, ops, FLA_STAGE_RECURRENT_BWD, &k, NULL)), runs++;
+          int cb = backward_case(ctx, ops, FLA_STAGE_CHUNK_BWD_PORTABLE, &k, NULL);
+          chunked += cb;
           if (bf == 0 && d == 1 && !plain) { /* short segments, narrow blocks */
             fla_tile_config odd = {5, 0, 4, 2};
-            backward_case(ctx, ops, &k, &odd), runs++;
+            ck_assert(backward_case(ctx, ops, FLA_STAGE_RECURRENT_BWD, &k, &odd)), runs++;
+            if (cb) {
+              fla_tile_config oddc = {7, 0, 24, 2};
+              chunked += backward_case(ctx, ops, FLA_STAGE_CHUNK_BWD_PORTABLE, &k, &oddc);
+            }
           }
         }
-  printf("test_gpu_portable: backward: %d recurrent_bwd runs, %d failed\n", runs, failures);
+  printf("test_gpu_portable: backward: %d recurrent_bwd and %d chunk_bwd_portable runs, %d "
+         "failed\n", runs, chunked, failures);
+  ck_assert_int_eq(chunked, 3 * 8); /* the decay family's 3 keys (none, const, scalar) */
   ck_assert_int_eq(failures, 0);
   close_gpu(ctx, ops);
 }
@@ -635,8 +678,10 @@ END_TEST
 /* Every stage the tests above run is portable, and every portable stage is
 ** run above (no GPU needed). */
 START_TEST(test_portable_stages_covered) {
-  const fla_stage ran[] = {FLA_STAGE_PREP_FWD, FLA_STAGE_RECURRENT_FWD, FLA_STAGE_PREP_BWD,
-                           FLA_STAGE_RECURRENT_BWD, CHUNKED[0], CHUNKED[1], CHUNKED[2]};
+  const fla_stage ran[] = {FLA_STAGE_PREP_FWD,      FLA_STAGE_RECURRENT_FWD,
+                           FLA_STAGE_PREP_BWD,      FLA_STAGE_RECURRENT_BWD,
+                           CHUNKED[0],              CHUNKED[1],
+                           CHUNKED[2],              FLA_STAGE_CHUNK_BWD_PORTABLE};
   int portable = 0;
   for (int s = 0; s < FLA_STAGE_COUNT; s++) portable += fla_stage_has_target((fla_stage)s, FLA_TARGET_HIP);
   for (size_t i = 0; i < sizeof ran / sizeof ran[0]; i++)
@@ -651,7 +696,7 @@ static Suite *suite(void) {
   tcase_set_timeout(tc, 900);
   tcase_add_test(tc, test_portable_stages_covered);
   tcase_add_test(tc, test_forward_stages_vs_cpu);
-  tcase_add_test(tc, test_recurrent_bwd_vs_cpu);
+  tcase_add_test(tc, test_backward_stages_vs_cpu);
   tcase_add_test(tc, test_prep_vs_cpu);
   suite_add_tcase(s, tc);
   return s;

@@ -306,7 +306,8 @@ static const fla_stage chunk_stages[3] = {FLA_STAGE_CHUNK_FWD_PORTABLE,
 ** V = 72; based K = 8) on gfx90a. Forward (bwd 0): prep_fwd for each
 ** non-identity map, recurrent_fwd, the recipe's portable chunked forward
 ** (odd sizes: f32 only). Backward (bwd 1): prep_bwd for each non-identity
-** map, recurrent_bwd (odd sizes: f32 only). */
+** map, recurrent_bwd, chunk_bwd_portable where it takes the key (odd sizes:
+** f32 only). */
 static void compile_sweep(int bwd) {
   fla_ctx *ctx = th_cpu_ctx();
   const char *names[64];
@@ -342,7 +343,26 @@ static void compile_sweep(int bwd) {
                         machs[a], waves[a]);
             total++;
           }
-          int got = 0;
+          int got = 0, gotb = 0;
+          if (bwd && !(shape && bf16)) { /* the chunked backward where it takes the key */
+            char *bsrc = NULL;
+            char kn[FLA_STAGE_MAX_KERNELS][64];
+            int nk = 0;
+            fla_status st = fla_generate_target(ctx, FLA_TARGET_HIP, FLA_STAGE_CHUNK_BWD_PORTABLE,
+                                                &key, NULL, &bsrc, kn, &nk);
+            ck_assert_msg(st == FLA_OK || st == FLA_UNSUPPORTED, "%s chunk_bwd_portable: %s",
+                          names[i], fla_errmsg(ctx));
+            if (st == FLA_OK) {
+              snprintf(what, sizeof what, "%s_chunk_bwd_portable_K%d_V%d_%s", names[i], K, V, dt);
+              n = add_job(jobs, n, CAP, what, bsrc, archs[a], machs[a], waves[a]);
+              total++, chunks++, gotb++;
+            }
+            int wantb = ir->family != FLA_FAMILY_WY && ir->decay != FLA_DECAY_KEY &&
+                        !ir->read_before && key.K <= 256 && key.V <= 256;
+            ck_assert_msg(gotb == wantb, "%s K=%d: %d chunked backwards, want %d", names[i], key.K,
+                          gotb, wantb);
+            has_chunk += gotb;
+          }
           for (int c = 0; c < 3 && !bwd && !(shape && bf16); c++) {
             char *csrc = NULL;
             char kn[FLA_STAGE_MAX_KERNELS][64];
@@ -405,7 +425,8 @@ static void compile_sweep(int bwd) {
     sum += j->seconds;
     if (j->seconds > slowest) slowest = j->seconds;
   }
-  if (!bwd) ck_assert_int_eq(chunk_recipes, nr - 1); /* all but KDA */
+  /* forward: all but KDA; backward: the decay family (6 recipes) */
+  ck_assert_int_eq(chunk_recipes, bwd ? 6 : nr - 1);
   printf("test_hip: %s: %d recipes: %d builds (%d portable chunked), %d distinct sources "
          "compiled by hipRTC (%s) for gfx90a and gfx1030 in %.1f s (%.1f s in hipRTC, slowest "
          "%.2f s, mean %.2f s)\n", bwd ? "backward" : "forward", nr, total, chunks, n,
@@ -454,7 +475,8 @@ static int rm_entry_(const char *path, const struct stat *sb, int flag, struct F
 
 /* The HIP op layer's plans for every recipe: the forward's core is the
 ** portable chunked stage that takes the key (recurrent_fwd for KDA, for
-** FLA_ALGO_RECURRENT and T == 1), the backward's recurrent_bwd; every
+** FLA_ALGO_RECURRENT and T == 1), the backward's chunk_bwd_portable for the
+** decay family without feature maps, else recurrent_bwd; every
 ** module of both plans compiles with hipRTC for gfx90a (no device), and a
 ** second precompile finds them all in the module cache. */
 START_TEST(test_hip_op_plans) {
@@ -486,7 +508,13 @@ START_TEST(test_hip_op_plans) {
         int fwd = fla_hip_op_core_stage(op, 0, dt, 1, 1);
         ck_assert_msg(fwd == (int)(algo ? FLA_STAGE_RECURRENT_FWD : want), "%s: forward core %s",
                       names[i], fwd < 0 ? fla_errmsg(ctx) : fla_stage_name((fla_stage)fwd));
-        ck_assert_int_eq(fla_hip_op_core_stage(op, 1, dt, 1, 1), FLA_STAGE_RECURRENT_BWD);
+        /* the chunked backward: decay family, no feature map on q or k */
+        int cb = !algo && ir->family != FLA_FAMILY_WY && ir->decay != FLA_DECAY_KEY &&
+                 ir->feature_q == FLA_FEATURE_IDENTITY && ir->feature_k == FLA_FEATURE_IDENTITY;
+        int bwd_core = fla_hip_op_core_stage(op, 1, dt, 1, 1);
+        ck_assert_msg(bwd_core == (int)(cb ? FLA_STAGE_CHUNK_BWD_PORTABLE : FLA_STAGE_RECURRENT_BWD),
+                      "%s: backward core %s", names[i],
+                      bwd_core < 0 ? fla_errmsg(ctx) : fla_stage_name((fla_stage)bwd_core));
         if (algo || bf) continue; /* compile the f32 plans of the default algo */
         for (int bwd = 0; bwd <= 1; bwd++) {
           int n1 = -1, n2 = -1;

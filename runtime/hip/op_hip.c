@@ -21,7 +21,8 @@
 enum { PREP_Q = 0, PREP_K, PREP_P };
 
 /* Scratch slots (fla_hip_scratch). */
-enum { HS_Q = 0, HS_K, HS_P, HS_CU, HS_WS0, HS_WS1, HS_DQ, HS_DK, HS_DP, HS_GAMMA };
+enum { HS_Q = 0, HS_K, HS_P, HS_CU, HS_WS0, HS_WS1, HS_DQ, HS_DK, HS_DP, HS_GAMMA, HS_CFIRST,
+       HS_CSEQ };
 
 /* A plan: the core stage and the feature maps' stages (src NULL: none). */
 typedef struct hip_plan {
@@ -74,8 +75,21 @@ static fla_status plan_make_(fla_op *op, int backward, int in_bf16, int has_h0, 
       fla_clear_error(ctx);
     }
   }
+  /* The chunked backward writes dq and dk in the input dtype straight into
+  ** their tensors: only when q and k have no feature map (whose backward
+  ** reads the core's f32 gradients), as on CUDA. */
+  int mapped = ir->feature_q != FLA_FEATURE_IDENTITY || ir->feature_k != FLA_FEATURE_IDENTITY;
+  if (backward && !mapped && !wants_recurrent_(op)) {
+    st = gen_(ctx, FLA_STAGE_CHUNK_BWD_PORTABLE, &key, &p->core);
+    if (st == FLA_UNSUPPORTED) {
+      free(p->core.src);
+      p->core.src = NULL;
+      fla_clear_error(ctx);
+    }
+  }
   if (st == FLA_UNSUPPORTED)
     st = gen_(ctx, backward ? FLA_STAGE_RECURRENT_BWD : FLA_STAGE_RECURRENT_FWD, &key, &p->core);
+  int chunked_bwd = st == FLA_OK && p->core.stage == FLA_STAGE_CHUNK_BWD_PORTABLE;
   /* q, k (unless derived from the decay) and the probe through their maps */
   fla_ir_feature maps[3] = {ir->feature_q, ir->feature_k, ir->feature_k};
   int present[3] = {1, !ir->key_from_decay, ir->probe >= 0};
@@ -84,7 +98,7 @@ static fla_status plan_make_(fla_op *op, int backward, int in_bf16, int has_h0, 
     fla_gen_key pk;
     fla_cuda_prep_key(&key, maps[i], op->K, &pk);
     if (maps[i] != FLA_FEATURE_IDENTITY) st = gen_(ctx, FLA_STAGE_PREP_FWD, &pk, &p->fwd[i]);
-    if (st == FLA_OK && backward) st = gen_(ctx, FLA_STAGE_PREP_BWD, &pk, &p->bwd[i]);
+    if (st == FLA_OK && backward && !chunked_bwd) st = gen_(ctx, FLA_STAGE_PREP_BWD, &pk, &p->bwd[i]);
   }
   if (st != FLA_OK) {
     plan_free_(p);
@@ -152,6 +166,26 @@ static fla_status upload_slot_(fla_ctx *ctx, int slot, const void *src, size_t b
                                uint64_t *dptr) {
   fla_status st = fla_hip_scratch(ctx, slot, bytes, dptr);
   return st == FLA_OK ? fla_hip_upload(ctx, *dptr, src, bytes) : st;
+}
+
+/* The chunk tables of cu for chunks of BT tokens (the chunked backward's),
+** uploaded into scratch: a->chunk_first, chunk_seq, num_chunks. */
+static fla_status chunk_tables_(fla_op *op, const int64_t *cu, int BT, fla_kernel_args *a) {
+  int64_t *first = NULL, nc = 0;
+  int32_t *seq = NULL;
+  fla_status st = fla_cuda_chunk_tables_host(op, cu, BT, &first, &seq, &nc);
+  if (st != FLA_OK) return st;
+  if (nc > INT32_MAX) st = fla_set_error(op->ctx, FLA_SHAPE, "too many chunks (%lld)", (long long)nc);
+  if (st == FLA_OK)
+    st = upload_slot_(op->ctx, HS_CFIRST, first, sizeof(int64_t) * (size_t)(op->N + 1),
+                      &a->chunk_first);
+  if (st == FLA_OK)
+    st = upload_slot_(op->ctx, HS_CSEQ, seq, sizeof(int32_t) * (size_t)(nc > 0 ? nc : 1),
+                      &a->chunk_seq);
+  a->num_chunks = (int32_t)nc;
+  free(first);
+  free(seq);
+  return st;
 }
 
 /* What forward and backward share: offsets, the plan, the arguments with
@@ -260,12 +294,16 @@ fla_status fla_hip_op_backward(struct fla_op *op, fla_tensor *const *in, fla_ten
   a.dh0 = dh0 ? dh0->dptr : 0;
   int raw[3] = {ir->query, ir->key_from_decay ? -1 : ir->key, ir->probe};
   uint64_t *core_grad[3] = {&a.dq, &a.dk, &a.dp};
-  for (int i = 0; st == FLA_OK && i < 3; i++)
-    if (raw[i] >= 0 && d[raw[i]])
-      st = fla_hip_scratch(ctx, HS_DQ + i, sizeof(float) * (size_t)(a.rows * op->Ks), core_grad[i]);
-  if (st == FLA_OK) st = run_core_(op, p, &a);
+  int chunked = p->core.stage == FLA_STAGE_CHUNK_BWD_PORTABLE;
   for (int i = 0; st == FLA_OK && i < 3; i++) {
     if (raw[i] < 0 || !d[raw[i]]) continue;
+    if (chunked) *core_grad[i] = d[raw[i]]->dptr; /* in the input dtype, no map */
+    else st = fla_hip_scratch(ctx, HS_DQ + i, sizeof(float) * (size_t)(a.rows * op->Ks), core_grad[i]);
+  }
+  if (st == FLA_OK && chunked) st = chunk_tables_(op, cu, p->core.cfg.BT, &a);
+  if (st == FLA_OK) st = run_core_(op, p, &a);
+  for (int i = 0; st == FLA_OK && i < 3; i++) {
+    if (raw[i] < 0 || !d[raw[i]] || chunked) continue;
     fla_kernel_args pa = a;
     pa.x = in[raw[i]]->dptr;
     pa.dy = *core_grad[i];

@@ -10,8 +10,11 @@
 **             CHUNK_GK_FWD_PORTABLE or CHUNK_WY_FWD_PORTABLE (the first that
 **             takes the key), else RECURRENT_FWD (also for FLA_ALGO_RECURRENT
 **             and T == 1 on a dense batch);
-**   backward: PREP_FWD for each feature map, RECURRENT_BWD, then PREP_BWD
-**             for each of dq, dk, dp asked for.
+**   backward: CHUNK_BWD_PORTABLE where it takes the key and q, k have no
+**             feature map (it writes dq, dk in the input dtype; not for
+**             FLA_ALGO_RECURRENT or T == 1 dense), else PREP_FWD for each
+**             feature map, RECURRENT_BWD, then PREP_BWD for each of dq, dk,
+**             dp asked for.
 ** Tile configurations are the stages' defaults (no AMD tuning yet).
 ** Synchronous: returns after the kernels finished.
 **
