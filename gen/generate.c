@@ -47,6 +47,10 @@ const char *fla_stage_name(fla_stage s) {
   case FLA_STAGE_RECURRENT_BWD: return "recurrent_bwd";
   case FLA_STAGE_CHUNK_BWD: return "chunk_bwd";
   case FLA_STAGE_CHUNK_FWD_PORTABLE: return "chunk_fwd_portable";
+  case FLA_STAGE_CHUNK_GK_FWD_PORTABLE: return "chunk_gk_fwd_portable";
+  case FLA_STAGE_CHUNK_WY_FWD_PORTABLE: return "chunk_wy_fwd_portable";
+  case FLA_STAGE_CHUNK_BWD_PORTABLE: return "chunk_bwd_portable";
+  case FLA_STAGE_CHUNK_FWD_MFMA: return "chunk_fwd_mfma";
   default: return "?";
   }
 }
@@ -62,6 +66,10 @@ static const fla_stage_impl *impl_(fla_stage s) {
   case FLA_STAGE_RECURRENT_BWD: return &fla_stage_recurrent_bwd;
   case FLA_STAGE_CHUNK_BWD: return &fla_stage_chunk_bwd;
   case FLA_STAGE_CHUNK_FWD_PORTABLE: return &fla_stage_chunk_fwd_portable;
+  case FLA_STAGE_CHUNK_GK_FWD_PORTABLE: return &fla_stage_chunk_gk_fwd_portable;
+  case FLA_STAGE_CHUNK_WY_FWD_PORTABLE: return &fla_stage_chunk_wy_fwd_portable;
+  case FLA_STAGE_CHUNK_BWD_PORTABLE: return &fla_stage_chunk_bwd_portable;
+  case FLA_STAGE_CHUNK_FWD_MFMA: return &fla_stage_chunk_fwd_mfma;
   default: return NULL;
   }
 }
@@ -237,7 +245,9 @@ static int sb_template_(strbuf *b, const char *name, const char *text, int depth
 
 int fla_stage_has_target(fla_stage s, fla_target t) {
   const fla_stage_impl *impl = impl_(s);
-  return impl && (t == FLA_TARGET_CUDA || (t == FLA_TARGET_HIP && impl->portable));
+  if (!impl) return 0;
+  if (t == FLA_TARGET_CUDA) return !impl->hip_only;
+  return t == FLA_TARGET_HIP && (impl->portable || impl->hip_only);
 }
 
 fla_status fla_generate(fla_ctx *ctx, fla_stage stage, const fla_gen_key *key,
@@ -259,10 +269,14 @@ fla_status fla_generate_target(fla_ctx *ctx, fla_target target, fla_stage stage,
   const char *sname = fla_stage_name(stage);
   if (target != FLA_TARGET_CUDA && target != FLA_TARGET_HIP)
     return fla_set_error(ctx, FLA_INVALID, "fla_generate: unknown target %d", (int)target);
+  if (!fla_stage_has_target(stage, target) && impl->hip_only)
+    return fla_set_error(ctx, FLA_UNSUPPORTED, "%s has no %s source: its template uses AMD "
+                         "matrix instructions (MFMA)", sname, fla_target_name(target));
   if (!fla_stage_has_target(stage, target))
     return fla_set_error(ctx, FLA_UNSUPPORTED, "%s has no %s source yet: its template uses "
-                         "NVIDIA matrix instructions (portable: prep_fwd, recurrent_fwd, "
-                         "chunk_fwd_portable)", sname, fla_target_name(target));
+                         "NVIDIA matrix instructions (every other stage is portable; the "
+                         "chunked ones as chunk_fwd_portable, chunk_gk_fwd_portable, "
+                         "chunk_wy_fwd_portable, chunk_bwd_portable)", sname, fla_target_name(target));
   if (cfg && (cfg->BT < 0 || cfg->BK < 0 || cfg->BV < 0 || cfg->warps < 0))
     return fla_set_error(ctx, FLA_INVALID, "%s: negative tile size (BT=%d BK=%d BV=%d warps=%d)",
                          sname, cfg->BT, cfg->BK, cfg->BV, cfg->warps);

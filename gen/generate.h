@@ -50,6 +50,10 @@ typedef enum fla_stage {
   FLA_STAGE_RECURRENT_BWD,  /* token by token backward, checkpointed: dq..dh0   */
   FLA_STAGE_CHUNK_BWD,      /* chunked backward, decay family: dq dk dv dg dh0  */
   FLA_STAGE_CHUNK_FWD_PORTABLE, /* chunk_fwd's math with scalar FMA tiles: CUDA and HIP */
+  FLA_STAGE_CHUNK_GK_FWD_PORTABLE, /* chunk_gk_fwd's math with scalar FMA tiles          */
+  FLA_STAGE_CHUNK_WY_FWD_PORTABLE, /* chunk_wy_fwd's math with scalar FMA tiles          */
+  FLA_STAGE_CHUNK_BWD_PORTABLE,    /* chunk_bwd's math with scalar FMA tiles             */
+  FLA_STAGE_CHUNK_FWD_MFMA,        /* chunk_fwd_portable's math on CDNA MFMA: HIP only   */
   FLA_STAGE_COUNT
 } fla_stage;
 
@@ -123,8 +127,9 @@ typedef enum fla_target { FLA_TARGET_CUDA = 0, FLA_TARGET_HIP } fla_target;
 
 const char *fla_target_name(fla_target t);  /* "cuda", "hip", "?" */
 
-/* 1 when the stage has a source for the target: every stage for CUDA, the
-** portable ones (no vendor matrix instructions) for HIP. */
+/* 1 when the stage has a source for the target: for CUDA every stage but
+** the AMD-only ones (chunk_fwd_mfma), for HIP the portable ones (no vendor
+** matrix instructions) and the AMD-only ones. */
 int fla_stage_has_target(fla_stage s, fla_target t);
 
 /* fla_generate for a target (fla_generate is FLA_TARGET_CUDA). FLA_UNSUPPORTED

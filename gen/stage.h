@@ -15,6 +15,8 @@ typedef struct fla_stage_impl {
   /* 1: the template uses only what both vendors' preludes provide (no mma,
   ** no unguarded PTX), so it is generated for HIP too (gen/generate.h). */
   int portable;
+  /* 1: the template uses AMD matrix instructions: generated for HIP only. */
+  int hip_only;
   /* FLA_OK, or FLA_UNSUPPORTED / FLA_INVALID with a message (via
   ** fla_set_error) for a key or a tile configuration it cannot handle.
   ** cfg has the defaults already filled in. */
@@ -38,6 +40,10 @@ extern const fla_stage_impl fla_stage_prep_bwd;
 extern const fla_stage_impl fla_stage_recurrent_bwd;
 extern const fla_stage_impl fla_stage_chunk_bwd;
 extern const fla_stage_impl fla_stage_chunk_fwd_portable;
+extern const fla_stage_impl fla_stage_chunk_gk_fwd_portable;
+extern const fla_stage_impl fla_stage_chunk_wy_fwd_portable;
+extern const fla_stage_impl fla_stage_chunk_bwd_portable;
+extern const fla_stage_impl fla_stage_chunk_fwd_mfma;
 
 /* The text of templates/cuda/<file>, embedded in the library at build time
 ** (so a binary does not need its source tree); NULL when unknown. The shared

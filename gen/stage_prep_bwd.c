@@ -38,6 +38,7 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
 const fla_stage_impl fla_stage_prep_bwd = {
     .name = "prep_bwd",
     .template_file = "prep_bwd.cuh",
+    .portable = 1, /* warp sums and lane swaps through the vendor preludes */
     .check = check_,
     .default_config = default_config_,
     .kernels = kernels_,

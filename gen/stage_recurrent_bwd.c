@@ -136,6 +136,7 @@ static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
 const fla_stage_impl fla_stage_recurrent_bwd = {
     .name = "recurrent_bwd",
     .template_file = "recurrent_bwd.cuh",
+    .portable = 1, /* warp sums and lane swaps through the vendor preludes */
     .check = check_,
     .default_config = default_config_,
     .kernels = kernels_,

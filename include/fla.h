@@ -71,10 +71,16 @@ typedef enum fla_backend {
 **                     the device is missing; fla_ctx_create_ex says which.
 **   FLA_BACKEND_AUTO  CUDA when that succeeds, else the CPU (never fails
 **                     for want of a GPU).
-**   FLA_BACKEND_HIP   FLA_NODEVICE in this version: no op runs on HIP yet.
-**                     fla_ctx_create_ex says why (no HIP runtime, no AMD
-**                     GPU, or the GPU it found). HIP kernels are generated
-**                     and compiled with hipRTC without a GPU (docs/hip.md).
+**   FLA_BACKEND_HIP   an AMD GPU: loads the HIP runtime (libamdhip64) and
+**                     hipRTC with dlopen, takes device 0 (or the ordinal in
+**                     FLA_HIP_DEVICE) and creates one stream. Tensors live
+**                     in its memory; ops run the portable kernels (no
+**                     vendor matrix instructions), compiled by hipRTC for
+**                     the device's arch. FLA_NODEVICE when the runtime,
+**                     hipRTC or an AMD GPU is missing; fla_ctx_create_ex
+**                     says which. AUTO never picks it. Untested on AMD
+**                     hardware: none was available (docs/hip.md says what
+**                     ran where).
 ** A failed create has no context to hold a message: use fla_ctx_create_ex
 ** to get one. The driver is initialised in the calling process: a process
 ** that fork()s after creating a CUDA context cannot use CUDA in the child. */
@@ -159,7 +165,7 @@ const char *fla_dtype_name(fla_dtype dtype);
 
 /* Allocates a zero-filled tensor of the given dtype and shape in the context's
 ** memory: host memory for the CPU backend, device memory (cuMemAlloc, zeroed
-** with cuMemsetD8) on a CUDA context. ndim is 0..FLA_MAX_DIMS; every
+** with cuMemsetD8) on a CUDA context, hipMalloc'd on a HIP one. ndim is 0..FLA_MAX_DIMS; every
 ** dimension must be >= 0. Freed with fla_tensor_free, before its context.
 ** FLA_NOMEM when the host or the device is out of memory (the message gives
 ** the size and, for the device, the driver's error). */
@@ -168,7 +174,7 @@ fla_status fla_tensor_new(fla_ctx *ctx, fla_dtype dtype, int ndim,
 
 /* Wraps caller-owned memory `data` (host memory, contiguous, row-major) as a
 ** tensor without copying. The memory must outlive the tensor; fla_tensor_free
-** frees only the wrapper. Host memory only: FLA_INVALID on a CUDA context
+** frees only the wrapper. Host memory only: FLA_INVALID on a GPU context
 ** (use fla_tensor_wrap_device there). */
 fla_status fla_tensor_wrap(fla_ctx *ctx, fla_dtype dtype, int ndim,
                            const int64_t *shape, void *data, fla_tensor **out);
@@ -177,8 +183,8 @@ fla_status fla_tensor_wrap(fla_ctx *ctx, fla_dtype dtype, int ndim,
 ** integer; contiguous, row-major, allocated in the context's device and
 ** primary context, e.g. by PyTorch on the same GPU) as a device tensor
 ** without copying. The memory must outlive the tensor; fla_tensor_free frees
-** only the wrapper. FLA_INVALID on a context that is not CUDA, or for a 0
-** pointer with a non-empty shape. */
+** only the wrapper. FLA_INVALID on a context that is not on a GPU (CUDA, or
+** HIP: a hipMalloc'd pointer), or for a 0 pointer with a non-empty shape. */
 fla_status fla_tensor_wrap_device(fla_ctx *ctx, fla_dtype dtype, int ndim,
                                   const int64_t *shape, uint64_t dptr, fla_tensor **out);
 
@@ -328,7 +334,11 @@ typedef struct fla_arg {
 **     generated for the recipe, the token-by-token kernel where not.
 **   - The call returns once the kernels have finished. A compile or launch
 **     failure is FLA_ERROR with NVRTC's log or the driver's message and the
-**     kernel's name. */
+**     kernel's name.
+** On a HIP context the same rules hold; the kernels are the portable ones
+** (no matrix instructions: scalar-FMA chunked kernels for every recipe but
+** kda, which runs token by token), compiled with hipRTC for the device's
+** arch (docs/hip.md; never run on AMD hardware yet). */
 fla_status fla_op_forward(fla_op *op, const fla_arg *inputs, int num_inputs,
                           fla_tensor *o, fla_tensor *ht);
 
@@ -348,7 +358,10 @@ fla_status fla_op_forward(fla_op *op, const fla_arg *inputs, int num_inputs,
 ** dht may be NULL (zero). grads names gradients as "d" + input name ("dq",
 ** "dk", "dg", "dbeta", "dh0", ...); each given tensor must have the input's
 ** shape and receives the gradient (overwritten, not accumulated). Gradients
-** not asked for are not written. On error nothing is written. */
+** not asked for are not written. On error nothing is written.
+** On a HIP context the same rules hold; the core backward is a portable
+** chunked one (scalar FMA) for the recipes that get chunk_bwd on CUDA, else
+** the token-by-token one. */
 fla_status fla_op_backward(fla_op *op, const fla_arg *inputs, int num_inputs,
                            const fla_tensor *d_o, const fla_tensor *dht,
                            const fla_arg *grads, int num_grads);
@@ -377,7 +390,7 @@ int         fla_safetensors_find(const fla_safetensors *st, const char *name);
 /* Loads tensor `name` as a new tensor (converted to dtype; pass -1 to keep the
 ** file's dtype). FLA_INVALID when absent; FLA_UNSUPPORTED for a dtype this
 ** library does not convert (e.g. F8), or a conversion between float and
-** integer dtypes. On a CUDA context the tensor is read and converted on the
+** integer dtypes. On a GPU context the tensor is read and converted on the
 ** host, then copied to a new device tensor. */
 fla_status fla_safetensors_load(fla_ctx *ctx, const fla_safetensors *st,
                                 const char *name, int dtype, fla_tensor **out);

@@ -169,7 +169,7 @@ static fla_status run_forward_(fla_ctx *ctx, fla_ctx *hc, fla_op *op, case_tenso
                                fla_arg *args, int nargs, fla_dtype dtype, double tol,
                                fla_check_row *rows, int *n) {
   fla_tensor *o = NULL, *ht = NULL, *ho = NULL, *hht = NULL;
-  int gpu = fla_ctx_backend(ctx) == FLA_BACKEND_CUDA;
+  int gpu = fla_ctx_on_gpu(ctx);
   const int64_t *os = fla_tensor_shape(c->ref_o);
   fla_status s = fla_tensor_new(ctx, gpu ? dtype : FLA_F32, 4, os, &o);
   if (s == FLA_OK && c->ref_ht) s = fla_tensor_new(ctx, FLA_F32, 4, fla_tensor_shape(c->ref_ht), &ht);
@@ -189,7 +189,7 @@ static fla_status run_forward_(fla_ctx *ctx, fla_ctx *hc, fla_op *op, case_tenso
 /* The tensor the op runs on for a host f32 case tensor: itself on the CPU in
 ** f32, else a new tensor of ctx in dtype (uploaded on a GPU context). */
 static fla_status run_input_(fla_ctx *ctx, fla_tensor *host, fla_dtype dtype, fla_tensor **out) {
-  if (fla_ctx_backend(ctx) != FLA_BACKEND_CUDA && dtype == FLA_F32) {
+  if (!fla_ctx_on_gpu(ctx) && dtype == FLA_F32) {
     *out = host;
     return FLA_OK;
   }
@@ -206,7 +206,7 @@ static fla_status run_input_(fla_ctx *ctx, fla_tensor *host, fla_dtype dtype, fl
 static fla_status run_backward_(fla_ctx *ctx, fla_ctx *hc, const fla_safetensors *st, const char *cs,
                                 fla_op *op, const fla_ir *ir, case_tensors *c, fla_arg *args,
                                 int nargs, fla_dtype dtype, double tol, fla_check_row *rows, int *n) {
-  int gpu = fla_ctx_backend(ctx) == FLA_BACKEND_CUDA;
+  int gpu = fla_ctx_on_gpu(ctx);
   fla_arg grads[FLA_IR_MAX_INPUTS + 1];
   fla_tensor *refs[FLA_IR_MAX_INPUTS + 1] = {0};
   double tols[FLA_IR_MAX_INPUTS + 1];
@@ -264,7 +264,7 @@ fla_status fla_check_case_ex(fla_ctx *ctx, const fla_recipe *r, const fla_safete
   if (dtype != FLA_F32 && dtype != FLA_BF16)
     return fla_set_error(ctx, FLA_INVALID, "fla_check_case: dtype %s (f32 or bf16)", fla_dtype_name(dtype));
   *nrows = 0;
-  int gpu = fla_ctx_backend(ctx) == FLA_BACKEND_CUDA;
+  int gpu = fla_ctx_on_gpu(ctx);
   /* The case is read and compared on the host: a CPU context of our own on a GPU. */
   fla_ctx *hc = ctx;
   if (gpu && fla_ctx_create(FLA_BACKEND_CPU, &hc) != FLA_OK)

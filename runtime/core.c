@@ -42,25 +42,6 @@ static void put_err_(char *err, size_t errlen, const char *msg) {
   if (err && errlen) snprintf(err, errlen, "%s", msg);
 }
 
-/* FLA_BACKEND_HIP: the op layer does not dispatch to HIP yet, so even a
-** HIP device that opens is reported as unavailable, with what was found
-** (runtime/hip/hip_backend.h; HIP kernels compile: fla-gen --target hip). */
-static fla_status hip_unavailable_(char *err, size_t errlen) {
-  fla_ctx probe;
-  memset(&probe, 0, sizeof probe);
-  char why[1024] = "";
-  char msg[1400];
-  if (fla_hip_ctx_open(&probe, why, sizeof why) == FLA_OK) {
-    snprintf(msg, sizeof msg, "HIP device %s opened, but this version runs no ops on HIP "
-             "(HIP kernels only compile: fla-gen --target hip)", probe.device_name);
-    fla_hip_ctx_close(&probe);
-  } else {
-    snprintf(msg, sizeof msg, "the HIP backend is not available: %s", why);
-  }
-  put_err_(err, errlen, msg);
-  return FLA_NODEVICE;
-}
-
 fla_status fla_ctx_create_ex(fla_backend backend, fla_ctx **out, char *err, size_t errlen) {
   put_err_(err, errlen, "");
   if (!out) {
@@ -68,8 +49,8 @@ fla_status fla_ctx_create_ex(fla_backend backend, fla_ctx **out, char *err, size
     return FLA_INVALID;
   }
   *out = NULL;
-  if (backend == FLA_BACKEND_HIP) return hip_unavailable_(err, errlen);
-  if (backend != FLA_BACKEND_AUTO && backend != FLA_BACKEND_CPU && backend != FLA_BACKEND_CUDA) {
+  if (backend != FLA_BACKEND_AUTO && backend != FLA_BACKEND_CPU && backend != FLA_BACKEND_CUDA &&
+      backend != FLA_BACKEND_HIP) {
     char msg[64];
     snprintf(msg, sizeof msg, "unknown backend %d", (int)backend);
     put_err_(err, errlen, msg);
@@ -79,6 +60,20 @@ fla_status fla_ctx_create_ex(fla_backend backend, fla_ctx **out, char *err, size
   if (!ctx) {
     put_err_(err, errlen, "out of memory");
     return FLA_NOMEM;
+  }
+  if (backend == FLA_BACKEND_HIP) { /* an AMD GPU through runtime/hip; never a fallback */
+    char why[1024] = "";
+    fla_status st = fla_hip_ctx_open(ctx, why, sizeof why);
+    if (st == FLA_OK) {
+      ctx->backend = FLA_BACKEND_HIP;
+      *out = ctx;
+      return FLA_OK;
+    }
+    char msg[1100];
+    snprintf(msg, sizeof msg, "the HIP backend is not available: %s", why);
+    put_err_(err, errlen, msg);
+    free(ctx);
+    return st;
   }
   if (backend == FLA_BACKEND_CUDA || backend == FLA_BACKEND_AUTO) {
     char why[1024] = "";

@@ -92,6 +92,18 @@ fla_status fla_cuda_memset_d32(fla_ctx *ctx, uint64_t dptr, uint32_t v, size_t c
 fla_status fla_cuda_upload(fla_ctx *ctx, uint64_t dst, const void *src, size_t bytes);
 fla_status fla_cuda_download(fla_ctx *ctx, void *dst, uint64_t src, size_t bytes);
 
+/* ------------------------------------- device memory, either vendor */
+/* runtime/gpu_mem.c: the calls above, or runtime/hip/backend.c's for a HIP
+** context, chosen by ctx->backend. */
+int fla_ctx_on_gpu(const fla_ctx *ctx); /* 1: CUDA or HIP; tensors live on the device */
+fla_status fla_gpu_mem_alloc(fla_ctx *ctx, size_t bytes, uint64_t *dptr);
+void fla_gpu_mem_free(fla_ctx *ctx, uint64_t dptr);
+fla_status fla_gpu_memset_d8(fla_ctx *ctx, uint64_t dptr, unsigned char v, size_t bytes);
+fla_status fla_gpu_memset_d16(fla_ctx *ctx, uint64_t dptr, uint16_t v, size_t count);
+fla_status fla_gpu_memset_d32(fla_ctx *ctx, uint64_t dptr, uint32_t v, size_t count);
+fla_status fla_gpu_upload(fla_ctx *ctx, uint64_t dst, const void *src, size_t bytes);
+fla_status fla_gpu_download(fla_ctx *ctx, void *dst, uint64_t src, size_t bytes);
+
 /* A host tensor whatever ctx's backend (for loaders that fill host memory
 ** and then move it with fla_tensor_to_backend). */
 fla_status fla_tensor_new_host(fla_ctx *ctx, fla_dtype dtype, int ndim, const int64_t *shape,

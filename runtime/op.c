@@ -12,6 +12,7 @@
 #include "feature.h"
 #include "cpu/cpu.h"
 #include "cuda/op_cuda.h"
+#include "hip/op_hip.h"
 #include "op_internal.h"
 
 #include <math.h>
@@ -160,7 +161,7 @@ static fla_status check_tensor_(const fla_op *op, const char *what, const char *
                                 const fla_tensor *t, int ndim, const int64_t *shape) {
   char got[128], want[128];
   if (!t) return fla_set_error(op->ctx, FLA_INVALID, "%s '%s' is NULL", what, name);
-  if (t->device != (op->ctx->backend == FLA_BACKEND_CUDA))
+  if (t->device != fla_ctx_on_gpu(op->ctx))
     return fla_set_error(op->ctx, FLA_INVALID, "%s '%s' is in %s memory, but the op runs on the %s",
                          what, name, t->device ? "device" : "host", t->device ? "CPU" : "GPU");
   int same = t->ndim == ndim;
@@ -512,6 +513,8 @@ fla_status fla_op_forward(fla_op *op, const fla_arg *inputs, int num_inputs, fla
   if (st != FLA_OK) return st;
   if (op->ctx->backend == FLA_BACKEND_CUDA)
     return fla_cuda_op_forward(op, a.in, a.h0, a.cu_seqlens, o, ht);
+  if (op->ctx->backend == FLA_BACKEND_HIP)
+    return fla_hip_op_forward(op, a.in, a.h0, a.cu_seqlens, o, ht);
   prepared pp;
   if ((st = prepare_(op, &a, work_dtype_(op), &pp)) != FLA_OK) return st;
   core_sizes z = core_sizes_(&pp.spec);
@@ -636,6 +639,9 @@ fla_status fla_op_backward(fla_op *op, const fla_arg *inputs, int num_inputs, co
   if (op->ctx->backend == FLA_BACKEND_CUDA)
     return fla_cuda_op_backward(op, a.in, a.h0, a.cu_seqlens, (fla_tensor *)d_o, (fla_tensor *)dht,
                                 g.d, g.dh0);
+  if (op->ctx->backend == FLA_BACKEND_HIP)
+    return fla_hip_op_backward(op, a.in, a.h0, a.cu_seqlens, (fla_tensor *)d_o, (fla_tensor *)dht,
+                               g.d, g.dh0);
   prepared pp;
   if ((st = prepare_(op, &a, work_dtype_(op), &pp)) != FLA_OK) return st;
   pp.d_o = load_(&pp, d_o);

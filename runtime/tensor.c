@@ -1,6 +1,6 @@
 /*
 ** tensor.c -- tensors (allocate, wrap, copy, fill) in host memory or, on a
-** CUDA context, in device memory (through runtime/cuda/backend.c), and the
+** GPU context (CUDA or HIP), in device memory (through runtime/gpu_mem.c), and the
 ** scalar and bulk conversions between the storage dtypes.
 **
 ** The half-precision conversions are written with integer bit operations
@@ -321,12 +321,12 @@ static fla_status tensor_new_device(fla_ctx *ctx, fla_dtype dtype, int ndim, con
   fla_status st = tensor_header(ctx, "fla_tensor_new", dtype, ndim, shape, &t, &bytes);
   if (st != FLA_OK) return st;
   t->device = 1;
-  st = fla_cuda_mem_alloc(ctx, bytes, &t->dptr);
-  if (st == FLA_OK) st = fla_cuda_memset_d8(ctx, t->dptr, 0, bytes);
+  st = fla_gpu_mem_alloc(ctx, bytes, &t->dptr);
+  if (st == FLA_OK) st = fla_gpu_memset_d8(ctx, t->dptr, 0, bytes);
   if (st != FLA_OK) {
     char sbuf[256], why[FLA_ERRMSG_MAX];
     snprintf(why, sizeof why, "%s", ctx->errmsg);
-    if (t->dptr) fla_cuda_mem_free(ctx, t->dptr);
+    if (t->dptr) fla_gpu_mem_free(ctx, t->dptr);
     free(t);
     return fla_set_error(ctx, st, "fla_tensor_new: %s %s (%zu bytes) on the device: %s",
                          fla_dtype_name(dtype), fla_shape_str(sbuf, sizeof sbuf, ndim, shape),
@@ -341,16 +341,16 @@ fla_status fla_tensor_new(fla_ctx *ctx, fla_dtype dtype, int ndim, const int64_t
                           fla_tensor **out) {
   if (!out) return fla_set_error(ctx, FLA_INVALID, "fla_tensor_new: out is NULL");
   *out = NULL;
-  if (ctx && ctx->backend == FLA_BACKEND_CUDA) return tensor_new_device(ctx, dtype, ndim, shape, out);
+  if (fla_ctx_on_gpu(ctx)) return tensor_new_device(ctx, dtype, ndim, shape, out);
   return fla_tensor_new_host(ctx, dtype, ndim, shape, out);
 }
 
 fla_status fla_tensor_to_backend(fla_ctx *ctx, fla_tensor **t) {
-  if (!ctx || !*t || ctx->backend != FLA_BACKEND_CUDA || (*t)->device) return FLA_OK;
+  if (!ctx || !*t || !fla_ctx_on_gpu(ctx) || (*t)->device) return FLA_OK;
   fla_tensor *host = *t, *dev = NULL;
   fla_status st = tensor_new_device(ctx, host->dtype, host->ndim, host->shape, &dev);
   if (st == FLA_OK)
-    st = fla_cuda_upload(ctx, dev->dptr, host->data, (size_t)host->numel * fla_dtype_size(host->dtype));
+    st = fla_gpu_upload(ctx, dev->dptr, host->data, (size_t)host->numel * fla_dtype_size(host->dtype));
   fla_tensor_free(host);
   if (st != FLA_OK) {
     fla_tensor_free(dev);
@@ -366,7 +366,7 @@ fla_status fla_tensor_wrap(fla_ctx *ctx, fla_dtype dtype, int ndim, const int64_
   *out = NULL;
   size_t bytes;
   fla_tensor *t;
-  if (ctx && ctx->backend == FLA_BACKEND_CUDA)
+  if (fla_ctx_on_gpu(ctx))
     return fla_set_error(ctx, FLA_INVALID,
                          "fla_tensor_wrap: wraps host memory, but the context runs on the GPU "
                          "(use fla_tensor_wrap_device)");
@@ -386,8 +386,9 @@ fla_status fla_tensor_wrap_device(fla_ctx *ctx, fla_dtype dtype, int ndim, const
                                   uint64_t dptr, fla_tensor **out) {
   if (!out) return fla_set_error(ctx, FLA_INVALID, "fla_tensor_wrap_device: out is NULL");
   *out = NULL;
-  if (ctx && ctx->backend != FLA_BACKEND_CUDA)
-    return fla_set_error(ctx, FLA_INVALID, "fla_tensor_wrap_device: the context does not run on CUDA");
+  if (ctx && !fla_ctx_on_gpu(ctx))
+    return fla_set_error(ctx, FLA_INVALID,
+                         "fla_tensor_wrap_device: the context does not run on a GPU (CUDA or HIP)");
   size_t bytes;
   fla_tensor *t;
   fla_status st = tensor_header(ctx, "fla_tensor_wrap_device", dtype, ndim, shape, &t, &bytes);
@@ -405,7 +406,7 @@ fla_status fla_tensor_wrap_device(fla_ctx *ctx, fla_dtype dtype, int ndim, const
 
 void fla_tensor_free(fla_tensor *t) {
   if (!t) return;
-  if (t->owned && t->device) fla_cuda_mem_free(t->ctx, t->dptr);
+  if (t->owned && t->device) fla_gpu_mem_free(t->ctx, t->dptr);
   else if (t->owned) free(t->data);
   free(t);
 }
@@ -463,7 +464,7 @@ fla_status fla_tensor_copy_from(fla_ctx *ctx, fla_tensor *t, const void *src,
       fla_convert(tmp, t->dtype, src, src_dtype, n);
       from = tmp;
     }
-    st = fla_cuda_upload(t->ctx, t->dptr, from, bytes);
+    st = fla_gpu_upload(t->ctx, t->dptr, from, bytes);
     free(tmp);
     if (st != FLA_OK && ctx != t->ctx) fla_set_error(ctx, st, "%s", fla_errmsg(t->ctx));
     return st;
@@ -484,7 +485,7 @@ fla_status fla_tensor_copy_to(fla_ctx *ctx, const fla_tensor *t, void *dst,
     void *tmp = NULL;
     if (dst_dtype != t->dtype && !(tmp = malloc(bytes)))
       return fla_set_error(ctx, FLA_NOMEM, "fla_tensor_copy_to: cannot allocate %zu bytes", bytes);
-    st = fla_cuda_download(t->ctx, tmp ? tmp : dst, t->dptr, bytes);
+    st = fla_gpu_download(t->ctx, tmp ? tmp : dst, t->dptr, bytes);
     if (st == FLA_OK && tmp) fla_convert(dst, dst_dtype, tmp, t->dtype, n);
     free(tmp);
     if (st != FLA_OK && ctx != t->ctx) fla_set_error(ctx, st, "%s", fla_errmsg(t->ctx));
@@ -531,16 +532,16 @@ fla_status fla_tensor_fill(fla_ctx *ctx, fla_tensor *t, double value) {
     if (esize == 4) {
       uint32_t word;
       memcpy(&word, elem, 4);
-      st = fla_cuda_memset_d32(t->ctx, t->dptr, word, (size_t)t->numel);
+      st = fla_gpu_memset_d32(t->ctx, t->dptr, word, (size_t)t->numel);
     } else if (esize == 2) {
       uint16_t half;
       memcpy(&half, elem, 2);
-      st = fla_cuda_memset_d16(t->ctx, t->dptr, half, (size_t)t->numel);
+      st = fla_gpu_memset_d16(t->ctx, t->dptr, half, (size_t)t->numel);
     } else {
       unsigned char *buf = malloc((size_t)t->numel * esize + 1);
       if (!buf) return fla_set_error(ctx, FLA_NOMEM, "fla_tensor_fill: out of host memory for staging");
       for (int64_t i = 0; i < t->numel; i++) memcpy(buf + (size_t)i * esize, elem, esize);
-      st = fla_cuda_upload(t->ctx, t->dptr, buf, (size_t)t->numel * esize);
+      st = fla_gpu_upload(t->ctx, t->dptr, buf, (size_t)t->numel * esize);
       free(buf);
     }
     if (st != FLA_OK && ctx != t->ctx) fla_set_error(ctx, st, "%s", fla_errmsg(t->ctx));

@@ -2,8 +2,9 @@
 ** test_hip.c -- the HIP target: generated HIP sources (no compiler needed),
 ** offload-arch names, code-object metadata, FLA_BACKEND_HIP's refusal, and,
 ** where hipRTC loads, that every shipped recipe's portable stages (prep_fwd,
-** recurrent_fwd, chunk_fwd_portable where it applies) compile for gfx90a (CDNA2, wave64) and gfx1030 (RDNA2,
-** wave32) in bf16 and f32, spill nothing, and land in the module cache.
+** recurrent_fwd, its portable chunked forward; prep_bwd, recurrent_bwd)
+** compile for gfx90a (CDNA2, wave64) and gfx1030 (RDNA2, wave32) in bf16 and
+** f32, spill nothing to memory on gfx90a, and land in the module cache.
 **
 ** How absence is reported: when hipRTC cannot be loaded the compile tests
 ** are replaced by `test_skip_no_hiprtc`, which prints "SKIP: ..." -- unless
@@ -18,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <ftw.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "feature.h"
@@ -26,6 +29,7 @@
 #include "hip/code_object.h"
 #include "hip/hip_backend.h"
 #include "hip/hiprtc.h"
+#include "hip/op_hip.h"
 #include "internal.h"
 #include "modcache_core.h"
 #include "recipe.h"
@@ -93,9 +97,12 @@ START_TEST(test_hip_targets) {
   ck_assert_str_eq(fla_target_name(FLA_TARGET_HIP), "hip");
   ck_assert_str_eq(fla_target_name((fla_target)9), "?");
   for (int s = 0; s < FLA_STAGE_COUNT; s++) {
-    ck_assert(fla_stage_has_target((fla_stage)s, FLA_TARGET_CUDA));
-    int portable = s == FLA_STAGE_PREP_FWD || s == FLA_STAGE_RECURRENT_FWD ||
-                   s == FLA_STAGE_CHUNK_FWD_PORTABLE;
+    /* every stage has CUDA but the AMD-only one */
+    ck_assert_int_eq(fla_stage_has_target((fla_stage)s, FLA_TARGET_CUDA),
+                     s != FLA_STAGE_CHUNK_FWD_MFMA);
+    /* the tensor-core stages are NVIDIA's; every other one is portable */
+    int portable = s != FLA_STAGE_CHUNK_FWD && s != FLA_STAGE_CHUNK_GK_FWD &&
+                   s != FLA_STAGE_CHUNK_WY_FWD && s != FLA_STAGE_CHUNK_BWD;
     ck_assert_int_eq(fla_stage_has_target((fla_stage)s, FLA_TARGET_HIP), portable);
   }
   ck_assert(!fla_stage_has_target(FLA_STAGE_COUNT, FLA_TARGET_CUDA));
@@ -155,14 +162,74 @@ START_TEST(test_code_object_garbage) {
 }
 END_TEST
 
-/* No op runs on HIP yet: the create says so, with a reason. */
+/* FLA_BACKEND_HIP opens where an AMD GPU is (never so far); elsewhere it
+** answers FLA_NODEVICE with the reason, and no context. */
 START_TEST(test_hip_ctx_refused) {
+  fla_ctx probe;
+  memset(&probe, 0, sizeof probe);
+  char pwhy[1024] = "";
+  int amd = fla_hip_ctx_open(&probe, pwhy, sizeof pwhy) == FLA_OK;
+  fla_hip_ctx_close(&probe);
   fla_ctx *ctx = (fla_ctx *)0x1;
   char why[1024] = "";
-  ck_assert_int_eq(fla_ctx_create_ex(FLA_BACKEND_HIP, &ctx, why, sizeof why), FLA_NODEVICE);
+  fla_status st = fla_ctx_create_ex(FLA_BACKEND_HIP, &ctx, why, sizeof why);
+  if (amd) {
+    ck_assert_int_eq(st, FLA_OK);
+    ck_assert_int_eq(fla_ctx_backend(ctx), FLA_BACKEND_HIP);
+    printf("test_hip: FLA_BACKEND_HIP opened %s\n", fla_ctx_device_name(ctx));
+    fla_ctx_free(ctx);
+    return;
+  }
+  ck_assert_int_eq(st, FLA_NODEVICE);
   ck_assert_ptr_null(ctx);
-  ck_assert_msg(strstr(why, "HIP"), "reason: '%s'", why);
+  ck_assert_msg(strstr(why, "the HIP backend is not available: "), "reason: '%s'", why);
+  ck_assert_msg(strstr(why, pwhy), "reason '%s' lacks the backend's '%s'", why, pwhy);
+  ck_assert_int_eq(fla_ctx_create(FLA_BACKEND_HIP, &ctx), FLA_NODEVICE);
+  /* AUTO never picks HIP: CUDA or the CPU */
+  ck_assert_int_eq(fla_ctx_create(FLA_BACKEND_AUTO, &ctx), FLA_OK);
+  ck_assert_int_ne(fla_ctx_backend(ctx), FLA_BACKEND_HIP);
+  fla_ctx_free(ctx);
   printf("test_hip: FLA_BACKEND_HIP: %s\n", why);
+}
+END_TEST
+
+/* The op layer dispatches a HIP context's ops to runtime/hip/op_hip.c: on
+** a context whose device is gone (a HIP context without its backend state,
+** as no AMD GPU is here) the forward and backward fail with an error that
+** says so, after generating their plan, and write nothing. */
+START_TEST(test_hip_op_without_device) {
+  fla_ctx *ctx = calloc(1, sizeof *ctx);
+  ck_assert_ptr_nonnull(ctx);
+  ctx->backend = FLA_BACKEND_HIP;
+  fla_recipe *r = NULL;
+  ck_assert_int_eq(fla_recipe_find(ctx, "gla", &r), FLA_OK);
+  fla_op_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.B = 1, cfg.T = 20, cfg.H = 2, cfg.K = 32, cfg.V = 32;
+  fla_op *op = NULL;
+  ck_assert_msg(fla_op_bind(ctx, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(ctx));
+  int64_t shk[4] = {1, 20, 2, 32};
+  fla_tensor *q, *k, *v, *g, *o, *host = NULL;
+  uint64_t fake = 4096; /* never dereferenced: nothing reaches a device */
+  fla_tensor **ts[5] = {&q, &k, &v, &g, &o};
+  for (int i = 0; i < 5; i++)
+    ck_assert_int_eq(fla_tensor_wrap_device(ctx, FLA_BF16, 4, shk, fake, ts[i]), FLA_OK);
+  fla_arg in[4] = {{"q", q}, {"k", k}, {"v", v}, {"gk", g}};
+  ck_assert_int_eq(fla_op_forward(op, in, 4, o, NULL), FLA_INVALID);
+  ck_assert_msg(strstr(fla_errmsg(ctx), "not a HIP context"), "%s", fla_errmsg(ctx));
+  fla_arg grads[1] = {{"dq", q}};
+  ck_assert_int_eq(fla_op_backward(op, in, 4, o, NULL, grads, 1), FLA_INVALID);
+  ck_assert_msg(strstr(fla_errmsg(ctx), "not a HIP context"), "%s", fla_errmsg(ctx));
+  /* host tensors are refused on a GPU context, as on CUDA */
+  ck_assert_int_eq(fla_tensor_new_host(ctx, FLA_BF16, 4, shk, &host), FLA_OK);
+  fla_arg bad[4] = {{"q", host}, {"k", k}, {"v", v}, {"gk", g}};
+  ck_assert_int_eq(fla_op_forward(op, bad, 4, o, NULL), FLA_INVALID);
+  ck_assert_msg(strstr(fla_errmsg(ctx), "host memory"), "%s", fla_errmsg(ctx));
+  for (int i = 0; i < 5; i++) fla_tensor_free(*ts[i]);
+  fla_tensor_free(host);
+  fla_op_free(op);
+  fla_recipe_free(r);
+  fla_ctx_free(ctx);
 }
 END_TEST
 
@@ -230,26 +297,38 @@ static int add_job(job *jobs, int n, int cap, const char *what, char *src, const
   return n + 1;
 }
 
-/* Every shipped recipe x {prep_fwd for each non-identity map, recurrent_fwd,
-** chunk_fwd_portable where its check accepts the key}
-** x {bf16, f32} x {gfx90a, gfx1030} at K = V = 128 (based: K = 16), and
-** recurrent_fwd at odd sizes (K = 100, V = 72) for gfx90a. */
-START_TEST(test_every_recipe_compiles_hip) {
+/* The portable chunked forwards: each recipe's key is taken by exactly one
+** of them, except the delta rule with per-key gates (KDA), taken by none. */
+static const fla_stage chunk_stages[3] = {FLA_STAGE_CHUNK_FWD_PORTABLE,
+                                          FLA_STAGE_CHUNK_GK_FWD_PORTABLE,
+                                          FLA_STAGE_CHUNK_WY_FWD_PORTABLE};
+
+/* Every shipped recipe x every stage with a HIP source x {bf16, f32} x
+** {gfx90a, gfx1030} at K = V = 128 (based: K = 16), and odd sizes (K = 100,
+** V = 72; based K = 8) on gfx90a. Forward (bwd 0): prep_fwd for each
+** non-identity map, recurrent_fwd, the recipe's portable chunked forward
+** (odd sizes: f32 only). Backward (bwd 1): prep_bwd for each non-identity
+** map, recurrent_bwd, chunk_bwd_portable where it takes the key (odd sizes:
+** f32 only). */
+static void compile_sweep(int bwd) {
   fla_ctx *ctx = th_cpu_ctx();
   const char *names[64];
   int nr = fla_recipe_list_builtin(names, 64);
   ck_assert_int_ge(nr, 13);
   static const char *const archs[] = {"gfx90a", "gfx1030"};
   static const int machs[] = {0x3f, 0x36}, waves[] = {64, 32};
+  const fla_stage rec = bwd ? FLA_STAGE_RECURRENT_BWD : FLA_STAGE_RECURRENT_FWD;
+  const fla_stage prep = bwd ? FLA_STAGE_PREP_BWD : FLA_STAGE_PREP_FWD;
   enum { CAP = 512 };
   job *jobs = calloc(CAP, sizeof *jobs);
   ck_assert_ptr_nonnull(jobs);
-  int n = 0, total = 0, chunks = 0;
+  int n = 0, total = 0, chunks = 0, chunk_recipes = 0;
   for (int i = 0; i < nr; i++) {
     fla_recipe *r = NULL;
     ck_assert(fla_recipe_find(ctx, names[i], &r) == FLA_OK);
     const fla_ir *ir = fla_recipe_ir(r);
     int based = ir->feature_k == FLA_FEATURE_TAYLOR2;
+    int has_chunk = 0;
     /* FLA_TEST_QUICK (the sanitizer build): bf16 at the main shape only. */
     for (int bf16 = th_quick(); bf16 <= 1; bf16++)
       for (int shape = 0; shape < 2 - th_quick(); shape++)
@@ -257,36 +336,70 @@ START_TEST(test_every_recipe_compiles_hip) {
           int K = shape ? (based ? 8 : 100) : (based ? 16 : 128), V = shape ? 72 : 128;
           fla_gen_key key;
           fla_gen_key_from_ir(ir, (int)fla_feature_dim(ir->feature_k, K), V, bf16, 1, 1, &key);
+          const char *dt = bf16 ? "bf16" : "f32";
           char what[128];
-          snprintf(what, sizeof what, "%s_recurrent_fwd_K%d_V%d_%s", names[i], K, V,
-                   bf16 ? "bf16" : "f32");
-          n = add_job(jobs, n, CAP, what, gen(ctx, FLA_TARGET_HIP, FLA_STAGE_RECURRENT_FWD, &key),
-                      archs[a], machs[a], waves[a]);
-          total++;
-          /* chunk_fwd_portable where its check accepts the key (main shape). */
-          char *csrc = NULL;
-          char kn[FLA_STAGE_MAX_KERNELS][64];
-          int nk = 0;
-          if (!shape && fla_generate_target(ctx, FLA_TARGET_HIP, FLA_STAGE_CHUNK_FWD_PORTABLE,
-                                            &key, NULL, &csrc, kn, &nk) == FLA_OK) {
-            snprintf(what, sizeof what, "%s_chunk_fwd_portable_%s", names[i],
-                     bf16 ? "bf16" : "f32");
-            n = add_job(jobs, n, CAP, what, csrc, archs[a], machs[a], waves[a]);
-            total++, chunks++;
+          if (!(bwd && shape && bf16)) {
+            snprintf(what, sizeof what, "%s_%s_K%d_V%d_%s", names[i], fla_stage_name(rec), K, V,
+                     dt);
+            n = add_job(jobs, n, CAP, what, gen(ctx, FLA_TARGET_HIP, rec, &key), archs[a],
+                        machs[a], waves[a]);
+            total++;
           }
+          int got = 0, gotb = 0;
+          if (bwd && !(shape && bf16)) { /* the chunked backward where it takes the key */
+            char *bsrc = NULL;
+            char kn[FLA_STAGE_MAX_KERNELS][64];
+            int nk = 0;
+            fla_status st = fla_generate_target(ctx, FLA_TARGET_HIP, FLA_STAGE_CHUNK_BWD_PORTABLE,
+                                                &key, NULL, &bsrc, kn, &nk);
+            ck_assert_msg(st == FLA_OK || st == FLA_UNSUPPORTED, "%s chunk_bwd_portable: %s",
+                          names[i], fla_errmsg(ctx));
+            if (st == FLA_OK) {
+              snprintf(what, sizeof what, "%s_chunk_bwd_portable_K%d_V%d_%s", names[i], K, V, dt);
+              n = add_job(jobs, n, CAP, what, bsrc, archs[a], machs[a], waves[a]);
+              total++, chunks++, gotb++;
+            }
+            int wantb = ir->family != FLA_FAMILY_WY && ir->decay != FLA_DECAY_KEY &&
+                        !ir->read_before && key.K <= 256 && key.V <= 256;
+            ck_assert_msg(gotb == wantb, "%s K=%d: %d chunked backwards, want %d", names[i], key.K,
+                          gotb, wantb);
+            has_chunk += gotb;
+          }
+          for (int c = 0; c < 3 && !bwd && !(shape && bf16); c++) {
+            char *csrc = NULL;
+            char kn[FLA_STAGE_MAX_KERNELS][64];
+            int nk = 0;
+            fla_status st = fla_generate_target(ctx, FLA_TARGET_HIP, chunk_stages[c], &key, NULL,
+                                                &csrc, kn, &nk);
+            ck_assert_msg(st == FLA_OK || st == FLA_UNSUPPORTED, "%s %s: %s", names[i],
+                          fla_stage_name(chunk_stages[c]), fla_errmsg(ctx));
+            if (st != FLA_OK) continue;
+            snprintf(what, sizeof what, "%s_%s_K%d_V%d_%s", names[i],
+                     fla_stage_name(chunk_stages[c]), K, V, dt);
+            n = add_job(jobs, n, CAP, what, csrc, archs[a], machs[a], waves[a]);
+            total++, chunks++, got++;
+          }
+          /* exactly one portable chunked forward takes the key, none for KDA
+          ** (per-key gates with the delta rule) or a state wider than 256 */
+          int kda = ir->decay == FLA_DECAY_KEY && ir->family == FLA_FAMILY_WY;
+          int want = !bwd && !(shape && bf16) && !kda && key.K <= 256 && key.V <= 256;
+          ck_assert_msg(got == want, "%s K=%d V=%d %s: %d portable chunked forwards, want %d",
+                        names[i], key.K, key.V, dt, got, want);
+          has_chunk += got;
           fla_ir_feature maps[2] = {ir->feature_q, ir->feature_k};
           for (int m = 0; m < 2 && !shape; m++) {
             if (maps[m] == FLA_FEATURE_IDENTITY || (m == 1 && maps[1] == maps[0])) continue;
             fla_gen_key pk = key;
             pk.feature = maps[m];
             pk.feature_in_dim = K;
-            snprintf(what, sizeof what, "%s_prep_fwd_%s_%s", names[i],
-                     fla_feature_name(maps[m]), bf16 ? "bf16" : "f32");
-            n = add_job(jobs, n, CAP, what, gen(ctx, FLA_TARGET_HIP, FLA_STAGE_PREP_FWD, &pk),
-                        archs[a], machs[a], waves[a]);
+            snprintf(what, sizeof what, "%s_%s_%s_%s", names[i], fla_stage_name(prep),
+                     fla_feature_name(maps[m]), dt);
+            n = add_job(jobs, n, CAP, what, gen(ctx, FLA_TARGET_HIP, prep, &pk), archs[a],
+                        machs[a], waves[a]);
             total++;
           }
         }
+    chunk_recipes += has_chunk > 0;
     fla_recipe_free(r);
   }
   double t0 = th_now_s();
@@ -314,12 +427,65 @@ START_TEST(test_every_recipe_compiles_hip) {
     sum += j->seconds;
     if (j->seconds > slowest) slowest = j->seconds;
   }
-  ck_assert_int_ge(chunks, th_quick() ? 8 : 16); /* 4+ recipes have a portable chunk_fwd */
-  printf("test_hip: %d recipes: %d builds (%d chunk_fwd_portable), %d distinct sources compiled by hipRTC (%s) for "
-         "gfx90a and gfx1030 in %.1f s (%.1f s in hipRTC, slowest %.2f s, mean %.2f s)\n",
-         nr, total, chunks, n, fla_hiprtc_library(), wall, sum, slowest, n ? sum / n : 0.0);
+  /* forward: all but KDA; backward: the decay family (6 recipes); based's
+  ** state is too wide at the main shape, so FLA_TEST_QUICK (no odd shapes)
+  ** leaves it out */
+  ck_assert_int_eq(chunk_recipes, (bwd ? 6 : nr - 1) - th_quick());
+  printf("test_hip: %s: %d recipes: %d builds (%d portable chunked), %d distinct sources "
+         "compiled by hipRTC (%s) for gfx90a and gfx1030 in %.1f s (%.1f s in hipRTC, slowest "
+         "%.2f s, mean %.2f s)\n", bwd ? "backward" : "forward", nr, total, chunks, n,
+         fla_hiprtc_library(), wall, sum, slowest, n ? sum / n : 0.0);
   for (int i = 0; i < n; i++) free(jobs[i].src);
   free(jobs);
+  fla_ctx_free(ctx);
+}
+
+START_TEST(test_every_recipe_compiles_hip) { compile_sweep(0); }
+END_TEST
+
+START_TEST(test_every_recipe_backward_compiles_hip) { compile_sweep(1); }
+END_TEST
+
+/* chunk_fwd_mfma (CDNA matrix cores, compile only): every decay-family
+** recipe's key compiles for gfx90a in bf16 and f32 into a wave64 code
+** object that spills nothing; gfx1030 (no MFMA) and CUDA are refused with
+** the reason. */
+START_TEST(test_hip_mfma_compiles) {
+  fla_ctx *ctx = th_cpu_ctx();
+  const char *names[64];
+  int nr = fla_recipe_list_builtin(names, 64), built = 0;
+  for (int i = 0; i < nr; i++)
+    for (int bf16 = 0; bf16 <= 1; bf16++) {
+      fla_gen_key key;
+      recipe_key(ctx, names[i], 64, 128, bf16, &key);
+      char *src = NULL;
+      char kn[FLA_STAGE_MAX_KERNELS][64];
+      int nk = 0;
+      if (fla_generate_target(ctx, FLA_TARGET_HIP, FLA_STAGE_CHUNK_FWD_MFMA, &key, NULL, &src, kn,
+                              &nk) != FLA_OK)
+        continue;
+      ck_assert_int_eq(fla_generate_target(ctx, FLA_TARGET_CUDA, FLA_STAGE_CHUNK_FWD_MFMA, &key,
+                                           NULL, &(char *){NULL}, kn, &nk),
+                       FLA_UNSUPPORTED);
+      ck_assert_msg(strstr(fla_errmsg(ctx), "AMD matrix instructions"), "%s", fla_errmsg(ctx));
+      job j;
+      memset(&j, 0, sizeof j);
+      snprintf(j.what, sizeof j.what, "%s_chunk_fwd_mfma_%s", names[i], bf16 ? "bf16" : "f32");
+      j.src = src, j.arch = "gfx90a";
+      compile_job(ctx, &j);
+      ck_assert_msg(j.st == FLA_OK, "%s: %s", j.what, j.err);
+      ck_assert_msg(j.elf && j.got_mach == 0x3f && j.res.wavefront_size == 64, "%s", j.what);
+      ck_assert_msg(!j.res.vgpr_spills && !j.res.stack_bytes, "%s spills", j.what);
+      if (!built++) { /* RDNA2 has no MFMA: the template says so */
+        j.arch = "gfx1030";
+        compile_job(ctx, &j);
+        ck_assert_int_ne(j.st, FLA_OK);
+        ck_assert_msg(strstr(j.err, "CDNA2/3"), "%s", j.err);
+      }
+      free(src);
+    }
+  ck_assert_int_ge(built, 10); /* 6 decay-family recipes (based's K is too wide at 64) */
+  printf("test_hip: chunk_fwd_mfma: %d builds for gfx90a\n", built);
   fla_ctx_free(ctx);
 }
 END_TEST
@@ -346,6 +512,78 @@ START_TEST(test_hip_error_names_template_line) {
                 fla_errmsg(ctx));
   free(log);
   free(src);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+static int rm_entry_(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+  (void)sb, (void)flag, (void)ftw;
+  return remove(path);
+}
+
+/* The HIP op layer's plans for every recipe: the forward's core is the
+** portable chunked stage that takes the key (recurrent_fwd for KDA, for
+** FLA_ALGO_RECURRENT and T == 1), the backward's chunk_bwd_portable for the
+** decay family without feature maps, else recurrent_bwd; every
+** module of both plans compiles with hipRTC for gfx90a (no device), and a
+** second precompile finds them all in the module cache. */
+START_TEST(test_hip_op_plans) {
+  char dir[] = "/tmp/fla_hip_plan_XXXXXX";
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  setenv("FLA_CACHE_DIR", dir, 1);
+  fla_ctx *ctx = th_cpu_ctx();
+  const char *names[64];
+  int nr = fla_recipe_list_builtin(names, 64), modules = 0;
+  for (int i = 0; i < nr; i++) {
+    fla_recipe *r = NULL;
+    ck_assert(fla_recipe_find(ctx, names[i], &r) == FLA_OK);
+    const fla_ir *ir = fla_recipe_ir(r);
+    int kda = ir->decay == FLA_DECAY_KEY && ir->family == FLA_FAMILY_WY;
+    fla_stage want = kda ? FLA_STAGE_RECURRENT_FWD
+                     : ir->family == FLA_FAMILY_WY ? FLA_STAGE_CHUNK_WY_FWD_PORTABLE
+                     : ir->decay == FLA_DECAY_KEY  ? FLA_STAGE_CHUNK_GK_FWD_PORTABLE
+                                                   : FLA_STAGE_CHUNK_FWD_PORTABLE;
+    for (int algo = 0; algo < 2; algo++) {
+      fla_op_config cfg;
+      memset(&cfg, 0, sizeof cfg);
+      cfg.B = 2, cfg.T = 100, cfg.H = 2, cfg.V = 64;
+      cfg.K = ir->feature_k == FLA_FEATURE_TAYLOR2 ? 8 : 64;
+      cfg.algo = algo ? FLA_ALGO_RECURRENT : FLA_ALGO_AUTO;
+      fla_op *op = NULL;
+      ck_assert_msg(fla_op_bind(ctx, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(ctx));
+      for (int bf = 0; bf <= 1; bf++) {
+        fla_dtype dt = bf ? FLA_BF16 : FLA_F32;
+        int fwd = fla_hip_op_core_stage(op, 0, dt, 1, 1);
+        ck_assert_msg(fwd == (int)(algo ? FLA_STAGE_RECURRENT_FWD : want), "%s: forward core %s",
+                      names[i], fwd < 0 ? fla_errmsg(ctx) : fla_stage_name((fla_stage)fwd));
+        /* the chunked backward: decay family, no feature map on q or k */
+        int cb = !algo && ir->family != FLA_FAMILY_WY && ir->decay != FLA_DECAY_KEY &&
+                 ir->feature_q == FLA_FEATURE_IDENTITY && ir->feature_k == FLA_FEATURE_IDENTITY;
+        int bwd_core = fla_hip_op_core_stage(op, 1, dt, 1, 1);
+        ck_assert_msg(bwd_core == (int)(cb ? FLA_STAGE_CHUNK_BWD_PORTABLE : FLA_STAGE_RECURRENT_BWD),
+                      "%s: backward core %s", names[i],
+                      bwd_core < 0 ? fla_errmsg(ctx) : fla_stage_name((fla_stage)bwd_core));
+        if (algo || bf) continue; /* compile the f32 plans of the default algo */
+        for (int bwd = 0; bwd <= 1; bwd++) {
+          int n1 = -1, n2 = -1;
+          ck_assert_msg(fla_hip_op_precompile(op, bwd, dt, 1, 1, "gfx90a", &n1) == FLA_OK,
+                        "%s %s: %s", names[i], bwd ? "backward" : "forward", fla_errmsg(ctx));
+          ck_assert_int_eq(fla_hip_op_precompile(op, bwd, dt, 1, 1, "gfx90a", &n2), FLA_OK);
+          ck_assert_int_ge(n1, 0);
+          ck_assert_int_eq(n2, 0); /* all cached now */
+          modules += n1;
+        }
+      }
+      ck_assert_int_eq(fla_hip_op_precompile(op, 0, FLA_F16, 1, 1, "gfx90a", NULL),
+                       FLA_UNSUPPORTED);
+      fla_op_free(op);
+    }
+    fla_recipe_free(r);
+  }
+  ck_assert_int_ge(modules, 2 * nr - 4); /* a core each way, less the shared ones */
+  printf("test_hip: op plans of %d recipes: %d modules compiled for gfx90a\n", nr, modules);
+  nftw(dir, rm_entry_, 8, FTW_DEPTH | FTW_PHYS);
+  unsetenv("FLA_CACHE_DIR");
   fla_ctx_free(ctx);
 }
 END_TEST
@@ -460,6 +698,7 @@ static Suite *hip_suite(void) {
   tcase_add_test(tc, test_hip_arch_names);
   tcase_add_test(tc, test_code_object_garbage);
   tcase_add_test(tc, test_hip_ctx_refused);
+  tcase_add_test(tc, test_hip_op_without_device);
   tcase_add_test(tc, test_device_roundtrip);
   suite_add_tcase(s, tc);
   if (fla_hiprtc_load(hiprtc_why, sizeof hiprtc_why) != 0) {
@@ -472,8 +711,11 @@ static Suite *hip_suite(void) {
   TCase *rtc = tcase_create("hiprtc");
   tcase_set_timeout(rtc, 900);
   tcase_add_test(rtc, test_every_recipe_compiles_hip);
+  tcase_add_test(rtc, test_every_recipe_backward_compiles_hip);
   tcase_add_test(rtc, test_hip_error_names_template_line);
   tcase_add_test(rtc, test_hip_modcache);
+  tcase_add_test(rtc, test_hip_op_plans);
+  tcase_add_test(rtc, test_hip_mfma_compiles);
   suite_add_tcase(s, rtc);
   return s;
 }

@@ -42,7 +42,7 @@ static void usage_(void) {
           "RECIPE is a recipe name (gla) or a path to a .lua file. Prints the generated\n"
           "source; --compile compiles it with NVRTC and reports registers, shared memory\n"
           "and spills per kernel (--source prints the source too). --target hip writes\n"
-          "HIP (prep_fwd, recurrent_fwd) and compiles it with hipRTC for --arch (default\n"
+          "HIP (the portable stages: all but the tensor-core chunked ones) and compiles it with hipRTC for --arch (default\n"
           "gfx90a; no AMD GPU needed). Config keys left out take the stage's defaults.\n");
 }
 

@@ -132,7 +132,7 @@ static fla_status bwd_cache_get_(fla_op *op, int in_bf16, int has_h0, int has_dh
 }
 
 /* The gradient tensors' dtypes: inputs' dtype for input gradients, f32 for dh0. */
-static fla_status check_grads_(fla_op *op, fla_tensor *const *d, fla_tensor *dh0, fla_dtype dt) {
+fla_status fla_cuda_check_grad_dtypes(fla_op *op, fla_tensor *const *d, fla_tensor *dh0, fla_dtype dt) {
   const fla_ir *ir = op->ir;
   for (int i = 0; i < ir->num_inputs; i++)
     if (d[i] && d[i]->dtype != dt)
@@ -163,7 +163,7 @@ fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_te
                          ir->name, fla_dtype_name(dht->dtype));
   fla_status st = fla_cuda_check_dtypes(op, in, h0, d_o, dht, &dt);
   if (st != FLA_OK) return st;
-  if ((st = check_grads_(op, d, dh0, dt)) != FLA_OK) return st;
+  if ((st = fla_cuda_check_grad_dtypes(op, d, dh0, dt)) != FLA_OK) return st;
   if (op->N > INT32_MAX || op->H > INT32_MAX)
     return fla_set_error(ctx, FLA_SHAPE, "recipe '%s' on the GPU: too many sequences or heads", ir->name);
   int64_t *cu = malloc(sizeof(int64_t) * (size_t)(op->N + 1));

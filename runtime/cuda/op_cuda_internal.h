@@ -39,6 +39,9 @@ typedef struct stage_src {
 ** (free s->src). The generator's status (FLA_UNSUPPORTED: try another). */
 fla_status fla_cuda_gen_stage(struct fla_op *op, fla_ctx *ctx, fla_stage stage, const fla_gen_key *key, stage_src *s);
 
+/* Vendor-neutral (runtime/hip/op_hip.c uses them too): the prep key,
+** dtype checks, sequence offsets and the shared kernel arguments. */
+
 /* The prep key of feature map f on K_in-dim rows (only what the map reads). */
 void fla_cuda_prep_key(const fla_gen_key *core, fla_ir_feature f, int64_t K_in, fla_gen_key *key);
 
@@ -47,6 +50,10 @@ int fla_cuda_is_gpu_float(fla_dtype d);
 /* The inputs share one dtype (bf16 or f32), o has it, h0 and ht are f32. */
 fla_status fla_cuda_check_dtypes(fla_op *op, fla_tensor *const *in, fla_tensor *h0, fla_tensor *o,
                                  fla_tensor *ht, fla_dtype *dt);
+
+/* Input gradients have the inputs' dtype dt, dh0 is f32. */
+fla_status fla_cuda_check_grad_dtypes(fla_op *op, fla_tensor *const *d, fla_tensor *dh0,
+                                      fla_dtype dt);
 
 /* Token offsets (N+1) of the call: n*T, or cu_seqlens read back and checked. */
 fla_status fla_cuda_offsets(fla_op *op, fla_tensor *cs, int64_t *cu);

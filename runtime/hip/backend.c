@@ -25,6 +25,8 @@ struct fla_hip_ctx {
   fla_hip_device_info info;
   hip_module *mods;
   int nmods, capmods;
+  uint64_t scratch[FLA_HIP_SCRATCH_SLOTS]; /* the op layer's reusable buffers */
+  size_t scratch_bytes[FLA_HIP_SCRATCH_SLOTS];
 };
 
 static fla_status hip_fail_(fla_ctx *ctx, fla_status st, hipError_t r, const char *what) {
@@ -102,6 +104,8 @@ void fla_hip_ctx_close(fla_ctx *ctx) {
   c->d->hipSetDevice(c->ordinal);
   c->d->hipStreamSynchronize(c->stream);
   for (int i = 0; i < c->nmods; i++) c->d->hipModuleUnload(c->mods[i].mod);
+  for (int i = 0; i < FLA_HIP_SCRATCH_SLOTS; i++)
+    if (c->scratch[i]) c->d->hipFree((void *)(uintptr_t)c->scratch[i]);
   c->d->hipStreamDestroy(c->stream);
   free(c->mods);
   free(c);
@@ -134,12 +138,42 @@ void fla_hip_mem_free(fla_ctx *ctx, uint64_t dptr) {
   ctx->hip->d->hipFree((void *)(uintptr_t)dptr);
 }
 
+fla_status fla_hip_scratch(fla_ctx *ctx, int slot, size_t bytes, uint64_t *dptr) {
+  *dptr = 0;
+  if (!ctx || !ctx->hip) return fla_set_error(ctx, FLA_INVALID, "not a HIP context");
+  if (slot < 0 || slot >= FLA_HIP_SCRATCH_SLOTS)
+    return fla_set_error(ctx, FLA_ERROR, "HIP scratch slot %d outside 0..%d", slot,
+                         FLA_HIP_SCRATCH_SLOTS - 1);
+  struct fla_hip_ctx *c = ctx->hip;
+  if (c->scratch[slot] && c->scratch_bytes[slot] >= bytes) {
+    *dptr = c->scratch[slot];
+    return FLA_OK;
+  }
+  /* Queued kernels may still read the old buffer: wait before freeing it. */
+  fla_status st = fla_hip_sync(ctx, "HIP scratch");
+  if (st != FLA_OK) return st;
+  if (c->scratch[slot]) fla_hip_mem_free(ctx, c->scratch[slot]);
+  c->scratch[slot] = 0, c->scratch_bytes[slot] = 0;
+  if ((st = fla_hip_mem_alloc(ctx, bytes, &c->scratch[slot])) != FLA_OK) return st;
+  c->scratch_bytes[slot] = bytes;
+  *dptr = c->scratch[slot];
+  return FLA_OK;
+}
+
 /* Synchronous copies and memsets run on the null stream, which is ordered
 ** with the context's (blocking) stream, as on CUDA. */
 fla_status fla_hip_memset_d8(fla_ctx *ctx, uint64_t dptr, unsigned char v, size_t bytes) {
   fla_status st = enter_(ctx);
   if (st != FLA_OK || !bytes) return st;
   HIP_TRY(ctx, ctx->hip->d->hipMemsetD8((hipDeviceptr_t)(uintptr_t)dptr, v, bytes), "hipMemsetD8");
+  return FLA_OK;
+}
+
+fla_status fla_hip_memset_d16(fla_ctx *ctx, uint64_t dptr, uint16_t v, size_t count) {
+  fla_status st = enter_(ctx);
+  if (st != FLA_OK || !count) return st;
+  HIP_TRY(ctx, ctx->hip->d->hipMemsetD16((hipDeviceptr_t)(uintptr_t)dptr, v, count),
+          "hipMemsetD16");
   return FLA_OK;
 }
 

@@ -161,7 +161,7 @@ static const sym_entry rt_syms[] = {
     RT(hipDeviceTotalMem), RT(hipStreamCreate),      RT(hipStreamDestroy),
     RT(hipStreamSynchronize), RT(hipMalloc),         RT(hipFree),
     RT(hipMemcpyHtoD),     RT(hipMemcpyDtoH),        RT(hipMemsetD8),
-    RT(hipMemsetD32),      RT(hipModuleLoadData),    RT(hipModuleUnload),
+    RT(hipMemsetD16),      RT(hipMemsetD32),         RT(hipModuleLoadData),    RT(hipModuleUnload),
     RT(hipModuleGetFunction), RT(hipModuleLaunchKernel),
 };
 

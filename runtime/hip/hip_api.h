@@ -66,6 +66,7 @@ typedef struct fla_hip_runtime {
   hipError_t (*hipMemcpyHtoD)(hipDeviceptr_t dst, void *src, size_t n);
   hipError_t (*hipMemcpyDtoH)(void *dst, hipDeviceptr_t src, size_t n);
   hipError_t (*hipMemsetD8)(hipDeviceptr_t dst, unsigned char v, size_t n);
+  hipError_t (*hipMemsetD16)(hipDeviceptr_t dst, unsigned short v, size_t n);
   hipError_t (*hipMemsetD32)(hipDeviceptr_t dst, int v, size_t n);
   hipError_t (*hipModuleLoadData)(hipModule_t *m, const void *image);
   hipError_t (*hipModuleUnload)(hipModule_t m);

@@ -5,9 +5,9 @@
 ** the hash of their source, compiled through the shared module cache for
 ** the device's own --offload-arch.
 **
-** Not yet reachable through fla_ctx_create: the op layer dispatches to the
-** CPU and CUDA only, so FLA_BACKEND_HIP answers FLA_NODEVICE (with what was
-** found) until it does. Tests open it directly on a bare context.
+** fla_ctx_create(FLA_BACKEND_HIP) opens it when an AMD GPU is present (else
+** FLA_NODEVICE with what was found); ops run on it through
+** runtime/hip/op_hip.h. Tests may also open it directly on a bare context.
 */
 #ifndef FLA_HIP_BACKEND_H
 #define FLA_HIP_BACKEND_H
@@ -28,9 +28,16 @@ const fla_hip_device_info *fla_hip_ctx_info(const fla_ctx *ctx);
 fla_status fla_hip_mem_alloc(fla_ctx *ctx, size_t bytes, uint64_t *dptr);
 void fla_hip_mem_free(fla_ctx *ctx, uint64_t dptr);
 fla_status fla_hip_memset_d8(fla_ctx *ctx, uint64_t dptr, unsigned char v, size_t bytes);
+fla_status fla_hip_memset_d16(fla_ctx *ctx, uint64_t dptr, uint16_t v, size_t count);
 fla_status fla_hip_memset_d32(fla_ctx *ctx, uint64_t dptr, uint32_t v, size_t count);
 fla_status fla_hip_upload(fla_ctx *ctx, uint64_t dst, const void *src, size_t bytes);
 fla_status fla_hip_download(fla_ctx *ctx, void *dst, uint64_t src, size_t bytes);
+
+/* Scratch device buffers of a context, reused across op calls (as
+** fla_cuda_scratch): a buffer of at least `bytes` in slot `slot`, valid until
+** the next request for that slot or the context's end; contents undefined. */
+#define FLA_HIP_SCRATCH_SLOTS 16
+fla_status fla_hip_scratch(fla_ctx *ctx, int slot, size_t bytes, uint64_t *dptr);
 
 /* The kernels `names` of the module compiled from source (by hipRTC through
 ** the module cache, loaded once per context). */

@@ -24,3 +24,7 @@ FLA_DEVICE float fla_warp_sum_strided(float x, int width) {
 }
 
 FLA_DEVICE float fla_warp_sum(float x) { return fla_warp_sum_strided(x, 1); }
+
+/* x of the lane lane ^ off within the logical warp of 32 (off < 32): the
+** vendor-neutral butterfly step (HIP: templates/hip/common.hip.h). */
+FLA_DEVICE float fla_lane_xor(float x, int off) { return __shfl_xor_sync(FLA_FULL_MASK, x, off); }

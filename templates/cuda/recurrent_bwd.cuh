@@ -92,7 +92,7 @@ FLA_DEVICE rb_parts rb_layout(fla_i64 R, int N, int H) {
 ** the group gets the same bits. */
 FLA_DEVICE float rb_group_sum(float x) {
 #pragma unroll
-  for (int off = 1; off < FLA_BV; off <<= 1) x += __shfl_xor_sync(FLA_FULL_MASK, x, off);
+  for (int off = 1; off < FLA_BV; off <<= 1) x += fla_lane_xor(x, off);
   return x;
 }
 
@@ -327,7 +327,6 @@ fla_recurrent_bwd(const fla_kernel_args a) {
     const float *ck = ckpt + c * ckpt_stride;
 #pragma unroll
     for (int m = 0; m < RB_KPT; m++) S[m] = ck[m * RB_THREADS];
-#pragma unroll 1
 #pragma unroll 1
     for (int tt = 0; tt < len; tt++) {
 #pragma unroll

@@ -34,6 +34,10 @@ FLA_DEVICE float fla_warp_sum_strided(float x, int width) {
 
 FLA_DEVICE float fla_warp_sum(float x) { return fla_warp_sum_strided(x, 1); }
 
+/* x of the lane lane ^ off within the logical warp of 32 (off < 32; width
+** 32 keeps a wave64 lane inside its half, as on CUDA). */
+FLA_DEVICE float fla_lane_xor(float x, int off) { return __shfl_xor(x, off, FLA_LOGICAL_WARP); }
+
 /* ------------------------------------------------------- warp barrier */
 
 FLA_DEVICE void fla_wave_sync() {
