@@ -430,6 +430,49 @@ START_TEST(test_create_every_arch) {
 }
 END_TEST
 
+/* The gradients train: plain SGD on a periodic sequence drives the loss down
+** (every architecture from its config, hidden 32, vocabulary 16). */
+START_TEST(test_sgd_learns) {
+  static const char *const types[] = {"gla", "gated_deltanet", "retnet", "delta_net", "kda", "hgrn2", "rwkv6", "transformer"};
+  fla_ctx *ctx = th_cpu_ctx();
+  char dir[] = "/tmp/fla_sgd_XXXXXX", path[64], cfg[512];
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  enum { T = 48 };
+  int32_t ids[T], tg[T];
+  for (int t = 0; t < T; t++) {
+    ids[t] = (t * 5) % 7 + 3; /* period 7 */
+    tg[t] = ((t + 1) * 5) % 7 + 3;
+  }
+  for (size_t a = 0; a < sizeof types / sizeof types[0]; a++) {
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"%s\", \"hidden_size\": 32, \"num_hidden_layers\": 2, \"num_heads\": 2,"
+             " \"head_dim\": 16, \"vocab_size\": 16, \"initializer_range\": 0.1}", types[a]);
+    th_write_bytes(path, cfg, strlen(cfg));
+    fla_model *m;
+    ck_assert_msg(fla_model_create(ctx, path, 1, &m) == FLA_OK, "%s: %s", types[a], fla_errmsg(ctx));
+    double first = 0, loss = 0;
+    int64_t count;
+    for (int step = 0; step < 60; step++) {
+      fla_model_zero_grad(m);
+      ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, 1, T, 1.0f / T, &loss, &count), FLA_OK);
+      loss /= (double)count;
+      if (step == 0) first = loss;
+      for (int i = 0; i < fla_model_num_params(m); i++) {
+        fla_param p;
+        fla_model_param(m, i, &p);
+        for (int64_t j = 0; j < p.numel; j++) p.data[j] -= 0.3f * p.grad[j];
+      }
+    }
+    printf("  %-16s SGD: loss per token %.3f -> %.3f\n", types[a], first, loss);
+    ck_assert_msg(isfinite(loss) && loss < 0.5 * first, "%s: loss %g -> %g", types[a], first, loss);
+    fla_model_free(m);
+  }
+  unlink(path);
+  rmdir(dir);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 /* ------------------------------------------------------------ API behaviour */
 
 START_TEST(test_accumulation) {
@@ -761,6 +804,7 @@ int main(void) {
   tcase_add_test(tc, test_model_fd_tied);
   tcase_add_test(tc, test_model_fd_variants);
   tcase_add_test(tc, test_create_every_arch);
+  tcase_add_test(tc, test_sgd_learns);
   tcase_add_test(tc, test_accumulation);
   tcase_add_test(tc, test_params_and_create);
   tcase_add_test(tc, test_keep_equals_recompute);
