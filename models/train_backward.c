@@ -175,7 +175,8 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
     }
   }
   if ((s = fla_cache_new(m, (int)B, &c))) goto done;
-  grad_blas_threads(m->ctx->nthreads); /* the products use every thread (and every call alike) */
+  grad_blas_threads(fla_ctx_threads(m->ctx)); /* the products use every thread (and every call alike) */
+  gm_set_threads(fla_ctx_threads(m->ctx));
   /* forward: keep the residual stream at each layer's input and middle */
   float *x = xs + 2 * (int64_t)NL * RD; /* runs through the layers, ends as the final stream */
   for (int64_t i = 0; i < rows; i++) memcpy(x + i * D, m->embeddings + (int64_t)ids[i] * D, sizeof(float) * D);
@@ -196,7 +197,7 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
       gm->phase = GRAD_BOTH;
       grad_blas_threads(1);
       s = model_token_mixer(&mc, h, o);
-      grad_blas_threads(m->ctx->nthreads);
+      grad_blas_threads(fla_ctx_threads(m->ctx));
     }
     if (s) goto done;
     nn_add(x, o, RD);
