@@ -30,8 +30,8 @@ static void repeat_heads_(const float *x, int64_t rows, int Hkv, int H, int d, f
     for (int h = 0; h < H; h++) memcpy(y + (r * H + h) * d, x + (r * Hkv + h / g) * d, sizeof(float) * (size_t)d);
 }
 
-/* What HGRN2's forward keeps for the backward (all its buffers). */
-#define HGRN2_BUFFERS(X) X(q) X(dq) X(g) X(dg) X(o) X(dO) X(y) X(dy)
+/* What HGRN2's forward keeps for the backward (which allocates its own). */
+#define HGRN2_BUFFERS(X) X(q) X(g) X(o) X(y)
 #define HGRN2_FIELD_(n) float *n;
 #define HGRN2_SAVE_(n) kp->n = n;
 #define HGRN2_LOAD_(n) n = kp->n;
@@ -59,12 +59,9 @@ static fla_status hgrn2_(const mixer_call *mc, const float *x, const float *dout
   } else {
     sc = grad_scratch_begin(m);
     if (phase == GRAD_FWD && !(kp = (hgrn2_kept_ *)grad_alloc(&sc, (int64_t)(sizeof *kp / sizeof(float)) + 1))) goto done;
-    if (grad_proj_alloc(&sc, &P[0], L->q_proj, F, rows) || grad_proj_alloc_grad(&sc, &P[0], rows) ||
-        grad_proj_alloc(&sc, &P[1], L->f_proj, F, rows) || grad_proj_alloc_grad(&sc, &P[1], rows) ||
-        grad_proj_alloc(&sc, &P[2], L->i_proj, D, rows) || grad_proj_alloc_grad(&sc, &P[2], rows) ||
-        !(q = grad_alloc(&sc, rows * F)) || !(dq = grad_alloc(&sc, rows * F)) || !(g = grad_alloc(&sc, rows * F)) ||
-        !(dg = grad_alloc(&sc, rows * F)) || !(o = grad_alloc(&sc, rows * D)) || !(dO = grad_alloc(&sc, rows * D)) ||
-        !(y = grad_alloc(&sc, rows * D)) || !(dy = grad_alloc(&sc, rows * D)))
+    if (grad_proj_alloc(&sc, &P[0], L->q_proj, F, rows) || grad_proj_alloc(&sc, &P[1], L->f_proj, F, rows) ||
+        grad_proj_alloc(&sc, &P[2], L->i_proj, D, rows) || !(q = grad_alloc(&sc, rows * F)) ||
+        !(g = grad_alloc(&sc, rows * F)) || !(o = grad_alloc(&sc, rows * D)) || !(y = grad_alloc(&sc, rows * D)))
       goto done;
   }
   op_input in[3] = {
@@ -95,6 +92,12 @@ static fla_status hgrn2_(const mixer_call *mc, const float *x, const float *dout
       return FLA_OK;
     }
   }
+  s = FLA_NOMEM;
+  for (int j = 0; j < 3; j++)
+    if (grad_proj_alloc_grad(&sc, &P[j], rows)) goto done;
+  if (!(dq = grad_alloc(&sc, rows * F)) || !(dg = grad_alloc(&sc, rows * F)) || !(dO = grad_alloc(&sc, rows * D)) ||
+      !(dy = grad_alloc(&sc, rows * D)))
+    goto done;
   gm_linear_bwd_f(y, rows, D, L->o_proj, D, dout, dy, 0, model_grad(m, L->o_proj), NULL);
   gm_rmsnorm_bwd_f(o, rows, D, L->out_norm, 1e-5, dy, dO, model_grad(m, L->out_norm));
   float *d[3] = {dq, P[2].dc, dg};
