@@ -617,10 +617,8 @@ fla_status fla_model_loss_backward_varlen(fla_model *m, const int32_t *ids, cons
                                           float grad_scale, double *loss_sum, int64_t *count);
 
 /* What fla_model_loss_backward keeps between its forward and its backward.
-** 0 (the default): every activation of the layers whose backward can use
-** them (the GLA, RetNet and delta-rule mixers, softmax attention, the
-** SwiGLU MLP; HGRN2 and RWKV-6 recompute), about 10 to 30 floats per token
-** and hidden unit per layer. 1: only the residual
+** 0 (the default): every layer's activations, about 10 to 30 floats per
+** token and hidden unit per layer. 1: only the residual
 ** stream at each layer's input and middle; each layer's forward runs again
 ** in the backward (less memory, about a third more arithmetic). FLA_INVALID
 ** for a NULL model. */

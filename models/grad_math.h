@@ -72,4 +72,8 @@
 GM_DECLARE(float, f)
 GM_DECLARE(double, d)
 
+/* Threads for the element-wise and per-row loops of the calling thread's
+** grad_math calls (1 at first). The results do not depend on it. */
+void gm_set_threads(int n);
+
 #endif

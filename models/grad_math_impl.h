@@ -73,41 +73,73 @@ void FN(gm_rmsnorm_bwd)(const R *x, int64_t rows, int dim, const R *w, double ep
   FN(gm_rmsnorm_gated_bwd)(x, NULL, rows, dim, w, eps, NN_ACT_NONE, dy, dx, NULL, dw);
 }
 
-void FN(gm_rmsnorm_gated)(const R *x, const R *g, int64_t rows, int dim, const R *w, double eps,
-                          nn_act act, R *y) {
-  for (int64_t r = 0; r < rows; r++) {
-    const R *xr = x + r * dim;
-    R rstd = (R)FN(rstd_)(xr, dim, eps);
+typedef struct {
+  const R *x, *g, *w, *dy;
+  int dim;
+  double eps;
+  nn_act act;
+  R *y, *dx, *dg, *dwp; /* dwp: per-block partial dw [blocks, dim] */
+} FN(norm_args_);
+
+static void FN(rmsnorm_gated_range_)(void *p, int64_t blk, int64_t r0, int64_t r1) {
+  const FN(norm_args_) *a = p;
+  int dim = a->dim;
+  (void)blk;
+  for (int64_t r = r0; r < r1; r++) {
+    const R *xr = a->x + r * dim;
+    R rstd = (R)FN(rstd_)(xr, dim, a->eps);
     for (int i = 0; i < dim; i++) {
-      R a = g ? FN(act_)(g[r * dim + i], act) : 1;
-      y[r * dim + i] = xr[i] * rstd * (w ? w[i] : 1) * a;
+      R ai = a->g ? FN(act_)(a->g[r * dim + i], a->act) : 1;
+      a->y[r * dim + i] = xr[i] * rstd * (a->w ? a->w[i] : 1) * ai;
     }
   }
 }
 
+void FN(gm_rmsnorm_gated)(const R *x, const R *g, int64_t rows, int dim, const R *w, double eps,
+                          nn_act act, R *y) {
+  FN(norm_args_) a = {x, g, w, NULL, dim, eps, act, y, NULL, NULL, NULL};
+  gm_run_(FN(rmsnorm_gated_range_), &a, rows, gm_blocks_(rows * dim, GM_GRAIN));
+}
+
 /* xh = x r, y = xh w a(g): dg = dy xh w a'(g), dw += dy xh a(g),
 ** dx = r (dxh - xh mean(dxh xh)) with dxh = dy w a(g). */
-void FN(gm_rmsnorm_gated_bwd)(const R *x, const R *g, int64_t rows, int dim, const R *w,
-                              double eps, nn_act act, const R *dy, R *dx, R *dg, R *dw) {
-  for (int64_t r = 0; r < rows; r++) {
-    const R *xr = x + r * dim, *dyr = dy + r * dim;
-    double rstd = FN(rstd_)(xr, dim, eps), dot = 0;
+static void FN(rmsnorm_gated_bwd_range_)(void *p, int64_t blk, int64_t r0, int64_t r1) {
+  const FN(norm_args_) *a = p;
+  int dim = a->dim;
+  R *dw = a->dwp ? a->dwp + blk * dim : NULL;
+  for (int64_t r = r0; r < r1; r++) {
+    const R *xr = a->x + r * dim, *dyr = a->dy + r * dim;
+    R *dxr = a->dx + r * dim;
+    double rstd = FN(rstd_)(xr, dim, a->eps), dot = 0;
     for (int i = 0; i < dim; i++) {
-      double xh = xr[i] * rstd, wi = w ? w[i] : 1, a = 1;
-      if (g) {
+      double xh = xr[i] * rstd, wi = a->w ? a->w[i] : 1, ga = 1;
+      if (a->g) {
         R ai, dai;
-        FN(act_both_)(g[r * dim + i], act, &ai, &dai);
-        a = ai;
-        if (dg) dg[r * dim + i] = (R)(dyr[i] * xh * wi * dai);
+        FN(act_both_)(a->g[r * dim + i], a->act, &ai, &dai);
+        ga = ai;
+        if (a->dg) a->dg[r * dim + i] = (R)(dyr[i] * xh * wi * dai);
       }
-      if (dw) dw[i] += (R)(dyr[i] * xh * a);
-      double dxh = dyr[i] * wi * a;
+      if (dw) dw[i] += (R)(dyr[i] * xh * ga);
+      double dxh = dyr[i] * wi * ga;
       dot += dxh * xh;
-      dx[r * dim + i] = (R)dxh; /* dxh for now */
+      dxr[i] = (R)dxh; /* dxh for now */
     }
     dot /= dim;
-    for (int i = 0; i < dim; i++) dx[r * dim + i] = (R)(rstd * (dx[r * dim + i] - xr[i] * rstd * dot));
+    for (int i = 0; i < dim; i++) dxr[i] = (R)(rstd * (dxr[i] - xr[i] * rstd * dot));
   }
+}
+
+void FN(gm_rmsnorm_gated_bwd)(const R *x, const R *g, int64_t rows, int dim, const R *w,
+                              double eps, nn_act act, const R *dy, R *dx, R *dg, R *dw) {
+  int64_t blocks = gm_blocks_(rows * dim, GM_GRAIN);
+  R *dwp = dw ? calloc((size_t)(blocks * dim), sizeof(R)) : NULL;
+  FN(norm_args_) a = {x, g, w, dy, dim, eps, act, NULL, dx, dg, dwp};
+  if (dw && !dwp) blocks = 1, a.dwp = dw; /* no memory for partials: one block straight into dw */
+  gm_run_(FN(rmsnorm_gated_bwd_range_), &a, rows, blocks);
+  if (dwp)
+    for (int64_t b = 0; b < blocks; b++)
+      for (int i = 0; i < dim; i++) dw[i] += dwp[b * dim + i];
+  free(dwp);
 }
 
 void FN(gm_groupnorm)(const R *x, int64_t rows, int dim, int groups, const R *w, const R *b,
@@ -159,25 +191,60 @@ void FN(gm_groupnorm_bwd)(const R *x, int64_t rows, int dim, int groups, const R
     }
 }
 
+typedef struct {
+  const R *x, *u, *dy;
+  nn_act act;
+  R *y, *dx, *du;
+} FN(ew_args_);
+
+static void FN(act_range_)(void *p, int64_t blk, int64_t i0, int64_t i1) {
+  const FN(ew_args_) *a = p;
+  (void)blk;
+  for (int64_t i = i0; i < i1; i++) a->y[i] = FN(act_)(a->x[i], a->act);
+}
+
+static void FN(act_bwd_range_)(void *p, int64_t blk, int64_t i0, int64_t i1) {
+  const FN(ew_args_) *a = p;
+  (void)blk;
+  for (int64_t i = i0; i < i1; i++) a->dx[i] = a->dy[i] * FN(act_grad_)(a->x[i], a->act);
+}
+
+/* x: gate, u: up */
+static void FN(swiglu_range_)(void *p, int64_t blk, int64_t i0, int64_t i1) {
+  const FN(ew_args_) *a = p;
+  (void)blk;
+  for (int64_t i = i0; i < i1; i++) a->y[i] = FN(act_)(a->x[i], NN_ACT_SILU) * a->u[i];
+}
+
+static void FN(swiglu_bwd_range_)(void *p, int64_t blk, int64_t i0, int64_t i1) {
+  const FN(ew_args_) *a = p;
+  (void)blk;
+  for (int64_t i = i0; i < i1; i++) {
+    R d = a->dy[i], s, ds;
+    FN(act_both_)(a->x[i], NN_ACT_SILU, &s, &ds);
+    a->du[i] = d * s;
+    a->dx[i] = d * a->u[i] * ds;
+  }
+}
+
 void FN(gm_act)(const R *x, int64_t n, nn_act act, R *y) {
-  for (int64_t i = 0; i < n; i++) y[i] = FN(act_)(x[i], act);
+  FN(ew_args_) a = {x, NULL, NULL, act, y, NULL, NULL};
+  gm_run_(FN(act_range_), &a, n, gm_blocks_(n, GM_GRAIN));
 }
 
 void FN(gm_act_bwd)(const R *x, int64_t n, nn_act act, const R *dy, R *dx) {
-  for (int64_t i = 0; i < n; i++) dx[i] = dy[i] * FN(act_grad_)(x[i], act);
+  FN(ew_args_) a = {x, NULL, dy, act, NULL, dx, NULL};
+  gm_run_(FN(act_bwd_range_), &a, n, gm_blocks_(n, GM_GRAIN));
 }
 
 void FN(gm_swiglu)(const R *gate, const R *up, int64_t n, R *out) {
-  for (int64_t i = 0; i < n; i++) out[i] = FN(act_)(gate[i], NN_ACT_SILU) * up[i];
+  FN(ew_args_) a = {gate, up, NULL, NN_ACT_SILU, out, NULL, NULL};
+  gm_run_(FN(swiglu_range_), &a, n, gm_blocks_(n, GM_GRAIN));
 }
 
 void FN(gm_swiglu_bwd)(const R *gate, const R *up, int64_t n, const R *dout, R *dgate, R *dup) {
-  for (int64_t i = 0; i < n; i++) {
-    R d = dout[i], a, da;
-    FN(act_both_)(gate[i], NN_ACT_SILU, &a, &da);
-    dup[i] = d * a;
-    dgate[i] = d * up[i] * da;
-  }
+  FN(ew_args_) a = {gate, up, dout, NN_ACT_SILU, NULL, dgate, dup};
+  gm_run_(FN(swiglu_bwd_range_), &a, n, gm_blocks_(n, GM_GRAIN));
 }
 
 void FN(gm_l2norm)(const R *x, int64_t rows, int dim, R *y) {

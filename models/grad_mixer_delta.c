@@ -19,9 +19,9 @@
 #include <math.h>
 #include <string.h>
 
-/* Every buffer of the mixer, kept whole between a split forward and backward. */
-#define DELTA_BUFFERS(X) X(q) X(k) X(dq) X(dk) X(braw) X(beta) X(dbeta) X(z) X(g) X(dg) X(f0) X(df0) \
-  X(o) X(dO) X(y) X(dy) X(gg) X(dgg) X(gg0) X(dgg0)
+/* The forward's buffers, kept between a split forward and backward (the
+** backward's own are allocated when it starts). */
+#define DELTA_BUFFERS(X) X(q) X(k) X(braw) X(beta) X(z) X(g) X(f0) X(o) X(y) X(gg) X(gg0)
 #define DELTA_FIELD_(n) float *n;
 #define DELTA_SAVE_(n) kp->n = n;
 #define DELTA_LOAD_(n) n = kp->n;
@@ -55,23 +55,15 @@ fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *d
   } else {
     sc = grad_scratch_begin(m);
     if (phase == GRAD_FWD && !(kp = (delta_kept_ *)grad_alloc(&sc, (int64_t)(sizeof *kp / sizeof(float)) + 1))) goto done;
-    if (grad_proj_alloc(&sc, &P[0], L->q_proj, H * K, rows) || grad_proj_alloc_grad(&sc, &P[0], rows) ||
-        grad_proj_alloc(&sc, &P[1], L->k_proj, H * K, rows) || grad_proj_alloc_grad(&sc, &P[1], rows) ||
-        grad_proj_alloc(&sc, &P[2], L->v_proj, H * V, rows) || grad_proj_alloc_grad(&sc, &P[2], rows) || !(q = grad_alloc(&sc, rows * H * K)) ||
-        !(k = grad_alloc(&sc, rows * H * K)) || !(dq = grad_alloc(&sc, rows * H * K)) ||
-        !(dk = grad_alloc(&sc, rows * H * K)) || !(beta = grad_alloc(&sc, rows * H)) ||
-        !(dbeta = grad_alloc(&sc, rows * H)) || !(o = grad_alloc(&sc, rows * H * V)) ||
-        !(dO = grad_alloc(&sc, rows * H * V)) || !(y = grad_alloc(&sc, rows * H * V)) ||
-        !(dy = grad_alloc(&sc, rows * H * V)))
+    if (grad_proj_alloc(&sc, &P[0], L->q_proj, H * K, rows) || grad_proj_alloc(&sc, &P[1], L->k_proj, H * K, rows) ||
+        grad_proj_alloc(&sc, &P[2], L->v_proj, H * V, rows) || !(q = grad_alloc(&sc, rows * H * K)) ||
+        !(k = grad_alloc(&sc, rows * H * K)) || !(beta = grad_alloc(&sc, rows * H)) ||
+        !(o = grad_alloc(&sc, rows * H * V)) || !(y = grad_alloc(&sc, rows * H * V)))
       goto done;
     if (L->b_proj && !(braw = grad_alloc(&sc, rows * H))) goto done;
-    if ((gdn || kda) && (!(z = grad_alloc(&sc, rows * G)) || !(g = grad_alloc(&sc, rows * G)) || !(dg = grad_alloc(&sc, rows * G))))
-      goto done;
-    if (kda && (!(f0 = grad_alloc(&sc, rows * V)) || !(df0 = grad_alloc(&sc, rows * V)) ||
-                !(gg0 = grad_alloc(&sc, rows * V)) || !(dgg0 = grad_alloc(&sc, rows * V))))
-      goto done;
-    if ((kda || L->g_proj) && (!(gg = grad_alloc(&sc, rows * H * V)) || !(dgg = grad_alloc(&sc, rows * H * V))))
-      goto done;
+    if ((gdn || kda) && (!(z = grad_alloc(&sc, rows * G)) || !(g = grad_alloc(&sc, rows * G)))) goto done;
+    if (kda && (!(f0 = grad_alloc(&sc, rows * V)) || !(gg0 = grad_alloc(&sc, rows * V)))) goto done;
+    if ((kda || L->g_proj) && !(gg = grad_alloc(&sc, rows * H * V))) goto done;
   }
   op_input in[5] = {
     {"q", q, 4, {B, T, H, K}},
@@ -125,6 +117,15 @@ fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *d
     }
   }
   /* backward */
+  s = FLA_NOMEM;
+  for (int j = 0; j < 3; j++)
+    if (grad_proj_alloc_grad(&sc, &P[j], rows)) goto done;
+  if (!(dq = grad_alloc(&sc, rows * H * K)) || !(dk = grad_alloc(&sc, rows * H * K)) ||
+      !(dbeta = grad_alloc(&sc, rows * H)) || !(dO = grad_alloc(&sc, rows * H * V)) || !(dy = grad_alloc(&sc, rows * H * V)))
+    goto done;
+  if ((gdn || kda) && !(dg = grad_alloc(&sc, rows * G))) goto done;
+  if (kda && (!(df0 = grad_alloc(&sc, rows * V)) || !(dgg0 = grad_alloc(&sc, rows * V)))) goto done;
+  if (gg && !(dgg = grad_alloc(&sc, rows * H * V))) goto done;
   memset(dx, 0, sizeof(float) * (size_t)(rows * D));
   gm_linear_bwd_f(y, rows, H * V, L->o_proj, D, dout, dy, 0, model_grad(m, L->o_proj), NULL);
   if (gg) {

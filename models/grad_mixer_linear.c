@@ -30,40 +30,74 @@ static void repeat_heads_(const float *x, int64_t rows, int Hkv, int H, int d, f
     for (int h = 0; h < H; h++) memcpy(y + (r * H + h) * d, x + (r * Hkv + h / g) * d, sizeof(float) * (size_t)d);
 }
 
-static fla_status hgrn2_(const mixer_call *mc, const float *x, const float *dout, float *dx) {
+/* What HGRN2's forward keeps for the backward (which allocates its own). */
+#define HGRN2_BUFFERS(X) X(q) X(g) X(o) X(y)
+#define HGRN2_FIELD_(n) float *n;
+#define HGRN2_SAVE_(n) kp->n = n;
+#define HGRN2_LOAD_(n) n = kp->n;
+typedef struct {
+  grad_proj P[3];
+  HGRN2_BUFFERS(HGRN2_FIELD_)
+} hgrn2_kept_;
+
+static fla_status hgrn2_(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp) {
   fla_model *m = mc->m;
   const model_layer *L = mc->L;
   int64_t rows = mc->B * mc->T;
   int D = m->cfg.hidden_size, F = L->H * L->K;
-  grad_scratch sc = grad_scratch_begin(m);
+  grad_phase phase = gp ? gp->phase : GRAD_BOTH;
+  grad_scratch sc;
   grad_proj P[3];
-  float *q, *dq, *g, *dg, *o, *dO, *y, *dy;
+  float *q = NULL, *dq = NULL, *g = NULL, *dg = NULL, *o = NULL, *dO = NULL, *y = NULL, *dy = NULL;
+  hgrn2_kept_ *kp = NULL;
   fla_status s = FLA_NOMEM;
-  if (grad_proj_alloc(&sc, &P[0], L->q_proj, F, rows) || grad_proj_alloc_grad(&sc, &P[0], rows) ||
-      grad_proj_alloc(&sc, &P[1], L->f_proj, F, rows) || grad_proj_alloc_grad(&sc, &P[1], rows) ||
-      grad_proj_alloc(&sc, &P[2], L->i_proj, D, rows) || grad_proj_alloc_grad(&sc, &P[2], rows) || !(q = grad_alloc(&sc, rows * F)) ||
-      !(dq = grad_alloc(&sc, rows * F)) || !(g = grad_alloc(&sc, rows * F)) ||
-      !(dg = grad_alloc(&sc, rows * F)) || !(o = grad_alloc(&sc, rows * D)) ||
-      !(dO = grad_alloc(&sc, rows * D)) || !(y = grad_alloc(&sc, rows * D)) || !(dy = grad_alloc(&sc, rows * D)))
-    goto done;
-  for (int j = 0; j < 3; j++) grad_proj_forward(mc, j, &P[j], x, NN_ACT_NONE);
-  gm_act_f(P[0].c, rows * F, NN_ACT_SILU, q);
-  for (int64_t r = 0; r < rows; r++)
-    for (int c = 0; c < F; c++) {
-      double f = P[1].c[r * F + c], ls = nn_logsigmoid((float)f);
-      if (L->lower_bound) {
-        double lb = L->lower_bound[c], sg = 1 / (1 + exp(-f));
-        ls = log(lb + (1 - lb) * sg);
-      }
-      g[r * F + c] = (float)ls;
-    }
+  if (phase == GRAD_BWD) {
+    sc = gp->sc;
+    kp = gp->kept;
+    memcpy(P, kp->P, sizeof P);
+    HGRN2_BUFFERS(HGRN2_LOAD_)
+  } else {
+    sc = grad_scratch_begin(m);
+    if (phase == GRAD_FWD && !(kp = (hgrn2_kept_ *)grad_alloc(&sc, (int64_t)(sizeof *kp / sizeof(float)) + 1))) goto done;
+    if (grad_proj_alloc(&sc, &P[0], L->q_proj, F, rows) || grad_proj_alloc(&sc, &P[1], L->f_proj, F, rows) ||
+        grad_proj_alloc(&sc, &P[2], L->i_proj, D, rows) || !(q = grad_alloc(&sc, rows * F)) ||
+        !(g = grad_alloc(&sc, rows * F)) || !(o = grad_alloc(&sc, rows * D)) || !(y = grad_alloc(&sc, rows * D)))
+      goto done;
+  }
   op_input in[3] = {
     {"q", q, 4, {mc->B, mc->T, L->H, L->K}},
     {"v", P[2].c, 4, {mc->B, mc->T, L->H, L->V}},
     {"gk", g, 4, {mc->B, mc->T, L->H, L->K}},
   };
-  if ((s = grad_op_forward(mc, in, 3, 0.0, o))) goto done;
-  gm_rmsnorm_f(o, rows, D, L->out_norm, 1e-5, y);
+  if (phase != GRAD_BWD) {
+    for (int j = 0; j < 3; j++) grad_proj_forward(mc, j, &P[j], x, NN_ACT_NONE);
+    gm_act_f(P[0].c, rows * F, NN_ACT_SILU, q);
+    for (int64_t r = 0; r < rows; r++)
+      for (int c = 0; c < F; c++) {
+        double f = P[1].c[r * F + c], ls = nn_logsigmoid((float)f);
+        if (L->lower_bound) {
+          double lb = L->lower_bound[c], sg = 1 / (1 + exp(-f));
+          ls = log(lb + (1 - lb) * sg);
+        }
+        g[r * F + c] = (float)ls;
+      }
+    if ((s = grad_op_forward(mc, in, 3, 0.0, o))) goto done;
+    gm_rmsnorm_f(o, rows, D, L->out_norm, 1e-5, y);
+    if (phase == GRAD_FWD) { /* the mixer's output; every buffer stays for the backward */
+      gm_linear_f(y, rows, D, L->o_proj, D, NULL, gp->out);
+      memcpy(kp->P, P, sizeof P);
+      HGRN2_BUFFERS(HGRN2_SAVE_)
+      gp->sc = sc;
+      gp->kept = kp;
+      return FLA_OK;
+    }
+  }
+  s = FLA_NOMEM;
+  for (int j = 0; j < 3; j++)
+    if (grad_proj_alloc_grad(&sc, &P[j], rows)) goto done;
+  if (!(dq = grad_alloc(&sc, rows * F)) || !(dg = grad_alloc(&sc, rows * F)) || !(dO = grad_alloc(&sc, rows * D)) ||
+      !(dy = grad_alloc(&sc, rows * D)))
+    goto done;
   gm_linear_bwd_f(y, rows, D, L->o_proj, D, dout, dy, 0, model_grad(m, L->o_proj), NULL);
   gm_rmsnorm_bwd_f(o, rows, D, L->out_norm, 1e-5, dy, dO, model_grad(m, L->out_norm));
   float *d[3] = {dq, P[2].dc, dg};
@@ -83,6 +117,7 @@ static fla_status hgrn2_(const mixer_call *mc, const float *x, const float *dout
     }
   memset(dx, 0, sizeof(float) * (size_t)(rows * D));
   for (int j = 0; j < 3; j++) grad_proj_backward(mc, j, &P[j], x, NN_ACT_NONE, dx);
+  s = FLA_OK;
 done:
   grad_scratch_free(&sc);
   return s;
@@ -99,10 +134,7 @@ fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *
   fla_model *m = mc->m;
   const model_config *cfg = &m->cfg;
   grad_phase phase = gp ? gp->phase : GRAD_BOTH;
-  if (cfg->arch == ARCH_HGRN2) {
-    if (phase != GRAD_BOTH) return FLA_UNSUPPORTED; /* the caller recomputes instead */
-    return hgrn2_(mc, x, dout, dx);
-  }
+  if (cfg->arch == ARCH_HGRN2) return hgrn2_(mc, x, dout, dx, gp);
   const model_layer *L = mc->L;
   int64_t rows = mc->B * mc->T, B = mc->B, T = mc->T;
   int D = cfg->hidden_size, H = L->H, Hkv = L->Hkv, K = L->K, V = L->V;

@@ -64,51 +64,48 @@ static void lerp_bwd_(const float *d, const float *mu, int per_row, int64_t rows
     }
 }
 
-fla_status grad_mixer_rwkv6(const mixer_call *mc, const float *x, const float *dout, float *dx) {
+/* The time mix's forward buffers, kept between a split forward and backward
+** (the backward's own are allocated when it starts). */
+#define RWKV_BUFFERS(X) X(d) X(xx0) X(th) X(mix) X(xn) X(r) X(k) X(v) X(graw) X(ta) X(w) X(o) X(on) X(y)
+#define RWKV_FIELD_(n) float *n;
+#define RWKV_SAVE_(n) kp->n = n;
+#define RWKV_LOAD_(n) n = kp->n;
+typedef struct {
+  RWKV_BUFFERS(RWKV_FIELD_)
+} rwkv_kept_;
+
+fla_status grad_mixer_rwkv6(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp) {
   fla_model *m = mc->m;
   const model_config *cfg = &m->cfg;
   const model_layer *L = mc->L;
   int64_t rows = mc->B * mc->T, B = mc->B, T = mc->T;
   int D = cfg->hidden_size, H = L->H, K = L->K, V = L->V, R = L->low_rank, G = cfg->gate_low_rank_dim;
-  grad_scratch sc = grad_scratch_begin(m);
-  float *d, *dd, *xx0, *th, *dth, *mix, *xn, *dxn, *dm, *r, *k, *v, *graw, *ta, *w, *o, *on, *y, *dy, *dO, *dOn;
-  float *dr, *dk, *dv, *dw, *du, *dta;
+  grad_phase phase = gp ? gp->phase : GRAD_BOTH;
+  grad_scratch sc;
+  float *d = NULL, *dd = NULL, *xx0 = NULL, *th = NULL, *dth = NULL, *mix = NULL, *xn = NULL, *dxn = NULL;
+  float *dm = NULL, *r = NULL, *k = NULL, *v = NULL, *graw = NULL, *ta = NULL, *w = NULL, *o = NULL, *on = NULL;
+  float *y = NULL, *dy = NULL, *dO = NULL, *dOn = NULL, *dr = NULL, *dk = NULL, *dv = NULL, *dw = NULL, *du = NULL;
+  float *dta = NULL;
+  rwkv_kept_ *kp = NULL;
   fla_status s = FLA_NOMEM;
-  if (!(d = grad_alloc(&sc, rows * D)) || !(dd = grad_alloc(&sc, rows * D)) || !(xx0 = grad_alloc(&sc, rows * D)) ||
-      !(th = grad_alloc(&sc, rows * 5 * R)) || !(dth = grad_alloc(&sc, rows * 5 * R)) ||
-      !(mix = grad_alloc(&sc, 5 * rows * D)) || !(xn = grad_alloc(&sc, 5 * rows * D)) ||
-      !(dxn = grad_alloc(&sc, rows * D)) || !(dm = grad_alloc(&sc, rows * D)) ||
-      !(r = grad_alloc(&sc, rows * H * K)) || !(k = grad_alloc(&sc, rows * H * K)) ||
-      !(v = grad_alloc(&sc, rows * H * V)) || !(graw = grad_alloc(&sc, rows * H * V)) ||
-      !(ta = grad_alloc(&sc, rows * G)) || !(dta = grad_alloc(&sc, rows * G)) || !(w = grad_alloc(&sc, rows * H * K)) ||
-      !(o = grad_alloc(&sc, rows * H * V)) || !(on = grad_alloc(&sc, rows * H * V)) ||
-      !(y = grad_alloc(&sc, rows * H * V)) || !(dy = grad_alloc(&sc, rows * H * V)) ||
-      !(dO = grad_alloc(&sc, rows * H * V)) || !(dOn = grad_alloc(&sc, rows * H * V)) ||
-      !(dr = grad_alloc(&sc, rows * H * K)) || !(dk = grad_alloc(&sc, rows * H * K)) ||
-      !(dv = grad_alloc(&sc, rows * H * V)) || !(dw = grad_alloc(&sc, rows * H * K)) || !(du = grad_alloc(&sc, H * K)))
-    goto done;
-  /* forward */
-  shift_(mc, x, d);
-  lerp_(x, d, L->x_mu, 0, rows, D, xx0);
-  gm_linear_f(xx0, rows, D, L->x_proj0, 5 * R, NULL, th);
-  for (int64_t i = 0; i < rows * 5 * R; i++) th[i] = tanhf(th[i]);
-  for (int n = 0; n < 5; n++) {
-    float *mn = mix + n * rows * D;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, D, R, 1.0f, th + n * R, 5 * R,
-                L->x_proj2 + n * R, 5 * R, 0.0f, mn, D);
-    for (int64_t i = 0; i < rows; i++)
-      for (int c = 0; c < D; c++) mn[i * D + c] += L->x_bias[n * D + c];
-    lerp_(x, d, mn, 1, rows, D, xn + n * rows * D);
+  if (phase == GRAD_BWD) {
+    sc = gp->sc;
+    kp = gp->kept;
+    RWKV_BUFFERS(RWKV_LOAD_)
+  } else {
+    sc = grad_scratch_begin(m);
+    if (phase == GRAD_FWD && !(kp = (rwkv_kept_ *)grad_alloc(&sc, (int64_t)(sizeof *kp / sizeof(float)) + 1))) goto done;
+    if (!(d = grad_alloc(&sc, rows * D)) || !(xx0 = grad_alloc(&sc, rows * D)) || !(th = grad_alloc(&sc, rows * 5 * R)) ||
+        !(mix = grad_alloc(&sc, 5 * rows * D)) || !(xn = grad_alloc(&sc, 5 * rows * D)) ||
+        !(r = grad_alloc(&sc, rows * H * K)) || !(k = grad_alloc(&sc, rows * H * K)) ||
+        !(v = grad_alloc(&sc, rows * H * V)) || !(graw = grad_alloc(&sc, rows * H * V)) ||
+        !(ta = grad_alloc(&sc, rows * G)) || !(w = grad_alloc(&sc, rows * H * K)) ||
+        !(o = grad_alloc(&sc, rows * H * V)) || !(on = grad_alloc(&sc, rows * H * V)) || !(y = grad_alloc(&sc, rows * H * V)))
+      goto done;
   }
   const float *Wn[5] = {L->q_proj, NULL, L->k_proj, L->v_proj, L->g_proj};
-  float *dst[5] = {r, NULL, k, v, graw}, *ddst[5] = {dr, NULL, dk, dv, dy};
+  float *dst[5] = {r, NULL, k, v, graw};
   int C[5] = {H * K, H * K, H * K, H * V, H * V};
-  for (int n = 0; n < 5; n++)
-    if (Wn[n]) gm_linear_f(xn + n * rows * D, rows, D, Wn[n], C[n], NULL, dst[n]);
-  gm_linear_f(xn + rows * D, rows, D, L->w_lora0, G, NULL, ta);
-  for (int64_t i = 0; i < rows * G; i++) ta[i] = tanhf(ta[i]);
-  gm_linear_f(ta, rows, G, L->w_lora2, H * K, L->w_lora2_b, w);
-  for (int64_t i = 0; i < rows * H * K; i++) w[i] = -expf(w[i]);
   op_input in[5] = {
     {"r", r, 4, {B, T, H, K}},
     {"k", k, 4, {B, T, H, K}},
@@ -116,10 +113,46 @@ fla_status grad_mixer_rwkv6(const mixer_call *mc, const float *x, const float *d
     {"w", w, 4, {B, T, H, K}},
     {"u", (float *)L->bonus, 2, {H, K, 0, 0}},
   };
-  if ((s = grad_op_forward(mc, in, 5, 1.0, o))) goto done;
-  gm_groupnorm_f(o, rows, H * V, H, L->out_norm, L->out_norm_b, cfg->norm_eps, on);
-  for (int64_t i = 0; i < rows * H * V; i++) y[i] = on[i] * graw[i] * nn_sigmoid(graw[i]);
+  if (phase != GRAD_BWD) {
+    /* forward */
+    shift_(mc, x, d);
+    lerp_(x, d, L->x_mu, 0, rows, D, xx0);
+    gm_linear_f(xx0, rows, D, L->x_proj0, 5 * R, NULL, th);
+    for (int64_t i = 0; i < rows * 5 * R; i++) th[i] = tanhf(th[i]);
+    for (int n = 0; n < 5; n++) {
+      float *mn = mix + n * rows * D;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, D, R, 1.0f, th + n * R, 5 * R,
+                  L->x_proj2 + n * R, 5 * R, 0.0f, mn, D);
+      for (int64_t i = 0; i < rows; i++)
+        for (int c = 0; c < D; c++) mn[i * D + c] += L->x_bias[n * D + c];
+      lerp_(x, d, mn, 1, rows, D, xn + n * rows * D);
+    }
+    for (int n = 0; n < 5; n++)
+      if (Wn[n]) gm_linear_f(xn + n * rows * D, rows, D, Wn[n], C[n], NULL, dst[n]);
+    gm_linear_f(xn + rows * D, rows, D, L->w_lora0, G, NULL, ta);
+    for (int64_t i = 0; i < rows * G; i++) ta[i] = tanhf(ta[i]);
+    gm_linear_f(ta, rows, G, L->w_lora2, H * K, L->w_lora2_b, w);
+    for (int64_t i = 0; i < rows * H * K; i++) w[i] = -expf(w[i]);
+    if ((s = grad_op_forward(mc, in, 5, 1.0, o))) goto done;
+    gm_groupnorm_f(o, rows, H * V, H, L->out_norm, L->out_norm_b, cfg->norm_eps, on);
+    for (int64_t i = 0; i < rows * H * V; i++) y[i] = on[i] * graw[i] * nn_sigmoid(graw[i]);
+    if (phase == GRAD_FWD) { /* the mixer's output; every buffer stays for the backward */
+      gm_linear_f(y, rows, H * V, L->o_proj, D, NULL, gp->out);
+      RWKV_BUFFERS(RWKV_SAVE_)
+      gp->sc = sc;
+      gp->kept = kp;
+      return FLA_OK;
+    }
+  }
   /* backward: output, gate, norm, recipe */
+  s = FLA_NOMEM;
+  if (!(dd = grad_alloc(&sc, rows * D)) || !(dth = grad_alloc(&sc, rows * 5 * R)) || !(dxn = grad_alloc(&sc, rows * D)) ||
+      !(dm = grad_alloc(&sc, rows * D)) || !(dta = grad_alloc(&sc, rows * G)) || !(dy = grad_alloc(&sc, rows * H * V)) ||
+      !(dO = grad_alloc(&sc, rows * H * V)) || !(dOn = grad_alloc(&sc, rows * H * V)) ||
+      !(dr = grad_alloc(&sc, rows * H * K)) || !(dk = grad_alloc(&sc, rows * H * K)) ||
+      !(dv = grad_alloc(&sc, rows * H * V)) || !(dw = grad_alloc(&sc, rows * H * K)) || !(du = grad_alloc(&sc, H * K)))
+    goto done;
+  float *ddst[5] = {dr, NULL, dk, dv, dy};
   gm_linear_bwd_f(y, rows, H * V, L->o_proj, D, dout, dOn, 0, model_grad(m, L->o_proj), NULL);
   for (int64_t i = 0; i < rows * H * V; i++) {
     double sg = 1 / (1 + exp(-(double)graw[i]));
@@ -163,27 +196,51 @@ done:
   return s;
 }
 
-fla_status grad_rwkv6_ffn(const mixer_call *mc, const float *x, const float *dout, float *dx) {
+typedef struct {
+  float *d, *xk, *xr, *kr, *kk, *vv, *rr;
+} ffn_kept_;
+
+fla_status grad_rwkv6_ffn(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp) {
   fla_model *m = mc->m;
   const model_layer *L = mc->L;
   int64_t rows = mc->B * mc->T;
   int D = m->cfg.hidden_size, F = L->ffn_dim; /* not F: complex.h (via cblas.h) owns it */
-  grad_scratch sc = grad_scratch_begin(m);
-  float *d, *dd, *xk, *xr, *kr, *kk, *vv, *rr, *dkk, *dxn;
-  if (!(d = grad_alloc(&sc, rows * D)) || !(dd = grad_alloc(&sc, rows * D)) || !(xk = grad_alloc(&sc, rows * D)) ||
-      !(xr = grad_alloc(&sc, rows * D)) || !(kr = grad_alloc(&sc, rows * F)) || !(kk = grad_alloc(&sc, rows * F)) ||
-      !(vv = grad_alloc(&sc, rows * D)) || !(rr = grad_alloc(&sc, rows * D)) || !(dkk = grad_alloc(&sc, rows * F)) ||
-      !(dxn = grad_alloc(&sc, rows * D))) {
+  grad_phase phase = gp ? gp->phase : GRAD_BOTH;
+  grad_scratch sc;
+  ffn_kept_ *kp;
+  float *dd, *dkk, *dxn;
+  if (phase == GRAD_BWD) {
+    sc = gp->sc;
+    kp = gp->kept;
+  } else {
+    sc = grad_scratch_begin(m);
+    if (!(kp = (ffn_kept_ *)grad_alloc(&sc, (int64_t)(sizeof *kp / sizeof(float)) + 1)) ||
+        !(kp->d = grad_alloc(&sc, rows * D)) || !(kp->xk = grad_alloc(&sc, rows * D)) ||
+        !(kp->xr = grad_alloc(&sc, rows * D)) || !(kp->kr = grad_alloc(&sc, rows * F)) ||
+        !(kp->kk = grad_alloc(&sc, rows * F)) || !(kp->vv = grad_alloc(&sc, rows * D)) ||
+        !(kp->rr = grad_alloc(&sc, rows * D))) {
+      grad_scratch_free(&sc);
+      return FLA_NOMEM;
+    }
+    shift_(mc, x, kp->d);
+    lerp_(x, kp->d, L->ffn_key_mu, 0, rows, D, kp->xk);
+    gm_linear_f(kp->xk, rows, D, L->ffn_key, F, NULL, kp->kr);
+    for (int64_t i = 0; i < rows * F; i++) kp->kk[i] = kp->kr[i] > 0 ? kp->kr[i] * kp->kr[i] : 0.0f;
+    gm_linear_f(kp->kk, rows, F, L->ffn_value, D, NULL, kp->vv);
+    lerp_(x, kp->d, L->ffn_rec_mu, 0, rows, D, kp->xr);
+    gm_linear_f(kp->xr, rows, D, L->ffn_rec, D, NULL, kp->rr);
+    if (phase == GRAD_FWD) { /* out = vv sigmoid(rr) */
+      for (int64_t i = 0; i < rows * D; i++) gp->out[i] = kp->vv[i] * nn_sigmoid(kp->rr[i]);
+      gp->sc = sc;
+      gp->kept = kp;
+      return FLA_OK;
+    }
+  }
+  if (!(dd = grad_alloc(&sc, rows * D)) || !(dkk = grad_alloc(&sc, rows * F)) || !(dxn = grad_alloc(&sc, rows * D))) {
     grad_scratch_free(&sc);
     return FLA_NOMEM;
   }
-  shift_(mc, x, d);
-  lerp_(x, d, L->ffn_key_mu, 0, rows, D, xk);
-  gm_linear_f(xk, rows, D, L->ffn_key, F, NULL, kr);
-  for (int64_t i = 0; i < rows * F; i++) kk[i] = kr[i] > 0 ? kr[i] * kr[i] : 0.0f;
-  gm_linear_f(kk, rows, F, L->ffn_value, D, NULL, vv);
-  lerp_(x, d, L->ffn_rec_mu, 0, rows, D, xr);
-  gm_linear_f(xr, rows, D, L->ffn_rec, D, NULL, rr);
+  float *d = kp->d, *xk = kp->xk, *xr = kp->xr, *kr = kp->kr, *kk = kp->kk, *vv = kp->vv, *rr = kp->rr;
   /* out = vv sigmoid(rr): dvv (into vv's room after use) and drr (into rr's) */
   for (int64_t i = 0; i < rows * D; i++) {
     float sg = nn_sigmoid(rr[i]);

@@ -108,8 +108,8 @@ fla_status grad_op_forward(const mixer_call *mc, const op_input *in, int n, doub
     ctx->nthreads = threads_for_(mc);
     grad_blas_threads(1);
     s = fla_op_forward(L->op, args, n, ot, NULL);
-    grad_blas_threads(threads);
     ctx->nthreads = threads;
+    grad_blas_threads(fla_ctx_threads(ctx));
   }
   for (int i = 0; i < n; i++) fla_tensor_free(owned[i]);
   fla_tensor_free(ot);
@@ -142,8 +142,8 @@ fla_status grad_op_backward(const mixer_call *mc, const op_input *in, int n, dou
     ctx->nthreads = threads_for_(mc);
     grad_blas_threads(1);
     s = fla_op_backward(L->op, args, n, dot, NULL, grads, ng);
-    grad_blas_threads(threads);
     ctx->nthreads = threads;
+    grad_blas_threads(fla_ctx_threads(ctx));
   }
   for (int i = 0; i < n; i++) fla_tensor_free(owned[i]);
   for (int i = 0; i < ng; i++) fla_tensor_free(gt[i]);

@@ -90,20 +90,15 @@ static fla_status mlp_grad_(const mixer_call *mc, const float *h, const float *d
 }
 
 static fla_status mixer_grad_(const mixer_call *mc, const float *h, const float *dout, float *dh, grad_pass *gp) {
-  model_arch a = mc->m->cfg.arch;
-  if (!mc->L->is_attn && (a == ARCH_GLA || a == ARCH_RETNET || a == ARCH_HGRN2)) return grad_mixer_linear(mc, h, dout, dh, gp);
-  if (!mc->L->is_attn && (a == ARCH_GATED_DELTANET || a == ARCH_DELTA_NET || a == ARCH_KDA))
-    return grad_mixer_delta(mc, h, dout, dh, gp);
   if (mc->L->is_attn) return grad_mixer_attention(mc, h, dout, dh, gp);
-  if (gp && gp->phase == GRAD_FWD) return FLA_UNSUPPORTED; /* recomputed in the backward */
   switch (mc->m->cfg.arch) {
   case ARCH_GLA:
   case ARCH_RETNET:
-  case ARCH_HGRN2: break;
+  case ARCH_HGRN2: return grad_mixer_linear(mc, h, dout, dh, gp);
   case ARCH_GATED_DELTANET:
   case ARCH_DELTA_NET:
-  case ARCH_KDA: break;
-  case ARCH_RWKV6: return grad_mixer_rwkv6(mc, h, dout, dh);
+  case ARCH_KDA: return grad_mixer_delta(mc, h, dout, dh, gp);
+  case ARCH_RWKV6: return grad_mixer_rwkv6(mc, h, dout, dh, gp);
   case ARCH_TRANSFORMER: break;
   }
   return fla_set_error(mc->m->ctx, FLA_ERROR, "layer %d: no token mixer", mc->L->index);
@@ -180,7 +175,8 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
     }
   }
   if ((s = fla_cache_new(m, (int)B, &c))) goto done;
-  grad_blas_threads(m->ctx->nthreads); /* the products use every thread (and every call alike) */
+  grad_blas_threads(fla_ctx_threads(m->ctx)); /* the products use every thread (and every call alike) */
+  gm_set_threads(fla_ctx_threads(m->ctx));
   /* forward: keep the residual stream at each layer's input and middle */
   float *x = xs + 2 * (int64_t)NL * RD; /* runs through the layers, ends as the final stream */
   for (int64_t i = 0; i < rows; i++) memcpy(x + i * D, m->embeddings + (int64_t)ids[i] * D, sizeof(float) * D);
@@ -201,14 +197,14 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
       gm->phase = GRAD_BOTH;
       grad_blas_threads(1);
       s = model_token_mixer(&mc, h, o);
-      grad_blas_threads(m->ctx->nthreads);
+      grad_blas_threads(fla_ctx_threads(m->ctx));
     }
     if (s) goto done;
     nn_add(x, o, RD);
     memcpy(xs + (2 * (int64_t)l + 1) * RD, x, sizeof(float) * (size_t)RD);
     model_block_norm(m, x, rows, L->mlp_norm_w, L->mlp_norm_b, h);
-    *gf = (grad_pass){m->recompute || cfg->arch == ARCH_RWKV6 ? GRAD_BOTH : GRAD_FWD, o, NULL, {0}};
-    if (gf->phase == GRAD_FWD) s = mlp_grad_(&mc, h, NULL, NULL, gf);
+    *gf = (grad_pass){m->recompute ? GRAD_BOTH : GRAD_FWD, o, NULL, {0}};
+    if (gf->phase == GRAD_FWD) s = cfg->arch == ARCH_RWKV6 ? grad_rwkv6_ffn(&mc, h, NULL, NULL, gf) : mlp_grad_(&mc, h, NULL, NULL, gf);
     else s = cfg->arch == ARCH_RWKV6 ? mixer_rwkv6_ffn(&mc, h, o) : model_mlp(&mc, h, o);
     if (s) goto done;
     nn_add(x, o, RD);
@@ -233,7 +229,7 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
     if (gm->phase == GRAD_FWD) gm->phase = GRAD_BWD;
     if (gf->phase == GRAD_FWD) gf->phase = GRAD_BWD;
     model_block_norm(m, xmid, rows, L->mlp_norm_w, L->mlp_norm_b, h);
-    s = cfg->arch == ARCH_RWKV6 ? grad_rwkv6_ffn(&mc, h, dx, dh) : mlp_grad_(&mc, h, dx, dh, gf);
+    s = cfg->arch == ARCH_RWKV6 ? grad_rwkv6_ffn(&mc, h, dx, dh, gf) : mlp_grad_(&mc, h, dx, dh, gf);
     gf->phase = GRAD_BOTH; /* its scratch is given back */
     if (s) goto done;
     norm_bwd_(m, xmid, rows, L->mlp_norm_w, L->mlp_norm_b, dh, tmp, dx);

@@ -31,8 +31,8 @@ typedef struct grad_pass grad_pass;
 fla_status grad_mixer_linear(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp);
 fla_status grad_mixer_delta(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp);
 fla_status grad_mixer_attention(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp);
-fla_status grad_mixer_rwkv6(const mixer_call *mc, const float *x, const float *dout, float *dx);
-fla_status grad_rwkv6_ffn(const mixer_call *mc, const float *x, const float *dout, float *dx);
+fla_status grad_mixer_rwkv6(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp);
+fla_status grad_rwkv6_ffn(const mixer_call *mc, const float *x, const float *dout, float *dx, grad_pass *gp);
 
 /* The layer's recipe op from a zero state: o = op(in), then d[i] = the
 ** gradient of sum(o * d_o) with respect to in[i] (d[i] NULL: not wanted). */

@@ -69,8 +69,8 @@ static int ends_with_(const char *s, const char *suffix) {
 
 /* fla's conventions (its _init_weights and the layers' own parameters):
 ** norm weights 1, biases 0, Linear / Conv1d / Embedding weights normal(0,
-** initializer_range); Mamba-style gates: A_log = log(U(1, 16)), dt_bias the
-** inverse softplus of dt = exp(U(log 1e-3, log 0.1)) (at least 1e-4);
+** initializer_range); Mamba-style gates: A_log = log(U(0, 16)) (KDA: U(1, 16)), dt_bias the
+** inverse softplus of dt = exp(U(log 1e-3, log 0.1)) (at least 1e-4; KDA: 0);
 ** HGRN2's lower_bounds, RWKV-6's token-shift mixes and bonus 0. */
 static void init_param_(const model_config *c, const model_param *p, float *x, init_rng *r) {
   const char *n = p->name;
@@ -79,8 +79,11 @@ static void init_param_(const model_config *c, const model_param *p, float *x, i
     for (int64_t i = 0; i < k; i++) x[i] = 1.0f;
   } else if (ends_with_(n, "bias") && !ends_with_(n, "dt_bias")) {
     for (int64_t i = 0; i < k; i++) x[i] = 0.0f; /* also RWKV-6's x_bias */
-  } else if (ends_with_(n, "A_log")) {
-    for (int64_t i = 0; i < k; i++) x[i] = (float)log(1.0 + 15.0 * uniform_(r));
+  } else if (ends_with_(n, "A_log")) { /* Gated DeltaNet: A ~ U(0, 16); KDA: U(1, 16) */
+    double lo = c->arch == ARCH_KDA ? 1.0 : 0.0;
+    for (int64_t i = 0; i < k; i++) x[i] = (float)log(lo + (16.0 - lo) * uniform_(r));
+  } else if (ends_with_(n, "dt_bias") && c->arch == ARCH_KDA) { /* KDA starts its dt_bias at 0 */
+    for (int64_t i = 0; i < k; i++) x[i] = 0.0f;
   } else if (ends_with_(n, "dt_bias")) {
     for (int64_t i = 0; i < k; i++) {
       double dt = exp(log(1e-3) + uniform_(r) * (log(0.1) - log(1e-3)));

@@ -237,10 +237,10 @@ static double central_diff_(fla_model *m, const int32_t *ids, const int32_t *tg,
 
 /* For each parameter: the entry of largest |gradient| and two random ones
 ** against central differences of the float32 forward. */
-static void check_fd_(fla_ctx *ctx, fla_model *m, const char *name) {
-  enum { B = 2, T = 19 };
+static void check_fd_T_(fla_ctx *ctx, fla_model *m, const char *name, int64_t T, float step) {
+  enum { B = 2 };
   int V = fla_model_vocab_size(m);
-  int32_t ids[B * T], tg[B * T];
+  int32_t *ids = malloc(sizeof(int32_t) * (size_t)(B * T)), *tg = malloc(sizeof(int32_t) * (size_t)(B * T));
   th_rng rng;
   th_seed(&rng, 7);
   batch_(&rng, V, B * T, ids, tg);
@@ -275,7 +275,7 @@ static void check_fd_(fla_ctx *ctx, fla_model *m, const char *name) {
       ** curvature error (the l2-normalised keys of the delta rule curve hard);
       ** the gradient must match one of them */
       double fd[3];
-      for (int k = 0; k < 2; k++) fd[k] = central_diff_(m, ids, tg, B, T, &p.data[j], (k ? 1e-3f : 2e-3f));
+      for (int k = 0; k < 2; k++) fd[k] = central_diff_(m, ids, tg, B, T, &p.data[j], k ? step / 2 : step);
       fd[2] = (4 * fd[1] - fd[0]) / 3;
       double g = p.grad[j], best = INFINITY, fdb = 0;
       for (int k = 0; k < 3; k++)
@@ -283,6 +283,9 @@ static void check_fd_(fla_ctx *ctx, fla_model *m, const char *name) {
       /* float32 forwards: the differences carry noise of about 2e-4 here
       ** (the same entry's difference moves that much with the op's algorithm) */
       double tol = 3e-3 * gmax + 2e-2 * fabs(fdb) + 6e-4;
+      /* long sequences: the two differences' disagreement bounds their error */
+      if (T > 64) tol += 0.5 * fabs(fd[0] - fd[1]);
+      fflush(stdout);
       ck_assert_msg(best <= tol, "%s: %s[%lld]: gradient %.6g, finite differences %.6g, %.6g, %.6g (largest |gradient| %.3g)",
                     name, p.name, (long long)j, g, fd[0], fd[1], fd[2], gmax);
       if (getenv("TG_VERBOSE")) printf("    %s[%lld] g %.6g fd %.6g gmax %.3g\n", p.name, (long long)j, g, fdb, gmax);
@@ -290,8 +293,13 @@ static void check_fd_(fla_ctx *ctx, fla_model *m, const char *name) {
       checked++;
     }
   }
-  printf("  %-16s %3d parameters, %4d entries, worst error / largest gradient %.2e\n", name, np, checked, worst);
+  printf("  %-16s %3d parameters, %4d entries, worst error / largest gradient %.2e (T = %lld)\n", name, np, checked,
+         worst, (long long)T);
+  free(ids);
+  free(tg);
 }
+
+static void check_fd_(fla_ctx *ctx, fla_model *m, const char *name) { check_fd_T_(ctx, m, name, 19, 2e-3f); }
 
 static void check_model_fd_(const char *name) {
   fla_ctx *ctx = th_cpu_ctx();
@@ -318,6 +326,24 @@ END_TEST
 START_TEST(test_model_fd_transformer) { check_model_fd_("transformer"); }
 END_TEST
 START_TEST(test_model_fd_gla_hybrid_swa) { check_model_fd_("gla_hybrid_swa"); }
+END_TEST
+
+/* Sequences longer than the recipes' chunk (64): the state crosses chunks.
+** Over 150 tokens RWKV-6's bonus curves hard (its differences at steps 2e-3
+** and 1e-3 were 26% and 9% off the gradient, closing in on it) while GLA's
+** small gate gradients drown in float32 noise at small steps: steps 1e-3 and
+** 5e-4, and half their disagreement added to the tolerance. */
+START_TEST(test_model_fd_long) {
+  static const char *const names[] = {"gla", "gated_deltanet", "rwkv6", "gla_hybrid_swa"};
+  fla_ctx *ctx = th_cpu_ctx();
+  size_t n = th_quick() ? 1 : sizeof names / sizeof names[0]; /* sanitizer builds: GLA only */
+  for (size_t i = 0; i < n; i++) {
+    fla_model *m = load_trainable_(ctx, names[i]);
+    check_fd_T_(ctx, m, names[i], 150, 1e-3f);
+    fla_model_free(m);
+  }
+  fla_ctx_free(ctx);
+}
 END_TEST
 
 /* A model made by fla_model_create with tied embeddings: the head's gradient
@@ -426,6 +452,49 @@ START_TEST(test_create_every_arch) {
     ck_assert_msg(isfinite(per) && fabs(per - want) < 0.1, "%s: initial loss %g", names[i], per);
     fla_model_free(m);
   }
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+/* The gradients train: plain SGD on a periodic sequence drives the loss down
+** (every architecture from its config, hidden 32, vocabulary 16). */
+START_TEST(test_sgd_learns) {
+  static const char *const types[] = {"gla", "gated_deltanet", "retnet", "delta_net", "kda", "hgrn2", "rwkv6", "transformer"};
+  fla_ctx *ctx = th_cpu_ctx();
+  char dir[] = "/tmp/fla_sgd_XXXXXX", path[64], cfg[512];
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  enum { T = 48 };
+  int32_t ids[T], tg[T];
+  for (int t = 0; t < T; t++) {
+    ids[t] = (t * 5) % 7 + 3; /* period 7 */
+    tg[t] = ((t + 1) * 5) % 7 + 3;
+  }
+  for (size_t a = 0; a < sizeof types / sizeof types[0]; a++) {
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"%s\", \"hidden_size\": 32, \"num_hidden_layers\": 2, \"num_heads\": 2,"
+             " \"head_dim\": 16, \"vocab_size\": 16, \"initializer_range\": 0.1}", types[a]);
+    th_write_bytes(path, cfg, strlen(cfg));
+    fla_model *m;
+    ck_assert_msg(fla_model_create(ctx, path, 1, &m) == FLA_OK, "%s: %s", types[a], fla_errmsg(ctx));
+    double first = 0, loss = 0;
+    int64_t count;
+    for (int step = 0; step < 60; step++) {
+      fla_model_zero_grad(m);
+      ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, 1, T, 1.0f / T, &loss, &count), FLA_OK);
+      loss /= (double)count;
+      if (step == 0) first = loss;
+      for (int i = 0; i < fla_model_num_params(m); i++) {
+        fla_param p;
+        fla_model_param(m, i, &p);
+        for (int64_t j = 0; j < p.numel; j++) p.data[j] -= 0.3f * p.grad[j];
+      }
+    }
+    printf("  %-16s SGD: loss per token %.3f -> %.3f\n", types[a], first, loss);
+    ck_assert_msg(isfinite(loss) && loss < 0.5 * first, "%s: loss %g -> %g", types[a], first, loss);
+    fla_model_free(m);
+  }
+  unlink(path);
+  rmdir(dir);
   fla_ctx_free(ctx);
 }
 END_TEST
@@ -587,7 +656,7 @@ END_TEST
 ** every mixer that can keep (and one that cannot). */
 START_TEST(test_keep_equals_recompute) {
   static const char *const names[] = {"gla", "retnet", "gated_deltanet", "delta_net", "kda", "hgrn2",
-                                      "transformer", "gla_hybrid_swa"};
+                                      "rwkv6", "transformer", "gla_hybrid_swa"};
   fla_ctx *ctx = th_cpu_ctx();
   for (size_t n = 0; n < sizeof names / sizeof names[0]; n++) {
     fla_model *m = load_trainable_(ctx, names[n]);
@@ -620,7 +689,12 @@ START_TEST(test_keep_equals_recompute) {
     }
     double rel = th_rel_rms_f32(grads[1], grads[0], total);
     printf("  %-16s keep vs recompute: loss %.9g / %.9g, gradients rel-RMS %.2e\n", names[n], loss[0], loss[1], rel);
-    ck_assert_msg(fabs(loss[0] - loss[1]) <= 1e-6 * loss[0] && rel < 1e-5, "%s: keep and recompute differ", names[n]);
+    fflush(stdout);
+    /* the two forwards round differently (grad_math's functions or the model's);
+    ** RWKV-6's chunked core turns those 1e-7 input differences into 1e-4 in
+    ** the receptance and key gradients of the last layer (measured 1.0e-4) */
+    double tol = strcmp(names[n], "rwkv6") ? 1e-5 : 1e-3;
+    ck_assert_msg(fabs(loss[0] - loss[1]) <= 1e-6 * loss[0] && rel < tol, "%s: keep and recompute differ", names[n]);
     free(grads[0]);
     free(grads[1]);
     fla_model_free(m);
@@ -753,9 +827,11 @@ int main(void) {
   tcase_add_test(tc, test_model_fd_rwkv6);
   tcase_add_test(tc, test_model_fd_transformer);
   tcase_add_test(tc, test_model_fd_gla_hybrid_swa);
+  tcase_add_test(tc, test_model_fd_long);
   tcase_add_test(tc, test_model_fd_tied);
   tcase_add_test(tc, test_model_fd_variants);
   tcase_add_test(tc, test_create_every_arch);
+  tcase_add_test(tc, test_sgd_learns);
   tcase_add_test(tc, test_accumulation);
   tcase_add_test(tc, test_params_and_create);
   tcase_add_test(tc, test_keep_equals_recompute);
