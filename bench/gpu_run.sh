@@ -5,21 +5,28 @@
 # travel to the device machine):
 #
 #   here:   cmake -S . -B build && cmake --build build -j2
-#           mkdir -p .device/conformance && cp ../shared/conformance/ops.safetensors .device/conformance/
-#   there:  bash bench/gpu_run.sh        (run tool: carry ["build", ".device"])
+#           mkdir -p .device/shared && cp -r ../shared/conformance .device/shared/
+#           (build/ is over the 64 MiB a call carries: strip the binaries below
+#           into .device/bin and run with BUILD=.device/bin)
+#   there:  bash bench/gpu_run.sh        (run tool: carry [".device"])
 #
-# Runs build/test_gpu_ops (every recipe's GPU forward and backward against the
-# CPU), build/fla-check --device cuda on every conformance case (f32 and bf16,
-# both algorithms; outputs and every gradient), and build/fla-bench --device
-# cuda (forward, and forward+backward for T > 1) when it runs there. Full logs
-# go to $OUT (or .device/out/ when OUT is unset); a short table comes last.
-# Exit status: 0 when every part passed.
+# Runs test_gpu_ops (every recipe's GPU forward and backward against the CPU),
+# test_gpu_portable (the HIP stages' shared source built for CUDA),
+# test_gpu_models (every tiny fla checkpoint on the GPU, f32 and bf16),
+# fla-check --device cuda on every conformance case (f32 and bf16, both
+# algorithms; outputs and every gradient), fla-bench --device cuda (every
+# recipe's forward at the ANCHORS.md shapes, then forward+backward of
+# retention, simple_gla, gla and gated_delta_rule) and fla-model-bench (GLA
+# 1.3B decode and prefill). Full logs go to $OUT (or .device/out/ when OUT is
+# unset); a short table comes last. Exit status: 0 when every check passed.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-.device/out}
 mkdir -p "$OUT"
 BUILD=${BUILD:-build}
-OPS=${OPS:-.device/conformance/ops.safetensors}
+export FLA_SHARED_DIR=${FLA_SHARED_DIR:-$PWD/.device/shared}
+OPS=${OPS:-$FLA_SHARED_DIR/conformance/ops.safetensors}
+export FLA_RECIPE_PATH=$PWD/recipes   # the tree may not be where it was built
 export FLA_CACHE_DIR=${FLA_CACHE_DIR:-/tmp/fla_modcache}
 export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-900}
 
@@ -34,6 +41,16 @@ t_ops=$(( $(date +%s) - t0 ))
 # The portable stages (HIP's shared source, built for CUDA) against the CPU.
 "$BUILD/test_gpu_portable" > "$OUT/test_gpu_portable.log" 2>&1
 rc_port=$?
+# The model layer on the GPU: every tiny checkpoint (needs $FLA_SHARED_DIR).
+# cuBLAS is loaded with dlopen: point at it when ldconfig does not know it.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+  lib=$(ls /usr/local/cuda/lib64/libcublas.so.1[0-9]* 2>/dev/null | head -n1)
+  [ -n "$lib" ] && export FLA_CUBLAS_LIBRARY=$lib
+fi
+t0=$(date +%s)
+"$BUILD/test_gpu_models" > "$OUT/test_gpu_models.log" 2>&1
+rc_models=$?
+t_models=$(( $(date +%s) - t0 ))
 
 # 2. fla-check on every conformance case (case:recipe as in tests/test_conformance.c).
 CASES="linear_attn:linear_attn retention:retention simple_gla:simple_gla gla:gla gla_long:gla
@@ -69,9 +86,18 @@ else
   rc_check=2
 fi
 
-# 3. fla-bench on the GPU: the shapes of shared/ANCHORS.md (forward and fwd+bwd, bf16).
-timeout ${BENCH_TIMEOUT:-300} "$BUILD/fla-bench" --device cuda > "$OUT/fla_bench.log" 2>&1
+# 3. fla-bench on the GPU: the shapes of shared/ANCHORS.md, bf16: every recipe's
+# forward, then forward+backward of the recipes ANCHORS.md times (the gated ones'
+# backward is the recurrent stage's, slow: measured, not compared).
+FLA_BENCH_NO_BWD=1 timeout ${BENCH_TIMEOUT:-300} "$BUILD/fla-bench" --device cuda > "$OUT/fla_bench.log" 2>&1
 rc_bench=$?
+timeout ${BENCH_TIMEOUT:-300} "$BUILD/fla-bench" --device cuda --recipe retention --recipe simple_gla \
+  --recipe gla --recipe gated_delta_rule > "$OUT/fla_bench_bwd.log" 2>&1
+rc_bench_bwd=$?
+# 4. A GLA with fla's 1.3B configuration (random bf16 weights): decode and prefill.
+timeout ${MODEL_BENCH_TIMEOUT:-200} "$BUILD/fla-model-bench" --config bench/configs/gla-1.3b.json \
+  --dtype bf16 --prompt-len 4096 --runs 3 --batch 1,8,64 --decode-steps 128 > "$OUT/model_bench.log" 2>&1
+rc_mbench=$?
 
 # The table.
 {
@@ -84,14 +110,20 @@ rc_bench=$?
   grep -E ':[A-Z]:|FAIL' "$OUT/test_gpu_ops.log" | grep -v '^  ' | head -n 20
   echo "test_gpu_portable (rc $rc_port): $(grep -E '^[0-9]+%: Checks' "$OUT/test_gpu_portable.log" | tail -n1)"
   grep -E ':[A-Z]:|FAIL' "$OUT/test_gpu_portable.log" | head -n 10
+  echo "test_gpu_models (rc $rc_models, ${t_models} s): $(grep -E '^[0-9]+%: Checks' "$OUT/test_gpu_models.log" | tail -n1)"
+  grep -E ':[A-Z]:|FAIL' "$OUT/test_gpu_models.log" | head -n 10
   echo
   echo "fla-check --device cuda (rc $rc_check): relative RMS vs the float64 references (grad: the worst gradient)"
   echo "| case        | recipe           | dt   | algo      | o         | ht        | grad              | result |"
   echo "|-------------|------------------|------|-----------|-----------|-----------|-------------------|--------|"
   cat "$OUT/fla_check.rows"
   echo
-  echo "fla-bench --device cuda: rc $rc_bench (log: fla_bench.log)"
-  cat "$OUT/fla_bench.log"
+  echo "fla-bench --device cuda, forward: rc $rc_bench (log: fla_bench.log)"
+  grep '^|' "$OUT/fla_bench.log"
+  echo "fla-bench --device cuda, forward+backward: rc $rc_bench_bwd (log: fla_bench_bwd.log)"
+  grep '^|' "$OUT/fla_bench_bwd.log"
+  echo "fla-model-bench, GLA 1.3B bf16: rc $rc_mbench (log: model_bench.log)"
+  tail -n 25 "$OUT/model_bench.log"
 } | tee "$OUT/summary.txt"
 
-[ $rc_ops -eq 0 ] && [ $rc_port -eq 0 ] && [ $rc_check -eq 0 ]
+[ $rc_ops -eq 0 ] && [ $rc_port -eq 0 ] && [ $rc_models -eq 0 ] && [ $rc_check -eq 0 ]
