@@ -12,8 +12,9 @@
 **             median of 30 runs after warm-up, per kernel and in total;
 **   --compile-only  compiles and prints ptxas' report per kernel (no GPU).
 ** Options: --def "NAME=VAL ..."  a variant: these #defines in front of the
-**                                generated source (knobs of the template); the
-**                                option may repeat (each a variant, bench only)
+**                                generated source (knobs of the template), and
+**                                BV=n the value tile; the option may repeat
+**                                (each a variant, bench only)
 **          --shapes i,j  bench only these shapes (0-based)
 **          --recipes gdn,delta,comba  bench only these
 **          --cache DIR   cubin cache; --precompile fills it without a GPU
@@ -66,6 +67,8 @@ static void make_variant(variant *v, int recipe, int K, int V, int has_h0, int s
   v->key.K = K;
   v->key.V = V;
   v->cfg.BV = bv;
+  const char *b = defs ? strstr(defs, "BV=") : NULL; /* the tile, not a #define */
+  if (b && (b == defs || b[-1] == ' ')) v->cfg.BV = atoi(b + 3);
   fla_stage_chunk_wy_fwd.default_config(&v->key, &v->cfg);
   v->defs = defs;
 }
@@ -82,6 +85,7 @@ static char *assemble(variant *v) {
   if (!src || !d) exit(2);
   for (char *t = strtok(d, " "); t; t = strtok(NULL, " ")) {
     char *eq = strchr(t, '=');
+    if (!strncmp(t, "BV=", 3)) continue;
     if (eq) *eq = ' ';
     o += (size_t)snprintf(src + o, len - o, "#define %s\n", t);
   }

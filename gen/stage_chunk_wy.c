@@ -16,16 +16,18 @@
 **
 ** Three kernels (grid, block, dynamic shared memory):
 **   fla_wy_prep   (NC, H)      128   NBP*64*(KP+8)*2 + 64*(VP+8)*2 + 2*64*65*4
-**                                     + 64*72*2 + 3*64*4
-**   fla_wy_fwd_h  (NVH*N, H)   128   2*2*64*(KP+8)*2 + 2*64*(BVH+8)*2 + KP*(BVH+8)*2 + 256
+**                                     + 3*64*4
+**   fla_wy_fwd_h  (NVH*N, H)   128   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256) + KP*(BVH+8)*2
 **   fla_wy_fwd_o  (NC*NV, H)   128   2*64*(KP+8)*2 + 64*(BV+8)*2 + KP*(BV+8)*2 + 256
 ** KP = K rounded up to 64, VP = V rounded up to 64, NBP = 2 with a probe
 ** (p and k tiles) else 1, NV = ceil(V/BV), BVH = min(BV, 32) (the sequential
 ** state kernel takes narrower value tiles: more programs, a shorter chain a
-** chunk), NVH = ceil(V/BVH).
+** chunk), NVH = ceil(V/BVH), NS = the state kernel's pipeline stages (4 when
+** NVH*N*H <= 128 and KP <= 128, else 2).
 ** Workspaces: ws0 = W bf16 [total, H, K] (padded to 16 bytes), then the chunk
 ** states h bf16 [NC, H, K, V]; ws1 = U bf16 [total, H, V], overwritten with Vn
-** by fla_wy_fwd_h.
+** by fla_wy_fwd_h, then the chunks' gate sums gam f32 [NC, H, 64] (written
+** by fla_wy_prep, read by the other two).
 ** Both kernels can need more than 48 KiB of shared memory: the launcher
 ** raises CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to smem.
 */
@@ -50,15 +52,26 @@ static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
 static unsigned smem_prep_(const fla_gen_key *key) {
   int nbp = key->has_probe ? 2 : 1;
   return (unsigned)(nbp * WY_BT * (kp_(key->K) + 8) * 2 + WY_BT * (vp_(key->V) + 8) * 2 +
-                    2 * WY_BT * 65 * 4 + WY_BT * 72 * 2 + 3 * WY_BT * 4);
+                    2 * WY_BT * 65 * 4 + 3 * WY_BT * 4);
 }
 
 /* The state kernel's value tile (CW_BVH in chunk_wy_fwd.cuh). */
 static int bvh_(const fla_tile_config *cfg) { return cfg->BV < 32 ? cfg->BV : 32; }
 
-static unsigned smem_h_(const fla_gen_key *key, const fla_tile_config *cfg) {
+/* The state kernel's pipeline depth (cw_stages() in chunk_wy_fwd.cuh): with
+** at most WY_FEW programs (about one block a SM) 4 stages for K <= 128, else
+** 2 (two blocks a SM). ns_max: the deepest any launch can take. */
+#define WY_FEW 128
+static int stages_few_(const fla_gen_key *key) { return kp_(key->K) <= 128 ? 4 : 2; }
+static int stages_h_(const fla_gen_key *key, const fla_tile_config *cfg, int64_t N, int64_t H) {
+  int64_t nvh = (key->V + bvh_(cfg) - 1) / bvh_(cfg);
+  return nvh * N * H <= WY_FEW ? stages_few_(key) : 2;
+}
+
+static unsigned smem_h_(const fla_gen_key *key, const fla_tile_config *cfg, int ns) {
   int KP = kp_(key->K), bv = bvh_(cfg);
-  return (unsigned)(2 * 2 * WY_BT * (KP + 8) * 2 + 2 * WY_BT * (bv + 8) * 2 + KP * (bv + 8) * 2 + 256);
+  return (unsigned)(ns * (2 * WY_BT * (KP + 8) * 2 + WY_BT * (bv + 8) * 2 + WY_BT * 4) +
+                    KP * (bv + 8) * 2);
 }
 
 static unsigned smem_o_(const fla_gen_key *key, const fla_tile_config *cfg) {
@@ -101,15 +114,12 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
   if (cfg->BV < 16 || cfg->BV > 128 || cfg->BV % 16)
     return fla_set_error(ctx, FLA_INVALID, "chunk_wy_fwd: BV %d (a multiple of 16 in 16..128)",
                          cfg->BV);
-  int regs = kw_(key->K) / 16 * (cfg->BV / 8) * 4;
-  if (regs > 64)
-    return fla_set_error(ctx, FLA_INVALID,
-                         "chunk_wy_fwd: BV %d with K %d needs %d state registers a thread (at most 64)",
-                         cfg->BV, key->K, regs);
-  if (smem_h_(key, cfg) > WY_SMEM_MAX || smem_o_(key, cfg) > WY_SMEM_MAX ||
-      smem_prep_(key) > WY_SMEM_MAX)
+  /* the state kernel's slice is K x min(BV, 32): at most 64 registers a
+  ** thread for K <= 256; the output kernel holds BV / 2 accumulators */
+  unsigned smh = smem_h_(key, cfg, stages_few_(key));
+  if (smh > WY_SMEM_MAX || smem_o_(key, cfg) > WY_SMEM_MAX || smem_prep_(key) > WY_SMEM_MAX)
     return fla_set_error(ctx, FLA_INVALID, "chunk_wy_fwd: %u / %u / %u bytes of shared memory",
-                         smem_prep_(key), smem_h_(key, cfg), smem_o_(key, cfg));
+                         smem_prep_(key), smh, smem_o_(key, cfg));
   return FLA_OK;
 }
 
@@ -126,7 +136,8 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
   int64_t NC = args->num_chunks, H = args->H, N = args->N, NV = nv_(key, cfg);
   fla_chunk_launch_set(&out[0], "fla_wy_prep", (unsigned)NC, (unsigned)H, 32 * WY_WARPS, smem_prep_(key));
   int64_t NVH = (key->V + bvh_(cfg) - 1) / bvh_(cfg);
-  fla_chunk_launch_set(&out[1], "fla_wy_fwd_h", (unsigned)(NVH * N), (unsigned)H, 32 * WY_WARPS, smem_h_(key, cfg));
+  fla_chunk_launch_set(&out[1], "fla_wy_fwd_h", (unsigned)(NVH * N), (unsigned)H, 32 * WY_WARPS,
+                       smem_h_(key, cfg, stages_h_(key, cfg, N, H)));
   fla_chunk_launch_set(&out[2], "fla_wy_fwd_o", (unsigned)(NC * NV), (unsigned)H, 32 * WY_WARPS, smem_o_(key, cfg));
   return 3;
 }
@@ -138,7 +149,9 @@ static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
   size_t wbytes = ((size_t)(rows * key->K) * 2 + 15) / 16 * 16;
   size_t hbytes = (size_t)((int64_t)args->num_chunks * args->H * key->K * key->V) * 2;
   *ws0 = rows > 0 ? wbytes + hbytes + 16 : 0;
-  *ws1 = rows > 0 ? (size_t)(rows * key->V) * 2 + 16 : 0;
+  size_t ubytes = ((size_t)(rows * key->V) * 2 + 15) / 16 * 16;
+  size_t gbytes = (size_t)((int64_t)args->num_chunks * args->H * WY_BT) * 4;
+  *ws1 = rows > 0 ? ubytes + gbytes + 16 : 0;
 }
 
 const fla_stage_impl fla_stage_chunk_wy_fwd = {

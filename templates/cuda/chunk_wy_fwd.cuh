@@ -267,7 +267,6 @@ __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const un
 #define CW_LDP CK_LDQ
 #define CW_LDV1 (CW_VP + 8)
 #define CW_LDL 65 /* fp32 L and T rows */
-#define CW_LDT 72 /* bf16 T rows       */
 
 #if FLA_HAS_PROBE
 #define CW_NBUF_P 2 /* Ps (p) and Ks (k) */
@@ -277,9 +276,11 @@ __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const un
 
 /* D[16w.., 0..NCOL) = T[16w.., 0..64) B[0..64, n0..n0+NCOL) for each 64-column
 ** group of B (bf16 [64][LDB] in smem), rows < rows and columns < ncols stored
-** as bf16 to dst (row stride ld). T lower triangular: k-steps kk <= w only. */
+** as bf16 to dst (row stride ld). T (fp32 [64][CW_LDL] in smem) is rounded
+** to bf16 as its fragments are loaded (fla's solve_tril output is bf16); it
+** is lower triangular: k-steps kk <= w only. */
 template <int NCOL, int LDB>
-__device__ __forceinline__ void cw_tmul_store(const unsigned short *Tb, const unsigned short *Bs,
+__device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned short *Bs,
                                               unsigned short *dst, long long ld, int ncols,
                                               int rows, int w, int lane) {
   const int g = lane >> 2, q = lane & 3;
@@ -295,7 +296,11 @@ __device__ __forceinline__ void cw_tmul_store(const unsigned short *Tb, const un
     for (int kk = 0; kk < 4; kk++) {
       if (kk <= w) {
         unsigned ta[4];
-        ck_ldm4(ta, ck_smem(Tb + (16 * w + (lane & 15)) * CW_LDT + kk * 16 + (lane >> 4) * 8));
+        const float *tA = Tf + rA * CW_LDL + 16 * kk + 2 * q, *tB = tA + 8 * CW_LDL;
+        ta[0] = ck_pack(tA[0], tA[1]);
+        ta[1] = ck_pack(tB[0], tB[1]);
+        ta[2] = ck_pack(tA[8], tA[9]);
+        ta[3] = ck_pack(tB[8], tB[9]);
 #pragma unroll
         for (int np = 0; np < 4; np++) {
           unsigned vb[4];
@@ -321,16 +326,22 @@ __device__ __forceinline__ void cw_tmul_store(const unsigned short *Tb, const un
   }
 }
 
+/* Where the chunks' gate sums gam start in ws1 (after U, 16-byte aligned):
+** f32 [NC, H, 64], written by fla_wy_prep, read by the two other kernels. */
+__device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
+  const unsigned long long ubytes = ((unsigned long long)a.total * a.H * FLA_V * 2 + 15) / 16 * 16;
+  return (float *)(a.ws1 + ubytes);
+}
+
 /* Shared memory: Ps[64][LDP] (and Ks[64][LDP] with a probe), Vs[64][LDV1]
-** bf16, Lf[64][65], Tf[64][65] f32, Tb[64][72] bf16, gam, bet, fsc [64] f32. */
+** bf16, Lf[64][65], Tf[64][65] f32, gam, bet, fsc [64] f32. */
 extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Ps = (unsigned short *)ck_sm;
   unsigned short *Vs = Ps + CW_NBUF_P * CK_BT * CW_LDP;
   float *Lf = (float *)(Vs + CK_BT * CW_LDV1);
   float *Tf = Lf + CK_BT * CW_LDL;
-  unsigned short *Tb = (unsigned short *)(Tf + CK_BT * CW_LDL);
-  float *gam = (float *)(Tb + CK_BT * CW_LDT);
+  float *gam = Tf + CK_BT * CW_LDL;
   float *bet = gam + CK_BT;
   float *fsc = bet + CK_BT;
   const long long c = blockIdx.x;
@@ -367,6 +378,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
     bet[tid] = tid < rows ? ck_ldgf(a.beta, (x.t0 + tid) * H + h) : 0.0f;
   ck_wait_all();
   __syncthreads();
+#if FLA_DECAY
+  if (tid < CK_BT) cw_gws(a)[(c * H + h) * CK_BT + tid] = gam[tid];
+#endif
 
   /* L = diag(beta) (P K^T .* 2^(gam_i - gam_j)), j < i: warp w rows 16w.. */
   {
@@ -416,41 +430,71 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
   }
   __syncthreads();
 
-  /* T = (I + L)^-1, fp32: threads 2j and 2j+1 own column j, each summing
-  ** every other m of X_ij = delta_ij - sum_{j<=m<i} L_im X_mj (shuffle to
-  ** combine; the i loop is uniform, so every lane reaches the shuffle). */
-  {
-    const int j = tid >> 1, half = tid & 1;
-    for (int i = 0; i < CK_BT; i++) {
-      float s = 0.0f;
-      const float *Li = Lf + i * CW_LDL;
-      for (int m = j + half; m < i; m += 2) s -= Li[m] * Tf[m * CW_LDL + j];
-      s += __shfl_xor_sync(0xffffffffu, s, 1);
-      if (i == j) s = 1.0f;
-      if (i < j) s = 0.0f;
-      if (half == 0) {
-        Tf[i * CW_LDL + j] = s;
-        Tb[i * CW_LDT + j] = (unsigned short)(ck_pack(s, 0.0f) & 0xffffu);
-      }
-      __syncwarp();
+  /* T = (I + L)^-1 in fp32, blocked in 16 x 16 blocks (fla's solve_tril),
+  ** with B_ij the blocks of I + L and A_ij those of T:
+  **   A_ii = B_ii^-1 by forward substitution (one thread a column), while
+  **          the other threads scale the W and U operands;
+  **   A_ij = -A_ii sum_{j<=m<i} B_im A_mj, level by level in i - j = 1, 2, 3
+  **          (each level needs the ones below it), all threads on all blocks
+  **          of a level. */
+  if (tid < CK_BT) {
+    const int o = tid & ~15, jj = tid & 15;
+    float x[16];
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+      float s = i == jj ? 1.0f : 0.0f;
+      const float *Li = Lf + (o + i) * CW_LDL + o;
+#pragma unroll
+      for (int m = 0; m < i; m++) s -= Li[m] * x[m];
+      x[i] = s;
+    }
+#pragma unroll
+    for (int i = 0; i < 16; i++) Tf[(o + i) * CW_LDL + o + jj] = x[i];
+  } else {
+    /* the operands: Ps <- bf16(beta 2^gam .* P), Vs <- bf16(beta .* V) */
+    const int t = tid - CK_BT;
+    for (int e = t; e < CK_BT * (CK_KP / 2); e += CK_NTH - CK_BT) {
+      const int r = e / (CK_KP / 2), cc = 2 * (e % (CK_KP / 2));
+      unsigned *pv = (unsigned *)(Ps + r * CW_LDP + cc);
+      *pv = ck_scale2(*pv, fsc[r], fsc[r]);
+    }
+    for (int e = t; e < CK_BT * (CW_VP / 2); e += CK_NTH - CK_BT) {
+      const int r = e / (CW_VP / 2), cc = 2 * (e % (CW_VP / 2));
+      unsigned *pv = (unsigned *)(Vs + r * CW_LDV1 + cc);
+      *pv = ck_scale2(*pv, bet[r], bet[r]);
     }
   }
-  /* the operands: Ps <- bf16(beta 2^gam .* P), Vs <- bf16(beta .* V) */
-  for (int e = tid; e < CK_BT * (CK_KP / 2); e += CK_NTH) {
-    const int r = e / (CK_KP / 2), cc = 2 * (e % (CK_KP / 2));
-    unsigned *pv = (unsigned *)(Ps + r * CW_LDP + cc);
-    *pv = ck_scale2(*pv, fsc[r], fsc[r]);
-  }
-  for (int e = tid; e < CK_BT * (CW_VP / 2); e += CK_NTH) {
-    const int r = e / (CW_VP / 2), cc = 2 * (e % (CW_VP / 2));
-    unsigned *pv = (unsigned *)(Vs + r * CW_LDV1 + cc);
-    *pv = ck_scale2(*pv, bet[r], bet[r]);
-  }
   __syncthreads();
+#pragma unroll
+  for (int d = 1; d < 4; d++) {
+    /* P_b = sum_{j<=m<i} L_im A_mj for the blocks (i, j) = (d + b, b), kept
+    ** in T's unused upper block (b, 3) */
+    for (int e = tid; e < (4 - d) * 256; e += CK_NTH) {
+      const int b = e >> 8, r = (e >> 4) & 15, cl = e & 15, i = d + b;
+      const float *Lr = Lf + (16 * i + r) * CW_LDL;
+      const float *Ac = Tf + 16 * b + cl;
+      float s = 0.0f;
+#pragma unroll
+      for (int m = 16 * b; m < 16 * b + 16 * d; m++) s += Lr[m] * Ac[m * CW_LDL];
+      Tf[(16 * b + r) * CW_LDL + 48 + cl] = s;
+    }
+    __syncthreads();
+    /* A_ij = -A_ii P_b (A_ii's upper triangle holds zeros) */
+    for (int e = tid; e < (4 - d) * 256; e += CK_NTH) {
+      const int b = e >> 8, r = (e >> 4) & 15, cl = e & 15, i = d + b;
+      const float *Ar = Tf + (16 * i + r) * CW_LDL + 16 * i;
+      const float *Pc = Tf + 16 * b * CW_LDL + 48 + cl;
+      float s = 0.0f;
+#pragma unroll
+      for (int t = 0; t < 16; t++) s -= Ar[t] * Pc[t * CW_LDL];
+      Tf[(16 * i + r) * CW_LDL + 16 * b + cl] = s;
+    }
+    __syncthreads();
+  }
 
   /* W = T (beta 2^gam .* P) -> ws0, U = T (beta .* V) -> ws1 */
-  cw_tmul_store<CK_KP, CW_LDP>(Tb, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w, lane);
-  cw_tmul_store<CW_VP, CW_LDV1>(Tb, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
+  cw_tmul_store<CK_KP, CW_LDP>(Tf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w, lane);
+  cw_tmul_store<CW_VP, CW_LDV1>(Tf, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
                                 lane);
 }
 
@@ -470,20 +514,65 @@ __device__ __forceinline__ unsigned short *cw_hws(const fla_kernel_args &a) {
   return (unsigned short *)(a.ws0 + wbytes);
 }
 
+/* The state kernel's pipeline depth: with few programs (long sequences,
+** few heads: about one block a SM) the loads of CW_NS_FEW chunks are in
+** flight to hide the memory latency on the sequential path; with many, 2
+** stages and two blocks a SM. Keep in step with stages_h_() in
+** gen/stage_chunk_wy.c. */
+#ifndef CW_FEW /* a harness knob: 0 keeps 2 stages always */
+#define CW_FEW 128
+#endif
+#define CW_NS_FEW (CK_KP <= 128 ? 4 : 2)
+__device__ __forceinline__ int cw_stages(const fla_kernel_args &a) {
+  return (long long)CW_NVH * a.N * a.H <= CW_FEW ? CW_NS_FEW : 2;
+}
+
+/* cp.async.wait_group ns - 1: the oldest of ns groups in flight has landed. */
+__device__ __forceinline__ void cw_wait_oldest(int ns) {
+  if (ns >= 4)
+    asm volatile("cp.async.wait_group 3;\n" ::);
+  else if (ns == 3)
+    asm volatile("cp.async.wait_group 2;\n" ::);
+  else
+    asm volatile("cp.async.wait_group 1;\n" ::);
+}
+
+/* Starts the loads of chunk c (at x) for value columns v0.. into one stage. */
+__device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_chunk &x, long long c,
+                                           int h, int v0, int vcols, int veck, int vecv,
+                                           unsigned short *Kd, unsigned short *Wd,
+                                           unsigned short *Ud, float *gd, int tid) {
+  const long long H = a.H, ro = x.t0 * H + h;
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
+                                      x.rows, FLA_K, veck, tid);
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
+                                      x.rows, FLA_K, veck, tid);
+  ck_load_tile<CW_BVH, CW_LDVH, CK_NTH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
+                                        H * FLA_V, x.rows, vcols, vecv, tid);
+#if FLA_DECAY
+  if (tid < CK_BT / 4) ck_cp16(ck_smem(gd + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
+#else
+  (void)c, (void)gd;
+#endif
+}
+
 /* Program (value tile vt, sequence n, head h), its chunks in order, the
 ** K x BVH state slice S in fp32 registers. Per chunk, S0 = S:
 **   h[c]  = bf16(S0)                     -> ws0 after W ([NC,H,K,V] bf16)
 **   Vn    = U - W h[c]                   -> ws1 over U (bf16), and smem
 **   S     = 2^gam_L S0 + (K .* 2^(gam_L - gam))^T Vn
-** Shared memory: Ks, Ws [2][64][LDQ], Us [2][64][LDV], Ss [KP][LDV] bf16,
-** gam[64] f32. */
+** gam comes from fla_wy_prep (cw_gws). The loads of the next ns - 1 chunks
+** are in flight while one is computed (ns = cw_stages()).
+** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Ss [KP][LDVH]
+** bf16, gs [ns][64] f32. */
 extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
+  const int ns = cw_stages(a);
   unsigned short *Ks = (unsigned short *)ck_sm;
-  unsigned short *Ws = Ks + 2 * CK_BT * CK_LDQ;
-  unsigned short *Us = Ws + 2 * CK_BT * CK_LDQ;
-  unsigned short *Ss = Us + 2 * CK_BT * CW_LDVH;
-  float *gam = (float *)(Ss + CK_KP * CW_LDVH);
+  unsigned short *Ws = Ks + ns * CK_BT * CK_LDQ;
+  unsigned short *Us = Ws + ns * CK_BT * CK_LDQ;
+  unsigned short *Ss = Us + ns * CK_BT * CW_LDVH;
+  float *gs = (float *)(Ss + CK_KP * CW_LDVH);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const int vt = blockIdx.x % CW_NVH;
   const int n = blockIdx.x / CW_NVH;
@@ -506,44 +595,39 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
 #endif
     return;
   }
-  const unsigned short *kp = (const unsigned short *)a.k;
-  const unsigned short *wp = (const unsigned short *)a.ws0;
   unsigned short *up = (unsigned short *)a.ws1;
   unsigned short *hws = cw_hws(a);
   const int veck = (FLA_K % 8 == 0) && (((a.k | a.ws0) & 15) == 0);
   const int vecv = (FLA_V % 8 == 0) && ((a.ws1 & 15) == 0);
-  const float gc = ck_gamma_h(a, h);
 
+  /* the first ns - 1 stages; a group is committed for every stage, empty
+  ** past the last chunk, so that wait_group counts the same throughout */
+  ck_chunk xf; /* the next chunk to fetch, cfe */
+  ck_chunk_at(a, c0, xf);
+  long long cfe = c0;
+  for (int st = 0; st < ns - 1; st++) {
+    if (cfe < c1) {
+      cw_h_fetch(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + st * CK_BT * CK_LDQ,
+                 Ws + st * CK_BT * CK_LDQ, Us + st * CK_BT * CW_LDVH, gs + st * CK_BT, tid);
+      if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
+      cfe++;
+    }
+    ck_commit();
+  }
   ck_chunk x;
   ck_chunk_at(a, c0, x);
-  {
-    const long long ro = x.t0 * H + h;
-    ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, kp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, veck, tid);
-    ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ws, wp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, veck, tid);
-    ck_load_tile<CW_BVH, CW_LDVH, CK_NTH>(Us, up + ro * FLA_V + v0, H * FLA_V, x.rows, vcols, vecv, tid);
-  }
-  ck_commit();
-  float g0 = 0.0f, g1 = 0.0f;
-  if (w == 0) ck_load_g(a, x, h, lane, g0, g1);
 
   for (long long c = c0; c < c1; c++) {
-    const int buf = (int)((c - c0) & 1);
+    const int buf = (int)((c - c0) % ns);
     const int rows = x.rows;
-    ck_chunk xn = x;
-    float gn0 = 0.0f, gn1 = 0.0f;
-    if (c + 1 < c1) {
-      ck_chunk_next(a, c, xn);
-      const long long ro = xn.t0 * H + h;
-      const int nb = buf ^ 1;
-      ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks + nb * CK_BT * CK_LDQ, kp + ro * FLA_K, H * FLA_K,
-                                          xn.rows, FLA_K, veck, tid);
-      ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ws + nb * CK_BT * CK_LDQ, wp + ro * FLA_K, H * FLA_K,
-                                          xn.rows, FLA_K, veck, tid);
-      ck_load_tile<CW_BVH, CW_LDVH, CK_NTH>(Us + nb * CK_BT * CW_LDVH, up + ro * FLA_V + v0, H * FLA_V,
-                                          xn.rows, vcols, vecv, tid);
-      ck_commit();
-      if (w == 0) ck_load_g(a, xn, h, lane, gn0, gn1);
+    if (cfe < c1) {
+      const int nb = (int)((cfe - c0) % ns);
+      cw_h_fetch(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + nb * CK_BT * CK_LDQ,
+                 Ws + nb * CK_BT * CK_LDQ, Us + nb * CK_BT * CW_LDVH, gs + nb * CK_BT, tid);
+      if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
+      cfe++;
     }
+    ck_commit();
     /* S0 as bf16: the B operand of W S0, and h[c] for the output kernel */
     unsigned short *hc = hws + (c * H + h) * KV + v0;
 #pragma unroll
@@ -570,16 +654,13 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
         }
 #endif
       }
-    if (w == 0) ck_scan_g(gam, g0, g1, gc, rows, lane);
-    if (c + 1 < c1)
-      ck_wait_one();
-    else
-      ck_wait_all();
+    cw_wait_oldest(ns);
     __syncthreads();
 
     const unsigned short *Kb = Ks + buf * CK_BT * CK_LDQ;
     const unsigned short *Wb = Ws + buf * CK_BT * CK_LDQ;
     unsigned short *Ub = Us + buf * CK_BT * CW_LDVH;
+    const float *gam = gs + buf * CK_BT;
 
     /* Vn = U - W S0 for the warp's rows 16w.., over U in smem and in ws1 */
     {
@@ -638,8 +719,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
       ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0, w, lane);
 #endif
     __syncthreads();
-    x = xn;
-    g0 = gn0, g1 = gn1;
+    if (c + 1 < c1) ck_chunk_next(a, c, x);
   }
 }
 
@@ -681,12 +761,10 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_fwd_o(fla_kernel_arg
   for (int r0 = 0; r0 < CK_KP; r0 += CK_BT)
     ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Ss + r0 * CK_LDV, hc + (long long)r0 * FLA_V, FLA_V,
                                         FLA_K - r0, vcols, vecv, tid);
+#if FLA_DECAY
+  if (tid < CK_BT / 4) ck_cp16(ck_smem(gam + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
+#endif
   ck_commit();
-  if (w == 0) {
-    float g0, g1;
-    ck_load_g(a, x, h, lane, g0, g1);
-    ck_scan_g(gam, g0, g1, ck_gamma_h(a, h), x.rows, lane);
-  }
   ck_wait_all();
   __syncthreads();
   float Sd[CK_MT][CK_NT][4]; /* unused: no state update here */
