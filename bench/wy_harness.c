@@ -158,8 +158,10 @@ static int build(variant *v, int verbose) {
     CK(cu->cuModuleLoadData(&v->mod, cubin));
     for (int i = 0; i < v->nk; i++) {
       CK(cu->cuModuleGetFunction(&v->fn[i], v->mod, v->names[i]));
+      int stat = 0; /* static shared memory counts against the opt-in limit */
+      CK(cu->cuFuncGetAttribute(&stat, CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, v->fn[i]));
       CK(cu->cuFuncSetAttribute(v->fn[i], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                                smem_optin));
+                                smem_optin - stat));
     }
   }
   free(cubin);

@@ -266,7 +266,7 @@ __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const un
 #define CW_VP ((FLA_V + 63) / 64 * 64)
 #define CW_LDP CK_LDQ
 #define CW_LDV1 (CW_VP + 8)
-#define CW_LDL 65 /* fp32 L and T rows */
+#define CW_LDL 68 /* fp32 L and T rows: 16-byte aligned for float4 */
 
 #if FLA_HAS_PROBE
 #define CW_NBUF_P 2 /* Ps (p) and Ks (k) */
@@ -297,10 +297,12 @@ __device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned sh
       if (kk <= w) {
         unsigned ta[4];
         const float *tA = Tf + rA * CW_LDL + 16 * kk + 2 * q, *tB = tA + 8 * CW_LDL;
-        ta[0] = ck_pack(tA[0], tA[1]);
-        ta[1] = ck_pack(tB[0], tB[1]);
-        ta[2] = ck_pack(tA[8], tA[9]);
-        ta[3] = ck_pack(tB[8], tB[9]);
+        const float2 a0 = *(const float2 *)tA, a1 = *(const float2 *)tB;
+        const float2 a2 = *(const float2 *)(tA + 8), a3 = *(const float2 *)(tB + 8);
+        ta[0] = ck_pack(a0.x, a0.y);
+        ta[1] = ck_pack(a1.x, a1.y);
+        ta[2] = ck_pack(a2.x, a2.y);
+        ta[3] = ck_pack(a3.x, a3.y);
 #pragma unroll
         for (int np = 0; np < 4; np++) {
           unsigned vb[4];
@@ -314,12 +316,19 @@ __device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned sh
 #pragma unroll
     for (int j = 0; j < 8; j++) {
       const int col = n0 + 8 * j + 2 * q;
+      if (ncols % 2 == 0 && (ld & 1) == 0 && ((unsigned long long)dst & 3) == 0) { /* pairs */
+        if (col < ncols) {
+          if (rA < rows) *(unsigned *)(dst + rA * ld + col) = ck_pack(acc[j][0], acc[j][1]);
+          if (rB < rows) *(unsigned *)(dst + rB * ld + col) = ck_pack(acc[j][2], acc[j][3]);
+        }
+      } else {
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int r = (e < 2) ? rA : rB, cl = col + (e & 1);
-        if (r < rows && cl < ncols) {
-          unsigned u = ck_pack(acc[j][e], 0.0f);
-          dst[r * ld + cl] = (unsigned short)(u & 0xffffu);
+        for (int e = 0; e < 4; e++) {
+          const int r = (e < 2) ? rA : rB, cl = col + (e & 1);
+          if (r < rows && cl < ncols) {
+            unsigned u = ck_pack(acc[j][e], 0.0f);
+            dst[r * ld + cl] = (unsigned short)(u & 0xffffu);
+          }
         }
       }
     }
@@ -469,25 +478,34 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
   for (int d = 1; d < 4; d++) {
     /* P_b = sum_{j<=m<i} L_im A_mj for the blocks (i, j) = (d + b, b), kept
     ** in T's unused upper block (b, 3) */
-    for (int e = tid; e < (4 - d) * 256; e += CK_NTH) {
-      const int b = e >> 8, r = (e >> 4) & 15, cl = e & 15, i = d + b;
+    /* a thread a row and 4 columns (float4): smem bandwidth bounds this */
+    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
+      const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
       const float *Lr = Lf + (16 * i + r) * CW_LDL;
       const float *Ac = Tf + 16 * b + cl;
-      float s = 0.0f;
+      float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-      for (int m = 16 * b; m < 16 * b + 16 * d; m++) s += Lr[m] * Ac[m * CW_LDL];
-      Tf[(16 * b + r) * CW_LDL + 48 + cl] = s;
+      for (int m = 16 * b; m < 16 * b + 16 * d; m++) {
+        const float l = Lr[m];
+        const float4 x = *(const float4 *)(Ac + m * CW_LDL);
+        s.x += l * x.x, s.y += l * x.y, s.z += l * x.z, s.w += l * x.w;
+      }
+      *(float4 *)(Tf + (16 * b + r) * CW_LDL + 48 + cl) = s;
     }
     __syncthreads();
     /* A_ij = -A_ii P_b (A_ii's upper triangle holds zeros) */
-    for (int e = tid; e < (4 - d) * 256; e += CK_NTH) {
-      const int b = e >> 8, r = (e >> 4) & 15, cl = e & 15, i = d + b;
+    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
+      const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
       const float *Ar = Tf + (16 * i + r) * CW_LDL + 16 * i;
       const float *Pc = Tf + 16 * b * CW_LDL + 48 + cl;
-      float s = 0.0f;
+      float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-      for (int t = 0; t < 16; t++) s -= Ar[t] * Pc[t * CW_LDL];
-      Tf[(16 * i + r) * CW_LDL + 16 * b + cl] = s;
+      for (int t = 0; t < 16; t++) {
+        const float l = Ar[t];
+        const float4 x = *(const float4 *)(Pc + t * CW_LDL);
+        s.x -= l * x.x, s.y -= l * x.y, s.z -= l * x.z, s.w -= l * x.w;
+      }
+      *(float4 *)(Tf + (16 * i + r) * CW_LDL + 16 * b + cl) = s;
     }
     __syncthreads();
   }
@@ -537,12 +555,140 @@ __device__ __forceinline__ void cw_wait_oldest(int ns) {
     asm volatile("cp.async.wait_group 1;\n" ::);
 }
 
-/* Starts the loads of chunk c (at x) for value columns v0.. into one stage. */
+/* S = 2^gam_L S + K^T Vd, Vd = Vn .* 2^(gam_L - gam) rounded to bf16 (as
+** fla's chunk_delta_h scales v_new, not k): ck_state_update without the
+** gate work on the K fragments. */
+__device__ __forceinline__ void cw_state_update(float (&S)[CK_MT][CW_NTH][4],
+                                                const unsigned short *Ks, const unsigned short *Vs,
+                                                const float *gam, int rows, int w, int lane) {
+#if FLA_DECAY
+  const float eL = exp2f(gam[rows - 1]);
+#pragma unroll
+  for (int mt = 0; mt < CK_MT; mt++)
+#pragma unroll
+    for (int j = 0; j < CW_NTH; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) S[mt][j][e] *= eL;
+#else
+  (void)gam, (void)rows;
+#endif
+#pragma unroll
+  for (int kk = 0; kk < CK_BT / 16; kk++) {
+    unsigned ka[CK_MT][4];
+#pragma unroll
+    for (int mt = 0; mt < CK_MT; mt++) {
+      int row = 16 * kk + (lane >> 4) * 8 + (lane & 7);
+      int col = CK_KW * w + 16 * mt + ((lane >> 3) & 1) * 8;
+      ck_ldm4t(ka[mt], ck_smem(Ks + row * CK_LDQ + col));
+    }
+#pragma unroll
+    for (int np = 0; np < CW_NTH / 2; np++) {
+      unsigned vb[4];
+      int row = 16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7);
+      int col = 16 * np + (lane >> 4) * 8;
+      ck_ldm4t(vb, ck_smem(Vs + row * CW_LDVH + col));
+#pragma unroll
+      for (int mt = 0; mt < CK_MT; mt++) {
+        ck_mma(S[mt][2 * np], ka[mt], vb[0], vb[1]);
+        ck_mma(S[mt][2 * np + 1], ka[mt], vb[2], vb[3]);
+      }
+    }
+  }
+}
+
+/* dst[r * ld + c] = src[r * CW_LDVH + c] for r < nrows, c < ncols (a
+** multiple of 8), in 16-byte pieces: the state kernel's h[c] and Vn leave
+** from shared memory whole rows at a time (FLA_V % 8 == 0: dst aligned). */
+__device__ __forceinline__ void cw_rows_out(unsigned short *dst, long long ld,
+                                            const unsigned short *src, int nrows, int ncols,
+                                            int tid) {
+  for (int p = tid; p < nrows * (CW_BVH / 8); p += CK_NTH) {
+    const int r = p / (CW_BVH / 8), c = (p % (CW_BVH / 8)) * 8;
+    if (c < ncols) *(uint4 *)(dst + r * ld + c) = *(const uint4 *)(src + r * CW_LDVH + c);
+  }
+}
+
+/* Hopper's bulk copies (cp.async.bulk, completing on an mbarrier): warp 0
+** moves the stage's rows, 3 copies a row, where cp.async took 18
+** instructions a thread in every warp (measured: the loads' issue, not
+** their latency, held the sequential loop back). Needs whole rows:
+** K a multiple of 64 (no padding columns) and V of the value tile. */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && FLA_K % 64 == 0 && FLA_V % CW_BVH == 0 && \
+    defined(CWX_BULK)
+#define CW_BULK 1
+__device__ __forceinline__ void cw_bar_init(unsigned bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void cw_bar_fence_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void cw_bar_expect(unsigned bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cw_bulk(unsigned dst, const void *src, unsigned bytes, unsigned bar) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+      "l"(src), "r"(bytes), "r"(bar)
+      : "memory");
+}
+__device__ __forceinline__ void cw_bar_wait(unsigned bar, unsigned parity) {
+  asm volatile(
+      "{\n .reg .pred p;\n CW_WAIT:\n"
+      " mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+      " @!p bra CW_WAIT;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+#else
+#define CW_BULK 0
+#endif
+
+/* Starts the loads of chunk c (at x) for value columns v0.. into one stage:
+** bulk copies on the stage's mbarrier bar when bulk, else cp.async (one
+** group, committed by the caller). */
 __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_chunk &x, long long c,
                                            int h, int v0, int vcols, int veck, int vecv,
                                            unsigned short *Kd, unsigned short *Wd,
-                                           unsigned short *Ud, float *gd, int tid) {
+                                           unsigned short *Ud, float *gd, int tid, int bulk,
+                                           unsigned bar) {
   const long long H = a.H, ro = x.t0 * H + h;
+#if CW_BULK
+  if (bulk) {
+    const int rows = x.rows;
+    if (tid < 32) {
+      const unsigned bytes = (unsigned)rows * (2 * FLA_K + CW_BVH) * 2 + (FLA_DECAY ? 256u : 0u);
+      if (tid == 0) {
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+        cw_bar_expect(bar, bytes);
+      }
+      __syncwarp();
+      for (int r = tid; r < rows; r += 32) {
+        const long long o = ro + r * H;
+        cw_bulk(ck_smem(Kd + r * CK_LDQ), (const unsigned short *)a.k + o * FLA_K, 2 * FLA_K, bar);
+        cw_bulk(ck_smem(Wd + r * CK_LDQ), (const unsigned short *)a.ws0 + o * FLA_K, 2 * FLA_K, bar);
+        cw_bulk(ck_smem(Ud + r * CW_LDVH), (const unsigned short *)a.ws1 + o * FLA_V + v0,
+                2 * CW_BVH, bar);
+      }
+#if FLA_DECAY
+      if (tid == 0) cw_bulk(ck_smem(gd), cw_gws(a) + (c * H + h) * CK_BT, 256, bar);
+#endif
+    }
+    if (rows < CK_BT) { /* the last chunk of a sequence: zero rows past its end */
+      for (int p = tid; p < (CK_BT - rows) * (CK_KP / 8); p += CK_NTH) {
+        const int r = rows + p / (CK_KP / 8), cc = (p % (CK_KP / 8)) * 8;
+        *(uint4 *)(Kd + r * CK_LDQ + cc) = make_uint4(0, 0, 0, 0);
+        *(uint4 *)(Wd + r * CK_LDQ + cc) = make_uint4(0, 0, 0, 0);
+      }
+      for (int p = tid; p < (CK_BT - rows) * (CW_BVH / 8); p += CK_NTH) {
+        const int r = rows + p / (CW_BVH / 8), cc = (p % (CW_BVH / 8)) * 8;
+        *(uint4 *)(Ud + r * CW_LDVH + cc) = make_uint4(0, 0, 0, 0);
+      }
+    }
+    return;
+  }
+#endif
+  (void)bulk, (void)bar;
   ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
                                       x.rows, FLA_K, veck, tid);
   ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
@@ -563,8 +709,8 @@ __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_ch
 **   S     = 2^gam_L S0 + (K .* 2^(gam_L - gam))^T Vn
 ** gam comes from fla_wy_prep (cw_gws). The loads of the next ns - 1 chunks
 ** are in flight while one is computed (ns = cw_stages()).
-** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Ss [KP][LDVH]
-** bf16, gs [ns][64] f32. */
+** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Ss [KP][LDVH],
+** Vd [64][LDVH] bf16, gs [ns][64] f32. */
 extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   const int ns = cw_stages(a);
@@ -572,7 +718,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
   unsigned short *Ws = Ks + ns * CK_BT * CK_LDQ;
   unsigned short *Us = Ws + ns * CK_BT * CK_LDQ;
   unsigned short *Ss = Us + ns * CK_BT * CW_LDVH;
-  float *gs = (float *)(Ss + CK_KP * CW_LDVH);
+  unsigned short *Vd = Ss + CK_KP * CW_LDVH; /* Vn .* 2^(gam_L - gam), the update's operand */
+  float *gs = (float *)(Vd + CK_BT * CW_LDVH);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const int vt = blockIdx.x % CW_NVH;
   const int n = blockIdx.x / CW_NVH;
@@ -599,6 +746,16 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
   unsigned short *hws = cw_hws(a);
   const int veck = (FLA_K % 8 == 0) && (((a.k | a.ws0) & 15) == 0);
   const int vecv = (FLA_V % 8 == 0) && ((a.ws1 & 15) == 0);
+  __shared__ __align__(8) unsigned long long bars[4]; /* a stage's bulk copies landed */
+  const int bulk = CW_BULK && veck && vecv;
+  unsigned phase = 0; /* bit st: the parity of stage st's next completion */
+#if CW_BULK
+  if (bulk && tid == 0) {
+    for (int st = 0; st < ns; st++) cw_bar_init(ck_smem(&bars[st]));
+    cw_bar_fence_init();
+  }
+  __syncthreads();
+#endif
 
   /* the first ns - 1 stages; a group is committed for every stage, empty
   ** past the last chunk, so that wait_group counts the same throughout */
@@ -608,7 +765,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
   for (int st = 0; st < ns - 1; st++) {
     if (cfe < c1) {
       cw_h_fetch(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + st * CK_BT * CK_LDQ,
-                 Ws + st * CK_BT * CK_LDQ, Us + st * CK_BT * CW_LDVH, gs + st * CK_BT, tid);
+                 Ws + st * CK_BT * CK_LDQ, Us + st * CK_BT * CW_LDVH, gs + st * CK_BT, tid, bulk,
+                 ck_smem(&bars[st]));
       if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
       cfe++;
     }
@@ -617,13 +775,13 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
   ck_chunk x;
   ck_chunk_at(a, c0, x);
 
+  int buf = 0, fbuf = ns - 1; /* the stages of chunk c and of chunk cfe */
   for (long long c = c0; c < c1; c++) {
-    const int buf = (int)((c - c0) % ns);
     const int rows = x.rows;
     if (cfe < c1) {
-      const int nb = (int)((cfe - c0) % ns);
-      cw_h_fetch(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + nb * CK_BT * CK_LDQ,
-                 Ws + nb * CK_BT * CK_LDQ, Us + nb * CK_BT * CW_LDVH, gs + nb * CK_BT, tid);
+      cw_h_fetch(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + fbuf * CK_BT * CK_LDQ,
+                 Ws + fbuf * CK_BT * CK_LDQ, Us + fbuf * CK_BT * CW_LDVH, gs + fbuf * CK_BT, tid,
+                 bulk, ck_smem(&bars[fbuf]));
       if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
       cfe++;
     }
@@ -639,7 +797,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
         const unsigned hi = ck_pack(S[mt][j][2], S[mt][j][3]);
         *(unsigned *)(Ss + key * CW_LDVH + col) = lo;
         *(unsigned *)(Ss + (key + 8) * CW_LDVH + col) = hi;
-#if FLA_V % 2 == 0
+#if FLA_V % 8 == 0
+        /* h[c] leaves from Ss in 16-byte rows (cw_rows_out below) */
+#elif FLA_V % 2 == 0
         if (col < vcols) {
           if (key < FLA_K) *(unsigned *)(hc + (long long)key * FLA_V + col) = lo;
           if (key + 8 < FLA_K) *(unsigned *)(hc + (long long)(key + 8) * FLA_V + col) = hi;
@@ -655,6 +815,12 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
 #endif
       }
     cw_wait_oldest(ns);
+#if CW_BULK
+    if (bulk) {
+      cw_bar_wait(ck_smem(&bars[buf]), (phase >> buf) & 1u);
+      phase ^= 1u << buf;
+    }
+#endif
     __syncthreads();
 
     const unsigned short *Kb = Ks + buf * CK_BT * CK_LDQ;
@@ -672,6 +838,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
 #pragma unroll
       for (int kk = 0; kk < CK_KP / 16; kk++) {
         unsigned wa[4];
+
         ck_ldm4(wa, ck_smem(Wb + (16 * w + (lane & 15)) * CK_LDQ + kk * 16 + (lane >> 4) * 8));
 #pragma unroll
         for (int np = 0; np < CW_NTH / 2; np++) {
@@ -683,19 +850,32 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
         }
       }
       const int rA = 16 * w + g, rB = rA + 8;
+#if FLA_DECAY
+      const float gL = gam[rows - 1];
+      const float fA = exp2f(gL - gam[rA]), fB = exp2f(gL - gam[rB]);
+#else
+      const float fA = 1.0f, fB = 1.0f;
+#endif
+#if FLA_V % 8 != 0
       unsigned short *urow = up + (x.t0 * H + h) * FLA_V + v0;
+#endif
 #pragma unroll
       for (int j = 0; j < CW_NTH; j++) {
         const int col = 8 * j + 2 * q;
         unsigned *pa = (unsigned *)(Ub + rA * CW_LDVH + col);
         unsigned *pb = (unsigned *)(Ub + rB * CW_LDVH + col);
         const unsigned ua = *pa, ub = *pb;
-        const unsigned na = ck_pack(__uint_as_float(ua << 16) - acc[j][0],
-                                    __uint_as_float(ua & 0xffff0000u) - acc[j][1]);
-        const unsigned nb = ck_pack(__uint_as_float(ub << 16) - acc[j][2],
-                                    __uint_as_float(ub & 0xffff0000u) - acc[j][3]);
+        const float va0 = __uint_as_float(ua << 16) - acc[j][0];
+        const float va1 = __uint_as_float(ua & 0xffff0000u) - acc[j][1];
+        const float vb0 = __uint_as_float(ub << 16) - acc[j][2];
+        const float vb1 = __uint_as_float(ub & 0xffff0000u) - acc[j][3];
+        const unsigned na = ck_pack(va0, va1), nb = ck_pack(vb0, vb1);
         *pa = na, *pb = nb;
-#if FLA_V % 2 == 0
+        *(unsigned *)(Vd + rA * CW_LDVH + col) = ck_pack(fA * va0, fA * va1);
+        *(unsigned *)(Vd + rB * CW_LDVH + col) = ck_pack(fB * vb0, fB * vb1);
+#if FLA_V % 8 == 0
+        /* Vn leaves from Ub in 16-byte rows (cw_rows_out below) */
+#elif FLA_V % 2 == 0
         if (col < vcols) {
           if (rA < rows) *(unsigned *)(urow + rA * H * FLA_V + col) = na;
           if (rB < rows) *(unsigned *)(urow + rB * H * FLA_V + col) = nb;
@@ -711,15 +891,23 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
 #endif
       }
     }
+#if FLA_V % 8 == 0
+    cw_rows_out(hc, FLA_V, Ss, FLA_K, vcols, tid); /* Ss is complete since the first sync */
+#endif
     __syncthreads();
 
-    ck_state_update<CK_KW, CK_MT, CW_NTH, CK_LDQ, CW_LDVH>(S, Kb, Ub, gam, rows, w, lane);
+    cw_state_update(S, Kb, Vd, gam, rows, w, lane);
+#if FLA_V % 8 == 0
+    cw_rows_out(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, rows, vcols, tid);
+#endif
 #if FLA_STORE_HT
     if (x.last)
       ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0, w, lane);
 #endif
     __syncthreads();
     if (c + 1 < c1) ck_chunk_next(a, c, x);
+    buf = buf + 1 == ns ? 0 : buf + 1;
+    fbuf = fbuf + 1 == ns ? 0 : fbuf + 1;
   }
 }
 
