@@ -13,8 +13,9 @@
 **   --compile-only  compiles and prints ptxas' report per kernel (no GPU).
 ** Options: --def "NAME=VAL ..."  a variant: these #defines in front of the
 **                                generated source (knobs of the template), and
-**                                BV=n the value tile; the option may repeat
-**                                (each a variant, bench only)
+**                                BV=n the value tile, HSEL=32|64 the state
+**                                kernel forced (else the stage's rule); the
+**                                option may repeat (each a variant, bench only)
 **          --shapes i,j  bench only these shapes (0-based)
 **          --recipes gdn,delta,comba  bench only these
 **          --cache DIR   cubin cache; --precompile fills it without a GPU
@@ -46,6 +47,7 @@ typedef struct variant {
   fla_gen_key key;
   fla_tile_config cfg;
   const char *defs; /* "NAME=VAL NAME=VAL": #defines in front, or NULL */
+  int hsel;         /* HSEL=32 / 64 in defs: force that state kernel (0: the stage's rule) */
   CUmodule mod;
   CUfunction fn[NKMAX];
   char names[NKMAX][64];
@@ -69,6 +71,8 @@ static void make_variant(variant *v, int recipe, int K, int V, int has_h0, int s
   v->cfg.BV = bv;
   const char *b = defs ? strstr(defs, "BV=") : NULL; /* the tile, not a #define */
   if (b && (b == defs || b[-1] == ' ')) v->cfg.BV = atoi(b + 3);
+  const char *hs = defs ? strstr(defs, "HSEL=") : NULL;
+  v->hsel = hs ? atoi(hs + 5) : 0;
   fla_stage_chunk_wy_fwd.default_config(&v->key, &v->cfg);
   v->defs = defs;
 }
@@ -85,7 +89,7 @@ static char *assemble(variant *v) {
   if (!src || !d) exit(2);
   for (char *t = strtok(d, " "); t; t = strtok(NULL, " ")) {
     char *eq = strchr(t, '=');
-    if (!strncmp(t, "BV=", 3)) continue;
+    if (!strncmp(t, "BV=", 3) || !strncmp(t, "HSEL=", 5)) continue;
     if (eq) *eq = ' ';
     o += (size_t)snprintf(src + o, len - o, "#define %s\n", t);
   }
@@ -172,6 +176,17 @@ static int build(variant *v, int verbose) {
 static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev) {
   fla_kernel_launch L[NKMAX];
   int nk = fla_stage_chunk_wy_fwd.launches(&v->key, &v->cfg, a, L);
+  if (v->hsel) { /* launches 1 and 2: the narrow and the wide state kernel (gen/stage_chunk_wy.c) */
+    int KP = (v->key.K + 63) / 64 * 64;
+    for (int wide = 0; wide < 2; wide++) {
+      int cap = wide ? 64 : 32, bvh = v->cfg.BV < cap ? v->cfg.BV : cap;
+      int64_t nvh = (v->key.V + bvh - 1) / bvh, prog = nvh * a->N * a->H;
+      int ns = prog <= 128 && KP <= 128 ? 4 : 2;
+      L[1 + wide].grid[0] = (v->hsel == 64) == wide ? (unsigned)(nvh * a->N) : 0;
+      L[1 + wide].smem = (unsigned)(ns * (2 * 64 * (KP + 8) * 2 + 64 * (bvh + 8) * 2 + 256) +
+                                    KP * (bvh + 8) * 2);
+    }
+  }
   void *params[] = {a};
   if (ev) CK(cu->cuEventRecord(ev[0], s));
   for (int i = 0; i < nk; i++) {
@@ -180,6 +195,10 @@ static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev)
     if (f == v->nk) {
       fprintf(stderr, "launch: no kernel %s\n", L[i].name);
       exit(2);
+    }
+    if (L[i].grid[0] == 0) { /* the stage's other state kernel: not run */
+      if (ev) CK(cu->cuEventRecord(ev[i + 1], s));
+      continue;
     }
     CK(cu->cuLaunchKernel(v->fn[f], L[i].grid[0], L[i].grid[1], L[i].grid[2], L[i].block[0],
                           L[i].block[1], L[i].block[2], L[i].smem, s, params, NULL));
@@ -428,7 +447,7 @@ static int bench_mode(const char **defs, int ndefs, const int *only, int nonly, 
   CUevent ev[REPS][NKMAX + 1];
   for (int r = 0; r < REPS; r++)
     for (int e = 0; e <= NKMAX; e++) CK(cu->cuEventCreate(&ev[r][e], CU_EVENT_DEFAULT));
-  printf("\n| recipe | B,T,H | variant | k1 ms | k2 ms | k3 ms | k4 ms | total ms | fla ms | vs fla |\n"
+  printf("\n| recipe | B,T,H | variant | prep ms | h ms | h64 ms | o ms | total ms | fla ms | vs fla |\n"
          "|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
     if (nonly) {

@@ -518,13 +518,17 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
 
 /* ----------------------------------------- kernel 2: the chunk states */
 
-/* The state kernel's value tile: at most 32 columns (twice the programs of
-** BV 64 and half the work a chunk on its sequential path; keep in step with
-** bvh_() in gen/stage_chunk_wy.c). */
-#define CW_BVH (FLA_BV < 32 ? FLA_BV : 32)
-#define CW_NTH (CW_BVH / 8)
-#define CW_NVH ((FLA_V + CW_BVH - 1) / CW_BVH)
-#define CW_LDVH (CW_BVH + 8)
+/* The state kernel's value tile BVH is a template parameter: fla_wy_fwd_h
+** takes min(BV, 32) columns (more programs, a short chain a chunk: long
+** sequences, few heads), fla_wy_fwd_h64 min(BV, 64) (half the programs,
+** each loading K and W once for twice the columns: many heads). The
+** launcher runs one of them by the program count (gen/stage_chunk_wy.c).
+** These macros read the BVH in scope. */
+#define CW_BVH32 (FLA_BV < 32 ? FLA_BV : 32)
+#define CW_BVH64 (FLA_BV < 64 ? FLA_BV : 64)
+#define CW_NTH (BVH / 8)
+#define CW_NVH ((FLA_V + BVH - 1) / BVH)
+#define CW_LDVH (BVH + 8)
 
 /* Where the chunk states start in ws0 (after W, 16-byte aligned). */
 __device__ __forceinline__ unsigned short *cw_hws(const fla_kernel_args &a) {
@@ -541,6 +545,7 @@ __device__ __forceinline__ unsigned short *cw_hws(const fla_kernel_args &a) {
 #define CW_FEW 128
 #endif
 #define CW_NS_FEW (CK_KP <= 128 ? 4 : 2)
+template <int BVH>
 __device__ __forceinline__ int cw_stages(const fla_kernel_args &a) {
   return (long long)CW_NVH * a.N * a.H <= CW_FEW ? CW_NS_FEW : 2;
 }
@@ -558,6 +563,7 @@ __device__ __forceinline__ void cw_wait_oldest(int ns) {
 /* S = 2^gam_L S + K^T Vd, Vd = Vn .* 2^(gam_L - gam) rounded to bf16 (as
 ** fla's chunk_delta_h scales v_new, not k): ck_state_update without the
 ** gate work on the K fragments. */
+template <int BVH>
 __device__ __forceinline__ void cw_state_update(float (&S)[CK_MT][CW_NTH][4],
                                                 const unsigned short *Ks, const unsigned short *Vs,
                                                 const float *gam, int rows, int w, int lane) {
@@ -599,101 +605,30 @@ __device__ __forceinline__ void cw_state_update(float (&S)[CK_MT][CW_NTH][4],
 /* dst[r * ld + c] = src[r * CW_LDVH + c] for r < nrows, c < ncols (a
 ** multiple of 8), in 16-byte pieces: the state kernel's h[c] and Vn leave
 ** from shared memory whole rows at a time (FLA_V % 8 == 0: dst aligned). */
+template <int BVH>
 __device__ __forceinline__ void cw_rows_out(unsigned short *dst, long long ld,
                                             const unsigned short *src, int nrows, int ncols,
                                             int tid) {
-  for (int p = tid; p < nrows * (CW_BVH / 8); p += CK_NTH) {
-    const int r = p / (CW_BVH / 8), c = (p % (CW_BVH / 8)) * 8;
+  for (int p = tid; p < nrows * (BVH / 8); p += CK_NTH) {
+    const int r = p / (BVH / 8), c = (p % (BVH / 8)) * 8;
     if (c < ncols) *(uint4 *)(dst + r * ld + c) = *(const uint4 *)(src + r * CW_LDVH + c);
   }
 }
 
-/* Hopper's bulk copies (cp.async.bulk, completing on an mbarrier): warp 0
-** moves the stage's rows, 3 copies a row, where cp.async took 18
-** instructions a thread in every warp (measured: the loads' issue, not
-** their latency, held the sequential loop back). Needs whole rows:
-** K a multiple of 64 (no padding columns) and V of the value tile. */
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && FLA_K % 64 == 0 && FLA_V % CW_BVH == 0 && \
-    defined(CWX_BULK)
-#define CW_BULK 1
-__device__ __forceinline__ void cw_bar_init(unsigned bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void cw_bar_fence_init() {
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-__device__ __forceinline__ void cw_bar_expect(unsigned bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cw_bulk(unsigned dst, const void *src, unsigned bytes, unsigned bar) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
-      "l"(src), "r"(bytes), "r"(bar)
-      : "memory");
-}
-__device__ __forceinline__ void cw_bar_wait(unsigned bar, unsigned parity) {
-  asm volatile(
-      "{\n .reg .pred p;\n CW_WAIT:\n"
-      " mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-      " @!p bra CW_WAIT;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-#else
-#define CW_BULK 0
-#endif
 
-/* Starts the loads of chunk c (at x) for value columns v0.. into one stage:
-** bulk copies on the stage's mbarrier bar when bulk, else cp.async (one
-** group, committed by the caller). */
+/* Starts the loads of chunk c (at x) for value columns v0.. into one stage
+** (one cp.async group, committed by the caller). */
+template <int BVH>
 __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_chunk &x, long long c,
                                            int h, int v0, int vcols, int veck, int vecv,
                                            unsigned short *Kd, unsigned short *Wd,
-                                           unsigned short *Ud, float *gd, int tid, int bulk,
-                                           unsigned bar) {
+                                           unsigned short *Ud, float *gd, int tid) {
   const long long H = a.H, ro = x.t0 * H + h;
-#if CW_BULK
-  if (bulk) {
-    const int rows = x.rows;
-    if (tid < 32) {
-      const unsigned bytes = (unsigned)rows * (2 * FLA_K + CW_BVH) * 2 + (FLA_DECAY ? 256u : 0u);
-      if (tid == 0) {
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        cw_bar_expect(bar, bytes);
-      }
-      __syncwarp();
-      for (int r = tid; r < rows; r += 32) {
-        const long long o = ro + r * H;
-        cw_bulk(ck_smem(Kd + r * CK_LDQ), (const unsigned short *)a.k + o * FLA_K, 2 * FLA_K, bar);
-        cw_bulk(ck_smem(Wd + r * CK_LDQ), (const unsigned short *)a.ws0 + o * FLA_K, 2 * FLA_K, bar);
-        cw_bulk(ck_smem(Ud + r * CW_LDVH), (const unsigned short *)a.ws1 + o * FLA_V + v0,
-                2 * CW_BVH, bar);
-      }
-#if FLA_DECAY
-      if (tid == 0) cw_bulk(ck_smem(gd), cw_gws(a) + (c * H + h) * CK_BT, 256, bar);
-#endif
-    }
-    if (rows < CK_BT) { /* the last chunk of a sequence: zero rows past its end */
-      for (int p = tid; p < (CK_BT - rows) * (CK_KP / 8); p += CK_NTH) {
-        const int r = rows + p / (CK_KP / 8), cc = (p % (CK_KP / 8)) * 8;
-        *(uint4 *)(Kd + r * CK_LDQ + cc) = make_uint4(0, 0, 0, 0);
-        *(uint4 *)(Wd + r * CK_LDQ + cc) = make_uint4(0, 0, 0, 0);
-      }
-      for (int p = tid; p < (CK_BT - rows) * (CW_BVH / 8); p += CK_NTH) {
-        const int r = rows + p / (CW_BVH / 8), cc = (p % (CW_BVH / 8)) * 8;
-        *(uint4 *)(Ud + r * CW_LDVH + cc) = make_uint4(0, 0, 0, 0);
-      }
-    }
-    return;
-  }
-#endif
-  (void)bulk, (void)bar;
   ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
                                       x.rows, FLA_K, veck, tid);
   ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
                                       x.rows, FLA_K, veck, tid);
-  ck_load_tile<CW_BVH, CW_LDVH, CK_NTH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
+  ck_load_tile<BVH, CW_LDVH, CK_NTH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
                                         H * FLA_V, x.rows, vcols, vecv, tid);
 #if FLA_DECAY
   if (tid < CK_BT / 4) ck_cp16(ck_smem(gd + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
@@ -708,25 +643,28 @@ __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_ch
 **   Vn    = U - W h[c]                   -> ws1 over U (bf16), and smem
 **   S     = 2^gam_L S0 + (K .* 2^(gam_L - gam))^T Vn
 ** gam comes from fla_wy_prep (cw_gws). The loads of the next ns - 1 chunks
-** are in flight while one is computed (ns = cw_stages()).
-** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Ss [KP][LDVH],
-** Vd [64][LDVH] bf16, gs [ns][64] f32. */
-extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_args a) {
+** are in flight while one is computed (ns = cw_stages()). Four barriers a
+** chunk: S0 and the stage in smem | h[c] out, W S0 | Vn, Vd over Ss | the
+** update, Vn out | (Ss and the stage free again).
+** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Ss [KP][LDVH]
+** (its first 64 rows Vd once W S0 is done) bf16, gs [ns][64] f32. */
+template <int BVH>
+__device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
-  const int ns = cw_stages(a);
+  const int ns = cw_stages<BVH>(a);
   unsigned short *Ks = (unsigned short *)ck_sm;
   unsigned short *Ws = Ks + ns * CK_BT * CK_LDQ;
   unsigned short *Us = Ws + ns * CK_BT * CK_LDQ;
   unsigned short *Ss = Us + ns * CK_BT * CW_LDVH;
-  unsigned short *Vd = Ss + CK_KP * CW_LDVH; /* Vn .* 2^(gam_L - gam), the update's operand */
-  float *gs = (float *)(Vd + CK_BT * CW_LDVH);
+  unsigned short *Vd = Ss; /* Vn .* 2^(gam_L - gam), the update's operand, over Ss */
+  float *gs = (float *)(Ss + CK_KP * CW_LDVH);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const int vt = blockIdx.x % CW_NVH;
   const int n = blockIdx.x / CW_NVH;
   const int h = blockIdx.y;
   if (n >= a.N) return;
-  const int v0 = vt * CW_BVH;
-  const int vcols = FLA_V - v0 < CW_BVH ? FLA_V - v0 : CW_BVH;
+  const int v0 = vt * BVH;
+  const int vcols = FLA_V - v0 < BVH ? FLA_V - v0 : BVH;
   const long long H = a.H;
   const long long KV = (long long)FLA_K * FLA_V;
   const long long *cf = (const long long *)a.chunk_first;
@@ -746,16 +684,6 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
   unsigned short *hws = cw_hws(a);
   const int veck = (FLA_K % 8 == 0) && (((a.k | a.ws0) & 15) == 0);
   const int vecv = (FLA_V % 8 == 0) && ((a.ws1 & 15) == 0);
-  __shared__ __align__(8) unsigned long long bars[4]; /* a stage's bulk copies landed */
-  const int bulk = CW_BULK && veck && vecv;
-  unsigned phase = 0; /* bit st: the parity of stage st's next completion */
-#if CW_BULK
-  if (bulk && tid == 0) {
-    for (int st = 0; st < ns; st++) cw_bar_init(ck_smem(&bars[st]));
-    cw_bar_fence_init();
-  }
-  __syncthreads();
-#endif
 
   /* the first ns - 1 stages; a group is committed for every stage, empty
   ** past the last chunk, so that wait_group counts the same throughout */
@@ -764,9 +692,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
   long long cfe = c0;
   for (int st = 0; st < ns - 1; st++) {
     if (cfe < c1) {
-      cw_h_fetch(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + st * CK_BT * CK_LDQ,
-                 Ws + st * CK_BT * CK_LDQ, Us + st * CK_BT * CW_LDVH, gs + st * CK_BT, tid, bulk,
-                 ck_smem(&bars[st]));
+      cw_h_fetch<BVH>(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + st * CK_BT * CK_LDQ,
+                 Ws + st * CK_BT * CK_LDQ, Us + st * CK_BT * CW_LDVH, gs + st * CK_BT, tid);
       if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
       cfe++;
     }
@@ -779,9 +706,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
   for (long long c = c0; c < c1; c++) {
     const int rows = x.rows;
     if (cfe < c1) {
-      cw_h_fetch(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + fbuf * CK_BT * CK_LDQ,
-                 Ws + fbuf * CK_BT * CK_LDQ, Us + fbuf * CK_BT * CW_LDVH, gs + fbuf * CK_BT, tid,
-                 bulk, ck_smem(&bars[fbuf]));
+      cw_h_fetch<BVH>(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + fbuf * CK_BT * CK_LDQ,
+                 Ws + fbuf * CK_BT * CK_LDQ, Us + fbuf * CK_BT * CW_LDVH, gs + fbuf * CK_BT, tid);
       if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
       cfe++;
     }
@@ -815,18 +741,15 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
 #endif
       }
     cw_wait_oldest(ns);
-#if CW_BULK
-    if (bulk) {
-      cw_bar_wait(ck_smem(&bars[buf]), (phase >> buf) & 1u);
-      phase ^= 1u << buf;
-    }
-#endif
     __syncthreads();
 
     const unsigned short *Kb = Ks + buf * CK_BT * CK_LDQ;
     const unsigned short *Wb = Ws + buf * CK_BT * CK_LDQ;
     unsigned short *Ub = Us + buf * CK_BT * CW_LDVH;
     const float *gam = gs + buf * CK_BT;
+#if FLA_V % 8 == 0
+    cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c], while Ss holds it */
+#endif
 
     /* Vn = U - W S0 for the warp's rows 16w.., over U in smem and in ws1 */
     {
@@ -849,6 +772,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
           ck_mma(acc[2 * np + 1], wa, sb[2], sb[3]);
         }
       }
+      __syncthreads(); /* every warp is done with Ss: Vd takes its place */
       const int rA = 16 * w + g, rB = rA + 8;
 #if FLA_DECAY
       const float gL = gam[rows - 1];
@@ -891,14 +815,11 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
 #endif
       }
     }
-#if FLA_V % 8 == 0
-    cw_rows_out(hc, FLA_V, Ss, FLA_K, vcols, tid); /* Ss is complete since the first sync */
-#endif
     __syncthreads();
 
-    cw_state_update(S, Kb, Vd, gam, rows, w, lane);
+    cw_state_update<BVH>(S, Kb, Vd, gam, rows, w, lane);
 #if FLA_V % 8 == 0
-    cw_rows_out(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, rows, vcols, tid);
+    cw_rows_out<BVH>(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, rows, vcols, tid);
 #endif
 #if FLA_STORE_HT
     if (x.last)
@@ -909,6 +830,13 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
     buf = buf + 1 == ns ? 0 : buf + 1;
     fbuf = fbuf + 1 == ns ? 0 : fbuf + 1;
   }
+}
+
+extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_args a) {
+  cw_fwd_h<CW_BVH32>(a);
+}
+extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h64(fla_kernel_args a) {
+  cw_fwd_h<CW_BVH64>(a);
 }
 
 /* ------------------------------------------------ kernel 3: the output */
