@@ -19,6 +19,7 @@
 **          --shapes i,j  bench only these shapes (0-based)
 **          --recipes gdn,delta,comba  bench only these
 **          --cache DIR   cubin cache; --precompile fills it without a GPU
+**          --dump DIR    write each variant's source to DIR (diffs of generated code)
 */
 #include "internal.h"
 #include "generate.h"
@@ -40,6 +41,7 @@ static int have_gpu;
 static char arch[16] = "sm_90a";
 static int smem_optin = 227 * 1024;
 static const char *cache_dir;
+static const char *dump_dir;
 
 enum { NKMAX = FLA_STAGE_MAX_KERNELS };
 
@@ -140,6 +142,14 @@ static int build(variant *v, int verbose) {
     return -1;
   }
   char *src = assemble(v);
+  if (dump_dir) { /* --dump: the source as compiled, for diffs of generated code */
+    char path[1024];
+    snprintf(path, sizeof path, "%s/%s_K%d_V%d_BV%d.cu", dump_dir,
+             v->key.has_probe ? "comba" : v->key.decay ? "gdn" : "delta", v->key.K, v->key.V,
+             v->cfg.BV);
+    FILE *f = fopen(path, "w");
+    if (f) fputs(src, f), fclose(f);
+  }
   void *cubin = NULL;
   size_t size = 0;
   char *log = NULL;
@@ -184,7 +194,7 @@ static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev)
       int ns = prog <= 128 && KP <= 128 ? 4 : 2;
       L[1 + wide].grid[0] = (v->hsel == 64) == wide ? (unsigned)(nvh * a->N) : 0;
       L[1 + wide].smem = (unsigned)(ns * (2 * 64 * (KP + 8) * 2 + 64 * (bvh + 8) * 2 + 256) +
-                                    KP * (bvh + 8) * 2);
+                                    (KP + (bvh > 32 ? 0 : 64)) * (bvh + 8) * 2);
     }
   }
   void *params[] = {a};
@@ -545,6 +555,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--compile-only")) mode = 4;
     else if (!strcmp(argv[i], "--precompile")) mode |= 8;
     else if (!strcmp(argv[i], "--cache") && i + 1 < argc) cache_dir = argv[++i];
+    else if (!strcmp(argv[i], "--dump") && i + 1 < argc) dump_dir = argv[++i];
     else if (!strcmp(argv[i], "--def") && i + 1 < argc && ndefs < 16) defs[ndefs++] = argv[++i];
     else if (!strcmp(argv[i], "--shapes") && i + 1 < argc) {
       for (char *t = strtok(argv[++i], ","); t && nonly < 16; t = strtok(NULL, ","))
@@ -555,7 +566,8 @@ int main(int argc, char **argv) {
         rmask |= !strcmp(t, "gdn") ? 1 : !strcmp(t, "delta") ? 2 : !strcmp(t, "comba") ? 4 : 0;
     } else {
       fprintf(stderr, "usage: %s [--check] [--bench [--shapes i,...] [--recipes gdn,delta,comba]] "
-                      "[--def \"N=V ...\"]... [--cache DIR] [--precompile] | --compile-only\n",
+                      "[--def \"N=V ...\"]... [--cache DIR] [--dump DIR] [--precompile] | "
+                      "--compile-only\n",
               argv[0]);
       return 2;
     }

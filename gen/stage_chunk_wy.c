@@ -17,7 +17,8 @@
 ** Four kernels, three launched (grid, block, dynamic shared memory):
 **   fla_wy_prep    (NC, H)      128   NBP*64*(KP+8)*2 + 64*(VP+8)*2 + 2*64*68*4
 **                                      + 3*64*4
-**   fla_wy_fwd_h   (NVH*N, H)   128   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256) + KP*(BVH+8)*2
+**   fla_wy_fwd_h   (NVH*N, H)   128   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
+**                                      + (KP + (BVH > 32 ? 0 : 64))*(BVH+8)*2
 **   or fla_wy_fwd_h64 (the same with the wide BVH; the other gets grid 0)
 **   fla_wy_fwd_o   (NC*NV, H)   128   2*64*(KP+8)*2 + 64*(BV+8)*2 + KP*(BV+8)*2 + 256
 ** KP = K rounded up to 64, VP = V rounded up to 64, NBP = 2 with a probe
@@ -81,10 +82,11 @@ static int stages_h_(const fla_gen_key *key, const fla_tile_config *cfg, int wid
   return nvh * N * H <= WY_FEW ? stages_few_(key) : 2;
 }
 
+/* Vd has its own 64 rows unless BVH > 32 (then it lies over Ss). */
 static unsigned smem_h_(const fla_gen_key *key, const fla_tile_config *cfg, int wide, int ns) {
   int KP = kp_(key->K), bv = bvh_(cfg, wide);
   return (unsigned)(ns * (2 * WY_BT * (KP + 8) * 2 + WY_BT * (bv + 8) * 2 + WY_BT * 4) +
-                    KP * (bv + 8) * 2);
+                    (KP + (bv > 32 ? 0 : WY_BT)) * (bv + 8) * 2);
 }
 
 static unsigned smem_o_(const fla_gen_key *key, const fla_tile_config *cfg) {

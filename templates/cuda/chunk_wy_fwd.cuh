@@ -643,21 +643,24 @@ __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_ch
 **   Vn    = U - W h[c]                   -> ws1 over U (bf16), and smem
 **   S     = 2^gam_L S0 + (K .* 2^(gam_L - gam))^T Vn
 ** gam comes from fla_wy_prep (cw_gws). The loads of the next ns - 1 chunks
-** are in flight while one is computed (ns = cw_stages()). Four barriers a
-** chunk: S0 and the stage in smem | h[c] out, W S0 | Vn, Vd over Ss | the
-** update, Vn out | (Ss and the stage free again).
-** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Ss [KP][LDVH]
-** (its first 64 rows Vd once W S0 is done) bf16, gs [ns][64] f32. */
+** are in flight while one is computed (ns = cw_stages()). Barriers a
+** chunk: S0 and the stage in smem | W S0, Vn and Vd, h[c] out | the update,
+** Vn out | (Ss and the stage free again); the wide kernel puts Vd over Ss
+** (smem for two blocks a SM) and so needs one more, after W S0.
+** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Ss [KP][LDVH],
+** Vd [64][LDVH] (over Ss's first rows when BVH > 32) bf16, gs [ns][64] f32. */
 template <int BVH>
-__device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a) {
-  extern __shared__ __align__(16) unsigned char ck_sm[];
+__device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char *ck_sm) {
   const int ns = cw_stages<BVH>(a);
   unsigned short *Ks = (unsigned short *)ck_sm;
   unsigned short *Ws = Ks + ns * CK_BT * CK_LDQ;
   unsigned short *Us = Ws + ns * CK_BT * CK_LDQ;
   unsigned short *Ss = Us + ns * CK_BT * CW_LDVH;
-  unsigned short *Vd = Ss; /* Vn .* 2^(gam_L - gam), the update's operand, over Ss */
-  float *gs = (float *)(Ss + CK_KP * CW_LDVH);
+  /* Vd = Vn .* 2^(gam_L - gam), the update's operand: over Ss in the wide
+  ** kernel (two blocks a SM; one more barrier a chunk), else its own */
+  constexpr bool alias = BVH > 32;
+  unsigned short *Vd = alias ? Ss : Ss + CK_KP * CW_LDVH;
+  float *gs = (float *)(Ss + (alias ? CK_KP : CK_KP + CK_BT) * CW_LDVH);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const int vt = blockIdx.x % CW_NVH;
   const int n = blockIdx.x / CW_NVH;
@@ -748,7 +751,7 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a) {
     unsigned short *Ub = Us + buf * CK_BT * CW_LDVH;
     const float *gam = gs + buf * CK_BT;
 #if FLA_V % 8 == 0
-    cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c], while Ss holds it */
+    if (alias) cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c], while Ss holds it */
 #endif
 
     /* Vn = U - W S0 for the warp's rows 16w.., over U in smem and in ws1 */
@@ -772,7 +775,7 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a) {
           ck_mma(acc[2 * np + 1], wa, sb[2], sb[3]);
         }
       }
-      __syncthreads(); /* every warp is done with Ss: Vd takes its place */
+      if (alias) __syncthreads(); /* every warp is done with Ss: Vd takes its place */
       const int rA = 16 * w + g, rB = rA + 8;
 #if FLA_DECAY
       const float gL = gam[rows - 1];
@@ -815,6 +818,9 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a) {
 #endif
       }
     }
+#if FLA_V % 8 == 0
+    if (!alias) cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c] */
+#endif
     __syncthreads();
 
     cw_state_update<BVH>(S, Kb, Vd, gam, rows, w, lane);
@@ -833,10 +839,12 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a) {
 }
 
 extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_args a) {
-  cw_fwd_h<CW_BVH32>(a);
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  cw_fwd_h<CW_BVH32>(a, ck_sm);
 }
 extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h64(fla_kernel_args a) {
-  cw_fwd_h<CW_BVH64>(a);
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  cw_fwd_h<CW_BVH64>(a, ck_sm);
 }
 
 /* ------------------------------------------------ kernel 3: the output */
