@@ -6,37 +6,43 @@
 ** (scalar g [tok,H]), FLA_HAS_PROBE 0/1 (p replaces k in L and W: Comba),
 ** FLA_READ_BEFORE 0, no bonus, no derived key, FLA_IN_BF16 1 (q, k, v, p, g,
 ** beta, o bf16; h0, ht, gamma f32). FLA_BT 64, FLA_WARPS 4, FLA_BV value
-** columns a program of the second kernel (multiple of 16); K is never tiled.
+** columns a program of the output kernel (multiple of 16; the state kernels
+** take min(BV, 32) or min(BV, 64)); K is never tiled.
 **
 ** The math (runtime/cpu/chunk.c, fla-notes.md §2.4). Per chunk of C <= 64
 ** rows with S0 the state entering it, log gates in base 2 (g * log2 e),
 ** P = p (probe) or k:
 **   gam_i = sum_{r <= i} g_r   (const decay: gam_i = gamma_h (i+1); none: 0)
 **   L     = diag(beta) ((P K^T) .* 2^(gam_i - gam_j)), strictly lower (j < i)
-**   T     = (I + L)^-1          (unit lower triangular: forward substitution)
+**   T     = (I + L)^-1          (unit lower triangular)
 **   W     = T diag(beta) (P .* 2^gam),   U = T diag(beta) V
 **   Vn    = U - W S0
 **   O     = scale [ diag(2^gam) Q S0 + ((Q K^T) .* M .* 2^(gam_i - gam_j)) Vn ]
-**   S_L   = 2^gam_L S0 + (K .* 2^(gam_L - gam))^T Vn
+**   S_L   = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam))
 ** (with P = K in L for the plain delta rule: L uses P K^T = P P^T only when
 ** there is no probe; with a probe, L_ij = beta_i (p_i . k_j) 2^(gam_i - gam_j).)
 **
-** Three kernels:
+** Four kernels, three launched (per-kernel timings and what limits each:
+** bench/results/2026-11-23-chunk-wy-fwd-2.md):
 **   fla_wy_prep  (NC, H), 128 threads: one chunk of one head, fully parallel.
-**       L by mma (fp32 accumulate) into fp32 smem, T by forward substitution
-**       in fp32 (threads 2j, 2j+1 own column j: X_ij = delta_ij -
-**       sum_{j<=m<i} L_im X_mj), T rounded to bf16 (as fla's solve_tril
-**       output), the operands beta .* 2^gam .* P and beta .* V rounded to
-**       bf16, W and U by mma -> ws0 = W bf16 [tok,H,K], ws1 = U bf16 [tok,H,V].
-**   fla_wy_fwd_h (NVH*N, H), 128 threads: one (value tile of BVH = min(BV,
-**       32) columns, sequence, head),
-**       sequential over the sequence's chunks with the K x BV state slice in
-**       fp32 registers (chunk_fwd's layout); per chunk h[c] = bf16(S0) -> ws0
-**       after W ([NC,H,K,V]), Vn = U - W h[c] by mma, rounded to bf16 (fla's
-**       v_new) -> ws1 over U, then S = 2^gam_L S0 + (K .* 2^(gam_L-gam))^T Vn.
-**       K, W, U tiles double-buffered with cp.async.
+**       gam by a warp scan -> ws1 after U ([NC,H,64] f32, for the others);
+**       L by mma (fp32 accumulate) into fp32 smem; T in fp32 blocked in
+**       16 x 16 (fla's solve_tril): diagonal blocks by forward substitution,
+**       off-diagonal ones level by level; the operands beta .* 2^gam .* P
+**       and beta .* V rounded to bf16, W and U by mma with T's fragments
+**       rounded to bf16 (as fla's solve_tril output) -> ws0 = W bf16
+**       [tok,H,K], ws1 = U bf16 [tok,H,V].
+**   fla_wy_fwd_h / fla_wy_fwd_h64 (NVH*N, H), 128 threads: one (value tile
+**       of BVH = min(BV, 32) / min(BV, 64) columns, sequence, head), the
+**       launcher runs one of the two by the program count; sequential over
+**       the sequence's chunks with the K x BVH state slice in fp32 registers
+**       (chunk_fwd's layout); per chunk h[c] = bf16(S0) -> ws0 after W
+**       ([NC,H,K,V]), Vn = U - W h[c] by mma, rounded to bf16 (fla's v_new)
+**       -> ws1 over U, then S = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam)).
+**       K, W, U, gam tiles in 2..4 cp.async stages.
 **   fla_wy_fwd_o (NC*NV, H), 128 threads: fully parallel, chunk_fwd's output
-**       of one chunk from Q, K, Vn and h[c] (ck_o_chunk without the update).
+**       of one chunk from Q, K, Vn, h[c] and gam (ck_o_chunk without the
+**       update).
 ** The helpers below (primitives, chunk walk, tile loads, gate scan, state in
 ** registers, ck_o_chunk) are copied from chunk_fwd.cuh: keep them in step.
 */
