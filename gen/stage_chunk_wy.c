@@ -11,21 +11,26 @@
 ** per-key decay (KDA: needs the sub-chunked per-key gate products).
 **
 ** Tiles: BT = 64 tokens a chunk, 4 warps, BV value columns a program of the
-** second and third kernels (a multiple of 16, 16..128; default 64, 32 for
+** second and third kernels (a multiple of 16, 16..128; default 128, 32 for
 ** K > 128), BK 0 or K (never tiled).
 **
-** Three kernels (grid, block, dynamic shared memory):
-**   fla_wy_prep   (NC, H)      128   NBP*64*(KP+8)*2 + 64*(VP+8)*2 + 2*64*65*4
-**                                     + 64*72*2 + 3*64*4
-**   fla_wy_fwd_h  (NVH*N, H)   128   2*2*64*(KP+8)*2 + 2*64*(BVH+8)*2 + KP*(BVH+8)*2 + 256
-**   fla_wy_fwd_o  (NC*NV, H)   128   2*64*(KP+8)*2 + 64*(BV+8)*2 + KP*(BV+8)*2 + 256
+** Four kernels, three launched (grid, block, dynamic shared memory):
+**   fla_wy_prep    (NC, H)      128   NBP*64*(KP+8)*2 + 64*(VP+8)*2 + 2*64*68*4
+**                                      + 3*64*4
+**   fla_wy_fwd_h   (NVH*N, H)   128   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
+**                                      + (KP + (BVH > 32 ? 0 : 64))*(BVH+8)*2
+**   or fla_wy_fwd_h64 (the same with the wide BVH; the other gets grid 0)
+**   fla_wy_fwd_o   (NC*NV, H)   128   2*64*(KP+8)*2 + 64*(BV+8)*2 + KP*(BV+8)*2 + 256
 ** KP = K rounded up to 64, VP = V rounded up to 64, NBP = 2 with a probe
-** (p and k tiles) else 1, NV = ceil(V/BV), BVH = min(BV, 32) (the sequential
-** state kernel takes narrower value tiles: more programs, a shorter chain a
-** chunk), NVH = ceil(V/BVH).
+** (p and k tiles) else 1, NV = ceil(V/BV). The sequential state kernel
+** takes BVH = min(BV, 32) value columns (more programs, a short chain a
+** chunk), or min(BV, 64) when min(BV, 32) would give more than WY_MANY
+** programs (K and W loaded once for twice the columns); NVH = ceil(V/BVH),
+** NS = its pipeline stages (4 when NVH*N*H <= 128 and KP <= 128, else 2).
 ** Workspaces: ws0 = W bf16 [total, H, K] (padded to 16 bytes), then the chunk
 ** states h bf16 [NC, H, K, V]; ws1 = U bf16 [total, H, V], overwritten with Vn
-** by fla_wy_fwd_h.
+** by fla_wy_fwd_h, then the chunks' gate sums gam f32 [NC, H, 64] (written
+** by fla_wy_prep, read by the other two).
 ** Both kernels can need more than 48 KiB of shared memory: the launcher
 ** raises CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to smem.
 */
@@ -50,15 +55,38 @@ static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
 static unsigned smem_prep_(const fla_gen_key *key) {
   int nbp = key->has_probe ? 2 : 1;
   return (unsigned)(nbp * WY_BT * (kp_(key->K) + 8) * 2 + WY_BT * (vp_(key->V) + 8) * 2 +
-                    2 * WY_BT * 65 * 4 + WY_BT * 72 * 2 + 3 * WY_BT * 4);
+                    2 * WY_BT * 68 * 4 + 3 * WY_BT * 4);
 }
 
-/* The state kernel's value tile (CW_BVH in chunk_wy_fwd.cuh). */
-static int bvh_(const fla_tile_config *cfg) { return cfg->BV < 32 ? cfg->BV : 32; }
+/* The state kernel's value tile (CW_BVH32 / CW_BVH64 in chunk_wy_fwd.cuh)
+** and which of the two a launch takes: the wide one past WY_MANY programs of
+** the narrow one (1,8192,96 and 4,4096,64 on the H100). */
+#define WY_MANY 256
+static int bvh_(const fla_tile_config *cfg, int wide) {
+  int cap = wide ? 64 : 32;
+  return cfg->BV < cap ? cfg->BV : cap;
+}
+static int wide_(const fla_gen_key *key, const fla_tile_config *cfg, int64_t N, int64_t H) {
+  int64_t nvh = (key->V + bvh_(cfg, 0) - 1) / bvh_(cfg, 0);
+  return nvh * N * H > WY_MANY;
+}
 
-static unsigned smem_h_(const fla_gen_key *key, const fla_tile_config *cfg) {
-  int KP = kp_(key->K), bv = bvh_(cfg);
-  return (unsigned)(2 * 2 * WY_BT * (KP + 8) * 2 + 2 * WY_BT * (bv + 8) * 2 + KP * (bv + 8) * 2 + 256);
+/* The state kernel's pipeline depth (cw_stages() in chunk_wy_fwd.cuh): with
+** at most WY_FEW programs (about one block a SM) 4 stages for K <= 128, else
+** 2 (two blocks a SM). ns_max: the deepest any launch can take. */
+#define WY_FEW 128
+static int stages_few_(const fla_gen_key *key) { return kp_(key->K) <= 128 ? 4 : 2; }
+static int stages_h_(const fla_gen_key *key, const fla_tile_config *cfg, int wide, int64_t N,
+                     int64_t H) {
+  int64_t nvh = (key->V + bvh_(cfg, wide) - 1) / bvh_(cfg, wide);
+  return nvh * N * H <= WY_FEW ? stages_few_(key) : 2;
+}
+
+/* Vd has its own 64 rows unless BVH > 32 (then it lies over Ss). */
+static unsigned smem_h_(const fla_gen_key *key, const fla_tile_config *cfg, int wide, int ns) {
+  int KP = kp_(key->K), bv = bvh_(cfg, wide);
+  return (unsigned)(ns * (2 * WY_BT * (KP + 8) * 2 + WY_BT * (bv + 8) * 2 + WY_BT * 4) +
+                    (KP + (bv > 32 ? 0 : WY_BT)) * (bv + 8) * 2);
 }
 
 static unsigned smem_o_(const fla_gen_key *key, const fla_tile_config *cfg) {
@@ -73,7 +101,9 @@ static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {
   if (cfg->BK == 0) cfg->BK = key->K;
   if (cfg->BV == 0) {
     int v16 = (key->V + 15) / 16 * 16;
-    int bv = key->K <= 128 ? 64 : 32; /* K > 128: 64 state registers a thread at most */
+    /* the output kernel: one value tile for K <= 128 (q and k read once;
+    ** measured 5-10% faster than 64 on the H100), 32 beyond */
+    int bv = key->K <= 128 ? 128 : 32;
     cfg->BV = v16 < bv ? v16 : bv;
   }
 }
@@ -101,15 +131,12 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
   if (cfg->BV < 16 || cfg->BV > 128 || cfg->BV % 16)
     return fla_set_error(ctx, FLA_INVALID, "chunk_wy_fwd: BV %d (a multiple of 16 in 16..128)",
                          cfg->BV);
-  int regs = kw_(key->K) / 16 * (cfg->BV / 8) * 4;
-  if (regs > 64)
-    return fla_set_error(ctx, FLA_INVALID,
-                         "chunk_wy_fwd: BV %d with K %d needs %d state registers a thread (at most 64)",
-                         cfg->BV, key->K, regs);
-  if (smem_h_(key, cfg) > WY_SMEM_MAX || smem_o_(key, cfg) > WY_SMEM_MAX ||
-      smem_prep_(key) > WY_SMEM_MAX)
+  /* the state kernel's slice is K x min(BV, 32): at most 64 registers a
+  ** thread for K <= 256; the output kernel holds BV / 2 accumulators */
+  unsigned smh = smem_h_(key, cfg, 1, stages_few_(key));
+  if (smh > WY_SMEM_MAX || smem_o_(key, cfg) > WY_SMEM_MAX || smem_prep_(key) > WY_SMEM_MAX)
     return fla_set_error(ctx, FLA_INVALID, "chunk_wy_fwd: %u / %u / %u bytes of shared memory",
-                         smem_prep_(key), smem_h_(key, cfg), smem_o_(key, cfg));
+                         smem_prep_(key), smh, smem_o_(key, cfg));
   return FLA_OK;
 }
 
@@ -117,18 +144,25 @@ static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*n
   (void)key, (void)cfg;
   snprintf(names[0], 64, "fla_wy_prep");
   snprintf(names[1], 64, "fla_wy_fwd_h");
-  snprintf(names[2], 64, "fla_wy_fwd_o");
-  return 3;
+  snprintf(names[2], 64, "fla_wy_fwd_h64");
+  snprintf(names[3], 64, "fla_wy_fwd_o");
+  return 4;
 }
 
 static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
                      const fla_kernel_args *args, fla_kernel_launch *out) {
   int64_t NC = args->num_chunks, H = args->H, N = args->N, NV = nv_(key, cfg);
   fla_chunk_launch_set(&out[0], "fla_wy_prep", (unsigned)NC, (unsigned)H, 32 * WY_WARPS, smem_prep_(key));
-  int64_t NVH = (key->V + bvh_(cfg) - 1) / bvh_(cfg);
-  fla_chunk_launch_set(&out[1], "fla_wy_fwd_h", (unsigned)(NVH * N), (unsigned)H, 32 * WY_WARPS, smem_h_(key, cfg));
-  fla_chunk_launch_set(&out[2], "fla_wy_fwd_o", (unsigned)(NC * NV), (unsigned)H, 32 * WY_WARPS, smem_o_(key, cfg));
-  return 3;
+  for (int wide = 0; wide < 2; wide++) { /* one of the two state kernels runs */
+    int64_t NVH = (key->V + bvh_(cfg, wide) - 1) / bvh_(cfg, wide);
+    int on = wide == wide_(key, cfg, N, H);
+    fla_chunk_launch_set(&out[1 + wide], wide ? "fla_wy_fwd_h64" : "fla_wy_fwd_h",
+                         on ? (unsigned)(NVH * N) : 0, (unsigned)H, 32 * WY_WARPS,
+                         smem_h_(key, cfg, wide, stages_h_(key, cfg, wide, N, H)));
+    if (!on) out[1 + wide].grid[0] = 0; /* fla_cuda_run_stage skips an empty grid */
+  }
+  fla_chunk_launch_set(&out[3], "fla_wy_fwd_o", (unsigned)(NC * NV), (unsigned)H, 32 * WY_WARPS, smem_o_(key, cfg));
+  return 4;
 }
 
 static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
@@ -138,7 +172,9 @@ static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
   size_t wbytes = ((size_t)(rows * key->K) * 2 + 15) / 16 * 16;
   size_t hbytes = (size_t)((int64_t)args->num_chunks * args->H * key->K * key->V) * 2;
   *ws0 = rows > 0 ? wbytes + hbytes + 16 : 0;
-  *ws1 = rows > 0 ? (size_t)(rows * key->V) * 2 + 16 : 0;
+  size_t ubytes = ((size_t)(rows * key->V) * 2 + 15) / 16 * 16;
+  size_t gbytes = (size_t)((int64_t)args->num_chunks * args->H * WY_BT) * 4;
+  *ws1 = rows > 0 ? ubytes + gbytes + 16 : 0;
 }
 
 const fla_stage_impl fla_stage_chunk_wy_fwd = {

@@ -6,37 +6,43 @@
 ** (scalar g [tok,H]), FLA_HAS_PROBE 0/1 (p replaces k in L and W: Comba),
 ** FLA_READ_BEFORE 0, no bonus, no derived key, FLA_IN_BF16 1 (q, k, v, p, g,
 ** beta, o bf16; h0, ht, gamma f32). FLA_BT 64, FLA_WARPS 4, FLA_BV value
-** columns a program of the second kernel (multiple of 16); K is never tiled.
+** columns a program of the output kernel (multiple of 16; the state kernels
+** take min(BV, 32) or min(BV, 64)); K is never tiled.
 **
 ** The math (runtime/cpu/chunk.c, fla-notes.md §2.4). Per chunk of C <= 64
 ** rows with S0 the state entering it, log gates in base 2 (g * log2 e),
 ** P = p (probe) or k:
 **   gam_i = sum_{r <= i} g_r   (const decay: gam_i = gamma_h (i+1); none: 0)
 **   L     = diag(beta) ((P K^T) .* 2^(gam_i - gam_j)), strictly lower (j < i)
-**   T     = (I + L)^-1          (unit lower triangular: forward substitution)
+**   T     = (I + L)^-1          (unit lower triangular)
 **   W     = T diag(beta) (P .* 2^gam),   U = T diag(beta) V
 **   Vn    = U - W S0
 **   O     = scale [ diag(2^gam) Q S0 + ((Q K^T) .* M .* 2^(gam_i - gam_j)) Vn ]
-**   S_L   = 2^gam_L S0 + (K .* 2^(gam_L - gam))^T Vn
+**   S_L   = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam))
 ** (with P = K in L for the plain delta rule: L uses P K^T = P P^T only when
 ** there is no probe; with a probe, L_ij = beta_i (p_i . k_j) 2^(gam_i - gam_j).)
 **
-** Three kernels:
+** Four kernels, three launched (per-kernel timings and what limits each:
+** bench/results/2026-11-23-chunk-wy-fwd-2.md):
 **   fla_wy_prep  (NC, H), 128 threads: one chunk of one head, fully parallel.
-**       L by mma (fp32 accumulate) into fp32 smem, T by forward substitution
-**       in fp32 (threads 2j, 2j+1 own column j: X_ij = delta_ij -
-**       sum_{j<=m<i} L_im X_mj), T rounded to bf16 (as fla's solve_tril
-**       output), the operands beta .* 2^gam .* P and beta .* V rounded to
-**       bf16, W and U by mma -> ws0 = W bf16 [tok,H,K], ws1 = U bf16 [tok,H,V].
-**   fla_wy_fwd_h (NVH*N, H), 128 threads: one (value tile of BVH = min(BV,
-**       32) columns, sequence, head),
-**       sequential over the sequence's chunks with the K x BV state slice in
-**       fp32 registers (chunk_fwd's layout); per chunk h[c] = bf16(S0) -> ws0
-**       after W ([NC,H,K,V]), Vn = U - W h[c] by mma, rounded to bf16 (fla's
-**       v_new) -> ws1 over U, then S = 2^gam_L S0 + (K .* 2^(gam_L-gam))^T Vn.
-**       K, W, U tiles double-buffered with cp.async.
+**       gam by a warp scan -> ws1 after U ([NC,H,64] f32, for the others);
+**       L by mma (fp32 accumulate) into fp32 smem; T in fp32 blocked in
+**       16 x 16 (fla's solve_tril): diagonal blocks by forward substitution,
+**       off-diagonal ones level by level; the operands beta .* 2^gam .* P
+**       and beta .* V rounded to bf16, W and U by mma with T's fragments
+**       rounded to bf16 (as fla's solve_tril output) -> ws0 = W bf16
+**       [tok,H,K], ws1 = U bf16 [tok,H,V].
+**   fla_wy_fwd_h / fla_wy_fwd_h64 (NVH*N, H), 128 threads: one (value tile
+**       of BVH = min(BV, 32) / min(BV, 64) columns, sequence, head), the
+**       launcher runs one of the two by the program count; sequential over
+**       the sequence's chunks with the K x BVH state slice in fp32 registers
+**       (chunk_fwd's layout); per chunk h[c] = bf16(S0) -> ws0 after W
+**       ([NC,H,K,V]), Vn = U - W h[c] by mma, rounded to bf16 (fla's v_new)
+**       -> ws1 over U, then S = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam)).
+**       K, W, U, gam tiles in 2..4 cp.async stages.
 **   fla_wy_fwd_o (NC*NV, H), 128 threads: fully parallel, chunk_fwd's output
-**       of one chunk from Q, K, Vn and h[c] (ck_o_chunk without the update).
+**       of one chunk from Q, K, Vn, h[c] and gam (ck_o_chunk without the
+**       update).
 ** The helpers below (primitives, chunk walk, tile loads, gate scan, state in
 ** registers, ck_o_chunk) are copied from chunk_fwd.cuh: keep them in step.
 */
@@ -266,8 +272,7 @@ __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const un
 #define CW_VP ((FLA_V + 63) / 64 * 64)
 #define CW_LDP CK_LDQ
 #define CW_LDV1 (CW_VP + 8)
-#define CW_LDL 65 /* fp32 L and T rows */
-#define CW_LDT 72 /* bf16 T rows       */
+#define CW_LDL 68 /* fp32 L and T rows: 16-byte aligned for float4 */
 
 #if FLA_HAS_PROBE
 #define CW_NBUF_P 2 /* Ps (p) and Ks (k) */
@@ -277,9 +282,11 @@ __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const un
 
 /* D[16w.., 0..NCOL) = T[16w.., 0..64) B[0..64, n0..n0+NCOL) for each 64-column
 ** group of B (bf16 [64][LDB] in smem), rows < rows and columns < ncols stored
-** as bf16 to dst (row stride ld). T lower triangular: k-steps kk <= w only. */
+** as bf16 to dst (row stride ld). T (fp32 [64][CW_LDL] in smem) is rounded
+** to bf16 as its fragments are loaded (fla's solve_tril output is bf16); it
+** is lower triangular: k-steps kk <= w only. */
 template <int NCOL, int LDB>
-__device__ __forceinline__ void cw_tmul_store(const unsigned short *Tb, const unsigned short *Bs,
+__device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned short *Bs,
                                               unsigned short *dst, long long ld, int ncols,
                                               int rows, int w, int lane) {
   const int g = lane >> 2, q = lane & 3;
@@ -295,7 +302,13 @@ __device__ __forceinline__ void cw_tmul_store(const unsigned short *Tb, const un
     for (int kk = 0; kk < 4; kk++) {
       if (kk <= w) {
         unsigned ta[4];
-        ck_ldm4(ta, ck_smem(Tb + (16 * w + (lane & 15)) * CW_LDT + kk * 16 + (lane >> 4) * 8));
+        const float *tA = Tf + rA * CW_LDL + 16 * kk + 2 * q, *tB = tA + 8 * CW_LDL;
+        const float2 a0 = *(const float2 *)tA, a1 = *(const float2 *)tB;
+        const float2 a2 = *(const float2 *)(tA + 8), a3 = *(const float2 *)(tB + 8);
+        ta[0] = ck_pack(a0.x, a0.y);
+        ta[1] = ck_pack(a1.x, a1.y);
+        ta[2] = ck_pack(a2.x, a2.y);
+        ta[3] = ck_pack(a3.x, a3.y);
 #pragma unroll
         for (int np = 0; np < 4; np++) {
           unsigned vb[4];
@@ -309,28 +322,41 @@ __device__ __forceinline__ void cw_tmul_store(const unsigned short *Tb, const un
 #pragma unroll
     for (int j = 0; j < 8; j++) {
       const int col = n0 + 8 * j + 2 * q;
+      if (ncols % 2 == 0 && (ld & 1) == 0 && ((unsigned long long)dst & 3) == 0) { /* pairs */
+        if (col < ncols) {
+          if (rA < rows) *(unsigned *)(dst + rA * ld + col) = ck_pack(acc[j][0], acc[j][1]);
+          if (rB < rows) *(unsigned *)(dst + rB * ld + col) = ck_pack(acc[j][2], acc[j][3]);
+        }
+      } else {
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int r = (e < 2) ? rA : rB, cl = col + (e & 1);
-        if (r < rows && cl < ncols) {
-          unsigned u = ck_pack(acc[j][e], 0.0f);
-          dst[r * ld + cl] = (unsigned short)(u & 0xffffu);
+        for (int e = 0; e < 4; e++) {
+          const int r = (e < 2) ? rA : rB, cl = col + (e & 1);
+          if (r < rows && cl < ncols) {
+            unsigned u = ck_pack(acc[j][e], 0.0f);
+            dst[r * ld + cl] = (unsigned short)(u & 0xffffu);
+          }
         }
       }
     }
   }
 }
 
+/* Where the chunks' gate sums gam start in ws1 (after U, 16-byte aligned):
+** f32 [NC, H, 64], written by fla_wy_prep, read by the two other kernels. */
+__device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
+  const unsigned long long ubytes = ((unsigned long long)a.total * a.H * FLA_V * 2 + 15) / 16 * 16;
+  return (float *)(a.ws1 + ubytes);
+}
+
 /* Shared memory: Ps[64][LDP] (and Ks[64][LDP] with a probe), Vs[64][LDV1]
-** bf16, Lf[64][65], Tf[64][65] f32, Tb[64][72] bf16, gam, bet, fsc [64] f32. */
+** bf16, Lf[64][65], Tf[64][65] f32, gam, bet, fsc [64] f32. */
 extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Ps = (unsigned short *)ck_sm;
   unsigned short *Vs = Ps + CW_NBUF_P * CK_BT * CW_LDP;
   float *Lf = (float *)(Vs + CK_BT * CW_LDV1);
   float *Tf = Lf + CK_BT * CW_LDL;
-  unsigned short *Tb = (unsigned short *)(Tf + CK_BT * CW_LDL);
-  float *gam = (float *)(Tb + CK_BT * CW_LDT);
+  float *gam = Tf + CK_BT * CW_LDL;
   float *bet = gam + CK_BT;
   float *fsc = bet + CK_BT;
   const long long c = blockIdx.x;
@@ -367,6 +393,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
     bet[tid] = tid < rows ? ck_ldgf(a.beta, (x.t0 + tid) * H + h) : 0.0f;
   ck_wait_all();
   __syncthreads();
+#if FLA_DECAY
+  if (tid < CK_BT) cw_gws(a)[(c * H + h) * CK_BT + tid] = gam[tid];
+#endif
 
   /* L = diag(beta) (P K^T .* 2^(gam_i - gam_j)), j < i: warp w rows 16w.. */
   {
@@ -416,53 +445,96 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
   }
   __syncthreads();
 
-  /* T = (I + L)^-1, fp32: threads 2j and 2j+1 own column j, each summing
-  ** every other m of X_ij = delta_ij - sum_{j<=m<i} L_im X_mj (shuffle to
-  ** combine; the i loop is uniform, so every lane reaches the shuffle). */
-  {
-    const int j = tid >> 1, half = tid & 1;
-    for (int i = 0; i < CK_BT; i++) {
-      float s = 0.0f;
-      const float *Li = Lf + i * CW_LDL;
-      for (int m = j + half; m < i; m += 2) s -= Li[m] * Tf[m * CW_LDL + j];
-      s += __shfl_xor_sync(0xffffffffu, s, 1);
-      if (i == j) s = 1.0f;
-      if (i < j) s = 0.0f;
-      if (half == 0) {
-        Tf[i * CW_LDL + j] = s;
-        Tb[i * CW_LDT + j] = (unsigned short)(ck_pack(s, 0.0f) & 0xffffu);
-      }
-      __syncwarp();
+  /* T = (I + L)^-1 in fp32, blocked in 16 x 16 blocks (fla's solve_tril),
+  ** with B_ij the blocks of I + L and A_ij those of T:
+  **   A_ii = B_ii^-1 by forward substitution (one thread a column), while
+  **          the other threads scale the W and U operands;
+  **   A_ij = -A_ii sum_{j<=m<i} B_im A_mj, level by level in i - j = 1, 2, 3
+  **          (each level needs the ones below it), all threads on all blocks
+  **          of a level. */
+  if (tid < CK_BT) {
+    const int o = tid & ~15, jj = tid & 15;
+    float x[16];
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+      float s = i == jj ? 1.0f : 0.0f;
+      const float *Li = Lf + (o + i) * CW_LDL + o;
+#pragma unroll
+      for (int m = 0; m < i; m++) s -= Li[m] * x[m];
+      x[i] = s;
+    }
+#pragma unroll
+    for (int i = 0; i < 16; i++) Tf[(o + i) * CW_LDL + o + jj] = x[i];
+  } else {
+    /* the operands: Ps <- bf16(beta 2^gam .* P), Vs <- bf16(beta .* V) */
+    const int t = tid - CK_BT;
+    for (int e = t; e < CK_BT * (CK_KP / 2); e += CK_NTH - CK_BT) {
+      const int r = e / (CK_KP / 2), cc = 2 * (e % (CK_KP / 2));
+      unsigned *pv = (unsigned *)(Ps + r * CW_LDP + cc);
+      *pv = ck_scale2(*pv, fsc[r], fsc[r]);
+    }
+    for (int e = t; e < CK_BT * (CW_VP / 2); e += CK_NTH - CK_BT) {
+      const int r = e / (CW_VP / 2), cc = 2 * (e % (CW_VP / 2));
+      unsigned *pv = (unsigned *)(Vs + r * CW_LDV1 + cc);
+      *pv = ck_scale2(*pv, bet[r], bet[r]);
     }
   }
-  /* the operands: Ps <- bf16(beta 2^gam .* P), Vs <- bf16(beta .* V) */
-  for (int e = tid; e < CK_BT * (CK_KP / 2); e += CK_NTH) {
-    const int r = e / (CK_KP / 2), cc = 2 * (e % (CK_KP / 2));
-    unsigned *pv = (unsigned *)(Ps + r * CW_LDP + cc);
-    *pv = ck_scale2(*pv, fsc[r], fsc[r]);
-  }
-  for (int e = tid; e < CK_BT * (CW_VP / 2); e += CK_NTH) {
-    const int r = e / (CW_VP / 2), cc = 2 * (e % (CW_VP / 2));
-    unsigned *pv = (unsigned *)(Vs + r * CW_LDV1 + cc);
-    *pv = ck_scale2(*pv, bet[r], bet[r]);
-  }
   __syncthreads();
+#pragma unroll
+  for (int d = 1; d < 4; d++) {
+    /* P_b = sum_{j<=m<i} L_im A_mj for the blocks (i, j) = (d + b, b), kept
+    ** in T's unused upper block (b, 3) */
+    /* a thread a row and 4 columns (float4): smem bandwidth bounds this */
+    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
+      const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
+      const float *Lr = Lf + (16 * i + r) * CW_LDL;
+      const float *Ac = Tf + 16 * b + cl;
+      float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+      for (int m = 16 * b; m < 16 * b + 16 * d; m++) {
+        const float l = Lr[m];
+        const float4 x = *(const float4 *)(Ac + m * CW_LDL);
+        s.x += l * x.x, s.y += l * x.y, s.z += l * x.z, s.w += l * x.w;
+      }
+      *(float4 *)(Tf + (16 * b + r) * CW_LDL + 48 + cl) = s;
+    }
+    __syncthreads();
+    /* A_ij = -A_ii P_b (A_ii's upper triangle holds zeros) */
+    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
+      const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
+      const float *Ar = Tf + (16 * i + r) * CW_LDL + 16 * i;
+      const float *Pc = Tf + 16 * b * CW_LDL + 48 + cl;
+      float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+      for (int t = 0; t < 16; t++) {
+        const float l = Ar[t];
+        const float4 x = *(const float4 *)(Pc + t * CW_LDL);
+        s.x -= l * x.x, s.y -= l * x.y, s.z -= l * x.z, s.w -= l * x.w;
+      }
+      *(float4 *)(Tf + (16 * i + r) * CW_LDL + 16 * b + cl) = s;
+    }
+    __syncthreads();
+  }
 
   /* W = T (beta 2^gam .* P) -> ws0, U = T (beta .* V) -> ws1 */
-  cw_tmul_store<CK_KP, CW_LDP>(Tb, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w, lane);
-  cw_tmul_store<CW_VP, CW_LDV1>(Tb, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
+  cw_tmul_store<CK_KP, CW_LDP>(Tf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w, lane);
+  cw_tmul_store<CW_VP, CW_LDV1>(Tf, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
                                 lane);
 }
 
 /* ----------------------------------------- kernel 2: the chunk states */
 
-/* The state kernel's value tile: at most 32 columns (twice the programs of
-** BV 64 and half the work a chunk on its sequential path; keep in step with
-** bvh_() in gen/stage_chunk_wy.c). */
-#define CW_BVH (FLA_BV < 32 ? FLA_BV : 32)
-#define CW_NTH (CW_BVH / 8)
-#define CW_NVH ((FLA_V + CW_BVH - 1) / CW_BVH)
-#define CW_LDVH (CW_BVH + 8)
+/* The state kernel's value tile BVH is a template parameter: fla_wy_fwd_h
+** takes min(BV, 32) columns (more programs, a short chain a chunk: long
+** sequences, few heads), fla_wy_fwd_h64 min(BV, 64) (half the programs,
+** each loading K and W once for twice the columns: many heads). The
+** launcher runs one of them by the program count (gen/stage_chunk_wy.c).
+** These macros read the BVH in scope. */
+#define CW_BVH32 (FLA_BV < 32 ? FLA_BV : 32)
+#define CW_BVH64 (FLA_BV < 64 ? FLA_BV : 64)
+#define CW_NTH (BVH / 8)
+#define CW_NVH ((FLA_V + BVH - 1) / BVH)
+#define CW_LDVH (BVH + 8)
 
 /* Where the chunk states start in ws0 (after W, 16-byte aligned). */
 __device__ __forceinline__ unsigned short *cw_hws(const fla_kernel_args &a) {
@@ -470,27 +542,138 @@ __device__ __forceinline__ unsigned short *cw_hws(const fla_kernel_args &a) {
   return (unsigned short *)(a.ws0 + wbytes);
 }
 
+/* The state kernel's pipeline depth: with few programs (long sequences,
+** few heads: about one block a SM) the loads of CW_NS_FEW chunks are in
+** flight to hide the memory latency on the sequential path; with many, 2
+** stages and two blocks a SM. Keep in step with stages_h_() in
+** gen/stage_chunk_wy.c. */
+#ifndef CW_FEW /* a harness knob: 0 keeps 2 stages always */
+#define CW_FEW 128
+#endif
+#define CW_NS_FEW (CK_KP <= 128 ? 4 : 2)
+template <int BVH>
+__device__ __forceinline__ int cw_stages(const fla_kernel_args &a) {
+  return (long long)CW_NVH * a.N * a.H <= CW_FEW ? CW_NS_FEW : 2;
+}
+
+/* cp.async.wait_group ns - 1: the oldest of ns groups in flight has landed. */
+__device__ __forceinline__ void cw_wait_oldest(int ns) {
+  if (ns >= 4)
+    asm volatile("cp.async.wait_group 3;\n" ::);
+  else if (ns == 3)
+    asm volatile("cp.async.wait_group 2;\n" ::);
+  else
+    asm volatile("cp.async.wait_group 1;\n" ::);
+}
+
+/* S = 2^gam_L S + K^T Vd, Vd = Vn .* 2^(gam_L - gam) rounded to bf16 (as
+** fla's chunk_delta_h scales v_new, not k): ck_state_update without the
+** gate work on the K fragments. */
+template <int BVH>
+__device__ __forceinline__ void cw_state_update(float (&S)[CK_MT][CW_NTH][4],
+                                                const unsigned short *Ks, const unsigned short *Vs,
+                                                const float *gam, int rows, int w, int lane) {
+#if FLA_DECAY
+  const float eL = exp2f(gam[rows - 1]);
+#pragma unroll
+  for (int mt = 0; mt < CK_MT; mt++)
+#pragma unroll
+    for (int j = 0; j < CW_NTH; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) S[mt][j][e] *= eL;
+#else
+  (void)gam, (void)rows;
+#endif
+#pragma unroll
+  for (int kk = 0; kk < CK_BT / 16; kk++) {
+    unsigned ka[CK_MT][4];
+#pragma unroll
+    for (int mt = 0; mt < CK_MT; mt++) {
+      int row = 16 * kk + (lane >> 4) * 8 + (lane & 7);
+      int col = CK_KW * w + 16 * mt + ((lane >> 3) & 1) * 8;
+      ck_ldm4t(ka[mt], ck_smem(Ks + row * CK_LDQ + col));
+    }
+#pragma unroll
+    for (int np = 0; np < CW_NTH / 2; np++) {
+      unsigned vb[4];
+      int row = 16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7);
+      int col = 16 * np + (lane >> 4) * 8;
+      ck_ldm4t(vb, ck_smem(Vs + row * CW_LDVH + col));
+#pragma unroll
+      for (int mt = 0; mt < CK_MT; mt++) {
+        ck_mma(S[mt][2 * np], ka[mt], vb[0], vb[1]);
+        ck_mma(S[mt][2 * np + 1], ka[mt], vb[2], vb[3]);
+      }
+    }
+  }
+}
+
+/* dst[r * ld + c] = src[r * CW_LDVH + c] for r < nrows, c < ncols (a
+** multiple of 8), in 16-byte pieces: the state kernel's h[c] and Vn leave
+** from shared memory whole rows at a time (FLA_V % 8 == 0: dst aligned). */
+template <int BVH>
+__device__ __forceinline__ void cw_rows_out(unsigned short *dst, long long ld,
+                                            const unsigned short *src, int nrows, int ncols,
+                                            int tid) {
+  for (int p = tid; p < nrows * (BVH / 8); p += CK_NTH) {
+    const int r = p / (BVH / 8), c = (p % (BVH / 8)) * 8;
+    if (c < ncols) *(uint4 *)(dst + r * ld + c) = *(const uint4 *)(src + r * CW_LDVH + c);
+  }
+}
+
+
+/* Starts the loads of chunk c (at x) for value columns v0.. into one stage
+** (one cp.async group, committed by the caller). */
+template <int BVH>
+__device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_chunk &x, long long c,
+                                           int h, int v0, int vcols, int veck, int vecv,
+                                           unsigned short *Kd, unsigned short *Wd,
+                                           unsigned short *Ud, float *gd, int tid) {
+  const long long H = a.H, ro = x.t0 * H + h;
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
+                                      x.rows, FLA_K, veck, tid);
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
+                                      x.rows, FLA_K, veck, tid);
+  ck_load_tile<BVH, CW_LDVH, CK_NTH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
+                                        H * FLA_V, x.rows, vcols, vecv, tid);
+#if FLA_DECAY
+  if (tid < CK_BT / 4) ck_cp16(ck_smem(gd + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
+#else
+  (void)c, (void)gd;
+#endif
+}
+
 /* Program (value tile vt, sequence n, head h), its chunks in order, the
 ** K x BVH state slice S in fp32 registers. Per chunk, S0 = S:
 **   h[c]  = bf16(S0)                     -> ws0 after W ([NC,H,K,V] bf16)
 **   Vn    = U - W h[c]                   -> ws1 over U (bf16), and smem
 **   S     = 2^gam_L S0 + (K .* 2^(gam_L - gam))^T Vn
-** Shared memory: Ks, Ws [2][64][LDQ], Us [2][64][LDV], Ss [KP][LDV] bf16,
-** gam[64] f32. */
-extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_args a) {
-  extern __shared__ __align__(16) unsigned char ck_sm[];
+** gam comes from fla_wy_prep (cw_gws). The loads of the next ns - 1 chunks
+** are in flight while one is computed (ns = cw_stages()). Barriers a
+** chunk: S0 and the stage in smem | W S0, Vn and Vd, h[c] out | the update,
+** Vn out | (Ss and the stage free again); the wide kernel puts Vd over Ss
+** (smem for two blocks a SM) and so needs one more, after W S0.
+** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Ss [KP][LDVH],
+** Vd [64][LDVH] (over Ss's first rows when BVH > 32) bf16, gs [ns][64] f32. */
+template <int BVH>
+__device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char *ck_sm) {
+  const int ns = cw_stages<BVH>(a);
   unsigned short *Ks = (unsigned short *)ck_sm;
-  unsigned short *Ws = Ks + 2 * CK_BT * CK_LDQ;
-  unsigned short *Us = Ws + 2 * CK_BT * CK_LDQ;
-  unsigned short *Ss = Us + 2 * CK_BT * CW_LDVH;
-  float *gam = (float *)(Ss + CK_KP * CW_LDVH);
+  unsigned short *Ws = Ks + ns * CK_BT * CK_LDQ;
+  unsigned short *Us = Ws + ns * CK_BT * CK_LDQ;
+  unsigned short *Ss = Us + ns * CK_BT * CW_LDVH;
+  /* Vd = Vn .* 2^(gam_L - gam), the update's operand: over Ss in the wide
+  ** kernel (two blocks a SM; one more barrier a chunk), else its own */
+  constexpr bool alias = BVH > 32;
+  unsigned short *Vd = alias ? Ss : Ss + CK_KP * CW_LDVH;
+  float *gs = (float *)(Ss + (alias ? CK_KP : CK_KP + CK_BT) * CW_LDVH);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const int vt = blockIdx.x % CW_NVH;
   const int n = blockIdx.x / CW_NVH;
   const int h = blockIdx.y;
   if (n >= a.N) return;
-  const int v0 = vt * CW_BVH;
-  const int vcols = FLA_V - v0 < CW_BVH ? FLA_V - v0 : CW_BVH;
+  const int v0 = vt * BVH;
+  const int vcols = FLA_V - v0 < BVH ? FLA_V - v0 : BVH;
   const long long H = a.H;
   const long long KV = (long long)FLA_K * FLA_V;
   const long long *cf = (const long long *)a.chunk_first;
@@ -506,44 +689,38 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
 #endif
     return;
   }
-  const unsigned short *kp = (const unsigned short *)a.k;
-  const unsigned short *wp = (const unsigned short *)a.ws0;
   unsigned short *up = (unsigned short *)a.ws1;
   unsigned short *hws = cw_hws(a);
   const int veck = (FLA_K % 8 == 0) && (((a.k | a.ws0) & 15) == 0);
   const int vecv = (FLA_V % 8 == 0) && ((a.ws1 & 15) == 0);
-  const float gc = ck_gamma_h(a, h);
 
+  /* the first ns - 1 stages; a group is committed for every stage, empty
+  ** past the last chunk, so that wait_group counts the same throughout */
+  ck_chunk xf; /* the next chunk to fetch, cfe */
+  ck_chunk_at(a, c0, xf);
+  long long cfe = c0;
+  for (int st = 0; st < ns - 1; st++) {
+    if (cfe < c1) {
+      cw_h_fetch<BVH>(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + st * CK_BT * CK_LDQ,
+                 Ws + st * CK_BT * CK_LDQ, Us + st * CK_BT * CW_LDVH, gs + st * CK_BT, tid);
+      if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
+      cfe++;
+    }
+    ck_commit();
+  }
   ck_chunk x;
   ck_chunk_at(a, c0, x);
-  {
-    const long long ro = x.t0 * H + h;
-    ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, kp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, veck, tid);
-    ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ws, wp + ro * FLA_K, H * FLA_K, x.rows, FLA_K, veck, tid);
-    ck_load_tile<CW_BVH, CW_LDVH, CK_NTH>(Us, up + ro * FLA_V + v0, H * FLA_V, x.rows, vcols, vecv, tid);
-  }
-  ck_commit();
-  float g0 = 0.0f, g1 = 0.0f;
-  if (w == 0) ck_load_g(a, x, h, lane, g0, g1);
 
+  int buf = 0, fbuf = ns - 1; /* the stages of chunk c and of chunk cfe */
   for (long long c = c0; c < c1; c++) {
-    const int buf = (int)((c - c0) & 1);
     const int rows = x.rows;
-    ck_chunk xn = x;
-    float gn0 = 0.0f, gn1 = 0.0f;
-    if (c + 1 < c1) {
-      ck_chunk_next(a, c, xn);
-      const long long ro = xn.t0 * H + h;
-      const int nb = buf ^ 1;
-      ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks + nb * CK_BT * CK_LDQ, kp + ro * FLA_K, H * FLA_K,
-                                          xn.rows, FLA_K, veck, tid);
-      ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ws + nb * CK_BT * CK_LDQ, wp + ro * FLA_K, H * FLA_K,
-                                          xn.rows, FLA_K, veck, tid);
-      ck_load_tile<CW_BVH, CW_LDVH, CK_NTH>(Us + nb * CK_BT * CW_LDVH, up + ro * FLA_V + v0, H * FLA_V,
-                                          xn.rows, vcols, vecv, tid);
-      ck_commit();
-      if (w == 0) ck_load_g(a, xn, h, lane, gn0, gn1);
+    if (cfe < c1) {
+      cw_h_fetch<BVH>(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + fbuf * CK_BT * CK_LDQ,
+                 Ws + fbuf * CK_BT * CK_LDQ, Us + fbuf * CK_BT * CW_LDVH, gs + fbuf * CK_BT, tid);
+      if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
+      cfe++;
     }
+    ck_commit();
     /* S0 as bf16: the B operand of W S0, and h[c] for the output kernel */
     unsigned short *hc = hws + (c * H + h) * KV + v0;
 #pragma unroll
@@ -555,7 +732,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
         const unsigned hi = ck_pack(S[mt][j][2], S[mt][j][3]);
         *(unsigned *)(Ss + key * CW_LDVH + col) = lo;
         *(unsigned *)(Ss + (key + 8) * CW_LDVH + col) = hi;
-#if FLA_V % 2 == 0
+#if FLA_V % 8 == 0
+        /* h[c] leaves from Ss in 16-byte rows (cw_rows_out below) */
+#elif FLA_V % 2 == 0
         if (col < vcols) {
           if (key < FLA_K) *(unsigned *)(hc + (long long)key * FLA_V + col) = lo;
           if (key + 8 < FLA_K) *(unsigned *)(hc + (long long)(key + 8) * FLA_V + col) = hi;
@@ -570,16 +749,16 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
         }
 #endif
       }
-    if (w == 0) ck_scan_g(gam, g0, g1, gc, rows, lane);
-    if (c + 1 < c1)
-      ck_wait_one();
-    else
-      ck_wait_all();
+    cw_wait_oldest(ns);
     __syncthreads();
 
     const unsigned short *Kb = Ks + buf * CK_BT * CK_LDQ;
     const unsigned short *Wb = Ws + buf * CK_BT * CK_LDQ;
     unsigned short *Ub = Us + buf * CK_BT * CW_LDVH;
+    const float *gam = gs + buf * CK_BT;
+#if FLA_V % 8 == 0
+    if (alias) cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c], while Ss holds it */
+#endif
 
     /* Vn = U - W S0 for the warp's rows 16w.., over U in smem and in ws1 */
     {
@@ -591,6 +770,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
 #pragma unroll
       for (int kk = 0; kk < CK_KP / 16; kk++) {
         unsigned wa[4];
+
         ck_ldm4(wa, ck_smem(Wb + (16 * w + (lane & 15)) * CK_LDQ + kk * 16 + (lane >> 4) * 8));
 #pragma unroll
         for (int np = 0; np < CW_NTH / 2; np++) {
@@ -601,20 +781,34 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
           ck_mma(acc[2 * np + 1], wa, sb[2], sb[3]);
         }
       }
+      if (alias) __syncthreads(); /* every warp is done with Ss: Vd takes its place */
       const int rA = 16 * w + g, rB = rA + 8;
+#if FLA_DECAY
+      const float gL = gam[rows - 1];
+      const float fA = exp2f(gL - gam[rA]), fB = exp2f(gL - gam[rB]);
+#else
+      const float fA = 1.0f, fB = 1.0f;
+#endif
+#if FLA_V % 8 != 0
       unsigned short *urow = up + (x.t0 * H + h) * FLA_V + v0;
+#endif
 #pragma unroll
       for (int j = 0; j < CW_NTH; j++) {
         const int col = 8 * j + 2 * q;
         unsigned *pa = (unsigned *)(Ub + rA * CW_LDVH + col);
         unsigned *pb = (unsigned *)(Ub + rB * CW_LDVH + col);
         const unsigned ua = *pa, ub = *pb;
-        const unsigned na = ck_pack(__uint_as_float(ua << 16) - acc[j][0],
-                                    __uint_as_float(ua & 0xffff0000u) - acc[j][1]);
-        const unsigned nb = ck_pack(__uint_as_float(ub << 16) - acc[j][2],
-                                    __uint_as_float(ub & 0xffff0000u) - acc[j][3]);
+        const float va0 = __uint_as_float(ua << 16) - acc[j][0];
+        const float va1 = __uint_as_float(ua & 0xffff0000u) - acc[j][1];
+        const float vb0 = __uint_as_float(ub << 16) - acc[j][2];
+        const float vb1 = __uint_as_float(ub & 0xffff0000u) - acc[j][3];
+        const unsigned na = ck_pack(va0, va1), nb = ck_pack(vb0, vb1);
         *pa = na, *pb = nb;
-#if FLA_V % 2 == 0
+        *(unsigned *)(Vd + rA * CW_LDVH + col) = ck_pack(fA * va0, fA * va1);
+        *(unsigned *)(Vd + rB * CW_LDVH + col) = ck_pack(fB * vb0, fB * vb1);
+#if FLA_V % 8 == 0
+        /* Vn leaves from Ub in 16-byte rows (cw_rows_out below) */
+#elif FLA_V % 2 == 0
         if (col < vcols) {
           if (rA < rows) *(unsigned *)(urow + rA * H * FLA_V + col) = na;
           if (rB < rows) *(unsigned *)(urow + rB * H * FLA_V + col) = nb;
@@ -630,17 +824,33 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_
 #endif
       }
     }
+#if FLA_V % 8 == 0
+    if (!alias) cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c] */
+#endif
     __syncthreads();
 
-    ck_state_update<CK_KW, CK_MT, CW_NTH, CK_LDQ, CW_LDVH>(S, Kb, Ub, gam, rows, w, lane);
+    cw_state_update<BVH>(S, Kb, Vd, gam, rows, w, lane);
+#if FLA_V % 8 == 0
+    cw_rows_out<BVH>(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, rows, vcols, tid);
+#endif
 #if FLA_STORE_HT
     if (x.last)
       ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0, w, lane);
 #endif
     __syncthreads();
-    x = xn;
-    g0 = gn0, g1 = gn1;
+    if (c + 1 < c1) ck_chunk_next(a, c, x);
+    buf = buf + 1 == ns ? 0 : buf + 1;
+    fbuf = fbuf + 1 == ns ? 0 : fbuf + 1;
   }
+}
+
+extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  cw_fwd_h<CW_BVH32>(a, ck_sm);
+}
+extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h64(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  cw_fwd_h<CW_BVH64>(a, ck_sm);
 }
 
 /* ------------------------------------------------ kernel 3: the output */
@@ -681,12 +891,10 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_fwd_o(fla_kernel_arg
   for (int r0 = 0; r0 < CK_KP; r0 += CK_BT)
     ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Ss + r0 * CK_LDV, hc + (long long)r0 * FLA_V, FLA_V,
                                         FLA_K - r0, vcols, vecv, tid);
+#if FLA_DECAY
+  if (tid < CK_BT / 4) ck_cp16(ck_smem(gam + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
+#endif
   ck_commit();
-  if (w == 0) {
-    float g0, g1;
-    ck_load_g(a, x, h, lane, g0, g1);
-    ck_scan_g(gam, g0, g1, ck_gamma_h(a, h), x.rows, lane);
-  }
   ck_wait_all();
   __syncthreads();
   float Sd[CK_MT][CK_NT][4]; /* unused: no state update here */
