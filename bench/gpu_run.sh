@@ -8,7 +8,9 @@
 #           mkdir -p .device/shared && cp -r ../shared/conformance .device/shared/
 #           (build/ is over the 64 MiB a call carries: strip the binaries below
 #           into .device/bin and run with BUILD=.device/bin)
-#   there:  bash bench/gpu_run.sh        (run tool: carry [".device"])
+#   there:  bash bench/gpu_run.sh [checks] [bench]   (run tool: carry [".device"];
+#           both parts when none is named: checks = the tests and fla-check,
+#           bench = fla-bench and fla-model-bench)
 #
 # Runs test_gpu_ops (every recipe's GPU forward and backward against the CPU),
 # test_gpu_portable (the HIP stages' shared source built for CUDA),
@@ -30,9 +32,20 @@ export FLA_RECIPE_PATH=$PWD/recipes   # the tree may not be where it was built
 export FLA_CACHE_DIR=${FLA_CACHE_DIR:-/tmp/fla_modcache}
 export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-900}
 
+STEPS=" ${*:-checks bench} "
+want() { case "$STEPS" in *" $1 "*) return 0 ;; esac; return 1; }
+rc_ops=0 rc_port=0 rc_models=0 rc_check=0 rc_bench=- rc_bench_bwd=- rc_mbench=- t_ops=0 t_models=0
+: > "$OUT/fla_check.rows"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true; } > "$OUT/device.txt"
 DEVICE=$(head -n1 "$OUT/device.txt")
 
+# cuBLAS (the models' products) is loaded with dlopen: point at it when ldconfig does not know it.
+if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
+  lib=$(ls /usr/local/cuda/lib64/libcublas.so.1[0-9]* 2>/dev/null | head -n1)
+  [ -n "$lib" ] && export FLA_CUBLAS_LIBRARY=$lib
+fi
+
+if want checks; then
 # 1. The GPU test suite.
 t0=$(date +%s)
 "$BUILD/test_gpu_ops" > "$OUT/test_gpu_ops.log" 2>&1
@@ -42,11 +55,6 @@ t_ops=$(( $(date +%s) - t0 ))
 "$BUILD/test_gpu_portable" > "$OUT/test_gpu_portable.log" 2>&1
 rc_port=$?
 # The model layer on the GPU: every tiny checkpoint (needs $FLA_SHARED_DIR).
-# cuBLAS is loaded with dlopen: point at it when ldconfig does not know it.
-if ! ldconfig -p 2>/dev/null | grep -q 'libcublas\.so'; then
-  lib=$(ls /usr/local/cuda/lib64/libcublas.so.1[0-9]* 2>/dev/null | head -n1)
-  [ -n "$lib" ] && export FLA_CUBLAS_LIBRARY=$lib
-fi
 t0=$(date +%s)
 "$BUILD/test_gpu_models" > "$OUT/test_gpu_models.log" 2>&1
 rc_models=$?
@@ -57,7 +65,6 @@ CASES="linear_attn:linear_attn retention:retention simple_gla:simple_gla gla:gla
 delta:delta_rule gdn:gated_delta_rule gdn_long:gated_delta_rule kda:kda"
 rc_check=0
 : > "$OUT/fla_check.log"
-: > "$OUT/fla_check.rows"
 if [ -f "$OPS" ]; then
   for pair in $CASES; do
     cs=${pair%%:*}; recipe=${pair##*:}
@@ -86,6 +93,9 @@ else
   rc_check=2
 fi
 
+fi
+
+if want bench; then
 # 3. fla-bench on the GPU: the shapes of shared/ANCHORS.md, bf16: every recipe's
 # forward, then forward+backward of the recipes ANCHORS.md times (the gated ones'
 # backward is the recurrent stage's, slow: measured, not compared).
@@ -98,6 +108,8 @@ rc_bench_bwd=$?
 timeout ${MODEL_BENCH_TIMEOUT:-200} "$BUILD/fla-model-bench" --config bench/configs/gla-1.3b.json \
   --dtype bf16 --prompt-len 4096 --runs 3 --batch 1,8,64 --decode-steps 128 > "$OUT/model_bench.log" 2>&1
 rc_mbench=$?
+
+fi
 
 # The table.
 {
