@@ -21,4 +21,16 @@ fla_status fla_recipe_const_decay(fla_ctx *ctx, const fla_recipe *r, int H,
 ** tuning database keys on a hash of it. */
 const char *fla_recipe_text(const fla_recipe *r, size_t *len);
 
+/* The shipped recipes as embedded in the library at build time (the build's
+** fla_recipes.c, from cmake/embed_recipes.cmake): the Lua text of recipe
+** `name` (NUL-terminated, static), or NULL when none is shipped by that name;
+** the name of the i-th, sorted, or NULL past the last. */
+const char *fla_builtin_recipe_text(const char *name);
+const char *fla_builtin_recipe_name(int i);
+
+/* Loads the embedded copy of shipped recipe `name` (its chunk name, for
+** messages and fla_recipe_source, is "builtin:<name>.lua"). FLA_INVALID when
+** no recipe of that name is shipped. */
+fla_status fla_recipe_load_builtin(fla_ctx *ctx, const char *name, fla_recipe **out);
+
 #endif

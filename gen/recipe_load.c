@@ -16,7 +16,6 @@
 #include "recipe.h"
 
 #include <ctype.h>
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
@@ -1256,8 +1255,22 @@ fla_status fla_recipe_find(fla_ctx *ctx, const char *name, fla_recipe **out) {
   }
   fla_status s = try_dir_(ctx, FLA_RECIPE_DIR, strlen(FLA_RECIPE_DIR), name, out);
   if (s != FLA_INVALID) return s;
-  return fla_set_error(ctx, FLA_INVALID, "no recipe '%s': no %s.lua in FLA_RECIPE_PATH (%s) or in %s",
-                       name, name, env ? env : "unset", FLA_RECIPE_DIR);
+  /* the source tree is gone (an installed or copied binary): the embedded copy */
+  if (fla_builtin_recipe_text(name)) return fla_recipe_load_builtin(ctx, name, out);
+  return fla_set_error(ctx, FLA_INVALID,
+                       "no recipe '%s': no %s.lua in FLA_RECIPE_PATH (%s) or in %s, and none shipped "
+                       "by that name", name, name, env ? env : "unset", FLA_RECIPE_DIR);
+}
+
+fla_status fla_recipe_load_builtin(fla_ctx *ctx, const char *name, fla_recipe **out) {
+  if (out) *out = NULL;
+  const char *text = fla_builtin_recipe_text(name);
+  if (!out || !text)
+    return fla_set_error(ctx, FLA_INVALID, "fla_recipe_load_builtin: %s",
+                         !out ? "NULL out" : "no shipped recipe by that name");
+  char chunk[FLA_IR_NAME_MAX + 16];
+  snprintf(chunk, sizeof chunk, "builtin:%s.lua", name);
+  return fla_recipe_load_string(ctx, chunk, text, out);
 }
 
 /* ------------------------------------------------------------- accessors */
@@ -1304,27 +1317,10 @@ fla_status fla_recipe_const_decay(fla_ctx *ctx, const fla_recipe *r, int H, cons
 
 /* --------------------------------------------------------- builtin list */
 
-#define BUILTIN_MAX 128
-
-static int cmp_name_(const void *a, const void *b) { return strcmp(a, b); }
-
 int fla_recipe_list_builtin(const char **names, int cap) {
-  static char list[BUILTIN_MAX][FLA_IR_NAME_MAX];
-  static int count = -1;
-  if (count < 0) {  /* computed once: the shipped directory does not change */
-    count = 0;
-    DIR *d = opendir(FLA_RECIPE_DIR);
-    struct dirent *e;
-    while (d && (e = readdir(d)) && count < BUILTIN_MAX) {
-      size_t n = strlen(e->d_name);
-      if (n <= 4 || n - 4 >= FLA_IR_NAME_MAX || strcmp(e->d_name + n - 4, ".lua")) continue;
-      memcpy(list[count], e->d_name, n - 4);
-      list[count][n - 4] = '\0';
-      if (is_ident_(list[count], 1)) count++;
-    }
-    if (d) closedir(d);
-    qsort(list, (size_t)count, sizeof list[0], cmp_name_);
-  }
-  for (int i = 0; names && i < count && i < cap; i++) names[i] = list[i];
+  /* the embedded recipes: the shipped set, wherever the binary runs */
+  int count = 0;
+  while (fla_builtin_recipe_name(count)) count++;
+  for (int i = 0; names && i < count && i < cap; i++) names[i] = fla_builtin_recipe_name(i);
   return count;
 }

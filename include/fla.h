@@ -239,7 +239,10 @@ fla_status fla_recipe_load_string(fla_ctx *ctx, const char *chunkname,
 /* Finds a shipped or user recipe by name ("gla" -> gla.lua) along the search
 ** path: the FLA_RECIPE_PATH environment variable (directories separated by
 ** ':'), then the recipes directory of the source tree this library was built
-** from. FLA_INVALID when no file is found. */
+** from, then the copies of the shipped recipes embedded in the library at
+** build time (so a binary moved away from its source tree still finds them;
+** fla_recipe_source then says "builtin:<name>.lua"). FLA_INVALID when none
+** is found. */
 fla_status fla_recipe_find(fla_ctx *ctx, const char *name, fla_recipe **out);
 
 void fla_recipe_free(fla_recipe *r);
@@ -261,8 +264,8 @@ const char *fla_recipe_input_layout(const fla_recipe *r, int i);
 ** input today; a constant decay is part of the recipe, not an input). */
 int         fla_recipe_input_has_grad(const fla_recipe *r, int i);
 
-/* Lists the names of the shipped recipes (the *.lua files of the built-in
-** recipes directory), sorted. Returns how many; writes at most `cap` pointers
+/* Lists the names of the shipped recipes (the *.lua files of recipes/ when the
+** library was built, embedded in it), sorted. Returns how many; writes at most `cap` pointers
 ** to static strings into names (names may be NULL to count). */
 int fla_recipe_list_builtin(const char **names, int cap);
 

@@ -138,6 +138,39 @@ START_TEST(test_list_builtin) {
 }
 END_TEST
 
+/* The embedded copies (what a binary away from its source tree loads) are the
+** files of recipes/ byte for byte, and load to the same recipe. */
+START_TEST(test_builtin_embedded) {
+  fla_ctx *ctx = th_cpu_ctx();
+  const char *names[64];
+  int n = fla_recipe_list_builtin(names, 64);
+  ck_assert_int_eq(n, NSHIPPED);
+  for (int i = 0; i < n; i++) {
+    fla_recipe *file = NULL, *emb = NULL;
+    ck_assert_int_eq(fla_recipe_find(ctx, names[i], &file), FLA_OK);
+    ck_assert_int_eq(fla_recipe_load_builtin(ctx, names[i], &emb), FLA_OK);
+    size_t nf = 0, ne = 0;
+    const char *tf = fla_recipe_text(file, &nf), *te = fla_recipe_text(emb, &ne);
+    ck_assert_msg(nf == ne && memcmp(tf, te, nf) == 0, "%s: embedded text differs from recipes/%s.lua",
+                  names[i], names[i]);
+    ck_assert_str_eq(fla_recipe_name(emb), fla_recipe_name(file));
+    ck_assert_int_eq(fla_recipe_num_inputs(emb), fla_recipe_num_inputs(file));
+    char want[96];
+    snprintf(want, sizeof want, "builtin:%s.lua", names[i]);
+    ck_assert_str_eq(fla_recipe_source(emb), want);
+    fla_recipe_free(file);
+    fla_recipe_free(emb);
+  }
+  fla_recipe *r = (fla_recipe *)1;
+  ck_assert_int_eq(fla_recipe_load_builtin(ctx, "no_such_recipe", &r), FLA_INVALID);
+  ck_assert_ptr_null(r);
+  ck_assert_ptr_null(fla_builtin_recipe_text("no_such_recipe"));
+  ck_assert_ptr_null(fla_builtin_recipe_name(n));
+  ck_assert_ptr_null(fla_builtin_recipe_name(-1));
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_shipped_ir) {
   const expect_ir *e = &shipped[_i];
   fla_ctx *ctx = th_cpu_ctx();
@@ -863,6 +896,7 @@ static Suite *suite(void) {
   Suite *s = suite_create("recipe");
   TCase *tc = tcase_create("shipped");
   tcase_add_test(tc, test_list_builtin);
+  tcase_add_test(tc, test_builtin_embedded);
   tcase_add_loop_test(tc, test_shipped_ir, 0, NSHIPPED);
   tcase_add_test(tc, test_accessors);
   tcase_add_test(tc, test_comba_roles);
