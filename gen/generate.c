@@ -243,6 +243,36 @@ static int sb_template_(strbuf *b, const char *name, const char *text, int depth
   return 0;
 }
 
+static uint64_t fnv1a_(uint64_t h, const char *s) {
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
+/* h folded with template `name` and (depth 0) the templates it includes. */
+static uint64_t hash_template_(uint64_t h, const char *name, int depth) {
+  static const char tag[] = "//@include \"";
+  const char *text = fla_template_text(name);
+  h = fnv1a_(h, name);
+  if (!text) return h;
+  h = fnv1a_(h, text);
+  for (const char *p = text; depth == 0 && (p = strstr(p, tag)); p += sizeof tag - 1) {
+    char inc[128];
+    size_t n = 0;
+    for (const char *q = p + sizeof tag - 1; *q && *q != '"' && n + 1 < sizeof inc; q++) inc[n++] = *q;
+    inc[n] = '\0';
+    h = hash_template_(h, inc, 1);
+  }
+  return h;
+}
+
+uint64_t fla_stage_source_hash(fla_stage s) {
+  const fla_stage_impl *impl = impl_(s);
+  if (!impl) return 0;
+  uint64_t h = 1469598103934665603ull;
+  for (int i = 0; i < NPRELUDE; i++) h = hash_template_(h, prelude_[FLA_TARGET_CUDA][i], 0);
+  return hash_template_(h, impl->template_file, 0);
+}
+
 int fla_stage_has_target(fla_stage s, fla_target t) {
   const fla_stage_impl *impl = impl_(s);
   if (!impl) return 0;

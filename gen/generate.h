@@ -132,6 +132,12 @@ const char *fla_target_name(fla_target t);  /* "cuda", "hip", "?" */
 ** matrix instructions) and the AMD-only ones. */
 int fla_stage_has_target(fla_stage s, fla_target t);
 
+/* FNV-1a 64 of the CUDA source stage s is generated from: the prelude, the
+** stage's template and the templates it includes. The tuning database keys
+** on it, so a rewritten kernel does not inherit the old one's tuned tiles.
+** 0 for an unknown stage. */
+uint64_t fla_stage_source_hash(fla_stage s);
+
 /* fla_generate for a target (fla_generate is FLA_TARGET_CUDA). FLA_UNSUPPORTED
 ** for a stage without a source for the target. */
 fla_status fla_generate_target(fla_ctx *ctx, fla_target target, fla_stage stage,

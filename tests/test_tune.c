@@ -185,7 +185,12 @@ START_TEST(test_keys) {
   ck_assert_int_eq(fla_tune_key_make(ctx, &id, a, FLA_STAGE_CHUNK_GK_FWD, &ga, 16, &k1), FLA_OK);
   ck_assert_str_eq(k1.key.bucket, "N=any,H=16,K=128,V=128");
   ck_assert_str_eq(k1.key.dtype, "bf16");
-  ck_assert_str_eq(k1.key.stage, "chunk_gk_fwd");
+  char want[40];
+  snprintf(want, sizeof want, "chunk_gk_fwd@%08x",
+           (unsigned)(fla_stage_source_hash(FLA_STAGE_CHUNK_GK_FWD) & 0xffffffffu));
+  ck_assert_str_eq(k1.key.stage, want);  /* a changed template makes another key */
+  ck_assert(fla_stage_source_hash(FLA_STAGE_CHUNK_GK_FWD) != fla_stage_source_hash(FLA_STAGE_CHUNK_FWD));
+  ck_assert(fla_stage_source_hash(FLA_STAGE_CHUNK_GK_FWD) == fla_stage_source_hash(FLA_STAGE_CHUNK_GK_FWD));
   ck_assert_str_eq(k1.key.gpu_name, "NVIDIA H100 80GB HBM3");
   ck_assert_int_eq(strlen(k1.key.recipe_hash), 16);
   ck_assert_int_eq(fla_tune_key_make(ctx, &id, b, FLA_STAGE_CHUNK_FWD, &gb, 16, &k2), FLA_OK);

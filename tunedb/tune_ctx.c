@@ -45,7 +45,9 @@ fla_status fla_tune_key_make(fla_ctx *ctx, const fla_tune_ident *id, const fla_r
   memset(out, 0, sizeof *out);
   out->id = *id;
   fla_tune_recipe_hash(r, out->recipe_hash);
-  snprintf(out->stage, sizeof out->stage, "%s", fla_stage_name(stage));
+  /* the stage's name and its source's hash: a rewritten kernel starts untuned */
+  snprintf(out->stage, sizeof out->stage, "%s@%08x", fla_stage_name(stage),
+           (unsigned)(fla_stage_source_hash(stage) & 0xffffffffu));
   snprintf(out->dtype, sizeof out->dtype, "%s", gk->in_bf16 ? "bf16" : "f32");
   if (H < 1 || H > (1 << 30))
     return fla_set_error(ctx, FLA_INVALID, "fla_tune_key_make: H = %lld", (long long)H);

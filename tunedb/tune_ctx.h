@@ -35,7 +35,7 @@ typedef struct fla_tune_ident {
 typedef struct fla_tune_key {
   fla_tune_ident id;
   char recipe_hash[17];       /* FNV-1a 64 of the recipe's text, hex */
-  char stage[32];
+  char stage[40];             /* "chunk_fwd@1a2b3c4d": name @ source hash */
   char dtype[8];
   char bucket[96];
   fla_tunedb_key key;
