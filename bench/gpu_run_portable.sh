@@ -2,9 +2,8 @@
 # bench/gpu_run_portable.sh -- the GPU check of every portable stage (HIP's
 # shared source built for CUDA) against the CPU, then the CUDA op suite; run as
 # .dev-hip/run.sh for bench/results/2026-11-23-h100-portable.md, with stripped
-# test_gpu_portable and test_gpu_ops in .dev-hip/bin built with
-# FLA_RECIPE_DIR="recipes" and FLA_TUNEDB_SHIPPED="tunedb/h100.sqlite" (paths
-# relative to the repository root, where it runs). Logs go to $OUT.
+# test_gpu_portable and test_gpu_ops in .dev-hip/bin (the recipes and the
+# shipped tuning database are embedded in them). Logs go to $OUT.
 set -u
 cd "$(dirname "$0")/.."
 B=.dev-hip/bin

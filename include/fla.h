@@ -130,8 +130,10 @@ fla_status fla_ctx_set_threads(fla_ctx *ctx, int nthreads);
 **                   ($XDG_CACHE_HOME/fla/tunedb.sqlite, else
 **                   ~/.cache/fla/tunedb.sqlite) when that file exists,
 **                   followed by the database shipped with the library
-**                   (tunedb/h100.sqlite of its source tree), asked when the
-**                   first has nothing for a kernel.
+**                   (tunedb/h100.sqlite, embedded in the library when it
+**                   was built; fla_ctx_tunedb names it "(built in)
+**                   tunedb/h100.sqlite"), asked when the first has nothing
+**                   for a kernel.
 ** FLA_FORMAT for a file that is not a tuning database (corrupt, another
 ** program's, a newer schema), FLA_IO for one that cannot be opened (missing,
 ** unreadable, locked): fla_errmsg says which file and why. The context then

@@ -8,6 +8,7 @@
 */
 #include <dirent.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -297,6 +298,64 @@ END_TEST
 
 /* A file at the path that is not a tuning database: an error naming it,
 ** the defaults, and the file byte for byte as it was. */
+/* The shipped database is the copy embedded in the library: it opens from
+** memory, holds the swept winners of this source tree's tunedb/h100.sqlite
+** byte for byte, and is what the default resolution reads when neither
+** FLA_TUNEDB nor a user cache is there (so a binary moved away from its
+** source tree keeps its winners). A bad image is FLA_FORMAT. */
+static int count_row_(void *user, const fla_tunedb_row *row) {
+  (void)row;
+  ++*(int *)user;
+  return 0;
+}
+
+START_TEST(test_shipped_embedded) {
+  fla_ctx *ctx = th_cpu_ctx();
+  size_t len = 0;
+  const unsigned char *image = fla_builtin_tunedb(&len);
+  ck_assert_ptr_nonnull(image);
+  /* the same bytes as the source tree's file */
+  FILE *f = fopen(FLA_SOURCE_DIR "/tunedb/h100.sqlite", "rb");
+  ck_assert_ptr_nonnull(f);
+  fseek(f, 0, SEEK_END);
+  ck_assert_int_eq((long)len, ftell(f));
+  fseek(f, 0, SEEK_SET);
+  unsigned char *file = malloc(len);
+  ck_assert_int_eq(fread(file, 1, len, f), len);
+  fclose(f);
+  ck_assert_int_eq(memcmp(file, image, len), 0);
+  free(file);
+
+  fla_tunedb *db = NULL;
+  ck_assert_msg(fla_tunedb_open_image(ctx, "shipped", image, len, &db) == FLA_OK, "%s",
+                fla_errmsg(ctx));
+  int rows = 0;
+  ck_assert_int_eq(fla_tunedb_foreach(db, count_row_, &rows), FLA_OK);
+  ck_assert_int_gt(rows, 10);
+  ck_assert_int_eq(fla_tunedb_schema_version(db), FLA_TUNEDB_SCHEMA_VERSION);
+  fla_tunedb_close(db);
+
+  /* not a database: FLA_FORMAT naming it, nothing opened */
+  static const char junk[200] = "this is not SQLite";
+  ck_assert_int_eq(fla_tunedb_open_image(ctx, "junk-image", junk, sizeof junk, &db), FLA_FORMAT);
+  ck_assert_ptr_null(db);
+  ck_assert_ptr_nonnull(strstr(fla_errmsg(ctx), "junk-image"));
+  ck_assert_int_eq(fla_tunedb_open_image(ctx, "x", NULL, 0, &db), FLA_INVALID);
+
+  /* the default resolution without FLA_TUNEDB or a user cache */
+  const char *dir = tmp_dir();
+  unsetenv("FLA_TUNEDB");
+  setenv("XDG_CACHE_HOME", dir, 1);
+  fla_ctx *c = th_cpu_ctx();
+  ck_assert_msg(fla_ctx_set_tunedb(c, NULL) == FLA_OK, "%s", fla_errmsg(c));
+  ck_assert_str_eq(fla_ctx_tunedb(c), FLA_TUNEDB_SHIPPED_NAME);
+  fla_ctx_free(c);
+  unsetenv("XDG_CACHE_HOME");
+  rm_tree(dir);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_ctx_corrupt) {
   fla_ctx *ctx = th_cpu_ctx();
   const char *dir = tmp_dir();
@@ -522,6 +581,7 @@ static Suite *tune_suite(void) {
   tcase_add_test(tc, test_keys);
   tcase_add_test(tc, test_ctx_round_trip);
   tcase_add_test(tc, test_ctx_env);
+  tcase_add_test(tc, test_shipped_embedded);
   tcase_add_test(tc, test_ctx_corrupt);
   tcase_add_test(tc, test_ctx_locked);
   tcase_add_test(tc, test_ctx_readonly_location);

@@ -98,11 +98,19 @@ void fla_ctx_tune_free(fla_ctx *ctx) {
   ctx->tune = NULL;
 }
 
-/* Opens path read-only as the next database. On failure the message is in
-** t->msg and the status returned. */
+/* Opens path read-only as the next database (the embedded shipped one when
+** path is FLA_TUNEDB_SHIPPED_NAME). On failure the message is in t->msg and
+** the status returned. */
 static fla_status open_one_(struct fla_ctx_tune *t, const char *path) {
   fla_tunedb *db = NULL;
-  fla_status s = fla_tunedb_open(t->msg, path, FLA_TUNEDB_READONLY, &db);
+  fla_status s;
+  if (strcmp(path, FLA_TUNEDB_SHIPPED_NAME) == 0) {
+    size_t len = 0;
+    const void *image = fla_builtin_tunedb(&len);
+    s = fla_tunedb_open_image(t->msg, path, image, len, &db);
+  } else {
+    s = fla_tunedb_open(t->msg, path, FLA_TUNEDB_READONLY, &db);
+  }
   if (s != FLA_OK) return s;
   fla_tunedb_set_busy_timeout(db, FLA_TUNE_READ_BUSY_MS);
   t->db[t->ndb++] = db;
@@ -128,10 +136,10 @@ static fla_status resolve_default_(struct fla_ctx_tune *t) {
   char user[4096] = "";
   if (fla_tunedb_default_path(NULL, user, sizeof user) == FLA_OK && exists_(user))
     first = open_one_(t, user);
-  if (exists_(FLA_TUNEDB_SHIPPED) && strcmp(user, FLA_TUNEDB_SHIPPED) != 0) {
+  {
     char keep[FLA_ERRMSG_MAX];
     snprintf(keep, sizeof keep, "%s", fla_errmsg(t->msg));
-    fla_status s = open_one_(t, FLA_TUNEDB_SHIPPED);
+    fla_status s = open_one_(t, FLA_TUNEDB_SHIPPED_NAME);
     if (first != FLA_OK) snprintf(t->msg->errmsg, sizeof t->msg->errmsg, "%s", keep);
     else first = s;
   }

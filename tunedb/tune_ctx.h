@@ -13,10 +13,9 @@
 #include "recipe.h"
 #include "tunedb.h"
 
-/* The database shipped with the library, used when nothing else is set. */
-#ifndef FLA_TUNEDB_SHIPPED
-#define FLA_TUNEDB_SHIPPED "tunedb/h100.sqlite"
-#endif
+/* The name fla_ctx_tunedb gives the database shipped with the library (the
+** copy of tunedb/h100.sqlite embedded at build time, fla_builtin_tunedb). */
+#define FLA_TUNEDB_SHIPPED_NAME "(built in) tunedb/h100.sqlite"
 
 /* How long a context's read-only handle waits for a lock: a forward must
 ** not stall on another program's write. */

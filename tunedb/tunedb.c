@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,49 +203,13 @@ static fla_status migrate_(fla_tunedb *db) {
 
 /* ------------------------------------------------------------------ open */
 
-fla_status fla_tunedb_open(fla_ctx *ctx, const char *path, int flags, fla_tunedb **out) {
-  if (out) *out = NULL;
-  if (!out || !path || !*path)
-    return fla_set_error(ctx, FLA_INVALID, "fla_tunedb_open: NULL or empty argument");
-  if (flags & FLA_TUNEDB_CREATE) flags |= FLA_TUNEDB_READWRITE;
-  int ro = (flags & FLA_TUNEDB_READONLY) != 0;
-  if (ro == ((flags & FLA_TUNEDB_READWRITE) != 0) ||
-      (flags & ~(FLA_TUNEDB_READONLY | FLA_TUNEDB_READWRITE | FLA_TUNEDB_CREATE)))
-    return fla_set_error(ctx, FLA_INVALID,
-                         "fla_tunedb_open: flags must be READONLY, or READWRITE optionally | CREATE");
-
-  fla_tunedb *db = calloc(1, sizeof *db);
-  if (db) db->path = strdup(path);
-  if (!db || !db->path) {
-    free(db);
-    return fla_set_error(ctx, FLA_NOMEM, "fla_tunedb_open: out of memory");
-  }
-  db->ctx = ctx;
-  db->readonly = ro;
-
-  int exists = 0;
-  fla_status s = check_magic_(db, &exists);
-  if (s == FLA_OK && !exists && !(flags & FLA_TUNEDB_CREATE))
-    s = fla_set_error(ctx, FLA_IO, "tuning database %s: no such file", path);
-  if (s == FLA_OK && !exists && make_parent_dirs_(path) != 0)
-    s = fla_set_error(ctx, FLA_IO, "tuning database %s: cannot create its directory: %s", path,
-                      strerror(errno));
-  if (s == FLA_OK) {
-    int oflags = ro ? SQLITE_OPEN_READONLY
-                    : SQLITE_OPEN_READWRITE | ((flags & FLA_TUNEDB_CREATE) ? SQLITE_OPEN_CREATE : 0);
-    int rc = sqlite3_open_v2(path, &db->h, oflags | SQLITE_OPEN_NOMUTEX, NULL);
-    if (rc != SQLITE_OK) s = sql_error_(db, rc, "opening");
-  }
-  if (s == FLA_OK) {
-    sqlite3_extended_result_codes(db->h, 1);
-    sqlite3_busy_timeout(db->h, FLA_TUNEDB_BUSY_TIMEOUT_MS);
-    /* SQLite opens read-only when it may not write: say so now rather than
-    ** on the first insert. */
-    if (!ro && sqlite3_db_readonly(db->h, "main") == 1)
-      s = fla_set_error(ctx, FLA_IO, "tuning database %s: opened for writing but the file or "
-                        "its directory is read-only", path);
-  }
-  if (s == FLA_OK) s = integrity_(db);
+/* What every open checks once the handle is open: the whole database reads,
+** its schema version is one this build knows, and (read-only) it needs no
+** migration. *v receives the version. */
+static fla_status check_schema_(fla_tunedb *db, int ro, int *v_out) {
+  const char *path = db->path;
+  fla_ctx *ctx = db->ctx;
+  fla_status s = integrity_(db);
   int v = 0, objects = 0;
   if (s == FLA_OK) {
     int rc = query_int_(db, "PRAGMA user_version", &v);
@@ -276,8 +241,95 @@ fla_status fla_tunedb_open(fla_ctx *ctx, const char *path, int flags, fla_tunedb
     int rc = exec_(db, "PRAGMA foreign_keys = ON");
     if (rc != SQLITE_OK) s = sql_error_(db, rc, "enabling foreign keys");
   }
+  *v_out = v;
+  return s;
+}
+
+
+/* A closed database named path (NULL when out of memory). */
+static fla_tunedb *new_db_(fla_ctx *ctx, const char *path, int ro) {
+  fla_tunedb *db = calloc(1, sizeof *db);
+  if (db) db->path = strdup(path);
+  if (!db || !db->path) {
+    free(db);
+    return NULL;
+  }
+  db->ctx = ctx;
+  db->readonly = ro;
+  return db;
+}
+
+fla_status fla_tunedb_open(fla_ctx *ctx, const char *path, int flags, fla_tunedb **out) {
+  if (out) *out = NULL;
+  if (!out || !path || !*path)
+    return fla_set_error(ctx, FLA_INVALID, "fla_tunedb_open: NULL or empty argument");
+  if (flags & FLA_TUNEDB_CREATE) flags |= FLA_TUNEDB_READWRITE;
+  int ro = (flags & FLA_TUNEDB_READONLY) != 0;
+  if (ro == ((flags & FLA_TUNEDB_READWRITE) != 0) ||
+      (flags & ~(FLA_TUNEDB_READONLY | FLA_TUNEDB_READWRITE | FLA_TUNEDB_CREATE)))
+    return fla_set_error(ctx, FLA_INVALID,
+                         "fla_tunedb_open: flags must be READONLY, or READWRITE optionally | CREATE");
+
+  fla_tunedb *db = new_db_(ctx, path, ro);
+  if (!db) return fla_set_error(ctx, FLA_NOMEM, "fla_tunedb_open: out of memory");
+
+  int exists = 0;
+  fla_status s = check_magic_(db, &exists);
+  if (s == FLA_OK && !exists && !(flags & FLA_TUNEDB_CREATE))
+    s = fla_set_error(ctx, FLA_IO, "tuning database %s: no such file", path);
+  if (s == FLA_OK && !exists && make_parent_dirs_(path) != 0)
+    s = fla_set_error(ctx, FLA_IO, "tuning database %s: cannot create its directory: %s", path,
+                      strerror(errno));
+  if (s == FLA_OK) {
+    int oflags = ro ? SQLITE_OPEN_READONLY
+                    : SQLITE_OPEN_READWRITE | ((flags & FLA_TUNEDB_CREATE) ? SQLITE_OPEN_CREATE : 0);
+    int rc = sqlite3_open_v2(path, &db->h, oflags | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) s = sql_error_(db, rc, "opening");
+  }
+  if (s == FLA_OK) {
+    sqlite3_extended_result_codes(db->h, 1);
+    sqlite3_busy_timeout(db->h, FLA_TUNEDB_BUSY_TIMEOUT_MS);
+    /* SQLite opens read-only when it may not write: say so now rather than
+    ** on the first insert. */
+    if (!ro && sqlite3_db_readonly(db->h, "main") == 1)
+      s = fla_set_error(ctx, FLA_IO, "tuning database %s: opened for writing but the file or "
+                        "its directory is read-only", path);
+  }
+  int v = 0;
+  if (s == FLA_OK) s = check_schema_(db, ro, &v);
   db->version = v;
   if (s == FLA_OK && v < FLA_TUNEDB_SCHEMA_VERSION) s = migrate_(db);
+  if (s != FLA_OK) {
+    fla_tunedb_close(db);
+    return s;
+  }
+  *out = db;
+  return FLA_OK;
+}
+
+fla_status fla_tunedb_open_image(fla_ctx *ctx, const char *name, const void *bytes, size_t len,
+                                 fla_tunedb **out) {
+  if (out) *out = NULL;
+  if (!out || !name || !*name || !bytes || len == 0)
+    return fla_set_error(ctx, FLA_INVALID, "fla_tunedb_open_image: NULL or empty argument");
+  fla_tunedb *db = new_db_(ctx, name, 1);
+  if (!db) return fla_set_error(ctx, FLA_NOMEM, "fla_tunedb_open_image: out of memory");
+  fla_status s = FLA_OK;
+  static const char magic[16] = "SQLite format 3";
+  if (len < 100 || memcmp(bytes, magic, sizeof magic) != 0)
+    s = fla_set_error(ctx, FLA_FORMAT, "tuning database %s: not an SQLite database image", name);
+  if (s == FLA_OK) {
+    int rc = sqlite3_open_v2(":memory:", &db->h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+    /* READONLY: SQLite reads the caller's bytes in place and never writes them */
+    if (rc == SQLITE_OK)
+      rc = sqlite3_deserialize(db->h, "main", (unsigned char *)(uintptr_t)bytes, (sqlite3_int64)len,
+                               (sqlite3_int64)len, SQLITE_DESERIALIZE_READONLY);
+    if (rc != SQLITE_OK) s = sql_error_(db, rc, "opening the image");
+  }
+  if (s == FLA_OK) sqlite3_extended_result_codes(db->h, 1);
+  int v = 0;
+  if (s == FLA_OK) s = check_schema_(db, 1, &v);
+  db->version = v;
   if (s != FLA_OK) {
     fla_tunedb_close(db);
     return s;

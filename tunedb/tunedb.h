@@ -53,6 +53,21 @@ enum {
 ** On failure *out is NULL. */
 fla_status fla_tunedb_open(fla_ctx *ctx, const char *path, int flags, fla_tunedb **out);
 
+/* Opens a read-only database from an image of its file in memory (bytes,
+** len: an SQLite database file's bytes, borrowed: they must outlive the
+** database and are never written). name stands for the path in messages and
+** in fla_ctx_tunedb. The checks of a READONLY fla_tunedb_open apply
+** (FLA_FORMAT for an image that is not a current tuning database);
+** FLA_INVALID for NULL or empty arguments. The shipped database is opened
+** this way from the copy embedded in the library (fla_builtin_tunedb). */
+fla_status fla_tunedb_open_image(fla_ctx *ctx, const char *name, const void *bytes, size_t len,
+                                 fla_tunedb **out);
+
+/* The shipped database (tunedb/h100.sqlite at build time) embedded in the
+** library: its bytes, length in *len. Defined in the build's generated
+** fla_tunedb_image.c (cmake/embed_tunedb.cmake). */
+const void *fla_builtin_tunedb(size_t *len);
+
 /* Closes the database. NULL is allowed. */
 void fla_tunedb_close(fla_tunedb *db);
 
