@@ -114,7 +114,12 @@ const char *fla_errmsg(const fla_ctx *ctx);
 fla_backend fla_ctx_backend(const fla_ctx *ctx);
 
 /* Number of CPU threads used over (sequence, head) pairs. 0 (the default)
-** means the number of online processors. */
+** means the number of online processors.
+** Note for programs that use OpenBLAS themselves: the CPU backend
+** parallelises over (sequence, head) pairs and so sets OpenBLAS to one thread
+** (openblas_set_num_threads(1), process-wide) at its first recipe op, and
+** leaves it so; the model backward (fla_model_loss_backward) switches it to
+** this context's thread count around its own products and back to one. */
 fla_status fla_ctx_set_threads(fla_ctx *ctx, int nthreads);
 
 /* The tuning database: where the GPU forward finds the tile configuration
