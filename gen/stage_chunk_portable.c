@@ -79,10 +79,6 @@ int fla_cp_launch(const char *kernel, const fla_gen_key *key, const fla_tile_con
   return 1;
 }
 
-static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {
-  fla_cp_default_config(key, cfg, smem_);
-}
-
 static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_config *cfg) {
   const char *no = NULL;
   if (key->delta) no = "the WY family (delta write) is chunk_wy_fwd_portable's";
@@ -95,24 +91,5 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
   return fla_cp_check_tiles(ctx, "chunk_fwd_portable", key, cfg, smem_);
 }
 
-static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]) {
-  (void)key, (void)cfg;
-  strcpy(names[0], "fla_chunk_fwd_portable");
-  return 1;
-}
-
-static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
-                     const fla_kernel_args *args, fla_kernel_launch *out) {
-  return fla_cp_launch("fla_chunk_fwd_portable", key, cfg, args, out);
-}
-
-const fla_stage_impl fla_stage_chunk_fwd_portable = {
-    .name = "chunk_fwd_portable",
-    .template_file = "../common/chunk_fwd_portable.h",
-    .portable = 1,
-    .check = check_,
-    .default_config = default_config_,
-    .kernels = kernels_,
-    .launches = launches_,
-    .workspace = NULL, /* none */
-};
+FLA_CP_ONE_KERNEL_STAGE(fla_stage_chunk_fwd_portable, "chunk_fwd_portable", "fla_chunk_fwd_portable",
+                        "../common/chunk_fwd_portable.h");

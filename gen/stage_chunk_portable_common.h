@@ -34,4 +34,32 @@ fla_status fla_cp_check_tiles(fla_ctx *ctx, const char *stage, const fla_gen_key
 int fla_cp_launch(const char *kernel, const fla_gen_key *key, const fla_tile_config *cfg,
                   const fla_kernel_args *args, fla_kernel_launch *out);
 
+/* What a one-kernel portable stage has like the others: its default tiles
+** (fla_cp_default_config over the file's smem_), its one kernel and launch,
+** and its fla_stage_impl named `impl`. The stage file defines smem_ and
+** check_ first. */
+#define FLA_CP_ONE_KERNEL_STAGE(impl, stage_name, kernel_name, template_path)                 \
+  static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {                 \
+    fla_cp_default_config(key, cfg, smem_);                                                   \
+  }                                                                                           \
+  static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]) { \
+    (void)key, (void)cfg;                                                                     \
+    strcpy(names[0], kernel_name);                                                            \
+    return 1;                                                                                 \
+  }                                                                                           \
+  static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,                    \
+                       const fla_kernel_args *args, fla_kernel_launch *out) {                 \
+    return fla_cp_launch(kernel_name, key, cfg, args, out);                                   \
+  }                                                                                           \
+  const fla_stage_impl impl = {                                                               \
+      .name = stage_name,                                                                     \
+      .template_file = template_path,                                                         \
+      .portable = 1,                                                                          \
+      .check = check_,                                                                        \
+      .default_config = default_config_,                                                      \
+      .kernels = kernels_,                                                                    \
+      .launches = launches_,                                                                  \
+      .workspace = NULL, /* none */                                                           \
+  }
+
 #endif
