@@ -116,6 +116,21 @@ static void project_(const gpu_call *c, int j, dptr x, dptr W, int C, nn_act act
   conv_(c, j, t, C, act, y);
 }
 
+/* out += o_proj(rmsnorm(o) * act(gate)), the norm per group of gs columns (a
+** head; weight nw [gs]), gate optional (0). (Fusing the norm into the
+** product's input, each block normalising the rows in shared memory, was
+** slower at batch 1: bench/results/2026-11-23-models-gpu.md.) */
+static void out_proj_(const gpu_call *c, dptr o, int ob, dptr gate, nn_act act, int gs, dptr nw, float eps,
+                      dptr out) {
+  nn_gpu *g = GM(c);
+  int64_t rows = c->B * c->T;
+  int HV = c->L->H * c->L->V, D = c->m->cfg.hidden_size;
+  dptr t = GF(g, rows * HV);
+  if (gate) gl_rmsnorm_gated(g, o, ob, gate, rows * HV / gs, gs, nw, eps, act, t);
+  else gl_rmsnorm(g, o, ob, rows * HV / gs, gs, nw, eps, t);
+  gl_linear_ex(g, t, HV, rows, HV, c->W->o_proj, HV, D, 0, out, D, 1);
+}
+
 /* ------------------------------------------------------------ GLA, RetNet, HGRN2 */
 
 static void hgrn2_(const gpu_call *c, dptr x, dptr out) {
@@ -124,7 +139,7 @@ static void hgrn2_(const gpu_call *c, dptr x, dptr out) {
   const gpu_layer *W = c->W;
   int64_t rows = c->B * c->T;
   int D = c->m->cfg.hidden_size, F = L->H * L->K;
-  dptr q = GF(g, rows * F), f = GF(g, rows * F), v = GF(g, rows * D), tmp = GF(g, rows * D);
+  dptr q = GF(g, rows * F), f = GF(g, rows * F), v = GF(g, rows * D);
   project_(c, 0, x, W->q_proj, F, NN_ACT_NONE, q);
   project_(c, 1, x, W->f_proj, F, NN_ACT_NONE, f);
   project_(c, 2, x, W->i_proj, D, NN_ACT_NONE, v);
@@ -138,8 +153,7 @@ static void hgrn2_(const gpu_call *c, dptr x, dptr out) {
   int ob = 0;
   dptr o = gpu_run_op(c, in, 3, 0.0, &ob);
   if (!o) return;
-  gl_rmsnorm(g, o, ob, rows, D, W->out_norm, 1e-5f, tmp); /* fla's rms_norm_linear default eps */
-  gl_linear_ex(g, tmp, D, rows, D, W->o_proj, D, D, 0, out, D, 1);
+  out_proj_(c, o, ob, 0, NN_ACT_NONE, D, W->out_norm, 1e-5f, out); /* fla's rms_norm_linear default eps */
 }
 
 void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
@@ -163,7 +177,7 @@ void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
     ** first factor in one pass over the weights, y = [q | k | v | g | gk0] */
     dptr y = GF(g, W->in_rows);
     if (bf_direct) yb = nn_gpu_tmp(g, 2 * (size_t)W->in_rows), gkb = nn_gpu_tmp(g, 2 * (size_t)(H * K));
-    gl_gemv_opts op = {c->nw, (float)cfg->norm_eps, 1, 0, 0, 0.0f, yb};
+    gl_gemv_opts op = {.nw = c->nw, .eps = (float)cfg->norm_eps, .xmode = 1, .yb = yb};
     gl_gemv(g, c->xraw, D, 1, D, W->q_proj, D, (int)W->in_rows, 0, y, (int)W->in_rows, 0, &op);
     q = y;
     k = q + sizeof(float) * (size_t)(H * K);
@@ -194,7 +208,7 @@ void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
     gk = GF(g, rows * Hkv * K);
     float floor_ = isnan(cfg->clamp_min) ? -INFINITY : (float)cfg->clamp_min;
     if (rows <= 8) {
-      gl_gemv_opts op = {0, 0.0f, 0, 0, 1, floor_, gkb};
+      gl_gemv_opts op = {.epi = 1, .epa = floor_, .yb = gkb};
       gl_gemv(g, gk0, c->xraw ? (int)W->in_rows : 16, rows, 16, W->gk_proj1, 16, Hkv * K, W->gk_proj1_b, gk,
               Hkv * K, 0, &op);
     } else {
@@ -222,11 +236,7 @@ void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
   int ob = 0;
   dptr o = gpu_run_op(c, in, gla ? 4 : 3, 0.0, &ob);
   if (!o) return;
-  dptr t2 = GF(g, rows * H * V);
-  float eps = (float)cfg->norm_eps;
-  if (gate) gl_rmsnorm_gated(g, o, ob, gate, rows * H, V, W->out_norm, eps, NN_ACT_SILU, t2);
-  else gl_rmsnorm(g, o, ob, rows * H, V, W->out_norm, eps, t2);
-  gl_linear_ex(g, t2, H * V, rows, H * V, W->o_proj, H * V, D, 0, out, D, 1);
+  out_proj_(c, o, ob, gate, NN_ACT_SILU, V, W->out_norm, (float)cfg->norm_eps, out);
 }
 
 /* ------------------------------------------------------------ the delta rule */
@@ -280,14 +290,13 @@ void gpu_mixer_delta(const gpu_call *c, dptr x, dptr out) {
   if (kda) {
     gl_linear(g, x, rows, D, W->g_proj0, V, 0, t2);
     gl_linear(g, t2, rows, V, W->g_proj1, H * V, W->g_proj1_b, t1);
-    gl_rmsnorm_gated(g, o, ob, t1, rows * H, V, W->out_norm, eps, NN_ACT_SIGMOID, t2);
+    out_proj_(c, o, ob, t1, NN_ACT_SIGMOID, V, W->out_norm, eps, out);
   } else if (L->g_proj) {
     gl_linear(g, x, rows, D, W->g_proj, H * V, 0, t1);
-    gl_rmsnorm_gated(g, o, ob, t1, rows * H, V, W->out_norm, eps, NN_ACT_SILU, t2);
+    out_proj_(c, o, ob, t1, NN_ACT_SILU, V, W->out_norm, eps, out);
   } else {
-    gl_rmsnorm(g, o, ob, rows * H, V, W->out_norm, eps, t2);
+    out_proj_(c, o, ob, 0, NN_ACT_NONE, V, W->out_norm, eps, out);
   }
-  gl_linear_ex(g, t2, H * V, rows, H * V, W->o_proj, H * V, D, 0, out, D, 1);
 }
 
 /* ------------------------------------------------------------ RWKV-6 */

@@ -39,12 +39,12 @@ typedef struct { const float *p; int64_t n; } gpu_reg;
 
 typedef struct gpu_model {
   nn_gpu g;
-  fla_dtype adt;           /* the token mixers' input dtype (= the weights') */
+  fla_dtype adt;           /* the token mixers' input dtype: float32 (bf16 with FLA_GPU_BF16_ACTIVATIONS=1) */
   gpu_reg *reg;            /* host weights the loader handed out */
   int nreg, capreg;
   dptr *blocks;            /* device allocations of the weights */
   int nblocks, capblocks;
-  dptr embeddings, final_norm_w, final_norm_b, lm_head;
+  dptr embeddings, final_norm_w, final_norm_b, lm_head; /* embeddings float32 */
   gpu_layer *layers;
   /* CUDA graph of a decode step (model_gpu.c): one per batch size kept */
   void *graph_exec;
