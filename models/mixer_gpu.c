@@ -376,27 +376,31 @@ void gpu_mixer_rwkv6_ffn(const gpu_call *c, dptr x, dptr out) {
 
 /* ------------------------------------------------------------ softmax attention */
 
-/* Room for n more rows of width w in sequence i's key/value cache. */
-static void kv_reserve_(nn_gpu *g, gpu_lcache *lc, int i, int64_t n, int w) {
-  if (lc->kv_len[i] + n <= lc->kv_cap[i] || g->status != FLA_OK) return;
-  int64_t cap = lc->kv_cap[i] ? lc->kv_cap[i] : 256;
-  while (cap < lc->kv_len[i] + n) cap *= 2;
+/* Room for n more rows of width w in sequence i's key/value cache, a ring
+** (gl_kv_append): a step of n tokens reads the rows of its window, at most
+** window - 1 + n of them (all rows without a window), so the ring needs no
+** more; it grows by doubling up to that, moving the rows still in reach. */
+static void kv_reserve_(nn_gpu *g, gpu_lcache *lc, int i, int64_t n, int w, int64_t window) {
+  int64_t len = lc->kv_len[i], cap = lc->kv_cap[i], need = len + n;
+  if (window > 0 && need > window - 1 + n) need = window - 1 + n;
+  if (need <= cap || g->status != FLA_OK) return;
+  int64_t nc = cap ? cap : 256;
+  while (nc < need) nc *= 2;
+  if (window > 0 && nc > window - 1 + n) nc = window - 1 + n;
   dptr nk = 0, nv = 0;
-  fla_status s = fla_cuda_mem_alloc(g->ctx, sizeof(float) * (size_t)(cap * w), &nk);
-  if (s == FLA_OK) s = fla_cuda_mem_alloc(g->ctx, sizeof(float) * (size_t)(cap * w), &nv);
+  fla_status s = fla_cuda_mem_alloc(g->ctx, sizeof(float) * (size_t)(nc * w), &nk);
+  if (s == FLA_OK) s = fla_cuda_mem_alloc(g->ctx, sizeof(float) * (size_t)(nc * w), &nv);
   if (s != FLA_OK) {
     fla_cuda_mem_free(g->ctx, nk);
     g->status = s;
     return;
   }
-  if (lc->kv_len[i]) {
-    gl_copy(g, lc->k[i], nk, lc->kv_len[i] * w);
-    gl_copy(g, lc->v[i], nv, lc->kv_len[i] * w);
-  }
+  int64_t j0 = window > 0 && len > window - 1 ? len - (window - 1) : 0; /* the oldest row a later query reads */
+  if (len > j0) gl_kv_regrow(g, lc->k[i], lc->v[i], cap, nk, nv, nc, j0, len - j0, w);
   gl_sync(g, "key/value cache growth");
   fla_cuda_mem_free(g->ctx, lc->k[i]);
   fla_cuda_mem_free(g->ctx, lc->v[i]);
-  lc->k[i] = nk, lc->v[i] = nv, lc->kv_cap[i] = cap;
+  lc->k[i] = nk, lc->v[i] = nv, lc->kv_cap[i] = nc;
 }
 
 void gpu_mixer_attention(const gpu_call *c, dptr x, dptr out) {
@@ -415,13 +419,13 @@ void gpu_mixer_attention(const gpu_call *c, dptr x, dptr out) {
   for (int64_t b = 0; b < c->B; b++) {
     int i = c->slot0 + (int)b;
     size_t qo = sizeof(float) * (size_t)(b * T * qw), ko = sizeof(float) * (size_t)(b * T * kw);
-    kv_reserve_(g, lc, i, T, kw);
+    kv_reserve_(g, lc, i, T, kw, L->attn.window);
     if (g->status != FLA_OK) return;
-    gl_kv_append(g, k + ko, v + ko, lc->k[i], lc->v[i], lc->kv_len[i], T, kw);
+    gl_kv_append(g, k + ko, v + ko, lc->k[i], lc->v[i], lc->kv_len[i], T, kw, lc->kv_cap[i]);
     lc->kv_len[i] += T;
-    /* the device cache keeps every row: key row j is at position j */
+    /* key row j (position j) is in slot j % cap */
     gl_attention(g, q + qo, T, Hq, d, c->pos[b], lc->k[i], lc->v[i], lc->kv_len[i], Hkv, L->attn.window,
-                 o + qo);
+                 lc->kv_cap[i], o + qo);
   }
   gl_linear_ex(g, o, qw, rows, qw, W->o_proj, qw, D, 0, out, D, 1);
 }

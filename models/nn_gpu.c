@@ -115,7 +115,7 @@ static const char *kernel_names_[NK_COUNT] = {
   "repeat_heads", "rmsnorm", "groupnorm", "l2norm", "embed_f32", "split_bf16", "short_conv", "rotary",
   "token_shift", "kv_append", "attention", "argmax_rows", "cast_multi", "gemv1_f32",
   "gemv1_bf16", "gemv_swiglu_f32", "gemv_swiglu_bf16",
-  "gemv1_swiglu_f32", "gemv1_swiglu_bf16", "add_halves"};
+  "gemv1_swiglu_f32", "gemv1_swiglu_bf16", "add_halves", "kv_regrow"};
 
 fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
   memset(g, 0, sizeof *g);
@@ -392,18 +392,24 @@ void gl_embed(nn_gpu *g, dptr ids, dptr E, dptr x, int64_t rows, int D) {
   launch_(g, NK_EMBED_F32, blocks_(rows * D), 1, 256, a);
 }
 
-void gl_kv_append(nn_gpu *g, dptr k, dptr v, dptr kc, dptr vc, int64_t len, int64_t T, int w) {
-  void *a[] = {P(k), P(v), P(kc), P(vc), P(len), P(T), P(w)};
+void gl_kv_append(nn_gpu *g, dptr k, dptr v, dptr kc, dptr vc, int64_t len, int64_t T, int w, int64_t cap) {
+  void *a[] = {P(k), P(v), P(kc), P(vc), P(len), P(T), P(w), P(cap)};
   launch_(g, NK_KV_APPEND, blocks_(T * w), 1, 256, a);
 }
 
+void gl_kv_regrow(nn_gpu *g, dptr ks, dptr vs, int64_t ocap, dptr kd, dptr vd, int64_t ncap, int64_t j0, int64_t n,
+                  int w) {
+  void *a[] = {P(ks), P(vs), P(ocap), P(kd), P(vd), P(ncap), P(j0), P(n), P(w)};
+  launch_(g, NK_KV_REGROW, blocks_(n * w), 1, 256, a);
+}
+
 void gl_attention(nn_gpu *g, dptr q, int64_t T, int Hq, int d, int64_t qpos0, dptr k, dptr v,
-                  int64_t L, int Hkv, int64_t window, dptr o) {
+                  int64_t L, int Hkv, int64_t window, int64_t cap, dptr o) {
   if (d > 256) {
     gl_fail(g, FLA_UNSUPPORTED, "softmax attention with head dim %d on the GPU (at most 256)", d);
     return;
   }
-  void *a[] = {P(q), P(T), P(Hq), P(d), P(qpos0), P(k), P(v), P(L), P(Hkv), P(window), P(o)};
+  void *a[] = {P(q), P(T), P(Hq), P(d), P(qpos0), P(k), P(v), P(L), P(Hkv), P(window), P(cap), P(o)};
   launch_(g, NK_ATTN, (unsigned)((T * Hq + 3) / 4), 1, 128, a);
 }
 

@@ -25,7 +25,7 @@ enum {
   NK_GEMV_F32, NK_GEMV_BF16, NK_ADD_BIAS, NK_CAST_BF16, NK_CAST_F32, NK_COPY, NK_EW, NK_SWIGLU,
   NK_REPEAT, NK_RMSNORM, NK_GROUPNORM, NK_L2NORM, NK_EMBED_F32, NK_SPLIT_BF16, NK_CONV, NK_ROTARY,
   NK_SHIFT, NK_KV_APPEND, NK_ATTN, NK_ARGMAX, NK_CAST_MULTI, NK_GEMV1_F32, NK_GEMV1_BF16,
-  NK_GEMV_SWIGLU_F32, NK_GEMV_SWIGLU_BF16, NK_GEMV1_SWIGLU_F32, NK_GEMV1_SWIGLU_BF16, NK_ADD_HALVES, NK_COUNT
+  NK_GEMV_SWIGLU_F32, NK_GEMV_SWIGLU_BF16, NK_GEMV1_SWIGLU_F32, NK_GEMV1_SWIGLU_BF16, NK_ADD_HALVES, NK_KV_REGROW, NK_COUNT
 };
 
 /* The element-wise maps of the kernel `ew` (model_nn.cuh says what each does). */
@@ -109,9 +109,14 @@ void gl_rotary(nn_gpu *g, dptr x, int64_t B, int64_t T, int H, int D, dptr pos, 
 void gl_token_shift(nn_gpu *g, dptr x, dptr last, dptr d, int64_t B, int64_t T, int D);
 /* x[r] = E[ids[r]], E float32 [vocab, D]. */
 void gl_embed(nn_gpu *g, dptr ids, dptr E, dptr x, int64_t rows, int D);
-void gl_kv_append(nn_gpu *g, dptr k, dptr v, dptr kc, dptr vc, int64_t len, int64_t T, int w);
+/* A key/value cache is a ring of cap rows of width w: the key of position j
+** in slot j % cap (cap >= the rows a step reads: all, or window - 1 + T). */
+void gl_kv_append(nn_gpu *g, dptr k, dptr v, dptr kc, dptr vc, int64_t len, int64_t T, int w, int64_t cap);
+/* Positions j0 .. j0 + n - 1 from rings (ks, vs) of ocap rows into (kd, vd) of ncap. */
+void gl_kv_regrow(nn_gpu *g, dptr ks, dptr vs, int64_t ocap, dptr kd, dptr vd, int64_t ncap, int64_t j0, int64_t n,
+                  int w);
 void gl_attention(nn_gpu *g, dptr q, int64_t T, int Hq, int d, int64_t qpos0, dptr k, dptr v,
-                  int64_t L, int Hkv, int64_t window, dptr o);
+                  int64_t L, int Hkv, int64_t window, int64_t cap, dptr o);
 void gl_argmax(nn_gpu *g, dptr logits, int64_t rows, int V, dptr ids);
 /* y = f(x, p, p2) element-wise over n entries, columns c = i % width. */
 void gl_ew(nn_gpu *g, ew_op op, dptr y, dptr x, dptr p, dptr p2, int64_t n, int width, float a);

@@ -239,6 +239,52 @@ START_TEST(test_prefill_decode_equals_forward) {
 }
 END_TEST
 
+/* gla_hybrid_swa's attention layer has a window of 24: its device cache is a
+** ring of window - 1 + T rows. 90 tokens fed as prefill 5, 30 decode steps,
+** prefill 20 (the ring grows, moving the rows in reach), 35 decode steps: every
+** logit equals the full forward's (float32), the ring wrapping many times. */
+START_TEST(test_sliding_window_ring) {
+  fla_ctx *ctx = cuda_ctx_();
+  fla_model *m = load_(ctx, "gla_hybrid_swa", FLA_F32);
+  int V = fla_model_vocab_size(m);
+  int64_t nids;
+  int32_t *ids = ref_tensor_("gla_hybrid_swa", "input_ids", FLA_I32, &nids);
+  enum { N = 90 };
+  int32_t seq[N];
+  for (int t = 0; t < N; t++) seq[t] = ids[(t * 7) % nids];
+  float *full = malloc(sizeof(float) * (size_t)(N * V)), *got = malloc(sizeof(float) * (size_t)(N * V));
+  ck_assert_msg(fla_model_forward(m, seq, 1, N, full) == FLA_OK, "%s", fla_errmsg(ctx));
+  fla_cache *c;
+  ck_assert_int_eq(fla_cache_new(m, 1, &c), FLA_OK);
+  const int pieces[4][2] = {{5, 1}, {30, 0}, {20, 1}, {35, 0}}; /* {tokens, prefill?} */
+  int t = 0;
+  for (int p = 0; p < 4; p++) {
+    if (pieces[p][1]) {
+      ck_assert_msg(fla_model_prefill(m, c, 0, seq + t, pieces[p][0], got + (int64_t)t * V, NULL) == FLA_OK, "%s",
+                    fla_errmsg(ctx));
+      t += pieces[p][0];
+    } else {
+      for (int k = 0; k < pieces[p][0]; k++, t++)
+        ck_assert_msg(fla_model_decode(m, c, seq + t, got + (int64_t)t * V) == FLA_OK, "%s", fla_errmsg(ctx));
+    }
+  }
+  ck_assert_int_eq(t, N);
+  double worst = 0;
+  for (int r = 0; r < N; r++) {
+    double e = th_rel_rms_f32(got + (int64_t)r * V, full + (int64_t)r * V, V);
+    if (e > worst) worst = e;
+  }
+  printf("gpu gla_hybrid_swa f32  window 24, 90 tokens through the ring vs forward: worst row rel-RMS %.3g\n", worst);
+  ck_assert_msg(worst < 1e-4, "sliding-window ring: rel-RMS error %g", worst);
+  fla_cache_free(c);
+  free(full);
+  free(got);
+  free(ids);
+  fla_model_free(m);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 /* The GPU's greedy generation of two prompts equals the CPU's token for token. */
 START_TEST(test_generate_matches_cpu) {
   const char *name = models_[_i];
@@ -326,6 +372,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_reference_logits_and_greedy, 0, 2 * NMODELS);
     tcase_add_loop_test(tc, test_prefill_decode_equals_forward, 0, 3 * NMODELS);
     tcase_add_loop_test(tc, test_generate_matches_cpu, 0, NMODELS);
+    tcase_add_test(tc, test_sliding_window_ring);
   }
   suite_add_tcase(s, tc);
   return th_run_suite(s);

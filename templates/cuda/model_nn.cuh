@@ -462,14 +462,28 @@ extern "C" __global__ void token_shift(const float *x, float *last, float *d, i6
   last[id] = prev;
 }
 
-/* Appends T rows of width w of one sequence to its key/value cache:
-** kc[len + t] = k[t], vc[len + t] = v[t]. */
+/* Appends T rows of width w of one sequence to its key/value cache, a ring of
+** cap rows (key row j, the token at position j, lives in slot j % cap):
+** kc[(len + t) % cap] = k[t], vc[...] = v[t]. */
 extern "C" __global__ void kv_append(const float *k, const float *v, float *kc, float *vc, i64 len,
-                                     i64 T, int w) {
+                                     i64 T, int w, i64 cap) {
   i64 n = T * w;
   for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-    kc[len * w + i] = k[i];
-    vc[len * w + i] = v[i];
+    i64 slot = (len + i / w) % cap;
+    kc[slot * w + i % w] = k[i];
+    vc[slot * w + i % w] = v[i];
+  }
+}
+
+/* Rows j0 .. j0 + n - 1 of a ring of ocap rows into a ring of ncap rows (a
+** cache that grows): dst[j % ncap] = src[j % ocap], for keys and values. */
+extern "C" __global__ void kv_regrow(const float *ks, const float *vs, i64 ocap, float *kd, float *vd, i64 ncap,
+                                     i64 j0, i64 n, int w) {
+  for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n * w; i += (i64)gridDim.x * blockDim.x) {
+    i64 j = j0 + i / w;
+    int c = (int)(i % w);
+    kd[(j % ncap) * w + c] = ks[(j % ocap) * w + c];
+    vd[(j % ncap) * w + c] = vs[(j % ocap) * w + c];
   }
 }
 
@@ -477,9 +491,10 @@ extern "C" __global__ void kv_append(const float *k, const float *v, float *kc, 
 ** warp per (query t, head h), lanes over the head dim d (d <= 256), keys in
 ** order with an online softmax: m = running max, l = running sum,
 ** acc = sum_j e^(s_j - m) v_j. Query t at position qpos0 + t sees key rows
-** j in [max(0, p - window + 1), p] (keys at positions 0.., window 0: all). */
+** j in [max(0, p - window + 1), p] (keys at positions 0.., window 0: all),
+** row j in slot j % cap of the ring k, v (kv_append). */
 extern "C" __global__ void attention(const float *q, i64 T, int Hq, int d, i64 qpos0, const float *k,
-                                     const float *v, i64 L, int Hkv, i64 window, float *o) {
+                                     const float *v, i64 L, int Hkv, i64 window, i64 cap, float *o) {
   i64 wid = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
   int lane = threadIdx.x & 31;
   if (wid >= T * Hq) return;
@@ -499,7 +514,8 @@ extern "C" __global__ void attention(const float *q, i64 T, int Hq, int d, i64 q
   if (hi >= L) hi = L - 1;
   float m = __int_as_float(0xff800000), l = 0.f;
   for (i64 j = lo; j <= hi; j++) {
-    const float *kj = k + (j * Hkv + kh) * d, *vj = v + (j * Hkv + kh) * d;
+    i64 slot = j % cap;
+    const float *kj = k + (slot * Hkv + kh) * d, *vj = v + (slot * Hkv + kh) * d;
     float s = 0.f;
     for (int e = 0; e < PER; e++) {
       int c = lane + 32 * e;
