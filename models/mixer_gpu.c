@@ -207,7 +207,7 @@ void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
   if (gla) { /* gk = logsigmoid(W1 (W0 x) + b) / 16, floored at clamp_min */
     gk = GF(g, rows * Hkv * K);
     float floor_ = isnan(cfg->clamp_min) ? -INFINITY : (float)cfg->clamp_min;
-    if (rows <= 8) {
+    if (rows <= g->gemv_rows) {
       gl_gemv_opts op = {.epi = 1, .epa = floor_, .yb = gkb};
       gl_gemv(g, gk0, c->xraw ? (int)W->in_rows : 16, rows, 16, W->gk_proj1, 16, Hkv * K, W->gk_proj1_b, gk,
               Hkv * K, 0, &op);

@@ -323,7 +323,7 @@ static void mlp_(const gpu_call *c, dptr x, dptr h, dptr out) {
   int64_t rows = c->B * c->T;
   int D = cfg->hidden_size, I = c->L->ffn_dim;
   dptr gu = GF(g, rows * 2 * I);
-  if (rows <= 8 && c->W->mlp_fused) {
+  if (rows <= g->gemv_rows && c->W->mlp_fused) {
     /* the norm, gate and up rows together, SwiGLU in the epilogue: a = silu(gate h) * up h */
     dptr a = GF(g, rows * I);
     gl_gemv_opts n1 = {.nw = c->W->mlp_norm_w, .eps = (float)cfg->norm_eps, .xmode = 1};
@@ -394,7 +394,7 @@ static dptr body_(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T, d
     n = B;
   }
   dptr lg = GF(g, n * Vb);
-  if (n <= 8 && cfg->arch != ARCH_RWKV6) { /* the final RMSNorm inside the head's product */
+  if (n <= g->gemv_rows && cfg->arch != ARCH_RWKV6) { /* the final RMSNorm inside the head's product */
     gl_gemv_opts op = {.nw = G->final_norm_w, .eps = (float)cfg->norm_eps, .xmode = 1};
     gl_gemv(g, x, D, n, D, G->lm_head, D, Vb, 0, lg, Vb, 0, &op);
   } else {

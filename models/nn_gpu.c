@@ -141,6 +141,11 @@ fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
       nb = 2;
     g->resident[k] = nb;
   }
+  /* Batches of 2 to 8 rows: the 8-row matrix-vector kernel measured 4x slower
+  ** per step than one row on the H100 (GLA 1.3B, batch 8: 7.1 ms); cuBLAS
+  ** instead (bench/results/2026-11-23-models-gpu.md). */
+  const char *gr = getenv("FLA_GPU_GEMV_ROWS");
+  g->gemv_rows = gr && atoi(gr) >= 1 && atoi(gr) <= 8 ? atoi(gr) : 1;
   pthread_once(&cublas_once_, cublas_load_);
   if (!cublas_ok_) return gl_fail(g, FLA_UNSUPPORTED, "%s", cublas_err_);
   if (cublas_.create(&g->cublas) != 0) return gl_fail(g, FLA_ERROR, "cublasCreate failed");
@@ -222,7 +227,7 @@ static unsigned blocks_(int64_t n) {
 void gl_linear_ex(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, dptr bias,
                   dptr y, int ldy, int accumulate) {
   if (g->status != FLA_OK || M <= 0 || out <= 0) return;
-  if (M <= 8) { /* decode: a warp per output row, W read once */
+  if (M <= g->gemv_rows) { /* decode: a warp per output row, W read once */
     gl_gemv_opts op = {.xmode = 0};
     gl_gemv(g, x, ldx, M, in, W, ldw, out, bias, y, ldy, accumulate, &op);
     return;

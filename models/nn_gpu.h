@@ -39,6 +39,8 @@ typedef struct nn_gpu {
   fla_status status;     /* sticky: FLA_OK until a call fails */
   fla_dtype wdt;         /* weight matrices: FLA_F32 or FLA_BF16 */
   int split_x;           /* bf16 products of many rows take x as two bf16 halves (hi + lo) */
+  int gemv_rows;         /* products of up to this many rows (<= 8) use the matrix-vector kernel,
+                            more go to cuBLAS: 1, or $FLA_GPU_GEMV_ROWS */
   int sms;               /* the device's multiprocessors (grids of the products) */
   int resident[NK_COUNT]; /* blocks of 256 threads a multiprocessor holds, per kernel */
   void *stream;          /* CUstream */
@@ -62,7 +64,7 @@ void nn_gpu_reset(nn_gpu *g);
 
 /* y[M, out] (+)= x[M, in] W[out, in]^T (+ bias): x rows ldx apart, W rows ldw
 ** apart (W in g->wdt), y rows ldy apart; accumulate adds to y. With bf16
-** weights and M > 8 (cuBLAS, which wants both factors bf16), x is rounded to
+** weights and M > gemv_rows (cuBLAS, which wants both factors bf16), x is rounded to
 ** bf16, or with split_x taken as hi + lo (bf16 both): x kept to about 16 bits
 ** of mantissa for twice the product's arithmetic. Up to GL_SPLIT_STACK_ROWS rows
 ** (bandwidth-bound on W) hi and lo are stacked into one product of 2M rows, W

@@ -62,8 +62,8 @@ __device__ __forceinline__ float act_(float x, int act) {
 /* y[m, o] (+)= sum_i x[m, i] W[o, i] (+ bias[o]), for m < M <= 8: one warp per
 ** output row o at a time (the grid strides over the rows, so the warps stay
 ** busy to the end), each lane a strided slice of i (8 bf16 or 4 f32 weights per
-** 16-byte load, U loads in flight: 4, GEMV1_LOADS for one row; when in, ldw
-** are multiples of 8 and W, x are 16-byte aligned). Decode's products: bandwidth-bound on W. Fused around it:
+** 16-byte load, four loads in flight, when in, ldw are multiples of 8 and W, x
+** are 16-byte aligned). Decode's products: bandwidth-bound on W. Fused around it:
 **   xmode 1: x = rmsnorm(x) * nw  (rstd = rsqrt(mean(x^2) + eps) per row, from the
 **            same loads, applied to the sum; every warp reads all of x anyway)
 **   epi 1:   y = max(logsigmoid(s) / 16, epa)  (GLA's gate), before accumulate
@@ -95,7 +95,7 @@ __device__ __forceinline__ void unpack_(const uint4 &raw, float *wf, const float
   for (int j = 0; j < 4; j++) wf[j] = r[j];
 }
 
-template <typename W_t, int MM, bool DUAL, int U>
+template <typename W_t, int MM, bool DUAL>
 __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int ldw, int out,
                       const float *bias, float *y, int ldy, int accumulate, const gemv_opts &op) {
   const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31, V = 16 / sizeof(W_t);
@@ -107,16 +107,16 @@ __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int 
     for (int m = 0; m < MM; m++) acc[m] = 0.f, acc2[m] = 0.f, ss[m] = 0.f;
     const W_t *w = W + (i64)o * ldw, *w2 = W + (i64)(o + (DUAL ? op.up_off : 0)) * ldw;
     if (vec) {
-      for (int i0 = lane * V; i0 < in; i0 += U * 32 * V) {
-        uint4 raw[U], raw2[U];
+      for (int i0 = lane * V; i0 < in; i0 += 4 * 32 * V) {
+        uint4 raw[4], raw2[4];
 #pragma unroll
-        for (int u = 0; u < U; u++) {
+        for (int u = 0; u < 4; u++) {
           int i = i0 + u * 32 * V;
           raw[u] = i < in ? *(const uint4 *)(w + i) : make_uint4(0, 0, 0, 0);
           if (DUAL) raw2[u] = i < in ? *(const uint4 *)(w2 + i) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
-        for (int u = 0; u < U; u++) {
+        for (int u = 0; u < 4; u++) {
           int i = i0 + u * 32 * V;
           if (i >= in) break;
           float wf[16 / sizeof(W_t)], wf2[16 / sizeof(W_t)];
@@ -177,22 +177,19 @@ __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int 
 }
 /* MM: the most rows the instance handles; M == 1 (batch-1 decode) gets its own
 ** instances, whose registers leave room for more warps. */
-/* GEMV1_LOADS: 16-byte loads in flight per lane in the one-row instances (a
-** bf16 row of 2048 is 8 loads a lane: all of it at once) */
-#define GEMV1_LOADS 8
-#define GEMV_KERNEL(name, W_t, MM, DUAL, U)                                                           \
+#define GEMV_KERNEL(name, W_t, MM, DUAL)                                                              \
   extern "C" __global__ void name(const float *x, int ldx, int M, int in, const W_t *W, int ldw, int out, \
                                   const float *bias, float *y, int ldy, int acc, gemv_opts op) {      \
-    gemv_<W_t, MM, DUAL, U>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);                          \
+    gemv_<W_t, MM, DUAL>(x, ldx, M, in, W, ldw, out, bias, y, ldy, acc, op);                          \
   }
-GEMV_KERNEL(gemv_f32, float, 8, false, 4)
-GEMV_KERNEL(gemv_bf16, bf16, 8, false, 4)
-GEMV_KERNEL(gemv1_f32, float, 1, false, GEMV1_LOADS)
-GEMV_KERNEL(gemv1_bf16, bf16, 1, false, GEMV1_LOADS)
-GEMV_KERNEL(gemv_swiglu_f32, float, 8, true, 4)
-GEMV_KERNEL(gemv_swiglu_bf16, bf16, 8, true, 4)
-GEMV_KERNEL(gemv1_swiglu_f32, float, 1, true, GEMV1_LOADS)
-GEMV_KERNEL(gemv1_swiglu_bf16, bf16, 1, true, GEMV1_LOADS)
+GEMV_KERNEL(gemv_f32, float, 8, false)
+GEMV_KERNEL(gemv_bf16, bf16, 8, false)
+GEMV_KERNEL(gemv1_f32, float, 1, false)
+GEMV_KERNEL(gemv1_bf16, bf16, 1, false)
+GEMV_KERNEL(gemv_swiglu_f32, float, 8, true)
+GEMV_KERNEL(gemv_swiglu_bf16, bf16, 8, true)
+GEMV_KERNEL(gemv1_swiglu_f32, float, 1, true)
+GEMV_KERNEL(gemv1_swiglu_bf16, bf16, 1, true)
 
 /* Up to six float32 -> bf16 casts in one launch (a token mixer's inputs). */
 struct cast_list {
