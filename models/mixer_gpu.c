@@ -7,9 +7,12 @@
 ** Every mixer adds its output to `out` (the residual stream).
 */
 #include "internal.h"
+#include "generate.h"
 #include "model_gpu.h"
+#include "recipe.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define GM(c) (&(c)->m->gpu->g)
@@ -37,6 +40,27 @@ static fla_status bind_(const gpu_call *c, double scale) {
   return FLA_OK;
 }
 
+/* 1 when a chunked (tensor-core) stage of the generator handles the layer's
+** bound op in bf16, asked once per layer (fla_generate only writes source). */
+static int chunkable_(const gpu_call *c) {
+  gpu_layer *W = c->W;
+  if (W->chunkable) return W->chunkable > 0;
+  fla_gen_key key;
+  fla_gen_key_from_ir(fla_recipe_ir(c->L->recipe), (int)fla_op_state_k(c->L->op), c->L->V, 1, 1, 1, &key);
+  static const fla_stage stages[] = {FLA_STAGE_CHUNK_FWD, FLA_STAGE_CHUNK_GK_FWD, FLA_STAGE_CHUNK_WY_FWD};
+  int ok = 0;
+  for (int i = 0; i < 3 && !ok; i++) {
+    fla_tile_config cfg = {0, 0, 0, 0};
+    char *src = NULL, names[FLA_STAGE_MAX_KERNELS][64];
+    int nk = 0;
+    ok = fla_generate(c->m->ctx, stages[i], &key, &cfg, &src, names, &nk) == FLA_OK;
+    free(src);
+  }
+  fla_clear_error(c->m->ctx);
+  W->chunkable = ok ? 1 : -1;
+  return ok;
+}
+
 dptr gpu_run_op(const gpu_call *c, const gpu_input *in, int n, double scale, int *o_bf16) {
   nn_gpu *g = GM(c);
   fla_ctx *ctx = c->m->ctx;
@@ -44,7 +68,14 @@ dptr gpu_run_op(const gpu_call *c, const gpu_input *in, int n, double scale, int
   if (g->status != FLA_OK) return 0;
   fla_status s = bind_(c, scale);
   if (s != FLA_OK) return g->status = s, 0;
-  fla_dtype dt = c->m->gpu->adt;
+  /* Float32 mixers have no chunked (tensor-core) kernels: they run token by
+  ** token. With bf16 weights a prompt longer than one chunk gets the bf16
+  ** chunked kernels where they exist (fla's precision there), unless
+  ** FLA_GPU_F32_MIXERS=1. */
+  const gpu_model *G = c->m->gpu;
+  fla_dtype dt = G->adt;
+  if (dt == FLA_F32 && g->wdt == FLA_BF16 && c->T > GPU_F32_MIXER_MAX_T && !G->f32_mixers && chunkable_(c))
+    dt = FLA_BF16;
   size_t esz = fla_dtype_size(dt);
   fla_arg args[8];
   fla_tensor *t[10] = {0};
@@ -58,7 +89,7 @@ dptr gpu_run_op(const gpu_call *c, const gpu_input *in, int n, double scale, int
     dptr p = in[i].data;
     if (dt == FLA_BF16 && in[i].bf) {
       p = in[i].bf;
-    } else if (dt == FLA_BF16 && !in[i].is_param) { /* the op's inputs share its dtype: cast in one launch */
+    } else if (dt == FLA_BF16 && (!in[i].is_param || G->adt != FLA_BF16)) { /* one dtype: cast in one launch */
       p = nn_gpu_tmp(g, 2 * (size_t)numel);
       src[ncast] = in[i].data, dst[ncast] = p, cnt[ncast++] = numel;
     }

@@ -156,13 +156,16 @@ static fla_status upload_layer_(fla_model *m, int l) {
 fla_status gpu_model_upload(fla_model *m, fla_dtype dtype) {
   if (!m->gpu && !(m->gpu = calloc(1, sizeof *m->gpu))) return fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
   gpu_model *G = m->gpu;
-  /* bf16 weights, float32 activations (the mixers' inputs and outputs, the
-  ** products' inputs): bf16 activations cost up to 8e-3 relative RMS of the
-  ** logits on fla's tiny checkpoints (docs/models.md); FLA_GPU_BF16_ACTIVATIONS=1
-  ** trades that for bf16 mixer kernels and one bf16 product in prefill. */
+  /* bf16 weights, float32 activations (the mixers' inputs and outputs up to
+  ** GPU_F32_MIXER_MAX_T tokens a step, the products' inputs): bf16 activations
+  ** cost up to 8e-3 relative RMS of the logits on fla's tiny checkpoints
+  ** (docs/models.md); FLA_GPU_BF16_ACTIVATIONS=1 trades that for bf16 mixers
+  ** and one bf16 product in prefill. */
   const char *act = getenv("FLA_GPU_BF16_ACTIVATIONS");
   int bf16_act = dtype == FLA_BF16 && act && act[0] == '1';
   G->adt = bf16_act ? FLA_BF16 : FLA_F32;
+  const char *f32m = getenv("FLA_GPU_F32_MIXERS");
+  G->f32_mixers = f32m && f32m[0] == '1';
   fla_status s = nn_gpu_init(&G->g, m->ctx, dtype);
   if (s != FLA_OK) return s;
   G->g.split_x = dtype == FLA_BF16 && !bf16_act;
