@@ -7,9 +7,12 @@
 ** Every mixer adds its output to `out` (the residual stream).
 */
 #include "internal.h"
+#include "generate.h"
 #include "model_gpu.h"
+#include "recipe.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define GM(c) (&(c)->m->gpu->g)
@@ -37,6 +40,27 @@ static fla_status bind_(const gpu_call *c, double scale) {
   return FLA_OK;
 }
 
+/* 1 when a chunked (tensor-core) stage of the generator handles the layer's
+** bound op in bf16, asked once per layer (fla_generate only writes source). */
+static int chunkable_(const gpu_call *c) {
+  gpu_layer *W = c->W;
+  if (W->chunkable) return W->chunkable > 0;
+  fla_gen_key key;
+  fla_gen_key_from_ir(fla_recipe_ir(c->L->recipe), (int)fla_op_state_k(c->L->op), c->L->V, 1, 1, 1, &key);
+  static const fla_stage stages[] = {FLA_STAGE_CHUNK_FWD, FLA_STAGE_CHUNK_GK_FWD, FLA_STAGE_CHUNK_WY_FWD};
+  int ok = 0;
+  for (int i = 0; i < 3 && !ok; i++) {
+    fla_tile_config cfg = {0, 0, 0, 0};
+    char *src = NULL, names[FLA_STAGE_MAX_KERNELS][64];
+    int nk = 0;
+    ok = fla_generate(c->m->ctx, stages[i], &key, &cfg, &src, names, &nk) == FLA_OK;
+    free(src);
+  }
+  fla_clear_error(c->m->ctx);
+  W->chunkable = ok ? 1 : -1;
+  return ok;
+}
+
 dptr gpu_run_op(const gpu_call *c, const gpu_input *in, int n, double scale, int *o_bf16) {
   nn_gpu *g = GM(c);
   fla_ctx *ctx = c->m->ctx;
@@ -44,7 +68,14 @@ dptr gpu_run_op(const gpu_call *c, const gpu_input *in, int n, double scale, int
   if (g->status != FLA_OK) return 0;
   fla_status s = bind_(c, scale);
   if (s != FLA_OK) return g->status = s, 0;
-  fla_dtype dt = c->m->gpu->adt;
+  /* Float32 mixers have no chunked (tensor-core) kernels: they run token by
+  ** token. With bf16 weights a prompt longer than one chunk gets the bf16
+  ** chunked kernels where they exist (fla's precision there), unless
+  ** FLA_GPU_F32_MIXERS=1. */
+  const gpu_model *G = c->m->gpu;
+  fla_dtype dt = G->adt;
+  if (dt == FLA_F32 && g->wdt == FLA_BF16 && c->T > GPU_F32_MIXER_MAX_T && !G->f32_mixers && chunkable_(c))
+    dt = FLA_BF16;
   size_t esz = fla_dtype_size(dt);
   fla_arg args[8];
   fla_tensor *t[10] = {0};
@@ -58,7 +89,7 @@ dptr gpu_run_op(const gpu_call *c, const gpu_input *in, int n, double scale, int
     dptr p = in[i].data;
     if (dt == FLA_BF16 && in[i].bf) {
       p = in[i].bf;
-    } else if (dt == FLA_BF16 && !in[i].is_param) { /* the op's inputs share its dtype: cast in one launch */
+    } else if (dt == FLA_BF16 && (!in[i].is_param || G->adt != FLA_BF16)) { /* one dtype: cast in one launch */
       p = nn_gpu_tmp(g, 2 * (size_t)numel);
       src[ncast] = in[i].data, dst[ncast] = p, cnt[ncast++] = numel;
     }
@@ -116,6 +147,21 @@ static void project_(const gpu_call *c, int j, dptr x, dptr W, int C, nn_act act
   conv_(c, j, t, C, act, y);
 }
 
+/* out += o_proj(rmsnorm(o) * act(gate)), the norm per group of gs columns (a
+** head; weight nw [gs]), gate optional (0). (Fusing the norm into the
+** product's input, each block normalising the rows in shared memory, was
+** slower at batch 1: bench/results/2026-11-23-models-gpu.md.) */
+static void out_proj_(const gpu_call *c, dptr o, int ob, dptr gate, nn_act act, int gs, dptr nw, float eps,
+                      dptr out) {
+  nn_gpu *g = GM(c);
+  int64_t rows = c->B * c->T;
+  int HV = c->L->H * c->L->V, D = c->m->cfg.hidden_size;
+  dptr t = GF(g, rows * HV);
+  if (gate) gl_rmsnorm_gated(g, o, ob, gate, rows * HV / gs, gs, nw, eps, act, t);
+  else gl_rmsnorm(g, o, ob, rows * HV / gs, gs, nw, eps, t);
+  gl_linear_ex(g, t, HV, rows, HV, c->W->o_proj, HV, D, 0, out, D, 1);
+}
+
 /* ------------------------------------------------------------ GLA, RetNet, HGRN2 */
 
 static void hgrn2_(const gpu_call *c, dptr x, dptr out) {
@@ -124,7 +170,7 @@ static void hgrn2_(const gpu_call *c, dptr x, dptr out) {
   const gpu_layer *W = c->W;
   int64_t rows = c->B * c->T;
   int D = c->m->cfg.hidden_size, F = L->H * L->K;
-  dptr q = GF(g, rows * F), f = GF(g, rows * F), v = GF(g, rows * D), tmp = GF(g, rows * D);
+  dptr q = GF(g, rows * F), f = GF(g, rows * F), v = GF(g, rows * D);
   project_(c, 0, x, W->q_proj, F, NN_ACT_NONE, q);
   project_(c, 1, x, W->f_proj, F, NN_ACT_NONE, f);
   project_(c, 2, x, W->i_proj, D, NN_ACT_NONE, v);
@@ -138,8 +184,7 @@ static void hgrn2_(const gpu_call *c, dptr x, dptr out) {
   int ob = 0;
   dptr o = gpu_run_op(c, in, 3, 0.0, &ob);
   if (!o) return;
-  gl_rmsnorm(g, o, ob, rows, D, W->out_norm, 1e-5f, tmp); /* fla's rms_norm_linear default eps */
-  gl_linear_ex(g, tmp, D, rows, D, W->o_proj, D, D, 0, out, D, 1);
+  out_proj_(c, o, ob, 0, NN_ACT_NONE, D, W->out_norm, 1e-5f, out); /* fla's rms_norm_linear default eps */
 }
 
 void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
@@ -163,7 +208,7 @@ void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
     ** first factor in one pass over the weights, y = [q | k | v | g | gk0] */
     dptr y = GF(g, W->in_rows);
     if (bf_direct) yb = nn_gpu_tmp(g, 2 * (size_t)W->in_rows), gkb = nn_gpu_tmp(g, 2 * (size_t)(H * K));
-    gl_gemv_opts op = {c->nw, (float)cfg->norm_eps, 1, 0, 0, 0.0f, yb};
+    gl_gemv_opts op = {.nw = c->nw, .eps = (float)cfg->norm_eps, .xmode = 1, .yb = yb};
     gl_gemv(g, c->xraw, D, 1, D, W->q_proj, D, (int)W->in_rows, 0, y, (int)W->in_rows, 0, &op);
     q = y;
     k = q + sizeof(float) * (size_t)(H * K);
@@ -193,8 +238,8 @@ void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
   if (gla) { /* gk = logsigmoid(W1 (W0 x) + b) / 16, floored at clamp_min */
     gk = GF(g, rows * Hkv * K);
     float floor_ = isnan(cfg->clamp_min) ? -INFINITY : (float)cfg->clamp_min;
-    if (rows <= 8) {
-      gl_gemv_opts op = {0, 0.0f, 0, 0, 1, floor_, gkb};
+    if (rows <= g->gemv_rows) {
+      gl_gemv_opts op = {.epi = 1, .epa = floor_, .yb = gkb};
       gl_gemv(g, gk0, c->xraw ? (int)W->in_rows : 16, rows, 16, W->gk_proj1, 16, Hkv * K, W->gk_proj1_b, gk,
               Hkv * K, 0, &op);
     } else {
@@ -222,11 +267,7 @@ void gpu_mixer_linear(const gpu_call *c, dptr x, dptr out) {
   int ob = 0;
   dptr o = gpu_run_op(c, in, gla ? 4 : 3, 0.0, &ob);
   if (!o) return;
-  dptr t2 = GF(g, rows * H * V);
-  float eps = (float)cfg->norm_eps;
-  if (gate) gl_rmsnorm_gated(g, o, ob, gate, rows * H, V, W->out_norm, eps, NN_ACT_SILU, t2);
-  else gl_rmsnorm(g, o, ob, rows * H, V, W->out_norm, eps, t2);
-  gl_linear_ex(g, t2, H * V, rows, H * V, W->o_proj, H * V, D, 0, out, D, 1);
+  out_proj_(c, o, ob, gate, NN_ACT_SILU, V, W->out_norm, (float)cfg->norm_eps, out);
 }
 
 /* ------------------------------------------------------------ the delta rule */
@@ -280,14 +321,13 @@ void gpu_mixer_delta(const gpu_call *c, dptr x, dptr out) {
   if (kda) {
     gl_linear(g, x, rows, D, W->g_proj0, V, 0, t2);
     gl_linear(g, t2, rows, V, W->g_proj1, H * V, W->g_proj1_b, t1);
-    gl_rmsnorm_gated(g, o, ob, t1, rows * H, V, W->out_norm, eps, NN_ACT_SIGMOID, t2);
+    out_proj_(c, o, ob, t1, NN_ACT_SIGMOID, V, W->out_norm, eps, out);
   } else if (L->g_proj) {
     gl_linear(g, x, rows, D, W->g_proj, H * V, 0, t1);
-    gl_rmsnorm_gated(g, o, ob, t1, rows * H, V, W->out_norm, eps, NN_ACT_SILU, t2);
+    out_proj_(c, o, ob, t1, NN_ACT_SILU, V, W->out_norm, eps, out);
   } else {
-    gl_rmsnorm(g, o, ob, rows * H, V, W->out_norm, eps, t2);
+    out_proj_(c, o, ob, 0, NN_ACT_NONE, V, W->out_norm, eps, out);
   }
-  gl_linear_ex(g, t2, H * V, rows, H * V, W->o_proj, H * V, D, 0, out, D, 1);
 }
 
 /* ------------------------------------------------------------ RWKV-6 */
@@ -367,27 +407,31 @@ void gpu_mixer_rwkv6_ffn(const gpu_call *c, dptr x, dptr out) {
 
 /* ------------------------------------------------------------ softmax attention */
 
-/* Room for n more rows of width w in sequence i's key/value cache. */
-static void kv_reserve_(nn_gpu *g, gpu_lcache *lc, int i, int64_t n, int w) {
-  if (lc->kv_len[i] + n <= lc->kv_cap[i] || g->status != FLA_OK) return;
-  int64_t cap = lc->kv_cap[i] ? lc->kv_cap[i] : 256;
-  while (cap < lc->kv_len[i] + n) cap *= 2;
+/* Room for n more rows of width w in sequence i's key/value cache, a ring
+** (gl_kv_append): a step of n tokens reads the rows of its window, at most
+** window - 1 + n of them (all rows without a window), so the ring needs no
+** more; it grows by doubling up to that, moving the rows still in reach. */
+static void kv_reserve_(nn_gpu *g, gpu_lcache *lc, int i, int64_t n, int w, int64_t window) {
+  int64_t len = lc->kv_len[i], cap = lc->kv_cap[i], need = len + n;
+  if (window > 0 && need > window - 1 + n) need = window - 1 + n;
+  if (need <= cap || g->status != FLA_OK) return;
+  int64_t nc = cap ? cap : 256;
+  while (nc < need) nc *= 2;
+  if (window > 0 && nc > window - 1 + n) nc = window - 1 + n;
   dptr nk = 0, nv = 0;
-  fla_status s = fla_cuda_mem_alloc(g->ctx, sizeof(float) * (size_t)(cap * w), &nk);
-  if (s == FLA_OK) s = fla_cuda_mem_alloc(g->ctx, sizeof(float) * (size_t)(cap * w), &nv);
+  fla_status s = fla_cuda_mem_alloc(g->ctx, sizeof(float) * (size_t)(nc * w), &nk);
+  if (s == FLA_OK) s = fla_cuda_mem_alloc(g->ctx, sizeof(float) * (size_t)(nc * w), &nv);
   if (s != FLA_OK) {
     fla_cuda_mem_free(g->ctx, nk);
     g->status = s;
     return;
   }
-  if (lc->kv_len[i]) {
-    gl_copy(g, lc->k[i], nk, lc->kv_len[i] * w);
-    gl_copy(g, lc->v[i], nv, lc->kv_len[i] * w);
-  }
+  int64_t j0 = window > 0 && len > window - 1 ? len - (window - 1) : 0; /* the oldest row a later query reads */
+  if (len > j0) gl_kv_regrow(g, lc->k[i], lc->v[i], cap, nk, nv, nc, j0, len - j0, w);
   gl_sync(g, "key/value cache growth");
   fla_cuda_mem_free(g->ctx, lc->k[i]);
   fla_cuda_mem_free(g->ctx, lc->v[i]);
-  lc->k[i] = nk, lc->v[i] = nv, lc->kv_cap[i] = cap;
+  lc->k[i] = nk, lc->v[i] = nv, lc->kv_cap[i] = nc;
 }
 
 void gpu_mixer_attention(const gpu_call *c, dptr x, dptr out) {
@@ -406,13 +450,13 @@ void gpu_mixer_attention(const gpu_call *c, dptr x, dptr out) {
   for (int64_t b = 0; b < c->B; b++) {
     int i = c->slot0 + (int)b;
     size_t qo = sizeof(float) * (size_t)(b * T * qw), ko = sizeof(float) * (size_t)(b * T * kw);
-    kv_reserve_(g, lc, i, T, kw);
+    kv_reserve_(g, lc, i, T, kw, L->attn.window);
     if (g->status != FLA_OK) return;
-    gl_kv_append(g, k + ko, v + ko, lc->k[i], lc->v[i], lc->kv_len[i], T, kw);
+    gl_kv_append(g, k + ko, v + ko, lc->k[i], lc->v[i], lc->kv_len[i], T, kw, lc->kv_cap[i]);
     lc->kv_len[i] += T;
-    /* the device cache keeps every row: key row j is at position j */
+    /* key row j (position j) is in slot j % cap */
     gl_attention(g, q + qo, T, Hq, d, c->pos[b], lc->k[i], lc->v[i], lc->kv_len[i], Hkv, L->attn.window,
-                 o + qo);
+                 lc->kv_cap[i], o + qo);
   }
   gl_linear_ex(g, o, qw, rows, qw, W->o_proj, qw, D, 0, out, D, 1);
 }

@@ -156,15 +156,30 @@ static fla_status upload_layer_(fla_model *m, int l) {
 fla_status gpu_model_upload(fla_model *m, fla_dtype dtype) {
   if (!m->gpu && !(m->gpu = calloc(1, sizeof *m->gpu))) return fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
   gpu_model *G = m->gpu;
-  G->adt = dtype;
+  /* bf16 weights, float32 activations (the mixers' inputs and outputs up to
+  ** GPU_F32_MIXER_MAX_T tokens a step, the products' inputs): bf16 activations
+  ** cost up to 8e-3 relative RMS of the logits on fla's tiny checkpoints
+  ** (docs/models.md); FLA_GPU_BF16_ACTIVATIONS=1 trades that for bf16 mixers
+  ** and one bf16 product in prefill. */
+  const char *act = getenv("FLA_GPU_BF16_ACTIVATIONS");
+  int bf16_act = dtype == FLA_BF16 && act && act[0] == '1';
+  G->adt = bf16_act ? FLA_BF16 : FLA_F32;
+  const char *f32m = getenv("FLA_GPU_F32_MIXERS");
+  G->f32_mixers = f32m && f32m[0] == '1';
   fla_status s = nn_gpu_init(&G->g, m->ctx, dtype);
   if (s != FLA_OK) return s;
+  G->g.split_x = dtype == FLA_BF16 && !bf16_act;
   if (!(G->layers = calloc((size_t)m->cfg.num_layers, sizeof(gpu_layer))))
     return fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
   int64_t D = m->cfg.hidden_size, Vb = m->cfg.vocab_size;
-  up_item mats[2] = {{m->embeddings, Vb * D, &G->embeddings}, {m->lm_head, Vb * D, &G->lm_head}};
-  if ((s = upload_group_(m, mats, m->lm_head == m->embeddings ? 1 : 2, dtype)) != FLA_OK) return s;
-  if (m->lm_head == m->embeddings) G->lm_head = G->embeddings;
+  /* The embeddings stay float32 (a decode step gathers one row of them: no
+  ** bandwidth to save; in bf16 they were the largest single share of the
+  ** error); the LM head, read whole every step, is in the weights' dtype. A
+  ** tied head gets its own copy. */
+  up_item emb = {m->embeddings, Vb * D, &G->embeddings}, head = {m->lm_head, Vb * D, &G->lm_head};
+  if ((s = upload_group_(m, &emb, 1, FLA_F32)) != FLA_OK) return s;
+  if (dtype == FLA_F32 && m->lm_head == m->embeddings) G->lm_head = G->embeddings;
+  else if ((s = upload_group_(m, &head, 1, dtype)) != FLA_OK) return s;
   up_item vecs[2] = {{m->final_norm_w, D, &G->final_norm_w}, {m->final_norm_b, D, &G->final_norm_b}};
   if ((s = upload_group_(m, vecs, m->final_norm_b ? 2 : 1, FLA_F32)) != FLA_OK) return s;
   for (int l = 0; l < m->cfg.num_layers; l++)
@@ -311,10 +326,10 @@ static void mlp_(const gpu_call *c, dptr x, dptr h, dptr out) {
   int64_t rows = c->B * c->T;
   int D = cfg->hidden_size, I = c->L->ffn_dim;
   dptr gu = GF(g, rows * 2 * I);
-  if (rows <= 8 && c->W->mlp_fused) {
+  if (rows <= g->gemv_rows && c->W->mlp_fused) {
     /* the norm, gate and up rows together, SwiGLU in the epilogue: a = silu(gate h) * up h */
     dptr a = GF(g, rows * I);
-    gl_gemv_opts n1 = {c->W->mlp_norm_w, (float)cfg->norm_eps, 1, 0, 0, 0.0f, 0};
+    gl_gemv_opts n1 = {.nw = c->W->mlp_norm_w, .eps = (float)cfg->norm_eps, .xmode = 1};
     gl_gemv_swiglu(g, x, D, rows, D, c->W->mlp_gate, D, I, I, a, I, &n1);
     gl_linear_ex(g, a, I, rows, I, c->W->mlp_down, I, D, 0, out, D, 1);
     return;
@@ -382,8 +397,8 @@ static dptr body_(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T, d
     n = B;
   }
   dptr lg = GF(g, n * Vb);
-  if (n <= 8 && cfg->arch != ARCH_RWKV6) { /* the final RMSNorm inside the head's product */
-    gl_gemv_opts op = {G->final_norm_w, (float)cfg->norm_eps, 1, 0, 0, 0.0f, 0};
+  if (n <= g->gemv_rows && cfg->arch != ARCH_RWKV6) { /* the final RMSNorm inside the head's product */
+    gl_gemv_opts op = {.nw = G->final_norm_w, .eps = (float)cfg->norm_eps, .xmode = 1};
     gl_gemv(g, x, D, n, D, G->lm_head, D, Vb, 0, lg, Vb, 0, &op);
   } else {
     block_norm_(m, x, n, G->final_norm_w, G->final_norm_b, h);

@@ -32,19 +32,28 @@ typedef struct gpu_layer {
   dptr bonus;              /* RWKV-6's u, in the token mixer's dtype */
   int64_t in_rows;         /* rows of q_proj .. i_proj laid out contiguously (0: not) */
   int mlp_fused;           /* mlp_up follows mlp_gate */
+  int chunkable;           /* the mixer's op has a bf16 chunked stage: 1 yes, -1 no, 0 not asked */
 } gpu_layer;
 #undef GPU_FIELD_
 
 typedef struct { const float *p; int64_t n; } gpu_reg;
 
+/* Steps of up to this many tokens run the token mixers in float32 (the
+** token-by-token kernel; one chunk of the chunked kernels' 64 has no
+** parallelism to gain) when the weights are bf16; longer prompts in bf16 where
+** a chunked stage handles the op (else float32 token by token as well). */
+#define GPU_F32_MIXER_MAX_T 64
+
 typedef struct gpu_model {
   nn_gpu g;
-  fla_dtype adt;           /* the token mixers' input dtype (= the weights') */
+  fla_dtype adt;           /* the token mixers' input dtype: float32 (bf16 with FLA_GPU_BF16_ACTIVATIONS=1),
+                              bf16 for chunked prompts over GPU_F32_MIXER_MAX_T tokens with bf16 weights */
+  int f32_mixers;          /* FLA_GPU_F32_MIXERS=1: float32 mixers whatever the length */
   gpu_reg *reg;            /* host weights the loader handed out */
   int nreg, capreg;
   dptr *blocks;            /* device allocations of the weights */
   int nblocks, capblocks;
-  dptr embeddings, final_norm_w, final_norm_b, lm_head;
+  dptr embeddings, final_norm_w, final_norm_b, lm_head; /* embeddings float32 */
   gpu_layer *layers;
   /* CUDA graph of a decode step (model_gpu.c): one per batch size kept */
   void *graph_exec;
@@ -102,7 +111,7 @@ typedef struct {
   dptr data;
   int ndim;
   int64_t shape[4];
-  int is_param;  /* already in the op's dtype (RWKV-6's bonus) */
+  int is_param;  /* a weight in gpu_model.adt (RWKV-6's bonus) */
   dptr bf;       /* a bf16 copy made already (0: cast here when the op is bf16) */
 } gpu_input;
 dptr gpu_run_op(const gpu_call *c, const gpu_input *in, int n, double scale, int *o_bf16);

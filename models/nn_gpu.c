@@ -112,10 +112,10 @@ static void cublas_load_(void) {
 
 static const char *kernel_names_[NK_COUNT] = {
   "gemv_f32", "gemv_bf16", "add_bias", "cast_to_bf16", "cast_to_f32", "copy_f32", "ew", "swiglu",
-  "repeat_heads", "rmsnorm", "groupnorm", "l2norm", "embed_f32", "embed_bf16", "short_conv", "rotary",
+  "repeat_heads", "rmsnorm", "groupnorm", "l2norm", "embed_f32", "split_bf16", "short_conv", "rotary",
   "token_shift", "kv_append", "attention", "argmax_rows", "cast_multi", "gemv1_f32",
   "gemv1_bf16", "gemv_swiglu_f32", "gemv_swiglu_bf16",
-  "gemv1_swiglu_f32", "gemv1_swiglu_bf16"};
+  "gemv1_swiglu_f32", "gemv1_swiglu_bf16", "add_halves", "kv_regrow"};
 
 fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
   memset(g, 0, sizeof *g);
@@ -141,6 +141,11 @@ fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
       nb = 2;
     g->resident[k] = nb;
   }
+  /* Batches of 2 to 8 rows: the 8-row matrix-vector kernel measured 4x slower
+  ** per step than one row on the H100 (GLA 1.3B, batch 8: 7.1 ms); cuBLAS
+  ** instead (bench/results/2026-11-23-models-gpu.md). */
+  const char *gr = getenv("FLA_GPU_GEMV_ROWS");
+  g->gemv_rows = gr && atoi(gr) >= 1 && atoi(gr) <= 8 ? atoi(gr) : 1;
   pthread_once(&cublas_once_, cublas_load_);
   if (!cublas_ok_) return gl_fail(g, FLA_UNSUPPORTED, "%s", cublas_err_);
   if (cublas_.create(&g->cublas) != 0) return gl_fail(g, FLA_ERROR, "cublasCreate failed");
@@ -222,16 +227,25 @@ static unsigned blocks_(int64_t n) {
 void gl_linear_ex(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, dptr bias,
                   dptr y, int ldy, int accumulate) {
   if (g->status != FLA_OK || M <= 0 || out <= 0) return;
-  if (M <= 8) { /* decode: a warp per output row, W read once */
-    gl_gemv_opts op = {0, 0.0f, 0, 0, 0, 0.0f, 0};
+  if (M <= g->gemv_rows) { /* decode: a warp per output row, W read once */
+    gl_gemv_opts op = {.xmode = 0};
     gl_gemv(g, x, ldx, M, in, W, ldw, out, bias, y, ldy, accumulate, &op);
     return;
   }
   float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   int type = CUDA_R_32F_, mm = (int)M;
-  dptr xb = x;
-  int ldb = ldx;
-  if (g->wdt == FLA_BF16) { /* cuBLAS wants both factors in bf16: x's rows as they lie */
+  dptr xb = x, yp = y;
+  int ldb = ldx, ldc = ldy, halves = 0;
+  if (g->wdt == FLA_BF16 && g->split_x) { /* [hi; lo] = x packed, [2M, in] */
+    xb = nn_gpu_tmp(g, 4 * (size_t)(M * in));
+    void *a[] = {P(x), P(ldx), P(M), P(in), P(xb)};
+    launch_(g, NK_SPLIT_BF16, blocks_(M * in), 1, 256, a);
+    type = CUDA_R_16BF_, ldb = in;
+    if (M <= GL_SPLIT_STACK_ROWS) { /* one product of 2M rows into t, then y (+)= t_hi + t_lo (+ bias) */
+      halves = 1, mm = 2 * (int)M, beta = 0.0f, ldc = out;
+      yp = GF(g, 2 * M * out);
+    }
+  } else if (g->wdt == FLA_BF16) { /* cuBLAS wants both factors in bf16: x's rows as they lie */
     int64_t span = (M - 1) * ldx + in;
     xb = nn_gpu_tmp(g, 2 * (size_t)span);
     gl_cast_bf16(g, x, xb, span);
@@ -239,11 +253,22 @@ void gl_linear_ex(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw
   }
   if (g->status != FLA_OK) return;
   int r = cublas_.gemm_ex(g->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, mm, in, &alpha, (const void *)W, type,
-                          ldw, (const void *)xb, type, ldb, &beta, (void *)y, CUDA_R_32F_, ldy,
+                          ldw, (const void *)xb, type, ldb, &beta, (void *)yp, CUDA_R_32F_, ldc,
                           CUBLAS_COMPUTE_32F_, CUBLAS_GEMM_DEFAULT_);
+  if (r == 0 && g->split_x && g->wdt == FLA_BF16 && !halves) { /* y += W lo */
+    float one = 1.0f;
+    r = cublas_.gemm_ex(g->cublas, CUBLAS_OP_T, CUBLAS_OP_N, out, mm, in, &alpha, (const void *)W, type, ldw,
+                        (const void *)(xb + 2 * (size_t)(M * in)), type, ldb, &one, (void *)y, CUDA_R_32F_, ldy,
+                        CUBLAS_COMPUTE_32F_, CUBLAS_GEMM_DEFAULT_);
+  }
   if (r != 0) {
     gl_fail(g, FLA_ERROR, "cublasGemmEx (%lld x %d x %d, %s): status %d", (long long)M, out, in,
             g->wdt == FLA_BF16 ? "bf16" : "f32", r);
+    return;
+  }
+  if (halves) {
+    void *a[] = {P(yp), P(M), P(out), P(bias), P(y), P(ldy), P(accumulate)};
+    launch_(g, NK_ADD_HALVES, blocks_(M * out), 1, 256, a);
     return;
   }
   if (bias) {
@@ -369,21 +394,27 @@ void gl_token_shift(nn_gpu *g, dptr x, dptr last, dptr d, int64_t B, int64_t T, 
 
 void gl_embed(nn_gpu *g, dptr ids, dptr E, dptr x, int64_t rows, int D) {
   void *a[] = {P(ids), P(E), P(x), P(rows), P(D)};
-  launch_(g, g->wdt == FLA_BF16 ? NK_EMBED_BF16 : NK_EMBED_F32, blocks_(rows * D), 1, 256, a);
+  launch_(g, NK_EMBED_F32, blocks_(rows * D), 1, 256, a);
 }
 
-void gl_kv_append(nn_gpu *g, dptr k, dptr v, dptr kc, dptr vc, int64_t len, int64_t T, int w) {
-  void *a[] = {P(k), P(v), P(kc), P(vc), P(len), P(T), P(w)};
+void gl_kv_append(nn_gpu *g, dptr k, dptr v, dptr kc, dptr vc, int64_t len, int64_t T, int w, int64_t cap) {
+  void *a[] = {P(k), P(v), P(kc), P(vc), P(len), P(T), P(w), P(cap)};
   launch_(g, NK_KV_APPEND, blocks_(T * w), 1, 256, a);
 }
 
+void gl_kv_regrow(nn_gpu *g, dptr ks, dptr vs, int64_t ocap, dptr kd, dptr vd, int64_t ncap, int64_t j0, int64_t n,
+                  int w) {
+  void *a[] = {P(ks), P(vs), P(ocap), P(kd), P(vd), P(ncap), P(j0), P(n), P(w)};
+  launch_(g, NK_KV_REGROW, blocks_(n * w), 1, 256, a);
+}
+
 void gl_attention(nn_gpu *g, dptr q, int64_t T, int Hq, int d, int64_t qpos0, dptr k, dptr v,
-                  int64_t L, int Hkv, int64_t window, dptr o) {
+                  int64_t L, int Hkv, int64_t window, int64_t cap, dptr o) {
   if (d > 256) {
     gl_fail(g, FLA_UNSUPPORTED, "softmax attention with head dim %d on the GPU (at most 256)", d);
     return;
   }
-  void *a[] = {P(q), P(T), P(Hq), P(d), P(qpos0), P(k), P(v), P(L), P(Hkv), P(window), P(o)};
+  void *a[] = {P(q), P(T), P(Hq), P(d), P(qpos0), P(k), P(v), P(L), P(Hkv), P(window), P(cap), P(o)};
   launch_(g, NK_ATTN, (unsigned)((T * Hq + 3) / 4), 1, 128, a);
 }
 

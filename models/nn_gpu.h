@@ -23,9 +23,9 @@ typedef uint64_t dptr;
 
 enum {
   NK_GEMV_F32, NK_GEMV_BF16, NK_ADD_BIAS, NK_CAST_BF16, NK_CAST_F32, NK_COPY, NK_EW, NK_SWIGLU,
-  NK_REPEAT, NK_RMSNORM, NK_GROUPNORM, NK_L2NORM, NK_EMBED_F32, NK_EMBED_BF16, NK_CONV, NK_ROTARY,
+  NK_REPEAT, NK_RMSNORM, NK_GROUPNORM, NK_L2NORM, NK_EMBED_F32, NK_SPLIT_BF16, NK_CONV, NK_ROTARY,
   NK_SHIFT, NK_KV_APPEND, NK_ATTN, NK_ARGMAX, NK_CAST_MULTI, NK_GEMV1_F32, NK_GEMV1_BF16,
-  NK_GEMV_SWIGLU_F32, NK_GEMV_SWIGLU_BF16, NK_GEMV1_SWIGLU_F32, NK_GEMV1_SWIGLU_BF16, NK_COUNT
+  NK_GEMV_SWIGLU_F32, NK_GEMV_SWIGLU_BF16, NK_GEMV1_SWIGLU_F32, NK_GEMV1_SWIGLU_BF16, NK_ADD_HALVES, NK_KV_REGROW, NK_COUNT
 };
 
 /* The element-wise maps of the kernel `ew` (model_nn.cuh says what each does). */
@@ -38,6 +38,9 @@ typedef struct nn_gpu {
   fla_ctx *ctx;
   fla_status status;     /* sticky: FLA_OK until a call fails */
   fla_dtype wdt;         /* weight matrices: FLA_F32 or FLA_BF16 */
+  int split_x;           /* bf16 products of many rows take x as two bf16 halves (hi + lo) */
+  int gemv_rows;         /* products of up to this many rows (<= 8) use the matrix-vector kernel,
+                            more go to cuBLAS: 1, or $FLA_GPU_GEMV_ROWS */
   int sms;               /* the device's multiprocessors (grids of the products) */
   int resident[NK_COUNT]; /* blocks of 256 threads a multiprocessor holds, per kernel */
   void *stream;          /* CUstream */
@@ -60,7 +63,15 @@ dptr nn_gpu_tmp(nn_gpu *g, size_t bytes);
 void nn_gpu_reset(nn_gpu *g);
 
 /* y[M, out] (+)= x[M, in] W[out, in]^T (+ bias): x rows ldx apart, W rows ldw
-** apart (W in g->wdt), y rows ldy apart; accumulate adds to y. */
+** apart (W in g->wdt), y rows ldy apart; accumulate adds to y. With bf16
+** weights and M > gemv_rows (cuBLAS, which wants both factors bf16), x is rounded to
+** bf16, or with split_x taken as hi + lo (bf16 both): x kept to about 16 bits
+** of mantissa for twice the product's arithmetic. Up to GL_SPLIT_STACK_ROWS rows
+** (small decode batches, bound by reading W) hi and lo are stacked into one
+** product of 2M rows, W read once, and a kernel adds the halves; more rows take
+** two products, the second adding into y (at batch 64 of GLA 1.3B, 7 416
+** tokens/s against 7 068-7 141 stacked: the extra kernels cost more there). */
+#define GL_SPLIT_STACK_ROWS 8
 void gl_linear_ex(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, dptr bias,
                   dptr y, int ldy, int accumulate);
 void gl_linear(nn_gpu *g, dptr x, int64_t M, int in, dptr W, int out, dptr bias, dptr y);
@@ -100,10 +111,16 @@ void gl_short_conv(nn_gpu *g, dptr x, int64_t B, int64_t T, int C, int W, dptr w
 /* pos: device int64 [B], the first position of each sequence. */
 void gl_rotary(nn_gpu *g, dptr x, int64_t B, int64_t T, int H, int D, dptr pos, double theta);
 void gl_token_shift(nn_gpu *g, dptr x, dptr last, dptr d, int64_t B, int64_t T, int D);
+/* x[r] = E[ids[r]], E float32 [vocab, D]. */
 void gl_embed(nn_gpu *g, dptr ids, dptr E, dptr x, int64_t rows, int D);
-void gl_kv_append(nn_gpu *g, dptr k, dptr v, dptr kc, dptr vc, int64_t len, int64_t T, int w);
+/* A key/value cache is a ring of cap rows of width w: the key of position j
+** in slot j % cap (cap >= the rows a step reads: all, or window - 1 + T). */
+void gl_kv_append(nn_gpu *g, dptr k, dptr v, dptr kc, dptr vc, int64_t len, int64_t T, int w, int64_t cap);
+/* Positions j0 .. j0 + n - 1 from rings (ks, vs) of ocap rows into (kd, vd) of ncap. */
+void gl_kv_regrow(nn_gpu *g, dptr ks, dptr vs, int64_t ocap, dptr kd, dptr vd, int64_t ncap, int64_t j0, int64_t n,
+                  int w);
 void gl_attention(nn_gpu *g, dptr q, int64_t T, int Hq, int d, int64_t qpos0, dptr k, dptr v,
-                  int64_t L, int Hkv, int64_t window, dptr o);
+                  int64_t L, int Hkv, int64_t window, int64_t cap, dptr o);
 void gl_argmax(nn_gpu *g, dptr logits, int64_t rows, int V, dptr ids);
 /* y = f(x, p, p2) element-wise over n entries, columns c = i % width. */
 void gl_ew(nn_gpu *g, ew_op op, dptr y, dptr x, dptr p, dptr p2, int64_t n, int width, float a);

@@ -1,7 +1,7 @@
 /*
 ** test_gpu_models.c -- the model layer on a CUDA context: every tiny fla
 ** checkpoint reproduces fla's logits (float32 within 1e-4 relative RMS, bf16
-** within 4e-2: see BF16_TOL) and greedy tokens (the expectations of test_models.c), and
+** within 1e-2: see BF16_TOL) and greedy tokens (the expectations of test_models.c), and
 ** prefill + decode of two prompts of different lengths equals one full
 ** forward, with decode steps replaying a CUDA graph (the default) and without
 ** (FLA_CUDA_GRAPHS=0).
@@ -23,15 +23,18 @@ static const char *const models_[] = {
 
 static char gpu_why_[1024];
 
-/* bf16 against fla's float32 logits. Rounding only the weight matrices of these
-** checkpoints to bf16 and computing everything else in float32 on the CPU
-** already gives 2.8e-3 (gated_deltanet) to 1.08e-2 (retnet) relative RMS error
-** (docs/models.md), so 1e-2 cannot hold for every model whatever the GPU does.
-** On the H100 the GPU's bf16 path measured 3.5e-3 to 2.1e-2, and 3.05e-2 for
-** retnet's batched decode (bench/results/2026-11-23-h100-models.md): the bf16
-** inputs of the token mixers and of prefill's products add to the weights'
-** rounding, most for RetNet (rotary q and k in bf16). */
-#define BF16_TOL 4e-2
+/* bf16 against fla's float32 logits: the issue's 1e-2. The GPU keeps the
+** weight matrices (projections, LM head) in bf16 and everything else in float32
+** (embeddings, activations, the mixers' inputs and outputs, norms, states; a
+** product of many rows takes x as two bf16 halves). On the CPU, rounding just
+** those matrices to bf16 gives 2.0e-3 (gated_deltanet) to 8.8e-3 (retnet) on
+** these checkpoints (docs/models.md): the floor of any bf16-weight path. */
+#define BF16_TOL 1e-2
+/* bf16 prefill + decode against the same bf16 model's full forward: the same
+** weights, so only the order of sums and the hi + lo split of prefill's
+** products differ. (Against the float32 forward a single row of these
+** 45-token prompts is off by up to 2.1e-2 already from the rounded weights.) */
+#define BF16_PATH_TOL 1e-3
 
 static const char *model_dir_(const char *name) {
   static char buf[4096];
@@ -153,16 +156,15 @@ END_TEST
 /* Two prompts of different lengths in one cache (the first prefilled in two
 ** pieces), then 9 decode steps of both together; every logit equals the full
 ** forward's. _i: model in float32 without CUDA graphs, + NMODELS with, + 2 NMODELS in
-** bf16 (against the float32 full forward, within BF16_TOL). */
+** bf16 (against the bf16 model's full forward, within BF16_PATH_TOL). */
 START_TEST(test_prefill_decode_equals_forward) {
   int mode = _i / NMODELS; /* 0 f32 without graphs, 1 f32 (graphs), 2 bf16 (graphs) */
   const char *name = models_[_i % NMODELS];
   if (mode == 0) setenv("FLA_CUDA_GRAPHS", "0", 1);
   else unsetenv("FLA_CUDA_GRAPHS");
   fla_ctx *ctx = cuda_ctx_();
-  /* the full forwards in float32: bf16's decode is held to fla's float32 too */
   fla_model *m = load_(ctx, name, FLA_F32);
-  double tol = mode == 2 ? BF16_TOL : 1e-4;
+  double tol = mode == 2 ? BF16_PATH_TOL : 1e-4;
   const char *what[3] = {"f32 no graphs", "f32 ", "bf16"};
   int V = fla_model_vocab_size(m);
   int64_t nids;
@@ -174,9 +176,17 @@ START_TEST(test_prefill_decode_equals_forward) {
     full[i] = malloc(sizeof(float) * (size_t)(len[i] * V));
     ck_assert_msg(fla_model_forward(m, seq[i], 1, len[i], full[i]) == FLA_OK, "%s", fla_errmsg(ctx));
   }
-  if (mode == 2) {
+  if (mode == 2) { /* the bf16 model's own full forwards are the reference */
     fla_model_free(m);
     m = load_(ctx, name, FLA_BF16);
+    for (int i = 0; i < 2; i++) {
+      float *f32 = full[i];
+      full[i] = malloc(sizeof(float) * (size_t)(len[i] * V));
+      ck_assert_msg(fla_model_forward(m, seq[i], 1, len[i], full[i]) == FLA_OK, "%s", fla_errmsg(ctx));
+      printf("gpu %-16s bf16 forward of %lld tokens vs float32: rel-RMS error %.3g (not asserted: see BF16_PATH_TOL)\n",
+             name, (long long)len[i], th_rel_rms_f32(full[i], f32, len[i] * V));
+      free(f32);
+    }
   }
   fla_cache *c;
   ck_assert_int_eq(fla_cache_new(m, 2, &c), FLA_OK);
@@ -196,7 +206,7 @@ START_TEST(test_prefill_decode_equals_forward) {
     ck_assert_msg(fla_model_decode(m, c, next, lg) == FLA_OK, "%s: %s", name, fla_errmsg(ctx));
     for (int i = 0; i < 2; i++) {
       double e = th_rel_rms_f32(lg + i * V, full[i] + (pre[i] + step) * V, V);
-      if (e > worst) worst = e;
+      if (!(e <= worst)) worst = e; /* a NaN sticks */
     }
   }
   printf("gpu %-16s %s prefill + decode vs forward: rel-RMS error %.3g\n", name, what[mode], worst);
@@ -214,7 +224,7 @@ START_TEST(test_prefill_decode_equals_forward) {
     float lg[256];
     ck_assert_msg(fla_model_decode(m, c, &seq[0][pre[0] + step], lg) == FLA_OK, "%s: %s", name, fla_errmsg(ctx));
     double e = th_rel_rms_f32(lg, full[0] + (pre[0] + step) * V, V);
-    if (e > worst) worst = e;
+    if (!(e <= worst)) worst = e; /* a NaN sticks */
   }
   printf("gpu %-16s %s decode of one sequence vs forward: rel-RMS error %.3g\n", name, what[mode], worst);
   ck_assert_msg(worst < tol, "%s %s: decode of one sequence: rel-RMS error %g", name, what[mode], worst);
@@ -226,6 +236,52 @@ START_TEST(test_prefill_decode_equals_forward) {
   fla_model_free(m);
   fla_ctx_free(ctx);
   unsetenv("FLA_CUDA_GRAPHS");
+}
+END_TEST
+
+/* gla_hybrid_swa's attention layer has a window of 24: its device cache is a
+** ring of window - 1 + T rows. 90 tokens fed as prefill 5, 30 decode steps,
+** prefill 20 (the ring grows, moving the rows in reach), 35 decode steps: every
+** logit equals the full forward's (float32), the ring wrapping many times. */
+START_TEST(test_sliding_window_ring) {
+  fla_ctx *ctx = cuda_ctx_();
+  fla_model *m = load_(ctx, "gla_hybrid_swa", FLA_F32);
+  int V = fla_model_vocab_size(m);
+  int64_t nids;
+  int32_t *ids = ref_tensor_("gla_hybrid_swa", "input_ids", FLA_I32, &nids);
+  enum { N = 90 };
+  int32_t seq[N];
+  for (int t = 0; t < N; t++) seq[t] = ids[(t * 7) % nids];
+  float *full = malloc(sizeof(float) * (size_t)(N * V)), *got = malloc(sizeof(float) * (size_t)(N * V));
+  ck_assert_msg(fla_model_forward(m, seq, 1, N, full) == FLA_OK, "%s", fla_errmsg(ctx));
+  fla_cache *c;
+  ck_assert_int_eq(fla_cache_new(m, 1, &c), FLA_OK);
+  const int pieces[4][2] = {{5, 1}, {30, 0}, {20, 1}, {35, 0}}; /* {tokens, prefill?} */
+  int t = 0;
+  for (int p = 0; p < 4; p++) {
+    if (pieces[p][1]) {
+      ck_assert_msg(fla_model_prefill(m, c, 0, seq + t, pieces[p][0], got + (int64_t)t * V, NULL) == FLA_OK, "%s",
+                    fla_errmsg(ctx));
+      t += pieces[p][0];
+    } else {
+      for (int k = 0; k < pieces[p][0]; k++, t++)
+        ck_assert_msg(fla_model_decode(m, c, seq + t, got + (int64_t)t * V) == FLA_OK, "%s", fla_errmsg(ctx));
+    }
+  }
+  ck_assert_int_eq(t, N);
+  double worst = 0;
+  for (int r = 0; r < N; r++) {
+    double e = th_rel_rms_f32(got + (int64_t)r * V, full + (int64_t)r * V, V);
+    if (!(e <= worst)) worst = e; /* a NaN sticks */
+  }
+  printf("gpu gla_hybrid_swa f32  window 24, 90 tokens through the ring vs forward: worst row rel-RMS %.3g\n", worst);
+  ck_assert_msg(worst < 1e-4, "sliding-window ring: rel-RMS error %g", worst);
+  fla_cache_free(c);
+  free(full);
+  free(got);
+  free(ids);
+  fla_model_free(m);
+  fla_ctx_free(ctx);
 }
 END_TEST
 
@@ -316,6 +372,7 @@ int main(void) {
     tcase_add_loop_test(tc, test_reference_logits_and_greedy, 0, 2 * NMODELS);
     tcase_add_loop_test(tc, test_prefill_decode_equals_forward, 0, 3 * NMODELS);
     tcase_add_loop_test(tc, test_generate_matches_cpu, 0, NMODELS);
+    tcase_add_test(tc, test_sliding_window_ring);
   }
   suite_add_tcase(s, tc);
   return th_run_suite(s);

@@ -4,7 +4,7 @@
 **
 **   fla-model-bench (--config FILE | --model DIR) [--device cuda|cpu] [--dtype bf16|f32]
 **                   [--prompt-len N] [--runs R] [--batch B[,B...]] [--decode-steps S]
-**                   [--no-graphs]
+**                   [--no-graphs] [--bf16-activations]
 **   fla-model-bench --kernels       (the decode product's bandwidth, a small kernel's cost)
 **
 ** Prefill: one sequence of --prompt-len random tokens (default 4096) into a
@@ -73,6 +73,15 @@ static int kernel_probe_(fla_ctx *ctx) {
   return s != FLA_OK;
 }
 
+static void usage_(FILE *f) {
+  fprintf(f, "usage: fla-model-bench (--config FILE | --model DIR) [--device cuda|cpu] [--dtype bf16|f32]\n"
+             "                       [--prompt-len N] [--runs R] [--batch B,...] [--decode-steps S] [--no-graphs]\n"
+             "                       [--bf16-activations]\n"
+             "       fla-model-bench --kernels\n"
+             "  --bf16-activations: bf16 token-mixer inputs and prefill products (FLA_GPU_BF16_ACTIVATIONS=1);\n"
+             "                      float32 activations with bf16 weights otherwise\n");
+}
+
 static int fail_(fla_ctx *ctx, const char *what) {
   fprintf(stderr, "fla-model-bench: %s: %s\n", what, fla_errmsg(ctx));
   return 1;
@@ -89,6 +98,14 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(a, "--kernels")) {
       probe = 1;
+      continue;
+    }
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      usage_(stdout);
+      return 0;
+    }
+    if (!strcmp(a, "--bf16-activations")) {
+      setenv("FLA_GPU_BF16_ACTIVATIONS", "1", 1);
       continue;
     }
     if (!v) {
@@ -123,8 +140,7 @@ int main(int argc, char **argv) {
     return rc;
   }
   if (!config == !model || dt == -2 || prompt_len < 0 || runs < 1 || steps < 1) {
-    fprintf(stderr, "usage: fla-model-bench (--config FILE | --model DIR) [--device cuda|cpu] [--dtype bf16|f32]\n"
-                    "                       [--prompt-len N] [--runs R] [--batch B,...] [--decode-steps S] [--no-graphs]\n");
+    usage_(stderr);
     return 2;
   }
   if (!graphs) setenv("FLA_CUDA_GRAPHS", "0", 1);

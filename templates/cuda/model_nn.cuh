@@ -228,6 +228,33 @@ extern "C" __global__ void cast_to_f32(const bf16 *x, float *y, i64 n) {
   for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
     y[i] = bf2f(x[i]);
 }
+/* x = hi + lo to about 16 bits: hi = bf16(x), lo = bf16(x - hi), for a bf16
+** product of x as two, W x = W hi + W lo. x is [M, in] with rows ldx apart;
+** hi and lo are [M, in] packed, lo right after hi (one [2M, in] matrix). */
+extern "C" __global__ void split_bf16(const float *x, int ldx, i64 M, int in, bf16 *hi) {
+  i64 n = M * in;
+  bf16 *lo = hi + n;
+  for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+    float v = x[(i / in) * ldx + i % in];
+    bf16 h = f2bf(v);
+    hi[i] = h;
+    lo[i] = f2bf(v - bf2f(h));
+  }
+}
+
+/* y[m, o] (+)= t[m, o] + t[M + m, o] (+ bias[o]): the two halves of a stacked
+** hi/lo product summed; y rows ldy apart, t [2M, out] packed. */
+extern "C" __global__ void add_halves(const float *t, i64 M, int out, const float *bias, float *y, int ldy,
+                                      int accumulate) {
+  i64 n = M * out;
+  for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
+    i64 m = i / out;
+    int o = (int)(i % out);
+    float v = t[i] + t[n + i] + (bias ? bias[o] : 0.f);
+    float *yp = y + m * ldy + o;
+    *yp = accumulate ? *yp + v : v;
+  }
+}
 extern "C" __global__ void copy_f32(const float *x, float *y, i64 n) {
   for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
     y[i] = x[i];
@@ -365,18 +392,11 @@ extern "C" __global__ void l2norm(float *x, i64 rows, int dim) {
 
 /* ------------------------------------------------------------ embeddings */
 
-/* x[r, :] = E[ids[r], :] */
-template <typename W_t>
-__device__ void embed_(const int *ids, const W_t *E, float *x, i64 rows, int D) {
+/* x[r, :] = E[ids[r], :] (the embeddings stay float32 on the device) */
+extern "C" __global__ void embed_f32(const int *ids, const float *E, float *x, i64 rows, int D) {
   i64 n = rows * D;
   for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x)
-    x[i] = ldval(E, (i64)ids[i / D] * D + i % D);
-}
-extern "C" __global__ void embed_f32(const int *ids, const float *E, float *x, i64 rows, int D) {
-  embed_<float>(ids, E, x, rows, D);
-}
-extern "C" __global__ void embed_bf16(const int *ids, const bf16 *E, float *x, i64 rows, int D) {
-  embed_<bf16>(ids, E, x, rows, D);
+    x[i] = E[(i64)ids[i / D] * D + i % D];
 }
 
 /* ------------------------------------------------------------ sequences */
@@ -439,14 +459,28 @@ extern "C" __global__ void token_shift(const float *x, float *last, float *d, i6
   last[id] = prev;
 }
 
-/* Appends T rows of width w of one sequence to its key/value cache:
-** kc[len + t] = k[t], vc[len + t] = v[t]. */
+/* Appends T rows of width w of one sequence to its key/value cache, a ring of
+** cap rows (key row j, the token at position j, lives in slot j % cap):
+** kc[(len + t) % cap] = k[t], vc[...] = v[t]. */
 extern "C" __global__ void kv_append(const float *k, const float *v, float *kc, float *vc, i64 len,
-                                     i64 T, int w) {
+                                     i64 T, int w, i64 cap) {
   i64 n = T * w;
   for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {
-    kc[len * w + i] = k[i];
-    vc[len * w + i] = v[i];
+    i64 slot = (len + i / w) % cap;
+    kc[slot * w + i % w] = k[i];
+    vc[slot * w + i % w] = v[i];
+  }
+}
+
+/* Rows j0 .. j0 + n - 1 of a ring of ocap rows into a ring of ncap rows (a
+** cache that grows): dst[j % ncap] = src[j % ocap], for keys and values. */
+extern "C" __global__ void kv_regrow(const float *ks, const float *vs, i64 ocap, float *kd, float *vd, i64 ncap,
+                                     i64 j0, i64 n, int w) {
+  for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < n * w; i += (i64)gridDim.x * blockDim.x) {
+    i64 j = j0 + i / w;
+    int c = (int)(i % w);
+    kd[(j % ncap) * w + c] = ks[(j % ocap) * w + c];
+    vd[(j % ncap) * w + c] = vs[(j % ocap) * w + c];
   }
 }
 
@@ -454,9 +488,10 @@ extern "C" __global__ void kv_append(const float *k, const float *v, float *kc, 
 ** warp per (query t, head h), lanes over the head dim d (d <= 256), keys in
 ** order with an online softmax: m = running max, l = running sum,
 ** acc = sum_j e^(s_j - m) v_j. Query t at position qpos0 + t sees key rows
-** j in [max(0, p - window + 1), p] (keys at positions 0.., window 0: all). */
+** j in [max(0, p - window + 1), p] (keys at positions 0.., window 0: all),
+** row j in slot j % cap of the ring k, v (kv_append). */
 extern "C" __global__ void attention(const float *q, i64 T, int Hq, int d, i64 qpos0, const float *k,
-                                     const float *v, i64 L, int Hkv, i64 window, float *o) {
+                                     const float *v, i64 L, int Hkv, i64 window, i64 cap, float *o) {
   i64 wid = blockIdx.x * (i64)(blockDim.x >> 5) + (threadIdx.x >> 5);
   int lane = threadIdx.x & 31;
   if (wid >= T * Hq) return;
@@ -476,7 +511,8 @@ extern "C" __global__ void attention(const float *q, i64 T, int Hq, int d, i64 q
   if (hi >= L) hi = L - 1;
   float m = __int_as_float(0xff800000), l = 0.f;
   for (i64 j = lo; j <= hi; j++) {
-    const float *kj = k + (j * Hkv + kh) * d, *vj = v + (j * Hkv + kh) * d;
+    i64 slot = j % cap;
+    const float *kj = k + (slot * Hkv + kh) * d, *vj = v + (slot * Hkv + kh) * d;
     float s = 0.f;
     for (int e = 0; e < PER; e++) {
       int c = lane + 32 * e;
