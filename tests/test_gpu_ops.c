@@ -746,6 +746,16 @@ static void run_bcase_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, 
            (long long)cfg.T, (long long)cfg.K, (long long)cfg.V, c->h0, b->dht,
            fla_dtype_name(c->dtype), stage >= 0 ? fla_stage_name((fla_stage)stage) : "?",
            c->algo == FLA_ALGO_RECURRENT ? " (recurrent forced)" : "", c->nseqs ? " varlen" : "");
+  /* A forward first, as training runs them: the backward must not depend on
+  ** what the forward's stage (chunked or not) left in the scratch slots. */
+  {
+    fla_tensor *fo = NULL, *fht = NULL;
+    ck_assert_int_eq(fla_tensor_new(g, c->dtype, 4, fla_tensor_shape(td.d_o), &fo), FLA_OK);
+    ck_assert_int_eq(fla_tensor_new(g, FLA_F32, 4, fla_tensor_shape(td.dht), &fht), FLA_OK);
+    ck_assert_msg(fla_op_forward(opg, dargs, td.n, fo, fht) == FLA_OK, "%s: forward: %s", label,
+                  fla_errmsg(g));
+    fla_tensor_free(fo), fla_tensor_free(fht);
+  }
   fla_status st = fla_op_backward(opg, dargs, td.n, ddo, ddht, dg, ng);
   ck_assert_msg(st == FLA_OK, "%s: %s: %s", label, fla_errstr(st), fla_errmsg(g));
   char line[1024];
