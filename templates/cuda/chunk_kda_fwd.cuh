@@ -201,20 +201,24 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_prep(fla_kernel_arg
                                       veck, tid);
   ck_load_tile<KD_VP, KD_LDV1, CK_NTH>(Vs, (const unsigned short *)a.v + rv, H * FLA_V, rows, FLA_V,
                                        vecv, tid);
+  /* the raw gates in KL for now (KL is formed after G) */
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(KL, (const unsigned short *)a.g + rk, H * FLA_K, rows, FLA_K,
+                                      veck && (a.g & 15) == 0, tid);
   ck_commit();
+  if (tid < CK_BT) bet[tid] = tid < rows ? ck_ldgf(a.beta, (x.t0 + tid) * H + h) : 0.0f;
+  ck_wait_all();
+  __syncthreads();
   /* G: a thread a key, the running sum over the chunk's rows; rows past
-  ** the end keep the last value (their k and q are 0), keys past K are 0 */
+  ** the end keep the last value (their g, k and q read 0), keys past K are 0 */
   if (tid < CK_KP) {
-    const unsigned short *gp = (const unsigned short *)a.g + rk + tid;
     float s = 0.0f;
+#pragma unroll 8
     for (int r = 0; r < CK_BT; r++) {
-      if (r < rows && tid < FLA_K) s += ck_bf2f(gp[(long long)r * H * FLA_K]) * CK_LOG2E;
+      s += ck_bf2f(KL[r * CK_LDQ + tid]) * CK_LOG2E;
       Gf[r * KD_LDG + tid] = s;
     }
     kd_gl(a)[(c * H + h) * CK_KP + tid] = s;
   }
-  if (tid < CK_BT) bet[tid] = tid < rows ? ck_ldgf(a.beta, (x.t0 + tid) * H + h) : 0.0f;
-  ck_wait_all();
   __syncthreads();
 
   /* the factors of the off-diagonal blocks, and Kd, Qg out */
