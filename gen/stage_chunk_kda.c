@@ -14,7 +14,7 @@
 ** most 128), BK = K (never tiled). The state kernel takes BVH = min(BV, 32).
 **
 ** Three kernels (grid, block, dynamic shared memory):
-**   fla_kda_prep  (NC, H)      128  (4*64 + 144)*(KP+8)*2 + 64*(VP+8)*2
+**   fla_kda_prep  (NC, H)      256  (4*64 + 144)*(KP+8)*2 + 64*(VP+8)*2
 **                                    + 64*(KP+1)*4 + 2*64*68*4 + 64*4
 **   fla_kda_fwd_h (NVH*N, H)   128  2*2*64*(KP+8)*2 + 2*64*(BVH+8)*2
 **                                    + KP*(BVH+8)*2 + 2*KP*4
@@ -35,6 +35,7 @@
 #define KD_BT 64
 #define KD_WARPS 4
 #define KD_SMEM_MAX (227 * 1024)
+#define KD_PREP_THREADS 256 /* KD_PNTH in the template */
 
 static int kp_(int K) { return (K + 63) / 64 * 64; }
 static int vp_(int V) { return (V + 63) / 64 * 64; }
@@ -107,7 +108,8 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
                      const fla_kernel_args *args, fla_kernel_launch *out) {
   int64_t NC = args->num_chunks, H = args->H, N = args->N;
   int64_t NV = (key->V + cfg->BV - 1) / cfg->BV, NVH = (key->V + bvh_(cfg) - 1) / bvh_(cfg);
-  fla_chunk_launch_set(&out[0], "fla_kda_prep", (unsigned)NC, (unsigned)H, 32 * KD_WARPS, smem_prep_(key));
+  fla_chunk_launch_set(&out[0], "fla_kda_prep", (unsigned)NC, (unsigned)H, KD_PREP_THREADS,
+                       smem_prep_(key));
   fla_chunk_launch_set(&out[1], "fla_kda_fwd_h", (unsigned)(NVH * N), (unsigned)H, 32 * KD_WARPS,
                        smem_h_(key, cfg));
   fla_chunk_launch_set(&out[2], "fla_kda_fwd_o", (unsigned)(NC * NV), (unsigned)H, 32 * KD_WARPS,

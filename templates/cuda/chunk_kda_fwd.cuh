@@ -30,7 +30,7 @@
 ** blocks take 2^(G_ik - G_jk) element by element in fp32.
 **
 ** Three kernels:
-**   fla_kda_prep  (NC, H), 128 threads: one chunk of one head, fully
+**   fla_kda_prep  (NC, H), 256 threads: one chunk of one head, fully
 **       parallel. G per key (fp32, a thread a key); L and A as above; A
 **       -> ws1 (bf16 [NC,H,64,64], zeros above the diagonal); T in fp32
 **       blocked in 16 x 16 (as chunk_wy_fwd's fla_wy_prep, fla's
@@ -77,6 +77,8 @@
 //@include "chunk_common.cuh"
 //@include "chunk_tiles.cuh"
 
+#define KD_PNW 8 /* fla_kda_prep's warps: 4 for the mma parts, all 8 for the scalar ones */
+#define KD_PNTH (32 * KD_PNW)
 #define KD_VP ((FLA_V + 63) / 64 * 64)
 #define KD_LDV1 (KD_VP + 8)
 #define KD_LDL 68           /* fp32 L and T rows */
@@ -172,7 +174,7 @@ __device__ __forceinline__ void kd_tmul_store(const float *Tf, const unsigned sh
 ** (k_i 2^(G_i - G_n(i)), later beta 2^G .* k), QL (q_i 2^(G_i - G_n(i))),
 ** KR [3][48][LDQ] (warp w's k_j 2^(G_16w - G_j), j < 16w), Vs [64][LDV1];
 ** f32: Gf [64][LDG], Lf, Tf [64][LDL], bet [64]. */
-extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_prep(fla_kernel_args a) {
+extern "C" __global__ void __launch_bounds__(KD_PNTH) fla_kda_prep(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Kr = (unsigned short *)ck_sm;
   unsigned short *Qr = Kr + CK_BT * CK_LDQ;
@@ -195,14 +197,14 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_prep(fla_kernel_arg
   const long long rk = (x.t0 * H + h) * FLA_K, rv = (x.t0 * H + h) * FLA_V;
   const int veck = (FLA_K % 8 == 0) && (((a.k | a.q) & 15) == 0);
   const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
-  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Kr, (const unsigned short *)a.k + rk, H * FLA_K, rows, FLA_K,
+  ck_load_tile<CK_KP, CK_LDQ, KD_PNTH>(Kr, (const unsigned short *)a.k + rk, H * FLA_K, rows, FLA_K,
                                       veck, tid);
-  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qr, (const unsigned short *)a.q + rk, H * FLA_K, rows, FLA_K,
+  ck_load_tile<CK_KP, CK_LDQ, KD_PNTH>(Qr, (const unsigned short *)a.q + rk, H * FLA_K, rows, FLA_K,
                                       veck, tid);
-  ck_load_tile<KD_VP, KD_LDV1, CK_NTH>(Vs, (const unsigned short *)a.v + rv, H * FLA_V, rows, FLA_V,
+  ck_load_tile<KD_VP, KD_LDV1, KD_PNTH>(Vs, (const unsigned short *)a.v + rv, H * FLA_V, rows, FLA_V,
                                        vecv, tid);
   /* the raw gates in KL for now (KL is formed after G) */
-  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(KL, (const unsigned short *)a.g + rk, H * FLA_K, rows, FLA_K,
+  ck_load_tile<CK_KP, CK_LDQ, KD_PNTH>(KL, (const unsigned short *)a.g + rk, H * FLA_K, rows, FLA_K,
                                       veck && (a.g & 15) == 0, tid);
   ck_commit();
   if (tid < CK_BT) bet[tid] = tid < rows ? ck_ldgf(a.beta, (x.t0 + tid) * H + h) : 0.0f;
@@ -222,7 +224,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_prep(fla_kernel_arg
   __syncthreads();
 
   /* the factors of the off-diagonal blocks, and Kd, Qg out */
-  for (int e = tid; e < CK_BT * CK_KP; e += CK_NTH) {
+  for (int e = tid; e < CK_BT * CK_KP; e += KD_PNTH) {
     const int r = e / CK_KP, k = e % CK_KP, n = r & ~15;
     const float gr = Gf[r * KD_LDG + k];
     const float kv = ck_bf2f(Kr[r * CK_LDQ + k]), qv = ck_bf2f(Qr[r * CK_LDQ + k]);
@@ -235,7 +237,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_prep(fla_kernel_arg
       kd_st1(kd_qg(a), rk + (long long)r * H * FLA_K + k, qv * exp2f(gr));
     }
   }
-  for (int e = tid; e < 3 * 48 * CK_KP; e += CK_NTH) {
+  for (int e = tid; e < 3 * 48 * CK_KP; e += KD_PNTH) {
     const int b = e / (48 * CK_KP), j = (e / CK_KP) % 48, k = e % CK_KP, n = 16 * (b + 1);
     float v = 0.0f;
     if (j < n) v = ck_bf2f(Kr[j * CK_LDQ + k]) * exp2f(Gf[n * KD_LDG + k] - Gf[j * KD_LDG + k]);
@@ -243,9 +245,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_prep(fla_kernel_arg
   }
   __syncthreads();
 
-  /* below-diagonal blocks by mma: warp w rows 16w.., columns j < 16w;
+  /* below-diagonal blocks by mma: warp w < 4 rows 16w.., columns j < 16w;
   ** L -> Lf (times beta), A -> Tf (fp32, until A leaves) */
-  {
+  if (w < CK_NW) {
     float acck[8][4], accq[8][4];
 #pragma unroll
     for (int j = 0; j < 8; j++)
@@ -281,12 +283,13 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_prep(fla_kernel_arg
         Tf[r * KD_LDL + col] = below ? accq[j][e] : 0.0f;
       }
   }
-  __syncwarp();
-  /* diagonal block of warp w, element by element: 136 (i, j), j <= i */
-  for (int e = lane; e < 136; e += 32) {
+  __syncthreads();
+  /* diagonal block b = w mod 4 (warps b and b + 4), element by element:
+  ** 136 (i, j), j <= i */
+  for (int e = lane + 32 * (w >> 2); e < 136; e += 64) {
     int ii = 0, jj = e;
     while (jj > ii) jj -= ++ii;
-    const int i = 16 * w + ii, j = 16 * w + jj;
+    const int i = 16 * (w & 3) + ii, j = 16 * (w & 3) + jj;
     const unsigned short *ki = Kr + i * CK_LDQ, *kj = Kr + j * CK_LDQ, *qi = Qr + i * CK_LDQ;
     const float *gi = Gf + i * KD_LDG, *gj = Gf + j * KD_LDG;
     float sl = 0.0f, sq = 0.0f;
@@ -304,16 +307,16 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_prep(fla_kernel_arg
   ** beta .* v -> Vs (the W and U operands) */
   {
     unsigned short *Ag = kd_a(a) + (c * H + h) * CK_BT * CK_BT;
-    for (int e = tid; e < CK_BT * CK_BT / 2; e += CK_NTH) {
+    for (int e = tid; e < CK_BT * CK_BT / 2; e += KD_PNTH) {
       const int r = e / (CK_BT / 2), cc = 2 * (e % (CK_BT / 2));
       *(unsigned *)(Ag + r * CK_BT + cc) = ck_pack(Tf[r * KD_LDL + cc], Tf[r * KD_LDL + cc + 1]);
     }
-    for (int e = tid; e < CK_BT * CK_KP; e += CK_NTH) {
+    for (int e = tid; e < CK_BT * CK_KP; e += KD_PNTH) {
       const int r = e / CK_KP, k = e % CK_KP;
       const float v = bet[r] * exp2f(Gf[r * KD_LDG + k]) * ck_bf2f(Kr[r * CK_LDQ + k]);
       KL[r * CK_LDQ + k] = (unsigned short)(ck_pack(v, 0.0f) & 0xffffu);
     }
-    for (int e = tid; e < CK_BT * (KD_VP / 2); e += CK_NTH) {
+    for (int e = tid; e < CK_BT * (KD_VP / 2); e += KD_PNTH) {
       const int r = e / (KD_VP / 2), cc = 2 * (e % (KD_VP / 2));
       unsigned *pv = (unsigned *)(Vs + r * KD_LDV1 + cc);
       *pv = ck_scale2(*pv, bet[r], bet[r]);
@@ -343,7 +346,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_prep(fla_kernel_arg
   for (int d = 1; d < 4; d++) {
     /* P_b = sum_{j<=m<i} L_im A_mj for (i, j) = (d + b, b), in T's unused
     ** upper block (b, 3) */
-    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
+    for (int e = tid; e < (4 - d) * 64; e += KD_PNTH) {
       const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
       const float *Lr = Lf + (16 * i + r) * KD_LDL;
       const float *Ac = Tf + 16 * b + cl;
@@ -356,7 +359,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_prep(fla_kernel_arg
       *(float4 *)(Tf + (16 * b + r) * KD_LDL + 48 + cl) = s;
     }
     __syncthreads();
-    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
+    for (int e = tid; e < (4 - d) * 64; e += KD_PNTH) {
       const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
       const float *Ar = Tf + (16 * i + r) * KD_LDL + 16 * i;
       const float *Pc = Tf + 16 * b * KD_LDL + 48 + cl;
@@ -375,8 +378,10 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_prep(fla_kernel_arg
   ** are never read as T */
 
   /* W = T (beta 2^G .* K) -> ws0, U = T (beta .* V) -> ws1 */
-  kd_tmul_store<CK_KP, CK_LDQ>(Tf, KL, kd_w(a) + rk, H * FLA_K, FLA_K, rows, w, lane);
-  kd_tmul_store<KD_VP, KD_LDV1>(Tf, Vs, kd_u(a) + rv, H * FLA_V, FLA_V, rows, w, lane);
+  if (w < CK_NW) {
+    kd_tmul_store<CK_KP, CK_LDQ>(Tf, KL, kd_w(a) + rk, H * FLA_K, FLA_K, rows, w, lane);
+    kd_tmul_store<KD_VP, KD_LDV1>(Tf, Vs, kd_u(a) + rv, H * FLA_V, FLA_V, rows, w, lane);
+  }
 }
 
 /* ----------------------------------------- kernel 2: the chunk states */
