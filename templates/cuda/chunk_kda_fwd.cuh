@@ -386,6 +386,18 @@ extern "C" __global__ void __launch_bounds__(KD_PNTH) fla_kda_prep(fla_kernel_ar
 
 /* ----------------------------------------- kernel 2: the chunk states */
 
+/* dst[r * ld + c] = src[r * LDVH + c] for r < nrows, c < ncols (a multiple
+** of 8), in 16-byte pieces: h[c] and Vn leave from shared memory whole rows
+** at a time (V % 8 == 0 and 16-byte aligned workspaces). */
+__device__ __forceinline__ void kd_rows_out(unsigned short *dst, long long ld,
+                                            const unsigned short *src, int nrows, int ncols,
+                                            int tid) {
+  for (int p = tid; p < nrows * (KD_BVH / 8); p += CK_NTH) {
+    const int r = p / (KD_BVH / 8), c = (p % (KD_BVH / 8)) * 8;
+    if (c < ncols) *(uint4 *)(dst + r * ld + c) = *(const uint4 *)(src + r * KD_LDVH + c);
+  }
+}
+
 /* Starts the loads of chunk c (at x), value columns v0.., into one stage. */
 __device__ __forceinline__ void kd_h_fetch(const fla_kernel_args &a, const ck_chunk &x, long long c,
                                            int h, int v0, int vcols, int veck, int vecv,
@@ -441,6 +453,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_fwd_h(fla_kernel_ar
   unsigned short *hws = kd_h(a);
   const int veck = (FLA_K % 8 == 0) && ((a.ws0 & 15) == 0);
   const int vecv = (FLA_V % 8 == 0) && ((a.ws1 & 15) == 0);
+  const int rowsout = vecv && (a.ws0 & 15) == 0; /* h[c], Vn out by kd_rows_out */
 
   ck_chunk xf, x;
   ck_chunk_at(a, c0, xf);
@@ -473,7 +486,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_fwd_h(fla_kernel_ar
         for (int e = 0; e < 4; e++) {
           const int kk = key + (e >> 1) * 8, cl = col + (e & 1);
           const unsigned u = (e >> 1) ? hi : lo;
-          if (kk < FLA_K && cl < vcols)
+          if (!rowsout && kk < FLA_K && cl < vcols)
             hc[(long long)kk * FLA_V + cl] = (unsigned short)((e & 1) ? (u >> 16) : (u & 0xffffu));
         }
       }
@@ -522,12 +535,16 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_kda_fwd_h(fla_kernel_ar
         for (int e = 0; e < 4; e++) {
           const int r = (e < 2) ? rA : rB, cl = col + (e & 1);
           const unsigned u = (e < 2) ? na : nb;
-          if (r < rows && cl < vcols)
+          if (!rowsout && r < rows && cl < vcols)
             urow[r * H * FLA_V + cl] = (unsigned short)((e & 1) ? (u >> 16) : (u & 0xffffu));
         }
       }
     }
     __syncthreads();
+    if (rowsout) { /* Ss and Ub stay as they are until the chunk's last barrier */
+      kd_rows_out(hc, FLA_V, Ss, FLA_K, vcols, tid);
+      kd_rows_out(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, rows, vcols, tid);
+    }
 
     /* S = diag(2^G_L) S + Kd^T Vn: Kd^T the A operand (m = key, k = token)
     ** read transposed from Kb[token][key], Vn the B operand from Ub */
