@@ -36,6 +36,7 @@ extern const fla_stage_impl fla_stage_recurrent_fwd;
 extern const fla_stage_impl fla_stage_chunk_fwd;
 extern const fla_stage_impl fla_stage_chunk_gk_fwd;
 extern const fla_stage_impl fla_stage_chunk_wy_fwd;
+extern const fla_stage_impl fla_stage_chunk_kda_fwd;
 extern const fla_stage_impl fla_stage_prep_bwd;
 extern const fla_stage_impl fla_stage_recurrent_bwd;
 extern const fla_stage_impl fla_stage_chunk_bwd;

@@ -555,7 +555,7 @@ END_TEST
 typedef struct {
   char **sources;
   int n, cap;
-  int compiled, duplicates, unsupported_chunk, chunk_bwd;
+  int compiled, duplicates, unsupported_chunk, chunk_bwd, chunk_kda;
   double seconds, slowest;
 } compile_log;
 
@@ -690,6 +690,14 @@ START_TEST(test_every_recipe_compiles) {
             free(src);
           }
 
+          /* chunk_kda_fwd where it takes the key (KDA), at both shapes. */
+          src = NULL;
+          if (fla_generate(ctx, FLA_STAGE_CHUNK_KDA_FWD, &key, NULL, &src, kn, &nk) == FLA_OK) {
+            snprintf(what, sizeof what, "%s_chunk_kda_fwd_%s", names[i], bf16 ? "bf16" : "f32");
+            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_KDA_FWD, src, kn, nk, archs[a]);
+            cl.chunk_kda++;
+            free(src);
+          }
           /* chunk_fwd where its check accepts the key. */
           if (shape) continue;
           /* chunk_gk_fwd likewise (per-key gates). */
@@ -740,11 +748,13 @@ START_TEST(test_every_recipe_compiles) {
   }
   printf("test_gen: %d recipes: %d distinct sources compiled in %.1f s (slowest %.2f s, mean "
          "%.2f s), %d duplicates shared; %d prep_fwd and %d chunk_fwd builds, chunk_fwd "
-         "declined %d keys; %d chunk_bwd builds\n",
+         "declined %d keys; %d chunk_bwd, %d chunk_kda_fwd builds\n",
          nr, cl.compiled, cl.seconds, cl.slowest, cl.compiled ? cl.seconds / cl.compiled : 0.0,
-         cl.duplicates, preps, chunks, cl.unsupported_chunk, cl.chunk_bwd);
+         cl.duplicates, preps, chunks, cl.unsupported_chunk, cl.chunk_bwd, cl.chunk_kda);
   /* linear_attn, retention, simple_gla, ... in bf16 on both archs */
   ck_assert_int_ge(cl.chunk_bwd, 6);
+  /* kda in bf16 at K = V = 128 and K = 100, V = 72 on both archs */
+  ck_assert_int_ge(cl.chunk_kda, 4);
   for (int i = 0; i < cl.n; i++) free(cl.sources[i]);
   free(cl.sources);
   fla_ctx_free(ctx);

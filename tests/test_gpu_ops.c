@@ -584,6 +584,10 @@ static void run_case_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, c
            stage >= 0 ? fla_stage_name((fla_stage)stage) : "?",
            c->algo == FLA_ALGO_RECURRENT ? " (recurrent forced)" : "",
            c->nseqs ? " varlen" : "");
+  /* KDA in bf16 past one token takes the chunked per-key delta stage */
+  if (!strcmp(name, "kda") && c->dtype == FLA_BF16 && c->algo != FLA_ALGO_RECURRENT &&
+      (cfg.T > 1 || c->nseqs))
+    ck_assert_msg(stage == FLA_STAGE_CHUNK_KDA_FWD, "%s: core stage is not chunk_kda_fwd", label);
   fla_status st = fla_op_forward(opg, dargs, td.n, o, ht);
   ck_assert_msg(st == FLA_OK, "%s: %s: %s", label, fla_errstr(st), fla_errmsg(g));
   if (cfg.T == 4096 && sum->fwd_ms_4096 == 0) {
@@ -625,10 +629,11 @@ START_TEST(test_recipe_forward) {
   for (int i = 0; i < NCASES; i++)
     if (!skip_case_(i)) run_case_(h, g, name, r, &cases_[i], 1000u * (uint64_t)_i + (uint64_t)i, &sum);
   printf("gpu_ops: %-16s %2d runs  max rel RMS o %.2e ht %.2e  stages: recurrent %d, chunk %d, "
-         "chunk_gk %d, chunk_wy %d  fwd T=4096 %.2f ms  (%.1f s)  PASS\n",
+         "chunk_gk %d, chunk_wy %d, chunk_kda %d  fwd T=4096 %.2f ms  (%.1f s)  PASS\n",
          name, sum.runs, sum.max_o, sum.max_ht, sum.stages[FLA_STAGE_RECURRENT_FWD],
          sum.stages[FLA_STAGE_CHUNK_FWD], sum.stages[FLA_STAGE_CHUNK_GK_FWD],
-         sum.stages[FLA_STAGE_CHUNK_WY_FWD], sum.fwd_ms_4096, th_now_s() - t0);
+         sum.stages[FLA_STAGE_CHUNK_WY_FWD], sum.stages[FLA_STAGE_CHUNK_KDA_FWD], sum.fwd_ms_4096,
+         th_now_s() - t0);
   fflush(stdout);
   fla_recipe_free(r);
   fla_ctx_free(g);
@@ -741,6 +746,16 @@ static void run_bcase_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, 
            (long long)cfg.T, (long long)cfg.K, (long long)cfg.V, c->h0, b->dht,
            fla_dtype_name(c->dtype), stage >= 0 ? fla_stage_name((fla_stage)stage) : "?",
            c->algo == FLA_ALGO_RECURRENT ? " (recurrent forced)" : "", c->nseqs ? " varlen" : "");
+  /* A forward first, as training runs them: the backward must not depend on
+  ** what the forward's stage (chunked or not) left in the scratch slots. */
+  {
+    fla_tensor *fo = NULL, *fht = NULL;
+    ck_assert_int_eq(fla_tensor_new(g, c->dtype, 4, fla_tensor_shape(td.d_o), &fo), FLA_OK);
+    ck_assert_int_eq(fla_tensor_new(g, FLA_F32, 4, fla_tensor_shape(td.dht), &fht), FLA_OK);
+    ck_assert_msg(fla_op_forward(opg, dargs, td.n, fo, fht) == FLA_OK, "%s: forward: %s", label,
+                  fla_errmsg(g));
+    fla_tensor_free(fo), fla_tensor_free(fht);
+  }
   fla_status st = fla_op_backward(opg, dargs, td.n, ddo, ddht, dg, ng);
   ck_assert_msg(st == FLA_OK, "%s: %s: %s", label, fla_errstr(st), fla_errmsg(g));
   char line[1024];
@@ -894,6 +909,19 @@ static Suite *gpu_suite(void) {
 int main(void) {
   nrecipes = fla_recipe_list_builtin(recipes, MAX_RECIPES);
   if (nrecipes > MAX_RECIPES) nrecipes = MAX_RECIPES;
+  /* FLA_GPU_OPS_RECIPE=name: only that recipe (one stage's check on a
+  ** device call of limited time) */
+  const char *only = getenv("FLA_GPU_OPS_RECIPE");
+  if (only && *only) {
+    int n = 0;
+    for (int i = 0; i < nrecipes; i++)
+      if (!strcmp(recipes[i], only)) recipes[n++] = recipes[i];
+    if (n == 0) {
+      fprintf(stderr, "test_gpu_ops: FLA_GPU_OPS_RECIPE=%s is no builtin recipe\n", only);
+      return 1;
+    }
+    nrecipes = n;
+  }
   const char *arch = getenv("FLA_GPU_OPS_PRECOMPILE");
   if (arch && *arch) {
     char why[1024];

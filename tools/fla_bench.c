@@ -18,6 +18,7 @@
 ** default, with the achieved bandwidth, the memory floor, and fla's time
 ** from ANCHORS.md where it has one; for T > 1 also forward+backward (every
 ** input's gradient), against fla's fwd+bwd where ANCHORS.md has one.
+** FLA_BENCH_ALGO=recurrent makes the GPU rows time the recurrent stage.
 */
 #include "common.h"
 #include "recipe.h"
@@ -248,6 +249,9 @@ static int bench_gpu_one_(fla_ctx *g, const char *name, shape_ sh, int runs) {
   if (!r) return 1;
   const fla_ir *ir = fla_recipe_ir(r);
   fla_op_config cfg = {.B = sh.B, .T = sh.T, .H = sh.H, .K = sh.K, .V = sh.V};
+  /* FLA_BENCH_ALGO=recurrent times the token-by-token stage (a baseline) */
+  const char *algo = getenv("FLA_BENCH_ALGO");
+  if (algo && !strcmp(algo, "recurrent")) cfg.algo = FLA_ALGO_RECURRENT;
   fla_op *op = NULL;
   fla_arg args[FLA_IR_MAX_INPUTS];
   memset(args, 0, sizeof args);

@@ -66,8 +66,9 @@ static fla_status plan_(fla_op *op, fla_ctx *ctx, int in_bf16, int has_h0, int s
   fla_gen_key_from_ir(ir, (int)op->Ks, (int)op->V, in_bf16, has_h0, store_ht, &key);
   fla_status st = FLA_UNSUPPORTED;
   /* The first chunked stage that handles the key; none: the recurrent form. */
-  static const fla_stage chunked[] = {FLA_STAGE_CHUNK_FWD, FLA_STAGE_CHUNK_GK_FWD, FLA_STAGE_CHUNK_WY_FWD};
-  for (int i = 0; !wants_recurrent_(op) && st == FLA_UNSUPPORTED && i < 3; i++) {
+  static const fla_stage chunked[] = {FLA_STAGE_CHUNK_FWD, FLA_STAGE_CHUNK_GK_FWD, FLA_STAGE_CHUNK_WY_FWD,
+                                      FLA_STAGE_CHUNK_KDA_FWD};
+  for (int i = 0; !wants_recurrent_(op) && st == FLA_UNSUPPORTED && i < (int)(sizeof chunked / sizeof chunked[0]); i++) {
     st = fla_cuda_gen_stage(op, ctx, chunked[i], &key, &p->core);
     /* the tuning database may have found the recurrent kernel faster here */
     if (st == FLA_OK && fla_cuda_pick_recurrent(op, ctx, chunked[i], &key)) st = FLA_UNSUPPORTED;

@@ -116,9 +116,10 @@ fla_status fla_tune_plan(fla_ctx *ctx, const fla_recipe *r, const fla_tune_shape
                          job->name, (long long)job->Ks, (long long)sh->V);
   fla_gen_key_from_ir(ir, (int)job->Ks, (int)sh->V, 1, 0, 1, &job->key);
   /* The chunked stage is the first that handles the key (as in op_cuda.c). */
-  static const fla_stage chunked[] = {FLA_STAGE_CHUNK_FWD, FLA_STAGE_CHUNK_GK_FWD, FLA_STAGE_CHUNK_WY_FWD};
+  static const fla_stage chunked[] = {FLA_STAGE_CHUNK_FWD, FLA_STAGE_CHUNK_GK_FWD, FLA_STAGE_CHUNK_WY_FWD,
+                                      FLA_STAGE_CHUNK_KDA_FWD};
   if (sh->T > 1)
-    for (int i = 0; i < 3 && job->chunk_stage < 0; i++) {
+    for (int i = 0; i < (int)(sizeof chunked / sizeof chunked[0]) && job->chunk_stage < 0; i++) {
       fla_tile_config d;
       fla_stage_default_config(chunked[i], &job->key, &d);
       if (check_(ctx, chunked[i], &job->key, &d) == FLA_OK) job->chunk_stage = (int)chunked[i];
