@@ -22,7 +22,7 @@
 **   fla_wyb_dqk  (NC, H)        2*64*(K16+8)*2 + 3*64*(V16+8)*2
 **                               + 2*K16*(V16+8)*2 + 64*72*2 + (3*64+8)*4
 **   fla_wyb_wy   (NC, H)        (2 or 3)*64*(K16+8)*2 + 2*64*(V16+8)*2
-**                               + 3*64*72*2 + 3*64*4
+**                               + 3*64*72*2 + 3*64*4 + 64*68*4
 ** K16, V16 = K, V rounded up to 16; KP = K rounded up to 64; NVW = ceil(V/BV).
 ** Workspaces (regions 16-byte aligned; tok = total tokens):
 **   ws0 = W/dW bf16 [tok,H,K] + h bf16 [NC,H,K,V] + dh bf16 [NC,H,K,V]
@@ -67,7 +67,7 @@ static unsigned smem_dqk_(const fla_gen_key *key) {
 static unsigned smem_wy_(const fla_gen_key *key) {
   int K16 = r16_(key->K), V16 = r16_(key->V), nk = key->has_probe ? 3 : 2;
   return (unsigned)(nk * WB_BT * (K16 + 8) * 2 + 2 * WB_BT * (V16 + 8) * 2 +
-                    3 * WB_BT * (WB_BT + 8) * 2 + 3 * WB_BT * 4);
+                    3 * WB_BT * (WB_BT + 8) * 2 + 3 * WB_BT * 4 + WB_BT * 68 * 4);
 }
 
 static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {

@@ -684,6 +684,16 @@ static double grad_tol_(const fla_ir *ir, int input, fla_dtype dt) {
   return input >= 0 && (input == ir->decay_input || input == ir->rate) ? 2e-2 : 5e-3;
 }
 
+/* 1 when case c of a recipe with IR ir must take chunk_wy_bwd: the delta rule
+** with no, constant or scalar decay, no feature map, no bonus, read after the
+** token, bf16, K and V <= 128, the automatic algorithm, more than one token. */
+static int wy_chunked_bwd_(const fla_ir *ir, const gcase *c) {
+  return ir->family == FLA_FAMILY_WY && ir->decay != FLA_DECAY_KEY && !ir->read_before &&
+         ir->bonus < 0 && !ir->key_from_decay && ir->feature_q == FLA_FEATURE_IDENTITY &&
+         ir->feature_k == FLA_FEATURE_IDENTITY && c->dtype == FLA_BF16 &&
+         c->algo == FLA_ALGO_AUTO && c->K <= 128 && c->V <= 128 && (c->T > 1 || c->nseqs);
+}
+
 /* Case b of recipe r: every gradient of the GPU backward against the CPU's
 ** float64 recurrence (FLA_ALGO_RECURRENT) on the same inputs. */
 static void run_bcase_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, const bcase *b,
@@ -741,6 +751,8 @@ static void run_bcase_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, 
            (long long)cfg.T, (long long)cfg.K, (long long)cfg.V, c->h0, b->dht,
            fla_dtype_name(c->dtype), stage >= 0 ? fla_stage_name((fla_stage)stage) : "?",
            c->algo == FLA_ALGO_RECURRENT ? " (recurrent forced)" : "", c->nseqs ? " varlen" : "");
+  if (wy_chunked_bwd_(ir, c))
+    ck_assert_msg(stage == FLA_STAGE_CHUNK_WY_BWD, "%s: the chunked WY backward was not taken", label);
   fla_status st = fla_op_backward(opg, dargs, td.n, ddo, ddht, dg, ng);
   ck_assert_msg(st == FLA_OK, "%s: %s: %s", label, fla_errstr(st), fla_errmsg(g));
   char line[1024];

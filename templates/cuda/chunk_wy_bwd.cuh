@@ -96,6 +96,13 @@
 #define C3_LDV (C3_VP + 8)
 #define C3_LDA (CK_BT + 8)
 #define WB_LDF 68 /* fp32 L and T rows: 16-byte aligned for float4 */
+/* The K- and V-wide products of the per-chunk kernels run in column windows
+** of at most 64 (32 accumulators a thread: no register spills): the first
+** WB_KA (WB_VA) columns, then the other WB_KB (WB_VB). */
+#define WB_KA (C3_KP < 64 ? C3_KP : 64)
+#define WB_KB (C3_KP - WB_KA)
+#define WB_VA (C3_VP < 64 ? C3_VP : 64)
+#define WB_VB (C3_VP - WB_VA)
 
 //@include "chunk_common.cuh"
 //@include "chunk_tiles.cuh"
@@ -634,6 +641,71 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wyb_walk(fla_kernel_arg
 
 /* ---------------------------------------- kernel 3: dq, dk partial, dW */
 
+/* Columns c0 .. c0 + 8 NT of dQ = fA/fB .* (dO h^T) + ds K (-> dq, bf16; q.dq
+** added to qdq) and of dW = -dVn h^T (-> dW, bf16) for the warp's rows. */
+template <int NT>
+__device__ __forceinline__ void wyb_dq_cols(int c0, const unsigned short *Os,
+                                            const unsigned short *Hs, const unsigned short *Ds,
+                                            const unsigned short *Ks, const unsigned short *Qs,
+                                            const unsigned short *dVs, unsigned short *dq,
+                                            unsigned short *dW, long long ld, int r0, int rows,
+                                            int lane, float fA, float fB, float &qdqA,
+                                            float &qdqB) {
+  const int q = lane & 3, rA = r0 + (lane >> 2);
+  float acc[NT][4];
+  ckb_zero(acc);
+  ckb_mm_nt<NT, C3_VP, C3_LDV, C3_LDV>(acc, Os, Hs + c0 * C3_LDV, r0, lane);
+  wyb_scale_rows(acc, fA, fB);
+  ckb_mm_nn<NT, CK_BT, C3_LDA, C3_LDK>(acc, Ds, Ks + c0, r0, lane);
+  ckb_store_rows(acc, dq + c0, ld, rA, rows, FLA_K - c0, q);
+#if FLA_DECAY == 2
+  float sA, sB;
+  ckb_row_dot<NT, C3_LDK>(acc, Qs + c0, rA, q, sA, sB);
+  qdqA += sA, qdqB += sB;
+#else
+  (void)Qs, (void)qdqA, (void)qdqB;
+#endif
+  ckb_zero(acc);
+  ckb_mm_nt<NT, C3_VP, C3_LDV, C3_LDV>(acc, dVs, Hs + c0 * C3_LDV, r0, lane);
+  wyb_scale_rows(acc, -1.0f, -1.0f);
+  ckb_store_rows(acc, dW + c0, ld, rA, rows, FLA_K - c0, q);
+}
+
+/* Columns c0 .. c0 + 8 NT of dKp = fA/fB .* (Vn dh^T) + ds^T Q (-> dkp, f32)
+** for the warp's rows; k.(the first term) added to kdi, k.dKp to kdk. */
+template <int NT>
+__device__ __forceinline__ void wyb_dkp_cols(int c0, const unsigned short *Ns,
+                                             const unsigned short *dHs, const unsigned short *Ds,
+                                             const unsigned short *Qs, const unsigned short *Ks,
+                                             float *dkp, long long ld, int r0, int rows, int lane,
+                                             float fA, float fB, float &kdiA, float &kdiB,
+                                             float &kdkA, float &kdkB) {
+  const int q = lane & 3, rA = r0 + (lane >> 2), rB = rA + 8;
+  float acc[NT][4];
+  ckb_zero(acc);
+  ckb_mm_nt<NT, C3_VP, C3_LDV, C3_LDV>(acc, Ns, dHs + c0 * C3_LDV, r0, lane);
+  wyb_scale_rows(acc, fA, fB);
+#if FLA_DECAY == 2
+  float sA, sB;
+  ckb_row_dot<NT, C3_LDK>(acc, Ks + c0, rA, q, sA, sB);
+  kdiA += sA, kdiB += sB;
+#endif
+  wyb_mm_tn<NT, CK_BT, C3_LDA, C3_LDK>(acc, Ds, Qs + c0, r0, lane);
+#if FLA_DECAY == 2
+  ckb_row_dot<NT, C3_LDK>(acc, Ks + c0, rA, q, sA, sB);
+  kdkA += sA, kdkB += sB;
+#else
+  (void)Ks, (void)kdiA, (void)kdiB, (void)kdkA, (void)kdkB;
+#endif
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int r = (e < 2) ? rA : rB, col = c0 + 8 * j + 2 * q + (e & 1);
+      if (r < rows && col < FLA_K) dkp[r * ld + col] = acc[j][e];
+    }
+}
+
 /*
 ** Per chunk c (blockIdx.x) of head h (blockIdx.y); warp w owns rows 16w ..:
 **   ds = scale (dO Vn^T) .* G .* [j <= i]                     -> Ds (bf16)
@@ -716,19 +788,14 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wyb_dqk(fla_kernel_a
   /* dQ, dW */
   float qdqA = 0.0f, qdqB = 0.0f;
   {
-    float acc[C3_KP / 8][4];
-    ckb_zero(acc);
-    ckb_mm_nt<C3_KP / 8, C3_VP, C3_LDV, C3_LDV>(acc, Os, Hs, r0, lane);
-    wyb_scale_rows(acc, scale * wyb_exp2(gA), scale * wyb_exp2(gB));
-    ckb_mm_nn<C3_KP / 8, CK_BT, C3_LDA, C3_LDK>(acc, Ds, Ks, r0, lane);
-    ckb_store_rows(acc, (unsigned short *)a.dq + rk, H * FLA_K, rA, rows, FLA_K, q);
-#if FLA_DECAY == 2
-    ckb_row_dot<C3_KP / 8, C3_LDK>(acc, Qs, rA, q, qdqA, qdqB);
+    const float fA = scale * wyb_exp2(gA), fB = scale * wyb_exp2(gB);
+    unsigned short *dq = (unsigned short *)a.dq + rk, *dW = ws.W + rk;
+    wyb_dq_cols<WB_KA / 8>(0, Os, Hs, Ds, Ks, Qs, dVs, dq, dW, H * FLA_K, r0, rows, lane, fA, fB,
+                           qdqA, qdqB);
+#if WB_KB
+    wyb_dq_cols<WB_KB / 8>(64, Os, Hs, Ds, Ks, Qs, dVs, dq, dW, H * FLA_K, r0, rows, lane, fA, fB,
+                           qdqA, qdqB);
 #endif
-    ckb_zero(acc);
-    ckb_mm_nt<C3_KP / 8, C3_VP, C3_LDV, C3_LDV>(acc, dVs, Hs, r0, lane);
-    wyb_scale_rows(acc, -1.0f, -1.0f);
-    ckb_store_rows(acc, ws.W + rk, H * FLA_K, rA, rows, FLA_K, q);
   }
   asm volatile("cp.async.wait_group 0;\n" ::);
   __syncthreads();
@@ -736,25 +803,13 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wyb_dqk(fla_kernel_a
   /* dKp */
   float kdkA = 0.0f, kdkB = 0.0f, kdiA = 0.0f, kdiB = 0.0f;
   {
-    float acc[C3_KP / 8][4];
-    ckb_zero(acc);
-    ckb_mm_nt<C3_KP / 8, C3_VP, C3_LDV, C3_LDV>(acc, Ns, dHs, r0, lane);
-    wyb_scale_rows(acc, wyb_exp2(gL - gA), wyb_exp2(gL - gB));
-#if FLA_DECAY == 2
-    ckb_row_dot<C3_KP / 8, C3_LDK>(acc, Ks, rA, q, kdiA, kdiB);
+    const float fA = wyb_exp2(gL - gA), fB = wyb_exp2(gL - gB);
+    wyb_dkp_cols<WB_KA / 8>(0, Ns, dHs, Ds, Qs, Ks, ws.dkp + rk, H * FLA_K, r0, rows, lane, fA, fB,
+                            kdiA, kdiB, kdkA, kdkB);
+#if WB_KB
+    wyb_dkp_cols<WB_KB / 8>(64, Ns, dHs, Ds, Qs, Ks, ws.dkp + rk, H * FLA_K, r0, rows, lane, fA,
+                            fB, kdiA, kdiB, kdkA, kdkB);
 #endif
-    wyb_mm_tn<C3_KP / 8, CK_BT, C3_LDA, C3_LDK>(acc, Ds, Qs, r0, lane);
-#if FLA_DECAY == 2
-    ckb_row_dot<C3_KP / 8, C3_LDK>(acc, Ks, rA, q, kdkA, kdkB);
-#endif
-    float *dkp = ws.dkp + rk;
-#pragma unroll
-    for (int j = 0; j < C3_KP / 8; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int r = (e < 2) ? rA : rB, col = 8 * j + 2 * q + (e & 1);
-        if (r < rows && col < FLA_K) dkp[r * H * FLA_K + col] = acc[j][e];
-      }
   }
 
 #if FLA_DECAY == 2
@@ -793,6 +848,70 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wyb_dqk(fla_kernel_a
 
 /* ------------------------------------------------ kernel 4: the WY part */
 
+/* Columns c0 .. c0 + 8 NT of dP = beta 2^gam .* (T^T dW) + dLt K (-> dp with a
+** probe) and dK = dKp + dLt^T P (+ dP without one) (-> dk) for the warp's
+** rows; adds 2^gam (T^T dW).p to db, p.dP to pdp, k.(dLt^T P) to kdl. */
+template <int NT>
+__device__ __forceinline__ void wyb_dpdk_cols(int c0, const unsigned short *Tb,
+                                              const unsigned short *dWs, const unsigned short *Ps,
+                                              const unsigned short *Ks, const unsigned short *Ms,
+                                              const float *dkp, unsigned short *dp,
+                                              unsigned short *dk, long long ld, int r0, int rows,
+                                              int lane, float eA, float eB, float bA, float bB,
+                                              float &dbA, float &dbB, float &pdpA, float &pdpB,
+                                              float &kdlA, float &kdlB) {
+  const int q = lane & 3, rA = r0 + (lane >> 2), rB = rA + 8;
+  float acc[NT][4], sA, sB;
+  ckb_zero(acc);
+  wyb_mm_tn<NT, CK_BT, C3_LDA, C3_LDK>(acc, Tb, dWs + c0, r0, lane);
+  ckb_row_dot<NT, C3_LDK>(acc, Ps + c0, rA, q, sA, sB);
+  dbA += eA * sA, dbB += eB * sB;
+  wyb_scale_rows(acc, bA * eA, bB * eB);
+  ckb_mm_nn<NT, CK_BT, C3_LDA, C3_LDK>(acc, Ms, Ks + c0, r0, lane);
+  ckb_row_dot<NT, C3_LDK>(acc, Ps + c0, rA, q, sA, sB);
+  pdpA += sA, pdpB += sB;
+#if FLA_HAS_PROBE
+  ckb_store_rows(acc, dp + c0, ld, rA, rows, FLA_K - c0, q);
+  ckb_zero(acc);
+#else
+  (void)dp;
+  const float pA = sA, pB = sB;
+#endif
+  wyb_mm_tn<NT, CK_BT, C3_LDA, C3_LDK>(acc, Ms, Ps + c0, r0, lane);
+  ckb_row_dot<NT, C3_LDK>(acc, Ks + c0, rA, q, sA, sB);
+#if FLA_HAS_PROBE
+  kdlA += sA, kdlB += sB;
+#else
+  kdlA += sA - pA, kdlB += sB - pB; /* acc holds dP + dK_L, and P = K */
+#endif
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int r = (e < 2) ? rA : rB, col = c0 + 8 * j + 2 * q + (e & 1);
+      if (r < rows && col < FLA_K) acc[j][e] += dkp[r * ld + col];
+    }
+  ckb_store_rows(acc, dk + c0, ld, rA, rows, FLA_K - c0, q);
+}
+
+/* Columns c0 .. c0 + 8 NT of dV = beta .* (T^T dVn) (-> dv) for the warp's
+** rows; adds (T^T dVn).v to db. */
+template <int NT>
+__device__ __forceinline__ void wyb_dv_cols(int c0, const unsigned short *Tb,
+                                            const unsigned short *dVs, const unsigned short *Vs,
+                                            unsigned short *dv, long long ld, int r0, int rows,
+                                            int lane, float bA, float bB, float &dbA, float &dbB) {
+  const int q = lane & 3, rA = r0 + (lane >> 2);
+  float acc[NT][4], sA, sB;
+  ckb_zero(acc);
+  wyb_mm_tn<NT, CK_BT, C3_LDA, C3_LDV>(acc, Tb, dVs + c0, r0, lane);
+  ckb_row_dot<NT, C3_LDV>(acc, Vs + c0, rA, q, sA, sB);
+  dbA += sA, dbB += sB;
+  wyb_scale_rows(acc, bA, bB);
+  ckb_store_rows(acc, dv + c0, ld, rA, rows, FLA_V - c0, q);
+}
+
+
 /*
 ** Per chunk c (blockIdx.x) of head h (blockIdx.y); warp w owns rows 16w ..:
 **   dT  = (dW P^T) .* beta_j 2^gam_j + (dVn V^T) .* beta_j, i > j   -> Ms
@@ -805,7 +924,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wyb_dqk(fla_kernel_a
 **   dbeta = dbU + dbW + dbL;  dgam = dgp + p.dP - k.dLt^T P;
 **   dg = reverse cumsum of dgam within the chunk.
 ** Shared memory: Ks, Ps (probe), dWs [64][C3_LDK], Vs, dVs [64][C3_LDV],
-** Tb, Ms, Ls [64][C3_LDA] bf16; gam, bet, dgs [64] f32.
+** Tb, Ms, Ls [64][C3_LDA] bf16; gam, bet, dgs [64], PKf [64][WB_LDF] f32.
 */
 extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wyb_wy(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
@@ -825,6 +944,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wyb_wy(fla_kernel_args 
   float *gam = (float *)(Ls + CK_BT * C3_LDA);
   float *bet = gam + CK_BT;
   float *dgs = bet + CK_BT;
+  float *PKf = dgs + CK_BT;
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const long long c = blockIdx.x;
   const int h = blockIdx.y;
@@ -857,23 +977,37 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wyb_wy(fla_kernel_args 
 
   const int r0 = 16 * w, rA = r0 + g, rB = rA + 8;
   const float gA = gam[rA], gB = gam[rB];
-  /* dT -> Ms */
+  /* dT -> Ms: the dW P^T columns scaled by 2^gam_j before dVn V^T is added */
   {
-    float a1[8][4], a2[8][4];
-    ckb_zero(a1);
-    ckb_zero(a2);
-    ckb_mm_nt<8, C3_KP, C3_LDK, C3_LDK>(a1, dWs, Ps, r0, lane);
-    ckb_mm_nt<8, C3_VP, C3_LDV, C3_LDV>(a2, dVs, Vs, r0, lane);
+    float acc[8][4];
+    ckb_zero(acc);
+    ckb_mm_nt<8, C3_KP, C3_LDK, C3_LDK>(acc, dWs, Ps, r0, lane);
+#if FLA_DECAY
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) acc[j][e] *= exp2f(gam[8 * j + 2 * q + (e & 1)]);
+#endif
+    ckb_mm_nt<8, C3_VP, C3_LDV, C3_LDV>(acc, dVs, Vs, r0, lane);
 #pragma unroll
     for (int j = 0; j < 8; j++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int r = (e < 2) ? rA : rB, col = 8 * j + 2 * q + (e & 1);
-        a1[j][e] = (col < r && r < rows)
-                       ? bet[col] * (wyb_exp2(gam[col]) * a1[j][e] + a2[j][e])
-                       : 0.0f;
+        acc[j][e] = (col < r && r < rows) ? bet[col] * acc[j][e] : 0.0f;
       }
-    wyb_to_smem<8, C3_LDA>(a1, Ms, rA, q);
+    wyb_to_smem<8, C3_LDA>(acc, Ms, rA, q);
+  }
+  /* P K^T -> PKf (f32; each thread reads back only its own elements) */
+  {
+    float acc[8][4];
+    ckb_zero(acc);
+    ckb_mm_nt<8, C3_KP, C3_LDK, C3_LDK>(acc, Ps, Ks, r0, lane);
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++)
+        PKf[((e < 2) ? rA : rB) * WB_LDF + 8 * j + 2 * q + (e & 1)] = acc[j][e];
   }
   __syncwarp();
   /* M1 = dT T^T -> Ls (the warp's rows of dT only) */
@@ -887,11 +1021,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wyb_wy(fla_kernel_args 
   /* dL = -(T^T M1), dLt -> Ms, dbL */
   float dbA = 0.0f, dbB = 0.0f;
   {
-    float acc[8][4], pk[8][4];
+    float acc[8][4];
     ckb_zero(acc);
-    ckb_zero(pk);
     wyb_mm_tn<8, CK_BT, C3_LDA, C3_LDA>(acc, Tb, Ls, r0, lane);
-    ckb_mm_nt<8, C3_KP, C3_LDK, C3_LDK>(pk, Ps, Ks, r0, lane);
 #pragma unroll
     for (int j = 0; j < 8; j++)
 #pragma unroll
@@ -900,8 +1032,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wyb_wy(fla_kernel_args 
         const bool in = col < r && r < rows;
         const float G = wyb_exp2(((e < 2) ? gA : gB) - gam[col]);
         const float dl = in ? -acc[j][e] * G : 0.0f;
-        if (e < 2) dbA += dl * pk[j][e];
-        else dbB += dl * pk[j][e];
+        const float pk = PKf[r * WB_LDF + col];
+        if (e < 2) dbA += dl * pk;
+        else dbB += dl * pk;
         acc[j][e] = dl * bet[r];
       }
     dbA = wyb_quad_sum(dbA), dbB = wyb_quad_sum(dbB);
@@ -913,46 +1046,24 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wyb_wy(fla_kernel_args 
   /* dP, dK */
   float pdpA = 0.0f, pdpB = 0.0f, kdlA = 0.0f, kdlB = 0.0f;
   {
-    float acc[C3_KP / 8][4];
-    ckb_zero(acc);
-    wyb_mm_tn<C3_KP / 8, CK_BT, C3_LDA, C3_LDK>(acc, Tb, dWs, r0, lane);
-    {
-      float sA, sB;
-      ckb_row_dot<C3_KP / 8, C3_LDK>(acc, Ps, rA, q, sA, sB);
-      dbA += wyb_exp2(gA) * sA, dbB += wyb_exp2(gB) * sB;
-    }
-    wyb_scale_rows(acc, bet[rA] * wyb_exp2(gA), bet[rB] * wyb_exp2(gB));
-    ckb_mm_nn<C3_KP / 8, CK_BT, C3_LDA, C3_LDK>(acc, Ms, Ks, r0, lane);
-    ckb_row_dot<C3_KP / 8, C3_LDK>(acc, Ps, rA, q, pdpA, pdpB);
-#if FLA_HAS_PROBE
-    ckb_store_rows(acc, (unsigned short *)a.dp + rk, H * FLA_K, rA, rows, FLA_K, q);
-    ckb_zero(acc);
+    const float eA = wyb_exp2(gA), eB = wyb_exp2(gB);
+    unsigned short *dp = (unsigned short *)a.dp + rk, *dk = (unsigned short *)a.dk + rk;
+    wyb_dpdk_cols<WB_KA / 8>(0, Tb, dWs, Ps, Ks, Ms, ws.dkp + rk, dp, dk, H * FLA_K, r0, rows,
+                             lane, eA, eB, bet[rA], bet[rB], dbA, dbB, pdpA, pdpB, kdlA, kdlB);
+#if WB_KB
+    wyb_dpdk_cols<WB_KB / 8>(64, Tb, dWs, Ps, Ks, Ms, ws.dkp + rk, dp, dk, H * FLA_K, r0, rows,
+                             lane, eA, eB, bet[rA], bet[rB], dbA, dbB, pdpA, pdpB, kdlA, kdlB);
 #endif
-    wyb_mm_tn<C3_KP / 8, CK_BT, C3_LDA, C3_LDK>(acc, Ms, Ps, r0, lane);
-    ckb_row_dot<C3_KP / 8, C3_LDK>(acc, Ks, rA, q, kdlA, kdlB);
-#if !FLA_HAS_PROBE
-    kdlA -= pdpA, kdlB -= pdpB; /* acc holds dP + dK_L, and P = K */
-#endif
-    const float *dkp = ws.dkp + rk;
-#pragma unroll
-    for (int j = 0; j < C3_KP / 8; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int r = (e < 2) ? rA : rB, col = 8 * j + 2 * q + (e & 1);
-        if (r < rows && col < FLA_K) acc[j][e] += dkp[r * H * FLA_K + col];
-      }
-    ckb_store_rows(acc, (unsigned short *)a.dk + rk, H * FLA_K, rA, rows, FLA_K, q);
   }
   /* dV */
   {
-    float acc[C3_VP / 8][4];
-    ckb_zero(acc);
-    wyb_mm_tn<C3_VP / 8, CK_BT, C3_LDA, C3_LDV>(acc, Tb, dVs, r0, lane);
-    float sA, sB;
-    ckb_row_dot<C3_VP / 8, C3_LDV>(acc, Vs, rA, q, sA, sB);
-    dbA += sA, dbB += sB;
-    wyb_scale_rows(acc, bet[rA], bet[rB]);
-    ckb_store_rows(acc, (unsigned short *)a.dv + rv, H * FLA_V, rA, rows, FLA_V, q);
+    unsigned short *dv = (unsigned short *)a.dv + rv;
+    wyb_dv_cols<WB_VA / 8>(0, Tb, dVs, Vs, dv, H * FLA_V, r0, rows, lane, bet[rA], bet[rB], dbA,
+                           dbB);
+#if WB_VB
+    wyb_dv_cols<WB_VB / 8>(64, Tb, dVs, Vs, dv, H * FLA_V, r0, rows, lane, bet[rA], bet[rB], dbA,
+                           dbB);
+#endif
   }
   if (a.dbeta && q == 0) {
     unsigned short *db = (unsigned short *)a.dbeta;
