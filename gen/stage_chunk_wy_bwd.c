@@ -17,8 +17,8 @@
 ** Four kernels (grid, block 128, dynamic shared memory):
 **   fla_wyb_prep (NC, H)        3 or 4 * 64*(K16+8)*2 - with a probe one more -
 **                               + 2*64*(V16+8)*2 + 2*64*72*2 + 2*64*68*4 + 3*64*4
-**   fla_wyb_walk (N*NVW, H, 2)  2*(3*64*(KP+8) + 2*64*(BV+8))*2
-**                               + (KP+64)*(BV+8)*2 + 256
+**   fla_wyb_walk (N*NVW, H, 2)  2*(4*64*(KP+8) + 2*64*(BV+8))*2
+**                               + (2*KP+64)*(BV+8)*2 + 256
 **   fla_wyb_dqk  (NC, H)        2*64*(K16+8)*2 + 3*64*(V16+8)*2
 **                               + 2*K16*(V16+8)*2 + 64*72*2 + (3*64+8)*4
 **   fla_wyb_wy   (NC, H)        (2 or 3)*64*(K16+8)*2 + 2*64*(V16+8)*2
@@ -26,9 +26,9 @@
 ** K16, V16 = K, V rounded up to 16; KP = K rounded up to 64; NVW = ceil(V/BV).
 ** Workspaces (regions 16-byte aligned; tok = total tokens):
 **   ws0 = W/dW bf16 [tok,H,K] + h bf16 [NC,H,K,V] + dh bf16 [NC,H,K,V]
-**         + dK partial f32 [tok,H,K]
+**         + dK partial f32 [tok,H,K] + W's low half bf16 [tok,H,K]
 **   ws1 = U/Vn bf16 [tok,H,V] + dVl/dVn bf16 [tok,H,V] + T bf16 [tok,H,64]
-**         + dgam partial f32 [tok,H]
+**         + dgam partial f32 [tok,H] + U's low half bf16 [tok,H,V]
 */
 #include "internal.h"
 #include "stage.h"
@@ -54,8 +54,8 @@ static unsigned smem_prep_(const fla_gen_key *key) {
 
 static unsigned smem_walk_(const fla_gen_key *key, const fla_tile_config *cfg) {
   int KP = kp_(key->K), BV = cfg->BV;
-  return (unsigned)(WB_NST * (3 * WB_BT * (KP + 8) + 2 * WB_BT * (BV + 8)) * 2 +
-                    (KP + WB_BT) * (BV + 8) * 2 + 256);
+  return (unsigned)(WB_NST * (4 * WB_BT * (KP + 8) + 2 * WB_BT * (BV + 8)) * 2 +
+                    (2 * KP + WB_BT) * (BV + 8) * 2 + 256);
 }
 
 static unsigned smem_dqk_(const fla_gen_key *key) {
@@ -143,8 +143,8 @@ static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
   size_t states = (size_t)(args->num_chunks > 0 ? args->num_chunks : 0) * (size_t)args->H *
                   (size_t)key->K * (size_t)key->V * 2;
   size_t K = (size_t)key->K, V = (size_t)key->V;
-  *ws0 = al_(rows * K * 2) + 2 * al_(states) + rows * K * 4 + 16;
-  *ws1 = 2 * al_(rows * V * 2) + al_(rows * WB_BT * 2) + rows * 4 + 16;
+  *ws0 = al_(rows * K * 2) + 2 * al_(states) + al_(rows * K * 4) + rows * K * 2 + 16;
+  *ws1 = 2 * al_(rows * V * 2) + al_(rows * WB_BT * 2) + al_(rows * 4) + rows * V * 2 + 16;
 }
 
 const fla_stage_impl fla_stage_chunk_wy_bwd = {

@@ -482,8 +482,8 @@ START_TEST(test_chunk_wy_bwd_stage) {
   size_t w0 = 0, w1 = 0;
   fla_stage_workspace(B, &key, NULL, &a, &w0, &w1);
   size_t rows = 600 * 4, st = (size_t)10 * 4 * 128 * 128 * 2;
-  ck_assert_uint_eq(w0, rows * 128 * 2 + 2 * st + rows * 128 * 4 + 16);
-  ck_assert_uint_eq(w1, 2 * rows * 128 * 2 + rows * 64 * 2 + rows * 4 + 16);
+  ck_assert_uint_eq(w0, rows * 128 * 2 + 2 * st + rows * 128 * 4 + rows * 128 * 2 + 16);
+  ck_assert_uint_eq(w1, 2 * rows * 128 * 2 + rows * 64 * 2 + rows * 4 + rows * 128 * 2 + 16);
   fla_ctx_free(ctx);
 }
 END_TEST

@@ -37,19 +37,22 @@
 **   dg_i    = sum_{i' >= i in the chunk} dgam_i'  (natural-log units: the base
 **             cancels, d 2^(x log2 e) / dx = 2^(x log2 e))
 ** Products are mma.sync m16n8k16 bf16 -> fp32; states, gate sums and the
-** gradient partial sums are fp32; T, W, U, Vn, dVn, dW and the per-chunk
-** states h, dh are rounded to bf16 where they are stored or used as mma
-** operands (as fla stores them).
+** gradient partial sums are fp32; T, Vn, dVn, dW and the per-chunk states
+** h, dh are rounded to bf16 where they are stored or used as mma operands
+** (as fla stores them). The walks' Vn = U - W S and dVn take S (dS), W and
+** U as hi/lo bf16 pairs (fla rounds them): Vn is a small difference of large
+** terms, and without a decay the rounding errors of long sequences reached
+** dk at 5e-3 relative RMS.
 **
 ** Four kernels:
 **   fla_wyb_prep (NC, H): per chunk, fully parallel: gam; L and T = (I+L)^-1
-**       (fp32, blocked 16 x 16 as chunk_wy_fwd's prep); W, U (bf16); T
+**       (fp32, blocked 16 x 16 as chunk_wy_fwd's prep); W, U (hi/lo bf16 pairs); T
 **       (bf16 [tok,H,64]); dVl = A^T dO (bf16, fla's dv_local).
 **   fla_wyb_walk (N*NVW, H, 2): per sequence and value slice; z = 0: the
-**       states, first chunk to last: h[c] = bf16(S) -> ws, Vn = U - W h[c]
+**       states, first chunk to last: h[c] = bf16(S) -> ws, Vn = U - W S
 **       (bf16, over U), S = 2^gL S + K^T (2^(gL-gam) .* Vn); z = 1: their
 **       gradients, last chunk to first: dh[c] = bf16(dS) -> ws,
-**       dVn = dVl + 2^(gL-gam) .* (K dh[c]) (bf16, over dVl),
+**       dVn = dVl + 2^(gL-gam) .* (K dS) (bf16, over dVl),
 **       dS = 2^gL dS + (scale 2^gam .* Q)^T dO - W^T dVn; dh0 = dS. The two
 **       walks are independent and share the launch.
 **   fla_wyb_dqk (NC, H): per chunk: dq (final, bf16), dK_A+state (f32 -> ws),
@@ -58,9 +61,9 @@
 **       dbeta, dg (bf16; dg by a reverse cumsum within the chunk).
 ** Workspaces (each region 16-byte aligned; tok = total tokens):
 **   ws0: W, then dW bf16 [tok,H,K] | h bf16 [NC,H,K,V] | dh bf16 [NC,H,K,V]
-**        | dK partial f32 [tok,H,K]
+**        | dK partial f32 [tok,H,K] | W lo bf16 [tok,H,K] (W - bf16(W))
 **   ws1: U, then Vn bf16 [tok,H,V] | dVl, then dVn bf16 [tok,H,V]
-**        | T bf16 [tok,H,64] | dgam partial f32 [tok,H]
+**        | T bf16 [tok,H,64] | dgam partial f32 [tok,H] | U lo bf16 [tok,H,V]
 ** Helpers from chunk_common.cuh, chunk_tiles.cuh and chunk_bwd_mm.cuh are
 ** included read-only; the rest is this file's own.
 */
@@ -131,7 +134,7 @@ __device__ __forceinline__ float wyb_exp2(float x) {
 __device__ __forceinline__ unsigned long long wyb_al(unsigned long long b) { return (b + 15) / 16 * 16; }
 
 struct wyb_ws {
-  unsigned short *W, *h, *dh, *U, *dV, *T;
+  unsigned short *W, *h, *dh, *U, *dV, *T, *Wl, *Ul;
   float *dkp, *dgp;
 };
 
@@ -144,12 +147,14 @@ __device__ __forceinline__ wyb_ws wyb_ws_of(const fla_kernel_args &a) {
   s.W = (unsigned short *)o, o += wyb_al(rows * FLA_K * 2);
   s.h = (unsigned short *)o, o += wyb_al(st);
   s.dh = (unsigned short *)o, o += wyb_al(st);
-  s.dkp = (float *)o;
+  s.dkp = (float *)o, o += wyb_al(rows * FLA_K * 4);
+  s.Wl = (unsigned short *)o;
   o = a.ws1;
   s.U = (unsigned short *)o, o += wyb_al(rows * FLA_V * 2);
   s.dV = (unsigned short *)o, o += wyb_al(rows * FLA_V * 2);
   s.T = (unsigned short *)o, o += wyb_al(rows * CK_BT * 2);
-  s.dgp = (float *)o;
+  s.dgp = (float *)o, o += wyb_al(rows * 4);
+  s.Ul = (unsigned short *)o;
   return s;
 }
 
@@ -196,6 +201,20 @@ __device__ __forceinline__ void wyb_scale_rows(float (&acc)[NT][4], float fA, fl
     acc[j][0] *= fA, acc[j][1] *= fA;
     acc[j][2] *= fB, acc[j][3] *= fB;
   }
+}
+
+/* acc -= float(bf16(acc)): what the bf16 rounding of acc left out (the low
+** half of a hi/lo pair). */
+template <int NT>
+__device__ __forceinline__ void wyb_residual(float (&acc)[NT][4]) {
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int hf = 0; hf < 2; hf++) {
+      float f[2];
+      ck_unpack(ck_pack(acc[j][2 * hf], acc[j][2 * hf + 1]), f);
+      acc[j][2 * hf] -= f[0], acc[j][2 * hf + 1] -= f[1];
+    }
 }
 
 /* Row sums of the quad (every lane of the quad gets them). */
@@ -389,12 +408,16 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wyb_prep(fla_kernel_arg
     ckb_zero(acc);
     ckb_mm_nn<C3_KP / 8, CK_BT, C3_LDA, C3_LDK>(acc, Tb, Ps, r0, lane);
     ckb_store_rows(acc, ws.W + rk, H * FLA_K, rA, rows, FLA_K, q);
+    wyb_residual(acc);
+    ckb_store_rows(acc, ws.Wl + rk, H * FLA_K, rA, rows, FLA_K, q);
   }
   {
     float acc[C3_VP / 8][4];
     ckb_zero(acc);
     ckb_mm_nn<C3_VP / 8, CK_BT, C3_LDA, C3_LDV>(acc, Tb, Vs, r0, lane);
     ckb_store_rows(acc, ws.U + rv, H * FLA_V, rA, rows, FLA_V, q);
+    wyb_residual(acc);
+    ckb_store_rows(acc, ws.Ul + rv, H * FLA_V, rA, rows, FLA_V, q);
     ckb_zero(acc);
     wyb_mm_tn<C3_VP / 8, CK_BT, C3_LDA, C3_LDV>(acc, As, Os, r0, lane);
     ckb_store_rows(acc, ws.dV + rv, H * FLA_V, rA, rows, FLA_V, q);
@@ -467,10 +490,11 @@ __device__ __forceinline__ void wyb_update(float (&S)[CK_MT][CK_NT][4], const un
 }
 
 /* bf16(S) of the thread's elements -> dst[key * V + v0 + val] (one head's
-** K x V, global) and Ss[key][val] (smem, row stride CK_LDV). */
+** K x V, global) and Ss[key][val] (smem, row stride CK_LDV); the rounding's
+** residual bf16(S - bf16(S)) -> Sl[key][val] (S = Ss + Sl to about 16 bits). */
 __device__ __forceinline__ void wyb_state_out(const float (&S)[CK_MT][CK_NT][4],
-                                              unsigned short *dst, unsigned short *Ss, int v0,
-                                              int w, int lane) {
+                                              unsigned short *dst, unsigned short *Ss,
+                                              unsigned short *Sl, int v0, int w, int lane) {
   const int g = lane >> 2, q = lane & 3;
 #pragma unroll
   for (int mt = 0; mt < CK_MT; mt++)
@@ -480,8 +504,12 @@ __device__ __forceinline__ void wyb_state_out(const float (&S)[CK_MT][CK_NT][4],
       for (int hf = 0; hf < 2; hf++) {
         const int key = CK_KW * w + 16 * mt + g + 8 * hf;
         const int cl = 8 * j + 2 * q, col = v0 + cl;
-        unsigned u = ck_pack(S[mt][j][2 * hf], S[mt][j][2 * hf + 1]);
+        const float x0 = S[mt][j][2 * hf], x1 = S[mt][j][2 * hf + 1];
+        unsigned u = ck_pack(x0, x1);
+        float f[2];
+        ck_unpack(u, f);
         *(unsigned *)(Ss + key * CK_LDV + cl) = u;
+        *(unsigned *)(Sl + key * CK_LDV + cl) = ck_pack(x0 - f[0], x1 - f[1]);
         if (key >= FLA_K) continue;
         if (FLA_V % 2 == 0 && col + 1 < FLA_V) {
           *(unsigned *)(dst + (long long)key * FLA_V + col) = u;
@@ -505,9 +533,11 @@ __device__ __forceinline__ void wyb_chunk_of(long long c, long long c0, long lon
   x.last = c + 1 == c1;
 }
 
-/* One stage of walk tiles: Z 0: K, W [64][CK_LDQ], U [64][CK_LDV];
-** Z 1: Q, K, W [64][CK_LDQ], dO, dVl [64][CK_LDV]. */
-#define WB_STAGE (3 * CK_BT * CK_LDQ + 2 * CK_BT * CK_LDV)
+/* One stage of walk tiles: four [64][CK_LDQ] key tiles Xa..Xd and two
+** [64][CK_LDV] value tiles Ya, Yb:
+**   Z 0: Xa = K, Xb = W, Xd = W lo, Ya = U, Yb = U lo (Xc unused);
+**   Z 1: Xa = K, Xb = W, Xc = Q, Xd = W lo, Ya = dO, Yb = dVl. */
+#define WB_STAGE (4 * CK_BT * CK_LDQ + 2 * CK_BT * CK_LDV)
 
 template <int Z>
 __device__ __forceinline__ void wyb_walk_load(const fla_kernel_args &a, const wyb_ws &ws,
@@ -516,13 +546,16 @@ __device__ __forceinline__ void wyb_walk_load(const fla_kernel_args &a, const wy
   const long long H = a.H;
   const long long rk = (x.t0 * H + h) * FLA_K, rv = (x.t0 * H + h) * FLA_V + v0;
   unsigned short *Xa = st, *Xb = Xa + CK_BT * CK_LDQ, *Xc = Xb + CK_BT * CK_LDQ;
-  unsigned short *Ya = Xc + CK_BT * CK_LDQ, *Yb = Ya + CK_BT * CK_LDV;
+  unsigned short *Xd = Xc + CK_BT * CK_LDQ;
+  unsigned short *Ya = Xd + CK_BT * CK_LDQ, *Yb = Ya + CK_BT * CK_LDV;
   const int veck = FLA_K % 8 == 0, vecv = FLA_V % 8 == 0 && v0 % 8 == 0;
   ckb_load<CK_BT, CK_KP, CK_LDQ, CK_NTH>(Xa, (const unsigned short *)a.k + rk, H * FLA_K, x.rows,
                                          FLA_K, veck && ckb_vec(a.k, 0, FLA_K), tid);
   ckb_load<CK_BT, CK_KP, CK_LDQ, CK_NTH>(Xb, ws.W + rk, H * FLA_K, x.rows, FLA_K, veck, tid);
+  ckb_load<CK_BT, CK_KP, CK_LDQ, CK_NTH>(Xd, ws.Wl + rk, H * FLA_K, x.rows, FLA_K, veck, tid);
   if (Z == 0) {
     ckb_load<CK_BT, CK_BV, CK_LDV, CK_NTH>(Ya, ws.U + rv, H * FLA_V, x.rows, vcols, vecv, tid);
+    ckb_load<CK_BT, CK_BV, CK_LDV, CK_NTH>(Yb, ws.Ul + rv, H * FLA_V, x.rows, vcols, vecv, tid);
   } else {
     ckb_load<CK_BT, CK_KP, CK_LDQ, CK_NTH>(Xc, (const unsigned short *)a.q + rk, H * FLA_K,
                                            x.rows, FLA_K, veck && ckb_vec(a.q, 0, FLA_K), tid);
@@ -535,20 +568,25 @@ __device__ __forceinline__ void wyb_walk_load(const fla_kernel_args &a, const wy
 /*
 ** Kernel 2, blockIdx.z = 0 (the states): per sequence n (blockIdx.x / NVW),
 ** value slice, head h (blockIdx.y): S = h0[n] (or 0); for each chunk c of n
-** in order:  h[c] = bf16(S);  Vn = U - W h[c] (bf16, over U);
+** in order:  h[c] = bf16(S);  Vn = U - W S (bf16, over U);
 **            S = 2^gL S + K^T (2^(gL - gam) .* Vn).
 ** blockIdx.z = 1 (their gradients): dS = dht[n] (or 0); for each chunk c of
-** n, last to first:  dh[c] = bf16(dS);  dVn = dVl + 2^(gL-gam) .* (K dh[c])
+** n, last to first:  dh[c] = bf16(dS);  dVn = dVl + 2^(gL-gam) .* (K dS)
 ** (bf16, over dVl);  dS = 2^gL dS + (scale 2^gam .* Q)^T dO - W^T dVn;
 ** then dh0[n] = dS (f32; also for a sequence without tokens).
+** Vn = U - W S is a difference of nearly equal terms (the delta rule writes
+** what the state does not yet predict), so its operands are carried as
+** hi/lo bf16 pairs (S, W, U; and dS, W in the gradient walk): each product
+** is two or three mma, and the rounding of the state does not reach Vn.
 ** Tiles come through WB_NST cp.async stages. Shared memory: WB_NST stages
-** (WB_STAGE bf16), Ss [CK_KP][CK_LDV], Ys [64][CK_LDV] bf16, gam [64] f32.
+** (WB_STAGE bf16), Ss, Sl [CK_KP][CK_LDV], Ys [64][CK_LDV] bf16, gam [64] f32.
 */
 extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wyb_walk(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *stg = (unsigned short *)ck_sm;
   unsigned short *Ss = stg + WB_NST * WB_STAGE;
-  unsigned short *Ys = Ss + CK_KP * CK_LDV;
+  unsigned short *Sl = Ss + CK_KP * CK_LDV;
+  unsigned short *Ys = Sl + CK_KP * CK_LDV;
   float *gam = (float *)(Ys + CK_BT * CK_LDV);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const int vt = blockIdx.x % CK_NVW, n = blockIdx.x / CK_NVW, h = blockIdx.y;
@@ -598,26 +636,35 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wyb_walk(fla_kernel_arg
     const int rows = x.rows;
     const unsigned short *st = stg + (int)(i % WB_NST) * WB_STAGE;
     const unsigned short *Xa = st, *Xb = Xa + CK_BT * CK_LDQ, *Xc = Xb + CK_BT * CK_LDQ;
-    const unsigned short *Ya = Xc + CK_BT * CK_LDQ, *Yb = Ya + CK_BT * CK_LDV;
-    wyb_state_out(S, (z ? ws.dh : ws.h) + (c * H + h) * KV, Ss, v0, w, lane);
+    const unsigned short *Xd = Xc + CK_BT * CK_LDQ;
+    const unsigned short *Ya = Xd + CK_BT * CK_LDQ, *Yb = Ya + CK_BT * CK_LDV;
+    wyb_state_out(S, (z ? ws.dh : ws.h) + (c * H + h) * KV, Ss, Sl, v0, w, lane);
     wyb_gates(a, x, h, gam, w, lane);
     asm volatile("cp.async.wait_group %0;\n" ::"n"(WB_NST - 1));
     __syncthreads();
     const long long rv = (x.t0 * H + h) * FLA_V + v0;
     float acc[CK_NT][4];
     ckb_zero(acc);
-    /* z 0: Vn = U - W h[c];  z 1: dVn = dVl + 2^(gL - gam) .* (K dh[c]) */
-    ckb_mm_nn<CK_NT, CK_KP, CK_LDQ, CK_LDV>(acc, z ? Xa : Xb, Ss, r0, lane);
+    /* z 0: Vn = U - W S;  z 1: dVn = dVl + 2^(gL - gam) .* (K dS) */
+    const unsigned short *Xm = z ? Xa : Xb;
+    ckb_mm_nn<CK_NT, CK_KP, CK_LDQ, CK_LDV>(acc, Xm, Sl, r0, lane);
+    if (z == 0) ckb_mm_nn<CK_NT, CK_KP, CK_LDQ, CK_LDV>(acc, Xd, Ss, r0, lane);
+    ckb_mm_nn<CK_NT, CK_KP, CK_LDQ, CK_LDV>(acc, Xm, Ss, r0, lane);
     {
       const float gL = gam[rows - 1];
       const float fA = z ? wyb_exp2(gL - gam[rA]) : -1.0f, fB = z ? wyb_exp2(gL - gam[rB]) : -1.0f;
-      const unsigned short *Add = z ? Yb : Ya;
 #pragma unroll
       for (int j = 0; j < CK_NT; j++) {
         const int cl = 8 * j + 2 * q;
         float ya[2], yb[2];
-        ck_unpack(*(const unsigned *)(Add + rA * CK_LDV + cl), ya);
-        ck_unpack(*(const unsigned *)(Add + rB * CK_LDV + cl), yb);
+        ck_unpack(*(const unsigned *)(Yb + rA * CK_LDV + cl), ya);
+        ck_unpack(*(const unsigned *)(Yb + rB * CK_LDV + cl), yb);
+        if (z == 0) { /* U = Ya + Yb */
+          float ua[2], ub[2];
+          ck_unpack(*(const unsigned *)(Ya + rA * CK_LDV + cl), ua);
+          ck_unpack(*(const unsigned *)(Ya + rB * CK_LDV + cl), ub);
+          ya[0] += ua[0], ya[1] += ua[1], yb[0] += ub[0], yb[1] += ub[1];
+        }
         acc[j][0] = rA < rows ? fA * acc[j][0] + ya[0] : 0.0f;
         acc[j][1] = rA < rows ? fA * acc[j][1] + ya[1] : 0.0f;
         acc[j][2] = rB < rows ? fB * acc[j][2] + yb[0] : 0.0f;
@@ -631,6 +678,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wyb_walk(fla_kernel_arg
       wyb_update<0, CK_LDQ, CK_LDV>(S, Xa, Ys, gam, rows, 1.0f, w, lane);
     } else {
       wyb_update<1, CK_LDQ, CK_LDV>(S, Xc, Ya, gam, rows, a.scale, w, lane);
+      wyb_update<2, CK_LDQ, CK_LDV>(S, Xd, Ys, gam, rows, 1.0f, w, lane);
       wyb_update<2, CK_LDQ, CK_LDV>(S, Xb, Ys, gam, rows, 1.0f, w, lane);
     }
     __syncthreads();
