@@ -581,7 +581,7 @@ __device__ __forceinline__ void wyb_walk_load(const fla_kernel_args &a, const wy
 ** Tiles come through WB_NST cp.async stages. Shared memory: WB_NST stages
 ** (WB_STAGE bf16), Ss, Sl [CK_KP][CK_LDV], Ys [64][CK_LDV] bf16, gam [64] f32.
 */
-extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wyb_walk(fla_kernel_args a) {
+extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wyb_walk(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *stg = (unsigned short *)ck_sm;
   unsigned short *Ss = stg + WB_NST * WB_STAGE;
