@@ -11,19 +11,20 @@
 **
 ** Tiles: BT = 64 tokens a chunk, 4 warps, BK = K (never tiled), BV value
 ** columns a program of the two state walks (a multiple of 16, 16..64;
-** default 32: the walks are the sequential part, and narrow slices give
-** more programs).
+** default 64). A launch takes BV or min(BV, 32) (wide_ below): narrow
+** slices give more programs to long sequences with few heads.
 **
 ** Four kernels (grid, block 128, dynamic shared memory):
 **   fla_wyb_prep (NC, H)        3 or 4 * 64*(K16+8)*2 - with a probe one more -
 **                               + 2*64*(V16+8)*2 + 2*64*72*2 + 2*64*68*4 + 3*64*4
-**   fla_wyb_walk (N*NVW, H, 2)  2*(4*64*(KP+8) + 2*64*(BV+8))*2
-**                               + (2*KP+64)*(BV+8)*2 + 256
+**   fla_wyb_walk (N*NVW, H, 2)  2*(4*64*(KP+8) + 2*64*(BVW+8))*2
+**                               + (2*KP+64)*(BVW+8)*2 + 256
 **   fla_wyb_dqk  (NC, H)        2*64*(K16+8)*2 + 3*64*(V16+8)*2
 **                               + 2*K16*(V16+8)*2 + 64*72*2 + (3*64+8)*4
 **   fla_wyb_wy   (NC, H)        (2 or 3)*64*(K16+8)*2 + 2*64*(V16+8)*2
 **                               + 3*64*72*2 + 3*64*4 + 64*68*4
-** K16, V16 = K, V rounded up to 16; KP = K rounded up to 64; NVW = ceil(V/BV).
+** K16, V16 = K, V rounded up to 16; KP = K rounded up to 64; BVW = the walk's
+** slice (BV or min(BV, 32)), NVW = ceil(V/BVW).
 ** Workspaces (regions 16-byte aligned; tok = total tokens):
 **   ws0 = W/dW bf16 [tok,H,K] + h bf16 [NC,H,K,V] + dh bf16 [NC,H,K,V]
 **         + dK partial f32 [tok,H,K] + W's low half bf16 [tok,H,K]
@@ -52,8 +53,20 @@ static unsigned smem_prep_(const fla_gen_key *key) {
                     2 * WB_BT * (WB_BT + 8) * 2 + 2 * WB_BT * 68 * 4 + 3 * WB_BT * 4);
 }
 
-static unsigned smem_walk_(const fla_gen_key *key, const fla_tile_config *cfg) {
-  int KP = kp_(key->K), BV = cfg->BV;
+/* The walks' value slice: BV (wide) or min(BV, 32) (narrow), one of them a
+** launch: narrow while its programs fit one wave of the H100's 132 SMs (one
+** block a SM: long sequences, few heads), else wide (K, Q and W read once
+** for twice the columns). Also wide when both give the same slice count
+** (the kernel tells them apart by its grid: fla_wyb_walk in the template). */
+#define WB_WAVE 132
+static int bvn_(const fla_tile_config *cfg) { return cfg->BV < 32 ? cfg->BV : 32; }
+static int wide_(const fla_gen_key *key, const fla_tile_config *cfg, int64_t N, int64_t H) {
+  int64_t nvn = (key->V + bvn_(cfg) - 1) / bvn_(cfg), nvw = (key->V + cfg->BV - 1) / cfg->BV;
+  return nvn == nvw || 2 * N * H * nvn > WB_WAVE;
+}
+
+static unsigned smem_walk_(const fla_gen_key *key, int BV) {
+  int KP = kp_(key->K);
   return (unsigned)(WB_NST * (4 * WB_BT * (KP + 8) + 2 * WB_BT * (BV + 8)) * 2 +
                     (2 * KP + WB_BT) * (BV + 8) * 2 + 256);
 }
@@ -76,7 +89,7 @@ static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {
   if (cfg->BK == 0) cfg->BK = key->K;
   if (cfg->BV == 0) {
     int v16 = r16_(key->V);
-    cfg->BV = v16 < 32 ? v16 : 32;
+    cfg->BV = v16 < 64 ? v16 : 64;
   }
 }
 
@@ -105,7 +118,7 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
   if (cfg->BV < 16 || cfg->BV > 64 || cfg->BV % 16)
     return fla_set_error(ctx, FLA_INVALID, "chunk_wy_bwd: BV %d (a multiple of 16 in 16..64)",
                          cfg->BV);
-  unsigned sm[4] = {smem_prep_(key), smem_walk_(key, cfg), smem_dqk_(key), smem_wy_(key)};
+  unsigned sm[4] = {smem_prep_(key), smem_walk_(key, cfg->BV), smem_dqk_(key), smem_wy_(key)};
   for (int i = 0; i < 4; i++)
     if (sm[i] > WB_SMEM_MAX)
       return fla_set_error(ctx, FLA_INVALID, "chunk_wy_bwd: kernel %d needs %u bytes of shared memory",
@@ -124,10 +137,11 @@ static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*n
 
 static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
                      const fla_kernel_args *args, fla_kernel_launch *out) {
-  unsigned NVW = (unsigned)((key->V + cfg->BV - 1) / cfg->BV);
+  int bv = wide_(key, cfg, args->N, args->H) ? cfg->BV : bvn_(cfg);
+  unsigned NVW = (unsigned)((key->V + bv - 1) / bv);
   unsigned N = (unsigned)args->N, H = (unsigned)args->H, NC = (unsigned)args->num_chunks;
   fla_chunk_launch_set(&out[0], "fla_wyb_prep", NC, H, 32 * WB_WARPS, smem_prep_(key));
-  fla_chunk_launch_set(&out[1], "fla_wyb_walk", N * NVW, H, 32 * WB_WARPS, smem_walk_(key, cfg));
+  fla_chunk_launch_set(&out[1], "fla_wyb_walk", N * NVW, H, 32 * WB_WARPS, smem_walk_(key, bv));
   out[1].grid[2] = 2;
   fla_chunk_launch_set(&out[2], "fla_wyb_dqk", NC, H, 32 * WB_WARPS, smem_dqk_(key));
   fla_chunk_launch_set(&out[3], "fla_wyb_wy", NC, H, 32 * WB_WARPS, smem_wy_(key));

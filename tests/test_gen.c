@@ -438,7 +438,7 @@ START_TEST(test_chunk_wy_bwd_stage) {
   ck_assert_str_eq(kn[1], "fla_wyb_walk");
   ck_assert_str_eq(kn[2], "fla_wyb_dqk");
   ck_assert_str_eq(kn[3], "fla_wyb_wy");
-  ck_assert(strstr(src, "#define FLA_BV 32"));
+  ck_assert(strstr(src, "#define FLA_BV 64"));
   ck_assert(!has_include(src));
   free(src);
   ck_assert(!fla_stage_has_target(B, FLA_TARGET_HIP));
@@ -467,9 +467,17 @@ START_TEST(test_chunk_wy_bwd_stage) {
   fla_kernel_launch L[FLA_STAGE_MAX_KERNELS];
   ck_assert_int_eq(fla_stage_launches(B, &key, NULL, &a, L), 4);
   ck_assert_uint_eq(L[0].grid[0], 10);
-  ck_assert_uint_eq(L[1].grid[0], 3 * 4); /* N sequences x V/32 slices */
+  ck_assert_uint_eq(L[1].grid[0], 3 * 4); /* N sequences x V/32 slices: 96 programs */
   ck_assert_uint_eq(L[1].grid[1], 4);
   ck_assert_uint_eq(L[1].grid[2], 2); /* the state walk and its gradient's */
+  unsigned narrow_smem = L[1].smem;
+  /* past one wave of programs the walks take the wide slices (V/64) */
+  a.N = 40;
+  ck_assert_int_eq(fla_stage_launches(B, &key, NULL, &a, L), 4);
+  ck_assert_uint_eq(L[1].grid[0], 40 * 2);
+  ck_assert_uint_gt(L[1].smem, narrow_smem);
+  ck_assert_uint_le(L[1].smem, 227 * 1024);
+  a.N = 3;
   for (int i = 0; i < 4; i++) {
     ck_assert_uint_eq(L[i].block[0], 128);
     ck_assert_uint_le(L[i].smem, 227 * 1024);

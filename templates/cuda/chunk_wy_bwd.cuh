@@ -86,11 +86,11 @@
 #define CK_KW ((FLA_K + 16 * CK_NW - 1) / (16 * CK_NW) * 16)
 #define CK_KP (CK_KW * CK_NW)
 #define CK_MT (CK_KW / 16)
-#define CK_BV FLA_BV
-#define CK_NT (CK_BV / 8)
-#define CK_NVW ((FLA_V + CK_BV - 1) / CK_BV)
 #define CK_LDQ (CK_KP + 8) /* smem row strides (elements): +16 bytes, no bank conflicts */
-#define CK_LDV (CK_BV + 8)
+/* the walks' value slice BVW (a template parameter: FLA_BV or min(FLA_BV, 32)) */
+#define WB_NTW (BVW / 8)
+#define WB_NVW ((FLA_V + BVW - 1) / BVW)
+#define WB_LDW (BVW + 8)
 #define WB_NST 2 /* cp.async stages of the walks */
 /* per-chunk kernels: whole K and V, padded to 16 */
 #define C3_KP ((FLA_K + 15) / 16 * 16)
@@ -431,8 +431,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wyb_prep(fla_kernel_arg
 ** 2^(gL - gam_t) (the state); MODE 1: decay 2^gL, f_t = scale 2^gam_t (its
 ** gradient, the output term); MODE 2: no decay, f_t = -1 (its gradient, the
 ** W^T dVn term). */
-template <int MODE, int LDX, int LDY>
-__device__ __forceinline__ void wyb_update(float (&S)[CK_MT][CK_NT][4], const unsigned short *Xs,
+template <int BVW, int MODE, int LDX, int LDY>
+__device__ __forceinline__ void wyb_update(float (&S)[CK_MT][WB_NTW][4], const unsigned short *Xs,
                                            const unsigned short *Ys, const float *gam, int rows,
                                            float scale, int w, int lane) {
   const int q = lane & 3;
@@ -443,7 +443,7 @@ __device__ __forceinline__ void wyb_update(float (&S)[CK_MT][CK_NT][4], const un
 #pragma unroll
     for (int mt = 0; mt < CK_MT; mt++)
 #pragma unroll
-      for (int j = 0; j < CK_NT; j++)
+      for (int j = 0; j < WB_NTW; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) S[mt][j][e] *= eL;
   }
@@ -474,7 +474,7 @@ __device__ __forceinline__ void wyb_update(float (&S)[CK_MT][CK_NT][4], const un
       }
     }
 #pragma unroll
-    for (int np = 0; np < CK_NT / 2; np++) {
+    for (int np = 0; np < WB_NTW / 2; np++) {
       unsigned yb[4];
       int row = 16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7);
       int col = 16 * np + (lane >> 4) * 8;
@@ -490,16 +490,17 @@ __device__ __forceinline__ void wyb_update(float (&S)[CK_MT][CK_NT][4], const un
 }
 
 /* bf16(S) of the thread's elements -> dst[key * V + v0 + val] (one head's
-** K x V, global) and Ss[key][val] (smem, row stride CK_LDV); the rounding's
+** K x V, global) and Ss[key][val] (smem, row stride WB_LDW); the rounding's
 ** residual bf16(S - bf16(S)) -> Sl[key][val] (S = Ss + Sl to about 16 bits). */
-__device__ __forceinline__ void wyb_state_out(const float (&S)[CK_MT][CK_NT][4],
+template <int BVW>
+__device__ __forceinline__ void wyb_state_out(const float (&S)[CK_MT][WB_NTW][4],
                                               unsigned short *dst, unsigned short *Ss,
                                               unsigned short *Sl, int v0, int w, int lane) {
   const int g = lane >> 2, q = lane & 3;
 #pragma unroll
   for (int mt = 0; mt < CK_MT; mt++)
 #pragma unroll
-    for (int j = 0; j < CK_NT; j++)
+    for (int j = 0; j < WB_NTW; j++)
 #pragma unroll
       for (int hf = 0; hf < 2; hf++) {
         const int key = CK_KW * w + 16 * mt + g + 8 * hf;
@@ -508,8 +509,8 @@ __device__ __forceinline__ void wyb_state_out(const float (&S)[CK_MT][CK_NT][4],
         unsigned u = ck_pack(x0, x1);
         float f[2];
         ck_unpack(u, f);
-        *(unsigned *)(Ss + key * CK_LDV + cl) = u;
-        *(unsigned *)(Sl + key * CK_LDV + cl) = ck_pack(x0 - f[0], x1 - f[1]);
+        *(unsigned *)(Ss + key * WB_LDW + cl) = u;
+        *(unsigned *)(Sl + key * WB_LDW + cl) = ck_pack(x0 - f[0], x1 - f[1]);
         if (key >= FLA_K) continue;
         if (FLA_V % 2 == 0 && col + 1 < FLA_V) {
           *(unsigned *)(dst + (long long)key * FLA_V + col) = u;
@@ -534,12 +535,12 @@ __device__ __forceinline__ void wyb_chunk_of(long long c, long long c0, long lon
 }
 
 /* One stage of walk tiles: four [64][CK_LDQ] key tiles Xa..Xd and two
-** [64][CK_LDV] value tiles Ya, Yb:
+** [64][WB_LDW] value tiles Ya, Yb:
 **   Z 0: Xa = K, Xb = W, Xd = W lo, Ya = U, Yb = U lo (Xc unused);
 **   Z 1: Xa = K, Xb = W, Xc = Q, Xd = W lo, Ya = dO, Yb = dVl. */
-#define WB_STAGE (4 * CK_BT * CK_LDQ + 2 * CK_BT * CK_LDV)
+#define WB_STAGE (4 * CK_BT * CK_LDQ + 2 * CK_BT * WB_LDW)
 
-template <int Z>
+template <int BVW, int Z>
 __device__ __forceinline__ void wyb_walk_load(const fla_kernel_args &a, const wyb_ws &ws,
                                               const ck_chunk &x, int h, int v0, int vcols,
                                               unsigned short *st, int tid) {
@@ -547,21 +548,21 @@ __device__ __forceinline__ void wyb_walk_load(const fla_kernel_args &a, const wy
   const long long rk = (x.t0 * H + h) * FLA_K, rv = (x.t0 * H + h) * FLA_V + v0;
   unsigned short *Xa = st, *Xb = Xa + CK_BT * CK_LDQ, *Xc = Xb + CK_BT * CK_LDQ;
   unsigned short *Xd = Xc + CK_BT * CK_LDQ;
-  unsigned short *Ya = Xd + CK_BT * CK_LDQ, *Yb = Ya + CK_BT * CK_LDV;
+  unsigned short *Ya = Xd + CK_BT * CK_LDQ, *Yb = Ya + CK_BT * WB_LDW;
   const int veck = FLA_K % 8 == 0, vecv = FLA_V % 8 == 0 && v0 % 8 == 0;
   ckb_load<CK_BT, CK_KP, CK_LDQ, CK_NTH>(Xa, (const unsigned short *)a.k + rk, H * FLA_K, x.rows,
                                          FLA_K, veck && ckb_vec(a.k, 0, FLA_K), tid);
   ckb_load<CK_BT, CK_KP, CK_LDQ, CK_NTH>(Xb, ws.W + rk, H * FLA_K, x.rows, FLA_K, veck, tid);
   ckb_load<CK_BT, CK_KP, CK_LDQ, CK_NTH>(Xd, ws.Wl + rk, H * FLA_K, x.rows, FLA_K, veck, tid);
   if (Z == 0) {
-    ckb_load<CK_BT, CK_BV, CK_LDV, CK_NTH>(Ya, ws.U + rv, H * FLA_V, x.rows, vcols, vecv, tid);
-    ckb_load<CK_BT, CK_BV, CK_LDV, CK_NTH>(Yb, ws.Ul + rv, H * FLA_V, x.rows, vcols, vecv, tid);
+    ckb_load<CK_BT, BVW, WB_LDW, CK_NTH>(Ya, ws.U + rv, H * FLA_V, x.rows, vcols, vecv, tid);
+    ckb_load<CK_BT, BVW, WB_LDW, CK_NTH>(Yb, ws.Ul + rv, H * FLA_V, x.rows, vcols, vecv, tid);
   } else {
     ckb_load<CK_BT, CK_KP, CK_LDQ, CK_NTH>(Xc, (const unsigned short *)a.q + rk, H * FLA_K,
                                            x.rows, FLA_K, veck && ckb_vec(a.q, 0, FLA_K), tid);
-    ckb_load<CK_BT, CK_BV, CK_LDV, CK_NTH>(Ya, (const unsigned short *)a.d_o + rv, H * FLA_V,
+    ckb_load<CK_BT, BVW, WB_LDW, CK_NTH>(Ya, (const unsigned short *)a.d_o + rv, H * FLA_V,
                                            x.rows, vcols, vecv && ckb_vec(a.d_o, 0, FLA_V), tid);
-    ckb_load<CK_BT, CK_BV, CK_LDV, CK_NTH>(Yb, ws.dV + rv, H * FLA_V, x.rows, vcols, vecv, tid);
+    ckb_load<CK_BT, BVW, WB_LDW, CK_NTH>(Yb, ws.dV + rv, H * FLA_V, x.rows, vcols, vecv, tid);
   }
 }
 
@@ -579,19 +580,19 @@ __device__ __forceinline__ void wyb_walk_load(const fla_kernel_args &a, const wy
 ** hi/lo bf16 pairs (S, W, U; and dS, W in the gradient walk): each product
 ** is two or three mma, and the rounding of the state does not reach Vn.
 ** Tiles come through WB_NST cp.async stages. Shared memory: WB_NST stages
-** (WB_STAGE bf16), Ss, Sl [CK_KP][CK_LDV], Ys [64][CK_LDV] bf16, gam [64] f32.
+** (WB_STAGE bf16), Ss, Sl [CK_KP][WB_LDW], Ys [64][WB_LDW] bf16, gam [64] f32.
 */
-extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wyb_walk(fla_kernel_args a) {
-  extern __shared__ __align__(16) unsigned char ck_sm[];
+template <int BVW>
+__device__ __forceinline__ void wyb_walk_body(const fla_kernel_args &a, unsigned char *ck_sm) {
   unsigned short *stg = (unsigned short *)ck_sm;
   unsigned short *Ss = stg + WB_NST * WB_STAGE;
-  unsigned short *Sl = Ss + CK_KP * CK_LDV;
-  unsigned short *Ys = Sl + CK_KP * CK_LDV;
-  float *gam = (float *)(Ys + CK_BT * CK_LDV);
+  unsigned short *Sl = Ss + CK_KP * WB_LDW;
+  unsigned short *Ys = Sl + CK_KP * WB_LDW;
+  float *gam = (float *)(Ys + CK_BT * WB_LDW);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
-  const int vt = blockIdx.x % CK_NVW, n = blockIdx.x / CK_NVW, h = blockIdx.y;
+  const int vt = blockIdx.x % WB_NVW, n = blockIdx.x / WB_NVW, h = blockIdx.y;
   const int z = blockIdx.z;
-  const int v0 = vt * CK_BV, vcols = FLA_V - v0 < CK_BV ? FLA_V - v0 : CK_BV;
+  const int v0 = vt * BVW, vcols = FLA_V - v0 < BVW ? FLA_V - v0 : BVW;
   const long long *cf = (const long long *)a.chunk_first;
   const long long *cu = (const long long *)a.cu;
   const long long c0 = cf[n], c1 = cf[n + 1], nc = c1 - c0;
@@ -600,7 +601,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wyb_walk(fla_kernel_
   const long long so = ((long long)n * H + h) * KV;
   const wyb_ws ws = wyb_ws_of(a);
   const int r0 = 16 * w, rA = r0 + g, rB = rA + 8;
-  float S[CK_MT][CK_NT][4];
+  float S[CK_MT][WB_NTW][4];
   if (z == 0) {
     if (nc <= 0) return;
     const float *h0 = FLA_HAS_H0 ? (const float *)a.h0 : (const float *)0;
@@ -615,8 +616,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wyb_walk(fla_kernel_
     if (i < nc) {
       ck_chunk xi;
       wyb_chunk_of(z ? c1 - 1 - i : c0 + i, c0, c1, n, t0n, te, xi);
-      if (z) wyb_walk_load<1>(a, ws, xi, h, v0, vcols, stg + i * WB_STAGE, tid);
-      else wyb_walk_load<0>(a, ws, xi, h, v0, vcols, stg + i * WB_STAGE, tid);
+      if (z) wyb_walk_load<BVW, 1>(a, ws, xi, h, v0, vcols, stg + i * WB_STAGE, tid);
+      else wyb_walk_load<BVW, 0>(a, ws, xi, h, v0, vcols, stg + i * WB_STAGE, tid);
     }
     ck_commit();
   }
@@ -627,8 +628,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wyb_walk(fla_kernel_
       ck_chunk xi;
       wyb_chunk_of(z ? c1 - 1 - ip : c0 + ip, c0, c1, n, t0n, te, xi);
       unsigned short *st = stg + (int)(ip % WB_NST) * WB_STAGE;
-      if (z) wyb_walk_load<1>(a, ws, xi, h, v0, vcols, st, tid);
-      else wyb_walk_load<0>(a, ws, xi, h, v0, vcols, st, tid);
+      if (z) wyb_walk_load<BVW, 1>(a, ws, xi, h, v0, vcols, st, tid);
+      else wyb_walk_load<BVW, 0>(a, ws, xi, h, v0, vcols, st, tid);
     }
     ck_commit();
     ck_chunk x;
@@ -637,32 +638,32 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wyb_walk(fla_kernel_
     const unsigned short *st = stg + (int)(i % WB_NST) * WB_STAGE;
     const unsigned short *Xa = st, *Xb = Xa + CK_BT * CK_LDQ, *Xc = Xb + CK_BT * CK_LDQ;
     const unsigned short *Xd = Xc + CK_BT * CK_LDQ;
-    const unsigned short *Ya = Xd + CK_BT * CK_LDQ, *Yb = Ya + CK_BT * CK_LDV;
-    wyb_state_out(S, (z ? ws.dh : ws.h) + (c * H + h) * KV, Ss, Sl, v0, w, lane);
+    const unsigned short *Ya = Xd + CK_BT * CK_LDQ, *Yb = Ya + CK_BT * WB_LDW;
+    wyb_state_out<BVW>(S, (z ? ws.dh : ws.h) + (c * H + h) * KV, Ss, Sl, v0, w, lane);
     wyb_gates(a, x, h, gam, w, lane);
     asm volatile("cp.async.wait_group %0;\n" ::"n"(WB_NST - 1));
     __syncthreads();
     const long long rv = (x.t0 * H + h) * FLA_V + v0;
-    float acc[CK_NT][4];
+    float acc[WB_NTW][4];
     ckb_zero(acc);
     /* z 0: Vn = U - W S;  z 1: dVn = dVl + 2^(gL - gam) .* (K dS) */
     const unsigned short *Xm = z ? Xa : Xb;
-    ckb_mm_nn<CK_NT, CK_KP, CK_LDQ, CK_LDV>(acc, Xm, Sl, r0, lane);
-    if (z == 0) ckb_mm_nn<CK_NT, CK_KP, CK_LDQ, CK_LDV>(acc, Xd, Ss, r0, lane);
-    ckb_mm_nn<CK_NT, CK_KP, CK_LDQ, CK_LDV>(acc, Xm, Ss, r0, lane);
+    ckb_mm_nn<WB_NTW, CK_KP, CK_LDQ, WB_LDW>(acc, Xm, Sl, r0, lane);
+    if (z == 0) ckb_mm_nn<WB_NTW, CK_KP, CK_LDQ, WB_LDW>(acc, Xd, Ss, r0, lane);
+    ckb_mm_nn<WB_NTW, CK_KP, CK_LDQ, WB_LDW>(acc, Xm, Ss, r0, lane);
     {
       const float gL = gam[rows - 1];
       const float fA = z ? wyb_exp2(gL - gam[rA]) : -1.0f, fB = z ? wyb_exp2(gL - gam[rB]) : -1.0f;
 #pragma unroll
-      for (int j = 0; j < CK_NT; j++) {
+      for (int j = 0; j < WB_NTW; j++) {
         const int cl = 8 * j + 2 * q;
         float ya[2], yb[2];
-        ck_unpack(*(const unsigned *)(Yb + rA * CK_LDV + cl), ya);
-        ck_unpack(*(const unsigned *)(Yb + rB * CK_LDV + cl), yb);
+        ck_unpack(*(const unsigned *)(Yb + rA * WB_LDW + cl), ya);
+        ck_unpack(*(const unsigned *)(Yb + rB * WB_LDW + cl), yb);
         if (z == 0) { /* U = Ya + Yb */
           float ua[2], ub[2];
-          ck_unpack(*(const unsigned *)(Ya + rA * CK_LDV + cl), ua);
-          ck_unpack(*(const unsigned *)(Ya + rB * CK_LDV + cl), ub);
+          ck_unpack(*(const unsigned *)(Ya + rA * WB_LDW + cl), ua);
+          ck_unpack(*(const unsigned *)(Ya + rB * WB_LDW + cl), ub);
           ya[0] += ua[0], ya[1] += ua[1], yb[0] += ub[0], yb[1] += ub[1];
         }
         acc[j][0] = rA < rows ? fA * acc[j][0] + ya[0] : 0.0f;
@@ -671,20 +672,33 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wyb_walk(fla_kernel_
         acc[j][3] = rB < rows ? fB * acc[j][3] + yb[1] : 0.0f;
       }
     }
-    wyb_to_smem<CK_NT, CK_LDV>(acc, Ys, rA, q);
+    wyb_to_smem<WB_NTW, WB_LDW>(acc, Ys, rA, q);
     ckb_store_rows(acc, (z ? ws.dV : ws.U) + rv, H * FLA_V, rA, rows, vcols, q);
     __syncthreads();
     if (z == 0) {
-      wyb_update<0, CK_LDQ, CK_LDV>(S, Xa, Ys, gam, rows, 1.0f, w, lane);
+      wyb_update<BVW, 0, CK_LDQ, WB_LDW>(S, Xa, Ys, gam, rows, 1.0f, w, lane);
     } else {
-      wyb_update<1, CK_LDQ, CK_LDV>(S, Xc, Ya, gam, rows, a.scale, w, lane);
-      wyb_update<2, CK_LDQ, CK_LDV>(S, Xd, Ys, gam, rows, 1.0f, w, lane);
-      wyb_update<2, CK_LDQ, CK_LDV>(S, Xb, Ys, gam, rows, 1.0f, w, lane);
+      wyb_update<BVW, 1, CK_LDQ, WB_LDW>(S, Xc, Ya, gam, rows, a.scale, w, lane);
+      wyb_update<BVW, 2, CK_LDQ, WB_LDW>(S, Xd, Ys, gam, rows, 1.0f, w, lane);
+      wyb_update<BVW, 2, CK_LDQ, WB_LDW>(S, Xb, Ys, gam, rows, 1.0f, w, lane);
     }
     __syncthreads();
   }
   ck_wait_all();
   if (z == 1 && a.dh0) ck_state_store<CK_KW>(S, (float *)a.dh0 + so, v0, w, lane);
+}
+
+/* The walks take narrow value slices BVW = min(FLA_BV, 32) (more programs:
+** long sequences, few heads) or wide ones BVW = FLA_BV (K, Q and W read once
+** for twice the columns: many heads). The launcher picks one by the program
+** count (gen/stage_chunk_wy_bwd.c: wide_) and sizes the grid and the shared
+** memory for it; the grid says which: N * ceil(V / FLA_BV) programs a head
+** for the wide one (also when both counts are equal). */
+#define WB_BVN (FLA_BV < 32 ? FLA_BV : 32)
+extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wyb_walk(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  if (gridDim.x == (unsigned)a.N * ((FLA_V + FLA_BV - 1) / FLA_BV)) wyb_walk_body<FLA_BV>(a, ck_sm);
+  else wyb_walk_body<WB_BVN>(a, ck_sm);
 }
 
 /* ---------------------------------------- kernel 3: dq, dk partial, dW */
