@@ -828,6 +828,40 @@ START_TEST(test_recipe_backward) {
 }
 END_TEST
 
+/* Enough (sequence, head) programs that chunk_wy_bwd's walks take their wide
+** value slices (the cases above, with H = 2, take the narrow ones): H = 48.
+** Recipes whose backward core is another stage are skipped. */
+static const bcase many_heads_bcases_[] = {
+    {{256, 128, 128, 1, FLA_BF16, FLA_ALGO_AUTO, 0}, 1},
+    {{300, 64, 100, 1, FLA_BF16, FLA_ALGO_AUTO, 3}, 1},
+};
+
+START_TEST(test_wy_bwd_many_heads) {
+  const char *name = recipes[_i];
+  fla_ctx *h = cpu_ctx(), *g = gpu_ctx();
+  fla_recipe *r = find_(h, name);
+  heads_ = 48;
+  fla_op_config cfg = config_(r, &many_heads_bcases_[0].c);
+  fla_op *op = NULL;
+  ck_assert_msg(fla_op_bind(g, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(g));
+  int stage = fla_cuda_op_backward_core_stage(op, FLA_BF16, 1, 1);
+  fla_op_free(op);
+  bwd_summary sum;
+  memset(&sum, 0, sizeof sum);
+  if (stage == FLA_STAGE_CHUNK_WY_BWD) {
+    int n = (int)(sizeof many_heads_bcases_ / sizeof many_heads_bcases_[0]);
+    for (int i = 0; i < n; i++)
+      run_bcase_(h, g, name, r, &many_heads_bcases_[i], 9000u + (uint64_t)i, &sum);
+    printf("gpu_ops_bwd_heads: %-16s %d runs (H = 48)  max grad rel RMS %.2e  PASS\n", name,
+           sum.runs, sum.max_err);
+  }
+  heads_ = 0;
+  fla_recipe_free(r);
+  fla_ctx_free(g);
+  fla_ctx_free(h);
+}
+END_TEST
+
 /* ================================================================== main */
 
 /* Creates a CUDA context in a child process: 1 when it works (name and
@@ -899,6 +933,7 @@ static Suite *gpu_suite(void) {
   TCase *bwd = tcase_create("backward");
   tcase_set_timeout(bwd, 900);
   tcase_add_loop_test(bwd, test_recipe_backward, 0, nrecipes);
+  tcase_add_loop_test(bwd, test_wy_bwd_many_heads, 0, nrecipes);
   suite_add_tcase(s, bwd);
   return s;
 }
