@@ -9,7 +9,8 @@
 ** gradient), 2 (scalar g [tok,H]: dg), FLA_HAS_PROBE 0/1 (Comba: p replaces k
 ** in L and W), FLA_READ_BEFORE 0, no bonus, no derived key, FLA_IN_BF16 1;
 ** K, V <= 128. Tiles: chunks of 64 tokens, 4 warps; the two state walks hold
-** a K x FLA_BV slice of the state (or of its gradient) in fp32 registers.
+** a K x BVW slice of the state (or of its gradient) in fp32 registers, BVW =
+** FLA_BV or min(FLA_BV, 32) by the program count (fla_wyb_walk below).
 **
 ** The forward (chunk_wy_fwd.cuh; log gates in base 2, gam = chunk-local
 ** inclusive cumsum of g log2 e, gL its last row, G_ij = 2^(gam_i - gam_j),
