@@ -52,6 +52,7 @@ const char *fla_stage_name(fla_stage s) {
   case FLA_STAGE_CHUNK_BWD_PORTABLE: return "chunk_bwd_portable";
   case FLA_STAGE_CHUNK_FWD_MFMA: return "chunk_fwd_mfma";
   case FLA_STAGE_CHUNK_KDA_FWD: return "chunk_kda_fwd";
+  case FLA_STAGE_CHUNK_WY_BWD: return "chunk_wy_bwd";
   default: return "?";
   }
 }
@@ -72,6 +73,7 @@ static const fla_stage_impl *impl_(fla_stage s) {
   case FLA_STAGE_CHUNK_BWD_PORTABLE: return &fla_stage_chunk_bwd_portable;
   case FLA_STAGE_CHUNK_FWD_MFMA: return &fla_stage_chunk_fwd_mfma;
   case FLA_STAGE_CHUNK_KDA_FWD: return &fla_stage_chunk_kda_fwd;
+  case FLA_STAGE_CHUNK_WY_BWD: return &fla_stage_chunk_wy_bwd;
   default: return NULL;
   }
 }

@@ -421,6 +421,81 @@ START_TEST(test_chunk_bwd_stage) {
 }
 END_TEST
 
+/* chunk_wy_bwd: the keys it declines (with a reason), its four kernels, their
+** geometry and shared memory, and the workspaces' regions. */
+START_TEST(test_chunk_wy_bwd_stage) {
+  fla_ctx *ctx = th_cpu_ctx();
+  const fla_stage B = FLA_STAGE_CHUNK_WY_BWD;
+  fla_gen_key key;
+  recipe_key(ctx, "gated_delta_rule", 128, 128, 1, &key, NULL);
+  ck_assert_int_eq(key.decay, 2);
+  ck_assert_int_eq(key.delta, 1);
+  char kn[FLA_STAGE_MAX_KERNELS][64];
+  int nk = 0;
+  char *src = gen_ok(ctx, B, &key, NULL, kn, &nk);
+  ck_assert_int_eq(nk, 4);
+  ck_assert_str_eq(kn[0], "fla_wyb_prep");
+  ck_assert_str_eq(kn[1], "fla_wyb_walk");
+  ck_assert_str_eq(kn[2], "fla_wyb_dqk");
+  ck_assert_str_eq(kn[3], "fla_wyb_wy");
+  ck_assert(strstr(src, "#define FLA_BV 64"));
+  ck_assert(!has_include(src));
+  free(src);
+  ck_assert(!fla_stage_has_target(B, FLA_TARGET_HIP));
+
+  fla_gen_key k = key;
+  k.in_bf16 = 0;
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "f32");
+  k = key;
+  k.decay = 3;
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "per-key");
+  k = key;
+  k.delta = 0;
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "plain writes");
+  k = key;
+  k.V = 129;
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "outside");
+  k = key;
+  fla_tile_config c = {0, 0, 24, 0};
+  gen_fails(ctx, B, &k, &c, FLA_INVALID, "BV 24");
+  c.BV = 128;
+  gen_fails(ctx, B, &k, &c, FLA_INVALID, "BV 128");
+
+  fla_kernel_args a;
+  memset(&a, 0, sizeof a);
+  a.N = 3, a.H = 4, a.num_chunks = 10, a.total = 600;
+  fla_kernel_launch L[FLA_STAGE_MAX_KERNELS];
+  ck_assert_int_eq(fla_stage_launches(B, &key, NULL, &a, L), 4);
+  ck_assert_uint_eq(L[0].grid[0], 10);
+  ck_assert_uint_eq(L[1].grid[0], 3 * 4); /* N sequences x V/32 slices: 96 programs */
+  ck_assert_uint_eq(L[1].grid[1], 4);
+  ck_assert_uint_eq(L[1].grid[2], 2); /* the state walk and its gradient's */
+  unsigned narrow_smem = L[1].smem;
+  /* past one wave of programs the walks take the wide slices (V/64) */
+  a.N = 40;
+  ck_assert_int_eq(fla_stage_launches(B, &key, NULL, &a, L), 4);
+  ck_assert_uint_eq(L[1].grid[0], 40 * 2);
+  ck_assert_uint_gt(L[1].smem, narrow_smem);
+  ck_assert_uint_le(L[1].smem, 227 * 1024);
+  a.N = 3;
+  for (int i = 0; i < 4; i++) {
+    ck_assert_uint_eq(L[i].block[0], 128);
+    ck_assert_uint_le(L[i].smem, 227 * 1024);
+  }
+  /* with a probe (Comba) every kernel still fits */
+  recipe_key(ctx, "comba", 128, 128, 1, &k, NULL);
+  ck_assert_int_eq(k.has_probe, 1);
+  ck_assert_int_eq(fla_stage_launches(B, &k, NULL, &a, L), 4);
+  for (int i = 0; i < 4; i++) ck_assert_uint_le(L[i].smem, 227 * 1024);
+  size_t w0 = 0, w1 = 0;
+  fla_stage_workspace(B, &key, NULL, &a, &w0, &w1);
+  size_t rows = 600 * 4, st = (size_t)10 * 4 * 128 * 128 * 2;
+  ck_assert_uint_eq(w0, rows * 128 * 2 + 2 * st + rows * 128 * 4 + rows * 128 * 2 + 16);
+  ck_assert_uint_eq(w1, 2 * rows * 128 * 2 + rows * 64 * 2 + rows * 4 + rows * 128 * 2 + 16);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 /* chunk_wy_fwd: four kernels, of which the launcher runs one state kernel
 ** (narrow or wide by the program count, the other with an empty grid), the
 ** shared memory of each within the H100's 227 KiB, and ws1 holding U and
@@ -555,7 +630,7 @@ END_TEST
 typedef struct {
   char **sources;
   int n, cap;
-  int compiled, duplicates, unsupported_chunk, chunk_bwd, chunk_kda;
+  int compiled, duplicates, unsupported_chunk, chunk_bwd, chunk_kda, chunk_wy_bwd;
   double seconds, slowest;
 } compile_log;
 
@@ -723,6 +798,14 @@ START_TEST(test_every_recipe_compiles) {
             compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_WY_FWD, src, kn, nk, archs[a]);
             free(src);
           }
+          /* chunk_wy_bwd likewise (delta rule backward, WY form). */
+          src = NULL;
+          if (fla_generate(ctx, FLA_STAGE_CHUNK_WY_BWD, &key, NULL, &src, kn, &nk) == FLA_OK) {
+            snprintf(what, sizeof what, "%s_chunk_wy_bwd_%s", names[i], bf16 ? "bf16" : "f32");
+            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_WY_BWD, src, kn, nk, archs[a]);
+            cl.chunk_wy_bwd++;
+            free(src);
+          }
           /* chunk_bwd likewise (decay family backward). */
           src = NULL;
           if (fla_generate(ctx, FLA_STAGE_CHUNK_BWD, &key, NULL, &src, kn, &nk) == FLA_OK) {
@@ -755,6 +838,8 @@ START_TEST(test_every_recipe_compiles) {
   ck_assert_int_ge(cl.chunk_bwd, 6);
   /* kda in bf16 at K = V = 128 and K = 100, V = 72 on both archs */
   ck_assert_int_ge(cl.chunk_kda, 4);
+  /* delta_rule, gated_delta_rule, comba in bf16 on both archs */
+  ck_assert_int_ge(cl.chunk_wy_bwd, 6);
   for (int i = 0; i < cl.n; i++) free(cl.sources[i]);
   free(cl.sources);
   fla_ctx_free(ctx);
@@ -844,6 +929,7 @@ static Suite *gen_suite(void) {
   tcase_add_test(tc, test_configs_and_geometry);
   tcase_add_test(tc, test_chunk_bwd_stage);
   tcase_add_test(tc, test_chunk_wy_stage);
+  tcase_add_test(tc, test_chunk_wy_bwd_stage);
   suite_add_tcase(s, tc);
 
   if (fla_nvrtc_load(nvrtc_why, sizeof nvrtc_why) != 0) {

@@ -689,6 +689,16 @@ static double grad_tol_(const fla_ir *ir, int input, fla_dtype dt) {
   return input >= 0 && (input == ir->decay_input || input == ir->rate) ? 2e-2 : 5e-3;
 }
 
+/* 1 when case c of a recipe with IR ir must take chunk_wy_bwd: the delta rule
+** with no, constant or scalar decay, no feature map, no bonus, read after the
+** token, bf16, K and V <= 128, the automatic algorithm, more than one token. */
+static int wy_chunked_bwd_(const fla_ir *ir, const gcase *c) {
+  return ir->family == FLA_FAMILY_WY && ir->decay != FLA_DECAY_KEY && !ir->read_before &&
+         ir->bonus < 0 && !ir->key_from_decay && ir->feature_q == FLA_FEATURE_IDENTITY &&
+         ir->feature_k == FLA_FEATURE_IDENTITY && c->dtype == FLA_BF16 &&
+         c->algo == FLA_ALGO_AUTO && c->K <= 128 && c->V <= 128 && (c->T > 1 || c->nseqs);
+}
+
 /* Case b of recipe r: every gradient of the GPU backward against the CPU's
 ** float64 recurrence (FLA_ALGO_RECURRENT) on the same inputs. */
 static void run_bcase_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, const bcase *b,
@@ -756,6 +766,8 @@ static void run_bcase_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, 
                   fla_errmsg(g));
     fla_tensor_free(fo), fla_tensor_free(fht);
   }
+  if (wy_chunked_bwd_(ir, c))
+    ck_assert_msg(stage == FLA_STAGE_CHUNK_WY_BWD, "%s: the chunked WY backward was not taken", label);
   fla_status st = fla_op_backward(opg, dargs, td.n, ddo, ddht, dg, ng);
   ck_assert_msg(st == FLA_OK, "%s: %s: %s", label, fla_errstr(st), fla_errmsg(g));
   char line[1024];
@@ -825,6 +837,42 @@ START_TEST(test_recipe_backward) {
   printf("gpu_ops_bwd: %-16s %2d runs  max grad rel RMS %.2e (%s)  (%.1f s)  PASS\n", name, sum.runs,
          sum.max_err, sum.worst, th_now_s() - t0);
   fflush(stdout);
+  fla_recipe_free(r);
+  fla_ctx_free(g);
+  fla_ctx_free(h);
+}
+END_TEST
+
+/* Enough (sequence, head) programs that chunk_wy_bwd's walks take their wide
+** value slices (the cases above, with H = 2, take the narrow ones): H = 48.
+** Recipes whose backward core is another stage are skipped. The keys are
+** those of bcases_ (precompiled by the warm-up: a new key costs a serial
+** compile of about 20 s a recipe). */
+static const bcase many_heads_bcases_[] = {
+    {{256, 128, 128, 1, FLA_BF16, FLA_ALGO_AUTO, 0}, 1},
+    {{300, 64, 64, 1, FLA_BF16, FLA_ALGO_AUTO, 3}, 1},
+};
+
+START_TEST(test_wy_bwd_many_heads) {
+  const char *name = recipes[_i];
+  fla_ctx *h = cpu_ctx(), *g = gpu_ctx();
+  fla_recipe *r = find_(h, name);
+  heads_ = 48;
+  fla_op_config cfg = config_(r, &many_heads_bcases_[0].c);
+  fla_op *op = NULL;
+  ck_assert_msg(fla_op_bind(g, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(g));
+  int stage = fla_cuda_op_backward_core_stage(op, FLA_BF16, 1, 1);
+  fla_op_free(op);
+  bwd_summary sum;
+  memset(&sum, 0, sizeof sum);
+  if (stage == FLA_STAGE_CHUNK_WY_BWD) {
+    int n = (int)(sizeof many_heads_bcases_ / sizeof many_heads_bcases_[0]);
+    for (int i = 0; i < n; i++)
+      run_bcase_(h, g, name, r, &many_heads_bcases_[i], 9000u + (uint64_t)i, &sum);
+    printf("gpu_ops_bwd_heads: %-16s %d runs (H = 48)  max grad rel RMS %.2e  PASS\n", name,
+           sum.runs, sum.max_err);
+  }
+  heads_ = 0;
   fla_recipe_free(r);
   fla_ctx_free(g);
   fla_ctx_free(h);
@@ -902,6 +950,7 @@ static Suite *gpu_suite(void) {
   TCase *bwd = tcase_create("backward");
   tcase_set_timeout(bwd, 900);
   tcase_add_loop_test(bwd, test_recipe_backward, 0, nrecipes);
+  tcase_add_loop_test(bwd, test_wy_bwd_many_heads, 0, nrecipes);
   suite_add_tcase(s, bwd);
   return s;
 }

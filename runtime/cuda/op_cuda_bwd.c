@@ -36,13 +36,14 @@ static void bwd_plan_free_(bwd_plan *p) {
 /*
 ** The core backward stage for key. Chunked stages first, in order; one that
 ** answers FLA_UNSUPPORTED passes to the next, and RECURRENT_BWD takes any
-** key the forward takes. CHUNK_BWD (the decay family, bf16) writes dq and dk
+** key the forward takes. CHUNK_BWD (the decay family, bf16) and CHUNK_WY_BWD
+** (the delta rule, bf16) write dq and dk
 ** in the input dtype straight into their tensors, so it is taken only when
 ** q and k have no feature map (a mapped recipe's prep_bwd reads the core's
 ** f32 gradients, which only RECURRENT_BWD writes).
 */
 static fla_status bwd_core_(fla_op *op, const fla_gen_key *key, stage_src *core) {
-  static const fla_stage chunked_[] = {FLA_STAGE_CHUNK_BWD};
+  static const fla_stage chunked_[] = {FLA_STAGE_CHUNK_BWD, FLA_STAGE_CHUNK_WY_BWD};
   fla_ctx *ctx = op->ctx;
   fla_status st = FLA_UNSUPPORTED;
   int mapped = op->ir->feature_q != FLA_FEATURE_IDENTITY || op->ir->feature_k != FLA_FEATURE_IDENTITY;
@@ -59,6 +60,12 @@ static fla_status bwd_core_(fla_op *op, const fla_gen_key *key, stage_src *core)
   }
   if (st == FLA_UNSUPPORTED) st = fla_cuda_gen_stage(op, ctx, FLA_STAGE_RECURRENT_BWD, key, core);
   return st;
+}
+
+/* The chunked core stages write dq, dk, dp, dv in the input dtype straight
+** into the gradient tensors (no PREP_BWD after them). */
+static int grads_in_place_(fla_stage s) {
+  return s == FLA_STAGE_CHUNK_BWD || s == FLA_STAGE_CHUNK_WY_BWD;
 }
 
 static fla_status bwd_plan_(fla_op *op, int in_bf16, int has_h0, int has_dht, bwd_plan *p) {
@@ -78,7 +85,7 @@ static fla_status bwd_plan_(fla_op *op, int in_bf16, int has_h0, int has_dht, bw
     if (maps[i] != FLA_FEATURE_IDENTITY &&
         (st = fla_cuda_gen_stage(op, ctx, FLA_STAGE_PREP_FWD, &pk, &p->fwd[i])) != FLA_OK)
       goto fail;
-    if (p->core.stage == FLA_STAGE_CHUNK_BWD) continue; /* dq, dk written in place */
+    if (grads_in_place_(p->core.stage)) continue; /* dq, dk written in place */
     if ((st = fla_cuda_gen_stage(op, ctx, FLA_STAGE_PREP_BWD, &pk, &p->bwd[i])) != FLA_OK) goto fail;
   }
   return FLA_OK;
@@ -215,11 +222,11 @@ fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_te
   if (ir->bonus >= 0 && d[ir->bonus]) a.dbonus = d[ir->bonus]->dptr;
   a.dh0 = dh0 ? dh0->dptr : 0;
   uint64_t *core_grad[3] = {&a.dq, &a.dk, &a.dp};
-  int chunked = pp->core.stage == FLA_STAGE_CHUNK_BWD;
+  int chunked = grads_in_place_(pp->core.stage);
   for (int i = 0; i < 3; i++) {
     if (raw[i] < 0) continue;
     if (chunked) {
-      /* chunk_bwd writes dq, dk, dv (input dtype) unconditionally: the
+      /* chunk_bwd / chunk_wy_bwd write dq, dk, dp, dv (input dtype) unconditionally: the
       ** caller's tensors, or scratch for those not asked for */
       if (d[raw[i]]) *core_grad[i] = d[raw[i]]->dptr;
       else if ((st = fla_cuda_scratch(ctx, SLOT_DQ + i, esz * (size_t)(a.rows * op->Ks),
