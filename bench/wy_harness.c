@@ -195,7 +195,7 @@ static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev)
       L[1 + wide].grid[0] = (v->hsel == 64) == wide ? (unsigned)(nvh * a->N) : 0;
       /* smem_h_() in gen/stage_chunk_wy.c */
       L[1 + wide].smem = (unsigned)(ns * (2 * 64 * (KP + 8) * 2 + 64 * (bvh + 8) * 2 + 256) +
-                                    bvh * (KP + 8) * 2);
+                                    bvh * (KP + 8) * 2 + bvh * 72 * 2);
     }
   }
   void *params[] = {a};

@@ -32,16 +32,17 @@
 **       and beta .* V rounded to bf16, W and U by mma with T's fragments
 **       rounded to bf16 (as fla's solve_tril output) -> ws0 = W bf16
 **       [tok,H,K], ws1 = U bf16 [tok,H,V].
-**   fla_wy_fwd_h / fla_wy_fwd_h64 (NVH*N, H), 2*BVH threads: one (value
-**       tile of BVH = min(BV, 32) / min(BV, 64) columns, sequence, head),
-**       a warp per 16 value columns; the launcher runs one of the two by the
-**       program count. Sequential over the sequence's chunks with the
-**       TRANSPOSED slice S^T [BVH x K] in fp32 mma accumulators (a warp owns
-**       its 16 value rows over all keys: both products from registers, one
-**       barrier a chunk); per chunk h[c]^T = bf16(S0)^T -> ws0 after W
-**       ([NC,H,V,K]), Vn = U - W h[c] by mma, rounded to bf16 (fla's v_new)
-**       -> ws1 over U, then S = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam)).
-**       K, W, U, gam tiles in 2..4 cp.async stages.
+**   fla_wy_fwd_h / fla_wy_fwd_h64 (NVH*N, H), 8*BVH threads: one (value
+**       tile of BVH = min(BV, 32) / min(BV, 64) columns, sequence, head);
+**       the launcher runs one of the two by the program count. Sequential
+**       over the sequence's chunks with the TRANSPOSED slice S^T [BVH x K]
+**       in fp32 mma accumulators, four warps per 16 value columns (a key
+**       quarter of S^T and a token quarter of the products each; bf16
+**       S0^T and Vd^T exchanged in smem, three barriers a chunk); per chunk
+**       h[c]^T = bf16(S0)^T -> ws0 after W ([NC,H,V,K]), Vn = U - W h[c] by
+**       mma, rounded to bf16 (fla's v_new) -> ws1 over U, then
+**       S = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam)). K, W, U, gam tiles in
+**       2..4 cp.async stages.
 **   fla_wy_fwd_o (NC*NV, H), 128 threads: fully parallel, chunk_fwd's output
 **       of one chunk from Q, K, Vn, h[c]^T and gam (ck_o_chunk without the
 **       update, its Q h[c] product reading the transposed state).
@@ -527,25 +528,31 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
 /* ----------------------------------------- kernel 2: the chunk states */
 
 /* The state kernel keeps the TRANSPOSED state slice S^T [BVH values x KP
-** keys] in fp32 mma accumulators, a warp per 16 value columns owning its 16
-** rows over all keys, so that both products of a chunk run from registers
-** and no warp waits on another's state:
-**   Vn^T = U^T - bf16(S0)^T W^T   A: S0^T's accumulators repacked to bf16 (the
-**                                 C fragments of two n-tiles are the A
-**                                 fragment of one k-step), B: W rows (ldmatrix)
-**   S^T  = 2^gam_L S0^T + Vd^T K  A: Vd^T = Vn^T .* 2^(gam_L - gam), from the
-**                                 previous product's accumulators, B: K
-**                                 (ldmatrix.trans)
-** Only K, W, U and gam come from shared memory (cp.async stages shared by the
-** block's warps); one barrier a chunk. fla_wy_fwd_h takes BVH = min(BV, 32)
-** (2 warps), fla_wy_fwd_h64 min(BV, 64) (4 warps: K and W loaded once for
-** twice the columns); the launcher runs one of them by the program count
-** (gen/stage_chunk_wy.c). These macros read the BVH in scope. */
+** keys] in fp32 mma accumulators. A group of CW_NQ = 4 warps takes 16 value
+** columns; warp kq of the group owns the key quarter kq KQ.. (KQ = KP / 4)
+** of S^T and the token quarter 16 kq.. of the chunk's products:
+**   Hs   = bf16(S0)^T                  each warp its key quarter (A operand,
+**                                      and h[c]^T's rows on their way out)
+**   Vn^T = U^T - Hs W^T                each warp its 16 tokens, all keys
+**   Vs   = Vd^T = Vn^T .* 2^(gam_L - gam)   each warp its 16 tokens
+**   S^T  = 2^gam_L S0^T + Vs K         each warp its key quarter, all tokens
+** so the two exchanges are bf16 tiles in shared memory (no fp32 sums) and
+** each warp's chains are a quarter as long as one warp holding all keys:
+** per chunk and warp 2 x 16 mma (K = 128). Three barriers a chunk. K, W, U
+** and gam arrive in 2..4 cp.async stages shared by the block.
+** fla_wy_fwd_h takes BVH = min(BV, 32) (8 warps), fla_wy_fwd_h64 min(BV, 64)
+** (16 warps: K and W loaded once for twice the columns); the launcher runs
+** one of them by the program count (gen/stage_chunk_wy.c). These macros
+** read the BVH in scope. */
 #define CW_BVH32 (FLA_BV < 32 ? FLA_BV : 32)
 #define CW_BVH64 (FLA_BV < 64 ? FLA_BV : 64)
 #define CW_NVH ((FLA_V + BVH - 1) / BVH)
 #define CW_LDVH (BVH + 8)
-#define CW_NKT (CK_KP / 8) /* key n-tiles of a warp's S^T rows */
+#define CW_NQ 4             /* warps a 16-value group: key / token quarters */
+#define CW_KQ (CK_KP / 4)   /* keys a warp owns (16, 32 or 64)              */
+#define CW_QT (CW_KQ / 8)   /* their n-tiles                                */
+#define CW_LDT (CK_BT + 8)  /* Vs row stride                                */
+#define CW_NTHH (32 * CW_NQ * (BVH / 16))
 
 /* Where the chunk states start in ws0 (after W, 16-byte aligned):
 ** h[c]^T bf16 [NC, H, V, K] (keys contiguous: the output kernel's B operand). */
@@ -556,8 +563,7 @@ __device__ __forceinline__ unsigned short *cw_hws(const fla_kernel_args &a) {
 
 /* The state kernel's pipeline depth: with few programs (long sequences,
 ** few heads: about one block a SM) CW_NS_FEW chunks' loads are in flight,
-** else 2 stages and two blocks a SM. Keep in step with stages_h_() in
-** gen/stage_chunk_wy.c. */
+** else 2 stages. Keep in step with stages_h_() in gen/stage_chunk_wy.c. */
 #ifndef CW_FEW /* a harness knob: 0 keeps 2 stages always */
 #define CW_FEW 128
 #endif
@@ -578,28 +584,28 @@ __device__ __forceinline__ void cw_wait_pending(int n) {
     asm volatile("cp.async.wait_group 0;\n" ::);
 }
 
-/* S^T slice from / to a head's K x V f32 state (h0, ht): thread (g, q) of
-** the warp holds value vb + g (+8 for elements 2, 3), keys 8 j + 2 q (+1
-** for elements 1, 3). */
-__device__ __forceinline__ void cw_st_load(float (&S)[CW_NKT][4], const float *src, int vb,
+/* A warp's S^T from / to a head's K x V f32 state (h0, ht): thread (g, q)
+** holds value vb + g (+8 for elements 2, 3), keys kb + 8 j + 2 q (+1 for
+** elements 1, 3). */
+__device__ __forceinline__ void cw_st_load(float (&S)[CW_QT][4], const float *src, int vb, int kb,
                                            int lane) {
   const int g = lane >> 2, q = lane & 3;
 #pragma unroll
-  for (int j = 0; j < CW_NKT; j++)
+  for (int j = 0; j < CW_QT; j++)
 #pragma unroll
     for (int e = 0; e < 4; e++) {
-      const int key = 8 * j + 2 * q + (e & 1), val = vb + g + (e >> 1) * 8;
+      const int key = kb + 8 * j + 2 * q + (e & 1), val = vb + g + (e >> 1) * 8;
       S[j][e] = (src && key < FLA_K && val < FLA_V) ? src[(long long)key * FLA_V + val] : 0.0f;
     }
 }
-__device__ __forceinline__ void cw_st_store(const float (&S)[CW_NKT][4], float *dst, int vb,
+__device__ __forceinline__ void cw_st_store(const float (&S)[CW_QT][4], float *dst, int vb, int kb,
                                             int lane) {
   const int g = lane >> 2, q = lane & 3;
 #pragma unroll
-  for (int j = 0; j < CW_NKT; j++)
+  for (int j = 0; j < CW_QT; j++)
 #pragma unroll
     for (int e = 0; e < 4; e++) {
-      const int key = 8 * j + 2 * q + (e & 1), val = vb + g + (e >> 1) * 8;
+      const int key = kb + 8 * j + 2 * q + (e & 1), val = vb + g + (e >> 1) * 8;
       if (key < FLA_K && val < FLA_V) dst[(long long)key * FLA_V + val] = S[j][e];
     }
 }
@@ -611,14 +617,13 @@ __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_ch
                                            int h, int v0, int vcols, int veck, int vecv,
                                            unsigned short *Kd, unsigned short *Wd,
                                            unsigned short *Ud, float *gd, int tid) {
-  constexpr int NTH = 2 * BVH;
   const long long H = a.H, ro = x.t0 * H + h;
-  ck_load_tile<CK_KP, CK_LDQ, NTH>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
-                                   x.rows, FLA_K, veck, tid);
-  ck_load_tile<CK_KP, CK_LDQ, NTH>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
-                                   x.rows, FLA_K, veck, tid);
-  ck_load_tile<BVH, CW_LDVH, NTH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0, H * FLA_V,
-                                  x.rows, vcols, vecv, tid);
+  ck_load_tile<CK_KP, CK_LDQ, CW_NTHH>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
+                                       x.rows, FLA_K, veck, tid);
+  ck_load_tile<CK_KP, CK_LDQ, CW_NTHH>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
+                                       x.rows, FLA_K, veck, tid);
+  ck_load_tile<BVH, CW_LDVH, CW_NTHH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
+                                      H * FLA_V, x.rows, vcols, vecv, tid);
 #if FLA_DECAY
   if (tid < CK_BT / 4) ck_cp16(ck_smem(gd + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
 #else
@@ -626,16 +631,17 @@ __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_ch
 #endif
 }
 
-/* Program (value tile vt, sequence n, head h), its chunks in order; warp w
-** owns value columns v0 + 16 w .. + 16 (vw of them real). Per chunk, S0 = S:
+/* Program (value tile vt, sequence n, head h), its chunks in order. Warp w:
+** value group grp = w / 4 (columns v0 + 16 grp.., vw of them real), quarter
+** kq = w % 4. Per chunk, S0 = S:
 **   h[c]^T = bf16(S0)^T                -> ws0 after W ([NC,H,V,K] bf16)
 **   Vn     = U - W h[c]                -> ws1 over U (bf16)
 **   S      = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam))
-** gam comes from fla_wy_prep (cw_gws). h[c]^T rows leave through the warp's
-** rows of Hs, Vn through its columns of the U stage (16-byte stores). The
-** loads of the next ns - 1 chunks are in flight while one is computed.
-** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Hs [BVH][LDQ]
-** bf16, gs [ns][64] f32. */
+** gam comes from fla_wy_prep (cw_gws). Vn leaves through the U stage
+** (16-byte stores), h[c]^T from Hs. Barriers: the stage is in and chunk
+** c - 1 is done | Hs written | Vs written.
+** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Hs [BVH][LDQ],
+** Vs [BVH][LDT] bf16, gs [ns][64] f32. */
 template <int BVH>
 __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char *ck_sm) {
   const int ns = cw_stages<BVH>(a);
@@ -643,27 +649,30 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   unsigned short *Ws = Ks + ns * CK_BT * CK_LDQ;
   unsigned short *Us = Ws + ns * CK_BT * CK_LDQ;
   unsigned short *Hs = Us + ns * CK_BT * CW_LDVH;
-  float *gs = (float *)(Hs + BVH * CK_LDQ);
+  unsigned short *Vs = Hs + BVH * CK_LDQ;
+  float *gs = (float *)(Vs + BVH * CW_LDT);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const int grp = w / CW_NQ, kq = w % CW_NQ;
   const int vt = blockIdx.x % CW_NVH;
   const int n = blockIdx.x / CW_NVH;
   const int h = blockIdx.y;
   if (n >= a.N) return;
   const int v0 = vt * BVH;
   const int vcols = FLA_V - v0 < BVH ? FLA_V - v0 : BVH;
-  const int vw0 = 16 * w, vw = vcols - vw0; /* the warp's columns: vw <= 0 none, >= 16 all */
+  const int vw = vcols - 16 * grp; /* the group's real columns: <= 0 none, >= 16 all */
   const long long H = a.H;
   const long long KV = (long long)FLA_K * FLA_V;
   const long long *cf = (const long long *)a.chunk_first;
   const long long c0 = cf[n], c1 = cf[n + 1];
   const float *h0 = FLA_HAS_H0 ? (const float *)a.h0 : (const float *)0;
   const float *h0n = h0 ? h0 + ((long long)n * H + h) * KV : h0;
+  const int kb = kq * CW_KQ, tb = 16 * kq; /* the warp's keys and tokens */
 
-  float S[CW_NKT][4];
-  cw_st_load(S, h0n, v0 + vw0, lane);
+  float S[CW_QT][4];
+  cw_st_load(S, h0n, v0 + 16 * grp, kb, lane);
   if (c0 >= c1) {
 #if FLA_STORE_HT
-    cw_st_store(S, (float *)a.ht + ((long long)n * H + h) * KV, v0 + vw0, lane);
+    cw_st_store(S, (float *)a.ht + ((long long)n * H + h) * KV, v0 + 16 * grp, kb, lane);
 #endif
     return;
   }
@@ -672,7 +681,8 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   const int veck = (FLA_K % 8 == 0) && (((a.k | a.ws0) & 15) == 0);
   const int vecv = (FLA_V % 8 == 0) && ((a.ws1 & 15) == 0);
   const int vech = (FLA_K % 8 == 0) && ((a.ws0 & 15) == 0);
-  unsigned short *Hw = Hs + vw0 * CK_LDQ; /* the warp's 16 rows of h[c]^T */
+  unsigned short *Hg = Hs + 16 * grp * CK_LDQ; /* the group's 16 rows */
+  unsigned short *Vg = Vs + 16 * grp * CW_LDT;
 
   /* the first ns - 1 stages; a group is committed for every stage, empty
   ** past the last chunk, so that wait_group counts the same throughout */
@@ -695,7 +705,7 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   for (long long c = c0; c < c1; c++) {
     const int rows = x.rows;
     cw_wait_pending(ns - 2);
-    __syncthreads(); /* chunk c's stage is in; every warp is done with chunk c - 1's */
+    __syncthreads(); /* chunk c's stage is in; every warp is done with chunk c - 1 */
     {
       const int fb = buf == 0 ? ns - 1 : buf - 1;
       if (cfe < c1) {
@@ -711,76 +721,74 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
     unsigned short *Ub = Us + buf * CK_BT * CW_LDVH;
     const float *gam = gs + buf * CK_BT;
 
-    /* acc = bf16(S0)^T W^T (values x tokens); bf16(S0)^T's rows to Hw */
-    float acc[CK_BT / 8][4];
+    /* Hs = bf16(S0)^T: the warp's key quarter */
 #pragma unroll
-    for (int j = 0; j < CK_BT / 8; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < CK_KP / 16; kk++) {
-      unsigned sa[4];
-      sa[0] = ck_pack(S[2 * kk][0], S[2 * kk][1]);
-      sa[1] = ck_pack(S[2 * kk][2], S[2 * kk][3]);
-      sa[2] = ck_pack(S[2 * kk + 1][0], S[2 * kk + 1][1]);
-      sa[3] = ck_pack(S[2 * kk + 1][2], S[2 * kk + 1][3]);
-      *(unsigned *)(Hw + g * CK_LDQ + 16 * kk + 2 * q) = sa[0];
-      *(unsigned *)(Hw + (g + 8) * CK_LDQ + 16 * kk + 2 * q) = sa[1];
-      *(unsigned *)(Hw + g * CK_LDQ + 16 * kk + 8 + 2 * q) = sa[2];
-      *(unsigned *)(Hw + (g + 8) * CK_LDQ + 16 * kk + 8 + 2 * q) = sa[3];
-#pragma unroll
-      for (int np = 0; np < CK_BT / 16; np++) {
-        unsigned wb[4];
-        ck_ldm4(wb, ck_smem(Wb + (16 * np + (lane >> 4) * 8 + (lane & 7)) * CK_LDQ + 16 * kk +
-                            ((lane >> 3) & 1) * 8));
-        ck_mma(acc[2 * np], sa, wb[0], wb[1]);
-        ck_mma(acc[2 * np + 1], sa, wb[2], wb[3]);
-      }
+    for (int j2 = 0; j2 < CW_QT / 2; j2++) {
+      const int col = kb + 16 * j2 + 2 * q;
+      *(unsigned *)(Hg + g * CK_LDQ + col) = ck_pack(S[2 * j2][0], S[2 * j2][1]);
+      *(unsigned *)(Hg + (g + 8) * CK_LDQ + col) = ck_pack(S[2 * j2][2], S[2 * j2][3]);
+      *(unsigned *)(Hg + g * CK_LDQ + col + 8) = ck_pack(S[2 * j2 + 1][0], S[2 * j2 + 1][1]);
+      *(unsigned *)(Hg + (g + 8) * CK_LDQ + col + 8) = ck_pack(S[2 * j2 + 1][2], S[2 * j2 + 1][3]);
     }
-    __syncwarp();
-    { /* h[c]^T: the warp's value rows, keys contiguous */
-      unsigned short *hc = hws + (c * H + h) * KV + (long long)(v0 + vw0) * FLA_K;
-      for (int p = lane; p < 16 * (CK_KP / 8); p += 32) {
-        const int r = p / (CK_KP / 8), cc = (p % (CK_KP / 8)) * 8;
+    __syncthreads();
+    { /* h[c]^T: the group's rows 4 kq .. 4 kq + 3, keys contiguous */
+      unsigned short *hc = hws + (c * H + h) * KV + (long long)(v0 + 16 * grp) * FLA_K;
+#pragma unroll
+      for (int p = lane; p < 4 * (CK_KP / 8); p += 32) {
+        const int r = 4 * kq + p / (CK_KP / 8), cc = (p % (CK_KP / 8)) * 8;
         if (r >= vw || cc >= FLA_K) continue;
         if (vech) {
-          *(uint4 *)(hc + (long long)r * FLA_K + cc) = *(const uint4 *)(Hw + r * CK_LDQ + cc);
+          *(uint4 *)(hc + (long long)r * FLA_K + cc) = *(const uint4 *)(Hg + r * CK_LDQ + cc);
         } else {
           for (int e = 0; e < 8 && cc + e < FLA_K; e++)
-            hc[(long long)r * FLA_K + cc + e] = Hw[r * CK_LDQ + cc + e];
+            hc[(long long)r * FLA_K + cc + e] = Hg[r * CK_LDQ + cc + e];
         }
       }
     }
 
-    /* Vn^T = U^T - acc (rounded to bf16: fla's v_new) over the warp's
-    ** columns of the U stage; vd = the update's A fragments of
-    ** Vd^T = Vn^T .* 2^(gam_L - gam) (from the fp32 values, as fla) */
+    /* acc = Hs W^T for the warp's 16 tokens (values x tokens), all keys */
+    float acc[2][4];
+#pragma unroll
+    for (int j = 0; j < 2; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < CK_KP / 16; kk++) {
+      unsigned sa[4], wb[4];
+      ck_ldm4(sa, ck_smem(Hg + (lane & 15) * CK_LDQ + 16 * kk + (lane >> 4) * 8));
+      ck_ldm4(wb, ck_smem(Wb + (tb + (lane >> 4) * 8 + (lane & 7)) * CK_LDQ + 16 * kk +
+                          ((lane >> 3) & 1) * 8));
+      ck_mma(acc[0], sa, wb[0], wb[1]);
+      ck_mma(acc[1], sa, wb[2], wb[3]);
+    }
+
+    /* Vn^T = U^T - acc (rounded to bf16: fla's v_new) over the U stage;
+    ** Vs = Vn^T .* 2^(gam_L - gam) rounded to bf16 (from the fp32 values,
+    ** as fla) */
 #if FLA_DECAY
     const float gL = gam[rows - 1];
 #endif
-    unsigned vd[CK_BT / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < CK_BT / 16; kk++) {
-      unsigned ur[4]; /* U^T's C fragments of n-tiles 2kk, 2kk + 1 */
-      ck_ldm4t(ur, ck_smem(Ub + (16 * kk + (lane >> 4) * 8 + (lane & 7)) * CW_LDVH + vw0 +
+    {
+      unsigned ur[4]; /* U^T's C fragments: tokens tb.. (ur 0, 1), tb + 8.. (ur 2, 3) */
+      ck_ldm4t(ur, ck_smem(Ub + (tb + (lane >> 4) * 8 + (lane & 7)) * CW_LDVH + 16 * grp +
                            ((lane >> 3) & 1) * 8));
 #pragma unroll
       for (int hf = 0; hf < 2; hf++) {
-        const int j = 2 * kk + hf, t = 8 * j + 2 * q;
+        const int t = tb + 8 * hf + 2 * q;
 #if FLA_DECAY
         const float f0 = exp2f(gL - gam[t]), f1 = exp2f(gL - gam[t + 1]);
 #else
         const float f0 = 1.0f, f1 = 1.0f;
 #endif
         const unsigned ua = ur[2 * hf], ub = ur[2 * hf + 1];
-        const float a0 = __uint_as_float(ua << 16) - acc[j][0];
-        const float a1 = __uint_as_float(ua & 0xffff0000u) - acc[j][1];
-        const float b0 = __uint_as_float(ub << 16) - acc[j][2];
-        const float b1 = __uint_as_float(ub & 0xffff0000u) - acc[j][3];
+        const float a0 = __uint_as_float(ua << 16) - acc[hf][0];
+        const float a1 = __uint_as_float(ua & 0xffff0000u) - acc[hf][1];
+        const float b0 = __uint_as_float(ub << 16) - acc[hf][2];
+        const float b1 = __uint_as_float(ub & 0xffff0000u) - acc[hf][3];
         const unsigned na = ck_pack(a0, a1), nb = ck_pack(b0, b1);
-        vd[kk][2 * hf] = ck_pack(f0 * a0, f1 * a1);
-        vd[kk][2 * hf + 1] = ck_pack(f0 * b0, f1 * b1);
-        unsigned short *u0 = Ub + t * CW_LDVH + vw0 + g;
+        *(unsigned *)(Vg + g * CW_LDT + t) = ck_pack(f0 * a0, f1 * a1);
+        *(unsigned *)(Vg + (g + 8) * CW_LDT + t) = ck_pack(f0 * b0, f1 * b1);
+        unsigned short *u0 = Ub + t * CW_LDVH + 16 * grp + g;
         u0[0] = (unsigned short)(na & 0xffffu);
         u0[CW_LDVH] = (unsigned short)(na >> 16);
         u0[8] = (unsigned short)(nb & 0xffffu);
@@ -788,53 +796,60 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
       }
     }
     __syncwarp();
-    { /* Vn: the chunk's rows of the warp's columns */
-      unsigned short *vr = up + (x.t0 * H + h) * FLA_V + v0 + vw0;
-      for (int p = lane; p < CK_BT * 2; p += 32) {
-        const int r = p >> 1, cc = (p & 1) * 8;
-        if (r >= rows || cc >= vw) continue;
+    { /* Vn: the warp's 16 token rows of the group's columns, a piece a lane */
+      const int r = tb + (lane >> 1), cc = (lane & 1) * 8;
+      if (r < rows && cc < vw) {
+        unsigned short *vr = up + ((x.t0 + r) * H + h) * FLA_V + v0 + 16 * grp + cc;
+        const unsigned short *sr = Ub + r * CW_LDVH + 16 * grp + cc;
         if (vecv) {
-          *(uint4 *)(vr + r * H * FLA_V + cc) = *(const uint4 *)(Ub + r * CW_LDVH + vw0 + cc);
+          *(uint4 *)vr = *(const uint4 *)sr;
         } else {
-          for (int e = 0; e < 8 && cc + e < vw; e++)
-            vr[r * H * FLA_V + cc + e] = Ub[r * CW_LDVH + vw0 + cc + e];
+          for (int e = 0; e < 8 && cc + e < vw; e++) vr[e] = sr[e];
         }
       }
     }
+    __syncthreads(); /* Vs complete */
 
-    /* S^T = 2^gam_L S0^T + Vd^T K */
+    /* S^T = 2^gam_L S0^T + Vs K over the warp's key quarter */
 #if FLA_DECAY
     {
       const float eL = exp2f(gL);
 #pragma unroll
-      for (int j = 0; j < CW_NKT; j++)
+      for (int j = 0; j < CW_QT; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) S[j][e] *= eL;
     }
 #endif
 #pragma unroll
-    for (int kk = 0; kk < CK_BT / 16; kk++)
+    for (int kk = 0; kk < CK_BT / 16; kk++) {
+      unsigned va[4];
+      ck_ldm4(va, ck_smem(Vg + (lane & 15) * CW_LDT + 16 * kk + (lane >> 4) * 8));
 #pragma unroll
-      for (int np = 0; np < CK_KP / 16; np++) {
-        unsigned kb[4];
-        ck_ldm4t(kb, ck_smem(Kb + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * CK_LDQ +
+      for (int np = 0; np < CW_QT / 2; np++) {
+        unsigned kf[4];
+        ck_ldm4t(kf, ck_smem(Kb + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * CK_LDQ + kb +
                              16 * np + (lane >> 4) * 8));
-        ck_mma(S[2 * np], vd[kk], kb[0], kb[1]);
-        ck_mma(S[2 * np + 1], vd[kk], kb[2], kb[3]);
+        ck_mma(S[2 * np], va, kf[0], kf[1]);
+        ck_mma(S[2 * np + 1], va, kf[2], kf[3]);
       }
+    }
 #if FLA_STORE_HT
-    if (x.last) cw_st_store(S, (float *)a.ht + ((long long)n * H + h) * KV, v0 + vw0, lane);
+    if (x.last) cw_st_store(S, (float *)a.ht + ((long long)n * H + h) * KV, v0 + 16 * grp, kb, lane);
 #endif
     if (c + 1 < c1) ck_chunk_next(a, c, x);
     buf = buf + 1 == ns ? 0 : buf + 1;
   }
 }
 
-extern "C" __global__ void __launch_bounds__(2 * CW_BVH32, 1) fla_wy_fwd_h(fla_kernel_args a) {
+/* the narrow kernel: two blocks a SM fit when the pipeline is 2 deep (many
+** programs), hence at most 128 registers */
+extern "C" __global__ void __launch_bounds__(32 * CW_NQ * (CW_BVH32 / 16), 2)
+    fla_wy_fwd_h(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   cw_fwd_h<CW_BVH32>(a, ck_sm);
 }
-extern "C" __global__ void __launch_bounds__(2 * CW_BVH64, 1) fla_wy_fwd_h64(fla_kernel_args a) {
+extern "C" __global__ void __launch_bounds__(32 * CW_NQ * (CW_BVH64 / 16), 1)
+    fla_wy_fwd_h64(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   cw_fwd_h<CW_BVH64>(a, ck_sm);
 }
