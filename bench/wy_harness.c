@@ -193,9 +193,8 @@ static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev)
       int64_t nvh = (v->key.V + bvh - 1) / bvh, prog = nvh * a->N * a->H;
       int ns = prog <= 128 && KP <= 128 ? 4 : 2;
       L[1 + wide].grid[0] = (v->hsel == 64) == wide ? (unsigned)(nvh * a->N) : 0;
-      /* smem_h_() in gen/stage_chunk_wy.c */
       L[1 + wide].smem = (unsigned)(ns * (2 * 64 * (KP + 8) * 2 + 64 * (bvh + 8) * 2 + 256) +
-                                    bvh * (KP + 8) * 2 + bvh * 72 * 2);
+                                    (KP + (bvh > 32 ? 0 : 64)) * (bvh + 8) * 2);
     }
   }
   void *params[] = {a};

@@ -17,21 +17,18 @@
 ** Four kernels, three launched (grid, block, dynamic shared memory):
 **   fla_wy_prep    (NC, H)      128   NBP*64*(KP+8)*2 + 64*(VP+8)*2 + 2*64*68*4
 **                                      + 3*64*4
-**   fla_wy_fwd_h   (NVH*N, H)   8*BVH NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
-**                                      + BVH*(KP+8)*2 + BVH*72*2
+**   fla_wy_fwd_h   (NVH*N, H)   128   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
+**                                      + (KP + (BVH > 32 ? 0 : 64))*(BVH+8)*2
 **   or fla_wy_fwd_h64 (the same with the wide BVH; the other gets grid 0)
-**   fla_wy_fwd_o   (NC*NV, H)   128   2*64*(KP+8)*2 + 64*(BV+8)*2 + BVR*(KP+8)*2 + 256
-** KP = K rounded up to 64, VP = V rounded up to 64, BVR = BV rounded up to
-** 64, NBP = 2 with a probe
+**   fla_wy_fwd_o   (NC*NV, H)   128   2*64*(KP+8)*2 + 64*(BV+8)*2 + KP*(BV+8)*2 + 256
+** KP = K rounded up to 64, VP = V rounded up to 64, NBP = 2 with a probe
 ** (p and k tiles) else 1, NV = ceil(V/BV). The sequential state kernel
 ** takes BVH = min(BV, 32) value columns (more programs, a short chain a
 ** chunk), or min(BV, 64) when min(BV, 32) would give more than WY_MANY
-** programs (K and W loaded once for twice the columns); four warps per 16
-** value columns (the state slice transposed in registers, a key quarter a
-** warp); NVH = ceil(V/BVH),
+** programs (K and W loaded once for twice the columns); NVH = ceil(V/BVH),
 ** NS = its pipeline stages (4 when NVH*N*H <= 128 and KP <= 128, else 2).
 ** Workspaces: ws0 = W bf16 [total, H, K] (padded to 16 bytes), then the chunk
-** states, transposed: h^T bf16 [NC, H, V, K]; ws1 = U bf16 [total, H, V], overwritten with Vn
+** states h bf16 [NC, H, K, V]; ws1 = U bf16 [total, H, V], overwritten with Vn
 ** by fla_wy_fwd_h, then the chunks' gate sums gam f32 [NC, H, 64] (written
 ** by fla_wy_prep, read by the other two).
 ** Both kernels can need more than 48 KiB of shared memory: the launcher
@@ -85,19 +82,17 @@ static int stages_h_(const fla_gen_key *key, const fla_tile_config *cfg, int wid
   return nvh * N * H <= WY_FEW ? stages_few_(key) : 2;
 }
 
-/* ns stages of K, W, U, gam; Hs = bf16(S0)^T and Vs = Vd^T (the warps'
-** exchanges, chunk_wy_fwd.cuh). */
+/* Vd has its own 64 rows unless BVH > 32 (then it lies over Ss). */
 static unsigned smem_h_(const fla_gen_key *key, const fla_tile_config *cfg, int wide, int ns) {
   int KP = kp_(key->K), bv = bvh_(cfg, wide);
   return (unsigned)(ns * (2 * WY_BT * (KP + 8) * 2 + WY_BT * (bv + 8) * 2 + WY_BT * 4) +
-                    bv * (KP + 8) * 2 + bv * (WY_BT + 8) * 2);
+                    (KP + (bv > 32 ? 0 : WY_BT)) * (bv + 8) * 2);
 }
 
 static unsigned smem_o_(const fla_gen_key *key, const fla_tile_config *cfg) {
   int KP = kp_(key->K);
-  int bvr = (cfg->BV + WY_BT - 1) / WY_BT * WY_BT;
   return (unsigned)(2 * WY_BT * (KP + 8) * 2 + WY_BT * (cfg->BV + 8) * 2 +
-                    bvr * (KP + 8) * 2 + 256);
+                    KP * (cfg->BV + 8) * 2 + 256);
 }
 
 static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {
@@ -136,8 +131,8 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
   if (cfg->BV < 16 || cfg->BV > 128 || cfg->BV % 16)
     return fla_set_error(ctx, FLA_INVALID, "chunk_wy_fwd: BV %d (a multiple of 16 in 16..128)",
                          cfg->BV);
-  /* the state kernel: a warp's 16 value rows over KP / 4 keys, KP / 8 fp32
-  ** registers a thread; the output kernel holds BV / 2 */
+  /* the state kernel's slice is K x min(BV, 32): at most 64 registers a
+  ** thread for K <= 256; the output kernel holds BV / 2 accumulators */
   unsigned smh = smem_h_(key, cfg, 1, stages_few_(key));
   if (smh > WY_SMEM_MAX || smem_o_(key, cfg) > WY_SMEM_MAX || smem_prep_(key) > WY_SMEM_MAX)
     return fla_set_error(ctx, FLA_INVALID, "chunk_wy_fwd: %u / %u / %u bytes of shared memory",
@@ -162,7 +157,7 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
     int64_t NVH = (key->V + bvh_(cfg, wide) - 1) / bvh_(cfg, wide);
     int on = wide == wide_(key, cfg, N, H);
     fla_chunk_launch_set(&out[1 + wide], wide ? "fla_wy_fwd_h64" : "fla_wy_fwd_h",
-                         on ? (unsigned)(NVH * N) : 0, (unsigned)H, 8 * bvh_(cfg, wide),
+                         on ? (unsigned)(NVH * N) : 0, (unsigned)H, 32 * WY_WARPS,
                          smem_h_(key, cfg, wide, stages_h_(key, cfg, wide, N, H)));
     if (!on) out[1 + wide].grid[0] = 0; /* fla_cuda_run_stage skips an empty grid */
   }

@@ -32,20 +32,17 @@
 **       and beta .* V rounded to bf16, W and U by mma with T's fragments
 **       rounded to bf16 (as fla's solve_tril output) -> ws0 = W bf16
 **       [tok,H,K], ws1 = U bf16 [tok,H,V].
-**   fla_wy_fwd_h / fla_wy_fwd_h64 (NVH*N, H), 8*BVH threads: one (value
-**       tile of BVH = min(BV, 32) / min(BV, 64) columns, sequence, head);
-**       the launcher runs one of the two by the program count. Sequential
-**       over the sequence's chunks with the TRANSPOSED slice S^T [BVH x K]
-**       in fp32 mma accumulators, four warps per 16 value columns (a key
-**       quarter of S^T and a token quarter of the products each; bf16
-**       S0^T and Vd^T exchanged in smem, three barriers a chunk); per chunk
-**       h[c]^T = bf16(S0)^T -> ws0 after W ([NC,H,V,K]), Vn = U - W h[c] by
-**       mma, rounded to bf16 (fla's v_new) -> ws1 over U, then
-**       S = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam)). K, W, U, gam tiles in
-**       2..4 cp.async stages.
+**   fla_wy_fwd_h / fla_wy_fwd_h64 (NVH*N, H), 128 threads: one (value tile
+**       of BVH = min(BV, 32) / min(BV, 64) columns, sequence, head), the
+**       launcher runs one of the two by the program count; sequential over
+**       the sequence's chunks with the K x BVH state slice in fp32 registers
+**       (chunk_fwd's layout); per chunk h[c] = bf16(S0) -> ws0 after W
+**       ([NC,H,K,V]), Vn = U - W h[c] by mma, rounded to bf16 (fla's v_new)
+**       -> ws1 over U, then S = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam)).
+**       K, W, U, gam tiles in 2..4 cp.async stages.
 **   fla_wy_fwd_o (NC*NV, H), 128 threads: fully parallel, chunk_fwd's output
-**       of one chunk from Q, K, Vn, h[c]^T and gam (ck_o_chunk without the
-**       update, its Q h[c] product reading the transposed state).
+**       of one chunk from Q, K, Vn, h[c] and gam (ck_o_chunk without the
+**       update).
 ** The helpers below (primitives, chunk walk, tile loads, gate scan, state in
 ** registers, ck_o_chunk) are copied from chunk_fwd.cuh: keep them in step.
 */
@@ -181,9 +178,9 @@ __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const un
     }
 #pragma unroll
     for (int np = 0; np < CK_NT / 2; np++) {
-      unsigned sb[4]; /* Ss holds h[c]^T [val][key] (chunk_fwd: h[c] [key][val], .trans) */
-      ck_ldm4(sb, ck_smem(Ss + (16 * np + (lane >> 4) * 8 + (lane & 7)) * CK_LDQ + kk * 16 +
-                          ((lane >> 3) & 1) * 8));
+      unsigned sb[4];
+      ck_ldm4t(sb, ck_smem(Ss + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * CK_LDV +
+                           16 * np + (lane >> 4) * 8));
       ck_mma(oacc[2 * np], qa, sb[0], sb[1]);
       ck_mma(oacc[2 * np + 1], qa, sb[2], sb[3]);
     }
@@ -527,43 +524,29 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
 
 /* ----------------------------------------- kernel 2: the chunk states */
 
-/* The state kernel keeps the TRANSPOSED state slice S^T [BVH values x KP
-** keys] in fp32 mma accumulators. A group of CW_NQ = 4 warps takes 16 value
-** columns; warp kq of the group owns the key quarter kq KQ.. (KQ = KP / 4)
-** of S^T and the token quarter 16 kq.. of the chunk's products:
-**   Hs   = bf16(S0)^T                  each warp its key quarter (A operand,
-**                                      and h[c]^T's rows on their way out)
-**   Vn^T = U^T - Hs W^T                each warp its 16 tokens, all keys
-**   Vs   = Vd^T = Vn^T .* 2^(gam_L - gam)   each warp its 16 tokens
-**   S^T  = 2^gam_L S0^T + Vs K         each warp its key quarter, all tokens
-** so the two exchanges are bf16 tiles in shared memory (no fp32 sums) and
-** each warp's chains are a quarter as long as one warp holding all keys:
-** per chunk and warp 2 x 16 mma (K = 128). Three barriers a chunk. K, W, U
-** and gam arrive in 2..4 cp.async stages shared by the block.
-** fla_wy_fwd_h takes BVH = min(BV, 32) (8 warps), fla_wy_fwd_h64 min(BV, 64)
-** (16 warps: K and W loaded once for twice the columns); the launcher runs
-** one of them by the program count (gen/stage_chunk_wy.c). These macros
-** read the BVH in scope. */
+/* The state kernel's value tile BVH is a template parameter: fla_wy_fwd_h
+** takes min(BV, 32) columns (more programs, a short chain a chunk: long
+** sequences, few heads), fla_wy_fwd_h64 min(BV, 64) (half the programs,
+** each loading K and W once for twice the columns: many heads). The
+** launcher runs one of them by the program count (gen/stage_chunk_wy.c).
+** These macros read the BVH in scope. */
 #define CW_BVH32 (FLA_BV < 32 ? FLA_BV : 32)
 #define CW_BVH64 (FLA_BV < 64 ? FLA_BV : 64)
+#define CW_NTH (BVH / 8)
 #define CW_NVH ((FLA_V + BVH - 1) / BVH)
 #define CW_LDVH (BVH + 8)
-#define CW_NQ 4             /* warps a 16-value group: key / token quarters */
-#define CW_KQ (CK_KP / 4)   /* keys a warp owns (16, 32 or 64)              */
-#define CW_QT (CW_KQ / 8)   /* their n-tiles                                */
-#define CW_LDT (CK_BT + 8)  /* Vs row stride                                */
-#define CW_NTHH (32 * CW_NQ * (BVH / 16))
 
-/* Where the chunk states start in ws0 (after W, 16-byte aligned):
-** h[c]^T bf16 [NC, H, V, K] (keys contiguous: the output kernel's B operand). */
+/* Where the chunk states start in ws0 (after W, 16-byte aligned). */
 __device__ __forceinline__ unsigned short *cw_hws(const fla_kernel_args &a) {
   const unsigned long long wbytes = ((unsigned long long)a.total * a.H * FLA_K * 2 + 15) / 16 * 16;
   return (unsigned short *)(a.ws0 + wbytes);
 }
 
 /* The state kernel's pipeline depth: with few programs (long sequences,
-** few heads: about one block a SM) CW_NS_FEW chunks' loads are in flight,
-** else 2 stages. Keep in step with stages_h_() in gen/stage_chunk_wy.c. */
+** few heads: about one block a SM) the loads of CW_NS_FEW chunks are in
+** flight to hide the memory latency on the sequential path; with many, 2
+** stages and two blocks a SM. Keep in step with stages_h_() in
+** gen/stage_chunk_wy.c. */
 #ifndef CW_FEW /* a harness knob: 0 keeps 2 stages always */
 #define CW_FEW 128
 #endif
@@ -573,42 +556,71 @@ __device__ __forceinline__ int cw_stages(const fla_kernel_args &a) {
   return (long long)CW_NVH * a.N * a.H <= CW_FEW ? CW_NS_FEW : 2;
 }
 
-/* cp.async.wait_group n for n = ns - 2 in 0..2 (the chunk about to be used
-** has landed, the ns - 2 after it may still be in flight). */
-__device__ __forceinline__ void cw_wait_pending(int n) {
-  if (n >= 2)
+/* cp.async.wait_group ns - 1: the oldest of ns groups in flight has landed. */
+__device__ __forceinline__ void cw_wait_oldest(int ns) {
+  if (ns >= 4)
+    asm volatile("cp.async.wait_group 3;\n" ::);
+  else if (ns == 3)
     asm volatile("cp.async.wait_group 2;\n" ::);
-  else if (n == 1)
-    asm volatile("cp.async.wait_group 1;\n" ::);
   else
-    asm volatile("cp.async.wait_group 0;\n" ::);
+    asm volatile("cp.async.wait_group 1;\n" ::);
 }
 
-/* A warp's S^T from / to a head's K x V f32 state (h0, ht): thread (g, q)
-** holds value vb + g (+8 for elements 2, 3), keys kb + 8 j + 2 q (+1 for
-** elements 1, 3). */
-__device__ __forceinline__ void cw_st_load(float (&S)[CW_QT][4], const float *src, int vb, int kb,
-                                           int lane) {
-  const int g = lane >> 2, q = lane & 3;
+/* S = 2^gam_L S + K^T Vd, Vd = Vn .* 2^(gam_L - gam) rounded to bf16 (as
+** fla's chunk_delta_h scales v_new, not k): ck_state_update without the
+** gate work on the K fragments. */
+template <int BVH>
+__device__ __forceinline__ void cw_state_update(float (&S)[CK_MT][CW_NTH][4],
+                                                const unsigned short *Ks, const unsigned short *Vs,
+                                                const float *gam, int rows, int w, int lane) {
+#if FLA_DECAY
+  const float eL = exp2f(gam[rows - 1]);
 #pragma unroll
-  for (int j = 0; j < CW_QT; j++)
+  for (int mt = 0; mt < CK_MT; mt++)
 #pragma unroll
-    for (int e = 0; e < 4; e++) {
-      const int key = kb + 8 * j + 2 * q + (e & 1), val = vb + g + (e >> 1) * 8;
-      S[j][e] = (src && key < FLA_K && val < FLA_V) ? src[(long long)key * FLA_V + val] : 0.0f;
+    for (int j = 0; j < CW_NTH; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) S[mt][j][e] *= eL;
+#else
+  (void)gam, (void)rows;
+#endif
+#pragma unroll
+  for (int kk = 0; kk < CK_BT / 16; kk++) {
+    unsigned ka[CK_MT][4];
+#pragma unroll
+    for (int mt = 0; mt < CK_MT; mt++) {
+      int row = 16 * kk + (lane >> 4) * 8 + (lane & 7);
+      int col = CK_KW * w + 16 * mt + ((lane >> 3) & 1) * 8;
+      ck_ldm4t(ka[mt], ck_smem(Ks + row * CK_LDQ + col));
     }
-}
-__device__ __forceinline__ void cw_st_store(const float (&S)[CW_QT][4], float *dst, int vb, int kb,
-                                            int lane) {
-  const int g = lane >> 2, q = lane & 3;
 #pragma unroll
-  for (int j = 0; j < CW_QT; j++)
+    for (int np = 0; np < CW_NTH / 2; np++) {
+      unsigned vb[4];
+      int row = 16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7);
+      int col = 16 * np + (lane >> 4) * 8;
+      ck_ldm4t(vb, ck_smem(Vs + row * CW_LDVH + col));
 #pragma unroll
-    for (int e = 0; e < 4; e++) {
-      const int key = kb + 8 * j + 2 * q + (e & 1), val = vb + g + (e >> 1) * 8;
-      if (key < FLA_K && val < FLA_V) dst[(long long)key * FLA_V + val] = S[j][e];
+      for (int mt = 0; mt < CK_MT; mt++) {
+        ck_mma(S[mt][2 * np], ka[mt], vb[0], vb[1]);
+        ck_mma(S[mt][2 * np + 1], ka[mt], vb[2], vb[3]);
+      }
     }
+  }
 }
+
+/* dst[r * ld + c] = src[r * CW_LDVH + c] for r < nrows, c < ncols (a
+** multiple of 8), in 16-byte pieces: the state kernel's h[c] and Vn leave
+** from shared memory whole rows at a time (FLA_V % 8 == 0: dst aligned). */
+template <int BVH>
+__device__ __forceinline__ void cw_rows_out(unsigned short *dst, long long ld,
+                                            const unsigned short *src, int nrows, int ncols,
+                                            int tid) {
+  for (int p = tid; p < nrows * (BVH / 8); p += CK_NTH) {
+    const int r = p / (BVH / 8), c = (p % (BVH / 8)) * 8;
+    if (c < ncols) *(uint4 *)(dst + r * ld + c) = *(const uint4 *)(src + r * CW_LDVH + c);
+  }
+}
+
 
 /* Starts the loads of chunk c (at x) for value columns v0.. into one stage
 ** (one cp.async group, committed by the caller). */
@@ -618,12 +630,12 @@ __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_ch
                                            unsigned short *Kd, unsigned short *Wd,
                                            unsigned short *Ud, float *gd, int tid) {
   const long long H = a.H, ro = x.t0 * H + h;
-  ck_load_tile<CK_KP, CK_LDQ, CW_NTHH>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
-                                       x.rows, FLA_K, veck, tid);
-  ck_load_tile<CK_KP, CK_LDQ, CW_NTHH>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
-                                       x.rows, FLA_K, veck, tid);
-  ck_load_tile<BVH, CW_LDVH, CW_NTHH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
-                                      H * FLA_V, x.rows, vcols, vecv, tid);
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
+                                      x.rows, FLA_K, veck, tid);
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
+                                      x.rows, FLA_K, veck, tid);
+  ck_load_tile<BVH, CW_LDVH, CK_NTH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
+                                        H * FLA_V, x.rows, vcols, vecv, tid);
 #if FLA_DECAY
   if (tid < CK_BT / 4) ck_cp16(ck_smem(gd + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
 #else
@@ -631,48 +643,49 @@ __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_ch
 #endif
 }
 
-/* Program (value tile vt, sequence n, head h), its chunks in order. Warp w:
-** value group grp = w / 4 (columns v0 + 16 grp.., vw of them real), quarter
-** kq = w % 4. Per chunk, S0 = S:
-**   h[c]^T = bf16(S0)^T                -> ws0 after W ([NC,H,V,K] bf16)
-**   Vn     = U - W h[c]                -> ws1 over U (bf16)
-**   S      = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam))
-** gam comes from fla_wy_prep (cw_gws). Vn leaves through the U stage
-** (16-byte stores), h[c]^T from Hs. Barriers: the stage is in and chunk
-** c - 1 is done | Hs written | Vs written.
-** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Hs [BVH][LDQ],
-** Vs [BVH][LDT] bf16, gs [ns][64] f32. */
+/* Program (value tile vt, sequence n, head h), its chunks in order, the
+** K x BVH state slice S in fp32 registers. Per chunk, S0 = S:
+**   h[c]  = bf16(S0)                     -> ws0 after W ([NC,H,K,V] bf16)
+**   Vn    = U - W h[c]                   -> ws1 over U (bf16), and smem
+**   S     = 2^gam_L S0 + (K .* 2^(gam_L - gam))^T Vn
+** gam comes from fla_wy_prep (cw_gws). The loads of the next ns - 1 chunks
+** are in flight while one is computed (ns = cw_stages()). Barriers a
+** chunk: S0 and the stage in smem | W S0, Vn and Vd, h[c] out | the update,
+** Vn out | (Ss and the stage free again); the wide kernel puts Vd over Ss
+** (smem for two blocks a SM) and so needs one more, after W S0.
+** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Ss [KP][LDVH],
+** Vd [64][LDVH] (over Ss's first rows when BVH > 32) bf16, gs [ns][64] f32. */
 template <int BVH>
 __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char *ck_sm) {
   const int ns = cw_stages<BVH>(a);
   unsigned short *Ks = (unsigned short *)ck_sm;
   unsigned short *Ws = Ks + ns * CK_BT * CK_LDQ;
   unsigned short *Us = Ws + ns * CK_BT * CK_LDQ;
-  unsigned short *Hs = Us + ns * CK_BT * CW_LDVH;
-  unsigned short *Vs = Hs + BVH * CK_LDQ;
-  float *gs = (float *)(Vs + BVH * CW_LDT);
+  unsigned short *Ss = Us + ns * CK_BT * CW_LDVH;
+  /* Vd = Vn .* 2^(gam_L - gam), the update's operand: over Ss in the wide
+  ** kernel (two blocks a SM; one more barrier a chunk), else its own */
+  constexpr bool alias = BVH > 32;
+  unsigned short *Vd = alias ? Ss : Ss + CK_KP * CW_LDVH;
+  float *gs = (float *)(Ss + (alias ? CK_KP : CK_KP + CK_BT) * CW_LDVH);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
-  const int grp = w / CW_NQ, kq = w % CW_NQ;
   const int vt = blockIdx.x % CW_NVH;
   const int n = blockIdx.x / CW_NVH;
   const int h = blockIdx.y;
   if (n >= a.N) return;
   const int v0 = vt * BVH;
   const int vcols = FLA_V - v0 < BVH ? FLA_V - v0 : BVH;
-  const int vw = vcols - 16 * grp; /* the group's real columns: <= 0 none, >= 16 all */
   const long long H = a.H;
   const long long KV = (long long)FLA_K * FLA_V;
   const long long *cf = (const long long *)a.chunk_first;
   const long long c0 = cf[n], c1 = cf[n + 1];
   const float *h0 = FLA_HAS_H0 ? (const float *)a.h0 : (const float *)0;
   const float *h0n = h0 ? h0 + ((long long)n * H + h) * KV : h0;
-  const int kb = kq * CW_KQ, tb = 16 * kq; /* the warp's keys and tokens */
 
-  float S[CW_QT][4];
-  cw_st_load(S, h0n, v0 + 16 * grp, kb, lane);
+  float S[CK_MT][CW_NTH][4];
+  ck_state_load<CK_KW>(S, h0n, v0, w, lane);
   if (c0 >= c1) {
 #if FLA_STORE_HT
-    cw_st_store(S, (float *)a.ht + ((long long)n * H + h) * KV, v0 + 16 * grp, kb, lane);
+    ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0, w, lane);
 #endif
     return;
   }
@@ -680,9 +693,6 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   unsigned short *hws = cw_hws(a);
   const int veck = (FLA_K % 8 == 0) && (((a.k | a.ws0) & 15) == 0);
   const int vecv = (FLA_V % 8 == 0) && ((a.ws1 & 15) == 0);
-  const int vech = (FLA_K % 8 == 0) && ((a.ws0 & 15) == 0);
-  unsigned short *Hg = Hs + 16 * grp * CK_LDQ; /* the group's 16 rows */
-  unsigned short *Vg = Vs + 16 * grp * CW_LDT;
 
   /* the first ns - 1 stages; a group is committed for every stage, empty
   ** past the last chunk, so that wait_group counts the same throughout */
@@ -692,7 +702,7 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   for (int st = 0; st < ns - 1; st++) {
     if (cfe < c1) {
       cw_h_fetch<BVH>(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + st * CK_BT * CK_LDQ,
-                      Ws + st * CK_BT * CK_LDQ, Us + st * CK_BT * CW_LDVH, gs + st * CK_BT, tid);
+                 Ws + st * CK_BT * CK_LDQ, Us + st * CK_BT * CW_LDVH, gs + st * CK_BT, tid);
       if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
       cfe++;
     }
@@ -701,155 +711,144 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   ck_chunk x;
   ck_chunk_at(a, c0, x);
 
-  int buf = 0; /* chunk c's stage */
+  int buf = 0, fbuf = ns - 1; /* the stages of chunk c and of chunk cfe */
   for (long long c = c0; c < c1; c++) {
     const int rows = x.rows;
-    cw_wait_pending(ns - 2);
-    __syncthreads(); /* chunk c's stage is in; every warp is done with chunk c - 1 */
-    {
-      const int fb = buf == 0 ? ns - 1 : buf - 1;
-      if (cfe < c1) {
-        cw_h_fetch<BVH>(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + fb * CK_BT * CK_LDQ,
-                        Ws + fb * CK_BT * CK_LDQ, Us + fb * CK_BT * CW_LDVH, gs + fb * CK_BT, tid);
-        if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
-        cfe++;
-      }
-      ck_commit();
+    if (cfe < c1) {
+      cw_h_fetch<BVH>(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + fbuf * CK_BT * CK_LDQ,
+                 Ws + fbuf * CK_BT * CK_LDQ, Us + fbuf * CK_BT * CW_LDVH, gs + fbuf * CK_BT, tid);
+      if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
+      cfe++;
     }
+    ck_commit();
+    /* S0 as bf16: the B operand of W S0, and h[c] for the output kernel */
+    unsigned short *hc = hws + (c * H + h) * KV + v0;
+#pragma unroll
+    for (int mt = 0; mt < CK_MT; mt++)
+#pragma unroll
+      for (int j = 0; j < CW_NTH; j++) {
+        const int key = CK_KW * w + 16 * mt + g, col = 8 * j + 2 * q;
+        const unsigned lo = ck_pack(S[mt][j][0], S[mt][j][1]);
+        const unsigned hi = ck_pack(S[mt][j][2], S[mt][j][3]);
+        *(unsigned *)(Ss + key * CW_LDVH + col) = lo;
+        *(unsigned *)(Ss + (key + 8) * CW_LDVH + col) = hi;
+#if FLA_V % 8 == 0
+        /* h[c] leaves from Ss in 16-byte rows (cw_rows_out below) */
+#elif FLA_V % 2 == 0
+        if (col < vcols) {
+          if (key < FLA_K) *(unsigned *)(hc + (long long)key * FLA_V + col) = lo;
+          if (key + 8 < FLA_K) *(unsigned *)(hc + (long long)(key + 8) * FLA_V + col) = hi;
+        }
+#else
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int kk = key + (e >> 1) * 8, cl = col + (e & 1);
+          const unsigned u = (e >> 1) ? hi : lo;
+          if (kk < FLA_K && cl < vcols)
+            hc[(long long)kk * FLA_V + cl] = (unsigned short)((e & 1) ? (u >> 16) : (u & 0xffffu));
+        }
+#endif
+      }
+    cw_wait_oldest(ns);
+    __syncthreads();
+
     const unsigned short *Kb = Ks + buf * CK_BT * CK_LDQ;
     const unsigned short *Wb = Ws + buf * CK_BT * CK_LDQ;
     unsigned short *Ub = Us + buf * CK_BT * CW_LDVH;
     const float *gam = gs + buf * CK_BT;
+#if FLA_V % 8 == 0
+    if (alias) cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c], while Ss holds it */
+#endif
 
-    /* Hs = bf16(S0)^T: the warp's key quarter */
+    /* Vn = U - W S0 for the warp's rows 16w.., over U in smem and in ws1 */
+    {
+      float acc[CW_NTH][4];
 #pragma unroll
-    for (int j2 = 0; j2 < CW_QT / 2; j2++) {
-      const int col = kb + 16 * j2 + 2 * q;
-      *(unsigned *)(Hg + g * CK_LDQ + col) = ck_pack(S[2 * j2][0], S[2 * j2][1]);
-      *(unsigned *)(Hg + (g + 8) * CK_LDQ + col) = ck_pack(S[2 * j2][2], S[2 * j2][3]);
-      *(unsigned *)(Hg + g * CK_LDQ + col + 8) = ck_pack(S[2 * j2 + 1][0], S[2 * j2 + 1][1]);
-      *(unsigned *)(Hg + (g + 8) * CK_LDQ + col + 8) = ck_pack(S[2 * j2 + 1][2], S[2 * j2 + 1][3]);
-    }
-    __syncthreads();
-    { /* h[c]^T: the group's rows 4 kq .. 4 kq + 3, keys contiguous */
-      unsigned short *hc = hws + (c * H + h) * KV + (long long)(v0 + 16 * grp) * FLA_K;
+      for (int j = 0; j < CW_NTH; j++)
 #pragma unroll
-      for (int p = lane; p < 4 * (CK_KP / 8); p += 32) {
-        const int r = 4 * kq + p / (CK_KP / 8), cc = (p % (CK_KP / 8)) * 8;
-        if (r >= vw || cc >= FLA_K) continue;
-        if (vech) {
-          *(uint4 *)(hc + (long long)r * FLA_K + cc) = *(const uint4 *)(Hg + r * CK_LDQ + cc);
-        } else {
-          for (int e = 0; e < 8 && cc + e < FLA_K; e++)
-            hc[(long long)r * FLA_K + cc + e] = Hg[r * CK_LDQ + cc + e];
+        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < CK_KP / 16; kk++) {
+        unsigned wa[4];
+
+        ck_ldm4(wa, ck_smem(Wb + (16 * w + (lane & 15)) * CK_LDQ + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int np = 0; np < CW_NTH / 2; np++) {
+          unsigned sb[4];
+          ck_ldm4t(sb, ck_smem(Ss + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * CW_LDVH +
+                               16 * np + (lane >> 4) * 8));
+          ck_mma(acc[2 * np], wa, sb[0], sb[1]);
+          ck_mma(acc[2 * np + 1], wa, sb[2], sb[3]);
         }
       }
-    }
-
-    /* acc = Hs W^T for the warp's 16 tokens (values x tokens), all keys */
-    float acc[2][4];
-#pragma unroll
-    for (int j = 0; j < 2; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < CK_KP / 16; kk++) {
-      unsigned sa[4], wb[4];
-      ck_ldm4(sa, ck_smem(Hg + (lane & 15) * CK_LDQ + 16 * kk + (lane >> 4) * 8));
-      ck_ldm4(wb, ck_smem(Wb + (tb + (lane >> 4) * 8 + (lane & 7)) * CK_LDQ + 16 * kk +
-                          ((lane >> 3) & 1) * 8));
-      ck_mma(acc[0], sa, wb[0], wb[1]);
-      ck_mma(acc[1], sa, wb[2], wb[3]);
-    }
-
-    /* Vn^T = U^T - acc (rounded to bf16: fla's v_new) over the U stage;
-    ** Vs = Vn^T .* 2^(gam_L - gam) rounded to bf16 (from the fp32 values,
-    ** as fla) */
+      if (alias) __syncthreads(); /* every warp is done with Ss: Vd takes its place */
+      const int rA = 16 * w + g, rB = rA + 8;
 #if FLA_DECAY
-    const float gL = gam[rows - 1];
-#endif
-    {
-      unsigned ur[4]; /* U^T's C fragments: tokens tb.. (ur 0, 1), tb + 8.. (ur 2, 3) */
-      ck_ldm4t(ur, ck_smem(Ub + (tb + (lane >> 4) * 8 + (lane & 7)) * CW_LDVH + 16 * grp +
-                           ((lane >> 3) & 1) * 8));
-#pragma unroll
-      for (int hf = 0; hf < 2; hf++) {
-        const int t = tb + 8 * hf + 2 * q;
-#if FLA_DECAY
-        const float f0 = exp2f(gL - gam[t]), f1 = exp2f(gL - gam[t + 1]);
+      const float gL = gam[rows - 1];
+      const float fA = exp2f(gL - gam[rA]), fB = exp2f(gL - gam[rB]);
 #else
-        const float f0 = 1.0f, f1 = 1.0f;
+      const float fA = 1.0f, fB = 1.0f;
 #endif
-        const unsigned ua = ur[2 * hf], ub = ur[2 * hf + 1];
-        const float a0 = __uint_as_float(ua << 16) - acc[hf][0];
-        const float a1 = __uint_as_float(ua & 0xffff0000u) - acc[hf][1];
-        const float b0 = __uint_as_float(ub << 16) - acc[hf][2];
-        const float b1 = __uint_as_float(ub & 0xffff0000u) - acc[hf][3];
-        const unsigned na = ck_pack(a0, a1), nb = ck_pack(b0, b1);
-        *(unsigned *)(Vg + g * CW_LDT + t) = ck_pack(f0 * a0, f1 * a1);
-        *(unsigned *)(Vg + (g + 8) * CW_LDT + t) = ck_pack(f0 * b0, f1 * b1);
-        unsigned short *u0 = Ub + t * CW_LDVH + 16 * grp + g;
-        u0[0] = (unsigned short)(na & 0xffffu);
-        u0[CW_LDVH] = (unsigned short)(na >> 16);
-        u0[8] = (unsigned short)(nb & 0xffffu);
-        u0[CW_LDVH + 8] = (unsigned short)(nb >> 16);
-      }
-    }
-    __syncwarp();
-    { /* Vn: the warp's 16 token rows of the group's columns, a piece a lane */
-      const int r = tb + (lane >> 1), cc = (lane & 1) * 8;
-      if (r < rows && cc < vw) {
-        unsigned short *vr = up + ((x.t0 + r) * H + h) * FLA_V + v0 + 16 * grp + cc;
-        const unsigned short *sr = Ub + r * CW_LDVH + 16 * grp + cc;
-        if (vecv) {
-          *(uint4 *)vr = *(const uint4 *)sr;
-        } else {
-          for (int e = 0; e < 8 && cc + e < vw; e++) vr[e] = sr[e];
+#if FLA_V % 8 != 0
+      unsigned short *urow = up + (x.t0 * H + h) * FLA_V + v0;
+#endif
+#pragma unroll
+      for (int j = 0; j < CW_NTH; j++) {
+        const int col = 8 * j + 2 * q;
+        unsigned *pa = (unsigned *)(Ub + rA * CW_LDVH + col);
+        unsigned *pb = (unsigned *)(Ub + rB * CW_LDVH + col);
+        const unsigned ua = *pa, ub = *pb;
+        const float va0 = __uint_as_float(ua << 16) - acc[j][0];
+        const float va1 = __uint_as_float(ua & 0xffff0000u) - acc[j][1];
+        const float vb0 = __uint_as_float(ub << 16) - acc[j][2];
+        const float vb1 = __uint_as_float(ub & 0xffff0000u) - acc[j][3];
+        const unsigned na = ck_pack(va0, va1), nb = ck_pack(vb0, vb1);
+        *pa = na, *pb = nb;
+        *(unsigned *)(Vd + rA * CW_LDVH + col) = ck_pack(fA * va0, fA * va1);
+        *(unsigned *)(Vd + rB * CW_LDVH + col) = ck_pack(fB * vb0, fB * vb1);
+#if FLA_V % 8 == 0
+        /* Vn leaves from Ub in 16-byte rows (cw_rows_out below) */
+#elif FLA_V % 2 == 0
+        if (col < vcols) {
+          if (rA < rows) *(unsigned *)(urow + rA * H * FLA_V + col) = na;
+          if (rB < rows) *(unsigned *)(urow + rB * H * FLA_V + col) = nb;
         }
+#else
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int r = (e < 2) ? rA : rB, cl = col + (e & 1);
+          const unsigned u = (e < 2) ? na : nb;
+          if (r < rows && cl < vcols)
+            urow[r * H * FLA_V + cl] = (unsigned short)((e & 1) ? (u >> 16) : (u & 0xffffu));
+        }
+#endif
       }
     }
-    __syncthreads(); /* Vs complete */
+#if FLA_V % 8 == 0
+    if (!alias) cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c] */
+#endif
+    __syncthreads();
 
-    /* S^T = 2^gam_L S0^T + Vs K over the warp's key quarter */
-#if FLA_DECAY
-    {
-      const float eL = exp2f(gL);
-#pragma unroll
-      for (int j = 0; j < CW_QT; j++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) S[j][e] *= eL;
-    }
+    cw_state_update<BVH>(S, Kb, Vd, gam, rows, w, lane);
+#if FLA_V % 8 == 0
+    cw_rows_out<BVH>(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, rows, vcols, tid);
 #endif
-#pragma unroll
-    for (int kk = 0; kk < CK_BT / 16; kk++) {
-      unsigned va[4];
-      ck_ldm4(va, ck_smem(Vg + (lane & 15) * CW_LDT + 16 * kk + (lane >> 4) * 8));
-#pragma unroll
-      for (int np = 0; np < CW_QT / 2; np++) {
-        unsigned kf[4];
-        ck_ldm4t(kf, ck_smem(Kb + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * CK_LDQ + kb +
-                             16 * np + (lane >> 4) * 8));
-        ck_mma(S[2 * np], va, kf[0], kf[1]);
-        ck_mma(S[2 * np + 1], va, kf[2], kf[3]);
-      }
-    }
 #if FLA_STORE_HT
-    if (x.last) cw_st_store(S, (float *)a.ht + ((long long)n * H + h) * KV, v0 + 16 * grp, kb, lane);
+    if (x.last)
+      ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0, w, lane);
 #endif
+    __syncthreads();
     if (c + 1 < c1) ck_chunk_next(a, c, x);
     buf = buf + 1 == ns ? 0 : buf + 1;
+    fbuf = fbuf + 1 == ns ? 0 : fbuf + 1;
   }
 }
 
-/* the narrow kernel: two blocks a SM fit when the pipeline is 2 deep (many
-** programs), hence at most 128 registers */
-extern "C" __global__ void __launch_bounds__(32 * CW_NQ * (CW_BVH32 / 16), 2)
-    fla_wy_fwd_h(fla_kernel_args a) {
+extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   cw_fwd_h<CW_BVH32>(a, ck_sm);
 }
-extern "C" __global__ void __launch_bounds__(32 * CW_NQ * (CW_BVH64 / 16), 1)
-    fla_wy_fwd_h64(fla_kernel_args a) {
+extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h64(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   cw_fwd_h<CW_BVH64>(a, ck_sm);
 }
@@ -859,15 +858,14 @@ extern "C" __global__ void __launch_bounds__(32 * CW_NQ * (CW_BVH64 / 16), 1)
 /* Program (chunk c, value tile vt, head h), fully parallel:
 **   O = scale [ 2^gam .* (Q h[c]) + ((Q K^T) .* M .* 2^(gam_i - gam_j)) Vn ]
 ** (chunk_fwd's ck_o_chunk without the state update). Shared memory: Qs, Ks
-** [64][LDQ], Vs [64][LDV], Ss [BV rounded up to 64][LDQ] (h[c]^T) bf16,
-** gam[64] f32. */
+** [64][LDQ], Vs [64][LDV], Ss [KP][LDV] bf16, gam[64] f32. */
 extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_fwd_o(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Qs = (unsigned short *)ck_sm;
   unsigned short *Ks = Qs + CK_BT * CK_LDQ;
   unsigned short *Vs = Ks + CK_BT * CK_LDQ;
   unsigned short *Ss = Vs + CK_BT * CK_LDV;
-  float *gam = (float *)(Ss + (CK_BV + CK_BT - 1) / CK_BT * CK_BT * CK_LDQ);
+  float *gam = (float *)(Ss + CK_KP * CK_LDV);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
   const int vt = blockIdx.x % CK_NV;
   const long long c = blockIdx.x / CK_NV;
@@ -882,8 +880,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_fwd_o(fla_kernel_arg
   const long long ro = x.t0 * H + h;
   const int vecq = (FLA_K % 8 == 0) && (((a.q | a.k) & 15) == 0);
   const int vecv = (FLA_V % 8 == 0) && (((a.ws0 | a.ws1) & 15) == 0);
-  const int vech = (FLA_K % 8 == 0) && ((a.ws0 & 15) == 0);
-  const unsigned short *hc = cw_hws(a) + (c * H + h) * KV + (long long)v0 * FLA_K; /* h[c]^T */
+  const unsigned short *hc = cw_hws(a) + (c * H + h) * KV + v0;
   ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs, (const unsigned short *)a.q + ro * FLA_K, H * FLA_K, x.rows,
                                       FLA_K, vecq, tid);
   ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K, x.rows,
@@ -891,9 +888,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_fwd_o(fla_kernel_arg
   ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs, (const unsigned short *)a.ws1 + ro * FLA_V + v0, H * FLA_V,
                                       x.rows, vcols, vecv, tid);
 #pragma unroll
-  for (int r0 = 0; r0 < CK_BV; r0 += CK_BT)
-    ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ss + r0 * CK_LDQ, hc + (long long)r0 * FLA_K, FLA_K,
-                                        vcols - r0, FLA_K, vech, tid);
+  for (int r0 = 0; r0 < CK_KP; r0 += CK_BT)
+    ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Ss + r0 * CK_LDV, hc + (long long)r0 * FLA_V, FLA_V,
+                                        FLA_K - r0, vcols, vecv, tid);
 #if FLA_DECAY
   if (tid < CK_BT / 4) ck_cp16(ck_smem(gam + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
 #endif
