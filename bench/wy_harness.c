@@ -50,6 +50,7 @@ typedef struct variant {
   fla_tile_config cfg;
   const char *defs; /* "NAME=VAL NAME=VAL": #defines in front, or NULL */
   int hsel;         /* HSEL=32 / 64 in defs: force that state kernel (0: the stage's rule) */
+  int few;          /* CW_FEW=n in defs: the kernel's stage rule (-1: the stage's WY_FEW) */
   CUmodule mod;
   CUfunction fn[NKMAX];
   char names[NKMAX][64];
@@ -75,6 +76,8 @@ static void make_variant(variant *v, int recipe, int K, int V, int has_h0, int s
   if (b && (b == defs || b[-1] == ' ')) v->cfg.BV = atoi(b + 3);
   const char *hs = defs ? strstr(defs, "HSEL=") : NULL;
   v->hsel = hs ? atoi(hs + 5) : 0;
+  const char *fw = defs ? strstr(defs, "CW_FEW=") : NULL;
+  v->few = fw ? atoi(fw + 7) : -1;
   fla_stage_chunk_wy_fwd.default_config(&v->key, &v->cfg);
   v->defs = defs;
 }
@@ -186,13 +189,16 @@ static int build(variant *v, int verbose) {
 static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev) {
   fla_kernel_launch L[NKMAX];
   int nk = fla_stage_chunk_wy_fwd.launches(&v->key, &v->cfg, a, L);
-  if (v->hsel) { /* launches 1 and 2: the narrow and the wide state kernel (gen/stage_chunk_wy.c) */
+  /* launches 1 and 2: the narrow and the wide state kernel (gen/stage_chunk_wy.c). Forced
+  ** (HSEL), or with the kernel's stage rule changed (CW_FEW: the shared memory must follow
+  ** the stages the kernel will take, else a deeper pipeline overruns it) */
+  if (v->hsel || v->few >= 0) {
     int KP = (v->key.K + 63) / 64 * 64;
     for (int wide = 0; wide < 2; wide++) {
       int cap = wide ? 64 : 32, bvh = v->cfg.BV < cap ? v->cfg.BV : cap;
       int64_t nvh = (v->key.V + bvh - 1) / bvh, prog = nvh * a->N * a->H;
-      int ns = prog <= 128 && KP <= 128 ? 4 : 2;
-      L[1 + wide].grid[0] = (v->hsel == 64) == wide ? (unsigned)(nvh * a->N) : 0;
+      int ns = prog <= (v->few >= 0 ? v->few : 128) && KP <= 128 ? 4 : 2;
+      if (v->hsel) L[1 + wide].grid[0] = (v->hsel == 64) == wide ? (unsigned)(nvh * a->N) : 0;
       L[1 + wide].smem = (unsigned)(ns * (2 * 64 * (KP + 8) * 2 + 64 * (bvh + 8) * 2 + 256) +
                                     (KP + (bvh > 32 ? 0 : 64)) * (bvh + 8) * 2);
     }

@@ -35,6 +35,7 @@
 **
 ** Forward times: tools/fla_bench.c (fla-bench --device cuda).
 **
+** FLA_GPU_OPS_RECIPES=a,b,...: the per-recipe tests of these recipes only.
 ** FLA_GPU_OPS_PRECOMPILE=<arch> (e.g. sm_90a): no tests; compiles every
 ** module of the forward tests for <arch> into the module cache
 ** ($FLA_CACHE_DIR), so a GPU run can start from a warm cache. Needs NVRTC only.
@@ -958,18 +959,34 @@ static Suite *gpu_suite(void) {
 int main(void) {
   nrecipes = fla_recipe_list_builtin(recipes, MAX_RECIPES);
   if (nrecipes > MAX_RECIPES) nrecipes = MAX_RECIPES;
-  /* FLA_GPU_OPS_RECIPE=name: only that recipe (one stage's check on a
-  ** device call of limited time) */
-  const char *only = getenv("FLA_GPU_OPS_RECIPE");
+  /* FLA_GPU_OPS_RECIPES=a,b,...: only these recipes (a kernel's users, to
+  ** spend a short device run on them); a name that is not shipped is an error */
+  const char *only = getenv("FLA_GPU_OPS_RECIPES");
   if (only && *only) {
-    int n = 0;
-    for (int i = 0; i < nrecipes; i++)
-      if (!strcmp(recipes[i], only)) recipes[n++] = recipes[i];
-    if (n == 0) {
-      fprintf(stderr, "test_gpu_ops: FLA_GPU_OPS_RECIPE=%s is no builtin recipe\n", only);
+    int kept = 0, asked = 0;
+    for (int i = 0; i < nrecipes; i++) {
+      const char *p = only;
+      size_t len = strlen(recipes[i]);
+      int want = 0;
+      while (*p && !want) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        want = n == len && !strncmp(p, recipes[i], n);
+        p = e ? e + 1 : p + n;
+      }
+      if (want) recipes[kept++] = recipes[i];
+    }
+    for (const char *p = only; *p;) {
+      const char *e = strchr(p, ',');
+      asked++;
+      p = e ? e + 1 : p + strlen(p);
+    }
+    if (kept != asked) {
+      fprintf(stderr, "test_gpu_ops: FLA_GPU_OPS_RECIPES=%s names %d recipes, %d of them shipped\n",
+              only, asked, kept);
       return 1;
     }
-    nrecipes = n;
+    nrecipes = kept;
   }
   const char *arch = getenv("FLA_GPU_OPS_PRECOMPILE");
   if (arch && *arch) {
