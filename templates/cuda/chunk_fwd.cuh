@@ -352,18 +352,20 @@ extern "C" __global__ void __launch_bounds__(CK_SCAN_THREADS) fla_chunk_fwd_scan
 /* Shared memory: Qs[2][64][LDQ], Ks[2][64][LDQ], Vs[2][64][LDV], Ss[KP][LDV]
 ** bf16, gam[64] f32. Warp w owns output rows 16w .. 16w+15 of the chunk and
 ** state keys KW w .. KW w + KW-1. */
-/* One chunk of fla_chunk_fwd_o for warp w (rows 16w .. 16w+15):
+/* The output rows of one chunk for warp w (rows 16w .. 16w+15), S0 (bf16)
+** in Ss [KP][LDV]:
 **   A = Q K^T (columns up to the warp's last row), O = 2^gam .* (Q S0) + A V,
-**   store scale O, then S = 2^gL S + (K .* 2^(gL - gam))^T V.
+**   store scale O. fla_chunk_fwd_o then updates its state (ck_o_chunk);
+**   fla_chunk_fwd_op reads S0 from the states of fla_chunk_fwd_hs.
 ** Measured and dropped (bench/results/2026-11-22-chunk-fwd.md): a copy of
 ** this body per warp index, making the causal skips compile-time (255
 ** registers, spills: 5-30% slower), and O staged through the warp's own Q rows
 ** for 16-byte stores (1-3% slower than these 4-byte stores). */
-__device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const unsigned short *Qb,
-                                           const unsigned short *Kb, const unsigned short *Vb,
-                                           const unsigned short *Ss, const float *gam, int rows,
-                                           int w, int lane, unsigned short *orow, long long ld,
-                                           int vcols, float scale) {
+__device__ __forceinline__ void ck_o_rows(const unsigned short *Qb, const unsigned short *Kb,
+                                          const unsigned short *Vb, const unsigned short *Ss,
+                                          const float *gam, int rows, int w, int lane,
+                                          unsigned short *orow, long long ld, int vcols,
+                                          float scale) {
   const int g = lane >> 2, q = lane & 3;
   const int r0 = 16 * w;
 
@@ -451,7 +453,6 @@ __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const un
   }
 
   /* store O */
-  /* store O */
   {
 #pragma unroll
     for (int j = 0; j < CK_NT; j++) {
@@ -475,8 +476,16 @@ __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const un
 #endif
     }
   }
+}
 
-  /* the state leaving the chunk */
+/* One chunk of fla_chunk_fwd_o: its output rows, then the state leaving it,
+**   S = 2^gL S + (K .* 2^(gL - gam))^T V. */
+__device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const unsigned short *Qb,
+                                           const unsigned short *Kb, const unsigned short *Vb,
+                                           const unsigned short *Ss, const float *gam, int rows,
+                                           int w, int lane, unsigned short *orow, long long ld,
+                                           int vcols, float scale) {
+  ck_o_rows(Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, ld, vcols, scale);
   ck_state_update<CK_KW, CK_MT, CK_NT, CK_LDQ, CK_LDV>(S, Kb, Vb, gam, rows, w, lane);
 }
 
@@ -568,4 +577,246 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
     x = xn;
     g0 = gn0, g1 = gn1;
   }
+}
+
+/* ============================================ the split path (fla's shape)
+**
+** Where the blocked path would recompute most states (too few sequence x head
+** x value-tile programs for one block per sequence), gen/stage_chunk.c
+** launches these two instead of the three above, as fla's chunk_fwd_h +
+** chunk_fwd_o:
+**
+**   fla_chunk_fwd_hs  (N*NK2*NV2, H; 4 warps): one program per sequence, head
+**       and 64 x 64 tile (k0, v0) of the state walks its sequence's chunks,
+**       storing the state entering each chunk rounded to bf16,
+**         HS[c,h,k0:,v0:] = S0,  S = 2^gam_L S + (K .* 2^(gam_L - gam))^T V,
+**       into ws0 ([NC,H,K,V] bf16), and ht (f32) after the last chunk. The
+**       state update is separable by key and value tiles, so small tiles
+**       give 4 programs a head (K = V = 128) where the fused walk has 2.
+**   fla_chunk_fwd_op  (NC*NV, H; 4 warps): each (chunk, value tile) on its own,
+**       O = scale [diag(2^gam) Q S0 + ((Q K^T) .* M .* 2^(gam_i - gam_j)) V]
+**       with S0 the bf16 HS tile (ck_o_rows, the fused path's output code).
+** HS rounds S0 to bf16 exactly where the fused path rounds it for Q S0, so
+** both paths compute the same outputs. */
+
+#define CK2_BK 64 /* state tile of fla_chunk_fwd_hs: 64 keys (16 a warp) x 64 or 32 values */
+#define CK2_NK ((FLA_K + CK2_BK - 1) / CK2_BK)
+#define CK2_NV64 ((FLA_V + 63) / 64)
+#define CK2_LD (CK2_BK + 8)
+#define CK2_NS 3               /* chunks in the shared-memory ring (2 in flight)           */
+#define CK2_NARROW_BELOW 256   /* fewer 64 x 64 programs: value tiles of 32 (twice as many) */
+
+/* The value tile of the state pass: keep in step with gen/stage_chunk.c. */
+__device__ __forceinline__ int ck2_bv(int N, int H) {
+  return (long long)N * H * CK2_NK * CK2_NV64 < CK2_NARROW_BELOW ? 32 : 64;
+}
+
+/* S (fragment layout of ck_state_load with KW 16: keys k0 + 16 w + ...) from
+** / to one head's K x V matrix, rows k0.., columns v0.. (src NULL: 0). */
+template <int NT>
+__device__ __forceinline__ void ck2_state_load(float (&S)[1][NT][4], const float *src, int k0, int v0,
+                                               int w, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int key = k0 + 16 * w + g + (e >> 1) * 8, col = v0 + 8 * j + 2 * q + (e & 1);
+      S[0][j][e] = (src && key < FLA_K && col < FLA_V) ? src[(long long)key * FLA_V + col] : 0.0f;
+    }
+}
+
+template <int NT>
+__device__ __forceinline__ void ck2_state_store(const float (&S)[1][NT][4], float *dst, int k0, int v0,
+                                                int w, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int j = 0; j < NT; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int key = k0 + 16 * w + g + (e >> 1) * 8, col = v0 + 8 * j + 2 * q + (e & 1);
+      if (key < FLA_K && col < FLA_V) dst[(long long)key * FLA_V + col] = S[0][j][e];
+    }
+}
+
+template <int NT>
+__device__ __forceinline__ void ck2_state_store_bf16(const float (&S)[1][NT][4], unsigned short *dst,
+                                                     int k0, int v0, int w, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+  const int kA = k0 + 16 * w + g, kB = kA + 8;
+#pragma unroll
+  for (int j = 0; j < NT; j++) {
+    const int col = v0 + 8 * j + 2 * q;
+#if FLA_V % 2 == 0
+    if (col < FLA_V) {
+      if (kA < FLA_K) *(unsigned *)(dst + kA * FLA_V + col) = ck_pack(S[0][j][0], S[0][j][1]);
+      if (kB < FLA_K) *(unsigned *)(dst + kB * FLA_V + col) = ck_pack(S[0][j][2], S[0][j][3]);
+    }
+#else
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int key = e < 2 ? kA : kB, cl = col + (e & 1);
+      if (key < FLA_K && cl < FLA_V)
+        dst[key * FLA_V + cl] = (unsigned short)(ck_pack(S[0][j][e], 0.0f) & 0xffffu);
+    }
+#endif
+  }
+}
+
+/* rows x COLS bf16 tile (rows up to ROWS) into smem; as ck_load_tile. */
+template <int ROWS, int COLS, int LDS, int NTH>
+__device__ __forceinline__ void ck2_load_rows(unsigned short *s, const unsigned short *g, long long ld,
+                                              int nrows, int ncols, int vec, int tid) {
+  if (vec) {
+    const int P = COLS / 8;
+#pragma unroll 4
+    for (int p = tid; p < ROWS * P; p += NTH) {
+      int r = p / P, c = (p % P) * 8;
+      int ok = r < nrows && c < ncols;
+      ck_cp16(ck_smem(s + r * LDS + c), ok ? (const void *)(g + r * ld + c) : (const void *)g, ok);
+    }
+  } else {
+    for (int p = tid; p < ROWS * COLS; p += NTH) {
+      int r = p / COLS, c = p % COLS;
+      s[r * LDS + c] = (r < nrows && c < ncols) ? g[r * ld + c] : (unsigned short)0;
+    }
+  }
+}
+
+/* Rows [t0, t0 + rows) of the K tile k0 and V tile v0 (BV2 wide) into ring
+** slot b, one commit group; rows 0 (past the sequence) an empty group, so
+** that waiting for all but NS-1 groups always leaves the oldest chunk done. */
+template <int BV2>
+__device__ __forceinline__ void ck2_prefetch(const fla_kernel_args &a, unsigned short *Ks,
+                                             unsigned short *Vs, int b, long long t0, int rows,
+                                             int h, int k0, int v0, int tid) {
+  if (rows > 0) {
+    const long long H = a.H, ro = t0 * H + h;
+    const int veck = (FLA_K % 8 == 0) && ((a.k & 15) == 0);
+    const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
+    ck_load_tile<CK2_BK, CK2_LD, CK_NTH>(Ks + b * CK_BT * CK2_LD,
+                                         (const unsigned short *)a.k + ro * FLA_K + k0, H * FLA_K,
+                                         rows, FLA_K - k0, veck, tid);
+    ck_load_tile<BV2, CK2_LD, CK_NTH>(Vs + b * CK_BT * CK2_LD,
+                                      (const unsigned short *)a.v + ro * FLA_V + v0, H * FLA_V,
+                                      rows, FLA_V - v0, vecv, tid);
+  }
+  ck_commit();
+}
+
+template <int N>
+__device__ __forceinline__ void ck2_wait_n() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ int ck2_rows(long long t0, long long te) {
+  return te - t0 >= CK_BT ? CK_BT : te > t0 ? (int)(te - t0) : 0;
+}
+
+/* The state pass of one (sequence n, head h, tile k0 x v0) program: its
+** chunks are tokens cu[n] + 64 i.., chunks chunk_first[n] + i. */
+template <int BV2>
+__device__ __forceinline__ void ck2_hs_walk(const fla_kernel_args &a, unsigned char *sm, int n, int h,
+                                            int k0, int v0) {
+  constexpr int NT = BV2 / 8;
+  unsigned short *Ks = (unsigned short *)sm;
+  unsigned short *Vs = Ks + CK2_NS * CK_BT * CK2_LD;
+  float *gam = (float *)(Vs + CK2_NS * CK_BT * CK2_LD);
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+  const long long *cf = (const long long *)a.chunk_first;
+  const long long *cu = (const long long *)a.cu;
+  const long long H = a.H, KV = (long long)FLA_K * FLA_V, c0 = cf[n], nch = cf[n + 1] - c0;
+  const long long tb = cu[n], te = cu[n + 1];
+  const float *h0 = FLA_HAS_H0 ? (const float *)a.h0 : (const float *)0;
+  float S[1][NT][4];
+  ck2_state_load<NT>(S, h0 ? h0 + ((long long)n * H + h) * KV : h0, k0, v0, w, lane);
+  if (nch > 0) {
+    const float gc = ck_gamma_h(a, h);
+    unsigned short *hs = (unsigned short *)a.ws0 + (c0 * H + h) * KV;
+#pragma unroll
+    for (int st = 0; st < CK2_NS - 1; st++)
+      ck2_prefetch<BV2>(a, Ks, Vs, st, tb + CK_BT * st, ck2_rows(tb + CK_BT * st, te), h, k0, v0, tid);
+    float g0 = 0.0f, g1 = 0.0f;
+    ck_chunk xg; /* what ck_load_g reads: t0, rows */
+    xg.t0 = tb, xg.rows = ck2_rows(tb, te);
+    if (w == 0) ck_load_g(a, xg, h, lane, g0, g1);
+    for (long long i = 0; i < nch; i++) {
+      const int buf = (int)(i % CK2_NS);
+      const long long t0 = tb + CK_BT * i;
+      ck2_state_store_bf16<NT>(S, hs + i * H * KV, k0, v0, w, lane);
+      {
+        const long long tl = t0 + CK_BT * (CK2_NS - 1);
+        ck2_prefetch<BV2>(a, Ks, Vs, (int)((i + CK2_NS - 1) % CK2_NS), tl, ck2_rows(tl, te), h, k0, v0,
+                          tid);
+      }
+      const int rows = ck2_rows(t0, te);
+      if (w == 0) {
+        ck_scan_g(gam, g0, g1, gc, rows, lane);
+        xg.t0 = t0 + CK_BT, xg.rows = ck2_rows(t0 + CK_BT, te);
+        if (xg.rows > 0) ck_load_g(a, xg, h, lane, g0, g1);
+      }
+      ck2_wait_n<CK2_NS - 1>();
+      __syncthreads();
+      ck_state_update<16, 1, NT, CK2_LD, CK2_LD>(S, Ks + buf * CK_BT * CK2_LD, Vs + buf * CK_BT * CK2_LD,
+                                                 gam, rows, w, lane);
+      __syncthreads();
+    }
+  }
+#if FLA_STORE_HT
+  ck2_state_store<NT>(S, (float *)a.ht + ((long long)n * H + h) * KV, k0, v0, w, lane);
+#endif
+}
+
+/* Shared memory: Ks[NS][64][LD2], Vs[NS][64][LD2] bf16, gam[64] f32. Grid:
+** (N * NK2 * NV2, H), NV2 = ceil(V / bv), bv = ck2_bv(N, H). */
+extern "C" __global__ void __launch_bounds__(CK_NTH, 4) fla_chunk_fwd_hs(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  const int bv = ck2_bv(a.N, a.H), nv2 = (FLA_V + bv - 1) / bv;
+  const int tile = blockIdx.x % (CK2_NK * nv2), n = blockIdx.x / (CK2_NK * nv2);
+  if (n >= a.N) return;
+  const int k0 = tile / nv2 * CK2_BK, v0 = tile % nv2 * bv;
+  if (bv == 32)
+    ck2_hs_walk<32>(a, ck_sm, n, blockIdx.y, k0, v0);
+  else
+    ck2_hs_walk<64>(a, ck_sm, n, blockIdx.y, k0, v0);
+}
+
+/* Shared memory: Qs[64][LDQ], Ks[64][LDQ], Vs[64][LDV], Ss[KP][LDV] bf16,
+** gam[64] f32 (the fused kernel's layout, single-buffered). */
+extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_op(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  unsigned short *Qs = (unsigned short *)ck_sm;
+  unsigned short *Ks = Qs + CK_BT * CK_LDQ;
+  unsigned short *Vs = Ks + CK_BT * CK_LDQ;
+  unsigned short *Ss = Vs + CK_BT * CK_LDV;
+  float *gam = (float *)(Ss + CK_KP * CK_LDV);
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+  const long long c = blockIdx.x / CK_NV;
+  const int vt = (int)(blockIdx.x % CK_NV), h = blockIdx.y;
+  if (c >= a.num_chunks) return;
+  const int v0 = vt * CK_BV, vcols = FLA_V - v0 < CK_BV ? FLA_V - v0 : CK_BV;
+  ck_chunk x;
+  ck_chunk_at(a, c, x);
+  const long long H = a.H, ro = x.t0 * H + h, KV = (long long)FLA_K * FLA_V;
+  const int vecq = (FLA_K % 8 == 0) && (((a.q | a.k) & 15) == 0);
+  const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
+  const int vech = (FLA_V % 8 == 0) && ((a.ws0 & 15) == 0);
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs, (const unsigned short *)a.q + ro * FLA_K, H * FLA_K, x.rows,
+                                      FLA_K, vecq, tid);
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K, x.rows,
+                                      FLA_K, vecq, tid);
+  ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs, (const unsigned short *)a.v + ro * FLA_V + v0, H * FLA_V,
+                                      x.rows, vcols, vecv, tid);
+  ck2_load_rows<CK_KP, CK_BV, CK_LDV, CK_NTH>(Ss, (const unsigned short *)a.ws0 + (c * H + h) * KV + v0,
+                                              FLA_V, FLA_K, vcols, vech, tid);
+  ck_commit();
+  if (w == 0) {
+    float g0 = 0.0f, g1 = 0.0f;
+    ck_load_g(a, x, h, lane, g0, g1);
+    ck_scan_g(gam, g0, g1, ck_gamma_h(a, h), x.rows, lane);
+  }
+  ck_wait_all();
+  __syncthreads();
+  ck_o_rows(Qs, Ks, Vs, Ss, gam, x.rows, w, lane, (unsigned short *)a.o + ro * FLA_V + v0, H * FLA_V,
+            vcols, a.scale);
 }
