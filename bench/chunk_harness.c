@@ -16,9 +16,8 @@
 **             scalar g) with CUDA events, median of 30 runs after warm-up,
 **             per kernel and in total, beside fla's times;
 **   --compile-only  compiles the variants and prints ptxas' report (no GPU).
-** Options: --var BV/M[/P],... bench variants: value tile (0 default), block length
-**                             (0: the formula; else forced at compile time), path
-**                             (0 the stage's rule, 1 fused, 2 split)
+** Options: --var BV/M,...    bench variants: value tile (0 default), block length
+**                             (0: the formula; else forced at compile time)
 **          --shapes i,j      bench only these shapes (0-based)
 **          --cache DIR       cubin cache; --precompile fills it without a GPU
 */
@@ -39,11 +38,8 @@
 
 int64_t fla_chunk_fwd_blocklen(const fla_gen_key *key, const fla_tile_config *cfg,
                                const fla_kernel_args *args);
-int fla_chunk_fwd_launches_mode(const fla_gen_key *key, const fla_tile_config *cfg,
-                                const fla_kernel_args *args, int split, int64_t M,
-                                fla_kernel_launch *out);
-int fla_chunk_fwd_split(const fla_gen_key *key, const fla_tile_config *cfg,
-                        const fla_kernel_args *args);
+int fla_chunk_fwd_launches_m(const fla_gen_key *key, const fla_tile_config *cfg,
+                             const fla_kernel_args *args, int64_t M, fla_kernel_launch *out);
 
 static const fla_cuda_driver *cu;
 static fla_ctx *ctx;
@@ -59,7 +55,6 @@ typedef struct variant {
   fla_gen_key key;
   fla_tile_config cfg;
   int64_t force_m; /* 0: the formula */
-  int path;        /* 0: the stage's rule, 1: fused forced, 2: split forced */
   CUmodule mod;
   CUfunction fn[FLA_STAGE_MAX_KERNELS];
   char names[FLA_STAGE_MAX_KERNELS][64];
@@ -161,7 +156,7 @@ static int build(variant *v, int verbose) {
 }
 
 static void make_variant(variant *v, int decay, int K, int V, int has_h0, int store_ht, int bv,
-                         int64_t force_m, int path) {
+                         int64_t force_m) {
   memset(v, 0, sizeof *v);
   v->key.decay = decay;
   v->key.in_bf16 = 1;
@@ -172,34 +167,15 @@ static void make_variant(variant *v, int decay, int K, int V, int has_h0, int st
   v->cfg.BV = bv;
   fla_stage_chunk_fwd.default_config(&v->key, &v->cfg);
   v->force_m = force_m;
-  v->path = path;
 }
 
-static int is_split(const variant *v, const fla_kernel_args *a) {
-  return v->path == 2 ? 1 : v->path == 1 ? 0 : fla_chunk_fwd_split(&v->key, &v->cfg, a);
-}
-
-static int64_t block_m(const variant *v, const fla_kernel_args *a) {
-  return v->force_m > 0 ? v->force_m : fla_chunk_fwd_blocklen(&v->key, &v->cfg, a);
-}
-
-/* Workspace bytes of the path the variant takes (the stage's workspace_). */
-static void ws_sizes(const variant *v, const fla_kernel_args *a, size_t *w0, size_t *w1) {
-  int64_t NC = a->num_chunks, H = a->H, K = v->key.K, V = v->key.V;
-  if (is_split(v, a)) {
-    *w0 = (size_t)(NC * H * K * V) * 2, *w1 = 0;
-  } else {
-    int64_t M = block_m(v, a), NB = NC > 0 ? (NC + M - 1) / M : 0;
-    *w0 = (size_t)(NB * H * K * V) * 4, *w1 = (size_t)(NB * H) * 4;
-  }
-}
-
-/* Launches the kernels of the variant's path (empty grids skipped); ev
-** (FLA_STAGE_MAX_KERNELS + 1 events) NULL or timing points: ev[i + 1] after
-** launch i, taken or not. */
+/* Launches the stage's kernels (empty grids skipped, as the library does);
+** ev (FLA_STAGE_MAX_KERNELS + 1 events) NULL or timing points, ev[i + 1]
+** after launch i. */
 static void launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev) {
   fla_kernel_launch L[FLA_STAGE_MAX_KERNELS];
-  int nk = fla_chunk_fwd_launches_mode(&v->key, &v->cfg, a, is_split(v, a), block_m(v, a), L);
+  int64_t M = v->force_m > 0 ? v->force_m : fla_chunk_fwd_blocklen(&v->key, &v->cfg, a);
+  int nk = fla_chunk_fwd_launches_m(&v->key, &v->cfg, a, M, L);
   void *params[] = {a};
   if (ev) CK(cu->cuEventRecord(ev[0], s));
   for (int i = 0; i < nk; i++) {
@@ -208,6 +184,13 @@ static void launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev
                             L[i].block[1], L[i].block[2], L[i].smem, s, params, NULL));
     if (ev) CK(cu->cuEventRecord(ev[i + 1], s));
   }
+}
+
+/* Workspace bytes for block length M (the stage's workspace_ with M forced). */
+static void ws_sizes(const variant *v, const fla_kernel_args *a, int64_t M, size_t *w0, size_t *w1) {
+  int64_t NC = a->num_chunks, H = a->H, NB = NC > 0 ? (NC + M - 1) / M : 0;
+  *w0 = (size_t)(NB * H * v->key.K * v->key.V) * 4;
+  *w1 = (size_t)((NB * H + 3) / 4 * 4 + (v->key.decay == 2 ? NC * H * 64 : 0)) * 4;
 }
 
 /* ------------------------------------------------------------ check mode */
@@ -229,9 +212,9 @@ static CUdeviceptr dalloc(size_t n) {
 }
 
 /* Runs one case with one variant; returns 0 when it passes. */
-static int run_case(const tcase *tc, int bv, int64_t force_m, int path, int nthreads) {
+static int run_case(const tcase *tc, int bv, int64_t force_m, int nthreads) {
   variant v;
-  make_variant(&v, tc->decay, tc->K, tc->V, tc->has_h0, tc->store_ht, bv, force_m, path);
+  make_variant(&v, tc->decay, tc->K, tc->V, tc->has_h0, tc->store_ht, bv, force_m);
   if (build(&v, 0) != 0) return -1;
   if (!have_gpu) return 0;
   int N = tc->N, H = tc->H, K = tc->K, V = tc->V;
@@ -311,12 +294,12 @@ static int run_case(const tcase *tc, int bv, int64_t force_m, int path, int nthr
   a.cu = Dcu, a.chunk_seq = Dcs, a.chunk_first = Dcf;
   a.total = T, a.N = N, a.H = H, a.num_chunks = (int32_t)NC, a.scale = scale;
   size_t w0, w1;
-  int64_t M = block_m(&v, &a);
-  int split = is_split(&v, &a);
-  ws_sizes(&v, &a, &w0, &w1);
+  int64_t M = force_m > 0 ? force_m : fla_chunk_fwd_blocklen(&v.key, &v.cfg, &a);
+  ws_sizes(&v, &a, M, &w0, &w1);
   CUdeviceptr W0 = dalloc(w0), W1 = dalloc(w1);
   a.ws0 = W0, a.ws1 = W1;
   CK(cu->cuMemsetD8(W0, 0xff, w0 ? w0 : 16)); /* NaN garbage: unused slots must stay unused */
+  CK(cu->cuMemsetD8(W1, 0xff, w1 ? w1 : 16));
   CK(cu->cuMemsetD8(Do, 0xff, 2 * nv));
   CK(cu->cuMemsetD8(Dht, 0xff, 4 * ns));
   launch(&v, &a, NULL, NULL);
@@ -339,8 +322,8 @@ static int run_case(const tcase *tc, int bv, int64_t force_m, int path, int nthr
     }
   double relo = sqrt(eo / (so > 0 ? so : 1)), relh = tc->store_ht ? sqrt(eh / (sh > 0 ? sh : 1)) : 0;
   int ok = nan_o == 0 && nan_h == 0 && relo < 5e-3 && relh < 5e-3;
-  printf("%-34s %s BV %3d M %3lld%s NC %4lld | o relRMS %.2e  ht relRMS %.2e  NaN %zu/%zu  %s\n",
-         tc->name, split ? "split" : "fused", v.cfg.BV, (long long)M, force_m > 0 ? "f" : " ", (long long)NC, relo, relh,
+  printf("%-34s BV %3d M %3lld%s NC %4lld | o relRMS %.2e  ht relRMS %.2e  NaN %zu/%zu  %s\n",
+         tc->name, v.cfg.BV, (long long)M, force_m > 0 ? "f" : " ", (long long)NC, relo, relh,
          nan_o, nan_h, ok ? "ok" : "FAIL");
 
   CUdeviceptr all[] = {Dq, Dk, Dv, Dg, Do, Dgam, Dh0, Dht, Dcu, Dcf, Dcs, W0, W1};
@@ -370,20 +353,14 @@ static int check_mode(int nthreads) {
   int fails = 0, runs = 0;
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     for (size_t j = 0; j < sizeof ms / sizeof ms[0]; j++) {
-      int r = run_case(&cases[i], 0, ms[j], 1, nthreads);
+      int r = run_case(&cases[i], 0, ms[j], nthreads);
       runs++;
       if (r != 0) fails++;
     }
-  /* the split path (fla_chunk_fwd_hs + fla_chunk_fwd_op) on every case, two value tiles */
-  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    fails += run_case(&cases[i], 0, 0, 2, nthreads) != 0;
-    fails += run_case(&cases[i], 32, 0, 2, nthreads) != 0;
-    runs += 2;
-  }
   /* other value tiles on the main case */
   runs += 2;
-  fails += run_case(&cases[0], 32, 0, 1, nthreads) != 0;
-  fails += run_case(&cases[0], 16, 3, 1, nthreads) != 0;
+  fails += run_case(&cases[0], 32, 0, nthreads) != 0;
+  fails += run_case(&cases[0], 16, 3, nthreads) != 0;
   printf("check: %d of %d runs passed\n", runs - fails, runs);
   return fails;
 }
@@ -434,7 +411,6 @@ static int cmp_f(const void *a, const void *b) {
 typedef struct vspec {
   int bv;
   int64_t m;
-  int path; /* 0 the rule, 1 fused, 2 split */
 } vspec;
 
 static int bench_mode(const vspec *vs, int nvs, const int *only, int nonly) {
@@ -452,14 +428,13 @@ static int bench_mode(const vspec *vs, int nvs, const int *only, int nonly) {
     }
     free(cubin);
   }
-  static const vspec dflt = {0, 0, 0};
+  static const vspec dflt = {0, 0};
   if (nvs == 0) vs = &dflt, nvs = 1;
   int nvar = nvs;
   variant *vars = calloc((size_t)nvar, sizeof *vars);
   for (int i = 0; i < nvar; i++) {
-    make_variant(&vars[i], 2, 128, 128, 0, 1, vs[i].bv, vs[i].m, vs[i].path);
-    printf("variant %d: BV %d, M %s, path %s\n", i, vars[i].cfg.BV, vs[i].m ? "forced" : "formula",
-           vs[i].path == 2 ? "split" : vs[i].path == 1 ? "fused" : "rule");
+    make_variant(&vars[i], 2, 128, 128, 0, 1, vs[i].bv, vs[i].m);
+    printf("variant %d: BV %d, M %s\n", i, vars[i].cfg.BV, vs[i].m ? "forced" : "formula");
     if (build(&vars[i], 1) != 0) return 1;
   }
   if (!have_gpu) return 0;
@@ -471,9 +446,8 @@ static int bench_mode(const vspec *vs, int nvs, const int *only, int nonly) {
   for (int r = 0; r < REPS; r++)
     for (int e = 0; e < NE; e++) CK(cu->cuEventCreate(&ev[r][e], CU_EVENT_DEFAULT));
 
-  printf("\n| B | T | H | variant | path | M | state progs | k1 / hs ms | scan ms | o / op ms | "
-         "total ms | fla ms | floor ms | vs fla |\n"
-         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  printf("\n| B | T | H | variant | M | NB*NV progs | gam ms | k1 ms | scan ms | o ms | total ms | "
+         "fla ms | floor ms | vs fla |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
     if (nonly) {
       int want = 0;
@@ -504,36 +478,32 @@ static int bench_mode(const vspec *vs, int nvs, const int *only, int nonly) {
       a.cu = Dcu, a.chunk_seq = Dcs, a.chunk_first = Dcf;
       a.total = T, a.N = (int32_t)N, a.H = (int32_t)H, a.num_chunks = (int32_t)NC;
       a.scale = (float)(1.0 / sqrt(128.0));
-      int64_t M = block_m(v, &a);
+      int64_t M = v->force_m > 0 ? v->force_m : fla_chunk_fwd_blocklen(&v->key, &v->cfg, &a);
       int64_t NB = (NC + M - 1) / M, NV = (V + v->cfg.BV - 1) / v->cfg.BV;
-      int split = is_split(v, &a);
       size_t w0, w1;
-      ws_sizes(v, &a, &w0, &w1);
+      ws_sizes(v, &a, M, &w0, &w1);
       CUdeviceptr W0 = dalloc(w0), W1 = dalloc(w1);
       a.ws0 = W0, a.ws1 = W1;
       for (int r = 0; r < WARM; r++) launch(v, &a, s, NULL);
       for (int r = 0; r < REPS; r++) launch(v, &a, s, ev[r]);
       CK(cu->cuStreamSynchronize(s));
-      /* per launch (h, scan, o, hs, op) and the total */
+      /* per launch (gam, h, scan, o; an empty one times ~0) and the total */
+      const int nk = vars[vi].nk;
       float t[NE][REPS];
       for (int r = 0; r < REPS; r++) {
-        for (int e = 0; e < NE - 1; e++) CK(cu->cuEventElapsedTime(&t[e][r], ev[r][e], ev[r][e + 1]));
-        CK(cu->cuEventElapsedTime(&t[NE - 1][r], ev[r][0], ev[r][NE - 1]));
+        for (int e = 0; e < nk; e++) CK(cu->cuEventElapsedTime(&t[e][r], ev[r][e], ev[r][e + 1]));
+        CK(cu->cuEventElapsedTime(&t[nk][r], ev[r][0], ev[r][nk]));
       }
       float med[NE];
-      for (int e = 0; e < NE; e++) {
+      for (int e = 0; e <= nk; e++) {
         qsort(t[e], REPS, sizeof(float), cmp_f);
         med[e] = t[e][REPS / 2];
       }
-      fla_kernel_launch L[FLA_STAGE_MAX_KERNELS];
-      fla_chunk_fwd_launches_mode(&v->key, &v->cfg, &a, split, M, L);
-      long long progs = split ? (long long)L[3].grid[0] * L[3].grid[1] : NB * NV * H;
-      printf("| %d | %d | %d | BV%d/%s | %s | %lld | %lld | %.3f | %.3f | %.3f | %.3f | %.3f | "
+      printf("| %d | %d | %d | BV%d/%s | %lld | %lld | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | "
              "%.3f | %.2fx |\n",
-             sh->B, sh->T, sh->H, v->cfg.BV, v->force_m ? "M" : "formula",
-             split ? "split" : "fused", split ? 0LL : (long long)M, progs,
-             split ? med[3] : med[0], split ? 0.0f : med[1], split ? med[4] : med[2], med[NE - 1],
-             sh->fla_ms, sh->floor_ms, sh->fla_ms / med[NE - 1]);
+             sh->B, sh->T, sh->H, v->cfg.BV, v->force_m ? "M" : "formula", (long long)M,
+             (long long)(NB * NV * H), med[0], med[1], med[2], med[3], med[nk], sh->fla_ms,
+             sh->floor_ms, sh->fla_ms / med[nk]);
       fflush(stdout);
       cu->cuMemFree(W0), cu->cuMemFree(W1);
     }
@@ -547,12 +517,12 @@ static int bench_mode(const vspec *vs, int nvs, const int *only, int nonly) {
 /* ------------------------------------------------------------------ main */
 
 static int compile_only(int bv) {
-  static const int shapes_kv[][3] = {{2, 128, 128}, {1, 64, 96}, {0, 100, 72}, {2, 256, 256},
+  static const int shapes_kv[][3] = {{2, 128, 128}, {1, 128, 128}, {1, 64, 96}, {0, 100, 72}, {2, 256, 256},
                                      {2, 20, 33}, {1, 192, 160}};
   int fails = 0;
   for (size_t i = 0; i < sizeof shapes_kv / sizeof shapes_kv[0]; i++) {
     variant v;
-    make_variant(&v, shapes_kv[i][0], shapes_kv[i][1], shapes_kv[i][2], 1, 1, bv, 0, 0);
+    make_variant(&v, shapes_kv[i][0], shapes_kv[i][1], shapes_kv[i][2], 1, 1, bv, 0);
     printf("decay %d K %d V %d BV %d:\n", v.key.decay, v.key.K, v.key.V, v.cfg.BV);
     fails += build(&v, 1) != 0;
   }
@@ -573,13 +543,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--var") && i + 1 < argc) {
       for (char *t = strtok(argv[++i], ","); t && nvs < 32; t = strtok(NULL, ",")) {
         long long m = 0;
-        int path = 0;
-        if (sscanf(t, "%d/%lld/%d", &vs[nvs].bv, &m, &path) < 2) {
-          fprintf(stderr, "--var: BV/M[/PATH] e.g. 64/0,64/32,64/0/2 (0: default tile, formula; "
-                          "PATH 0 the rule, 1 fused, 2 split)\n");
+        if (sscanf(t, "%d/%lld", &vs[nvs].bv, &m) != 2) {
+          fprintf(stderr, "--var: BV/M pairs, e.g. 64/0,64/32 (0: default tile, formula)\n");
           return 2;
         }
-        vs[nvs].path = path;
         vs[nvs++].m = m;
       }
     } else if (!strcmp(argv[i], "--shapes") && i + 1 < argc) {

@@ -14,25 +14,20 @@
 ** multiple of 16, 16..128), BK 0 or K (the key dim is never tiled: a program
 ** holds the whole K x BV slice of the state, KW = ceil(K/64)*16 keys a warp).
 **
-** Five kernels, of which the launcher runs one path (the other launches get
-** empty grids; grid, block, dynamic shared memory):
-** the fused path (blocks of M chunks, each walked with its state in registers)
-**   fla_chunk_fwd_h     (NB*NV1, H)     32*NW1   2*64*(KP1+8)*2 + 2*64*(BV1+8)*2 + 256
-**   fla_chunk_fwd_scan  (ceil(H*K*V/256))    256   0
+** Four kernels (grid, block, dynamic shared memory; an empty grid is not
+** launched):
+**   fla_chunk_fwd_gam   (ceil(NC/4), H)      128   0     scalar gates only, else empty
+**   fla_chunk_fwd_h     (NB*NV1, H)     32*NW1   2*64*(KP1+8)*2 + 2*64*(BV1+8)*2 + 512
+**   fla_chunk_fwd_scan  (ceil(H*K*V/256))    256   0     empty when fold_() (o folds)
 **   fla_chunk_fwd_o     (NB*NV, H)           128   4*64*(KP+8)*2 + 2*64*(BV+8)*2
-**                                                   + KP*(BV+8)*2 + 256
-** or the split path (fla_chunk_fwd_split: fla's chunk_fwd_h + chunk_fwd_o)
-**   fla_chunk_fwd_hs    (N*NK2*NV2, H)       128   2*3*64*72*2 + 256
-**   fla_chunk_fwd_op    (NC*NV, H)           128   2*64*(KP+8)*2 + 64*(BV+8)*2
-**                                                   + KP*(BV+8)*2 + 256
-** (NK2 = ceil(K/64), NV2 = ceil(V/BV2), BV2 = hs_bv_: 64, or 32 when there
-** are fewer than 256 programs of 64 x 64 tiles).
+**                                                   + KP*(BV+8)*2 + 512
 ** NV = ceil(V/BV), KP = 4*KW, NB = ceil(NC/M) blocks of M chunks (blocklen_);
 ** the first kernel has its own geometry (h_geom_: NW1 8 warps, 4 when K <= 64,
 ** KP1 = K rounded up to 16*NW1, BV1 = min(V rounded up to 16, 128 / (KP1/NW1/16)
 ** rounded down to 16), NV1 = ceil(V/BV1)).
-** Workspaces: fused: ws0 = NB*H*K*V f32 (block states), ws1 = NB*H f32 (block
-** decays); split: ws0 = NC*H*K*V bf16 (the state entering each chunk).
+** Workspaces: ws0 = NB*H*K*V f32 (block states), ws1 = NB*H f32 (block decays,
+** rounded up to 4) and for scalar gates NC*H*64 f32 (the chunk-local gate
+** cumsums of fla_chunk_fwd_gam).
 ** The first and last kernels need more than 48 KiB of shared memory for K >= 64:
 ** the launcher raises CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to smem.
 */
@@ -61,55 +56,26 @@ int64_t fla_chunk_fwd_blocklen(const fla_gen_key *key, const fla_tile_config *cf
   return fla_chunk_blocklen(args->num_chunks, args->N, args->H, nv_(key, cfg));
 }
 
-/* The split path (fla_chunk_fwd_hs + fla_chunk_fwd_op, fla's chunk_fwd_h +
-** chunk_fwd_o): states of 64 x 64 tiles stored per chunk (bf16), then every
-** (chunk, value tile) on its own. Taken where the fused walk cannot have one
-** block per sequence (it would recompute the states of most blocks: the
-** block-state kernel reads K and V once more) and the batch looks
-** equal-length with enough state-tile programs for a whole-sequence pass. */
-#define CHUNK_HS_TILE 64         /* keys of a state tile; values 64, or 32 when narrow */
-#define CHUNK_HS_RING 3
-#define CHUNK_HS_NARROW_BELOW 256 /* fewer 64 x 64 programs: 32 values a tile         */
-#define CHUNK_SPLIT_MIN_PROGRAMS 128
+/* Whether fla_chunk_fwd_o folds the block states of its sequence's earlier
+** blocks itself instead of the scan kernel writing the entering states: at
+** most CHUNK_FOLD_MAX_BLOCKS blocks a sequence on average (ck_fold). */
+#define CHUNK_FOLD_MAX_BLOCKS 8
 
-static int64_t hs_tiles64_(const fla_gen_key *key) {
-  return (int64_t)((key->K + CHUNK_HS_TILE - 1) / CHUNK_HS_TILE) * ((key->V + 63) / 64);
+static int fold_(int64_t NC, int64_t N, int64_t M) {
+  int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
+  return NB <= CHUNK_FOLD_MAX_BLOCKS * N;
 }
 
-/* The state pass's value tile (ck2_bv in the template). */
-static int hs_bv_(const fla_gen_key *key, const fla_kernel_args *args) {
-  return (int64_t)args->N * args->H * hs_tiles64_(key) < CHUNK_HS_NARROW_BELOW ? 32 : 64;
-}
-
-int fla_chunk_fwd_split(const fla_gen_key *key, const fla_tile_config *cfg,
-                        const fla_kernel_args *args);
-int fla_chunk_fwd_split(const fla_gen_key *key, const fla_tile_config *cfg,
-                        const fla_kernel_args *args) {
-  int64_t NC = args->num_chunks, N = args->N, H = args->H;
-  if (NC <= 0 || N < 1 || NC % N) return 0;
-  if (fla_chunk_blocklen(NC, N, H, nv_(key, cfg)) == NC / N) return 0; /* fused: whole sequences */
-  return N * H * hs_tiles64_(key) >= CHUNK_SPLIT_MIN_PROGRAMS;
-}
-
-static unsigned smem_hs_(void) {
-  return (unsigned)(2 * CHUNK_HS_RING * CHUNK_BT * (CHUNK_HS_TILE + 8) * 2 + 256);
-}
-
-static unsigned smem_op_(const fla_gen_key *key, const fla_tile_config *cfg) {
-  int KP = kw_(key->K) * CHUNK_WARPS;
-  return (unsigned)(2 * CHUNK_BT * (KP + 8) * 2 + CHUNK_BT * (cfg->BV + 8) * 2 +
-                    KP * (cfg->BV + 8) * 2 + 256);
-}
-
+/* gam[2][64] f32 after the tiles (one buffer used unless the gates are scalar) */
 static unsigned smem_h_(const fla_gen_key *key) {
   fla_chunk_h_geom g = fla_chunk_h_geom_of(key);
-  return (unsigned)(2 * CHUNK_BT * (g.kp + 8) * 2 + 2 * CHUNK_BT * (g.bv + 8) * 2 + 256);
+  return (unsigned)(2 * CHUNK_BT * (g.kp + 8) * 2 + 2 * CHUNK_BT * (g.bv + 8) * 2 + 512);
 }
 
 static unsigned smem_o_(const fla_gen_key *key, const fla_tile_config *cfg) {
   int KP = kw_(key->K) * CHUNK_WARPS;
   return (unsigned)(4 * CHUNK_BT * (KP + 8) * 2 + 2 * CHUNK_BT * (cfg->BV + 8) * 2 +
-                    KP * (cfg->BV + 8) * 2 + 256);
+                    KP * (cfg->BV + 8) * 2 + 512);
 }
 
 static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {
@@ -159,72 +125,55 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
 
 static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]) {
   (void)key, (void)cfg;
-  snprintf(names[0], 64, "fla_chunk_fwd_h");
-  snprintf(names[1], 64, "fla_chunk_fwd_scan");
-  snprintf(names[2], 64, "fla_chunk_fwd_o");
-  snprintf(names[3], 64, "fla_chunk_fwd_hs");
-  snprintf(names[4], 64, "fla_chunk_fwd_op");
-  return 5;
+  snprintf(names[0], 64, "fla_chunk_fwd_gam");
+  snprintf(names[1], 64, "fla_chunk_fwd_h");
+  snprintf(names[2], 64, "fla_chunk_fwd_scan");
+  snprintf(names[3], 64, "fla_chunk_fwd_o");
+  return 4;
 }
 
-/* A launch the path does not take: its name, an empty grid (skipped). */
+/* A launch that does not run: its name and an empty grid. */
 static void unused_(fla_kernel_launch *l, const char *name) {
   memset(l, 0, sizeof *l);
   snprintf(l->name, sizeof l->name, "%s", name);
 }
 
-/* The launches of the split path (1) or of the fused path with block length
-** M (0; the harness forces either and M). */
-int fla_chunk_fwd_launches_mode(const fla_gen_key *key, const fla_tile_config *cfg,
-                                const fla_kernel_args *args, int split, int64_t M,
-                                fla_kernel_launch *out);
-int fla_chunk_fwd_launches_mode(const fla_gen_key *key, const fla_tile_config *cfg,
-                                const fla_kernel_args *args, int split, int64_t M,
-                                fla_kernel_launch *out) {
+/* The launches for block length M (the harness passes its forced M). */
+int fla_chunk_fwd_launches_m(const fla_gen_key *key, const fla_tile_config *cfg,
+                             const fla_kernel_args *args, int64_t M, fla_kernel_launch *out);
+int fla_chunk_fwd_launches_m(const fla_gen_key *key, const fla_tile_config *cfg,
+                             const fla_kernel_args *args, int64_t M, fla_kernel_launch *out) {
   int64_t NC = args->num_chunks, H = args->H, NV = nv_(key, cfg);
-  if (split) {
-    int bv = hs_bv_(key, args);
-    int64_t tiles = (int64_t)((key->K + CHUNK_HS_TILE - 1) / CHUNK_HS_TILE) * ((key->V + bv - 1) / bv);
-    unused_(&out[0], "fla_chunk_fwd_h");
-    unused_(&out[1], "fla_chunk_fwd_scan");
-    unused_(&out[2], "fla_chunk_fwd_o");
-    fla_chunk_launch_set(&out[3], "fla_chunk_fwd_hs", (unsigned)(args->N * tiles), (unsigned)H,
-                         32 * CHUNK_WARPS, smem_hs_());
-    fla_chunk_launch_set(&out[4], "fla_chunk_fwd_op", (unsigned)(NC * NV), (unsigned)H,
-                         32 * CHUNK_WARPS, smem_op_(key, cfg));
-    if (NC <= 0) out[4].grid[0] = 0;
-    return 5;
-  }
   int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
   int64_t elems = H * key->K * key->V;
   fla_chunk_h_geom hg = fla_chunk_h_geom_of(key);
-  fla_chunk_launch_set(&out[0], "fla_chunk_fwd_h", (unsigned)(NB * hg.nv), (unsigned)H, 32 * (unsigned)hg.nw,
+  if (key->decay == 2 && NC > 0)
+    fla_chunk_launch_set(&out[0], "fla_chunk_fwd_gam", (unsigned)((NC + 3) / 4), (unsigned)H, 128, 0);
+  else
+    unused_(&out[0], "fla_chunk_fwd_gam");
+  fla_chunk_launch_set(&out[1], "fla_chunk_fwd_h", (unsigned)(NB * hg.nv), (unsigned)H, 32 * (unsigned)hg.nw,
        smem_h_(key));
-  fla_chunk_launch_set(&out[1], "fla_chunk_fwd_scan", (unsigned)((elems + 255) / 256), 1, 256, 0);
-  fla_chunk_launch_set(&out[2], "fla_chunk_fwd_o", (unsigned)(NB * NV), (unsigned)H, 32 * CHUNK_WARPS, smem_o_(key, cfg));
-  unused_(&out[3], "fla_chunk_fwd_hs");
-  unused_(&out[4], "fla_chunk_fwd_op");
-  return 5;
+  if (fold_(NC, args->N, M))
+    unused_(&out[2], "fla_chunk_fwd_scan");
+  else
+    fla_chunk_launch_set(&out[2], "fla_chunk_fwd_scan", (unsigned)((elems + 255) / 256), 1, 256, 0);
+  fla_chunk_launch_set(&out[3], "fla_chunk_fwd_o", (unsigned)((NB > 0 ? NB : 1) * NV), (unsigned)H, 32 * CHUNK_WARPS, smem_o_(key, cfg));
+  return 4;
 }
 
 static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
                      const fla_kernel_args *args, fla_kernel_launch *out) {
-  return fla_chunk_fwd_launches_mode(key, cfg, args, fla_chunk_fwd_split(key, cfg, args),
-                                     fla_chunk_fwd_blocklen(key, cfg, args), out);
+  return fla_chunk_fwd_launches_m(key, cfg, args, fla_chunk_fwd_blocklen(key, cfg, args), out);
 }
 
 static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
                        const fla_kernel_args *args, size_t *ws0, size_t *ws1) {
   int64_t NC = args->num_chunks;
-  if (fla_chunk_fwd_split(key, cfg, args)) { /* HS: the state entering each chunk, bf16 */
-    *ws0 = (size_t)(NC * args->H * key->K * key->V) * 2;
-    *ws1 = 0;
-    return;
-  }
   int64_t M = fla_chunk_fwd_blocklen(key, cfg, args);
   int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
   *ws0 = (size_t)(NB * args->H * key->K * key->V) * sizeof(float);
-  *ws1 = (size_t)(NB * args->H) * sizeof(float);
+  *ws1 = (size_t)((NB * args->H + 3) / 4 * 4 + (key->decay == 2 ? NC * args->H * CHUNK_BT : 0)) *
+         sizeof(float);
 }
 
 const fla_stage_impl fla_stage_chunk_fwd = {

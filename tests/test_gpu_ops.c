@@ -637,11 +637,8 @@ START_TEST(test_recipe_forward) {
 END_TEST
 
 /* Enough (sequence, head) programs that chunk_gk_fwd walks whole sequences
-** in one state pass (no block fold), and that chunk_fwd takes its split path
-** (fla_chunk_fwd_hs + fla_chunk_fwd_op: 2 x 48 x 4 state tiles, too few
-** sequence x head programs for its fused walk): the cases above, with H = 2,
-** always take the blocked / fused paths. Recipes whose core is another
-** stage are skipped. */
+** in one state pass (no block fold): the cases above, with H = 2, always
+** take the blocked path. Recipes whose core is another stage are skipped. */
 static const gcase many_heads_cases_[] = {
     {256, 128, 128, 1, FLA_BF16, FLA_ALGO_AUTO, 0},
     {200, 128, 128, 0, FLA_BF16, FLA_ALGO_AUTO, 0},
@@ -660,7 +657,7 @@ START_TEST(test_gk_many_heads) {
   fla_op_free(op);
   recipe_summary sum;
   memset(&sum, 0, sizeof sum);
-  if (stage == FLA_STAGE_CHUNK_GK_FWD || stage == FLA_STAGE_CHUNK_FWD) {
+  if (stage == FLA_STAGE_CHUNK_GK_FWD) {
     int n = (int)(sizeof many_heads_cases_ / sizeof many_heads_cases_[0]);
     for (int i = 0; i < n; i++) run_case_(h, g, name, r, &many_heads_cases_[i], 7000u + (uint64_t)i, &sum);
     printf("gpu_ops_heads: %-16s %d runs (H = 48)  max rel RMS o %.2e ht %.2e  PASS\n", name, sum.runs,

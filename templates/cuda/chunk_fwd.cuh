@@ -23,8 +23,13 @@
 ** The chunks (NC = a.num_chunks over all sequences, chunk c of sequence n =
 ** a.chunk_first[n] + local index, a.chunk_seq[c] = n) are cut into blocks of
 ** M consecutive chunks, b = 0..NB-1 (M: ck_blocklen, the same formula as
-** gen/stage_chunk.c's). Three kernels:
+** gen/stage_chunk.c's). Four kernels:
 **
+**   fla_chunk_fwd_gam  (ceil(NC/4), H; scalar gates only, else not launched):
+**       gam of every (chunk, head), the chunk-local cumsum of its log2 gates
+**       (fla's chunk_local_cumsum) -> ws1 after the block decays (f32
+**       [NC,H,64]), so that the two walks below load it beside K and V
+**       instead of one warp scanning the gates while the others wait.
 **   fla_chunk_fwd_h    (NB*NV1, H; its own geometry, CK1_*): for each block b
 **       whose last sequence n continues into block b+1, the state of n after
 **       the block assuming a
@@ -37,11 +42,14 @@
 **         E_{b+1} = 2^D_b X_b + P_b,   X_b = h0[n] (or 0) when n began inside
 **                                      or at the start of block b, else E_b,
 **       written over P_b in ws0 slot b. Also ht[n] = h0[n] (or 0) for
-**       sequences with no chunk.
+**       sequences with no chunk. Not launched when the blocks are few
+**       (ck_fold: at most CK_FOLD_MAX_BLOCKS a sequence on average): then
+**       fla_chunk_fwd_o folds the P_b of its sequence's earlier blocks itself
+**       (a few L2 reads instead of a kernel: 20-45 us at 1,8192,96).
 **   fla_chunk_fwd_o    (NB*NV, H): walks the chunks of block b in order with
-**       the K x BV state slice in registers, starting from E_b (ws0 slot b-1)
-**       or h0 where a sequence begins, computes O of every chunk and updates
-**       the state; writes ht where a sequence ends.
+**       the K x BV state slice in registers, starting from E_b (ws0 slot b-1,
+**       or folded) or h0 where a sequence begins, computes O of every chunk
+**       and updates the state; writes ht where a sequence ends.
 ** With M = chunks per sequence (equal-length batches with enough heads), no
 ** block starts inside a sequence and the first two kernels do no work.
 ** The grids and shared memory sizes are gen/stage_chunk.c's (launches_).
@@ -113,8 +121,44 @@ __device__ __forceinline__ long long ck_blocklen(long long NC, int N, int H) {
 #endif
 }
 
+/* Whether fla_chunk_fwd_o folds the earlier blocks' states itself (and the
+** scan kernel is not launched): keep in step with fold_() in gen/stage_chunk.c. */
+#define CK_FOLD_MAX_BLOCKS 8
+
+__device__ __forceinline__ int ck_fold(long long NC, int N, int H) {
+  const long long M = ck_blocklen(NC, N, H), NB = NC > 0 ? (NC + M - 1) / M : 0;
+  return NB <= (long long)CK_FOLD_MAX_BLOCKS * N;
+}
+
 //@include "chunk_common.cuh"
 //@include "chunk_tiles.cuh"
+
+/* Scalar gates: the chunk-local cumsums come from fla_chunk_fwd_gam, loaded
+** with cp.async per chunk (two buffers); other decays compute gam in warp 0. */
+#if FLA_DECAY == 2
+#define CK_GAM_BUFS 2
+#else
+#define CK_GAM_BUFS 1
+#endif
+
+/* GAM [NC,H,64] f32 in ws1, after the NB*H block decays (rounded up to 4). */
+__device__ __forceinline__ float *ck_ws_gam(const fla_kernel_args &a) {
+  const long long NC = a.num_chunks, M = ck_blocklen(NC, a.N, a.H);
+  const long long NB = NC > 0 ? (NC + M - 1) / M : 0;
+  return (float *)a.ws1 + (NB * a.H + 3) / 4 * 4;
+}
+
+/* Chunk c's gam row into dst (16 threads, 16 bytes each; in the caller's
+** commit group). */
+__device__ __forceinline__ void ck_load_gam(const fla_kernel_args &a, float *dst, long long c, int h,
+                                            int tid) {
+#if FLA_DECAY == 2
+  if (tid < CK_BT / 4)
+    ck_cp16(ck_smem(dst + 4 * tid), ck_ws_gam(a) + (c * a.H + h) * CK_BT + 4 * tid, 1);
+#else
+  (void)a, (void)dst, (void)c, (void)h, (void)tid;
+#endif
+}
 
 
 /* S = 2^gL S + (K .* 2^(gL - gam))^T V over the chunk's 64 tokens.
@@ -206,9 +250,27 @@ __device__ __forceinline__ float ck_gamma_h(const fla_kernel_args &a, int h) {
 #endif
 }
 
+/* ------------------------------------------------ kernel 0: gate cumsums */
+
+/* One warp per (chunk, head): GAM[c,h,:] = ck_scan_g of the chunk's gates. */
+extern "C" __global__ void __launch_bounds__(128) fla_chunk_fwd_gam(fla_kernel_args a) {
+#if FLA_DECAY == 2
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, h = blockIdx.y;
+  const long long c = (long long)blockIdx.x * 4 + w;
+  if (c >= a.num_chunks) return;
+  ck_chunk x;
+  ck_chunk_at(a, c, x);
+  float g0 = 0.0f, g1 = 0.0f;
+  ck_load_g(a, x, h, lane, g0, g1);
+  ck_scan_g(ck_ws_gam(a) + (c * a.H + h) * CK_BT, g0, g1, 0.0f, x.rows, lane);
+#else
+  (void)a;
+#endif
+}
+
 /* ------------------------------------------------ kernel 1: block states */
 
-/* Shared memory: Ks[2][64][LDQ1], Vs[2][64][LDV1] bf16, gam[64] f32 (CK1_ geometry). */
+/* Shared memory: Ks[2][64][LDQ1], Vs[2][64][LDV1] bf16, gam[GAM_BUFS][64] f32 (CK1_ geometry). */
 extern "C" __global__ void __launch_bounds__(CK1_NTH) fla_chunk_fwd_h(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Ks = (unsigned short *)ck_sm;
@@ -238,13 +300,15 @@ extern "C" __global__ void __launch_bounds__(CK1_NTH) fla_chunk_fwd_h(fla_kernel
   ck_load_tile<CK1_KP, CK1_LDQ, CK1_NTH>(Ks, kp + (x.t0 * H + p.h) * FLA_K, H * FLA_K, x.rows, FLA_K, veck, tid);
   ck_load_tile<CK1_BV, CK1_LDV, CK1_NTH>(Vs, vp + (x.t0 * H + p.h) * FLA_V + p.v0, H * FLA_V, x.rows, p.vcols,
                               vecv, tid);
+  ck_load_gam(a, gam, start, p.h, tid);
   ck_commit();
   float g0 = 0.0f, g1 = 0.0f;
-  if (w == 0) ck_load_g(a, x, p.h, lane, g0, g1);
+  if (FLA_DECAY != 2 && w == 0) ck_load_g(a, x, p.h, lane, g0, g1);
 
   for (long long c = start; c < p.c1; c++) {
     const int buf = (int)((c - start) & 1);
     const int rows = x.rows;
+    float *gb = gam + (CK_GAM_BUFS == 2 ? buf * CK_BT : 0);
     ck_chunk xn = x;
     float gn0 = 0.0f, gn1 = 0.0f;
     if (c + 1 < p.c1) {
@@ -255,19 +319,20 @@ extern "C" __global__ void __launch_bounds__(CK1_NTH) fla_chunk_fwd_h(fla_kernel
                                   veck, tid);
       ck_load_tile<CK1_BV, CK1_LDV, CK1_NTH>(Vn, vp + (xn.t0 * H + p.h) * FLA_V + p.v0, H * FLA_V, xn.rows,
                                   p.vcols, vecv, tid);
+      ck_load_gam(a, gam + (CK_GAM_BUFS == 2 ? (buf ^ 1) * CK_BT : 0), c + 1, p.h, tid);
       ck_commit();
-      if (w == 0) ck_load_g(a, xn, p.h, lane, gn0, gn1);
+      if (FLA_DECAY != 2 && w == 0) ck_load_g(a, xn, p.h, lane, gn0, gn1);
       ck_wait_one();
     } else {
       ck_wait_all();
     }
-    if (w == 0) ck_scan_g(gam, g0, g1, gc, rows, lane);
+    if (FLA_DECAY != 2 && w == 0) ck_scan_g(gb, g0, g1, gc, rows, lane);
     __syncthreads();
 #if FLA_DECAY
-    dsum += gam[rows - 1];
+    dsum += gb[rows - 1];
 #endif
     ck_state_update<CK1_KW, CK1_MT, CK1_NT, CK1_LDQ, CK1_LDV>(S, Ks + buf * CK_BT * CK1_LDQ,
-                                                             Vs + buf * CK_BT * CK1_LDV, gam, rows, w,
+                                                             Vs + buf * CK_BT * CK1_LDV, gb, rows, w,
                                                              lane);
     __syncthreads();
     x = xn;
@@ -349,23 +414,40 @@ extern "C" __global__ void __launch_bounds__(CK_SCAN_THREADS) fla_chunk_fwd_scan
 
 /* ------------------------------------------------- kernel 3: the output */
 
+/* S = 2^D S + P[key][v0 + val] (fragment layout of ck_state_load; P one head's
+** K x V f32 block state from fla_chunk_fwd_h, D its log2 decay). */
+template <int KW, int MT, int NT>
+__device__ __forceinline__ void ck_fold_block(float (&S)[MT][NT][4], const float *P, float D, int v0,
+                                              int w, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+  const float e2 = exp2f(D);
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int key = KW * w + 16 * mt + g + (e >> 1) * 8, col = v0 + 8 * j + 2 * q + (e & 1);
+        const float pv = (key < FLA_K && col < FLA_V) ? P[(long long)key * FLA_V + col] : 0.0f;
+        S[mt][j][e] = e2 * S[mt][j][e] + pv;
+      }
+}
+
 /* Shared memory: Qs[2][64][LDQ], Ks[2][64][LDQ], Vs[2][64][LDV], Ss[KP][LDV]
-** bf16, gam[64] f32. Warp w owns output rows 16w .. 16w+15 of the chunk and
+** bf16, gam[GAM_BUFS][64] f32. Warp w owns output rows 16w .. 16w+15 of the chunk and
 ** state keys KW w .. KW w + KW-1. */
-/* The output rows of one chunk for warp w (rows 16w .. 16w+15), S0 (bf16)
-** in Ss [KP][LDV]:
+/* One chunk of fla_chunk_fwd_o for warp w (rows 16w .. 16w+15):
 **   A = Q K^T (columns up to the warp's last row), O = 2^gam .* (Q S0) + A V,
-**   store scale O. fla_chunk_fwd_o then updates its state (ck_o_chunk);
-**   fla_chunk_fwd_op reads S0 from the states of fla_chunk_fwd_hs.
+**   store scale O, then S = 2^gL S + (K .* 2^(gL - gam))^T V.
 ** Measured and dropped (bench/results/2026-11-22-chunk-fwd.md): a copy of
 ** this body per warp index, making the causal skips compile-time (255
 ** registers, spills: 5-30% slower), and O staged through the warp's own Q rows
 ** for 16-byte stores (1-3% slower than these 4-byte stores). */
-__device__ __forceinline__ void ck_o_rows(const unsigned short *Qb, const unsigned short *Kb,
-                                          const unsigned short *Vb, const unsigned short *Ss,
-                                          const float *gam, int rows, int w, int lane,
-                                          unsigned short *orow, long long ld, int vcols,
-                                          float scale) {
+__device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const unsigned short *Qb,
+                                           const unsigned short *Kb, const unsigned short *Vb,
+                                           const unsigned short *Ss, const float *gam, int rows,
+                                           int w, int lane, unsigned short *orow, long long ld,
+                                           int vcols, float scale) {
   const int g = lane >> 2, q = lane & 3;
   const int r0 = 16 * w;
 
@@ -453,6 +535,7 @@ __device__ __forceinline__ void ck_o_rows(const unsigned short *Qb, const unsign
   }
 
   /* store O */
+  /* store O */
   {
 #pragma unroll
     for (int j = 0; j < CK_NT; j++) {
@@ -476,16 +559,8 @@ __device__ __forceinline__ void ck_o_rows(const unsigned short *Qb, const unsign
 #endif
     }
   }
-}
 
-/* One chunk of fla_chunk_fwd_o: its output rows, then the state leaving it,
-**   S = 2^gL S + (K .* 2^(gL - gam))^T V. */
-__device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const unsigned short *Qb,
-                                           const unsigned short *Kb, const unsigned short *Vb,
-                                           const unsigned short *Ss, const float *gam, int rows,
-                                           int w, int lane, unsigned short *orow, long long ld,
-                                           int vcols, float scale) {
-  ck_o_rows(Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, ld, vcols, scale);
+  /* the state leaving the chunk */
   ck_state_update<CK_KW, CK_MT, CK_NT, CK_LDQ, CK_LDV>(S, Kb, Vb, gam, rows, w, lane);
 }
 
@@ -498,9 +573,23 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
   float *gam = (float *)(Ss + CK_KP * CK_LDV);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const ck_prog p = ck_prog_at<CK_NV, CK_BV>(a);
-  if (p.c0 >= a.num_chunks) return;
   const long long H = a.H;
   const long long KV = (long long)FLA_K * FLA_V;
+  const long long *cf = (const long long *)a.chunk_first;
+  const int fold = ck_fold(a.num_chunks, a.N, a.H);
+#if FLA_STORE_HT
+  if (fold && p.b == 0) /* no scan kernel: ht = h0 (or 0) for sequences with no chunk */
+    for (int n = 0; n < a.N; n++) {
+      if (cf[n] != cf[n + 1]) continue;
+      float *dst = (float *)a.ht + ((long long)n * H + p.h) * KV;
+      const float *src = FLA_HAS_H0 && a.h0 ? (const float *)a.h0 + ((long long)n * H + p.h) * KV : 0;
+      for (int e = tid; e < FLA_K * p.vcols; e += CK_NTH) {
+        const long long i = (long long)(e / p.vcols) * FLA_V + p.v0 + e % p.vcols;
+        dst[i] = src ? src[i] : 0.0f;
+      }
+    }
+#endif
+  if (p.c0 >= a.num_chunks) return;
   const unsigned short *qp = (const unsigned short *)a.q;
   const unsigned short *kp = (const unsigned short *)a.k;
   const unsigned short *vp = (const unsigned short *)a.v;
@@ -515,22 +604,30 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
   ck_chunk_at(a, p.c0, x);
 
   float S[CK_MT][CK_NT][4];
-  if (x.first)
+  if (x.first || fold) {
     ck_state_load<CK_KW>(S, h0 ? h0 + ((long long)x.n * H + p.h) * KV : h0, p.v0, w, lane);
-  else
+    /* the sequence began in an earlier block: fold the blocks since (their P and D from kernel 1) */
+    if (!x.first)
+      for (long long bb = cf[x.n] / p.M; bb < p.b; bb++)
+        ck_fold_block<CK_KW>(S, (const float *)a.ws0 + (bb * H + p.h) * KV, ((const float *)a.ws1)[bb * H + p.h],
+                             p.v0, w, lane);
+  } else {
     ck_state_load<CK_KW>(S, (const float *)a.ws0 + ((p.b - 1) * H + p.h) * KV, p.v0, w, lane);
+  }
 
   ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs, qp + (x.t0 * H + p.h) * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
   ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, kp + (x.t0 * H + p.h) * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
   ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs, vp + (x.t0 * H + p.h) * FLA_V + p.v0, H * FLA_V, x.rows, p.vcols,
                               vecv, tid);
+  ck_load_gam(a, gam, p.c0, p.h, tid);
   ck_commit();
   float g0 = 0.0f, g1 = 0.0f;
-  if (w == 0) ck_load_g(a, x, p.h, lane, g0, g1);
+  if (FLA_DECAY != 2 && w == 0) ck_load_g(a, x, p.h, lane, g0, g1);
 
   for (long long c = p.c0; c < p.c1; c++) {
     const int buf = (int)((c - p.c0) & 1);
     const int rows = x.rows;
+    float *gb = gam + (CK_GAM_BUFS == 2 ? buf * CK_BT : 0);
     ck_chunk xn = x;
     float gn0 = 0.0f, gn1 = 0.0f;
     if (c + 1 < p.c1) {
@@ -542,8 +639,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
                                   xn.rows, FLA_K, vecq, tid);
       ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs + (buf ^ 1) * CK_BT * CK_LDV, vp + ro * FLA_V + p.v0,
                                   H * FLA_V, xn.rows, p.vcols, vecv, tid);
+      ck_load_gam(a, gam + (CK_GAM_BUFS == 2 ? (buf ^ 1) * CK_BT : 0), c + 1, p.h, tid);
       ck_commit();
-      if (w == 0) ck_load_g(a, xn, p.h, lane, gn0, gn1);
+      if (FLA_DECAY != 2 && w == 0) ck_load_g(a, xn, p.h, lane, gn0, gn1);
     }
     /* a sequence starting inside the block: its initial state */
     if (x.first && c > p.c0)
@@ -557,7 +655,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
         *(unsigned *)(Ss + key * CK_LDV + col) = ck_pack(S[mt][j][0], S[mt][j][1]);
         *(unsigned *)(Ss + (key + 8) * CK_LDV + col) = ck_pack(S[mt][j][2], S[mt][j][3]);
       }
-    if (w == 0) ck_scan_g(gam, g0, g1, gc, rows, lane);
+    if (FLA_DECAY != 2 && w == 0) ck_scan_g(gb, g0, g1, gc, rows, lane);
     if (c + 1 < p.c1)
       ck_wait_one();
     else
@@ -568,7 +666,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
     const unsigned short *Kb = Ks + buf * CK_BT * CK_LDQ;
     const unsigned short *Vb = Vs + buf * CK_BT * CK_LDV;
     unsigned short *orow = op + (x.t0 * H + p.h) * FLA_V + p.v0;
-    ck_o_chunk(S, Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, H * FLA_V, p.vcols, scale);
+    ck_o_chunk(S, Qb, Kb, Vb, Ss, gb, rows, w, lane, orow, H * FLA_V, p.vcols, scale);
 #if FLA_STORE_HT
     if (x.last)
       ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)x.n * H + p.h) * KV, p.v0, w, lane);
@@ -577,246 +675,4 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
     x = xn;
     g0 = gn0, g1 = gn1;
   }
-}
-
-/* ============================================ the split path (fla's shape)
-**
-** Where the blocked path would recompute most states (too few sequence x head
-** x value-tile programs for one block per sequence), gen/stage_chunk.c
-** launches these two instead of the three above, as fla's chunk_fwd_h +
-** chunk_fwd_o:
-**
-**   fla_chunk_fwd_hs  (N*NK2*NV2, H; 4 warps): one program per sequence, head
-**       and 64 x 64 tile (k0, v0) of the state walks its sequence's chunks,
-**       storing the state entering each chunk rounded to bf16,
-**         HS[c,h,k0:,v0:] = S0,  S = 2^gam_L S + (K .* 2^(gam_L - gam))^T V,
-**       into ws0 ([NC,H,K,V] bf16), and ht (f32) after the last chunk. The
-**       state update is separable by key and value tiles, so small tiles
-**       give 4 programs a head (K = V = 128) where the fused walk has 2.
-**   fla_chunk_fwd_op  (NC*NV, H; 4 warps): each (chunk, value tile) on its own,
-**       O = scale [diag(2^gam) Q S0 + ((Q K^T) .* M .* 2^(gam_i - gam_j)) V]
-**       with S0 the bf16 HS tile (ck_o_rows, the fused path's output code).
-** HS rounds S0 to bf16 exactly where the fused path rounds it for Q S0, so
-** both paths compute the same outputs. */
-
-#define CK2_BK 64 /* state tile of fla_chunk_fwd_hs: 64 keys (16 a warp) x 64 or 32 values */
-#define CK2_NK ((FLA_K + CK2_BK - 1) / CK2_BK)
-#define CK2_NV64 ((FLA_V + 63) / 64)
-#define CK2_LD (CK2_BK + 8)
-#define CK2_NS 3               /* chunks in the shared-memory ring (2 in flight)           */
-#define CK2_NARROW_BELOW 256   /* fewer 64 x 64 programs: value tiles of 32 (twice as many) */
-
-/* The value tile of the state pass: keep in step with gen/stage_chunk.c. */
-__device__ __forceinline__ int ck2_bv(int N, int H) {
-  return (long long)N * H * CK2_NK * CK2_NV64 < CK2_NARROW_BELOW ? 32 : 64;
-}
-
-/* S (fragment layout of ck_state_load with KW 16: keys k0 + 16 w + ...) from
-** / to one head's K x V matrix, rows k0.., columns v0.. (src NULL: 0). */
-template <int NT>
-__device__ __forceinline__ void ck2_state_load(float (&S)[1][NT][4], const float *src, int k0, int v0,
-                                               int w, int lane) {
-  const int g = lane >> 2, q = lane & 3;
-#pragma unroll
-  for (int j = 0; j < NT; j++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-      const int key = k0 + 16 * w + g + (e >> 1) * 8, col = v0 + 8 * j + 2 * q + (e & 1);
-      S[0][j][e] = (src && key < FLA_K && col < FLA_V) ? src[(long long)key * FLA_V + col] : 0.0f;
-    }
-}
-
-template <int NT>
-__device__ __forceinline__ void ck2_state_store(const float (&S)[1][NT][4], float *dst, int k0, int v0,
-                                                int w, int lane) {
-  const int g = lane >> 2, q = lane & 3;
-#pragma unroll
-  for (int j = 0; j < NT; j++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-      const int key = k0 + 16 * w + g + (e >> 1) * 8, col = v0 + 8 * j + 2 * q + (e & 1);
-      if (key < FLA_K && col < FLA_V) dst[(long long)key * FLA_V + col] = S[0][j][e];
-    }
-}
-
-template <int NT>
-__device__ __forceinline__ void ck2_state_store_bf16(const float (&S)[1][NT][4], unsigned short *dst,
-                                                     int k0, int v0, int w, int lane) {
-  const int g = lane >> 2, q = lane & 3;
-  const int kA = k0 + 16 * w + g, kB = kA + 8;
-#pragma unroll
-  for (int j = 0; j < NT; j++) {
-    const int col = v0 + 8 * j + 2 * q;
-#if FLA_V % 2 == 0
-    if (col < FLA_V) {
-      if (kA < FLA_K) *(unsigned *)(dst + kA * FLA_V + col) = ck_pack(S[0][j][0], S[0][j][1]);
-      if (kB < FLA_K) *(unsigned *)(dst + kB * FLA_V + col) = ck_pack(S[0][j][2], S[0][j][3]);
-    }
-#else
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-      const int key = e < 2 ? kA : kB, cl = col + (e & 1);
-      if (key < FLA_K && cl < FLA_V)
-        dst[key * FLA_V + cl] = (unsigned short)(ck_pack(S[0][j][e], 0.0f) & 0xffffu);
-    }
-#endif
-  }
-}
-
-/* rows x COLS bf16 tile (rows up to ROWS) into smem; as ck_load_tile. */
-template <int ROWS, int COLS, int LDS, int NTH>
-__device__ __forceinline__ void ck2_load_rows(unsigned short *s, const unsigned short *g, long long ld,
-                                              int nrows, int ncols, int vec, int tid) {
-  if (vec) {
-    const int P = COLS / 8;
-#pragma unroll 4
-    for (int p = tid; p < ROWS * P; p += NTH) {
-      int r = p / P, c = (p % P) * 8;
-      int ok = r < nrows && c < ncols;
-      ck_cp16(ck_smem(s + r * LDS + c), ok ? (const void *)(g + r * ld + c) : (const void *)g, ok);
-    }
-  } else {
-    for (int p = tid; p < ROWS * COLS; p += NTH) {
-      int r = p / COLS, c = p % COLS;
-      s[r * LDS + c] = (r < nrows && c < ncols) ? g[r * ld + c] : (unsigned short)0;
-    }
-  }
-}
-
-/* Rows [t0, t0 + rows) of the K tile k0 and V tile v0 (BV2 wide) into ring
-** slot b, one commit group; rows 0 (past the sequence) an empty group, so
-** that waiting for all but NS-1 groups always leaves the oldest chunk done. */
-template <int BV2>
-__device__ __forceinline__ void ck2_prefetch(const fla_kernel_args &a, unsigned short *Ks,
-                                             unsigned short *Vs, int b, long long t0, int rows,
-                                             int h, int k0, int v0, int tid) {
-  if (rows > 0) {
-    const long long H = a.H, ro = t0 * H + h;
-    const int veck = (FLA_K % 8 == 0) && ((a.k & 15) == 0);
-    const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
-    ck_load_tile<CK2_BK, CK2_LD, CK_NTH>(Ks + b * CK_BT * CK2_LD,
-                                         (const unsigned short *)a.k + ro * FLA_K + k0, H * FLA_K,
-                                         rows, FLA_K - k0, veck, tid);
-    ck_load_tile<BV2, CK2_LD, CK_NTH>(Vs + b * CK_BT * CK2_LD,
-                                      (const unsigned short *)a.v + ro * FLA_V + v0, H * FLA_V,
-                                      rows, FLA_V - v0, vecv, tid);
-  }
-  ck_commit();
-}
-
-template <int N>
-__device__ __forceinline__ void ck2_wait_n() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-__device__ __forceinline__ int ck2_rows(long long t0, long long te) {
-  return te - t0 >= CK_BT ? CK_BT : te > t0 ? (int)(te - t0) : 0;
-}
-
-/* The state pass of one (sequence n, head h, tile k0 x v0) program: its
-** chunks are tokens cu[n] + 64 i.., chunks chunk_first[n] + i. */
-template <int BV2>
-__device__ __forceinline__ void ck2_hs_walk(const fla_kernel_args &a, unsigned char *sm, int n, int h,
-                                            int k0, int v0) {
-  constexpr int NT = BV2 / 8;
-  unsigned short *Ks = (unsigned short *)sm;
-  unsigned short *Vs = Ks + CK2_NS * CK_BT * CK2_LD;
-  float *gam = (float *)(Vs + CK2_NS * CK_BT * CK2_LD);
-  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
-  const long long *cf = (const long long *)a.chunk_first;
-  const long long *cu = (const long long *)a.cu;
-  const long long H = a.H, KV = (long long)FLA_K * FLA_V, c0 = cf[n], nch = cf[n + 1] - c0;
-  const long long tb = cu[n], te = cu[n + 1];
-  const float *h0 = FLA_HAS_H0 ? (const float *)a.h0 : (const float *)0;
-  float S[1][NT][4];
-  ck2_state_load<NT>(S, h0 ? h0 + ((long long)n * H + h) * KV : h0, k0, v0, w, lane);
-  if (nch > 0) {
-    const float gc = ck_gamma_h(a, h);
-    unsigned short *hs = (unsigned short *)a.ws0 + (c0 * H + h) * KV;
-#pragma unroll
-    for (int st = 0; st < CK2_NS - 1; st++)
-      ck2_prefetch<BV2>(a, Ks, Vs, st, tb + CK_BT * st, ck2_rows(tb + CK_BT * st, te), h, k0, v0, tid);
-    float g0 = 0.0f, g1 = 0.0f;
-    ck_chunk xg; /* what ck_load_g reads: t0, rows */
-    xg.t0 = tb, xg.rows = ck2_rows(tb, te);
-    if (w == 0) ck_load_g(a, xg, h, lane, g0, g1);
-    for (long long i = 0; i < nch; i++) {
-      const int buf = (int)(i % CK2_NS);
-      const long long t0 = tb + CK_BT * i;
-      ck2_state_store_bf16<NT>(S, hs + i * H * KV, k0, v0, w, lane);
-      {
-        const long long tl = t0 + CK_BT * (CK2_NS - 1);
-        ck2_prefetch<BV2>(a, Ks, Vs, (int)((i + CK2_NS - 1) % CK2_NS), tl, ck2_rows(tl, te), h, k0, v0,
-                          tid);
-      }
-      const int rows = ck2_rows(t0, te);
-      if (w == 0) {
-        ck_scan_g(gam, g0, g1, gc, rows, lane);
-        xg.t0 = t0 + CK_BT, xg.rows = ck2_rows(t0 + CK_BT, te);
-        if (xg.rows > 0) ck_load_g(a, xg, h, lane, g0, g1);
-      }
-      ck2_wait_n<CK2_NS - 1>();
-      __syncthreads();
-      ck_state_update<16, 1, NT, CK2_LD, CK2_LD>(S, Ks + buf * CK_BT * CK2_LD, Vs + buf * CK_BT * CK2_LD,
-                                                 gam, rows, w, lane);
-      __syncthreads();
-    }
-  }
-#if FLA_STORE_HT
-  ck2_state_store<NT>(S, (float *)a.ht + ((long long)n * H + h) * KV, k0, v0, w, lane);
-#endif
-}
-
-/* Shared memory: Ks[NS][64][LD2], Vs[NS][64][LD2] bf16, gam[64] f32. Grid:
-** (N * NK2 * NV2, H), NV2 = ceil(V / bv), bv = ck2_bv(N, H). */
-extern "C" __global__ void __launch_bounds__(CK_NTH, 4) fla_chunk_fwd_hs(fla_kernel_args a) {
-  extern __shared__ __align__(16) unsigned char ck_sm[];
-  const int bv = ck2_bv(a.N, a.H), nv2 = (FLA_V + bv - 1) / bv;
-  const int tile = blockIdx.x % (CK2_NK * nv2), n = blockIdx.x / (CK2_NK * nv2);
-  if (n >= a.N) return;
-  const int k0 = tile / nv2 * CK2_BK, v0 = tile % nv2 * bv;
-  if (bv == 32)
-    ck2_hs_walk<32>(a, ck_sm, n, blockIdx.y, k0, v0);
-  else
-    ck2_hs_walk<64>(a, ck_sm, n, blockIdx.y, k0, v0);
-}
-
-/* Shared memory: Qs[64][LDQ], Ks[64][LDQ], Vs[64][LDV], Ss[KP][LDV] bf16,
-** gam[64] f32 (the fused kernel's layout, single-buffered). */
-extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_op(fla_kernel_args a) {
-  extern __shared__ __align__(16) unsigned char ck_sm[];
-  unsigned short *Qs = (unsigned short *)ck_sm;
-  unsigned short *Ks = Qs + CK_BT * CK_LDQ;
-  unsigned short *Vs = Ks + CK_BT * CK_LDQ;
-  unsigned short *Ss = Vs + CK_BT * CK_LDV;
-  float *gam = (float *)(Ss + CK_KP * CK_LDV);
-  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
-  const long long c = blockIdx.x / CK_NV;
-  const int vt = (int)(blockIdx.x % CK_NV), h = blockIdx.y;
-  if (c >= a.num_chunks) return;
-  const int v0 = vt * CK_BV, vcols = FLA_V - v0 < CK_BV ? FLA_V - v0 : CK_BV;
-  ck_chunk x;
-  ck_chunk_at(a, c, x);
-  const long long H = a.H, ro = x.t0 * H + h, KV = (long long)FLA_K * FLA_V;
-  const int vecq = (FLA_K % 8 == 0) && (((a.q | a.k) & 15) == 0);
-  const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
-  const int vech = (FLA_V % 8 == 0) && ((a.ws0 & 15) == 0);
-  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs, (const unsigned short *)a.q + ro * FLA_K, H * FLA_K, x.rows,
-                                      FLA_K, vecq, tid);
-  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K, x.rows,
-                                      FLA_K, vecq, tid);
-  ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs, (const unsigned short *)a.v + ro * FLA_V + v0, H * FLA_V,
-                                      x.rows, vcols, vecv, tid);
-  ck2_load_rows<CK_KP, CK_BV, CK_LDV, CK_NTH>(Ss, (const unsigned short *)a.ws0 + (c * H + h) * KV + v0,
-                                              FLA_V, FLA_K, vcols, vech, tid);
-  ck_commit();
-  if (w == 0) {
-    float g0 = 0.0f, g1 = 0.0f;
-    ck_load_g(a, x, h, lane, g0, g1);
-    ck_scan_g(gam, g0, g1, ck_gamma_h(a, h), x.rows, lane);
-  }
-  ck_wait_all();
-  __syncthreads();
-  ck_o_rows(Qs, Ks, Vs, Ss, gam, x.rows, w, lane, (unsigned short *)a.o + ro * FLA_V + v0, H * FLA_V,
-            vcols, a.scale);
 }
