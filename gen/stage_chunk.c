@@ -47,13 +47,33 @@ static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
   return (key->V + cfg->BV - 1) / cfg->BV;
 }
 
+/* Block length M (ck_blocklen in the template: keep in step). One block per
+** sequence when an equal-length batch has enough programs; else the M in
+** 8, 16, .., 64 with the fewest chunk steps of fla_chunk_fwd_o counted in
+** waves of CHUNK_O_SLOTS programs, ceil(NB NV H / slots) M, ties to the
+** longer blocks (less for fla_chunk_fwd_h to recompute). Not the shared
+** fla_chunk_blocklen (chunk_gk_fwd's), whose NC H NV / 1024 left the last
+** wave of o a third full at 1,8192,96. */
+#define CHUNK_O_SLOTS 264 /* o programs resident at once: 132 SMs x 2 (H100) */
+
+static int64_t fwd_blocklen_(int64_t NC, int64_t N, int64_t H, int64_t NV) {
+  if (NC <= 0) return 1;
+  if (N >= 1 && NC % N == 0 && N * H * NV >= FLA_CHUNK_FUSED_MIN) return NC / N;
+  int64_t best = FLA_CHUNK_MIN_M, best_steps = -1;
+  for (int64_t m = FLA_CHUNK_MIN_M; m <= FLA_CHUNK_MAX_M; m += 8) {
+    int64_t steps = (((NC + m - 1) / m) * H * NV + CHUNK_O_SLOTS - 1) / CHUNK_O_SLOTS * m;
+    if (best_steps < 0 || steps <= best_steps) best = m, best_steps = steps;
+  }
+  return best;
+}
+
 /* The block length the kernels compute for these sizes (bench/chunk_harness.c
 ** uses it; a source compiled with FLA_CHUNK_M defined uses that instead). */
 int64_t fla_chunk_fwd_blocklen(const fla_gen_key *key, const fla_tile_config *cfg,
                                const fla_kernel_args *args);
 int64_t fla_chunk_fwd_blocklen(const fla_gen_key *key, const fla_tile_config *cfg,
                                const fla_kernel_args *args) {
-  return fla_chunk_blocklen(args->num_chunks, args->N, args->H, nv_(key, cfg));
+  return fwd_blocklen_(args->num_chunks, args->N, args->H, nv_(key, cfg));
 }
 
 /* Whether fla_chunk_fwd_o folds the block states of its sequence's earlier

@@ -100,9 +100,16 @@
 #define CK1_LDV (CK1_BV + 8)
 #define CK_LOG2E 1.4426950408889634f
 
-/* Block length: keep in step with blocklen_() in gen/stage_chunk.c. */
-#define CK_FUSED_MIN 256        /* programs of one block per sequence that suffice */
-#define CK_TARGET_PROGRAMS 1024 /* else: blocks of about this many programs        */
+/* Block length: keep in step with fwd_blocklen_() in gen/stage_chunk.c. One
+** block per sequence when that gives enough programs; else the M in 8, 16,
+** .., 64 with the fewest chunk steps of fla_chunk_fwd_o counted in waves of
+** CK_O_SLOTS programs, ceil(NB NV H / slots) M (ties: the longer blocks,
+** which leave fla_chunk_fwd_h less to recompute). Measured at the ANCHORS
+** shapes (bench/results/2026-11-23-chunk-fwd-split.md): o's time follows
+** these steps, and the old M = NC H NV / 1024 left a last wave a third full
+** at 1,8192,96 (M 24: 5 waves of 24 chunks where M 32 takes 3 of 32). */
+#define CK_FUSED_MIN 256 /* programs of one block per sequence that suffice   */
+#define CK_O_SLOTS 264   /* o programs resident at once: 132 SMs x 2 (H100)   */
 #define CK_MIN_M 8
 #define CK_MAX_M 64
 
@@ -114,10 +121,12 @@ __device__ __forceinline__ long long ck_blocklen(long long NC, int N, int H) {
   const long long NV = CK_NV;
   if (NC <= 0) return 1;
   if (N >= 1 && NC % N == 0 && (long long)N * H * NV >= CK_FUSED_MIN) return NC / N;
-  long long m = NC * H * NV / CK_TARGET_PROGRAMS;
-  if (m < CK_MIN_M) m = CK_MIN_M;
-  if (m > CK_MAX_M) m = CK_MAX_M;
-  return m;
+  long long best = CK_MIN_M, best_steps = -1;
+  for (long long m = CK_MIN_M; m <= CK_MAX_M; m += 8) {
+    const long long steps = (((NC + m - 1) / m) * H * NV + CK_O_SLOTS - 1) / CK_O_SLOTS * m;
+    if (best_steps < 0 || steps <= best_steps) best = m, best_steps = steps;
+  }
+  return best;
 #endif
 }
 
