@@ -56,16 +56,16 @@ typedef struct variant {
   fla_tile_config cfg;
   int64_t force_m; /* 0: the formula */
   CUmodule mod;
-  CUfunction fn[3];
+  CUfunction fn[FLA_STAGE_MAX_KERNELS];
+  char names[FLA_STAGE_MAX_KERNELS][64];
+  int nk;
 } variant;
 
 /* The stage's source as the library generates it (gen/generate.c, the
 ** templates read from disk), with FLA_CHUNK_M forced in front when asked. */
-static char *assemble(const variant *v) {
+static char *assemble(variant *v) {
   char *gen = NULL;
-  char names[FLA_STAGE_MAX_KERNELS][64];
-  int nk = 0;
-  if (fla_generate(ctx, FLA_STAGE_CHUNK_FWD, &v->key, &v->cfg, &gen, names, &nk) != FLA_OK) {
+  if (fla_generate(ctx, FLA_STAGE_CHUNK_FWD, &v->key, &v->cfg, &gen, v->names, &v->nk) != FLA_OK) {
     fprintf(stderr, "generate: %s (run from the repository root)\n", fla_errmsg(ctx));
     exit(2);
   }
@@ -135,20 +135,18 @@ static int build(variant *v, int verbose) {
     return -1;
   }
   if (verbose && log) {
-    const char *names[3] = {"fla_chunk_fwd_h", "fla_chunk_fwd_scan", "fla_chunk_fwd_o"};
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < v->nk; i++) {
       fla_kernel_resources r;
-      fla_nvrtc_parse_resources(log, names[i], &r);
-      printf("  %-20s regs %3d  smem %5d  stack %d  spill st %d ld %d\n", names[i], r.registers,
+      fla_nvrtc_parse_resources(log, v->names[i], &r);
+      printf("  %-20s regs %3d  smem %5d  stack %d  spill st %d ld %d\n", v->names[i], r.registers,
              r.smem_bytes, r.stack_bytes, r.spill_store_bytes, r.spill_load_bytes);
     }
   }
   free(log);
   if (have_gpu) {
     CK(cu->cuModuleLoadData(&v->mod, cubin));
-    const char *names[3] = {"fla_chunk_fwd_h", "fla_chunk_fwd_scan", "fla_chunk_fwd_o"};
-    for (int i = 0; i < 3; i++) {
-      CK(cu->cuModuleGetFunction(&v->fn[i], v->mod, names[i]));
+    for (int i = 0; i < v->nk; i++) {
+      CK(cu->cuModuleGetFunction(&v->fn[i], v->mod, v->names[i]));
       CK(cu->cuFuncSetAttribute(v->fn[i], CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                                 smem_optin));
     }
@@ -171,7 +169,9 @@ static void make_variant(variant *v, int decay, int K, int V, int has_h0, int st
   v->force_m = force_m;
 }
 
-/* Launches the stage's kernels; ev (4 events) NULL or timing points. */
+/* Launches the stage's kernels (empty grids skipped, as the library does);
+** ev (FLA_STAGE_MAX_KERNELS + 1 events) NULL or timing points, ev[i + 1]
+** after launch i. */
 static void launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev) {
   fla_kernel_launch L[FLA_STAGE_MAX_KERNELS];
   int64_t M = v->force_m > 0 ? v->force_m : fla_chunk_fwd_blocklen(&v->key, &v->cfg, a);
@@ -179,10 +179,18 @@ static void launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev
   void *params[] = {a};
   if (ev) CK(cu->cuEventRecord(ev[0], s));
   for (int i = 0; i < nk; i++) {
-    CK(cu->cuLaunchKernel(v->fn[i], L[i].grid[0], L[i].grid[1], L[i].grid[2], L[i].block[0],
-                          L[i].block[1], L[i].block[2], L[i].smem, s, params, NULL));
+    if (L[i].grid[0] && L[i].grid[1] && L[i].grid[2])
+      CK(cu->cuLaunchKernel(v->fn[i], L[i].grid[0], L[i].grid[1], L[i].grid[2], L[i].block[0],
+                            L[i].block[1], L[i].block[2], L[i].smem, s, params, NULL));
     if (ev) CK(cu->cuEventRecord(ev[i + 1], s));
   }
+}
+
+/* Workspace bytes for block length M (the stage's workspace_ with M forced). */
+static void ws_sizes(const variant *v, const fla_kernel_args *a, int64_t M, size_t *w0, size_t *w1) {
+  int64_t NC = a->num_chunks, H = a->H, NB = NC > 0 ? (NC + M - 1) / M : 0;
+  *w0 = (size_t)(NB * H * v->key.K * v->key.V) * 4;
+  *w1 = (size_t)((NB * H + 3) / 4 * 4 + (v->key.decay == 2 ? NC * H * 64 : 0)) * 4;
 }
 
 /* ------------------------------------------------------------ check mode */
@@ -287,13 +295,11 @@ static int run_case(const tcase *tc, int bv, int64_t force_m, int nthreads) {
   a.total = T, a.N = N, a.H = H, a.num_chunks = (int32_t)NC, a.scale = scale;
   size_t w0, w1;
   int64_t M = force_m > 0 ? force_m : fla_chunk_fwd_blocklen(&v.key, &v.cfg, &a);
-  {
-    int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
-    w0 = (size_t)(NB * H * K * V) * 4, w1 = (size_t)(NB * H) * 4;
-  }
+  ws_sizes(&v, &a, M, &w0, &w1);
   CUdeviceptr W0 = dalloc(w0), W1 = dalloc(w1);
   a.ws0 = W0, a.ws1 = W1;
   CK(cu->cuMemsetD8(W0, 0xff, w0 ? w0 : 16)); /* NaN garbage: unused slots must stay unused */
+  CK(cu->cuMemsetD8(W1, 0xff, w1 ? w1 : 16));
   CK(cu->cuMemsetD8(Do, 0xff, 2 * nv));
   CK(cu->cuMemsetD8(Dht, 0xff, 4 * ns));
   launch(&v, &a, NULL, NULL);
@@ -435,12 +441,13 @@ static int bench_mode(const vspec *vs, int nvs, const int *only, int nonly) {
   CUstream s;
   CK(cu->cuStreamCreate(&s, CU_STREAM_NON_BLOCKING));
   enum { WARM = 5, REPS = 30 };
-  CUevent ev[REPS][4];
+  enum { NE = FLA_STAGE_MAX_KERNELS + 1 };
+  CUevent ev[REPS][NE];
   for (int r = 0; r < REPS; r++)
-    for (int e = 0; e < 4; e++) CK(cu->cuEventCreate(&ev[r][e], CU_EVENT_DEFAULT));
+    for (int e = 0; e < NE; e++) CK(cu->cuEventCreate(&ev[r][e], CU_EVENT_DEFAULT));
 
-  printf("\n| B | T | H | variant | M | NB*NV progs | k1 ms | scan ms | o ms | total ms | fla ms "
-         "| floor ms | vs fla |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+  printf("\n| B | T | H | variant | M | NB*NV progs | gam ms | k1 ms | scan ms | o ms | total ms | "
+         "fla ms | floor ms | vs fla |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
     if (nonly) {
       int want = 0;
@@ -473,26 +480,30 @@ static int bench_mode(const vspec *vs, int nvs, const int *only, int nonly) {
       a.scale = (float)(1.0 / sqrt(128.0));
       int64_t M = v->force_m > 0 ? v->force_m : fla_chunk_fwd_blocklen(&v->key, &v->cfg, &a);
       int64_t NB = (NC + M - 1) / M, NV = (V + v->cfg.BV - 1) / v->cfg.BV;
-      CUdeviceptr W0 = dalloc((size_t)(NB * H * K * V) * 4), W1 = dalloc((size_t)(NB * H) * 4);
+      size_t w0, w1;
+      ws_sizes(v, &a, M, &w0, &w1);
+      CUdeviceptr W0 = dalloc(w0), W1 = dalloc(w1);
       a.ws0 = W0, a.ws1 = W1;
       for (int r = 0; r < WARM; r++) launch(v, &a, s, NULL);
       for (int r = 0; r < REPS; r++) launch(v, &a, s, ev[r]);
       CK(cu->cuStreamSynchronize(s));
-      float t[4][REPS];
+      /* per launch (gam, h, scan, o; an empty one times ~0) and the total */
+      const int nk = vars[vi].nk;
+      float t[NE][REPS];
       for (int r = 0; r < REPS; r++) {
-        for (int e = 0; e < 3; e++) CK(cu->cuEventElapsedTime(&t[e][r], ev[r][e], ev[r][e + 1]));
-        CK(cu->cuEventElapsedTime(&t[3][r], ev[r][0], ev[r][3]));
+        for (int e = 0; e < nk; e++) CK(cu->cuEventElapsedTime(&t[e][r], ev[r][e], ev[r][e + 1]));
+        CK(cu->cuEventElapsedTime(&t[nk][r], ev[r][0], ev[r][nk]));
       }
-      float med[4];
-      for (int e = 0; e < 4; e++) {
+      float med[NE];
+      for (int e = 0; e <= nk; e++) {
         qsort(t[e], REPS, sizeof(float), cmp_f);
         med[e] = t[e][REPS / 2];
       }
       printf("| %d | %d | %d | BV%d/%s | %lld | %lld | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | "
-             "%.2fx |\n",
+             "%.3f | %.2fx |\n",
              sh->B, sh->T, sh->H, v->cfg.BV, v->force_m ? "M" : "formula", (long long)M,
-             (long long)(NB * NV * H), med[0], med[1], med[2], med[3], sh->fla_ms, sh->floor_ms,
-             sh->fla_ms / med[3]);
+             (long long)(NB * NV * H), med[0], med[1], med[2], med[3], med[nk], sh->fla_ms,
+             sh->floor_ms, sh->fla_ms / med[nk]);
       fflush(stdout);
       cu->cuMemFree(W0), cu->cuMemFree(W1);
     }
@@ -506,7 +517,7 @@ static int bench_mode(const vspec *vs, int nvs, const int *only, int nonly) {
 /* ------------------------------------------------------------------ main */
 
 static int compile_only(int bv) {
-  static const int shapes_kv[][3] = {{2, 128, 128}, {1, 64, 96}, {0, 100, 72}, {2, 256, 256},
+  static const int shapes_kv[][3] = {{2, 128, 128}, {1, 128, 128}, {1, 64, 96}, {0, 100, 72}, {2, 256, 256},
                                      {2, 20, 33}, {1, 192, 160}};
   int fails = 0;
   for (size_t i = 0; i < sizeof shapes_kv / sizeof shapes_kv[0]; i++) {

@@ -14,16 +14,20 @@
 ** multiple of 16, 16..128), BK 0 or K (the key dim is never tiled: a program
 ** holds the whole K x BV slice of the state, KW = ceil(K/64)*16 keys a warp).
 **
-** Three kernels (grid, block, dynamic shared memory):
-**   fla_chunk_fwd_h     (NB*NV1, H)     32*NW1   2*64*(KP1+8)*2 + 2*64*(BV1+8)*2 + 256
-**   fla_chunk_fwd_scan  (ceil(H*K*V/256))    256   0
+** Four kernels (grid, block, dynamic shared memory; an empty grid is not
+** launched):
+**   fla_chunk_fwd_gam   (ceil(NC/4), H)      128   0     scalar gates only, else empty
+**   fla_chunk_fwd_h     (NB*NV1, H)     32*NW1   2*64*(KP1+8)*2 + 2*64*(BV1+8)*2 + 512
+**   fla_chunk_fwd_scan  (ceil(H*K*V/256))    256   0     empty when fold_() (o folds)
 **   fla_chunk_fwd_o     (NB*NV, H)           128   4*64*(KP+8)*2 + 2*64*(BV+8)*2
-**                                                   + KP*(BV+8)*2 + 256
+**                                                   + KP*(BV+8)*2 + 512
 ** NV = ceil(V/BV), KP = 4*KW, NB = ceil(NC/M) blocks of M chunks (blocklen_);
 ** the first kernel has its own geometry (h_geom_: NW1 8 warps, 4 when K <= 64,
 ** KP1 = K rounded up to 16*NW1, BV1 = min(V rounded up to 16, 128 / (KP1/NW1/16)
 ** rounded down to 16), NV1 = ceil(V/BV1)).
-** Workspaces: ws0 = NB*H*K*V f32 (block states), ws1 = NB*H f32 (block decays).
+** Workspaces: ws0 = NB*H*K*V f32 (block states), ws1 = NB*H f32 (block decays,
+** rounded up to 4) and for scalar gates NC*H*64 f32 (the chunk-local gate
+** cumsums of fla_chunk_fwd_gam).
 ** The first and last kernels need more than 48 KiB of shared memory for K >= 64:
 ** the launcher raises CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to smem.
 */
@@ -43,24 +47,55 @@ static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
   return (key->V + cfg->BV - 1) / cfg->BV;
 }
 
+/* Block length M (ck_blocklen in the template: keep in step). One block per
+** sequence when an equal-length batch has enough programs; else the M in
+** 8, 16, .., 64 with the fewest chunk steps of fla_chunk_fwd_o counted in
+** waves of CHUNK_O_SLOTS programs, ceil(NB NV H / slots) M, ties to the
+** longer blocks (less for fla_chunk_fwd_h to recompute). Not the shared
+** fla_chunk_blocklen (chunk_gk_fwd's), whose NC H NV / 1024 left the last
+** wave of o a third full at 1,8192,96. */
+#define CHUNK_O_SLOTS 264 /* o programs resident at once: 132 SMs x 2 (H100) */
+
+static int64_t fwd_blocklen_(int64_t NC, int64_t N, int64_t H, int64_t NV) {
+  if (NC <= 0) return 1;
+  if (N >= 1 && NC % N == 0 && N * H * NV >= FLA_CHUNK_FUSED_MIN) return NC / N;
+  int64_t best = FLA_CHUNK_MIN_M, best_steps = -1;
+  for (int64_t m = FLA_CHUNK_MIN_M; m <= FLA_CHUNK_MAX_M; m += 8) {
+    int64_t steps = (((NC + m - 1) / m) * H * NV + CHUNK_O_SLOTS - 1) / CHUNK_O_SLOTS * m;
+    if (best_steps < 0 || steps <= best_steps) best = m, best_steps = steps;
+  }
+  return best;
+}
+
 /* The block length the kernels compute for these sizes (bench/chunk_harness.c
 ** uses it; a source compiled with FLA_CHUNK_M defined uses that instead). */
 int64_t fla_chunk_fwd_blocklen(const fla_gen_key *key, const fla_tile_config *cfg,
                                const fla_kernel_args *args);
 int64_t fla_chunk_fwd_blocklen(const fla_gen_key *key, const fla_tile_config *cfg,
                                const fla_kernel_args *args) {
-  return fla_chunk_blocklen(args->num_chunks, args->N, args->H, nv_(key, cfg));
+  return fwd_blocklen_(args->num_chunks, args->N, args->H, nv_(key, cfg));
 }
 
+/* Whether fla_chunk_fwd_o folds the block states of its sequence's earlier
+** blocks itself instead of the scan kernel writing the entering states: at
+** most CHUNK_FOLD_MAX_BLOCKS blocks a sequence on average (ck_fold). */
+#define CHUNK_FOLD_MAX_BLOCKS 8
+
+static int fold_(int64_t NC, int64_t N, int64_t M) {
+  int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
+  return NB <= CHUNK_FOLD_MAX_BLOCKS * N;
+}
+
+/* gam[2][64] f32 after the tiles (one buffer used unless the gates are scalar) */
 static unsigned smem_h_(const fla_gen_key *key) {
   fla_chunk_h_geom g = fla_chunk_h_geom_of(key);
-  return (unsigned)(2 * CHUNK_BT * (g.kp + 8) * 2 + 2 * CHUNK_BT * (g.bv + 8) * 2 + 256);
+  return (unsigned)(2 * CHUNK_BT * (g.kp + 8) * 2 + 2 * CHUNK_BT * (g.bv + 8) * 2 + 512);
 }
 
 static unsigned smem_o_(const fla_gen_key *key, const fla_tile_config *cfg) {
   int KP = kw_(key->K) * CHUNK_WARPS;
   return (unsigned)(4 * CHUNK_BT * (KP + 8) * 2 + 2 * CHUNK_BT * (cfg->BV + 8) * 2 +
-                    KP * (cfg->BV + 8) * 2 + 256);
+                    KP * (cfg->BV + 8) * 2 + 512);
 }
 
 static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {
@@ -110,10 +145,17 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
 
 static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]) {
   (void)key, (void)cfg;
-  snprintf(names[0], 64, "fla_chunk_fwd_h");
-  snprintf(names[1], 64, "fla_chunk_fwd_scan");
-  snprintf(names[2], 64, "fla_chunk_fwd_o");
-  return 3;
+  snprintf(names[0], 64, "fla_chunk_fwd_gam");
+  snprintf(names[1], 64, "fla_chunk_fwd_h");
+  snprintf(names[2], 64, "fla_chunk_fwd_scan");
+  snprintf(names[3], 64, "fla_chunk_fwd_o");
+  return 4;
+}
+
+/* A launch that does not run: its name and an empty grid. */
+static void unused_(fla_kernel_launch *l, const char *name) {
+  memset(l, 0, sizeof *l);
+  snprintf(l->name, sizeof l->name, "%s", name);
 }
 
 /* The launches for block length M (the harness passes its forced M). */
@@ -125,11 +167,18 @@ int fla_chunk_fwd_launches_m(const fla_gen_key *key, const fla_tile_config *cfg,
   int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
   int64_t elems = H * key->K * key->V;
   fla_chunk_h_geom hg = fla_chunk_h_geom_of(key);
-  fla_chunk_launch_set(&out[0], "fla_chunk_fwd_h", (unsigned)(NB * hg.nv), (unsigned)H, 32 * (unsigned)hg.nw,
+  if (key->decay == 2 && NC > 0)
+    fla_chunk_launch_set(&out[0], "fla_chunk_fwd_gam", (unsigned)((NC + 3) / 4), (unsigned)H, 128, 0);
+  else
+    unused_(&out[0], "fla_chunk_fwd_gam");
+  fla_chunk_launch_set(&out[1], "fla_chunk_fwd_h", (unsigned)(NB * hg.nv), (unsigned)H, 32 * (unsigned)hg.nw,
        smem_h_(key));
-  fla_chunk_launch_set(&out[1], "fla_chunk_fwd_scan", (unsigned)((elems + 255) / 256), 1, 256, 0);
-  fla_chunk_launch_set(&out[2], "fla_chunk_fwd_o", (unsigned)(NB * NV), (unsigned)H, 32 * CHUNK_WARPS, smem_o_(key, cfg));
-  return 3;
+  if (fold_(NC, args->N, M))
+    unused_(&out[2], "fla_chunk_fwd_scan");
+  else
+    fla_chunk_launch_set(&out[2], "fla_chunk_fwd_scan", (unsigned)((elems + 255) / 256), 1, 256, 0);
+  fla_chunk_launch_set(&out[3], "fla_chunk_fwd_o", (unsigned)((NB > 0 ? NB : 1) * NV), (unsigned)H, 32 * CHUNK_WARPS, smem_o_(key, cfg));
+  return 4;
 }
 
 static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
@@ -143,7 +192,8 @@ static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
   int64_t M = fla_chunk_fwd_blocklen(key, cfg, args);
   int64_t NB = NC > 0 ? (NC + M - 1) / M : 0;
   *ws0 = (size_t)(NB * args->H * key->K * key->V) * sizeof(float);
-  *ws1 = (size_t)(NB * args->H) * sizeof(float);
+  *ws1 = (size_t)((NB * args->H + 3) / 4 * 4 + (key->decay == 2 ? NC * args->H * CHUNK_BT : 0)) *
+         sizeof(float);
 }
 
 const fla_stage_impl fla_stage_chunk_fwd = {

@@ -23,8 +23,13 @@
 ** The chunks (NC = a.num_chunks over all sequences, chunk c of sequence n =
 ** a.chunk_first[n] + local index, a.chunk_seq[c] = n) are cut into blocks of
 ** M consecutive chunks, b = 0..NB-1 (M: ck_blocklen, the same formula as
-** gen/stage_chunk.c's). Three kernels:
+** gen/stage_chunk.c's). Four kernels:
 **
+**   fla_chunk_fwd_gam  (ceil(NC/4), H; scalar gates only, else not launched):
+**       gam of every (chunk, head), the chunk-local cumsum of its log2 gates
+**       (fla's chunk_local_cumsum) -> ws1 after the block decays (f32
+**       [NC,H,64]), so that the two walks below load it beside K and V
+**       instead of one warp scanning the gates while the others wait.
 **   fla_chunk_fwd_h    (NB*NV1, H; its own geometry, CK1_*): for each block b
 **       whose last sequence n continues into block b+1, the state of n after
 **       the block assuming a
@@ -37,11 +42,14 @@
 **         E_{b+1} = 2^D_b X_b + P_b,   X_b = h0[n] (or 0) when n began inside
 **                                      or at the start of block b, else E_b,
 **       written over P_b in ws0 slot b. Also ht[n] = h0[n] (or 0) for
-**       sequences with no chunk.
+**       sequences with no chunk. Not launched when the blocks are few
+**       (ck_fold: at most CK_FOLD_MAX_BLOCKS a sequence on average): then
+**       fla_chunk_fwd_o folds the P_b of its sequence's earlier blocks itself
+**       (a few L2 reads instead of a kernel: 20-45 us at 1,8192,96).
 **   fla_chunk_fwd_o    (NB*NV, H): walks the chunks of block b in order with
-**       the K x BV state slice in registers, starting from E_b (ws0 slot b-1)
-**       or h0 where a sequence begins, computes O of every chunk and updates
-**       the state; writes ht where a sequence ends.
+**       the K x BV state slice in registers, starting from E_b (ws0 slot b-1,
+**       or folded) or h0 where a sequence begins, computes O of every chunk
+**       and updates the state; writes ht where a sequence ends.
 ** With M = chunks per sequence (equal-length batches with enough heads), no
 ** block starts inside a sequence and the first two kernels do no work.
 ** The grids and shared memory sizes are gen/stage_chunk.c's (launches_).
@@ -92,9 +100,16 @@
 #define CK1_LDV (CK1_BV + 8)
 #define CK_LOG2E 1.4426950408889634f
 
-/* Block length: keep in step with blocklen_() in gen/stage_chunk.c. */
-#define CK_FUSED_MIN 256        /* programs of one block per sequence that suffice */
-#define CK_TARGET_PROGRAMS 1024 /* else: blocks of about this many programs        */
+/* Block length: keep in step with fwd_blocklen_() in gen/stage_chunk.c. One
+** block per sequence when that gives enough programs; else the M in 8, 16,
+** .., 64 with the fewest chunk steps of fla_chunk_fwd_o counted in waves of
+** CK_O_SLOTS programs, ceil(NB NV H / slots) M (ties: the longer blocks,
+** which leave fla_chunk_fwd_h less to recompute). Measured at the ANCHORS
+** shapes (bench/results/2026-11-23-chunk-fwd-split.md): o's time follows
+** these steps, and the old M = NC H NV / 1024 left a last wave a third full
+** at 1,8192,96 (M 24: 5 waves of 24 chunks where M 32 takes 3 of 32). */
+#define CK_FUSED_MIN 256 /* programs of one block per sequence that suffice   */
+#define CK_O_SLOTS 264   /* o programs resident at once: 132 SMs x 2 (H100)   */
 #define CK_MIN_M 8
 #define CK_MAX_M 64
 
@@ -106,15 +121,53 @@ __device__ __forceinline__ long long ck_blocklen(long long NC, int N, int H) {
   const long long NV = CK_NV;
   if (NC <= 0) return 1;
   if (N >= 1 && NC % N == 0 && (long long)N * H * NV >= CK_FUSED_MIN) return NC / N;
-  long long m = NC * H * NV / CK_TARGET_PROGRAMS;
-  if (m < CK_MIN_M) m = CK_MIN_M;
-  if (m > CK_MAX_M) m = CK_MAX_M;
-  return m;
+  long long best = CK_MIN_M, best_steps = -1;
+  for (long long m = CK_MIN_M; m <= CK_MAX_M; m += 8) {
+    const long long steps = (((NC + m - 1) / m) * H * NV + CK_O_SLOTS - 1) / CK_O_SLOTS * m;
+    if (best_steps < 0 || steps <= best_steps) best = m, best_steps = steps;
+  }
+  return best;
 #endif
+}
+
+/* Whether fla_chunk_fwd_o folds the earlier blocks' states itself (and the
+** scan kernel is not launched): keep in step with fold_() in gen/stage_chunk.c. */
+#define CK_FOLD_MAX_BLOCKS 8
+
+__device__ __forceinline__ int ck_fold(long long NC, int N, int H) {
+  const long long M = ck_blocklen(NC, N, H), NB = NC > 0 ? (NC + M - 1) / M : 0;
+  return NB <= (long long)CK_FOLD_MAX_BLOCKS * N;
 }
 
 //@include "chunk_common.cuh"
 //@include "chunk_tiles.cuh"
+
+/* Scalar gates: the chunk-local cumsums come from fla_chunk_fwd_gam, loaded
+** with cp.async per chunk (two buffers); other decays compute gam in warp 0. */
+#if FLA_DECAY == 2
+#define CK_GAM_BUFS 2
+#else
+#define CK_GAM_BUFS 1
+#endif
+
+/* GAM [NC,H,64] f32 in ws1, after the NB*H block decays (rounded up to 4). */
+__device__ __forceinline__ float *ck_ws_gam(const fla_kernel_args &a) {
+  const long long NC = a.num_chunks, M = ck_blocklen(NC, a.N, a.H);
+  const long long NB = NC > 0 ? (NC + M - 1) / M : 0;
+  return (float *)a.ws1 + (NB * a.H + 3) / 4 * 4;
+}
+
+/* Chunk c's gam row into dst (16 threads, 16 bytes each; in the caller's
+** commit group). */
+__device__ __forceinline__ void ck_load_gam(const fla_kernel_args &a, float *dst, long long c, int h,
+                                            int tid) {
+#if FLA_DECAY == 2
+  if (tid < CK_BT / 4)
+    ck_cp16(ck_smem(dst + 4 * tid), ck_ws_gam(a) + (c * a.H + h) * CK_BT + 4 * tid, 1);
+#else
+  (void)a, (void)dst, (void)c, (void)h, (void)tid;
+#endif
+}
 
 
 /* S = 2^gL S + (K .* 2^(gL - gam))^T V over the chunk's 64 tokens.
@@ -206,9 +259,27 @@ __device__ __forceinline__ float ck_gamma_h(const fla_kernel_args &a, int h) {
 #endif
 }
 
+/* ------------------------------------------------ kernel 0: gate cumsums */
+
+/* One warp per (chunk, head): GAM[c,h,:] = ck_scan_g of the chunk's gates. */
+extern "C" __global__ void __launch_bounds__(128) fla_chunk_fwd_gam(fla_kernel_args a) {
+#if FLA_DECAY == 2
+  const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, h = blockIdx.y;
+  const long long c = (long long)blockIdx.x * 4 + w;
+  if (c >= a.num_chunks) return;
+  ck_chunk x;
+  ck_chunk_at(a, c, x);
+  float g0 = 0.0f, g1 = 0.0f;
+  ck_load_g(a, x, h, lane, g0, g1);
+  ck_scan_g(ck_ws_gam(a) + (c * a.H + h) * CK_BT, g0, g1, 0.0f, x.rows, lane);
+#else
+  (void)a;
+#endif
+}
+
 /* ------------------------------------------------ kernel 1: block states */
 
-/* Shared memory: Ks[2][64][LDQ1], Vs[2][64][LDV1] bf16, gam[64] f32 (CK1_ geometry). */
+/* Shared memory: Ks[2][64][LDQ1], Vs[2][64][LDV1] bf16, gam[GAM_BUFS][64] f32 (CK1_ geometry). */
 extern "C" __global__ void __launch_bounds__(CK1_NTH) fla_chunk_fwd_h(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Ks = (unsigned short *)ck_sm;
@@ -238,13 +309,15 @@ extern "C" __global__ void __launch_bounds__(CK1_NTH) fla_chunk_fwd_h(fla_kernel
   ck_load_tile<CK1_KP, CK1_LDQ, CK1_NTH>(Ks, kp + (x.t0 * H + p.h) * FLA_K, H * FLA_K, x.rows, FLA_K, veck, tid);
   ck_load_tile<CK1_BV, CK1_LDV, CK1_NTH>(Vs, vp + (x.t0 * H + p.h) * FLA_V + p.v0, H * FLA_V, x.rows, p.vcols,
                               vecv, tid);
+  ck_load_gam(a, gam, start, p.h, tid);
   ck_commit();
   float g0 = 0.0f, g1 = 0.0f;
-  if (w == 0) ck_load_g(a, x, p.h, lane, g0, g1);
+  if (FLA_DECAY != 2 && w == 0) ck_load_g(a, x, p.h, lane, g0, g1);
 
   for (long long c = start; c < p.c1; c++) {
     const int buf = (int)((c - start) & 1);
     const int rows = x.rows;
+    float *gb = gam + (CK_GAM_BUFS == 2 ? buf * CK_BT : 0);
     ck_chunk xn = x;
     float gn0 = 0.0f, gn1 = 0.0f;
     if (c + 1 < p.c1) {
@@ -255,19 +328,20 @@ extern "C" __global__ void __launch_bounds__(CK1_NTH) fla_chunk_fwd_h(fla_kernel
                                   veck, tid);
       ck_load_tile<CK1_BV, CK1_LDV, CK1_NTH>(Vn, vp + (xn.t0 * H + p.h) * FLA_V + p.v0, H * FLA_V, xn.rows,
                                   p.vcols, vecv, tid);
+      ck_load_gam(a, gam + (CK_GAM_BUFS == 2 ? (buf ^ 1) * CK_BT : 0), c + 1, p.h, tid);
       ck_commit();
-      if (w == 0) ck_load_g(a, xn, p.h, lane, gn0, gn1);
+      if (FLA_DECAY != 2 && w == 0) ck_load_g(a, xn, p.h, lane, gn0, gn1);
       ck_wait_one();
     } else {
       ck_wait_all();
     }
-    if (w == 0) ck_scan_g(gam, g0, g1, gc, rows, lane);
+    if (FLA_DECAY != 2 && w == 0) ck_scan_g(gb, g0, g1, gc, rows, lane);
     __syncthreads();
 #if FLA_DECAY
-    dsum += gam[rows - 1];
+    dsum += gb[rows - 1];
 #endif
     ck_state_update<CK1_KW, CK1_MT, CK1_NT, CK1_LDQ, CK1_LDV>(S, Ks + buf * CK_BT * CK1_LDQ,
-                                                             Vs + buf * CK_BT * CK1_LDV, gam, rows, w,
+                                                             Vs + buf * CK_BT * CK1_LDV, gb, rows, w,
                                                              lane);
     __syncthreads();
     x = xn;
@@ -349,8 +423,27 @@ extern "C" __global__ void __launch_bounds__(CK_SCAN_THREADS) fla_chunk_fwd_scan
 
 /* ------------------------------------------------- kernel 3: the output */
 
+/* S = 2^D S + P[key][v0 + val] (fragment layout of ck_state_load; P one head's
+** K x V f32 block state from fla_chunk_fwd_h, D its log2 decay). */
+template <int KW, int MT, int NT>
+__device__ __forceinline__ void ck_fold_block(float (&S)[MT][NT][4], const float *P, float D, int v0,
+                                              int w, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+  const float e2 = exp2f(D);
+#pragma unroll
+  for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int key = KW * w + 16 * mt + g + (e >> 1) * 8, col = v0 + 8 * j + 2 * q + (e & 1);
+        const float pv = (key < FLA_K && col < FLA_V) ? P[(long long)key * FLA_V + col] : 0.0f;
+        S[mt][j][e] = e2 * S[mt][j][e] + pv;
+      }
+}
+
 /* Shared memory: Qs[2][64][LDQ], Ks[2][64][LDQ], Vs[2][64][LDV], Ss[KP][LDV]
-** bf16, gam[64] f32. Warp w owns output rows 16w .. 16w+15 of the chunk and
+** bf16, gam[GAM_BUFS][64] f32. Warp w owns output rows 16w .. 16w+15 of the chunk and
 ** state keys KW w .. KW w + KW-1. */
 /* One chunk of fla_chunk_fwd_o for warp w (rows 16w .. 16w+15):
 **   A = Q K^T (columns up to the warp's last row), O = 2^gam .* (Q S0) + A V,
@@ -489,9 +582,23 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
   float *gam = (float *)(Ss + CK_KP * CK_LDV);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const ck_prog p = ck_prog_at<CK_NV, CK_BV>(a);
-  if (p.c0 >= a.num_chunks) return;
   const long long H = a.H;
   const long long KV = (long long)FLA_K * FLA_V;
+  const long long *cf = (const long long *)a.chunk_first;
+  const int fold = ck_fold(a.num_chunks, a.N, a.H);
+#if FLA_STORE_HT
+  if (fold && p.b == 0) /* no scan kernel: ht = h0 (or 0) for sequences with no chunk */
+    for (int n = 0; n < a.N; n++) {
+      if (cf[n] != cf[n + 1]) continue;
+      float *dst = (float *)a.ht + ((long long)n * H + p.h) * KV;
+      const float *src = FLA_HAS_H0 && a.h0 ? (const float *)a.h0 + ((long long)n * H + p.h) * KV : 0;
+      for (int e = tid; e < FLA_K * p.vcols; e += CK_NTH) {
+        const long long i = (long long)(e / p.vcols) * FLA_V + p.v0 + e % p.vcols;
+        dst[i] = src ? src[i] : 0.0f;
+      }
+    }
+#endif
+  if (p.c0 >= a.num_chunks) return;
   const unsigned short *qp = (const unsigned short *)a.q;
   const unsigned short *kp = (const unsigned short *)a.k;
   const unsigned short *vp = (const unsigned short *)a.v;
@@ -506,22 +613,30 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
   ck_chunk_at(a, p.c0, x);
 
   float S[CK_MT][CK_NT][4];
-  if (x.first)
+  if (x.first || fold) {
     ck_state_load<CK_KW>(S, h0 ? h0 + ((long long)x.n * H + p.h) * KV : h0, p.v0, w, lane);
-  else
+    /* the sequence began in an earlier block: fold the blocks since (their P and D from kernel 1) */
+    if (!x.first)
+      for (long long bb = cf[x.n] / p.M; bb < p.b; bb++)
+        ck_fold_block<CK_KW>(S, (const float *)a.ws0 + (bb * H + p.h) * KV, ((const float *)a.ws1)[bb * H + p.h],
+                             p.v0, w, lane);
+  } else {
     ck_state_load<CK_KW>(S, (const float *)a.ws0 + ((p.b - 1) * H + p.h) * KV, p.v0, w, lane);
+  }
 
   ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Qs, qp + (x.t0 * H + p.h) * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
   ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, kp + (x.t0 * H + p.h) * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
   ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs, vp + (x.t0 * H + p.h) * FLA_V + p.v0, H * FLA_V, x.rows, p.vcols,
                               vecv, tid);
+  ck_load_gam(a, gam, p.c0, p.h, tid);
   ck_commit();
   float g0 = 0.0f, g1 = 0.0f;
-  if (w == 0) ck_load_g(a, x, p.h, lane, g0, g1);
+  if (FLA_DECAY != 2 && w == 0) ck_load_g(a, x, p.h, lane, g0, g1);
 
   for (long long c = p.c0; c < p.c1; c++) {
     const int buf = (int)((c - p.c0) & 1);
     const int rows = x.rows;
+    float *gb = gam + (CK_GAM_BUFS == 2 ? buf * CK_BT : 0);
     ck_chunk xn = x;
     float gn0 = 0.0f, gn1 = 0.0f;
     if (c + 1 < p.c1) {
@@ -533,8 +648,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
                                   xn.rows, FLA_K, vecq, tid);
       ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs + (buf ^ 1) * CK_BT * CK_LDV, vp + ro * FLA_V + p.v0,
                                   H * FLA_V, xn.rows, p.vcols, vecv, tid);
+      ck_load_gam(a, gam + (CK_GAM_BUFS == 2 ? (buf ^ 1) * CK_BT : 0), c + 1, p.h, tid);
       ck_commit();
-      if (w == 0) ck_load_g(a, xn, p.h, lane, gn0, gn1);
+      if (FLA_DECAY != 2 && w == 0) ck_load_g(a, xn, p.h, lane, gn0, gn1);
     }
     /* a sequence starting inside the block: its initial state */
     if (x.first && c > p.c0)
@@ -548,7 +664,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
         *(unsigned *)(Ss + key * CK_LDV + col) = ck_pack(S[mt][j][0], S[mt][j][1]);
         *(unsigned *)(Ss + (key + 8) * CK_LDV + col) = ck_pack(S[mt][j][2], S[mt][j][3]);
       }
-    if (w == 0) ck_scan_g(gam, g0, g1, gc, rows, lane);
+    if (FLA_DECAY != 2 && w == 0) ck_scan_g(gb, g0, g1, gc, rows, lane);
     if (c + 1 < p.c1)
       ck_wait_one();
     else
@@ -559,7 +675,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
     const unsigned short *Kb = Ks + buf * CK_BT * CK_LDQ;
     const unsigned short *Vb = Vs + buf * CK_BT * CK_LDV;
     unsigned short *orow = op + (x.t0 * H + p.h) * FLA_V + p.v0;
-    ck_o_chunk(S, Qb, Kb, Vb, Ss, gam, rows, w, lane, orow, H * FLA_V, p.vcols, scale);
+    ck_o_chunk(S, Qb, Kb, Vb, Ss, gb, rows, w, lane, orow, H * FLA_V, p.vcols, scale);
 #if FLA_STORE_HT
     if (x.last)
       ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)x.n * H + p.h) * KV, p.v0, w, lane);
