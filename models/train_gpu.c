@@ -43,11 +43,14 @@ unsigned gpu_train_blocks(int64_t n) {
 void gpu_train_launch(gpu_train *t, int k, unsigned gx, unsigned gy, unsigned block, void **args) {
   nn_gpu *g = t->g;
   if (g->status != FLA_OK || gx == 0 || gy == 0) return;
+  int prof = t->profile && t->in_loss && k != TK_CE;
+  double t0 = prof ? gpu_train_prof_begin(t) : 0;
   CUresult r = fla_cuda_driver_api()->cuLaunchKernel((CUfunction)t->fn[k], gx, gy, 1, block, 1, 1, 0,
                                                      (CUstream)g->stream, args, NULL);
   if (r != CUDA_SUCCESS)
     gl_fail(g, FLA_ERROR, "kernel %s: cuLaunchKernel grid (%u,%u) block %u: %s", tk_names_[k], gx, gy, block,
             fla_cuda_result_str(r));
+  if (prof) gpu_train_prof_end(t, GPU_PROF_EW, t0);
 }
 
 double gpu_train_prof_begin(gpu_train *t) {

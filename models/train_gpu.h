@@ -24,8 +24,9 @@ enum {
 };
 
 /* What the profile separates: cuBLAS products, the recipe op's forward and
-** backward, the cross-entropy kernel. */
-enum { GPU_PROF_GEMM, GPU_PROF_OP_FWD, GPU_PROF_OP_BWD, GPU_PROF_CE, GPU_PROF_COUNT };
+** backward, the cross-entropy kernel, the other kernels of loss_backward
+** (norms, element-wise, embeddings). */
+enum { GPU_PROF_GEMM, GPU_PROF_OP_FWD, GPU_PROF_OP_BWD, GPU_PROF_CE, GPU_PROF_EW, GPU_PROF_COUNT };
 
 typedef struct gpu_train {
   nn_gpu *g;               /* cuBLAS, the stream, the sticky status: the model's */
@@ -45,8 +46,9 @@ typedef struct gpu_train {
   int nspill, capspill;
   size_t peak;             /* the largest arena need seen, bytes */
   /* FLA_TRAIN_PROFILE=1: the stream is waited for around every product and
-  ** recipe op, and the seconds summed per kind (bench/train_gpu.c prints them) */
-  int profile;
+  ** recipe op, and the seconds summed per kind (bench/train_gpu.c prints them);
+  ** in_loss: inside loss_backward (its other kernels count as GPU_PROF_EW) */
+  int profile, in_loss;
   double prof_s[GPU_PROF_COUNT];
   dptr sumsq;              /* device float64 [1] */
 } gpu_train;

@@ -74,7 +74,7 @@ static void rms_bwd_(run_ *r, dptr x, int x_bf, dptr gate, dptr w, dptr dy, int 
   int g_bf = r->bf, dg_bf = r->bf;
   float eps = r->eps;
   void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &dy, &dy_bf, &dx, &dx_bf, &dx_add, &dgate, &dg_bf, &dw, &rows, &dim, &eps};
-  gpu_train_launch(r->t, TK_RMS_BWD, (unsigned)((rows + 31) / 32), 1, 256, a);
+  gpu_train_launch(r->t, TK_RMS_BWD, (unsigned)((rows + 7) / 8), 1, 256, a);
 }
 
 /* y[rows, out] (+)= x[rows, in] W[out, in]^T, x and W compute, y float32 or compute */
@@ -268,6 +268,7 @@ fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32
   int NL = cfg->num_layers, D = r.D, Vb = cfg->vocab_size;
   int64_t rows = r.rows;
   g->status = FLA_OK;
+  t->in_loss = 1;
   fla_status s = fla_cuda_sync(m->ctx, "training step"); /* also makes the context current */
   if (s == FLA_OK) s = bind_(&r);
   kept_ *kp = calloc((size_t)NL, sizeof *kp);
@@ -334,6 +335,7 @@ fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32
   }
 done:
   g->status = FLA_OK;
+  t->in_loss = 0;
   gpu_train_reset(t);
   free(kp);
   free(loss_rows);

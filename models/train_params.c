@@ -161,8 +161,8 @@ fla_status fla_model_param(fla_model *m, int i, fla_param *out) {
 }
 
 void fla_model_zero_grad(fla_model *m) {
-  if (m && m->master) memset(m->master + m->master_numel, 0, sizeof(float) * (size_t)m->master_numel);
-  if (gpu_train_on(m)) gpu_train_zero_grad(m);
+  if (gpu_train_on(m)) gpu_train_zero_grad(m); /* the host copy is refreshed by fla_model_sync_host only */
+  else if (m && m->master) memset(m->master + m->master_numel, 0, sizeof(float) * (size_t)m->master_numel);
 }
 
 fla_status fla_model_sync_host(fla_model *m) {

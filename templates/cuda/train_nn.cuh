@@ -118,7 +118,7 @@ extern "C" __global__ void tr_rms_fwd(const void *x, int x_bf, const void *g, in
 **   dg = dy xh w silu'(g),  silu'(g) = sig(g) (1 + g (1 - sig(g)))
 **   dw += sum over rows of dy xh s      (per-thread column sums, one atomic per block)
 ** dy is float32, or the compute dtype when dy_bf. */
-#define RMS_BWD_RB 32
+#define RMS_BWD_RB 8
 extern "C" __global__ void tr_rms_bwd(const void *x, int x_bf, const void *g, int g_bf, const float *w,
                                       const void *dy, int dy_bf, void *dx, int dx_bf, int dx_add, void *dg,
                                       int dg_bf, float *dw, i64 rows, int dim, float eps) {
