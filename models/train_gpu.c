@@ -19,7 +19,7 @@
 
 static const char *tk_names_[TK_COUNT] = {
   "tr_cast", "tr_copy", "tr_scale", "tr_embed", "tr_embed_bwd", "tr_rms_fwd", "tr_rms_bwd", "tr_swiglu",
-  "tr_swiglu_bwd", "tr_gla_gate", "tr_gla_gate_bwd", "tr_colsum", "tr_ce", "tr_adamw", "tr_sumsq"};
+  "tr_swiglu_bwd", "tr_gla_gate", "tr_gla_gate_bwd", "tr_colsum", "tr_ce", "tr_adamw", "tr_sumsq", "tr_rotary"};
 
 /* ------------------------------------------------------------ pointers */
 
@@ -139,14 +139,13 @@ void gpu_train_reset(gpu_train *t) {
 
 /* ------------------------------------------------------------ enable / free */
 
-/* What the device path trains: GLA without short convolutions, hybrid
-** attention layers or grouped heads, with the output gate. */
+/* What the device path trains: GLA and RetNet without short convolutions,
+** hybrid attention layers or grouped heads. */
 fla_status gpu_train_check(fla_model *m) {
   const model_config *c = &m->cfg;
   const char *why = NULL;
-  if (c->arch != ARCH_GLA) why = "only GLA is trained on the GPU in this version";
-  else if (c->use_short_conv) why = "GLA with short convolutions (use_short_conv) is not trained on the GPU yet";
-  else if (!c->use_output_gate) why = "GLA without the output gate is not trained on the GPU yet";
+  if (c->arch != ARCH_GLA && c->arch != ARCH_RETNET) why = "only GLA and RetNet are trained on the GPU in this version";
+  else if (c->use_short_conv) why = "short convolutions (use_short_conv) are not trained on the GPU yet";
   for (int l = 0; !why && l < c->num_layers; l++) {
     if (m->layers[l].is_attn) why = "softmax-attention layers (fla's 'attn') are not trained on the GPU yet";
     else if (m->layers[l].Hkv != m->layers[l].H) why = "grouped key/value heads (num_kv_heads) are not trained on the GPU yet";

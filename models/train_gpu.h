@@ -11,7 +11,7 @@
 **
 ** train_gpu.c: the state, the kernels of templates/cuda/train_nn.cuh, the
 ** activation arena, zeroing, host/device copies, clipping and AdamW.
-** train_gpu_loss.c: fla_model_loss_backward on the device (GLA).
+** train_gpu_loss.c: fla_model_loss_backward on the device (GLA, RetNet).
 */
 #ifndef FLA_MODELS_TRAIN_GPU_H
 #define FLA_MODELS_TRAIN_GPU_H
@@ -20,7 +20,7 @@
 
 enum {
   TK_CAST, TK_COPY, TK_SCALE, TK_EMBED, TK_EMBED_BWD, TK_RMS_FWD, TK_RMS_BWD, TK_SWIGLU, TK_SWIGLU_BWD,
-  TK_GLA_GATE, TK_GLA_GATE_BWD, TK_COLSUM, TK_CE, TK_ADAMW, TK_SUMSQ, TK_COUNT
+  TK_GLA_GATE, TK_GLA_GATE_BWD, TK_COLSUM, TK_CE, TK_ADAMW, TK_SUMSQ, TK_ROTARY, TK_COUNT
 };
 
 /* What the profile separates: cuBLAS products, the recipe op's forward and

@@ -1,6 +1,6 @@
 /*
 ** train_gpu_loss.c -- fla_model_loss_backward on a CUDA context for GLA
-** (train_backward.c and grad_mixer_linear.c are the CPU's; their comments give
+** and RetNet (train_backward.c and grad_mixer_linear.c are the CPU's; their comments give
 ** the math). Residual streams and parameter gradients are float32; the inputs
 ** of every product are the compute dtype (bf16, or float32), accumulated in
 ** float32 by cuBLAS; the token mixer through the recipe op (fla_op_forward and
@@ -9,6 +9,8 @@
 ** Per layer (x: input, h = n1(x), y: the gated norm's output, a: SwiGLU's):
 **   q, k, v, g = h W^T;  z0 = h W0^T;  gk = max(logsigmoid(z0 W1^T + b) / 16, floor)
 **   o = gla(q, k, v, gk);  y = rmsnorm(o) w silu(g) per head;  xm = x + y Wo^T
+**   (RetNet: no gk, rotary on q and k, o = retention(q, k, v); without the
+**   output gate y = rmsnorm(o) w)
 **   h2 = n2(xm);  a = silu(h2 Wg^T) (h2 Wu^T);  x' = xm + a Wd^T
 ** Kept between the forward and the backward (unless recompute): x, xm (float32),
 ** q, k, v, gk, g, o, gate, up (compute dtype), z0 (float32); h, h2, y, a and z1
@@ -38,6 +40,7 @@ typedef struct {
   nn_gpu *g;
   int64_t B, T, rows;
   int D, H, K, V, I, bf;
+  int gla, gated;  /* GLA's gate (else RetNet: rotary); the output gate g */
   size_t es;  /* bytes per compute element */
   float eps, floor_;
 } run_;
@@ -56,6 +59,14 @@ static void cast_(run_ *r, dptr x, dptr y, int64_t n) {
 static void copy_(run_ *r, dptr x, dptr y, int64_t n, int add) {
   void *a[] = {&x, &y, &n, &add};
   gpu_train_launch(r->t, TK_COPY, gpu_train_blocks(n), 1, 256, a);
+}
+
+/* RetNet's rotary on q or k [rows, H * K] in place; sign -1: its backward */
+static void rotary_(run_ *r, dptr x, float sign) {
+  int bf = r->bf, H = r->H, K = r->K;
+  float theta = 10000.0f;
+  void *a[] = {&x, &bf, &r->B, &r->T, &H, &K, &theta, &sign};
+  gpu_train_launch(r->t, TK_ROTARY, gpu_train_blocks(r->rows * H * (K / 2)), 1, 256, a);
 }
 
 static unsigned norm_threads_(int dim) { return dim >= 1024 ? 512 : dim >= 256 ? 256 : dim > 64 ? 128 : 64; }
@@ -107,13 +118,14 @@ static fla_status bind_(run_ *r) {
 static fla_status op_run_(run_ *r, const kept_ *kp, dptr o, dptr d_o, dptr dq, dptr dk, dptr dv, dptr dgk) {
   fla_ctx *ctx = r->m->ctx;
   fla_dtype dt = r->bf ? FLA_BF16 : FLA_F32;
+  int nin = r->gla ? 4 : 3;
   int64_t sk[4] = {r->B, r->T, r->H, r->K}, sv[4] = {r->B, r->T, r->H, r->V};
   const char *names[4] = {"q", "k", "v", "gk"}, *gnames[4] = {"dq", "dk", "dv", "dgk"};
   dptr in[4] = {kp->q, kp->k, kp->v, kp->gk}, gr[4] = {dq, dk, dv, dgk};
   fla_tensor *ti[4] = {0}, *tg[4] = {0}, *to = NULL;
   fla_arg args[4], gargs[4];
   fla_status s = r->g->status;
-  for (int i = 0; i < 4 && s == FLA_OK; i++) {
+  for (int i = 0; i < nin && s == FLA_OK; i++) {
     s = fla_tensor_wrap_device(ctx, dt, 4, i == 2 ? sv : sk, in[i], &ti[i]);
     args[i].name = names[i], args[i].tensor = ti[i];
     if (s == FLA_OK && d_o) {
@@ -123,7 +135,7 @@ static fla_status op_run_(run_ *r, const kept_ *kp, dptr o, dptr d_o, dptr dq, d
   }
   if (s == FLA_OK) s = fla_tensor_wrap_device(ctx, dt, 4, sv, d_o ? d_o : o, &to);
   double t0 = gpu_train_prof_begin(r->t);
-  if (s == FLA_OK) s = d_o ? fla_op_backward(r->t->op, args, 4, to, NULL, gargs, 4) : fla_op_forward(r->t->op, args, 4, to, NULL);
+  if (s == FLA_OK) s = d_o ? fla_op_backward(r->t->op, args, nin, to, NULL, gargs, nin) : fla_op_forward(r->t->op, args, nin, to, NULL);
   gpu_train_prof_end(r->t, d_o ? GPU_PROF_OP_BWD : GPU_PROF_OP_FWD, t0);
   for (int i = 0; i < 4; i++) fla_tensor_free(ti[i]), fla_tensor_free(tg[i]);
   fla_tensor_free(to);
@@ -145,12 +157,14 @@ static void layer_fwd_(run_ *r, const model_layer *L, kept_ *kp, dptr xout) {
   lin_(r, h, D, gpu_train_wc(m, L->q_proj), HK, kp->q, bf, 0.0f);
   lin_(r, h, D, gpu_train_wc(m, L->k_proj), HK, kp->k, bf, 0.0f);
   lin_(r, h, D, gpu_train_wc(m, L->v_proj), HV, kp->v, bf, 0.0f);
-  lin_(r, h, D, gpu_train_wc(m, L->g_proj), HV, kp->g, bf, 0.0f);
-  lin_(r, h, D, gpu_train_wc(m, L->gk_proj0), 16, kp->z0, 0, 0.0f);
-  /* z1 = z0 W1^T + b in float32, then the gate */
-  dptr z1 = FB(r, rows * HK);
-  gpu_train_mm(t, 0, 1, rows, HK, 16, kp->z0, 0, 16, gpu_train_w32(m, L->gk_proj1), 0, 16, 0.0f, z1, 0, HK);
-  {
+  if (r->gated) lin_(r, h, D, gpu_train_wc(m, L->g_proj), HV, kp->g, bf, 0.0f);
+  if (!r->gla) {
+    rotary_(r, kp->q, 1.0f);
+    rotary_(r, kp->k, 1.0f);
+  } else { /* z1 = z0 W1^T + b in float32, then the gate */
+    lin_(r, h, D, gpu_train_wc(m, L->gk_proj0), 16, kp->z0, 0, 0.0f);
+    dptr z1 = FB(r, rows * HK);
+    gpu_train_mm(t, 0, 1, rows, HK, 16, kp->z0, 0, 16, gpu_train_w32(m, L->gk_proj1), 0, 16, 0.0f, z1, 0, HK);
     dptr b = gpu_train_w32(m, L->gk_proj1_b);
     int64_t n = rows * HK;
     float lo = r->floor_;
@@ -175,6 +189,33 @@ static void layer_fwd_(run_ *r, const model_layer *L, kept_ *kp, dptr xout) {
   copy_(r, kp->xm, xout, rows * D, 0);
   lin_(r, a, I, gpu_train_wc(m, L->mlp_down), D, xout, 0, 1.0f);
   gpu_train_release(t, mark);
+}
+
+/* GLA's gate backward: z1 recomputed, dz1 = dgk / 16 sigmoid(-z1), dW1, db,
+** dz0, and the first projection's dW0 += dz0^T h, dh = dz0 W0 (written). */
+static void gate_bwd_(run_ *r, const model_layer *L, const kept_ *kp, dptr dgk, dptr h, dptr dh) {
+  fla_model *m = r->m;
+  gpu_train *t = r->t;
+  int64_t rows = r->rows;
+  int D = r->D, HK = r->H * r->K, bf = r->bf;
+  dptr z1 = FB(r, rows * HK), dz1 = FB(r, rows * HK), dz0 = FB(r, rows * 16), dz0b = CB(r, rows * 16);
+  dptr W1 = gpu_train_w32(m, L->gk_proj1), b1 = gpu_train_w32(m, L->gk_proj1_b);
+  gpu_train_mm(t, 0, 1, rows, HK, 16, kp->z0, 0, 16, W1, 0, 16, 0.0f, z1, 0, HK);
+  {
+    int64_t n = rows * HK;
+    float lo = r->floor_;
+    void *args[] = {&z1, &b1, &HK, &dgk, &bf, &dz1, &n, &lo};
+    gpu_train_launch(t, TK_GLA_GATE_BWD, gpu_train_blocks(n), 1, 256, args);
+  }
+  gpu_train_mm(t, 1, 0, HK, 16, rows, dz1, 0, HK, kp->z0, 0, 16, 1.0f, gpu_train_grad(m, L->gk_proj1), 0, 16);
+  {
+    dptr db = gpu_train_grad(m, L->gk_proj1_b);
+    void *args[] = {&dz1, &rows, &HK, &db};
+    gpu_train_launch(t, TK_COLSUM, (unsigned)((HK + 31) / 32), (unsigned)((rows + 255) / 256), 256, args);
+  }
+  gpu_train_mm(t, 0, 0, rows, 16, HK, dz1, 0, HK, W1, 0, 16, 0.0f, dz0, 0, 16);
+  cast_(r, dz0, dz0b, rows * 16);
+  lin_bwd_(r, h, D, gpu_train_wc(m, L->gk_proj0), 16, dz0b, gpu_train_grad(m, L->gk_proj0), dh, 0.0f);
 }
 
 /* dx: the gradient of the layer's output in, of its input out (float32). */
@@ -215,30 +256,17 @@ static void layer_bwd_(run_ *r, const model_layer *L, kept_ *kp, dptr dx) {
            rows * r->H, r->V);
   dptr dq = CB(r, rows * HK), dk = CB(r, rows * HK), dv = CB(r, rows * HV), dgk = CB(r, rows * HK);
   op_run_(r, kp, 0, dO, dq, dk, dv, dgk);
-  /* the gate: z1 recomputed, dz1, dW1, db, dz0 */
-  dptr z1 = FB(r, rows * HK), dz1 = FB(r, rows * HK), dz0 = FB(r, rows * 16), dz0b = CB(r, rows * 16);
-  dptr W1 = gpu_train_w32(m, L->gk_proj1), b1 = gpu_train_w32(m, L->gk_proj1_b);
-  gpu_train_mm(t, 0, 1, rows, HK, 16, kp->z0, 0, 16, W1, 0, 16, 0.0f, z1, 0, HK);
-  {
-    int64_t n = rows * HK;
-    float lo = r->floor_;
-    void *args[] = {&z1, &b1, &HK, &dgk, &bf, &dz1, &n, &lo};
-    gpu_train_launch(t, TK_GLA_GATE_BWD, gpu_train_blocks(n), 1, 256, args);
+  if (!r->gla) {
+    rotary_(r, dq, -1.0f);
+    rotary_(r, dk, -1.0f);
+  } else {
+    gate_bwd_(r, L, kp, dgk, h, dh);
   }
-  gpu_train_mm(t, 1, 0, HK, 16, rows, dz1, 0, HK, kp->z0, 0, 16, 1.0f, gpu_train_grad(m, L->gk_proj1), 0, 16);
-  {
-    dptr db = gpu_train_grad(m, L->gk_proj1_b);
-    void *args[] = {&dz1, &rows, &HK, &db};
-    gpu_train_launch(t, TK_COLSUM, (unsigned)((HK + 31) / 32), (unsigned)((rows + 255) / 256), 256, args);
-  }
-  gpu_train_mm(t, 0, 0, rows, 16, HK, dz1, 0, HK, W1, 0, 16, 0.0f, dz0, 0, 16);
-  cast_(r, dz0, dz0b, rows * 16);
   /* the projections of h: dh = sum_j d_j W_j, dW_j += d_j^T h */
-  lin_bwd_(r, h, D, gpu_train_wc(m, L->q_proj), HK, dq, gpu_train_grad(m, L->q_proj), dh, 0.0f);
+  lin_bwd_(r, h, D, gpu_train_wc(m, L->q_proj), HK, dq, gpu_train_grad(m, L->q_proj), dh, r->gla ? 1.0f : 0.0f);
   lin_bwd_(r, h, D, gpu_train_wc(m, L->k_proj), HK, dk, gpu_train_grad(m, L->k_proj), dh, 1.0f);
   lin_bwd_(r, h, D, gpu_train_wc(m, L->v_proj), HV, dv, gpu_train_grad(m, L->v_proj), dh, 1.0f);
-  lin_bwd_(r, h, D, gpu_train_wc(m, L->g_proj), HV, dg, gpu_train_grad(m, L->g_proj), dh, 1.0f);
-  lin_bwd_(r, h, D, gpu_train_wc(m, L->gk_proj0), 16, dz0b, gpu_train_grad(m, L->gk_proj0), dh, 1.0f);
+  if (r->gated) lin_bwd_(r, h, D, gpu_train_wc(m, L->g_proj), HV, dg, gpu_train_grad(m, L->g_proj), dh, 1.0f);
   rms_bwd_(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), dh, 0, dx, 0, 1, 0, gpu_train_grad(m, L->attn_norm_w),
            rows, D);
   gpu_train_release(t, mark);
@@ -251,10 +279,11 @@ static void kept_alloc_(run_ *r, kept_ *kp, dptr x) {
   int HK = r->H * r->K, HV = r->H * r->V;
   kp->x = x;
   kp->xm = FB(r, rows * r->D);
-  kp->q = CB(r, rows * HK), kp->k = CB(r, rows * HK), kp->v = CB(r, rows * HV), kp->gk = CB(r, rows * HK);
-  kp->g = CB(r, rows * HV), kp->o = CB(r, rows * HV);
+  kp->q = CB(r, rows * HK), kp->k = CB(r, rows * HK), kp->v = CB(r, rows * HV), kp->o = CB(r, rows * HV);
+  kp->g = r->gated ? CB(r, rows * HV) : 0;
+  kp->gk = r->gla ? CB(r, rows * HK) : 0;
+  kp->z0 = r->gla ? FB(r, rows * 16) : 0;
   kp->gate = CB(r, rows * r->I), kp->up = CB(r, rows * r->I);
-  kp->z0 = FB(r, rows * 16);
 }
 
 fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32_t *targets, int64_t B, int64_t T,
@@ -263,8 +292,10 @@ fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32
   nn_gpu *g = t->g;
   const model_config *cfg = &m->cfg;
   const model_layer *L0 = &m->layers[0];
-  run_ r = {m, t, g, B, T, B * T, cfg->hidden_size, L0->H, L0->K, L0->V, L0->ffn_dim, t->bf, t->bf ? 2 : 4,
-            (float)cfg->norm_eps, isnan(cfg->clamp_min) ? -INFINITY : (float)cfg->clamp_min};
+  run_ r = {.m = m, .t = t, .g = g, .B = B, .T = T, .rows = B * T, .D = cfg->hidden_size, .H = L0->H, .K = L0->K,
+            .V = L0->V, .I = L0->ffn_dim, .bf = t->bf, .gla = cfg->arch == ARCH_GLA, .gated = L0->g_proj != NULL,
+            .es = t->bf ? 2 : 4, .eps = (float)cfg->norm_eps,
+            .floor_ = isnan(cfg->clamp_min) ? -INFINITY : (float)cfg->clamp_min};
   int NL = cfg->num_layers, D = r.D, Vb = cfg->vocab_size;
   int64_t rows = r.rows;
   g->status = FLA_OK;

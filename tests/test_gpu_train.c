@@ -1,6 +1,6 @@
 /*
 ** test_gpu_train.c -- training on a CUDA context against the CPU's (the
-** oracle of test_train_grad.c): on the tiny fla GLA checkpoint, the loss and
+** oracle of test_train_grad.c): on the tiny fla GLA and RetNet checkpoints, the loss and
 ** every parameter's gradient of fla_model_loss_backward (float32 compute
 ** tight, bf16 loose: see the tolerances), micro-batch accumulation,
 ** recomputation, AdamW steps with clipping equal to the CPU's, the loss going
@@ -96,11 +96,17 @@ static void compare_grads_(fla_model *cpu, fla_model *gpu, double tol, double to
   ck_assert_msg(total < tol_total, "%s: all gradients off by %.3g (tolerance %g)", what, total, tol_total);
 }
 
-/* _i: 0 float32, 1 bf16; loss and gradients against the CPU */
+/* The architectures the GPU trains. */
+static const char *const models_[] = {"gla", "retnet"};
+
+/* _i: model _i / 2, float32 (even) or bf16 (odd); loss and gradients against the CPU */
 START_TEST(test_grads_match_cpu) {
-  int bf = _i;
+  int bf = _i % 2;
+  const char *name = models_[_i / 2];
+  char what[64];
+  snprintf(what, sizeof what, "%s %s", name, bf ? "bf16" : "f32");
   fla_ctx *cctx = th_cpu_ctx(), *gctx = cuda_ctx_();
-  fla_model *cpu = trainable_(cctx, "gla", -1), *gpu = trainable_(gctx, "gla", bf ? FLA_BF16 : FLA_F32);
+  fla_model *cpu = trainable_(cctx, name, -1), *gpu = trainable_(gctx, name, bf ? FLA_BF16 : FLA_F32);
   int64_t B = 2, T = 77;
   int32_t ids[154], tg[154];
   batch_(7, B * T, fla_model_vocab_size(cpu), ids, tg);
@@ -111,9 +117,9 @@ START_TEST(test_grads_match_cpu) {
   ck_assert_msg(s == FLA_OK, "%s", fla_errmsg(gctx));
   ck_assert_int_eq(nc, ng);
   ck_assert_int_eq(nc, B * T - 1);
-  printf("test_gpu_train: %s: loss CPU %.7g GPU %.7g\n", bf ? "bf16" : "f32", lc, lg);
-  ck_assert_msg(fabs(lc - lg) < (bf ? 1e-2 : 1e-5) * fabs(lc), "loss CPU %.9g GPU %.9g", lc, lg);
-  compare_grads_(cpu, gpu, bf ? BF16_TOL : F32_TOL, bf ? BF16_TOL_TOTAL : F32_TOL, bf ? "bf16" : "f32");
+  printf("test_gpu_train: %s: loss CPU %.7g GPU %.7g\n", what, lc, lg);
+  ck_assert_msg(fabs(lc - lg) < (bf ? 1e-2 : 1e-5) * fabs(lc), "%s: loss CPU %.9g GPU %.9g", what, lc, lg);
+  compare_grads_(cpu, gpu, bf ? BF16_TOL : F32_TOL, bf ? BF16_TOL_TOTAL : F32_TOL, what);
   fla_model_free(cpu);
   fla_model_free(gpu);
   fla_ctx_free(gctx);
@@ -320,7 +326,7 @@ int main(void) {
     tcase_add_test(tc, test_skip_no_gpu);
   } else {
     tcase_add_test(tc, test_unsupported_arch_named);
-    tcase_add_loop_test(tc, test_grads_match_cpu, 0, 2);
+    tcase_add_loop_test(tc, test_grads_match_cpu, 0, 4);
     tcase_add_test(tc, test_accumulate_and_recompute);
     tcase_add_test(tc, test_adamw_steps_match_cpu);
     tcase_add_test(tc, test_create_and_loss_decreases);

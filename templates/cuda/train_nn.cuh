@@ -204,6 +204,25 @@ extern "C" __global__ void tr_gla_gate_bwd(const float *z, const float *b, int c
   }
 }
 
+/* ------------------------------------------------------------ RetNet's rotary */
+
+/* Rotary embedding, NeoX half split, in place on x [B, T, H, D] (compute), token t
+** of each sequence at position t: (u, v) -> (u c - v s, v c + u s), angle t theta^(-2i/D);
+** sign -1 rotates back (the backward: the transpose of a rotation). */
+extern "C" __global__ void tr_rotary(void *x, int bf, i64 B, i64 T, int H, int D, float theta, float sign) {
+  int half = D / 2;
+  GRID_LOOP(id, B * T * H * half) {
+    int i = (int)(id % half);
+    i64 bth = id / half, t = (bth / H) % T;
+    float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * i) / D));
+    float ang = (float)t * inv_freq, c = cosf(ang), s = sign * sinf(ang);
+    i64 o = bth * D;
+    float u = ldc(x, o + i, bf), v = ldc(x, o + i + half, bf);
+    stc(x, o + i, u * c - v * s, bf);
+    stc(x, o + i + half, v * c + u * s, bf);
+  }
+}
+
 /* out[c] += sum over rows of x[r, c]: blocks of 32 columns x 8 row lanes,
 ** grid (cols / 32, rows / 256), one atomic per column per block. */
 extern "C" __global__ void tr_colsum(const float *x, i64 rows, int cols, float *out) {
