@@ -104,7 +104,11 @@ int main(int argc, char **argv) {
   double t_loss = 0, t_opt = 0; /* over steps 1.. */
   for (int step = 0; step <= steps; step++) { /* step 0: warm-up (compiles, sizes the arena) */
     gpu_train *t = m->gtrain;
-    if (step == 1) memset(t->prof_s, 0, sizeof t->prof_s);
+    if (step == 1) {
+      memset(t->prof_s, 0, sizeof t->prof_s);
+      memset(t->prof_k, 0, sizeof t->prof_k);
+      memset(t->prof_n, 0, sizeof t->prof_n);
+    }
     double t0 = now_(), loss = 0;
     int64_t count = 0;
     fla_model_zero_grad(m);
@@ -150,6 +154,10 @@ int main(int argc, char **argv) {
     printf("train_gpu:   %-40s %8.3f s  %5.1f%%\n", "zero_grad + clipping + AdamW", t_opt, 100 * t_opt / tot);
     printf("train_gpu:   %-40s %8.3f s  %5.1f%%\n", "the rest (host: launches, waits, copies)", tot - sum - t_opt,
            100 * (tot - sum - t_opt) / tot);
+    for (int k = 0; k < TK_COUNT; k++)
+      if (t->prof_n[k])
+        printf("train_gpu:     %-22s %5lld launches %8.3f ms each %8.3f s\n", gpu_train_kernel_name(k),
+               (long long)t->prof_n[k], 1e3 * t->prof_k[k] / t->prof_n[k], t->prof_k[k]);
     double gemm_flops = 6.0 * mm_weights * n * steps;
     printf("train_gpu:   products ran at %.1f TFLOP/s\n", gemm_flops / t->prof_s[GPU_PROF_GEMM] / 1e12);
   }

@@ -19,7 +19,10 @@
 
 static const char *tk_names_[TK_COUNT] = {
   "tr_cast", "tr_copy", "tr_scale", "tr_embed", "tr_embed_bwd", "tr_rms_fwd", "tr_rms_bwd", "tr_swiglu",
-  "tr_swiglu_bwd", "tr_gla_gate", "tr_gla_gate_bwd", "tr_colsum", "tr_ce", "tr_adamw", "tr_sumsq", "tr_rotary"};
+  "tr_swiglu_bwd", "tr_gla_gate", "tr_gla_gate_bwd", "tr_colsum", "tr_ce", "tr_adamw", "tr_sumsq", "tr_rotary",
+  "tr_rms_fwd_w", "tr_rms_bwd_w"};
+
+const char *gpu_train_kernel_name(int k) { return k >= 0 && k < TK_COUNT ? tk_names_[k] : "?"; }
 
 /* ------------------------------------------------------------ pointers */
 
@@ -50,7 +53,12 @@ void gpu_train_launch(gpu_train *t, int k, unsigned gx, unsigned gy, unsigned bl
   if (r != CUDA_SUCCESS)
     gl_fail(g, FLA_ERROR, "kernel %s: cuLaunchKernel grid (%u,%u) block %u: %s", tk_names_[k], gx, gy, block,
             fla_cuda_result_str(r));
-  if (prof) gpu_train_prof_end(t, GPU_PROF_EW, t0);
+  if (prof) {
+    double before = t->prof_s[GPU_PROF_EW];
+    gpu_train_prof_end(t, GPU_PROF_EW, t0);
+    t->prof_k[k] += t->prof_s[GPU_PROF_EW] - before;
+    t->prof_n[k]++;
+  }
 }
 
 double gpu_train_prof_begin(gpu_train *t) {

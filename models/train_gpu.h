@@ -20,7 +20,8 @@
 
 enum {
   TK_CAST, TK_COPY, TK_SCALE, TK_EMBED, TK_EMBED_BWD, TK_RMS_FWD, TK_RMS_BWD, TK_SWIGLU, TK_SWIGLU_BWD,
-  TK_GLA_GATE, TK_GLA_GATE_BWD, TK_COLSUM, TK_CE, TK_ADAMW, TK_SUMSQ, TK_ROTARY, TK_COUNT
+  TK_GLA_GATE, TK_GLA_GATE_BWD, TK_COLSUM, TK_CE, TK_ADAMW, TK_SUMSQ, TK_ROTARY, TK_RMS_FWD_W,
+  TK_RMS_BWD_W, TK_COUNT
 };
 
 /* What the profile separates: cuBLAS products, the recipe op's forward and
@@ -50,6 +51,8 @@ typedef struct gpu_train {
   ** in_loss: inside loss_backward (its other kernels count as GPU_PROF_EW) */
   int profile, in_loss;
   double prof_s[GPU_PROF_COUNT];
+  double prof_k[TK_COUNT];  /* GPU_PROF_EW per kernel */
+  int64_t prof_n[TK_COUNT];
   dptr sumsq;              /* device float64 [1] */
 } gpu_train;
 
@@ -85,6 +88,8 @@ void gpu_train_prof_end(gpu_train *t, int kind, double t0);
 
 void gpu_train_launch(gpu_train *t, int k, unsigned gx, unsigned gy, unsigned block, void **args);
 unsigned gpu_train_blocks(int64_t n);
+/* The kernel's name (profiles). */
+const char *gpu_train_kernel_name(int k);
 
 /* Row-major products on the device: C[M, N] = op(A) op(B) + beta C, op(A)
 ** [M, K] (A stored [M, K] with lda, or [K, M] when ta), op(B) [K, N] (B stored
