@@ -574,7 +574,9 @@ fla_status fla_model_create(fla_ctx *ctx, const char *config_path, uint64_t seed
                             fla_model **out);
 /* fla_model_create with the compute dtype of a GPU context chosen: FLA_BF16
 ** (bf16 inputs of every product, float32 accumulation), FLA_F32, or -1
-** (bf16). Ignored on the CPU (float32). FLA_INVALID for another dtype. */
+** (bf16). Ignored on the CPU (float32). FLA_INVALID for another dtype; on a
+** CUDA context FLA_UNSUPPORTED for an architecture the GPU does not train
+** (see fla_model_enable_grad). */
 fla_status fla_model_create_ex(fla_ctx *ctx, const char *config_path, uint64_t seed, int dtype,
                                fla_model **out);
 /* Makes a loaded model trainable (a no-op on one that already is). FLA_NOMEM;
