@@ -579,9 +579,41 @@ fla_status fla_model_generate(fla_model *m, int num_prompts, const int32_t *cons
 ** config. */
 fla_status fla_model_create(fla_ctx *ctx, const char *config_path, uint64_t seed,
                             fla_model **out);
+/* fla_model_create with the compute dtype of a GPU context chosen: FLA_BF16
+** (bf16 inputs of every product, float32 accumulation), FLA_F32, or -1
+** (bf16). Ignored on the CPU (float32). FLA_INVALID for another dtype; on a
+** CUDA context FLA_UNSUPPORTED for an architecture the GPU does not train
+** (see fla_model_enable_grad). */
+fla_status fla_model_create_ex(fla_ctx *ctx, const char *config_path, uint64_t seed, int dtype,
+                               fla_model **out);
 /* Makes a loaded model trainable (a no-op on one that already is). FLA_NOMEM;
-** FLA_UNSUPPORTED for a model on another backend than the CPU. */
+** FLA_UNSUPPORTED for a model on another backend than the CPU or CUDA, or an
+** architecture the GPU does not train (the message names it).
+**
+** Training on a CUDA context (docs/training.md, "On the GPU"): a model from
+** fla_model_create(_ex) or fla_model_load(_ex) on a CUDA context, made
+** trainable, keeps its float32 master weights, float32 gradients and compute
+** copies (bf16, or float32: the dtype it was loaded or created with) on the
+** device; fla_model_loss_backward runs there (GLA and RetNet in this version:
+** any other architecture, short convolutions, hybrid attention layers or
+** grouped KV heads answer FLA_UNSUPPORTED naming what). The host memory that
+** fla_model_param points at is a copy refreshed only by fla_model_sync_host;
+** after changing it, fla_model_sync_device sends it back. A GPU model made
+** by fla_model_create has no forward (fla_model_forward: FLA_UNSUPPORTED);
+** one loaded then made trainable runs forward with the weights it was loaded
+** with. Use fla_adamw_new_model and fla_model_clip_grad_norm to update it. */
 fla_status fla_model_enable_grad(fla_model *m);
+/* Copies the device's master weights and gradients into the host memory of
+** fla_model_param (a no-op on the CPU). FLA_INVALID for a model that is not
+** trainable; FLA_ERROR from the device. */
+fla_status fla_model_sync_host(fla_model *m);
+/* Copies the host weights and gradients to the device (and its compute
+** copies): after the caller changed them (a no-op on the CPU). */
+fla_status fla_model_sync_device(fla_model *m);
+/* fla_clip_grad_norm over every gradient of a trainable model, where they
+** live (the device for a GPU model). NAN for a model that is not trainable or
+** a device failure (fla_errmsg says which). */
+double fla_model_clip_grad_norm(fla_model *m, double max_norm);
 
 /* One parameter: fla's name ("model.layers.0.attn.q_proj.weight", ...), its
 ** shape, and pointers into the model's memory (owned by the model; valid
@@ -667,6 +699,13 @@ typedef struct fla_adamw fla_adamw;
 ** or a beta outside [0, 1); FLA_NOMEM. */
 fla_status fla_adamw_new(fla_ctx *ctx, int n, const fla_param *params,
                          const fla_adamw_options *opt, fla_adamw **out);
+/* An optimizer over every parameter of trainable model m (fla_model_param's
+** order and names). On the CPU it is fla_adamw_new over those parameters; for
+** a model trained on the GPU the moments live on the device and
+** fla_adamw_step updates the device's master weights and compute copies
+** there (fla_adamw_save / _load copy the moments through the host). The model
+** must outlive the optimizer. FLA_INVALID for a model that is not trainable. */
+fla_status fla_adamw_new_model(fla_model *m, const fla_adamw_options *opt, fla_adamw **out);
 /* NULL is allowed. */
 void fla_adamw_free(fla_adamw *a);
 /* One update of every parameter from its grad at learning rate lr. */

@@ -440,6 +440,7 @@ fla_status fla_model_load_random(fla_ctx *ctx, const char *config_path, uint64_t
 
 void fla_model_free(fla_model *m) {
   if (!m) return;
+  gpu_train_free(m);
   gpu_model_free(m);
   fla_recipe *recipe = NULL;
   for (int i = 0; m->layers && i < m->cfg.num_layers; i++) {
@@ -521,6 +522,8 @@ fla_status model_run(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T
       return fla_set_error(m->ctx, FLA_INVALID, "token id %d at position %lld is outside the vocabulary [0, %d)",
                            ids[i], (long long)i, Vb);
   if (m->gpu) return gpu_model_run(m, c, slot0, B, T, ids, logits, last_only);
+  if (m->ctx->backend != FLA_BACKEND_CPU) /* fla_model_create on a GPU: trainable only */
+    return fla_set_error(m->ctx, FLA_UNSUPPORTED, "a model made by fla_model_create on a GPU context trains but does not run forward: save a checkpoint and load it");
   if (m->master) model_hgrn2_lower_bounds(m); /* trainable: the raw bounds may have changed */
   float *x = model_alloc(m->ctx, rows * D), *h = model_alloc(m->ctx, rows * D);
   float *o = model_alloc(m->ctx, rows * D);

@@ -143,6 +143,7 @@ struct fla_model {
   model_arena arena;          /* the backward's scratch (grad_ops.c) */
   int recompute;              /* fla_model_set_recompute */
   struct gpu_model *gpu;      /* non-NULL on a CUDA context (model_gpu.c) */
+  struct gpu_train *gtrain;   /* non-NULL when trainable on a CUDA context (train_gpu.c) */
 };
 
 /* The gradient of the weight whose data starts at p (a trainable model's). */
@@ -232,6 +233,8 @@ fla_status gpu_register_weight(fla_model *m, const float *p, int64_t numel);
 ** the kernels and cuBLAS. */
 fla_status gpu_model_upload(fla_model *m, fla_dtype dtype);
 void gpu_model_free(fla_model *m);
+/* Frees the device training state (train_gpu.c); NULL state allowed. */
+void gpu_train_free(fla_model *m);
 /* model_run on the device (same contract); the caches' device state. */
 fla_status gpu_model_run(fla_model *m, fla_cache *c, int slot0, int64_t B, int64_t T,
                          const int32_t *ids, float *logits, int last_only);

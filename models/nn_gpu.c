@@ -470,3 +470,20 @@ void gl_sync(nn_gpu *g, const char *what) {
   fla_status s = fla_cuda_sync(g->ctx, what);
   if (s != FLA_OK) g->status = s;
 }
+
+/* ------------------------------------------------------------ raw products (training) */
+
+int gl_gemm_raw(nn_gpu *g, int ta, int tb, int m, int n, int k, dptr A, int a_bf16, int lda, dptr B, int b_bf16,
+                int ldb, float beta, dptr C, int c_bf16, int ldc) {
+  if (g->status != FLA_OK) return -1;
+  if (m <= 0 || n <= 0 || k <= 0) return 0;
+  float alpha = 1.0f;
+  int r = cublas_.gemm_ex(g->cublas, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha,
+                          (const void *)A, a_bf16 ? CUDA_R_16BF_ : CUDA_R_32F_, lda, (const void *)B,
+                          b_bf16 ? CUDA_R_16BF_ : CUDA_R_32F_, ldb, &beta, (void *)C,
+                          c_bf16 ? CUDA_R_16BF_ : CUDA_R_32F_, ldc, CUBLAS_COMPUTE_32F_, CUBLAS_GEMM_DEFAULT_);
+  if (r != 0)
+    gl_fail(g, FLA_ERROR, "cublasGemmEx (%d x %d x %d, ta %d tb %d, bf16 %d%d%d): status %d", m, n, k, ta, tb,
+            a_bf16, b_bf16, c_bf16, r);
+  return r;
+}

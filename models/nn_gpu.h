@@ -129,6 +129,12 @@ void gl_cast_bf16(nn_gpu *g, dptr x, dptr y, int64_t n);
 void gl_cast_f32(nn_gpu *g, dptr x, dptr y, int64_t n);
 void gl_copy(nn_gpu *g, dptr x, dptr y, int64_t n);
 
+/* cuBLAS's column-major C[m, n] = op(A) op(B) + beta C, alpha 1, float32
+** accumulation; each operand bf16 or float32 (training's products,
+** models/train_gpu.c). Returns cuBLAS's status (sticky failure recorded). */
+int gl_gemm_raw(nn_gpu *g, int ta, int tb, int m, int n, int k, dptr A, int a_bf16, int lda, dptr B, int b_bf16,
+                int ldb, float beta, dptr C, int c_bf16, int ldc);
+
 /* Host <-> device copies and a stream sync, with the sticky status. */
 void gl_upload(nn_gpu *g, dptr dst, const void *src, size_t bytes);
 void gl_download(nn_gpu *g, void *dst, dptr src, size_t bytes);

@@ -10,6 +10,7 @@
 */
 #include "internal.h"
 #include "model_internal.h"
+#include "train_gpu.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -39,9 +40,15 @@ static fla_status own_weights_(fla_model *m) {
 fla_status fla_model_enable_grad(fla_model *m) {
   if (!m) return FLA_INVALID;
   if (m->master) return FLA_OK;
-  if (m->ctx->backend != FLA_BACKEND_CPU)
-    return fla_set_error(m->ctx, FLA_UNSUPPORTED, "fla_model_enable_grad: training runs on the CPU backend only in this version");
-  return own_weights_(m);
+  if (m->ctx->backend != FLA_BACKEND_CPU && !(m->ctx->backend == FLA_BACKEND_CUDA && m->gpu))
+    return fla_set_error(m->ctx, FLA_UNSUPPORTED, "fla_model_enable_grad: training runs on the CPU and CUDA backends");
+  fla_status s = m->ctx->backend == FLA_BACKEND_CUDA ? gpu_train_check(m) : FLA_OK;
+  if (s == FLA_OK) s = own_weights_(m);
+  if (s == FLA_OK && m->ctx->backend == FLA_BACKEND_CUDA) {
+    s = gpu_train_enable(m, m->gpu->adt);
+    if (s != FLA_OK) gpu_train_free(m); /* the host weights stay; loss_backward refuses */
+  }
+  return s;
 }
 
 /* ------------------------------------------------------------ initialisation */
@@ -98,12 +105,18 @@ static void init_param_(const model_config *c, const model_param *p, float *x, i
 }
 
 fla_status fla_model_create(fla_ctx *ctx, const char *config_path, uint64_t seed, fla_model **out) {
+  return fla_model_create_ex(ctx, config_path, seed, -1, out);
+}
+
+fla_status fla_model_create_ex(fla_ctx *ctx, const char *config_path, uint64_t seed, int dtype, fla_model **out) {
   if (!out) return fla_set_error(ctx, FLA_INVALID, "fla_model_create: out is NULL");
   *out = NULL;
   if (!ctx || !config_path)
     return fla_set_error(ctx, FLA_INVALID, "fla_model_create: %s is NULL", !ctx ? "ctx" : "config_path");
-  if (ctx->backend != FLA_BACKEND_CPU)
-    return fla_set_error(ctx, FLA_UNSUPPORTED, "fla_model_create: models run on the CPU backend only in this version");
+  if (ctx->backend != FLA_BACKEND_CPU && ctx->backend != FLA_BACKEND_CUDA)
+    return fla_set_error(ctx, FLA_UNSUPPORTED, "fla_model_create: models train on the CPU and CUDA backends");
+  if (dtype != -1 && dtype != FLA_F32 && dtype != FLA_BF16)
+    return fla_set_error(ctx, FLA_INVALID, "fla_model_create_ex: dtype must be FLA_F32, FLA_BF16 or -1 (bf16 on a GPU)");
   fla_model *m = calloc(1, sizeof *m);
   if (!m) return fla_set_error(ctx, FLA_NOMEM, "out of memory");
   m->ctx = ctx;
@@ -119,6 +132,10 @@ fla_status fla_model_create(fla_ctx *ctx, const char *config_path, uint64_t seed
   for (int i = 0; i < m->num_params; i++)
     init_param_(&m->cfg, &m->params[i], (float *)*m->params[i].slot, &r);
   model_finish_weights(m);
+  if (ctx->backend == FLA_BACKEND_CUDA && (s = gpu_train_enable(m, dtype == FLA_F32 ? FLA_F32 : FLA_BF16)) != FLA_OK) {
+    fla_model_free(m);
+    return s;
+  }
   *out = m;
   return FLA_OK;
 }
@@ -144,7 +161,35 @@ fla_status fla_model_param(fla_model *m, int i, fla_param *out) {
 }
 
 void fla_model_zero_grad(fla_model *m) {
-  if (m && m->master) memset(m->master + m->master_numel, 0, sizeof(float) * (size_t)m->master_numel);
+  if (gpu_train_on(m)) gpu_train_zero_grad(m); /* the host copy is refreshed by fla_model_sync_host only */
+  else if (m && m->master) memset(m->master + m->master_numel, 0, sizeof(float) * (size_t)m->master_numel);
+}
+
+fla_status fla_model_sync_host(fla_model *m) {
+  if (!m) return FLA_INVALID;
+  if (!m->master) return fla_set_error(m->ctx, FLA_INVALID, "fla_model_sync_host: the model is not trainable");
+  return gpu_train_on(m) ? gpu_train_sync_host(m) : FLA_OK;
+}
+
+fla_status fla_model_sync_device(fla_model *m) {
+  if (!m) return FLA_INVALID;
+  if (!m->master) return fla_set_error(m->ctx, FLA_INVALID, "fla_model_sync_device: the model is not trainable");
+  return gpu_train_on(m) ? gpu_train_sync_device(m) : FLA_OK;
+}
+
+double fla_model_clip_grad_norm(fla_model *m, double max_norm) {
+  if (!m || !m->master) return NAN;
+  if (gpu_train_on(m)) {
+    double norm = NAN;
+    return gpu_train_clip(m, max_norm, &norm) == FLA_OK ? norm : NAN;
+  }
+  int n = m->num_params;
+  fla_param *ps = malloc(sizeof(fla_param) * (size_t)n);
+  if (!ps) return NAN;
+  for (int i = 0; i < n; i++) fla_model_param(m, i, &ps[i]);
+  double norm = fla_clip_grad_norm(n, ps, max_norm);
+  free(ps);
+  return norm;
 }
 
 const char *fla_model_config_json(const fla_model *m) { return m ? m->config_json : NULL; }

@@ -45,7 +45,8 @@ typedef struct {
   const char *log_path;
   int64_t log_every;
   int threads;
-  const char *device;
+  const char *device;         /* "cpu" (default) or "cuda" */
+  const char *dtype;          /* on cuda: "bf16" (default) or "f32" compute */
 } run_config;
 
 static double now_s_(void) {
@@ -75,7 +76,7 @@ static const char *get_str_(json_t *obj, const char *key) {
 static int parse_config_(json_t *root, run_config *rc) {
   static const char *known[] = {"model_config", "init_from", "data", "seq_len", "batch_size", "micro_batches",
                                 "steps", "optimizer", "schedule", "checkpoint", "log", "log_every", "seed",
-                                "device", "threads", "documents", NULL};
+                                "device", "dtype", "threads", "documents", NULL};
   const char *key;
   json_t *val;
   json_object_foreach(root, key, val) {
@@ -147,6 +148,7 @@ static int parse_config_(json_t *root, run_config *rc) {
   if (!rc->ckpt_dir) rc->ckpt_dir = get_str_(ck, "dir");
   if (!rc->log_path) rc->log_path = get_str_(root, "log");
   if (!rc->device) rc->device = get_str_(root, "device");
+  rc->dtype = get_str_(root, "dtype");
   rc->seq_len = (int64_t)seq;
   rc->opt.batch_size = (int64_t)batch;
   rc->opt.micro_batches = (int)micro;
@@ -227,9 +229,13 @@ int main(int argc, char **argv) {
   int bad = parse_config_(root, &rc);
   if (!bad && steps_override > 0) rc.opt.steps = rc.opt.schedule.total_steps = steps_override;
   if (threads_override >= 0) rc.threads = threads_override;
-  if (!bad && rc.device && strcmp(rc.device, "cpu") != 0) {
-    fprintf(stderr, "fla-train: device '%s' is not supported: the model layer trains on the CPU in this version\n",
-            rc.device);
+  int on_gpu = rc.device && !strcmp(rc.device, "cuda");
+  if (!bad && rc.device && strcmp(rc.device, "cpu") != 0 && !on_gpu) {
+    fprintf(stderr, "fla-train: device '%s' is not supported: \"cpu\" or \"cuda\"\n", rc.device);
+    bad = 1;
+  }
+  if (!bad && rc.dtype && strcmp(rc.dtype, "bf16") && strcmp(rc.dtype, "f32")) {
+    fprintf(stderr, "fla-train: dtype '%s': \"bf16\" or \"f32\" (the GPU's compute dtype)\n", rc.dtype);
     bad = 1;
   }
   if (!bad && resume && !rc.ckpt_dir) fprintf(stderr, "fla-train: --resume needs checkpoint.dir\n"), bad = 1;
@@ -247,8 +253,19 @@ int main(int argc, char **argv) {
   int exit_code = 1;
   char from[4096] = "";
   int64_t from_step = -1;
+  fla_ctx *mctx = NULL; /* the model's: ctx (CPU: data, checkpoints) or a CUDA context */
+  int dtype = rc.dtype && !strcmp(rc.dtype, "f32") ? FLA_F32 : FLA_BF16;
   fla_status s = fla_ctx_create(FLA_BACKEND_CPU, &ctx);
   if (s == FLA_OK && rc.threads > 0) s = fla_ctx_set_threads(ctx, rc.threads);
+  if (s == FLA_OK && on_gpu) {
+    char why[1024];
+    if (fla_ctx_create_ex(FLA_BACKEND_CUDA, &mctx, why, sizeof why) != FLA_OK) {
+      fprintf(stderr, "fla-train: device cuda: %s\n", why);
+      goto done;
+    }
+  } else {
+    mctx = ctx;
+  }
   if (s == FLA_OK) s = fla_loader_open(ctx, rc.ndata, rc.data, rc.seq_len, rc.opt.seed, &ld);
   if (s == FLA_OK && resume) {
     if (fla_checkpoint_latest(ctx, rc.ckpt_dir, from, sizeof from, &from_step) != FLA_OK) {
@@ -258,15 +275,20 @@ int main(int argc, char **argv) {
   }
   const char *load_dir = from[0] ? from : rc.init_from;
   if (s == FLA_OK && load_dir) {
-    s = fla_model_load(ctx, load_dir, &model);
+    s = fla_model_load_ex(mctx, load_dir, on_gpu ? dtype : -1, &model);
     if (s == FLA_OK) s = fla_model_enable_grad(model);
   } else if (s == FLA_OK) {
-    s = fla_model_create(ctx, rc.model_config, rc.opt.seed, &model);
+    s = fla_model_create_ex(mctx, rc.model_config, rc.opt.seed, dtype, &model);
+  }
+  if (s != FLA_OK && mctx != ctx) {
+    fprintf(stderr, "fla-train: %s: %s\n", fla_errstr(s), fla_errmsg(mctx));
+    goto done;
   }
   if (s == FLA_OK) s = fla_trainer_new(ctx, model, ld, &rc.opt, &tr);
   if (s == FLA_OK && from[0]) s = fla_trainer_restore(tr, from);
   if (s != FLA_OK) {
     fprintf(stderr, "fla-train: %s: %s\n", fla_errstr(s), fla_errmsg(ctx));
+    if (mctx != ctx && fla_errmsg(mctx)[0]) fprintf(stderr, "fla-train: on the device: %s\n", fla_errmsg(mctx));
     goto done;
   }
   int64_t nparams_total = 0;
@@ -275,9 +297,10 @@ int main(int argc, char **argv) {
     if (fla_model_param(model, i, &p) == FLA_OK) nparams_total += p.numel;
   }
   fprintf(stderr,
-          "fla-train: %s model, %.2fM parameters, %s; data: %lld windows of %lld tokens; %lld steps of %lld x %d x "
+          "fla-train: %s model on the %s, %.2fM parameters, %s; data: %lld windows of %lld tokens; %lld steps of %lld x %d x "
           "%lld tokens\n",
-          fla_model_type(model), (double)nparams_total / 1e6,
+          fla_model_type(model), on_gpu ? (dtype == FLA_BF16 ? "GPU (bf16)" : "GPU (f32)") : "CPU",
+          (double)nparams_total / 1e6,
           from[0] ? "resumed" : rc.init_from ? "initialised from a checkpoint" : "fresh",
           (long long)fla_loader_num_windows(ld), (long long)rc.seq_len, (long long)rc.opt.steps,
           (long long)rc.opt.batch_size, rc.opt.micro_batches, (long long)rc.seq_len);
@@ -355,6 +378,7 @@ done:
   fla_trainer_free(tr);
   fla_model_free(model);
   fla_loader_free(ld);
+  if (mctx != ctx) fla_ctx_free(mctx);
   fla_ctx_free(ctx);
   free_config_(&rc);
   json_decref(root);

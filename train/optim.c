@@ -4,6 +4,7 @@
 */
 #include "fla.h"
 #include "internal.h"
+#include "train_gpu.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -18,6 +19,7 @@ struct fla_adamw {
   int *decay;              /* 1: weight decay applies */
   fla_adamw_options opt;
   int64_t t;
+  fla_model *model;        /* fla_adamw_new_model of a model trained on the GPU: the state is there */
 };
 
 /* Norms and biases (one dimension) and embeddings are not decayed: shrinking
@@ -84,9 +86,24 @@ fla_status fla_adamw_new(fla_ctx *ctx, int n, const fla_param *params,
   return FLA_OK;
 }
 
+fla_status fla_adamw_new_model(fla_model *m, const fla_adamw_options *opt, fla_adamw **out) {
+  if (!m || !out) return fla_set_error(m ? m->ctx : NULL, FLA_INVALID, "fla_adamw_new_model: NULL argument");
+  int n = fla_model_num_params(m);
+  if (n < 1) return fla_set_error(m->ctx, FLA_INVALID, "fla_adamw_new_model: the model is not trainable (fla_model_enable_grad)");
+  fla_param *ps = malloc(sizeof(fla_param) * (size_t)n);
+  if (!ps) return fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
+  fla_status s = FLA_OK;
+  for (int i = 0; s == FLA_OK && i < n; i++) s = fla_model_param(m, i, &ps[i]);
+  if (s == FLA_OK) s = fla_adamw_new(m->ctx, n, ps, opt, out);
+  free(ps);
+  if (s == FLA_OK && gpu_train_on(m)) (*out)->model = m;
+  return s;
+}
+
 fla_status fla_adamw_step(fla_adamw *a, float lr) {
   if (!a) return fla_set_error(NULL, FLA_INVALID, "fla_adamw_step: NULL optimizer");
   a->t++;
+  if (a->model) return gpu_train_adamw(a->model, a->decay, &a->opt, lr, a->t);
   const float b1 = a->opt.beta1, b2 = a->opt.beta2, eps = a->opt.eps;
   /* Bias corrections in double then rounded once, as PyTorch computes them. */
   const float bc1 = (float)(1.0 - pow((double)b1, (double)a->t));
@@ -116,6 +133,19 @@ int fla_adamw_decays(const fla_adamw *a, int i) {
 /* The state file's tensors: exp_avg.<name>, exp_avg_sq.<name>, step. */
 fla_status fla_adamw_save(fla_adamw *a, const char *path) {
   if (!a || !path) return fla_set_error(a ? a->ctx : NULL, FLA_INVALID, "fla_adamw_save: NULL argument");
+  if (a->model) { /* the device's moments into the host arrays, written through a CPU context */
+    fla_status s = gpu_train_moments(a->model, a->m, a->v, 0);
+    if (s != FLA_OK) return s;
+    fla_ctx *gpu = a->ctx, *io = NULL;
+    if ((s = fla_ctx_create(FLA_BACKEND_CPU, &io)) != FLA_OK) return fla_set_error(gpu, s, "fla_adamw_save: no CPU context");
+    fla_model *m = a->model;
+    a->ctx = io, a->model = NULL;
+    s = fla_adamw_save(a, path);
+    if (s != FLA_OK) fla_set_error(gpu, s, "%s", fla_errmsg(io));
+    a->ctx = gpu, a->model = m;
+    fla_ctx_free(io);
+    return s;
+  }
   int count = 2 * a->n + 1;
   char **names = calloc((size_t)count, sizeof(char *));
   fla_tensor **ts = calloc((size_t)count, sizeof(fla_tensor *));
@@ -175,6 +205,18 @@ static fla_status load_moment_(fla_adamw *a, fla_safetensors *st, const char *pa
 
 fla_status fla_adamw_load(fla_adamw *a, const char *path) {
   if (!a || !path) return fla_set_error(a ? a->ctx : NULL, FLA_INVALID, "fla_adamw_load: NULL argument");
+  if (a->model) { /* read through a CPU context, then the moments to the device */
+    fla_ctx *gpu = a->ctx, *io = NULL;
+    fla_status s = fla_ctx_create(FLA_BACKEND_CPU, &io);
+    if (s != FLA_OK) return fla_set_error(gpu, s, "fla_adamw_load: no CPU context");
+    fla_model *m = a->model;
+    a->ctx = io, a->model = NULL;
+    s = fla_adamw_load(a, path);
+    if (s != FLA_OK) fla_set_error(gpu, s, "%s", fla_errmsg(io));
+    a->ctx = gpu, a->model = m;
+    fla_ctx_free(io);
+    return s == FLA_OK ? gpu_train_moments(m, a->m, a->v, 1) : s;
+  }
   fla_safetensors *st = NULL;
   fla_status s = fla_safetensors_open(a->ctx, path, &st);
   if (s != FLA_OK) return s;

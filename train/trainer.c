@@ -73,7 +73,7 @@ fla_status fla_trainer_new(fla_ctx *ctx, fla_model *m, fla_loader *ld, const fla
   t->params = calloc((size_t)n, sizeof(fla_param));
   fla_status s = t->params ? FLA_OK : fla_set_error(ctx, FLA_NOMEM, "fla_trainer_new: out of memory");
   for (int i = 0; s == FLA_OK && i < n; i++) s = fla_model_param(m, i, &t->params[i]);
-  if (s == FLA_OK) s = fla_adamw_new(ctx, n, t->params, &o->adamw, &t->adamw);
+  if (s == FLA_OK) s = fla_adamw_new_model(m, &o->adamw, &t->adamw); /* on the model's device */
   if (s == FLA_OK) {
     size_t count = (size_t)(o->batch_size * loader_seq_len_(t));
     t->ids = malloc(sizeof(int32_t) * count);
@@ -128,7 +128,7 @@ fla_status fla_trainer_step(fla_trainer *t, fla_step_stats *stats) {
     loss_sum += part;
     count += n;
   }
-  double norm = fla_clip_grad_norm(t->nparams, t->params, t->opt.clip_norm);
+  double norm = fla_model_clip_grad_norm(t->model, t->opt.clip_norm);
   fla_status s = fla_adamw_step(t->adamw, (float)lr);
   if (s != FLA_OK) return s;
   splitmix64_(&t->rng);
@@ -174,7 +174,8 @@ fla_status fla_trainer_save(fla_trainer *t, const char *root, int64_t shard_byte
   char *state = state_json_(t);
   if (!state) return fla_set_error(t->ctx, FLA_NOMEM, "fla_trainer_save: out of memory");
   fla_checkpoint_contents c = {fla_model_config_json(t->model), t->nparams, t->params, t->adamw, state};
-  fla_status s = fla_checkpoint_save(t->ctx, root, t->step, &c, shard_bytes, dir_out, dir_out_len);
+  fla_status s = fla_model_sync_host(t->model); /* the device's weights into t->params */
+  if (s == FLA_OK) s = fla_checkpoint_save(t->ctx, root, t->step, &c, shard_bytes, dir_out, dir_out_len);
   free(state);
   return s;
 }

@@ -1,0 +1,374 @@
+/*
+** train_gpu_loss.c -- fla_model_loss_backward on a CUDA context for GLA
+** and RetNet (train_backward.c and grad_mixer_linear.c are the CPU's; their comments give
+** the math). Residual streams and parameter gradients are float32; the inputs
+** of every product are the compute dtype (bf16, or float32), accumulated in
+** float32 by cuBLAS; the token mixer through the recipe op (fla_op_forward and
+** fla_op_backward on device tensors).
+**
+** Per layer (x: input, h = n1(x), y: the gated norm's output, a: SwiGLU's):
+**   q, k, v, g = h W^T;  z0 = h W0^T;  gk = max(logsigmoid(z0 W1^T + b) / 16, floor)
+**   o = gla(q, k, v, gk);  y = rmsnorm(o) w silu(g) per head;  xm = x + y Wo^T
+**   (RetNet: no gk, rotary on q and k, o = retention(q, k, v); without the
+**   output gate y = rmsnorm(o) w)
+**   h2 = n2(xm);  a = silu(h2 Wg^T) (h2 Wu^T);  x' = xm + a Wd^T
+** Kept between the forward and the backward (unless recompute): x, xm (float32),
+** q, k, v, gk, g, o, gate, up (compute dtype), z0 (float32); h, h2, y, a and z1
+** are recomputed in the backward (norms and one small product).
+** The head: hf = nf(x_L), then per chunk of rows: logits = hf Wlm^T (float32),
+** the cross-entropy's gradient d (compute dtype), dhf = d Wlm, dWlm += d^T hf.
+*/
+#include "internal.h"
+#include "train_gpu.h"
+
+#include "cuda/cuda_api.h"
+#include "cuda/op_cuda.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HEAD_CHUNK_BYTES ((size_t)256 << 20) /* float32 logits held at a time */
+
+typedef struct {
+  dptr x, xm, q, k, v, gk, g, o, gate, up, z0;
+} kept_;
+
+typedef struct {
+  fla_model *m;
+  gpu_train *t;
+  nn_gpu *g;
+  int64_t B, T, rows;
+  int D, H, K, V, I, bf;
+  int gla, gated;  /* GLA's gate (else RetNet: rotary); the output gate g */
+  size_t es;  /* bytes per compute element */
+  float eps, floor_;
+} run_;
+
+#define CB(r, n) gpu_train_alloc((r)->t, (r)->es * (size_t)(n)) /* compute buffer */
+#define FB(r, n) gpu_train_alloc((r)->t, 4 * (size_t)(n))       /* float32 buffer */
+
+/* ------------------------------------------------------------ kernel wrappers */
+
+static void cast_(run_ *r, dptr x, dptr y, int64_t n) {
+  int bf = r->bf;
+  void *a[] = {&x, &y, &bf, &n};
+  gpu_train_launch(r->t, TK_CAST, gpu_train_blocks(n), 1, 256, a);
+}
+
+static void copy_(run_ *r, dptr x, dptr y, int64_t n, int add) {
+  void *a[] = {&x, &y, &n, &add};
+  gpu_train_launch(r->t, TK_COPY, gpu_train_blocks(n), 1, 256, a);
+}
+
+/* RetNet's rotary on q or k [rows, H * K] in place; sign -1: its backward */
+static void rotary_(run_ *r, dptr x, float sign) {
+  int bf = r->bf, H = r->H, K = r->K;
+  float theta = 10000.0f;
+  void *a[] = {&x, &bf, &r->B, &r->T, &H, &K, &theta, &sign};
+  gpu_train_launch(r->t, TK_ROTARY, gpu_train_blocks(r->rows * H * (K / 2)), 1, 256, a);
+}
+
+static unsigned norm_threads_(int dim) { return dim >= 1024 ? 512 : dim >= 256 ? 256 : dim > 64 ? 128 : 64; }
+
+/* y = rmsnorm(x) w (* silu(gate)), rows of dim */
+static void rms_fwd_(run_ *r, dptr x, int x_bf, dptr gate, dptr w, dptr y, int y_bf, int64_t rows, int dim) {
+  int g_bf = r->bf;
+  float eps = r->eps;
+  void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &y, &y_bf, &dim, &eps};
+  gpu_train_launch(r->t, TK_RMS_FWD, (unsigned)rows, 1, norm_threads_(dim), a);
+}
+
+/* its backward: dx (= or +=), dgate, dw += */
+static void rms_bwd_(run_ *r, dptr x, int x_bf, dptr gate, dptr w, dptr dy, int dy_bf, dptr dx, int dx_bf, int dx_add,
+                     dptr dgate, dptr dw, int64_t rows, int dim) {
+  int g_bf = r->bf, dg_bf = r->bf;
+  float eps = r->eps;
+  void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &dy, &dy_bf, &dx, &dx_bf, &dx_add, &dgate, &dg_bf, &dw, &rows, &dim, &eps};
+  gpu_train_launch(r->t, TK_RMS_BWD, (unsigned)((rows + 7) / 8), 1, 256, a);
+}
+
+/* y[rows, out] (+)= x[rows, in] W[out, in]^T, x and W compute, y float32 or compute */
+static void lin_(run_ *r, dptr x, int in, dptr W, int out, dptr y, int y_bf, float beta) {
+  gpu_train_mm(r->t, 0, 1, r->rows, out, in, x, r->bf, in, W, r->bf, in, beta, y, y_bf, out);
+}
+/* dW[out, in] += dy^T x;  dx[rows, in] (+)= dy W (float32) */
+static void lin_bwd_(run_ *r, dptr x, int in, dptr W, int out, dptr dy, dptr dW, dptr dx, float beta) {
+  gpu_train_mm(r->t, 1, 0, out, in, r->rows, dy, r->bf, out, x, r->bf, in, 1.0f, dW, 0, in);
+  if (dx) gpu_train_mm(r->t, 0, 0, r->rows, in, out, dy, r->bf, out, W, r->bf, in, beta, dx, 0, in);
+}
+
+/* ------------------------------------------------------------ the recipe op */
+
+static fla_status bind_(run_ *r) {
+  gpu_train *t = r->t;
+  if (t->op && t->op_B == r->B && t->op_T == r->T) return FLA_OK;
+  fla_op_free(t->op);
+  t->op = NULL;
+  fla_op_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.B = r->B, cfg.T = r->T, cfg.H = r->H, cfg.K = r->K, cfg.V = r->V;
+  cfg.algo = FLA_ALGO_AUTO;
+  fla_status s = fla_op_bind(r->m->ctx, r->m->layers[0].recipe, &cfg, &t->op);
+  if (s == FLA_OK) t->op_B = r->B, t->op_T = r->T;
+  return s;
+}
+
+/* o = gla(q, k, v, gk) (forward), or dq, dk, dv, dgk from d_o (backward) */
+static fla_status op_run_(run_ *r, const kept_ *kp, dptr o, dptr d_o, dptr dq, dptr dk, dptr dv, dptr dgk) {
+  fla_ctx *ctx = r->m->ctx;
+  fla_dtype dt = r->bf ? FLA_BF16 : FLA_F32;
+  int nin = r->gla ? 4 : 3;
+  int64_t sk[4] = {r->B, r->T, r->H, r->K}, sv[4] = {r->B, r->T, r->H, r->V};
+  const char *names[4] = {"q", "k", "v", "gk"}, *gnames[4] = {"dq", "dk", "dv", "dgk"};
+  dptr in[4] = {kp->q, kp->k, kp->v, kp->gk}, gr[4] = {dq, dk, dv, dgk};
+  fla_tensor *ti[4] = {0}, *tg[4] = {0}, *to = NULL;
+  fla_arg args[4], gargs[4];
+  fla_status s = r->g->status;
+  for (int i = 0; i < nin && s == FLA_OK; i++) {
+    s = fla_tensor_wrap_device(ctx, dt, 4, i == 2 ? sv : sk, in[i], &ti[i]);
+    args[i].name = names[i], args[i].tensor = ti[i];
+    if (s == FLA_OK && d_o) {
+      s = fla_tensor_wrap_device(ctx, dt, 4, i == 2 ? sv : sk, gr[i], &tg[i]);
+      gargs[i].name = gnames[i], gargs[i].tensor = tg[i];
+    }
+  }
+  if (s == FLA_OK) s = fla_tensor_wrap_device(ctx, dt, 4, sv, d_o ? d_o : o, &to);
+  double t0 = gpu_train_prof_begin(r->t);
+  if (s == FLA_OK) s = d_o ? fla_op_backward(r->t->op, args, nin, to, NULL, gargs, nin) : fla_op_forward(r->t->op, args, nin, to, NULL);
+  gpu_train_prof_end(r->t, d_o ? GPU_PROF_OP_BWD : GPU_PROF_OP_FWD, t0);
+  for (int i = 0; i < 4; i++) fla_tensor_free(ti[i]), fla_tensor_free(tg[i]);
+  fla_tensor_free(to);
+  if (s != FLA_OK && r->g->status == FLA_OK) r->g->status = s;
+  return s;
+}
+
+/* ------------------------------------------------------------ one layer */
+
+/* The layer's forward from kp->x: fills kp, writes the layer's output to xout. */
+static void layer_fwd_(run_ *r, const model_layer *L, kept_ *kp, dptr xout) {
+  fla_model *m = r->m;
+  gpu_train *t = r->t;
+  int64_t rows = r->rows;
+  int D = r->D, HK = r->H * r->K, HV = r->H * r->V, I = r->I, bf = r->bf;
+  size_t mark = gpu_train_mark(t);
+  dptr h = CB(r, rows * D);
+  rms_fwd_(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), h, bf, rows, D);
+  lin_(r, h, D, gpu_train_wc(m, L->q_proj), HK, kp->q, bf, 0.0f);
+  lin_(r, h, D, gpu_train_wc(m, L->k_proj), HK, kp->k, bf, 0.0f);
+  lin_(r, h, D, gpu_train_wc(m, L->v_proj), HV, kp->v, bf, 0.0f);
+  if (r->gated) lin_(r, h, D, gpu_train_wc(m, L->g_proj), HV, kp->g, bf, 0.0f);
+  if (!r->gla) {
+    rotary_(r, kp->q, 1.0f);
+    rotary_(r, kp->k, 1.0f);
+  } else { /* z1 = z0 W1^T + b in float32, then the gate */
+    lin_(r, h, D, gpu_train_wc(m, L->gk_proj0), 16, kp->z0, 0, 0.0f);
+    dptr z1 = FB(r, rows * HK);
+    gpu_train_mm(t, 0, 1, rows, HK, 16, kp->z0, 0, 16, gpu_train_w32(m, L->gk_proj1), 0, 16, 0.0f, z1, 0, HK);
+    dptr b = gpu_train_w32(m, L->gk_proj1_b);
+    int64_t n = rows * HK;
+    float lo = r->floor_;
+    void *a[] = {&z1, &b, &HK, &kp->gk, &bf, &n, &lo};
+    gpu_train_launch(t, TK_GLA_GATE, gpu_train_blocks(n), 1, 256, a);
+  }
+  op_run_(r, kp, kp->o, 0, 0, 0, 0, 0);
+  dptr y = CB(r, rows * HV);
+  rms_fwd_(r, kp->o, bf, kp->g, gpu_train_w32(m, L->out_norm), y, bf, rows * r->H, r->V);
+  copy_(r, kp->x, kp->xm, rows * D, 0);
+  lin_(r, y, HV, gpu_train_wc(m, L->o_proj), D, kp->xm, 0, 1.0f);
+  /* MLP */
+  rms_fwd_(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), h, bf, rows, D);
+  lin_(r, h, D, gpu_train_wc(m, L->mlp_gate), I, kp->gate, bf, 0.0f);
+  lin_(r, h, D, gpu_train_wc(m, L->mlp_up), I, kp->up, bf, 0.0f);
+  dptr a = CB(r, rows * I);
+  {
+    int64_t n = rows * I;
+    void *args[] = {&kp->gate, &kp->up, &a, &bf, &n};
+    gpu_train_launch(t, TK_SWIGLU, gpu_train_blocks(n), 1, 256, args);
+  }
+  copy_(r, kp->xm, xout, rows * D, 0);
+  lin_(r, a, I, gpu_train_wc(m, L->mlp_down), D, xout, 0, 1.0f);
+  gpu_train_release(t, mark);
+}
+
+/* GLA's gate backward: z1 recomputed, dz1 = dgk / 16 sigmoid(-z1), dW1, db,
+** dz0, and the first projection's dW0 += dz0^T h, dh = dz0 W0 (written). */
+static void gate_bwd_(run_ *r, const model_layer *L, const kept_ *kp, dptr dgk, dptr h, dptr dh) {
+  fla_model *m = r->m;
+  gpu_train *t = r->t;
+  int64_t rows = r->rows;
+  int D = r->D, HK = r->H * r->K, bf = r->bf;
+  dptr z1 = FB(r, rows * HK), dz1 = FB(r, rows * HK), dz0 = FB(r, rows * 16), dz0b = CB(r, rows * 16);
+  dptr W1 = gpu_train_w32(m, L->gk_proj1), b1 = gpu_train_w32(m, L->gk_proj1_b);
+  gpu_train_mm(t, 0, 1, rows, HK, 16, kp->z0, 0, 16, W1, 0, 16, 0.0f, z1, 0, HK);
+  {
+    int64_t n = rows * HK;
+    float lo = r->floor_;
+    void *args[] = {&z1, &b1, &HK, &dgk, &bf, &dz1, &n, &lo};
+    gpu_train_launch(t, TK_GLA_GATE_BWD, gpu_train_blocks(n), 1, 256, args);
+  }
+  gpu_train_mm(t, 1, 0, HK, 16, rows, dz1, 0, HK, kp->z0, 0, 16, 1.0f, gpu_train_grad(m, L->gk_proj1), 0, 16);
+  {
+    dptr db = gpu_train_grad(m, L->gk_proj1_b);
+    void *args[] = {&dz1, &rows, &HK, &db};
+    gpu_train_launch(t, TK_COLSUM, (unsigned)((HK + 31) / 32), (unsigned)((rows + 255) / 256), 256, args);
+  }
+  gpu_train_mm(t, 0, 0, rows, 16, HK, dz1, 0, HK, W1, 0, 16, 0.0f, dz0, 0, 16);
+  cast_(r, dz0, dz0b, rows * 16);
+  lin_bwd_(r, h, D, gpu_train_wc(m, L->gk_proj0), 16, dz0b, gpu_train_grad(m, L->gk_proj0), dh, 0.0f);
+}
+
+/* dx: the gradient of the layer's output in, of its input out (float32). */
+static void layer_bwd_(run_ *r, const model_layer *L, kept_ *kp, dptr dx) {
+  fla_model *m = r->m;
+  gpu_train *t = r->t;
+  int64_t rows = r->rows;
+  int D = r->D, HK = r->H * r->K, HV = r->H * r->V, I = r->I, bf = r->bf;
+  size_t mark = gpu_train_mark(t);
+  dptr h = CB(r, rows * D), dxb = CB(r, rows * D), dh = FB(r, rows * D);
+  /* MLP: a = silu(gate) up recomputed, then dWd, da, dgate / dup (in place), dh2 */
+  rms_fwd_(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), h, bf, rows, D);
+  dptr a = CB(r, rows * I), da = CB(r, rows * I);
+  int64_t nI = rows * I;
+  {
+    void *args[] = {&kp->gate, &kp->up, &a, &bf, &nI};
+    gpu_train_launch(t, TK_SWIGLU, gpu_train_blocks(nI), 1, 256, args);
+  }
+  cast_(r, dx, dxb, rows * D);
+  lin_bwd_(r, a, I, gpu_train_wc(m, L->mlp_down), D, dxb, gpu_train_grad(m, L->mlp_down), 0, 0.0f);
+  gpu_train_mm(t, 0, 0, rows, I, D, dxb, bf, D, gpu_train_wc(m, L->mlp_down), bf, I, 0.0f, da, bf, I);
+  {
+    void *args[] = {&kp->gate, &kp->up, &da, &bf, &nI};
+    gpu_train_launch(t, TK_SWIGLU_BWD, gpu_train_blocks(nI), 1, 256, args);
+  }
+  lin_bwd_(r, h, D, gpu_train_wc(m, L->mlp_gate), I, kp->gate, gpu_train_grad(m, L->mlp_gate), dh, 0.0f);
+  lin_bwd_(r, h, D, gpu_train_wc(m, L->mlp_up), I, kp->up, gpu_train_grad(m, L->mlp_up), dh, 1.0f);
+  rms_bwd_(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), dh, 0, dx, 0, 1, 0, gpu_train_grad(m, L->mlp_norm_w),
+           rows, D);
+  /* token mixer */
+  rms_fwd_(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), h, bf, rows, D);
+  dptr y = CB(r, rows * HV), dy = FB(r, rows * HV), dO = CB(r, rows * HV), dg = CB(r, rows * HV);
+  rms_fwd_(r, kp->o, bf, kp->g, gpu_train_w32(m, L->out_norm), y, bf, rows * r->H, r->V);
+  cast_(r, dx, dxb, rows * D);
+  gpu_train_mm(t, 1, 0, D, HV, rows, dxb, bf, D, y, bf, HV, 1.0f, gpu_train_grad(m, L->o_proj), 0, HV);
+  gpu_train_mm(t, 0, 0, rows, HV, D, dxb, bf, D, gpu_train_wc(m, L->o_proj), bf, HV, 0.0f, dy, 0, HV);
+  rms_bwd_(r, kp->o, bf, kp->g, gpu_train_w32(m, L->out_norm), dy, 0, dO, bf, 0, dg, gpu_train_grad(m, L->out_norm),
+           rows * r->H, r->V);
+  dptr dq = CB(r, rows * HK), dk = CB(r, rows * HK), dv = CB(r, rows * HV), dgk = CB(r, rows * HK);
+  op_run_(r, kp, 0, dO, dq, dk, dv, dgk);
+  if (!r->gla) {
+    rotary_(r, dq, -1.0f);
+    rotary_(r, dk, -1.0f);
+  } else {
+    gate_bwd_(r, L, kp, dgk, h, dh);
+  }
+  /* the projections of h: dh = sum_j d_j W_j, dW_j += d_j^T h */
+  lin_bwd_(r, h, D, gpu_train_wc(m, L->q_proj), HK, dq, gpu_train_grad(m, L->q_proj), dh, r->gla ? 1.0f : 0.0f);
+  lin_bwd_(r, h, D, gpu_train_wc(m, L->k_proj), HK, dk, gpu_train_grad(m, L->k_proj), dh, 1.0f);
+  lin_bwd_(r, h, D, gpu_train_wc(m, L->v_proj), HV, dv, gpu_train_grad(m, L->v_proj), dh, 1.0f);
+  if (r->gated) lin_bwd_(r, h, D, gpu_train_wc(m, L->g_proj), HV, dg, gpu_train_grad(m, L->g_proj), dh, 1.0f);
+  rms_bwd_(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), dh, 0, dx, 0, 1, 0, gpu_train_grad(m, L->attn_norm_w),
+           rows, D);
+  gpu_train_release(t, mark);
+}
+
+/* ------------------------------------------------------------ the whole model */
+
+static void kept_alloc_(run_ *r, kept_ *kp, dptr x) {
+  int64_t rows = r->rows;
+  int HK = r->H * r->K, HV = r->H * r->V;
+  kp->x = x;
+  kp->xm = FB(r, rows * r->D);
+  kp->q = CB(r, rows * HK), kp->k = CB(r, rows * HK), kp->v = CB(r, rows * HV), kp->o = CB(r, rows * HV);
+  kp->g = r->gated ? CB(r, rows * HV) : 0;
+  kp->gk = r->gla ? CB(r, rows * HK) : 0;
+  kp->z0 = r->gla ? FB(r, rows * 16) : 0;
+  kp->gate = CB(r, rows * r->I), kp->up = CB(r, rows * r->I);
+}
+
+fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32_t *targets, int64_t B, int64_t T,
+                                   float grad_scale, double *loss_sum, int64_t *count) {
+  gpu_train *t = m->gtrain;
+  nn_gpu *g = t->g;
+  const model_config *cfg = &m->cfg;
+  const model_layer *L0 = &m->layers[0];
+  run_ r = {.m = m, .t = t, .g = g, .B = B, .T = T, .rows = B * T, .D = cfg->hidden_size, .H = L0->H, .K = L0->K,
+            .V = L0->V, .I = L0->ffn_dim, .bf = t->bf, .gla = cfg->arch == ARCH_GLA, .gated = L0->g_proj != NULL,
+            .es = t->bf ? 2 : 4, .eps = (float)cfg->norm_eps,
+            .floor_ = isnan(cfg->clamp_min) ? -INFINITY : (float)cfg->clamp_min};
+  int NL = cfg->num_layers, D = r.D, Vb = cfg->vocab_size;
+  int64_t rows = r.rows;
+  g->status = FLA_OK;
+  t->in_loss = 1;
+  fla_status s = fla_cuda_sync(m->ctx, "training step"); /* also makes the context current */
+  if (s == FLA_OK) s = bind_(&r);
+  kept_ *kp = calloc((size_t)NL, sizeof *kp);
+  float *loss_rows = malloc(sizeof(float) * (size_t)rows);
+  if (s == FLA_OK && (!kp || !loss_rows)) s = fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
+  if (s != FLA_OK) goto done;
+  int64_t n = 0;
+  for (int64_t i = 0; i < rows; i++) n += targets[i] != -100;
+  dptr dids = gpu_train_alloc(t, 4 * (size_t)rows), dtg = gpu_train_alloc(t, 4 * (size_t)rows);
+  gl_upload(g, dids, ids, 4 * (size_t)rows);
+  gl_upload(g, dtg, targets, 4 * (size_t)rows);
+  /* xs[l]: the residual stream at layer l's input; xs[NL] the final one */
+  dptr xs = FB(&r, (NL + 1) * rows * D);
+#define XS(l) (xs + (dptr)(l) * (dptr)(rows * D) * 4)
+  {
+    dptr E = gpu_train_w32(m, m->embeddings), x0 = XS(0);
+    void *a[] = {&dids, &E, &x0, &rows, &D};
+    gpu_train_launch(t, TK_EMBED, gpu_train_blocks(rows * D), 1, 256, a);
+  }
+  for (int l = 0; l < NL; l++) {
+    if (l == 0 || !m->recompute) kept_alloc_(&r, &kp[l], XS(l));
+    else kp[l] = kp[0], kp[l].x = XS(l); /* one set of buffers, refilled in the backward */
+    layer_fwd_(&r, &m->layers[l], &kp[l], XS(l + 1));
+  }
+  /* the head and the loss, chunk by chunk */
+  dptr hf = CB(&r, rows * D), dx = FB(&r, rows * D), dhf = FB(&r, rows * D), lrows = FB(&r, rows);
+  dptr wf = gpu_train_w32(m, m->final_norm_w), Wlm = gpu_train_wc(m, m->lm_head);
+  rms_fwd_(&r, XS(NL), 0, 0, wf, hf, r.bf, rows, D);
+  int64_t chunk = (int64_t)(HEAD_CHUNK_BYTES / (4 * (size_t)Vb));
+  if (chunk < 1) chunk = 1;
+  if (chunk > rows) chunk = rows;
+  dptr logits = FB(&r, chunk * Vb), dl = CB(&r, chunk * Vb);
+  for (int64_t c0 = 0; c0 < rows; c0 += chunk) {
+    int64_t c = rows - c0 < chunk ? rows - c0 : chunk;
+    dptr hc = hf + (dptr)(c0 * D) * r.es, tg = dtg + (dptr)c0 * 4, lr = lrows + (dptr)c0 * 4;
+    gpu_train_mm(t, 0, 1, c, Vb, D, hc, r.bf, D, Wlm, r.bf, D, 0.0f, logits, 0, Vb);
+    int64_t V64 = Vb;
+    int bf = r.bf;
+    void *a[] = {&logits, &tg, &V64, &grad_scale, &dl, &bf, &lr};
+    double t0 = gpu_train_prof_begin(t);
+    gpu_train_launch(t, TK_CE, (unsigned)c, 1, 512, a);
+    gpu_train_prof_end(t, GPU_PROF_CE, t0);
+    gpu_train_mm(t, 0, 0, c, D, Vb, dl, r.bf, Vb, Wlm, r.bf, D, 0.0f, dhf + (dptr)(c0 * D) * 4, 0, D);
+    gpu_train_mm(t, 1, 0, Vb, D, c, dl, r.bf, Vb, hc, r.bf, D, 1.0f, gpu_train_grad(m, m->lm_head), 0, D);
+  }
+  rms_bwd_(&r, XS(NL), 0, 0, wf, dhf, 0, dx, 0, 0, 0, gpu_train_grad(m, m->final_norm_w), rows, D);
+  for (int l = NL - 1; l >= 0 && g->status == FLA_OK; l--) {
+    if (m->recompute && l < NL - 1) layer_fwd_(&r, &m->layers[l], &kp[l], XS(l + 1)); /* refill the shared set */
+    layer_bwd_(&r, &m->layers[l], &kp[l], dx);
+  }
+  {
+    dptr dE = gpu_train_grad(m, m->embeddings);
+    void *a[] = {&dids, &dx, &dE, &rows, &D};
+    gpu_train_launch(t, TK_EMBED_BWD, gpu_train_blocks(rows * D), 1, 256, a);
+  }
+#undef XS
+  gl_download(g, loss_rows, lrows, sizeof(float) * (size_t)rows);
+  s = g->status;
+  if (s == FLA_OK) {
+    double sum = 0;
+    for (int64_t i = 0; i < rows; i++) sum += loss_rows[i];
+    *loss_sum = sum;
+    *count = n;
+  }
+done:
+  g->status = FLA_OK;
+  t->in_loss = 0;
+  gpu_train_reset(t);
+  free(kp);
+  free(loss_rows);
+  return s;
+}

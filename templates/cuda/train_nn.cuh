@@ -1,0 +1,294 @@
+/*
+** templates/cuda/train_nn.cuh -- the element-wise and reduction kernels of
+** training on the GPU (models/train_gpu.c launches them; the CPU versions are
+** models/grad_math.c and train/optim.c). Products go through cuBLAS.
+**
+** Compiled once per context with NVRTC as it stands (no generator, no include).
+** Residual streams and gradients of parameters are float32. A buffer that feeds
+** a product ("compute" buffers) is bf16 or float32: an int flag `*_bf` next to
+** the pointer says which (bf16 = the bits of a __nv_bfloat16 in an unsigned short).
+** Sums accumulate in float32 (float64 for the gradient norm).
+*/
+
+typedef long long i64;
+typedef unsigned short bf16;
+
+__device__ __forceinline__ float bf2f(bf16 b) { return __uint_as_float(((unsigned)b) << 16); }
+/* round to nearest even, NaN kept quiet */
+__device__ __forceinline__ bf16 f2bf(float f) {
+  unsigned u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (bf16)(u >> 16);
+}
+/* element i of a compute buffer (bf16 when bf, else float32) */
+__device__ __forceinline__ float ldc(const void *p, i64 i, int bf) {
+  return bf ? bf2f(((const bf16 *)p)[i]) : ((const float *)p)[i];
+}
+__device__ __forceinline__ void stc(void *p, i64 i, float v, int bf) {
+  if (bf) ((bf16 *)p)[i] = f2bf(v);
+  else ((float *)p)[i] = v;
+}
+
+__device__ __forceinline__ float warp_sum(float x) {
+  for (int o = 16; o >= 1; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+  for (int o = 16; o >= 1; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+/* Sum (or max) over a block of blockDim.x threads (a multiple of 32, <= 1024). */
+__device__ float block_reduce(float x, int is_max) {
+  __shared__ float part[32];
+  __shared__ float total;
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  x = is_max ? warp_max(x) : warp_sum(x);
+  __syncthreads();
+  if (lane == 0) part[w] = x;
+  __syncthreads();
+  if (w == 0) {
+    float y = lane < (int)(blockDim.x >> 5) ? part[lane] : (is_max ? -__int_as_float(0x7f800000) : 0.f);
+    y = is_max ? warp_max(y) : warp_sum(y);
+    if (lane == 0) total = y;
+  }
+  __syncthreads();
+  return total;
+}
+
+__device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
+__device__ __forceinline__ float logsigm(float x) { return fminf(x, 0.f) - log1pf(expf(-fabsf(x))); }
+
+#define GRID_LOOP(i, n) for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+/* ------------------------------------------------------------ copies */
+
+/* y = x converted (float32 -> compute dtype) */
+extern "C" __global__ void tr_cast(const float *x, void *y, int y_bf, i64 n) {
+  GRID_LOOP(i, n) stc(y, i, x[i], y_bf);
+}
+/* y = x (float32); y += x when add */
+extern "C" __global__ void tr_copy(const float *x, float *y, i64 n, int add) {
+  GRID_LOOP(i, n) y[i] = add ? y[i] + x[i] : x[i];
+}
+/* x *= s */
+extern "C" __global__ void tr_scale(float *x, i64 n, float s) {
+  GRID_LOOP(i, n) x[i] *= s;
+}
+
+/* ------------------------------------------------------------ embeddings */
+
+/* x[r] = E[ids[r]] (float32 master rows) */
+extern "C" __global__ void tr_embed(const int *ids, const float *E, float *x, i64 rows, int D) {
+  GRID_LOOP(i, rows * D) x[i] = E[(i64)ids[i / D] * D + i % D];
+}
+/* dE[ids[r]] += dx[r] */
+extern "C" __global__ void tr_embed_bwd(const int *ids, const float *dx, float *dE, i64 rows, int D) {
+  GRID_LOOP(i, rows * D) atomicAdd(&dE[(i64)ids[i / D] * D + i % D], dx[i]);
+}
+
+/* ------------------------------------------------------------ RMSNorm */
+
+/* One block per row of dim (x float32 or compute):
+**   r = rsqrt(mean(x^2) + eps),  y = x r w  (* silu(g) when g: fla's FusedRMSNormGated)
+** y in the compute dtype (y_bf) or float32. */
+extern "C" __global__ void tr_rms_fwd(const void *x, int x_bf, const void *g, int g_bf, const float *w,
+                                      void *y, int y_bf, int dim, float eps) {
+  i64 r = blockIdx.x, o = r * dim;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    float v = ldc(x, o + i, x_bf);
+    ss += v * v;
+  }
+  float rstd = rsqrtf(block_reduce(ss, 0) / dim + eps);
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    float v = ldc(x, o + i, x_bf) * rstd * w[i];
+    if (g) {
+      float gv = ldc(g, o + i, g_bf);
+      v *= gv * sigm(gv);
+    }
+    stc(y, o + i, v, y_bf);
+  }
+}
+
+/* The backward of tr_rms_fwd over RB rows per block (blockDim 256, dim <= 16 * 256):
+**   xh = x r, s = silu(g) (1 without g), e = dy w s,
+**   dx = r (e - xh mean(e xh))          (added to dx when dx_add, else written;
+**                                        float32, or the compute dtype when dx_bf)
+**   dg = dy xh w silu'(g),  silu'(g) = sig(g) (1 + g (1 - sig(g)))
+**   dw += sum over rows of dy xh s      (per-thread column sums, one atomic per block)
+** dy is float32, or the compute dtype when dy_bf. */
+#define RMS_BWD_RB 8
+extern "C" __global__ void tr_rms_bwd(const void *x, int x_bf, const void *g, int g_bf, const float *w,
+                                      const void *dy, int dy_bf, void *dx, int dx_bf, int dx_add, void *dg,
+                                      int dg_bf, float *dw, i64 rows, int dim, float eps) {
+  float acc[16];
+#pragma unroll
+  for (int k = 0; k < 16; k++) acc[k] = 0.f;
+  i64 r0 = blockIdx.x * (i64)RMS_BWD_RB;
+  for (i64 r = r0; r < r0 + RMS_BWD_RB && r < rows; r++) {
+    i64 o = r * dim;
+    float ss = 0.f, dot = 0.f;
+#pragma unroll
+    for (int k = 0; k < 16; k++) {
+      int i = threadIdx.x + k * 256;
+      if (i < dim) {
+        float xv = ldc(x, o + i, x_bf), s = 1.f;
+        if (g) {
+          float gv = ldc(g, o + i, g_bf);
+          s = gv * sigm(gv);
+        }
+        ss += xv * xv;
+        dot += ldc(dy, o + i, dy_bf) * w[i] * s * xv;
+      }
+    }
+    ss = block_reduce(ss, 0);
+    dot = block_reduce(dot, 0);
+    float rstd = rsqrtf(ss / dim + eps);
+    float mean = dot * rstd / dim; /* mean(e xh) */
+#pragma unroll
+    for (int k = 0; k < 16; k++) {
+      int i = threadIdx.x + k * 256;
+      if (i < dim) {
+        float xh = ldc(x, o + i, x_bf) * rstd, d = ldc(dy, o + i, dy_bf), s = 1.f;
+        if (g) {
+          float gv = ldc(g, o + i, g_bf), sg = sigm(gv);
+          s = gv * sg;
+          stc(dg, o + i, d * xh * w[i] * sg * (1.f + gv * (1.f - sg)), dg_bf);
+        }
+        float v = rstd * (d * w[i] * s - xh * mean);
+        if (dx_add) ((float *)dx)[o + i] += v;
+        else stc(dx, o + i, v, dx_bf);
+        acc[k] += d * xh * s;
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 16; k++) {
+    int i = threadIdx.x + k * 256;
+    if (i < dim) atomicAdd(&dw[i], acc[k]);
+  }
+}
+
+/* ------------------------------------------------------------ SwiGLU */
+
+/* a = silu(gate) up (all compute buffers, n elements) */
+extern "C" __global__ void tr_swiglu(const void *gate, const void *up, void *a, int bf, i64 n) {
+  GRID_LOOP(i, n) {
+    float gv = ldc(gate, i, bf);
+    stc(a, i, gv * sigm(gv) * ldc(up, i, bf), bf);
+  }
+}
+/* dgate = da up silu'(gate), dup = da silu(gate); written over gate and up
+** (the forward's buffers are no longer needed): in place. */
+extern "C" __global__ void tr_swiglu_bwd(void *gate, void *up, const void *da, int bf, i64 n) {
+  GRID_LOOP(i, n) {
+    float gv = ldc(gate, i, bf), u = ldc(up, i, bf), d = ldc(da, i, bf), sg = sigm(gv);
+    stc(gate, i, d * u * sg * (1.f + gv * (1.f - sg)), bf);
+    stc(up, i, d * gv * sg, bf);
+  }
+}
+
+/* ------------------------------------------------------------ GLA's gate */
+
+/* gk = max(logsigmoid(z + b) / 16, lo)  (z float32 [n / cols, cols], b [cols]; gk compute) */
+extern "C" __global__ void tr_gla_gate(const float *z, const float *b, int cols, void *gk, int bf, i64 n, float lo) {
+  GRID_LOOP(i, n) stc(gk, i, fmaxf(logsigm(z[i] + b[i % cols]) / 16.f, lo), bf);
+}
+/* dz = dgk / 16 sigmoid(-(z + b)), 0 where the floor held */
+extern "C" __global__ void tr_gla_gate_bwd(const float *z, const float *b, int cols, const void *dgk, int bf,
+                                           float *dz, i64 n, float lo) {
+  GRID_LOOP(i, n) {
+    float zv = z[i] + b[i % cols];
+    dz[i] = logsigm(zv) / 16.f < lo ? 0.f : ldc(dgk, i, bf) / 16.f * sigm(-zv);
+  }
+}
+
+/* ------------------------------------------------------------ RetNet's rotary */
+
+/* Rotary embedding, NeoX half split, in place on x [B, T, H, D] (compute), token t
+** of each sequence at position t: (u, v) -> (u c - v s, v c + u s), angle t theta^(-2i/D);
+** sign -1 rotates back (the backward: the transpose of a rotation). */
+extern "C" __global__ void tr_rotary(void *x, int bf, i64 B, i64 T, int H, int D, float theta, float sign) {
+  int half = D / 2;
+  GRID_LOOP(id, B * T * H * half) {
+    int i = (int)(id % half);
+    i64 bth = id / half, t = (bth / H) % T;
+    float inv_freq = (float)(1.0 / pow((double)theta, (double)(2 * i) / D));
+    float ang = (float)t * inv_freq, c = cosf(ang), s = sign * sinf(ang);
+    i64 o = bth * D;
+    float u = ldc(x, o + i, bf), v = ldc(x, o + i + half, bf);
+    stc(x, o + i, u * c - v * s, bf);
+    stc(x, o + i + half, v * c + u * s, bf);
+  }
+}
+
+/* out[c] += sum over rows of x[r, c]: blocks of 32 columns x 8 row lanes,
+** grid (cols / 32, rows / 256), one atomic per column per block. */
+extern "C" __global__ void tr_colsum(const float *x, i64 rows, int cols, float *out) {
+  __shared__ float part[8][33];
+  int c = blockIdx.x * 32 + (threadIdx.x & 31), lane = threadIdx.x >> 5;
+  float s = 0.f;
+  i64 r0 = blockIdx.y * (i64)256;
+  if (c < cols)
+    for (i64 r = r0 + lane; r < r0 + 256 && r < rows; r += 8) s += x[r * cols + c];
+  part[lane][threadIdx.x & 31] = s;
+  __syncthreads();
+  if (lane == 0 && c < cols) {
+    float t = 0.f;
+    for (int k = 0; k < 8; k++) t += part[k][threadIdx.x & 31];
+    atomicAdd(&out[c], t);
+  }
+}
+
+/* ------------------------------------------------------------ LM head + cross-entropy */
+
+/* One block per row of logits [rows, V] (float32):
+**   loss[r] = logsumexp(l) - l[t]           (0, and d = 0, when t < 0)
+**   d[r, j] = scale (softmax(l)_j - [j == t]) in the compute dtype */
+extern "C" __global__ void tr_ce(const float *logits, const int *targets, i64 V, float scale, void *d, int d_bf,
+                                 float *loss) {
+  i64 r = blockIdx.x;
+  const float *l = logits + r * V;
+  int t = targets[r];
+  if (t < 0) {
+    for (i64 j = threadIdx.x; j < V; j += blockDim.x) stc(d, r * V + j, 0.f, d_bf);
+    if (threadIdx.x == 0) loss[r] = 0.f;
+    return;
+  }
+  float mx = -__int_as_float(0x7f800000);
+  for (i64 j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
+  mx = block_reduce(mx, 1);
+  float se = 0.f;
+  for (i64 j = threadIdx.x; j < V; j += blockDim.x) se += expf(l[j] - mx);
+  se = block_reduce(se, 0);
+  float inv = 1.f / se;
+  for (i64 j = threadIdx.x; j < V; j += blockDim.x)
+    stc(d, r * V + j, scale * (expf(l[j] - mx) * inv - (j == t ? 1.f : 0.f)), d_bf);
+  if (threadIdx.x == 0) loss[r] = logf(se) + mx - l[t];
+}
+
+/* ------------------------------------------------------------ optimizer */
+
+/* AdamW over n elements (train/optim.c's formula, float32 state):
+**   p *= shrink;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
+**   p -= step_size m / (sqrt(v) / bc2_sqrt + eps);  wc = p (compute copy, when given) */
+extern "C" __global__ void tr_adamw(float *p, const float *g, float *m, float *v, void *wc, int wc_bf, i64 n,
+                                    float b1, float b2, float eps, float shrink, float step_size, float bc2_sqrt) {
+  GRID_LOOP(i, n) {
+    float gi = g[i], pi = p[i] * shrink;
+    float mi = b1 * m[i] + (1.f - b1) * gi;
+    float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+    pi -= step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    m[i] = mi, v[i] = vi, p[i] = pi;
+    if (wc) stc(wc, i, pi, wc_bf);
+  }
+}
+
+/* *out += sum of x^2 (float64) */
+extern "C" __global__ void tr_sumsq(const float *x, i64 n, double *out) {
+  double s = 0.0;
+  GRID_LOOP(i, n) s += (double)x[i] * x[i];
+  for (int o = 16; o >= 1; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if ((threadIdx.x & 31) == 0) atomicAdd(out, s);
+}

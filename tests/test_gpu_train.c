@@ -1,0 +1,336 @@
+/*
+** test_gpu_train.c -- training on a CUDA context against the CPU's (the
+** oracle of test_train_grad.c): on the tiny fla GLA and RetNet checkpoints, the loss and
+** every parameter's gradient of fla_model_loss_backward (float32 compute
+** tight, bf16 loose: see the tolerances), micro-batch accumulation,
+** recomputation, AdamW steps with clipping equal to the CPU's, the loss going
+** down, fla_model_create on the GPU, and the FLA_UNSUPPORTED of an
+** architecture the GPU does not train.
+** Always: templates/cuda/train_nn.cuh compiles with NVRTC for sm_80 and sm_90.
+** Without a usable device the GPU cases are one test that prints why it skipped.
+*/
+#include "harness.h"
+#include "cuda/nvrtc.h"
+#include "stage.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char gpu_why_[1024];
+
+/* float32 compute: the GPU runs the same float32 math in another order (cuBLAS
+** products, the recipe's kernels): 1.1e-6 worst, 7.7e-7 overall on the H100
+** (bench/results/2026-11-23-gpu-train.md). */
+#define F32_TOL 1e-4
+/* bf16 compute: every product's inputs rounded to 8 bits of mantissa: 1.6e-2
+** worst, 1.2e-2 overall on the H100; a wrong gradient is off by ~1
+** (relative), a sign flip by 2. */
+#define BF16_TOL 0.1
+#define BF16_TOL_TOTAL 0.05
+
+static const char *model_dir_(const char *name) {
+  static char buf[4096];
+  snprintf(buf, sizeof buf, "%s", th_shared_path("conformance/tiny_models/"));
+  strncat(buf, name, sizeof buf - strlen(buf) - 1);
+  return buf;
+}
+
+static fla_ctx *cuda_ctx_(void) {
+  fla_ctx *ctx = NULL;
+  char why[1024];
+  ck_assert_msg(fla_ctx_create_ex(FLA_BACKEND_CUDA, &ctx, why, sizeof why) == FLA_OK, "%s", why);
+  return ctx;
+}
+
+static fla_model *trainable_(fla_ctx *ctx, const char *name, int dtype) {
+  fla_model *m = NULL;
+  fla_status s = fla_model_load_ex(ctx, model_dir_(name), dtype, &m);
+  ck_assert_msg(s == FLA_OK, "%s: %s", name, fla_errmsg(ctx));
+  s = fla_model_enable_grad(m);
+  ck_assert_msg(s == FLA_OK, "enable_grad %s: %s", name, fla_errmsg(ctx));
+  return m;
+}
+
+static void batch_(uint64_t seed, int64_t n, int V, int32_t *ids, int32_t *tg) {
+  th_rng r;
+  th_seed(&r, seed);
+  for (int64_t i = 0; i < n; i++) {
+    ids[i] = (int32_t)(th_uniform(&r) * V);
+    tg[i] = (int32_t)(th_uniform(&r) * V);
+  }
+  tg[n / 3] = -100; /* an ignored target */
+}
+
+/* The relative RMS error of every gradient, the worst one and the whole. */
+static void compare_grads_(fla_model *cpu, fla_model *gpu, double tol, double tol_total, const char *what) {
+  ck_assert_int_eq(fla_model_sync_host(cpu), FLA_OK); /* a no-op on the CPU; the first model may be a GPU one */
+  ck_assert_int_eq(fla_model_sync_host(gpu), FLA_OK);
+  int n = fla_model_num_params(cpu);
+  ck_assert_int_eq(n, fla_model_num_params(gpu));
+  double worst = 0, num = 0, den = 0;
+  const char *worst_name = "";
+  for (int i = 0; i < n; i++) {
+    fla_param a, b;
+    ck_assert_int_eq(fla_model_param(cpu, i, &a), FLA_OK);
+    ck_assert_int_eq(fla_model_param(gpu, i, &b), FLA_OK);
+    ck_assert_str_eq(a.name, b.name);
+    ck_assert(!th_any_nan_f32(b.grad, b.numel));
+    double nn = 0, dd = 0;
+    for (int64_t j = 0; j < a.numel; j++) {
+      double d = (double)a.grad[j] - b.grad[j];
+      nn += d * d;
+      dd += (double)a.grad[j] * a.grad[j];
+    }
+    num += nn, den += dd;
+    double e = dd > 0 ? sqrt(nn / dd) : sqrt(nn);
+    ck_assert_msg(dd > 0, "%s: the CPU gradient of %s is zero (the test would check nothing)", what, a.name);
+    if (e > worst) worst = e, worst_name = a.name;
+  }
+  double total = sqrt(num / den);
+  printf("test_gpu_train: %s: worst gradient %s rel RMS %.3g, all gradients %.3g\n", what, worst_name, worst, total);
+  ck_assert_msg(worst < tol, "%s: gradient of %s off by %.3g relative RMS (tolerance %g)", what, worst_name, worst, tol);
+  ck_assert_msg(total < tol_total, "%s: all gradients off by %.3g (tolerance %g)", what, total, tol_total);
+}
+
+/* The architectures the GPU trains. */
+static const char *const models_[] = {"gla", "retnet"};
+
+/* _i: model _i / 2, float32 (even) or bf16 (odd); loss and gradients against the CPU */
+START_TEST(test_grads_match_cpu) {
+  int bf = _i % 2;
+  const char *name = models_[_i / 2];
+  char what[64];
+  snprintf(what, sizeof what, "%s %s", name, bf ? "bf16" : "f32");
+  fla_ctx *cctx = th_cpu_ctx(), *gctx = cuda_ctx_();
+  fla_model *cpu = trainable_(cctx, name, -1), *gpu = trainable_(gctx, name, bf ? FLA_BF16 : FLA_F32);
+  int64_t B = 2, T = 77;
+  int32_t ids[154], tg[154];
+  batch_(7, B * T, fla_model_vocab_size(cpu), ids, tg);
+  double lc = 0, lg = 0;
+  int64_t nc = 0, ng = 0;
+  ck_assert_int_eq(fla_model_loss_backward(cpu, ids, tg, B, T, 0.01f, &lc, &nc), FLA_OK);
+  fla_status s = fla_model_loss_backward(gpu, ids, tg, B, T, 0.01f, &lg, &ng);
+  ck_assert_msg(s == FLA_OK, "%s", fla_errmsg(gctx));
+  ck_assert_int_eq(nc, ng);
+  ck_assert_int_eq(nc, B * T - 1);
+  printf("test_gpu_train: %s: loss CPU %.7g GPU %.7g\n", what, lc, lg);
+  ck_assert_msg(fabs(lc - lg) < (bf ? 1e-2 : 1e-5) * fabs(lc), "%s: loss CPU %.9g GPU %.9g", what, lc, lg);
+  compare_grads_(cpu, gpu, bf ? BF16_TOL : F32_TOL, bf ? BF16_TOL_TOTAL : F32_TOL, what);
+  fla_model_free(cpu);
+  fla_model_free(gpu);
+  fla_ctx_free(gctx);
+  fla_ctx_free(cctx);
+}
+END_TEST
+
+/* two micro-batches accumulate to one batch of both; recomputation changes nothing */
+START_TEST(test_accumulate_and_recompute) {
+  fla_ctx *gctx = cuda_ctx_();
+  fla_model *a = trainable_(gctx, "gla", FLA_F32), *b = trainable_(gctx, "gla", FLA_F32);
+  int64_t T = 64;
+  int32_t ids[128], tg[128];
+  batch_(11, 2 * T, fla_model_vocab_size(a), ids, tg);
+  double l, la = 0, lb = 0;
+  int64_t n;
+  ck_assert_int_eq(fla_model_loss_backward(a, ids, tg, 2, T, 0.5f, &la, &n), FLA_OK);
+  ck_assert_int_eq(fla_model_set_recompute(b, 1), FLA_OK);
+  ck_assert_int_eq(fla_model_loss_backward(b, ids, tg, 1, T, 0.5f, &l, &n), FLA_OK);
+  lb += l;
+  ck_assert_int_eq(fla_model_loss_backward(b, ids + T, tg + T, 1, T, 0.5f, &l, &n), FLA_OK);
+  lb += l;
+  ck_assert_msg(fabs(la - lb) < 1e-5 * fabs(la), "loss %.9g vs %.9g", la, lb);
+  compare_grads_(a, b, 1e-4, 1e-4, "micro-batches + recompute");
+  /* zero_grad clears the device's gradients */
+  fla_model_zero_grad(b);
+  ck_assert_int_eq(fla_model_sync_host(b), FLA_OK);
+  fla_param p;
+  ck_assert_int_eq(fla_model_param(b, 3, &p), FLA_OK);
+  for (int64_t j = 0; j < p.numel; j++) ck_assert(p.grad[j] == 0.0f);
+  fla_model_free(a);
+  fla_model_free(b);
+  fla_ctx_free(gctx);
+}
+END_TEST
+
+/* three AdamW steps with clipping on both devices: the same weights */
+START_TEST(test_adamw_steps_match_cpu) {
+  fla_ctx *cctx = th_cpu_ctx(), *gctx = cuda_ctx_();
+  fla_model *cpu = trainable_(cctx, "gla", -1), *gpu = trainable_(gctx, "gla", FLA_F32);
+  fla_adamw_options o = {0.9f, 0.95f, 1e-8f, 0.1f};
+  fla_adamw *ac = NULL, *ag = NULL;
+  ck_assert_int_eq(fla_adamw_new_model(cpu, &o, &ac), FLA_OK);
+  ck_assert_int_eq(fla_adamw_new_model(gpu, &o, &ag), FLA_OK);
+  int64_t B = 2, T = 50;
+  int32_t ids[100], tg[100];
+  const float lr = 1e-3f;
+  for (int step = 0; step < 3; step++) {
+    batch_(100 + step, B * T, fla_model_vocab_size(cpu), ids, tg);
+    double l;
+    int64_t n;
+    fla_model_zero_grad(cpu);
+    fla_model_zero_grad(gpu);
+    ck_assert_int_eq(fla_model_loss_backward(cpu, ids, tg, B, T, 1.0f / 99, &l, &n), FLA_OK);
+    ck_assert_int_eq(fla_model_loss_backward(gpu, ids, tg, B, T, 1.0f / 99, &l, &n), FLA_OK);
+    double nc = fla_model_clip_grad_norm(cpu, 0.5), ng = fla_model_clip_grad_norm(gpu, 0.5);
+    ck_assert_msg(fabs(nc - ng) < 1e-3 * nc, "grad norm CPU %.9g GPU %.9g", nc, ng);
+    ck_assert_msg(nc > 0.5, "the norm %.3g must exceed the clip for the test to clip", nc);
+    ck_assert_int_eq(fla_adamw_step(ac, lr), FLA_OK);
+    ck_assert_int_eq(fla_adamw_step(ag, lr), FLA_OK);
+  }
+  ck_assert_int_eq(fla_model_sync_host(gpu), FLA_OK);
+  /* every weight moved by ~lr per step; both must agree far below that */
+  double worst = 0;
+  for (int i = 0; i < fla_model_num_params(cpu); i++) {
+    fla_param a, b;
+    fla_model_param(cpu, i, &a);
+    fla_model_param(gpu, i, &b);
+    for (int64_t j = 0; j < a.numel; j++) worst = fmax(worst, fabs((double)a.data[j] - b.data[j]));
+  }
+  printf("test_gpu_train: AdamW x3: largest weight difference %.3g (lr %g)\n", worst, (double)lr);
+  ck_assert_msg(worst < 0.1 * lr, "weights differ by %.3g after 3 steps", worst);
+  /* the moments survive a save and load through the host */
+  char path[] = "/tmp/fla_gpu_adamw_XXXXXX";
+  int fd = mkstemp(path);
+  ck_assert(fd >= 0);
+  close(fd);
+  ck_assert_int_eq(fla_adamw_save(ag, path), FLA_OK);
+  ck_assert_int_eq(fla_adamw_load(ag, path), FLA_OK);
+  ck_assert_int_eq(fla_adamw_step_count(ag), 3);
+  unlink(path);
+  fla_adamw_free(ac);
+  fla_adamw_free(ag);
+  fla_model_free(cpu);
+  fla_model_free(gpu);
+  fla_ctx_free(gctx);
+  fla_ctx_free(cctx);
+}
+END_TEST
+
+/* a fresh model from fla_model_create on the GPU in bf16 learns one batch */
+START_TEST(test_create_and_loss_decreases) {
+  fla_ctx *gctx = cuda_ctx_();
+  char cfg[4096];
+  snprintf(cfg, sizeof cfg, "%s/config.json", model_dir_("gla"));
+  fla_model *m = NULL;
+  ck_assert_msg(fla_model_create_ex(gctx, cfg, 5, FLA_BF16, &m) == FLA_OK, "%s", fla_errmsg(gctx));
+  ck_assert_int_gt(fla_model_num_params(m), 10);
+  fla_adamw_options o = {0.9f, 0.95f, 1e-8f, 0.0f};
+  fla_adamw *a = NULL;
+  ck_assert_int_eq(fla_adamw_new_model(m, &o, &a), FLA_OK);
+  int64_t B = 4, T = 64;
+  int32_t ids[256], tg[256];
+  batch_(3, B * T, fla_model_vocab_size(m), ids, tg);
+  for (int i = 0; i < B * T; i++) tg[i] = (ids[i] * 7 + 3) % 256; /* learnable: a function of the input */
+  double first = 0, last = 0;
+  for (int step = 0; step < 40; step++) {
+    double l;
+    int64_t n;
+    fla_model_zero_grad(m);
+    ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, B, T, 1.0f / (B * T), &l, &n), FLA_OK);
+    fla_model_clip_grad_norm(m, 1.0);
+    ck_assert_int_eq(fla_adamw_step(a, 1e-2f), FLA_OK);
+    if (step == 0) first = l / n;
+    last = l / n;
+  }
+  printf("test_gpu_train: fla_model_create bf16, 40 steps on one batch: loss %.4f -> %.4f\n", first, last);
+  ck_assert_msg(first > 5.0 && last < 0.6 * first, "loss %.4f -> %.4f", first, last);
+  /* a created GPU model trains but has no forward */
+  float logits[256];
+  ck_assert_int_eq(fla_model_forward(m, ids, 1, 1, logits), FLA_UNSUPPORTED);
+  fla_adamw_free(a);
+  fla_model_free(m);
+  fla_ctx_free(gctx);
+}
+END_TEST
+
+START_TEST(test_unsupported_arch_named) {
+  fla_ctx *gctx = cuda_ctx_();
+  fla_model *m = NULL;
+  ck_assert_int_eq(fla_model_load_ex(gctx, model_dir_("gated_deltanet"), FLA_BF16, &m), FLA_OK);
+  ck_assert_int_eq(fla_model_enable_grad(m), FLA_UNSUPPORTED);
+  ck_assert_msg(strstr(fla_errmsg(gctx), "gated_deltanet") != NULL, "%s", fla_errmsg(gctx));
+  ck_assert_int_eq(fla_model_num_params(m), 0); /* still not trainable */
+  fla_model_free(m);
+  fla_ctx_free(gctx);
+}
+END_TEST
+
+/* The kernels compile (no GPU needed: NVRTC alone). */
+START_TEST(test_kernels_compile) {
+  const char *src = fla_template_text("train_nn.cuh");
+  ck_assert_ptr_nonnull(src);
+  const char *arch[2] = {"sm_80", "sm_90"};
+  fla_ctx *ctx = th_cpu_ctx();
+  for (int a = 0; a < 2; a++) {
+    void *cubin = NULL;
+    size_t n = 0;
+    fla_status s = fla_nvrtc_compile(ctx, "train_nn", src, arch[a], NULL, 0, &cubin, &n);
+    if (s == FLA_UNSUPPORTED) {
+      printf("test_gpu_train: SKIP compile: %s\n", fla_errmsg(ctx));
+      fla_ctx_free(ctx);
+      return;
+    }
+    ck_assert_msg(s == FLA_OK, "%s", fla_errmsg(ctx));
+    ck_assert(fla_cubin_is_elf(cubin, n));
+    free(cubin);
+  }
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_skip_no_gpu) {
+  printf("test_gpu_train: SKIP: no usable CUDA device (%s)\n", gpu_why_);
+}
+END_TEST
+
+/* Whether a CUDA context opens, asked in a child process (the driver must not
+** be initialised before Check forks the tests). */
+static int probe_gpu_(void) {
+  int fds[2];
+  if (pipe(fds) != 0) return 0;
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    fla_ctx *ctx = NULL;
+    char why[1024] = "";
+    int ok = fla_ctx_create_ex(FLA_BACKEND_CUDA, &ctx, why, sizeof why) == FLA_OK;
+    fla_ctx_free(ctx);
+    ssize_t w = write(fds[1], &ok, sizeof ok);
+    w += write(fds[1], why, sizeof why);
+    _exit(w > 0 ? 0 : 1);
+  }
+  close(fds[1]);
+  int ok = 0;
+  if (pid < 0 || read(fds[0], &ok, sizeof ok) != (ssize_t)sizeof ok ||
+      read(fds[0], gpu_why_, sizeof gpu_why_) != (ssize_t)sizeof gpu_why_) {
+    ok = 0;
+    snprintf(gpu_why_, sizeof gpu_why_, "the probe process failed");
+  }
+  gpu_why_[sizeof gpu_why_ - 1] = '\0';
+  close(fds[0]);
+  if (pid > 0) waitpid(pid, NULL, 0);
+  return ok;
+}
+
+int main(void) {
+  Suite *s = suite_create("gpu_train");
+  TCase *tc = tcase_create("gpu_train");
+  tcase_set_timeout(tc, 900);
+  tcase_add_test(tc, test_kernels_compile);
+  if (!probe_gpu_()) {
+    printf("test_gpu_train: skipped: %s\n", gpu_why_);
+    tcase_add_test(tc, test_skip_no_gpu);
+  } else {
+    tcase_add_test(tc, test_unsupported_arch_named);
+    tcase_add_loop_test(tc, test_grads_match_cpu, 0, 4);
+    tcase_add_test(tc, test_accumulate_and_recompute);
+    tcase_add_test(tc, test_adamw_steps_match_cpu);
+    tcase_add_test(tc, test_create_and_loss_decreases);
+  }
+  suite_add_tcase(s, tc);
+  return th_run_suite(s);
+}
