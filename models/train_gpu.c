@@ -19,7 +19,8 @@
 
 static const char *tk_names_[TK_COUNT] = {
   "tr_cast", "tr_copy", "tr_scale", "tr_embed", "tr_embed_bwd", "tr_rms_fwd", "tr_rms_bwd", "tr_swiglu",
-  "tr_swiglu_bwd", "tr_gla_gate", "tr_gla_gate_bwd", "tr_colsum", "tr_ce", "tr_adamw", "tr_sumsq", "tr_rotary"};
+  "tr_swiglu_bwd", "tr_gla_gate", "tr_gla_gate_bwd", "tr_colsum", "tr_ce", "tr_adamw", "tr_sumsq", "tr_rotary",
+  "tr_rms_fwd_w", "tr_rms_bwd_w"};
 
 const char *gpu_train_kernel_name(int k) { return k >= 0 && k < TK_COUNT ? tk_names_[k] : "?"; }
 

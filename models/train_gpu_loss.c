@@ -69,14 +69,12 @@ static void rotary_(run_ *r, dptr x, float sign) {
   gpu_train_launch(r->t, TK_ROTARY, gpu_train_blocks(r->rows * H * (K / 2)), 1, 256, a);
 }
 
-static unsigned norm_threads_(int dim) { return dim >= 1024 ? 512 : dim >= 256 ? 256 : dim > 64 ? 128 : 64; }
-
 /* y = rmsnorm(x) w (* silu(gate)), rows of dim */
 static void rms_fwd_(run_ *r, dptr x, int x_bf, dptr gate, dptr w, dptr y, int y_bf, int64_t rows, int dim) {
   int g_bf = r->bf;
   float eps = r->eps;
-  void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &y, &y_bf, &dim, &eps};
-  gpu_train_launch(r->t, TK_RMS_FWD, (unsigned)rows, 1, norm_threads_(dim), a);
+  void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &y, &y_bf, &rows, &dim, &eps};
+  gpu_train_launch(r->t, TK_RMS_FWD_W, (unsigned)((rows + 7) / 8), 1, 256, a); /* a warp per row */
 }
 
 /* its backward: dx (= or +=), dgate, dw += */
@@ -85,7 +83,10 @@ static void rms_bwd_(run_ *r, dptr x, int x_bf, dptr gate, dptr w, dptr dy, int 
   int g_bf = r->bf, dg_bf = r->bf;
   float eps = r->eps;
   void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &dy, &dy_bf, &dx, &dx_bf, &dx_add, &dgate, &dg_bf, &dw, &rows, &dim, &eps};
-  gpu_train_launch(r->t, TK_RMS_BWD, (unsigned)((rows + 7) / 8), 1, 256, a);
+  if (dim <= 1024) /* a warp per row, 4 rows each */
+    gpu_train_launch(r->t, TK_RMS_BWD_W, (unsigned)((rows + 31) / 32), 1, 256, a);
+  else
+    gpu_train_launch(r->t, TK_RMS_BWD, (unsigned)((rows + 7) / 8), 1, 256, a);
 }
 
 /* y[rows, out] (+)= x[rows, in] W[out, in]^T, x and W compute, y float32 or compute */
@@ -317,7 +318,7 @@ fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32
   {
     dptr E = gpu_train_w32(m, m->embeddings), x0 = XS(0);
     void *a[] = {&dids, &E, &x0, &rows, &D};
-    gpu_train_launch(t, TK_EMBED, gpu_train_blocks(rows * D), 1, 256, a);
+    gpu_train_launch(t, TK_EMBED, (unsigned)(rows < 16384 ? rows : 16384), 1, 256, a);
   }
   for (int l = 0; l < NL; l++) {
     if (l == 0 || !m->recompute) kept_alloc_(&r, &kp[l], XS(l));
@@ -353,7 +354,7 @@ fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32
   {
     dptr dE = gpu_train_grad(m, m->embeddings);
     void *a[] = {&dids, &dx, &dE, &rows, &D};
-    gpu_train_launch(t, TK_EMBED_BWD, gpu_train_blocks(rows * D), 1, 256, a);
+    gpu_train_launch(t, TK_EMBED_BWD, (unsigned)(rows < 16384 ? rows : 16384), 1, 256, a);
   }
 #undef XS
   gl_download(g, loss_rows, lrows, sizeof(float) * (size_t)rows);

@@ -78,13 +78,19 @@ extern "C" __global__ void tr_scale(float *x, i64 n, float s) {
 
 /* ------------------------------------------------------------ embeddings */
 
-/* x[r] = E[ids[r]] (float32 master rows) */
+/* x[r] = E[ids[r]] (float32 master rows); blocks stride over rows */
 extern "C" __global__ void tr_embed(const int *ids, const float *E, float *x, i64 rows, int D) {
-  GRID_LOOP(i, rows * D) x[i] = E[(i64)ids[i / D] * D + i % D];
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    const float *e = E + (i64)ids[r] * D;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) x[r * D + j] = e[j];
+  }
 }
 /* dE[ids[r]] += dx[r] */
 extern "C" __global__ void tr_embed_bwd(const int *ids, const float *dx, float *dE, i64 rows, int D) {
-  GRID_LOOP(i, rows * D) atomicAdd(&dE[(i64)ids[i / D] * D + i % D], dx[i]);
+  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
+    float *e = dE + (i64)ids[r] * D;
+    for (int j = threadIdx.x; j < D; j += blockDim.x) atomicAdd(&e[j], dx[r * D + j]);
+  }
 }
 
 /* ------------------------------------------------------------ RMSNorm */
@@ -167,6 +173,94 @@ extern "C" __global__ void tr_rms_bwd(const void *x, int x_bf, const void *g, in
   for (int k = 0; k < 16; k++) {
     int i = threadIdx.x + k * 256;
     if (i < dim) atomicAdd(&dw[i], acc[k]);
+  }
+}
+
+/* The same two kernels with a warp per row (no block barriers: the norms of
+** training are latency-bound with a block per row). Blocks of 256 threads.
+** tr_rms_fwd_w: any dim; row = blockIdx.x * 8 + warp. */
+extern "C" __global__ void tr_rms_fwd_w(const void *x, int x_bf, const void *g, int g_bf, const float *w, void *y,
+                                        int y_bf, i64 rows, int dim, float eps) {
+  int lane = threadIdx.x & 31;
+  i64 r = blockIdx.x * (i64)8 + (threadIdx.x >> 5);
+  if (r >= rows) return; /* a whole warp */
+  i64 o = r * dim;
+  float ss = 0.f;
+  for (int i = lane; i < dim; i += 32) {
+    float v = ldc(x, o + i, x_bf);
+    ss += v * v;
+  }
+  float rstd = rsqrtf(warp_sum(ss) / dim + eps);
+  for (int i = lane; i < dim; i += 32) {
+    float v = ldc(x, o + i, x_bf) * rstd * w[i];
+    if (g) {
+      float gv = ldc(g, o + i, g_bf);
+      v *= gv * sigm(gv);
+    }
+    stc(y, o + i, v, y_bf);
+  }
+}
+
+/* tr_rms_bwd_w: dim <= 1024; each warp takes RMS_W_ROWS consecutive rows
+** (block: 8 warps), lane l owns columns l + 32 j for dw, whose per-warp sums
+** meet in shared memory before one atomic per column per block. */
+#define RMS_W_ROWS 4
+extern "C" __global__ void tr_rms_bwd_w(const void *x, int x_bf, const void *g, int g_bf, const float *w,
+                                        const void *dy, int dy_bf, void *dx, int dx_bf, int dx_add, void *dg,
+                                        int dg_bf, float *dw, i64 rows, int dim, float eps) {
+  __shared__ float part[8][1024];
+  int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+  float acc[32];
+#pragma unroll
+  for (int j = 0; j < 32; j++) acc[j] = 0.f;
+  i64 r0 = (blockIdx.x * (i64)8 + wp) * RMS_W_ROWS;
+  for (i64 r = r0; r < r0 + RMS_W_ROWS && r < rows; r++) {
+    i64 o = r * dim;
+    float ss = 0.f, dot = 0.f;
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+      int i = lane + 32 * j;
+      if (i < dim) {
+        float xv = ldc(x, o + i, x_bf), s = 1.f;
+        if (g) {
+          float gv = ldc(g, o + i, g_bf);
+          s = gv * sigm(gv);
+        }
+        ss += xv * xv;
+        dot += ldc(dy, o + i, dy_bf) * w[i] * s * xv;
+      }
+    }
+    ss = warp_sum(ss);
+    dot = warp_sum(dot);
+    float rstd = rsqrtf(ss / dim + eps);
+    float mean = dot * rstd / dim;
+#pragma unroll
+    for (int j = 0; j < 32; j++) {
+      int i = lane + 32 * j;
+      if (i < dim) {
+        float xh = ldc(x, o + i, x_bf) * rstd, d = ldc(dy, o + i, dy_bf), s = 1.f;
+        if (g) {
+          float gv = ldc(g, o + i, g_bf), sg = sigm(gv);
+          s = gv * sg;
+          stc(dg, o + i, d * xh * w[i] * sg * (1.f + gv * (1.f - sg)), dg_bf);
+        }
+        float v = rstd * (d * w[i] * s - xh * mean);
+        if (dx_add) ((float *)dx)[o + i] += v;
+        else stc(dx, o + i, v, dx_bf);
+        acc[j] += d * xh * s;
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < 32; j++) {
+    int i = lane + 32 * j;
+    if (i < dim) part[wp][i] = acc[j];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < dim; i += blockDim.x) {
+    float t = 0.f;
+    for (int k = 0; k < 8; k++) t += part[k][i];
+    atomicAdd(&dw[i], t);
   }
 }
 
