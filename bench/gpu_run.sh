@@ -15,11 +15,13 @@
 # Runs test_gpu_ops (every recipe's GPU forward and backward against the CPU),
 # test_gpu_portable (the HIP stages' shared source built for CUDA),
 # test_gpu_models (every tiny fla checkpoint on the GPU, f32 and bf16),
+# test_gpu_train (GPU gradients and AdamW steps against the CPU),
 # fla-check --device cuda on every conformance case (f32 and bf16, both
 # algorithms; outputs and every gradient), fla-bench --device cuda (every
 # recipe's forward at the ANCHORS.md shapes, then forward+backward of
 # retention, simple_gla, gla and gated_delta_rule) and fla-model-bench (GLA
-# 1.3B decode and prefill). Full logs go to $OUT (or .device/out/ when OUT is
+# 1.3B decode and prefill) and train_gpu (GLA 340M training throughput,
+# seq 2048). Full logs go to $OUT (or .device/out/ when OUT is
 # unset); a short table comes last. Exit status: 0 when every check passed.
 set -u
 cd "$(dirname "$0")/.."
@@ -34,7 +36,8 @@ export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-900}
 
 STEPS=" ${*:-checks bench} "
 want() { case "$STEPS" in *" $1 "*) return 0 ;; esac; return 1; }
-rc_ops=0 rc_port=0 rc_models=0 rc_check=0 rc_bench=- rc_bench_bwd=- rc_mbench=- t_ops=0 t_models=0
+rc_ops=0 rc_port=0 rc_models=0 rc_train=0 rc_check=0 rc_bench=- rc_bench_bwd=- rc_mbench=- rc_tbench=-
+t_ops=0 t_models=0 t_train=0
 : > "$OUT/fla_check.rows"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true; } > "$OUT/device.txt"
 DEVICE=$(head -n1 "$OUT/device.txt")
@@ -59,6 +62,11 @@ t0=$(date +%s)
 "$BUILD/test_gpu_models" > "$OUT/test_gpu_models.log" 2>&1
 rc_models=$?
 t_models=$(( $(date +%s) - t0 ))
+# Training on the GPU: gradients, micro-batches, AdamW against the CPU.
+t0=$(date +%s)
+"$BUILD/test_gpu_train" > "$OUT/test_gpu_train.log" 2>&1
+rc_train=$?
+t_train=$(( $(date +%s) - t0 ))
 
 # 2. fla-check on every conformance case (case:recipe as in tests/test_conformance.c).
 CASES="linear_attn:linear_attn retention:retention simple_gla:simple_gla gla:gla gla_long:gla
@@ -108,6 +116,17 @@ rc_bench_bwd=$?
 timeout ${MODEL_BENCH_TIMEOUT:-200} "$BUILD/fla-model-bench" --config bench/configs/gla-1.3b.json \
   --dtype bf16 --prompt-len 4096 --runs 3 --batch 1,8,64 --decode-steps 128 > "$OUT/model_bench.log" 2>&1
 rc_mbench=$?
+# 5. Training throughput: GLA with fla's 340M configuration, seq 2048, bf16.
+: > "$OUT/train_bench.log"
+rc_tbench=0
+for b in 8 16; do
+  echo "== train_gpu --batch $b" >> "$OUT/train_bench.log"
+  timeout ${TRAIN_BENCH_TIMEOUT:-120} "$BUILD/train_gpu" --config bench/configs/gla-340m.json --batch $b \
+    --seq 2048 --steps 4 >> "$OUT/train_bench.log" 2>&1 || rc_tbench=$?
+done
+echo "== train_gpu --batch 8 --profile" >> "$OUT/train_bench.log"
+timeout ${TRAIN_BENCH_TIMEOUT:-120} "$BUILD/train_gpu" --config bench/configs/gla-340m.json --batch 8 \
+  --seq 2048 --steps 2 --profile >> "$OUT/train_bench.log" 2>&1 || rc_tbench=$?
 
 fi
 
@@ -124,6 +143,9 @@ fi
   grep -E ':[A-Z]:|FAIL' "$OUT/test_gpu_portable.log" | head -n 10
   echo "test_gpu_models (rc $rc_models, ${t_models} s): $(grep -E '^[0-9]+%: Checks' "$OUT/test_gpu_models.log" | tail -n1)"
   grep -E ':[A-Z]:|FAIL' "$OUT/test_gpu_models.log" | head -n 10
+  echo "test_gpu_train (rc $rc_train, ${t_train} s): $(grep -E '^[0-9]+%: Checks' "$OUT/test_gpu_train.log" | tail -n1)"
+  grep -E '^test_gpu_train: ' "$OUT/test_gpu_train.log" | head -n 20
+  grep -E ':[A-Z]:|FAIL' "$OUT/test_gpu_train.log" | head -n 10
   echo
   echo "fla-check --device cuda (rc $rc_check): relative RMS vs the float64 references (grad: the worst gradient)"
   echo "| case        | recipe           | dt   | algo      | o         | ht        | grad              | result |"
@@ -136,6 +158,8 @@ fi
   grep '^|' "$OUT/fla_bench_bwd.log"
   echo "fla-model-bench, GLA 1.3B bf16: rc $rc_mbench (log: model_bench.log)"
   tail -n 25 "$OUT/model_bench.log"
+  echo "train_gpu, GLA 340M bf16 seq 2048: rc $rc_tbench (log: train_bench.log)"
+  grep -E '^==|median step|memory:|^train_gpu:   [a-z]' "$OUT/train_bench.log" | head -n 30
 } | tee "$OUT/summary.txt"
 
-[ $rc_ops -eq 0 ] && [ $rc_port -eq 0 ] && [ $rc_models -eq 0 ] && [ $rc_check -eq 0 ]
+[ $rc_ops -eq 0 ] && [ $rc_port -eq 0 ] && [ $rc_models -eq 0 ] && [ $rc_train -eq 0 ] && [ $rc_check -eq 0 ]
