@@ -51,6 +51,7 @@ const char *fla_stage_name(fla_stage s) {
   case FLA_STAGE_CHUNK_WY_FWD_PORTABLE: return "chunk_wy_fwd_portable";
   case FLA_STAGE_CHUNK_BWD_PORTABLE: return "chunk_bwd_portable";
   case FLA_STAGE_CHUNK_FWD_MFMA: return "chunk_fwd_mfma";
+  case FLA_STAGE_CHUNK_GK_BWD: return "chunk_gk_bwd";
   default: return "?";
   }
 }
@@ -70,6 +71,7 @@ static const fla_stage_impl *impl_(fla_stage s) {
   case FLA_STAGE_CHUNK_WY_FWD_PORTABLE: return &fla_stage_chunk_wy_fwd_portable;
   case FLA_STAGE_CHUNK_BWD_PORTABLE: return &fla_stage_chunk_bwd_portable;
   case FLA_STAGE_CHUNK_FWD_MFMA: return &fla_stage_chunk_fwd_mfma;
+  case FLA_STAGE_CHUNK_GK_BWD: return &fla_stage_chunk_gk_bwd;
   default: return NULL;
   }
 }

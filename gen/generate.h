@@ -54,6 +54,7 @@ typedef enum fla_stage {
   FLA_STAGE_CHUNK_WY_FWD_PORTABLE, /* chunk_wy_fwd's math with scalar FMA tiles          */
   FLA_STAGE_CHUNK_BWD_PORTABLE,    /* chunk_bwd's math with scalar FMA tiles             */
   FLA_STAGE_CHUNK_FWD_MFMA,        /* chunk_fwd_portable's math on CDNA MFMA: HIP only   */
+  FLA_STAGE_CHUNK_GK_BWD,          /* chunked backward, per-key gates (GLA, HGRN2)       */
   FLA_STAGE_COUNT
 } fla_stage;
 
