@@ -303,7 +303,7 @@ __device__ __forceinline__ void gb_diag(float (&acc)[CK_KP / 8][4], const unsign
   for (int hf = 0; hf < 2; hf++) {
     const int r = r0 + g + 8 * hf;
     const float *gr = gam + r * GB_LDG;
-#pragma unroll 4
+#pragma unroll 2
     for (int u = 0; u < 16; u++) {
       const int s = r0 + u;
       const float da = ck_bf2f(TRANS ? dAs[s * C3_LDA + r] : dAs[r * C3_LDA + s]);
@@ -389,9 +389,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_gk_bwd_dqk(fla
     ckb_mm_nt<CK_KP / 8, GB_VT, GB_LDV, GB_LDV>(accQ, Os, Hs, r0, lane);
   }
 
-  /* dA: mask (j <= i < rows), scale -> dAs (whole rows) and A fragments */
+  /* dA: mask (j <= i < rows), scale -> dAs (whole rows) */
   const float scale = a.scale;
-  unsigned daf[CK_BT / 16][4];
 #pragma unroll
   for (int j = 0; j < CK_BT / 8; j++) {
     const int cc = 8 * j + 2 * q;
@@ -404,8 +403,6 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_gk_bwd_dqk(fla
     const unsigned p01 = ck_pack(va[0], va[1]), p23 = ck_pack(va[2], va[3]);
     *(unsigned *)(dAs + rA * C3_LDA + cc) = p01;
     *(unsigned *)(dAs + rB * C3_LDA + cc) = p23;
-    daf[j / 2][2 * (j & 1)] = p01;
-    daf[j / 2][2 * (j & 1) + 1] = p23;
   }
   __syncthreads(); /* dAs and gam complete */
 
@@ -421,14 +418,16 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_gk_bwd_dqk(fla
 #pragma unroll
     for (int kk = 0; kk < CK_BT / 16; kk++) {
       if (kk >= w) continue;
+      unsigned daf[4]; /* dA rows of block w, columns of block kk */
+      ck_ldm4(daf, ck_smem(dAs + (r0 + (lane & 15)) * C3_LDA + kk * 16 + (lane >> 4) * 8));
 #pragma unroll
       for (int np = 0; np < CK_KP / 16; np++) {
         unsigned yb[4];
         ck_ldm4t(yb, ck_smem(Ks + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * GB_LDK +
                              16 * np + (lane >> 4) * 8));
         gb_gate_b<-1>(yb, gam, ref, kk, np, lane); /* 2^(r - gam_j) */
-        ck_mma(accQ[2 * np], daf[kk], yb[0], yb[1]);
-        ck_mma(accQ[2 * np + 1], daf[kk], yb[2], yb[3]);
+        ck_mma(accQ[2 * np], daf, yb[0], yb[1]);
+        ck_mma(accQ[2 * np + 1], daf, yb[2], yb[3]);
       }
     }
     gb_gate_rows<1>(accQ, gam, ref, rA, q); /* 2^(gam_i - r) */
@@ -528,15 +527,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_gk_bwd_dqk(fla
     vb.x -= xb[0] * accK[j][2], vb.y -= xb[1] * accK[j][3];
     *pa = va, *pb = vb;
 #if FLA_KEY_FROM_DECAY
-    /* k = 1 - e^g: dg gets -e^g dk (e^g = 1 - k in fp32 from g itself) */
-    const unsigned short *gp = (const unsigned short *)a.g + rk;
-    float eA[2] = {0.0f, 0.0f}, eB[2] = {0.0f, 0.0f};
-    for (int u = 0; u < 2; u++) {
-      if (d + u < FLA_K && rA < rows) eA[u] = __expf(ck_bf2f(gp[rA * H * FLA_K + d + u]));
-      if (d + u < FLA_K && rB < rows) eB[u] = __expf(ck_bf2f(gp[rB * H * FLA_K + d + u]));
-    }
-    *(float2 *)(ex + rA * GB_LDG + d) = make_float2(-eA[0] * accK[j][0], -eA[1] * accK[j][1]);
-    *(float2 *)(ex + rB * GB_LDG + d) = make_float2(-eB[0] * accK[j][2], -eB[1] * accK[j][3]);
+    /* k = 1 - e^g: dg gets -e^g dk (in the scan below); dk kept in fp32 */
+    *(float2 *)(ex + rA * GB_LDG + d) = make_float2(accK[j][0], accK[j][1]);
+    *(float2 *)(ex + rB * GB_LDG + d) = make_float2(accK[j][2], accK[j][3]);
 #endif
   }
   if (tid < CK_KP) hdh[tid] = hsum;
@@ -549,7 +542,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_gk_bwd_dqk(fla
       s += dG[i * GB_LDG + d];
       float o = s;
 #if FLA_KEY_FROM_DECAY
-      o += ex[i * GB_LDG + d];
+      /* e^g_i = 2^(gam_i - gam_(i-1)), gam_(-1) = 0 */
+      const float gp = i > 0 ? gam[(i - 1) * GB_LDG + d] : 0.0f;
+      o -= ck_ex2(gam[i * GB_LDG + d] - gp) * ex[i * GB_LDG + d];
 #endif
       dg[i * H * FLA_K + d] = (unsigned short)(ck_pack(o, 0.0f) & 0xffffu);
     }
