@@ -4,7 +4,8 @@
 ** fla's chunk_gla_bwd (fla/ops/gla/chunk.py, fla/ops/common/chunk_h.py).
 **
 ** Keys handled: FLA_DECAY 3 (g [tok,H,K]), FLA_DELTA 0, FLA_READ_BEFORE 0, no
-** bonus, no probe, FLA_KEY_FROM_DECAY 0 or 1 (HGRN2: k = 1 - e^g); FLA_IN_BF16
+** bonus, no probe, FLA_KEY_FROM_DECAY 0 or 1 (HGRN2: k = 1 - e^g; declined by
+** gen/stage_chunk_gk_bwd.c until it has run on a GPU); FLA_IN_BF16
 ** 1; K <= 128, V <= 256 (value tiles of 64). Chunks of 64 tokens, 4 warps.
 **
 ** The math (fla-notes.md §2.3; per chunk of C <= 64 rows, h the state entering
