@@ -53,6 +53,7 @@ const char *fla_stage_name(fla_stage s) {
   case FLA_STAGE_CHUNK_FWD_MFMA: return "chunk_fwd_mfma";
   case FLA_STAGE_CHUNK_KDA_FWD: return "chunk_kda_fwd";
   case FLA_STAGE_CHUNK_WY_BWD: return "chunk_wy_bwd";
+  case FLA_STAGE_CHUNK_GK_BWD: return "chunk_gk_bwd";
   default: return "?";
   }
 }
@@ -74,6 +75,7 @@ static const fla_stage_impl *impl_(fla_stage s) {
   case FLA_STAGE_CHUNK_FWD_MFMA: return &fla_stage_chunk_fwd_mfma;
   case FLA_STAGE_CHUNK_KDA_FWD: return &fla_stage_chunk_kda_fwd;
   case FLA_STAGE_CHUNK_WY_BWD: return &fla_stage_chunk_wy_bwd;
+  case FLA_STAGE_CHUNK_GK_BWD: return &fla_stage_chunk_gk_bwd;
   default: return NULL;
   }
 }

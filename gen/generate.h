@@ -56,6 +56,7 @@ typedef enum fla_stage {
   FLA_STAGE_CHUNK_FWD_MFMA,        /* chunk_fwd_portable's math on CDNA MFMA: HIP only   */
   FLA_STAGE_CHUNK_KDA_FWD,         /* chunked forward, delta rule + per-key decay (KDA)  */
   FLA_STAGE_CHUNK_WY_BWD,          /* chunked backward, delta rule (WY): dq..dbeta dg dh0 */
+  FLA_STAGE_CHUNK_GK_BWD,          /* chunked backward, per-key gates (GLA, HGRN2)       */
   FLA_STAGE_COUNT
 } fla_stage;
 

@@ -46,6 +46,7 @@ extern const fla_stage_impl fla_stage_chunk_wy_fwd_portable;
 extern const fla_stage_impl fla_stage_chunk_bwd_portable;
 extern const fla_stage_impl fla_stage_chunk_fwd_mfma;
 extern const fla_stage_impl fla_stage_chunk_wy_bwd;
+extern const fla_stage_impl fla_stage_chunk_gk_bwd;
 
 /* The text of templates/cuda/<file>, embedded in the library at build time
 ** (so a binary does not need its source tree); NULL when unknown. The shared

@@ -368,6 +368,70 @@ START_TEST(test_errors) {
 }
 END_TEST
 
+/* chunk_gk_bwd: the keys it declines (with a reason), its kernels (the
+** forward's per-chunk kernel first), geometry and workspaces. */
+START_TEST(test_chunk_gk_bwd_stage) {
+  fla_ctx *ctx = th_cpu_ctx();
+  const fla_stage B = FLA_STAGE_CHUNK_GK_BWD;
+  fla_gen_key key;
+  recipe_key(ctx, "gla", 128, 256, 1, &key, NULL);
+  ck_assert_int_eq(key.decay, 3);
+  ck_assert_str_eq(fla_stage_name(B), "chunk_gk_bwd");
+  char kn[FLA_STAGE_MAX_KERNELS][64];
+  int nk = 0;
+  char *src = gen_ok(ctx, B, &key, NULL, kn, &nk);
+  ck_assert_int_eq(nk, 4);
+  ck_assert_str_eq(kn[0], "fla_chunk_gk_fwd_a");
+  ck_assert_str_eq(kn[1], "fla_chunk_gk_bwd_walk");
+  ck_assert_str_eq(kn[2], "fla_chunk_gk_bwd_dv");
+  ck_assert_str_eq(kn[3], "fla_chunk_gk_bwd_dqk");
+  ck_assert(strstr(src, "#define FLA_BV 32"));
+  ck_assert(!has_include(src));
+  free(src);
+  fla_gen_key hk; /* HGRN2: written, not enabled until it has run on a GPU */
+  recipe_key(ctx, "hgrn2", 64, 64, 1, &hk, NULL);
+  ck_assert_int_eq(hk.key_from_decay, 1);
+  gen_fails(ctx, B, &hk, NULL, FLA_UNSUPPORTED, "HGRN2");
+
+  fla_gen_key k = key;
+  k.in_bf16 = 0;
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "f32");
+  k = key;
+  k.decay = 2;
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "per-key");
+  k = key;
+  k.read_before = 1, k.has_bonus = 1;
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "RWKV-6");
+  k = key;
+  k.V = 257;
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "outside");
+  fla_tile_config c = {0, 0, 24, 0};
+  gen_fails(ctx, B, &key, &c, FLA_INVALID, "BV 24");
+  fla_tile_config c2 = {0, 0, 128, 0}; /* K 128: 2 x 16 x 4 = 128 state registers */
+  gen_fails(ctx, B, &key, &c2, FLA_INVALID, "registers");
+
+  fla_kernel_args a;
+  memset(&a, 0, sizeof a);
+  a.N = 3, a.H = 4, a.num_chunks = 10, a.total = 600;
+  fla_kernel_launch L[FLA_STAGE_MAX_KERNELS];
+  ck_assert_int_eq(fla_stage_launches(B, &key, NULL, &a, L), 4);
+  ck_assert_uint_eq(L[0].grid[0], 10);
+  ck_assert_uint_eq(L[0].block[0], 256);
+  ck_assert_uint_eq(L[1].grid[0], 3 * 8); /* N sequences x V/32 slices */
+  ck_assert_uint_eq(L[1].grid[2], 2);     /* the state walk and its gradient's */
+  ck_assert_uint_eq(L[2].grid[0], 10 * 4); /* chunks x V/64 tiles */
+  ck_assert_uint_eq(L[3].grid[0], 10);
+  ck_assert_uint_eq(L[3].grid[1], 4);
+  for (int i = 0; i < 4; i++) ck_assert_uint_le(L[i].smem, 227 * 1024);
+  size_t w0 = 0, w1 = 0;
+  fla_stage_workspace(B, &key, NULL, &a, &w0, &w1);
+  ck_assert_uint_eq(w0, (size_t)10 * 4 * 128 * 256 * 2);
+  ck_assert_uint_eq(w1, (size_t)2 * (10 * 4 * 128 * 256 + 10 * 4 * 64 * 64 + 2 * 10 * 4 * 64 * 128) +
+                            (size_t)4 * 10 * 4 * 128);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 /* chunk_bwd: the keys it declines (with a reason), its geometry and workspaces. */
 START_TEST(test_chunk_bwd_stage) {
   fla_ctx *ctx = th_cpu_ctx();
@@ -630,7 +694,7 @@ END_TEST
 typedef struct {
   char **sources;
   int n, cap;
-  int compiled, duplicates, unsupported_chunk, chunk_bwd, chunk_kda, chunk_wy_bwd;
+  int compiled, duplicates, unsupported_chunk, chunk_bwd, chunk_kda, chunk_wy_bwd, chunk_gk_bwd;
   double seconds, slowest;
 } compile_log;
 
@@ -678,8 +742,10 @@ static void compile_one(fla_ctx *ctx, compile_log *cl, const char *what, fla_sta
                   names[i]);
     /* chunk_fwd_portable: ptxas spills 4 bytes in a few keys (80 registers:
     ** not pressure); untuned, and checked on AMD by test_hip. */
+    /* chunk_gk_bwd runs chunk_gk_fwd's per-chunk kernel: exempt as there */
+    int fwd_a = st == FLA_STAGE_CHUNK_GK_BWD && !strcmp(names[i], "fla_chunk_gk_fwd_a");
     if (st != FLA_STAGE_CHUNK_FWD && st != FLA_STAGE_CHUNK_GK_FWD &&
-        st != FLA_STAGE_CHUNK_FWD_PORTABLE)
+        st != FLA_STAGE_CHUNK_FWD_PORTABLE && !fwd_a)
       ck_assert_msg(r.spill_store_bytes == 0 && r.spill_load_bytes == 0,
                     "%s for %s: %s spills %d/%d bytes (%d registers)", what, arch, names[i],
                     r.spill_store_bytes, r.spill_load_bytes, r.registers);
@@ -814,6 +880,14 @@ START_TEST(test_every_recipe_compiles) {
             cl.chunk_bwd++;
             free(src);
           }
+          /* chunk_gk_bwd likewise (per-key gates backward). */
+          src = NULL;
+          if (fla_generate(ctx, FLA_STAGE_CHUNK_GK_BWD, &key, NULL, &src, kn, &nk) == FLA_OK) {
+            snprintf(what, sizeof what, "%s_chunk_gk_bwd_%s", names[i], bf16 ? "bf16" : "f32");
+            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_GK_BWD, src, kn, nk, archs[a]);
+            cl.chunk_gk_bwd++;
+            free(src);
+          }
           src = NULL;
           fla_status s = fla_generate(ctx, FLA_STAGE_CHUNK_FWD, &key, NULL, &src, kn, &nk);
           if (s == FLA_UNSUPPORTED) {
@@ -831,15 +905,18 @@ START_TEST(test_every_recipe_compiles) {
   }
   printf("test_gen: %d recipes: %d distinct sources compiled in %.1f s (slowest %.2f s, mean "
          "%.2f s), %d duplicates shared; %d prep_fwd and %d chunk_fwd builds, chunk_fwd "
-         "declined %d keys; %d chunk_bwd, %d chunk_kda_fwd builds\n",
+         "declined %d keys; %d chunk_bwd, %d chunk_kda_fwd, %d chunk_wy_bwd, %d chunk_gk_bwd builds\n",
          nr, cl.compiled, cl.seconds, cl.slowest, cl.compiled ? cl.seconds / cl.compiled : 0.0,
-         cl.duplicates, preps, chunks, cl.unsupported_chunk, cl.chunk_bwd, cl.chunk_kda);
+         cl.duplicates, preps, chunks, cl.unsupported_chunk, cl.chunk_bwd, cl.chunk_kda, cl.chunk_wy_bwd,
+         cl.chunk_gk_bwd);
   /* linear_attn, retention, simple_gla, ... in bf16 on both archs */
   ck_assert_int_ge(cl.chunk_bwd, 6);
   /* kda in bf16 at K = V = 128 and K = 100, V = 72 on both archs */
   ck_assert_int_ge(cl.chunk_kda, 4);
   /* delta_rule, gated_delta_rule, comba in bf16 on both archs */
   ck_assert_int_ge(cl.chunk_wy_bwd, 6);
+  /* gla in bf16 on both archs */
+  ck_assert_int_ge(cl.chunk_gk_bwd, 2);
   for (int i = 0; i < cl.n; i++) free(cl.sources[i]);
   free(cl.sources);
   fla_ctx_free(ctx);
@@ -928,6 +1005,7 @@ static Suite *gen_suite(void) {
   tcase_add_test(tc, test_errors);
   tcase_add_test(tc, test_configs_and_geometry);
   tcase_add_test(tc, test_chunk_bwd_stage);
+  tcase_add_test(tc, test_chunk_gk_bwd_stage);
   tcase_add_test(tc, test_chunk_wy_stage);
   tcase_add_test(tc, test_chunk_wy_bwd_stage);
   suite_add_tcase(s, tc);

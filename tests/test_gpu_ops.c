@@ -27,6 +27,7 @@
 **   - "backward": one test per shipped recipe: every gradient (each input's
 **     and dh0) of the GPU backward against the CPU's float64 recurrence on
 **     the same inputs, T in {1, 63, 100, 500, 4096}, K and V in {64, 100, 128}
+**     (V 256 too)
 **     (based: K 16 or 8), h0 and dht given or not, bf16 and f32, a
 **     variable-length batch with a length-1 sequence. Gradients are poisoned
 **     with NaN first; one call asks for dv alone (the rest stays untouched).
@@ -35,7 +36,8 @@
 **
 ** Forward times: tools/fla_bench.c (fla-bench --device cuda).
 **
-** FLA_GPU_OPS_RECIPES=a,b,...: the per-recipe tests of these recipes only.
+** FLA_GPU_OPS_RECIPES=a,b,...: the per-recipe tests (and the precompile) of
+** these recipes only; a name that is not shipped is an error.
 ** FLA_GPU_OPS_PRECOMPILE=<arch> (e.g. sm_90a): no tests; compiles every
 ** module of the forward tests for <arch> into the module cache
 ** ($FLA_CACHE_DIR), so a GPU run can start from a warm cache. Needs NVRTC only.
@@ -123,6 +125,9 @@ static const bcase bcases_[] = {
     {{300, 64, 64, 1, FLA_BF16, FLA_ALGO_AUTO, 4}, 1},
     {{100, 100, 100, 1, FLA_F32, FLA_ALGO_AUTO, 3}, 1},
     {{4096, 128, 128, 1, FLA_BF16, FLA_ALGO_AUTO, 0}, 1},
+    /* V = 256 (GLA 340M's head_v_dim): value tiles over 128; varlen too */
+    {{200, 128, 256, 1, FLA_BF16, FLA_ALGO_AUTO, 0}, 1},
+    {{300, 64, 256, 1, FLA_BF16, FLA_ALGO_AUTO, 3}, 1},
 };
 #define NBCASES ((int)(sizeof bcases_ / sizeof bcases_[0]))
 
@@ -752,6 +757,11 @@ static void run_bcase_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, 
   ck_assert_msg(fla_op_backward(oph, td.args, td.n, td.d_o, b->dht ? td.dht : NULL, hg, ng) == FLA_OK,
                 "%s", fla_errmsg(h));
   int stage = fla_cuda_op_backward_core_stage(opg, c->dtype, has_h0, b->dht);
+  /* per-key gates read after the token with given keys (GLA) in bf16 take the
+  ** chunked backward whenever the op does not force the recurrent form */
+  if (ir->decay == FLA_DECAY_KEY && !ir->read_before && !ir->key_from_decay && c->dtype == FLA_BF16 &&
+      c->algo != FLA_ALGO_RECURRENT && (c->T > 1 || c->nseqs) && cfg.K <= 128 && cfg.V <= 256)
+    ck_assert_int_eq(stage, FLA_STAGE_CHUNK_GK_BWD);
   char label[200];
   snprintf(label, sizeof label, "%s T=%lld K=%lld V=%lld h0=%d dht=%d %s %s%s%s", name,
            (long long)cfg.T, (long long)cfg.K, (long long)cfg.V, c->h0, b->dht,

@@ -103,7 +103,8 @@ START_TEST(test_hip_targets) {
     /* the tensor-core stages are NVIDIA's; every other one is portable */
     int portable = s != FLA_STAGE_CHUNK_FWD && s != FLA_STAGE_CHUNK_GK_FWD &&
                    s != FLA_STAGE_CHUNK_WY_FWD && s != FLA_STAGE_CHUNK_BWD &&
-                   s != FLA_STAGE_CHUNK_KDA_FWD && s != FLA_STAGE_CHUNK_WY_BWD;
+                   s != FLA_STAGE_CHUNK_KDA_FWD && s != FLA_STAGE_CHUNK_WY_BWD &&
+                   s != FLA_STAGE_CHUNK_GK_BWD;
     ck_assert_int_eq(fla_stage_has_target((fla_stage)s, FLA_TARGET_HIP), portable);
   }
   ck_assert(!fla_stage_has_target(FLA_STAGE_COUNT, FLA_TARGET_CUDA));

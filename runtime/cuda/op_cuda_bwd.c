@@ -33,17 +33,23 @@ static void bwd_plan_free_(bwd_plan *p) {
   memset(p, 0, sizeof *p);
 }
 
+/* The chunked backward stages that write dq, dk, dv in the input dtype
+** straight into their tensors (no PREP_BWD after them). */
+static int writes_grads_in_place_(fla_stage s) {
+  return s == FLA_STAGE_CHUNK_BWD || s == FLA_STAGE_CHUNK_WY_BWD || s == FLA_STAGE_CHUNK_GK_BWD;
+}
+
 /*
 ** The core backward stage for key. Chunked stages first, in order; one that
 ** answers FLA_UNSUPPORTED passes to the next, and RECURRENT_BWD takes any
-** key the forward takes. CHUNK_BWD (the decay family, bf16) and CHUNK_WY_BWD
-** (the delta rule, bf16) write dq and dk
-** in the input dtype straight into their tensors, so it is taken only when
-** q and k have no feature map (a mapped recipe's prep_bwd reads the core's
+** key the forward takes. CHUNK_BWD (the decay family, bf16), CHUNK_WY_BWD
+** (the delta rule, bf16) and CHUNK_GK_BWD (per-key gates: GLA) write dq and
+** dk in the input dtype straight into their tensors, so they are taken only
+** when q and k have no feature map (a mapped recipe's prep_bwd reads the core's
 ** f32 gradients, which only RECURRENT_BWD writes).
 */
 static fla_status bwd_core_(fla_op *op, const fla_gen_key *key, stage_src *core) {
-  static const fla_stage chunked_[] = {FLA_STAGE_CHUNK_BWD, FLA_STAGE_CHUNK_WY_BWD};
+  static const fla_stage chunked_[] = {FLA_STAGE_CHUNK_BWD, FLA_STAGE_CHUNK_WY_BWD, FLA_STAGE_CHUNK_GK_BWD};
   fla_ctx *ctx = op->ctx;
   fla_status st = FLA_UNSUPPORTED;
   int mapped = op->ir->feature_q != FLA_FEATURE_IDENTITY || op->ir->feature_k != FLA_FEATURE_IDENTITY;
@@ -60,12 +66,6 @@ static fla_status bwd_core_(fla_op *op, const fla_gen_key *key, stage_src *core)
   }
   if (st == FLA_UNSUPPORTED) st = fla_cuda_gen_stage(op, ctx, FLA_STAGE_RECURRENT_BWD, key, core);
   return st;
-}
-
-/* The chunked core stages write dq, dk, dp, dv in the input dtype straight
-** into the gradient tensors (no PREP_BWD after them). */
-static int grads_in_place_(fla_stage s) {
-  return s == FLA_STAGE_CHUNK_BWD || s == FLA_STAGE_CHUNK_WY_BWD;
 }
 
 static fla_status bwd_plan_(fla_op *op, int in_bf16, int has_h0, int has_dht, bwd_plan *p) {
@@ -85,7 +85,7 @@ static fla_status bwd_plan_(fla_op *op, int in_bf16, int has_h0, int has_dht, bw
     if (maps[i] != FLA_FEATURE_IDENTITY &&
         (st = fla_cuda_gen_stage(op, ctx, FLA_STAGE_PREP_FWD, &pk, &p->fwd[i])) != FLA_OK)
       goto fail;
-    if (grads_in_place_(p->core.stage)) continue; /* dq, dk written in place */
+    if (writes_grads_in_place_(p->core.stage)) continue; /* dq, dk written in place */
     if ((st = fla_cuda_gen_stage(op, ctx, FLA_STAGE_PREP_BWD, &pk, &p->bwd[i])) != FLA_OK) goto fail;
   }
   return FLA_OK;
@@ -222,7 +222,7 @@ fla_status fla_cuda_op_backward(struct fla_op *op, fla_tensor *const *in, fla_te
   if (ir->bonus >= 0 && d[ir->bonus]) a.dbonus = d[ir->bonus]->dptr;
   a.dh0 = dh0 ? dh0->dptr : 0;
   uint64_t *core_grad[3] = {&a.dq, &a.dk, &a.dp};
-  int chunked = grads_in_place_(pp->core.stage);
+  int chunked = writes_grads_in_place_(pp->core.stage);
   for (int i = 0; i < 3; i++) {
     if (raw[i] < 0) continue;
     if (chunked) {

@@ -1,0 +1,553 @@
+/*
+** chunk_gk_bwd.cuh -- the chunkwise-parallel backward of per-key gates (GLA,
+** HGRN2) on tensor cores (stage FLA_STAGE_CHUNK_GK_BWD, gen/stage_chunk_gk_bwd.c),
+** fla's chunk_gla_bwd (fla/ops/gla/chunk.py, fla/ops/common/chunk_h.py).
+**
+** Keys handled: FLA_DECAY 3 (g [tok,H,K]), FLA_DELTA 0, FLA_READ_BEFORE 0, no
+** bonus, no probe, FLA_KEY_FROM_DECAY 0 or 1 (HGRN2: k = 1 - e^g; declined by
+** gen/stage_chunk_gk_bwd.c until it has run on a GPU); FLA_IN_BF16
+** 1; K <= 128, V <= 256 (value tiles of 64). Chunks of 64 tokens, 4 warps.
+**
+** The math (fla-notes.md §2.3; per chunk of C <= 64 rows, h the state entering
+** it, dh the gradient of the state leaving it, log gates in base 2: gam_id =
+** sum_{r <= i} g_rd log2 e, gL = gam_{C-1}; 2^gam = e^G with G the natural
+** cumsum, so derivatives in G carry no log 2 factor):
+**   forward   O   = scale [(Q .* 2^gam) h + A V],  A_ij = sum_d q_id k_jd 2^(gam_id - gam_jd), j <= i
+**             S_L = diag(2^gL) h + (K .* 2^(gL - gam))^T V
+**   backward  dA_ij = scale dO_i . v_j  (j <= i, else 0)
+**             dQ  = scale 2^gam .* (dO h^T) + dQa,  dQa_id = sum_{j<=i} dA_ij k_jd 2^(gam_id - gam_jd)
+**             dK  = 2^(gL - gam) .* (V dh^T) + dKa,  dKa_jd = sum_{i>=j} dA_ij q_id 2^(gam_id - gam_jd)
+**             dV  = scale A^T dO + (K .* 2^(gL - gam)) dh
+**             dh_prev = diag(2^gL) dh + scale (Q .* 2^gam)^T dO      (the chunk before)
+**             dG_id = q_id dq_id - k_id dk_id
+**                     + [i = C-1] (2^gL_d <h_d, dh_d> + sum_j k_jd (2^(gL-gam) .* (V dh^T))_jd)
+**             dg_td = sum_{i >= t in the chunk} dG_id      (HGRN2: - e^g_td dk_td more)
+** The intra-chunk sums never take 2^(positive): for the 16 x 16 blocks I > J
+** of the warp rows I (rows 16w..) a reference row r between them splits the
+** gate, dQa_I = 2^(gam_I - r) .* [dA_IJ (K_J .* 2^(r - gam_J))] with r = gam
+** row 16w; dKa_J = 2^(r' - gam_J) .* [dA_IJ^T (Q_I .* 2^(gam_I - r'))] with r'
+** = gam row 16w + 15; the inter terms are folded in the same way (2^gam =
+** 2^(gam - r) 2^r); the diagonal blocks are fp32 loops. Products are mma.sync
+** m16n8k16 bf16 -> fp32; states and gate sums are fp32, the states stored
+** per chunk as bf16 (as fla stores h and dh); dA, A are bf16 operands.
+**
+** Four kernels:
+**   fla_chunk_gk_fwd_a (NC, H) of chunk_gk_fwd.cuh: A -> AW, Q .* 2^gam -> QG,
+**       K .* 2^(gL - gam) -> KD, gL -> GL (ws1, its layout: ck_ws_*).
+**   fla_chunk_gk_bwd_walk (N*NVW, H, 2): per sequence and value slice of
+**       FLA_BV, z = 0: S = h0 (or 0), chunks in order: HS[c] = bf16(S),
+**       S = diag(2^GL) S + KD^T V;  z = 1: dS = dht (or 0), chunks last to
+**       first: DH[c] = bf16(dS) (ws0), dS = diag(2^GL) dS + scale QG^T dO;
+**       dh0 = dS (f32, also for a sequence without tokens).
+**   fla_chunk_gk_bwd_dv (NC*NVD, H): dV for a value tile of 64.
+**   fla_chunk_gk_bwd_dqk (NC, H): dA, dQ, dK, dg of the chunk (two passes over
+**       the value tiles: dO, V, h for dA and dO h^T; V, dh, h for V dh^T and
+**       <h, dh>).
+*/
+
+#if FLA_BT != 64 || FLA_WARPS != 4
+#error "chunk_gk_bwd: FLA_BT 64 and FLA_WARPS 4 only"
+#endif
+#if FLA_READ_BEFORE || FLA_HAS_BONUS || FLA_DECAY != 3 || FLA_DELTA || FLA_HAS_PROBE || !FLA_IN_BF16
+#error "chunk_gk_bwd: per-key decay read after the token (GLA, HGRN2), bf16 inputs only"
+#endif
+#if FLA_BV % 16 || FLA_K > 128 || FLA_V > 256
+#error "chunk_gk_bwd: FLA_BV a multiple of 16; K <= 128, V <= 256"
+#endif
+
+#define CK_BT 64
+//@include "chunk_common.cuh"
+//@include "chunk_gk_fwd.cuh"
+#define C3_LDA (CK_BT + 8)
+//@include "chunk_bwd_mm.cuh"
+
+/* the walk: warp w owns keys CK_KW w .. of a K x GB_BV slice */
+#define GB_BV FLA_BV
+#define GB_NT (GB_BV / 8)
+#define GB_MT (CK_KW / 16)
+#define GB_NVW ((FLA_V + GB_BV - 1) / GB_BV)
+#define GB_LDW (GB_BV + 8)
+#define GB_NS 3 /* chunks in the walk's cp.async ring */
+/* the per-chunk kernels: value tiles of 64 */
+#define GB_VT 64
+#define GB_NVD ((FLA_V + GB_VT - 1) / GB_VT)
+#define GB_LDV (GB_VT + 8)
+#define GB_LDK (CK_KP + 8)
+#define GB_LDG (CK_KP + 4)
+
+/* ws0: DH [NC,H,K,V] bf16, the gradient of the state leaving each chunk. */
+__device__ __forceinline__ unsigned short *gb_ws_dh(const fla_kernel_args &a) {
+  return (unsigned short *)a.ws0;
+}
+
+/* ------------------------------------------------------------- the walks */
+
+/* Chunk c of sequence n (chunks c0 .. c1-1, tokens from t0n to te). */
+__device__ __forceinline__ void gb_chunk_of(long long c, long long c0, long long c1, int n,
+                                            long long t0n, long long te, ck_chunk &x) {
+  x.n = n;
+  x.t0 = t0n + (c - c0) * CK_BT;
+  x.te = te;
+  x.cfn1 = c1;
+  long long r = te - x.t0;
+  x.rows = r < CK_BT ? (int)r : CK_BT;
+  x.first = c == c0;
+  x.last = c + 1 == c1;
+}
+
+/* Step i of a walk (MODE 0: chunk c0 + i, X = KD, Y = V; MODE 1: chunk c1 - 1
+** - i, X = QG, Y = dO) into ring slot i % GB_NS: X [64][CK_LDQ], Y [64][GB_LDW]
+** bf16, GL [CK_KP] f32; one commit. */
+template <int MODE>
+__device__ __forceinline__ void gb_walk_load(const fla_kernel_args &a, long long i, long long c0,
+                                             long long c1, int n, long long t0n, long long te,
+                                             int h, int v0, int vcols, unsigned char *sm, int tid) {
+  unsigned short *Xs = (unsigned short *)sm;
+  unsigned short *Ys = Xs + GB_NS * CK_BT * CK_LDQ;
+  float *gl = (float *)(Ys + GB_NS * CK_BT * GB_LDW);
+  const long long H = a.H;
+  const long long c = MODE ? c1 - 1 - i : c0 + i, ch = c * H + h;
+  ck_chunk x;
+  gb_chunk_of(c, c0, c1, n, t0n, te, x);
+  const int slot = (int)(i % GB_NS);
+  const unsigned short *xp = MODE ? ck_ws_qg(a) : ck_ws_kd(a);
+  const unsigned long long yb = MODE ? a.d_o : a.v;
+  const int vecx = (FLA_K % 8 == 0) && ((a.ws1 & 15) == 0);
+  const int vecy = (FLA_V % 8 == 0) && (v0 % 8 == 0) && ((yb & 15) == 0);
+  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Xs + slot * CK_BT * CK_LDQ, xp + ch * CK_BT * FLA_K, FLA_K,
+                                      CK_BT, FLA_K, vecx, tid);
+  ck_load_tile<GB_BV, GB_LDW, CK_NTH>(Ys + slot * CK_BT * GB_LDW,
+                                      (const unsigned short *)yb + (x.t0 * H + h) * FLA_V + v0,
+                                      H * FLA_V, x.rows, vcols, vecy, tid);
+  ck_load_row_f32<CK_KP, CK_NTH>(gl + slot * CK_KP, ck_ws_gl(a) + ch * FLA_K, FLA_K, tid);
+  ck_commit();
+}
+
+/* Per step: store bf16(S) for the chunk (MODE 0 to HS, 1 to DH), then S =
+** diag(2^GL) S + f X^T Y (f = 1, or scale for MODE 1: S is divided by it
+** around the fwd's ck_state_update, which adds X^T Y). Shared memory:
+** X[NS][64][CK_LDQ], Y[NS][64][GB_LDW] bf16, GL[NS][CK_KP] f32. */
+template <int MODE>
+__device__ __forceinline__ void gb_walk(const fla_kernel_args &a, float (&S)[GB_MT][GB_NT][4], int n,
+                                        int h, int v0, int vcols, long long c0, long long c1,
+                                        unsigned char *sm) {
+  unsigned short *Xs = (unsigned short *)sm;
+  unsigned short *Ys = Xs + GB_NS * CK_BT * CK_LDQ;
+  float *gl = (float *)(Ys + GB_NS * CK_BT * GB_LDW);
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+  const long long *cu = (const long long *)a.cu;
+  const long long t0n = cu[n], te = cu[n + 1], nc = c1 - c0;
+  const long long H = a.H, KV = (long long)FLA_K * FLA_V;
+  unsigned short *store = MODE ? gb_ws_dh(a) : ck_ws_hs(a);
+  const float f = MODE ? a.scale : 1.0f, fi = 1.0f / f;
+#pragma unroll
+  for (int i = 0; i < GB_NS - 1; i++) {
+    if (i < nc) gb_walk_load<MODE>(a, i, c0, c1, n, t0n, te, h, v0, vcols, sm, tid);
+    else ck_commit(); /* one group a step keeps the wait count fixed */
+  }
+  for (long long i = 0; i < nc; i++) {
+    const long long c = MODE ? c1 - 1 - i : c0 + i;
+    const int slot = (int)(i % GB_NS);
+    if (i + GB_NS - 1 < nc) gb_walk_load<MODE>(a, i + GB_NS - 1, c0, c1, n, t0n, te, h, v0, vcols, sm, tid);
+    else ck_commit();
+    ck_state_store_bf16<CK_KW>(S, store + (c * H + h) * KV, v0, w, lane);
+    ck_wait_n<GB_NS - 1>();
+    __syncthreads();
+    if (MODE) {
+#pragma unroll
+      for (int mt = 0; mt < GB_MT; mt++)
+#pragma unroll
+        for (int j = 0; j < GB_NT; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) S[mt][j][e] *= fi;
+    }
+    ck_state_update<CK_KW, GB_MT, GB_NT, CK_LDQ, GB_LDW>(S, Xs + slot * CK_BT * CK_LDQ,
+                                                         Ys + slot * CK_BT * GB_LDW,
+                                                         gl + slot * CK_KP, w, lane);
+    if (MODE) {
+#pragma unroll
+      for (int mt = 0; mt < GB_MT; mt++)
+#pragma unroll
+        for (int j = 0; j < GB_NT; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) S[mt][j][e] *= f;
+    }
+    __syncthreads();
+  }
+  ck_wait_all();
+}
+
+/* Kernel 2: sequence n = blockIdx.x / NVW, value slice blockIdx.x % NVW, head
+** blockIdx.y; z = 0 the states HS, z = 1 their gradients DH and dh0 (math at
+** the top). The two walks are independent and share one launch. */
+extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_walk(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
+  const int vt = blockIdx.x % GB_NVW, n = blockIdx.x / GB_NVW, h = blockIdx.y;
+  const int v0 = vt * GB_BV, vcols = FLA_V - v0 < GB_BV ? FLA_V - v0 : GB_BV;
+  const long long *cf = (const long long *)a.chunk_first;
+  const long long c0 = cf[n], c1 = cf[n + 1];
+  const long long so = ((long long)n * a.H + h) * FLA_K * FLA_V;
+  float S[GB_MT][GB_NT][4];
+  if (blockIdx.z == 0) {
+    if (c0 >= c1) return;
+    const float *h0 = FLA_HAS_H0 ? (const float *)a.h0 : (const float *)0;
+    ck_state_load<CK_KW>(S, h0 ? h0 + so : h0, v0, w, lane);
+    gb_walk<0>(a, S, n, h, v0, vcols, c0, c1, ck_sm);
+  } else {
+    const float *dht = (const float *)a.dht;
+    ck_state_load<CK_KW>(S, dht ? dht + so : dht, v0, w, lane);
+    if (c1 > c0) gb_walk<1>(a, S, n, h, v0, vcols, c0, c1, ck_sm);
+    if (a.dh0) ck_state_store<CK_KW>(S, (float *)a.dh0 + so, v0, w, lane);
+  }
+}
+
+/* ------------------------------------------------------------------- dV */
+
+/* Kernel 3: dV = scale A^T dO + KD dh for chunk blockIdx.x / NVD, value tile
+** blockIdx.x % NVD (64 columns), head blockIdx.y; warp w owns rows 16w...
+** Shared memory: As [64][C3_LDA], Os [64][GB_LDV], Kd [64][GB_LDK], dHs
+** [KP][GB_LDV] bf16. */
+extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_gk_bwd_dv(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  unsigned short *As = (unsigned short *)ck_sm;
+  unsigned short *Os = As + CK_BT * C3_LDA;
+  unsigned short *Kd = Os + CK_BT * GB_LDV;
+  unsigned short *dHs = Kd + CK_BT * GB_LDK;
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const long long c = blockIdx.x / GB_NVD;
+  const int vt = (int)(blockIdx.x % GB_NVD), h = blockIdx.y;
+  if (c >= a.num_chunks) return;
+  const int v0 = vt * GB_VT, vcols = FLA_V - v0 < GB_VT ? FLA_V - v0 : GB_VT;
+  ck_chunk x;
+  ck_chunk_at(a, c, x);
+  const long long H = a.H, ch = c * H + h, rv = (x.t0 * H + h) * FLA_V;
+  const long long KV = (long long)FLA_K * FLA_V;
+  const int wsv = (a.ws1 & 15) == 0;
+  ck_load_tile<CK_BT, C3_LDA, CK_NTH>(As, ck_ws_aw(a) + ch * CK_BT * CK_BT, CK_BT, CK_BT, CK_BT, wsv, tid);
+  ck_load_tile<GB_VT, GB_LDV, CK_NTH>(Os, (const unsigned short *)a.d_o + rv + v0, H * FLA_V, x.rows,
+                                      vcols, (FLA_V % 8 == 0) && ((a.d_o & 15) == 0), tid);
+  ck_load_tile<CK_KP, GB_LDK, CK_NTH>(Kd, ck_ws_kd(a) + ch * CK_BT * FLA_K, FLA_K, CK_BT, FLA_K,
+                                      (FLA_K % 8 == 0) && wsv, tid);
+  ck_load_tile<GB_VT, GB_LDV, CK_NTH, CK_KP>(dHs, gb_ws_dh(a) + ch * KV + v0, FLA_V, FLA_K, vcols,
+                                             (FLA_V % 8 == 0) && ((a.ws0 & 15) == 0), tid);
+  ck_commit();
+  ck_wait_all();
+  __syncthreads();
+
+  const int rA = 16 * w + g, rB = rA + 8;
+  float acc[GB_VT / 8][4];
+  ckb_zero(acc);
+  ckb_mm_tn_causal<GB_VT / 8, GB_LDV>(acc, As, Os, w, lane);
+  const float scale = a.scale;
+#pragma unroll
+  for (int j = 0; j < GB_VT / 8; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) acc[j][e] *= scale;
+  ckb_mm_nn<GB_VT / 8, CK_KP, GB_LDK, GB_LDV>(acc, Kd, dHs, 16 * w, lane);
+  unsigned short *dv = (unsigned short *)a.dv + rv + v0;
+  const long long ld = H * FLA_V;
+#pragma unroll
+  for (int j = 0; j < GB_VT / 8; j++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int r = e < 2 ? rA : rB, col = 8 * j + 2 * q + (e & 1);
+      if (r < x.rows && col < vcols)
+        dv[r * ld + col] = (unsigned short)(ck_pack(acc[j][e], 0.0f) & 0xffffu);
+    }
+}
+
+/* ------------------------------------------------------- dQ, dK and dg */
+
+/* acc (rows rA = r0 + g, rB = rA + 8; key columns 8j + 2q, +1) .*= 2^(x_row,d
+** - y_d) (SIGN 1) or 2^(y_d - x_row,d) (SIGN -1): x rows of gam, y one row. */
+template <int SIGN>
+__device__ __forceinline__ void gb_gate_rows(float (&acc)[CK_KP / 8][4], const float *gam,
+                                             const float *ref, int rA, int q) {
+  const float *xa = gam + rA * GB_LDG, *xb = xa + 8 * GB_LDG;
+#pragma unroll
+  for (int j = 0; j < CK_KP / 8; j++) {
+    const int d = 8 * j + 2 * q;
+    const float y0 = ref[d], y1 = ref[d + 1];
+    acc[j][0] *= ck_ex2(SIGN * (xa[d] - y0));
+    acc[j][1] *= ck_ex2(SIGN * (xa[d + 1] - y1));
+    acc[j][2] *= ck_ex2(SIGN * (xb[d] - y0));
+    acc[j][3] *= ck_ex2(SIGN * (xb[d + 1] - y1));
+  }
+}
+
+/* B-operand registers yb (ldmatrix.trans of X[token][key], tokens 16T.., keys
+** 16np..) scaled by 2^(SIGN (gam_token,key - ref_key)): yb[0] tokens 16T + 2q,
+** +1, key 16np + g; [1] tokens +8; [2] key +8; [3] both. */
+template <int SIGN>
+__device__ __forceinline__ void gb_gate_b(unsigned (&yb)[4], const float *gam, const float *ref,
+                                          int T, int np, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+  const int t = 16 * T + 2 * q, d = 16 * np + g;
+  const float *g0 = gam + t * GB_LDG, *g1 = g0 + GB_LDG, *g8 = g0 + 8 * GB_LDG, *g9 = g8 + GB_LDG;
+  const float r0 = ref[d], r8 = ref[d + 8];
+  yb[0] = ck_scale2(yb[0], ck_ex2(SIGN * (g0[d] - r0)), ck_ex2(SIGN * (g1[d] - r0)));
+  yb[1] = ck_scale2(yb[1], ck_ex2(SIGN * (g8[d] - r0)), ck_ex2(SIGN * (g9[d] - r0)));
+  yb[2] = ck_scale2(yb[2], ck_ex2(SIGN * (g0[d + 8] - r8)), ck_ex2(SIGN * (g1[d + 8] - r8)));
+  yb[3] = ck_scale2(yb[3], ck_ex2(SIGN * (g8[d + 8] - r8)), ck_ex2(SIGN * (g9[d + 8] - r8)));
+}
+
+/* The diagonal block's fp32 sums: acc_(i,d) += sum_{j in block w} dA(i,j) x_jd
+** 2^(gam_id - gam_jd) (TRANS 0: rows i, j <= i; dQ) or acc_(j,d) += sum_i dA(i,j)
+** x_id 2^(gam_id - gam_jd) (TRANS 1: rows j, i >= j; dK). dA is masked (0
+** above the diagonal), the exponent clamped at 0 where it is. */
+template <int TRANS>
+__device__ __forceinline__ void gb_diag(float (&acc)[CK_KP / 8][4], const unsigned short *dAs,
+                                        const unsigned short *Xs, const float *gam, int w, int lane) {
+  const int g = lane >> 2, q = lane & 3, r0 = 16 * w;
+#pragma unroll
+  for (int hf = 0; hf < 2; hf++) {
+    const int r = r0 + g + 8 * hf;
+    const float *gr = gam + r * GB_LDG;
+#pragma unroll 2
+    for (int u = 0; u < 16; u++) {
+      const int s = r0 + u;
+      const float da = ck_bf2f(TRANS ? dAs[s * C3_LDA + r] : dAs[r * C3_LDA + s]);
+      if (da == 0.0f) continue;
+      const unsigned short *xs = Xs + s * GB_LDK;
+      const float *gs = gam + s * GB_LDG;
+#pragma unroll
+      for (int j = 0; j < CK_KP / 8; j++) {
+        const int d = 8 * j + 2 * q;
+        float xv[2];
+        ck_unpack(*(const unsigned *)(xs + d), xv);
+        /* TRANS 0: 2^(gam_r - gam_s), s <= r; TRANS 1: 2^(gam_s - gam_r), s >= r */
+        const float e0 = TRANS ? gs[d] - gr[d] : gr[d] - gs[d];
+        const float e1 = TRANS ? gs[d + 1] - gr[d + 1] : gr[d + 1] - gs[d + 1];
+        acc[j][2 * hf] += da * xv[0] * ck_ex2(fminf(e0, 0.0f));
+        acc[j][2 * hf + 1] += da * xv[1] * ck_ex2(fminf(e1, 0.0f));
+      }
+    }
+  }
+}
+
+/* Kernel 4: chunk blockIdx.x, head blockIdx.y; warp w owns rows 16w .. 16w+15.
+**   load Q, K (HGRN2: K = 1 - e^g), gam (chunk cumsum, base 2);
+**   pass 1, value tiles of 64: accD += dO V^T, accQ += dO h^T;
+**   dA = scale accD masked -> dAs (bf16); dQ = 2^(gam - r) .* (scale 2^r .*
+**   accQ + dA_IJ (K_J .* 2^(r - gam_J))) + diagonal; dG = q .* dq;
+**   pass 2: accK += V dh^T, hdh_d += <h_d, dh_d>; kdi_d = sum_j k_jd
+**   2^(gL - gam_jd) accK_jd; dK = 2^(r' - gam) .* (2^(gL - r') .* accK +
+**   dA_IJ^T (Q_I .* 2^(gam_I - r'))) + diagonal; dG -= k .* dk;
+**   last row += 2^gL hdh + kdi; dg = reverse cumsum (HGRN2: - e^g dk).
+** Shared memory: Qs, Ks [64][GB_LDK] bf16; gam, dG [64][GB_LDG] f32; Os, Vs
+** [64][GB_LDV], Hs, Ys [KP][GB_LDV] bf16 (reused as ex [64][GB_LDG] f32 by
+** HGRN2); dAs [64][C3_LDA] bf16; kdi [4][KP], hdh [KP] f32. */
+extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_gk_bwd_dqk(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  unsigned short *Qs = (unsigned short *)ck_sm;
+  unsigned short *Ks = Qs + CK_BT * GB_LDK;
+  float *gam = (float *)(Ks + CK_BT * GB_LDK);
+  float *dG = gam + CK_BT * GB_LDG;
+  unsigned short *Os = (unsigned short *)(dG + CK_BT * GB_LDG);
+  unsigned short *Vs = Os + CK_BT * GB_LDV;
+  unsigned short *Hs = Vs + CK_BT * GB_LDV;
+  unsigned short *Ys = Hs + CK_KP * GB_LDV;
+  unsigned short *dAs = Ys + CK_KP * GB_LDV;
+  float *kdi = (float *)(dAs + CK_BT * C3_LDA);
+  float *hdh = kdi + 4 * CK_KP;
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const long long c = blockIdx.x;
+  const int h = blockIdx.y;
+  if (c >= a.num_chunks) return;
+  ck_chunk x;
+  ck_chunk_at(a, c, x);
+  const int rows = x.rows;
+  const long long H = a.H, ch = c * H + h, rk = (x.t0 * H + h) * FLA_K, rv = (x.t0 * H + h) * FLA_V;
+  const long long KV = (long long)FLA_K * FLA_V;
+  const int veck = (FLA_K % 8 == 0) && (((a.q | a.k) & 15) == 0);
+  ck_load_tile<CK_KP, GB_LDK, CK_NTH>(Qs, (const unsigned short *)a.q + rk, H * FLA_K, rows, FLA_K, veck, tid);
+  if (!FLA_KEY_FROM_DECAY)
+    ck_load_tile<CK_KP, GB_LDK, CK_NTH>(Ks, (const unsigned short *)a.k + rk, H * FLA_K, rows, FLA_K, veck, tid);
+  ck_commit();
+  ck_cumsum_global<CK_NTH, CK_KP, GB_LDK, GB_LDG>(gam, (const unsigned short *)a.g + rk, H * FLA_K,
+                                                  rows, Ks, tid);
+  float hsum = 0.0f; /* thread tid < KP: <h_d, dh_d> of key tid */
+
+  const int r0 = 16 * w, rA = r0 + g, rB = rA + 8;
+  const int veco = (FLA_V % 8 == 0) && ((a.d_o & 15) == 0), vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
+  const int vecs = (FLA_V % 8 == 0) && ((a.ws0 & 15) == 0) && ((a.ws1 & 15) == 0);
+
+  /* pass 1: accD = dO V^T, accQ = dO h^T over the value tiles */
+  float accD[CK_BT / 8][4], accQ[CK_KP / 8][4];
+  ckb_zero(accD);
+  ckb_zero(accQ);
+  for (int vt = 0; vt < GB_NVD; vt++) {
+    const int v0 = vt * GB_VT, vcols = FLA_V - v0 < GB_VT ? FLA_V - v0 : GB_VT;
+    __syncthreads(); /* the previous tile is read */
+    ck_load_tile<GB_VT, GB_LDV, CK_NTH>(Os, (const unsigned short *)a.d_o + rv + v0, H * FLA_V, rows, vcols, veco, tid);
+    ck_load_tile<GB_VT, GB_LDV, CK_NTH>(Vs, (const unsigned short *)a.v + rv + v0, H * FLA_V, rows, vcols, vecv, tid);
+    ck_load_tile<GB_VT, GB_LDV, CK_NTH, CK_KP>(Hs, ck_ws_hs(a) + ch * KV + v0, FLA_V, FLA_K, vcols, vecs, tid);
+    ck_commit();
+    ck_wait_all();
+    __syncthreads();
+    ckb_mm_nt<CK_BT / 8, GB_VT, GB_LDV, GB_LDV>(accD, Os, Vs, r0, lane);
+    ckb_mm_nt<CK_KP / 8, GB_VT, GB_LDV, GB_LDV>(accQ, Os, Hs, r0, lane);
+  }
+
+  /* dA: mask (j <= i < rows), scale -> dAs (whole rows) */
+  const float scale = a.scale;
+#pragma unroll
+  for (int j = 0; j < CK_BT / 8; j++) {
+    const int cc = 8 * j + 2 * q;
+    float va[4];
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int r = e < 2 ? rA : rB, col = cc + (e & 1);
+      va[e] = (col <= r && r < rows) ? scale * accD[j][e] : 0.0f;
+    }
+    const unsigned p01 = ck_pack(va[0], va[1]), p23 = ck_pack(va[2], va[3]);
+    *(unsigned *)(dAs + rA * C3_LDA + cc) = p01;
+    *(unsigned *)(dAs + rB * C3_LDA + cc) = p23;
+  }
+  __syncthreads(); /* dAs and gam complete */
+
+  /* dQ with reference row r = gam row r0 */
+  {
+    const float *ref = gam + r0 * GB_LDG;
+#pragma unroll
+    for (int j = 0; j < CK_KP / 8; j++) {
+      const int d = 8 * j + 2 * q;
+      const float f0 = scale * ck_ex2(ref[d]), f1 = scale * ck_ex2(ref[d + 1]);
+      accQ[j][0] *= f0, accQ[j][1] *= f1, accQ[j][2] *= f0, accQ[j][3] *= f1;
+    }
+#pragma unroll
+    for (int kk = 0; kk < CK_BT / 16; kk++) {
+      if (kk >= w) continue;
+      unsigned daf[4]; /* dA rows of block w, columns of block kk */
+      ck_ldm4(daf, ck_smem(dAs + (r0 + (lane & 15)) * C3_LDA + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+      for (int np = 0; np < CK_KP / 16; np++) {
+        unsigned yb[4];
+        ck_ldm4t(yb, ck_smem(Ks + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * GB_LDK +
+                             16 * np + (lane >> 4) * 8));
+        gb_gate_b<-1>(yb, gam, ref, kk, np, lane); /* 2^(r - gam_j) */
+        ck_mma(accQ[2 * np], daf, yb[0], yb[1]);
+        ck_mma(accQ[2 * np + 1], daf, yb[2], yb[3]);
+      }
+    }
+    gb_gate_rows<1>(accQ, gam, ref, rA, q); /* 2^(gam_i - r) */
+    gb_diag<0>(accQ, dAs, Ks, gam, w, lane);
+    ckb_store_rows(accQ, (unsigned short *)a.dq + rk, H * FLA_K, rA, rows, FLA_K, q);
+#pragma unroll
+    for (int j = 0; j < CK_KP / 8; j++) {
+      const int d = 8 * j + 2 * q;
+      float xa[2], xb[2];
+      ck_unpack(*(const unsigned *)(Qs + rA * GB_LDK + d), xa);
+      ck_unpack(*(const unsigned *)(Qs + rB * GB_LDK + d), xb);
+      *(float2 *)(dG + rA * GB_LDG + d) = make_float2(xa[0] * accQ[j][0], xa[1] * accQ[j][1]);
+      *(float2 *)(dG + rB * GB_LDG + d) = make_float2(xb[0] * accQ[j][2], xb[1] * accQ[j][3]);
+    }
+  }
+
+  /* pass 2: accK = V dh^T, <h, dh> per key */
+  float accK[CK_KP / 8][4];
+  ckb_zero(accK);
+  for (int vt = 0; vt < GB_NVD; vt++) {
+    const int v0 = vt * GB_VT, vcols = FLA_V - v0 < GB_VT ? FLA_V - v0 : GB_VT;
+    __syncthreads();
+    ck_load_tile<GB_VT, GB_LDV, CK_NTH>(Vs, (const unsigned short *)a.v + rv + v0, H * FLA_V, rows, vcols, vecv, tid);
+    ck_load_tile<GB_VT, GB_LDV, CK_NTH, CK_KP>(Hs, ck_ws_hs(a) + ch * KV + v0, FLA_V, FLA_K, vcols, vecs, tid);
+    ck_load_tile<GB_VT, GB_LDV, CK_NTH, CK_KP>(Ys, gb_ws_dh(a) + ch * KV + v0, FLA_V, FLA_K, vcols, vecs, tid);
+    ck_commit();
+    ck_wait_all();
+    __syncthreads();
+    ckb_mm_nt<CK_KP / 8, GB_VT, GB_LDV, GB_LDV>(accK, Vs, Ys, r0, lane);
+    for (int d = tid; d < CK_KP; d += CK_NTH) {
+      const unsigned *hp = (const unsigned *)(Hs + d * GB_LDV), *yp = (const unsigned *)(Ys + d * GB_LDV);
+#pragma unroll 8
+      for (int p = 0; p < GB_VT / 2; p++) {
+        float hv[2], dv[2];
+        ck_unpack(hp[p], hv);
+        ck_unpack(yp[p], dv);
+        hsum += hv[0] * dv[0] + hv[1] * dv[1];
+      }
+    }
+  }
+
+  /* dK with reference row r' = gam row r0 + 15 */
+  {
+    const float *gL = gam + (CK_BT - 1) * GB_LDG, *ref = gam + (r0 + 15) * GB_LDG;
+    /* kdi: the warp's column sums of k .* 2^(gL - gam) .* accK */
+    const float *ga = gam + rA * GB_LDG, *gb = ga + 8 * GB_LDG;
+#pragma unroll
+    for (int j = 0; j < CK_KP / 8; j++) {
+      const int d = 8 * j + 2 * q;
+      float xa[2], xb[2];
+      ck_unpack(*(const unsigned *)(Ks + rA * GB_LDK + d), xa);
+      ck_unpack(*(const unsigned *)(Ks + rB * GB_LDK + d), xb);
+      float s0 = xa[0] * accK[j][0] * ck_ex2(gL[d] - ga[d]) + xb[0] * accK[j][2] * ck_ex2(gL[d] - gb[d]);
+      float s1 = xa[1] * accK[j][1] * ck_ex2(gL[d + 1] - ga[d + 1]) + xb[1] * accK[j][3] * ck_ex2(gL[d + 1] - gb[d + 1]);
+#pragma unroll
+      for (int off = 4; off < 32; off <<= 1) {
+        s0 += __shfl_xor_sync(0xffffffffu, s0, off);
+        s1 += __shfl_xor_sync(0xffffffffu, s1, off);
+      }
+      if (g == 0) kdi[w * CK_KP + d] = s0, kdi[w * CK_KP + d + 1] = s1;
+      const float f0 = ck_ex2(gL[d] - ref[d]), f1 = ck_ex2(gL[d + 1] - ref[d + 1]);
+      accK[j][0] *= f0, accK[j][1] *= f1, accK[j][2] *= f0, accK[j][3] *= f1;
+    }
+#pragma unroll
+    for (int kk = 0; kk < CK_BT / 16; kk++) {
+      if (kk <= w) continue;
+      unsigned pa[4]; /* dA^T rows j of block w, k-step over the rows i of block kk */
+      ck_ldm4t(pa, ck_smem(dAs + (16 * kk + (lane >> 4) * 8 + (lane & 7)) * C3_LDA + 16 * w +
+                           ((lane >> 3) & 1) * 8));
+#pragma unroll
+      for (int np = 0; np < CK_KP / 16; np++) {
+        unsigned yb[4];
+        ck_ldm4t(yb, ck_smem(Qs + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * GB_LDK +
+                             16 * np + (lane >> 4) * 8));
+        gb_gate_b<1>(yb, gam, ref, kk, np, lane); /* 2^(gam_i - r') */
+        ck_mma(accK[2 * np], pa, yb[0], yb[1]);
+        ck_mma(accK[2 * np + 1], pa, yb[2], yb[3]);
+      }
+    }
+    gb_gate_rows<-1>(accK, gam, ref, rA, q); /* 2^(r' - gam_j) */
+    gb_diag<1>(accK, dAs, Qs, gam, w, lane);
+    if (!FLA_KEY_FROM_DECAY)
+      ckb_store_rows(accK, (unsigned short *)a.dk + rk, H * FLA_K, rA, rows, FLA_K, q);
+  }
+  if (!a.dg) return;
+  __syncthreads(); /* Hs, Ys done: HGRN2's ex reuses them; dG of every warp */
+  float *ex = (float *)Hs;
+#pragma unroll
+  for (int j = 0; j < CK_KP / 8; j++) {
+    const int d = 8 * j + 2 * q;
+    float xa[2], xb[2];
+    ck_unpack(*(const unsigned *)(Ks + rA * GB_LDK + d), xa);
+    ck_unpack(*(const unsigned *)(Ks + rB * GB_LDK + d), xb);
+    float2 *pa = (float2 *)(dG + rA * GB_LDG + d), *pb = (float2 *)(dG + rB * GB_LDG + d);
+    float2 va = *pa, vb = *pb;
+    va.x -= xa[0] * accK[j][0], va.y -= xa[1] * accK[j][1];
+    vb.x -= xb[0] * accK[j][2], vb.y -= xb[1] * accK[j][3];
+    *pa = va, *pb = vb;
+#if FLA_KEY_FROM_DECAY
+    /* k = 1 - e^g: dg gets -e^g dk (in the scan below); dk kept in fp32 */
+    *(float2 *)(ex + rA * GB_LDG + d) = make_float2(accK[j][0], accK[j][1]);
+    *(float2 *)(ex + rB * GB_LDG + d) = make_float2(accK[j][2], accK[j][3]);
+#endif
+  }
+  if (tid < CK_KP) hdh[tid] = hsum;
+  __syncthreads();
+  unsigned short *dg = (unsigned short *)a.dg + rk;
+  for (int d = tid; d < FLA_K; d += CK_NTH) {
+    const float gLd = gam[(CK_BT - 1) * GB_LDG + d];
+    float s = ck_ex2(gLd) * hdh[d] + kdi[d] + kdi[CK_KP + d] + kdi[2 * CK_KP + d] + kdi[3 * CK_KP + d];
+    for (int i = rows - 1; i >= 0; i--) {
+      s += dG[i * GB_LDG + d];
+      float o = s;
+#if FLA_KEY_FROM_DECAY
+      /* e^g_i = 2^(gam_i - gam_(i-1)), gam_(-1) = 0 */
+      const float gp = i > 0 ? gam[(i - 1) * GB_LDG + d] : 0.0f;
+      o -= ck_ex2(gam[i * GB_LDG + d] - gp) * ex[i * GB_LDG + d];
+#endif
+      dg[i * H * FLA_K + d] = (unsigned short)(ck_pack(o, 0.0f) & 0xffffu);
+    }
+  }
+}
