@@ -16,19 +16,22 @@
 ** Tiles: 64 tokens a chunk, 4 warps; BV (a multiple of 16, 16..128) is the
 ** value slice of the two state walks (KW = ceil(K/64)*16 keys a warp, KW/16 *
 ** BV/8 * 4 <= 64 state registers a thread); BK = K (never tiled). The dv and
-** dq/dk kernels take value tiles of 64 (fixed).
+** dq/dk kernels take value tiles of 64 and 32 (fixed; the latter keeps the
+** dq/dk kernel at two blocks an SM for K = 128).
 **
 ** Four kernels (grid, block, dynamic shared memory), KP = K padded to 64:
 **   fla_chunk_gk_fwd_a     (NC, H)        256  2*64*(KP+8)*2 + 65*(KP+4)*4
 **   fla_chunk_gk_bwd_walk  (N*NVW, H, 2)  128  3*(64*(KP+8)*2 + 64*(BV+8)*2 + KP*4)
 **   fla_chunk_gk_bwd_dv    (NC*NVD, H)    128  64*72*2*2 + 64*(KP+8)*2 + KP*72*2
-**   fla_chunk_gk_bwd_dqk   (NC, H)        128  2*64*(KP+8)*2 + 2*64*(KP+4)*4
-**                                              + 2*64*72*2 + 2*KP*72*2 + 64*72*2 + 5*KP*4
+**   fla_chunk_gk_bwd_dqk   (NC, H)        128  2*64*(KP+8)*2 + 64*(KP+4)*4
+**                                              + 2*64*40*2 + 2*KP*40*2 + 64*72*2 + 5*KP*4
+**                                              (HGRN2: + 64*(KP+4)*4)
 ** NVW = ceil(V/BV), NVD = ceil(V/64).
 ** Workspaces: ws0 = NC*H*K*V bf16 (DH: the gradient of the state leaving each
 ** chunk); ws1 = chunk_gk_fwd's layout up to GL (2-byte elements, each part
 ** padded to 8): NC*H*K*V (HS), NC*H*64*64 (AW), twice NC*H*64*K (QG, KD), NC*H*K
-** f32 (GL).
+** f32 (GL). The dq/dk kernel keeps its dG [64][K] f32 of a chunk in the QG
+** and KD parts (read by the earlier kernels, free by then).
 ** The args the kernels read: q, k, v, g, h0, d_o, dht (0: none), cu,
 ** chunk_seq, chunk_first, ws0, ws1, N, H, num_chunks, scale; written: dq, dk
 ** (GLA), dv (bf16, always), dg (bf16, when not 0), dh0 (f32, when not 0).
@@ -42,7 +45,8 @@
 
 #define GB_BT 64
 #define GB_WARPS 4
-#define GB_VT 64 /* value tile of the dv and dq/dk kernels (GB_VT in the template) */
+#define GB_VT 64 /* value tile of the dv kernel (GB_VT in the template) */
+#define GB_VQ 32 /* value tile of the dq/dk kernel (GB_VQ in the template) */
 #define GB_NS 3  /* chunks in the walk's ring (GB_NS in the template) */
 #define GB_SMEM_MAX (227 * 1024)
 #define GB_HGRN2_ENABLED 0 /* 1 once test_gpu_ops has checked hgrn2 on this stage */
@@ -66,10 +70,12 @@ static unsigned smem_dv_(const fla_gen_key *key) {
   return (unsigned)(2 * GB_BT * LDV * 2 + GB_BT * (KP + 8) * 2 + KP * LDV * 2);
 }
 
+/* value tiles of GB_VQ; HGRN2 keeps its dk in one more [64][KP+4] f32 array */
 static unsigned smem_dqk_(const fla_gen_key *key) {
-  int KP = kp_(key->K), LDV = GB_VT + 8;
-  return (unsigned)(2 * GB_BT * (KP + 8) * 2 + 2 * GB_BT * (KP + 4) * 4 + 2 * GB_BT * LDV * 2 +
-                    2 * KP * LDV * 2 + GB_BT * (GB_BT + 8) * 2 + 5 * KP * 4);
+  int KP = kp_(key->K), LDQ = GB_VQ + 8;
+  return (unsigned)(2 * GB_BT * (KP + 8) * 2 + GB_BT * (KP + 4) * 4 + 2 * GB_BT * LDQ * 2 +
+                    2 * KP * LDQ * 2 + GB_BT * (GB_BT + 8) * 2 + 5 * KP * 4 +
+                    (key->key_from_decay ? GB_BT * (KP + 4) * 4 : 0));
 }
 
 static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {

@@ -73,11 +73,21 @@
 #define GB_NVD ((FLA_V + GB_VT - 1) / GB_VT)
 #define GB_LDV (GB_VT + 8)
 #define GB_LDK (CK_KP + 8)
+#define GB_VQ 32 /* the dq/dk kernel's value tiles: two blocks an SM at K = 128 */
+#define GB_NVQ ((FLA_V + GB_VQ - 1) / GB_VQ)
+#define GB_LDQ (GB_VQ + 8)
 #define GB_LDG (CK_KP + 4)
 
 /* ws0: DH [NC,H,K,V] bf16, the gradient of the state leaving each chunk. */
 __device__ __forceinline__ unsigned short *gb_ws_dh(const fla_kernel_args &a) {
   return (unsigned short *)a.ws0;
+}
+
+/* dG [64][K] f32 of chunk-head ch, the dq/dk kernel's: in ws1's QG and KD
+** parts (one slot of 64 K floats a chunk-head, exactly their size), which
+** the walk and the dv kernel have read before it runs. */
+__device__ __forceinline__ float *gb_ws_dg(const fla_kernel_args &a, long long ch) {
+  return (float *)ck_ws_qg(a) + ch * CK_BT * FLA_K;
 }
 
 /* ------------------------------------------------------------- the walks */
@@ -335,22 +345,25 @@ __device__ __forceinline__ void gb_diag(float (&acc)[CK_KP / 8][4], const unsign
 **   2^(gL - gam_jd) accK_jd; dK = 2^(r' - gam) .* (2^(gL - r') .* accK +
 **   dA_IJ^T (Q_I .* 2^(gam_I - r'))) + diagonal; dG -= k .* dk;
 **   last row += 2^gL hdh + kdi; dg = reverse cumsum (HGRN2: - e^g dk).
-** Shared memory: Qs, Ks [64][GB_LDK] bf16; gam, dG [64][GB_LDG] f32; Os, Vs
-** [64][GB_LDV], Hs, Ys [KP][GB_LDV] bf16 (reused as ex [64][GB_LDG] f32 by
-** HGRN2); dAs [64][C3_LDA] bf16; kdi [4][KP], hdh [KP] f32. */
-extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_gk_bwd_dqk(fla_kernel_args a) {
+** Shared memory (about 110 KB at K = 128: two blocks an SM): Qs, Ks
+** [64][GB_LDK] bf16; gam [64][GB_LDG] f32; Os, Vs [64][GB_LDQ], Hs, Ys
+** [KP][GB_LDQ] bf16 (value tiles of GB_VQ); dAs [64][C3_LDA] bf16; kdi [4][KP],
+** hdh [KP] f32; HGRN2: ex [64][GB_LDG] f32 (its dk). dG [64][K] f32 lies in
+** global memory: the chunk's slot of ws1's QG and KD parts, free once the
+** walk and the dv kernel (which run before) have read them. */
+extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Qs = (unsigned short *)ck_sm;
   unsigned short *Ks = Qs + CK_BT * GB_LDK;
   float *gam = (float *)(Ks + CK_BT * GB_LDK);
-  float *dG = gam + CK_BT * GB_LDG;
-  unsigned short *Os = (unsigned short *)(dG + CK_BT * GB_LDG);
-  unsigned short *Vs = Os + CK_BT * GB_LDV;
-  unsigned short *Hs = Vs + CK_BT * GB_LDV;
-  unsigned short *Ys = Hs + CK_KP * GB_LDV;
-  unsigned short *dAs = Ys + CK_KP * GB_LDV;
+  unsigned short *Os = (unsigned short *)(gam + CK_BT * GB_LDG);
+  unsigned short *Vs = Os + CK_BT * GB_LDQ;
+  unsigned short *Hs = Vs + CK_BT * GB_LDQ;
+  unsigned short *Ys = Hs + CK_KP * GB_LDQ;
+  unsigned short *dAs = Ys + CK_KP * GB_LDQ;
   float *kdi = (float *)(dAs + CK_BT * C3_LDA);
   float *hdh = kdi + 4 * CK_KP;
+  float *ex = hdh + CK_KP; /* HGRN2 only */
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const long long c = blockIdx.x;
   const int h = blockIdx.y;
@@ -377,17 +390,17 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_gk_bwd_dqk(fla
   float accD[CK_BT / 8][4], accQ[CK_KP / 8][4];
   ckb_zero(accD);
   ckb_zero(accQ);
-  for (int vt = 0; vt < GB_NVD; vt++) {
-    const int v0 = vt * GB_VT, vcols = FLA_V - v0 < GB_VT ? FLA_V - v0 : GB_VT;
+  for (int vt = 0; vt < GB_NVQ; vt++) {
+    const int v0 = vt * GB_VQ, vcols = FLA_V - v0 < GB_VQ ? FLA_V - v0 : GB_VQ;
     __syncthreads(); /* the previous tile is read */
-    ck_load_tile<GB_VT, GB_LDV, CK_NTH>(Os, (const unsigned short *)a.d_o + rv + v0, H * FLA_V, rows, vcols, veco, tid);
-    ck_load_tile<GB_VT, GB_LDV, CK_NTH>(Vs, (const unsigned short *)a.v + rv + v0, H * FLA_V, rows, vcols, vecv, tid);
-    ck_load_tile<GB_VT, GB_LDV, CK_NTH, CK_KP>(Hs, ck_ws_hs(a) + ch * KV + v0, FLA_V, FLA_K, vcols, vecs, tid);
+    ck_load_tile<GB_VQ, GB_LDQ, CK_NTH>(Os, (const unsigned short *)a.d_o + rv + v0, H * FLA_V, rows, vcols, veco, tid);
+    ck_load_tile<GB_VQ, GB_LDQ, CK_NTH>(Vs, (const unsigned short *)a.v + rv + v0, H * FLA_V, rows, vcols, vecv, tid);
+    ck_load_tile<GB_VQ, GB_LDQ, CK_NTH, CK_KP>(Hs, ck_ws_hs(a) + ch * KV + v0, FLA_V, FLA_K, vcols, vecs, tid);
     ck_commit();
     ck_wait_all();
     __syncthreads();
-    ckb_mm_nt<CK_BT / 8, GB_VT, GB_LDV, GB_LDV>(accD, Os, Vs, r0, lane);
-    ckb_mm_nt<CK_KP / 8, GB_VT, GB_LDV, GB_LDV>(accQ, Os, Hs, r0, lane);
+    ckb_mm_nt<CK_BT / 8, GB_VQ, GB_LDQ, GB_LDQ>(accD, Os, Vs, r0, lane);
+    ckb_mm_nt<CK_KP / 8, GB_VQ, GB_LDQ, GB_LDQ>(accQ, Os, Hs, r0, lane);
   }
 
   /* dA: mask (j <= i < rows), scale -> dAs (whole rows) */
@@ -433,6 +446,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_gk_bwd_dqk(fla
     }
     gb_gate_rows<1>(accQ, gam, ref, rA, q); /* 2^(gam_i - r) */
     gb_diag<0>(accQ, dAs, Ks, gam, w, lane);
+    float *dG = gb_ws_dg(a, ch); /* computed where used: registers are short */
     ckb_store_rows(accQ, (unsigned short *)a.dq + rk, H * FLA_K, rA, rows, FLA_K, q);
 #pragma unroll
     for (int j = 0; j < CK_KP / 8; j++) {
@@ -440,28 +454,29 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_gk_bwd_dqk(fla
       float xa[2], xb[2];
       ck_unpack(*(const unsigned *)(Qs + rA * GB_LDK + d), xa);
       ck_unpack(*(const unsigned *)(Qs + rB * GB_LDK + d), xb);
-      *(float2 *)(dG + rA * GB_LDG + d) = make_float2(xa[0] * accQ[j][0], xa[1] * accQ[j][1]);
-      *(float2 *)(dG + rB * GB_LDG + d) = make_float2(xb[0] * accQ[j][2], xb[1] * accQ[j][3]);
+      if (d < FLA_K) dG[rA * FLA_K + d] = xa[0] * accQ[j][0], dG[rB * FLA_K + d] = xb[0] * accQ[j][2];
+      if (d + 1 < FLA_K)
+        dG[rA * FLA_K + d + 1] = xa[1] * accQ[j][1], dG[rB * FLA_K + d + 1] = xb[1] * accQ[j][3];
     }
   }
 
   /* pass 2: accK = V dh^T, <h, dh> per key */
   float accK[CK_KP / 8][4];
   ckb_zero(accK);
-  for (int vt = 0; vt < GB_NVD; vt++) {
-    const int v0 = vt * GB_VT, vcols = FLA_V - v0 < GB_VT ? FLA_V - v0 : GB_VT;
+  for (int vt = 0; vt < GB_NVQ; vt++) {
+    const int v0 = vt * GB_VQ, vcols = FLA_V - v0 < GB_VQ ? FLA_V - v0 : GB_VQ;
     __syncthreads();
-    ck_load_tile<GB_VT, GB_LDV, CK_NTH>(Vs, (const unsigned short *)a.v + rv + v0, H * FLA_V, rows, vcols, vecv, tid);
-    ck_load_tile<GB_VT, GB_LDV, CK_NTH, CK_KP>(Hs, ck_ws_hs(a) + ch * KV + v0, FLA_V, FLA_K, vcols, vecs, tid);
-    ck_load_tile<GB_VT, GB_LDV, CK_NTH, CK_KP>(Ys, gb_ws_dh(a) + ch * KV + v0, FLA_V, FLA_K, vcols, vecs, tid);
+    ck_load_tile<GB_VQ, GB_LDQ, CK_NTH>(Vs, (const unsigned short *)a.v + rv + v0, H * FLA_V, rows, vcols, vecv, tid);
+    ck_load_tile<GB_VQ, GB_LDQ, CK_NTH, CK_KP>(Hs, ck_ws_hs(a) + ch * KV + v0, FLA_V, FLA_K, vcols, vecs, tid);
+    ck_load_tile<GB_VQ, GB_LDQ, CK_NTH, CK_KP>(Ys, gb_ws_dh(a) + ch * KV + v0, FLA_V, FLA_K, vcols, vecs, tid);
     ck_commit();
     ck_wait_all();
     __syncthreads();
-    ckb_mm_nt<CK_KP / 8, GB_VT, GB_LDV, GB_LDV>(accK, Vs, Ys, r0, lane);
+    ckb_mm_nt<CK_KP / 8, GB_VQ, GB_LDQ, GB_LDQ>(accK, Vs, Ys, r0, lane);
     for (int d = tid; d < CK_KP; d += CK_NTH) {
-      const unsigned *hp = (const unsigned *)(Hs + d * GB_LDV), *yp = (const unsigned *)(Ys + d * GB_LDV);
+      const unsigned *hp = (const unsigned *)(Hs + d * GB_LDQ), *yp = (const unsigned *)(Ys + d * GB_LDQ);
 #pragma unroll 8
-      for (int p = 0; p < GB_VT / 2; p++) {
+      for (int p = 0; p < GB_VQ / 2; p++) {
         float hv[2], dv[2];
         ck_unpack(hp[p], hv);
         ck_unpack(yp[p], dv);
@@ -514,19 +529,17 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_gk_bwd_dqk(fla
       ckb_store_rows(accK, (unsigned short *)a.dk + rk, H * FLA_K, rA, rows, FLA_K, q);
   }
   if (!a.dg) return;
-  __syncthreads(); /* Hs, Ys done: HGRN2's ex reuses them; dG of every warp */
-  float *ex = (float *)Hs;
+  __syncthreads(); /* kdi of every warp */
+  float *dG = gb_ws_dg(a, ch);
 #pragma unroll
   for (int j = 0; j < CK_KP / 8; j++) {
     const int d = 8 * j + 2 * q;
     float xa[2], xb[2];
     ck_unpack(*(const unsigned *)(Ks + rA * GB_LDK + d), xa);
     ck_unpack(*(const unsigned *)(Ks + rB * GB_LDK + d), xb);
-    float2 *pa = (float2 *)(dG + rA * GB_LDG + d), *pb = (float2 *)(dG + rB * GB_LDG + d);
-    float2 va = *pa, vb = *pb;
-    va.x -= xa[0] * accK[j][0], va.y -= xa[1] * accK[j][1];
-    vb.x -= xb[0] * accK[j][2], vb.y -= xb[1] * accK[j][3];
-    *pa = va, *pb = vb;
+    if (d < FLA_K) dG[rA * FLA_K + d] -= xa[0] * accK[j][0], dG[rB * FLA_K + d] -= xb[0] * accK[j][2];
+    if (d + 1 < FLA_K)
+      dG[rA * FLA_K + d + 1] -= xa[1] * accK[j][1], dG[rB * FLA_K + d + 1] -= xb[1] * accK[j][3];
 #if FLA_KEY_FROM_DECAY
     /* k = 1 - e^g: dg gets -e^g dk (in the scan below); dk kept in fp32 */
     *(float2 *)(ex + rA * GB_LDG + d) = make_float2(accK[j][0], accK[j][1]);
@@ -540,7 +553,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_chunk_gk_bwd_dqk(fla
     const float gLd = gam[(CK_BT - 1) * GB_LDG + d];
     float s = ck_ex2(gLd) * hdh[d] + kdi[d] + kdi[CK_KP + d] + kdi[2 * CK_KP + d] + kdi[3 * CK_KP + d];
     for (int i = rows - 1; i >= 0; i--) {
-      s += dG[i * GB_LDG + d];
+      s += dG[i * FLA_K + d];
       float o = s;
 #if FLA_KEY_FROM_DECAY
       /* e^g_i = 2^(gam_i - gam_(i-1)), gam_(-1) = 0 */
