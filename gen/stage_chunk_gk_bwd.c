@@ -7,8 +7,8 @@
 **
 ** Handled: FLA_DECAY 3 with plain writes read after the token (FLA_DELTA 0,
 ** FLA_READ_BEFORE 0, no bonus, no probe), keys given (GLA), bf16 inputs, K up
-** to 128 and V up to 256. Keys derived from the decay (HGRN2) are in the
-** template but declined until GB_HGRN2_ENABLED (not run on a GPU yet). Everything else is
+** to 128 and V up to 256, and keys derived from the decay (HGRN2: k = 1 - e^g,
+** GB_HGRN2_ENABLED). Everything else is
 ** FLA_UNSUPPORTED and the op runs the recurrent backward: f32 inputs (no fp32
 ** tensor-core path), RWKV-6 (read before the token, bonus), other decays
 ** (chunk_bwd), the WY family.
@@ -49,7 +49,7 @@
 #define GB_VQ 32 /* value tile of the dq/dk kernel (GB_VQ in the template) */
 #define GB_NS 3  /* chunks in the walk's ring (GB_NS in the template) */
 #define GB_SMEM_MAX (227 * 1024)
-#define GB_HGRN2_ENABLED 0 /* 1 once test_gpu_ops has checked hgrn2 on this stage */
+#define GB_HGRN2_ENABLED 1 /* 0 declines HGRN2 (keys derived from the decay) */
 
 static int kw_(int K) { return (K + 16 * GB_WARPS - 1) / (16 * GB_WARPS) * 16; }
 static int kp_(int K) { return kw_(K) * GB_WARPS; }
@@ -97,8 +97,7 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
   else if (key->read_before || key->has_bonus)
     no = "reading before the token and the bonus (RWKV-6) are not done in chunk_gk_bwd";
   else if (!key->in_bf16) no = "f32 inputs have no tensor-core path (use the recurrent backward)";
-  /* HGRN2 (k = 1 - e^g, dg - e^g dk) is written and compiles, but has not been
-  ** run on a GPU yet: the recurrent backward keeps it until test_gpu_ops has */
+  /* HGRN2 (k = 1 - e^g, dg - e^g dk): off with GB_HGRN2_ENABLED 0 */
   else if (key->key_from_decay && !GB_HGRN2_ENABLED)
     no = "keys derived from the decay (HGRN2) are not enabled yet (not run on a GPU)";
   if (no) return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_gk_bwd: %s", no);
