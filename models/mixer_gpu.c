@@ -69,12 +69,12 @@ dptr gpu_run_op(const gpu_call *c, const gpu_input *in, int n, double scale, int
   fla_status s = bind_(c, scale);
   if (s != FLA_OK) return g->status = s, 0;
   /* Float32 mixers have no chunked (tensor-core) kernels: they run token by
-  ** token. With bf16 weights a prompt longer than one chunk gets the bf16
-  ** chunked kernels where they exist (fla's precision there), unless
-  ** FLA_GPU_F32_MIXERS=1. */
+  ** token. With FLA_GPU_BF16_MIXERS=1 and bf16 weights a prompt longer than
+  ** one chunk gets the bf16 chunked kernels where they exist (fla's precision
+  ** there; GPU_F32_MIXER_MAX_T). */
   const gpu_model *G = c->m->gpu;
   fla_dtype dt = G->adt;
-  if (dt == FLA_F32 && g->wdt == FLA_BF16 && c->T > GPU_F32_MIXER_MAX_T && !G->f32_mixers && chunkable_(c))
+  if (dt == FLA_F32 && g->wdt == FLA_BF16 && c->T > GPU_F32_MIXER_MAX_T && G->bf16_long_mixers && chunkable_(c))
     dt = FLA_BF16;
   size_t esz = fla_dtype_size(dt);
   fla_arg args[8];

@@ -164,8 +164,8 @@ fla_status gpu_model_upload(fla_model *m, fla_dtype dtype) {
   const char *act = getenv("FLA_GPU_BF16_ACTIVATIONS");
   int bf16_act = dtype == FLA_BF16 && act && act[0] == '1';
   G->adt = bf16_act ? FLA_BF16 : FLA_F32;
-  const char *f32m = getenv("FLA_GPU_F32_MIXERS");
-  G->f32_mixers = f32m && f32m[0] == '1';
+  const char *bm = getenv("FLA_GPU_BF16_MIXERS");
+  G->bf16_long_mixers = bm && bm[0] == '1';
   fla_status s = nn_gpu_init(&G->g, m->ctx, dtype);
   if (s != FLA_OK) return s;
   G->g.split_x = dtype == FLA_BF16 && !bf16_act;

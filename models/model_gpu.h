@@ -38,17 +38,19 @@ typedef struct gpu_layer {
 
 typedef struct { const float *p; int64_t n; } gpu_reg;
 
-/* Steps of up to this many tokens run the token mixers in float32 (the
-** token-by-token kernel; one chunk of the chunked kernels' 64 has no
-** parallelism to gain) when the weights are bf16; longer prompts in bf16 where
-** a chunked stage handles the op (else float32 token by token as well). */
+/* With bf16 weights the token mixers run in float32 (the token-by-token
+** kernel) at every length, so bf16 logits stay within 1e-2 of fla's; with
+** FLA_GPU_BF16_MIXERS=1 steps longer than this many tokens give the chunked
+** tensor-core kernels bf16 inputs instead, where a chunked stage handles the
+** op (faster prefill, about 1.1e-2 on the tiny checkpoints). */
 #define GPU_F32_MIXER_MAX_T 64
 
 typedef struct gpu_model {
   nn_gpu g;
   fla_dtype adt;           /* the token mixers' input dtype: float32 (bf16 with FLA_GPU_BF16_ACTIVATIONS=1),
-                              bf16 for chunked prompts over GPU_F32_MIXER_MAX_T tokens with bf16 weights */
-  int f32_mixers;          /* FLA_GPU_F32_MIXERS=1: float32 mixers whatever the length */
+                              with FLA_GPU_BF16_MIXERS=1, bf16 for chunked prompts over
+                              GPU_F32_MIXER_MAX_T tokens with bf16 weights */
+  int bf16_long_mixers;    /* FLA_GPU_BF16_MIXERS=1: bf16 chunked mixers for long prompts */
   gpu_reg *reg;            /* host weights the loader handed out */
   int nreg, capreg;
   dptr *blocks;            /* device allocations of the weights */

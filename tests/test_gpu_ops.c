@@ -757,9 +757,11 @@ static void run_bcase_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, 
   ck_assert_msg(fla_op_backward(oph, td.args, td.n, td.d_o, b->dht ? td.dht : NULL, hg, ng) == FLA_OK,
                 "%s", fla_errmsg(h));
   int stage = fla_cuda_op_backward_core_stage(opg, c->dtype, has_h0, b->dht);
-  /* per-key gates read after the token (GLA, HGRN2) in bf16 take the chunked
-  ** backward whenever the op does not force the recurrent form */
-  if (ir->decay == FLA_DECAY_KEY && !ir->read_before && c->dtype == FLA_BF16 &&
+  /* per-key gates with plain writes read after the token (GLA, HGRN2; not
+  ** kda's delta rule) in bf16 take the chunked backward whenever the op does
+  ** not force the recurrent form */
+  if (ir->family == FLA_FAMILY_DECAY && ir->decay == FLA_DECAY_KEY && !ir->read_before &&
+      c->dtype == FLA_BF16 &&
       c->algo != FLA_ALGO_RECURRENT && (c->T > 1 || c->nseqs) && cfg.K <= 128 && cfg.V <= 256)
     ck_assert_int_eq(stage, FLA_STAGE_CHUNK_GK_BWD);
   char label[200];
