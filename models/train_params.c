@@ -45,7 +45,9 @@ fla_status fla_model_enable_grad(fla_model *m) {
   fla_status s = m->ctx->backend == FLA_BACKEND_CUDA ? gpu_train_check(m) : FLA_OK;
   if (s == FLA_OK) s = own_weights_(m);
   if (s == FLA_OK && m->ctx->backend == FLA_BACKEND_CUDA) {
-    s = gpu_train_enable(m, m->gpu->adt);
+    /* compute in the weights' dtype (a bf16 model trains in bf16; its inference
+    ** activations, m->gpu->adt, are float32 whatever the weights) */
+    s = gpu_train_enable(m, m->gpu->g.wdt);
     if (s != FLA_OK) gpu_train_free(m); /* the host weights stay; loss_backward refuses */
   }
   return s;
