@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 const char *th_shared_path(const char *rel) {
   static char buf[4096];
@@ -133,4 +135,35 @@ int th_count_entries(const char *dir) {
     if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) n++;
   closedir(d);
   return n;
+}
+
+int th_probe_cuda(char *why, size_t len) {
+  char msg[1024] = "";
+  int fds[2];
+  if (pipe(fds) != 0) {
+    snprintf(why, len, "pipe failed");
+    return 0;
+  }
+  pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    fla_ctx *ctx = NULL;
+    int ok = fla_ctx_create_ex(FLA_BACKEND_CUDA, &ctx, msg, sizeof msg) == FLA_OK;
+    fla_ctx_free(ctx);
+    ssize_t w = write(fds[1], &ok, sizeof ok);
+    w += write(fds[1], msg, sizeof msg);
+    _exit(w > 0 ? 0 : 1);
+  }
+  close(fds[1]);
+  int ok = 0;
+  if (pid < 0 || read(fds[0], &ok, sizeof ok) != (ssize_t)sizeof ok ||
+      read(fds[0], msg, sizeof msg) != (ssize_t)sizeof msg) {
+    ok = 0;
+    snprintf(msg, sizeof msg, "the probe process failed");
+  }
+  msg[sizeof msg - 1] = '\0';
+  close(fds[0]);
+  if (pid > 0) waitpid(pid, NULL, 0);
+  snprintf(why, len, "%s", msg);
+  return ok;
 }

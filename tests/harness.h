@@ -47,4 +47,9 @@ int th_quick(void);
 /* Runs a suite with CK_NORMAL output; returns the process exit code. */
 int th_run_suite(Suite *s);
 
+/* Whether a CUDA context opens, asked in a child process (the driver must not
+** be initialised before Check forks the tests); why (len bytes) gets the
+** reason when not. */
+int th_probe_cuda(char *why, size_t len);
+
 #endif

@@ -331,40 +331,11 @@ START_TEST(test_skip_no_gpu) {
 }
 END_TEST
 
-/* Whether a CUDA context opens, asked in a child process (the driver must not
-** be initialised before Check forks the tests). */
-static int probe_gpu_(void) {
-  int fds[2];
-  if (pipe(fds) != 0) return 0;
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(fds[0]);
-    fla_ctx *ctx = NULL;
-    char why[1024] = "";
-    int ok = fla_ctx_create_ex(FLA_BACKEND_CUDA, &ctx, why, sizeof why) == FLA_OK;
-    fla_ctx_free(ctx);
-    ssize_t w = write(fds[1], &ok, sizeof ok);
-    w += write(fds[1], why, sizeof why);
-    _exit(w > 0 ? 0 : 1);
-  }
-  close(fds[1]);
-  int ok = 0;
-  if (pid < 0 || read(fds[0], &ok, sizeof ok) != (ssize_t)sizeof ok ||
-      read(fds[0], gpu_why_, sizeof gpu_why_) != (ssize_t)sizeof gpu_why_) {
-    ok = 0;
-    snprintf(gpu_why_, sizeof gpu_why_, "the probe process failed");
-  }
-  gpu_why_[sizeof gpu_why_ - 1] = '\0';
-  close(fds[0]);
-  if (pid > 0) waitpid(pid, NULL, 0);
-  return ok;
-}
-
 int main(void) {
   Suite *s = suite_create("gpu_models");
   TCase *tc = tcase_create("gpu_models");
   tcase_set_timeout(tc, 900);
-  if (!probe_gpu_()) {
+  if (!th_probe_cuda(gpu_why_, sizeof gpu_why_)) {
     printf("test_gpu_models: skipped: %s\n", gpu_why_);
     tcase_add_test(tc, test_skip_no_gpu);
   } else {
