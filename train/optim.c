@@ -130,21 +130,29 @@ int fla_adamw_decays(const fla_adamw *a, int i) {
   return a && i >= 0 && i < a->n ? a->decay[i] : 0;
 }
 
+/* fn (fla_adamw_save or _load) on the host arrays of a GPU model's state,
+** through a private CPU context: the file is read and written on the host.
+** Errors are set on the state's own context. */
+static fla_status through_cpu_(fla_adamw *a, const char *path, fla_status (*fn)(fla_adamw *, const char *),
+                               const char *what) {
+  fla_ctx *gpu = a->ctx, *io = NULL;
+  fla_status s = fla_ctx_create(FLA_BACKEND_CPU, &io);
+  if (s != FLA_OK) return fla_set_error(gpu, s, "%s: no CPU context", what);
+  fla_model *m = a->model;
+  a->ctx = io, a->model = NULL;
+  s = fn(a, path);
+  if (s != FLA_OK) fla_set_error(gpu, s, "%s", fla_errmsg(io));
+  a->ctx = gpu, a->model = m;
+  fla_ctx_free(io);
+  return s;
+}
+
 /* The state file's tensors: exp_avg.<name>, exp_avg_sq.<name>, step. */
 fla_status fla_adamw_save(fla_adamw *a, const char *path) {
   if (!a || !path) return fla_set_error(a ? a->ctx : NULL, FLA_INVALID, "fla_adamw_save: NULL argument");
   if (a->model) { /* the device's moments into the host arrays, written through a CPU context */
     fla_status s = gpu_train_moments(a->model, a->m, a->v, 0);
-    if (s != FLA_OK) return s;
-    fla_ctx *gpu = a->ctx, *io = NULL;
-    if ((s = fla_ctx_create(FLA_BACKEND_CPU, &io)) != FLA_OK) return fla_set_error(gpu, s, "fla_adamw_save: no CPU context");
-    fla_model *m = a->model;
-    a->ctx = io, a->model = NULL;
-    s = fla_adamw_save(a, path);
-    if (s != FLA_OK) fla_set_error(gpu, s, "%s", fla_errmsg(io));
-    a->ctx = gpu, a->model = m;
-    fla_ctx_free(io);
-    return s;
+    return s == FLA_OK ? through_cpu_(a, path, fla_adamw_save, "fla_adamw_save") : s;
   }
   int count = 2 * a->n + 1;
   char **names = calloc((size_t)count, sizeof(char *));
@@ -206,16 +214,8 @@ static fla_status load_moment_(fla_adamw *a, fla_safetensors *st, const char *pa
 fla_status fla_adamw_load(fla_adamw *a, const char *path) {
   if (!a || !path) return fla_set_error(a ? a->ctx : NULL, FLA_INVALID, "fla_adamw_load: NULL argument");
   if (a->model) { /* read through a CPU context, then the moments to the device */
-    fla_ctx *gpu = a->ctx, *io = NULL;
-    fla_status s = fla_ctx_create(FLA_BACKEND_CPU, &io);
-    if (s != FLA_OK) return fla_set_error(gpu, s, "fla_adamw_load: no CPU context");
-    fla_model *m = a->model;
-    a->ctx = io, a->model = NULL;
-    s = fla_adamw_load(a, path);
-    if (s != FLA_OK) fla_set_error(gpu, s, "%s", fla_errmsg(io));
-    a->ctx = gpu, a->model = m;
-    fla_ctx_free(io);
-    return s == FLA_OK ? gpu_train_moments(m, a->m, a->v, 1) : s;
+    fla_status s = through_cpu_(a, path, fla_adamw_load, "fla_adamw_load");
+    return s == FLA_OK ? gpu_train_moments(a->model, a->m, a->v, 1) : s;
   }
   fla_safetensors *st = NULL;
   fla_status s = fla_safetensors_open(a->ctx, path, &st);
