@@ -371,11 +371,6 @@ static void dfill(CUdeviceptr p, size_t n, unsigned seed, int mode) {
   CK(cu->cuLaunchKernel(fill_fn, 132 * 16, 1, 1, 256, 1, 1, 0, NULL, params, NULL));
 }
 
-static int cmp_f(const void *a, const void *b) {
-  float x = *(const float *)a, y = *(const float *)b;
-  return x < y ? -1 : x > y;
-}
-
 enum { WARM = 5, REPS = 30 };
 
 /* Median ms over REPS runs of fwd then bwd: med[0] fwd, med[1 .. nb] each bwd

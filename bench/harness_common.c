@@ -2,6 +2,7 @@
 ** harness_common.c -- see harness_common.h.
 */
 #include "harness_common.h"
+#include "cuda/nvrtc.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -94,4 +95,44 @@ float bf2f(uint16_t x) {
   float f;
   memcpy(&f, &u, 4);
   return f;
+}
+
+fla_status compile_cached(fla_ctx *ctx, const char *arch, const char *cache_dir, const char *name,
+                          const char *src, void **cubin, size_t *size, char **log) {
+  uint64_t hsh = 1469598103934665603ull;
+  for (const char *c = src; *c; c++) hsh = (hsh ^ (unsigned char)*c) * 1099511628211ull;
+  for (const char *c = arch; *c; c++) hsh = (hsh ^ (unsigned char)*c) * 1099511628211ull;
+  char path[1024];
+  if (cache_dir) {
+    snprintf(path, sizeof path, "%s/%016llx.cubin", cache_dir, (unsigned long long)hsh);
+    FILE *f = fopen(path, "rb");
+    if (f) {
+      fseek(f, 0, SEEK_END);
+      long n = ftell(f);
+      fseek(f, 0, SEEK_SET);
+      *cubin = malloc((size_t)n);
+      if (fread(*cubin, 1, (size_t)n, f) == (size_t)n) {
+        fclose(f);
+        *size = (size_t)n;
+        if (log) *log = NULL;
+        return FLA_OK;
+      }
+      fclose(f);
+      free(*cubin);
+    }
+  }
+  fla_status st = fla_nvrtc_compile_ex(ctx, name, src, arch, NULL, 0, cubin, size, log);
+  if (st == FLA_OK && cache_dir) {
+    FILE *f = fopen(path, "wb");
+    if (f) {
+      fwrite(*cubin, 1, *size, f);
+      fclose(f);
+    }
+  }
+  return st;
+}
+
+int cmp_f(const void *a, const void *b) {
+  float x = *(const float *)a, y = *(const float *)b;
+  return x < y ? -1 : x > y;
 }

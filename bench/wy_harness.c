@@ -103,41 +103,6 @@ static char *assemble(variant *v) {
   return src;
 }
 
-static fla_status compile_cached(const char *name, const char *src, void **cubin, size_t *size,
-                                 char **log) {
-  uint64_t hsh = 1469598103934665603ull;
-  for (const char *c = src; *c; c++) hsh = (hsh ^ (unsigned char)*c) * 1099511628211ull;
-  for (const char *c = arch; *c; c++) hsh = (hsh ^ (unsigned char)*c) * 1099511628211ull;
-  char path[1024];
-  if (cache_dir) {
-    snprintf(path, sizeof path, "%s/%016llx.cubin", cache_dir, (unsigned long long)hsh);
-    FILE *f = fopen(path, "rb");
-    if (f) {
-      fseek(f, 0, SEEK_END);
-      long n = ftell(f);
-      fseek(f, 0, SEEK_SET);
-      *cubin = malloc((size_t)n);
-      if (fread(*cubin, 1, (size_t)n, f) == (size_t)n) {
-        fclose(f);
-        *size = (size_t)n;
-        if (log) *log = NULL;
-        return FLA_OK;
-      }
-      fclose(f);
-      free(*cubin);
-    }
-  }
-  fla_status st = fla_nvrtc_compile_ex(ctx, name, src, arch, NULL, 0, cubin, size, log);
-  if (st == FLA_OK && cache_dir) {
-    FILE *f = fopen(path, "wb");
-    if (f) {
-      fwrite(*cubin, 1, *size, f);
-      fclose(f);
-    }
-  }
-  return st;
-}
-
 static int build(variant *v, int verbose) {
   fla_status st = fla_stage_chunk_wy_fwd.check(ctx, &v->key, &v->cfg);
   if (st != FLA_OK) {
@@ -156,7 +121,7 @@ static int build(variant *v, int verbose) {
   void *cubin = NULL;
   size_t size = 0;
   char *log = NULL;
-  st = compile_cached("chunk_wy_fwd", src, &cubin, &size, &log);
+  st = compile_cached(ctx, arch, cache_dir, "chunk_wy_fwd", src, &cubin, &size, &log);
   free(src);
   if (st != FLA_OK) {
     printf("compile failed: %s\n%s\n", fla_errmsg(ctx), log ? log : "");
@@ -424,16 +389,11 @@ static void dfill(CUdeviceptr p, size_t n, unsigned seed, int mode) {
   CK(cu->cuLaunchKernel(fill_fn, 132 * 16, 1, 1, 256, 1, 1, 0, NULL, params, NULL));
 }
 
-static int cmp_f(const void *a, const void *b) {
-  float x = *(const float *)a, y = *(const float *)b;
-  return x < y ? -1 : x > y;
-}
-
 static int bench_mode(const char **defs, int ndefs, const int *only, int nonly, int rmask) {
   {
     void *cubin = NULL;
     size_t size = 0;
-    if (compile_cached("fill", fill_src, &cubin, &size, NULL) != FLA_OK) {
+    if (compile_cached(ctx, arch, cache_dir, "fill", fill_src, &cubin, &size, NULL) != FLA_OK) {
       printf("fill compile failed: %s\n", fla_errmsg(ctx));
       return 1;
     }
