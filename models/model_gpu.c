@@ -68,9 +68,7 @@ static fla_status put_(fla_model *m, dptr dst, const float *p, int64_t n, fla_dt
     gl_cast_bf16(g, stage, dst + (dptr)i * 2, k);
   }
   gl_sync(g, "weight upload");
-  fla_status s = g->status;
-  g->status = FLA_OK;
-  return s;
+  return gl_take_status(g);
 }
 
 /* A pending upload: host p (n floats) into *slot. */
@@ -488,8 +486,7 @@ fla_status gpu_model_run(fla_model *m, fla_cache *c, int slot0, int64_t B, int64
       G->graph_off = 1;
   }
   free(pos);
-  s = g->status;
-  g->status = FLA_OK;
+  s = gl_take_status(g);
   if (s != FLA_OK) return s;
   for (int64_t b = 0; b < B; b++) c->pos[slot0 + b] += T;
   return FLA_OK;

@@ -31,6 +31,12 @@ fla_status gl_fail(nn_gpu *g, fla_status s, const char *fmt, ...) {
   return g->status;
 }
 
+fla_status gl_take_status(nn_gpu *g) {
+  fla_status s = g->status;
+  g->status = FLA_OK;
+  return s;
+}
+
 /* ------------------------------------------------------------ cuBLAS */
 
 /* cublas_api.h's values (CUDA 12 and 13). */

@@ -139,6 +139,10 @@ int gl_gemm_raw(nn_gpu *g, int ta, int tb, int m, int n, int k, dptr A, int a_bf
 void gl_upload(nn_gpu *g, dptr dst, const void *src, size_t bytes);
 void gl_download(nn_gpu *g, void *dst, dptr src, size_t bytes);
 void gl_sync(nn_gpu *g, const char *what);
+/* The status of the sequence of calls since the last take (FLA_OK, or the
+** first failure, whose message is in the context), cleared for the next
+** sequence. */
+fla_status gl_take_status(nn_gpu *g);
 /* Records a failure (when none is recorded yet) and returns g->status. */
 fla_status gl_fail(nn_gpu *g, fla_status s, const char *fmt, ...)
 #if defined(__GNUC__)

@@ -233,9 +233,7 @@ fla_status gpu_train_sync_device(fla_model *m) {
   gl_upload(g, t->grad, m->master + t->n, 4 * (size_t)t->n);
   refresh_copy_(t);
   gl_sync(g, "weights upload");
-  fla_status s = g->status;
-  g->status = FLA_OK;
-  return s;
+  return gl_take_status(g);
 }
 
 fla_status gpu_train_sync_host(fla_model *m) {
@@ -244,9 +242,7 @@ fla_status gpu_train_sync_host(fla_model *m) {
   gl_download(g, m->master, t->master, 4 * (size_t)t->n);
   gl_download(g, m->master + t->n, t->grad, 4 * (size_t)t->n);
   if (m->lower_bounds_raw) model_hgrn2_lower_bounds(m);
-  fla_status s = g->status;
-  g->status = FLA_OK;
-  return s;
+  return gl_take_status(g);
 }
 
 void gpu_train_zero_grad(fla_model *m) {
@@ -272,9 +268,7 @@ fla_status gpu_train_clip(fla_model *m, double max_norm, double *norm) {
     void *b[] = {&t->grad, &n, &scale};
     gpu_train_launch(t, TK_SCALE, gpu_train_blocks(n), 1, 256, b);
   }
-  fla_status s = g->status;
-  g->status = FLA_OK;
-  return s;
+  return gl_take_status(g);
 }
 
 static fla_status moments_alloc_(fla_model *m) {
@@ -309,9 +303,7 @@ fla_status gpu_train_adamw(fla_model *m, const int *decay, const fla_adamw_optio
     gpu_train_launch(t, TK_ADAMW, gpu_train_blocks(n), 1, 256, a);
   }
   gl_sync(g, "AdamW");
-  s = g->status;
-  g->status = FLA_OK;
-  return s;
+  return gl_take_status(g);
 }
 
 fla_status gpu_train_moments(fla_model *m, float *const *mh, float *const *vh, int upload) {
@@ -330,7 +322,5 @@ fla_status gpu_train_moments(fla_model *m, float *const *mh, float *const *vh, i
       gl_download(g, vh[i], t->mom2 + off, bytes);
     }
   }
-  s = g->status;
-  g->status = FLA_OK;
-  return s;
+  return gl_take_status(g);
 }
