@@ -127,6 +127,9 @@ static int make_parent_dirs_(const char *path) {
   return 0;
 }
 
+/* The first 16 bytes of every SQLite database file (the string and its NUL). */
+static const char SQLITE_MAGIC[16] = "SQLite format 3";
+
 /* Looks at the file before SQLite does: FLA_OK when it is absent, empty or
 ** starts with the SQLite magic; FLA_FORMAT otherwise (nothing is written). */
 static fla_status check_magic_(fla_tunedb *db, int *exists) {
@@ -141,13 +144,12 @@ static fla_status check_magic_(fla_tunedb *db, int *exists) {
   if (S_ISDIR(sb.st_mode))
     return fla_set_error(db->ctx, FLA_IO, "tuning database %s: is a directory", db->path);
   if (sb.st_size == 0) return FLA_OK;
-  static const char magic[16] = "SQLite format 3";  /* with its NUL: 16 bytes */
   char head[16] = {0};
   FILE *f = fopen(db->path, "rb");
   if (!f) return fla_set_error(db->ctx, FLA_IO, "tuning database %s: %s", db->path, strerror(errno));
   size_t got = fread(head, 1, sizeof head, f);
   fclose(f);
-  if (got < sizeof head || memcmp(head, magic, sizeof magic) != 0)
+  if (got < sizeof head || memcmp(head, SQLITE_MAGIC, sizeof SQLITE_MAGIC) != 0)
     return fla_set_error(db->ctx, FLA_FORMAT,
                          "tuning database %s: not an SQLite database (file left as it is; "
                          "move it away to start a new one)", db->path);
@@ -315,8 +317,7 @@ fla_status fla_tunedb_open_image(fla_ctx *ctx, const char *name, const void *byt
   fla_tunedb *db = new_db_(ctx, name, 1);
   if (!db) return fla_set_error(ctx, FLA_NOMEM, "fla_tunedb_open_image: out of memory");
   fla_status s = FLA_OK;
-  static const char magic[16] = "SQLite format 3";
-  if (len < 100 || memcmp(bytes, magic, sizeof magic) != 0)
+  if (len < 100 || memcmp(bytes, SQLITE_MAGIC, sizeof SQLITE_MAGIC) != 0)
     s = fla_set_error(ctx, FLA_FORMAT, "tuning database %s: not an SQLite database image", name);
   if (s == FLA_OK) {
     int rc = sqlite3_open_v2(":memory:", &db->h, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
