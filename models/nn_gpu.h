@@ -25,7 +25,8 @@ enum {
   NK_GEMV_F32, NK_GEMV_BF16, NK_ADD_BIAS, NK_CAST_BF16, NK_CAST_F32, NK_COPY, NK_EW, NK_SWIGLU,
   NK_REPEAT, NK_RMSNORM, NK_GROUPNORM, NK_L2NORM, NK_EMBED_F32, NK_SPLIT_BF16, NK_CONV, NK_ROTARY,
   NK_SHIFT, NK_KV_APPEND, NK_ATTN, NK_ARGMAX, NK_CAST_MULTI, NK_GEMV1_F32, NK_GEMV1_BF16,
-  NK_GEMV_SWIGLU_F32, NK_GEMV_SWIGLU_BF16, NK_GEMV1_SWIGLU_F32, NK_GEMV1_SWIGLU_BF16, NK_ADD_HALVES, NK_KV_REGROW, NK_COUNT
+  NK_GEMV_SWIGLU_F32, NK_GEMV_SWIGLU_BF16, NK_GEMV1_SWIGLU_F32, NK_GEMV1_SWIGLU_BF16, NK_ADD_HALVES, NK_KV_REGROW,
+  NK_GEMVK_F32, NK_GEMVK_BF16, NK_GEMVK_SWIGLU_F32, NK_GEMVK_SWIGLU_BF16, NK_COUNT
 };
 
 /* The element-wise maps of the kernel `ew` (model_nn.cuh says what each does). */
@@ -43,6 +44,8 @@ typedef struct nn_gpu {
                             more go to cuBLAS: 1, or $FLA_GPU_GEMV_ROWS */
   int sms;               /* the device's multiprocessors (grids of the products) */
   int resident[NK_COUNT]; /* blocks of 256 threads a multiprocessor holds, per kernel */
+  int gemvk_off;         /* 1: one-row products keep the warp-per-row kernel ($FLA_GPU_GEMVK=0) */
+  int fuse_onorm;        /* gl_gemv_normed fuses ($FLA_GPU_FUSE_ONORM=1) */
   void *stream;          /* CUstream */
   void *fn[NK_COUNT];    /* CUfunction */
   void *cublas;          /* cublasHandle_t */
@@ -87,9 +90,17 @@ typedef struct {
   int xmode, up_off, epi;
   float epa;
   dptr yb;
+  dptr gate; /* gl_gemv_normed's */
+  int gs, act;
 } gl_gemv_opts;
 void gl_gemv(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, dptr bias, dptr y,
              int ldy, int accumulate, const gl_gemv_opts *op);
+/* y (+)= W (rmsnorm_g(x) * nw * act(gate)) for one row x [in] (float32), the
+** norm per group of gs columns with weight nw [gs] (gl_rmsnorm_gated's math)
+** fused into the one-row product. Returns 0, queuing nothing, where the fused
+** kernel does not apply (the caller runs the norm and the product apart). */
+int gl_gemv_normed(nn_gpu *g, dptr x, int in, dptr W, int out, dptr y, int accumulate, dptr nw, int gs,
+                   dptr gate, nn_act act, float eps);
 /* y[m, j] = silu(W[j] . x_m) * (W[up_off + j] . x_m) for j < out (SwiGLU of a
 ** [gate; up] weight in one pass), M <= 8, with op's xmode. */
 void gl_gemv_swiglu(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, int up_off,
