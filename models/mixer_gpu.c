@@ -156,9 +156,6 @@ static void out_proj_(const gpu_call *c, dptr o, int ob, dptr gate, nn_act act, 
   nn_gpu *g = GM(c);
   int64_t rows = c->B * c->T;
   int HV = c->L->H * c->L->V, D = c->m->cfg.hidden_size;
-  if (rows == 1 && rows <= g->gemv_rows && !ob &&
-      gl_gemv_normed(g, o, HV, c->W->o_proj, D, out, 1, nw, gs, gate, gate ? act : NN_ACT_NONE, eps))
-    return;
   dptr t = GF(g, rows * HV);
   if (gate) gl_rmsnorm_gated(g, o, ob, gate, rows * HV / gs, gs, nw, eps, act, t);
   else gl_rmsnorm(g, o, ob, rows * HV / gs, gs, nw, eps, t);

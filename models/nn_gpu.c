@@ -155,8 +155,6 @@ fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
   g->gemv_rows = gr && atoi(gr) >= 1 && atoi(gr) <= 8 ? atoi(gr) : 1;
   const char *gk = getenv("FLA_GPU_GEMVK");
   g->gemvk_off = gk && gk[0] == '0';
-  const char *fo = getenv("FLA_GPU_FUSE_ONORM");
-  g->fuse_onorm = fo && fo[0] == '1';
   pthread_once(&cublas_once_, cublas_load_);
   if (!cublas_ok_) return gl_fail(g, FLA_UNSUPPORTED, "%s", cublas_err_);
   if (cublas_.create(&g->cublas) != 0) return gl_fail(g, FLA_ERROR, "cublasCreate failed");
@@ -329,16 +327,6 @@ void gl_gemv(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int
   /* a warp per row at a time, the grid striding over rows: one wave of resident blocks */
   int64_t blocks = (out + 7) / 8, cap = (int64_t)g->resident[k] * g->sms;
   launch_(g, k, (unsigned)(blocks < cap ? blocks : cap), 1, 256, a);
-}
-
-int gl_gemv_normed(nn_gpu *g, dptr x, int in, dptr W, int out, dptr y, int accumulate, dptr nw, int gs,
-                   dptr gate, nn_act act, float eps) {
-  if (!g->fuse_onorm || gs <= 0 || gs % 4 || in % gs || in / gs > 16 || g->status != FLA_OK) return 0;
-  int m = 1, ldx = in, ldw = in, ldy = out;
-  dptr bias = 0;
-  gl_gemv_opts o = {.nw = nw, .eps = eps, .xmode = 2, .gate = gate, .gs = gs, .act = (int)act};
-  void *a[] = {P(x), P(ldx), P(m), P(in), P(W), P(ldw), P(out), P(bias), P(y), P(ldy), P(accumulate), P(o)};
-  return gemvk_(g, m, x, in, W, ldw, out, 0, a);
 }
 
 void gl_gemv_swiglu(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, int up_off,

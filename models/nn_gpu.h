@@ -45,7 +45,6 @@ typedef struct nn_gpu {
   int sms;               /* the device's multiprocessors (grids of the products) */
   int resident[NK_COUNT]; /* blocks of 256 threads a multiprocessor holds, per kernel */
   int gemvk_off;         /* 1: one-row products keep the warp-per-row kernel ($FLA_GPU_GEMVK=0) */
-  int fuse_onorm;        /* gl_gemv_normed fuses ($FLA_GPU_FUSE_ONORM=1) */
   void *stream;          /* CUstream */
   void *fn[NK_COUNT];    /* CUfunction */
   void *cublas;          /* cublasHandle_t */
@@ -90,17 +89,9 @@ typedef struct {
   int xmode, up_off, epi;
   float epa;
   dptr yb;
-  dptr gate; /* gl_gemv_normed's */
-  int gs, act;
 } gl_gemv_opts;
 void gl_gemv(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, dptr bias, dptr y,
              int ldy, int accumulate, const gl_gemv_opts *op);
-/* y (+)= W (rmsnorm_g(x) * nw * act(gate)) for one row x [in] (float32), the
-** norm per group of gs columns with weight nw [gs] (gl_rmsnorm_gated's math)
-** fused into the one-row product. Returns 0, queuing nothing, where the fused
-** kernel does not apply (the caller runs the norm and the product apart). */
-int gl_gemv_normed(nn_gpu *g, dptr x, int in, dptr W, int out, dptr y, int accumulate, dptr nw, int gs,
-                   dptr gate, nn_act act, float eps);
 /* y[m, j] = silu(W[j] . x_m) * (W[up_off + j] . x_m) for j < out (SwiGLU of a
 ** [gate; up] weight in one pass), M <= 8, with op's xmode. */
 void gl_gemv_swiglu(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, int up_off,

@@ -4,9 +4,8 @@
 ** product on the CPU over the same (bf16-rounded) weights, at the widths of
 ** real models (the tiny checkpoints of test_gpu_models are too narrow for
 ** gemvk_, which takes in >= 512): plain, with the RMSNorm of x (xmode 1), bias
-** and accumulate, GLA's gate epilogue, SwiGLU of a [gate; up] weight, the
-** per-head gated norm fused before o_proj (gl_gemv_normed), float32 weights,
-** and rows that do not fill the last group of four.
+** and accumulate, GLA's gate epilogue, SwiGLU of a [gate; up] weight, float32
+** weights, and rows that do not fill the last group of four.
 ** Without a usable device the suite holds one test that prints why it skipped.
 */
 #include "harness.h"
@@ -37,7 +36,7 @@ static double silu_(double v) { return v / (1.0 + exp(-v)); }
 static double logsigm_(double v) { return v < 0 ? v - log1p(exp(v)) : -log1p(exp(-v)); }
 
 /* The cases: out rows, in columns, and the mode. */
-enum { PLAIN, NORM_X, BIAS_ACC, GATE_EPI, SWIGLU, NORMED, NMODES };
+enum { PLAIN, NORM_X, BIAS_ACC, GATE_EPI, SWIGLU, NMODES };
 static const int shapes_[][2] = {{6160, 2048}, {2048, 5632}, {1027, 1024}, {37, 520}};
 #define NSHAPES ((int)(sizeof shapes_ / sizeof shapes_[0]))
 
@@ -45,18 +44,16 @@ static void run_case_(fla_ctx *ctx, int shape, int mode, fla_dtype wdt, int use_
   nn_gpu g;
   ck_assert_int_eq(nn_gpu_init(&g, ctx, wdt), FLA_OK);
   g.gemvk_off = !use_gemvk;
-  g.fuse_onorm = 1;
   int out = shapes_[shape][0], in = shapes_[shape][1];
-  int wrows = mode == SWIGLU ? 2 * out : out, gs = in / 4;
-  if (mode == NORMED && gs % 4) gs = in; /* one group where four do not divide evenly */
+  int wrows = mode == SWIGLU ? 2 * out : out;
   size_t nw_ = (size_t)wrows * (size_t)in;
-  float *W = malloc(4 * nw_), *x = malloc(4 * (size_t)in), *nw = malloc(4 * (size_t)in), *gate = malloc(4 * (size_t)in);
+  float *W = malloc(4 * nw_), *x = malloc(4 * (size_t)in), *nw = malloc(4 * (size_t)in);
   float *bias = malloc(4 * (size_t)out), *y0 = malloc(4 * (size_t)out), *y = malloc(4 * (size_t)out);
   uint64_t s = 0x9e3779b97f4a7c15ull + (uint64_t)(shape * 31 + mode);
   for (size_t i = 0; i < nw_; i++) W[i] = 0.05f * urand_(&s);
   if (wdt == FLA_BF16)
     for (size_t i = 0; i < nw_; i++) W[i] = bf16_round_(W[i]);
-  for (int i = 0; i < in; i++) x[i] = 3.0f * urand_(&s), nw[i] = 1.0f + 0.5f * urand_(&s), gate[i] = 2.0f * urand_(&s);
+  for (int i = 0; i < in; i++) x[i] = 3.0f * urand_(&s), nw[i] = 1.0f + 0.5f * urand_(&s);
   for (int o = 0; o < out; o++) bias[o] = urand_(&s), y0[o] = urand_(&s);
   /* the reference, in float64 */
   double *xr = malloc(8 * (size_t)in), *ref = malloc(8 * (size_t)out);
@@ -67,13 +64,6 @@ static void run_case_(fla_ctx *ctx, int shape, int mode, fla_dtype wdt, int use_
     double r = 1.0 / sqrt(ss / in + 1e-6);
     for (int i = 0; i < in; i++) xr[i] *= r * nw[i];
   }
-  if (mode == NORMED)
-    for (int h = 0; h < in / gs; h++) {
-      double ss = 0;
-      for (int i = h * gs; i < (h + 1) * gs; i++) ss += xr[i] * xr[i];
-      double r = 1.0 / sqrt(ss / gs + 1e-6);
-      for (int i = h * gs; i < (h + 1) * gs; i++) xr[i] *= r * nw[i - h * gs] * silu_(gate[i]);
-    }
   for (int o = 0; o < out; o++) {
     double a = 0, b = 0;
     for (int i = 0; i < in; i++) a += (double)W[(size_t)o * in + i] * xr[i];
@@ -82,18 +72,16 @@ static void run_case_(fla_ctx *ctx, int shape, int mode, fla_dtype wdt, int use_
     if (mode == BIAS_ACC) a += bias[o] + y0[o];
     if (mode == GATE_EPI) a = fmax(logsigm_(a) / 16.0, -0.2);
     if (mode == SWIGLU) a = silu_(a) * b;
-    if (mode == NORMED) a += y0[o];
     ref[o] = a;
   }
   /* the device */
   size_t esz = wdt == FLA_BF16 ? 2 : 4;
-  dptr dW = nn_gpu_tmp(&g, esz * nw_), stage = GF(&g, nw_), dx = GF(&g, in), dnw = GF(&g, in), dgate = GF(&g, in);
+  dptr dW = nn_gpu_tmp(&g, esz * nw_), stage = GF(&g, nw_), dx = GF(&g, in), dnw = GF(&g, in);
   dptr dbias = GF(&g, out), dy = GF(&g, out);
   gl_upload(&g, wdt == FLA_BF16 ? stage : dW, W, 4 * nw_);
   if (wdt == FLA_BF16) gl_cast_bf16(&g, stage, dW, (int64_t)nw_);
   gl_upload(&g, dx, x, 4 * (size_t)in);
   gl_upload(&g, dnw, nw, 4 * (size_t)in);
-  gl_upload(&g, dgate, gate, 4 * (size_t)in);
   gl_upload(&g, dbias, bias, 4 * (size_t)out);
   gl_upload(&g, dy, y0, 4 * (size_t)out);
   gl_gemv_opts op = {.xmode = 0};
@@ -108,14 +96,7 @@ static void run_case_(fla_ctx *ctx, int shape, int mode, fla_dtype wdt, int use_
     op.epi = 1, op.epa = -0.2f;
     gl_gemv(&g, dx, in, 1, in, dW, in, out, 0, dy, out, 0, &op);
     break;
-  case SWIGLU: gl_gemv_swiglu(&g, dx, in, 1, in, dW, in, out, out, dy, out, &op); break;
-  default:
-    if (!gl_gemv_normed(&g, dx, in, dW, out, dy, 1, dnw, gs, dgate, NN_ACT_SILU, 1e-6f)) {
-      ck_assert_msg(!use_gemvk, "gl_gemv_normed declined in %d, gs %d", in, gs);
-      dptr t = GF(&g, in);
-      gl_rmsnorm_gated(&g, dx, 0, dgate, in / gs, gs, dnw, 1e-6f, NN_ACT_SILU, t);
-      gl_gemv(&g, t, in, 1, in, dW, in, out, 0, dy, out, 1, &op);
-    }
+  default: gl_gemv_swiglu(&g, dx, in, 1, in, dW, in, out, out, dy, out, &op); break;
   }
   gl_download(&g, y, dy, 4 * (size_t)out);
   ck_assert_msg(g.status == FLA_OK, "%s", fla_errmsg(ctx));
@@ -128,7 +109,7 @@ static void run_case_(fla_ctx *ctx, int shape, int mode, fla_dtype wdt, int use_
   double rel = sqrt(num / (den > 0 ? den : 1));
   ck_assert_msg(rel < 1e-5 && isfinite(rel), "%s %s, %d x %d, mode %d: rel RMS %.3g (worst %.3g)",
                 use_gemvk ? "gemvk" : "gemv", wdt == FLA_BF16 ? "bf16" : "f32", out, in, mode, rel, worst);
-  free(W), free(x), free(nw), free(gate), free(bias), free(y0), free(y), free(xr), free(ref);
+  free(W), free(x), free(nw), free(bias), free(y0), free(y), free(xr), free(ref);
   nn_gpu_free(&g);
 }
 

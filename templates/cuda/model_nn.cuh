@@ -77,8 +77,6 @@ struct gemv_opts {
   int xmode, up_off, epi;
   float epa;
   bf16 *yb;
-  const float *gate; /* xmode 2 (gemvk_ only) */
-  int gs, act;
 };
 
 __device__ __forceinline__ float silu_(float v) { return v / (1.f + expf(-v)); }
@@ -198,9 +196,7 @@ GEMV_KERNEL(gemv1_swiglu_bf16, bf16, 1, true)
 ** Block b owns the rows [out b / G, out (b + 1) / G) of a grid of G (one wave of
 ** resident blocks, so the rows split evenly instead of in grid-stride rounds).
 ** x lives in shared memory (dynamic, in floats), normalised once there for
-** xmode 1 (x rsqrt(mean(x^2) + eps) nw), or for xmode 2 per group of gs
-** columns with a gate, x rsqrt(mean_group(x^2) + eps) nw[i % gs] act(gate[i])
-** (fla's FusedRMSNormGated before o_proj; in / gs <= 16). The block walks items (a group of GK_RB
+** xmode 1 (x rsqrt(mean(x^2) + eps) nw). The block walks items (a group of GK_RB
 ** rows, a chunk of 256 V columns): thread t loads V = 16 / sizeof(W_t) weights
 ** of each row at column chunk * 256 V + t V (one 16-byte load per row), the
 ** next item's loads issued before this item's arithmetic; after a group's last
@@ -240,20 +236,6 @@ __device__ void gemvk_(const float *x, int in, const W_t *W, int ldw, int out, c
   if (op.xmode == 1) {
     float r = rsqrtf(block_sum(ss) / in + op.eps);
     for (int i = t; i < in; i += 256) xs[i] *= r * op.nw[i];
-  } else if (op.xmode == 2) {
-    __shared__ float gss[16];
-    if (t < 16) gss[t] = 0.f;
-    __syncthreads();
-    for (int i = 4 * t; i < in; i += 4 * 256) {
-      float4 v = *(const float4 *)(xs + i);
-      atomicAdd(&gss[i / op.gs], v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w);
-    }
-    __syncthreads();
-    for (int i = t; i < in; i += 256) {
-      int grp = i / op.gs;
-      float v = xs[i] * rsqrtf(gss[grp] / op.gs + op.eps) * op.nw[i - grp * op.gs];
-      xs[i] = op.gate ? v * act_(op.gate[i], op.act) : v;
-    }
   }
   __syncthreads();
   float acc[GK_RB], acc2[GK_RB];
