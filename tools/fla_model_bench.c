@@ -56,8 +56,9 @@ static int kernel_probe_(fla_ctx *ctx) {
     int copies = (int)(150000000 / bytes) + 1;
     dptr W = nn_gpu_tmp(&g, bytes * (size_t)copies), x = GF(&g, in), y = GF(&g, rows);
     gl_ew(&g, EW_FILL, x, 0, 0, 0, in, in, 0.01f);
-    for (int off = 1; off >= 0; off--) {
-      g.gemvk_off = off;
+    for (int v = 0; v < (dual ? 3 : 2); v++) { /* warp per row, gemvk, gemvk with 2 rows a step */
+      g.gemvk_off = v == 0;
+      g.gemvk_swiglu_rb = v == 2 ? 2 : 4;
       gl_sync(&g, "probe");
       double a = 0;
       for (int r = -1; r < n; r++) {
@@ -69,10 +70,11 @@ static int kernel_probe_(fla_ctx *ctx) {
       }
       gl_sync(&g, "probe");
       double t = (now_() - a) / n;
-      printf("gemv%s bf16 %5d x %4d, %s: %.2f us, %.0f GB/s\n", dual ? " swiglu" : "", rows, in,
-             off ? "warp per row" : "gemvk", 1e6 * t, 2.0 * rows * in / t / 1e9);
+      printf("gemv%s bf16 %5d x %4d, %s%s: %.2f us, %.0f GB/s\n", dual ? " swiglu" : "", rows, in,
+             v == 0 ? "warp per row" : v == 1 ? "gemvk" : "gemvk 2 rows", g.pdl ? " (PDL)" : "", 1e6 * t,
+             2.0 * rows * in / t / 1e9);
     }
-    g.gemvk_off = 0;
+    g.gemvk_off = 0, g.gemvk_swiglu_rb = 4;
   }
   dptr x = GF(&g, 2048), w = GF(&g, 2048), y = GF(&g, 2048);
   int n = 2000;
@@ -211,9 +213,11 @@ int main(int argc, char **argv) {
       if (fla_model_decode(m, c, next, lg)) return fail_(ctx, "decode");
       if (k >= 0) t[k] = now_() - a;
     }
-    double med = median_(t, steps);
-    printf("decode   B=%-3d %s: %.3f ms per step (median of %d, min %.3f), %.0f tokens/s\n", B,
-           graphs ? "graphs" : "no graphs", 1e3 * med, steps, 1e3 * t[0], B / med);
+    double med = median_(t, steps), sum = 0;
+    for (size_t i = 0; i < (size_t)B * (size_t)V; i++) sum += lg[i] < 0 ? -lg[i] : lg[i];
+    /* sum |logits| of the last step: equal across launch variants of the same kernels */
+    printf("decode   B=%-3d %s: %.3f ms per step (median of %d, min %.3f), %.0f tokens/s, sum|logits| %.9e\n", B,
+           graphs ? "graphs" : "no graphs", 1e3 * med, steps, 1e3 * t[0], B / med, sum);
     free(next);
     free(lg);
     free(t);
