@@ -154,7 +154,7 @@ static const char *kernel_names_[NK_COUNT] = {
   "token_shift", "kv_append", "attention", "argmax_rows", "cast_multi", "gemv1_f32",
   "gemv1_bf16", "gemv_swiglu_f32", "gemv_swiglu_bf16",
   "gemv1_swiglu_f32", "gemv1_swiglu_bf16", "add_halves", "kv_regrow",
-  "gemvk_f32", "gemvk_bf16", "gemvk_swiglu_f32", "gemvk_swiglu_bf16", "gemvk2_swiglu_f32", "gemvk2_swiglu_bf16"};
+  "gemvk_f32", "gemvk_bf16", "gemvk_swiglu_f32", "gemvk_swiglu_bf16"};
 
 fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
   memset(g, 0, sizeof *g);
@@ -187,8 +187,6 @@ fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
   g->gemv_rows = gr && atoi(gr) >= 1 && atoi(gr) <= 8 ? atoi(gr) : 1;
   const char *gk = getenv("FLA_GPU_GEMVK");
   g->gemvk_off = gk && gk[0] == '0';
-  const char *rb = getenv("FLA_GPU_GEMVK_SWIGLU_RB");
-  g->gemvk_swiglu_rb = rb && rb[0] == '2' ? 2 : 4;
   /* programmatic dependent launch: sm_90 on, unless $FLA_GPU_PDL=0 */
   const char *pd = getenv("FLA_GPU_PDL");
   g->pdl = info && info->cc_major >= 9 && !(pd && pd[0] == '0') && launch_ex_();
@@ -259,7 +257,6 @@ static int pdl_kernel_(int k) {
   case NK_GEMV_F32: case NK_GEMV_BF16: case NK_GEMV1_F32: case NK_GEMV1_BF16:
   case NK_GEMV_SWIGLU_F32: case NK_GEMV_SWIGLU_BF16: case NK_GEMV1_SWIGLU_F32: case NK_GEMV1_SWIGLU_BF16:
   case NK_GEMVK_F32: case NK_GEMVK_BF16: case NK_GEMVK_SWIGLU_F32: case NK_GEMVK_SWIGLU_BF16:
-  case NK_GEMVK2_SWIGLU_F32: case NK_GEMVK2_SWIGLU_BF16:
   case NK_RMSNORM: return 1;
   default: return 0;
   }
@@ -358,9 +355,9 @@ void gl_linear_ex(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw
 ** per group of GK_RB rows. 0 when it does not apply (the caller launches gemv_). */
 static int gemvk_(nn_gpu *g, int m, dptr x, int in, dptr W, int ldw, int out, int dual, void **a) {
   if (g->gemvk_off || m != 1 || in < 512 || in > 12288 || in % 8 || ldw % 8 || (x & 15) || (W & 15)) return 0;
-  int rb = dual ? g->gemvk_swiglu_rb : 4;
-  int k = g->wdt == FLA_BF16 ? (!dual ? NK_GEMVK_BF16 : rb == 2 ? NK_GEMVK2_SWIGLU_BF16 : NK_GEMVK_SWIGLU_BF16)
-                             : (!dual ? NK_GEMVK_F32 : rb == 2 ? NK_GEMVK2_SWIGLU_F32 : NK_GEMVK_SWIGLU_F32);
+  int rb = dual ? 2 : 4; /* the kernels' GK_RB */
+  int k = g->wdt == FLA_BF16 ? (dual ? NK_GEMVK_SWIGLU_BF16 : NK_GEMVK_BF16)
+                             : (dual ? NK_GEMVK_SWIGLU_F32 : NK_GEMVK_F32);
   unsigned smem = 4u * (unsigned)in;
   const fla_cuda_driver *d = fla_cuda_driver_api();
   int nb = 0;

@@ -26,8 +26,7 @@ enum {
   NK_REPEAT, NK_RMSNORM, NK_GROUPNORM, NK_L2NORM, NK_EMBED_F32, NK_SPLIT_BF16, NK_CONV, NK_ROTARY,
   NK_SHIFT, NK_KV_APPEND, NK_ATTN, NK_ARGMAX, NK_CAST_MULTI, NK_GEMV1_F32, NK_GEMV1_BF16,
   NK_GEMV_SWIGLU_F32, NK_GEMV_SWIGLU_BF16, NK_GEMV1_SWIGLU_F32, NK_GEMV1_SWIGLU_BF16, NK_ADD_HALVES, NK_KV_REGROW,
-  NK_GEMVK_F32, NK_GEMVK_BF16, NK_GEMVK_SWIGLU_F32, NK_GEMVK_SWIGLU_BF16, NK_GEMVK2_SWIGLU_F32,
-  NK_GEMVK2_SWIGLU_BF16, NK_COUNT
+  NK_GEMVK_F32, NK_GEMVK_BF16, NK_GEMVK_SWIGLU_F32, NK_GEMVK_SWIGLU_BF16, NK_COUNT
 };
 
 /* The element-wise maps of the kernel `ew` (model_nn.cuh says what each does). */
@@ -46,7 +45,6 @@ typedef struct nn_gpu {
   int sms;               /* the device's multiprocessors (grids of the products) */
   int resident[NK_COUNT]; /* blocks of 256 threads a multiprocessor holds, per kernel */
   int gemvk_off;         /* 1: one-row products keep the warp-per-row kernel ($FLA_GPU_GEMVK=0) */
-  int gemvk_swiglu_rb;   /* rows a step of the one-row SwiGLU kernel: 4, or 2 ($FLA_GPU_GEMVK_SWIGLU_RB) */
   int pdl;               /* 1: the products and rmsnorm are launched with programmatic dependent
                             launch (sm_90 on; $FLA_GPU_PDL=0 turns it off) */
   void *stream;          /* CUstream */

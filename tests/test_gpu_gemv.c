@@ -44,7 +44,6 @@ static void run_case_(fla_ctx *ctx, int shape, int mode, fla_dtype wdt, int use_
   nn_gpu g;
   ck_assert_int_eq(nn_gpu_init(&g, ctx, wdt), FLA_OK);
   g.gemvk_off = !use_gemvk;
-  g.gemvk_swiglu_rb = use_gemvk == 2 ? 2 : 4;
   int out = shapes_[shape][0], in = shapes_[shape][1];
   int wrows = mode == SWIGLU ? 2 * out : out;
   size_t nw_ = (size_t)wrows * (size_t)in;
@@ -109,7 +108,7 @@ static void run_case_(fla_ctx *ctx, int shape, int mode, fla_dtype wdt, int use_
   }
   double rel = sqrt(num / (den > 0 ? den : 1));
   ck_assert_msg(rel < 1e-5 && isfinite(rel), "%s %s, %d x %d, mode %d: rel RMS %.3g (worst %.3g)",
-                use_gemvk == 2 ? "gemvk2" : use_gemvk ? "gemvk" : "gemv", wdt == FLA_BF16 ? "bf16" : "f32", out, in, mode, rel, worst);
+                use_gemvk ? "gemvk" : "gemv", wdt == FLA_BF16 ? "bf16" : "f32", out, in, mode, rel, worst);
   free(W), free(x), free(nw), free(bias), free(y0), free(y), free(xr), free(ref);
   nn_gpu_free(&g);
 }
@@ -121,13 +120,11 @@ static fla_ctx *cuda_ctx_(void) {
   return ctx;
 }
 
-/* _i: shape x mode, bf16 weights, the one-row kernel and the warp-per-row one
-** (SwiGLU also with two rows a step). */
+/* _i: shape x mode, bf16 weights, the one-row kernel and the warp-per-row one. */
 START_TEST(test_gemv_bf16) {
   fla_ctx *ctx = cuda_ctx_();
   run_case_(ctx, _i / NMODES, _i % NMODES, FLA_BF16, 1);
   run_case_(ctx, _i / NMODES, _i % NMODES, FLA_BF16, 0);
-  if (_i % NMODES == SWIGLU) run_case_(ctx, _i / NMODES, SWIGLU, FLA_BF16, 2);
   fla_ctx_free(ctx);
 }
 END_TEST
@@ -135,7 +132,6 @@ END_TEST
 START_TEST(test_gemv_f32) {
   fla_ctx *ctx = cuda_ctx_();
   run_case_(ctx, _i / NMODES, _i % NMODES, FLA_F32, 1);
-  if (_i % NMODES == SWIGLU) run_case_(ctx, _i / NMODES, SWIGLU, FLA_F32, 2);
   fla_ctx_free(ctx);
 }
 END_TEST

@@ -56,9 +56,8 @@ static int kernel_probe_(fla_ctx *ctx) {
     int copies = (int)(150000000 / bytes) + 1;
     dptr W = nn_gpu_tmp(&g, bytes * (size_t)copies), x = GF(&g, in), y = GF(&g, rows);
     gl_ew(&g, EW_FILL, x, 0, 0, 0, in, in, 0.01f);
-    for (int v = 0; v < (dual ? 3 : 2); v++) { /* warp per row, gemvk, gemvk with 2 rows a step */
+    for (int v = 0; v < 2; v++) { /* warp per row, gemvk */
       g.gemvk_off = v == 0;
-      g.gemvk_swiglu_rb = v == 2 ? 2 : 4;
       gl_sync(&g, "probe");
       double a = 0;
       for (int r = -1; r < n; r++) {
@@ -71,10 +70,10 @@ static int kernel_probe_(fla_ctx *ctx) {
       gl_sync(&g, "probe");
       double t = (now_() - a) / n;
       printf("gemv%s bf16 %5d x %4d, %s%s: %.2f us, %.0f GB/s\n", dual ? " swiglu" : "", rows, in,
-             v == 0 ? "warp per row" : v == 1 ? "gemvk" : "gemvk 2 rows", g.pdl ? " (PDL)" : "", 1e6 * t,
+             v == 0 ? "warp per row" : "gemvk", g.pdl ? " (PDL)" : "", 1e6 * t,
              2.0 * rows * in / t / 1e9);
     }
-    g.gemvk_off = 0, g.gemvk_swiglu_rb = 4;
+    g.gemvk_off = 0;
   }
   dptr x = GF(&g, 2048), w = GF(&g, 2048), y = GF(&g, 2048);
   int n = 2000;
