@@ -80,8 +80,9 @@ void gl_linear_ex(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw
                   dptr y, int ldy, int accumulate);
 void gl_linear(nn_gpu *g, dptr x, int64_t M, int in, dptr W, int out, dptr bias, dptr y);
 
-/* The matrix-vector kernel of decode (M <= 8 rows) with what it fuses (the
-** kernel gemv_ in model_nn.cuh): xmode 1 normalises x's rows first (RMSNorm
+/* The matrix-vector kernels of decode (M <= 8 rows) with what they fuse (gemv_
+** in model_nn.cuh; one row with an input 512 to 12 288 wide takes gemvk_ unless
+** gemvk_off): xmode 1 normalises x's rows first (RMSNorm
 ** with weight nw); epi 1 applies GLA's gate max(logsigmoid(y) / 16, epa) to the
 ** result; yb (when not 0) receives a bf16 copy of y. The layout is the
 ** kernel's argument struct. */
