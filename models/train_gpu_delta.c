@@ -27,10 +27,11 @@
 
 static const char *td_names_[TD_COUNT] = {"td_conv_fwd",   "td_conv_bwd_ds", "td_conv_bwd_da",  "td_conv_bwd_w",
                                           "td_l2norm_fwd", "td_l2norm_bwd",  "td_beta_fwd",     "td_beta_bwd",
-                                          "td_gdn_gate_fwd", "td_gdn_gate_bwd"};
+                                          "td_gdn_gate_fwd", "td_gdn_gate_bwd", "td_hgrn2_lb",  "td_hgrn2_lb_bwd", "td_hgrn2_fwd",
+                                          "td_hgrn2_bwd"};
 
 int gpu_train_delta_arch(const fla_model *m) {
-  return m->cfg.arch == ARCH_GATED_DELTANET || m->cfg.arch == ARCH_DELTA_NET;
+  return m->cfg.arch == ARCH_GATED_DELTANET || m->cfg.arch == ARCH_DELTA_NET || m->cfg.arch == ARCH_HGRN2;
 }
 
 fla_status td_kernels(td_run *r) {
@@ -73,59 +74,54 @@ static void copy_(td_run *r, dptr x, dptr y, int64_t n) {
   gpu_train_launch(r->t, TK_COPY, gpu_train_blocks(n), 1, 256, a);
 }
 
-void td_rms_fwd(td_run *r, dptr x, int x_bf, dptr gate, dptr w, dptr y, int y_bf, int64_t rows, int dim) {
+void td_rms_fwd(td_run *r, dptr x, int x_bf, dptr gate, dptr w, dptr y, int y_bf, int64_t rows, int dim, float eps) {
   int g_bf = r->bf;
-  float eps = r->eps;
   void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &y, &y_bf, &rows, &dim, &eps};
   gpu_train_launch(r->t, TK_RMS_FWD_W, (unsigned)((rows + 7) / 8), 1, 256, a);
 }
 
 void td_rms_bwd(td_run *r, dptr x, int x_bf, dptr gate, dptr w, dptr dy, int dy_bf, dptr dx, int dx_bf, int dx_add,
-                dptr dgate, dptr dw, int64_t rows, int dim) {
+                dptr dgate, dptr dw, int64_t rows, int dim, float eps) {
   int g_bf = r->bf, dg_bf = r->bf;
-  float eps = r->eps;
   void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &dy, &dy_bf, &dx, &dx_bf, &dx_add, &dgate, &dg_bf, &dw, &rows, &dim, &eps};
   if (dim <= 1024) gpu_train_launch(r->t, TK_RMS_BWD_W, (unsigned)((rows + 31) / 32), 1, 256, a);
   else gpu_train_launch(r->t, TK_RMS_BWD, (unsigned)((rows + 7) / 8), 1, 256, a);
 }
 
 /* y[rows, out] = x[rows, in] W[out, in]^T: x and W compute, y float32 or compute */
-static void lin_(td_run *r, dptr x, int in, dptr W, int out, dptr y, int y_bf) {
+void td_lin(td_run *r, dptr x, int in, dptr W, int out, dptr y, int y_bf) {
   gpu_train_mm(r->t, 0, 1, r->rows, out, in, x, r->bf, in, W, r->bf, in, 0.0f, y, y_bf, out);
 }
 /* dW[out, in] += dy^T x;  dx[rows, in] = dy W (float32), added when *first is 0 */
-static void lin_bwd_(td_run *r, dptr x, int in, dptr W, int out, dptr dy, dptr dW, dptr dx, int *first) {
+void td_lin_bwd(td_run *r, dptr x, int in, dptr W, int out, dptr dy, dptr dW, dptr dx, int *first) {
   gpu_train_mm(r->t, 1, 0, out, in, r->rows, dy, r->bf, out, x, r->bf, in, 1.0f, dW, 0, in);
   gpu_train_mm(r->t, 0, 0, r->rows, in, out, dy, r->bf, out, W, r->bf, in, *first ? 0.0f : 1.0f, dx, 0, in);
   *first = 0;
 }
 
-/* out[c] += sum over rows of x[rows, cols] (float32) */
-static void colsum_(td_run *r, dptr x, int cols, dptr out) {
+void td_colsum(td_run *r, dptr x, int cols, dptr out) {
   int64_t rows = r->rows;
   void *a[] = {&x, &rows, &cols, &out};
   gpu_train_launch(r->t, TK_COLSUM, (unsigned)((cols + 31) / 32), (unsigned)((rows + 255) / 256), 256, a);
 }
 
-/* c = silu(conv_j(a)) into c (float32 or compute) */
-static void conv_fwd_(td_run *r, const model_layer *L, int j, dptr a, int C, dptr c, int c_bf) {
+void td_conv_fwd(td_run *r, const model_layer *L, int j, dptr a, int C, int silu, dptr c, int c_bf) {
   fla_model *m = r->m;
   int64_t n = r->rows * C;
   int W = r->W;
   dptr w = W ? gpu_train_w32(m, L->conv[j].w) : 0, b = W ? gpu_train_w32(m, L->conv[j].b) : 0;
-  void *args[] = {&a, &r->T, &C, &W, &w, &b, &c, &c_bf, &n};
+  void *args[] = {&a, &r->T, &C, &W, &w, &b, &silu, &c, &c_bf, &n};
   td_launch(r, TD_CONV_FWD, gpu_train_blocks(n), 1, 256, args);
 }
 
-/* From dc (float32 or compute): da (compute) and the convolution's dw, dbias */
-static void conv_bwd_(td_run *r, const model_layer *L, int j, dptr a, int C, dptr dc, int dc_bf, dptr da) {
+void td_conv_bwd(td_run *r, const model_layer *L, int j, dptr a, int C, int silu, dptr dc, int dc_bf, dptr da) {
   fla_model *m = r->m;
   int64_t n = r->rows * C;
   int W = r->W, bf = r->bf;
   dptr w = W ? gpu_train_w32(m, L->conv[j].w) : 0, b = W ? gpu_train_w32(m, L->conv[j].b) : 0;
   size_t mark = gpu_train_mark(r->t);
   dptr ds = TD_FB(r, n);
-  void *a1[] = {&a, &r->T, &C, &W, &w, &b, &dc, &dc_bf, &ds, &n};
+  void *a1[] = {&a, &r->T, &C, &W, &w, &b, &silu, &dc, &dc_bf, &ds, &n};
   td_launch(r, TD_CONV_BWD_DS, gpu_train_blocks(n), 1, 256, a1);
   void *a2[] = {&ds, &r->T, &C, &W, &w, &da, &bf, &n};
   td_launch(r, TD_CONV_BWD_DA, gpu_train_blocks(n), 1, 256, a2);
@@ -153,7 +149,7 @@ static void l2norm_bwd_(td_run *r, dptr x, dptr dy, dptr dx) {
 
 /* ------------------------------------------------------------ the recipe op */
 
-static fla_status bind_(td_run *r) {
+fla_status td_op_bind(td_run *r) {
   gpu_train *t = r->t;
   if (t->op && t->op_B == r->B && t->op_T == r->T) return FLA_OK;
   fla_op_free(t->op);
@@ -180,7 +176,7 @@ static fla_status op_run_(td_run *r, const td_kept *kp, dptr o, dptr d_o, const 
   fla_tensor *ti[5] = {0}, *tg[5] = {0}, *to = NULL;
   fla_arg args[5], gargs[5];
   fla_status s = r->g->status;
-  if (s == FLA_OK) s = bind_(r);
+  if (s == FLA_OK) s = td_op_bind(r);
   for (int i = 0; i < nin && s == FLA_OK; i++) {
     s = fla_tensor_wrap_device(ctx, dt, ndims[i], shapes[i], in[i], &ti[i]);
     args[i].name = names[i], args[i].tensor = ti[i];
@@ -210,51 +206,68 @@ void td_kept_alloc(td_run *r, td_kept *kp, dptr x) {
   kp->x = x;
   kp->xm = TD_FB(r, rows * r->D);
   kp->a[0] = TD_FB(r, rows * HK), kp->a[1] = TD_FB(r, rows * HK), kp->a[2] = TD_FB(r, rows * HV);
-  kp->q = TD_CB(r, rows * HK), kp->k = TD_CB(r, rows * HK), kp->v = TD_CB(r, rows * HV), kp->o = TD_CB(r, rows * HV);
-  kp->beta = TD_CB(r, rows * r->H);
+  kp->q = TD_CB(r, rows * HK), kp->v = TD_CB(r, rows * HV), kp->o = TD_CB(r, rows * HV);
+  kp->gate = TD_CB(r, rows * r->I), kp->up = TD_CB(r, rows * r->I);
+  if (r->hgrn2) { /* q, v and the forget gate gk [rows, HK] */
+    kp->g = TD_CB(r, rows * HK);
+    return;
+  }
+  kp->k = TD_CB(r, rows * HK), kp->beta = TD_CB(r, rows * r->H);
   if (L0->b_proj) kp->braw = TD_FB(r, rows * r->H);
   if (r->gdn) kp->za = TD_FB(r, rows * r->H), kp->g = TD_CB(r, rows * r->H);
   if (L0->g_proj) kp->gg = TD_CB(r, rows * HV);
-  kp->gate = TD_CB(r, rows * r->I), kp->up = TD_CB(r, rows * r->I);
 }
 
-void td_layer_fwd(td_run *r, const model_layer *L, td_kept *kp, dptr xout) {
+/* The delta-rule token mixer from h = n1(x): kp->xm = x + Wo y. */
+static void delta_fwd_(td_run *r, const model_layer *L, td_kept *kp, dptr h) {
   fla_model *m = r->m;
   gpu_train *t = r->t;
   int64_t rows = r->rows, nH = rows * r->H;
-  int D = r->D, HK = r->H * r->K, HV = r->H * r->V, I = r->I, bf = r->bf, H = r->H;
+  int D = r->D, HK = r->H * r->K, HV = r->H * r->V, bf = r->bf, H = r->H;
   size_t mark = gpu_train_mark(t);
-  dptr h = TD_CB(r, rows * D), c = TD_FB(r, rows * HK);
-  td_rms_fwd(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), h, bf, rows, D);
+  dptr c = TD_FB(r, rows * HK);
   const float *Wj[3] = {L->q_proj, L->k_proj, L->v_proj};
   int Cj[3] = {HK, HK, HV};
-  for (int j = 0; j < 3; j++) lin_(r, h, D, gpu_train_wc(m, Wj[j]), Cj[j], kp->a[j], 0);
-  conv_fwd_(r, L, 0, kp->a[0], HK, c, 0);
+  for (int j = 0; j < 3; j++) td_lin(r, h, D, gpu_train_wc(m, Wj[j]), Cj[j], kp->a[j], 0);
+  td_conv_fwd(r, L, 0, kp->a[0], HK, 1, c, 0);
   l2norm_fwd_(r, c, kp->q);
-  conv_fwd_(r, L, 1, kp->a[1], HK, c, 0);
+  td_conv_fwd(r, L, 1, kp->a[1], HK, 1, c, 0);
   l2norm_fwd_(r, c, kp->k);
-  conv_fwd_(r, L, 2, kp->a[2], HV, kp->v, bf);
-  if (L->b_proj) lin_(r, h, D, gpu_train_wc(m, L->b_proj), H, kp->braw, 0);
+  td_conv_fwd(r, L, 2, kp->a[2], HV, 1, kp->v, bf);
+  if (L->b_proj) td_lin(r, h, D, gpu_train_wc(m, L->b_proj), H, kp->braw, 0);
   {
     void *a[] = {&kp->braw, &kp->beta, &bf, &r->bscale, &nH};
     td_launch(r, TD_BETA_FWD, gpu_train_blocks(nH), 1, 256, a);
   }
   if (r->gdn) {
-    lin_(r, h, D, gpu_train_wc(m, L->a_proj), H, kp->za, 0);
+    td_lin(r, h, D, gpu_train_wc(m, L->a_proj), H, kp->za, 0);
     dptr dtb = gpu_train_w32(m, L->dt_bias), Al = gpu_train_w32(m, L->A_log);
     void *a[] = {&kp->za, &dtb, &Al, &H, &kp->g, &bf, &nH};
     td_launch(r, TD_GDN_GATE_FWD, gpu_train_blocks(nH), 1, 256, a);
   }
   op_run_(r, kp, kp->o, 0, NULL);
-  if (L->g_proj) lin_(r, h, D, gpu_train_wc(m, L->g_proj), HV, kp->gg, bf);
+  if (L->g_proj) td_lin(r, h, D, gpu_train_wc(m, L->g_proj), HV, kp->gg, bf);
   dptr y = TD_CB(r, rows * HV);
-  td_rms_fwd(r, kp->o, bf, kp->gg, gpu_train_w32(m, L->out_norm), y, bf, nH, r->V);
+  td_rms_fwd(r, kp->o, bf, kp->gg, gpu_train_w32(m, L->out_norm), y, bf, nH, r->V, r->eps);
   copy_(r, kp->x, kp->xm, rows * D);
   gpu_train_mm(t, 0, 1, rows, D, HV, y, bf, HV, gpu_train_wc(m, L->o_proj), bf, HV, 1.0f, kp->xm, 0, D);
+  gpu_train_release(t, mark);
+}
+
+void td_layer_fwd(td_run *r, const model_layer *L, td_kept *kp, dptr xout) {
+  fla_model *m = r->m;
+  gpu_train *t = r->t;
+  int64_t rows = r->rows;
+  int D = r->D, I = r->I, bf = r->bf;
+  size_t mark = gpu_train_mark(t);
+  dptr h = TD_CB(r, rows * D);
+  td_rms_fwd(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), h, bf, rows, D, r->eps);
+  if (r->hgrn2) td_hgrn2_fwd(r, L, kp, h);
+  else delta_fwd_(r, L, kp, h);
   /* MLP */
-  td_rms_fwd(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), h, bf, rows, D);
-  lin_(r, h, D, gpu_train_wc(m, L->mlp_gate), I, kp->gate, bf);
-  lin_(r, h, D, gpu_train_wc(m, L->mlp_up), I, kp->up, bf);
+  td_rms_fwd(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), h, bf, rows, D, r->eps);
+  td_lin(r, h, D, gpu_train_wc(m, L->mlp_gate), I, kp->gate, bf);
+  td_lin(r, h, D, gpu_train_wc(m, L->mlp_up), I, kp->up, bf);
   dptr a = TD_CB(r, rows * I);
   {
     int64_t n = rows * I;
@@ -275,7 +288,7 @@ static void mlp_bwd_(td_run *r, const model_layer *L, const td_kept *kp, dptr dx
   size_t mark = gpu_train_mark(t);
   dptr h = TD_CB(r, rows * D), dxb = TD_CB(r, rows * D), dh = TD_FB(r, rows * D);
   dptr a = TD_CB(r, nI), da = TD_CB(r, nI);
-  td_rms_fwd(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), h, bf, rows, D);
+  td_rms_fwd(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), h, bf, rows, D, r->eps);
   {
     void *args[] = {(void *)&kp->gate, (void *)&kp->up, &a, &bf, &nI};
     gpu_train_launch(t, TK_SWIGLU, gpu_train_blocks(nI), 1, 256, args);
@@ -287,32 +300,29 @@ static void mlp_bwd_(td_run *r, const model_layer *L, const td_kept *kp, dptr dx
     void *args[] = {(void *)&kp->gate, (void *)&kp->up, &da, &bf, &nI};
     gpu_train_launch(t, TK_SWIGLU_BWD, gpu_train_blocks(nI), 1, 256, args); /* gate, up := their gradients */
   }
-  lin_bwd_(r, h, D, gpu_train_wc(m, L->mlp_gate), I, kp->gate, gpu_train_grad(m, L->mlp_gate), dh, &first);
-  lin_bwd_(r, h, D, gpu_train_wc(m, L->mlp_up), I, kp->up, gpu_train_grad(m, L->mlp_up), dh, &first);
+  td_lin_bwd(r, h, D, gpu_train_wc(m, L->mlp_gate), I, kp->gate, gpu_train_grad(m, L->mlp_gate), dh, &first);
+  td_lin_bwd(r, h, D, gpu_train_wc(m, L->mlp_up), I, kp->up, gpu_train_grad(m, L->mlp_up), dh, &first);
   td_rms_bwd(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), dh, 0, dx, 0, 1, 0, gpu_train_grad(m, L->mlp_norm_w),
-             rows, D);
+             rows, D, r->eps);
   gpu_train_release(t, mark);
 }
 
-void td_layer_bwd(td_run *r, const model_layer *L, td_kept *kp, dptr dx) {
+/* The delta-rule token mixer's backward from dxb (dx in the compute dtype): dh. */
+static void delta_bwd_(td_run *r, const model_layer *L, td_kept *kp, dptr h, dptr dxb, dptr dh, int *first) {
   fla_model *m = r->m;
   gpu_train *t = r->t;
   int64_t rows = r->rows, nH = rows * r->H;
-  int D = r->D, HK = r->H * r->K, HV = r->H * r->V, bf = r->bf, H = r->H, first = 1;
-  mlp_bwd_(r, L, kp, dx);
+  int D = r->D, HK = r->H * r->K, HV = r->H * r->V, bf = r->bf, H = r->H;
   size_t mark = gpu_train_mark(t);
-  dptr h = TD_CB(r, rows * D), dxb = TD_CB(r, rows * D), dh = TD_FB(r, rows * D);
   dptr y = TD_CB(r, rows * HV), dy = TD_FB(r, rows * HV), dO = TD_CB(r, rows * HV);
   dptr dgg = L->g_proj ? TD_CB(r, rows * HV) : 0;
-  td_rms_fwd(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), h, bf, rows, D);
   /* the output projection and the (gated) norm */
-  td_rms_fwd(r, kp->o, bf, kp->gg, gpu_train_w32(m, L->out_norm), y, bf, nH, r->V);
-  cast_(r, dx, dxb, rows * D);
+  td_rms_fwd(r, kp->o, bf, kp->gg, gpu_train_w32(m, L->out_norm), y, bf, nH, r->V, r->eps);
   gpu_train_mm(t, 1, 0, D, HV, rows, dxb, bf, D, y, bf, HV, 1.0f, gpu_train_grad(m, L->o_proj), 0, HV);
   gpu_train_mm(t, 0, 0, rows, HV, D, dxb, bf, D, gpu_train_wc(m, L->o_proj), bf, HV, 0.0f, dy, 0, HV);
   td_rms_bwd(r, kp->o, bf, kp->gg, gpu_train_w32(m, L->out_norm), dy, 0, dO, bf, 0, dgg,
-             gpu_train_grad(m, L->out_norm), nH, r->V);
-  if (L->g_proj) lin_bwd_(r, h, D, gpu_train_wc(m, L->g_proj), HV, dgg, gpu_train_grad(m, L->g_proj), dh, &first);
+             gpu_train_grad(m, L->out_norm), nH, r->V, r->eps);
+  if (L->g_proj) td_lin_bwd(r, h, D, gpu_train_wc(m, L->g_proj), HV, dgg, gpu_train_grad(m, L->g_proj), dh, first);
   /* the recipe */
   dptr dq = TD_CB(r, rows * HK), dk = TD_CB(r, rows * HK), dv = TD_CB(r, rows * HV), dbeta = TD_CB(r, nH);
   dptr dg = r->gdn ? TD_CB(r, nH) : 0;
@@ -321,16 +331,16 @@ void td_layer_bwd(td_run *r, const model_layer *L, td_kept *kp, dptr dx) {
   if (L->b_proj) { /* dbraw = dbeta s sigmoid'(braw), over dbeta */
     void *a[] = {&kp->braw, &dbeta, &bf, &r->bscale, &dbeta, &nH};
     td_launch(r, TD_BETA_BWD, gpu_train_blocks(nH), 1, 256, a);
-    lin_bwd_(r, h, D, gpu_train_wc(m, L->b_proj), H, dbeta, gpu_train_grad(m, L->b_proj), dh, &first);
+    td_lin_bwd(r, h, D, gpu_train_wc(m, L->b_proj), H, dbeta, gpu_train_grad(m, L->b_proj), dh, first);
   }
   if (r->gdn) { /* dz; dA_log += colsum(dg g), ddt_bias += colsum(dz) */
     dptr dz = TD_FB(r, nH), dzc = TD_CB(r, nH), dAg = TD_FB(r, nH);
     dptr dtb = gpu_train_w32(m, L->dt_bias), Al = gpu_train_w32(m, L->A_log);
     void *a[] = {&kp->za, &dtb, &Al, &H, &dg, &bf, &dz, &dzc, &dAg, &nH};
     td_launch(r, TD_GDN_GATE_BWD, gpu_train_blocks(nH), 1, 256, a);
-    colsum_(r, dz, H, gpu_train_grad(m, L->dt_bias));
-    colsum_(r, dAg, H, gpu_train_grad(m, L->A_log));
-    lin_bwd_(r, h, D, gpu_train_wc(m, L->a_proj), H, dzc, gpu_train_grad(m, L->a_proj), dh, &first);
+    td_colsum(r, dz, H, gpu_train_grad(m, L->dt_bias));
+    td_colsum(r, dAg, H, gpu_train_grad(m, L->A_log));
+    td_lin_bwd(r, h, D, gpu_train_wc(m, L->a_proj), H, dzc, gpu_train_grad(m, L->a_proj), dh, first);
   }
   /* q, k through their L2 norms (c recomputed), v; then the convolutions and projections */
   dptr c = TD_FB(r, rows * HK), dc = TD_FB(r, rows * HK), da = TD_CB(r, rows * (HK > HV ? HK : HV));
@@ -339,15 +349,30 @@ void td_layer_bwd(td_run *r, const model_layer *L, td_kept *kp, dptr dx) {
   int Cj[3] = {HK, HK, HV};
   for (int j = 0; j < 3; j++) {
     if (j < 2) {
-      conv_fwd_(r, L, j, kp->a[j], HK, c, 0);
+      td_conv_fwd(r, L, j, kp->a[j], HK, 1, c, 0);
       l2norm_bwd_(r, c, dj[j], dc);
-      conv_bwd_(r, L, j, kp->a[j], HK, dc, 0, da);
+      td_conv_bwd(r, L, j, kp->a[j], HK, 1, dc, 0, da);
     } else {
-      conv_bwd_(r, L, j, kp->a[j], HV, dv, bf, da);
+      td_conv_bwd(r, L, j, kp->a[j], HV, 1, dv, bf, da);
     }
-    lin_bwd_(r, h, D, gpu_train_wc(m, Wj[j]), Cj[j], da, gpu_train_grad(m, Wj[j]), dh, &first);
+    td_lin_bwd(r, h, D, gpu_train_wc(m, Wj[j]), Cj[j], da, gpu_train_grad(m, Wj[j]), dh, first);
   }
+  gpu_train_release(t, mark);
+}
+
+void td_layer_bwd(td_run *r, const model_layer *L, td_kept *kp, dptr dx) {
+  fla_model *m = r->m;
+  gpu_train *t = r->t;
+  int64_t rows = r->rows;
+  int D = r->D, bf = r->bf, first = 1;
+  mlp_bwd_(r, L, kp, dx);
+  size_t mark = gpu_train_mark(t);
+  dptr h = TD_CB(r, rows * D), dxb = TD_CB(r, rows * D), dh = TD_FB(r, rows * D);
+  td_rms_fwd(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), h, bf, rows, D, r->eps);
+  cast_(r, dx, dxb, rows * D);
+  if (r->hgrn2) td_hgrn2_bwd(r, L, kp, h, dxb, dh, &first);
+  else delta_bwd_(r, L, kp, h, dxb, dh, &first);
   td_rms_bwd(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), dh, 0, dx, 0, 1, 0, gpu_train_grad(m, L->attn_norm_w),
-             rows, D);
+             rows, D, r->eps);
   gpu_train_release(t, mark);
 }

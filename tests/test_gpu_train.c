@@ -311,11 +311,15 @@ int main(void) {
   return th_run_suite(s);
 }
 
-/* ------------------------------------------------------------ DeltaNet, Gated DeltaNet */
+/* ------------------------------------------------------------ DeltaNet, Gated DeltaNet, HGRN2 */
 
-/* The delta-rule architectures the GPU trains (short convolutions, L2-normed
-** q and k, beta; Gated DeltaNet adds its gate and the gated output norm). */
-static const char *const delta_models_[] = {"gated_deltanet", "delta_net"};
+/* The architectures of train_gpu_delta*.c and train_gpu_hgrn2.c: the delta
+** rule (short convolutions, L2-normed q and k, beta; Gated DeltaNet adds its
+** gate and the gated output norm) and HGRN2 (floored forget gates whose
+** per-layer lower bounds come from one raw parameter). */
+static const char *const delta_models_[] = {"gated_deltanet", "delta_net", "hgrn2"};
+/* the two with gates of their own: Gated DeltaNet and HGRN2 */
+static const char *const gated_models_[] = {"gated_deltanet", "hgrn2"};
 
 /* _i: model _i / 2, float32 (even) or bf16 (odd): loss and every gradient against the CPU */
 START_TEST(test_delta_grads_match_cpu) {
@@ -344,10 +348,13 @@ START_TEST(test_delta_grads_match_cpu) {
 }
 END_TEST
 
-/* Gated DeltaNet: two micro-batches with recomputation equal one batch of both */
+/* Gated DeltaNet, HGRN2 (_i): two micro-batches with recomputation equal one batch of both */
 START_TEST(test_delta_accumulate_and_recompute) {
+  const char *name = gated_models_[_i];
+  char what[96];
+  snprintf(what, sizeof what, "%s micro-batches + recompute", name);
   fla_ctx *gctx = cuda_ctx_();
-  fla_model *a = trainable_(gctx, "gated_deltanet", FLA_F32), *b = trainable_(gctx, "gated_deltanet", FLA_F32);
+  fla_model *a = trainable_(gctx, name, FLA_F32), *b = trainable_(gctx, name, FLA_F32);
   int64_t T = 64;
   int32_t ids[128], tg[128];
   batch_(23, 2 * T, fla_model_vocab_size(a), ids, tg);
@@ -360,18 +367,19 @@ START_TEST(test_delta_accumulate_and_recompute) {
   ck_assert_int_eq(fla_model_loss_backward(b, ids + T, tg + T, 1, T, 0.5f, &l, &n), FLA_OK);
   lb += l;
   ck_assert_msg(fabs(la - lb) < 1e-5 * fabs(la), "loss %.9g vs %.9g", la, lb);
-  compare_grads_(a, b, 1e-4, 1e-4, "gated_deltanet micro-batches + recompute");
+  compare_grads_(a, b, 1e-4, 1e-4, what);
   fla_model_free(a);
   fla_model_free(b);
   fla_ctx_free(gctx);
 }
 END_TEST
 
-/* Gated DeltaNet: three AdamW steps with clipping give the CPU's weights, and
-** a created bf16 model learns one batch (the loss falls) */
+/* Gated DeltaNet, HGRN2 (_i): three AdamW steps with clipping give the CPU's
+** weights, and a created bf16 model learns one batch (the loss falls) */
 START_TEST(test_delta_adamw_and_loss_falls) {
+  const char *name = gated_models_[_i];
   fla_ctx *cctx = th_cpu_ctx(), *gctx = cuda_ctx_();
-  fla_model *cpu = trainable_(cctx, "gated_deltanet", -1), *gpu = trainable_(gctx, "gated_deltanet", FLA_F32);
+  fla_model *cpu = trainable_(cctx, name, -1), *gpu = trainable_(gctx, name, FLA_F32);
   fla_adamw_options o = {0.9f, 0.95f, 1e-8f, 0.1f};
   fla_adamw *ac = NULL, *ag = NULL;
   ck_assert_int_eq(fla_adamw_new_model(cpu, &o, &ac), FLA_OK);
@@ -400,7 +408,7 @@ START_TEST(test_delta_adamw_and_loss_falls) {
     fla_model_param(gpu, i, &b);
     for (int64_t j = 0; j < a.numel; j++) worst = fmax(worst, fabs((double)a.data[j] - b.data[j]));
   }
-  printf("test_gpu_train: gated_deltanet AdamW x3: largest weight difference %.3g (lr %g)\n", worst, (double)lr);
+  printf("test_gpu_train: %s AdamW x3: largest weight difference %.3g (lr %g)\n", name, worst, (double)lr);
   ck_assert_msg(worst < 0.1 * lr, "weights differ by %.3g after 3 steps", worst);
   fla_adamw_free(ac);
   fla_adamw_free(ag);
@@ -408,7 +416,7 @@ START_TEST(test_delta_adamw_and_loss_falls) {
   fla_model_free(gpu);
   /* a fresh bf16 model from the config learns a batch whose targets are a function of the input */
   char cfg[4096];
-  snprintf(cfg, sizeof cfg, "%s/config.json", model_dir_("gated_deltanet"));
+  snprintf(cfg, sizeof cfg, "%s/config.json", model_dir_(name));
   fla_model *m = NULL;
   ck_assert_msg(fla_model_create_ex(gctx, cfg, 9, FLA_BF16, &m) == FLA_OK, "%s", fla_errmsg(gctx));
   fla_adamw_options o2 = {0.9f, 0.95f, 1e-8f, 0.0f};
@@ -428,8 +436,7 @@ START_TEST(test_delta_adamw_and_loss_falls) {
     if (step == 0) first = l / n;
     last = l / n;
   }
-  printf("test_gpu_train: gated_deltanet fla_model_create bf16, 40 steps on one batch: loss %.4f -> %.4f\n", first,
-         last);
+  printf("test_gpu_train: %s fla_model_create bf16, 40 steps on one batch: loss %.4f -> %.4f\n", name, first, last);
   ck_assert_msg(first > 5.0 && last < 0.6 * first, "loss %.4f -> %.4f", first, last);
   fla_adamw_free(a);
   fla_model_free(m);
@@ -463,7 +470,7 @@ END_TEST
 static void add_delta_tests_(TCase *tc, int gpu) {
   tcase_add_test(tc, test_delta_kernels_compile);
   if (!gpu) return;
-  tcase_add_loop_test(tc, test_delta_grads_match_cpu, 0, 4);
-  tcase_add_test(tc, test_delta_accumulate_and_recompute);
-  tcase_add_test(tc, test_delta_adamw_and_loss_falls);
+  tcase_add_loop_test(tc, test_delta_grads_match_cpu, 0, 6);
+  tcase_add_loop_test(tc, test_delta_accumulate_and_recompute, 0, 2);
+  tcase_add_loop_test(tc, test_delta_adamw_and_loss_falls, 0, 2);
 }

@@ -1,9 +1,10 @@
 /*
-** templates/cuda/train_delta.cuh -- the layer glue of the delta-rule family
-** (DeltaNet, Gated DeltaNet) for training on the GPU: short causal
-** convolutions, the per-head L2 norm of q and k, beta and Gated DeltaNet's
-** gate, forward and backward (models/train_gpu_delta.c launches them; the
-** CPU's are models/grad_math_impl.h and models/grad_mixer_delta.c).
+** templates/cuda/train_delta.cuh -- the layer glue of DeltaNet, Gated
+** DeltaNet and HGRN2 for training on the GPU: short causal convolutions, the
+** per-head L2 norm of q and k, beta and Gated DeltaNet's gate, HGRN2's floored
+** forget gate and its per-layer lower bounds, forward and backward
+** (models/train_gpu_delta.c and train_gpu_hgrn2.c launch them; the CPU's are
+** models/grad_math_impl.h, grad_mixer_delta.c and grad_mixer_linear.c).
 **
 ** Compiled once per context with NVRTC as it stands (no generator, no
 ** include). Buffers named *_bf are the compute dtype (bf16 when the flag is
@@ -58,21 +59,27 @@ __device__ __forceinline__ float conv_pre(const float *a, i64 i, i64 T, int C, i
 
 /* ------------------------------------------------------------ short convolution */
 
-/* y = silu(pre), pre = bias_c + sum_j w[c, j] a[t - (W-1) + j, c]  (y float32 or compute) */
-extern "C" __global__ void td_conv_fwd(const float *a, i64 T, int C, int W, const float *w, const float *bias, void *y,
-                                       int y_bf, i64 n) {
+/* y = silu(pre) (pre itself unless silu), pre = bias_c + sum_j w[c, j] a[t - (W-1) + j, c]
+** (y float32 or compute) */
+extern "C" __global__ void td_conv_fwd(const float *a, i64 T, int C, int W, const float *w, const float *bias,
+                                       int silu, void *y, int y_bf, i64 n) {
   GRID_LOOP(i, n) {
     float p = conv_pre(a, i, T, C, W, w, bias);
-    stc(y, i, p * sigm(p), y_bf);
+    stc(y, i, silu ? p * sigm(p) : p, y_bf);
   }
 }
 
-/* ds = dy silu'(pre), silu'(p) = sig(p) (1 + p (1 - sig(p)))  (dy float32 or compute; ds float32) */
+/* ds = dy silu'(pre), silu'(p) = sig(p) (1 + p (1 - sig(p))); ds = dy unless silu
+** (dy float32 or compute; ds float32) */
 extern "C" __global__ void td_conv_bwd_ds(const float *a, i64 T, int C, int W, const float *w, const float *bias,
-                                          const void *dy, int dy_bf, float *ds, i64 n) {
+                                          int silu, const void *dy, int dy_bf, float *ds, i64 n) {
   GRID_LOOP(i, n) {
-    float p = conv_pre(a, i, T, C, W, w, bias), sg = sigm(p);
-    ds[i] = ldc(dy, i, dy_bf) * sg * (1.f + p * (1.f - sg));
+    float d = ldc(dy, i, dy_bf);
+    if (silu) {
+      float p = conv_pre(a, i, T, C, W, w, bias), sg = sigm(p);
+      d *= sg * (1.f + p * (1.f - sg));
+    }
+    ds[i] = d;
   }
 }
 
@@ -203,5 +210,83 @@ extern "C" __global__ void td_gdn_gate_bwd(const float *za, const float *dt_bias
     dz[i] = v;
     stc(dzc, i, v, bf);
     dAg[i] = d * -e * softplus(z);
+  }
+}
+
+/* ------------------------------------------------------------ HGRN2 */
+
+__device__ __forceinline__ float logsigm(float x) { return fminf(x, 0.f) - log1pf(expf(-fabsf(x))); }
+
+/* The per-layer lower bounds from the raw parameter [L, D] (model_hgrn2_lower_bounds):
+** p = softmax over layers per column, lb[l] = sum_{j<=l} p_j - p_0; dlb := 0.
+** One thread per column. */
+extern "C" __global__ void td_hgrn2_lb(const float *raw, int L, int D, float *lb, float *dlb) {
+  GRID_LOOP(d, D) {
+    float mx = -__int_as_float(0x7f800000), sum = 0.f, acc = 0.f, first = 0.f;
+    for (int l = 0; l < L; l++) mx = fmaxf(mx, raw[l * D + d]);
+    for (int l = 0; l < L; l++) sum += expf(raw[l * D + d] - mx);
+    for (int l = 0; l < L; l++) {
+      float p = expf(raw[l * D + d] - mx) / sum;
+      if (l == 0) first = p;
+      acc += p;
+      lb[l * D + d] = acc - first;
+      dlb[l * D + d] = 0.f;
+    }
+  }
+}
+
+/* Its backward: dp_j = sum_{l>=max(j,1)} dlb_l (dp_0 = 0), draw_j += p_j (dp_j - sum_i p_i dp_i). */
+extern "C" __global__ void td_hgrn2_lb_bwd(const float *raw, const float *dlb, int L, int D, float *draw) {
+  GRID_LOOP(d, D) {
+    float mx = -__int_as_float(0x7f800000), sum = 0.f, acc = 0.f, dot = 0.f;
+    for (int l = 0; l < L; l++) mx = fmaxf(mx, raw[l * D + d]);
+    for (int l = 0; l < L; l++) sum += expf(raw[l * D + d] - mx);
+    for (int l = L - 1; l >= 1; l--) { /* l = 0: dp_0 = 0 adds nothing */
+      acc += dlb[l * D + d];
+      dot += expf(raw[l * D + d] - mx) / sum * acc;
+    }
+    acc = 0.f;
+    for (int l = L - 1; l >= 0; l--) {
+      if (l >= 1) acc += dlb[l * D + d];
+      float p = expf(raw[l * D + d] - mx) / sum;
+      draw[l * D + d] += p * ((l >= 1 ? acc : 0.f) - dot);
+    }
+  }
+}
+
+/* q = silu(cq) (compute); gk = logsigmoid(f), or with a floor lb[c] (lb != NULL):
+** gk = log(lb + (1 - lb) sigmoid(f)); cq, f float32 [n / F, F] */
+extern "C" __global__ void td_hgrn2_fwd(const float *cq, const float *f, const float *lb, int F, void *q, void *gk,
+                                        int bf, i64 n) {
+  GRID_LOOP(i, n) {
+    float x = cq[i], fv = f[i];
+    stc(q, i, x * sigm(x), bf);
+    float g;
+    if (lb) {
+      float b = lb[i % F];
+      g = logf(b + (1.f - b) * sigm(fv));
+    } else {
+      g = logsigm(fv);
+    }
+    stc(gk, i, g, bf);
+  }
+}
+
+/* dcq = dq silu'(cq) (float32);
+** df = dgk (1 - lb) s (1 - s) / (lb + (1 - lb) s), s = sigmoid(f) (df = dgk (1 - s) without lb);
+** dlbe = dgk (1 - s) / (lb + (1 - lb) s) per element (for the column sum into dlb) */
+extern "C" __global__ void td_hgrn2_bwd(const float *cq, const float *f, const float *lb, int F, const void *dq,
+                                        const void *dgk, int bf, float *dcq, float *df, float *dlbe, i64 n) {
+  GRID_LOOP(i, n) {
+    float x = cq[i], sx = sigm(x);
+    dcq[i] = ldc(dq, i, bf) * sx * (1.f + x * (1.f - sx));
+    float s = sigm(f[i]), d = ldc(dgk, i, bf);
+    if (lb) {
+      float b = lb[i % F], den = b + (1.f - b) * s;
+      df[i] = d * (1.f - b) * s * (1.f - s) / den;
+      dlbe[i] = d * (1.f - s) / den;
+    } else {
+      df[i] = d * (1.f - s);
+    }
   }
 }
