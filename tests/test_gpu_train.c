@@ -1,6 +1,7 @@
 /*
 ** test_gpu_train.c -- training on a CUDA context against the CPU's (the
-** oracle of test_train_grad.c): on the tiny fla GLA and RetNet checkpoints, the loss and
+** oracle of test_train_grad.c): on the tiny fla GLA and RetNet checkpoints
+** (and, at the end, Gated DeltaNet, DeltaNet and HGRN2), the loss and
 ** every parameter's gradient of fla_model_loss_backward (float32 compute
 ** tight, bf16 loose: see the tolerances), micro-batch accumulation,
 ** recomputation, AdamW steps with clipping equal to the CPU's, the loss going
