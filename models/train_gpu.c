@@ -156,12 +156,16 @@ fla_status gpu_train_check(fla_model *m) {
   const char *why = NULL;
   int delta = gpu_train_delta_arch(m);
   if (c->arch != ARCH_GLA && c->arch != ARCH_RETNET && !delta)
-    why = "only GLA, RetNet, DeltaNet, Gated DeltaNet and HGRN2 are trained on the GPU in this version";
+    why = "only GLA, RetNet, DeltaNet, Gated DeltaNet, HGRN2 and the Transformer are trained on the GPU in this version";
   else if (c->use_short_conv && !delta) why = "short convolutions (use_short_conv) are not trained on the GPU yet";
   else if (c->use_short_conv && c->conv_size > TD_CONV_MAX_W) why = "short convolutions of more than 8 taps are not trained on the GPU yet";
   for (int l = 0; !why && l < c->num_layers; l++) {
-    if (m->layers[l].is_attn) why = "softmax-attention layers (fla's 'attn') are not trained on the GPU yet";
-    else if (m->layers[l].Hkv != m->layers[l].H) why = "grouped key/value heads (num_kv_heads) are not trained on the GPU yet";
+    const model_layer *L = &m->layers[l];
+    if (L->is_attn && c->arch != ARCH_TRANSFORMER)
+      why = "hybrid softmax-attention layers (fla's 'attn') are not trained on the GPU yet";
+    else if (L->is_attn && L->attn.qkv_bias) why = "attention projections with biases (qkv_bias) are not trained on the GPU yet";
+    else if (L->is_attn && L->K > 256) why = "attention heads wider than 256 are not trained on the GPU";
+    else if (!L->is_attn && L->Hkv != L->H) why = "grouped key/value heads (num_kv_heads) are not trained on the GPU yet";
   }
   if (c->hidden_size > 16 * 256) why = "hidden sizes above 4096 are not trained on the GPU yet";
   if (why)

@@ -31,7 +31,8 @@ static const char *td_names_[TD_COUNT] = {"td_conv_fwd",   "td_conv_bwd_ds", "td
                                           "td_hgrn2_bwd"};
 
 int gpu_train_delta_arch(const fla_model *m) {
-  return m->cfg.arch == ARCH_GATED_DELTANET || m->cfg.arch == ARCH_DELTA_NET || m->cfg.arch == ARCH_HGRN2;
+  return m->cfg.arch == ARCH_GATED_DELTANET || m->cfg.arch == ARCH_DELTA_NET || m->cfg.arch == ARCH_HGRN2 ||
+         m->cfg.arch == ARCH_TRANSFORMER;
 }
 
 fla_status td_kernels(td_run *r) {
@@ -208,6 +209,10 @@ void td_kept_alloc(td_run *r, td_kept *kp, dptr x) {
   kp->a[0] = TD_FB(r, rows * HK), kp->a[1] = TD_FB(r, rows * HK), kp->a[2] = TD_FB(r, rows * HV);
   kp->q = TD_CB(r, rows * HK), kp->v = TD_CB(r, rows * HV), kp->o = TD_CB(r, rows * HV);
   kp->gate = TD_CB(r, rows * r->I), kp->up = TD_CB(r, rows * r->I);
+  if (L0->is_attn) { /* the Transformer: every layer the same attention */
+    gta_kept_alloc(r->m, L0, rows, &kp->at);
+    return;
+  }
   if (r->hgrn2) { /* q, v and the forget gate gk [rows, HK] */
     kp->g = TD_CB(r, rows * HK);
     return;
@@ -262,8 +267,14 @@ void td_layer_fwd(td_run *r, const model_layer *L, td_kept *kp, dptr xout) {
   size_t mark = gpu_train_mark(t);
   dptr h = TD_CB(r, rows * D);
   td_rms_fwd(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), h, bf, rows, D, r->eps);
-  if (r->hgrn2) td_hgrn2_fwd(r, L, kp, h);
-  else delta_fwd_(r, L, kp, h);
+  if (L->is_attn) {
+    copy_(r, kp->x, kp->xm, rows * D);
+    gta_fwd(m, L, r->B, r->T, h, &kp->at, kp->xm);
+  } else if (r->hgrn2) {
+    td_hgrn2_fwd(r, L, kp, h);
+  } else {
+    delta_fwd_(r, L, kp, h);
+  }
   /* MLP */
   td_rms_fwd(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), h, bf, rows, D, r->eps);
   td_lin(r, h, D, gpu_train_wc(m, L->mlp_gate), I, kp->gate, bf);
@@ -370,7 +381,8 @@ void td_layer_bwd(td_run *r, const model_layer *L, td_kept *kp, dptr dx) {
   dptr h = TD_CB(r, rows * D), dxb = TD_CB(r, rows * D), dh = TD_FB(r, rows * D);
   td_rms_fwd(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), h, bf, rows, D, r->eps);
   cast_(r, dx, dxb, rows * D);
-  if (r->hgrn2) td_hgrn2_bwd(r, L, kp, h, dxb, dh, &first);
+  if (L->is_attn) gta_bwd(m, L, r->B, r->T, h, &kp->at, dxb, dh, 0.0f);
+  else if (r->hgrn2) td_hgrn2_bwd(r, L, kp, h, dxb, dh, &first);
   else delta_bwd_(r, L, kp, h, dxb, dh, &first);
   td_rms_bwd(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), dh, 0, dx, 0, 1, 0, gpu_train_grad(m, L->attn_norm_w),
              rows, D, r->eps);

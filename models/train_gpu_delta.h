@@ -14,6 +14,7 @@
 #define FLA_MODELS_TRAIN_GPU_DELTA_H
 
 #include "train_gpu.h"
+#include "train_gpu_attn_layer.h"
 
 /* The kernels of train_delta.cuh, in its order. */
 enum {
@@ -44,9 +45,11 @@ typedef struct {
 typedef struct {
   dptr x, xm, a[3], braw, za;
   dptr q, k, v, beta, g, o, gg, gate, up;
+  gta_kept at; /* a softmax-attention layer's (the Transformer's) */
 } td_kept;
 
-/* 1 for the architectures of these files: DeltaNet, Gated DeltaNet, HGRN2. */
+/* 1 for the architectures of these files: DeltaNet, Gated DeltaNet, HGRN2,
+** and the Transformer (its layers' attention: train_gpu_attn_layer.h). */
 int gpu_train_delta_arch(const fla_model *m);
 
 /* fla_model_loss_backward for them (train_gpu_loss_backward's contract). */

@@ -312,15 +312,17 @@ int main(void) {
   return th_run_suite(s);
 }
 
-/* ------------------------------------------------------------ DeltaNet, Gated DeltaNet, HGRN2 */
+/* ------------------------------------------------------------ DeltaNet, Gated DeltaNet, HGRN2, Transformer */
 
 /* The architectures of train_gpu_delta*.c and train_gpu_hgrn2.c: the delta
 ** rule (short convolutions, L2-normed q and k, beta; Gated DeltaNet adds its
 ** gate and the gated output norm) and HGRN2 (floored forget gates whose
-** per-layer lower bounds come from one raw parameter). */
-static const char *const delta_models_[] = {"gated_deltanet", "delta_net", "hgrn2"};
-/* the two with gates of their own: Gated DeltaNet and HGRN2 */
-static const char *const gated_models_[] = {"gated_deltanet", "hgrn2"};
+** per-layer lower bounds come from one raw parameter), and the Transformer
+** (softmax attention with grouped heads and rotary: train_gpu_attn_layer.c)
+** through the same block loop. */
+static const char *const delta_models_[] = {"gated_deltanet", "delta_net", "hgrn2", "transformer"};
+/* the ones stepped with micro-batches, recompute and AdamW */
+static const char *const step_models_[] = {"gated_deltanet", "hgrn2", "transformer"};
 
 /* _i: model _i / 2, float32 (even) or bf16 (odd): loss and every gradient against the CPU */
 START_TEST(test_delta_grads_match_cpu) {
@@ -349,9 +351,9 @@ START_TEST(test_delta_grads_match_cpu) {
 }
 END_TEST
 
-/* Gated DeltaNet, HGRN2 (_i): two micro-batches with recomputation equal one batch of both */
+/* Gated DeltaNet, HGRN2, Transformer (_i): two micro-batches with recomputation equal one batch of both */
 START_TEST(test_delta_accumulate_and_recompute) {
-  const char *name = gated_models_[_i];
+  const char *name = step_models_[_i];
   char what[96];
   snprintf(what, sizeof what, "%s micro-batches + recompute", name);
   fla_ctx *gctx = cuda_ctx_();
@@ -375,10 +377,10 @@ START_TEST(test_delta_accumulate_and_recompute) {
 }
 END_TEST
 
-/* Gated DeltaNet, HGRN2 (_i): three AdamW steps with clipping give the CPU's
+/* Gated DeltaNet, HGRN2, Transformer (_i): three AdamW steps with clipping give the CPU's
 ** weights, and a created bf16 model learns one batch (the loss falls) */
 START_TEST(test_delta_adamw_and_loss_falls) {
-  const char *name = gated_models_[_i];
+  const char *name = step_models_[_i];
   fla_ctx *cctx = th_cpu_ctx(), *gctx = cuda_ctx_();
   fla_model *cpu = trainable_(cctx, name, -1), *gpu = trainable_(gctx, name, FLA_F32);
   fla_adamw_options o = {0.9f, 0.95f, 1e-8f, 0.1f};
@@ -471,7 +473,7 @@ END_TEST
 static void add_delta_tests_(TCase *tc, int gpu) {
   tcase_add_test(tc, test_delta_kernels_compile);
   if (!gpu) return;
-  tcase_add_loop_test(tc, test_delta_grads_match_cpu, 0, 6);
-  tcase_add_loop_test(tc, test_delta_accumulate_and_recompute, 0, 2);
-  tcase_add_loop_test(tc, test_delta_adamw_and_loss_falls, 0, 2);
+  tcase_add_loop_test(tc, test_delta_grads_match_cpu, 0, 8);
+  tcase_add_loop_test(tc, test_delta_accumulate_and_recompute, 0, 3);
+  tcase_add_loop_test(tc, test_delta_adamw_and_loss_falls, 0, 3);
 }
