@@ -158,6 +158,10 @@ fla_status gpu_train_check(fla_model *m) {
     if (m->layers[l].is_attn) why = "softmax-attention layers (fla's 'attn') are not trained on the GPU yet";
     else if (m->layers[l].Hkv != m->layers[l].H) why = "grouped key/value heads (num_kv_heads) are not trained on the GPU yet";
   }
+  if (!why && m->master) /* train_params.c packs the weights in load order: gate_proj then up_proj */
+    for (int l = 0; l < c->num_layers; l++)
+      if (m->layers[l].mlp_up != m->layers[l].mlp_gate + (int64_t)m->layers[l].ffn_dim * c->hidden_size)
+        why = "the MLP's gate_proj and up_proj weights are not adjacent (the GPU multiplies them as one matrix)";
   if (c->hidden_size > 16 * 256) why = "hidden sizes above 4096 are not trained on the GPU yet";
   if (why)
     return fla_set_error(m->ctx, FLA_UNSUPPORTED, "training on the GPU: model_type '%s': %s (train it on the CPU)",
