@@ -297,9 +297,13 @@ fla_status gpu_train_adamw(fla_model *m, const int *decay, const fla_adamw_optio
   float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, (double)step));
   float step_size = lr / bc1;
   int bf = t->bf;
-  for (int i = 0; i < m->num_params; i++) {
+  /* one launch per run of parameters adjacent in the master block with the
+  ** same decay (the small norms and biases would each be a launch) */
+  for (int i = 0, j; i < m->num_params; i = j) {
     const float *p = *m->params[i].slot;
     int64_t n = m->params[i].numel;
+    for (j = i + 1; j < m->num_params && !decay[j] == !decay[i] && *m->params[j].slot == p + n; j++)
+      n += m->params[j].numel;
     float shrink = decay[i] ? 1.0f - lr * o->weight_decay : 1.0f;
     dptr pp = gpu_train_w32(m, p), gg = gpu_train_grad(m, p), m1 = t->mom1 + (pp - t->master),
          m2 = t->mom2 + (pp - t->master), wc = t->bf ? gpu_train_wc(m, p) : 0;

@@ -166,7 +166,7 @@ static void gate_(run_ *r, const model_layer *L, dptr z0, dptr gk_or_dgk, dptr d
   int64_t rows = r->rows;
   float lo = r->floor_;
   dptr W1 = gpu_train_w32(m, L->gk_proj1), b = gpu_train_w32(m, L->gk_proj1_b);
-  unsigned gx = (unsigned)((HK + 127) / 128), gy = (unsigned)((rows + 31) / 32);
+  unsigned gx = (unsigned)((HK + 127) / 128), gy = (unsigned)((rows + 7) / 8 < 65535 ? (rows + 7) / 8 : 65535); /* GATE_ROWS */
   if (!dz1) {
     void *a[] = {&z0, &W1, &b, &HK, &gk_or_dgk, &bf, &rows, &lo};
     gpu_train_launch(r->t, TK_GLA_GATE, gx, gy, 128, a);

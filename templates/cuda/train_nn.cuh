@@ -417,7 +417,7 @@ extern "C" __global__ void tr_swiglu_bwd(void *gu, const void *da, int bf, i64 r
 **   z1 = z0 W1^T + b  (z0 float32 [rows, 16], W1 float32 [cols, 16], b [cols])
 ** Thread: one column c (W1's row in registers), GATE_ROWS rows of the block;
 ** the z0 row is the same address for the whole warp (a broadcast). */
-#define GATE_ROWS 32
+#define GATE_ROWS 8
 __device__ __forceinline__ float gate_z1(const float *z0, i64 r, const float *wr, float bc) {
   const float4 *zr = (const float4 *)(z0 + r * 16);
   float z = bc;
@@ -429,7 +429,7 @@ __device__ __forceinline__ float gate_z1(const float *z0, i64 r, const float *wr
   return z;
 }
 /* gk = max(logsigmoid(z1) / 16, lo) (gk compute dtype [rows, cols]); grid
-** (cols / 128, rows / GATE_ROWS), blocks of 128 */
+** (cols / 128, up to rows / GATE_ROWS), blocks of 128 */
 extern "C" __global__ void tr_gla_gate(const float *z0, const float *W1, const float *b, int cols, void *gk, int bf,
                                        i64 rows, float lo) {
   int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -438,9 +438,9 @@ extern "C" __global__ void tr_gla_gate(const float *z0, const float *W1, const f
 #pragma unroll
   for (int k = 0; k < 16; k++) wr[k] = W1[c * 16 + k];
   float bc = b[c];
-  i64 r0 = blockIdx.y * (i64)GATE_ROWS;
-  for (i64 r = r0; r < r0 + GATE_ROWS && r < rows; r++)
-    stc(gk, r * cols + c, fmaxf(logsigm(gate_z1(z0, r, wr, bc)) / 16.f, lo), bf);
+  for (i64 r0 = blockIdx.y * (i64)GATE_ROWS; r0 < rows; r0 += gridDim.y * (i64)GATE_ROWS)
+    for (i64 r = r0; r < r0 + GATE_ROWS && r < rows; r++)
+      stc(gk, r * cols + c, fmaxf(logsigm(gate_z1(z0, r, wr, bc)) / 16.f, lo), bf);
 }
 /* dz1 = dgk / 16 sigmoid(-z1), 0 where the floor held (float32 [rows, cols]) */
 extern "C" __global__ void tr_gla_gate_bwd(const float *z0, const float *W1, const float *b, int cols,
@@ -451,12 +451,12 @@ extern "C" __global__ void tr_gla_gate_bwd(const float *z0, const float *W1, con
 #pragma unroll
   for (int k = 0; k < 16; k++) wr[k] = W1[c * 16 + k];
   float bc = b[c];
-  i64 r0 = blockIdx.y * (i64)GATE_ROWS;
-  for (i64 r = r0; r < r0 + GATE_ROWS && r < rows; r++) {
-    float zv = gate_z1(z0, r, wr, bc);
-    i64 i = r * cols + c;
-    dz1[i] = logsigm(zv) / 16.f < lo ? 0.f : ldc(dgk, i, bf) / 16.f * sigm(-zv);
-  }
+  for (i64 r0 = blockIdx.y * (i64)GATE_ROWS; r0 < rows; r0 += gridDim.y * (i64)GATE_ROWS)
+    for (i64 r = r0; r < r0 + GATE_ROWS && r < rows; r++) {
+      float zv = gate_z1(z0, r, wr, bc);
+      i64 i = r * cols + c;
+      dz1[i] = logsigm(zv) / 16.f < lo ? 0.f : ldc(dgk, i, bf) / 16.f * sigm(-zv);
+    }
 }
 
 /* ------------------------------------------------------------ RetNet's rotary */
@@ -511,12 +511,17 @@ extern "C" __global__ void tr_ce(const float *logits, const int *targets, i64 V,
     if (threadIdx.x == 0) loss[r] = 0.f;
     return;
   }
-  float mx = -__int_as_float(0x7f800000);
-  for (i64 j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
-  mx = block_reduce(mx, 1);
-  float se = 0.f;
-  for (i64 j = threadIdx.x; j < V; j += blockDim.x) se += expf(l[j] - mx);
-  se = block_reduce(se, 0);
+  /* one pass for the max and the sum of exponentials (the running sum
+  ** rescaled when the running max grows), then the block's */
+  const float ninf = -__int_as_float(0x7f800000);
+  float mt = ninf, st = 0.f;
+  for (i64 j = threadIdx.x; j < V; j += blockDim.x) {
+    float v = l[j];
+    if (v > mt) st = st * expf(mt - v) + 1.f, mt = v;
+    else st += expf(v - mt);
+  }
+  float mx = block_reduce(mt, 1);
+  float se = block_reduce(mt == ninf ? 0.f : st * expf(mt - mx), 0);
   float inv = 1.f / se;
   for (i64 j = threadIdx.x; j < V; j += blockDim.x)
     stc(d, r * V + j, scale * (expf(l[j] - mx) * inv - (j == t ? 1.f : 0.f)), d_bf);
