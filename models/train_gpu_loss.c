@@ -179,7 +179,6 @@ static void gate_(run_ *r, const model_layer *L, dptr z0, dptr gk_or_dgk, dptr d
 /* The layer's forward from kp->x: fills kp, writes the layer's output to xout. */
 static void layer_fwd_(run_ *r, const model_layer *L, kept_ *kp, dptr xout) {
   fla_model *m = r->m;
-  gpu_train *t = r->t;
   int64_t rows = r->rows;
   int D = r->D, HK = r->H * r->K, HV = r->H * r->V, I = r->I, bf = r->bf;
   dptr h = kp->h;
@@ -205,7 +204,6 @@ static void layer_fwd_(run_ *r, const model_layer *L, kept_ *kp, dptr xout) {
   swiglu_(r, kp->gu, kp->a, 0);
   copy_(r, kp->xm, xout, rows * D, 0);
   lin_(r, kp->a, I, gpu_train_wc(m, L->mlp_down), D, xout, 0, 1.0f);
-  (void)t;
 }
 
 /* GLA's gate backward: dz1 = dgk / 16 sigmoid(-z1) (z1 recomputed inside),
