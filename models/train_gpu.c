@@ -38,21 +38,15 @@ dptr gpu_train_wc(const fla_model *m, const float *p) {
 
 /* ------------------------------------------------------------ launching */
 
-unsigned gpu_train_blocks(int64_t n) {
-  int64_t b = (n + 255) / 256;
-  return (unsigned)(b < 1 ? 1 : b > 16384 ? 16384 : b);
-}
+/* training's element-wise kernels loop over up to ~100 M elements: twice the model's cap */
+unsigned gpu_train_blocks(int64_t n) { return gl_grid_blocks(n, 16384); }
 
 void gpu_train_launch(gpu_train *t, int k, unsigned gx, unsigned gy, unsigned block, void **args) {
   nn_gpu *g = t->g;
   if (g->status != FLA_OK || gx == 0 || gy == 0) return;
   int prof = t->profile && t->in_loss && k != TK_CE;
   double t0 = prof ? gpu_train_prof_begin(t) : 0;
-  CUresult r = fla_cuda_driver_api()->cuLaunchKernel((CUfunction)t->fn[k], gx, gy, 1, block, 1, 1, 0,
-                                                     (CUstream)g->stream, args, NULL);
-  if (r != CUDA_SUCCESS)
-    gl_fail(g, FLA_ERROR, "kernel %s: cuLaunchKernel grid (%u,%u) block %u: %s", tk_names_[k], gx, gy, block,
-            fla_cuda_result_str(r));
+  gl_launch(g, t->fn[k], tk_names_[k], gx, gy, block, args);
   if (prof) {
     double before = t->prof_s[GPU_PROF_EW];
     gpu_train_prof_end(t, GPU_PROF_EW, t0);
@@ -78,9 +72,23 @@ void gpu_train_mm(gpu_train *t, int ta, int tb, int64_t M, int64_t N, int64_t K,
                   dptr B, int b_bf, int ldb, float beta, dptr C, int c_bf, int ldc) {
   /* row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: the
   ** operands swap, each keeps its transpose flag */
-  double t0 = gpu_train_prof_begin(t);
+  double t0 = gpu_train_prof_begin(t), before = t->prof_s[GPU_PROF_GEMM];
   gl_gemm_raw(t->g, tb, ta, (int)N, (int)M, (int)K, B, b_bf, ldb, A, a_bf, lda, beta, C, c_bf, ldc);
   gpu_train_prof_end(t, GPU_PROF_GEMM, t0);
+  if (t->profile && t->in_loss) { /* the seconds of this shape */
+    int acc = beta != 0.0f, i = 0;
+    while (i < t->nprof_mm && !(t->prof_mm[i].M == M && t->prof_mm[i].N == N && t->prof_mm[i].K == K &&
+                                t->prof_mm[i].ta == ta && t->prof_mm[i].tb == tb && t->prof_mm[i].acc == acc &&
+                                t->prof_mm[i].c_bf == c_bf))
+      i++;
+    if (i == t->nprof_mm && i < GPU_PROF_MM) {
+      memset(&t->prof_mm[i], 0, sizeof t->prof_mm[i]);
+      t->prof_mm[i].M = M, t->prof_mm[i].N = N, t->prof_mm[i].K = K, t->prof_mm[i].ta = ta, t->prof_mm[i].tb = tb;
+      t->prof_mm[i].acc = acc, t->prof_mm[i].c_bf = c_bf;
+      t->nprof_mm++;
+    }
+    if (i < t->nprof_mm) t->prof_mm[i].s += t->prof_s[GPU_PROF_GEMM] - before, t->prof_mm[i].n++;
+  }
 }
 
 /* ------------------------------------------------------------ the activation stack */

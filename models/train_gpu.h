@@ -28,6 +28,7 @@ enum {
 ** backward, the cross-entropy kernel, the other kernels of loss_backward
 ** (norms, element-wise, embeddings). */
 enum { GPU_PROF_GEMM, GPU_PROF_OP_FWD, GPU_PROF_OP_BWD, GPU_PROF_CE, GPU_PROF_EW, GPU_PROF_COUNT };
+#define GPU_PROF_MM 48 /* product shapes told apart (the rest are summed only) */
 
 typedef struct gpu_train {
   nn_gpu *g;               /* cuBLAS, the stream, the sticky status: the model's */
@@ -53,6 +54,9 @@ typedef struct gpu_train {
   double prof_s[GPU_PROF_COUNT];
   double prof_k[TK_COUNT];  /* GPU_PROF_EW per kernel */
   int64_t prof_n[TK_COUNT];
+  /* GPU_PROF_GEMM per product shape: row-major C[M, N] (+)= op(A) op(B), K deep */
+  struct { int64_t M, N, K; int ta, tb, acc, c_bf; double s; int64_t n; } prof_mm[GPU_PROF_MM];
+  int nprof_mm;
   dptr sumsq;              /* device float64 [1] */
 } gpu_train;
 

@@ -72,12 +72,16 @@ static void rotary_(run_ *r, dptr x, float sign) {
   gpu_train_launch(r->t, TK_ROTARY, gpu_train_blocks(r->rows * H * (K / 2)), 1, 256, a);
 }
 
-/* y = rmsnorm(x) w (* silu(gate)), rows of dim */
-static void rms_fwd_(run_ *r, dptr x, int x_bf, dptr gate, dptr w, dptr y, int y_bf, int64_t rows, int dim) {
+/* y = rmsnorm(x) w (* silu(gate)), rows of dim; with res (x float32): x += res first */
+static void rms_fwd_res_(run_ *r, dptr x, int x_bf, dptr gate, dptr w, dptr y, int y_bf, int64_t rows, int dim,
+                         dptr res) {
   int g_bf = r->bf;
   float eps = r->eps;
-  void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &y, &y_bf, &rows, &dim, &eps};
+  void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &y, &y_bf, &rows, &dim, &eps, &res};
   gpu_train_launch(r->t, TK_RMS_FWD_W, (unsigned)((rows + 7) / 8), 1, 256, a); /* a warp per row */
+}
+static void rms_fwd_(run_ *r, dptr x, int x_bf, dptr gate, dptr w, dptr y, int y_bf, int64_t rows, int dim) {
+  rms_fwd_res_(r, x, x_bf, gate, w, y, y_bf, rows, dim, 0);
 }
 
 /* its backward: dx (= or +=), dgate, dw +=; dxc (when not 0): the final dx in the compute dtype */
@@ -196,10 +200,10 @@ static void layer_fwd_(run_ *r, const model_layer *L, kept_ *kp, dptr xout) {
   }
   op_run_(r, kp, kp->o, 0, 0, 0, 0, 0);
   rms_fwd_(r, kp->o, bf, kp->g, gpu_train_w32(m, L->out_norm), kp->y, bf, rows * r->H, r->V);
-  copy_(r, kp->x, kp->xm, rows * D, 0);
-  lin_(r, kp->y, HV, gpu_train_wc(m, L->o_proj), D, kp->xm, 0, 1.0f);
+  /* xm = y Wo^T, then xm += x inside the MLP's norm (no copy of x) */
+  lin_(r, kp->y, HV, gpu_train_wc(m, L->o_proj), D, kp->xm, 0, 0.0f);
+  rms_fwd_res_(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), kp->h2, bf, rows, D, kp->x);
   /* MLP: gate and up in one product (adjacent weights) */
-  rms_fwd_(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), kp->h2, bf, rows, D);
   lin_(r, kp->h2, D, gpu_train_wc(m, L->mlp_gate), 2 * I, kp->gu, bf, 0.0f);
   swiglu_(r, kp->gu, kp->a, 0);
   copy_(r, kp->xm, xout, rows * D, 0);

@@ -219,9 +219,10 @@ extern "C" __global__ void tr_rms_bwd(const void *x, int x_bf, const void *g, in
 ** training are latency-bound with a block per row). Blocks of 256 threads.
 ** When dim % 8 == 0 a lane moves 8 consecutive elements per 16-byte access
 ** (x, g, y, dy, dx rows start 16-byte aligned then); else one at a time.
-** tr_rms_fwd_w: any dim; row = blockIdx.x * 8 + warp. */
-extern "C" __global__ void tr_rms_fwd_w(const void *x, int x_bf, const void *g, int g_bf, const float *w, void *y,
-                                        int y_bf, i64 rows, int dim, float eps) {
+** tr_rms_fwd_w: any dim; row = blockIdx.x * 8 + warp. With res (x float32):
+** the residual add first, x += res written back, then the norm of the sum. */
+extern "C" __global__ void tr_rms_fwd_w(void *x, int x_bf, const void *g, int g_bf, const float *w, void *y,
+                                        int y_bf, i64 rows, int dim, float eps, const float *res) {
   int lane = threadIdx.x & 31;
   i64 r = blockIdx.x * (i64)8 + (threadIdx.x >> 5);
   if (r >= rows) return; /* a whole warp */
@@ -231,6 +232,13 @@ extern "C" __global__ void tr_rms_fwd_w(const void *x, int x_bf, const void *g, 
     for (int i = 8 * lane; i < dim; i += 256) {
       float v[8];
       ld8(x, o + i, x_bf, v);
+      if (res) {
+        float a[8];
+        ld8(res, o + i, 0, a);
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] += a[k];
+        st8(x, o + i, 0, v);
+      }
 #pragma unroll
       for (int k = 0; k < 8; k++) ss += v[k] * v[k];
     }
@@ -250,6 +258,7 @@ extern "C" __global__ void tr_rms_fwd_w(const void *x, int x_bf, const void *g, 
   }
   for (int i = lane; i < dim; i += 32) {
     float v = ldc(x, o + i, x_bf);
+    if (res) v += res[o + i], ((float *)x)[o + i] = v;
     ss += v * v;
   }
   float rstd = rsqrtf(warp_sum(ss) / dim + eps);
