@@ -17,7 +17,8 @@
 ** (compute dtype), z0 (float32). z1 is recomputed inside the gate's kernels.
 ** mlp.gate_proj and mlp.up_proj are adjacent weights [2 I, D]: one product
 ** each way for both. The gradient dx leaves every norm backward also in the
-** compute dtype (dxb), the input of the products above it.
+** compute dtype (dxb), the input of the products above it. xm's residual add
+** happens inside the MLP's norm (the product writes y Wo^T, the norm adds x).
 ** The head: hf = nf(x_L), then per chunk of rows: logits = hf Wlm^T (float32),
 ** the cross-entropy's gradient d (compute dtype), dhf = d Wlm, dWlm += d^T hf.
 */
