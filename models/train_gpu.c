@@ -6,6 +6,7 @@
 */
 #include "internal.h"
 #include "train_gpu.h"
+#include "train_gpu_delta.h"
 
 #include "cuda/cuda_api.h"
 #include "cuda/op_cuda.h"
@@ -155,13 +156,17 @@ void gpu_train_reset(gpu_train *t) {
 
 /* ------------------------------------------------------------ enable / free */
 
-/* What the device path trains: GLA and RetNet without short convolutions,
-** hybrid attention layers or grouped heads. */
+/* What the device path trains: GLA and RetNet without short convolutions
+** (train_gpu_loss.c), DeltaNet, Gated DeltaNet and HGRN2 with or without them
+** (train_gpu_delta*.c, train_gpu_hgrn2.c); no hybrid attention layers or grouped heads. */
 fla_status gpu_train_check(fla_model *m) {
   const model_config *c = &m->cfg;
   const char *why = NULL;
-  if (c->arch != ARCH_GLA && c->arch != ARCH_RETNET) why = "only GLA and RetNet are trained on the GPU in this version";
-  else if (c->use_short_conv) why = "short convolutions (use_short_conv) are not trained on the GPU yet";
+  int delta = gpu_train_delta_arch(m);
+  if (c->arch != ARCH_GLA && c->arch != ARCH_RETNET && !delta)
+    why = "only GLA, RetNet, DeltaNet, Gated DeltaNet and HGRN2 are trained on the GPU in this version";
+  else if (c->use_short_conv && !delta) why = "short convolutions (use_short_conv) are not trained on the GPU yet";
+  else if (c->use_short_conv && c->conv_size > TD_CONV_MAX_W) why = "short convolutions of more than 8 taps are not trained on the GPU yet";
   for (int l = 0; !why && l < c->num_layers; l++) {
     if (m->layers[l].is_attn) why = "softmax-attention layers (fla's 'attn') are not trained on the GPU yet";
     else if (m->layers[l].Hkv != m->layers[l].H) why = "grouped key/value heads (num_kv_heads) are not trained on the GPU yet";
