@@ -92,6 +92,36 @@ void gpu_train_mm(gpu_train *t, int ta, int tb, int64_t M, int64_t N, int64_t K,
   }
 }
 
+/* ------------------------------------------------------------ shared kernel wrappers */
+
+void gpu_train_rms_fwd(gpu_train *t, dptr x, int x_bf, dptr gate, int g_bf, dptr w, dptr y, int y_bf, int64_t rows,
+                       int dim, float eps, dptr res) {
+  void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &y, &y_bf, &rows, &dim, &eps, &res};
+  gpu_train_launch(t, TK_RMS_FWD_W, (unsigned)((rows + 7) / 8), 1, 256, a); /* a warp per row */
+}
+
+void gpu_train_rms_bwd(gpu_train *t, dptr x, int x_bf, dptr gate, int g_bf, dptr w, dptr dy, int dy_bf, dptr dx,
+                       int dx_bf, int dx_add, dptr dgate, dptr dw, int64_t rows, int dim, float eps, dptr dxc,
+                       int dxc_bf) {
+  int dg_bf = g_bf;
+  void *a[] = {&x,     &x_bf,  &gate, &g_bf, &w,  &dy,   &dy_bf, &dx,  &dx_bf, &dx_add,
+               &dgate, &dg_bf, &dw,   &rows, &dim, &eps, &dxc,   &dxc_bf};
+  if (dim <= 1024 && dim % 8 == 0) /* a warp per row, 4 rows each, 8 columns a lane */
+    gpu_train_launch(t, TK_RMS_BWD_W, (unsigned)((rows + 31) / 32), 1, 256, a);
+  else
+    gpu_train_launch(t, TK_RMS_BWD, (unsigned)((rows + 7) / 8), 1, 256, a);
+}
+
+void gpu_train_swiglu(gpu_train *t, dptr gate, dptr up, int ld, dptr a, int bf, int64_t rows, int I, int bwd) {
+  if (rows * I >= ((int64_t)1 << 31)) {
+    gl_fail(t->g, FLA_UNSUPPORTED, "training on the GPU: %lld tokens x MLP width %d is over 2^31 (the SwiGLU "
+            "kernels index in 32 bits): use smaller micro-batches", (long long)rows, I);
+    return;
+  }
+  void *args[] = {&gate, &up, &ld, &a, &bf, &rows, &I}; /* both kernels: a is da in the backward */
+  gpu_train_launch(t, bwd ? TK_SWIGLU_BWD : TK_SWIGLU, gpu_train_blocks((rows * I + 7) / 8), 1, 256, args);
+}
+
 /* ------------------------------------------------------------ the activation stack */
 
 dptr gpu_train_alloc(gpu_train *t, size_t bytes) {

@@ -95,6 +95,21 @@ unsigned gpu_train_blocks(int64_t n);
 /* The kernel's name (profiles). */
 const char *gpu_train_kernel_name(int k);
 
+/* The kernel wrappers every architecture's loop shares (train_gpu_loss.c,
+** train_gpu_delta*.c): y = rmsnorm(x) w (* silu(gate)) over rows of dim, a
+** warp per row; with res (x float32) x += res first, written back. */
+void gpu_train_rms_fwd(gpu_train *t, dptr x, int x_bf, dptr gate, int g_bf, dptr w, dptr y, int y_bf, int64_t rows,
+                       int dim, float eps, dptr res);
+/* Its backward: dx (+= when dx_add, else written in dx_bf), dgate (g_bf),
+** dw +=; dxc when not 0: the final dx again, in dxc_bf (the next product's input). */
+void gpu_train_rms_bwd(gpu_train *t, dptr x, int x_bf, dptr gate, int g_bf, dptr w, dptr dy, int dy_bf, dptr dx,
+                       int dx_bf, int dx_add, dptr dgate, dptr dw, int64_t rows, int dim, float eps, dptr dxc,
+                       int dxc_bf);
+/* a = silu(gate) up over rows of I (gate and up rows ld apart); bwd: gate,
+** up := their gradients from a's gradient in `a`. FLA_UNSUPPORTED (sticky)
+** when rows x I reaches 2^31. */
+void gpu_train_swiglu(gpu_train *t, dptr gate, dptr up, int ld, dptr a, int bf, int64_t rows, int I, int bwd);
+
 /* Row-major products on the device: C[M, N] = op(A) op(B) + beta C, op(A)
 ** [M, K] (A stored [M, K] with lda, or [K, M] when ta), op(B) [K, N] (B stored
 ** [K, N] with ldb, or [N, K] when tb); each operand bf16 when its flag is set. */

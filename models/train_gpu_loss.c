@@ -76,10 +76,7 @@ static void rotary_(run_ *r, dptr x, float sign) {
 /* y = rmsnorm(x) w (* silu(gate)), rows of dim; with res (x float32): x += res first */
 static void rms_fwd_res_(run_ *r, dptr x, int x_bf, dptr gate, dptr w, dptr y, int y_bf, int64_t rows, int dim,
                          dptr res) {
-  int g_bf = r->bf;
-  float eps = r->eps;
-  void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &y, &y_bf, &rows, &dim, &eps, &res};
-  gpu_train_launch(r->t, TK_RMS_FWD_W, (unsigned)((rows + 7) / 8), 1, 256, a); /* a warp per row */
+  gpu_train_rms_fwd(r->t, x, x_bf, gate, r->bf, w, y, y_bf, rows, dim, r->eps, res);
 }
 static void rms_fwd_(run_ *r, dptr x, int x_bf, dptr gate, dptr w, dptr y, int y_bf, int64_t rows, int dim) {
   rms_fwd_res_(r, x, x_bf, gate, w, y, y_bf, rows, dim, 0);
@@ -88,14 +85,8 @@ static void rms_fwd_(run_ *r, dptr x, int x_bf, dptr gate, dptr w, dptr y, int y
 /* its backward: dx (= or +=), dgate, dw +=; dxc (when not 0): the final dx in the compute dtype */
 static void rms_bwd_(run_ *r, dptr x, int x_bf, dptr gate, dptr w, dptr dy, int dy_bf, dptr dx, int dx_bf, int dx_add,
                      dptr dgate, dptr dw, int64_t rows, int dim, dptr dxc) {
-  int g_bf = r->bf, dg_bf = r->bf, dxc_bf = r->bf;
-  float eps = r->eps;
-  void *a[] = {&x,     &x_bf,  &gate, &g_bf, &w,  &dy,   &dy_bf, &dx,  &dx_bf, &dx_add,
-               &dgate, &dg_bf, &dw,   &rows, &dim, &eps, &dxc,   &dxc_bf};
-  if (dim <= 1024 && dim % 8 == 0) /* a warp per row, 4 rows each */
-    gpu_train_launch(r->t, TK_RMS_BWD_W, (unsigned)((rows + 31) / 32), 1, 256, a);
-  else
-    gpu_train_launch(r->t, TK_RMS_BWD, (unsigned)((rows + 7) / 8), 1, 256, a);
+  gpu_train_rms_bwd(r->t, x, x_bf, gate, r->bf, w, dy, dy_bf, dx, dx_bf, dx_add, dgate, dw, rows, dim, r->eps, dxc,
+                    r->bf);
 }
 
 /* y[rows, out] (+)= x[rows, in] W[out, in]^T, x and W compute, y float32 or compute */
@@ -158,10 +149,7 @@ static fla_status op_run_(run_ *r, const kept_ *kp, dptr o, dptr d_o, dptr dq, d
 /* a = silu(gate) up from gu (bwd: [dgate | dup] over gu from da = a's gradient);
 ** a thread per 8 outputs */
 static void swiglu_(run_ *r, dptr gu, dptr a, int bwd) {
-  int bf = r->bf, I = r->I;
-  int64_t rows = r->rows;
-  void *args[] = {&gu, &a, &bf, &rows, &I}; /* both kernels: (gu, a or da, bf, rows, I) */
-  gpu_train_launch(r->t, bwd ? TK_SWIGLU_BWD : TK_SWIGLU, gpu_train_blocks((rows * I + 7) / 8), 1, 256, args);
+  gpu_train_swiglu(r->t, gu, gu + (dptr)r->I * r->es, 2 * r->I, a, r->bf, r->rows, r->I, bwd);
 }
 
 /* GLA's gate: gk from z0 (fwd), or dz1 from dgk (bwd), z1 = z0 W1^T + b inside */
@@ -302,9 +290,6 @@ fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32
             .floor_ = isnan(cfg->clamp_min) ? -INFINITY : (float)cfg->clamp_min};
   int NL = cfg->num_layers, D = r.D, Vb = cfg->vocab_size;
   int64_t rows = r.rows;
-  if (rows * 2 * r.I >= ((int64_t)1 << 31))
-    return fla_set_error(m->ctx, FLA_UNSUPPORTED, "training on the GPU: %lld tokens x MLP width %d is over 2^31 "
-                         "(the SwiGLU kernels index in 32 bits): use smaller micro-batches", (long long)rows, r.I);
   g->status = FLA_OK;
   t->in_loss = 1;
   fla_status s = fla_cuda_sync(m->ctx, "training step"); /* also makes the context current */

@@ -356,23 +356,24 @@ extern "C" __global__ void tr_rms_bwd_w(const void *x, int x_bf, const void *g, 
 
 /* ------------------------------------------------------------ SwiGLU */
 
-/* The MLP's two projections are one product: gu [rows, 2 I], gate in the
-** columns [0, I), up in [I, 2 I) (mlp.gate_proj and mlp.up_proj are adjacent
-** weights). p walks the rows x I outputs, 8 at a time when I % 8 == 0:
-** row p / I, column p % I (32-bit: the host keeps rows x I under 2^31). */
+/* gate and up: rows of I values, row r at gate + r ld and up + r ld (GLA:
+** one product's output gu [rows, 2 I], up = gu + I, ld = 2 I; separate
+** buffers: ld = I); a and da [rows, I]. p walks the rows x I outputs, 8 at a
+** time when I and ld are multiples of 8: row p / I, column p % I (32-bit:
+** gpu_train_swiglu keeps rows x I under 2^31). */
 #define SWIGLU_LOOP(p, n, step)                                                                              \
   for (unsigned p = (blockIdx.x * blockDim.x + threadIdx.x) * (step); p < (unsigned)(n); p += gridDim.x * blockDim.x * (step))
 
 /* a = silu(gate) up */
-extern "C" __global__ void tr_swiglu(const void *gu, void *a, int bf, i64 rows, int I) {
+extern "C" __global__ void tr_swiglu(const void *gate, const void *up, int ld, void *a, int bf, i64 rows, int I) {
   i64 n = rows * I;
-  if ((I & 7) == 0) {
+  if ((I & 7) == 0 && (ld & 7) == 0) {
     SWIGLU_LOOP(p, n, 8) {
       unsigned r = p / I, j = p - r * I;
-      i64 o = (i64)r * 2 * I + j;
+      i64 o = (i64)r * ld + j;
       float gv[8], u[8];
-      ld8(gu, o, bf, gv);
-      ld8(gu, o + I, bf, u);
+      ld8(gate, o, bf, gv);
+      ld8(up, o, bf, u);
 #pragma unroll
       for (int k = 0; k < 8; k++) gv[k] = gv[k] * sigm(gv[k]) * u[k];
       st8(a, p, bf, gv);
@@ -381,9 +382,9 @@ extern "C" __global__ void tr_swiglu(const void *gu, void *a, int bf, i64 rows, 
   }
   SWIGLU_LOOP(p, n, 1) {
     unsigned r = p / I, j = p - r * I;
-    i64 o = (i64)r * 2 * I + j;
-    float gv = ldc(gu, o, bf);
-    stc(a, p, gv * sigm(gv) * ldc(gu, o + I, bf), bf);
+    i64 o = (i64)r * ld + j;
+    float gv = ldc(gate, o, bf);
+    stc(a, p, gv * sigm(gv) * ldc(up, o, bf), bf);
   }
 }
 /* dgate = da up silu'(gate), dup = da silu(gate), silu'(x) = sig(x) (1 + x (1 - sig(x))),
@@ -393,30 +394,30 @@ __device__ __forceinline__ void swiglu_grad(float gv, float u, float d, float *d
   *dgate = d * u * sg * (1.f + gv * (1.f - sg));
   *dup = d * gv * sg;
 }
-extern "C" __global__ void tr_swiglu_bwd(void *gu, const void *da, int bf, i64 rows, int I) {
+extern "C" __global__ void tr_swiglu_bwd(void *gate, void *up, int ld, const void *da, int bf, i64 rows, int I) {
   i64 n = rows * I;
-  if ((I & 7) == 0) {
+  if ((I & 7) == 0 && (ld & 7) == 0) {
     SWIGLU_LOOP(p, n, 8) {
       unsigned r = p / I, j = p - r * I;
-      i64 o = (i64)r * 2 * I + j;
+      i64 o = (i64)r * ld + j;
       float gv[8], u[8], d[8];
-      ld8(gu, o, bf, gv);
-      ld8(gu, o + I, bf, u);
+      ld8(gate, o, bf, gv);
+      ld8(up, o, bf, u);
       ld8(da, p, bf, d);
 #pragma unroll
       for (int k = 0; k < 8; k++) swiglu_grad(gv[k], u[k], d[k], &gv[k], &u[k]);
-      st8(gu, o, bf, gv);
-      st8(gu, o + I, bf, u);
+      st8(gate, o, bf, gv);
+      st8(up, o, bf, u);
     }
     return;
   }
   SWIGLU_LOOP(p, n, 1) {
     unsigned r = p / I, j = p - r * I;
-    i64 o = (i64)r * 2 * I + j;
+    i64 o = (i64)r * ld + j;
     float dg, du;
-    swiglu_grad(ldc(gu, o, bf), ldc(gu, o + I, bf), ldc(da, p, bf), &dg, &du);
-    stc(gu, o, dg, bf);
-    stc(gu, o + I, du, bf);
+    swiglu_grad(ldc(gate, o, bf), ldc(up, o, bf), ldc(da, p, bf), &dg, &du);
+    stc(gate, o, dg, bf);
+    stc(up, o, du, bf);
   }
 }
 
