@@ -212,21 +212,26 @@ void nn_gpu_reset(nn_gpu *g) {
 
 /* ------------------------------------------------------------ launching */
 
-static void launch_(nn_gpu *g, int k, unsigned gx, unsigned gy, unsigned block, void **params) {
+void gl_launch(nn_gpu *g, void *fn, const char *name, unsigned gx, unsigned gy, unsigned block, void **params) {
   if (g->status != FLA_OK || gx == 0 || gy == 0) return;
   const fla_cuda_driver *d = fla_cuda_driver_api();
-  CUresult r = d->cuLaunchKernel((CUfunction)g->fn[k], gx, gy, 1, block, 1, 1, 0, (CUstream)g->stream,
-                                 params, NULL);
+  CUresult r = d->cuLaunchKernel((CUfunction)fn, gx, gy, 1, block, 1, 1, 0, (CUstream)g->stream, params, NULL);
   if (r != CUDA_SUCCESS)
-    gl_fail(g, FLA_ERROR, "kernel %s: cuLaunchKernel grid (%u,%u) block %u: %s", kernel_names_[k], gx, gy,
-            block, fla_cuda_result_str(r));
+    gl_fail(g, FLA_ERROR, "kernel %s: cuLaunchKernel grid (%u,%u) block %u: %s", name, gx, gy, block,
+            fla_cuda_result_str(r));
 }
 
-/* Blocks of 256 for a grid-stride loop over n. */
-static unsigned blocks_(int64_t n) {
-  int64_t b = (n + 255) / 256;
-  return (unsigned)(b < 1 ? 1 : b > 8192 ? 8192 : b);
+static void launch_(nn_gpu *g, int k, unsigned gx, unsigned gy, unsigned block, void **params) {
+  gl_launch(g, g->fn[k], kernel_names_[k], gx, gy, block, params);
 }
+
+unsigned gl_grid_blocks(int64_t n, int64_t cap) {
+  int64_t b = (n + 255) / 256;
+  return (unsigned)(b < 1 ? 1 : b > cap ? cap : b);
+}
+
+/* Blocks of 256 for a grid-stride loop over n (the model's kernels). */
+static unsigned blocks_(int64_t n) { return gl_grid_blocks(n, 8192); }
 
 #define P(x) (void *)&(x)
 

@@ -76,17 +76,12 @@ static void copy_(td_run *r, dptr x, dptr y, int64_t n) {
 }
 
 void td_rms_fwd(td_run *r, dptr x, int x_bf, dptr gate, dptr w, dptr y, int y_bf, int64_t rows, int dim, float eps) {
-  int g_bf = r->bf;
-  void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &y, &y_bf, &rows, &dim, &eps};
-  gpu_train_launch(r->t, TK_RMS_FWD_W, (unsigned)((rows + 7) / 8), 1, 256, a);
+  gpu_train_rms_fwd(r->t, x, x_bf, gate, r->bf, w, y, y_bf, rows, dim, eps, 0);
 }
 
 void td_rms_bwd(td_run *r, dptr x, int x_bf, dptr gate, dptr w, dptr dy, int dy_bf, dptr dx, int dx_bf, int dx_add,
                 dptr dgate, dptr dw, int64_t rows, int dim, float eps) {
-  int g_bf = r->bf, dg_bf = r->bf;
-  void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &dy, &dy_bf, &dx, &dx_bf, &dx_add, &dgate, &dg_bf, &dw, &rows, &dim, &eps};
-  if (dim <= 1024) gpu_train_launch(r->t, TK_RMS_BWD_W, (unsigned)((rows + 31) / 32), 1, 256, a);
-  else gpu_train_launch(r->t, TK_RMS_BWD, (unsigned)((rows + 7) / 8), 1, 256, a);
+  gpu_train_rms_bwd(r->t, x, x_bf, gate, r->bf, w, dy, dy_bf, dx, dx_bf, dx_add, dgate, dw, rows, dim, eps, 0, 0);
 }
 
 /* y[rows, out] = x[rows, in] W[out, in]^T: x and W compute, y float32 or compute */
@@ -280,11 +275,7 @@ void td_layer_fwd(td_run *r, const model_layer *L, td_kept *kp, dptr xout) {
   td_lin(r, h, D, gpu_train_wc(m, L->mlp_gate), I, kp->gate, bf);
   td_lin(r, h, D, gpu_train_wc(m, L->mlp_up), I, kp->up, bf);
   dptr a = TD_CB(r, rows * I);
-  {
-    int64_t n = rows * I;
-    void *args[] = {&kp->gate, &kp->up, &a, &bf, &n};
-    gpu_train_launch(t, TK_SWIGLU, gpu_train_blocks(n), 1, 256, args);
-  }
+  gpu_train_swiglu(t, kp->gate, kp->up, I, a, bf, rows, I, 0);
   copy_(r, kp->xm, xout, rows * D);
   gpu_train_mm(t, 0, 1, rows, D, I, a, bf, I, gpu_train_wc(m, L->mlp_down), bf, I, 1.0f, xout, 0, D);
   gpu_train_release(t, mark);
@@ -300,17 +291,11 @@ static void mlp_bwd_(td_run *r, const model_layer *L, const td_kept *kp, dptr dx
   dptr h = TD_CB(r, rows * D), dxb = TD_CB(r, rows * D), dh = TD_FB(r, rows * D);
   dptr a = TD_CB(r, nI), da = TD_CB(r, nI);
   td_rms_fwd(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), h, bf, rows, D, r->eps);
-  {
-    void *args[] = {(void *)&kp->gate, (void *)&kp->up, &a, &bf, &nI};
-    gpu_train_launch(t, TK_SWIGLU, gpu_train_blocks(nI), 1, 256, args);
-  }
+  gpu_train_swiglu(t, kp->gate, kp->up, I, a, bf, rows, I, 0);
   cast_(r, dx, dxb, rows * D);
   gpu_train_mm(t, 1, 0, D, I, rows, dxb, bf, D, a, bf, I, 1.0f, gpu_train_grad(m, L->mlp_down), 0, I);
   gpu_train_mm(t, 0, 0, rows, I, D, dxb, bf, D, gpu_train_wc(m, L->mlp_down), bf, I, 0.0f, da, bf, I);
-  {
-    void *args[] = {(void *)&kp->gate, (void *)&kp->up, &da, &bf, &nI};
-    gpu_train_launch(t, TK_SWIGLU_BWD, gpu_train_blocks(nI), 1, 256, args); /* gate, up := their gradients */
-  }
+  gpu_train_swiglu(t, kp->gate, kp->up, I, da, bf, rows, I, 1); /* gate, up := their gradients */
   td_lin_bwd(r, h, D, gpu_train_wc(m, L->mlp_gate), I, kp->gate, gpu_train_grad(m, L->mlp_gate), dh, &first);
   td_lin_bwd(r, h, D, gpu_train_wc(m, L->mlp_up), I, kp->up, gpu_train_grad(m, L->mlp_up), dh, &first);
   td_rms_bwd(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), dh, 0, dx, 0, 1, 0, gpu_train_grad(m, L->mlp_norm_w),
