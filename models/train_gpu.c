@@ -189,6 +189,18 @@ void gpu_train_reset(gpu_train *t) {
 /* What the device path trains: GLA and RetNet without short convolutions
 ** (train_gpu_loss.c), DeltaNet, Gated DeltaNet and HGRN2 with or without them
 ** (train_gpu_delta*.c, train_gpu_hgrn2.c); no hybrid attention layers or grouped heads. */
+const model_layer *gpu_train_mixer_layer(const fla_model *m) {
+  for (int l = 0; l < m->cfg.num_layers; l++)
+    if (!m->layers[l].is_attn) return &m->layers[l];
+  return &m->layers[0];
+}
+
+const model_layer *gpu_train_attn_layer(const fla_model *m) {
+  for (int l = 0; l < m->cfg.num_layers; l++)
+    if (m->layers[l].is_attn) return &m->layers[l];
+  return NULL;
+}
+
 fla_status gpu_train_check(fla_model *m) {
   const model_config *c = &m->cfg;
   const char *why = NULL;
@@ -199,9 +211,7 @@ fla_status gpu_train_check(fla_model *m) {
   else if (c->use_short_conv && c->conv_size > TD_CONV_MAX_W) why = "short convolutions of more than 8 taps are not trained on the GPU yet";
   for (int l = 0; !why && l < c->num_layers; l++) {
     const model_layer *L = &m->layers[l];
-    if (L->is_attn && c->arch != ARCH_TRANSFORMER)
-      why = "hybrid softmax-attention layers (fla's 'attn') are not trained on the GPU yet";
-    else if (L->is_attn && L->attn.qkv_bias) why = "attention projections with biases (qkv_bias) are not trained on the GPU yet";
+    if (L->is_attn && L->attn.qkv_bias) why = "attention projections with biases (qkv_bias) are not trained on the GPU yet";
     else if (L->is_attn && L->K > 256) why = "attention heads wider than 256 are not trained on the GPU";
     else if (!L->is_attn && L->Hkv != L->H) why = "grouped key/value heads (num_kv_heads) are not trained on the GPU yet";
   }

@@ -60,6 +60,13 @@ typedef struct gpu_train {
   dptr sumsq;              /* device float64 [1] */
 } gpu_train;
 
+/* The first layer whose token mixer is a recipe (not softmax attention): the
+** mixer dims and recipe every such layer shares; layers[0] when all layers are
+** attention. The first softmax-attention layer, or NULL (hybrids share one
+** attention spec: fla's `attn`). */
+const model_layer *gpu_train_mixer_layer(const fla_model *m);
+const model_layer *gpu_train_attn_layer(const fla_model *m);
+
 /* 1 when m trains on the device. */
 static inline int gpu_train_on(const fla_model *m) { return m && m->gtrain != NULL; }
 

@@ -40,7 +40,7 @@ void gta_kept_alloc(fla_model *m, const model_layer *L, int64_t rows, gta_kept *
   kp->lse = gpu_train_alloc(t, 4 * (size_t)(rows * L->H));
 }
 
-void gta_fwd(fla_model *m, const model_layer *L, int64_t B, int64_t T, dptr h, gta_kept *kp, dptr xm) {
+void gta_fwd(fla_model *m, const model_layer *L, int64_t B, int64_t T, dptr h, gta_kept *kp, dptr xm, float xm_beta) {
   gpu_train *t = m->gtrain;
   int64_t rows = B * T;
   int D = m->cfg.hidden_size, bf = t->bf, qw = L->H * L->K, kw = L->Hkv * L->K;
@@ -53,7 +53,7 @@ void gta_fwd(fla_model *m, const model_layer *L, int64_t B, int64_t T, dptr h, g
     gpu_attn_shape s = shape_(m, L, B, T);
     take_(m, gpu_attn_fwd(m->ctx, &s, kp->q, kp->k, kp->v, kp->o, kp->lse));
   }
-  gpu_train_mm(t, 0, 1, rows, D, qw, kp->o, bf, qw, gpu_train_wc(m, L->o_proj), bf, qw, 1.0f, xm, 0, D);
+  gpu_train_mm(t, 0, 1, rows, D, qw, kp->o, bf, qw, gpu_train_wc(m, L->o_proj), bf, qw, xm_beta, xm, 0, D);
 }
 
 /* dW[out, in] += d^T h;  dh[rows, in] (beta)= d W */

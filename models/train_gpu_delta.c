@@ -154,7 +154,7 @@ fla_status td_op_bind(td_run *r) {
   memset(&cfg, 0, sizeof cfg);
   cfg.B = r->B, cfg.T = r->T, cfg.H = r->H, cfg.K = r->K, cfg.V = r->V;
   cfg.algo = FLA_ALGO_AUTO;
-  fla_status s = fla_op_bind(r->m->ctx, r->m->layers[0].recipe, &cfg, &t->op);
+  fla_status s = fla_op_bind(r->m->ctx, gpu_train_mixer_layer(r->m)->recipe, &cfg, &t->op);
   if (s == FLA_OK) t->op_B = r->B, t->op_T = r->T;
   return s;
 }
@@ -197,17 +197,15 @@ static fla_status op_run_(td_run *r, const td_kept *kp, dptr o, dptr d_o, const 
 void td_kept_alloc(td_run *r, td_kept *kp, dptr x) {
   int64_t rows = r->rows;
   int HK = r->H * r->K, HV = r->H * r->V;
-  const model_layer *L0 = &r->m->layers[0];
+  const model_layer *L0 = gpu_train_mixer_layer(r->m), *La = gpu_train_attn_layer(r->m);
   memset(kp, 0, sizeof *kp);
   kp->x = x;
   kp->xm = TD_FB(r, rows * r->D);
+  kp->gate = TD_CB(r, rows * r->I), kp->up = TD_CB(r, rows * r->I);
+  if (La) gta_kept_alloc(r->m, La, rows, &kp->at); /* the Transformer's layers, or a hybrid's attn */
+  if (L0->is_attn) return;                          /* the Transformer: no recipe mixer */
   kp->a[0] = TD_FB(r, rows * HK), kp->a[1] = TD_FB(r, rows * HK), kp->a[2] = TD_FB(r, rows * HV);
   kp->q = TD_CB(r, rows * HK), kp->v = TD_CB(r, rows * HV), kp->o = TD_CB(r, rows * HV);
-  kp->gate = TD_CB(r, rows * r->I), kp->up = TD_CB(r, rows * r->I);
-  if (L0->is_attn) { /* the Transformer: every layer the same attention */
-    gta_kept_alloc(r->m, L0, rows, &kp->at);
-    return;
-  }
   if (r->hgrn2) { /* q, v and the forget gate gk [rows, HK] */
     kp->g = TD_CB(r, rows * HK);
     return;
@@ -264,7 +262,7 @@ void td_layer_fwd(td_run *r, const model_layer *L, td_kept *kp, dptr xout) {
   td_rms_fwd(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), h, bf, rows, D, r->eps);
   if (L->is_attn) {
     copy_(r, kp->x, kp->xm, rows * D);
-    gta_fwd(m, L, r->B, r->T, h, &kp->at, kp->xm);
+    gta_fwd(m, L, r->B, r->T, h, &kp->at, kp->xm, 1.0f);
   } else if (r->hgrn2) {
     td_hgrn2_fwd(r, L, kp, h);
   } else {

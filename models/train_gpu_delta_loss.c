@@ -50,7 +50,7 @@ fla_status gpu_train_delta_loss_backward(fla_model *m, const int32_t *ids, const
   gpu_train *t = m->gtrain;
   nn_gpu *g = t->g;
   const model_config *cfg = &m->cfg;
-  const model_layer *L0 = &m->layers[0];
+  const model_layer *L0 = gpu_train_mixer_layer(m);
   td_run r = {.m = m, .t = t, .g = g, .B = B, .T = T, .rows = B * T, .D = cfg->hidden_size, .H = L0->H, .K = L0->K,
               .V = L0->V, .I = L0->ffn_dim, .bf = t->bf, .gdn = cfg->arch == ARCH_GATED_DELTANET,
               .hgrn2 = cfg->arch == ARCH_HGRN2,

@@ -24,6 +24,7 @@
 */
 #include "internal.h"
 #include "train_gpu.h"
+#include "train_gpu_attn_layer.h"
 
 #include "cuda/cuda_api.h"
 #include "cuda/op_cuda.h"
@@ -36,6 +37,7 @@
 
 typedef struct {
   dptr x, xm, h, q, k, v, gk, g, o, y, h2, gu, a, z0;
+  gta_kept at; /* a hybrid's softmax-attention layers (fla's `attn`) */
 } kept_;
 
 typedef struct {
@@ -110,7 +112,7 @@ static fla_status bind_(run_ *r) {
   memset(&cfg, 0, sizeof cfg);
   cfg.B = r->B, cfg.T = r->T, cfg.H = r->H, cfg.K = r->K, cfg.V = r->V;
   cfg.algo = FLA_ALGO_AUTO;
-  fla_status s = fla_op_bind(r->m->ctx, r->m->layers[0].recipe, &cfg, &t->op);
+  fla_status s = fla_op_bind(r->m->ctx, gpu_train_mixer_layer(r->m)->recipe, &cfg, &t->op);
   if (s == FLA_OK) t->op_B = r->B, t->op_T = r->T;
   return s;
 }
@@ -169,13 +171,33 @@ static void gate_(run_ *r, const model_layer *L, dptr z0, dptr gk_or_dgk, dptr d
   }
 }
 
+static void mixer_fwd_(run_ *r, const model_layer *L, kept_ *kp);
+
 /* The layer's forward from kp->x: fills kp, writes the layer's output to xout. */
 static void layer_fwd_(run_ *r, const model_layer *L, kept_ *kp, dptr xout) {
   fla_model *m = r->m;
   int64_t rows = r->rows;
-  int D = r->D, HK = r->H * r->K, HV = r->H * r->V, I = r->I, bf = r->bf;
+  int D = r->D, I = r->I, bf = r->bf;
   dptr h = kp->h;
   rms_fwd_(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), h, bf, rows, D);
+  /* xm = mixer(h), then xm += x inside the MLP's norm (no copy of x) */
+  if (L->is_attn) gta_fwd(m, L, r->B, r->T, h, &kp->at, kp->xm, 0.0f);
+  else mixer_fwd_(r, L, kp);
+  rms_fwd_res_(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), kp->h2, bf, rows, D, kp->x);
+  /* MLP: gate and up in one product (adjacent weights) */
+  lin_(r, kp->h2, D, gpu_train_wc(m, L->mlp_gate), 2 * I, kp->gu, bf, 0.0f);
+  swiglu_(r, kp->gu, kp->a, 0);
+  copy_(r, kp->xm, xout, rows * D, 0);
+  lin_(r, kp->a, I, gpu_train_wc(m, L->mlp_down), D, xout, 0, 1.0f);
+}
+
+/* The recipe token mixer of layer_fwd_: q, k, v (g, gk) from kp->h, o, the
+** gated norm's y, and xm = y Wo^T. */
+static void mixer_fwd_(run_ *r, const model_layer *L, kept_ *kp) {
+  fla_model *m = r->m;
+  int64_t rows = r->rows;
+  int D = r->D, HK = r->H * r->K, HV = r->H * r->V, bf = r->bf;
+  dptr h = kp->h;
   lin_(r, h, D, gpu_train_wc(m, L->q_proj), HK, kp->q, bf, 0.0f);
   lin_(r, h, D, gpu_train_wc(m, L->k_proj), HK, kp->k, bf, 0.0f);
   lin_(r, h, D, gpu_train_wc(m, L->v_proj), HV, kp->v, bf, 0.0f);
@@ -189,14 +211,7 @@ static void layer_fwd_(run_ *r, const model_layer *L, kept_ *kp, dptr xout) {
   }
   op_run_(r, kp, kp->o, 0, 0, 0, 0, 0);
   rms_fwd_(r, kp->o, bf, kp->g, gpu_train_w32(m, L->out_norm), kp->y, bf, rows * r->H, r->V);
-  /* xm = y Wo^T, then xm += x inside the MLP's norm (no copy of x) */
   lin_(r, kp->y, HV, gpu_train_wc(m, L->o_proj), D, kp->xm, 0, 0.0f);
-  rms_fwd_res_(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), kp->h2, bf, rows, D, kp->x);
-  /* MLP: gate and up in one product (adjacent weights) */
-  lin_(r, kp->h2, D, gpu_train_wc(m, L->mlp_gate), 2 * I, kp->gu, bf, 0.0f);
-  swiglu_(r, kp->gu, kp->a, 0);
-  copy_(r, kp->xm, xout, rows * D, 0);
-  lin_(r, kp->a, I, gpu_train_wc(m, L->mlp_down), D, xout, 0, 1.0f);
 }
 
 /* GLA's gate backward: dz1 = dgk / 16 sigmoid(-z1) (z1 recomputed inside),
@@ -220,13 +235,15 @@ static void gate_bwd_(run_ *r, const model_layer *L, const kept_ *kp, dptr dgk, 
   lin_bwd_(r, kp->h, D, gpu_train_wc(m, L->gk_proj0), 16, dz0b, gpu_train_grad(m, L->gk_proj0), dh, 0.0f);
 }
 
+static void mixer_bwd_(run_ *r, const model_layer *L, kept_ *kp, dptr dxb, dptr dh);
+
 /* dx: the gradient of the layer's output in, of its input out (float32);
 ** dxb: the same in the compute dtype, in and out (the norms' backward write it). */
 static void layer_bwd_(run_ *r, const model_layer *L, kept_ *kp, dptr dx, dptr dxb) {
   fla_model *m = r->m;
   gpu_train *t = r->t;
   int64_t rows = r->rows;
-  int D = r->D, HK = r->H * r->K, HV = r->H * r->V, I = r->I, bf = r->bf;
+  int D = r->D, I = r->I, bf = r->bf;
   size_t mark = gpu_train_mark(t);
   dptr dh = FB(r, rows * D);
   /* MLP: dWd, da, [dgate | dup] in place over gu, then both projections at once */
@@ -237,7 +254,21 @@ static void layer_bwd_(run_ *r, const model_layer *L, kept_ *kp, dptr dx, dptr d
   lin_bwd_(r, kp->h2, D, gpu_train_wc(m, L->mlp_gate), 2 * I, kp->gu, gpu_train_grad(m, L->mlp_gate), dh, 0.0f);
   rms_bwd_(r, kp->xm, 0, 0, gpu_train_w32(m, L->mlp_norm_w), dh, 0, dx, 0, 1, 0, gpu_train_grad(m, L->mlp_norm_w),
            rows, D, dxb);
-  /* token mixer */
+  /* token mixer: dh written */
+  if (L->is_attn) gta_bwd(m, L, r->B, r->T, kp->h, &kp->at, dxb, dh, 0.0f);
+  else mixer_bwd_(r, L, kp, dxb, dh);
+  rms_bwd_(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), dh, 0, dx, 0, 1, 0, gpu_train_grad(m, L->attn_norm_w),
+           rows, D, dxb);
+  gpu_train_release(t, mark);
+}
+
+/* The recipe token mixer's backward from dxb (the gradient of xm, compute
+** dtype): every weight gradient and dh (written). */
+static void mixer_bwd_(run_ *r, const model_layer *L, kept_ *kp, dptr dxb, dptr dh) {
+  fla_model *m = r->m;
+  gpu_train *t = r->t;
+  int64_t rows = r->rows;
+  int D = r->D, HK = r->H * r->K, HV = r->H * r->V, bf = r->bf;
   dptr dy = FB(r, rows * HV), dO = CB(r, rows * HV), dg = CB(r, rows * HV);
   gpu_train_mm(t, 1, 0, D, HV, rows, dxb, bf, D, kp->y, bf, HV, 1.0f, gpu_train_grad(m, L->o_proj), 0, HV);
   gpu_train_mm(t, 0, 0, rows, HV, D, dxb, bf, D, gpu_train_wc(m, L->o_proj), bf, HV, 0.0f, dy, 0, HV);
@@ -257,9 +288,6 @@ static void layer_bwd_(run_ *r, const model_layer *L, kept_ *kp, dptr dx, dptr d
   lin_bwd_(r, h, D, gpu_train_wc(m, L->k_proj), HK, dk, gpu_train_grad(m, L->k_proj), dh, 1.0f);
   lin_bwd_(r, h, D, gpu_train_wc(m, L->v_proj), HV, dv, gpu_train_grad(m, L->v_proj), dh, 1.0f);
   if (r->gated) lin_bwd_(r, h, D, gpu_train_wc(m, L->g_proj), HV, dg, gpu_train_grad(m, L->g_proj), dh, 1.0f);
-  rms_bwd_(r, kp->x, 0, 0, gpu_train_w32(m, L->attn_norm_w), dh, 0, dx, 0, 1, 0, gpu_train_grad(m, L->attn_norm_w),
-           rows, D, dxb);
-  gpu_train_release(t, mark);
 }
 
 /* ------------------------------------------------------------ the whole model */
@@ -276,6 +304,8 @@ static void kept_alloc_(run_ *r, kept_ *kp, dptr x) {
   kp->gk = r->gla ? CB(r, rows * HK) : 0;
   kp->z0 = r->gla ? FB(r, rows * 16) : 0;
   kp->gu = CB(r, rows * 2 * r->I), kp->a = CB(r, rows * r->I);
+  const model_layer *La = gpu_train_attn_layer(r->m);
+  if (La) gta_kept_alloc(r->m, La, rows, &kp->at);
 }
 
 fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32_t *targets, int64_t B, int64_t T,
@@ -283,7 +313,7 @@ fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32
   gpu_train *t = m->gtrain;
   nn_gpu *g = t->g;
   const model_config *cfg = &m->cfg;
-  const model_layer *L0 = &m->layers[0];
+  const model_layer *L0 = gpu_train_mixer_layer(m);
   run_ r = {.m = m, .t = t, .g = g, .B = B, .T = T, .rows = B * T, .D = cfg->hidden_size, .H = L0->H, .K = L0->K,
             .V = L0->V, .I = L0->ffn_dim, .bf = t->bf, .gla = cfg->arch == ARCH_GLA, .gated = L0->g_proj != NULL,
             .es = t->bf ? 2 : 4, .eps = (float)cfg->norm_eps,

@@ -99,7 +99,8 @@ static double compare_grads_(fla_model *cpu, fla_model *gpu, double tol, double 
 }
 
 /* The architectures the GPU trains. */
-static const char *const models_[] = {"gla", "retnet"};
+/* GLA, RetNet, and the GLA hybrid with a sliding-window attention layer */
+static const char *const models_[] = {"gla", "retnet", "gla_hybrid_swa"};
 
 /* _i: model _i / 2, float32 (even) or bf16 (odd); loss and gradients against the CPU */
 START_TEST(test_grads_match_cpu) {
@@ -306,7 +307,7 @@ int main(void) {
     tcase_add_test(tc, test_skip_no_gpu);
   } else {
     tcase_add_test(tc, test_unsupported_arch_named);
-    tcase_add_loop_test(tc, test_grads_match_cpu, 0, 4);
+    tcase_add_loop_test(tc, test_grads_match_cpu, 0, 6);
     tcase_add_test(tc, test_accumulate_and_recompute);
     tcase_add_test(tc, test_adamw_steps_match_cpu);
     tcase_add_test(tc, test_create_and_loss_decreases);
