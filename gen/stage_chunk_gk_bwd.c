@@ -7,8 +7,8 @@
 **
 ** Handled: FLA_DECAY 3 with plain writes read after the token (FLA_DELTA 0,
 ** FLA_READ_BEFORE 0, no bonus, no probe), keys given (GLA), bf16 inputs, K up
-** to 128 and V up to 256, and keys derived from the decay (HGRN2: k = 1 - e^g,
-** GB_HGRN2_ENABLED). Everything else is
+** to 256 and V up to 512, and keys derived from the decay (HGRN2: k = 1 - e^g,
+** GB_HGRN2_ENABLED; K up to 192, the dq/dk kernel's shared memory). Everything else is
 ** FLA_UNSUPPORTED and the op runs the recurrent backward: f32 inputs (no fp32
 ** tensor-core path), RWKV-6 (read before the token, bonus), other decays
 ** (chunk_bwd), the WY family.
@@ -101,9 +101,15 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
   else if (key->key_from_decay && !GB_HGRN2_ENABLED)
     no = "keys derived from the decay (HGRN2) are not enabled yet (not run on a GPU)";
   if (no) return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_gk_bwd: %s", no);
-  if (key->K < 1 || key->V < 1 || key->K > 128 || key->V > 256)
-    return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_gk_bwd: K = %d, V = %d outside K 1..128, V 1..256",
+  if (key->K < 1 || key->V < 1 || key->K > 256 || key->V > 512)
+    return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_gk_bwd: K = %d, V = %d outside K 1..256, V 1..512",
                          key->K, key->V);
+  /* the dq/dk kernel's shared memory depends on the key alone: past the
+  ** limit (HGRN2 above K = 192) the op runs the recurrent backward */
+  if (smem_dqk_(key) > GB_SMEM_MAX)
+    return fla_set_error(ctx, FLA_UNSUPPORTED,
+                         "chunk_gk_bwd: K = %d%s needs %u bytes of shared memory in the dq/dk kernel",
+                         key->K, key->key_from_decay ? " with keys from the decay" : "", smem_dqk_(key));
   if (cfg->BT != GB_BT || cfg->warps != GB_WARPS)
     return fla_set_error(ctx, FLA_INVALID, "chunk_gk_bwd: BT %d warps %d (only BT 64, 4 warps)",
                          cfg->BT, cfg->warps);

@@ -6,7 +6,7 @@
 ** Keys handled: FLA_DECAY 3 (g [tok,H,K]), FLA_DELTA 0, FLA_READ_BEFORE 0, no
 ** bonus, no probe, FLA_KEY_FROM_DECAY 0 or 1 (HGRN2: k = 1 - e^g; declined by
 ** gen/stage_chunk_gk_bwd.c until it has run on a GPU); FLA_IN_BF16
-** 1; K <= 128, V <= 256 (value tiles of 64). Chunks of 64 tokens, 4 warps.
+** 1; K <= 256, V <= 512 (value tiles of 64). Chunks of 64 tokens, 4 warps.
 **
 ** The math (fla-notes.md §2.3; per chunk of C <= 64 rows, h the state entering
 ** it, dh the gradient of the state leaving it, log gates in base 2: gam_id =
@@ -51,8 +51,8 @@
 #if FLA_READ_BEFORE || FLA_HAS_BONUS || FLA_DECAY != 3 || FLA_DELTA || FLA_HAS_PROBE || !FLA_IN_BF16
 #error "chunk_gk_bwd: per-key decay read after the token (GLA, HGRN2), bf16 inputs only"
 #endif
-#if FLA_BV % 16 || FLA_K > 128 || FLA_V > 256
-#error "chunk_gk_bwd: FLA_BV a multiple of 16; K <= 128, V <= 256"
+#if FLA_BV % 16 || FLA_K > 256 || FLA_V > 512
+#error "chunk_gk_bwd: FLA_BV a multiple of 16; K <= 256, V <= 512"
 #endif
 
 #define CK_BT 64
