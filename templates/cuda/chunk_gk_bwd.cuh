@@ -77,6 +77,7 @@
 #define GB_NVQ ((FLA_V + GB_VQ - 1) / GB_VQ)
 #define GB_LDQ (GB_VQ + 8)
 #define GB_LDG (CK_KP + 4)
+#define GB_HK ((CK_KP + CK_NTH - 1) / CK_NTH) /* keys a thread sums <h, dh> of (dq/dk kernel) */
 
 /* ws0: DH [NC,H,K,V] bf16, the gradient of the state leaving each chunk. */
 __device__ __forceinline__ unsigned short *gb_ws_dh(const fla_kernel_args &a) {
@@ -380,7 +381,10 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
   ck_commit();
   ck_cumsum_global<CK_NTH, CK_KP, GB_LDK, GB_LDG>(gam, (const unsigned short *)a.g + rk, H * FLA_K,
                                                   rows, Ks, tid);
-  float hsum = 0.0f; /* thread tid < KP: <h_d, dh_d> of key tid */
+  /* <h_d, dh_d> of keys d = tid + CK_NTH i (K over 128: two keys a thread) */
+  float hsum[GB_HK];
+#pragma unroll
+  for (int i = 0; i < GB_HK; i++) hsum[i] = 0.0f;
 
   const int r0 = 16 * w, rA = r0 + g, rB = rA + 8;
   const int veco = (FLA_V % 8 == 0) && ((a.d_o & 15) == 0), vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
@@ -473,14 +477,17 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
     ck_wait_all();
     __syncthreads();
     ckb_mm_nt<CK_KP / 8, GB_VQ, GB_LDQ, GB_LDQ>(accK, Vs, Ys, r0, lane);
-    for (int d = tid; d < CK_KP; d += CK_NTH) {
+#pragma unroll
+    for (int i = 0; i < GB_HK; i++) {
+      const int d = tid + CK_NTH * i;
+      if (d >= CK_KP) break;
       const unsigned *hp = (const unsigned *)(Hs + d * GB_LDQ), *yp = (const unsigned *)(Ys + d * GB_LDQ);
 #pragma unroll 8
       for (int p = 0; p < GB_VQ / 2; p++) {
         float hv[2], dv[2];
         ck_unpack(hp[p], hv);
         ck_unpack(yp[p], dv);
-        hsum += hv[0] * dv[0] + hv[1] * dv[1];
+        hsum[i] += hv[0] * dv[0] + hv[1] * dv[1];
       }
     }
   }
@@ -546,7 +553,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
     *(float2 *)(ex + rB * GB_LDG + d) = make_float2(accK[j][2], accK[j][3]);
 #endif
   }
-  if (tid < CK_KP) hdh[tid] = hsum;
+#pragma unroll
+  for (int i = 0; i < GB_HK; i++)
+    if (tid + CK_NTH * i < CK_KP) hdh[tid + CK_NTH * i] = hsum[i];
   __syncthreads();
   unsigned short *dg = (unsigned short *)a.dg + rk;
   for (int d = tid; d < FLA_K; d += CK_NTH) {
