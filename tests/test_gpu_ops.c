@@ -36,7 +36,7 @@
 **   - "wide keys": the per-key-gate recipes (gla, hgrn2, rwkv6) forward at K
 **     192..256 and V up to 512 (GLA 1.3B's heads: K 256, V 512) and backward
 **     at K 192..256, V up to 512, wherever chunk_gk_fwd / chunk_gk_bwd take
-**     them (gla and hgrn2 must; hgrn2's backward only up to K = 192).
+**     them (gla and hgrn2 must).
 **     Summary lines "gpu_ops_wide:" and "gpu_ops_bwd_wide:".
 **
 ** Forward times: tools/fla_bench.c (fla-bench --device cuda).
@@ -147,13 +147,13 @@ static const gcase wide_cases_[] = {
 };
 #define NWIDE ((int)(sizeof wide_cases_ / sizeof wide_cases_[0]))
 
-/* Wide heads on chunk_gk_bwd: K in (128, 256], V up to 512. gla must take
-** it everywhere, hgrn2 up to K = 192 (the dq/dk kernel's shared memory; at
-** K = 256 its backward is the recurrent one, not run here). */
+/* Wide heads on chunk_gk_bwd (its dq/dk kernel in two key slices): K in
+** (128, 256], V up to 512; gla and hgrn2 must take it. */
 static const bcase wide_bcases_[] = {
     {{300, 256, 256, 1, FLA_BF16, FLA_ALGO_AUTO, 0}, 1},
     {{200, 256, 512, 0, FLA_BF16, FLA_ALGO_AUTO, 0}, 1},
     {{260, 192, 100, 1, FLA_BF16, FLA_ALGO_AUTO, 3}, 1},
+    {{150, 200, 64, 1, FLA_BF16, FLA_ALGO_AUTO, 0}, 0},
 };
 #define NWIDEB ((int)(sizeof wide_bcases_ / sizeof wide_bcases_[0]))
 
@@ -834,7 +834,7 @@ static void run_bcase_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, 
   if (ir->family == FLA_FAMILY_DECAY && ir->decay == FLA_DECAY_KEY && !ir->read_before &&
       c->dtype == FLA_BF16 &&
       c->algo != FLA_ALGO_RECURRENT && (c->T > 1 || c->nseqs) &&
-      (cfg.K <= 192 || (cfg.K <= 256 && !ir->key_from_decay)) && cfg.V <= 512)
+      cfg.K <= 256 && cfg.V <= 512)
     ck_assert_int_eq(stage, FLA_STAGE_CHUNK_GK_BWD);
   char label[200];
   snprintf(label, sizeof label, "%s T=%lld K=%lld V=%lld h0=%d dht=%d %s %s%s%s", name,
@@ -941,8 +941,7 @@ START_TEST(test_gk_bwd_wide_keys) {
     ck_assert_msg(fla_op_bind(g, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(g));
     int stage = fla_cuda_op_backward_core_stage(op, FLA_BF16, c->h0, wide_bcases_[i].dht);
     fla_op_free(op);
-    int want = !strcmp(name, "gla") || (!strcmp(name, "hgrn2") && c->K <= 192);
-    if (want)
+    if (must_take_gk_(name))
       ck_assert_msg(stage == FLA_STAGE_CHUNK_GK_BWD, "%s K=%lld V=%lld: backward stage %d, not chunk_gk_bwd",
                     name, (long long)cfg.K, (long long)cfg.V, stage);
     if (stage == FLA_STAGE_CHUNK_GK_BWD)

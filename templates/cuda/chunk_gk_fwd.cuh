@@ -251,12 +251,14 @@ __device__ __forceinline__ void ck_load_row_f32(float *s, const float *g, int n,
 
 /* gam[r][d] = sum_{r' <= r} g[r'][d] * log2 e over the chunk's 64 rows, g
 ** straight from global memory: rows t0.. with row stride ld, rows >= nrows
-** and columns >= K read 0 (so gam stays at its last value past the end).
+** and columns >= ncols (default K) read 0 (so gam stays at its last value
+** past the end).
 ** HGRN2: Ks[r][d] = bf16(1 - e^g[r][d]) (0 where g is 0). One thread a
 ** column; consecutive threads read consecutive columns of a row. */
 template <int NTH, int KP, int LDQ, int LDG>
 __device__ __forceinline__ void ck_cumsum_global(float *gam, const unsigned short *gsrc, long long ld,
-                                                 int nrows, unsigned short *Ks, int tid) {
+                                                 int nrows, unsigned short *Ks, int tid,
+                                                 int ncols = FLA_K) {
 #if !FLA_KEY_FROM_DECAY
   (void)Ks;
 #endif
@@ -273,7 +275,7 @@ __device__ __forceinline__ void ck_cumsum_global(float *gam, const unsigned shor
       float gv[32];
 #pragma unroll
       for (int i = 0; i < 32; i++)
-        gv[i] = (r0 + i < nrows && c < FLA_K) ? ck_bf2f(gsrc[(r0 + i) * ld + c]) : 0.0f;
+        gv[i] = (r0 + i < nrows && c < ncols) ? ck_bf2f(gsrc[(r0 + i) * ld + c]) : 0.0f;
 #pragma unroll
       for (int i = 0; i < 32; i++) {
         s += gv[i] * CK_LOG2E;
