@@ -6,7 +6,7 @@
 ** Handled: FLA_DECAY 3 with plain writes (FLA_DELTA 0, no probe), read after
 ** the token (GLA, HGRN2) or before it with the bonus (RWKV-6), keys given or
 ** derived from the decay (HGRN2: k = 1 - e^g on load), bf16 inputs, K up to
-** 256 and V up to 512 (GLA 1.3B: K 256, V 512). Everything else is FLA_UNSUPPORTED (the op falls back to the
+** 256 and V up to 512 (GLA 1.3B: K 256, V 512; RWKV-6's bonus: K up to 128). Everything else is FLA_UNSUPPORTED (the op falls back to the
 ** recurrent stage): f32 inputs; other decays belong to chunk_fwd, the delta
 ** rule to chunk_wy_fwd.
 **
@@ -99,6 +99,12 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
   if (key->K < 1 || key->V < 1 || key->K > 256 || key->V > 512)
     return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_gk_fwd: K = %d, V = %d outside K 1..256, V 1..512",
                          key->K, key->V);
+  /* RWKV-6's bonus past K = 128 compiles but has not run on a GPU (its
+  ** models have K = 64) */
+  if (key->has_bonus && key->K > 128)
+    return fla_set_error(ctx, FLA_UNSUPPORTED,
+                         "chunk_gk_fwd: the bonus (RWKV-6) at K = %d (over 128 not run on a GPU yet)",
+                         key->K);
   if (cfg->BT != GK_BT || cfg->warps != GK_WARPS)
     return fla_set_error(ctx, FLA_INVALID, "chunk_gk_fwd: BT %d warps %d (only BT 64, 4 warps)",
                          cfg->BT, cfg->warps);

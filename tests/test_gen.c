@@ -442,6 +442,18 @@ START_TEST(test_chunk_gk_bwd_stage) {
   ck_assert_uint_eq(WL[3].grid[2], 2);
   ck_assert_uint_eq(WL[3].smem, L[3].smem); /* a slice of 128 keys: K 128's */
   ck_assert_uint_eq(WL[2].grid[0], 10 * 8); /* chunks x V/64 tiles */
+  /* the forward likewise takes K 256 V 512; RWKV-6's bonus only up to K 128 */
+  const fla_stage F = FLA_STAGE_CHUNK_GK_FWD;
+  free(gen_ok(ctx, F, &wk, NULL, kn, &nk));
+  k = wk;
+  k.K = 257;
+  gen_fails(ctx, F, &k, NULL, FLA_UNSUPPORTED, "outside");
+  fla_gen_key rk;
+  recipe_key(ctx, "rwkv6", 128, 128, 1, &rk, NULL);
+  ck_assert_int_eq(rk.has_bonus, 1);
+  free(gen_ok(ctx, F, &rk, NULL, kn, &nk));
+  rk.K = 256;
+  gen_fails(ctx, F, &rk, NULL, FLA_UNSUPPORTED, "bonus");
   size_t w0 = 0, w1 = 0;
   fla_stage_workspace(B, &key, NULL, &a, &w0, &w1);
   ck_assert_uint_eq(w0, (size_t)10 * 4 * 128 * 256 * 2);

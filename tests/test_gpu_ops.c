@@ -33,10 +33,9 @@
 **     with NaN first; one call asks for dv alone (the rest stays untouched).
 **     Tolerance: rel RMS < 5e-3 (bf16; 2e-2 for gates and beta) or 1e-4
 **     (f32). Each recipe prints one summary line starting "gpu_ops_bwd:".
-**   - "wide keys": the per-key-gate recipes (gla, hgrn2, rwkv6) forward at K
-**     192..256 and V up to 512 (GLA 1.3B's heads: K 256, V 512) and backward
-**     at K 192..256, V up to 512, wherever chunk_gk_fwd / chunk_gk_bwd take
-**     them (gla and hgrn2 must).
+**   - "wide keys": gla and hgrn2 forward at K 192..256 and V up to 512 (GLA
+**     1.3B's heads: K 256, V 512) and backward at K 192..256, V up to 512, on
+**     chunk_gk_fwd / chunk_gk_bwd (asserted; other recipes skip them).
 **     Summary lines "gpu_ops_wide:" and "gpu_ops_bwd_wide:".
 **
 ** Forward times: tools/fla_bench.c (fla-bench --device cuda).
