@@ -250,6 +250,15 @@ void nn_gpu_reset(nn_gpu *g) {
 
 /* ------------------------------------------------------------ launching */
 
+void gl_launch(nn_gpu *g, void *fn, const char *name, unsigned gx, unsigned gy, unsigned block, void **params) {
+  if (g->status != FLA_OK || gx == 0 || gy == 0) return;
+  const fla_cuda_driver *d = fla_cuda_driver_api();
+  CUresult r = d->cuLaunchKernel((CUfunction)fn, gx, gy, 1, block, 1, 1, 0, (CUstream)g->stream, params, NULL);
+  if (r != CUDA_SUCCESS)
+    gl_fail(g, FLA_ERROR, "kernel %s: cuLaunchKernel grid (%u,%u) block %u: %s", name, gx, gy, block,
+            fla_cuda_result_str(r));
+}
+
 /* The kernels that wait (pdl_wait_) before reading earlier kernels' output:
 ** they may be launched while the previous kernel ends. */
 static int pdl_kernel_(int k) {
@@ -262,8 +271,14 @@ static int pdl_kernel_(int k) {
   }
 }
 
+/* A model kernel with smem bytes of dynamic shared memory, with programmatic
+** dependent launch where g->pdl and the kernel waits for it. */
 static void launch_smem_(nn_gpu *g, int k, unsigned gx, unsigned gy, unsigned block, unsigned smem,
                          void **params) {
+  if (!(g->pdl && pdl_kernel_(k)) && !smem) {
+    gl_launch(g, g->fn[k], kernel_names_[k], gx, gy, block, params);
+    return;
+  }
   if (g->status != FLA_OK || gx == 0 || gy == 0) return;
   const fla_cuda_driver *d = fla_cuda_driver_api();
   CUresult r;
@@ -277,19 +292,21 @@ static void launch_smem_(nn_gpu *g, int k, unsigned gx, unsigned gy, unsigned bl
     r = d->cuLaunchKernel((CUfunction)g->fn[k], gx, gy, 1, block, 1, 1, smem, (CUstream)g->stream, params, NULL);
   }
   if (r != CUDA_SUCCESS)
-    gl_fail(g, FLA_ERROR, "kernel %s: cuLaunchKernel grid (%u,%u) block %u: %s", kernel_names_[k], gx, gy,
-            block, fla_cuda_result_str(r));
+    gl_fail(g, FLA_ERROR, "kernel %s: launch grid (%u,%u) block %u smem %u: %s", kernel_names_[k], gx, gy, block,
+            smem, fla_cuda_result_str(r));
 }
 
 static void launch_(nn_gpu *g, int k, unsigned gx, unsigned gy, unsigned block, void **params) {
   launch_smem_(g, k, gx, gy, block, 0, params);
 }
 
-/* Blocks of 256 for a grid-stride loop over n. */
-static unsigned blocks_(int64_t n) {
+unsigned gl_grid_blocks(int64_t n, int64_t cap) {
   int64_t b = (n + 255) / 256;
-  return (unsigned)(b < 1 ? 1 : b > 8192 ? 8192 : b);
+  return (unsigned)(b < 1 ? 1 : b > cap ? cap : b);
 }
+
+/* Blocks of 256 for a grid-stride loop over n (the model's kernels). */
+static unsigned blocks_(int64_t n) { return gl_grid_blocks(n, 8192); }
 
 #define P(x) (void *)&(x)
 

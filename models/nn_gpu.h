@@ -140,6 +140,12 @@ void gl_copy(nn_gpu *g, dptr x, dptr y, int64_t n);
 int gl_gemm_raw(nn_gpu *g, int ta, int tb, int m, int n, int k, dptr A, int a_bf16, int lda, dptr B, int b_bf16,
                 int ldb, float beta, dptr C, int c_bf16, int ldc);
 
+/* Launches CUfunction fn (named `name` in the error) over gx x gy blocks of
+** `block` threads on g's stream; nothing after a failure (sticky status).
+** gl_grid_blocks: blocks of 256 for a grid-stride loop over n, at most cap. */
+void gl_launch(nn_gpu *g, void *fn, const char *name, unsigned gx, unsigned gy, unsigned block, void **params);
+unsigned gl_grid_blocks(int64_t n, int64_t cap);
+
 /* Host <-> device copies and a stream sync, with the sticky status. */
 void gl_upload(nn_gpu *g, dptr dst, const void *src, size_t bytes);
 void gl_download(nn_gpu *g, void *dst, dptr src, size_t bytes);
