@@ -206,7 +206,8 @@ fla_status gpu_train_check(fla_model *m) {
   const char *why = NULL;
   int delta = gpu_train_delta_arch(m);
   if (c->arch != ARCH_GLA && c->arch != ARCH_RETNET && !delta)
-    why = "only GLA, RetNet, DeltaNet, Gated DeltaNet, HGRN2 and the Transformer are trained on the GPU in this version";
+    why = "only GLA, RetNet, DeltaNet, Gated DeltaNet, KDA, HGRN2 and the Transformer are trained on the GPU in this "
+          "version";
   else if (c->use_short_conv && !delta) why = "short convolutions (use_short_conv) are not trained on the GPU yet";
   else if (c->use_short_conv && c->conv_size > TD_CONV_MAX_W) why = "short convolutions of more than 8 taps are not trained on the GPU yet";
   for (int l = 0; !why && l < c->num_layers; l++) {

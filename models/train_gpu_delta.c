@@ -1,5 +1,5 @@
 /*
-** train_gpu_delta.c -- one DeltaNet / Gated DeltaNet block on the GPU,
+** train_gpu_delta.c -- one DeltaNet / Gated DeltaNet / KDA block on the GPU,
 ** forward and backward (grad_mixer_delta.c and train_backward.c are the
 ** CPU's; their comments give the math). Per block (x: input, h = n1(x)):
 **   a_j = h W_j^T (j = q, k, v; float32, kept)
@@ -7,11 +7,13 @@
 **   q, k = l2norm(c_q), l2norm(c_k) per head;  v = c_v
 **   beta = s sigmoid(braw), braw = h Wb^T (s = 2 with allow_neg_eigval; s without b_proj)
 **   GDN: g = -exp(A_log_h) softplus(za + dt_bias_h), za = h Wa^T
+**   KDA: g = -exp(A_log_{c/K}) softplus(za + dt_bias_c) per key c, za = f0 Wf1^T, f0 = h Wf0^T
 **   o = recipe(q, k, v, beta[, g]);  y = rmsnorm(o) w [silu(h Wg^T)] per head
+**   (KDA: y = rmsnorm(o) w sigmoid(ggf), ggf = gg0 Wg1^T + b, gg0 = h Wg0^T)
 **   xm = x + y Wo^T;  x' = xm + Wd (silu(Wg' n2(xm)) (Wu n2(xm)))
 ** Backward: the MLP as train_gpu_loss.c's; then dy, the gated norm's dO and
 ** dgg, the recipe's dq, dk, dv, dbeta, dg; the gate's dz (A_log, dt_bias by
-** column sums), beta's dbraw; c_q and c_k recomputed for the L2 norm's
+** column sums; KDA's through both low-rank factors), beta's dbraw; c_q and c_k recomputed for the L2 norm's
 ** backward; each convolution's ds = dc silu'(pre), da, dw, dbias; every
 ** projection's dW += d^T h and dh += d W; the first norm's backward into dx.
 */
@@ -28,11 +30,11 @@
 static const char *td_names_[TD_COUNT] = {"td_conv_fwd",   "td_conv_bwd_ds", "td_conv_bwd_da",  "td_conv_bwd_w",
                                           "td_l2norm_fwd", "td_l2norm_bwd",  "td_beta_fwd",     "td_beta_bwd",
                                           "td_gdn_gate_fwd", "td_gdn_gate_bwd", "td_hgrn2_lb",  "td_hgrn2_lb_bwd", "td_hgrn2_fwd",
-                                          "td_hgrn2_bwd"};
+                                          "td_hgrn2_bwd", "td_sig_gate_fwd", "td_sig_gate_bwd", "td_bias_add"};
 
 int gpu_train_delta_arch(const fla_model *m) {
-  return m->cfg.arch == ARCH_GATED_DELTANET || m->cfg.arch == ARCH_DELTA_NET || m->cfg.arch == ARCH_HGRN2 ||
-         m->cfg.arch == ARCH_TRANSFORMER;
+  return m->cfg.arch == ARCH_GATED_DELTANET || m->cfg.arch == ARCH_DELTA_NET || m->cfg.arch == ARCH_KDA ||
+         m->cfg.arch == ARCH_HGRN2 || m->cfg.arch == ARCH_TRANSFORMER;
 }
 
 fla_status td_kernels(td_run *r) {
@@ -163,11 +165,11 @@ fla_status td_op_bind(td_run *r) {
 static fla_status op_run_(td_run *r, const td_kept *kp, dptr o, dptr d_o, const dptr *grads) {
   fla_ctx *ctx = r->m->ctx;
   fla_dtype dt = r->bf ? FLA_BF16 : FLA_F32;
-  int nin = r->gdn ? 5 : 4;
+  int nin = r->gdn || r->kda ? 5 : 4;
   int64_t sk[4] = {r->B, r->T, r->H, r->K}, sv[4] = {r->B, r->T, r->H, r->V}, sh[3] = {r->B, r->T, r->H};
   const char *names[5] = {"q", "k", "v", "beta", "g"}, *gnames[5] = {"dq", "dk", "dv", "dbeta", "dg"};
-  const int64_t *shapes[5] = {sk, sk, sv, sh, sh};
-  int ndims[5] = {4, 4, 4, 3, 3};
+  const int64_t *shapes[5] = {sk, sk, sv, sh, r->kda ? sk : sh}; /* KDA's g: per key [B, T, H, K] */
+  int ndims[5] = {4, 4, 4, 3, r->kda ? 4 : 3};
   dptr in[5] = {kp->q, kp->k, kp->v, kp->beta, kp->g};
   fla_tensor *ti[5] = {0}, *tg[5] = {0}, *to = NULL;
   fla_arg args[5], gargs[5];
@@ -213,7 +215,49 @@ void td_kept_alloc(td_run *r, td_kept *kp, dptr x) {
   kp->k = TD_CB(r, rows * HK), kp->beta = TD_CB(r, rows * r->H);
   if (L0->b_proj) kp->braw = TD_FB(r, rows * r->H);
   if (r->gdn) kp->za = TD_FB(r, rows * r->H), kp->g = TD_CB(r, rows * r->H);
+  if (r->kda) {
+    kp->za = TD_FB(r, rows * HK), kp->g = TD_CB(r, rows * HK);
+    kp->f0 = TD_CB(r, rows * r->V), kp->gg0 = TD_CB(r, rows * r->V), kp->ggf = TD_FB(r, rows * HV);
+  }
   if (L0->g_proj) kp->gg = TD_CB(r, rows * HV);
+}
+
+/* The decay gate from za: g = -exp(A_log) softplus(za + dt_bias), per head
+** (Gated DeltaNet) or per key (KDA). */
+static void gate_fwd_(td_run *r, const model_layer *L, td_kept *kp) {
+  fla_model *m = r->m;
+  int H = r->H, Kg = r->kda ? r->K : 1, bf = r->bf;
+  int64_t n = r->rows * H * Kg;
+  dptr dtb = gpu_train_w32(m, L->dt_bias), Al = gpu_train_w32(m, L->A_log);
+  void *a[] = {&kp->za, &dtb, &Al, &H, &Kg, &kp->g, &bf, &n};
+  td_launch(r, TD_GDN_GATE_FWD, gpu_train_blocks(n), 1, 256, a);
+}
+
+/* y = rmsnorm(o) w and its gate: silu(gg) (g_proj), sigmoid(ggf) (KDA, the
+** ungated norm into nrm [rows, H V] float32 first), or none. */
+static void out_norm_fwd_(td_run *r, const model_layer *L, const td_kept *kp, dptr y, dptr nrm) {
+  int64_t nH = r->rows * r->H, n = nH * r->V;
+  dptr w = gpu_train_w32(r->m, L->out_norm);
+  int bf = r->bf;
+  if (!r->kda) {
+    td_rms_fwd(r, kp->o, bf, kp->gg, w, y, bf, nH, r->V, r->eps);
+    return;
+  }
+  td_rms_fwd(r, kp->o, bf, 0, w, nrm, 0, nH, r->V, r->eps);
+  dptr gg = kp->ggf;
+  void *a[] = {&nrm, &gg, &y, &bf, &n};
+  td_launch(r, TD_SIG_GATE_FWD, gpu_train_blocks(n), 1, 256, a);
+}
+
+/* dW += dy^T x and dx += dy W through a float32 dx cast to the compute dtype
+** for the next product: xc = x's low-rank input [rows, in], dxc [rows, in] compute. */
+static void lin_bwd_lowrank_(td_run *r, dptr x, int in, const float *W, int out, dptr dy, dptr dxc) {
+  size_t mark = gpu_train_mark(r->t);
+  dptr dx = TD_FB(r, r->rows * in);
+  int first = 1;
+  td_lin_bwd(r, x, in, gpu_train_wc(r->m, W), out, dy, gpu_train_grad(r->m, W), dx, &first);
+  cast_(r, dx, dxc, r->rows * in);
+  gpu_train_release(r->t, mark);
 }
 
 /* The delta-rule token mixer from h = n1(x): kp->xm = x + Wo y. */
@@ -237,16 +281,24 @@ static void delta_fwd_(td_run *r, const model_layer *L, td_kept *kp, dptr h) {
     void *a[] = {&kp->braw, &kp->beta, &bf, &r->bscale, &nH};
     td_launch(r, TD_BETA_FWD, gpu_train_blocks(nH), 1, 256, a);
   }
-  if (r->gdn) {
-    td_lin(r, h, D, gpu_train_wc(m, L->a_proj), H, kp->za, 0);
-    dptr dtb = gpu_train_w32(m, L->dt_bias), Al = gpu_train_w32(m, L->A_log);
-    void *a[] = {&kp->za, &dtb, &Al, &H, &kp->g, &bf, &nH};
-    td_launch(r, TD_GDN_GATE_FWD, gpu_train_blocks(nH), 1, 256, a);
+  if (r->gdn) td_lin(r, h, D, gpu_train_wc(m, L->a_proj), H, kp->za, 0);
+  if (r->kda) {
+    td_lin(r, h, D, gpu_train_wc(m, L->f_proj0), r->V, kp->f0, bf);
+    td_lin(r, kp->f0, r->V, gpu_train_wc(m, L->f_proj1), HK, kp->za, 0);
   }
+  if (r->gdn || r->kda) gate_fwd_(r, L, kp);
   op_run_(r, kp, kp->o, 0, NULL);
   if (L->g_proj) td_lin(r, h, D, gpu_train_wc(m, L->g_proj), HV, kp->gg, bf);
-  dptr y = TD_CB(r, rows * HV);
-  td_rms_fwd(r, kp->o, bf, kp->gg, gpu_train_w32(m, L->out_norm), y, bf, nH, r->V, r->eps);
+  if (r->kda) {
+    td_lin(r, h, D, gpu_train_wc(m, L->g_proj0), r->V, kp->gg0, bf);
+    td_lin(r, kp->gg0, r->V, gpu_train_wc(m, L->g_proj1), HV, kp->ggf, 0);
+    int64_t n = rows * HV;
+    dptr b = gpu_train_w32(m, L->g_proj1_b);
+    void *a[] = {&kp->ggf, &b, &HV, &n};
+    td_launch(r, TD_BIAS_ADD, gpu_train_blocks(n), 1, 256, a);
+  }
+  dptr y = TD_CB(r, rows * HV), nrm = r->kda ? TD_FB(r, rows * HV) : 0;
+  out_norm_fwd_(r, L, kp, y, nrm);
   copy_(r, kp->x, kp->xm, rows * D);
   gpu_train_mm(t, 0, 1, rows, D, HV, y, bf, HV, gpu_train_wc(m, L->o_proj), bf, HV, 1.0f, kp->xm, 0, D);
   gpu_train_release(t, mark);
@@ -309,17 +361,32 @@ static void delta_bwd_(td_run *r, const model_layer *L, td_kept *kp, dptr h, dpt
   int D = r->D, HK = r->H * r->K, HV = r->H * r->V, bf = r->bf, H = r->H;
   size_t mark = gpu_train_mark(t);
   dptr y = TD_CB(r, rows * HV), dy = TD_FB(r, rows * HV), dO = TD_CB(r, rows * HV);
-  dptr dgg = L->g_proj ? TD_CB(r, rows * HV) : 0;
+  dptr dgg = L->g_proj ? TD_CB(r, rows * HV) : 0, nrm = r->kda ? TD_FB(r, rows * HV) : 0;
   /* the output projection and the (gated) norm */
-  td_rms_fwd(r, kp->o, bf, kp->gg, gpu_train_w32(m, L->out_norm), y, bf, nH, r->V, r->eps);
+  out_norm_fwd_(r, L, kp, y, nrm);
   gpu_train_mm(t, 1, 0, D, HV, rows, dxb, bf, D, y, bf, HV, 1.0f, gpu_train_grad(m, L->o_proj), 0, HV);
   gpu_train_mm(t, 0, 0, rows, HV, D, dxb, bf, D, gpu_train_wc(m, L->o_proj), bf, HV, 0.0f, dy, 0, HV);
-  td_rms_bwd(r, kp->o, bf, kp->gg, gpu_train_w32(m, L->out_norm), dy, 0, dO, bf, 0, dgg,
-             gpu_train_grad(m, L->out_norm), nH, r->V, r->eps);
+  if (r->kda) { /* the sigmoid gate: dggf, dy := dnrm; then the ungated norm */
+    int64_t n = rows * HV;
+    dptr dggf = TD_FB(r, n), dggc = TD_CB(r, n), dgg0 = TD_CB(r, rows * r->V);
+    void *a[] = {&nrm, &kp->ggf, &dy, &dggf, &n};
+    td_launch(r, TD_SIG_GATE_BWD, gpu_train_blocks(n), 1, 256, a);
+    td_rms_bwd(r, kp->o, bf, 0, gpu_train_w32(m, L->out_norm), dy, 0, dO, bf, 0, 0, gpu_train_grad(m, L->out_norm),
+               nH, r->V, r->eps);
+    td_colsum(r, dggf, HV, gpu_train_grad(m, L->g_proj1_b));
+    cast_(r, dggf, dggc, n);
+    lin_bwd_lowrank_(r, kp->gg0, r->V, L->g_proj1, HV, dggc, dgg0);
+    td_lin_bwd(r, h, D, gpu_train_wc(m, L->g_proj0), r->V, dgg0, gpu_train_grad(m, L->g_proj0), dh, first);
+  } else {
+    td_rms_bwd(r, kp->o, bf, kp->gg, gpu_train_w32(m, L->out_norm), dy, 0, dO, bf, 0, dgg,
+               gpu_train_grad(m, L->out_norm), nH, r->V, r->eps);
+  }
   if (L->g_proj) td_lin_bwd(r, h, D, gpu_train_wc(m, L->g_proj), HV, dgg, gpu_train_grad(m, L->g_proj), dh, first);
   /* the recipe */
   dptr dq = TD_CB(r, rows * HK), dk = TD_CB(r, rows * HK), dv = TD_CB(r, rows * HV), dbeta = TD_CB(r, nH);
-  dptr dg = r->gdn ? TD_CB(r, nH) : 0;
+  int Kg = r->kda ? r->K : 1; /* gate columns per head */
+  int64_t nG = nH * Kg;
+  dptr dg = r->gdn || r->kda ? TD_CB(r, nG) : 0;
   dptr grads[5] = {dq, dk, dv, dbeta, dg};
   op_run_(r, kp, 0, dO, grads);
   if (L->b_proj) { /* dbraw = dbeta s sigmoid'(braw), over dbeta */
@@ -327,14 +394,20 @@ static void delta_bwd_(td_run *r, const model_layer *L, td_kept *kp, dptr h, dpt
     td_launch(r, TD_BETA_BWD, gpu_train_blocks(nH), 1, 256, a);
     td_lin_bwd(r, h, D, gpu_train_wc(m, L->b_proj), H, dbeta, gpu_train_grad(m, L->b_proj), dh, first);
   }
-  if (r->gdn) { /* dz; dA_log += colsum(dg g), ddt_bias += colsum(dz) */
-    dptr dz = TD_FB(r, nH), dzc = TD_CB(r, nH), dAg = TD_FB(r, nH);
+  if (r->gdn || r->kda) { /* dz; dA_log += colsum(dg g) per head, ddt_bias += colsum(dz) */
+    dptr dz = TD_FB(r, nG), dzc = TD_CB(r, nG), dAg = TD_FB(r, nH);
     dptr dtb = gpu_train_w32(m, L->dt_bias), Al = gpu_train_w32(m, L->A_log);
-    void *a[] = {&kp->za, &dtb, &Al, &H, &dg, &bf, &dz, &dzc, &dAg, &nH};
+    void *a[] = {&kp->za, &dtb, &Al, &H, &Kg, &dg, &bf, &dz, &dzc, &dAg, &nH};
     td_launch(r, TD_GDN_GATE_BWD, gpu_train_blocks(nH), 1, 256, a);
-    td_colsum(r, dz, H, gpu_train_grad(m, L->dt_bias));
+    td_colsum(r, dz, H * Kg, gpu_train_grad(m, L->dt_bias));
     td_colsum(r, dAg, H, gpu_train_grad(m, L->A_log));
-    td_lin_bwd(r, h, D, gpu_train_wc(m, L->a_proj), H, dzc, gpu_train_grad(m, L->a_proj), dh, first);
+    if (r->gdn) {
+      td_lin_bwd(r, h, D, gpu_train_wc(m, L->a_proj), H, dzc, gpu_train_grad(m, L->a_proj), dh, first);
+    } else { /* za = f0 Wf1^T, f0 = h Wf0^T */
+      dptr df0 = TD_CB(r, rows * r->V);
+      lin_bwd_lowrank_(r, kp->f0, r->V, L->f_proj1, HK, dzc, df0);
+      td_lin_bwd(r, h, D, gpu_train_wc(m, L->f_proj0), r->V, df0, gpu_train_grad(m, L->f_proj0), dh, first);
+    }
   }
   /* q, k through their L2 norms (c recomputed), v; then the convolutions and projections */
   dptr c = TD_FB(r, rows * HK), dc = TD_FB(r, rows * HK), da = TD_CB(r, rows * (HK > HV ? HK : HV));

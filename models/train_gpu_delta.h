@@ -1,11 +1,11 @@
 /*
-** train_gpu_delta.h -- training of DeltaNet, Gated DeltaNet and HGRN2 on a
+** train_gpu_delta.h -- training of DeltaNet, Gated DeltaNet, KDA and HGRN2 on a
 ** CUDA context (the device state and kernels of train_gpu.h, the layer glue
 ** of templates/cuda/train_delta.cuh).
 **
-** train_gpu_delta.c: a DeltaNet / Gated DeltaNet block's forward and backward
-** (short convolutions, L2 norms, beta, the gate, the recipe op, the gated
-** output norm), the MLP's, and what the blocks share.
+** train_gpu_delta.c: a DeltaNet / Gated DeltaNet / KDA block's forward and
+** backward (short convolutions, L2 norms, beta, the gate, the recipe op, the
+** gated output norm), the MLP's, and what the blocks share.
 ** train_gpu_hgrn2.c: an HGRN2 block's (its floored forget gate).
 ** train_gpu_delta_loss.c: fla_model_loss_backward over the blocks, HGRN2's
 ** lower bounds, the LM head and the cross-entropy.
@@ -19,7 +19,8 @@
 /* The kernels of train_delta.cuh, in its order. */
 enum {
   TD_CONV_FWD, TD_CONV_BWD_DS, TD_CONV_BWD_DA, TD_CONV_BWD_W, TD_L2NORM_FWD, TD_L2NORM_BWD, TD_BETA_FWD,
-  TD_BETA_BWD, TD_GDN_GATE_FWD, TD_GDN_GATE_BWD, TD_HGRN2_LB, TD_HGRN2_LB_BWD, TD_HGRN2_FWD, TD_HGRN2_BWD, TD_COUNT
+  TD_BETA_BWD, TD_GDN_GATE_FWD, TD_GDN_GATE_BWD, TD_HGRN2_LB, TD_HGRN2_LB_BWD, TD_HGRN2_FWD, TD_HGRN2_BWD,
+  TD_SIG_GATE_FWD, TD_SIG_GATE_BWD, TD_BIAS_ADD, TD_COUNT
 };
 #define TD_CONV_MAX_W 8 /* CONV_MAX_W of the template */
 
@@ -31,6 +32,7 @@ typedef struct {
   int64_t B, T, rows;
   int D, H, K, V, I, bf;
   int gdn;      /* Gated DeltaNet (else DeltaNet: no gate input) */
+  int kda;      /* KDA: a per-key gate [rows, H K] from a low-rank f_proj, a low-rank sigmoid output gate */
   int hgrn2;    /* HGRN2 (K: the forget dimension per head) */
   dptr lb, dlb; /* HGRN2's lower bounds [L, D] and their gradient (0 without) */
   int W;        /* convolution taps (0: no short convolutions) */
@@ -41,14 +43,17 @@ typedef struct {
 
 /* What one block keeps between its forward and its backward: x, xm and the
 ** projections a[q, k, v] before their convolutions (float32), braw, za
-** (float32), q, k, v, beta, g, o, the output gate gg, MLP gate and up (compute). */
+** (float32), q, k, v, beta, g, o, the output gate gg, MLP gate and up (compute);
+** KDA's low-rank inputs f0 = h Wf0^T and gg0 = h Wg0^T [rows, V] (compute) and
+** its output gate's argument ggf = gg0 Wg1^T + b [rows, H V] (float32). */
 typedef struct {
   dptr x, xm, a[3], braw, za;
   dptr q, k, v, beta, g, o, gg, gate, up;
+  dptr f0, gg0, ggf;
   gta_kept at; /* a softmax-attention layer's (the Transformer's) */
 } td_kept;
 
-/* 1 for the architectures of these files: DeltaNet, Gated DeltaNet, HGRN2,
+/* 1 for the architectures of these files: DeltaNet, Gated DeltaNet, KDA, HGRN2,
 ** and the Transformer (its layers' attention: train_gpu_attn_layer.h). */
 int gpu_train_delta_arch(const fla_model *m);
 

@@ -1,6 +1,6 @@
 /*
 ** train_gpu_delta_loss.c -- fla_model_loss_backward on a CUDA context for
-** DeltaNet, Gated DeltaNet and HGRN2: the embeddings, the blocks of
+** DeltaNet, Gated DeltaNet, KDA, HGRN2 and the Transformer: the embeddings, the blocks of
 ** train_gpu_delta.c, HGRN2's lower bounds (softmax over layers of the raw
 ** parameter, cumulated; their gradient back to it at the end, as
 ** train_backward.c's lower_bounds_bwd_), the final norm, and the LM head with the cross-entropy
@@ -52,7 +52,7 @@ fla_status gpu_train_delta_loss_backward(fla_model *m, const int32_t *ids, const
   const model_config *cfg = &m->cfg;
   const model_layer *L0 = gpu_train_mixer_layer(m);
   td_run r = {.m = m, .t = t, .g = g, .B = B, .T = T, .rows = B * T, .D = cfg->hidden_size, .H = L0->H, .K = L0->K,
-              .V = L0->V, .I = L0->ffn_dim, .bf = t->bf, .gdn = cfg->arch == ARCH_GATED_DELTANET,
+              .V = L0->V, .I = L0->ffn_dim, .bf = t->bf, .gdn = cfg->arch == ARCH_GATED_DELTANET, .kda = cfg->arch == ARCH_KDA,
               .hgrn2 = cfg->arch == ARCH_HGRN2,
               .W = cfg->use_short_conv ? cfg->conv_size : 0, .es = t->bf ? 2 : 4, .eps = (float)cfg->norm_eps,
               .bscale = cfg->allow_neg_eigval ? 2.0f : 1.0f};

@@ -1,7 +1,7 @@
 /*
 ** test_gpu_train.c -- training on a CUDA context against the CPU's (the
 ** oracle of test_train_grad.c): on the tiny fla GLA and RetNet checkpoints
-** (and, at the end, Gated DeltaNet, DeltaNet and HGRN2), the loss and
+** (and, at the end, Gated DeltaNet, DeltaNet, KDA, HGRN2 and the Transformer), the loss and
 ** every parameter's gradient of fla_model_loss_backward (float32 compute
 ** tight, bf16 loose: see the tolerances), micro-batch accumulation,
 ** recomputation, AdamW steps with clipping equal to the CPU's, the loss going
@@ -321,13 +321,15 @@ int main(void) {
 
 /* The architectures of train_gpu_delta*.c and train_gpu_hgrn2.c: the delta
 ** rule (short convolutions, L2-normed q and k, beta; Gated DeltaNet adds its
-** gate and the gated output norm) and HGRN2 (floored forget gates whose
+** gate and the gated output norm; KDA a per-key gate through a low-rank
+** f_proj and a low-rank sigmoid output gate with a bias) and HGRN2 (floored forget gates whose
 ** per-layer lower bounds come from one raw parameter), and the Transformer
 ** (softmax attention with grouped heads and rotary: train_gpu_attn_layer.c)
 ** through the same block loop. */
-static const char *const delta_models_[] = {"gated_deltanet", "delta_net", "hgrn2", "transformer"};
+static const char *const delta_models_[] = {"gated_deltanet", "delta_net", "kda", "hgrn2", "transformer"};
 /* the ones stepped with micro-batches, recompute and AdamW */
-static const char *const step_models_[] = {"gated_deltanet", "hgrn2", "transformer"};
+static const char *const step_models_[] = {"gated_deltanet", "kda", "hgrn2", "transformer"};
+#define NELEM_(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* _i: model _i / 2, float32 (even) or bf16 (odd): loss and every gradient against the CPU */
 START_TEST(test_delta_grads_match_cpu) {
@@ -356,7 +358,7 @@ START_TEST(test_delta_grads_match_cpu) {
 }
 END_TEST
 
-/* Gated DeltaNet, HGRN2, Transformer (_i): two micro-batches with recomputation equal one batch of both */
+/* step_models_[_i]: two micro-batches with recomputation equal one batch of both */
 START_TEST(test_delta_accumulate_and_recompute) {
   const char *name = step_models_[_i];
   char what[96];
@@ -382,7 +384,7 @@ START_TEST(test_delta_accumulate_and_recompute) {
 }
 END_TEST
 
-/* Gated DeltaNet, HGRN2, Transformer (_i): three AdamW steps with clipping give the CPU's
+/* step_models_[_i]: three AdamW steps with clipping give the CPU's
 ** weights, and a created bf16 model learns one batch (the loss falls) */
 START_TEST(test_delta_adamw_and_loss_falls) {
   const char *name = step_models_[_i];
@@ -478,7 +480,7 @@ END_TEST
 static void add_delta_tests_(TCase *tc, int gpu) {
   tcase_add_test(tc, test_delta_kernels_compile);
   if (!gpu) return;
-  tcase_add_loop_test(tc, test_delta_grads_match_cpu, 0, 8);
-  tcase_add_loop_test(tc, test_delta_accumulate_and_recompute, 0, 3);
-  tcase_add_loop_test(tc, test_delta_adamw_and_loss_falls, 0, 3);
+  tcase_add_loop_test(tc, test_delta_grads_match_cpu, 0, 2 * NELEM_(delta_models_));
+  tcase_add_loop_test(tc, test_delta_accumulate_and_recompute, 0, NELEM_(step_models_));
+  tcase_add_loop_test(tc, test_delta_adamw_and_loss_falls, 0, NELEM_(step_models_));
 }

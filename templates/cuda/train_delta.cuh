@@ -1,7 +1,8 @@
 /*
 ** templates/cuda/train_delta.cuh -- the layer glue of DeltaNet, Gated
-** DeltaNet and HGRN2 for training on the GPU: short causal convolutions, the
-** per-head L2 norm of q and k, beta and Gated DeltaNet's gate, HGRN2's floored
+** DeltaNet, KDA and HGRN2 for training on the GPU: short causal convolutions, the
+** per-head L2 norm of q and k, beta, the decay gates of Gated DeltaNet (per
+** head) and KDA (per key), KDA's sigmoid output gate, HGRN2's floored
 ** forget gate and its per-layer lower bounds, forward and backward
 ** (models/train_gpu_delta.c and train_gpu_hgrn2.c launch them; the CPU's are
 ** models/grad_math_impl.h, grad_mixer_delta.c and grad_mixer_linear.c).
@@ -188,29 +189,57 @@ extern "C" __global__ void td_beta_bwd(const float *braw, const void *dbeta, int
   }
 }
 
-/* ------------------------------------------------------------ Gated DeltaNet's gate */
+/* ------------------------------------------------------------ the decay gates of Gated DeltaNet and KDA */
 
-/* g = -exp(A_log[h]) softplus(za + dt_bias[h]) over [rows, H] (za float32, g compute) */
-extern "C" __global__ void td_gdn_gate_fwd(const float *za, const float *dt_bias, const float *A_log, int H, void *g,
-                                           int bf, i64 n) {
+/* g = -exp(A_log[c / Kg]) softplus(za + dt_bias[c]) over [rows, H Kg], column c
+** (za float32, g compute): Gated DeltaNet per head (Kg = 1), KDA per key (Kg = K). */
+extern "C" __global__ void td_gdn_gate_fwd(const float *za, const float *dt_bias, const float *A_log, int H, int Kg,
+                                           void *g, int bf, i64 n) {
   GRID_LOOP(i, n) {
-    int h = (int)(i % H);
-    stc(g, i, -expf(A_log[h]) * softplus(za[i] + dt_bias[h]), bf);
+    int c = (int)(i % ((i64)H * Kg));
+    stc(g, i, -expf(A_log[c / Kg]) * softplus(za[i] + dt_bias[c]), bf);
   }
 }
-/* z = za + dt_bias: dz = dg (-exp(A_log)) softplus'(z) (sigmoid(z); 1 above 20),
+/* z = za + dt_bias[c]: dz = dg (-exp(A_log)) softplus'(z) (sigmoid(z); 1 above 20),
 ** written float32 (dz, for dt_bias's column sum) and compute (dzc, for the
-** product); dAg = dg g (for A_log's column sum), g recomputed in float32. */
-extern "C" __global__ void td_gdn_gate_bwd(const float *za, const float *dt_bias, const float *A_log, int H,
+** product); dAg[row, h] = sum over the head's Kg columns of dg g (for A_log's
+** column sum), g recomputed in float32. One thread per (row, head): n = rows H. */
+extern "C" __global__ void td_gdn_gate_bwd(const float *za, const float *dt_bias, const float *A_log, int H, int Kg,
                                            const void *dg, int bf, float *dz, void *dzc, float *dAg, i64 n) {
   GRID_LOOP(i, n) {
     int h = (int)(i % H);
-    float z = za[i] + dt_bias[h], e = expf(A_log[h]), d = ldc(dg, i, bf);
-    float v = d * -e * (z > 20.f ? 1.f : sigm(z));
-    dz[i] = v;
-    stc(dzc, i, v, bf);
-    dAg[i] = d * -e * softplus(z);
+    float e = expf(A_log[h]), acc = 0.f;
+    for (int k = 0; k < Kg; k++) {
+      i64 j = i * Kg + k;
+      float z = za[j] + dt_bias[h * Kg + k], d = ldc(dg, j, bf);
+      float v = d * -e * (z > 20.f ? 1.f : sigm(z));
+      dz[j] = v;
+      stc(dzc, j, v, bf);
+      acc += d * -e * softplus(z);
+    }
+    dAg[i] = acc;
   }
+}
+
+/* ------------------------------------------------------------ KDA's output gate */
+
+/* y = nrm sigmoid(gg) (nrm = rmsnorm(o) w, gg = the low-rank gate with its
+** bias; both float32, y compute) */
+extern "C" __global__ void td_sig_gate_fwd(const float *nrm, const float *gg, void *y, int bf, i64 n) {
+  GRID_LOOP(i, n) stc(y, i, nrm[i] * sigm(gg[i]), bf);
+}
+/* Its backward: dgg = dy nrm s (1 - s), dnrm = dy s with s = sigmoid(gg),
+** dnrm over dy (all float32) */
+extern "C" __global__ void td_sig_gate_bwd(const float *nrm, const float *gg, float *dy, float *dgg, i64 n) {
+  GRID_LOOP(i, n) {
+    float s = sigm(gg[i]), d = dy[i];
+    dgg[i] = d * nrm[i] * s * (1.f - s);
+    dy[i] = d * s;
+  }
+}
+/* y[i] += b[i % C] (float32 rows of C) */
+extern "C" __global__ void td_bias_add(float *y, const float *b, int C, i64 n) {
+  GRID_LOOP(i, n) y[i] += b[i % C];
 }
 
 /* ------------------------------------------------------------ HGRN2 */
