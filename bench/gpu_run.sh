@@ -17,6 +17,7 @@
 # test_gpu_models (every tiny fla checkpoint on the GPU, f32 and bf16),
 # test_gpu_train (GPU gradients and AdamW steps against the CPU),
 # test_gpu_attn (training's softmax attention against the CPU),
+# test_gpu_gemv (decode's matrix-vector kernels against float64),
 # fla-check --device cuda on every conformance case (f32 and bf16, both
 # algorithms; outputs and every gradient), fla-bench --device cuda (every
 # recipe's forward at the ANCHORS.md shapes, then forward+backward of
@@ -38,10 +39,10 @@ export CK_DEFAULT_TIMEOUT=${CK_DEFAULT_TIMEOUT:-900}
 STEPS=" ${*:-checks bench} "
 want() { case "$STEPS" in *" $1 "*) return 0 ;; esac; return 1; }
 # SKIP="portable check ..." leaves out parts of checks (ops portable models train
-# attn check) when the device time is short; what was left out is said at the end.
+# attn gemv check) when the device time is short; what was left out is said at the end.
 skip() { case " ${SKIP:-} " in *" $1 "*) echo "$1" >> "$OUT/skipped.txt"; return 0 ;; esac; return 1; }
 : > "$OUT/skipped.txt"
-rc_ops=0 rc_port=0 rc_models=0 rc_train=0 rc_attn=0 rc_check=0 rc_bench=- rc_bench_bwd=- rc_mbench=- rc_tbench=-
+rc_ops=0 rc_port=0 rc_models=0 rc_train=0 rc_attn=0 rc_gemv=0 rc_check=0 rc_bench=- rc_bench_bwd=- rc_mbench=- rc_tbench=-
 t_ops=0 t_models=0 t_train=0
 : > "$OUT/fla_check.rows"
 { nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || true; } > "$OUT/device.txt"
@@ -75,6 +76,9 @@ t_train=$(( $(date +%s) - t0 ))
 # Softmax attention for training (Transformer, hybrids) against the CPU.
 skip attn || "$BUILD/test_gpu_attn" > "$OUT/test_gpu_attn.log" 2>&1
 rc_attn=$?
+# The decode matrix-vector kernels against a float64 product.
+skip gemv || "$BUILD/test_gpu_gemv" > "$OUT/test_gpu_gemv.log" 2>&1
+rc_gemv=$?
 
 # 2. fla-check on every conformance case (case:recipe as in tests/test_conformance.c).
 CASES="linear_attn:linear_attn retention:retention simple_gla:simple_gla gla:gla gla_long:gla
@@ -156,6 +160,8 @@ fi
   grep -E ':[A-Z]:|FAIL' "$OUT/test_gpu_train.log" | head -n 10
   echo "test_gpu_attn (rc $rc_attn): $(grep -E '^[0-9]+%: Checks' "$OUT/test_gpu_attn.log" 2>/dev/null | tail -n1)"
   grep -E ':[A-Z]:|FAIL' "$OUT/test_gpu_attn.log" 2>/dev/null | head -n 10
+  echo "test_gpu_gemv (rc $rc_gemv): $(grep -E '^[0-9]+%: Checks' "$OUT/test_gpu_gemv.log" 2>/dev/null | tail -n1)"
+  grep -E ':[A-Z]:|FAIL' "$OUT/test_gpu_gemv.log" 2>/dev/null | head -n 10
   [ -s "$OUT/skipped.txt" ] && echo "left out (SKIP): $(tr '\n' ' ' < "$OUT/skipped.txt")"
   echo
   echo "fla-check --device cuda (rc $rc_check): relative RMS vs the float64 references (grad: the worst gradient)"
@@ -173,5 +179,5 @@ fi
   grep -E '^==|median step|memory:|^train_gpu:   [a-z]' "$OUT/train_bench.log" | head -n 30
 } | tee "$OUT/summary.txt"
 
-[ $rc_ops -eq 0 ] && [ $rc_port -eq 0 ] && [ $rc_models -eq 0 ] && [ $rc_train -eq 0 ] && [ $rc_attn -eq 0 ] &&
+[ $rc_ops -eq 0 ] && [ $rc_port -eq 0 ] && [ $rc_models -eq 0 ] && [ $rc_train -eq 0 ] && [ $rc_attn -eq 0 ] && [ $rc_gemv -eq 0 ] &&
   [ $rc_check -eq 0 ]
