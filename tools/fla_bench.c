@@ -297,6 +297,7 @@ static fla_status gpu_event_ms_(fla_ctx *g, const gpu_call_ *c, const fla_tensor
   for (; s == FLA_OK && nev < 2 * runs; nev++)
     if (d->cuEventCreate(&ev[nev], CU_EVENT_DEFAULT) != CUDA_SUCCESS)
       s = fla_set_error(g, FLA_ERROR, "fla-bench: cuEventCreate failed");
+  if (!d->cuMemsetD32Async) flush = NULL; /* an old driver: no flush (optional entry point) */
   fla_cuda_set_defer_sync(g, 1);
   for (int i = 0; s == FLA_OK && i < runs; i++) {
     if (flush && d->cuMemsetD32Async(flush->dptr, 0, (size_t)flush->numel, st) != CUDA_SUCCESS)
