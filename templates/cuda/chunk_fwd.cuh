@@ -128,7 +128,11 @@ __device__ __forceinline__ long long ck_blocklen(long long NC, int N, int H) {
   const long long NV = CK_NV * CK_VH; /* value tiles counted in 4-warp programs */
   if (NC <= 0) return 1;
   if (N >= 1 && NC % N == 0 && (long long)N * H * NV >= CK_FUSED_MIN) return NC / N;
+  /* unrolled: every m a constant, so its divisions are multiplies (a loop of
+  ** 64-bit divides cost warp 0 microseconds per chunk when ck_load_gam
+  ** computed this inside the walks: bench/results/2026-11-23-simple-gla-fwd.md) */
   long long best = CK_MIN_M, best_steps = -1;
+#pragma unroll
   for (long long m = CK_MIN_M; m <= CK_MAX_M; m += 8) {
     const long long steps = (((NC + m - 1) / m) * H * NV + CK_O_SLOTS - 1) / CK_O_SLOTS * m;
     if (best_steps < 0 || steps <= best_steps) best = m, best_steps = steps;
@@ -158,21 +162,18 @@ __device__ __forceinline__ int ck_fold(long long NC, int N, int H) {
 #endif
 
 /* GAM [NC,H,64] f32 in ws1, after the NB*H block decays (rounded up to 4). */
-__device__ __forceinline__ float *ck_ws_gam(const fla_kernel_args &a) {
-  const long long NC = a.num_chunks, M = ck_blocklen(NC, a.N, a.H);
-  const long long NB = NC > 0 ? (NC + M - 1) / M : 0;
+__device__ __forceinline__ float *ck_ws_gam(const fla_kernel_args &a, long long NB) {
   return (float *)a.ws1 + (NB * a.H + 3) / 4 * 4;
 }
 
 /* Chunk c's gam row into dst (16 threads, 16 bytes each; in the caller's
-** commit group). */
-__device__ __forceinline__ void ck_load_gam(const fla_kernel_args &a, float *dst, long long c, int h,
-                                            int tid) {
+** commit group). gws: ck_ws_gam, computed once per program. */
+__device__ __forceinline__ void ck_load_gam(const float *gws, long long H, float *dst, long long c,
+                                            int h, int tid) {
 #if FLA_DECAY == 2
-  if (tid < CK_BT / 4)
-    ck_cp16(ck_smem(dst + 4 * tid), ck_ws_gam(a) + (c * a.H + h) * CK_BT + 4 * tid, 1);
+  if (tid < CK_BT / 4) ck_cp16(ck_smem(dst + 4 * tid), gws + (c * H + h) * CK_BT + 4 * tid, 1);
 #else
-  (void)a, (void)dst, (void)c, (void)h, (void)tid;
+  (void)gws, (void)H, (void)dst, (void)c, (void)h, (void)tid;
 #endif
 }
 
@@ -278,7 +279,8 @@ extern "C" __global__ void __launch_bounds__(128) fla_chunk_fwd_gam(fla_kernel_a
   ck_chunk_at(a, c, x);
   float g0 = 0.0f, g1 = 0.0f;
   ck_load_g(a, x, h, lane, g0, g1);
-  ck_scan_g(ck_ws_gam(a) + (c * a.H + h) * CK_BT, g0, g1, 0.0f, x.rows, lane);
+  const long long NC = a.num_chunks, M = ck_blocklen(NC, a.N, a.H);
+  ck_scan_g(ck_ws_gam(a, (NC + M - 1) / M) + (c * a.H + h) * CK_BT, g0, g1, 0.0f, x.rows, lane);
 #else
   (void)a;
 #endif
@@ -316,7 +318,8 @@ extern "C" __global__ void __launch_bounds__(CK1_NTH) fla_chunk_fwd_h(fla_kernel
   ck_load_tile<CK1_KP, CK1_LDQ, CK1_NTH>(Ks, kp + (x.t0 * H + p.h) * FLA_K, H * FLA_K, x.rows, FLA_K, veck, tid);
   ck_load_tile<CK1_BV, CK1_LDV, CK1_NTH>(Vs, vp + (x.t0 * H + p.h) * FLA_V + p.v0, H * FLA_V, x.rows, p.vcols,
                               vecv, tid);
-  ck_load_gam(a, gam, start, p.h, tid);
+  const float *gws = ck_ws_gam(a, p.NB);
+  ck_load_gam(gws, H, gam, start, p.h, tid);
   ck_commit();
   float g0 = 0.0f, g1 = 0.0f;
   if (FLA_DECAY != 2 && w == 0) ck_load_g(a, x, p.h, lane, g0, g1);
@@ -335,7 +338,7 @@ extern "C" __global__ void __launch_bounds__(CK1_NTH) fla_chunk_fwd_h(fla_kernel
                                   veck, tid);
       ck_load_tile<CK1_BV, CK1_LDV, CK1_NTH>(Vn, vp + (xn.t0 * H + p.h) * FLA_V + p.v0, H * FLA_V, xn.rows,
                                   p.vcols, vecv, tid);
-      ck_load_gam(a, gam + (CK_GAM_BUFS == 2 ? (buf ^ 1) * CK_BT : 0), c + 1, p.h, tid);
+      ck_load_gam(gws, H, gam + (CK_GAM_BUFS == 2 ? (buf ^ 1) * CK_BT : 0), c + 1, p.h, tid);
       ck_commit();
       if (FLA_DECAY != 2 && w == 0) ck_load_g(a, xn, p.h, lane, gn0, gn1);
       ck_wait_one();
@@ -781,7 +784,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
   ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, kp + (x.t0 * H + p.h) * FLA_K, H * FLA_K, x.rows, FLA_K, vecq, tid);
   ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs, vp + (x.t0 * H + p.h) * FLA_V + p.v0, H * FLA_V, x.rows, p.vcols,
                               vecv, tid);
-  ck_load_gam(a, gam, p.c0, p.h, tid);
+  const float *gws = ck_ws_gam(a, p.NB);
+  ck_load_gam(gws, H, gam, p.c0, p.h, tid);
   ck_commit();
   float g0 = 0.0f, g1 = 0.0f;
   if (FLA_DECAY != 2 && w == 0) ck_load_g(a, x, p.h, lane, g0, g1);
@@ -801,7 +805,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_fwd_o(fla_kernel_
                                   xn.rows, FLA_K, vecq, tid);
       ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs + (buf ^ 1) * CK_BT * CK_LDV, vp + ro * FLA_V + p.v0,
                                   H * FLA_V, xn.rows, p.vcols, vecv, tid);
-      ck_load_gam(a, gam + (CK_GAM_BUFS == 2 ? (buf ^ 1) * CK_BT : 0), c + 1, p.h, tid);
+      ck_load_gam(gws, H, gam + (CK_GAM_BUFS == 2 ? (buf ^ 1) * CK_BT : 0), c + 1, p.h, tid);
       ck_commit();
       if (FLA_DECAY != 2 && w == 0) ck_load_g(a, xn, p.h, lane, gn0, gn1);
     }
