@@ -10,18 +10,23 @@
 ** path: the recurrent stage computes those in fp32), per-key decay (GLA, §2.3)
 ** and the WY family (§2.4) are not done yet.
 **
-** Tiles: BT = 64 tokens a chunk, 4 warps, BV value columns a program (a
-** multiple of 16, 16..128), BK 0 or K (the key dim is never tiled: a program
-** holds the whole K x BV slice of the state, KW = ceil(K/64)*16 keys a warp).
+** Tiles: BT = 64 tokens a chunk, 4 or 8 warps, BV value columns a program (a
+** multiple of 16, 16..128; of 32 with 8 warps), BK 0 or K (the key dim is never
+** tiled: a program holds the whole K x BV slice of the state, KW = ceil(K/64)*16
+** keys a warp). 8 warps (the default for K <= 128, V > 64, BV = V rounded up to
+** 32, at most 128) split BV into two halves of 4 warps that share the q/k tiles
+** and Q K^T of each chunk.
 **
 ** Four kernels (grid, block, dynamic shared memory; an empty grid is not
 ** launched):
 **   fla_chunk_fwd_gam   (ceil(NC/4), H)      128   0     scalar gates only, else empty
 **   fla_chunk_fwd_h     (NB*NV1, H)     32*NW1   2*64*(KP1+8)*2 + 2*64*(BV1+8)*2 + 512
 **   fla_chunk_fwd_scan  (ceil(H*K*V/256))    256   0     empty when fold_() (o folds)
-**   fla_chunk_fwd_o     (NB*NV, H)           128   4*64*(KP+8)*2 + 2*64*(BV+8)*2
+**   fla_chunk_fwd_o     (NB*NV, H)      32*warps  4*64*(KP+8)*2 + 2*64*(BV+8)*2
 **                                                   + KP*(BV+8)*2 + 512
-** NV = ceil(V/BV), KP = 4*KW, NB = ceil(NC/M) blocks of M chunks (blocklen_);
+**                                                   (+ 64*72*2 with 8 warps)
+** NV = ceil(V/BV), KP = 4*KW, NB = ceil(NC/M) blocks of M chunks (fwd_blocklen_,
+** with NV counted in 4-warp parts: NV * warps / 4);
 ** the first kernel has its own geometry (h_geom_: NW1 8 warps, 4 when K <= 64,
 ** KP1 = K rounded up to 16*NW1, BV1 = min(V rounded up to 16, 128 / (KP1/NW1/16)
 ** rounded down to 16), NV1 = ceil(V/BV1)).

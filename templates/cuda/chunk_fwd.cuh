@@ -4,8 +4,9 @@
 **
 ** Keys handled: FLA_DELTA 0, FLA_READ_BEFORE 0, FLA_DECAY 0 (none), 1 (const
 ** gamma[h]), 2 (scalar g [tok,H]); FLA_IN_BF16 1 (q, k, v, g, o bf16; h0, ht,
-** gamma f32). Tiles: FLA_BT 64 tokens a chunk, FLA_WARPS 4, FLA_BV value
-** columns a program (multiple of 16); the key dim is never tiled (FLA_BK is
+** gamma f32). Tiles: FLA_BT 64 tokens a chunk, FLA_WARPS 4 or 8 (of the
+** output walk), FLA_BV value columns a program (multiple of 16; of 32 with 8
+** warps: two halves of 4 warps); the key dim is never tiled (FLA_BK is
 ** ignored): each program holds the whole K x BV slice of the state.
 **
 ** The math (runtime/cpu/chunk.c, fla-notes.md §2.2). Per chunk of C <= 64
@@ -47,7 +48,8 @@
 **       fla_chunk_fwd_o folds the P_b of its sequence's earlier blocks itself
 **       (a few L2 reads instead of a kernel: 20-45 us at 1,8192,96).
 **   fla_chunk_fwd_o    (NB*NV, H): walks the chunks of block b in order with
-**       the K x BV state slice in registers, starting from E_b (ws0 slot b-1,
+**       the K x BV state slice in registers (8 warps: each half of BV in its
+**       4 warps, Q K^T once for both: ck_o_chunk2), starting from E_b (ws0 slot b-1,
 **       or folded) or h0 where a sequence begins, computes O of every chunk
 **       and updates the state; writes ht where a sequence ends.
 ** With M = chunks per sequence (equal-length batches with enough heads), no
