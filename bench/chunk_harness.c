@@ -16,8 +16,9 @@
 **             scalar g) with CUDA events, median of 30 runs after warm-up,
 **             per kernel and in total, beside fla's times;
 **   --compile-only  compiles the variants and prints ptxas' report (no GPU).
-** Options: --var BV/M,...    bench variants: value tile (0 default), block length
-**                             (0: the formula; else forced at compile time)
+** Options: --var BV/M[/W],... bench variants: value tile (0 default), block length
+**                             (0: the formula; else forced at compile time),
+**                             warps of the output walk (4 or 8; 0 or absent: default)
 **          --shapes i,j      bench only these shapes (0-based)
 **          --cache DIR       cubin cache; --precompile fills it without a GPU
 */
@@ -120,8 +121,9 @@ static int build(variant *v, int verbose) {
   return 0;
 }
 
+/* bv, warps: 0 for the stage's default (default_config_). */
 static void make_variant(variant *v, int decay, int K, int V, int has_h0, int store_ht, int bv,
-                         int64_t force_m) {
+                         int warps, int64_t force_m) {
   memset(v, 0, sizeof *v);
   v->key.decay = decay;
   v->key.in_bf16 = 1;
@@ -130,6 +132,7 @@ static void make_variant(variant *v, int decay, int K, int V, int has_h0, int st
   v->key.K = K;
   v->key.V = V;
   v->cfg.BV = bv;
+  v->cfg.warps = warps;
   fla_stage_chunk_fwd.default_config(&v->key, &v->cfg);
   v->force_m = force_m;
 }
@@ -177,9 +180,9 @@ static CUdeviceptr dalloc(size_t n) {
 }
 
 /* Runs one case with one variant; returns 0 when it passes. */
-static int run_case(const tcase *tc, int bv, int64_t force_m, int nthreads) {
+static int run_case(const tcase *tc, int bv, int warps, int64_t force_m, int nthreads) {
   variant v;
-  make_variant(&v, tc->decay, tc->K, tc->V, tc->has_h0, tc->store_ht, bv, force_m);
+  make_variant(&v, tc->decay, tc->K, tc->V, tc->has_h0, tc->store_ht, bv, warps, force_m);
   if (build(&v, 0) != 0) return -1;
   if (!have_gpu) return 0;
   int N = tc->N, H = tc->H, K = tc->K, V = tc->V;
@@ -287,8 +290,8 @@ static int run_case(const tcase *tc, int bv, int64_t force_m, int nthreads) {
     }
   double relo = sqrt(eo / (so > 0 ? so : 1)), relh = tc->store_ht ? sqrt(eh / (sh > 0 ? sh : 1)) : 0;
   int ok = nan_o == 0 && nan_h == 0 && relo < 5e-3 && relh < 5e-3;
-  printf("%-34s BV %3d M %3lld%s NC %4lld | o relRMS %.2e  ht relRMS %.2e  NaN %zu/%zu  %s\n",
-         tc->name, v.cfg.BV, (long long)M, force_m > 0 ? "f" : " ", (long long)NC, relo, relh,
+  printf("%-34s BV %3d w%d M %3lld%s NC %4lld | o relRMS %.2e  ht relRMS %.2e  NaN %zu/%zu  %s\n",
+         tc->name, v.cfg.BV, v.cfg.warps, (long long)M, force_m > 0 ? "f" : " ", (long long)NC, relo, relh,
          nan_o, nan_h, ok ? "ok" : "FAIL");
 
   CUdeviceptr all[] = {Dq, Dk, Dv, Dg, Do, Dgam, Dh0, Dht, Dcu, Dcf, Dcs, W0, W1};
@@ -318,14 +321,18 @@ static int check_mode(int nthreads) {
   int fails = 0, runs = 0;
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     for (size_t j = 0; j < sizeof ms / sizeof ms[0]; j++) {
-      int r = run_case(&cases[i], 0, ms[j], nthreads);
+      int r = run_case(&cases[i], 0, 0, ms[j], nthreads);
       runs++;
       if (r != 0) fails++;
     }
-  /* other value tiles on the main case */
-  runs += 2;
-  fails += run_case(&cases[0], 32, 0, nthreads) != 0;
-  fails += run_case(&cases[0], 16, 3, nthreads) != 0;
+  /* other value tiles and warp counts (the default of K <= 128, V > 64 is 8
+  ** warps over BV 128): the 4-warp output walk, and 8 warps of two 32-column parts */
+  static const struct { int c, bv, warps; int64_t m; } more[] = {
+      {0, 32, 4, 0}, {0, 16, 4, 3}, {0, 64, 4, 0}, {0, 64, 4, 3}, {1, 64, 4, 0},
+      {2, 64, 4, 5}, {3, 64, 4, 0}, {0, 64, 8, 0}, {0, 64, 8, 3}, {7, 32, 8, 1}, {9, 64, 8, 0},
+  };
+  for (size_t i = 0; i < sizeof more / sizeof more[0]; i++, runs++)
+    fails += run_case(&cases[more[i].c], more[i].bv, more[i].warps, more[i].m, nthreads) != 0;
   printf("check: %d of %d runs passed\n", runs - fails, runs);
   return fails;
 }
@@ -369,7 +376,7 @@ static void dfill(CUdeviceptr p, size_t n, unsigned seed, int mode) {
 
 /* A timed variant: value tile (0: default), block length (0: the formula). */
 typedef struct vspec {
-  int bv;
+  int bv, warps;
   int64_t m;
 } vspec;
 
@@ -388,13 +395,14 @@ static int bench_mode(const vspec *vs, int nvs, const int *only, int nonly) {
     }
     free(cubin);
   }
-  static const vspec dflt = {0, 0};
+  static const vspec dflt = {0, 0, 0};
   if (nvs == 0) vs = &dflt, nvs = 1;
   int nvar = nvs;
   variant *vars = calloc((size_t)nvar, sizeof *vars);
   for (int i = 0; i < nvar; i++) {
-    make_variant(&vars[i], 2, 128, 128, 0, 1, vs[i].bv, vs[i].m);
-    printf("variant %d: BV %d, M %s\n", i, vars[i].cfg.BV, vs[i].m ? "forced" : "formula");
+    make_variant(&vars[i], 2, 128, 128, 0, 1, vs[i].bv, vs[i].warps, vs[i].m);
+    printf("variant %d: BV %d, %d warps, M %s\n", i, vars[i].cfg.BV, vars[i].cfg.warps,
+           vs[i].m ? "forced" : "formula");
     if (build(&vars[i], 1) != 0) return 1;
   }
   if (!have_gpu) return 0;
@@ -459,9 +467,9 @@ static int bench_mode(const vspec *vs, int nvs, const int *only, int nonly) {
         qsort(t[e], REPS, sizeof(float), cmp_f);
         med[e] = t[e][REPS / 2];
       }
-      printf("| %d | %d | %d | BV%d/%s | %lld | %lld | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | "
+      printf("| %d | %d | %d | BV%d/w%d/%s | %lld | %lld | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | "
              "%.3f | %.2fx |\n",
-             sh->B, sh->T, sh->H, v->cfg.BV, v->force_m ? "M" : "formula", (long long)M,
+             sh->B, sh->T, sh->H, v->cfg.BV, v->cfg.warps, v->force_m ? "M" : "formula", (long long)M,
              (long long)(NB * NV * H), med[0], med[1], med[2], med[3], med[nk], sh->fla_ms,
              sh->floor_ms, sh->fla_ms / med[nk]);
       fflush(stdout);
@@ -482,8 +490,9 @@ static int compile_only(int bv) {
   int fails = 0;
   for (size_t i = 0; i < sizeof shapes_kv / sizeof shapes_kv[0]; i++) {
     variant v;
-    make_variant(&v, shapes_kv[i][0], shapes_kv[i][1], shapes_kv[i][2], 1, 1, bv, 0);
-    printf("decay %d K %d V %d BV %d:\n", v.key.decay, v.key.K, v.key.V, v.cfg.BV);
+    make_variant(&v, shapes_kv[i][0], shapes_kv[i][1], shapes_kv[i][2], 1, 1, bv, 0, 0);
+    printf("decay %d K %d V %d BV %d warps %d:\n", v.key.decay, v.key.K, v.key.V, v.cfg.BV,
+           v.cfg.warps);
     fails += build(&v, 1) != 0;
   }
   return fails;
@@ -503,8 +512,10 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--var") && i + 1 < argc) {
       for (char *t = strtok(argv[++i], ","); t && nvs < 32; t = strtok(NULL, ",")) {
         long long m = 0;
-        if (sscanf(t, "%d/%lld", &vs[nvs].bv, &m) != 2) {
-          fprintf(stderr, "--var: BV/M pairs, e.g. 64/0,64/32 (0: default tile, formula)\n");
+        vs[nvs].warps = 0;
+        if (sscanf(t, "%d/%lld/%d", &vs[nvs].bv, &m, &vs[nvs].warps) < 2) {
+          fprintf(stderr, "--var: BV/M[/warps], e.g. 64/0/4,0/32 (0: default tile, formula, "
+                          "default warps)\n");
           return 2;
         }
         vs[nvs++].m = m;

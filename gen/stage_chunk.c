@@ -10,18 +10,23 @@
 ** path: the recurrent stage computes those in fp32), per-key decay (GLA, §2.3)
 ** and the WY family (§2.4) are not done yet.
 **
-** Tiles: BT = 64 tokens a chunk, 4 warps, BV value columns a program (a
-** multiple of 16, 16..128), BK 0 or K (the key dim is never tiled: a program
-** holds the whole K x BV slice of the state, KW = ceil(K/64)*16 keys a warp).
+** Tiles: BT = 64 tokens a chunk, 4 or 8 warps, BV value columns a program (a
+** multiple of 16, 16..128; of 32 with 8 warps), BK 0 or K (the key dim is never
+** tiled: a program holds the whole K x BV slice of the state, KW = ceil(K/64)*16
+** keys a warp). 8 warps (the default for K <= 128, V > 64, BV = V rounded up to
+** 32, at most 128) split BV into two halves of 4 warps that share the q/k tiles
+** and Q K^T of each chunk.
 **
 ** Four kernels (grid, block, dynamic shared memory; an empty grid is not
 ** launched):
 **   fla_chunk_fwd_gam   (ceil(NC/4), H)      128   0     scalar gates only, else empty
 **   fla_chunk_fwd_h     (NB*NV1, H)     32*NW1   2*64*(KP1+8)*2 + 2*64*(BV1+8)*2 + 512
 **   fla_chunk_fwd_scan  (ceil(H*K*V/256))    256   0     empty when fold_() (o folds)
-**   fla_chunk_fwd_o     (NB*NV, H)           128   4*64*(KP+8)*2 + 2*64*(BV+8)*2
+**   fla_chunk_fwd_o     (NB*NV, H)      32*warps  4*64*(KP+8)*2 + 2*64*(BV+8)*2
 **                                                   + KP*(BV+8)*2 + 512
-** NV = ceil(V/BV), KP = 4*KW, NB = ceil(NC/M) blocks of M chunks (blocklen_);
+**                                                   (+ 64*72*2 with 8 warps)
+** NV = ceil(V/BV), KP = 4*KW, NB = ceil(NC/M) blocks of M chunks (fwd_blocklen_,
+** with NV counted in 4-warp parts: NV * warps / 4);
 ** the first kernel has its own geometry (h_geom_: NW1 8 warps, 4 when K <= 64,
 ** KP1 = K rounded up to 16*NW1, BV1 = min(V rounded up to 16, 128 / (KP1/NW1/16)
 ** rounded down to 16), NV1 = ceil(V/BV1)).
@@ -46,6 +51,8 @@ static int kw_(int K) { return (K + 16 * CHUNK_WARPS - 1) / (16 * CHUNK_WARPS) *
 static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
   return (key->V + cfg->BV - 1) / cfg->BV;
 }
+/* Value parts of an o program: 8 warps split BV in two halves of 4 warps. */
+static int vh_(const fla_tile_config *cfg) { return cfg->warps == 8 ? 2 : 1; }
 
 /* Block length M (ck_blocklen in the template: keep in step). One block per
 ** sequence when an equal-length batch has enough programs; else the M in
@@ -73,7 +80,8 @@ int64_t fla_chunk_fwd_blocklen(const fla_gen_key *key, const fla_tile_config *cf
                                const fla_kernel_args *args);
 int64_t fla_chunk_fwd_blocklen(const fla_gen_key *key, const fla_tile_config *cfg,
                                const fla_kernel_args *args) {
-  return fwd_blocklen_(args->num_chunks, args->N, args->H, nv_(key, cfg));
+  /* value tiles counted in 4-warp parts: an 8-warp program fills two slots */
+  return fwd_blocklen_(args->num_chunks, args->N, args->H, (int64_t)nv_(key, cfg) * vh_(cfg));
 }
 
 /* Whether fla_chunk_fwd_o folds the block states of its sequence's earlier
@@ -92,16 +100,27 @@ static unsigned smem_h_(const fla_gen_key *key) {
   return (unsigned)(2 * CHUNK_BT * (g.kp + 8) * 2 + 2 * CHUNK_BT * (g.bv + 8) * 2 + 512);
 }
 
+/* + As[64][72] bf16 with 8 warps (the gated A tile both value parts read) */
 static unsigned smem_o_(const fla_gen_key *key, const fla_tile_config *cfg) {
   int KP = kw_(key->K) * CHUNK_WARPS;
   return (unsigned)(4 * CHUNK_BT * (KP + 8) * 2 + 2 * CHUNK_BT * (cfg->BV + 8) * 2 +
-                    KP * (cfg->BV + 8) * 2 + 512);
+                    KP * (cfg->BV + 8) * 2 + 512 +
+                    (vh_(cfg) == 2 ? CHUNK_BT * (CHUNK_BT + 8) * 2 : 0));
 }
 
+/* K <= 128, V > 64: one 8-warp program over up to 128 value columns (one
+** q/k tile load and one Q K^T a chunk for both halves) instead of two 4-warp
+** programs of 64 (bench/results/2026-11-23-simple-gla-fwd.md). */
 static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {
   if (cfg->BT == 0) cfg->BT = CHUNK_BT;
-  if (cfg->warps == 0) cfg->warps = CHUNK_WARPS;
+  if (cfg->warps == 0) cfg->warps = cfg->BV == 0 && key->K <= 128 && key->V > 64 ? 8 : CHUNK_WARPS;
   if (cfg->BK == 0) cfg->BK = key->K;
+  if (cfg->BV == 0 && cfg->warps == 8) {
+    /* two parts of at most 128 / (KW/16) columns (64 state registers a thread) */
+    int v32 = (key->V + 31) / 32 * 32, bv = 2 * (128 / (kw_(key->K) / 16)) / 32 * 32;
+    if (bv > 128) bv = 128;
+    cfg->BV = v32 < bv ? v32 : bv;
+  }
   if (cfg->BV == 0) {
     int v16 = (key->V + 15) / 16 * 16;
     int bv = key->K <= 128 ? 64 : 32;
@@ -123,21 +142,23 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
   if (key->K < 1 || key->V < 1 || key->K > 256 || key->V > 256)
     return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_fwd: K = %d, V = %d outside 1..256", key->K,
                          key->V);
-  if (cfg->BT != CHUNK_BT || cfg->warps != CHUNK_WARPS)
-    return fla_set_error(ctx, FLA_INVALID, "chunk_fwd: BT %d warps %d (only BT 64, 4 warps)",
+  if (cfg->BT != CHUNK_BT || (cfg->warps != 4 && cfg->warps != 8))
+    return fla_set_error(ctx, FLA_INVALID, "chunk_fwd: BT %d warps %d (only BT 64, 4 or 8 warps)",
                          cfg->BT, cfg->warps);
   if (cfg->BK != key->K)
     return fla_set_error(ctx, FLA_INVALID, "chunk_fwd: BK %d (the key dim is not tiled: BK = K = %d)",
                          cfg->BK, key->K);
-  if (cfg->BV < 16 || cfg->BV > 128 || cfg->BV % 16)
-    return fla_set_error(ctx, FLA_INVALID, "chunk_fwd: BV %d (a multiple of 16 in 16..128)",
-                         cfg->BV);
-  /* state registers: (KW/16) m-tiles x (BV/8) n-tiles x 4 floats a thread */
-  int regs = kw_(key->K) / 16 * (cfg->BV / 8) * 4;
+  if (cfg->BV < 16 || cfg->BV > 128 || cfg->BV % (16 * vh_(cfg)))
+    return fla_set_error(ctx, FLA_INVALID,
+                         "chunk_fwd: BV %d with %d warps (a multiple of %d in 16..128)", cfg->BV,
+                         cfg->warps, 16 * vh_(cfg));
+  /* state registers: (KW/16) m-tiles x (BV/parts/8) n-tiles x 4 floats a thread */
+  int regs = kw_(key->K) / 16 * (cfg->BV / vh_(cfg) / 8) * 4;
   if (regs > 64)
     return fla_set_error(ctx, FLA_INVALID,
-                         "chunk_fwd: BV %d with K %d needs %d state registers a thread (at most 64)",
-                         cfg->BV, key->K, regs);
+                         "chunk_fwd: BV %d with K %d and %d warps needs %d state registers a "
+                         "thread (at most 64)",
+                         cfg->BV, key->K, cfg->warps, regs);
   if (smem_o_(key, cfg) > CHUNK_SMEM_MAX)
     return fla_set_error(ctx, FLA_INVALID, "chunk_fwd: %u bytes of shared memory", smem_o_(key, cfg));
   return FLA_OK;
@@ -177,7 +198,8 @@ int fla_chunk_fwd_launches_m(const fla_gen_key *key, const fla_tile_config *cfg,
     unused_(&out[2], "fla_chunk_fwd_scan");
   else
     fla_chunk_launch_set(&out[2], "fla_chunk_fwd_scan", (unsigned)((elems + 255) / 256), 1, 256, 0);
-  fla_chunk_launch_set(&out[3], "fla_chunk_fwd_o", (unsigned)((NB > 0 ? NB : 1) * NV), (unsigned)H, 32 * CHUNK_WARPS, smem_o_(key, cfg));
+  fla_chunk_launch_set(&out[3], "fla_chunk_fwd_o", (unsigned)((NB > 0 ? NB : 1) * NV), (unsigned)H,
+                       32 * (unsigned)cfg->warps, smem_o_(key, cfg));
   return 4;
 }
 

@@ -13,18 +13,24 @@
 ** the speed-up, and the largest relative RMS error of o, ht and every
 ** gradient of the chunked form against the recurrent one.
 **
-** CUDA: bf16 forward times (median of --runs synchronous calls, wall clock,
-** so host overhead is included) at the shapes of shared/ANCHORS.md by
-** default, with the achieved bandwidth, the memory floor, and fla's time
-** from ANCHORS.md where it has one; for T > 1 also forward+backward (every
+** CUDA: bf16 forward times at the shapes of shared/ANCHORS.md by default,
+** with the achieved bandwidth, the memory floor, and fla's time from
+** ANCHORS.md where it has one; for T > 1 also forward+backward (every
 ** input's gradient), against fla's fwd+bwd where ANCHORS.md has one.
-** FLA_BENCH_ALGO=recurrent makes the GPU rows time the recurrent stage.
+** Two timings of each: "GPU ms", the median over --runs calls queued back to
+** back of the CUDA-event time around each call with L2 flushed before it (a
+** 256 MB memset outside the events) -- the method of triton.testing.do_bench
+** behind fla's ANCHORS.md figures, so the ratio to fla uses it; and "wall ms",
+** the median wall clock of one synchronous call (launch and sync latency
+** included, ~0.01-0.02 ms more). FLA_BENCH_ALGO=recurrent makes the GPU rows
+** time the recurrent stage.
 */
 #include "common.h"
 #include "recipe.h"
 #include "testdata.h"
 #include "op_internal.h"
 #include "cuda/op_cuda.h"
+#include "cuda/cuda_api.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -244,7 +250,80 @@ static fla_status device_inputs_(fla_ctx *g, const fla_ir *ir, const fla_op_conf
   return s;
 }
 
-static int bench_gpu_one_(fla_ctx *g, const char *name, shape_ sh, int runs) {
+/* One timed GPU call: the forward, or the forward then the backward. */
+typedef struct {
+  fla_op *op;
+  fla_arg *args, *grads;
+  int nargs, ng;
+  fla_tensor *o, *ht;
+  int backward;
+} gpu_call_;
+
+static fla_status gpu_call_run_(const gpu_call_ *c) {
+  fla_status s = fla_op_forward(c->op, c->args, c->nargs, c->o, c->ht);
+  if (s == FLA_OK && c->backward) s = fla_op_backward(c->op, c->args, c->nargs, c->o, NULL, c->grads, c->ng);
+  return s;
+}
+
+/* Median ms of `runs` synchronous calls by wall clock (launch and sync included). */
+static fla_status gpu_wall_ms_(const gpu_call_ *c, int runs, double *med) {
+  double t[64];
+  fla_status s = FLA_OK;
+  for (int i = 0; s == FLA_OK && i < runs; i++) {
+    double t0 = now_();
+    s = gpu_call_run_(c);
+    t[i] = 1e3 * (now_() - t0);
+  }
+  if (s != FLA_OK) return s;
+  qsort(t, (size_t)runs, sizeof t[0], cmp_double_);
+  *med = t[runs / 2];
+  return FLA_OK;
+}
+
+/* Median ms of the GPU time of `runs` calls queued back to back (the
+** library's end-of-call sync deferred, fla_cuda_set_defer_sync): a CUDA
+** event before and after each call, and before each the L2 flushed by a
+** memset of `flush` (outside the events), as triton.testing.do_bench times
+** fla. A call that waits on the host inside (uploads of varlen tables)
+** counts that wait. */
+static fla_status gpu_event_ms_(fla_ctx *g, const gpu_call_ *c, const fla_tensor *flush, int runs,
+                                double *med) {
+  const fla_cuda_driver *d = fla_cuda_driver_api();
+  CUstream st = fla_cuda_ctx_stream(g);
+  CUevent ev[128];
+  double t[64];
+  int nev = 0;
+  fla_status s = fla_cuda_sync(g, "fla-bench: before timing"); /* makes the context current */
+  for (; s == FLA_OK && nev < 2 * runs; nev++)
+    if (d->cuEventCreate(&ev[nev], CU_EVENT_DEFAULT) != CUDA_SUCCESS)
+      s = fla_set_error(g, FLA_ERROR, "fla-bench: cuEventCreate failed");
+  if (!d->cuMemsetD32Async) flush = NULL; /* an old driver: no flush (optional entry point) */
+  fla_cuda_set_defer_sync(g, 1);
+  for (int i = 0; s == FLA_OK && i < runs; i++) {
+    if (flush && d->cuMemsetD32Async(flush->dptr, 0, (size_t)flush->numel, st) != CUDA_SUCCESS)
+      s = fla_set_error(g, FLA_ERROR, "fla-bench: the L2 flush (cuMemsetD32Async) failed");
+    if (s == FLA_OK) d->cuEventRecord(ev[2 * i], st);
+    if (s == FLA_OK) s = gpu_call_run_(c);
+    if (s == FLA_OK) d->cuEventRecord(ev[2 * i + 1], st);
+  }
+  fla_cuda_set_defer_sync(g, 0);
+  fla_status s2 = fla_cuda_sync(g, "fla-bench: the timed calls failed on the device");
+  if (s == FLA_OK) s = s2;
+  for (int i = 0; s == FLA_OK && i < runs; i++) {
+    float ms = 0.0f;
+    if (d->cuEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]) != CUDA_SUCCESS)
+      s = fla_set_error(g, FLA_ERROR, "fla-bench: cuEventElapsedTime failed");
+    t[i] = ms;
+  }
+  for (int i = 0; i < nev; i++) d->cuEventDestroy(ev[i]);
+  if (s != FLA_OK) return s;
+  qsort(t, (size_t)runs, sizeof t[0], cmp_double_);
+  *med = t[runs / 2];
+  return FLA_OK;
+}
+
+static int bench_gpu_one_(fla_ctx *g, const char *name, shape_ sh, int runs,
+                          const fla_tensor *flush) {
   fla_recipe *r = tool_load_recipe(g, "fla-bench", name);
   if (!r) return 1;
   const fla_ir *ir = fla_recipe_ir(r);
@@ -257,28 +336,22 @@ static int bench_gpu_one_(fla_ctx *g, const char *name, shape_ sh, int runs) {
   memset(args, 0, sizeof args);
   fla_tensor *o = NULL, *ht = NULL;
   int64_t bytes = 0;
-  double t[64], med = NAN;
+  double med = NAN, wall = NAN;
   fla_status s = fla_op_bind(g, r, &cfg, &op);
   if (s == FLA_OK) s = device_inputs_(g, ir, &cfg, args, &bytes);
   int64_t os[4] = {sh.B, sh.T, sh.H, sh.V}, ss[4] = {sh.B, sh.H, op ? fla_op_state_k(op) : 0, sh.V};
   if (s == FLA_OK) s = fla_tensor_new(g, FLA_BF16, 4, os, &o);
   if (s == FLA_OK) s = fla_tensor_new(g, FLA_F32, 4, ss, &ht);
   if (s == FLA_OK) s = fla_op_forward(op, args, ir->num_inputs, o, ht); /* compiles, warms up */
-  for (int i = 0; s == FLA_OK && i < runs; i++) {
-    double t0 = now_();
-    s = fla_op_forward(op, args, ir->num_inputs, o, ht);
-    t[i] = 1e3 * (now_() - t0);
-  }
+  gpu_call_ call = {op, args, NULL, ir->num_inputs, 0, o, ht, 0};
+  if (s == FLA_OK) s = gpu_event_ms_(g, &call, flush, runs, &med);
+  if (s == FLA_OK) s = gpu_wall_ms_(&call, runs, &wall);
   /* forward + backward (T > 1): every input's gradient in bf16, d_o = o */
-  double fb = NAN;
+  double fb = NAN, fbwall = NAN;
   fla_arg grads[FLA_IR_MAX_INPUTS];
   char gnames[FLA_IR_MAX_INPUTS][80];
   int ng = 0;
   memset(grads, 0, sizeof grads);
-  if (s == FLA_OK) {
-    qsort(t, (size_t)runs, sizeof t[0], cmp_double_);
-    med = t[runs / 2];
-  }
   if (s == FLA_OK && sh.T > 1 && !getenv("FLA_BENCH_NO_BWD")) {
     for (int i = 0; s == FLA_OK && i < ir->num_inputs; i++) {
       const fla_tensor *x = args[i].tensor;
@@ -289,24 +362,19 @@ static int bench_gpu_one_(fla_ctx *g, const char *name, shape_ sh, int runs) {
     }
     int fbruns = runs < 5 ? runs : 5; /* the recurrent backward is slow at long T */
     if (s == FLA_OK) s = fla_op_backward(op, args, ir->num_inputs, o, NULL, grads, ng); /* warm-up */
-    for (int i = 0; s == FLA_OK && i < fbruns; i++) {
-      double t0 = now_();
-      s = fla_op_forward(op, args, ir->num_inputs, o, ht);
-      if (s == FLA_OK) s = fla_op_backward(op, args, ir->num_inputs, o, NULL, grads, ng);
-      t[i] = 1e3 * (now_() - t0);
-    }
-    if (s == FLA_OK) {
-      qsort(t, (size_t)fbruns, sizeof t[0], cmp_double_);
-      fb = t[fbruns / 2];
-    }
+    gpu_call_ fbcall = {op, args, grads, ir->num_inputs, ng, o, ht, 1};
+    if (s == FLA_OK) s = gpu_event_ms_(g, &fbcall, flush, fbruns, &fb);
+    if (s == FLA_OK) s = gpu_wall_ms_(&fbcall, fbruns, &fbwall);
   }
   if (s == FLA_OK) {
     bytes += 2 * fla_tensor_numel(o);
     int stage = fla_cuda_op_core_stage(op, FLA_BF16, 0, 1);
     int a = anchor_(name, sh);
     char shape[96], fla[32] = "-", ratio[32] = "-", floor[32] = "-", fbs[32] = "-", flafb[32] = "-";
+    char fbw[32] = "-";
     int bstage = sh.T > 1 ? fla_cuda_op_backward_core_stage(op, FLA_BF16, 0, 0) : -1;
     if (!isnan(fb)) snprintf(fbs, sizeof fbs, "%.3f", fb);
+    if (!isnan(fbwall)) snprintf(fbw, sizeof fbw, "%.3f", fbwall);
     snprintf(shape, sizeof shape, "%lld,%lld,%lld,%lld,%lld", (long long)sh.B, (long long)sh.T,
              (long long)sh.H, (long long)sh.K, (long long)sh.V);
     if (a >= 0) {
@@ -315,10 +383,11 @@ static int bench_gpu_one_(fla_ctx *g, const char *name, shape_ sh, int runs) {
       if (anchors_[a].floor_ms > 0) snprintf(floor, sizeof floor, "%.3f", anchors_[a].floor_ms);
       if (anchors_[a].fla_fb_ms > 0) snprintf(flafb, sizeof flafb, "%.3f", anchors_[a].fla_fb_ms);
     }
-    printf("| %-16s | %-20s | %-13s | %9.3f | %6.2f | %8s | %8s | %7s | %-13s | %10s | %10s |\n", name,
-           shape, stage >= 0 ? fla_stage_name((fla_stage)stage) : "?", med,
+    printf("| %-16s | %-20s | %-13s | %9.3f | %9.3f | %6.2f | %8s | %8s | %7s | %-13s | %10s | %10s | "
+           "%10s |\n",
+           name, shape, stage >= 0 ? fla_stage_name((fla_stage)stage) : "?", med, wall,
            (double)bytes / (med * 1e9), floor, fla, ratio,
-           bstage >= 0 ? fla_stage_name((fla_stage)bstage) : "-", fbs, flafb);
+           bstage >= 0 ? fla_stage_name((fla_stage)bstage) : "-", fbs, fbw, flafb);
     fflush(stdout);
   } else {
     fprintf(stderr, "fla-bench: %s: %s: %s\n", name, fla_errstr(s), fla_errmsg(g));
@@ -333,16 +402,27 @@ static int bench_gpu_one_(fla_ctx *g, const char *name, shape_ sh, int runs) {
 }
 
 static int bench_gpu_(fla_ctx *g, const char **recipes, int nr, const shape_ *shapes, int ns, int runs) {
-  printf("fla-bench on %s: bf16 forward, median of %d synchronous calls (wall clock, host overhead\n"
-         "included); TB/s = bytes of inputs and o over the time; floor and fla from shared/ANCHORS.md;\n"
-         "ratio = fla's time / ours (above 1: faster than fla). fwd+bwd ms: forward then backward of\n"
-         "every input's gradient (T > 1; median of up to 5; FLA_BENCH_NO_BWD=1 skips it), against\n"
+  printf("fla-bench on %s: bf16 forward, median of %d calls. GPU ms (compared with fla): CUDA\n"
+         "events around each call, calls queued back to back, L2 flushed before each (a 256 MB memset\n"
+         "outside the events) -- triton.testing.do_bench's method, which fla's ANCHORS.md figures use.\n"
+         "wall ms: one synchronous call by wall clock (launch and sync latency included). TB/s = bytes\n"
+         "of inputs and o over the GPU time; floor and fla from shared/ANCHORS.md; ratio = fla's time /\n"
+         "our GPU time (above 1: faster than fla). fwd+bwd: forward then backward of every input's\n"
+         "gradient (T > 1; median of up to 5; FLA_BENCH_NO_BWD=1 skips it), GPU and wall, against\n"
          "fla's fwd+bwd where ANCHORS.md has one.\n\n",
          fla_ctx_device_name(g), runs);
-  printf("| %-16s | %-20s | %-13s | %9s | %6s | %8s | %8s | %7s | %-13s | %10s | %10s |\n", "recipe",
-         "B,T,H,K,V", "stage", "fwd ms", "TB/s", "floor ms", "fla ms", "ratio", "bwd stage",
-         "fwd+bwd ms", "fla f+b ms");
-  printf("|------------------|----------------------|---------------|-----------|--------|----------|----------|---------|---------------|------------|------------|\n");
+  printf("| %-16s | %-20s | %-13s | %9s | %9s | %6s | %8s | %8s | %7s | %-13s | %10s | %10s | %10s |\n",
+         "recipe", "B,T,H,K,V", "stage", "fwd GPU ms", "fwd wall", "TB/s", "floor ms", "fla ms", "ratio",
+         "bwd stage", "f+b GPU ms", "f+b wall", "fla f+b ms");
+  printf("|------------------|----------------------|---------------|-----------|-----------|--------|----------|"
+         "----------|---------|---------------|------------|------------|------------|\n");
+  /* the L2 flush buffer of the GPU timing (256 MB, more than any GPU's L2) */
+  fla_tensor *flush = NULL;
+  int64_t fshape[1] = {64ll << 20};
+  if (fla_tensor_new(g, FLA_F32, 1, fshape, &flush) != FLA_OK) {
+    fprintf(stderr, "fla-bench: the 256 MB L2 flush buffer: %s\n", fla_errmsg(g));
+    return 1;
+  }
   int failed = 0;
   if (ns == 0) { /* the anchors (of the recipes asked for, when any) */
     for (int i = 0; i < NANCHORS; i++) {
@@ -350,14 +430,16 @@ static int bench_gpu_(fla_ctx *g, const char **recipes, int nr, const shape_ *sh
       for (int j = 0; j < nr; j++) wanted |= !strcmp(recipes[j], anchors_[i].recipe);
       if (!wanted) continue;
       shape_ sh = {anchors_[i].B, anchors_[i].T, anchors_[i].H, anchors_[i].D, anchors_[i].D};
-      failed |= bench_gpu_one_(g, anchors_[i].recipe, sh, runs);
+      failed |= bench_gpu_one_(g, anchors_[i].recipe, sh, runs, flush);
     }
+    fla_tensor_free(flush);
     return failed;
   }
   static const char *defaults[] = {"retention", "simple_gla", "gla", "gated_delta_rule"};
   if (nr == 0) recipes = defaults, nr = 4;
   for (int i = 0; i < nr; i++)
-    for (int j = 0; j < ns; j++) failed |= bench_gpu_one_(g, recipes[i], shapes[j], runs);
+    for (int j = 0; j < ns; j++) failed |= bench_gpu_one_(g, recipes[i], shapes[j], runs, flush);
+  fla_tensor_free(flush);
   return failed;
 }
 
@@ -374,7 +456,12 @@ static int parse_shape_(const char *s, shape_ *sh) {
 static void usage_(void) {
   fprintf(stderr, "usage: fla-bench --demo\n"
                   "       fla-bench [--recipe R ...] [--shape B,T,H,K,V ...] [--device cpu] [--runs N]\n"
-                  "                 [--no-recurrent] [--threads N]\n");
+                  "                 [--no-recurrent] [--threads N]\n"
+                  "       fla-bench --device cuda [--recipe R ...] [--shape B,T,H,K,V ...] [--runs N]\n"
+                  "GPU rows: 'GPU ms' (compared with fla's ANCHORS.md times) is the median CUDA-event\n"
+                  "time of calls queued back to back with L2 flushed before each, as\n"
+                  "triton.testing.do_bench measures; 'wall' is one synchronous call by wall clock.\n"
+                  "FLA_BENCH_NO_BWD=1 skips the forward+backward columns.\n");
 }
 
 int main(int argc, char **argv) {
@@ -385,7 +472,10 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     int more = i + 1 < argc;
-    if (!strcmp(a, "--demo")) {
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      usage_();
+      return 0;
+    } else if (!strcmp(a, "--demo")) {
       continue; /* the defaults below are the demo */
     } else if (!strcmp(a, "--recipe") && more && nr < MAX_ITEMS) {
       recipes[nr++] = argv[++i];
