@@ -2,6 +2,7 @@
 ** harness.c -- helpers shared by the Check suites.
 */
 #include "harness.h"
+#include "cuda/nvrtc.h"
 
 #include <dirent.h>
 #include <math.h>
@@ -166,4 +167,23 @@ int th_probe_cuda(char *why, size_t len) {
   if (pid > 0) waitpid(pid, NULL, 0);
   snprintf(why, len, "%s", msg);
   return ok;
+}
+
+void th_check_nvrtc_compiles(const char *test, const char *name, const char *source) {
+  ck_assert_ptr_nonnull(source);
+  const char *arch[2] = {"sm_80", "sm_90"};
+  fla_ctx *ctx = th_cpu_ctx();
+  for (int a = 0; a < 2; a++) {
+    void *cubin = NULL;
+    size_t n = 0;
+    fla_status s = fla_nvrtc_compile(ctx, name, source, arch[a], NULL, 0, &cubin, &n);
+    if (s == FLA_UNSUPPORTED) {
+      printf("%s: SKIP compile of %s: %s\n", test, name, fla_errmsg(ctx));
+      break;
+    }
+    ck_assert_msg(s == FLA_OK, "%s for %s: %s", name, arch[a], fla_errmsg(ctx));
+    ck_assert(fla_cubin_is_elf(cubin, n));
+    free(cubin);
+  }
+  fla_ctx_free(ctx);
 }

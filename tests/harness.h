@@ -52,4 +52,9 @@ int th_run_suite(Suite *s);
 ** reason when not. */
 int th_probe_cuda(char *why, size_t len);
 
+/* Compiles `source` (module `name`) with NVRTC for sm_80 and sm_90 and
+** asserts an ELF cubin each time (no GPU needed); prints "<test>: SKIP
+** compile of <name>: why" and returns when NVRTC is not available. */
+void th_check_nvrtc_compiles(const char *test, const char *name, const char *source);
+
 #endif

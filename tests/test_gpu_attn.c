@@ -9,7 +9,6 @@
 ** usable device the GPU cases are one test that prints why it skipped.
 */
 #include "harness.h"
-#include "cuda/nvrtc.h"
 #include "cuda/op_cuda.h"
 #include "grad_math.h"
 #include "internal.h"
@@ -146,23 +145,8 @@ END_TEST
 /* The module compiles (no GPU needed: NVRTC alone). */
 START_TEST(test_kernels_compile) {
   char *src = gpu_attn_source();
-  ck_assert_ptr_nonnull(src);
-  const char *arch[2] = {"sm_80", "sm_90"};
-  fla_ctx *ctx = th_cpu_ctx();
-  for (int a = 0; a < 2; a++) {
-    void *cubin = NULL;
-    size_t n = 0;
-    fla_status s = fla_nvrtc_compile(ctx, "train_attn", src, arch[a], NULL, 0, &cubin, &n);
-    if (s == FLA_UNSUPPORTED) {
-      printf("test_gpu_attn: SKIP compile: %s\n", fla_errmsg(ctx));
-      break;
-    }
-    ck_assert_msg(s == FLA_OK, "%s", fla_errmsg(ctx));
-    ck_assert(fla_cubin_is_elf(cubin, n));
-    free(cubin);
-  }
+  th_check_nvrtc_compiles("test_gpu_attn", "train_attn", src);
   free(src);
-  fla_ctx_free(ctx);
 }
 END_TEST
 
