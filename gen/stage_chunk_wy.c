@@ -76,10 +76,31 @@ static int wide_(const fla_gen_key *key, const fla_tile_config *cfg, int64_t N, 
 ** 2 (two blocks a SM). ns_max: the deepest any launch can take. */
 #define WY_FEW 128
 static int stages_few_(const fla_gen_key *key) { return kp_(key->K) <= 128 ? 4 : 2; }
-static int stages_h_(const fla_gen_key *key, const fla_tile_config *cfg, int wide, int64_t N,
-                     int64_t H) {
-  int64_t nvh = (key->V + bvh_(cfg, wide) - 1) / bvh_(cfg, wide);
-  return nvh * N * H <= WY_FEW ? stages_few_(key) : 2;
+static int stages_h_(const fla_gen_key *key, int64_t programs) {
+  return programs <= WY_FEW ? stages_few_(key) : 2;
+}
+
+/* Segments a sequence for the state kernels (cw_segments() in
+** chunk_wy_fwd.cuh; keep in step): 1 (none) unless the narrow kernel has at
+** most WY_SEG_PROGS programs; then about WY_SEG_TARGET programs of the last
+** pass, each segment WY_SEG_MIN chunks or more. The segment pass costs
+** (K + V) / V of a state pass and the last pass another one, so segments
+** pay only when the programs fill well under a third of the GPU. */
+#define WY_SEG_PROGS 64
+#define WY_SEG_TARGET 256
+#define WY_SEG_MIN 16
+static int64_t segments_(const fla_gen_key *key, const fla_tile_config *cfg, int64_t N, int64_t H,
+                         int64_t NC) {
+  int64_t programs = (key->V + bvh_(cfg, 0) - 1) / bvh_(cfg, 0) * N * H;
+  if (N < 1 || programs < 1 || programs > WY_SEG_PROGS) return 1;
+  int64_t p = WY_SEG_TARGET / programs, pmax = NC / N / WY_SEG_MIN;
+  if (p > pmax) p = pmax;
+  return p < 2 ? 1 : p;
+}
+
+/* Bytes of the segments' B_s | M_s (f32 [N*P, H, K, V + K]) after gam in ws1. */
+static size_t seg_bytes_(const fla_gen_key *key, int64_t P, int64_t N, int64_t H) {
+  return P > 1 ? (size_t)(N * P * H * key->K * (key->V + key->K)) * 4 : 0;
 }
 
 /* Vd has its own 64 rows unless BVH > 32 (then it lies over Ss). */
@@ -143,38 +164,46 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
 static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]) {
   (void)key, (void)cfg;
   snprintf(names[0], 64, "fla_wy_prep");
-  snprintf(names[1], 64, "fla_wy_fwd_h");
-  snprintf(names[2], 64, "fla_wy_fwd_h64");
-  snprintf(names[3], 64, "fla_wy_fwd_o");
-  return 4;
+  snprintf(names[1], 64, "fla_wy_fwd_seg");
+  snprintf(names[2], 64, "fla_wy_fwd_h");
+  snprintf(names[3], 64, "fla_wy_fwd_h64");
+  snprintf(names[4], 64, "fla_wy_fwd_o");
+  return 5;
 }
 
 static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
                      const fla_kernel_args *args, fla_kernel_launch *out) {
   int64_t NC = args->num_chunks, H = args->H, N = args->N, NV = nv_(key, cfg);
+  int64_t P = segments_(key, cfg, N, H, NC);
+  int64_t NVH = (key->V + bvh_(cfg, 0) - 1) / bvh_(cfg, 0);
   fla_chunk_launch_set(&out[0], "fla_wy_prep", (unsigned)NC, (unsigned)H, 32 * WY_WARPS, smem_prep_(key));
+  /* the segment pass: value tiles then key tiles, P segments a sequence */
+  int64_t NVA = NVH + (key->K + bvh_(cfg, 0) - 1) / bvh_(cfg, 0);
+  fla_chunk_launch_set(&out[1], "fla_wy_fwd_seg", P > 1 ? (unsigned)(NVA * N * P) : 0, (unsigned)H,
+                       32 * WY_WARPS, smem_h_(key, cfg, 0, stages_h_(key, NVA * N * P * H)));
+  if (P == 1) out[1].grid[0] = 0; /* fla_cuda_run_stage skips an empty grid */
   for (int wide = 0; wide < 2; wide++) { /* one of the two state kernels runs */
-    int64_t NVH = (key->V + bvh_(cfg, wide) - 1) / bvh_(cfg, wide);
+    int64_t nvh = (key->V + bvh_(cfg, wide) - 1) / bvh_(cfg, wide), progs = nvh * N * P;
     int on = wide == wide_(key, cfg, N, H);
-    fla_chunk_launch_set(&out[1 + wide], wide ? "fla_wy_fwd_h64" : "fla_wy_fwd_h",
-                         on ? (unsigned)(NVH * N) : 0, (unsigned)H, 32 * WY_WARPS,
-                         smem_h_(key, cfg, wide, stages_h_(key, cfg, wide, N, H)));
-    if (!on) out[1 + wide].grid[0] = 0; /* fla_cuda_run_stage skips an empty grid */
+    fla_chunk_launch_set(&out[2 + wide], wide ? "fla_wy_fwd_h64" : "fla_wy_fwd_h",
+                         on ? (unsigned)progs : 0, (unsigned)H, 32 * WY_WARPS,
+                         smem_h_(key, cfg, wide, stages_h_(key, progs * H)));
+    if (!on) out[2 + wide].grid[0] = 0;
   }
-  fla_chunk_launch_set(&out[3], "fla_wy_fwd_o", (unsigned)(NC * NV), (unsigned)H, 32 * WY_WARPS, smem_o_(key, cfg));
-  return 4;
+  fla_chunk_launch_set(&out[4], "fla_wy_fwd_o", (unsigned)(NC * NV), (unsigned)H, 32 * WY_WARPS, smem_o_(key, cfg));
+  return 5;
 }
 
 static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
                        const fla_kernel_args *args, size_t *ws0, size_t *ws1) {
-  (void)cfg;
   int64_t rows = args->total * args->H;
   size_t wbytes = ((size_t)(rows * key->K) * 2 + 15) / 16 * 16;
   size_t hbytes = (size_t)((int64_t)args->num_chunks * args->H * key->K * key->V) * 2;
   *ws0 = rows > 0 ? wbytes + hbytes + 16 : 0;
   size_t ubytes = ((size_t)(rows * key->V) * 2 + 15) / 16 * 16;
   size_t gbytes = (size_t)((int64_t)args->num_chunks * args->H * WY_BT) * 4;
-  *ws1 = rows > 0 ? ubytes + gbytes + 16 : 0;
+  int64_t P = segments_(key, cfg, args->N, args->H, args->num_chunks);
+  *ws1 = rows > 0 ? ubytes + gbytes + seg_bytes_(key, P, args->N, args->H) + 16 : 0;
 }
 
 const fla_stage_impl fla_stage_chunk_wy_fwd = {
