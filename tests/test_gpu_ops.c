@@ -689,10 +689,10 @@ END_TEST
 ** Each case asserts that the default tiles do take segments; recipes whose
 ** core is another stage are skipped. */
 static const gcase wy_segment_cases_[] = {
-    {20000, 128, 128, 1, FLA_BF16, FLA_ALGO_AUTO, 0},
-    {20000, 64, 64, 0, FLA_BF16, FLA_ALGO_AUTO, 0},
-    {20000, 128, 128, 1, FLA_BF16, FLA_ALGO_AUTO, 3},
-    {12000, 100, 100, 1, FLA_BF16, FLA_ALGO_AUTO, 2},
+    {8192, 128, 128, 1, FLA_BF16, FLA_ALGO_AUTO, 0},  /* 2 x 2 heads: 8 segments */
+    {8192, 64, 64, 0, FLA_BF16, FLA_ALGO_AUTO, 0},    /* 8 */
+    {12000, 128, 128, 1, FLA_BF16, FLA_ALGO_AUTO, 3}, /* 3 a sequence */
+    {6000, 100, 100, 1, FLA_BF16, FLA_ALGO_AUTO, 2},  /* 2 */
 };
 
 /* 1 when the chunk_wy_fwd launches of case c (default tiles) run the
