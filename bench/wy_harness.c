@@ -16,8 +16,9 @@
 **                                BV=n the value tile, HSEL=32|64 the state
 **                                kernel forced (else the stage's rule);
 **                                CW_SEG_PROGS=0 no segments (HSEL and CW_FEW
-**                                need it); the option may repeat (each a
-**                                variant, bench only)
+**                                need it), CW_SEG_NARROW=1 the segment pass
+**                                on narrow tiles; the option may repeat
+**                                (each a variant, bench only)
 **          --shapes i,j  bench only these shapes (0-based)
 **          --recipes gdn,delta,comba  bench only these
 **          --cache DIR   cubin cache; --precompile fills it without a GPU
@@ -54,6 +55,7 @@ typedef struct variant {
   int hsel;         /* HSEL=32 / 64 in defs: force that state kernel (0: the stage's rule) */
   int few;          /* CW_FEW=n in defs: the kernel's stage rule (-1: the stage's WY_FEW) */
   int noseg;        /* CW_SEG_PROGS=0 in defs: no segments (the stage's rule otherwise) */
+  int segnarrow;    /* CW_SEG_NARROW in defs: the segment pass on narrow tiles */
   CUmodule mod;
   CUfunction fn[NKMAX];
   char names[NKMAX][64];
@@ -83,6 +85,7 @@ static void make_variant(variant *v, int recipe, int K, int V, int has_h0, int s
   v->few = fw ? atoi(fw + 7) : -1;
   const char *sg = defs ? strstr(defs, "CW_SEG_PROGS=") : NULL;
   v->noseg = sg && atoi(sg + 13) == 0;
+  v->segnarrow = defs && strstr(defs, "CW_SEG_NARROW") != NULL;
   if ((v->hsel || v->few >= 0) && !v->noseg) {
     fprintf(stderr, "HSEL and CW_FEW variants need CW_SEG_PROGS=0 too (launches without segments)\n");
     exit(2);
@@ -167,6 +170,15 @@ static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev)
   ** (gen/stage_chunk_wy.c). Without segments (CW_SEG_PROGS=0), forced (HSEL), or with
   ** the kernel's stage rule changed (CW_FEW: the shared memory must follow the stages
   ** the kernel will take, else a deeper pipeline overruns it) */
+  if (v->segnarrow && L[1].grid[0]) { /* the narrow segment pass: its tiles and smem */
+    int KP = (v->key.K + 63) / 64 * 64, bvh = v->cfg.BV < 32 ? v->cfg.BV : 32;
+    int64_t nvh = (v->key.V + bvh - 1) / bvh, nvk = (v->key.K + bvh - 1) / bvh;
+    int64_t P = L[2].grid[0] / (nvh * a->N), prog = (nvh + nvk) * a->N * P * a->H;
+    int ns = prog <= 128 && KP <= 128 ? 4 : 2;
+    L[1].grid[0] = (unsigned)((nvh + nvk) * a->N * P);
+    L[1].smem = (unsigned)(ns * (2 * 64 * (KP + 8) * 2 + 64 * (bvh + 8) * 2 + 256) +
+                           (KP + 64) * (bvh + 8) * 2);
+  }
   if (v->noseg) {
     int KP = (v->key.K + 63) / 64 * 64;
     L[1].grid[0] = 0;
@@ -440,8 +452,8 @@ static int bench_mode(const char **defs, int ndefs, const int *only, int nonly, 
   CUevent ev[REPS][NKMAX + 1];
   for (int r = 0; r < REPS; r++)
     for (int e = 0; e <= NKMAX; e++) CK(cu->cuEventCreate(&ev[r][e], CU_EVENT_DEFAULT));
-  printf("\n| recipe | B,T,H | variant | prep ms | h ms | h64 ms | o ms | total ms | fla ms | vs fla |\n"
-         "|---|---|---|---|---|---|---|---|---|---|\n");
+  printf("\n| recipe | B,T,H | variant | prep ms | seg ms | h ms | h64 ms | o ms | total ms | fla ms "
+         "| vs fla |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
     if (nonly) {
       int want = 0;
@@ -500,9 +512,9 @@ static int bench_mode(const char **defs, int ndefs, const int *only, int nonly, 
         snprintf(fla, sizeof fla, "%.3f", sh->fla_ms);
         snprintf(ratio, sizeof ratio, "%.2fx", sh->fla_ms / med[NKMAX]);
       }
-      printf("| %s | %d,%d,%d | %d | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %s |\n",
+      printf("| %s | %d,%d,%d | %d | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %s |\n",
              recipe_name[r], sh->B, sh->T, sh->H, vi % ndefs, med[0], med[1], med[2], med[3],
-             med[NKMAX], fla, ratio);
+             med[4], med[NKMAX], fla, ratio);
       fflush(stdout);
       cu->cuMemFree(W0), cu->cuMemFree(W1);
     }

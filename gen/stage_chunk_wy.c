@@ -175,12 +175,12 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
                      const fla_kernel_args *args, fla_kernel_launch *out) {
   int64_t NC = args->num_chunks, H = args->H, N = args->N, NV = nv_(key, cfg);
   int64_t P = segments_(key, cfg, N, H, NC);
-  int64_t NVH = (key->V + bvh_(cfg, 0) - 1) / bvh_(cfg, 0);
   fla_chunk_launch_set(&out[0], "fla_wy_prep", (unsigned)NC, (unsigned)H, 32 * WY_WARPS, smem_prep_(key));
-  /* the segment pass: value tiles then key tiles, P segments a sequence */
-  int64_t NVA = NVH + (key->K + bvh_(cfg, 0) - 1) / bvh_(cfg, 0);
+  /* the segment pass: value tiles then key tiles of the wide width, P
+  ** segments a sequence */
+  int64_t NVA = (key->V + bvh_(cfg, 1) - 1) / bvh_(cfg, 1) + (key->K + bvh_(cfg, 1) - 1) / bvh_(cfg, 1);
   fla_chunk_launch_set(&out[1], "fla_wy_fwd_seg", P > 1 ? (unsigned)(NVA * N * P) : 0, (unsigned)H,
-                       32 * WY_WARPS, smem_h_(key, cfg, 0, stages_h_(key, NVA * N * P * H)));
+                       32 * WY_WARPS, smem_h_(key, cfg, 1, stages_h_(key, NVA * N * P * H)));
   if (P == 1) out[1].grid[0] = 0; /* fla_cuda_run_stage skips an empty grid */
   for (int wide = 0; wide < 2; wide++) { /* one of the two state kernels runs */
     int64_t nvh = (key->V + bvh_(cfg, wide) - 1) / bvh_(cfg, wide), progs = nvh * N * P;

@@ -566,7 +566,8 @@ __device__ __forceinline__ int cw_stages(const fla_kernel_args &a, int tiles) {
 ** leaves from S_s = 0 and M_s = prod A_c the one it leaves from S_s = I with
 ** U = 0. Each sequence is cut into P segments of whole chunks:
 **   fla_wy_fwd_seg  every segment from 0 (value tiles: B_s) and from I
-**                   with U = 0 (key tiles: M_s) -> ws1 after gam,
+**                   with U = 0 (key tiles: M_s), tiles of the wide width
+**                   (min(BV, 64)) -> ws1 after gam,
 **                   f32 [N*P, H, K, V + K] (B_s | M_s);
 **   fla_wy_fwd_h    every segment again, its entering state first chained
 **                   in fp32 from h0 (S_0 = h0, S_{j+1} = M_j S_j + B_j, for
@@ -794,7 +795,8 @@ __device__ __forceinline__ void cw_seg_enter(const fla_kernel_args &a, float (&S
 ** Vd [64][LDVH] (over Ss's first rows when BVH > 32) bf16, gs [ns][64] f32. */
 template <int BVH, int SEG>
 __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char *ck_sm) {
-  const int P = BVH <= 32 ? cw_segments(a) : 1; /* the wide kernel never has segments */
+  /* (the wide state kernel never has segments: its registers are at the limit) */
+  const int P = (SEG || BVH <= 32) ? cw_segments(a) : 1;
   constexpr int NVT = CW_NVH + (SEG ? (FLA_K + BVH - 1) / BVH : 0); /* tiles a segment */
   const int ns = cw_stages(a, NVT * P);
   unsigned short *Ks = (unsigned short *)ck_sm;
@@ -1014,9 +1016,17 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   if (SEG) cw_state_store_ld<BVH>(S, segout, CW_VK, vcols, w, lane);
 }
 
+/* The segment pass takes the wide tile: K and W are loaded once for 64
+** columns, and it writes nothing a chunk (no h[c], no Vn), so it has the
+** registers for it. CW_SEG_NARROW (a harness knob) takes the narrow one. */
+#ifdef CW_SEG_NARROW
+#define CW_SEG_BVH CW_BVH32
+#else
+#define CW_SEG_BVH CW_BVH64
+#endif
 extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_seg(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
-  cw_fwd_h<CW_BVH32, 1>(a, ck_sm);
+  cw_fwd_h<CW_SEG_BVH, 1>(a, ck_sm);
 }
 extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
