@@ -17,8 +17,9 @@
 **                                kernel forced (else the stage's rule);
 **                                CW_SEG_PROGS=0 no segments (HSEL and CW_FEW
 **                                need it), CW_SEG_NARROW=1 the segment pass
-**                                on narrow tiles; the option may repeat
-**                                (each a variant, bench only)
+**                                on narrow tiles, CW_VREG=0 prep's V tile in
+**                                shared memory (V <= 128); the option may
+**                                repeat (each a variant, bench only)
 **          --shapes i,j  bench only these shapes (0-based)
 **          --recipes gdn,delta,comba  bench only these
 **          --cache DIR   cubin cache; --precompile fills it without a GPU
@@ -56,6 +57,7 @@ typedef struct variant {
   int few;          /* CW_FEW=n in defs: the kernel's stage rule (-1: the stage's WY_FEW) */
   int noseg;        /* CW_SEG_PROGS=0 in defs: no segments (the stage's rule otherwise) */
   int segnarrow;    /* CW_SEG_NARROW in defs: the segment pass on narrow tiles */
+  int vsmem;        /* CW_VREG=0 in defs: prep keeps V's tile in shared memory */
   CUmodule mod;
   CUfunction fn[NKMAX];
   char names[NKMAX][64];
@@ -86,6 +88,7 @@ static void make_variant(variant *v, int recipe, int K, int V, int has_h0, int s
   const char *sg = defs ? strstr(defs, "CW_SEG_PROGS=") : NULL;
   v->noseg = sg && atoi(sg + 13) == 0;
   v->segnarrow = defs && strstr(defs, "CW_SEG_NARROW") != NULL;
+  v->vsmem = defs && strstr(defs, "CW_VREG=0") != NULL;
   if ((v->hsel || v->few >= 0) && !v->noseg) {
     fprintf(stderr, "HSEL and CW_FEW variants need CW_SEG_PROGS=0 too (launches without segments)\n");
     exit(2);
@@ -170,6 +173,8 @@ static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev)
   ** (gen/stage_chunk_wy.c). Without segments (CW_SEG_PROGS=0), forced (HSEL), or with
   ** the kernel's stage rule changed (CW_FEW: the shared memory must follow the stages
   ** the kernel will take, else a deeper pipeline overruns it) */
+  if (v->vsmem) /* prep with its own Vs */
+    L[0].smem += (unsigned)(64 * (((v->key.V + 63) / 64 * 64) + 8) * 2);
   if (v->segnarrow && L[1].grid[0]) { /* the narrow segment pass: its tiles and smem */
     int KP = (v->key.K + 63) / 64 * 64, bvh = v->cfg.BV < 32 ? v->cfg.BV : 32;
     int64_t nvh = (v->key.V + bvh - 1) / bvh, nvk = (v->key.K + bvh - 1) / bvh;

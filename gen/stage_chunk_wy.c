@@ -15,8 +15,8 @@
 ** K > 128), BK 0 or K (never tiled).
 **
 ** Four kernels, three launched (grid, block, dynamic shared memory):
-**   fla_wy_prep    (NC, H)      128   NBP*64*(KP+8)*2 + 64*(VP+8)*2 + 2*64*68*4
-**                                      + 3*64*4
+**   fla_wy_prep    (NC, H)      128   NBP*64*(KP+8)*2 + 2*64*68*4 + 3*64*4
+**                                      (+ 64*(VP+8)*2 for V > 128)
 **   fla_wy_fwd_h   (NVH*N, H)   128   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
 **                                      + (KP + (BVH > 32 ? 0 : 64))*(BVH+8)*2
 **   or fla_wy_fwd_h64 (the same with the wide BVH; the other gets grid 0)
@@ -52,10 +52,11 @@ static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
   return (key->V + cfg->BV - 1) / cfg->BV;
 }
 
+/* V's tile in registers for V <= 128, stored over L at the end (CW_VREG in
+** chunk_wy_fwd.cuh): no Vs of its own. */
 static unsigned smem_prep_(const fla_gen_key *key) {
-  int nbp = key->has_probe ? 2 : 1;
-  return (unsigned)(nbp * WY_BT * (kp_(key->K) + 8) * 2 + WY_BT * (vp_(key->V) + 8) * 2 +
-                    2 * WY_BT * 68 * 4 + 3 * WY_BT * 4);
+  int nbp = key->has_probe ? 2 : 1, vs = vp_(key->V) <= 128 ? 0 : WY_BT * (vp_(key->V) + 8) * 2;
+  return (unsigned)(nbp * WY_BT * (kp_(key->K) + 8) * 2 + vs + 2 * WY_BT * 68 * 4 + 3 * WY_BT * 4);
 }
 
 /* The state kernel's value tile (CW_BVH32 / CW_BVH64 in chunk_wy_fwd.cuh)

@@ -348,13 +348,29 @@ __device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
   return (float *)(a.ws1 + ubytes);
 }
 
+/* V's tile in registers (CW_VREG, V <= 128): loaded into registers at the
+** start, its latency under L and the inverse, and stored (scaled by beta) over
+** Lf once T is done, L being dead then: 17 KiB less shared memory, 4 blocks
+** a SM instead of 3 (3 instead of 2 with a probe). CW_VPT: 16-byte pieces a
+** thread. Keep smem_prep_() in gen/stage_chunk_wy.c in step. */
+#ifndef CW_VREG /* a harness knob: 0 keeps V's tile in shared memory */
+#define CW_VREG (CW_VP <= 128)
+#endif
+#define CW_VPT (CK_BT * CW_VP / 8 / CK_NTH)
+
 /* Shared memory: Ps[64][LDP] (and Ks[64][LDP] with a probe), Vs[64][LDV1]
-** bf16, Lf[64][65], Tf[64][65] f32, gam, bet, fsc [64] f32. */
+** bf16 (not with CW_VREG: over Lf at the end), Lf[64][68], Tf[64][68] f32,
+** gam, bet, fsc [64] f32. */
 extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Ps = (unsigned short *)ck_sm;
+#if CW_VREG
+  float *Lf = (float *)(Ps + CW_NBUF_P * CK_BT * CW_LDP);
+  unsigned short *Vs = (unsigned short *)Lf; /* once L is dead */
+#else
   unsigned short *Vs = Ps + CW_NBUF_P * CK_BT * CW_LDP;
   float *Lf = (float *)(Vs + CK_BT * CW_LDV1);
+#endif
   float *Tf = Lf + CK_BT * CW_LDL;
   float *gam = Tf + CK_BT * CW_LDL;
   float *bet = gam + CK_BT;
@@ -381,8 +397,32 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
 #endif
   const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
   ck_load_tile<CK_KP, CW_LDP, CK_NTH>(Ps, pp + rk, H * FLA_K, rows, FLA_K, vecp, tid);
+#if CW_VREG
+  /* piece i of this thread: row (tid + i NTH) / (VP / 8), 8 columns */
+  uint4 vr[CW_VPT];
+  {
+    const unsigned short *vg = (const unsigned short *)a.v + rv;
+#pragma unroll
+    for (int i = 0; i < CW_VPT; i++) {
+      const int pc = tid + i * CK_NTH, r = pc / (CW_VP / 8), cc = (pc % (CW_VP / 8)) * 8;
+      const unsigned short *src = vg + r * H * FLA_V + cc;
+      vr[i] = make_uint4(0u, 0u, 0u, 0u);
+      if (r < rows && cc < FLA_V) {
+        if (vecv) {
+          vr[i] = *(const uint4 *)src;
+        } else {
+          unsigned e[8];
+#pragma unroll
+          for (int j = 0; j < 8; j++) e[j] = cc + j < FLA_V ? src[j] : 0u;
+          vr[i] = make_uint4(e[0] | e[1] << 16, e[2] | e[3] << 16, e[4] | e[5] << 16, e[6] | e[7] << 16);
+        }
+      }
+    }
+  }
+#else
   ck_load_tile<CW_VP, CW_LDV1, CK_NTH>(Vs, (const unsigned short *)a.v + rv, H * FLA_V, rows, FLA_V,
                                        vecv, tid);
+#endif
   ck_commit();
   if (w == 0) {
     float g0, g1;
@@ -473,11 +513,13 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
       unsigned *pv = (unsigned *)(Ps + r * CW_LDP + cc);
       *pv = ck_scale2(*pv, fsc[r], fsc[r]);
     }
+#if !CW_VREG
     for (int e = t; e < CK_BT * (CW_VP / 2); e += CK_NTH - CK_BT) {
       const int r = e / (CW_VP / 2), cc = 2 * (e % (CW_VP / 2));
       unsigned *pv = (unsigned *)(Vs + r * CW_LDV1 + cc);
       *pv = ck_scale2(*pv, bet[r], bet[r]);
     }
+#endif
   }
   __syncthreads();
 #pragma unroll
@@ -516,8 +558,22 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
     __syncthreads();
   }
 
+#if CW_VREG
+  /* L is dead: beta .* V from the registers over it */
+#pragma unroll
+  for (int i = 0; i < CW_VPT; i++) {
+    const int pc = tid + i * CK_NTH, r = pc / (CW_VP / 8), cc = (pc % (CW_VP / 8)) * 8;
+    const float b = bet[r];
+    const uint4 v = vr[i];
+    *(uint4 *)(Vs + r * CW_LDV1 + cc) =
+        make_uint4(ck_scale2(v.x, b, b), ck_scale2(v.y, b, b), ck_scale2(v.z, b, b), ck_scale2(v.w, b, b));
+  }
+#endif
   /* W = T (beta 2^gam .* P) -> ws0, U = T (beta .* V) -> ws1 */
   cw_tmul_store<CK_KP, CW_LDP>(Tf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w, lane);
+#if CW_VREG
+  __syncthreads(); /* Vs written */
+#endif
   cw_tmul_store<CW_VP, CW_LDV1>(Tf, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
                                 lane);
 }
