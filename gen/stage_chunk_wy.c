@@ -14,24 +14,31 @@
 ** second and third kernels (a multiple of 16, 16..128; default 128, 32 for
 ** K > 128), BK 0 or K (never tiled).
 **
-** Four kernels, three launched (grid, block, dynamic shared memory):
+** Five kernels, three or four launched (grid, block, dynamic shared memory):
 **   fla_wy_prep    (NC, H)      128   NBP*64*(KP+8)*2 + 2*64*68*4 + 3*64*4
 **                                      (+ 64*(VP+8)*2 for V > 128)
-**   fla_wy_fwd_h   (NVH*N, H)   128   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
+**   fla_wy_fwd_seg (NVA*N*P, H) 128   as fla_wy_fwd_h64; only when P > 1
+**   fla_wy_fwd_h   (NVH*N*P, H) 128   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
 **                                      + (KP + (BVH > 32 ? 0 : 64))*(BVH+8)*2
-**   or fla_wy_fwd_h64 (the same with the wide BVH; the other gets grid 0)
+**   or fla_wy_fwd_h64 (NVH*N, H, the wide BVH; the other gets grid 0)
 **   fla_wy_fwd_o   (NC*NV, H)   128   2*64*(KP+8)*2 + 64*(BV+8)*2 + KP*(BV+8)*2 + 256
 ** KP = K rounded up to 64, VP = V rounded up to 64, NBP = 2 with a probe
 ** (p and k tiles) else 1, NV = ceil(V/BV). The sequential state kernel
 ** takes BVH = min(BV, 32) value columns (more programs, a short chain a
 ** chunk), or min(BV, 64) when min(BV, 32) would give more than WY_MANY
 ** programs (K and W loaded once for twice the columns); NVH = ceil(V/BVH),
-** NS = its pipeline stages (4 when NVH*N*H <= 128 and KP <= 128, else 2).
+** NS = its pipeline stages (4 when its programs are at most WY_FEW = 128 and
+** KP <= 128, else 2). P (segments_()): with few narrow programs over long
+** sequences each sequence is cut into P segments; the segment pass
+** fla_wy_fwd_seg (NVA = ceil(V/64) + ceil(K/64) wide tiles) writes each
+** segment's B | M, and fla_wy_fwd_h runs every segment from its chained
+** entering state (the math: "segments" in chunk_wy_fwd.cuh).
 ** Workspaces: ws0 = W bf16 [total, H, K] (padded to 16 bytes), then the chunk
 ** states h bf16 [NC, H, K, V]; ws1 = U bf16 [total, H, V], overwritten with Vn
 ** by fla_wy_fwd_h, then the chunks' gate sums gam f32 [NC, H, 64] (written
-** by fla_wy_prep, read by the other two).
-** Both kernels can need more than 48 KiB of shared memory: the launcher
+** by fla_wy_prep, read by the others), then with P > 1 the segments' B | M
+** f32 [N*P, H, K, V + K].
+** The kernels can need more than 48 KiB of shared memory: the launcher
 ** raises CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to smem.
 */
 #include "stage.h"

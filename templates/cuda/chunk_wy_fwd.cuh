@@ -22,14 +22,15 @@
 ** (with P = K in L for the plain delta rule: L uses P K^T = P P^T only when
 ** there is no probe; with a probe, L_ij = beta_i (p_i . k_j) 2^(gam_i - gam_j).)
 **
-** Four kernels, three launched (per-kernel timings and what limits each:
-** bench/results/2026-11-23-chunk-wy-fwd-2.md):
+** Five kernels, three or four launched (per-kernel timings and what limits
+** each: bench/results/2026-11-23-chunk-wy-fwd-2.md and -4.md):
 **   fla_wy_prep  (NC, H), 128 threads: one chunk of one head, fully parallel.
 **       gam by a warp scan -> ws1 after U ([NC,H,64] f32, for the others);
 **       L by mma (fp32 accumulate) into fp32 smem; T in fp32 blocked in
 **       16 x 16 (fla's solve_tril): diagonal blocks by forward substitution,
 **       off-diagonal ones level by level; the operands beta .* 2^gam .* P
-**       and beta .* V rounded to bf16, W and U by mma with T's fragments
+**       and beta .* V rounded to bf16 (V <= 128: V's tile waits in
+**       registers and lands over L once T is done), W and U by mma with T's fragments
 **       rounded to bf16 (as fla's solve_tril output) -> ws0 = W bf16
 **       [tok,H,K], ws1 = U bf16 [tok,H,V].
 **   fla_wy_fwd_h / fla_wy_fwd_h64 (NVH*N, H), 128 threads: one (value tile
@@ -40,6 +41,9 @@
 **       ([NC,H,K,V]), Vn = U - W h[c] by mma, rounded to bf16 (fla's v_new)
 **       -> ws1 over U, then S = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam)).
 **       K, W, U, gam tiles in 2..4 cp.async stages.
+**   fla_wy_fwd_seg, with few programs over long sequences (see "segments"
+**       below): the segment pass in front of fla_wy_fwd_h, which then runs
+**       every segment of a sequence from its chained entering state.
 **   fla_wy_fwd_o (NC*NV, H), 128 threads: fully parallel, chunk_fwd's output
 **       of one chunk from Q, K, Vn, h[c] and gam (ck_o_chunk without the
 **       update).
@@ -630,7 +634,7 @@ __device__ __forceinline__ int cw_stages(const fla_kernel_args &a, int tiles) {
 **                   its value slice), then the usual chunk loop writing
 **                   h[c] and Vn for the output kernel.
 ** About 3x the state work (K + V columns, then V) on P times the programs.
-** P (1: no segments) is computed alike here and in wy_segments_() of
+** P (1: no segments) is computed alike here and in segments_() of
 ** gen/stage_chunk_wy.c from the narrow kernel's program count: only when
 ** it is at most CW_SEG_PROGS, about CW_SEG_TARGET programs of the last pass
 ** (two blocks a SM on the H100's 132), segments of CW_SEG_MIN chunks or
