@@ -108,6 +108,7 @@ int main(int argc, char **argv) {
       memset(t->prof_s, 0, sizeof t->prof_s);
       memset(t->prof_k, 0, sizeof t->prof_k);
       memset(t->prof_n, 0, sizeof t->prof_n);
+      t->nprof_mm = 0;
     }
     double t0 = now_(), loss = 0;
     int64_t count = 0;
@@ -160,6 +161,15 @@ int main(int argc, char **argv) {
                (long long)t->prof_n[k], 1e3 * t->prof_k[k] / t->prof_n[k], t->prof_k[k]);
     double gemm_flops = 6.0 * mm_weights * n * steps;
     printf("train_gpu:   products ran at %.1f TFLOP/s\n", gemm_flops / t->prof_s[GPU_PROF_GEMM] / 1e12);
+    printf("train_gpu:   products by shape (row-major C[M, N] (+)= op(A) op(B), K deep; T: transposed operand):\n");
+    for (int i = 0; i < t->nprof_mm; i++) {
+      double fl = 2.0 * t->prof_mm[i].M * t->prof_mm[i].N * t->prof_mm[i].K * t->prof_mm[i].n;
+      printf("train_gpu:     %6lld x %6lld x %6lld %s%s %s C %s %5lld calls %7.3f ms each %7.3f s %6.1f TFLOP/s\n",
+             (long long)t->prof_mm[i].M, (long long)t->prof_mm[i].N, (long long)t->prof_mm[i].K,
+             t->prof_mm[i].ta ? "T" : "N", t->prof_mm[i].tb ? "T" : "N", t->prof_mm[i].acc ? "+=" : " =",
+             t->prof_mm[i].c_bf ? "bf16" : "f32 ", (long long)t->prof_mm[i].n, 1e3 * t->prof_mm[i].s / t->prof_mm[i].n,
+             t->prof_mm[i].s, fl / t->prof_mm[i].s / 1e12);
+    }
   }
   fla_adamw_free(opt);
   fla_model_free(m);

@@ -53,4 +53,17 @@ extern const fla_stage_impl fla_stage_chunk_gk_bwd;
 ** vendor-neutral files are "../common/<file>" (templates/common/). */
 const char *fla_template_text(const char *file);
 
+/* 1 when x is a power of two (tile sizes). */
+static inline int fla_pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
+
+/* The tile checks of the recurrent stages, whose blocks hold whole state
+** columns: BK = K, BV a power of two up to 32, warps a power of two up to
+** max_warps, and kpt(k, c) (the stage's count of key rows a thread, over
+** warps * 32 / BV row groups; called only once BV and warps are valid) at
+** most max_kpt. FLA_INVALID with a message
+** that names `stage`, the value and the limit; FLA_OK otherwise. */
+fla_status fla_check_column_tiles(fla_ctx *ctx, const char *stage, const fla_gen_key *k, const fla_tile_config *c,
+                                  int max_warps, int (*kpt)(const fla_gen_key *, const fla_tile_config *),
+                                  int max_kpt);
+
 #endif

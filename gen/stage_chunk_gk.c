@@ -6,7 +6,7 @@
 ** Handled: FLA_DECAY 3 with plain writes (FLA_DELTA 0, no probe), read after
 ** the token (GLA, HGRN2) or before it with the bonus (RWKV-6), keys given or
 ** derived from the decay (HGRN2: k = 1 - e^g on load), bf16 inputs, K up to
-** 128 and V up to 256. Everything else is FLA_UNSUPPORTED (the op falls back to the
+** 256 and V up to 512 (GLA 1.3B: K 256, V 512; RWKV-6's bonus: K up to 128). Everything else is FLA_UNSUPPORTED (the op falls back to the
 ** recurrent stage): f32 inputs; other decays belong to chunk_fwd, the delta
 ** rule to chunk_wy_fwd.
 **
@@ -95,11 +95,16 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
   else if (key->has_bonus && !key->read_before) no = "a bonus needs read_before";
   else if (!key->in_bf16) no = "f32 inputs have no tensor-core path (use the recurrent stage)";
   if (no) return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_gk_fwd: %s", no);
-  /* K > 128 compiles but has not been run on a GPU yet (test_gpu_ops stops at 128) */
-  if (key->K < 1 || key->V < 1 || key->K > 128 || key->V > 256)
-    return fla_set_error(ctx, FLA_UNSUPPORTED,
-                         "chunk_gk_fwd: K = %d, V = %d outside K 1..128 (not tested above), V 1..256",
+  /* K 256 and V 512: GLA 1.3B's heads (test_gpu_ops, test_gk_wide_keys) */
+  if (key->K < 1 || key->V < 1 || key->K > 256 || key->V > 512)
+    return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_gk_fwd: K = %d, V = %d outside K 1..256, V 1..512",
                          key->K, key->V);
+  /* RWKV-6's bonus past K = 128 compiles but has not run on a GPU (its
+  ** models have K = 64) */
+  if (key->has_bonus && key->K > 128)
+    return fla_set_error(ctx, FLA_UNSUPPORTED,
+                         "chunk_gk_fwd: the bonus (RWKV-6) at K = %d (over 128 not run on a GPU yet)",
+                         key->K);
   if (cfg->BT != GK_BT || cfg->warps != GK_WARPS)
     return fla_set_error(ctx, FLA_INVALID, "chunk_gk_fwd: BT %d warps %d (only BT 64, 4 warps)",
                          cfg->BT, cfg->warps);

@@ -7,7 +7,7 @@
 **
 ** Handled: FLA_DECAY 3 with plain writes read after the token (FLA_DELTA 0,
 ** FLA_READ_BEFORE 0, no bonus, no probe), keys given (GLA), bf16 inputs, K up
-** to 128 and V up to 256, and keys derived from the decay (HGRN2: k = 1 - e^g,
+** to 256 and V up to 512, and keys derived from the decay (HGRN2: k = 1 - e^g,
 ** GB_HGRN2_ENABLED). Everything else is
 ** FLA_UNSUPPORTED and the op runs the recurrent backward: f32 inputs (no fp32
 ** tensor-core path), RWKV-6 (read before the token, bonus), other decays
@@ -23,9 +23,10 @@
 **   fla_chunk_gk_fwd_a     (NC, H)        256  2*64*(KP+8)*2 + 65*(KP+4)*4
 **   fla_chunk_gk_bwd_walk  (N*NVW, H, 2)  128  3*(64*(KP+8)*2 + 64*(BV+8)*2 + KP*4)
 **   fla_chunk_gk_bwd_dv    (NC*NVD, H)    128  64*72*2*2 + 64*(KP+8)*2 + KP*72*2
-**   fla_chunk_gk_bwd_dqk   (NC, H)        128  2*64*(KP+8)*2 + 64*(KP+4)*4
-**                                              + 2*64*40*2 + 2*KP*40*2 + 64*72*2 + 5*KP*4
-**                                              (HGRN2: + 64*(KP+4)*4)
+**   fla_chunk_gk_bwd_dqk   (NC, H, KS)    128  2*64*(KQ+8)*2 + 64*(KQ+4)*4
+**                                              + 2*64*40*2 + 2*KQ*40*2 + 64*72*2 + 5*KQ*4
+**                                              (HGRN2: + 64*(KQ+4)*4)
+** with KS = 2 key slices of KQ = KP/2 keys past KP = 128, else KS = 1, KQ = KP.
 ** NVW = ceil(V/BV), NVD = ceil(V/64).
 ** Workspaces: ws0 = NC*H*K*V bf16 (DH: the gradient of the state leaving each
 ** chunk); ws1 = chunk_gk_fwd's layout up to GL (2-byte elements, each part
@@ -53,6 +54,8 @@
 
 static int kw_(int K) { return (K + 16 * GB_WARPS - 1) / (16 * GB_WARPS) * 16; }
 static int kp_(int K) { return kw_(K) * GB_WARPS; }
+/* key slices of the dq/dk kernel (grid z; GB_KS in the template): two past K = 128 */
+static int ks_(int K) { return kp_(K) > 128 ? 2 : 1; }
 
 /* chunk_gk_fwd's per-chunk kernel (smem_a_ in stage_chunk_gk.c: keep in step) */
 static unsigned smem_a_(const fla_gen_key *key) {
@@ -70,9 +73,10 @@ static unsigned smem_dv_(const fla_gen_key *key) {
   return (unsigned)(2 * GB_BT * LDV * 2 + GB_BT * (KP + 8) * 2 + KP * LDV * 2);
 }
 
-/* value tiles of GB_VQ; HGRN2 keeps its dk in one more [64][KP+4] f32 array */
+/* value tiles of GB_VQ, a key slice of KP / ks_ keys; HGRN2 keeps its dk in
+** one more [64][KP+4] f32 array */
 static unsigned smem_dqk_(const fla_gen_key *key) {
-  int KP = kp_(key->K), LDQ = GB_VQ + 8;
+  int KP = kp_(key->K) / ks_(key->K), LDQ = GB_VQ + 8;
   return (unsigned)(2 * GB_BT * (KP + 8) * 2 + GB_BT * (KP + 4) * 4 + 2 * GB_BT * LDQ * 2 +
                     2 * KP * LDQ * 2 + GB_BT * (GB_BT + 8) * 2 + 5 * KP * 4 +
                     (key->key_from_decay ? GB_BT * (KP + 4) * 4 : 0));
@@ -101,9 +105,15 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
   else if (key->key_from_decay && !GB_HGRN2_ENABLED)
     no = "keys derived from the decay (HGRN2) are not enabled yet (not run on a GPU)";
   if (no) return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_gk_bwd: %s", no);
-  if (key->K < 1 || key->V < 1 || key->K > 128 || key->V > 256)
-    return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_gk_bwd: K = %d, V = %d outside K 1..128, V 1..256",
+  if (key->K < 1 || key->V < 1 || key->K > 256 || key->V > 512)
+    return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_gk_bwd: K = %d, V = %d outside K 1..256, V 1..512",
                          key->K, key->V);
+  /* the dq/dk kernel's shared memory depends on the key alone (every K up to
+  ** 256 fits, with two key slices past 128): past it, the recurrent backward */
+  if (smem_dqk_(key) > GB_SMEM_MAX)
+    return fla_set_error(ctx, FLA_UNSUPPORTED,
+                         "chunk_gk_bwd: K = %d%s needs %u bytes of shared memory in the dq/dk kernel",
+                         key->K, key->key_from_decay ? " with keys from the decay" : "", smem_dqk_(key));
   if (cfg->BT != GB_BT || cfg->warps != GB_WARPS)
     return fla_set_error(ctx, FLA_INVALID, "chunk_gk_bwd: BT %d warps %d (only BT 64, 4 warps)",
                          cfg->BT, cfg->warps);
@@ -146,6 +156,7 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
   out[1].grid[2] = 2;
   fla_chunk_launch_set(&out[2], "fla_chunk_gk_bwd_dv", NC * NVD, H, th, smem_dv_(key));
   fla_chunk_launch_set(&out[3], "fla_chunk_gk_bwd_dqk", NC, H, th, smem_dqk_(key));
+  out[3].grid[2] = (unsigned)ks_(key->K);
   if (NC == 0) out[2].grid[0] = out[3].grid[0] = 0;
   return 4;
 }

@@ -24,7 +24,6 @@ static long smem_(const fla_gen_key *k, const fla_tile_config *c) {
   return 4 * (2 * bt * (K + 1) + bt * bv + K * bv + bt * (bt + 1) + 3 * bt);
 }
 
-static int pow2_(int x) { return x > 0 && (x & (x - 1)) == 0; }
 
 void fla_cp_default_config(const fla_gen_key *key, fla_tile_config *cfg, fla_cp_smem_fn smem) {
   cfg->BK = key->K;
@@ -53,7 +52,7 @@ fla_status fla_cp_check_tiles(fla_ctx *ctx, const char *stage, const fla_gen_key
   if (cfg->BV < 1 || cfg->BV > FLA_CP_MAX_BV)
     return fla_set_error(ctx, FLA_INVALID, "%s: BV %d outside 1..%d", stage, cfg->BV,
                          FLA_CP_MAX_BV);
-  if (!pow2_(cfg->warps) || cfg->warps > FLA_CP_MAX_WARPS)
+  if (!fla_pow2(cfg->warps) || cfg->warps > FLA_CP_MAX_WARPS)
     return fla_set_error(ctx, FLA_INVALID, "%s: warps must be 1, 2, 4, 8 or 16 (got %d)", stage,
                          cfg->warps);
   long bytes = smem(key, cfg);

@@ -18,7 +18,6 @@
 #define PREP_MAX_BLOCKS (1u << 20)
 #define PREP_STATIC_SMEM 49152
 
-static int pow2_(int x) { return x > 0 && (x & (x - 1)) == 0; }
 
 static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {
   cfg->BT = cfg->BK = cfg->BV = 0;
@@ -42,7 +41,7 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *k, const fla_tile_conf
     return fla_set_error(ctx, FLA_INVALID,
                          "prep_fwd has no BT, BK or BV tiles, only warps (got BT=%d BK=%d BV=%d)",
                          c->BT, c->BK, c->BV);
-  if (!pow2_(c->warps) || c->warps > 32)
+  if (!fla_pow2(c->warps) || c->warps > 32)
     return fla_set_error(ctx, FLA_INVALID,
                          "prep_fwd: warps must be 1, 2, 4, 8, 16 or 32 (got warps=%d)", c->warps);
   if (k->feature == FLA_FEATURE_TAYLOR2 && (long)c->warps * d * 4 > PREP_STATIC_SMEM)

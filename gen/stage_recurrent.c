@@ -34,8 +34,6 @@ static int kpt_(const fla_gen_key *k, const fla_tile_config *c) {
   return kpt;
 }
 
-static int pow2_(int x) { return x > 0 && (x & (x - 1)) == 0; }
-
 /* Bytes of static shared memory the template declares. */
 static long smem_(const fla_gen_key *k, const fla_tile_config *c) {
   long es = k->in_bf16 ? 2 : 4;
@@ -87,22 +85,8 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *k, const fla_tile_conf
     return fla_set_error(ctx, FLA_INVALID,
                          "recurrent_fwd stages 1 to %d tokens at a time: BT=%d is out of range",
                          RT_MAX_BT, c->BT);
-  if (c->BK != k->K)
-    return fla_set_error(ctx, FLA_INVALID,
-                         "recurrent_fwd keeps whole state columns in a block: BK must be K=%d "
-                         "(got BK=%d)", k->K, c->BK);
-  if (!pow2_(c->BV) || c->BV > 32)
-    return fla_set_error(ctx, FLA_INVALID,
-                         "recurrent_fwd: BV must be 1, 2, 4, 8, 16 or 32 (got BV=%d)", c->BV);
-  if (!pow2_(c->warps) || c->warps > RT_MAX_WARPS)
-    return fla_set_error(ctx, FLA_INVALID,
-                         "recurrent_fwd: warps must be 1, 2, 4, 8 or 16 (got warps=%d)", c->warps);
-  int kpt = kpt_(k, c);
-  if (kpt > RT_MAX_KPT)
-    return fla_set_error(ctx, FLA_INVALID,
-                         "recurrent_fwd: K=%d over %d row groups (BV=%d, warps=%d) is %d rows a "
-                         "thread, more than %d: use more warps or a smaller BV",
-                         k->K, c->warps * (32 / c->BV), c->BV, c->warps, kpt, RT_MAX_KPT);
+  fla_status st = fla_check_column_tiles(ctx, "recurrent_fwd", k, c, RT_MAX_WARPS, kpt_, RT_MAX_KPT);
+  if (st != FLA_OK) return st;
   long smem = smem_(k, c);
   if (smem > RT_MAX_SMEM)
     return fla_set_error(ctx, FLA_INVALID,

@@ -32,8 +32,6 @@
 #define RB_REDUCE_THREADS 256
 #define RB_REDUCE_MAX_BLOCKS 4096
 
-static int pow2_(int x) { return x > 0 && (x & (x - 1)) == 0; }
-
 static int groups_(const fla_tile_config *c) { return c->warps * (32 / c->BV); }
 static int kpt_(const fla_gen_key *k, const fla_tile_config *c) {
   return (k->K + groups_(c) - 1) / groups_(c);
@@ -64,22 +62,7 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *k, const fla_tile_conf
     return fla_set_error(ctx, FLA_INVALID,
                          "recurrent_bwd: BT (the checkpoint interval) must be 1..%d (got %d)",
                          RB_MAX_BT, c->BT);
-  if (c->BK != k->K)
-    return fla_set_error(ctx, FLA_INVALID,
-                         "recurrent_bwd keeps whole state columns in a block: BK must be K=%d "
-                         "(got BK=%d)", k->K, c->BK);
-  if (!pow2_(c->BV) || c->BV > 32)
-    return fla_set_error(ctx, FLA_INVALID,
-                         "recurrent_bwd: BV must be 1, 2, 4, 8, 16 or 32 (got BV=%d)", c->BV);
-  if (!pow2_(c->warps) || c->warps > RB_MAX_WARPS)
-    return fla_set_error(ctx, FLA_INVALID,
-                         "recurrent_bwd: warps must be 1, 2, 4, 8 or 16 (got warps=%d)", c->warps);
-  if (kpt_(k, c) > RB_MAX_KPT)
-    return fla_set_error(ctx, FLA_INVALID,
-                         "recurrent_bwd: K=%d over %d row groups (BV=%d, warps=%d) is %d rows a "
-                         "thread, more than %d: use more warps or a smaller BV",
-                         k->K, groups_(c), c->BV, c->warps, kpt_(k, c), RB_MAX_KPT);
-  return FLA_OK;
+  return fla_check_column_tiles(ctx, "recurrent_bwd", k, c, RB_MAX_WARPS, kpt_, RB_MAX_KPT);
 }
 
 static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]) {

@@ -594,9 +594,11 @@ fla_status fla_model_create_ex(fla_ctx *ctx, const char *config_path, uint64_t s
 ** fla_model_create(_ex) or fla_model_load(_ex) on a CUDA context, made
 ** trainable, keeps its float32 master weights, float32 gradients and compute
 ** copies (bf16, or float32: the dtype it was loaded or created with) on the
-** device; fla_model_loss_backward runs there (GLA and RetNet in this version:
-** any other architecture, short convolutions, hybrid attention layers or
-** grouped KV heads answer FLA_UNSUPPORTED naming what). The host memory that
+** device; fla_model_loss_backward runs there (GLA, RetNet, DeltaNet, Gated
+** DeltaNet, HGRN2, the Transformer and hybrids with softmax-attention layers
+** in this version: KDA, RWKV-6, short convolutions in GLA/RetNet, grouped KV
+** heads in recipe layers and attention with qkv_bias answer FLA_UNSUPPORTED
+** naming what). The host memory that
 ** fla_model_param points at is a copy refreshed only by fla_model_sync_host;
 ** after changing it, fla_model_sync_device sends it back. A GPU model made
 ** by fla_model_create has no forward (fla_model_forward: FLA_UNSUPPORTED);

@@ -40,25 +40,43 @@ static fla_status bind_(const gpu_call *c, double scale) {
   return FLA_OK;
 }
 
-/* 1 when a chunked (tensor-core) stage of the generator handles the layer's
-** bound op in bf16, asked once per layer (fla_generate only writes source). */
+/* Which chunked (tensor-core) stage of the generator handles the layer's
+** bound op in bf16, asked once per layer (fla_generate only writes source):
+** 0 none, 1 one of chunk_fwd / chunk_wy_fwd, 2 chunk_gk_fwd (per-key gates:
+** GLA, HGRN2, RWKV-6). W->chunkable caches it: stage + 1, or -1 for none. */
 static int chunkable_(const gpu_call *c) {
   gpu_layer *W = c->W;
-  if (W->chunkable) return W->chunkable > 0;
+  if (W->chunkable) return W->chunkable < 0 ? 0 : W->chunkable == 2 ? 2 : 1;
   fla_gen_key key;
   fla_gen_key_from_ir(fla_recipe_ir(c->L->recipe), (int)fla_op_state_k(c->L->op), c->L->V, 1, 1, 1, &key);
   static const fla_stage stages[] = {FLA_STAGE_CHUNK_FWD, FLA_STAGE_CHUNK_GK_FWD, FLA_STAGE_CHUNK_WY_FWD};
-  int ok = 0;
-  for (int i = 0; i < 3 && !ok; i++) {
+  int found = -1;
+  for (int i = 0; i < 3 && found < 0; i++) {
     fla_tile_config cfg = {0, 0, 0, 0};
     char *src = NULL, names[FLA_STAGE_MAX_KERNELS][64];
     int nk = 0;
-    ok = fla_generate(c->m->ctx, stages[i], &key, &cfg, &src, names, &nk) == FLA_OK;
+    if (fla_generate(c->m->ctx, stages[i], &key, &cfg, &src, names, &nk) == FLA_OK) found = i;
     free(src);
   }
   fla_clear_error(c->m->ctx);
-  W->chunkable = ok ? 1 : -1;
-  return ok;
+  W->chunkable = found < 0 ? -1 : found + 1;
+  return found < 0 ? 0 : found == 1 ? 2 : 1;
+}
+
+/* bf16 chunked mixers for a prompt of c->T tokens with bf16 weights and
+** float32 activations. FLA_GPU_BF16_MIXERS=1: wherever a chunked stage
+** exists. By default only on chunk_gk_fwd (GLA, HGRN2, RWKV-6): fla's own
+** prefill precision there, and the tiny gla, hgrn2 and rwkv6 checkpoints
+** stay within the 1e-2 bf16 bound with it (retnet and delta_net do not:
+** docs/models.md); FLA_GPU_BF16_MIXERS=0 turns that off too. */
+static int bf16_chunked_(const gpu_call *c) {
+  const gpu_model *G = c->m->gpu;
+  if (c->T <= GPU_F32_MIXER_MAX_T || GM(c)->wdt != FLA_BF16) return 0;
+  int kind = chunkable_(c);
+  if (!kind) return 0;
+  if (G->bf16_long_mixers) return 1;
+  const char *env = getenv("FLA_GPU_BF16_MIXERS");
+  return kind == 2 && !(env && env[0] == '0');
 }
 
 dptr gpu_run_op(const gpu_call *c, const gpu_input *in, int n, double scale, int *o_bf16) {
@@ -69,13 +87,11 @@ dptr gpu_run_op(const gpu_call *c, const gpu_input *in, int n, double scale, int
   fla_status s = bind_(c, scale);
   if (s != FLA_OK) return g->status = s, 0;
   /* Float32 mixers have no chunked (tensor-core) kernels: they run token by
-  ** token. With FLA_GPU_BF16_MIXERS=1 and bf16 weights a prompt longer than
-  ** one chunk gets the bf16 chunked kernels where they exist (fla's precision
-  ** there; GPU_F32_MIXER_MAX_T). */
+  ** token. With bf16 weights a prompt longer than one chunk gets the bf16
+  ** chunked kernels where bf16_chunked_ says so (GPU_F32_MIXER_MAX_T). */
   const gpu_model *G = c->m->gpu;
   fla_dtype dt = G->adt;
-  if (dt == FLA_F32 && g->wdt == FLA_BF16 && c->T > GPU_F32_MIXER_MAX_T && G->bf16_long_mixers && chunkable_(c))
-    dt = FLA_BF16;
+  if (dt == FLA_F32 && bf16_chunked_(c)) dt = FLA_BF16;
   size_t esz = fla_dtype_size(dt);
   fla_arg args[8];
   fla_tensor *t[10] = {0};

@@ -32,7 +32,7 @@ typedef struct gpu_layer {
   dptr bonus;              /* RWKV-6's u, in the token mixer's dtype */
   int64_t in_rows;         /* rows of q_proj .. i_proj laid out contiguously (0: not) */
   int mlp_fused;           /* mlp_up follows mlp_gate */
-  int chunkable;           /* the mixer's op has a bf16 chunked stage: 1 yes, -1 no, 0 not asked */
+  int chunkable;           /* the mixer's bf16 chunked stage: > 0 yes (2: chunk_gk_fwd), -1 no, 0 not asked */
 } gpu_layer;
 #undef GPU_FIELD_
 

@@ -114,6 +114,38 @@ static void cublas_load_(void) {
   cublas_ok_ = 1;
 }
 
+/* ------------------------------------------------------------ programmatic dependent launch */
+
+/* cuLaunchKernelEx's arguments (cuda.h, CUDA 12+), for programmatic dependent
+** launch: attribute 6 is CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION. */
+typedef struct {
+  int id;
+  char pad_[4];
+  union {
+    char bytes[64];
+    int value;
+  } v;
+} launch_attr_;
+typedef struct {
+  unsigned gx, gy, gz, bx, by, bz, smem;
+  CUstream stream;
+  launch_attr_ *attrs;
+  unsigned nattrs;
+} launch_config_;
+typedef CUresult (*launch_ex_fn_)(const launch_config_ *, CUfunction, void **, void **);
+
+static launch_ex_fn_ launch_ex_(void) {
+  static launch_ex_fn_ fn;
+  static int state; /* 0 unknown, 1 found, -1 missing */
+  if (!state) {
+    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (!h) h = dlopen("libcuda.so", RTLD_NOW | RTLD_NOLOAD);
+    if (h) *(void **)&fn = dlsym(h, "cuLaunchKernelEx");
+    state = fn ? 1 : -1;
+  }
+  return fn;
+}
+
 /* ------------------------------------------------------------ init */
 
 static const char *kernel_names_[NK_COUNT] = {
@@ -121,7 +153,8 @@ static const char *kernel_names_[NK_COUNT] = {
   "repeat_heads", "rmsnorm", "groupnorm", "l2norm", "embed_f32", "split_bf16", "short_conv", "rotary",
   "token_shift", "kv_append", "attention", "argmax_rows", "cast_multi", "gemv1_f32",
   "gemv1_bf16", "gemv_swiglu_f32", "gemv_swiglu_bf16",
-  "gemv1_swiglu_f32", "gemv1_swiglu_bf16", "add_halves", "kv_regrow"};
+  "gemv1_swiglu_f32", "gemv1_swiglu_bf16", "add_halves", "kv_regrow",
+  "gemvk_f32", "gemvk_bf16", "gemvk_swiglu_f32", "gemvk_swiglu_bf16"};
 
 fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
   memset(g, 0, sizeof *g);
@@ -152,6 +185,11 @@ fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
   ** instead (bench/results/2026-11-23-models-gpu.md). */
   const char *gr = getenv("FLA_GPU_GEMV_ROWS");
   g->gemv_rows = gr && atoi(gr) >= 1 && atoi(gr) <= 8 ? atoi(gr) : 1;
+  const char *gk = getenv("FLA_GPU_GEMVK");
+  g->gemvk_off = gk && gk[0] == '0';
+  /* programmatic dependent launch: sm_90 on, unless $FLA_GPU_PDL=0 */
+  const char *pd = getenv("FLA_GPU_PDL");
+  g->pdl = info && info->cc_major >= 9 && !(pd && pd[0] == '0') && launch_ex_();
   pthread_once(&cublas_once_, cublas_load_);
   if (!cublas_ok_) return gl_fail(g, FLA_UNSUPPORTED, "%s", cublas_err_);
   if (cublas_.create(&g->cublas) != 0) return gl_fail(g, FLA_ERROR, "cublasCreate failed");
@@ -212,21 +250,63 @@ void nn_gpu_reset(nn_gpu *g) {
 
 /* ------------------------------------------------------------ launching */
 
-static void launch_(nn_gpu *g, int k, unsigned gx, unsigned gy, unsigned block, void **params) {
+void gl_launch(nn_gpu *g, void *fn, const char *name, unsigned gx, unsigned gy, unsigned block, void **params) {
   if (g->status != FLA_OK || gx == 0 || gy == 0) return;
   const fla_cuda_driver *d = fla_cuda_driver_api();
-  CUresult r = d->cuLaunchKernel((CUfunction)g->fn[k], gx, gy, 1, block, 1, 1, 0, (CUstream)g->stream,
-                                 params, NULL);
+  CUresult r = d->cuLaunchKernel((CUfunction)fn, gx, gy, 1, block, 1, 1, 0, (CUstream)g->stream, params, NULL);
   if (r != CUDA_SUCCESS)
-    gl_fail(g, FLA_ERROR, "kernel %s: cuLaunchKernel grid (%u,%u) block %u: %s", kernel_names_[k], gx, gy,
-            block, fla_cuda_result_str(r));
+    gl_fail(g, FLA_ERROR, "kernel %s: cuLaunchKernel grid (%u,%u) block %u: %s", name, gx, gy, block,
+            fla_cuda_result_str(r));
 }
 
-/* Blocks of 256 for a grid-stride loop over n. */
-static unsigned blocks_(int64_t n) {
-  int64_t b = (n + 255) / 256;
-  return (unsigned)(b < 1 ? 1 : b > 8192 ? 8192 : b);
+/* The kernels that wait (pdl_wait_) before reading earlier kernels' output:
+** they may be launched while the previous kernel ends. */
+static int pdl_kernel_(int k) {
+  switch (k) {
+  case NK_GEMV_F32: case NK_GEMV_BF16: case NK_GEMV1_F32: case NK_GEMV1_BF16:
+  case NK_GEMV_SWIGLU_F32: case NK_GEMV_SWIGLU_BF16: case NK_GEMV1_SWIGLU_F32: case NK_GEMV1_SWIGLU_BF16:
+  case NK_GEMVK_F32: case NK_GEMVK_BF16: case NK_GEMVK_SWIGLU_F32: case NK_GEMVK_SWIGLU_BF16:
+  case NK_RMSNORM: return 1;
+  default: return 0;
+  }
 }
+
+/* A model kernel with smem bytes of dynamic shared memory, with programmatic
+** dependent launch where g->pdl and the kernel waits for it. */
+static void launch_smem_(nn_gpu *g, int k, unsigned gx, unsigned gy, unsigned block, unsigned smem,
+                         void **params) {
+  if (!(g->pdl && pdl_kernel_(k)) && !smem) {
+    gl_launch(g, g->fn[k], kernel_names_[k], gx, gy, block, params);
+    return;
+  }
+  if (g->status != FLA_OK || gx == 0 || gy == 0) return;
+  const fla_cuda_driver *d = fla_cuda_driver_api();
+  CUresult r;
+  if (g->pdl && pdl_kernel_(k)) {
+    launch_attr_ at;
+    memset(&at, 0, sizeof at);
+    at.id = 6, at.v.value = 1;
+    launch_config_ lc = {gx, gy, 1, block, 1, 1, smem, (CUstream)g->stream, &at, 1};
+    r = launch_ex_()(&lc, (CUfunction)g->fn[k], params, NULL);
+  } else {
+    r = d->cuLaunchKernel((CUfunction)g->fn[k], gx, gy, 1, block, 1, 1, smem, (CUstream)g->stream, params, NULL);
+  }
+  if (r != CUDA_SUCCESS)
+    gl_fail(g, FLA_ERROR, "kernel %s: launch grid (%u,%u) block %u smem %u: %s", kernel_names_[k], gx, gy, block,
+            smem, fla_cuda_result_str(r));
+}
+
+static void launch_(nn_gpu *g, int k, unsigned gx, unsigned gy, unsigned block, void **params) {
+  launch_smem_(g, k, gx, gy, block, 0, params);
+}
+
+unsigned gl_grid_blocks(int64_t n, int64_t cap) {
+  int64_t b = (n + 255) / 256;
+  return (unsigned)(b < 1 ? 1 : b > cap ? cap : b);
+}
+
+/* Blocks of 256 for a grid-stride loop over n (the model's kernels). */
+static unsigned blocks_(int64_t n) { return gl_grid_blocks(n, 8192); }
 
 #define P(x) (void *)&(x)
 
@@ -285,6 +365,27 @@ void gl_linear_ex(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw
   }
 }
 
+/* The one-row kernel gemvk_ (model_nn.cuh) where it applies: M == 1, in a
+** multiple of 8 up to 12 288 (x in 48 KiB of shared memory) and at least 512,
+** ldw a multiple of 8, W and x 16-byte aligned. Its grid is one wave of
+** resident blocks (the occupancy with x's shared memory), at most one block
+** per group of GK_RB rows. 0 when it does not apply (the caller launches gemv_). */
+static int gemvk_(nn_gpu *g, int m, dptr x, int in, dptr W, int ldw, int out, int dual, void **a) {
+  if (g->gemvk_off || m != 1 || in < 512 || in > 12288 || in % 8 || ldw % 8 || (x & 15) || (W & 15)) return 0;
+  int rb = dual ? 2 : 4; /* the kernels' GK_RB */
+  int k = g->wdt == FLA_BF16 ? (dual ? NK_GEMVK_SWIGLU_BF16 : NK_GEMVK_BF16)
+                             : (dual ? NK_GEMVK_SWIGLU_F32 : NK_GEMVK_F32);
+  unsigned smem = 4u * (unsigned)in;
+  const fla_cuda_driver *d = fla_cuda_driver_api();
+  int nb = 0;
+  if (!d->cuOccupancyMaxActiveBlocksPerMultiprocessor ||
+      d->cuOccupancyMaxActiveBlocksPerMultiprocessor(&nb, (CUfunction)g->fn[k], 256, smem) != CUDA_SUCCESS || nb < 1)
+    nb = 2;
+  int64_t groups = (out + rb - 1) / rb, cap = (int64_t)nb * g->sms;
+  launch_smem_(g, k, (unsigned)(groups < cap ? groups : cap), 1, 256, smem, a);
+  return 1;
+}
+
 void gl_gemv(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int out, dptr bias, dptr y,
              int ldy, int accumulate, const gl_gemv_opts *op) {
   if (M > 8) {
@@ -294,6 +395,7 @@ void gl_gemv(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw, int
   int m = (int)M;
   gl_gemv_opts o = *op;
   void *a[] = {P(x), P(ldx), P(m), P(in), P(W), P(ldw), P(out), P(bias), P(y), P(ldy), P(accumulate), P(o)};
+  if (gemvk_(g, m, x, in, W, ldw, out, 0, a)) return;
   int k = m == 1 ? (g->wdt == FLA_BF16 ? NK_GEMV1_BF16 : NK_GEMV1_F32) : (g->wdt == FLA_BF16 ? NK_GEMV_BF16 : NK_GEMV_F32);
   /* a warp per row at a time, the grid striding over rows: one wave of resident blocks */
   int64_t blocks = (out + 7) / 8, cap = (int64_t)g->resident[k] * g->sms;
@@ -311,6 +413,7 @@ void gl_gemv_swiglu(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int l
   gl_gemv_opts o = *op;
   o.up_off = up_off;
   void *a[] = {P(x), P(ldx), P(m), P(in), P(W), P(ldw), P(out), P(bias), P(y), P(ldy), P(accumulate), P(o)};
+  if (gemvk_(g, m, x, in, W, ldw, out, 1, a)) return;
   int k = m == 1 ? (g->wdt == FLA_BF16 ? NK_GEMV1_SWIGLU_BF16 : NK_GEMV1_SWIGLU_F32)
                  : (g->wdt == FLA_BF16 ? NK_GEMV_SWIGLU_BF16 : NK_GEMV_SWIGLU_F32);
   int64_t blocks = (out + 7) / 8, cap = (int64_t)g->resident[k] * g->sms;

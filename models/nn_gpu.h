@@ -25,7 +25,8 @@ enum {
   NK_GEMV_F32, NK_GEMV_BF16, NK_ADD_BIAS, NK_CAST_BF16, NK_CAST_F32, NK_COPY, NK_EW, NK_SWIGLU,
   NK_REPEAT, NK_RMSNORM, NK_GROUPNORM, NK_L2NORM, NK_EMBED_F32, NK_SPLIT_BF16, NK_CONV, NK_ROTARY,
   NK_SHIFT, NK_KV_APPEND, NK_ATTN, NK_ARGMAX, NK_CAST_MULTI, NK_GEMV1_F32, NK_GEMV1_BF16,
-  NK_GEMV_SWIGLU_F32, NK_GEMV_SWIGLU_BF16, NK_GEMV1_SWIGLU_F32, NK_GEMV1_SWIGLU_BF16, NK_ADD_HALVES, NK_KV_REGROW, NK_COUNT
+  NK_GEMV_SWIGLU_F32, NK_GEMV_SWIGLU_BF16, NK_GEMV1_SWIGLU_F32, NK_GEMV1_SWIGLU_BF16, NK_ADD_HALVES, NK_KV_REGROW,
+  NK_GEMVK_F32, NK_GEMVK_BF16, NK_GEMVK_SWIGLU_F32, NK_GEMVK_SWIGLU_BF16, NK_COUNT
 };
 
 /* The element-wise maps of the kernel `ew` (model_nn.cuh says what each does). */
@@ -43,6 +44,9 @@ typedef struct nn_gpu {
                             more go to cuBLAS: 1, or $FLA_GPU_GEMV_ROWS */
   int sms;               /* the device's multiprocessors (grids of the products) */
   int resident[NK_COUNT]; /* blocks of 256 threads a multiprocessor holds, per kernel */
+  int gemvk_off;         /* 1: one-row products keep the warp-per-row kernel ($FLA_GPU_GEMVK=0) */
+  int pdl;               /* 1: the products and rmsnorm are launched with programmatic dependent
+                            launch (sm_90 on; $FLA_GPU_PDL=0 turns it off) */
   void *stream;          /* CUstream */
   void *fn[NK_COUNT];    /* CUfunction */
   void *cublas;          /* cublasHandle_t */
@@ -76,8 +80,9 @@ void gl_linear_ex(nn_gpu *g, dptr x, int ldx, int64_t M, int in, dptr W, int ldw
                   dptr y, int ldy, int accumulate);
 void gl_linear(nn_gpu *g, dptr x, int64_t M, int in, dptr W, int out, dptr bias, dptr y);
 
-/* The matrix-vector kernel of decode (M <= 8 rows) with what it fuses (the
-** kernel gemv_ in model_nn.cuh): xmode 1 normalises x's rows first (RMSNorm
+/* The matrix-vector kernels of decode (M <= 8 rows) with what they fuse (gemv_
+** in model_nn.cuh; one row with an input 512 to 12 288 wide takes gemvk_ unless
+** gemvk_off): xmode 1 normalises x's rows first (RMSNorm
 ** with weight nw); epi 1 applies GLA's gate max(logsigmoid(y) / 16, epa) to the
 ** result; yb (when not 0) receives a bf16 copy of y. The layout is the
 ** kernel's argument struct. */
@@ -134,6 +139,12 @@ void gl_copy(nn_gpu *g, dptr x, dptr y, int64_t n);
 ** models/train_gpu.c). Returns cuBLAS's status (sticky failure recorded). */
 int gl_gemm_raw(nn_gpu *g, int ta, int tb, int m, int n, int k, dptr A, int a_bf16, int lda, dptr B, int b_bf16,
                 int ldb, float beta, dptr C, int c_bf16, int ldc);
+
+/* Launches CUfunction fn (named `name` in the error) over gx x gy blocks of
+** `block` threads on g's stream; nothing after a failure (sticky status).
+** gl_grid_blocks: blocks of 256 for a grid-stride loop over n, at most cap. */
+void gl_launch(nn_gpu *g, void *fn, const char *name, unsigned gx, unsigned gy, unsigned block, void **params);
+unsigned gl_grid_blocks(int64_t n, int64_t cap);
 
 /* Host <-> device copies and a stream sync, with the sticky status. */
 void gl_upload(nn_gpu *g, dptr dst, const void *src, size_t bytes);

@@ -6,6 +6,7 @@
 */
 #include "internal.h"
 #include "train_gpu.h"
+#include "train_gpu_delta.h"
 
 #include "cuda/cuda_api.h"
 #include "cuda/op_cuda.h"
@@ -38,21 +39,15 @@ dptr gpu_train_wc(const fla_model *m, const float *p) {
 
 /* ------------------------------------------------------------ launching */
 
-unsigned gpu_train_blocks(int64_t n) {
-  int64_t b = (n + 255) / 256;
-  return (unsigned)(b < 1 ? 1 : b > 16384 ? 16384 : b);
-}
+/* training's element-wise kernels loop over up to ~100 M elements: twice the model's cap */
+unsigned gpu_train_blocks(int64_t n) { return gl_grid_blocks(n, 16384); }
 
 void gpu_train_launch(gpu_train *t, int k, unsigned gx, unsigned gy, unsigned block, void **args) {
   nn_gpu *g = t->g;
   if (g->status != FLA_OK || gx == 0 || gy == 0) return;
   int prof = t->profile && t->in_loss && k != TK_CE;
   double t0 = prof ? gpu_train_prof_begin(t) : 0;
-  CUresult r = fla_cuda_driver_api()->cuLaunchKernel((CUfunction)t->fn[k], gx, gy, 1, block, 1, 1, 0,
-                                                     (CUstream)g->stream, args, NULL);
-  if (r != CUDA_SUCCESS)
-    gl_fail(g, FLA_ERROR, "kernel %s: cuLaunchKernel grid (%u,%u) block %u: %s", tk_names_[k], gx, gy, block,
-            fla_cuda_result_str(r));
+  gl_launch(g, t->fn[k], tk_names_[k], gx, gy, block, args);
   if (prof) {
     double before = t->prof_s[GPU_PROF_EW];
     gpu_train_prof_end(t, GPU_PROF_EW, t0);
@@ -78,9 +73,53 @@ void gpu_train_mm(gpu_train *t, int ta, int tb, int64_t M, int64_t N, int64_t K,
                   dptr B, int b_bf, int ldb, float beta, dptr C, int c_bf, int ldc) {
   /* row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: the
   ** operands swap, each keeps its transpose flag */
-  double t0 = gpu_train_prof_begin(t);
+  double t0 = gpu_train_prof_begin(t), before = t->prof_s[GPU_PROF_GEMM];
   gl_gemm_raw(t->g, tb, ta, (int)N, (int)M, (int)K, B, b_bf, ldb, A, a_bf, lda, beta, C, c_bf, ldc);
   gpu_train_prof_end(t, GPU_PROF_GEMM, t0);
+  if (t->profile && t->in_loss) { /* the seconds of this shape */
+    int acc = beta != 0.0f, i = 0;
+    while (i < t->nprof_mm && !(t->prof_mm[i].M == M && t->prof_mm[i].N == N && t->prof_mm[i].K == K &&
+                                t->prof_mm[i].ta == ta && t->prof_mm[i].tb == tb && t->prof_mm[i].acc == acc &&
+                                t->prof_mm[i].c_bf == c_bf))
+      i++;
+    if (i == t->nprof_mm && i < GPU_PROF_MM) {
+      memset(&t->prof_mm[i], 0, sizeof t->prof_mm[i]);
+      t->prof_mm[i].M = M, t->prof_mm[i].N = N, t->prof_mm[i].K = K, t->prof_mm[i].ta = ta, t->prof_mm[i].tb = tb;
+      t->prof_mm[i].acc = acc, t->prof_mm[i].c_bf = c_bf;
+      t->nprof_mm++;
+    }
+    if (i < t->nprof_mm) t->prof_mm[i].s += t->prof_s[GPU_PROF_GEMM] - before, t->prof_mm[i].n++;
+  }
+}
+
+/* ------------------------------------------------------------ shared kernel wrappers */
+
+void gpu_train_rms_fwd(gpu_train *t, dptr x, int x_bf, dptr gate, int g_bf, dptr w, dptr y, int y_bf, int64_t rows,
+                       int dim, float eps, dptr res) {
+  void *a[] = {&x, &x_bf, &gate, &g_bf, &w, &y, &y_bf, &rows, &dim, &eps, &res};
+  gpu_train_launch(t, TK_RMS_FWD_W, (unsigned)((rows + 7) / 8), 1, 256, a); /* a warp per row */
+}
+
+void gpu_train_rms_bwd(gpu_train *t, dptr x, int x_bf, dptr gate, int g_bf, dptr w, dptr dy, int dy_bf, dptr dx,
+                       int dx_bf, int dx_add, dptr dgate, dptr dw, int64_t rows, int dim, float eps, dptr dxc,
+                       int dxc_bf) {
+  int dg_bf = g_bf;
+  void *a[] = {&x,     &x_bf,  &gate, &g_bf, &w,  &dy,   &dy_bf, &dx,  &dx_bf, &dx_add,
+               &dgate, &dg_bf, &dw,   &rows, &dim, &eps, &dxc,   &dxc_bf};
+  if (dim <= 1024 && dim % 8 == 0) /* a warp per row, 4 rows each, 8 columns a lane */
+    gpu_train_launch(t, TK_RMS_BWD_W, (unsigned)((rows + 31) / 32), 1, 256, a);
+  else
+    gpu_train_launch(t, TK_RMS_BWD, (unsigned)((rows + 7) / 8), 1, 256, a);
+}
+
+void gpu_train_swiglu(gpu_train *t, dptr gate, dptr up, int ld, dptr a, int bf, int64_t rows, int I, int bwd) {
+  if (rows * I >= ((int64_t)1 << 31)) {
+    gl_fail(t->g, FLA_UNSUPPORTED, "training on the GPU: %lld tokens x MLP width %d is over 2^31 (the SwiGLU "
+            "kernels index in 32 bits): use smaller micro-batches", (long long)rows, I);
+    return;
+  }
+  void *args[] = {&gate, &up, &ld, &a, &bf, &rows, &I}; /* both kernels: a is da in the backward */
+  gpu_train_launch(t, bwd ? TK_SWIGLU_BWD : TK_SWIGLU, gpu_train_blocks((rows * I + 7) / 8), 1, 256, args);
 }
 
 /* ------------------------------------------------------------ the activation stack */
@@ -147,17 +186,39 @@ void gpu_train_reset(gpu_train *t) {
 
 /* ------------------------------------------------------------ enable / free */
 
-/* What the device path trains: GLA and RetNet without short convolutions,
-** hybrid attention layers or grouped heads. */
+/* What the device path trains: GLA and RetNet without short convolutions
+** (train_gpu_loss.c), DeltaNet, Gated DeltaNet and HGRN2 with or without them
+** (train_gpu_delta*.c, train_gpu_hgrn2.c); no hybrid attention layers or grouped heads. */
+const model_layer *gpu_train_mixer_layer(const fla_model *m) {
+  for (int l = 0; l < m->cfg.num_layers; l++)
+    if (!m->layers[l].is_attn) return &m->layers[l];
+  return &m->layers[0];
+}
+
+const model_layer *gpu_train_attn_layer(const fla_model *m) {
+  for (int l = 0; l < m->cfg.num_layers; l++)
+    if (m->layers[l].is_attn) return &m->layers[l];
+  return NULL;
+}
+
 fla_status gpu_train_check(fla_model *m) {
   const model_config *c = &m->cfg;
   const char *why = NULL;
-  if (c->arch != ARCH_GLA && c->arch != ARCH_RETNET) why = "only GLA and RetNet are trained on the GPU in this version";
-  else if (c->use_short_conv) why = "short convolutions (use_short_conv) are not trained on the GPU yet";
+  int delta = gpu_train_delta_arch(m);
+  if (c->arch != ARCH_GLA && c->arch != ARCH_RETNET && !delta)
+    why = "only GLA, RetNet, DeltaNet, Gated DeltaNet, HGRN2 and the Transformer are trained on the GPU in this version";
+  else if (c->use_short_conv && !delta) why = "short convolutions (use_short_conv) are not trained on the GPU yet";
+  else if (c->use_short_conv && c->conv_size > TD_CONV_MAX_W) why = "short convolutions of more than 8 taps are not trained on the GPU yet";
   for (int l = 0; !why && l < c->num_layers; l++) {
-    if (m->layers[l].is_attn) why = "softmax-attention layers (fla's 'attn') are not trained on the GPU yet";
-    else if (m->layers[l].Hkv != m->layers[l].H) why = "grouped key/value heads (num_kv_heads) are not trained on the GPU yet";
+    const model_layer *L = &m->layers[l];
+    if (L->is_attn && L->attn.qkv_bias) why = "attention projections with biases (qkv_bias) are not trained on the GPU yet";
+    else if (L->is_attn && L->K > 256) why = "attention heads wider than 256 are not trained on the GPU";
+    else if (!L->is_attn && L->Hkv != L->H) why = "grouped key/value heads (num_kv_heads) are not trained on the GPU yet";
   }
+  if (!why && m->master) /* train_params.c packs the weights in load order: gate_proj then up_proj */
+    for (int l = 0; l < c->num_layers; l++)
+      if (m->layers[l].mlp_up != m->layers[l].mlp_gate + (int64_t)m->layers[l].ffn_dim * c->hidden_size)
+        why = "the MLP's gate_proj and up_proj weights are not adjacent (the GPU multiplies them as one matrix)";
   if (c->hidden_size > 16 * 256) why = "hidden sizes above 4096 are not trained on the GPU yet";
   if (why)
     return fla_set_error(m->ctx, FLA_UNSUPPORTED, "training on the GPU: model_type '%s': %s (train it on the CPU)",
@@ -293,9 +354,13 @@ fla_status gpu_train_adamw(fla_model *m, const int *decay, const fla_adamw_optio
   float bc2_sqrt = (float)sqrt(1.0 - pow((double)b2, (double)step));
   float step_size = lr / bc1;
   int bf = t->bf;
-  for (int i = 0; i < m->num_params; i++) {
+  /* one launch per run of parameters adjacent in the master block with the
+  ** same decay (the small norms and biases would each be a launch) */
+  for (int i = 0, j; i < m->num_params; i = j) {
     const float *p = *m->params[i].slot;
     int64_t n = m->params[i].numel;
+    for (j = i + 1; j < m->num_params && !decay[j] == !decay[i] && *m->params[j].slot == p + n; j++)
+      n += m->params[j].numel;
     float shrink = decay[i] ? 1.0f - lr * o->weight_decay : 1.0f;
     dptr pp = gpu_train_w32(m, p), gg = gpu_train_grad(m, p), m1 = t->mom1 + (pp - t->master),
          m2 = t->mom2 + (pp - t->master), wc = t->bf ? gpu_train_wc(m, p) : 0;

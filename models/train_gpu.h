@@ -28,6 +28,7 @@ enum {
 ** backward, the cross-entropy kernel, the other kernels of loss_backward
 ** (norms, element-wise, embeddings). */
 enum { GPU_PROF_GEMM, GPU_PROF_OP_FWD, GPU_PROF_OP_BWD, GPU_PROF_CE, GPU_PROF_EW, GPU_PROF_COUNT };
+#define GPU_PROF_MM 48 /* product shapes told apart (the rest are summed only) */
 
 typedef struct gpu_train {
   nn_gpu *g;               /* cuBLAS, the stream, the sticky status: the model's */
@@ -53,8 +54,18 @@ typedef struct gpu_train {
   double prof_s[GPU_PROF_COUNT];
   double prof_k[TK_COUNT];  /* GPU_PROF_EW per kernel */
   int64_t prof_n[TK_COUNT];
+  /* GPU_PROF_GEMM per product shape: row-major C[M, N] (+)= op(A) op(B), K deep */
+  struct { int64_t M, N, K; int ta, tb, acc, c_bf; double s; int64_t n; } prof_mm[GPU_PROF_MM];
+  int nprof_mm;
   dptr sumsq;              /* device float64 [1] */
 } gpu_train;
+
+/* The first layer whose token mixer is a recipe (not softmax attention): the
+** mixer dims and recipe every such layer shares; layers[0] when all layers are
+** attention. The first softmax-attention layer, or NULL (hybrids share one
+** attention spec: fla's `attn`). */
+const model_layer *gpu_train_mixer_layer(const fla_model *m);
+const model_layer *gpu_train_attn_layer(const fla_model *m);
 
 /* 1 when m trains on the device. */
 static inline int gpu_train_on(const fla_model *m) { return m && m->gtrain != NULL; }
@@ -90,6 +101,21 @@ void gpu_train_launch(gpu_train *t, int k, unsigned gx, unsigned gy, unsigned bl
 unsigned gpu_train_blocks(int64_t n);
 /* The kernel's name (profiles). */
 const char *gpu_train_kernel_name(int k);
+
+/* The kernel wrappers every architecture's loop shares (train_gpu_loss.c,
+** train_gpu_delta*.c): y = rmsnorm(x) w (* silu(gate)) over rows of dim, a
+** warp per row; with res (x float32) x += res first, written back. */
+void gpu_train_rms_fwd(gpu_train *t, dptr x, int x_bf, dptr gate, int g_bf, dptr w, dptr y, int y_bf, int64_t rows,
+                       int dim, float eps, dptr res);
+/* Its backward: dx (+= when dx_add, else written in dx_bf), dgate (g_bf),
+** dw +=; dxc when not 0: the final dx again, in dxc_bf (the next product's input). */
+void gpu_train_rms_bwd(gpu_train *t, dptr x, int x_bf, dptr gate, int g_bf, dptr w, dptr dy, int dy_bf, dptr dx,
+                       int dx_bf, int dx_add, dptr dgate, dptr dw, int64_t rows, int dim, float eps, dptr dxc,
+                       int dxc_bf);
+/* a = silu(gate) up over rows of I (gate and up rows ld apart); bwd: gate,
+** up := their gradients from a's gradient in `a`. FLA_UNSUPPORTED (sticky)
+** when rows x I reaches 2^31. */
+void gpu_train_swiglu(gpu_train *t, dptr gate, dptr up, int ld, dptr a, int bf, int64_t rows, int I, int bwd);
 
 /* Row-major products on the device: C[M, N] = op(A) op(B) + beta C, op(A)
 ** [M, K] (A stored [M, K] with lda, or [K, M] when ta), op(B) [K, N] (B stored

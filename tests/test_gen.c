@@ -403,7 +403,10 @@ START_TEST(test_chunk_gk_bwd_stage) {
   k.read_before = 1, k.has_bonus = 1;
   gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "RWKV-6");
   k = key;
-  k.V = 257;
+  k.V = 513;
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "outside");
+  k = key;
+  k.K = 257;
   gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "outside");
   fla_tile_config c = {0, 0, 24, 0};
   gen_fails(ctx, B, &key, &c, FLA_INVALID, "BV 24");
@@ -422,7 +425,35 @@ START_TEST(test_chunk_gk_bwd_stage) {
   ck_assert_uint_eq(L[2].grid[0], 10 * 4); /* chunks x V/64 tiles */
   ck_assert_uint_eq(L[3].grid[0], 10);
   ck_assert_uint_eq(L[3].grid[1], 4);
+  ck_assert_uint_eq(L[3].grid[2], 1);      /* K 128: one key slice */
   for (int i = 0; i < 4; i++) ck_assert_uint_le(L[i].smem, 227 * 1024);
+  /* K 256, V 512 (GLA 1.3B): the dq/dk kernel in two key slices, each with
+  ** K 128's shared memory; HGRN2 (one more [64][KQ+4] f32 array) fits too */
+  fla_gen_key wk, wh;
+  recipe_key(ctx, "gla", 256, 512, 1, &wk, NULL);
+  recipe_key(ctx, "hgrn2", 256, 512, 1, &wh, NULL);
+  fla_kernel_launch WL[FLA_STAGE_MAX_KERNELS];
+  free(gen_ok(ctx, B, &wh, NULL, kn, &nk));
+  ck_assert_int_eq(fla_stage_launches(B, &wh, NULL, &a, WL), 4);
+  ck_assert_uint_eq(WL[3].grid[2], 2);
+  for (int i = 0; i < 4; i++) ck_assert_uint_le(WL[i].smem, 227 * 1024);
+  free(gen_ok(ctx, B, &wk, NULL, kn, &nk));
+  ck_assert_int_eq(fla_stage_launches(B, &wk, NULL, &a, WL), 4);
+  ck_assert_uint_eq(WL[3].grid[2], 2);
+  ck_assert_uint_eq(WL[3].smem, L[3].smem); /* a slice of 128 keys: K 128's */
+  ck_assert_uint_eq(WL[2].grid[0], 10 * 8); /* chunks x V/64 tiles */
+  /* the forward likewise takes K 256 V 512; RWKV-6's bonus only up to K 128 */
+  const fla_stage F = FLA_STAGE_CHUNK_GK_FWD;
+  free(gen_ok(ctx, F, &wk, NULL, kn, &nk));
+  k = wk;
+  k.K = 257;
+  gen_fails(ctx, F, &k, NULL, FLA_UNSUPPORTED, "outside");
+  fla_gen_key rk;
+  recipe_key(ctx, "rwkv6", 128, 128, 1, &rk, NULL);
+  ck_assert_int_eq(rk.has_bonus, 1);
+  free(gen_ok(ctx, F, &rk, NULL, kn, &nk));
+  rk.K = 256;
+  gen_fails(ctx, F, &rk, NULL, FLA_UNSUPPORTED, "bonus");
   size_t w0 = 0, w1 = 0;
   fla_stage_workspace(B, &key, NULL, &a, &w0, &w1);
   ck_assert_uint_eq(w0, (size_t)10 * 4 * 128 * 256 * 2);
@@ -946,6 +977,38 @@ START_TEST(test_every_recipe_compiles) {
 }
 END_TEST
 
+/* GLA 1.3B's heads (K 256, V 512) and an odd K (200) on the per-key-gate
+** chunked stages, sm_90: compile, and the backward's own kernels spill
+** nothing (compile_one; the dq/dk kernel takes two key slices there). */
+START_TEST(test_chunk_gk_wide_compile) {
+  fla_ctx *ctx = th_cpu_ctx();
+  compile_log cl;
+  memset(&cl, 0, sizeof cl);
+  struct { const char *recipe; int K, V; } keys[] = {{"gla", 256, 512}, {"hgrn2", 256, 512}, {"gla", 200, 72}};
+  int n = th_quick() ? 1 : 3;
+  char kn[FLA_STAGE_MAX_KERNELS][64], what[128];
+  int nk = 0;
+  for (int i = 0; i < n; i++) {
+    fla_gen_key key;
+    recipe_key(ctx, keys[i].recipe, keys[i].K, keys[i].V, 1, &key, NULL);
+    const fla_stage st[2] = {FLA_STAGE_CHUNK_GK_FWD, FLA_STAGE_CHUNK_GK_BWD};
+    for (int j = 0; j < 2; j++) {
+      char *src = gen_ok(ctx, st[j], &key, NULL, kn, &nk);
+      snprintf(what, sizeof what, "%s_%s_K%d_V%d", keys[i].recipe, fla_stage_name(st[j]), keys[i].K,
+               keys[i].V);
+      compile_one(ctx, &cl, what, st[j], src, kn, nk, "sm_90");
+      free(src);
+    }
+  }
+  ck_assert_int_eq(cl.compiled, 2 * n);
+  printf("test_gen: chunk_gk_fwd/bwd at K 256 V 512 (and K 200): %d builds in %.1f s\n", cl.compiled,
+         cl.seconds);
+  for (int i = 0; i < cl.n; i++) free(cl.sources[i]);
+  free(cl.sources);
+  fla_ctx_free(ctx);
+}
+END_TEST
+
 /* Non-default tile configurations of the recurrent stage compile too: every
 ** BV, several warps and BT, the feature maps on odd dims. */
 START_TEST(test_configs_compile) {
@@ -1044,6 +1107,7 @@ static Suite *gen_suite(void) {
   tcase_set_timeout(nv, 1800); /* about 270 distinct sources, forward and backward */
   tcase_add_test(nv, test_every_recipe_compiles);
   tcase_add_test(nv, test_configs_compile);
+  tcase_add_test(nv, test_chunk_gk_wide_compile);
   tcase_add_test(nv, test_errors_name_template_lines);
   suite_add_tcase(s, nv);
   return s;

@@ -33,6 +33,14 @@
 **     with NaN first; one call asks for dv alone (the rest stays untouched).
 **     Tolerance: rel RMS < 5e-3 (bf16; 2e-2 for gates and beta) or 1e-4
 **     (f32). Each recipe prints one summary line starting "gpu_ops_bwd:".
+**   - "wide keys": gla and hgrn2 forward at K 192..256 and V up to 512 (GLA
+**     1.3B's heads: K 256, V 512) and backward at K 192..256, V up to 512, on
+**     chunk_gk_fwd / chunk_gk_bwd (asserted; other recipes skip them).
+**     Summary lines "gpu_ops_wide:" and "gpu_ops_bwd_wide:".
+**   - "segments": the delta-rule recipes forward over long sequences with few
+**     programs (T 6000..12000, H 2, dense and varlen, h0), where chunk_wy_fwd
+**     cuts sequences into segments (asserted from its launches). Summary line
+**     "gpu_ops_wy_segments:".
 **
 ** Forward times: tools/fla_bench.c (fla-bench --device cuda).
 **
@@ -131,6 +139,27 @@ static const bcase bcases_[] = {
     {{300, 64, 256, 1, FLA_BF16, FLA_ALGO_AUTO, 3}, 1},
 };
 #define NBCASES ((int)(sizeof bcases_ / sizeof bcases_[0]))
+
+/* Wide heads: K in (128, 256] and V up to 512 (GLA 1.3B: K 256, V 512) on
+** chunk_gk_fwd. Recipes whose core at these keys is another stage are
+** skipped; gla and hgrn2 must take chunk_gk_fwd. */
+static const gcase wide_cases_[] = {
+    {300, 256, 512, 1, FLA_BF16, FLA_ALGO_AUTO, 0},
+    {2048, 256, 512, 0, FLA_BF16, FLA_ALGO_AUTO, 0},
+    {130, 256, 256, 1, FLA_BF16, FLA_ALGO_AUTO, 0},
+    {200, 192, 100, 1, FLA_BF16, FLA_ALGO_AUTO, 3},
+};
+#define NWIDE ((int)(sizeof wide_cases_ / sizeof wide_cases_[0]))
+
+/* Wide heads on chunk_gk_bwd (its dq/dk kernel in two key slices): K in
+** (128, 256], V up to 512; gla and hgrn2 must take it. */
+static const bcase wide_bcases_[] = {
+    {{300, 256, 256, 1, FLA_BF16, FLA_ALGO_AUTO, 0}, 1},
+    {{200, 256, 512, 0, FLA_BF16, FLA_ALGO_AUTO, 0}, 1},
+    {{260, 192, 100, 1, FLA_BF16, FLA_ALGO_AUTO, 3}, 1},
+    {{150, 200, 64, 1, FLA_BF16, FLA_ALGO_AUTO, 0}, 0},
+};
+#define NWIDEB ((int)(sizeof wide_bcases_ / sizeof wide_bcases_[0]))
 
 static int is_taylor2_(const fla_recipe *r) { return fla_recipe_ir(r)->feature_k == FLA_FEATURE_TAYLOR2; }
 
@@ -502,6 +531,22 @@ static void *warm_worker_(void *arg) {
       compiled += more;
       fla_op_free(bop);
     }
+    /* The wide-key tests' modules (test_gk_wide_keys, test_gk_bwd_wide_keys). */
+    int gk_family = st == FLA_OK && fla_recipe_ir(r)->family == FLA_FAMILY_DECAY &&
+                    fla_recipe_ir(r)->decay == FLA_DECAY_KEY;
+    for (int b = 0; st == FLA_OK && gk_family && b < NWIDE + NWIDEB && i % NCASES == 1; b++) {
+      const gcase *wc = b < NWIDE ? &wide_cases_[b] : &wide_bcases_[b - NWIDE].c;
+      fla_op *wop = NULL;
+      int more = 0;
+      fla_op_config wcfg = config_(r, wc);
+      st = fla_op_bind(ctx, r, &wcfg, &wop);
+      if (st == FLA_OK && b < NWIDE)
+        st = fla_cuda_op_precompile(wop, wc->dtype, wc->h0, 1, gpu_arch, &more);
+      else if (st == FLA_OK)
+        st = fla_cuda_op_precompile_backward(wop, wc->dtype, wc->h0, wide_bcases_[b - NWIDE].dht, gpu_arch, &more);
+      compiled += more;
+      fla_op_free(wop);
+    }
     pthread_mutex_lock(&warm.mu);
     warm.compiled += compiled;
     if (st != FLA_OK && !warm.failed++)
@@ -739,6 +784,35 @@ START_TEST(test_wy_segments) {
 }
 END_TEST
 
+static int must_take_gk_(const char *name) { return !strcmp(name, "gla") || !strcmp(name, "hgrn2"); }
+
+START_TEST(test_gk_wide_keys) {
+  const char *name = recipes[_i];
+  fla_ctx *h = cpu_ctx(), *g = gpu_ctx();
+  fla_recipe *r = find_(h, name);
+  recipe_summary sum;
+  memset(&sum, 0, sizeof sum);
+  for (int i = 0; i < NWIDE; i++) {
+    fla_op_config cfg = config_(r, &wide_cases_[i]);
+    fla_op *op = NULL;
+    ck_assert_msg(fla_op_bind(g, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(g));
+    int stage = fla_cuda_op_core_stage(op, FLA_BF16, wide_cases_[i].h0, 1);
+    fla_op_free(op);
+    if (must_take_gk_(name))
+      ck_assert_msg(stage == FLA_STAGE_CHUNK_GK_FWD, "%s K=%lld V=%lld: core stage %d, not chunk_gk_fwd",
+                    name, (long long)cfg.K, (long long)cfg.V, stage);
+    if (stage == FLA_STAGE_CHUNK_GK_FWD)
+      run_case_(h, g, name, r, &wide_cases_[i], 11000u + (uint64_t)i, &sum);
+  }
+  if (sum.runs)
+    printf("gpu_ops_wide: %-16s %d runs (K 192..256, V 100..512)  max rel RMS o %.2e ht %.2e  PASS\n",
+           name, sum.runs, sum.max_o, sum.max_ht);
+  fla_recipe_free(r);
+  fla_ctx_free(g);
+  fla_ctx_free(h);
+}
+END_TEST
+
 /* =============================================================== backward */
 
 typedef struct {
@@ -820,7 +894,8 @@ static void run_bcase_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, 
   ** not force the recurrent form */
   if (ir->family == FLA_FAMILY_DECAY && ir->decay == FLA_DECAY_KEY && !ir->read_before &&
       c->dtype == FLA_BF16 &&
-      c->algo != FLA_ALGO_RECURRENT && (c->T > 1 || c->nseqs) && cfg.K <= 128 && cfg.V <= 256)
+      c->algo != FLA_ALGO_RECURRENT && (c->T > 1 || c->nseqs) &&
+      cfg.K <= 256 && cfg.V <= 512)
     ck_assert_int_eq(stage, FLA_STAGE_CHUNK_GK_BWD);
   char label[200];
   snprintf(label, sizeof label, "%s T=%lld K=%lld V=%lld h0=%d dht=%d %s %s%s%s", name,
@@ -908,6 +983,34 @@ START_TEST(test_recipe_backward) {
   printf("gpu_ops_bwd: %-16s %2d runs  max grad rel RMS %.2e (%s)  (%.1f s)  PASS\n", name, sum.runs,
          sum.max_err, sum.worst, th_now_s() - t0);
   fflush(stdout);
+  fla_recipe_free(r);
+  fla_ctx_free(g);
+  fla_ctx_free(h);
+}
+END_TEST
+
+START_TEST(test_gk_bwd_wide_keys) {
+  const char *name = recipes[_i];
+  fla_ctx *h = cpu_ctx(), *g = gpu_ctx();
+  fla_recipe *r = find_(h, name);
+  bwd_summary sum;
+  memset(&sum, 0, sizeof sum);
+  for (int i = 0; i < NWIDEB; i++) {
+    const gcase *c = &wide_bcases_[i].c;
+    fla_op_config cfg = config_(r, c);
+    fla_op *op = NULL;
+    ck_assert_msg(fla_op_bind(g, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(g));
+    int stage = fla_cuda_op_backward_core_stage(op, FLA_BF16, c->h0, wide_bcases_[i].dht);
+    fla_op_free(op);
+    if (must_take_gk_(name))
+      ck_assert_msg(stage == FLA_STAGE_CHUNK_GK_BWD, "%s K=%lld V=%lld: backward stage %d, not chunk_gk_bwd",
+                    name, (long long)cfg.K, (long long)cfg.V, stage);
+    if (stage == FLA_STAGE_CHUNK_GK_BWD)
+      run_bcase_(h, g, name, r, &wide_bcases_[i], 12000u + (uint64_t)i, &sum);
+  }
+  if (sum.runs)
+    printf("gpu_ops_bwd_wide: %-16s %d runs (K 192..256, V 100..512)  max grad rel RMS %.2e (%s)  PASS\n",
+           name, sum.runs, sum.max_err, sum.worst);
   fla_recipe_free(r);
   fla_ctx_free(g);
   fla_ctx_free(h);
@@ -1018,11 +1121,13 @@ static Suite *gpu_suite(void) {
   tcase_add_loop_test(fwd, test_recipe_forward, 0, nrecipes);
   tcase_add_loop_test(fwd, test_gk_many_heads, 0, nrecipes);
   tcase_add_loop_test(fwd, test_wy_segments, 0, nrecipes);
+  tcase_add_loop_test(fwd, test_gk_wide_keys, 0, nrecipes);
   suite_add_tcase(s, fwd);
   TCase *bwd = tcase_create("backward");
   tcase_set_timeout(bwd, 900);
   tcase_add_loop_test(bwd, test_recipe_backward, 0, nrecipes);
   tcase_add_loop_test(bwd, test_wy_bwd_many_heads, 0, nrecipes);
+  tcase_add_loop_test(bwd, test_gk_bwd_wide_keys, 0, nrecipes);
   suite_add_tcase(s, bwd);
   return s;
 }

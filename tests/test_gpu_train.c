@@ -1,6 +1,7 @@
 /*
 ** test_gpu_train.c -- training on a CUDA context against the CPU's (the
-** oracle of test_train_grad.c): on the tiny fla GLA and RetNet checkpoints, the loss and
+** oracle of test_train_grad.c): on the tiny fla GLA and RetNet checkpoints
+** (and, at the end, Gated DeltaNet, DeltaNet and HGRN2), the loss and
 ** every parameter's gradient of fla_model_loss_backward (float32 compute
 ** tight, bf16 loose: see the tolerances), micro-batch accumulation,
 ** recomputation, AdamW steps with clipping equal to the CPU's, the loss going
@@ -66,7 +67,7 @@ static void batch_(uint64_t seed, int64_t n, int V, int32_t *ids, int32_t *tg) {
 }
 
 /* The relative RMS error of every gradient, the worst one and the whole. */
-static void compare_grads_(fla_model *cpu, fla_model *gpu, double tol, double tol_total, const char *what) {
+static double compare_grads_(fla_model *cpu, fla_model *gpu, double tol, double tol_total, const char *what) {
   ck_assert_int_eq(fla_model_sync_host(cpu), FLA_OK); /* a no-op on the CPU; the first model may be a GPU one */
   ck_assert_int_eq(fla_model_sync_host(gpu), FLA_OK);
   int n = fla_model_num_params(cpu);
@@ -94,10 +95,12 @@ static void compare_grads_(fla_model *cpu, fla_model *gpu, double tol, double to
   printf("test_gpu_train: %s: worst gradient %s rel RMS %.3g, all gradients %.3g\n", what, worst_name, worst, total);
   ck_assert_msg(worst < tol, "%s: gradient of %s off by %.3g relative RMS (tolerance %g)", what, worst_name, worst, tol);
   ck_assert_msg(total < tol_total, "%s: all gradients off by %.3g (tolerance %g)", what, total, tol_total);
+  return total;
 }
 
 /* The architectures the GPU trains. */
-static const char *const models_[] = {"gla", "retnet"};
+/* GLA, RetNet, and the GLA hybrid with a sliding-window attention layer */
+static const char *const models_[] = {"gla", "retnet", "gla_hybrid_swa"};
 
 /* _i: model _i / 2, float32 (even) or bf16 (odd); loss and gradients against the CPU */
 START_TEST(test_grads_match_cpu) {
@@ -119,7 +122,10 @@ START_TEST(test_grads_match_cpu) {
   ck_assert_int_eq(nc, B * T - 1);
   printf("test_gpu_train: %s: loss CPU %.7g GPU %.7g\n", what, lc, lg);
   ck_assert_msg(fabs(lc - lg) < (bf ? 1e-2 : 1e-5) * fabs(lc), "%s: loss CPU %.9g GPU %.9g", what, lc, lg);
-  compare_grads_(cpu, gpu, bf ? BF16_TOL : F32_TOL, bf ? BF16_TOL_TOTAL : F32_TOL, what);
+  double total = compare_grads_(cpu, gpu, bf ? BF16_TOL : F32_TOL, bf ? BF16_TOL_TOTAL : F32_TOL, what);
+  /* a model loaded in bf16 trains in bf16 (enable_grad takes the weights'
+  ** dtype): its gradients carry bf16 rounding, far above float32's ~1e-6 */
+  if (bf) ck_assert_msg(total > 10 * F32_TOL, "%s: gradients within %.3g of float32: not computed in bf16", what, total);
   fla_model_free(cpu);
   fla_model_free(gpu);
   fla_ctx_free(gctx);
@@ -250,9 +256,9 @@ END_TEST
 START_TEST(test_unsupported_arch_named) {
   fla_ctx *gctx = cuda_ctx_();
   fla_model *m = NULL;
-  ck_assert_int_eq(fla_model_load_ex(gctx, model_dir_("gated_deltanet"), FLA_BF16, &m), FLA_OK);
+  ck_assert_int_eq(fla_model_load_ex(gctx, model_dir_("rwkv6"), FLA_BF16, &m), FLA_OK);
   ck_assert_int_eq(fla_model_enable_grad(m), FLA_UNSUPPORTED);
-  ck_assert_msg(strstr(fla_errmsg(gctx), "gated_deltanet") != NULL, "%s", fla_errmsg(gctx));
+  ck_assert_msg(strstr(fla_errmsg(gctx), "rwkv6") != NULL, "%s", fla_errmsg(gctx));
   ck_assert_int_eq(fla_model_num_params(m), 0); /* still not trainable */
   fla_model_free(m);
   fla_ctx_free(gctx);
@@ -287,21 +293,192 @@ START_TEST(test_skip_no_gpu) {
 }
 END_TEST
 
+/* DeltaNet and Gated DeltaNet (train_gpu_delta*.c): defined after main. */
+static void add_delta_tests_(TCase *tc, int gpu);
+
 int main(void) {
   Suite *s = suite_create("gpu_train");
   TCase *tc = tcase_create("gpu_train");
   tcase_set_timeout(tc, 900);
   tcase_add_test(tc, test_kernels_compile);
-  if (!th_probe_cuda(gpu_why_, sizeof gpu_why_)) {
+  int gpu = th_probe_cuda(gpu_why_, sizeof gpu_why_);
+  if (!gpu) {
     printf("test_gpu_train: skipped: %s\n", gpu_why_);
     tcase_add_test(tc, test_skip_no_gpu);
   } else {
     tcase_add_test(tc, test_unsupported_arch_named);
-    tcase_add_loop_test(tc, test_grads_match_cpu, 0, 4);
+    tcase_add_loop_test(tc, test_grads_match_cpu, 0, 6);
     tcase_add_test(tc, test_accumulate_and_recompute);
     tcase_add_test(tc, test_adamw_steps_match_cpu);
     tcase_add_test(tc, test_create_and_loss_decreases);
   }
+  add_delta_tests_(tc, gpu);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
+}
+
+/* ------------------------------------------------------------ DeltaNet, Gated DeltaNet, HGRN2, Transformer */
+
+/* The architectures of train_gpu_delta*.c and train_gpu_hgrn2.c: the delta
+** rule (short convolutions, L2-normed q and k, beta; Gated DeltaNet adds its
+** gate and the gated output norm) and HGRN2 (floored forget gates whose
+** per-layer lower bounds come from one raw parameter), and the Transformer
+** (softmax attention with grouped heads and rotary: train_gpu_attn_layer.c)
+** through the same block loop. */
+static const char *const delta_models_[] = {"gated_deltanet", "delta_net", "hgrn2", "transformer"};
+/* the ones stepped with micro-batches, recompute and AdamW */
+static const char *const step_models_[] = {"gated_deltanet", "hgrn2", "transformer"};
+
+/* _i: model _i / 2, float32 (even) or bf16 (odd): loss and every gradient against the CPU */
+START_TEST(test_delta_grads_match_cpu) {
+  int bf = _i % 2;
+  const char *name = delta_models_[_i / 2];
+  char what[64];
+  snprintf(what, sizeof what, "%s %s", name, bf ? "bf16" : "f32");
+  fla_ctx *cctx = th_cpu_ctx(), *gctx = cuda_ctx_();
+  fla_model *cpu = trainable_(cctx, name, -1), *gpu = trainable_(gctx, name, bf ? FLA_BF16 : FLA_F32);
+  int64_t B = 2, T = 77; /* T not a multiple of the chunk: the convolutions and the recipe's tail */
+  int32_t ids[154], tg[154];
+  batch_(17, B * T, fla_model_vocab_size(cpu), ids, tg);
+  double lc = 0, lg = 0;
+  int64_t nc = 0, ng = 0;
+  ck_assert_int_eq(fla_model_loss_backward(cpu, ids, tg, B, T, 0.01f, &lc, &nc), FLA_OK);
+  fla_status s = fla_model_loss_backward(gpu, ids, tg, B, T, 0.01f, &lg, &ng);
+  ck_assert_msg(s == FLA_OK, "%s: %s", what, fla_errmsg(gctx));
+  ck_assert_int_eq(nc, ng);
+  printf("test_gpu_train: %s: loss CPU %.7g GPU %.7g\n", what, lc, lg);
+  ck_assert_msg(fabs(lc - lg) < (bf ? 1e-2 : 1e-5) * fabs(lc), "%s: loss CPU %.9g GPU %.9g", what, lc, lg);
+  compare_grads_(cpu, gpu, bf ? BF16_TOL : F32_TOL, bf ? BF16_TOL_TOTAL : F32_TOL, what);
+  fla_model_free(cpu);
+  fla_model_free(gpu);
+  fla_ctx_free(gctx);
+  fla_ctx_free(cctx);
+}
+END_TEST
+
+/* Gated DeltaNet, HGRN2, Transformer (_i): two micro-batches with recomputation equal one batch of both */
+START_TEST(test_delta_accumulate_and_recompute) {
+  const char *name = step_models_[_i];
+  char what[96];
+  snprintf(what, sizeof what, "%s micro-batches + recompute", name);
+  fla_ctx *gctx = cuda_ctx_();
+  fla_model *a = trainable_(gctx, name, FLA_F32), *b = trainable_(gctx, name, FLA_F32);
+  int64_t T = 64;
+  int32_t ids[128], tg[128];
+  batch_(23, 2 * T, fla_model_vocab_size(a), ids, tg);
+  double l, la = 0, lb = 0;
+  int64_t n;
+  ck_assert_int_eq(fla_model_loss_backward(a, ids, tg, 2, T, 0.5f, &la, &n), FLA_OK);
+  ck_assert_int_eq(fla_model_set_recompute(b, 1), FLA_OK);
+  ck_assert_int_eq(fla_model_loss_backward(b, ids, tg, 1, T, 0.5f, &l, &n), FLA_OK);
+  lb += l;
+  ck_assert_int_eq(fla_model_loss_backward(b, ids + T, tg + T, 1, T, 0.5f, &l, &n), FLA_OK);
+  lb += l;
+  ck_assert_msg(fabs(la - lb) < 1e-5 * fabs(la), "loss %.9g vs %.9g", la, lb);
+  compare_grads_(a, b, 1e-4, 1e-4, what);
+  fla_model_free(a);
+  fla_model_free(b);
+  fla_ctx_free(gctx);
+}
+END_TEST
+
+/* Gated DeltaNet, HGRN2, Transformer (_i): three AdamW steps with clipping give the CPU's
+** weights, and a created bf16 model learns one batch (the loss falls) */
+START_TEST(test_delta_adamw_and_loss_falls) {
+  const char *name = step_models_[_i];
+  fla_ctx *cctx = th_cpu_ctx(), *gctx = cuda_ctx_();
+  fla_model *cpu = trainable_(cctx, name, -1), *gpu = trainable_(gctx, name, FLA_F32);
+  fla_adamw_options o = {0.9f, 0.95f, 1e-8f, 0.1f};
+  fla_adamw *ac = NULL, *ag = NULL;
+  ck_assert_int_eq(fla_adamw_new_model(cpu, &o, &ac), FLA_OK);
+  ck_assert_int_eq(fla_adamw_new_model(gpu, &o, &ag), FLA_OK);
+  int64_t B = 2, T = 50;
+  int32_t ids[256], tg[256];
+  const float lr = 1e-3f;
+  for (int step = 0; step < 3; step++) {
+    batch_(200 + step, B * T, fla_model_vocab_size(cpu), ids, tg);
+    double l;
+    int64_t n;
+    fla_model_zero_grad(cpu);
+    fla_model_zero_grad(gpu);
+    ck_assert_int_eq(fla_model_loss_backward(cpu, ids, tg, B, T, 1.0f / 99, &l, &n), FLA_OK);
+    ck_assert_int_eq(fla_model_loss_backward(gpu, ids, tg, B, T, 1.0f / 99, &l, &n), FLA_OK);
+    double nc = fla_model_clip_grad_norm(cpu, 0.5), ng = fla_model_clip_grad_norm(gpu, 0.5);
+    ck_assert_msg(fabs(nc - ng) < 1e-3 * nc, "grad norm CPU %.9g GPU %.9g", nc, ng);
+    ck_assert_int_eq(fla_adamw_step(ac, lr), FLA_OK);
+    ck_assert_int_eq(fla_adamw_step(ag, lr), FLA_OK);
+  }
+  ck_assert_int_eq(fla_model_sync_host(gpu), FLA_OK);
+  double worst = 0;
+  for (int i = 0; i < fla_model_num_params(cpu); i++) {
+    fla_param a, b;
+    fla_model_param(cpu, i, &a);
+    fla_model_param(gpu, i, &b);
+    for (int64_t j = 0; j < a.numel; j++) worst = fmax(worst, fabs((double)a.data[j] - b.data[j]));
+  }
+  printf("test_gpu_train: %s AdamW x3: largest weight difference %.3g (lr %g)\n", name, worst, (double)lr);
+  ck_assert_msg(worst < 0.1 * lr, "weights differ by %.3g after 3 steps", worst);
+  fla_adamw_free(ac);
+  fla_adamw_free(ag);
+  fla_model_free(cpu);
+  fla_model_free(gpu);
+  /* a fresh bf16 model from the config learns a batch whose targets are a function of the input */
+  char cfg[4096];
+  snprintf(cfg, sizeof cfg, "%s/config.json", model_dir_(name));
+  fla_model *m = NULL;
+  ck_assert_msg(fla_model_create_ex(gctx, cfg, 9, FLA_BF16, &m) == FLA_OK, "%s", fla_errmsg(gctx));
+  fla_adamw_options o2 = {0.9f, 0.95f, 1e-8f, 0.0f};
+  fla_adamw *a = NULL;
+  ck_assert_int_eq(fla_adamw_new_model(m, &o2, &a), FLA_OK);
+  B = 4, T = 64;
+  batch_(5, B * T, fla_model_vocab_size(m), ids, tg);
+  for (int i = 0; i < B * T; i++) tg[i] = (ids[i] * 7 + 3) % 256;
+  double first = 0, last = 0;
+  for (int step = 0; step < 40; step++) {
+    double l;
+    int64_t n;
+    fla_model_zero_grad(m);
+    ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, B, T, 1.0f / (B * T), &l, &n), FLA_OK);
+    fla_model_clip_grad_norm(m, 1.0);
+    ck_assert_int_eq(fla_adamw_step(a, 1e-2f), FLA_OK);
+    if (step == 0) first = l / n;
+    last = l / n;
+  }
+  printf("test_gpu_train: %s fla_model_create bf16, 40 steps on one batch: loss %.4f -> %.4f\n", name, first, last);
+  ck_assert_msg(first > 5.0 && last < 0.6 * first, "loss %.4f -> %.4f", first, last);
+  fla_adamw_free(a);
+  fla_model_free(m);
+  fla_ctx_free(gctx);
+  fla_ctx_free(cctx);
+}
+END_TEST
+
+/* templates/cuda/train_delta.cuh compiles with NVRTC (no GPU needed) */
+START_TEST(test_delta_kernels_compile) {
+  const char *src = fla_template_text("train_delta.cuh");
+  ck_assert_ptr_nonnull(src);
+  const char *arch[2] = {"sm_80", "sm_90"};
+  fla_ctx *ctx = th_cpu_ctx();
+  for (int a = 0; a < 2; a++) {
+    void *cubin = NULL;
+    size_t n = 0;
+    fla_status s = fla_nvrtc_compile(ctx, "train_delta", src, arch[a], NULL, 0, &cubin, &n);
+    if (s == FLA_UNSUPPORTED) {
+      printf("test_gpu_train: SKIP train_delta compile: %s\n", fla_errmsg(ctx));
+      break;
+    }
+    ck_assert_msg(s == FLA_OK, "%s", fla_errmsg(ctx));
+    ck_assert(fla_cubin_is_elf(cubin, n));
+    free(cubin);
+  }
+  fla_ctx_free(ctx);
+}
+END_TEST
+
+static void add_delta_tests_(TCase *tc, int gpu) {
+  tcase_add_test(tc, test_delta_kernels_compile);
+  if (!gpu) return;
+  tcase_add_loop_test(tc, test_delta_grads_match_cpu, 0, 8);
+  tcase_add_loop_test(tc, test_delta_accumulate_and_recompute, 0, 3);
+  tcase_add_loop_test(tc, test_delta_adamw_and_loss_falls, 0, 3);
 }

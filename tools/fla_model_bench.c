@@ -40,26 +40,40 @@ static double median_(double *v, int n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* --kernels: the decode product alone (bf16 weights [rows, in], one row of x)
-** and a one-row RMSNorm, each queued n times then synchronised: the product's
+/* --kernels: the decode product alone (bf16 weights [rows, in], one row of x;
+** garbage weights, the time does not depend on them) and a one-row RMSNorm, each queued n times then synchronised: the product's
 ** bandwidth and the cost of a small kernel back to back on the stream. */
 static int kernel_probe_(fla_ctx *ctx) {
   nn_gpu g;
   if (nn_gpu_init(&g, ctx, FLA_BF16) != FLA_OK) return 1;
-  const int shapes[3][2] = {{32000, 2048}, {11264, 2048}, {2048, 5632}};
-  for (int k = 0; k < 3; k++) {
-    int rows = shapes[k][0], in = shapes[k][1], n = 50;
-    dptr W = nn_gpu_tmp(&g, 2 * (size_t)rows * (size_t)in), x = GF(&g, in), y = GF(&g, rows);
+  /* GLA 1.3B's shapes: the LM head, q|k|v|g|gk0, gate|up (also as SwiGLU), down, o_proj;
+  ** each with the warp-per-row kernel (gemv_) and the one-row kernel (gemvk_) */
+  const int shapes[5][2] = {{32000, 2048}, {6160, 2048}, {11264, 2048}, {2048, 5632}, {2048, 2048}};
+  for (int k = 0; k < 6; k++) {
+    int dual = k == 5, rows = shapes[dual ? 2 : k][0], in = shapes[dual ? 2 : k][1], n = 50;
+    /* copies of W cycled, 150 MB in all: each launch reads W from memory, not the 50 MB L2 */
+    size_t bytes = 2 * (size_t)rows * (size_t)in;
+    int copies = (int)(150000000 / bytes) + 1;
+    dptr W = nn_gpu_tmp(&g, bytes * (size_t)copies), x = GF(&g, in), y = GF(&g, rows);
     gl_ew(&g, EW_FILL, x, 0, 0, 0, in, in, 0.01f);
-    gl_sync(&g, "probe");
-    double a = 0;
-    for (int r = -1; r < n; r++) {
-      if (r == 0) gl_sync(&g, "probe"), a = now_();
-      gl_linear(&g, x, 1, in, W, rows, 0, y);
+    for (int v = 0; v < 2; v++) { /* warp per row, gemvk */
+      g.gemvk_off = v == 0;
+      gl_sync(&g, "probe");
+      double a = 0;
+      for (int r = -1; r < n; r++) {
+        if (r == 0) gl_sync(&g, "probe"), a = now_();
+        gl_gemv_opts op = {.xmode = 0};
+        dptr Wr = W + bytes * (size_t)((r + 1) % copies);
+        if (dual) gl_gemv_swiglu(&g, x, in, 1, in, Wr, in, rows / 2, rows / 2, y, rows / 2, &op);
+        else gl_linear(&g, x, 1, in, Wr, rows, 0, y);
+      }
+      gl_sync(&g, "probe");
+      double t = (now_() - a) / n;
+      printf("gemv%s bf16 %5d x %4d, %s%s: %.2f us, %.0f GB/s\n", dual ? " swiglu" : "", rows, in,
+             v == 0 ? "warp per row" : "gemvk", g.pdl ? " (PDL)" : "", 1e6 * t,
+             2.0 * rows * in / t / 1e9);
     }
-    gl_sync(&g, "probe");
-    double t = (now_() - a) / n;
-    printf("gemv bf16 %5d x %4d: %.2f us, %.0f GB/s\n", rows, in, 1e6 * t, 2.0 * rows * in / t / 1e9);
+    g.gemvk_off = 0;
   }
   dptr x = GF(&g, 2048), w = GF(&g, 2048), y = GF(&g, 2048);
   int n = 2000;
@@ -198,9 +212,11 @@ int main(int argc, char **argv) {
       if (fla_model_decode(m, c, next, lg)) return fail_(ctx, "decode");
       if (k >= 0) t[k] = now_() - a;
     }
-    double med = median_(t, steps);
-    printf("decode   B=%-3d %s: %.3f ms per step (median of %d, min %.3f), %.0f tokens/s\n", B,
-           graphs ? "graphs" : "no graphs", 1e3 * med, steps, 1e3 * t[0], B / med);
+    double med = median_(t, steps), sum = 0;
+    for (size_t i = 0; i < (size_t)B * (size_t)V; i++) sum += lg[i] < 0 ? -lg[i] : lg[i];
+    /* sum |logits| of the last step: equal across launch variants of the same kernels */
+    printf("decode   B=%-3d %s: %.3f ms per step (median of %d, min %.3f), %.0f tokens/s, sum|logits| %.9e\n", B,
+           graphs ? "graphs" : "no graphs", 1e3 * med, steps, 1e3 * t[0], B / med, sum);
     free(next);
     free(lg);
     free(t);

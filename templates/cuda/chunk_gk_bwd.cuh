@@ -6,7 +6,7 @@
 ** Keys handled: FLA_DECAY 3 (g [tok,H,K]), FLA_DELTA 0, FLA_READ_BEFORE 0, no
 ** bonus, no probe, FLA_KEY_FROM_DECAY 0 or 1 (HGRN2: k = 1 - e^g; declined by
 ** gen/stage_chunk_gk_bwd.c until it has run on a GPU); FLA_IN_BF16
-** 1; K <= 128, V <= 256 (value tiles of 64). Chunks of 64 tokens, 4 warps.
+** 1; K <= 256, V <= 512 (value tiles of 64). Chunks of 64 tokens, 4 warps.
 **
 ** The math (fla-notes.md §2.3; per chunk of C <= 64 rows, h the state entering
 ** it, dh the gradient of the state leaving it, log gates in base 2: gam_id =
@@ -51,8 +51,8 @@
 #if FLA_READ_BEFORE || FLA_HAS_BONUS || FLA_DECAY != 3 || FLA_DELTA || FLA_HAS_PROBE || !FLA_IN_BF16
 #error "chunk_gk_bwd: per-key decay read after the token (GLA, HGRN2), bf16 inputs only"
 #endif
-#if FLA_BV % 16 || FLA_K > 128 || FLA_V > 256
-#error "chunk_gk_bwd: FLA_BV a multiple of 16; K <= 128, V <= 256"
+#if FLA_BV % 16 || FLA_K > 256 || FLA_V > 512
+#error "chunk_gk_bwd: FLA_BV a multiple of 16; K <= 256, V <= 512"
 #endif
 
 #define CK_BT 64
@@ -77,6 +77,16 @@
 #define GB_NVQ ((FLA_V + GB_VQ - 1) / GB_VQ)
 #define GB_LDQ (GB_VQ + 8)
 #define GB_LDG (CK_KP + 4)
+/* The dq/dk kernel takes the keys in GB_KS slices of GB_QK (grid z): every
+** term of dq, dk and dg is a sum over values or rows of one key, so slices
+** are independent (each recomputes dA = scale dO V^T, key-free). Past K =
+** 128 two slices keep it at K = 128's registers and shared memory (one
+** slice of 256 keys spilled 712 bytes and held one block an SM). */
+#define GB_KS (CK_KP > 128 ? 2 : 1)
+#define GB_QK (CK_KP / GB_KS)
+#define GB_LDKQ (GB_QK + 8)
+#define GB_LDGQ (GB_QK + 4)
+#define GB_HK ((GB_QK + CK_NTH - 1) / CK_NTH) /* keys a thread sums <h, dh> of (dq/dk kernel) */
 
 /* ws0: DH [NC,H,K,V] bf16, the gradient of the state leaving each chunk. */
 __device__ __forceinline__ unsigned short *gb_ws_dh(const fla_kernel_args &a) {
@@ -272,11 +282,11 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_gk_bwd_dv(fla_ker
 /* acc (rows rA = r0 + g, rB = rA + 8; key columns 8j + 2q, +1) .*= 2^(x_row,d
 ** - y_d) (SIGN 1) or 2^(y_d - x_row,d) (SIGN -1): x rows of gam, y one row. */
 template <int SIGN>
-__device__ __forceinline__ void gb_gate_rows(float (&acc)[CK_KP / 8][4], const float *gam,
+__device__ __forceinline__ void gb_gate_rows(float (&acc)[GB_QK / 8][4], const float *gam,
                                              const float *ref, int rA, int q) {
-  const float *xa = gam + rA * GB_LDG, *xb = xa + 8 * GB_LDG;
+  const float *xa = gam + rA * GB_LDGQ, *xb = xa + 8 * GB_LDGQ;
 #pragma unroll
-  for (int j = 0; j < CK_KP / 8; j++) {
+  for (int j = 0; j < GB_QK / 8; j++) {
     const int d = 8 * j + 2 * q;
     const float y0 = ref[d], y1 = ref[d + 1];
     acc[j][0] *= ck_ex2(SIGN * (xa[d] - y0));
@@ -294,7 +304,7 @@ __device__ __forceinline__ void gb_gate_b(unsigned (&yb)[4], const float *gam, c
                                           int T, int np, int lane) {
   const int g = lane >> 2, q = lane & 3;
   const int t = 16 * T + 2 * q, d = 16 * np + g;
-  const float *g0 = gam + t * GB_LDG, *g1 = g0 + GB_LDG, *g8 = g0 + 8 * GB_LDG, *g9 = g8 + GB_LDG;
+  const float *g0 = gam + t * GB_LDGQ, *g1 = g0 + GB_LDGQ, *g8 = g0 + 8 * GB_LDGQ, *g9 = g8 + GB_LDGQ;
   const float r0 = ref[d], r8 = ref[d + 8];
   yb[0] = ck_scale2(yb[0], ck_ex2(SIGN * (g0[d] - r0)), ck_ex2(SIGN * (g1[d] - r0)));
   yb[1] = ck_scale2(yb[1], ck_ex2(SIGN * (g8[d] - r0)), ck_ex2(SIGN * (g9[d] - r0)));
@@ -307,22 +317,22 @@ __device__ __forceinline__ void gb_gate_b(unsigned (&yb)[4], const float *gam, c
 ** x_id 2^(gam_id - gam_jd) (TRANS 1: rows j, i >= j; dK). dA is masked (0
 ** above the diagonal), the exponent clamped at 0 where it is. */
 template <int TRANS>
-__device__ __forceinline__ void gb_diag(float (&acc)[CK_KP / 8][4], const unsigned short *dAs,
+__device__ __forceinline__ void gb_diag(float (&acc)[GB_QK / 8][4], const unsigned short *dAs,
                                         const unsigned short *Xs, const float *gam, int w, int lane) {
   const int g = lane >> 2, q = lane & 3, r0 = 16 * w;
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
     const int r = r0 + g + 8 * hf;
-    const float *gr = gam + r * GB_LDG;
+    const float *gr = gam + r * GB_LDGQ;
 #pragma unroll 2
     for (int u = 0; u < 16; u++) {
       const int s = r0 + u;
       const float da = ck_bf2f(TRANS ? dAs[s * C3_LDA + r] : dAs[r * C3_LDA + s]);
       if (da == 0.0f) continue;
-      const unsigned short *xs = Xs + s * GB_LDK;
-      const float *gs = gam + s * GB_LDG;
+      const unsigned short *xs = Xs + s * GB_LDKQ;
+      const float *gs = gam + s * GB_LDGQ;
 #pragma unroll
-      for (int j = 0; j < CK_KP / 8; j++) {
+      for (int j = 0; j < GB_QK / 8; j++) {
         const int d = 8 * j + 2 * q;
         float xv[2];
         ck_unpack(*(const unsigned *)(xs + d), xv);
@@ -346,48 +356,53 @@ __device__ __forceinline__ void gb_diag(float (&acc)[CK_KP / 8][4], const unsign
 **   dA_IJ^T (Q_I .* 2^(gam_I - r'))) + diagonal; dG -= k .* dk;
 **   last row += 2^gL hdh + kdi; dg = reverse cumsum (HGRN2: - e^g dk).
 ** Shared memory (about 110 KB at K = 128: two blocks an SM): Qs, Ks
-** [64][GB_LDK] bf16; gam [64][GB_LDG] f32; Os, Vs [64][GB_LDQ], Hs, Ys
+** [64][GB_LDKQ] bf16; gam [64][GB_LDGQ] f32; Os, Vs [64][GB_LDQ], Hs, Ys
 ** [KP][GB_LDQ] bf16 (value tiles of GB_VQ); dAs [64][C3_LDA] bf16; kdi [4][KP],
-** hdh [KP] f32; HGRN2: ex [64][GB_LDG] f32 (its dk). dG [64][K] f32 lies in
+** hdh [KP] f32; HGRN2: ex [64][GB_LDGQ] f32 (its dk). dG [64][K] f32 lies in
 ** global memory: the chunk's slot of ws1's QG and KD parts, free once the
 ** walk and the dv kernel (which run before) have read them. */
 extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Qs = (unsigned short *)ck_sm;
-  unsigned short *Ks = Qs + CK_BT * GB_LDK;
-  float *gam = (float *)(Ks + CK_BT * GB_LDK);
-  unsigned short *Os = (unsigned short *)(gam + CK_BT * GB_LDG);
+  unsigned short *Ks = Qs + CK_BT * GB_LDKQ;
+  float *gam = (float *)(Ks + CK_BT * GB_LDKQ);
+  unsigned short *Os = (unsigned short *)(gam + CK_BT * GB_LDGQ);
   unsigned short *Vs = Os + CK_BT * GB_LDQ;
   unsigned short *Hs = Vs + CK_BT * GB_LDQ;
-  unsigned short *Ys = Hs + CK_KP * GB_LDQ;
-  unsigned short *dAs = Ys + CK_KP * GB_LDQ;
+  unsigned short *Ys = Hs + GB_QK * GB_LDQ;
+  unsigned short *dAs = Ys + GB_QK * GB_LDQ;
   float *kdi = (float *)(dAs + CK_BT * C3_LDA);
-  float *hdh = kdi + 4 * CK_KP;
-  float *ex = hdh + CK_KP; /* HGRN2 only */
+  float *hdh = kdi + 4 * GB_QK;
+  float *ex = hdh + GB_QK; /* HGRN2 only */
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const long long c = blockIdx.x;
   const int h = blockIdx.y;
+  /* key slice blockIdx.z: keys k0 .. k0 + kn - 1 (GB_QK of them, padded) */
+  const int k0 = (int)blockIdx.z * GB_QK, kn = FLA_K - k0 < GB_QK ? FLA_K - k0 : GB_QK;
   if (c >= a.num_chunks) return;
   ck_chunk x;
   ck_chunk_at(a, c, x);
   const int rows = x.rows;
-  const long long H = a.H, ch = c * H + h, rk = (x.t0 * H + h) * FLA_K, rv = (x.t0 * H + h) * FLA_V;
+  const long long H = a.H, ch = c * H + h, rk = (x.t0 * H + h) * FLA_K + k0, rv = (x.t0 * H + h) * FLA_V;
   const long long KV = (long long)FLA_K * FLA_V;
   const int veck = (FLA_K % 8 == 0) && (((a.q | a.k) & 15) == 0);
-  ck_load_tile<CK_KP, GB_LDK, CK_NTH>(Qs, (const unsigned short *)a.q + rk, H * FLA_K, rows, FLA_K, veck, tid);
+  ck_load_tile<GB_QK, GB_LDKQ, CK_NTH>(Qs, (const unsigned short *)a.q + rk, H * FLA_K, rows, kn, veck, tid);
   if (!FLA_KEY_FROM_DECAY)
-    ck_load_tile<CK_KP, GB_LDK, CK_NTH>(Ks, (const unsigned short *)a.k + rk, H * FLA_K, rows, FLA_K, veck, tid);
+    ck_load_tile<GB_QK, GB_LDKQ, CK_NTH>(Ks, (const unsigned short *)a.k + rk, H * FLA_K, rows, kn, veck, tid);
   ck_commit();
-  ck_cumsum_global<CK_NTH, CK_KP, GB_LDK, GB_LDG>(gam, (const unsigned short *)a.g + rk, H * FLA_K,
-                                                  rows, Ks, tid);
-  float hsum = 0.0f; /* thread tid < KP: <h_d, dh_d> of key tid */
+  ck_cumsum_global<CK_NTH, GB_QK, GB_LDKQ, GB_LDGQ>(gam, (const unsigned short *)a.g + rk, H * FLA_K,
+                                                  rows, Ks, tid, kn);
+  /* <h_d, dh_d> of keys d = tid + CK_NTH i (K over 128: two keys a thread) */
+  float hsum[GB_HK];
+#pragma unroll
+  for (int i = 0; i < GB_HK; i++) hsum[i] = 0.0f;
 
   const int r0 = 16 * w, rA = r0 + g, rB = rA + 8;
   const int veco = (FLA_V % 8 == 0) && ((a.d_o & 15) == 0), vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
   const int vecs = (FLA_V % 8 == 0) && ((a.ws0 & 15) == 0) && ((a.ws1 & 15) == 0);
 
   /* pass 1: accD = dO V^T, accQ = dO h^T over the value tiles */
-  float accD[CK_BT / 8][4], accQ[CK_KP / 8][4];
+  float accD[CK_BT / 8][4], accQ[GB_QK / 8][4];
   ckb_zero(accD);
   ckb_zero(accQ);
   for (int vt = 0; vt < GB_NVQ; vt++) {
@@ -395,12 +410,13 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
     __syncthreads(); /* the previous tile is read */
     ck_load_tile<GB_VQ, GB_LDQ, CK_NTH>(Os, (const unsigned short *)a.d_o + rv + v0, H * FLA_V, rows, vcols, veco, tid);
     ck_load_tile<GB_VQ, GB_LDQ, CK_NTH>(Vs, (const unsigned short *)a.v + rv + v0, H * FLA_V, rows, vcols, vecv, tid);
-    ck_load_tile<GB_VQ, GB_LDQ, CK_NTH, CK_KP>(Hs, ck_ws_hs(a) + ch * KV + v0, FLA_V, FLA_K, vcols, vecs, tid);
+    ck_load_tile<GB_VQ, GB_LDQ, CK_NTH, GB_QK>(Hs, ck_ws_hs(a) + ch * KV + k0 * FLA_V + v0, FLA_V, kn,
+                                               vcols, vecs, tid);
     ck_commit();
     ck_wait_all();
     __syncthreads();
     ckb_mm_nt<CK_BT / 8, GB_VQ, GB_LDQ, GB_LDQ>(accD, Os, Vs, r0, lane);
-    ckb_mm_nt<CK_KP / 8, GB_VQ, GB_LDQ, GB_LDQ>(accQ, Os, Hs, r0, lane);
+    ckb_mm_nt<GB_QK / 8, GB_VQ, GB_LDQ, GB_LDQ>(accQ, Os, Hs, r0, lane);
   }
 
   /* dA: mask (j <= i < rows), scale -> dAs (whole rows) */
@@ -422,9 +438,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
 
   /* dQ with reference row r = gam row r0 */
   {
-    const float *ref = gam + r0 * GB_LDG;
+    const float *ref = gam + r0 * GB_LDGQ;
 #pragma unroll
-    for (int j = 0; j < CK_KP / 8; j++) {
+    for (int j = 0; j < GB_QK / 8; j++) {
       const int d = 8 * j + 2 * q;
       const float f0 = scale * ck_ex2(ref[d]), f1 = scale * ck_ex2(ref[d + 1]);
       accQ[j][0] *= f0, accQ[j][1] *= f1, accQ[j][2] *= f0, accQ[j][3] *= f1;
@@ -435,9 +451,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
       unsigned daf[4]; /* dA rows of block w, columns of block kk */
       ck_ldm4(daf, ck_smem(dAs + (r0 + (lane & 15)) * C3_LDA + kk * 16 + (lane >> 4) * 8));
 #pragma unroll
-      for (int np = 0; np < CK_KP / 16; np++) {
+      for (int np = 0; np < GB_QK / 16; np++) {
         unsigned yb[4];
-        ck_ldm4t(yb, ck_smem(Ks + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * GB_LDK +
+        ck_ldm4t(yb, ck_smem(Ks + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * GB_LDKQ +
                              16 * np + (lane >> 4) * 8));
         gb_gate_b<-1>(yb, gam, ref, kk, np, lane); /* 2^(r - gam_j) */
         ck_mma(accQ[2 * np], daf, yb[0], yb[1]);
@@ -446,56 +462,61 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
     }
     gb_gate_rows<1>(accQ, gam, ref, rA, q); /* 2^(gam_i - r) */
     gb_diag<0>(accQ, dAs, Ks, gam, w, lane);
-    float *dG = gb_ws_dg(a, ch); /* computed where used: registers are short */
-    ckb_store_rows(accQ, (unsigned short *)a.dq + rk, H * FLA_K, rA, rows, FLA_K, q);
+    float *dG = gb_ws_dg(a, ch) + k0; /* computed where used: registers are short */
+    ckb_store_rows(accQ, (unsigned short *)a.dq + rk, H * FLA_K, rA, rows, kn, q);
 #pragma unroll
-    for (int j = 0; j < CK_KP / 8; j++) {
+    for (int j = 0; j < GB_QK / 8; j++) {
       const int d = 8 * j + 2 * q;
       float xa[2], xb[2];
-      ck_unpack(*(const unsigned *)(Qs + rA * GB_LDK + d), xa);
-      ck_unpack(*(const unsigned *)(Qs + rB * GB_LDK + d), xb);
-      if (d < FLA_K) dG[rA * FLA_K + d] = xa[0] * accQ[j][0], dG[rB * FLA_K + d] = xb[0] * accQ[j][2];
-      if (d + 1 < FLA_K)
+      ck_unpack(*(const unsigned *)(Qs + rA * GB_LDKQ + d), xa);
+      ck_unpack(*(const unsigned *)(Qs + rB * GB_LDKQ + d), xb);
+      if (d < kn) dG[rA * FLA_K + d] = xa[0] * accQ[j][0], dG[rB * FLA_K + d] = xb[0] * accQ[j][2];
+      if (d + 1 < kn)
         dG[rA * FLA_K + d + 1] = xa[1] * accQ[j][1], dG[rB * FLA_K + d + 1] = xb[1] * accQ[j][3];
     }
   }
 
   /* pass 2: accK = V dh^T, <h, dh> per key */
-  float accK[CK_KP / 8][4];
+  float accK[GB_QK / 8][4];
   ckb_zero(accK);
   for (int vt = 0; vt < GB_NVQ; vt++) {
     const int v0 = vt * GB_VQ, vcols = FLA_V - v0 < GB_VQ ? FLA_V - v0 : GB_VQ;
     __syncthreads();
     ck_load_tile<GB_VQ, GB_LDQ, CK_NTH>(Vs, (const unsigned short *)a.v + rv + v0, H * FLA_V, rows, vcols, vecv, tid);
-    ck_load_tile<GB_VQ, GB_LDQ, CK_NTH, CK_KP>(Hs, ck_ws_hs(a) + ch * KV + v0, FLA_V, FLA_K, vcols, vecs, tid);
-    ck_load_tile<GB_VQ, GB_LDQ, CK_NTH, CK_KP>(Ys, gb_ws_dh(a) + ch * KV + v0, FLA_V, FLA_K, vcols, vecs, tid);
+    ck_load_tile<GB_VQ, GB_LDQ, CK_NTH, GB_QK>(Hs, ck_ws_hs(a) + ch * KV + k0 * FLA_V + v0, FLA_V, kn,
+                                               vcols, vecs, tid);
+    ck_load_tile<GB_VQ, GB_LDQ, CK_NTH, GB_QK>(Ys, gb_ws_dh(a) + ch * KV + k0 * FLA_V + v0, FLA_V, kn,
+                                               vcols, vecs, tid);
     ck_commit();
     ck_wait_all();
     __syncthreads();
-    ckb_mm_nt<CK_KP / 8, GB_VQ, GB_LDQ, GB_LDQ>(accK, Vs, Ys, r0, lane);
-    for (int d = tid; d < CK_KP; d += CK_NTH) {
+    ckb_mm_nt<GB_QK / 8, GB_VQ, GB_LDQ, GB_LDQ>(accK, Vs, Ys, r0, lane);
+#pragma unroll
+    for (int i = 0; i < GB_HK; i++) {
+      const int d = tid + CK_NTH * i;
+      if (d >= GB_QK) break;
       const unsigned *hp = (const unsigned *)(Hs + d * GB_LDQ), *yp = (const unsigned *)(Ys + d * GB_LDQ);
 #pragma unroll 8
       for (int p = 0; p < GB_VQ / 2; p++) {
         float hv[2], dv[2];
         ck_unpack(hp[p], hv);
         ck_unpack(yp[p], dv);
-        hsum += hv[0] * dv[0] + hv[1] * dv[1];
+        hsum[i] += hv[0] * dv[0] + hv[1] * dv[1];
       }
     }
   }
 
   /* dK with reference row r' = gam row r0 + 15 */
   {
-    const float *gL = gam + (CK_BT - 1) * GB_LDG, *ref = gam + (r0 + 15) * GB_LDG;
+    const float *gL = gam + (CK_BT - 1) * GB_LDGQ, *ref = gam + (r0 + 15) * GB_LDGQ;
     /* kdi: the warp's column sums of k .* 2^(gL - gam) .* accK */
-    const float *ga = gam + rA * GB_LDG, *gb = ga + 8 * GB_LDG;
+    const float *ga = gam + rA * GB_LDGQ, *gb = ga + 8 * GB_LDGQ;
 #pragma unroll
-    for (int j = 0; j < CK_KP / 8; j++) {
+    for (int j = 0; j < GB_QK / 8; j++) {
       const int d = 8 * j + 2 * q;
       float xa[2], xb[2];
-      ck_unpack(*(const unsigned *)(Ks + rA * GB_LDK + d), xa);
-      ck_unpack(*(const unsigned *)(Ks + rB * GB_LDK + d), xb);
+      ck_unpack(*(const unsigned *)(Ks + rA * GB_LDKQ + d), xa);
+      ck_unpack(*(const unsigned *)(Ks + rB * GB_LDKQ + d), xb);
       float s0 = xa[0] * accK[j][0] * ck_ex2(gL[d] - ga[d]) + xb[0] * accK[j][2] * ck_ex2(gL[d] - gb[d]);
       float s1 = xa[1] * accK[j][1] * ck_ex2(gL[d + 1] - ga[d + 1]) + xb[1] * accK[j][3] * ck_ex2(gL[d + 1] - gb[d + 1]);
 #pragma unroll
@@ -503,7 +524,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
         s0 += __shfl_xor_sync(0xffffffffu, s0, off);
         s1 += __shfl_xor_sync(0xffffffffu, s1, off);
       }
-      if (g == 0) kdi[w * CK_KP + d] = s0, kdi[w * CK_KP + d + 1] = s1;
+      if (g == 0) kdi[w * GB_QK + d] = s0, kdi[w * GB_QK + d + 1] = s1;
       const float f0 = ck_ex2(gL[d] - ref[d]), f1 = ck_ex2(gL[d + 1] - ref[d + 1]);
       accK[j][0] *= f0, accK[j][1] *= f1, accK[j][2] *= f0, accK[j][3] *= f1;
     }
@@ -514,9 +535,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
       ck_ldm4t(pa, ck_smem(dAs + (16 * kk + (lane >> 4) * 8 + (lane & 7)) * C3_LDA + 16 * w +
                            ((lane >> 3) & 1) * 8));
 #pragma unroll
-      for (int np = 0; np < CK_KP / 16; np++) {
+      for (int np = 0; np < GB_QK / 16; np++) {
         unsigned yb[4];
-        ck_ldm4t(yb, ck_smem(Qs + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * GB_LDK +
+        ck_ldm4t(yb, ck_smem(Qs + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * GB_LDKQ +
                              16 * np + (lane >> 4) * 8));
         gb_gate_b<1>(yb, gam, ref, kk, np, lane); /* 2^(gam_i - r') */
         ck_mma(accK[2 * np], pa, yb[0], yb[1]);
@@ -526,39 +547,41 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
     gb_gate_rows<-1>(accK, gam, ref, rA, q); /* 2^(r' - gam_j) */
     gb_diag<1>(accK, dAs, Qs, gam, w, lane);
     if (!FLA_KEY_FROM_DECAY)
-      ckb_store_rows(accK, (unsigned short *)a.dk + rk, H * FLA_K, rA, rows, FLA_K, q);
+      ckb_store_rows(accK, (unsigned short *)a.dk + rk, H * FLA_K, rA, rows, kn, q);
   }
   if (!a.dg) return;
   __syncthreads(); /* kdi of every warp */
-  float *dG = gb_ws_dg(a, ch);
+  float *dG = gb_ws_dg(a, ch) + k0;
 #pragma unroll
-  for (int j = 0; j < CK_KP / 8; j++) {
+  for (int j = 0; j < GB_QK / 8; j++) {
     const int d = 8 * j + 2 * q;
     float xa[2], xb[2];
-    ck_unpack(*(const unsigned *)(Ks + rA * GB_LDK + d), xa);
-    ck_unpack(*(const unsigned *)(Ks + rB * GB_LDK + d), xb);
-    if (d < FLA_K) dG[rA * FLA_K + d] -= xa[0] * accK[j][0], dG[rB * FLA_K + d] -= xb[0] * accK[j][2];
-    if (d + 1 < FLA_K)
+    ck_unpack(*(const unsigned *)(Ks + rA * GB_LDKQ + d), xa);
+    ck_unpack(*(const unsigned *)(Ks + rB * GB_LDKQ + d), xb);
+    if (d < kn) dG[rA * FLA_K + d] -= xa[0] * accK[j][0], dG[rB * FLA_K + d] -= xb[0] * accK[j][2];
+    if (d + 1 < kn)
       dG[rA * FLA_K + d + 1] -= xa[1] * accK[j][1], dG[rB * FLA_K + d + 1] -= xb[1] * accK[j][3];
 #if FLA_KEY_FROM_DECAY
     /* k = 1 - e^g: dg gets -e^g dk (in the scan below); dk kept in fp32 */
-    *(float2 *)(ex + rA * GB_LDG + d) = make_float2(accK[j][0], accK[j][1]);
-    *(float2 *)(ex + rB * GB_LDG + d) = make_float2(accK[j][2], accK[j][3]);
+    *(float2 *)(ex + rA * GB_LDGQ + d) = make_float2(accK[j][0], accK[j][1]);
+    *(float2 *)(ex + rB * GB_LDGQ + d) = make_float2(accK[j][2], accK[j][3]);
 #endif
   }
-  if (tid < CK_KP) hdh[tid] = hsum;
+#pragma unroll
+  for (int i = 0; i < GB_HK; i++)
+    if (tid + CK_NTH * i < GB_QK) hdh[tid + CK_NTH * i] = hsum[i];
   __syncthreads();
   unsigned short *dg = (unsigned short *)a.dg + rk;
-  for (int d = tid; d < FLA_K; d += CK_NTH) {
-    const float gLd = gam[(CK_BT - 1) * GB_LDG + d];
-    float s = ck_ex2(gLd) * hdh[d] + kdi[d] + kdi[CK_KP + d] + kdi[2 * CK_KP + d] + kdi[3 * CK_KP + d];
+  for (int d = tid; d < kn; d += CK_NTH) {
+    const float gLd = gam[(CK_BT - 1) * GB_LDGQ + d];
+    float s = ck_ex2(gLd) * hdh[d] + kdi[d] + kdi[GB_QK + d] + kdi[2 * GB_QK + d] + kdi[3 * GB_QK + d];
     for (int i = rows - 1; i >= 0; i--) {
       s += dG[i * FLA_K + d];
       float o = s;
 #if FLA_KEY_FROM_DECAY
       /* e^g_i = 2^(gam_i - gam_(i-1)), gam_(-1) = 0 */
-      const float gp = i > 0 ? gam[(i - 1) * GB_LDG + d] : 0.0f;
-      o -= ck_ex2(gam[i * GB_LDG + d] - gp) * ex[i * GB_LDG + d];
+      const float gp = i > 0 ? gam[(i - 1) * GB_LDGQ + d] : 0.0f;
+      o -= ck_ex2(gam[i * GB_LDGQ + d] - gp) * ex[i * GB_LDGQ + d];
 #endif
       dg[i * H * FLA_K + d] = (unsigned short)(ck_pack(o, 0.0f) & 0xffffu);
     }

@@ -100,6 +100,11 @@
 #define CK1_NS 3 /* chunks in the state passes' shared-memory ring */
 #define CK_LOG2E 1.4426950408889634f
 #define CK_LDG (CK_KP + 4)   /* gam row stride (floats), A kernel */
+/* Blocks an SM the launch bounds ask for: past K = 128 shared memory holds
+** the A and state kernels to one block an SM anyway, so their registers are
+** not capped (K = 256 spilled at the caps of K <= 128). */
+#define CK_A_MINB (FLA_K > 128 ? 1 : 3)
+#define CK1_MINB (FLA_K > 128 ? 1 : 2)
 
 /* Block length M of the state kernels: keep in step with gk_blocklen_() in
 ** gen/stage_chunk_gk.c. Whole sequences when there are enough (sequence,
@@ -246,12 +251,14 @@ __device__ __forceinline__ void ck_load_row_f32(float *s, const float *g, int n,
 
 /* gam[r][d] = sum_{r' <= r} g[r'][d] * log2 e over the chunk's 64 rows, g
 ** straight from global memory: rows t0.. with row stride ld, rows >= nrows
-** and columns >= K read 0 (so gam stays at its last value past the end).
+** and columns >= ncols (default K) read 0 (so gam stays at its last value
+** past the end).
 ** HGRN2: Ks[r][d] = bf16(1 - e^g[r][d]) (0 where g is 0). One thread a
 ** column; consecutive threads read consecutive columns of a row. */
 template <int NTH, int KP, int LDQ, int LDG>
 __device__ __forceinline__ void ck_cumsum_global(float *gam, const unsigned short *gsrc, long long ld,
-                                                 int nrows, unsigned short *Ks, int tid) {
+                                                 int nrows, unsigned short *Ks, int tid,
+                                                 int ncols = FLA_K) {
 #if !FLA_KEY_FROM_DECAY
   (void)Ks;
 #endif
@@ -268,7 +275,7 @@ __device__ __forceinline__ void ck_cumsum_global(float *gam, const unsigned shor
       float gv[32];
 #pragma unroll
       for (int i = 0; i < 32; i++)
-        gv[i] = (r0 + i < nrows && c < FLA_K) ? ck_bf2f(gsrc[(r0 + i) * ld + c]) : 0.0f;
+        gv[i] = (r0 + i < nrows && c < ncols) ? ck_bf2f(gsrc[(r0 + i) * ld + c]) : 0.0f;
 #pragma unroll
       for (int i = 0; i < 32; i++) {
         s += gv[i] * CK_LOG2E;
@@ -543,7 +550,7 @@ __device__ __forceinline__ void ck_a_rows(float (&acc)[CK_BT / 8][4], const unsi
 }
 
 /* Shared memory: Qs, Ks [64][LDQ] bf16, gam[1 + 64][LDG] f32 (row -1 zero). */
-extern "C" __global__ void __launch_bounds__(CK_A_NTH, 3) fla_chunk_gk_fwd_a(fla_kernel_args a) {
+extern "C" __global__ void __launch_bounds__(CK_A_NTH, CK_A_MINB) fla_chunk_gk_fwd_a(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Qs = (unsigned short *)ck_sm;
   unsigned short *Ks = Qs + CK_BT * CK_LDQ;
@@ -684,7 +691,7 @@ __device__ __forceinline__ void ck_state_prefetch(const fla_kernel_args &a, cons
 }
 
 /* Shared memory: Kd[NS][64][LDQ1], Vs[NS][64][LDV1] bf16, gl[NS][KP1] f32. */
-extern "C" __global__ void __launch_bounds__(CK1_NTH, 2) fla_chunk_gk_fwd_h(fla_kernel_args a) {
+extern "C" __global__ void __launch_bounds__(CK1_NTH, CK1_MINB) fla_chunk_gk_fwd_h(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   const ck_state_smem sm = ck_state_smem_at(ck_sm);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
@@ -722,7 +729,7 @@ extern "C" __global__ void __launch_bounds__(CK1_NTH, 2) fla_chunk_gk_fwd_h(fla_
 }
 
 /* Shared memory as fla_chunk_gk_fwd_h. */
-extern "C" __global__ void __launch_bounds__(CK1_NTH, 2) fla_chunk_gk_fwd_hs(fla_kernel_args a) {
+extern "C" __global__ void __launch_bounds__(CK1_NTH, CK1_MINB) fla_chunk_gk_fwd_hs(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   const ck_state_smem sm = ck_state_smem_at(ck_sm);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;

@@ -57,6 +57,23 @@ __device__ __forceinline__ float act_(float x, int act) {
   return act == 1 ? x * sigm(x) : act == 2 ? sigm(x) : x;
 }
 
+/* Programmatic dependent launch (sm_90 on; nn_gpu.c launches the products and
+** rmsnorm with it, kernels that call pdl_wait_ before reading anything an
+** earlier kernel writes): the next kernel's blocks may start while this one
+** runs, issue their weight loads, and wait in pdl_wait_ until the previous
+** kernel has finished and its writes are visible. pdl_next_ allows the next
+** kernel to start. Both are no-ops before sm_90 or without the launch attribute. */
+__device__ __forceinline__ void pdl_wait_() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_next_() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
 /* ------------------------------------------------------------ products */
 
 /* y[m, o] (+)= sum_i x[m, i] W[o, i] (+ bias[o]), for m < M <= 8: one warp per
@@ -99,6 +116,8 @@ template <typename W_t, int MM, bool DUAL>
 __device__ void gemv_(const float *x, int ldx, int M, int in, const W_t *W, int ldw, int out,
                       const float *bias, float *y, int ldy, int accumulate, const gemv_opts &op) {
   const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31, V = 16 / sizeof(W_t);
+  pdl_next_();
+  pdl_wait_();
   const bool vec = (in % V) == 0 && (ldw % V) == 0 && (((unsigned long long)W) & 15) == 0 && (ldx % 4) == 0 &&
                    (((unsigned long long)x) & 15) == 0 && (op.xmode != 1 || (((unsigned long long)op.nw) & 15) == 0);
   for (int o = blockIdx.x * wpb + (threadIdx.x >> 5); o < out; o += gridDim.x * wpb) {
@@ -190,6 +209,122 @@ GEMV_KERNEL(gemv_swiglu_f32, float, 8, true)
 GEMV_KERNEL(gemv_swiglu_bf16, bf16, 8, true)
 GEMV_KERNEL(gemv1_swiglu_f32, float, 1, true)
 GEMV_KERNEL(gemv1_swiglu_bf16, bf16, 1, true)
+
+/* One row of x (M = 1) against a wide W, the decode products of batch 1:
+**   y[o] (+)= sum_i x[i] W[o, i]  (+ bias, epi, DUAL and yb as gemv_ above)
+** Block b owns the rows [out b / G, out (b + 1) / G) of a grid of G (one wave of
+** resident blocks, so the rows split evenly instead of in grid-stride rounds).
+** x lives in shared memory (dynamic, in floats), normalised once there for
+** xmode 1 (x rsqrt(mean(x^2) + eps) nw). The block walks items (a group of
+** GK_RB rows: 4, or 2 in the SwiGLU instances, which then need fewer
+** registers; a chunk of 256 V columns): thread t loads V = 16 / sizeof(W_t)
+** weights of each row at column chunk * 256 V + t V (one 16-byte load per row), the
+** next item's loads issued before this item's arithmetic; after a group's last
+** chunk the 256 partial sums of each row are reduced (shuffles, then shared
+** memory across the 8 warps) and thread r < GK_RB writes row r. The first
+** item's weights are requested before x is staged (and before pdl_wait_, so
+** they overlap the previous kernel's end), hiding that prologue.
+** Needs in % V == 0, ldw % V == 0, W and x 16-byte aligned, 256 threads. */
+template <typename W_t, bool DUAL, int GK_RB>
+__device__ __forceinline__ void gemvk_load_(const W_t *W, int ldw, int in, int up_off, int r, int r1, int i,
+                                            uint4 *raw, uint4 *raw2) {
+#pragma unroll
+  for (int j = 0; j < GK_RB; j++) {
+    bool ok = r + j < r1 && i < in;
+    raw[j] = ok ? __ldg((const uint4 *)(W + (i64)(r + j) * ldw + i)) : make_uint4(0, 0, 0, 0);
+    if (DUAL) raw2[j] = ok ? __ldg((const uint4 *)(W + (i64)(r + j + up_off) * ldw + i)) : make_uint4(0, 0, 0, 0);
+  }
+}
+
+template <typename W_t, bool DUAL, int GK_RB>
+__device__ void gemvk_(const float *x, int in, const W_t *W, int ldw, int out, const float *bias, float *y,
+                       int accumulate, const gemv_opts &op) {
+  extern __shared__ float xs[];
+  __shared__ float red[2][8][2 * GK_RB];
+  const int V = 16 / sizeof(W_t), CH = 256 * V, t = threadIdx.x, lane = t & 31, wid = t >> 5;
+  const int nch = (in + CH - 1) / CH;
+  const int r0 = (int)((i64)out * blockIdx.x / gridDim.x), r1 = (int)((i64)out * (blockIdx.x + 1) / gridDim.x);
+  const int items = (r1 - r0 + GK_RB - 1) / GK_RB * nch;
+  uint4 raw[GK_RB], raw2[GK_RB];
+  if (items > 0) gemvk_load_<W_t, DUAL, GK_RB>(W, ldw, in, op.up_off, r0, r1, t * V, raw, raw2);
+  pdl_next_();
+  pdl_wait_(); /* x, y and the rest come from earlier kernels */
+  float ss = 0.f;
+  for (int i = 4 * t; i < in; i += 4 * 256) {
+    float4 v = *(const float4 *)(x + i);
+    *(float4 *)(xs + i) = v;
+    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+  }
+  if (op.xmode == 1) {
+    float r = rsqrtf(block_sum(ss) / in + op.eps);
+    for (int i = t; i < in; i += 256) xs[i] *= r * op.nw[i];
+  }
+  __syncthreads();
+  float acc[GK_RB], acc2[GK_RB];
+#pragma unroll
+  for (int j = 0; j < GK_RB; j++) acc[j] = 0.f, acc2[j] = 0.f;
+  int buf = 0;
+  for (int it = 0; it < items; it++) {
+    const int grp = it / nch, c = it - grp * nch, r = r0 + grp * GK_RB, i = c * CH + t * V;
+    uint4 cur[GK_RB], cur2[GK_RB];
+#pragma unroll
+    for (int j = 0; j < GK_RB; j++) cur[j] = raw[j], cur2[j] = DUAL ? raw2[j] : raw[j];
+    if (it + 1 < items) {
+      const int g2 = (it + 1) / nch, c2 = it + 1 - g2 * nch;
+      gemvk_load_<W_t, DUAL, GK_RB>(W, ldw, in, op.up_off, r0 + g2 * GK_RB, r1, c2 * CH + t * V, raw, raw2);
+    }
+    if (i < in) {
+      float xv[16 / sizeof(W_t)];
+#pragma unroll
+      for (int q = 0; q < V / 4; q++) *(float4 *)(xv + 4 * q) = *(const float4 *)(xs + i + 4 * q);
+#pragma unroll
+      for (int j = 0; j < GK_RB; j++) {
+        float wf[16 / sizeof(W_t)], wf2[16 / sizeof(W_t)];
+        unpack_(cur[j], wf, W);
+        if (DUAL) unpack_(cur2[j], wf2, W);
+#pragma unroll
+        for (int e = 0; e < V; e++) {
+          acc[j] += wf[e] * xv[e];
+          if (DUAL) acc2[j] += wf2[e] * xv[e];
+        }
+      }
+    }
+    if (c == nch - 1) {
+#pragma unroll
+      for (int j = 0; j < GK_RB; j++) {
+        float s = warp_sum(acc[j]), s2 = DUAL ? warp_sum(acc2[j]) : 0.f;
+        if (lane == 0) red[buf][wid][j] = s, red[buf][wid][GK_RB + j] = s2;
+        acc[j] = 0.f, acc2[j] = 0.f;
+      }
+      __syncthreads();
+      if (t < GK_RB && r + t < r1) {
+        float s = 0.f, s2 = 0.f;
+#pragma unroll
+        for (int w = 0; w < 8; w++) s += red[buf][w][t], s2 += red[buf][w][GK_RB + t];
+        const int o = r + t;
+        if (bias) s += bias[o];
+        if (DUAL) s = silu_(s) * s2;
+        if (op.epi == 1) s = fmaxf(logsigm(s) / 16.f, op.epa);
+        if (accumulate) s += y[o];
+        y[o] = s;
+        if (op.yb) op.yb[o] = f2bf(s);
+      }
+      buf ^= 1;
+    }
+  }
+}
+#define GEMVK_KERNEL(name, W_t, DUAL, RB)                                                                 \
+  extern "C" __global__ void __launch_bounds__(256) name(const float *x, int ldx, int M, int in, const W_t *W, \
+                                                         int ldw, int out, const float *bias, float *y, int ldy, \
+                                                         int acc, gemv_opts op) {                     \
+    gemvk_<W_t, DUAL, RB>(x, in, W, ldw, out, bias, y, acc, op);                                          \
+  }
+GEMVK_KERNEL(gemvk_f32, float, false, 4)
+GEMVK_KERNEL(gemvk_bf16, bf16, false, 4)
+/* two rows a step: 64 registers, four blocks a multiprocessor (four rows: 100
+** registers, two blocks, 1.376 against 1.369 ms a GLA-1.3B step) */
+GEMVK_KERNEL(gemvk_swiglu_f32, float, true, 2)
+GEMVK_KERNEL(gemvk_swiglu_bf16, bf16, true, 2)
 
 /* Up to six float32 -> bf16 casts in one launch (a token mixer's inputs). */
 struct cast_list {
@@ -343,6 +478,8 @@ extern "C" __global__ void repeat_heads(const float *x, i64 rows, int Hkv, int H
 ** x is float32, or bf16 when x_bf16 (a token mixer's bf16 output); y may alias x. */
 extern "C" __global__ void rmsnorm(const void *xv, int x_bf16, const float *g, int act, const float *w,
                                    float *y, int dim, float eps) {
+  pdl_next_();
+  pdl_wait_();
   i64 r = blockIdx.x;
   const float *xf = (const float *)xv + r * dim;
   const bf16 *xb = (const bf16 *)xv + r * dim;

@@ -29,6 +29,30 @@ __device__ __forceinline__ void stc(void *p, i64 i, float v, int bf) {
   if (bf) ((bf16 *)p)[i] = f2bf(v);
   else ((float *)p)[i] = v;
 }
+/* Elements i .. i + 7 of a compute buffer in one or two 16-byte accesses
+** (i a multiple of 8, the buffer 16-byte aligned: the arena's are). */
+__device__ __forceinline__ void ld8(const void *p, i64 i, int bf, float *v) {
+  if (bf) {
+    uint4 u = *(const uint4 *)((const bf16 *)p + i);
+    unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) v[2 * k] = __uint_as_float(w[k] << 16), v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+  } else {
+    float4 a = *(const float4 *)((const float *)p + i), b = *(const float4 *)((const float *)p + i + 4);
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+  }
+}
+__device__ __forceinline__ void st8(void *p, i64 i, int bf, const float *v) {
+  if (bf) {
+    uint4 u;
+    u.x = f2bf(v[0]) | ((unsigned)f2bf(v[1]) << 16), u.y = f2bf(v[2]) | ((unsigned)f2bf(v[3]) << 16);
+    u.z = f2bf(v[4]) | ((unsigned)f2bf(v[5]) << 16), u.w = f2bf(v[6]) | ((unsigned)f2bf(v[7]) << 16);
+    *(uint4 *)((bf16 *)p + i) = u;
+  } else {
+    *(float4 *)((float *)p + i) = make_float4(v[0], v[1], v[2], v[3]);
+    *(float4 *)((float *)p + i + 4) = make_float4(v[4], v[5], v[6], v[7]);
+  }
+}
 
 __device__ __forceinline__ float warp_sum(float x) {
   for (int o = 16; o >= 1; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
@@ -67,8 +91,21 @@ __device__ __forceinline__ float logsigm(float x) { return fminf(x, 0.f) - log1p
 extern "C" __global__ void tr_cast(const float *x, void *y, int y_bf, i64 n) {
   GRID_LOOP(i, n) stc(y, i, x[i], y_bf);
 }
-/* y = x (float32); y += x when add */
+/* y = x (float32); y += x when add; 16 bytes at a time when both are aligned */
 extern "C" __global__ void tr_copy(const float *x, float *y, i64 n, int add) {
+  if ((n & 3) == 0 && (((i64)x | (i64)y) & 15) == 0) {
+    const float4 *x4 = (const float4 *)x;
+    float4 *y4 = (float4 *)y;
+    GRID_LOOP(i, n / 4) {
+      float4 a = x4[i];
+      if (add) {
+        float4 b = y4[i];
+        a.x += b.x, a.y += b.y, a.z += b.z, a.w += b.w;
+      }
+      y4[i] = a;
+    }
+    return;
+  }
   GRID_LOOP(i, n) y[i] = add ? y[i] + x[i] : x[i];
 }
 /* x *= s */
@@ -123,11 +160,12 @@ extern "C" __global__ void tr_rms_fwd(const void *x, int x_bf, const void *g, in
 **                                        float32, or the compute dtype when dx_bf)
 **   dg = dy xh w silu'(g),  silu'(g) = sig(g) (1 + g (1 - sig(g)))
 **   dw += sum over rows of dy xh s      (per-thread column sums, one atomic per block)
-** dy is float32, or the compute dtype when dy_bf. */
+** dy is float32, or the compute dtype when dy_bf. dxc, when given: the final
+** dx again in the compute dtype (dxc_bf), the next product's input. */
 #define RMS_BWD_RB 8
 extern "C" __global__ void tr_rms_bwd(const void *x, int x_bf, const void *g, int g_bf, const float *w,
                                       const void *dy, int dy_bf, void *dx, int dx_bf, int dx_add, void *dg,
-                                      int dg_bf, float *dw, i64 rows, int dim, float eps) {
+                                      int dg_bf, float *dw, i64 rows, int dim, float eps, void *dxc, int dxc_bf) {
   float acc[16];
 #pragma unroll
   for (int k = 0; k < 16; k++) acc[k] = 0.f;
@@ -163,8 +201,9 @@ extern "C" __global__ void tr_rms_bwd(const void *x, int x_bf, const void *g, in
           stc(dg, o + i, d * xh * w[i] * sg * (1.f + gv * (1.f - sg)), dg_bf);
         }
         float v = rstd * (d * w[i] * s - xh * mean);
-        if (dx_add) ((float *)dx)[o + i] += v;
+        if (dx_add) v += ((float *)dx)[o + i], ((float *)dx)[o + i] = v;
         else stc(dx, o + i, v, dx_bf);
+        if (dxc) stc(dxc, o + i, v, dxc_bf);
         acc[k] += d * xh * s;
       }
     }
@@ -178,16 +217,48 @@ extern "C" __global__ void tr_rms_bwd(const void *x, int x_bf, const void *g, in
 
 /* The same two kernels with a warp per row (no block barriers: the norms of
 ** training are latency-bound with a block per row). Blocks of 256 threads.
-** tr_rms_fwd_w: any dim; row = blockIdx.x * 8 + warp. */
-extern "C" __global__ void tr_rms_fwd_w(const void *x, int x_bf, const void *g, int g_bf, const float *w, void *y,
-                                        int y_bf, i64 rows, int dim, float eps) {
+** When dim % 8 == 0 a lane moves 8 consecutive elements per 16-byte access
+** (x, g, y, dy, dx rows start 16-byte aligned then); else one at a time.
+** tr_rms_fwd_w: any dim; row = blockIdx.x * 8 + warp. With res (x float32):
+** the residual add first, x += res written back, then the norm of the sum. */
+extern "C" __global__ void tr_rms_fwd_w(void *x, int x_bf, const void *g, int g_bf, const float *w, void *y,
+                                        int y_bf, i64 rows, int dim, float eps, const float *res) {
   int lane = threadIdx.x & 31;
   i64 r = blockIdx.x * (i64)8 + (threadIdx.x >> 5);
   if (r >= rows) return; /* a whole warp */
   i64 o = r * dim;
   float ss = 0.f;
+  if ((dim & 7) == 0) {
+    for (int i = 8 * lane; i < dim; i += 256) {
+      float v[8];
+      ld8(x, o + i, x_bf, v);
+      if (res) {
+        float a[8];
+        ld8(res, o + i, 0, a);
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] += a[k];
+        st8(x, o + i, 0, v);
+      }
+#pragma unroll
+      for (int k = 0; k < 8; k++) ss += v[k] * v[k];
+    }
+    float rstd = rsqrtf(warp_sum(ss) / dim + eps);
+    for (int i = 8 * lane; i < dim; i += 256) {
+      float v[8], gv[8];
+      ld8(x, o + i, x_bf, v);
+      if (g) ld8(g, o + i, g_bf, gv);
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        v[k] *= rstd * w[i + k];
+        if (g) v[k] *= gv[k] * sigm(gv[k]);
+      }
+      st8(y, o + i, y_bf, v);
+    }
+    return;
+  }
   for (int i = lane; i < dim; i += 32) {
     float v = ldc(x, o + i, x_bf);
+    if (res) v += res[o + i], ((float *)x)[o + i] = v;
     ss += v * v;
   }
   float rstd = rsqrtf(warp_sum(ss) / dim + eps);
@@ -201,33 +272,40 @@ extern "C" __global__ void tr_rms_fwd_w(const void *x, int x_bf, const void *g, 
   }
 }
 
-/* tr_rms_bwd_w: dim <= 1024; each warp takes RMS_W_ROWS consecutive rows
-** (block: 8 warps), lane l owns columns l + 32 j for dw, whose per-warp sums
-** meet in shared memory before one atomic per column per block. */
+/* tr_rms_bwd_w: dim <= 1024, dim % 8 == 0; each warp takes RMS_W_ROWS
+** consecutive rows (block: 8 warps), lane l owns the 8-column groups
+** 8 (l + 32 j), j < 4, for dw, whose per-warp sums meet in shared memory
+** before one atomic per column per block. tr_rms_bwd's math, and when dxc is
+** given the final dx also in the compute dtype (the next product's input). */
 #define RMS_W_ROWS 4
 extern "C" __global__ void tr_rms_bwd_w(const void *x, int x_bf, const void *g, int g_bf, const float *w,
                                         const void *dy, int dy_bf, void *dx, int dx_bf, int dx_add, void *dg,
-                                        int dg_bf, float *dw, i64 rows, int dim, float eps) {
+                                        int dg_bf, float *dw, i64 rows, int dim, float eps, void *dxc, int dxc_bf) {
   __shared__ float part[8][1024];
   int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
-  float acc[32];
+  float acc[4][8];
 #pragma unroll
-  for (int j = 0; j < 32; j++) acc[j] = 0.f;
+  for (int j = 0; j < 4; j++)
+#pragma unroll
+    for (int k = 0; k < 8; k++) acc[j][k] = 0.f;
   i64 r0 = (blockIdx.x * (i64)8 + wp) * RMS_W_ROWS;
   for (i64 r = r0; r < r0 + RMS_W_ROWS && r < rows; r++) {
     i64 o = r * dim;
     float ss = 0.f, dot = 0.f;
 #pragma unroll
-    for (int j = 0; j < 32; j++) {
-      int i = lane + 32 * j;
+    for (int j = 0; j < 4; j++) {
+      int i = 8 * (lane + 32 * j);
       if (i < dim) {
-        float xv = ldc(x, o + i, x_bf), s = 1.f;
-        if (g) {
-          float gv = ldc(g, o + i, g_bf);
-          s = gv * sigm(gv);
+        float xv[8], d[8], gv[8];
+        ld8(x, o + i, x_bf, xv);
+        ld8(dy, o + i, dy_bf, d);
+        if (g) ld8(g, o + i, g_bf, gv);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+          float s = g ? gv[k] * sigm(gv[k]) : 1.f;
+          ss += xv[k] * xv[k];
+          dot += d[k] * w[i + k] * s * xv[k];
         }
-        ss += xv * xv;
-        dot += ldc(dy, o + i, dy_bf) * w[i] * s * xv;
       }
     }
     ss = warp_sum(ss);
@@ -235,26 +313,38 @@ extern "C" __global__ void tr_rms_bwd_w(const void *x, int x_bf, const void *g, 
     float rstd = rsqrtf(ss / dim + eps);
     float mean = dot * rstd / dim;
 #pragma unroll
-    for (int j = 0; j < 32; j++) {
-      int i = lane + 32 * j;
+    for (int j = 0; j < 4; j++) {
+      int i = 8 * (lane + 32 * j);
       if (i < dim) {
-        float xh = ldc(x, o + i, x_bf) * rstd, d = ldc(dy, o + i, dy_bf), s = 1.f;
-        if (g) {
-          float gv = ldc(g, o + i, g_bf), sg = sigm(gv);
-          s = gv * sg;
-          stc(dg, o + i, d * xh * w[i] * sg * (1.f + gv * (1.f - sg)), dg_bf);
+        float xv[8], d[8], gv[8], out[8], dgv[8];
+        ld8(x, o + i, x_bf, xv);
+        ld8(dy, o + i, dy_bf, d);
+        if (g) ld8(g, o + i, g_bf, gv);
+        if (dx_add) ld8(dx, o + i, 0, out);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+          float xh = xv[k] * rstd, s = 1.f;
+          if (g) {
+            float sg = sigm(gv[k]);
+            s = gv[k] * sg;
+            dgv[k] = d[k] * xh * w[i + k] * sg * (1.f + gv[k] * (1.f - sg));
+          }
+          float v = rstd * (d[k] * w[i + k] * s - xh * mean);
+          out[k] = dx_add ? out[k] + v : v;
+          acc[j][k] += d[k] * xh * s;
         }
-        float v = rstd * (d * w[i] * s - xh * mean);
-        if (dx_add) ((float *)dx)[o + i] += v;
-        else stc(dx, o + i, v, dx_bf);
-        acc[j] += d * xh * s;
+        if (g) st8(dg, o + i, dg_bf, dgv);
+        st8(dx, o + i, dx_add ? 0 : dx_bf, out);
+        if (dxc) st8(dxc, o + i, dxc_bf, out);
       }
     }
   }
 #pragma unroll
-  for (int j = 0; j < 32; j++) {
-    int i = lane + 32 * j;
-    if (i < dim) part[wp][i] = acc[j];
+  for (int j = 0; j < 4; j++) {
+    int i = 8 * (lane + 32 * j);
+    if (i < dim)
+#pragma unroll
+      for (int k = 0; k < 8; k++) part[wp][i + k] = acc[j][k];
   }
   __syncthreads();
   for (int i = threadIdx.x; i < dim; i += blockDim.x) {
@@ -266,36 +356,117 @@ extern "C" __global__ void tr_rms_bwd_w(const void *x, int x_bf, const void *g, 
 
 /* ------------------------------------------------------------ SwiGLU */
 
-/* a = silu(gate) up (all compute buffers, n elements) */
-extern "C" __global__ void tr_swiglu(const void *gate, const void *up, void *a, int bf, i64 n) {
-  GRID_LOOP(i, n) {
-    float gv = ldc(gate, i, bf);
-    stc(a, i, gv * sigm(gv) * ldc(up, i, bf), bf);
+/* gate and up: rows of I values, row r at gate + r ld and up + r ld (GLA:
+** one product's output gu [rows, 2 I], up = gu + I, ld = 2 I; separate
+** buffers: ld = I); a and da [rows, I]. p walks the rows x I outputs, 8 at a
+** time when I and ld are multiples of 8: row p / I, column p % I (32-bit:
+** gpu_train_swiglu keeps rows x I under 2^31). */
+#define SWIGLU_LOOP(p, n, step)                                                                              \
+  for (unsigned p = (blockIdx.x * blockDim.x + threadIdx.x) * (step); p < (unsigned)(n); p += gridDim.x * blockDim.x * (step))
+
+/* a = silu(gate) up */
+extern "C" __global__ void tr_swiglu(const void *gate, const void *up, int ld, void *a, int bf, i64 rows, int I) {
+  i64 n = rows * I;
+  if ((I & 7) == 0 && (ld & 7) == 0) {
+    SWIGLU_LOOP(p, n, 8) {
+      unsigned r = p / I, j = p - r * I;
+      i64 o = (i64)r * ld + j;
+      float gv[8], u[8];
+      ld8(gate, o, bf, gv);
+      ld8(up, o, bf, u);
+#pragma unroll
+      for (int k = 0; k < 8; k++) gv[k] = gv[k] * sigm(gv[k]) * u[k];
+      st8(a, p, bf, gv);
+    }
+    return;
+  }
+  SWIGLU_LOOP(p, n, 1) {
+    unsigned r = p / I, j = p - r * I;
+    i64 o = (i64)r * ld + j;
+    float gv = ldc(gate, o, bf);
+    stc(a, p, gv * sigm(gv) * ldc(up, o, bf), bf);
   }
 }
-/* dgate = da up silu'(gate), dup = da silu(gate); written over gate and up
-** (the forward's buffers are no longer needed): in place. */
-extern "C" __global__ void tr_swiglu_bwd(void *gate, void *up, const void *da, int bf, i64 n) {
-  GRID_LOOP(i, n) {
-    float gv = ldc(gate, i, bf), u = ldc(up, i, bf), d = ldc(da, i, bf), sg = sigm(gv);
-    stc(gate, i, d * u * sg * (1.f + gv * (1.f - sg)), bf);
-    stc(up, i, d * gv * sg, bf);
+/* dgate = da up silu'(gate), dup = da silu(gate), silu'(x) = sig(x) (1 + x (1 - sig(x))),
+** written over gate and up (the forward's values are no longer needed). */
+__device__ __forceinline__ void swiglu_grad(float gv, float u, float d, float *dgate, float *dup) {
+  float sg = sigm(gv);
+  *dgate = d * u * sg * (1.f + gv * (1.f - sg));
+  *dup = d * gv * sg;
+}
+extern "C" __global__ void tr_swiglu_bwd(void *gate, void *up, int ld, const void *da, int bf, i64 rows, int I) {
+  i64 n = rows * I;
+  if ((I & 7) == 0 && (ld & 7) == 0) {
+    SWIGLU_LOOP(p, n, 8) {
+      unsigned r = p / I, j = p - r * I;
+      i64 o = (i64)r * ld + j;
+      float gv[8], u[8], d[8];
+      ld8(gate, o, bf, gv);
+      ld8(up, o, bf, u);
+      ld8(da, p, bf, d);
+#pragma unroll
+      for (int k = 0; k < 8; k++) swiglu_grad(gv[k], u[k], d[k], &gv[k], &u[k]);
+      st8(gate, o, bf, gv);
+      st8(up, o, bf, u);
+    }
+    return;
+  }
+  SWIGLU_LOOP(p, n, 1) {
+    unsigned r = p / I, j = p - r * I;
+    i64 o = (i64)r * ld + j;
+    float dg, du;
+    swiglu_grad(ldc(gate, o, bf), ldc(up, o, bf), ldc(da, p, bf), &dg, &du);
+    stc(gate, o, dg, bf);
+    stc(up, o, du, bf);
   }
 }
 
 /* ------------------------------------------------------------ GLA's gate */
 
-/* gk = max(logsigmoid(z + b) / 16, lo)  (z float32 [n / cols, cols], b [cols]; gk compute) */
-extern "C" __global__ void tr_gla_gate(const float *z, const float *b, int cols, void *gk, int bf, i64 n, float lo) {
-  GRID_LOOP(i, n) stc(gk, i, fmaxf(logsigm(z[i] + b[i % cols]) / 16.f, lo), bf);
-}
-/* dz = dgk / 16 sigmoid(-(z + b)), 0 where the floor held */
-extern "C" __global__ void tr_gla_gate_bwd(const float *z, const float *b, int cols, const void *dgk, int bf,
-                                           float *dz, i64 n, float lo) {
-  GRID_LOOP(i, n) {
-    float zv = z[i] + b[i % cols];
-    dz[i] = logsigm(zv) / 16.f < lo ? 0.f : ldc(dgk, i, bf) / 16.f * sigm(-zv);
+/* The gate's second projection (16 inputs) done here, not by a product:
+**   z1 = z0 W1^T + b  (z0 float32 [rows, 16], W1 float32 [cols, 16], b [cols])
+** Thread: one column c (W1's row in registers), GATE_ROWS rows of the block;
+** the z0 row is the same address for the whole warp (a broadcast). */
+#define GATE_ROWS 8
+__device__ __forceinline__ float gate_z1(const float *z0, i64 r, const float *wr, float bc) {
+  const float4 *zr = (const float4 *)(z0 + r * 16);
+  float z = bc;
+#pragma unroll
+  for (int q = 0; q < 4; q++) {
+    float4 v = zr[q];
+    z += v.x * wr[4 * q] + v.y * wr[4 * q + 1] + v.z * wr[4 * q + 2] + v.w * wr[4 * q + 3];
   }
+  return z;
+}
+/* gk = max(logsigmoid(z1) / 16, lo) (gk compute dtype [rows, cols]); grid
+** (cols / 128, up to rows / GATE_ROWS), blocks of 128 */
+extern "C" __global__ void tr_gla_gate(const float *z0, const float *W1, const float *b, int cols, void *gk, int bf,
+                                       i64 rows, float lo) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  float wr[16];
+#pragma unroll
+  for (int k = 0; k < 16; k++) wr[k] = W1[c * 16 + k];
+  float bc = b[c];
+  for (i64 r0 = blockIdx.y * (i64)GATE_ROWS; r0 < rows; r0 += gridDim.y * (i64)GATE_ROWS)
+    for (i64 r = r0; r < r0 + GATE_ROWS && r < rows; r++)
+      stc(gk, r * cols + c, fmaxf(logsigm(gate_z1(z0, r, wr, bc)) / 16.f, lo), bf);
+}
+/* dz1 = dgk / 16 sigmoid(-z1), 0 where the floor held (float32 [rows, cols]) */
+extern "C" __global__ void tr_gla_gate_bwd(const float *z0, const float *W1, const float *b, int cols,
+                                           const void *dgk, int bf, float *dz1, i64 rows, float lo) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= cols) return;
+  float wr[16];
+#pragma unroll
+  for (int k = 0; k < 16; k++) wr[k] = W1[c * 16 + k];
+  float bc = b[c];
+  for (i64 r0 = blockIdx.y * (i64)GATE_ROWS; r0 < rows; r0 += gridDim.y * (i64)GATE_ROWS)
+    for (i64 r = r0; r < r0 + GATE_ROWS && r < rows; r++) {
+      float zv = gate_z1(z0, r, wr, bc);
+      i64 i = r * cols + c;
+      dz1[i] = logsigm(zv) / 16.f < lo ? 0.f : ldc(dgk, i, bf) / 16.f * sigm(-zv);
+    }
 }
 
 /* ------------------------------------------------------------ RetNet's rotary */
@@ -350,12 +521,17 @@ extern "C" __global__ void tr_ce(const float *logits, const int *targets, i64 V,
     if (threadIdx.x == 0) loss[r] = 0.f;
     return;
   }
-  float mx = -__int_as_float(0x7f800000);
-  for (i64 j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
-  mx = block_reduce(mx, 1);
-  float se = 0.f;
-  for (i64 j = threadIdx.x; j < V; j += blockDim.x) se += expf(l[j] - mx);
-  se = block_reduce(se, 0);
+  /* one pass for the max and the sum of exponentials (the running sum
+  ** rescaled when the running max grows), then the block's */
+  const float ninf = -__int_as_float(0x7f800000);
+  float mt = ninf, st = 0.f;
+  for (i64 j = threadIdx.x; j < V; j += blockDim.x) {
+    float v = l[j];
+    if (v > mt) st = st * expf(mt - v) + 1.f, mt = v;
+    else st += expf(v - mt);
+  }
+  float mx = block_reduce(mt, 1);
+  float se = block_reduce(mt == ninf ? 0.f : st * expf(mt - mx), 0);
   float inv = 1.f / se;
   for (i64 j = threadIdx.x; j < V; j += blockDim.x)
     stc(d, r * V + j, scale * (expf(l[j] - mx) * inv - (j == t ? 1.f : 0.f)), d_bf);

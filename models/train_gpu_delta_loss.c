@@ -1,0 +1,128 @@
+/*
+** train_gpu_delta_loss.c -- fla_model_loss_backward on a CUDA context for
+** DeltaNet, Gated DeltaNet and HGRN2: the embeddings, the blocks of
+** train_gpu_delta.c, HGRN2's lower bounds (softmax over layers of the raw
+** parameter, cumulated; their gradient back to it at the end, as
+** train_backward.c's lower_bounds_bwd_), the final norm, and the LM head with the cross-entropy
+** chunk by chunk (logits = hf Wlm^T in float32, the cross-entropy's gradient
+** d in the compute dtype, dhf = d Wlm, dWlm += d^T hf), as
+** train_gpu_loss.c does for GLA and RetNet.
+** Kept between the forward and the backward: the residual stream at every
+** block's input and td_kept per block (one shared set with recompute, refilled
+** by the block's forward again during the backward).
+*/
+#include "internal.h"
+#include "train_gpu_delta.h"
+
+#include "cuda/op_cuda.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#define HEAD_CHUNK_BYTES ((size_t)256 << 20) /* float32 logits held at a time */
+
+/* The head and the loss over rows: dhf (float32) and dWlm +=, per-row losses into lrows. */
+static void head_(td_run *r, dptr hf, dptr dtg, float grad_scale, dptr dhf, dptr lrows) {
+  fla_model *m = r->m;
+  gpu_train *t = r->t;
+  int D = r->D, Vb = m->cfg.vocab_size, bf = r->bf;
+  int64_t rows = r->rows, V64 = Vb;
+  dptr Wlm = gpu_train_wc(m, m->lm_head);
+  int64_t chunk = (int64_t)(HEAD_CHUNK_BYTES / (4 * (size_t)Vb));
+  if (chunk < 1) chunk = 1;
+  if (chunk > rows) chunk = rows;
+  dptr logits = TD_FB(r, chunk * Vb), dl = TD_CB(r, chunk * Vb);
+  for (int64_t c0 = 0; c0 < rows; c0 += chunk) {
+    int64_t c = rows - c0 < chunk ? rows - c0 : chunk;
+    dptr hc = hf + (dptr)(c0 * D) * r->es, tg = dtg + (dptr)c0 * 4, lr = lrows + (dptr)c0 * 4;
+    gpu_train_mm(t, 0, 1, c, Vb, D, hc, bf, D, Wlm, bf, D, 0.0f, logits, 0, Vb);
+    void *a[] = {&logits, &tg, &V64, &grad_scale, &dl, &bf, &lr};
+    double t0 = gpu_train_prof_begin(t);
+    gpu_train_launch(t, TK_CE, (unsigned)c, 1, 512, a);
+    gpu_train_prof_end(t, GPU_PROF_CE, t0);
+    gpu_train_mm(t, 0, 0, c, D, Vb, dl, bf, Vb, Wlm, bf, D, 0.0f, dhf + (dptr)(c0 * D) * 4, 0, D);
+    gpu_train_mm(t, 1, 0, Vb, D, c, dl, bf, Vb, hc, bf, D, 1.0f, gpu_train_grad(m, m->lm_head), 0, D);
+  }
+}
+
+fla_status gpu_train_delta_loss_backward(fla_model *m, const int32_t *ids, const int32_t *targets, int64_t B,
+                                         int64_t T, float grad_scale, double *loss_sum, int64_t *count) {
+  gpu_train *t = m->gtrain;
+  nn_gpu *g = t->g;
+  const model_config *cfg = &m->cfg;
+  const model_layer *L0 = gpu_train_mixer_layer(m);
+  td_run r = {.m = m, .t = t, .g = g, .B = B, .T = T, .rows = B * T, .D = cfg->hidden_size, .H = L0->H, .K = L0->K,
+              .V = L0->V, .I = L0->ffn_dim, .bf = t->bf, .gdn = cfg->arch == ARCH_GATED_DELTANET,
+              .hgrn2 = cfg->arch == ARCH_HGRN2,
+              .W = cfg->use_short_conv ? cfg->conv_size : 0, .es = t->bf ? 2 : 4, .eps = (float)cfg->norm_eps,
+              .bscale = cfg->allow_neg_eigval ? 2.0f : 1.0f};
+  int NL = cfg->num_layers, D = r.D;
+  int64_t rows = r.rows;
+  g->status = FLA_OK;
+  t->in_loss = 1;
+  fla_status s = fla_cuda_sync(m->ctx, "training step"); /* also makes the context current */
+  if (s == FLA_OK) s = td_kernels(&r);
+  td_kept *kp = calloc((size_t)NL, sizeof *kp);
+  float *loss_rows = malloc(sizeof(float) * (size_t)rows);
+  if (s == FLA_OK && (!kp || !loss_rows)) s = fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
+  if (s != FLA_OK) goto done;
+  int64_t n = 0;
+  for (int64_t i = 0; i < rows; i++) n += targets[i] != -100;
+  dptr dids = gpu_train_alloc(t, 4 * (size_t)rows), dtg = gpu_train_alloc(t, 4 * (size_t)rows);
+  gl_upload(g, dids, ids, 4 * (size_t)rows);
+  gl_upload(g, dtg, targets, 4 * (size_t)rows);
+  /* xs[l]: the residual stream at block l's input; xs[NL] the final one */
+  dptr xs = TD_FB(&r, (NL + 1) * rows * D);
+#define XS(l) (xs + (dptr)(l) * (dptr)(rows * D) * 4)
+  {
+    dptr E = gpu_train_w32(m, m->embeddings), x0 = XS(0);
+    void *a[] = {&dids, &E, &x0, &rows, &D};
+    gpu_train_launch(t, TK_EMBED, (unsigned)(rows < 16384 ? rows : 16384), 1, 256, a);
+  }
+  dptr raw = m->lower_bounds_raw ? gpu_train_w32(m, m->lower_bounds_raw) : 0;
+  if (raw) { /* HGRN2's bounds from the device's raw parameter; their gradient zeroed */
+    r.lb = TD_FB(&r, (int64_t)NL * D), r.dlb = TD_FB(&r, (int64_t)NL * D);
+    void *a[] = {&raw, &NL, &D, &r.lb, &r.dlb};
+    td_launch(&r, TD_HGRN2_LB, gpu_train_blocks(D), 1, 256, a);
+  }
+  for (int l = 0; l < NL; l++) {
+    if (l == 0 || !m->recompute) td_kept_alloc(&r, &kp[l], XS(l));
+    else kp[l] = kp[0], kp[l].x = XS(l);
+    td_layer_fwd(&r, &m->layers[l], &kp[l], XS(l + 1));
+  }
+  dptr hf = TD_CB(&r, rows * D), dx = TD_FB(&r, rows * D), dhf = TD_FB(&r, rows * D), lrows = TD_FB(&r, rows);
+  dptr wf = gpu_train_w32(m, m->final_norm_w);
+  td_rms_fwd(&r, XS(NL), 0, 0, wf, hf, r.bf, rows, D, r.eps);
+  head_(&r, hf, dtg, grad_scale, dhf, lrows);
+  td_rms_bwd(&r, XS(NL), 0, 0, wf, dhf, 0, dx, 0, 0, 0, gpu_train_grad(m, m->final_norm_w), rows, D, r.eps);
+  for (int l = NL - 1; l >= 0 && g->status == FLA_OK; l--) {
+    if (m->recompute && l < NL - 1) td_layer_fwd(&r, &m->layers[l], &kp[l], XS(l + 1)); /* refill the shared set */
+    td_layer_bwd(&r, &m->layers[l], &kp[l], dx);
+  }
+  if (raw) {
+    dptr draw = gpu_train_grad(m, m->lower_bounds_raw);
+    void *a[] = {&raw, &r.dlb, &NL, &D, &draw};
+    td_launch(&r, TD_HGRN2_LB_BWD, gpu_train_blocks(D), 1, 256, a);
+  }
+  {
+    dptr dE = gpu_train_grad(m, m->embeddings);
+    void *a[] = {&dids, &dx, &dE, &rows, &D};
+    gpu_train_launch(t, TK_EMBED_BWD, (unsigned)(rows < 16384 ? rows : 16384), 1, 256, a);
+  }
+#undef XS
+  gl_download(g, loss_rows, lrows, sizeof(float) * (size_t)rows);
+  s = g->status;
+  if (s == FLA_OK) {
+    double sum = 0;
+    for (int64_t i = 0; i < rows; i++) sum += loss_rows[i];
+    *loss_sum = sum;
+    *count = n;
+  }
+done:
+  g->status = FLA_OK;
+  t->in_loss = 0;
+  gpu_train_reset(t);
+  free(kp);
+  free(loss_rows);
+  return s;
+}
