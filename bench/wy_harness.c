@@ -14,8 +14,12 @@
 ** Options: --def "NAME=VAL ..."  a variant: these #defines in front of the
 **                                generated source (knobs of the template), and
 **                                BV=n the value tile, HSEL=32|64 the state
-**                                kernel forced (else the stage's rule); the
-**                                option may repeat (each a variant, bench only)
+**                                kernel forced (else the stage's rule);
+**                                CW_SEG_PROGS=0 no segments (HSEL and CW_FEW
+**                                need it), CW_SEG_NARROW=1 the segment pass
+**                                on narrow tiles, CW_VREG=0 prep's V tile in
+**                                shared memory (V <= 128); the option may
+**                                repeat (each a variant, bench only)
 **          --shapes i,j  bench only these shapes (0-based)
 **          --recipes gdn,delta,comba  bench only these
 **          --cache DIR   cubin cache; --precompile fills it without a GPU
@@ -51,6 +55,9 @@ typedef struct variant {
   const char *defs; /* "NAME=VAL NAME=VAL": #defines in front, or NULL */
   int hsel;         /* HSEL=32 / 64 in defs: force that state kernel (0: the stage's rule) */
   int few;          /* CW_FEW=n in defs: the kernel's stage rule (-1: the stage's WY_FEW) */
+  int noseg;        /* CW_SEG_PROGS=0 in defs: no segments (the stage's rule otherwise) */
+  int segnarrow;    /* CW_SEG_NARROW in defs: the segment pass on narrow tiles */
+  int vsmem;        /* CW_VREG=0 in defs: prep keeps V's tile in shared memory */
   CUmodule mod;
   CUfunction fn[NKMAX];
   char names[NKMAX][64];
@@ -78,6 +85,14 @@ static void make_variant(variant *v, int recipe, int K, int V, int has_h0, int s
   v->hsel = hs ? atoi(hs + 5) : 0;
   const char *fw = defs ? strstr(defs, "CW_FEW=") : NULL;
   v->few = fw ? atoi(fw + 7) : -1;
+  const char *sg = defs ? strstr(defs, "CW_SEG_PROGS=") : NULL;
+  v->noseg = sg && atoi(sg + 13) == 0;
+  v->segnarrow = defs && strstr(defs, "CW_SEG_NARROW") != NULL;
+  v->vsmem = defs && strstr(defs, "CW_VREG=0") != NULL;
+  if ((v->hsel || v->few >= 0) && !v->noseg) {
+    fprintf(stderr, "HSEL and CW_FEW variants need CW_SEG_PROGS=0 too (launches without segments)\n");
+    exit(2);
+  }
   fla_stage_chunk_wy_fwd.default_config(&v->key, &v->cfg);
   v->defs = defs;
 }
@@ -154,17 +169,31 @@ static int build(variant *v, int verbose) {
 static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev) {
   fla_kernel_launch L[NKMAX];
   int nk = fla_stage_chunk_wy_fwd.launches(&v->key, &v->cfg, a, L);
-  /* launches 1 and 2: the narrow and the wide state kernel (gen/stage_chunk_wy.c). Forced
-  ** (HSEL), or with the kernel's stage rule changed (CW_FEW: the shared memory must follow
-  ** the stages the kernel will take, else a deeper pipeline overruns it) */
-  if (v->hsel || v->few >= 0) {
+  /* launch 1: the segment pass; 2 and 3: the narrow and the wide state kernel
+  ** (gen/stage_chunk_wy.c). Without segments (CW_SEG_PROGS=0), forced (HSEL), or with
+  ** the kernel's stage rule changed (CW_FEW: the shared memory must follow the stages
+  ** the kernel will take, else a deeper pipeline overruns it) */
+  if (v->vsmem) /* prep with its own Vs */
+    L[0].smem += (unsigned)(64 * (((v->key.V + 63) / 64 * 64) + 8) * 2);
+  if (v->segnarrow && L[1].grid[0]) { /* the narrow segment pass: its tiles and smem */
+    int KP = (v->key.K + 63) / 64 * 64, bvh = v->cfg.BV < 32 ? v->cfg.BV : 32;
+    int64_t nvh = (v->key.V + bvh - 1) / bvh, nvk = (v->key.K + bvh - 1) / bvh;
+    int64_t P = L[2].grid[0] / (nvh * a->N), prog = (nvh + nvk) * a->N * P * a->H;
+    int ns = prog <= 128 && KP <= 128 ? 4 : 2;
+    L[1].grid[0] = (unsigned)((nvh + nvk) * a->N * P);
+    L[1].smem = (unsigned)(ns * (2 * 64 * (KP + 8) * 2 + 64 * (bvh + 8) * 2 + 256) +
+                           (KP + 64) * (bvh + 8) * 2);
+  }
+  if (v->noseg) {
     int KP = (v->key.K + 63) / 64 * 64;
+    L[1].grid[0] = 0;
     for (int wide = 0; wide < 2; wide++) {
       int cap = wide ? 64 : 32, bvh = v->cfg.BV < cap ? v->cfg.BV : cap;
       int64_t nvh = (v->key.V + bvh - 1) / bvh, prog = nvh * a->N * a->H;
       int ns = prog <= (v->few >= 0 ? v->few : 128) && KP <= 128 ? 4 : 2;
-      if (v->hsel) L[1 + wide].grid[0] = (v->hsel == 64) == wide ? (unsigned)(nvh * a->N) : 0;
-      L[1 + wide].smem = (unsigned)(ns * (2 * 64 * (KP + 8) * 2 + 64 * (bvh + 8) * 2 + 256) +
+      if (L[2 + wide].grid[0]) L[2 + wide].grid[0] = (unsigned)(nvh * a->N);
+      if (v->hsel) L[2 + wide].grid[0] = (v->hsel == 64) == wide ? (unsigned)(nvh * a->N) : 0;
+      L[2 + wide].smem = (unsigned)(ns * (2 * 64 * (KP + 8) * 2 + 64 * (bvh + 8) * 2 + 256) +
                                     (KP + (bvh > 32 ? 0 : 64)) * (bvh + 8) * 2);
     }
   }
@@ -336,6 +365,11 @@ static int check_mode(const char *defs, int nthreads) {
       {"K48 V40 empty seq", 48, 40, 3, 4, {200, 0, 65, 64}, 1, 1},
       {"K20 V33 odd", 20, 33, 2, 3, {100, 7, 250}, 1, 1},
       {"K192 V160 no ht", 192, 160, 2, 2, {400, 333}, 1, 0},
+      /* few programs over long sequences: segments (P = 2, 3, 2, 2) */
+      {"K128 V128 seg varlen", 128, 128, 2, 3, {5000, 1, 3000}, 1, 1},
+      {"K100 V72 seg", 100, 72, 1, 2, {4000, 2500}, 1, 1},
+      {"K64 V64 seg empty seq", 64, 64, 1, 3, {0, 6000, 3000}, 1, 1},
+      {"K256 V256 seg", 256, 256, 1, 1, {3000}, 0, 1},
   };
   int fails = 0, runs = 0;
   for (int r = 0; r < 3; r++)
@@ -423,8 +457,8 @@ static int bench_mode(const char **defs, int ndefs, const int *only, int nonly, 
   CUevent ev[REPS][NKMAX + 1];
   for (int r = 0; r < REPS; r++)
     for (int e = 0; e <= NKMAX; e++) CK(cu->cuEventCreate(&ev[r][e], CU_EVENT_DEFAULT));
-  printf("\n| recipe | B,T,H | variant | prep ms | h ms | h64 ms | o ms | total ms | fla ms | vs fla |\n"
-         "|---|---|---|---|---|---|---|---|---|---|\n");
+  printf("\n| recipe | B,T,H | variant | prep ms | seg ms | h ms | h64 ms | o ms | total ms | fla ms "
+         "| vs fla |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
     if (nonly) {
       int want = 0;
@@ -483,9 +517,9 @@ static int bench_mode(const char **defs, int ndefs, const int *only, int nonly, 
         snprintf(fla, sizeof fla, "%.3f", sh->fla_ms);
         snprintf(ratio, sizeof ratio, "%.2fx", sh->fla_ms / med[NKMAX]);
       }
-      printf("| %s | %d,%d,%d | %d | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %s |\n",
+      printf("| %s | %d,%d,%d | %d | %.3f | %.3f | %.3f | %.3f | %.3f | %.3f | %s | %s |\n",
              recipe_name[r], sh->B, sh->T, sh->H, vi % ndefs, med[0], med[1], med[2], med[3],
-             med[NKMAX], fla, ratio);
+             med[4], med[NKMAX], fla, ratio);
       fflush(stdout);
       cu->cuMemFree(W0), cu->cuMemFree(W1);
     }

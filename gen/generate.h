@@ -112,7 +112,7 @@ typedef struct fla_kernel_launch {
   unsigned smem;        /* dynamic shared memory bytes */
 } fla_kernel_launch;
 
-#define FLA_STAGE_MAX_KERNELS 4
+#define FLA_STAGE_MAX_KERNELS 8
 
 /* Writes the stage's source (malloc'd, NUL-terminated; free() it) and the
 ** names of its kernels in launch order. FLA_UNSUPPORTED (with the reason in

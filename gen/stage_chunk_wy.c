@@ -14,24 +14,31 @@
 ** second and third kernels (a multiple of 16, 16..128; default 128, 32 for
 ** K > 128), BK 0 or K (never tiled).
 **
-** Four kernels, three launched (grid, block, dynamic shared memory):
-**   fla_wy_prep    (NC, H)      128   NBP*64*(KP+8)*2 + 64*(VP+8)*2 + 2*64*68*4
-**                                      + 3*64*4
-**   fla_wy_fwd_h   (NVH*N, H)   128   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
+** Five kernels, three or four launched (grid, block, dynamic shared memory):
+**   fla_wy_prep    (NC, H)      128   NBP*64*(KP+8)*2 + 2*64*68*4 + 3*64*4
+**                                      (+ 64*(VP+8)*2 for V > 128)
+**   fla_wy_fwd_seg (NVA*N*P, H) 128   as fla_wy_fwd_h64; only when P > 1
+**   fla_wy_fwd_h   (NVH*N*P, H) 128   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
 **                                      + (KP + (BVH > 32 ? 0 : 64))*(BVH+8)*2
-**   or fla_wy_fwd_h64 (the same with the wide BVH; the other gets grid 0)
+**   or fla_wy_fwd_h64 (NVH*N, H, the wide BVH; the other gets grid 0)
 **   fla_wy_fwd_o   (NC*NV, H)   128   2*64*(KP+8)*2 + 64*(BV+8)*2 + KP*(BV+8)*2 + 256
 ** KP = K rounded up to 64, VP = V rounded up to 64, NBP = 2 with a probe
 ** (p and k tiles) else 1, NV = ceil(V/BV). The sequential state kernel
 ** takes BVH = min(BV, 32) value columns (more programs, a short chain a
 ** chunk), or min(BV, 64) when min(BV, 32) would give more than WY_MANY
 ** programs (K and W loaded once for twice the columns); NVH = ceil(V/BVH),
-** NS = its pipeline stages (4 when NVH*N*H <= 128 and KP <= 128, else 2).
+** NS = its pipeline stages (4 when its programs are at most WY_FEW = 128 and
+** KP <= 128, else 2). P (segments_()): with few narrow programs over long
+** sequences each sequence is cut into P segments; the segment pass
+** fla_wy_fwd_seg (NVA = ceil(V/64) + ceil(K/64) wide tiles) writes each
+** segment's B | M, and fla_wy_fwd_h runs every segment from its chained
+** entering state (the math: "segments" in chunk_wy_fwd.cuh).
 ** Workspaces: ws0 = W bf16 [total, H, K] (padded to 16 bytes), then the chunk
 ** states h bf16 [NC, H, K, V]; ws1 = U bf16 [total, H, V], overwritten with Vn
 ** by fla_wy_fwd_h, then the chunks' gate sums gam f32 [NC, H, 64] (written
-** by fla_wy_prep, read by the other two).
-** Both kernels can need more than 48 KiB of shared memory: the launcher
+** by fla_wy_prep, read by the others), then with P > 1 the segments' B | M
+** f32 [N*P, H, K, V + K].
+** The kernels can need more than 48 KiB of shared memory: the launcher
 ** raises CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to smem.
 */
 #include "stage.h"
@@ -52,10 +59,11 @@ static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
   return (key->V + cfg->BV - 1) / cfg->BV;
 }
 
+/* V's tile in registers for V <= 128, stored over L at the end (CW_VREG in
+** chunk_wy_fwd.cuh): no Vs of its own. */
 static unsigned smem_prep_(const fla_gen_key *key) {
-  int nbp = key->has_probe ? 2 : 1;
-  return (unsigned)(nbp * WY_BT * (kp_(key->K) + 8) * 2 + WY_BT * (vp_(key->V) + 8) * 2 +
-                    2 * WY_BT * 68 * 4 + 3 * WY_BT * 4);
+  int nbp = key->has_probe ? 2 : 1, vs = vp_(key->V) <= 128 ? 0 : WY_BT * (vp_(key->V) + 8) * 2;
+  return (unsigned)(nbp * WY_BT * (kp_(key->K) + 8) * 2 + vs + 2 * WY_BT * 68 * 4 + 3 * WY_BT * 4);
 }
 
 /* The state kernel's value tile (CW_BVH32 / CW_BVH64 in chunk_wy_fwd.cuh)
@@ -76,10 +84,31 @@ static int wide_(const fla_gen_key *key, const fla_tile_config *cfg, int64_t N, 
 ** 2 (two blocks a SM). ns_max: the deepest any launch can take. */
 #define WY_FEW 128
 static int stages_few_(const fla_gen_key *key) { return kp_(key->K) <= 128 ? 4 : 2; }
-static int stages_h_(const fla_gen_key *key, const fla_tile_config *cfg, int wide, int64_t N,
-                     int64_t H) {
-  int64_t nvh = (key->V + bvh_(cfg, wide) - 1) / bvh_(cfg, wide);
-  return nvh * N * H <= WY_FEW ? stages_few_(key) : 2;
+static int stages_h_(const fla_gen_key *key, int64_t programs) {
+  return programs <= WY_FEW ? stages_few_(key) : 2;
+}
+
+/* Segments a sequence for the state kernels (cw_segments() in
+** chunk_wy_fwd.cuh; keep in step): 1 (none) unless the narrow kernel has at
+** most WY_SEG_PROGS programs; then about WY_SEG_TARGET programs of the last
+** pass, each segment WY_SEG_MIN chunks or more. The segment pass costs
+** (K + V) / V of a state pass and the last pass another one, so segments
+** pay only when the programs fill well under a third of the GPU. */
+#define WY_SEG_PROGS 64
+#define WY_SEG_TARGET 256
+#define WY_SEG_MIN 16
+static int64_t segments_(const fla_gen_key *key, const fla_tile_config *cfg, int64_t N, int64_t H,
+                         int64_t NC) {
+  int64_t programs = (key->V + bvh_(cfg, 0) - 1) / bvh_(cfg, 0) * N * H;
+  if (N < 1 || programs < 1 || programs > WY_SEG_PROGS) return 1;
+  int64_t p = WY_SEG_TARGET / programs, pmax = NC / N / WY_SEG_MIN;
+  if (p > pmax) p = pmax;
+  return p < 2 ? 1 : p;
+}
+
+/* Bytes of the segments' B_s | M_s (f32 [N*P, H, K, V + K]) after gam in ws1. */
+static size_t seg_bytes_(const fla_gen_key *key, int64_t P, int64_t N, int64_t H) {
+  return P > 1 ? (size_t)(N * P * H * key->K * (key->V + key->K)) * 4 : 0;
 }
 
 /* Vd has its own 64 rows unless BVH > 32 (then it lies over Ss). */
@@ -143,38 +172,46 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
 static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]) {
   (void)key, (void)cfg;
   snprintf(names[0], 64, "fla_wy_prep");
-  snprintf(names[1], 64, "fla_wy_fwd_h");
-  snprintf(names[2], 64, "fla_wy_fwd_h64");
-  snprintf(names[3], 64, "fla_wy_fwd_o");
-  return 4;
+  snprintf(names[1], 64, "fla_wy_fwd_seg");
+  snprintf(names[2], 64, "fla_wy_fwd_h");
+  snprintf(names[3], 64, "fla_wy_fwd_h64");
+  snprintf(names[4], 64, "fla_wy_fwd_o");
+  return 5;
 }
 
 static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
                      const fla_kernel_args *args, fla_kernel_launch *out) {
   int64_t NC = args->num_chunks, H = args->H, N = args->N, NV = nv_(key, cfg);
+  int64_t P = segments_(key, cfg, N, H, NC);
   fla_chunk_launch_set(&out[0], "fla_wy_prep", (unsigned)NC, (unsigned)H, 32 * WY_WARPS, smem_prep_(key));
+  /* the segment pass: value tiles then key tiles of the wide width, P
+  ** segments a sequence */
+  int64_t NVA = (key->V + bvh_(cfg, 1) - 1) / bvh_(cfg, 1) + (key->K + bvh_(cfg, 1) - 1) / bvh_(cfg, 1);
+  fla_chunk_launch_set(&out[1], "fla_wy_fwd_seg", P > 1 ? (unsigned)(NVA * N * P) : 0, (unsigned)H,
+                       32 * WY_WARPS, smem_h_(key, cfg, 1, stages_h_(key, NVA * N * P * H)));
+  if (P == 1) out[1].grid[0] = 0; /* fla_cuda_run_stage skips an empty grid */
   for (int wide = 0; wide < 2; wide++) { /* one of the two state kernels runs */
-    int64_t NVH = (key->V + bvh_(cfg, wide) - 1) / bvh_(cfg, wide);
+    int64_t nvh = (key->V + bvh_(cfg, wide) - 1) / bvh_(cfg, wide), progs = nvh * N * P;
     int on = wide == wide_(key, cfg, N, H);
-    fla_chunk_launch_set(&out[1 + wide], wide ? "fla_wy_fwd_h64" : "fla_wy_fwd_h",
-                         on ? (unsigned)(NVH * N) : 0, (unsigned)H, 32 * WY_WARPS,
-                         smem_h_(key, cfg, wide, stages_h_(key, cfg, wide, N, H)));
-    if (!on) out[1 + wide].grid[0] = 0; /* fla_cuda_run_stage skips an empty grid */
+    fla_chunk_launch_set(&out[2 + wide], wide ? "fla_wy_fwd_h64" : "fla_wy_fwd_h",
+                         on ? (unsigned)progs : 0, (unsigned)H, 32 * WY_WARPS,
+                         smem_h_(key, cfg, wide, stages_h_(key, progs * H)));
+    if (!on) out[2 + wide].grid[0] = 0;
   }
-  fla_chunk_launch_set(&out[3], "fla_wy_fwd_o", (unsigned)(NC * NV), (unsigned)H, 32 * WY_WARPS, smem_o_(key, cfg));
-  return 4;
+  fla_chunk_launch_set(&out[4], "fla_wy_fwd_o", (unsigned)(NC * NV), (unsigned)H, 32 * WY_WARPS, smem_o_(key, cfg));
+  return 5;
 }
 
 static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
                        const fla_kernel_args *args, size_t *ws0, size_t *ws1) {
-  (void)cfg;
   int64_t rows = args->total * args->H;
   size_t wbytes = ((size_t)(rows * key->K) * 2 + 15) / 16 * 16;
   size_t hbytes = (size_t)((int64_t)args->num_chunks * args->H * key->K * key->V) * 2;
   *ws0 = rows > 0 ? wbytes + hbytes + 16 : 0;
   size_t ubytes = ((size_t)(rows * key->V) * 2 + 15) / 16 * 16;
   size_t gbytes = (size_t)((int64_t)args->num_chunks * args->H * WY_BT) * 4;
-  *ws1 = rows > 0 ? ubytes + gbytes + 16 : 0;
+  int64_t P = segments_(key, cfg, args->N, args->H, args->num_chunks);
+  *ws1 = rows > 0 ? ubytes + gbytes + seg_bytes_(key, P, args->N, args->H) + 16 : 0;
 }
 
 const fla_stage_impl fla_stage_chunk_wy_fwd = {

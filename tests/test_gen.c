@@ -591,10 +591,11 @@ START_TEST(test_chunk_wy_bwd_stage) {
 }
 END_TEST
 
-/* chunk_wy_fwd: four kernels, of which the launcher runs one state kernel
-** (narrow or wide by the program count, the other with an empty grid), the
-** shared memory of each within the H100's 227 KiB, and ws1 holding U and
-** the gate sums. */
+/* chunk_wy_fwd: five kernels, of which the launcher runs one state kernel
+** (narrow or wide by the program count, the other with an empty grid) and,
+** with few programs over long sequences, the segment pass in front of the
+** narrow one; the shared memory of each within the H100's 227 KiB, and ws1
+** holding U, the gate sums and the segments' B | M. */
 START_TEST(test_chunk_wy_stage) {
   fla_ctx *ctx = th_cpu_ctx();
   const fla_stage W = FLA_STAGE_CHUNK_WY_FWD;
@@ -603,9 +604,10 @@ START_TEST(test_chunk_wy_stage) {
   char kn[FLA_STAGE_MAX_KERNELS][64];
   int nk = 0;
   char *src = gen_ok(ctx, W, &key, NULL, kn, &nk);
-  ck_assert_int_eq(nk, 4);
-  ck_assert_str_eq(kn[1], "fla_wy_fwd_h");
-  ck_assert_str_eq(kn[2], "fla_wy_fwd_h64");
+  ck_assert_int_eq(nk, 5);
+  ck_assert_str_eq(kn[1], "fla_wy_fwd_seg");
+  ck_assert_str_eq(kn[2], "fla_wy_fwd_h");
+  ck_assert_str_eq(kn[3], "fla_wy_fwd_h64");
   ck_assert(strstr(src, "#define FLA_BV 128"));
   free(src);
 
@@ -614,26 +616,47 @@ START_TEST(test_chunk_wy_stage) {
   fla_kernel_launch L[FLA_STAGE_MAX_KERNELS];
   /* 1 x 8192 tokens, 96 heads: 4 x 96 narrow programs, past 256: the wide one */
   a.N = 1, a.H = 96, a.num_chunks = 128, a.total = 8192;
-  ck_assert_int_eq(fla_stage_launches(W, &key, NULL, &a, L), 4);
+  ck_assert_int_eq(fla_stage_launches(W, &key, NULL, &a, L), 5);
   ck_assert_uint_eq(L[1].grid[0], 0);
-  ck_assert_uint_eq(L[2].grid[0], 2);
-  ck_assert_uint_eq(L[2].grid[1], 96);
-  ck_assert_uint_eq(L[3].grid[0], 128); /* NC x one value tile of 128 */
-  /* 1 x 262144 tokens, 8 heads: 32 narrow programs with the deep pipeline */
-  a.H = 8, a.num_chunks = 4096, a.total = 262144;
-  ck_assert_int_eq(fla_stage_launches(W, &key, NULL, &a, L), 4);
-  ck_assert_uint_eq(L[1].grid[0], 4);
   ck_assert_uint_eq(L[2].grid[0], 0);
-  for (int i = 0; i < 4; i++) ck_assert_uint_le(L[i].smem, 227 * 1024);
-  ck_assert_uint_gt(L[1].smem, 160 * 1024); /* 4 stages */
+  ck_assert_uint_eq(L[3].grid[0], 2);
+  ck_assert_uint_eq(L[3].grid[1], 96);
+  ck_assert_uint_eq(L[4].grid[0], 128); /* NC x one value tile of 128 */
+  /* 2 x 16384 tokens, 16 heads: 128 narrow programs, no segments, 4 stages */
+  a.N = 2, a.H = 16, a.num_chunks = 512, a.total = 32768;
+  ck_assert_int_eq(fla_stage_launches(W, &key, NULL, &a, L), 5);
+  ck_assert_uint_eq(L[1].grid[0], 0);
+  ck_assert_uint_eq(L[2].grid[0], 2 * 4);
+  ck_assert_uint_gt(L[2].smem, 160 * 1024);
+  /* 1 x 262144 tokens, 8 heads: 32 narrow programs, cut into 256 / 32 = 8
+  ** segments: the segment pass on 4 wide tiles (2 value, 2 key) x 8
+  ** segments, then the narrow kernel on 4 x 8, both 2 stages (two blocks a SM) */
+  a.N = 1, a.H = 8, a.num_chunks = 4096, a.total = 262144;
+  ck_assert_int_eq(fla_stage_launches(W, &key, NULL, &a, L), 5);
+  ck_assert_uint_eq(L[1].grid[0], 4 * 8);
+  ck_assert_uint_eq(L[2].grid[0], 4 * 8);
+  ck_assert_uint_eq(L[3].grid[0], 0);
+  for (int i = 0; i < 5; i++) ck_assert_uint_le(L[i].smem, 227 * 1024);
+  ck_assert_uint_lt(L[1].smem, 113 * 1024);
+  ck_assert_uint_lt(L[2].smem, 113 * 1024);
   size_t w0 = 0, w1 = 0;
   fla_stage_workspace(W, &key, NULL, &a, &w0, &w1);
-  ck_assert_uint_eq(w1, (size_t)262144 * 8 * 128 * 2 + (size_t)4096 * 8 * 64 * 4 + 16);
+  ck_assert_uint_eq(w1, (size_t)262144 * 8 * 128 * 2 + (size_t)4096 * 8 * 64 * 4 +
+                            (size_t)8 * 8 * 128 * 256 * 4 + 16);
+  /* short sequences: segments of fewer than 16 chunks are not cut */
+  a.num_chunks = 31, a.total = 31 * 64;
+  ck_assert_int_eq(fla_stage_launches(W, &key, NULL, &a, L), 5);
+  ck_assert_uint_eq(L[1].grid[0], 0);
+  ck_assert_uint_eq(L[2].grid[0], 4);
+  ck_assert_uint_gt(L[2].smem, 160 * 1024); /* 4 stages */
+  fla_stage_workspace(W, &key, NULL, &a, &w0, &w1);
+  ck_assert_uint_eq(w1, (size_t)31 * 64 * 8 * 128 * 2 + (size_t)31 * 8 * 64 * 4 + 16);
   /* K = V = 256 takes the 2-stage pipeline and value tiles of 32 */
+  a.num_chunks = 4096, a.total = 262144;
   fla_gen_key k = key;
   k.K = k.V = 256;
-  ck_assert_int_eq(fla_stage_launches(W, &k, NULL, &a, L), 4);
-  for (int i = 0; i < 4; i++) ck_assert_uint_le(L[i].smem, 227 * 1024);
+  ck_assert_int_eq(fla_stage_launches(W, &k, NULL, &a, L), 5);
+  for (int i = 0; i < 5; i++) ck_assert_uint_le(L[i].smem, 227 * 1024);
   fla_ctx_free(ctx);
 }
 END_TEST

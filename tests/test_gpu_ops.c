@@ -37,6 +37,10 @@
 **     1.3B's heads: K 256, V 512) and backward at K 192..256, V up to 512, on
 **     chunk_gk_fwd / chunk_gk_bwd (asserted; other recipes skip them).
 **     Summary lines "gpu_ops_wide:" and "gpu_ops_bwd_wide:".
+**   - "segments": the delta-rule recipes forward over long sequences with few
+**     programs (T 6000..12000, H 2, dense and varlen, h0), where chunk_wy_fwd
+**     cuts sequences into segments (asserted from its launches). Summary line
+**     "gpu_ops_wy_segments:".
 **
 ** Forward times: tools/fla_bench.c (fla-bench --device cuda).
 **
@@ -62,6 +66,7 @@
 #include "internal.h"
 #include "recipe.h"
 #include "testdata.h"
+#include "generate.h"
 #include "cuda/cuda_api.h"
 #include "cuda/op_cuda.h"
 
@@ -722,6 +727,63 @@ START_TEST(test_gk_many_heads) {
 }
 END_TEST
 
+/* Long sequences over few programs, where chunk_wy_fwd cuts each sequence
+** into segments (a segment pass for every segment's B | M, then the state
+** pass from the chained entering states): dense with and without h0, a
+** varlen batch whose length-1 sequence has empty segments, odd K and V.
+** Each case asserts that the default tiles do take segments; recipes whose
+** core is another stage are skipped. */
+static const gcase wy_segment_cases_[] = {
+    {8192, 128, 128, 1, FLA_BF16, FLA_ALGO_AUTO, 0},  /* 2 x 2 heads: 8 segments */
+    {8192, 64, 64, 0, FLA_BF16, FLA_ALGO_AUTO, 0},    /* 8 */
+    {12000, 128, 128, 1, FLA_BF16, FLA_ALGO_AUTO, 3}, /* 3 a sequence */
+    {6000, 100, 100, 1, FLA_BF16, FLA_ALGO_AUTO, 2},  /* 2 */
+};
+
+/* 1 when the chunk_wy_fwd launches of case c (default tiles) run the
+** segment pass (launch 1, gen/stage_chunk_wy.c). */
+static int wy_takes_segments_(const fla_recipe *r, const fla_op_config *cfg, const gcase *c) {
+  fla_gen_key key;
+  fla_gen_key_from_ir(fla_recipe_ir(r), (int)cfg->K, (int)cfg->V, 1, c->h0, 1, &key);
+  int64_t N = c->nseqs ? c->nseqs : cfg->B;
+  fla_kernel_args a;
+  memset(&a, 0, sizeof a);
+  a.N = (int32_t)N, a.H = (int32_t)cfg->H, a.total = cfg->B * cfg->T;
+  /* chunks: at most one partial chunk a sequence more than the dense count */
+  a.num_chunks = (int32_t)(c->nseqs ? (cfg->T + 63) / 64 + N - 1 : N * ((cfg->T + 63) / 64));
+  fla_kernel_launch L[FLA_STAGE_MAX_KERNELS];
+  int n = fla_stage_launches(FLA_STAGE_CHUNK_WY_FWD, &key, NULL, &a, L);
+  return n == 5 && L[1].grid[0] > 0;
+}
+
+START_TEST(test_wy_segments) {
+  const char *name = recipes[_i];
+  fla_ctx *h = cpu_ctx(), *g = gpu_ctx();
+  fla_recipe *r = find_(h, name);
+  recipe_summary sum;
+  memset(&sum, 0, sizeof sum);
+  int n = (int)(sizeof wy_segment_cases_ / sizeof wy_segment_cases_[0]);
+  for (int i = 0; i < n; i++) {
+    const gcase *c = &wy_segment_cases_[i];
+    fla_op_config cfg = config_(r, c);
+    fla_op *op = NULL;
+    ck_assert_msg(fla_op_bind(g, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(g));
+    int stage = fla_cuda_op_core_stage(op, FLA_BF16, c->h0, 1);
+    fla_op_free(op);
+    if (stage != FLA_STAGE_CHUNK_WY_FWD) break;
+    ck_assert_msg(wy_takes_segments_(r, &cfg, c), "%s case %d: no segments under the default tiles",
+                  name, i);
+    run_case_(h, g, name, r, c, 8000u + (uint64_t)i, &sum);
+  }
+  if (sum.runs)
+    printf("gpu_ops_wy_segments: %-16s %d runs  max rel RMS o %.2e ht %.2e  PASS\n", name, sum.runs,
+           sum.max_o, sum.max_ht);
+  fla_recipe_free(r);
+  fla_ctx_free(g);
+  fla_ctx_free(h);
+}
+END_TEST
+
 static int must_take_gk_(const char *name) { return !strcmp(name, "gla") || !strcmp(name, "hgrn2"); }
 
 START_TEST(test_gk_wide_keys) {
@@ -1058,6 +1120,7 @@ static Suite *gpu_suite(void) {
   tcase_set_timeout(fwd, 900);
   tcase_add_loop_test(fwd, test_recipe_forward, 0, nrecipes);
   tcase_add_loop_test(fwd, test_gk_many_heads, 0, nrecipes);
+  tcase_add_loop_test(fwd, test_wy_segments, 0, nrecipes);
   tcase_add_loop_test(fwd, test_gk_wide_keys, 0, nrecipes);
   suite_add_tcase(s, fwd);
   TCase *bwd = tcase_create("backward");

@@ -22,14 +22,15 @@
 ** (with P = K in L for the plain delta rule: L uses P K^T = P P^T only when
 ** there is no probe; with a probe, L_ij = beta_i (p_i . k_j) 2^(gam_i - gam_j).)
 **
-** Four kernels, three launched (per-kernel timings and what limits each:
-** bench/results/2026-11-23-chunk-wy-fwd-2.md):
+** Five kernels, three or four launched (per-kernel timings and what limits
+** each: bench/results/2026-11-23-chunk-wy-fwd-2.md and -4.md):
 **   fla_wy_prep  (NC, H), 128 threads: one chunk of one head, fully parallel.
 **       gam by a warp scan -> ws1 after U ([NC,H,64] f32, for the others);
 **       L by mma (fp32 accumulate) into fp32 smem; T in fp32 blocked in
 **       16 x 16 (fla's solve_tril): diagonal blocks by forward substitution,
 **       off-diagonal ones level by level; the operands beta .* 2^gam .* P
-**       and beta .* V rounded to bf16, W and U by mma with T's fragments
+**       and beta .* V rounded to bf16 (V <= 128: V's tile waits in
+**       registers and lands over L once T is done), W and U by mma with T's fragments
 **       rounded to bf16 (as fla's solve_tril output) -> ws0 = W bf16
 **       [tok,H,K], ws1 = U bf16 [tok,H,V].
 **   fla_wy_fwd_h / fla_wy_fwd_h64 (NVH*N, H), 128 threads: one (value tile
@@ -40,6 +41,9 @@
 **       ([NC,H,K,V]), Vn = U - W h[c] by mma, rounded to bf16 (fla's v_new)
 **       -> ws1 over U, then S = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam)).
 **       K, W, U, gam tiles in 2..4 cp.async stages.
+**   fla_wy_fwd_seg, with few programs over long sequences (see "segments"
+**       below): the segment pass in front of fla_wy_fwd_h, which then runs
+**       every segment of a sequence from its chained entering state.
 **   fla_wy_fwd_o (NC*NV, H), 128 threads: fully parallel, chunk_fwd's output
 **       of one chunk from Q, K, Vn, h[c] and gam (ck_o_chunk without the
 **       update).
@@ -348,13 +352,29 @@ __device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
   return (float *)(a.ws1 + ubytes);
 }
 
+/* V's tile in registers (CW_VREG, V <= 128): loaded into registers at the
+** start, its latency under L and the inverse, and stored (scaled by beta) over
+** Lf once T is done, L being dead then: 17 KiB less shared memory, 4 blocks
+** a SM instead of 3 (3 instead of 2 with a probe). CW_VPT: 16-byte pieces a
+** thread. Keep smem_prep_() in gen/stage_chunk_wy.c in step. */
+#ifndef CW_VREG /* a harness knob: 0 keeps V's tile in shared memory */
+#define CW_VREG (CW_VP <= 128)
+#endif
+#define CW_VPT (CK_BT * CW_VP / 8 / CK_NTH)
+
 /* Shared memory: Ps[64][LDP] (and Ks[64][LDP] with a probe), Vs[64][LDV1]
-** bf16, Lf[64][65], Tf[64][65] f32, gam, bet, fsc [64] f32. */
+** bf16 (not with CW_VREG: over Lf at the end), Lf[64][68], Tf[64][68] f32,
+** gam, bet, fsc [64] f32. */
 extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Ps = (unsigned short *)ck_sm;
+#if CW_VREG
+  float *Lf = (float *)(Ps + CW_NBUF_P * CK_BT * CW_LDP);
+  unsigned short *Vs = (unsigned short *)Lf; /* once L is dead */
+#else
   unsigned short *Vs = Ps + CW_NBUF_P * CK_BT * CW_LDP;
   float *Lf = (float *)(Vs + CK_BT * CW_LDV1);
+#endif
   float *Tf = Lf + CK_BT * CW_LDL;
   float *gam = Tf + CK_BT * CW_LDL;
   float *bet = gam + CK_BT;
@@ -381,8 +401,32 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
 #endif
   const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
   ck_load_tile<CK_KP, CW_LDP, CK_NTH>(Ps, pp + rk, H * FLA_K, rows, FLA_K, vecp, tid);
+#if CW_VREG
+  /* piece i of this thread: row (tid + i NTH) / (VP / 8), 8 columns */
+  uint4 vr[CW_VPT];
+  {
+    const unsigned short *vg = (const unsigned short *)a.v + rv;
+#pragma unroll
+    for (int i = 0; i < CW_VPT; i++) {
+      const int pc = tid + i * CK_NTH, r = pc / (CW_VP / 8), cc = (pc % (CW_VP / 8)) * 8;
+      const unsigned short *src = vg + r * H * FLA_V + cc;
+      vr[i] = make_uint4(0u, 0u, 0u, 0u);
+      if (r < rows && cc < FLA_V) {
+        if (vecv) {
+          vr[i] = *(const uint4 *)src;
+        } else {
+          unsigned e[8];
+#pragma unroll
+          for (int j = 0; j < 8; j++) e[j] = cc + j < FLA_V ? src[j] : 0u;
+          vr[i] = make_uint4(e[0] | e[1] << 16, e[2] | e[3] << 16, e[4] | e[5] << 16, e[6] | e[7] << 16);
+        }
+      }
+    }
+  }
+#else
   ck_load_tile<CW_VP, CW_LDV1, CK_NTH>(Vs, (const unsigned short *)a.v + rv, H * FLA_V, rows, FLA_V,
                                        vecv, tid);
+#endif
   ck_commit();
   if (w == 0) {
     float g0, g1;
@@ -473,11 +517,13 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
       unsigned *pv = (unsigned *)(Ps + r * CW_LDP + cc);
       *pv = ck_scale2(*pv, fsc[r], fsc[r]);
     }
+#if !CW_VREG
     for (int e = t; e < CK_BT * (CW_VP / 2); e += CK_NTH - CK_BT) {
       const int r = e / (CW_VP / 2), cc = 2 * (e % (CW_VP / 2));
       unsigned *pv = (unsigned *)(Vs + r * CW_LDV1 + cc);
       *pv = ck_scale2(*pv, bet[r], bet[r]);
     }
+#endif
   }
   __syncthreads();
 #pragma unroll
@@ -516,8 +562,22 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
     __syncthreads();
   }
 
+#if CW_VREG
+  /* L is dead: beta .* V from the registers over it */
+#pragma unroll
+  for (int i = 0; i < CW_VPT; i++) {
+    const int pc = tid + i * CK_NTH, r = pc / (CW_VP / 8), cc = (pc % (CW_VP / 8)) * 8;
+    const float b = bet[r];
+    const uint4 v = vr[i];
+    *(uint4 *)(Vs + r * CW_LDV1 + cc) =
+        make_uint4(ck_scale2(v.x, b, b), ck_scale2(v.y, b, b), ck_scale2(v.z, b, b), ck_scale2(v.w, b, b));
+  }
+#endif
   /* W = T (beta 2^gam .* P) -> ws0, U = T (beta .* V) -> ws1 */
   cw_tmul_store<CK_KP, CW_LDP>(Tf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w, lane);
+#if CW_VREG
+  __syncthreads(); /* Vs written */
+#endif
   cw_tmul_store<CW_VP, CW_LDV1>(Tf, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
                                 lane);
 }
@@ -551,9 +611,67 @@ __device__ __forceinline__ unsigned short *cw_hws(const fla_kernel_args &a) {
 #define CW_FEW 128
 #endif
 #define CW_NS_FEW (CK_KP <= 128 ? 4 : 2)
-template <int BVH>
-__device__ __forceinline__ int cw_stages(const fla_kernel_args &a) {
-  return (long long)CW_NVH * a.N * a.H <= CW_FEW ? CW_NS_FEW : 2;
+__device__ __forceinline__ int cw_stages(const fla_kernel_args &a, int tiles) {
+  return (long long)tiles * a.N * a.H <= CW_FEW ? CW_NS_FEW : 2; /* tiles a sequence */
+}
+
+/* ------------------------------------ segments of long sequences */
+
+/* With few programs (long sequences, few heads: 1 x 262144 x 8 heads runs 32
+** programs on 132 SMs) the state kernel's serial chain is the forward's
+** time. The recurrence is affine in the state: per chunk
+**   S' = 2^gL S + Kd^T (U - W S) = A_c S + Kd^T U,   A_c = 2^gL I - Kd^T W
+** (Kd = K .* 2^(gL - gam)), so a run of chunks (a segment s) maps its
+** entering state S_s to S_{s+1} = M_s S_s + B_s, with B_s the state it
+** leaves from S_s = 0 and M_s = prod A_c the one it leaves from S_s = I with
+** U = 0. Each sequence is cut into P segments of whole chunks:
+**   fla_wy_fwd_seg  every segment from 0 (value tiles: B_s) and from I
+**                   with U = 0 (key tiles: M_s), tiles of the wide width
+**                   (min(BV, 64)) -> ws1 after gam,
+**                   f32 [N*P, H, K, V + K] (B_s | M_s);
+**   fla_wy_fwd_h    every segment again, its entering state first chained
+**                   in fp32 from h0 (S_0 = h0, S_{j+1} = M_j S_j + B_j, for
+**                   its value slice), then the usual chunk loop writing
+**                   h[c] and Vn for the output kernel.
+** About 3x the state work (K + V columns, then V) on P times the programs.
+** P (1: no segments) is computed alike here and in segments_() of
+** gen/stage_chunk_wy.c from the narrow kernel's program count: only when
+** it is at most CW_SEG_PROGS, about CW_SEG_TARGET programs of the last pass
+** (two blocks a SM on the H100's 132), segments of CW_SEG_MIN chunks or
+** more. Keep the two in step. */
+#ifndef CW_SEG_PROGS /* a harness knob: 0 turns segments off */
+#define CW_SEG_PROGS 64
+#endif
+#define CW_SEG_TARGET 256
+#define CW_SEG_MIN 16
+#define CW_NVH32 ((FLA_V + CW_BVH32 - 1) / CW_BVH32)
+#define CW_VK (FLA_V + FLA_K) /* columns of a segment's B_s | M_s */
+
+__device__ __forceinline__ int cw_segments(const fla_kernel_args &a) {
+  const long long programs = (long long)CW_NVH32 * a.N * a.H;
+  if (a.N < 1 || programs < 1 || programs > CW_SEG_PROGS) return 1;
+  long long p = CW_SEG_TARGET / programs;
+  const long long pmax = (long long)a.num_chunks / a.N / CW_SEG_MIN;
+  if (p > pmax) p = pmax;
+  return p < 2 ? 1 : (int)p;
+}
+
+/* Chunks [c0, c1) of segment p of sequence n (P segments a sequence). */
+__device__ __forceinline__ void cw_seg_range(const fla_kernel_args &a, int n, int p, int P,
+                                             long long &c0, long long &c1) {
+  const long long *cf = (const long long *)a.chunk_first;
+  const long long f = cf[n], len = cf[n + 1] - f;
+  if (P == 1) {
+    c0 = f, c1 = f + len;
+  } else {
+    c0 = f + len * p / P;
+    c1 = f + len * (p + 1) / P;
+  }
+}
+
+/* Where the segments' B_s | M_s start in ws1 (after U and gam). */
+__device__ __forceinline__ float *cw_segws(const fla_kernel_args &a) {
+  return cw_gws(a) + (long long)a.num_chunks * a.H * CK_BT;
 }
 
 /* cp.async.wait_group ns - 1: the oldest of ns groups in flight has landed. */
@@ -623,10 +741,11 @@ __device__ __forceinline__ void cw_rows_out(unsigned short *dst, long long ld,
 
 
 /* Starts the loads of chunk c (at x) for value columns v0.. into one stage
-** (one cp.async group, committed by the caller). */
+** (one cp.async group, committed by the caller); uload 0 leaves U out (the
+** segment pass's key tiles, whose U is 0). */
 template <int BVH>
 __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_chunk &x, long long c,
-                                           int h, int v0, int vcols, int veck, int vecv,
+                                           int h, int v0, int vcols, int veck, int vecv, int uload,
                                            unsigned short *Kd, unsigned short *Wd,
                                            unsigned short *Ud, float *gd, int tid) {
   const long long H = a.H, ro = x.t0 * H + h;
@@ -634,8 +753,9 @@ __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_ch
                                       x.rows, FLA_K, veck, tid);
   ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
                                       x.rows, FLA_K, veck, tid);
-  ck_load_tile<BVH, CW_LDVH, CK_NTH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
-                                        H * FLA_V, x.rows, vcols, vecv, tid);
+  if (uload)
+    ck_load_tile<BVH, CW_LDVH, CK_NTH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
+                                       H * FLA_V, x.rows, vcols, vecv, tid);
 #if FLA_DECAY
   if (tid < CK_BT / 4) ck_cp16(ck_smem(gd + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
 #else
@@ -643,8 +763,82 @@ __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_ch
 #endif
 }
 
-/* Program (value tile vt, sequence n, head h), its chunks in order, the
-** K x BVH state slice S in fp32 registers. Per chunk, S0 = S:
+/* dst[key * ld + col] = S[key][col] for key < K, col < ncols (the slice). */
+template <int BVH>
+__device__ __forceinline__ void cw_state_store_ld(const float (&S)[CK_MT][CW_NTH][4], float *dst,
+                                                  long long ld, int ncols, int w, int lane) {
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < CK_MT; mt++)
+#pragma unroll
+    for (int j = 0; j < CW_NTH; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int key = CK_KW * w + 16 * mt + g + (e >> 1) * 8, col = 8 * j + 2 * q + (e & 1);
+        if (key < FLA_K && col < ncols) dst[key * ld + col] = S[mt][j][e];
+      }
+}
+
+/* The state entering segment p of sequence n, value columns v0.. (vcols):
+**   S_0 = h0 (or 0),   S_{j+1} = M_j S_j + B_j   (j < p, fp32)
+** from the segment pass's B_j | M_j (cw_segws), into S. Work space: 2 KP x
+** BVH f32 over the stage buffers (before the first load is issued). A
+** thread a key row: M_j's row from global (L2), S_j's rows from shared
+** memory (every thread reads the same row: a broadcast). */
+template <int BVH>
+__device__ __forceinline__ void cw_seg_enter(const fla_kernel_args &a, float (&S)[CK_MT][CW_NTH][4],
+                                             const float *h0n, int n, int p, int P, int h, int v0,
+                                             int vcols, float *wsp, int tid, int w, int lane) {
+  float *Sa = wsp, *Sb = wsp + CK_KP * BVH;
+  for (int i = tid; i < CK_KP * BVH; i += CK_NTH) {
+    const int r = i / BVH, cc = i % BVH;
+    Sa[i] = (h0n && r < FLA_K && cc < vcols) ? h0n[(long long)r * FLA_V + v0 + cc] : 0.0f;
+    Sb[i] = 0.0f;
+  }
+  __syncthreads();
+  const long long H = a.H;
+  for (int j = 0; j < p; j++) {
+    const float *BM = cw_segws(a) + (((long long)n * P + j) * H + h) * FLA_K * CW_VK;
+    for (int r = tid; r < FLA_K; r += CK_NTH) {
+      float acc[BVH];
+#pragma unroll
+      for (int cc = 0; cc < BVH; cc++) acc[cc] = 0.0f;
+      const float *Mr = BM + (long long)r * CW_VK + FLA_V;
+#pragma unroll 2
+      for (int m = 0; m < FLA_K; m++) {
+        const float mv = Mr[m];
+        const float4 *Sm = (const float4 *)(Sa + m * BVH);
+#pragma unroll
+        for (int c4 = 0; c4 < BVH / 4; c4++) {
+          const float4 s4 = Sm[c4];
+          acc[4 * c4] += mv * s4.x, acc[4 * c4 + 1] += mv * s4.y;
+          acc[4 * c4 + 2] += mv * s4.z, acc[4 * c4 + 3] += mv * s4.w;
+        }
+      }
+      const float *Br = BM + (long long)r * CW_VK + v0;
+#pragma unroll
+      for (int cc = 0; cc < BVH; cc++) Sb[r * BVH + cc] = cc < vcols ? acc[cc] + Br[cc] : 0.0f;
+    }
+    __syncthreads();
+    float *t = Sa;
+    Sa = Sb, Sb = t;
+  }
+  const int g = lane >> 2, q = lane & 3;
+#pragma unroll
+  for (int mt = 0; mt < CK_MT; mt++)
+#pragma unroll
+    for (int jn = 0; jn < CW_NTH; jn++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int key = CK_KW * w + 16 * mt + g + (e >> 1) * 8, col = 8 * jn + 2 * q + (e & 1);
+        S[mt][jn][e] = Sa[key * BVH + col];
+      }
+  __syncthreads(); /* the stage buffers are free for the loads */
+}
+
+/* Program (value tile vt, segment p of sequence n, head h), the segment's
+** chunks in order (the whole sequence when P = 1), the K x BVH state slice
+** S in fp32 registers. Per chunk, S0 = S:
 **   h[c]  = bf16(S0)                     -> ws0 after W ([NC,H,K,V] bf16)
 **   Vn    = U - W h[c]                   -> ws1 over U (bf16), and smem
 **   S     = 2^gam_L S0 + (K .* 2^(gam_L - gam))^T Vn
@@ -653,11 +847,18 @@ __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_ch
 ** chunk: S0 and the stage in smem | W S0, Vn and Vd, h[c] out | the update,
 ** Vn out | (Ss and the stage free again); the wide kernel puts Vd over Ss
 ** (smem for two blocks a SM) and so needs one more, after W S0.
+** SEG 1 (fla_wy_fwd_seg): the segment pass. Tiles vt < NVH are value tiles
+** from S = 0 (B_s), the next ceil(K / BVH) key tiles from S = I with U = 0
+** (M_s); nothing but the final S is written (-> cw_segws). SEG 0 with
+** P > 1 starts from cw_seg_enter's chained state.
 ** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Ss [KP][LDVH],
 ** Vd [64][LDVH] (over Ss's first rows when BVH > 32) bf16, gs [ns][64] f32. */
-template <int BVH>
+template <int BVH, int SEG>
 __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char *ck_sm) {
-  const int ns = cw_stages<BVH>(a);
+  /* (the wide state kernel never has segments: its registers are at the limit) */
+  const int P = (SEG || BVH <= 32) ? cw_segments(a) : 1;
+  constexpr int NVT = CW_NVH + (SEG ? (FLA_K + BVH - 1) / BVH : 0); /* tiles a segment */
+  const int ns = cw_stages(a, NVT * P);
   unsigned short *Ks = (unsigned short *)ck_sm;
   unsigned short *Ws = Ks + ns * CK_BT * CK_LDQ;
   unsigned short *Us = Ws + ns * CK_BT * CK_LDQ;
@@ -668,31 +869,58 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   unsigned short *Vd = alias ? Ss : Ss + CK_KP * CW_LDVH;
   float *gs = (float *)(Ss + (alias ? CK_KP : CK_KP + CK_BT) * CW_LDVH);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
-  const int vt = blockIdx.x % CW_NVH;
-  const int n = blockIdx.x / CW_NVH;
+  const int vt = blockIdx.x % NVT;
+  const int seg = blockIdx.x / NVT;
+  const int n = seg / P, p = seg % P;
   const int h = blockIdx.y;
   if (n >= a.N) return;
-  const int v0 = vt * BVH;
-  const int vcols = FLA_V - v0 < BVH ? FLA_V - v0 : BVH;
+  const bool ktile = SEG && vt >= CW_NVH; /* a key tile of the segment pass: M_s */
+  const int v0 = (ktile ? vt - CW_NVH : vt) * BVH;
+  const int width = ktile ? FLA_K : FLA_V;
+  const int vcols = width - v0 < BVH ? width - v0 : BVH;
   const long long H = a.H;
   const long long KV = (long long)FLA_K * FLA_V;
-  const long long *cf = (const long long *)a.chunk_first;
-  const long long c0 = cf[n], c1 = cf[n + 1];
+  long long c0, c1;
+  cw_seg_range(a, n, p, P, c0, c1);
   const float *h0 = FLA_HAS_H0 ? (const float *)a.h0 : (const float *)0;
   const float *h0n = h0 ? h0 + ((long long)n * H + h) * KV : h0;
+  float *segout = SEG ? cw_segws(a) + ((long long)seg * H + h) * FLA_K * CW_VK + (ktile ? FLA_V : 0) + v0
+                      : (float *)0;
 
   float S[CK_MT][CW_NTH][4];
-  ck_state_load<CK_KW>(S, h0n, v0, w, lane);
+  if (SEG) {
+    ck_state_zero(S);
+    if (ktile) /* S = I on the tile's keys v0.. */
+#pragma unroll
+      for (int mt = 0; mt < CK_MT; mt++)
+#pragma unroll
+        for (int j = 0; j < CW_NTH; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int key = CK_KW * w + 16 * mt + g + (e >> 1) * 8, col = 8 * j + 2 * q + (e & 1);
+            if (col < vcols && key == v0 + col) S[mt][j][e] = 1.0f;
+          }
+  } else if (P > 1 && p > 0) {
+    cw_seg_enter<BVH>(a, S, h0n, n, p, P, h, v0, vcols, (float *)ck_sm, tid, w, lane);
+  } else {
+    ck_state_load<CK_KW>(S, h0n, v0, w, lane);
+  }
   if (c0 >= c1) {
+    if (SEG) {
+      cw_state_store_ld<BVH>(S, segout, CW_VK, vcols, w, lane);
+    } else {
 #if FLA_STORE_HT
-    ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0, w, lane);
+      if (p == P - 1) /* the sequence is empty: every segment is */
+        ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0, w, lane);
 #endif
+    }
     return;
   }
   unsigned short *up = (unsigned short *)a.ws1;
   unsigned short *hws = cw_hws(a);
   const int veck = (FLA_K % 8 == 0) && (((a.k | a.ws0) & 15) == 0);
   const int vecv = (FLA_V % 8 == 0) && ((a.ws1 & 15) == 0);
+  const int uload = !ktile;
 
   /* the first ns - 1 stages; a group is committed for every stage, empty
   ** past the last chunk, so that wait_group counts the same throughout */
@@ -701,8 +929,8 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   long long cfe = c0;
   for (int st = 0; st < ns - 1; st++) {
     if (cfe < c1) {
-      cw_h_fetch<BVH>(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + st * CK_BT * CK_LDQ,
-                 Ws + st * CK_BT * CK_LDQ, Us + st * CK_BT * CW_LDVH, gs + st * CK_BT, tid);
+      cw_h_fetch<BVH>(a, xf, cfe, h, v0, vcols, veck, vecv, uload, Ks + st * CK_BT * CK_LDQ,
+                      Ws + st * CK_BT * CK_LDQ, Us + st * CK_BT * CW_LDVH, gs + st * CK_BT, tid);
       if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
       cfe++;
     }
@@ -715,8 +943,9 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   for (long long c = c0; c < c1; c++) {
     const int rows = x.rows;
     if (cfe < c1) {
-      cw_h_fetch<BVH>(a, xf, cfe, h, v0, vcols, veck, vecv, Ks + fbuf * CK_BT * CK_LDQ,
-                 Ws + fbuf * CK_BT * CK_LDQ, Us + fbuf * CK_BT * CW_LDVH, gs + fbuf * CK_BT, tid);
+      cw_h_fetch<BVH>(a, xf, cfe, h, v0, vcols, veck, vecv, uload, Ks + fbuf * CK_BT * CK_LDQ,
+                      Ws + fbuf * CK_BT * CK_LDQ, Us + fbuf * CK_BT * CW_LDVH, gs + fbuf * CK_BT,
+                      tid);
       if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
       cfe++;
     }
@@ -732,6 +961,7 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
         const unsigned hi = ck_pack(S[mt][j][2], S[mt][j][3]);
         *(unsigned *)(Ss + key * CW_LDVH + col) = lo;
         *(unsigned *)(Ss + (key + 8) * CW_LDVH + col) = hi;
+        if (SEG) continue; /* the segment pass writes no h[c] */
 #if FLA_V % 8 == 0
         /* h[c] leaves from Ss in 16-byte rows (cw_rows_out below) */
 #elif FLA_V % 2 == 0
@@ -757,7 +987,7 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
     unsigned short *Ub = Us + buf * CK_BT * CW_LDVH;
     const float *gam = gs + buf * CK_BT;
 #if FLA_V % 8 == 0
-    if (alias) cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c], while Ss holds it */
+    if (!SEG && alias) cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c], while Ss holds it */
 #endif
 
     /* Vn = U - W S0 for the warp's rows 16w.., over U in smem and in ws1 */
@@ -797,15 +1027,16 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
         const int col = 8 * j + 2 * q;
         unsigned *pa = (unsigned *)(Ub + rA * CW_LDVH + col);
         unsigned *pb = (unsigned *)(Ub + rB * CW_LDVH + col);
-        const unsigned ua = *pa, ub = *pb;
+        const unsigned ua = uload ? *pa : 0u, ub = uload ? *pb : 0u;
         const float va0 = __uint_as_float(ua << 16) - acc[j][0];
         const float va1 = __uint_as_float(ua & 0xffff0000u) - acc[j][1];
         const float vb0 = __uint_as_float(ub << 16) - acc[j][2];
         const float vb1 = __uint_as_float(ub & 0xffff0000u) - acc[j][3];
         const unsigned na = ck_pack(va0, va1), nb = ck_pack(vb0, vb1);
-        *pa = na, *pb = nb;
+        if (!SEG) *pa = na, *pb = nb;
         *(unsigned *)(Vd + rA * CW_LDVH + col) = ck_pack(fA * va0, fA * va1);
         *(unsigned *)(Vd + rB * CW_LDVH + col) = ck_pack(fB * vb0, fB * vb1);
+        if (SEG) continue;
 #if FLA_V % 8 == 0
         /* Vn leaves from Ub in 16-byte rows (cw_rows_out below) */
 #elif FLA_V % 2 == 0
@@ -825,16 +1056,16 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
       }
     }
 #if FLA_V % 8 == 0
-    if (!alias) cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c] */
+    if (!SEG && !alias) cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c] */
 #endif
     __syncthreads();
 
     cw_state_update<BVH>(S, Kb, Vd, gam, rows, w, lane);
 #if FLA_V % 8 == 0
-    cw_rows_out<BVH>(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, rows, vcols, tid);
+    if (!SEG) cw_rows_out<BVH>(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, rows, vcols, tid);
 #endif
 #if FLA_STORE_HT
-    if (x.last)
+    if (!SEG && x.last)
       ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0, w, lane);
 #endif
     __syncthreads();
@@ -842,15 +1073,28 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
     buf = buf + 1 == ns ? 0 : buf + 1;
     fbuf = fbuf + 1 == ns ? 0 : fbuf + 1;
   }
+  if (SEG) cw_state_store_ld<BVH>(S, segout, CW_VK, vcols, w, lane);
 }
 
+/* The segment pass takes the wide tile: K and W are loaded once for 64
+** columns, and it writes nothing a chunk (no h[c], no Vn), so it has the
+** registers for it. CW_SEG_NARROW (a harness knob) takes the narrow one. */
+#ifdef CW_SEG_NARROW
+#define CW_SEG_BVH CW_BVH32
+#else
+#define CW_SEG_BVH CW_BVH64
+#endif
+extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_seg(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  cw_fwd_h<CW_SEG_BVH, 1>(a, ck_sm);
+}
 extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
-  cw_fwd_h<CW_BVH32>(a, ck_sm);
+  cw_fwd_h<CW_BVH32, 0>(a, ck_sm);
 }
 extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h64(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
-  cw_fwd_h<CW_BVH64>(a, ck_sm);
+  cw_fwd_h<CW_BVH64, 0>(a, ck_sm);
 }
 
 /* ------------------------------------------------ kernel 3: the output */
