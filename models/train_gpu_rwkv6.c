@@ -55,6 +55,8 @@ static void launch_(rw_run *r, int k, unsigned gx, unsigned block, void **args) 
   gpu_train_prof_end(r->td.t, GPU_PROF_EW, t0);
 }
 #define EW_(r, k, n, args) launch_((r), (k), gpu_train_blocks(n), 256, (args))
+#define CB_(r, n) TD_CB(&(r)->td, n) /* compute buffer */
+#define FB_(r, n) TD_FB(&(r)->td, n) /* float32 buffer */
 
 /* ------------------------------------------------------------ kernel wrappers */
 
@@ -125,12 +127,17 @@ void rw_ln_fwd(rw_run *r, dptr x, int x_bf, dptr g, const float *w, const float 
 
 void rw_ln_bwd(rw_run *r, dptr x, int x_bf, dptr g, const float *w, const float *b, dptr dy, int dy_bf, dptr dx,
                int dx_bf, int dx_add, dptr dg, int64_t groups, int nh, int dim) {
-  int g_bf = r->td.bf;
-  dptr wd = w32_(r, w), bd = w32_(r, b), dw = gr_(r, w), db = gr_(r, b);
+  int g_bf = r->td.bf, cols = nh * dim;
+  size_t mark = gpu_train_mark(r->td.t);
+  dptr wd = w32_(r, w), bd = w32_(r, b), pw = FB_(r, groups * dim), pb = b ? FB_(r, groups * dim) : 0;
   float eps = r->td.eps;
   void *a[] = {&x,      &x_bf, &g,  &g_bf, &wd,     &bd, &dy,  &dy_bf, &dx,
-               &dx_bf,  &dx_add, &dg, &dw,   &db,   &groups, &nh, &dim, &eps};
+               &dx_bf,  &dx_add, &dg, &pw,   &pb,   &groups, &nh, &dim, &eps};
   launch_(r, RW_LN_BWD, (unsigned)((groups + 7) / 8), 256, a);
+  /* groups = rows x nh: the terms are [rows, nh dim], weight index = column */
+  td_colsum(&r->td, pw, cols, gr_(r, w));
+  if (b) td_colsum(&r->td, pb, cols, gr_(r, b));
+  gpu_train_release(r->td.t, mark);
 }
 
 /* ------------------------------------------------------------ the recipe op */
@@ -187,8 +194,6 @@ static fla_status op_run_(rw_run *r, const rw_kept *kp, dptr u, dptr o, dptr d_o
 
 /* ------------------------------------------------------------ one block */
 
-#define CB_(r, n) TD_CB(&(r)->td, n)
-#define FB_(r, n) TD_FB(&(r)->td, n)
 /* mix n of kp (float32 [rows, D]) and x_bias's row n */
 #define MIX_(r, kp, n) ((kp)->mix + (dptr)(n) * (dptr)((r)->td.rows * (r)->td.D) * 4)
 #define XBIAS_(r, L, n) (w32_((r), (L)->x_bias) + (dptr)(n) * (dptr)(r)->td.D * 4)

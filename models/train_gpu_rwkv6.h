@@ -49,7 +49,8 @@ fla_status rw_kernels(rw_run *r);
 
 /* LayerNorm (or per-head GroupNorm, nh groups per row of nh dim) with weight
 ** w and bias b (host weight pointers), y = (xh w + b) (* silu(g)); its
-** backward: dx (+= when dx_add, float32), dg, and the weight and bias gradients. */
+** backward: dx (+= when dx_add, float32), dg, and the weight and bias
+** gradients (column sums of per-element terms: groups must be r's rows x nh). */
 void rw_ln_fwd(rw_run *r, dptr x, int x_bf, dptr g, const float *w, const float *b, dptr y, int y_bf,
                int64_t groups, int nh, int dim);
 void rw_ln_bwd(rw_run *r, dptr x, int x_bf, dptr g, const float *w, const float *b, dptr dy, int dy_bf, dptr dx,

@@ -165,10 +165,12 @@ extern "C" __global__ void rw_ln_fwd(const void *x, int x_bf, const void *g, int
 **   silu'(g) = sig(g) (1 + g (1 - sig(g)));  without: dn = dy.
 **   dxh = dn w;  dx = rstd (dxh - mean(dxh) - xh mean(dxh xh))
 **   (added to dx when dx_add (float32), else written in dx_bf);
-**   dw += dn xh, db += dn (atomics per element). b and db may be NULL (no bias). */
+**   the weight and bias gradients' terms per element: pw = dn xh, pb = dn
+**   ([rows, nh dim] float32; the host sums their columns). b and pb may be
+**   NULL (no bias). */
 extern "C" __global__ void rw_ln_bwd(const void *x, int x_bf, const void *g, int g_bf, const float *w,
                                      const float *b, const void *dy, int dy_bf, void *dx, int dx_bf, int dx_add,
-                                     void *dg, float *dw, float *db, i64 groups, int nh, int dim, float eps) {
+                                     void *dg, float *pw, float *pb, i64 groups, int nh, int dim, float eps) {
   int lane = threadIdx.x & 31;
   i64 gi = blockIdx.x * (i64)8 + (threadIdx.x >> 5);
   if (gi >= groups) return;
@@ -194,8 +196,8 @@ extern "C" __global__ void rw_ln_bwd(const void *x, int x_bf, const void *g, int
     float dxh = dn * w[wo + i];
     m1 += dxh;
     m2 += dxh * xh;
-    atomicAdd(&dw[wo + i], dn * xh);
-    if (db) atomicAdd(&db[wo + i], dn);
+    pw[o + i] = dn * xh;
+    if (pb) pb[o + i] = dn;
   }
   m1 = warp_sum(m1) / dim;
   m2 = warp_sum(m2) / dim;
