@@ -595,10 +595,10 @@ fla_status fla_model_create_ex(fla_ctx *ctx, const char *config_path, uint64_t s
 ** trainable, keeps its float32 master weights, float32 gradients and compute
 ** copies (bf16, or float32: the dtype it was loaded or created with) on the
 ** device; fla_model_loss_backward runs there (GLA, RetNet, DeltaNet, Gated
-** DeltaNet, KDA, HGRN2, the Transformer and hybrids with softmax-attention
-** layers in this version: RWKV-6, short convolutions in GLA/RetNet, grouped KV
-** heads in recipe layers and attention with qkv_bias answer FLA_UNSUPPORTED
-** naming what). The host memory that
+** DeltaNet, KDA, HGRN2, RWKV-6, the Transformer and hybrids with
+** softmax-attention layers in this version: short convolutions in GLA/RetNet,
+** grouped KV heads in recipe layers, attention with qkv_bias and RWKV-6 with
+** attention layers answer FLA_UNSUPPORTED naming what). The host memory that
 ** fla_model_param points at is a copy refreshed only by fla_model_sync_host;
 ** after changing it, fla_model_sync_device sends it back. A GPU model made
 ** by fla_model_create has no forward (fla_model_forward: FLA_UNSUPPORTED);

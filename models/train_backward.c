@@ -19,6 +19,7 @@
 #include "internal.h"
 #include "train_internal.h"
 #include "train_gpu_delta.h"
+#include "train_gpu_rwkv6.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -153,9 +154,11 @@ fla_status fla_model_loss_backward(fla_model *m, const int32_t *ids, const int32
                                    float grad_scale, double *loss_sum, int64_t *count) {
   fla_status s = check_args_(m, ids, targets, B, T, loss_sum, count);
   if (s != FLA_OK) return s;
-  if (gpu_train_on(m))
+  if (gpu_train_on(m)) {
+    if (m->cfg.arch == ARCH_RWKV6) return gpu_train_rwkv6_loss_backward(m, ids, targets, B, T, grad_scale, loss_sum, count);
     return gpu_train_delta_arch(m) ? gpu_train_delta_loss_backward(m, ids, targets, B, T, grad_scale, loss_sum, count)
                                    : gpu_train_loss_backward(m, ids, targets, B, T, grad_scale, loss_sum, count);
+  }
   if (m->ctx->backend != FLA_BACKEND_CPU)
     return fla_set_error(m->ctx, FLA_UNSUPPORTED, "fla_model_loss_backward: the model's device training state could not be made (fla_model_enable_grad failed)");
   const model_config *cfg = &m->cfg;

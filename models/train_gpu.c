@@ -188,7 +188,8 @@ void gpu_train_reset(gpu_train *t) {
 
 /* What the device path trains: GLA and RetNet without short convolutions
 ** (train_gpu_loss.c), DeltaNet, Gated DeltaNet and HGRN2 with or without them
-** (train_gpu_delta*.c, train_gpu_hgrn2.c); no hybrid attention layers or grouped heads. */
+** (train_gpu_delta*.c, train_gpu_hgrn2.c), RWKV-6 (train_gpu_rwkv6*.c); no
+** grouped heads. */
 const model_layer *gpu_train_mixer_layer(const fla_model *m) {
   for (int l = 0; l < m->cfg.num_layers; l++)
     if (!m->layers[l].is_attn) return &m->layers[l];
@@ -204,19 +205,20 @@ const model_layer *gpu_train_attn_layer(const fla_model *m) {
 fla_status gpu_train_check(fla_model *m) {
   const model_config *c = &m->cfg;
   const char *why = NULL;
-  int delta = gpu_train_delta_arch(m);
-  if (c->arch != ARCH_GLA && c->arch != ARCH_RETNET && !delta)
-    why = "only GLA, RetNet, DeltaNet, Gated DeltaNet, KDA, HGRN2 and the Transformer are trained on the GPU in this "
-          "version";
+  int delta = gpu_train_delta_arch(m), rwkv6 = c->arch == ARCH_RWKV6;
+  if (c->arch != ARCH_GLA && c->arch != ARCH_RETNET && !delta && !rwkv6)
+    why = "only GLA, RetNet, DeltaNet, Gated DeltaNet, KDA, HGRN2, RWKV-6 and the Transformer are trained on the GPU "
+          "in this version";
   else if (c->use_short_conv && !delta) why = "short convolutions (use_short_conv) are not trained on the GPU yet";
   else if (c->use_short_conv && c->conv_size > TD_CONV_MAX_W) why = "short convolutions of more than 8 taps are not trained on the GPU yet";
   for (int l = 0; !why && l < c->num_layers; l++) {
     const model_layer *L = &m->layers[l];
-    if (L->is_attn && L->attn.qkv_bias) why = "attention projections with biases (qkv_bias) are not trained on the GPU yet";
+    if (rwkv6 && L->is_attn) why = "RWKV-6 with softmax-attention layers is not trained on the GPU yet";
+    else if (L->is_attn && L->attn.qkv_bias) why = "attention projections with biases (qkv_bias) are not trained on the GPU yet";
     else if (L->is_attn && L->K > 256) why = "attention heads wider than 256 are not trained on the GPU";
     else if (!L->is_attn && L->Hkv != L->H) why = "grouped key/value heads (num_kv_heads) are not trained on the GPU yet";
   }
-  if (!why && m->master) /* train_params.c packs the weights in load order: gate_proj then up_proj */
+  if (!why && m->master && !rwkv6) /* train_params.c packs the weights in load order: gate_proj then up_proj */
     for (int l = 0; l < c->num_layers; l++)
       if (m->layers[l].mlp_up != m->layers[l].mlp_gate + (int64_t)m->layers[l].ffn_dim * c->hidden_size)
         why = "the MLP's gate_proj and up_proj weights are not adjacent (the GPU multiplies them as one matrix)";

@@ -21,8 +21,8 @@
 
 #define HEAD_CHUNK_BYTES ((size_t)256 << 20) /* float32 logits held at a time */
 
-/* The head and the loss over rows: dhf (float32) and dWlm +=, per-row losses into lrows. */
-static void head_(td_run *r, dptr hf, dptr dtg, float grad_scale, dptr dhf, dptr lrows) {
+/* The head and the loss over rows (train_gpu_delta.h). */
+void td_head(td_run *r, dptr hf, dptr dtg, float grad_scale, dptr dhf, dptr lrows) {
   fla_model *m = r->m;
   gpu_train *t = r->t;
   int D = r->D, Vb = m->cfg.vocab_size, bf = r->bf;
@@ -93,7 +93,7 @@ fla_status gpu_train_delta_loss_backward(fla_model *m, const int32_t *ids, const
   dptr hf = TD_CB(&r, rows * D), dx = TD_FB(&r, rows * D), dhf = TD_FB(&r, rows * D), lrows = TD_FB(&r, rows);
   dptr wf = gpu_train_w32(m, m->final_norm_w);
   td_rms_fwd(&r, XS(NL), 0, 0, wf, hf, r.bf, rows, D, r.eps);
-  head_(&r, hf, dtg, grad_scale, dhf, lrows);
+  td_head(&r, hf, dtg, grad_scale, dhf, lrows);
   td_rms_bwd(&r, XS(NL), 0, 0, wf, dhf, 0, dx, 0, 0, 0, gpu_train_grad(m, m->final_norm_w), rows, D, r.eps);
   for (int l = NL - 1; l >= 0 && g->status == FLA_OK; l--) {
     if (m->recompute && l < NL - 1) td_layer_fwd(&r, &m->layers[l], &kp[l], XS(l + 1)); /* refill the shared set */

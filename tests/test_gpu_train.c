@@ -1,13 +1,14 @@
 /*
 ** test_gpu_train.c -- training on a CUDA context against the CPU's (the
 ** oracle of test_train_grad.c): on the tiny fla GLA and RetNet checkpoints
-** (and, at the end, Gated DeltaNet, DeltaNet, KDA, HGRN2 and the Transformer), the loss and
+** (and, at the end, Gated DeltaNet, DeltaNet, KDA, HGRN2, the Transformer and RWKV-6), the loss and
 ** every parameter's gradient of fla_model_loss_backward (float32 compute
 ** tight, bf16 loose: see the tolerances), micro-batch accumulation,
 ** recomputation, AdamW steps with clipping equal to the CPU's, the loss going
-** down, fla_model_create on the GPU, and the FLA_UNSUPPORTED of an
-** architecture the GPU does not train.
-** Always: templates/cuda/train_nn.cuh compiles with NVRTC for sm_80 and sm_90.
+** down, fla_model_create on the GPU, and the FLA_UNSUPPORTED of a model
+** the GPU does not train (attention with qkv_bias).
+** Always: templates/cuda/train_nn.cuh, train_delta.cuh and train_rwkv6.cuh
+** compile with NVRTC for sm_80 and sm_90.
 ** Without a usable device the GPU cases are one test that prints why it skipped.
 */
 #include "harness.h"
@@ -253,14 +254,41 @@ START_TEST(test_create_and_loss_decreases) {
 }
 END_TEST
 
+/* An architecture the GPU does not train is refused by name: the tiny
+** Transformer's config with qkv_bias (attention projections with biases),
+** written to a temporary directory and created there. */
 START_TEST(test_unsupported_arch_named) {
+  char src[4096], dir[] = "/tmp/fla_gpu_unsup_XXXXXX", path[4200];
+  snprintf(src, sizeof src, "%s/config.json", model_dir_("transformer"));
+  FILE *f = fopen(src, "rb");
+  ck_assert_ptr_nonnull(f);
+  static char text[1 << 16];
+  size_t n = fread(text, 1, sizeof text - 1, f);
+  fclose(f);
+  text[n] = 0;
+  char *at = strstr(text, "\"qkv_bias\": false");
+  ck_assert_msg(at != NULL, "the transformer's config.json has no \"qkv_bias\": false to switch");
+  memcpy(at, "\"qkv_bias\": true ", strlen("\"qkv_bias\": true ")); /* same length: the comma stays */
+  ck_assert_ptr_nonnull(mkdtemp(dir));
+  snprintf(path, sizeof path, "%s/config.json", dir);
+  f = fopen(path, "wb");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(fwrite(text, 1, n, f), n);
+  fclose(f);
   fla_ctx *gctx = cuda_ctx_();
   fla_model *m = NULL;
-  ck_assert_int_eq(fla_model_load_ex(gctx, model_dir_("rwkv6"), FLA_BF16, &m), FLA_OK);
-  ck_assert_int_eq(fla_model_enable_grad(m), FLA_UNSUPPORTED);
-  ck_assert_msg(strstr(fla_errmsg(gctx), "rwkv6") != NULL, "%s", fla_errmsg(gctx));
-  ck_assert_int_eq(fla_model_num_params(m), 0); /* still not trainable */
+  /* the same config trains on the CPU: the refusal is the GPU's */
+  fla_ctx *cctx = th_cpu_ctx();
+  ck_assert_msg(fla_model_create_ex(cctx, path, 1, FLA_F32, &m) == FLA_OK, "%s", fla_errmsg(cctx));
   fla_model_free(m);
+  m = NULL;
+  fla_ctx_free(cctx);
+  ck_assert_int_eq(fla_model_create_ex(gctx, path, 1, FLA_BF16, &m), FLA_UNSUPPORTED);
+  ck_assert_ptr_null(m);
+  ck_assert_msg(strstr(fla_errmsg(gctx), "transformer") != NULL && strstr(fla_errmsg(gctx), "qkv_bias") != NULL, "%s",
+                fla_errmsg(gctx));
+  unlink(path);
+  rmdir(dir);
   fla_ctx_free(gctx);
 }
 END_TEST
@@ -325,10 +353,12 @@ int main(void) {
 ** f_proj and a low-rank sigmoid output gate with a bias) and HGRN2 (floored forget gates whose
 ** per-layer lower bounds come from one raw parameter), and the Transformer
 ** (softmax attention with grouped heads and rotary: train_gpu_attn_layer.c)
-** through the same block loop. */
-static const char *const delta_models_[] = {"gated_deltanet", "delta_net", "kda", "hgrn2", "transformer"};
+** through the same block loop; and RWKV-6 (train_gpu_rwkv6*.c: token shift,
+** LoRA lerps, the decay LoRA, the bonus, gated GroupNorm, the channel mix,
+** LayerNorms with bias and layer 0's pre-norm) through its own loop. */
+static const char *const delta_models_[] = {"gated_deltanet", "delta_net", "kda", "hgrn2", "transformer", "rwkv6"};
 /* the ones stepped with micro-batches, recompute and AdamW */
-static const char *const step_models_[] = {"gated_deltanet", "kda", "hgrn2", "transformer"};
+static const char *const step_models_[] = {"gated_deltanet", "kda", "hgrn2", "transformer", "rwkv6"};
 #define NELEM_(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
 /* _i: model _i / 2, float32 (even) or bf16 (odd): loss and every gradient against the CPU */
@@ -455,23 +485,29 @@ START_TEST(test_delta_adamw_and_loss_falls) {
 }
 END_TEST
 
-/* templates/cuda/train_delta.cuh compiles with NVRTC (no GPU needed) */
+/* templates/cuda/train_delta.cuh and train_rwkv6.cuh compile with NVRTC (no GPU needed) */
 START_TEST(test_delta_kernels_compile) {
-  const char *src = fla_template_text("train_delta.cuh");
-  ck_assert_ptr_nonnull(src);
+  const char *names[2] = {"train_delta", "train_rwkv6"};
   const char *arch[2] = {"sm_80", "sm_90"};
   fla_ctx *ctx = th_cpu_ctx();
-  for (int a = 0; a < 2; a++) {
-    void *cubin = NULL;
-    size_t n = 0;
-    fla_status s = fla_nvrtc_compile(ctx, "train_delta", src, arch[a], NULL, 0, &cubin, &n);
-    if (s == FLA_UNSUPPORTED) {
-      printf("test_gpu_train: SKIP train_delta compile: %s\n", fla_errmsg(ctx));
-      break;
+  for (int t = 0; t < 2; t++) {
+    char file[64];
+    snprintf(file, sizeof file, "%s.cuh", names[t]);
+    const char *src = fla_template_text(file);
+    ck_assert_msg(src != NULL, "%s is not embedded", file);
+    for (int a = 0; a < 2; a++) {
+      void *cubin = NULL;
+      size_t n = 0;
+      fla_status s = fla_nvrtc_compile(ctx, names[t], src, arch[a], NULL, 0, &cubin, &n);
+      if (s == FLA_UNSUPPORTED) {
+        printf("test_gpu_train: SKIP %s compile: %s\n", names[t], fla_errmsg(ctx));
+        fla_ctx_free(ctx);
+        return;
+      }
+      ck_assert_msg(s == FLA_OK, "%s %s: %s", file, arch[a], fla_errmsg(ctx));
+      ck_assert(fla_cubin_is_elf(cubin, n));
+      free(cubin);
     }
-    ck_assert_msg(s == FLA_OK, "%s", fla_errmsg(ctx));
-    ck_assert(fla_cubin_is_elf(cubin, n));
-    free(cubin);
   }
   fla_ctx_free(ctx);
 }
