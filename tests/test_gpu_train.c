@@ -12,7 +12,6 @@
 ** Without a usable device the GPU cases are one test that prints why it skipped.
 */
 #include "harness.h"
-#include "cuda/nvrtc.h"
 #include "stage.h"
 
 #include <math.h>
@@ -303,24 +302,7 @@ END_TEST
 
 /* The kernels compile (no GPU needed: NVRTC alone). */
 START_TEST(test_kernels_compile) {
-  const char *src = fla_template_text("train_nn.cuh");
-  ck_assert_ptr_nonnull(src);
-  const char *arch[2] = {"sm_80", "sm_90"};
-  fla_ctx *ctx = th_cpu_ctx();
-  for (int a = 0; a < 2; a++) {
-    void *cubin = NULL;
-    size_t n = 0;
-    fla_status s = fla_nvrtc_compile(ctx, "train_nn", src, arch[a], NULL, 0, &cubin, &n);
-    if (s == FLA_UNSUPPORTED) {
-      printf("test_gpu_train: SKIP compile: %s\n", fla_errmsg(ctx));
-      fla_ctx_free(ctx);
-      return;
-    }
-    ck_assert_msg(s == FLA_OK, "%s", fla_errmsg(ctx));
-    ck_assert(fla_cubin_is_elf(cubin, n));
-    free(cubin);
-  }
-  fla_ctx_free(ctx);
+  th_check_nvrtc_compiles("test_gpu_train", "train_nn", fla_template_text("train_nn.cuh"));
 }
 END_TEST
 
@@ -495,29 +477,8 @@ END_TEST
 
 /* templates/cuda/train_delta.cuh and train_rwkv6.cuh compile with NVRTC (no GPU needed) */
 START_TEST(test_delta_kernels_compile) {
-  const char *names[2] = {"train_delta", "train_rwkv6"};
-  const char *arch[2] = {"sm_80", "sm_90"};
-  fla_ctx *ctx = th_cpu_ctx();
-  for (int t = 0; t < 2; t++) {
-    char file[64];
-    snprintf(file, sizeof file, "%s.cuh", names[t]);
-    const char *src = fla_template_text(file);
-    ck_assert_msg(src != NULL, "%s is not embedded", file);
-    for (int a = 0; a < 2; a++) {
-      void *cubin = NULL;
-      size_t n = 0;
-      fla_status s = fla_nvrtc_compile(ctx, names[t], src, arch[a], NULL, 0, &cubin, &n);
-      if (s == FLA_UNSUPPORTED) {
-        printf("test_gpu_train: SKIP %s compile: %s\n", names[t], fla_errmsg(ctx));
-        fla_ctx_free(ctx);
-        return;
-      }
-      ck_assert_msg(s == FLA_OK, "%s %s: %s", file, arch[a], fla_errmsg(ctx));
-      ck_assert(fla_cubin_is_elf(cubin, n));
-      free(cubin);
-    }
-  }
-  fla_ctx_free(ctx);
+  th_check_nvrtc_compiles("test_gpu_train", "train_delta", fla_template_text("train_delta.cuh"));
+  th_check_nvrtc_compiles("test_gpu_train", "train_rwkv6", fla_template_text("train_rwkv6.cuh"));
 }
 END_TEST
 
