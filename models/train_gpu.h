@@ -91,12 +91,12 @@ void gpu_train_release(gpu_train *t, size_t mark);
 /* Ends a call: frees spilled blocks and grows the arena to what it needed. */
 void gpu_train_reset(gpu_train *t);
 
-/* Launches kernel k over a grid of gx x gy blocks of `block` threads. */
 /* Profiling: gpu_train_prof_begin waits for the stream and returns the time;
 ** gpu_train_prof_end waits again and adds the seconds to kind. No-ops unless t->profile. */
 double gpu_train_prof_begin(gpu_train *t);
 void gpu_train_prof_end(gpu_train *t, int kind, double t0);
 
+/* Launches kernel k over a grid of gx x gy blocks of `block` threads. */
 void gpu_train_launch(gpu_train *t, int k, unsigned gx, unsigned gy, unsigned block, void **args);
 unsigned gpu_train_blocks(int64_t n);
 /* The kernel's name (profiles). */
@@ -122,6 +122,20 @@ void gpu_train_swiglu(gpu_train *t, dptr gate, dptr up, int ld, dptr a, int bf, 
 ** [K, N] with ldb, or [N, K] when tb); each operand bf16 when its flag is set. */
 void gpu_train_mm(gpu_train *t, int ta, int tb, int64_t M, int64_t N, int64_t K, dptr A, int a_bf, int lda,
                   dptr B, int b_bf, int ldb, float beta, dptr C, int c_bf, int ldc);
+
+/* What every architecture's step shares (train_gpu_step.c):
+** the recipe op of the mixer layers (gpu_train_mixer_layer) bound into t->op
+** for (B, T), rebound only when they change (scale 0: the recipe's default);
+** x [rows, D] float32 = the embeddings of ids (int32 on the device), and its
+** backward dE += by row; the LM head and the cross-entropy over rows chunk by
+** chunk (~256 MiB of float32 logits at a time, never all of [rows, vocab]):
+** from hf [rows, D] (compute dtype) and targets (int32, -100 ignored), each
+** row's loss into lrows (float32), dhf [rows, D] (float32) written and
+** dWlm += grad_scale d(loss)/dWlm. */
+fla_status gpu_train_bind_op(fla_model *m, int64_t B, int64_t T, double scale);
+void gpu_train_embed(fla_model *m, dptr ids, dptr x, int64_t rows);
+void gpu_train_embed_bwd(fla_model *m, dptr ids, dptr dx, int64_t rows);
+void gpu_train_head(fla_model *m, int64_t rows, dptr hf, dptr targets, float grad_scale, dptr dhf, dptr lrows);
 
 fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32_t *targets, int64_t B,
                                    int64_t T, float grad_scale, double *loss_sum, int64_t *count);

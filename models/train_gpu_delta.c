@@ -147,20 +147,6 @@ static void l2norm_bwd_(td_run *r, dptr x, dptr dy, dptr dx) {
 
 /* ------------------------------------------------------------ the recipe op */
 
-fla_status td_op_bind(td_run *r) {
-  gpu_train *t = r->t;
-  if (t->op && t->op_B == r->B && t->op_T == r->T) return FLA_OK;
-  fla_op_free(t->op);
-  t->op = NULL;
-  fla_op_config cfg;
-  memset(&cfg, 0, sizeof cfg);
-  cfg.B = r->B, cfg.T = r->T, cfg.H = r->H, cfg.K = r->K, cfg.V = r->V;
-  cfg.algo = FLA_ALGO_AUTO;
-  fla_status s = fla_op_bind(r->m->ctx, gpu_train_mixer_layer(r->m)->recipe, &cfg, &t->op);
-  if (s == FLA_OK) t->op_B = r->B, t->op_T = r->T;
-  return s;
-}
-
 /* o = recipe(q, k, v, beta[, g]) (forward, d_o == 0), or dq, dk, dv, dbeta[, dg] from d_o */
 static fla_status op_run_(td_run *r, const td_kept *kp, dptr o, dptr d_o, const dptr *grads) {
   fla_ctx *ctx = r->m->ctx;
@@ -174,7 +160,7 @@ static fla_status op_run_(td_run *r, const td_kept *kp, dptr o, dptr d_o, const 
   fla_tensor *ti[5] = {0}, *tg[5] = {0}, *to = NULL;
   fla_arg args[5], gargs[5];
   fla_status s = r->g->status;
-  if (s == FLA_OK) s = td_op_bind(r);
+  if (s == FLA_OK) s = gpu_train_bind_op(r->m, r->B, r->T, 0.0);
   for (int i = 0; i < nin && s == FLA_OK; i++) {
     s = fla_tensor_wrap_device(ctx, dt, ndims[i], shapes[i], in[i], &ti[i]);
     args[i].name = names[i], args[i].tensor = ti[i];

@@ -88,11 +88,6 @@ void td_lin(td_run *r, dptr x, int in, dptr W, int out, dptr y, int y_bf);
 void td_lin_bwd(td_run *r, dptr x, int in, dptr W, int out, dptr dy, dptr dW, dptr dx, int *first);
 /* out[c] += sum over rows of x[rows, cols] (float32) */
 void td_colsum(td_run *r, dptr x, int cols, dptr out);
-fla_status td_op_bind(td_run *r);
-/* The LM head and the cross-entropy over r->rows rows of hf (compute [rows, D]),
-** targets dtg (device int32): dhf (float32) and dWlm +=, per-row losses into
-** lrows (float32), chunk by chunk (train_gpu_delta_loss.c; RWKV-6's loop too). */
-void td_head(td_run *r, dptr hf, dptr dtg, float grad_scale, dptr dhf, dptr lrows);
 
 #define TD_CB(r, n) gpu_train_alloc((r)->t, (r)->es * (size_t)(n)) /* compute buffer */
 #define TD_FB(r, n) gpu_train_alloc((r)->t, 4 * (size_t)(n))       /* float32 buffer */

@@ -19,32 +19,6 @@
 #include <math.h>
 #include <stdlib.h>
 
-#define HEAD_CHUNK_BYTES ((size_t)256 << 20) /* float32 logits held at a time */
-
-/* The head and the loss over rows (train_gpu_delta.h). */
-void td_head(td_run *r, dptr hf, dptr dtg, float grad_scale, dptr dhf, dptr lrows) {
-  fla_model *m = r->m;
-  gpu_train *t = r->t;
-  int D = r->D, Vb = m->cfg.vocab_size, bf = r->bf;
-  int64_t rows = r->rows, V64 = Vb;
-  dptr Wlm = gpu_train_wc(m, m->lm_head);
-  int64_t chunk = (int64_t)(HEAD_CHUNK_BYTES / (4 * (size_t)Vb));
-  if (chunk < 1) chunk = 1;
-  if (chunk > rows) chunk = rows;
-  dptr logits = TD_FB(r, chunk * Vb), dl = TD_CB(r, chunk * Vb);
-  for (int64_t c0 = 0; c0 < rows; c0 += chunk) {
-    int64_t c = rows - c0 < chunk ? rows - c0 : chunk;
-    dptr hc = hf + (dptr)(c0 * D) * r->es, tg = dtg + (dptr)c0 * 4, lr = lrows + (dptr)c0 * 4;
-    gpu_train_mm(t, 0, 1, c, Vb, D, hc, bf, D, Wlm, bf, D, 0.0f, logits, 0, Vb);
-    void *a[] = {&logits, &tg, &V64, &grad_scale, &dl, &bf, &lr};
-    double t0 = gpu_train_prof_begin(t);
-    gpu_train_launch(t, TK_CE, (unsigned)c, 1, 512, a);
-    gpu_train_prof_end(t, GPU_PROF_CE, t0);
-    gpu_train_mm(t, 0, 0, c, D, Vb, dl, bf, Vb, Wlm, bf, D, 0.0f, dhf + (dptr)(c0 * D) * 4, 0, D);
-    gpu_train_mm(t, 1, 0, Vb, D, c, dl, bf, Vb, hc, bf, D, 1.0f, gpu_train_grad(m, m->lm_head), 0, D);
-  }
-}
-
 fla_status gpu_train_delta_loss_backward(fla_model *m, const int32_t *ids, const int32_t *targets, int64_t B,
                                          int64_t T, float grad_scale, double *loss_sum, int64_t *count) {
   gpu_train *t = m->gtrain;
@@ -74,11 +48,7 @@ fla_status gpu_train_delta_loss_backward(fla_model *m, const int32_t *ids, const
   /* xs[l]: the residual stream at block l's input; xs[NL] the final one */
   dptr xs = TD_FB(&r, (NL + 1) * rows * D);
 #define XS(l) (xs + (dptr)(l) * (dptr)(rows * D) * 4)
-  {
-    dptr E = gpu_train_w32(m, m->embeddings), x0 = XS(0);
-    void *a[] = {&dids, &E, &x0, &rows, &D};
-    gpu_train_launch(t, TK_EMBED, (unsigned)(rows < 16384 ? rows : 16384), 1, 256, a);
-  }
+  gpu_train_embed(m, dids, XS(0), rows);
   dptr raw = m->lower_bounds_raw ? gpu_train_w32(m, m->lower_bounds_raw) : 0;
   if (raw) { /* HGRN2's bounds from the device's raw parameter; their gradient zeroed */
     r.lb = TD_FB(&r, (int64_t)NL * D), r.dlb = TD_FB(&r, (int64_t)NL * D);
@@ -93,7 +63,7 @@ fla_status gpu_train_delta_loss_backward(fla_model *m, const int32_t *ids, const
   dptr hf = TD_CB(&r, rows * D), dx = TD_FB(&r, rows * D), dhf = TD_FB(&r, rows * D), lrows = TD_FB(&r, rows);
   dptr wf = gpu_train_w32(m, m->final_norm_w);
   td_rms_fwd(&r, XS(NL), 0, 0, wf, hf, r.bf, rows, D, r.eps);
-  td_head(&r, hf, dtg, grad_scale, dhf, lrows);
+  gpu_train_head(m, rows, hf, dtg, grad_scale, dhf, lrows);
   td_rms_bwd(&r, XS(NL), 0, 0, wf, dhf, 0, dx, 0, 0, 0, gpu_train_grad(m, m->final_norm_w), rows, D, r.eps);
   for (int l = NL - 1; l >= 0 && g->status == FLA_OK; l--) {
     if (m->recompute && l < NL - 1) td_layer_fwd(&r, &m->layers[l], &kp[l], XS(l + 1)); /* refill the shared set */
@@ -104,11 +74,7 @@ fla_status gpu_train_delta_loss_backward(fla_model *m, const int32_t *ids, const
     void *a[] = {&raw, &r.dlb, &NL, &D, &draw};
     td_launch(&r, TD_HGRN2_LB_BWD, gpu_train_blocks(D), 1, 256, a);
   }
-  {
-    dptr dE = gpu_train_grad(m, m->embeddings);
-    void *a[] = {&dids, &dx, &dE, &rows, &D};
-    gpu_train_launch(t, TK_EMBED_BWD, (unsigned)(rows < 16384 ? rows : 16384), 1, 256, a);
-  }
+  gpu_train_embed_bwd(m, dids, dx, rows);
 #undef XS
   gl_download(g, loss_rows, lrows, sizeof(float) * (size_t)rows);
   s = g->status;

@@ -35,7 +35,7 @@ static fla_status op_run_(td_run *r, const td_kept *kp, dptr o, dptr d_o, dptr d
   fla_tensor *ti[3] = {0}, *tg[3] = {0}, *to = NULL;
   fla_arg args[3], gargs[3];
   fla_status s = r->g->status;
-  if (s == FLA_OK) s = td_op_bind(r);
+  if (s == FLA_OK) s = gpu_train_bind_op(r->m, r->B, r->T, 0.0);
   for (int i = 0; i < 3 && s == FLA_OK; i++) {
     s = fla_tensor_wrap_device(ctx, dt, 4, i == 1 ? sv : sk, in[i], &ti[i]);
     args[i].name = names[i], args[i].tensor = ti[i];

@@ -33,8 +33,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define HEAD_CHUNK_BYTES ((size_t)256 << 20) /* float32 logits held at a time */
-
 typedef struct {
   dptr x, xm, h, q, k, v, gk, g, o, y, h2, gu, a, z0;
   gta_kept at; /* a hybrid's softmax-attention layers (fla's `attn`) */
@@ -102,20 +100,6 @@ static void lin_bwd_(run_ *r, dptr x, int in, dptr W, int out, dptr dy, dptr dW,
 }
 
 /* ------------------------------------------------------------ the recipe op */
-
-static fla_status bind_(run_ *r) {
-  gpu_train *t = r->t;
-  if (t->op && t->op_B == r->B && t->op_T == r->T) return FLA_OK;
-  fla_op_free(t->op);
-  t->op = NULL;
-  fla_op_config cfg;
-  memset(&cfg, 0, sizeof cfg);
-  cfg.B = r->B, cfg.T = r->T, cfg.H = r->H, cfg.K = r->K, cfg.V = r->V;
-  cfg.algo = FLA_ALGO_AUTO;
-  fla_status s = fla_op_bind(r->m->ctx, gpu_train_mixer_layer(r->m)->recipe, &cfg, &t->op);
-  if (s == FLA_OK) t->op_B = r->B, t->op_T = r->T;
-  return s;
-}
 
 /* o = gla(q, k, v, gk) (forward), or dq, dk, dv, dgk from d_o (backward) */
 static fla_status op_run_(run_ *r, const kept_ *kp, dptr o, dptr d_o, dptr dq, dptr dk, dptr dv, dptr dgk) {
@@ -318,12 +302,12 @@ fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32
             .V = L0->V, .I = L0->ffn_dim, .bf = t->bf, .gla = cfg->arch == ARCH_GLA, .gated = L0->g_proj != NULL,
             .es = t->bf ? 2 : 4, .eps = (float)cfg->norm_eps,
             .floor_ = isnan(cfg->clamp_min) ? -INFINITY : (float)cfg->clamp_min};
-  int NL = cfg->num_layers, D = r.D, Vb = cfg->vocab_size;
+  int NL = cfg->num_layers, D = r.D;
   int64_t rows = r.rows;
   g->status = FLA_OK;
   t->in_loss = 1;
   fla_status s = fla_cuda_sync(m->ctx, "training step"); /* also makes the context current */
-  if (s == FLA_OK) s = bind_(&r);
+  if (s == FLA_OK) s = gpu_train_bind_op(m, B, T, 0.0);
   kept_ *kp = calloc((size_t)NL, sizeof *kp);
   float *loss_rows = malloc(sizeof(float) * (size_t)rows);
   if (s == FLA_OK && (!kp || !loss_rows)) s = fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
@@ -336,11 +320,7 @@ fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32
   /* xs[l]: the residual stream at layer l's input; xs[NL] the final one */
   dptr xs = FB(&r, (NL + 1) * rows * D);
 #define XS(l) (xs + (dptr)(l) * (dptr)(rows * D) * 4)
-  {
-    dptr E = gpu_train_w32(m, m->embeddings), x0 = XS(0);
-    void *a[] = {&dids, &E, &x0, &rows, &D};
-    gpu_train_launch(t, TK_EMBED, (unsigned)(rows < 16384 ? rows : 16384), 1, 256, a);
-  }
+  gpu_train_embed(m, dids, XS(0), rows);
   for (int l = 0; l < NL; l++) {
     if (l == 0 || !m->recompute) kept_alloc_(&r, &kp[l], XS(l));
     else kp[l] = kp[0], kp[l].x = XS(l); /* one set of buffers, refilled in the backward */
@@ -349,35 +329,15 @@ fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32
   /* the head and the loss, chunk by chunk */
   dptr hf = CB(&r, rows * D), dx = FB(&r, rows * D), dxb = CB(&r, rows * D), dhf = FB(&r, rows * D),
        lrows = FB(&r, rows);
-  dptr wf = gpu_train_w32(m, m->final_norm_w), Wlm = gpu_train_wc(m, m->lm_head);
+  dptr wf = gpu_train_w32(m, m->final_norm_w);
   rms_fwd_(&r, XS(NL), 0, 0, wf, hf, r.bf, rows, D);
-  int64_t chunk = (int64_t)(HEAD_CHUNK_BYTES / (4 * (size_t)Vb));
-  if (chunk < 1) chunk = 1;
-  if (chunk > rows) chunk = rows;
-  dptr logits = FB(&r, chunk * Vb), dl = CB(&r, chunk * Vb);
-  for (int64_t c0 = 0; c0 < rows; c0 += chunk) {
-    int64_t c = rows - c0 < chunk ? rows - c0 : chunk;
-    dptr hc = hf + (dptr)(c0 * D) * r.es, tg = dtg + (dptr)c0 * 4, lr = lrows + (dptr)c0 * 4;
-    gpu_train_mm(t, 0, 1, c, Vb, D, hc, r.bf, D, Wlm, r.bf, D, 0.0f, logits, 0, Vb);
-    int64_t V64 = Vb;
-    int bf = r.bf;
-    void *a[] = {&logits, &tg, &V64, &grad_scale, &dl, &bf, &lr};
-    double t0 = gpu_train_prof_begin(t);
-    gpu_train_launch(t, TK_CE, (unsigned)c, 1, 512, a);
-    gpu_train_prof_end(t, GPU_PROF_CE, t0);
-    gpu_train_mm(t, 0, 0, c, D, Vb, dl, r.bf, Vb, Wlm, r.bf, D, 0.0f, dhf + (dptr)(c0 * D) * 4, 0, D);
-    gpu_train_mm(t, 1, 0, Vb, D, c, dl, r.bf, Vb, hc, r.bf, D, 1.0f, gpu_train_grad(m, m->lm_head), 0, D);
-  }
+  gpu_train_head(m, rows, hf, dtg, grad_scale, dhf, lrows);
   rms_bwd_(&r, XS(NL), 0, 0, wf, dhf, 0, dx, 0, 0, 0, gpu_train_grad(m, m->final_norm_w), rows, D, dxb);
   for (int l = NL - 1; l >= 0 && g->status == FLA_OK; l--) {
     if (m->recompute && l < NL - 1) layer_fwd_(&r, &m->layers[l], &kp[l], XS(l + 1)); /* refill the shared set */
     layer_bwd_(&r, &m->layers[l], &kp[l], dx, dxb);
   }
-  {
-    dptr dE = gpu_train_grad(m, m->embeddings);
-    void *a[] = {&dids, &dx, &dE, &rows, &D};
-    gpu_train_launch(t, TK_EMBED_BWD, (unsigned)(rows < 16384 ? rows : 16384), 1, 256, a);
-  }
+  gpu_train_embed_bwd(m, dids, dx, rows);
 #undef XS
   gl_download(g, loss_rows, lrows, sizeof(float) * (size_t)rows);
   s = g->status;

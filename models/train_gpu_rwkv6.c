@@ -142,22 +142,6 @@ void rw_ln_bwd(rw_run *r, dptr x, int x_bf, dptr g, const float *w, const float 
 
 /* ------------------------------------------------------------ the recipe op */
 
-/* The rwkv6 op bound for (B, T) with scale 1 (the CPU's grad_op_forward(.., 1.0, ..)) */
-static fla_status op_bind_(rw_run *r) {
-  gpu_train *t = r->td.t;
-  if (t->op && t->op_B == r->td.B && t->op_T == r->td.T) return FLA_OK;
-  fla_op_free(t->op);
-  t->op = NULL;
-  fla_op_config cfg;
-  memset(&cfg, 0, sizeof cfg);
-  cfg.B = r->td.B, cfg.T = r->td.T, cfg.H = r->td.H, cfg.K = r->td.K, cfg.V = r->td.V;
-  cfg.scale = 1.0;
-  cfg.algo = FLA_ALGO_AUTO;
-  fla_status s = fla_op_bind(r->td.m->ctx, gpu_train_mixer_layer(r->td.m)->recipe, &cfg, &t->op);
-  if (s == FLA_OK) t->op_B = r->td.B, t->op_T = r->td.T;
-  return s;
-}
-
 /* o = rwkv6(r, k, v, w, u) (forward, d_o == 0), or dr, dk, dv, dw, du from d_o;
 ** u: the bonus in the compute dtype [H, K] */
 static fla_status op_run_(rw_run *r, const rw_kept *kp, dptr u, dptr o, dptr d_o, const dptr *grads) {
@@ -172,7 +156,7 @@ static fla_status op_run_(rw_run *r, const rw_kept *kp, dptr u, dptr o, dptr d_o
   fla_tensor *ti[5] = {0}, *tg[5] = {0}, *to = NULL;
   fla_arg args[5], gargs[5];
   fla_status s = td->g->status;
-  if (s == FLA_OK) s = op_bind_(r);
+  if (s == FLA_OK) s = gpu_train_bind_op(td->m, td->B, td->T, 1.0); /* scale 1: the CPU's grad_op_forward(.., 1.0, ..) */
   for (int i = 0; i < 5 && s == FLA_OK; i++) {
     s = fla_tensor_wrap_device(ctx, dt, ndims[i], shapes[i], in[i], &ti[i]);
     args[i].name = names[i], args[i].tensor = ti[i];

@@ -7,7 +7,7 @@
 ** LoRA lerps, decay and bonus, the gated per-head GroupNorm; the channel mix;
 ** the LayerNorms with bias).
 ** train_gpu_rwkv6_loss.c: fla_model_loss_backward over the blocks (layer 0's
-** pre-norm, the final LayerNorm, the LM head and cross-entropy of td_head).
+** pre-norm, the final LayerNorm, the LM head and cross-entropy of gpu_train_head).
 */
 #ifndef FLA_MODELS_TRAIN_GPU_RWKV6_H
 #define FLA_MODELS_TRAIN_GPU_RWKV6_H

@@ -2,7 +2,7 @@
 ** train_gpu_rwkv6_loss.c -- fla_model_loss_backward on a CUDA context for
 ** RWKV-6 (train_backward.c is the CPU's): the embeddings, layer 0's pre-norm
 ** (a LayerNorm with bias: x = LN0(E[ids])), the blocks of train_gpu_rwkv6.c,
-** the final LayerNorm, and the LM head with the cross-entropy of td_head;
+** the final LayerNorm, and the LM head with the cross-entropy (gpu_train_head);
 ** the backward runs the other way, through the pre-norm into the embeddings.
 ** Kept between the forward and the backward: the residual stream at every
 ** block's input, the embeddings' rows (with the pre-norm) and rw_kept per block
@@ -47,11 +47,7 @@ fla_status gpu_train_rwkv6_loss_backward(fla_model *m, const int32_t *ids, const
 #define XS(l) (xs + (dptr)(l) * (dptr)(rows * D) * 4)
   const model_layer *Lp = &m->layers[0];
   dptr x0 = Lp->pre_norm_w ? TD_FB(td, rows * D) : XS(0); /* the embeddings' rows */
-  {
-    dptr E = gpu_train_w32(m, m->embeddings);
-    void *a[] = {&dids, &E, &x0, &rows, &D};
-    gpu_train_launch(t, TK_EMBED, (unsigned)(rows < 16384 ? rows : 16384), 1, 256, a);
-  }
+  gpu_train_embed(m, dids, x0, rows);
   if (Lp->pre_norm_w) rw_ln_fwd(&r, x0, 0, 0, Lp->pre_norm_w, Lp->pre_norm_b, XS(0), 0, rows, 1, D);
   for (int l = 0; l < NL; l++) {
     if (l == 0 || !m->recompute) rw_kept_alloc(&r, &kp[l], XS(l));
@@ -60,7 +56,7 @@ fla_status gpu_train_rwkv6_loss_backward(fla_model *m, const int32_t *ids, const
   }
   dptr hf = TD_CB(td, rows * D), dx = TD_FB(td, rows * D), dhf = TD_FB(td, rows * D), lrows = TD_FB(td, rows);
   rw_ln_fwd(&r, XS(NL), 0, 0, m->final_norm_w, m->final_norm_b, hf, bf, rows, 1, D);
-  td_head(td, hf, dtg, grad_scale, dhf, lrows);
+  gpu_train_head(m, rows, hf, dtg, grad_scale, dhf, lrows);
   rw_ln_bwd(&r, XS(NL), 0, 0, m->final_norm_w, m->final_norm_b, dhf, 0, dx, 0, 0, 0, rows, 1, D);
   for (int l = NL - 1; l >= 0 && g->status == FLA_OK; l--) {
     if (m->recompute && l < NL - 1) rw_layer_fwd(&r, &m->layers[l], &kp[l], XS(l + 1)); /* refill the shared set */
@@ -71,11 +67,7 @@ fla_status gpu_train_rwkv6_loss_backward(fla_model *m, const int32_t *ids, const
     dE_rows = TD_FB(td, rows * D);
     rw_ln_bwd(&r, x0, 0, 0, Lp->pre_norm_w, Lp->pre_norm_b, dx, 0, dE_rows, 0, 0, 0, rows, 1, D);
   }
-  {
-    dptr dE = gpu_train_grad(m, m->embeddings);
-    void *a[] = {&dids, &dE_rows, &dE, &rows, &D};
-    gpu_train_launch(t, TK_EMBED_BWD, (unsigned)(rows < 16384 ? rows : 16384), 1, 256, a);
-  }
+  gpu_train_embed_bwd(m, dids, dE_rows, rows);
 #undef XS
   gl_download(g, loss_rows, lrows, sizeof(float) * (size_t)rows);
   s = g->status;

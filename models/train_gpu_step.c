@@ -1,0 +1,65 @@
+/*
+** train_gpu_step.c -- the pieces of a training step that every architecture's
+** loop shares (train_gpu_loss.c, train_gpu_delta_loss.c,
+** train_gpu_rwkv6_loss.c): the recipe op bound for the batch, the embeddings
+** and their backward, the LM head with the cross-entropy.
+*/
+#include "internal.h"
+#include "train_gpu.h"
+
+#include <string.h>
+
+#define HEAD_CHUNK_BYTES ((size_t)256 << 20) /* float32 logits held at a time */
+
+fla_status gpu_train_bind_op(fla_model *m, int64_t B, int64_t T, double scale) {
+  gpu_train *t = m->gtrain;
+  if (t->op && t->op_B == B && t->op_T == T) return FLA_OK;
+  fla_op_free(t->op);
+  t->op = NULL;
+  const model_layer *L = gpu_train_mixer_layer(m);
+  fla_op_config cfg;
+  memset(&cfg, 0, sizeof cfg);
+  cfg.B = B, cfg.T = T, cfg.H = L->H, cfg.K = L->K, cfg.V = L->V;
+  cfg.scale = scale;
+  cfg.algo = FLA_ALGO_AUTO;
+  fla_status s = fla_op_bind(m->ctx, L->recipe, &cfg, &t->op);
+  if (s == FLA_OK) t->op_B = B, t->op_T = T;
+  return s;
+}
+
+void gpu_train_embed(fla_model *m, dptr ids, dptr x, int64_t rows) {
+  dptr E = gpu_train_w32(m, m->embeddings);
+  int D = m->cfg.hidden_size;
+  void *a[] = {&ids, &E, &x, &rows, &D};
+  gpu_train_launch(m->gtrain, TK_EMBED, (unsigned)(rows < 16384 ? rows : 16384), 1, 256, a);
+}
+
+void gpu_train_embed_bwd(fla_model *m, dptr ids, dptr dx, int64_t rows) {
+  dptr dE = gpu_train_grad(m, m->embeddings);
+  int D = m->cfg.hidden_size;
+  void *a[] = {&ids, &dx, &dE, &rows, &D};
+  gpu_train_launch(m->gtrain, TK_EMBED_BWD, (unsigned)(rows < 16384 ? rows : 16384), 1, 256, a);
+}
+
+void gpu_train_head(fla_model *m, int64_t rows, dptr hf, dptr targets, float grad_scale, dptr dhf, dptr lrows) {
+  gpu_train *t = m->gtrain;
+  int D = m->cfg.hidden_size, Vb = m->cfg.vocab_size, bf = t->bf;
+  size_t es = bf ? 2 : 4;
+  int64_t V64 = Vb;
+  dptr Wlm = gpu_train_wc(m, m->lm_head);
+  int64_t chunk = (int64_t)(HEAD_CHUNK_BYTES / (4 * (size_t)Vb));
+  if (chunk < 1) chunk = 1;
+  if (chunk > rows) chunk = rows;
+  dptr logits = gpu_train_alloc(t, 4 * (size_t)(chunk * Vb)), dl = gpu_train_alloc(t, es * (size_t)(chunk * Vb));
+  for (int64_t c0 = 0; c0 < rows; c0 += chunk) {
+    int64_t c = rows - c0 < chunk ? rows - c0 : chunk;
+    dptr hc = hf + (dptr)(c0 * D) * es, tg = targets + (dptr)c0 * 4, lr = lrows + (dptr)c0 * 4;
+    gpu_train_mm(t, 0, 1, c, Vb, D, hc, bf, D, Wlm, bf, D, 0.0f, logits, 0, Vb);
+    void *a[] = {&logits, &tg, &V64, &grad_scale, &dl, &bf, &lr};
+    double t0 = gpu_train_prof_begin(t);
+    gpu_train_launch(t, TK_CE, (unsigned)c, 1, 512, a);
+    gpu_train_prof_end(t, GPU_PROF_CE, t0);
+    gpu_train_mm(t, 0, 0, c, D, Vb, dl, bf, Vb, Wlm, bf, D, 0.0f, dhf + (dptr)(c0 * D) * 4, 0, D);
+    gpu_train_mm(t, 1, 0, Vb, D, c, dl, bf, Vb, hc, bf, D, 1.0f, gpu_train_grad(m, m->lm_head), 0, D);
+  }
+}
