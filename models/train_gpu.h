@@ -133,6 +133,20 @@ void gpu_train_mm(gpu_train *t, int ta, int tb, int64_t M, int64_t N, int64_t K,
 ** row's loss into lrows (float32), dhf [rows, D] (float32) written and
 ** dWlm += grad_scale d(loss)/dWlm. */
 fla_status gpu_train_bind_op(fla_model *m, int64_t B, int64_t T, double scale);
+/* One input of the recipe op: its name and its gradient's, shape, and the
+** device buffers (compute dtype) of the input and, in the backward, its gradient. */
+typedef struct {
+  const char *name, *gname;
+  int ndim;
+  const int64_t *shape;
+  dptr x, dx;
+} gpu_op_input;
+/* o = op(in) (forward, d_o 0), or every in[i].dx from d_o (backward); o and
+** d_o [B, T, H, V] of the mixer layers; the op bound first (gpu_train_bind_op).
+** The time counts as the op's in the profile; an error is kept as the model's
+** sticky device status and returned. */
+fla_status gpu_train_op_run(fla_model *m, int64_t B, int64_t T, double scale, const gpu_op_input *in, int nin, dptr o,
+                            dptr d_o);
 void gpu_train_embed(fla_model *m, dptr ids, dptr x, int64_t rows);
 void gpu_train_embed_bwd(fla_model *m, dptr ids, dptr dx, int64_t rows);
 void gpu_train_head(fla_model *m, int64_t rows, dptr hf, dptr targets, float grad_scale, dptr dhf, dptr lrows);

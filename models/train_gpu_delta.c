@@ -149,35 +149,13 @@ static void l2norm_bwd_(td_run *r, dptr x, dptr dy, dptr dx) {
 
 /* o = recipe(q, k, v, beta[, g]) (forward, d_o == 0), or dq, dk, dv, dbeta[, dg] from d_o */
 static fla_status op_run_(td_run *r, const td_kept *kp, dptr o, dptr d_o, const dptr *grads) {
-  fla_ctx *ctx = r->m->ctx;
-  fla_dtype dt = r->bf ? FLA_BF16 : FLA_F32;
-  int nin = r->gdn || r->kda ? 5 : 4;
   int64_t sk[4] = {r->B, r->T, r->H, r->K}, sv[4] = {r->B, r->T, r->H, r->V}, sh[3] = {r->B, r->T, r->H};
-  const char *names[5] = {"q", "k", "v", "beta", "g"}, *gnames[5] = {"dq", "dk", "dv", "dbeta", "dg"};
-  const int64_t *shapes[5] = {sk, sk, sv, sh, r->kda ? sk : sh}; /* KDA's g: per key [B, T, H, K] */
-  int ndims[5] = {4, 4, 4, 3, r->kda ? 4 : 3};
-  dptr in[5] = {kp->q, kp->k, kp->v, kp->beta, kp->g};
-  fla_tensor *ti[5] = {0}, *tg[5] = {0}, *to = NULL;
-  fla_arg args[5], gargs[5];
-  fla_status s = r->g->status;
-  if (s == FLA_OK) s = gpu_train_bind_op(r->m, r->B, r->T, 0.0);
-  for (int i = 0; i < nin && s == FLA_OK; i++) {
-    s = fla_tensor_wrap_device(ctx, dt, ndims[i], shapes[i], in[i], &ti[i]);
-    args[i].name = names[i], args[i].tensor = ti[i];
-    if (s == FLA_OK && d_o) {
-      s = fla_tensor_wrap_device(ctx, dt, ndims[i], shapes[i], grads[i], &tg[i]);
-      gargs[i].name = gnames[i], gargs[i].tensor = tg[i];
-    }
-  }
-  if (s == FLA_OK) s = fla_tensor_wrap_device(ctx, dt, 4, sv, d_o ? d_o : o, &to);
-  double t0 = gpu_train_prof_begin(r->t);
-  if (s == FLA_OK)
-    s = d_o ? fla_op_backward(r->t->op, args, nin, to, NULL, gargs, nin) : fla_op_forward(r->t->op, args, nin, to, NULL);
-  gpu_train_prof_end(r->t, d_o ? GPU_PROF_OP_BWD : GPU_PROF_OP_FWD, t0);
-  for (int i = 0; i < 5; i++) fla_tensor_free(ti[i]), fla_tensor_free(tg[i]);
-  fla_tensor_free(to);
-  if (s != FLA_OK && r->g->status == FLA_OK) r->g->status = s;
-  return s;
+  const dptr *d = grads ? grads : (const dptr[5]){0};
+  gpu_op_input in[5] = {{"q", "dq", 4, sk, kp->q, d[0]}, {"k", "dk", 4, sk, kp->k, d[1]},
+                        {"v", "dv", 4, sv, kp->v, d[2]}, {"beta", "dbeta", 3, sh, kp->beta, d[3]},
+                        /* KDA's g: per key [B, T, H, K] */
+                        {"g", "dg", r->kda ? 4 : 3, r->kda ? sk : sh, kp->g, d[4]}};
+  return gpu_train_op_run(r->m, r->B, r->T, 0.0, in, r->gdn || r->kda ? 5 : 4, o, d_o);
 }
 
 /* ------------------------------------------------------------ one block */

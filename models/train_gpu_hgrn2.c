@@ -27,32 +27,9 @@ static dptr lb_(const td_run *r, const model_layer *L) {
 
 /* o = hgrn2(q, v, gk) (forward), or dq, dv, dgk from d_o (backward) */
 static fla_status op_run_(td_run *r, const td_kept *kp, dptr o, dptr d_o, dptr dq, dptr dv, dptr dgk) {
-  fla_ctx *ctx = r->m->ctx;
-  fla_dtype dt = r->bf ? FLA_BF16 : FLA_F32;
   int64_t sk[4] = {r->B, r->T, r->H, r->K}, sv[4] = {r->B, r->T, r->H, r->V};
-  const char *names[3] = {"q", "v", "gk"}, *gnames[3] = {"dq", "dv", "dgk"};
-  dptr in[3] = {kp->q, kp->v, kp->g}, gr[3] = {dq, dv, dgk};
-  fla_tensor *ti[3] = {0}, *tg[3] = {0}, *to = NULL;
-  fla_arg args[3], gargs[3];
-  fla_status s = r->g->status;
-  if (s == FLA_OK) s = gpu_train_bind_op(r->m, r->B, r->T, 0.0);
-  for (int i = 0; i < 3 && s == FLA_OK; i++) {
-    s = fla_tensor_wrap_device(ctx, dt, 4, i == 1 ? sv : sk, in[i], &ti[i]);
-    args[i].name = names[i], args[i].tensor = ti[i];
-    if (s == FLA_OK && d_o) {
-      s = fla_tensor_wrap_device(ctx, dt, 4, i == 1 ? sv : sk, gr[i], &tg[i]);
-      gargs[i].name = gnames[i], gargs[i].tensor = tg[i];
-    }
-  }
-  if (s == FLA_OK) s = fla_tensor_wrap_device(ctx, dt, 4, sv, d_o ? d_o : o, &to);
-  double t0 = gpu_train_prof_begin(r->t);
-  if (s == FLA_OK)
-    s = d_o ? fla_op_backward(r->t->op, args, 3, to, NULL, gargs, 3) : fla_op_forward(r->t->op, args, 3, to, NULL);
-  gpu_train_prof_end(r->t, d_o ? GPU_PROF_OP_BWD : GPU_PROF_OP_FWD, t0);
-  for (int i = 0; i < 3; i++) fla_tensor_free(ti[i]), fla_tensor_free(tg[i]);
-  fla_tensor_free(to);
-  if (s != FLA_OK && r->g->status == FLA_OK) r->g->status = s;
-  return s;
+  gpu_op_input in[3] = {{"q", "dq", 4, sk, kp->q, dq}, {"v", "dv", 4, sv, kp->v, dv}, {"gk", "dgk", 4, sk, kp->g, dgk}};
+  return gpu_train_op_run(r->m, r->B, r->T, 0.0, in, 3, o, d_o);
 }
 
 void td_hgrn2_fwd(td_run *r, const model_layer *L, td_kept *kp, dptr h) {

@@ -103,31 +103,10 @@ static void lin_bwd_(run_ *r, dptr x, int in, dptr W, int out, dptr dy, dptr dW,
 
 /* o = gla(q, k, v, gk) (forward), or dq, dk, dv, dgk from d_o (backward) */
 static fla_status op_run_(run_ *r, const kept_ *kp, dptr o, dptr d_o, dptr dq, dptr dk, dptr dv, dptr dgk) {
-  fla_ctx *ctx = r->m->ctx;
-  fla_dtype dt = r->bf ? FLA_BF16 : FLA_F32;
-  int nin = r->gla ? 4 : 3;
   int64_t sk[4] = {r->B, r->T, r->H, r->K}, sv[4] = {r->B, r->T, r->H, r->V};
-  const char *names[4] = {"q", "k", "v", "gk"}, *gnames[4] = {"dq", "dk", "dv", "dgk"};
-  dptr in[4] = {kp->q, kp->k, kp->v, kp->gk}, gr[4] = {dq, dk, dv, dgk};
-  fla_tensor *ti[4] = {0}, *tg[4] = {0}, *to = NULL;
-  fla_arg args[4], gargs[4];
-  fla_status s = r->g->status;
-  for (int i = 0; i < nin && s == FLA_OK; i++) {
-    s = fla_tensor_wrap_device(ctx, dt, 4, i == 2 ? sv : sk, in[i], &ti[i]);
-    args[i].name = names[i], args[i].tensor = ti[i];
-    if (s == FLA_OK && d_o) {
-      s = fla_tensor_wrap_device(ctx, dt, 4, i == 2 ? sv : sk, gr[i], &tg[i]);
-      gargs[i].name = gnames[i], gargs[i].tensor = tg[i];
-    }
-  }
-  if (s == FLA_OK) s = fla_tensor_wrap_device(ctx, dt, 4, sv, d_o ? d_o : o, &to);
-  double t0 = gpu_train_prof_begin(r->t);
-  if (s == FLA_OK) s = d_o ? fla_op_backward(r->t->op, args, nin, to, NULL, gargs, nin) : fla_op_forward(r->t->op, args, nin, to, NULL);
-  gpu_train_prof_end(r->t, d_o ? GPU_PROF_OP_BWD : GPU_PROF_OP_FWD, t0);
-  for (int i = 0; i < 4; i++) fla_tensor_free(ti[i]), fla_tensor_free(tg[i]);
-  fla_tensor_free(to);
-  if (s != FLA_OK && r->g->status == FLA_OK) r->g->status = s;
-  return s;
+  gpu_op_input in[4] = {{"q", "dq", 4, sk, kp->q, dq}, {"k", "dk", 4, sk, kp->k, dk}, {"v", "dv", 4, sv, kp->v, dv},
+                        {"gk", "dgk", 4, sk, kp->gk, dgk}};
+  return gpu_train_op_run(r->m, r->B, r->T, 0.0, in, r->gla ? 4 : 3, o, d_o);
 }
 
 /* ------------------------------------------------------------ one layer */

@@ -143,37 +143,14 @@ void rw_ln_bwd(rw_run *r, dptr x, int x_bf, dptr g, const float *w, const float 
 /* ------------------------------------------------------------ the recipe op */
 
 /* o = rwkv6(r, k, v, w, u) (forward, d_o == 0), or dr, dk, dv, dw, du from d_o;
-** u: the bonus in the compute dtype [H, K] */
+** u: the bonus in the compute dtype [H, K]; scale 1: the CPU's grad_op_forward(.., 1.0, ..) */
 static fla_status op_run_(rw_run *r, const rw_kept *kp, dptr u, dptr o, dptr d_o, const dptr *grads) {
   td_run *td = &r->td;
-  fla_ctx *ctx = td->m->ctx;
-  fla_dtype dt = td->bf ? FLA_BF16 : FLA_F32;
   int64_t sk[4] = {td->B, td->T, td->H, td->K}, sv[4] = {td->B, td->T, td->H, td->V}, su[2] = {td->H, td->K};
-  const char *names[5] = {"r", "k", "v", "w", "u"}, *gnames[5] = {"dr", "dk", "dv", "dw", "du"};
-  const int64_t *shapes[5] = {sk, sk, sv, sk, su};
-  int ndims[5] = {4, 4, 4, 4, 2};
-  dptr in[5] = {kp->r, kp->k, kp->v, kp->w, u};
-  fla_tensor *ti[5] = {0}, *tg[5] = {0}, *to = NULL;
-  fla_arg args[5], gargs[5];
-  fla_status s = td->g->status;
-  if (s == FLA_OK) s = gpu_train_bind_op(td->m, td->B, td->T, 1.0); /* scale 1: the CPU's grad_op_forward(.., 1.0, ..) */
-  for (int i = 0; i < 5 && s == FLA_OK; i++) {
-    s = fla_tensor_wrap_device(ctx, dt, ndims[i], shapes[i], in[i], &ti[i]);
-    args[i].name = names[i], args[i].tensor = ti[i];
-    if (s == FLA_OK && d_o) {
-      s = fla_tensor_wrap_device(ctx, dt, ndims[i], shapes[i], grads[i], &tg[i]);
-      gargs[i].name = gnames[i], gargs[i].tensor = tg[i];
-    }
-  }
-  if (s == FLA_OK) s = fla_tensor_wrap_device(ctx, dt, 4, sv, d_o ? d_o : o, &to);
-  double t0 = gpu_train_prof_begin(td->t);
-  if (s == FLA_OK)
-    s = d_o ? fla_op_backward(td->t->op, args, 5, to, NULL, gargs, 5) : fla_op_forward(td->t->op, args, 5, to, NULL);
-  gpu_train_prof_end(td->t, d_o ? GPU_PROF_OP_BWD : GPU_PROF_OP_FWD, t0);
-  for (int i = 0; i < 5; i++) fla_tensor_free(ti[i]), fla_tensor_free(tg[i]);
-  fla_tensor_free(to);
-  if (s != FLA_OK && td->g->status == FLA_OK) td->g->status = s;
-  return s;
+  const dptr *d = grads ? grads : (const dptr[5]){0};
+  gpu_op_input in[5] = {{"r", "dr", 4, sk, kp->r, d[0]}, {"k", "dk", 4, sk, kp->k, d[1]},
+                        {"v", "dv", 4, sv, kp->v, d[2]}, {"w", "dw", 4, sk, kp->w, d[3]}, {"u", "du", 2, su, u, d[4]}};
+  return gpu_train_op_run(td->m, td->B, td->T, 1.0, in, 5, o, d_o);
 }
 
 /* ------------------------------------------------------------ one block */

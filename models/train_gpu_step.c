@@ -1,7 +1,8 @@
 /*
 ** train_gpu_step.c -- the pieces of a training step that every architecture's
 ** loop shares (train_gpu_loss.c, train_gpu_delta_loss.c,
-** train_gpu_rwkv6_loss.c): the recipe op bound for the batch, the embeddings
+** train_gpu_rwkv6_loss.c): the recipe op bound for the batch and run on
+** device buffers, the embeddings
 ** and their backward, the LM head with the cross-entropy.
 */
 #include "internal.h"
@@ -9,6 +10,7 @@
 
 #include <string.h>
 
+#define GPU_OP_MAX_INPUTS 8
 #define HEAD_CHUNK_BYTES ((size_t)256 << 20) /* float32 logits held at a time */
 
 fla_status gpu_train_bind_op(fla_model *m, int64_t B, int64_t T, double scale) {
@@ -24,6 +26,37 @@ fla_status gpu_train_bind_op(fla_model *m, int64_t B, int64_t T, double scale) {
   cfg.algo = FLA_ALGO_AUTO;
   fla_status s = fla_op_bind(m->ctx, L->recipe, &cfg, &t->op);
   if (s == FLA_OK) t->op_B = B, t->op_T = T;
+  return s;
+}
+
+fla_status gpu_train_op_run(fla_model *m, int64_t B, int64_t T, double scale, const gpu_op_input *in, int nin, dptr o,
+                            dptr d_o) {
+  gpu_train *t = m->gtrain;
+  fla_dtype dt = t->bf ? FLA_BF16 : FLA_F32;
+  const model_layer *L = gpu_train_mixer_layer(m);
+  int64_t so[4] = {B, T, L->H, L->V};
+  fla_tensor *ti[GPU_OP_MAX_INPUTS] = {0}, *tg[GPU_OP_MAX_INPUTS] = {0}, *to = NULL;
+  fla_arg args[GPU_OP_MAX_INPUTS], gargs[GPU_OP_MAX_INPUTS];
+  fla_status s = t->g->status;
+  if (s == FLA_OK && (nin < 1 || nin > GPU_OP_MAX_INPUTS))
+    s = fla_set_error(m->ctx, FLA_INVALID, "training on the GPU: %d recipe inputs (1..%d)", nin, GPU_OP_MAX_INPUTS);
+  if (s == FLA_OK) s = gpu_train_bind_op(m, B, T, scale);
+  for (int i = 0; i < nin && s == FLA_OK; i++) {
+    s = fla_tensor_wrap_device(m->ctx, dt, in[i].ndim, in[i].shape, in[i].x, &ti[i]);
+    args[i].name = in[i].name, args[i].tensor = ti[i];
+    if (s == FLA_OK && d_o) {
+      s = fla_tensor_wrap_device(m->ctx, dt, in[i].ndim, in[i].shape, in[i].dx, &tg[i]);
+      gargs[i].name = in[i].gname, gargs[i].tensor = tg[i];
+    }
+  }
+  if (s == FLA_OK) s = fla_tensor_wrap_device(m->ctx, dt, 4, so, d_o ? d_o : o, &to);
+  double t0 = gpu_train_prof_begin(t);
+  if (s == FLA_OK)
+    s = d_o ? fla_op_backward(t->op, args, nin, to, NULL, gargs, nin) : fla_op_forward(t->op, args, nin, to, NULL);
+  gpu_train_prof_end(t, d_o ? GPU_PROF_OP_BWD : GPU_PROF_OP_FWD, t0);
+  for (int i = 0; i < GPU_OP_MAX_INPUTS; i++) fla_tensor_free(ti[i]), fla_tensor_free(tg[i]);
+  fla_tensor_free(to);
+  if (s != FLA_OK && t->g->status == FLA_OK) t->g->status = s;
   return s;
 }
 
