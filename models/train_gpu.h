@@ -151,6 +151,24 @@ void gpu_train_embed(fla_model *m, dptr ids, dptr x, int64_t rows);
 void gpu_train_embed_bwd(fla_model *m, dptr ids, dptr dx, int64_t rows);
 void gpu_train_head(fla_model *m, int64_t rows, dptr hf, dptr targets, float grad_scale, dptr dhf, dptr lrows);
 
+/* The frame of one step (fla_model_loss_backward), the same in every loop:
+** gpu_train_step_open clears the sticky status, marks the model in a step,
+** synchronizes (making the context current), counts the targets (!= -100),
+** uploads ids and targets (int32) to the activation stack and takes a host
+** buffer for the row losses; gpu_train_step_close downloads lrows [rows]
+** float32 and sums it into *loss_sum (*count = the targets counted) when s is
+** FLA_OK, then resets the stack and frees the host buffer; it returns s, or
+** the download's error. Close is called once after open, whatever open returned. */
+typedef struct {
+  int64_t rows, n;  /* rows of the batch, targets counted */
+  float *loss_rows; /* host, [rows] */
+  dptr ids, targets;
+} gpu_train_frame;
+fla_status gpu_train_step_open(fla_model *m, const int32_t *ids, const int32_t *targets, int64_t rows,
+                               gpu_train_frame *f);
+fla_status gpu_train_step_close(fla_model *m, gpu_train_frame *f, fla_status s, dptr lrows, double *loss_sum,
+                                int64_t *count);
+
 fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32_t *targets, int64_t B,
                                    int64_t T, float grad_scale, double *loss_sum, int64_t *count);
 void gpu_train_zero_grad(fla_model *m);

@@ -283,19 +283,14 @@ fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32
             .floor_ = isnan(cfg->clamp_min) ? -INFINITY : (float)cfg->clamp_min};
   int NL = cfg->num_layers, D = r.D;
   int64_t rows = r.rows;
-  g->status = FLA_OK;
-  t->in_loss = 1;
-  fla_status s = fla_cuda_sync(m->ctx, "training step"); /* also makes the context current */
+  gpu_train_frame f;
+  fla_status s = gpu_train_step_open(m, ids, targets, rows, &f);
   if (s == FLA_OK) s = gpu_train_bind_op(m, B, T, 0.0);
   kept_ *kp = calloc((size_t)NL, sizeof *kp);
-  float *loss_rows = malloc(sizeof(float) * (size_t)rows);
-  if (s == FLA_OK && (!kp || !loss_rows)) s = fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
+  if (s == FLA_OK && !kp) s = fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
+  dptr lrows = 0;
   if (s != FLA_OK) goto done;
-  int64_t n = 0;
-  for (int64_t i = 0; i < rows; i++) n += targets[i] != -100;
-  dptr dids = gpu_train_alloc(t, 4 * (size_t)rows), dtg = gpu_train_alloc(t, 4 * (size_t)rows);
-  gl_upload(g, dids, ids, 4 * (size_t)rows);
-  gl_upload(g, dtg, targets, 4 * (size_t)rows);
+  const dptr dids = f.ids, dtg = f.targets;
   /* xs[l]: the residual stream at layer l's input; xs[NL] the final one */
   dptr xs = FB(&r, (NL + 1) * rows * D);
 #define XS(l) (xs + (dptr)(l) * (dptr)(rows * D) * 4)
@@ -306,8 +301,8 @@ fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32
     layer_fwd_(&r, &m->layers[l], &kp[l], XS(l + 1));
   }
   /* the head and the loss, chunk by chunk */
-  dptr hf = CB(&r, rows * D), dx = FB(&r, rows * D), dxb = CB(&r, rows * D), dhf = FB(&r, rows * D),
-       lrows = FB(&r, rows);
+  dptr hf = CB(&r, rows * D), dx = FB(&r, rows * D), dxb = CB(&r, rows * D), dhf = FB(&r, rows * D);
+  lrows = FB(&r, rows);
   dptr wf = gpu_train_w32(m, m->final_norm_w);
   rms_fwd_(&r, XS(NL), 0, 0, wf, hf, r.bf, rows, D);
   gpu_train_head(m, rows, hf, dtg, grad_scale, dhf, lrows);
@@ -318,19 +313,7 @@ fla_status gpu_train_loss_backward(fla_model *m, const int32_t *ids, const int32
   }
   gpu_train_embed_bwd(m, dids, dx, rows);
 #undef XS
-  gl_download(g, loss_rows, lrows, sizeof(float) * (size_t)rows);
-  s = g->status;
-  if (s == FLA_OK) {
-    double sum = 0;
-    for (int64_t i = 0; i < rows; i++) sum += loss_rows[i];
-    *loss_sum = sum;
-    *count = n;
-  }
 done:
-  g->status = FLA_OK;
-  t->in_loss = 0;
-  gpu_train_reset(t);
   free(kp);
-  free(loss_rows);
-  return s;
+  return gpu_train_step_close(m, &f, s, lrows, loss_sum, count);
 }

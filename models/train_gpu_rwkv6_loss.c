@@ -29,19 +29,14 @@ fla_status gpu_train_rwkv6_loss_backward(fla_model *m, const int32_t *ids, const
   td_run *td = &r.td;
   int NL = cfg->num_layers, D = td->D, bf = td->bf;
   int64_t rows = td->rows;
-  g->status = FLA_OK;
-  t->in_loss = 1;
-  fla_status s = fla_cuda_sync(m->ctx, "training step"); /* also makes the context current */
+  gpu_train_frame f;
+  fla_status s = gpu_train_step_open(m, ids, targets, rows, &f);
   if (s == FLA_OK) s = rw_kernels(&r);
   rw_kept *kp = calloc((size_t)NL, sizeof *kp);
-  float *loss_rows = malloc(sizeof(float) * (size_t)rows);
-  if (s == FLA_OK && (!kp || !loss_rows)) s = fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
+  if (s == FLA_OK && !kp) s = fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
+  dptr lrows = 0;
   if (s != FLA_OK) goto done;
-  int64_t n = 0;
-  for (int64_t i = 0; i < rows; i++) n += targets[i] != -100;
-  dptr dids = gpu_train_alloc(t, 4 * (size_t)rows), dtg = gpu_train_alloc(t, 4 * (size_t)rows);
-  gl_upload(g, dids, ids, 4 * (size_t)rows);
-  gl_upload(g, dtg, targets, 4 * (size_t)rows);
+  const dptr dids = f.ids, dtg = f.targets;
   /* xs[l]: the residual stream at block l's input; xs[NL] the final one */
   dptr xs = TD_FB(td, (NL + 1) * rows * D);
 #define XS(l) (xs + (dptr)(l) * (dptr)(rows * D) * 4)
@@ -54,7 +49,8 @@ fla_status gpu_train_rwkv6_loss_backward(fla_model *m, const int32_t *ids, const
     else kp[l] = kp[0], kp[l].x = XS(l);
     rw_layer_fwd(&r, &m->layers[l], &kp[l], XS(l + 1));
   }
-  dptr hf = TD_CB(td, rows * D), dx = TD_FB(td, rows * D), dhf = TD_FB(td, rows * D), lrows = TD_FB(td, rows);
+  dptr hf = TD_CB(td, rows * D), dx = TD_FB(td, rows * D), dhf = TD_FB(td, rows * D);
+  lrows = TD_FB(td, rows);
   rw_ln_fwd(&r, XS(NL), 0, 0, m->final_norm_w, m->final_norm_b, hf, bf, rows, 1, D);
   gpu_train_head(m, rows, hf, dtg, grad_scale, dhf, lrows);
   rw_ln_bwd(&r, XS(NL), 0, 0, m->final_norm_w, m->final_norm_b, dhf, 0, dx, 0, 0, 0, rows, 1, D);
@@ -69,19 +65,7 @@ fla_status gpu_train_rwkv6_loss_backward(fla_model *m, const int32_t *ids, const
   }
   gpu_train_embed_bwd(m, dids, dE_rows, rows);
 #undef XS
-  gl_download(g, loss_rows, lrows, sizeof(float) * (size_t)rows);
-  s = g->status;
-  if (s == FLA_OK) {
-    double sum = 0;
-    for (int64_t i = 0; i < rows; i++) sum += loss_rows[i];
-    *loss_sum = sum;
-    *count = n;
-  }
 done:
-  g->status = FLA_OK;
-  t->in_loss = 0;
-  gpu_train_reset(t);
   free(kp);
-  free(loss_rows);
-  return s;
+  return gpu_train_step_close(m, &f, s, lrows, loss_sum, count);
 }

@@ -1,17 +1,62 @@
 /*
 ** train_gpu_step.c -- the pieces of a training step that every architecture's
 ** loop shares (train_gpu_loss.c, train_gpu_delta_loss.c,
-** train_gpu_rwkv6_loss.c): the recipe op bound for the batch and run on
-** device buffers, the embeddings
-** and their backward, the LM head with the cross-entropy.
+** train_gpu_rwkv6_loss.c): the step's frame (status, targets, uploads, the
+** row losses summed), the recipe op bound for the batch and run on device
+** buffers, the embeddings and their backward, the LM head with the
+** cross-entropy.
 */
 #include "internal.h"
 #include "train_gpu.h"
 
+#include "cuda/op_cuda.h"
+
+#include <stdlib.h>
 #include <string.h>
 
 #define GPU_OP_MAX_INPUTS 8
 #define HEAD_CHUNK_BYTES ((size_t)256 << 20) /* float32 logits held at a time */
+
+fla_status gpu_train_step_open(fla_model *m, const int32_t *ids, const int32_t *targets, int64_t rows,
+                               gpu_train_frame *f) {
+  gpu_train *t = m->gtrain;
+  nn_gpu *g = t->g;
+  memset(f, 0, sizeof *f);
+  f->rows = rows;
+  g->status = FLA_OK;
+  t->in_loss = 1;
+  fla_status s = fla_cuda_sync(m->ctx, "training step"); /* also makes the context current */
+  if (s != FLA_OK) return s;
+  f->loss_rows = malloc(sizeof(float) * (size_t)rows);
+  if (!f->loss_rows) return fla_set_error(m->ctx, FLA_NOMEM, "out of memory");
+  for (int64_t i = 0; i < rows; i++) f->n += targets[i] != -100;
+  f->ids = gpu_train_alloc(t, 4 * (size_t)rows), f->targets = gpu_train_alloc(t, 4 * (size_t)rows);
+  gl_upload(g, f->ids, ids, 4 * (size_t)rows);
+  gl_upload(g, f->targets, targets, 4 * (size_t)rows);
+  return g->status;
+}
+
+fla_status gpu_train_step_close(fla_model *m, gpu_train_frame *f, fla_status s, dptr lrows, double *loss_sum,
+                                int64_t *count) {
+  gpu_train *t = m->gtrain;
+  nn_gpu *g = t->g;
+  if (s == FLA_OK) {
+    gl_download(g, f->loss_rows, lrows, sizeof(float) * (size_t)f->rows);
+    s = g->status;
+  }
+  if (s == FLA_OK) {
+    double sum = 0;
+    for (int64_t i = 0; i < f->rows; i++) sum += f->loss_rows[i];
+    *loss_sum = sum;
+    *count = f->n;
+  }
+  g->status = FLA_OK;
+  t->in_loss = 0;
+  gpu_train_reset(t);
+  free(f->loss_rows);
+  f->loss_rows = NULL;
+  return s;
+}
 
 fla_status gpu_train_bind_op(fla_model *m, int64_t B, int64_t T, double scale) {
   gpu_train *t = m->gtrain;
