@@ -106,11 +106,24 @@ static double compare_grads_(fla_model *cpu, fla_model *gpu, double tol, double 
   return total;
 }
 
-/* The architectures the GPU trains. */
-/* GLA, RetNet, and the GLA hybrid with a sliding-window attention layer */
-static const char *const models_[] = {"gla", "retnet", "gla_hybrid_swa"};
+/* The architectures the GPU trains: GLA, RetNet and the GLA hybrid with a
+** sliding-window attention layer (train_gpu_loss.c); DeltaNet, Gated
+** DeltaNet, KDA (the delta rule with short convolutions, L2-normed q and k,
+** beta; Gated DeltaNet's gate and gated output norm; KDA's per-key gate through
+** a low-rank f_proj and its low-rank sigmoid output gate), HGRN2 (floored
+** forget gates whose per-layer lower bounds come from one raw parameter) and
+** the Transformer (softmax attention with grouped heads and rotary:
+** train_gpu_attn_layer.c) through the delta-family loop
+** (train_gpu_delta*.c, train_gpu_hgrn2.c); RWKV-6 (token shift, LoRA lerps,
+** the decay LoRA, the bonus, gated GroupNorm, the channel mix, LayerNorms
+** with bias and layer 0's pre-norm: train_gpu_rwkv6*.c) through its own. */
+static const char *const models_[] = {"gla",   "retnet", "gla_hybrid_swa", "gated_deltanet", "delta_net",
+                                      "kda",   "hgrn2",  "transformer",    "rwkv6"};
+/* one of each loop and block kind, stepped with micro-batches, recompute and AdamW */
+static const char *const step_models_[] = {"gla", "gated_deltanet", "kda", "hgrn2", "transformer", "rwkv6"};
+#define NELEM_(a) ((int)(sizeof(a) / sizeof((a)[0])))
 
-/* _i: model _i / 2, float32 (even) or bf16 (odd); loss and gradients against the CPU */
+/* _i: model _i / 2, float32 (even) or bf16 (odd): loss and every gradient against the CPU */
 START_TEST(test_grads_match_cpu) {
   int bf = _i % 2;
   const char *name = models_[_i / 2];
@@ -118,14 +131,14 @@ START_TEST(test_grads_match_cpu) {
   snprintf(what, sizeof what, "%s %s", name, bf ? "bf16" : "f32");
   fla_ctx *cctx = th_cpu_ctx(), *gctx = cuda_ctx_();
   fla_model *cpu = trainable_(cctx, name, -1), *gpu = trainable_(gctx, name, bf ? FLA_BF16 : FLA_F32);
-  int64_t B = 2, T = 77;
+  int64_t B = 2, T = 77; /* T not a multiple of the chunk: the convolutions and the recipe's tail */
   int32_t ids[154], tg[154];
-  batch_(7, B * T, fla_model_vocab_size(cpu), ids, tg);
+  batch_(17, B * T, fla_model_vocab_size(cpu), ids, tg);
   double lc = 0, lg = 0;
   int64_t nc = 0, ng = 0;
   ck_assert_int_eq(fla_model_loss_backward(cpu, ids, tg, B, T, 0.01f, &lc, &nc), FLA_OK);
   fla_status s = fla_model_loss_backward(gpu, ids, tg, B, T, 0.01f, &lg, &ng);
-  ck_assert_msg(s == FLA_OK, "%s", fla_errmsg(gctx));
+  ck_assert_msg(s == FLA_OK, "%s: %s", what, fla_errmsg(gctx));
   ck_assert_int_eq(nc, ng);
   ck_assert_int_eq(nc, B * T - 1);
   printf("test_gpu_train: %s: loss CPU %.7g GPU %.7g\n", what, lc, lg);
@@ -141,13 +154,17 @@ START_TEST(test_grads_match_cpu) {
 }
 END_TEST
 
-/* two micro-batches accumulate to one batch of both; recomputation changes nothing */
+/* step_models_[_i]: two micro-batches with recomputation equal one batch of
+** both; zero_grad clears the device's gradients */
 START_TEST(test_accumulate_and_recompute) {
+  const char *name = step_models_[_i];
+  char what[96];
+  snprintf(what, sizeof what, "%s micro-batches + recompute", name);
   fla_ctx *gctx = cuda_ctx_();
-  fla_model *a = trainable_(gctx, "gla", FLA_F32), *b = trainable_(gctx, "gla", FLA_F32);
+  fla_model *a = trainable_(gctx, name, FLA_F32), *b = trainable_(gctx, name, FLA_F32);
   int64_t T = 64;
   int32_t ids[128], tg[128];
-  batch_(11, 2 * T, fla_model_vocab_size(a), ids, tg);
+  batch_(23, 2 * T, fla_model_vocab_size(a), ids, tg);
   double l, la = 0, lb = 0;
   int64_t n;
   ck_assert_int_eq(fla_model_loss_backward(a, ids, tg, 2, T, 0.5f, &la, &n), FLA_OK);
@@ -156,42 +173,52 @@ START_TEST(test_accumulate_and_recompute) {
   lb += l;
   ck_assert_int_eq(fla_model_loss_backward(b, ids + T, tg + T, 1, T, 0.5f, &l, &n), FLA_OK);
   lb += l;
-  ck_assert_msg(fabs(la - lb) < 1e-5 * fabs(la), "loss %.9g vs %.9g", la, lb);
-  compare_grads_(a, b, 1e-4, 1e-4, "micro-batches + recompute");
-  /* zero_grad clears the device's gradients */
+  ck_assert_msg(fabs(la - lb) < 1e-5 * fabs(la), "%s: loss %.9g vs %.9g", what, la, lb);
+  compare_grads_(a, b, 1e-4, 1e-4, what);
   fla_model_zero_grad(b);
   ck_assert_int_eq(fla_model_sync_host(b), FLA_OK);
-  fla_param p;
-  ck_assert_int_eq(fla_model_param(b, 3, &p), FLA_OK);
-  for (int64_t j = 0; j < p.numel; j++) ck_assert(p.grad[j] == 0.0f);
+  for (int i = 0; i < fla_model_num_params(b); i++) {
+    fla_param p;
+    ck_assert_int_eq(fla_model_param(b, i, &p), FLA_OK);
+    for (int64_t j = 0; j < p.numel; j++) ck_assert_msg(p.grad[j] == 0.0f, "%s: %s not zeroed", name, p.name);
+  }
   fla_model_free(a);
   fla_model_free(b);
   fla_ctx_free(gctx);
 }
 END_TEST
 
-/* three AdamW steps with clipping on both devices: the same weights */
-START_TEST(test_adamw_steps_match_cpu) {
+/* step_models_[_i]: three AdamW steps with clipping (to half the norm, so
+** that every model clips) give the CPU's weights; the moments survive a save
+** and load; a created bf16 model learns one batch (the loss falls) and, made
+** on the GPU, has no forward */
+START_TEST(test_adamw_and_loss_falls) {
+  const char *name = step_models_[_i];
   fla_ctx *cctx = th_cpu_ctx(), *gctx = cuda_ctx_();
-  fla_model *cpu = trainable_(cctx, "gla", -1), *gpu = trainable_(gctx, "gla", FLA_F32);
+  fla_model *cpu = trainable_(cctx, name, -1), *gpu = trainable_(gctx, name, FLA_F32);
   fla_adamw_options o = {0.9f, 0.95f, 1e-8f, 0.1f};
   fla_adamw *ac = NULL, *ag = NULL;
   ck_assert_int_eq(fla_adamw_new_model(cpu, &o, &ac), FLA_OK);
   ck_assert_int_eq(fla_adamw_new_model(gpu, &o, &ag), FLA_OK);
   int64_t B = 2, T = 50;
-  int32_t ids[100], tg[100];
+  int32_t ids[256], tg[256];
   const float lr = 1e-3f;
   for (int step = 0; step < 3; step++) {
-    batch_(100 + step, B * T, fla_model_vocab_size(cpu), ids, tg);
+    batch_(200 + step, B * T, fla_model_vocab_size(cpu), ids, tg);
     double l;
     int64_t n;
     fla_model_zero_grad(cpu);
     fla_model_zero_grad(gpu);
     ck_assert_int_eq(fla_model_loss_backward(cpu, ids, tg, B, T, 1.0f / 99, &l, &n), FLA_OK);
     ck_assert_int_eq(fla_model_loss_backward(gpu, ids, tg, B, T, 1.0f / 99, &l, &n), FLA_OK);
-    double nc = fla_model_clip_grad_norm(cpu, 0.5), ng = fla_model_clip_grad_norm(gpu, 0.5);
-    ck_assert_msg(fabs(nc - ng) < 1e-3 * nc, "grad norm CPU %.9g GPU %.9g", nc, ng);
-    ck_assert_msg(nc > 0.5, "the norm %.3g must exceed the clip for the test to clip", nc);
+    /* the norm first (a bound no norm reaches: nothing scaled), then clipped to half of it */
+    double nc = fla_model_clip_grad_norm(cpu, 1e30), ng = fla_model_clip_grad_norm(gpu, 1e30);
+    ck_assert_msg(fabs(nc - ng) < 1e-3 * nc, "%s: grad norm CPU %.9g GPU %.9g", name, nc, ng);
+    ck_assert_msg(nc > 0, "%s: zero gradient norm", name);
+    fla_model_clip_grad_norm(cpu, 0.5 * nc);
+    double after = fla_model_clip_grad_norm(gpu, 0.5 * nc);
+    ck_assert_msg(fabs(after - ng) < 1e-6 * ng, "%s: the GPU's norm moved from %.9g to %.9g", name, ng, after);
+    ck_assert_msg(fabs(fla_model_clip_grad_norm(gpu, 1e30) - 0.5 * nc) < 1e-3 * nc, "%s: not clipped to half", name);
     ck_assert_int_eq(fla_adamw_step(ac, lr), FLA_OK);
     ck_assert_int_eq(fla_adamw_step(ag, lr), FLA_OK);
   }
@@ -204,9 +231,8 @@ START_TEST(test_adamw_steps_match_cpu) {
     fla_model_param(gpu, i, &b);
     for (int64_t j = 0; j < a.numel; j++) worst = fmax(worst, fabs((double)a.data[j] - b.data[j]));
   }
-  printf("test_gpu_train: AdamW x3: largest weight difference %.3g (lr %g)\n", worst, (double)lr);
-  ck_assert_msg(worst < 0.1 * lr, "weights differ by %.3g after 3 steps", worst);
-  /* the moments survive a save and load through the host */
+  printf("test_gpu_train: %s AdamW x3: largest weight difference %.3g (lr %g)\n", name, worst, (double)lr);
+  ck_assert_msg(worst < 0.1 * lr, "%s: weights differ by %.3g after 3 steps", name, worst);
   char path[] = "/tmp/fla_gpu_adamw_XXXXXX";
   int fd = mkstemp(path);
   ck_assert(fd >= 0);
@@ -219,26 +245,18 @@ START_TEST(test_adamw_steps_match_cpu) {
   fla_adamw_free(ag);
   fla_model_free(cpu);
   fla_model_free(gpu);
-  fla_ctx_free(gctx);
-  fla_ctx_free(cctx);
-}
-END_TEST
-
-/* a fresh model from fla_model_create on the GPU in bf16 learns one batch */
-START_TEST(test_create_and_loss_decreases) {
-  fla_ctx *gctx = cuda_ctx_();
+  /* a fresh bf16 model from the config learns a batch whose targets are a function of the input */
   char cfg[4096];
-  snprintf(cfg, sizeof cfg, "%s/config.json", model_dir_("gla"));
+  snprintf(cfg, sizeof cfg, "%s/config.json", model_dir_(name));
   fla_model *m = NULL;
-  ck_assert_msg(fla_model_create_ex(gctx, cfg, 5, FLA_BF16, &m) == FLA_OK, "%s", fla_errmsg(gctx));
+  ck_assert_msg(fla_model_create_ex(gctx, cfg, 9, FLA_BF16, &m) == FLA_OK, "%s", fla_errmsg(gctx));
   ck_assert_int_gt(fla_model_num_params(m), 10);
-  fla_adamw_options o = {0.9f, 0.95f, 1e-8f, 0.0f};
+  fla_adamw_options o2 = {0.9f, 0.95f, 1e-8f, 0.0f};
   fla_adamw *a = NULL;
-  ck_assert_int_eq(fla_adamw_new_model(m, &o, &a), FLA_OK);
-  int64_t B = 4, T = 64;
-  int32_t ids[256], tg[256];
-  batch_(3, B * T, fla_model_vocab_size(m), ids, tg);
-  for (int i = 0; i < B * T; i++) tg[i] = (ids[i] * 7 + 3) % 256; /* learnable: a function of the input */
+  ck_assert_int_eq(fla_adamw_new_model(m, &o2, &a), FLA_OK);
+  B = 4, T = 64;
+  batch_(5, B * T, fla_model_vocab_size(m), ids, tg);
+  for (int i = 0; i < B * T; i++) tg[i] = (ids[i] * 7 + 3) % 256;
   double first = 0, last = 0;
   for (int step = 0; step < 40; step++) {
     double l;
@@ -250,14 +268,14 @@ START_TEST(test_create_and_loss_decreases) {
     if (step == 0) first = l / n;
     last = l / n;
   }
-  printf("test_gpu_train: fla_model_create bf16, 40 steps on one batch: loss %.4f -> %.4f\n", first, last);
-  ck_assert_msg(first > 5.0 && last < 0.6 * first, "loss %.4f -> %.4f", first, last);
-  /* a created GPU model trains but has no forward */
+  printf("test_gpu_train: %s fla_model_create bf16, 40 steps on one batch: loss %.4f -> %.4f\n", name, first, last);
+  ck_assert_msg(first > 5.0 && last < 0.6 * first, "%s: loss %.4f -> %.4f", name, first, last);
   float logits[256];
   ck_assert_int_eq(fla_model_forward(m, ids, 1, 1, logits), FLA_UNSUPPORTED);
   fla_adamw_free(a);
   fla_model_free(m);
   fla_ctx_free(gctx);
+  fla_ctx_free(cctx);
 }
 END_TEST
 
@@ -300,9 +318,12 @@ START_TEST(test_unsupported_arch_named) {
 }
 END_TEST
 
-/* The kernels compile (no GPU needed: NVRTC alone). */
+/* The kernels of train_nn.cuh, train_delta.cuh and train_rwkv6.cuh compile
+** (no GPU needed: NVRTC alone). */
 START_TEST(test_kernels_compile) {
   th_check_nvrtc_compiles("test_gpu_train", "train_nn", fla_template_text("train_nn.cuh"));
+  th_check_nvrtc_compiles("test_gpu_train", "train_delta", fla_template_text("train_delta.cuh"));
+  th_check_nvrtc_compiles("test_gpu_train", "train_rwkv6", fla_template_text("train_rwkv6.cuh"));
 }
 END_TEST
 
@@ -310,9 +331,6 @@ START_TEST(test_skip_no_gpu) {
   printf("test_gpu_train: SKIP: no usable CUDA device (%s)\n", gpu_why_);
 }
 END_TEST
-
-/* DeltaNet and Gated DeltaNet (train_gpu_delta*.c): defined after main. */
-static void add_delta_tests_(TCase *tc, int gpu);
 
 int main(void) {
   Suite *s = suite_create("gpu_train");
@@ -325,167 +343,10 @@ int main(void) {
     tcase_add_test(tc, test_skip_no_gpu);
   } else {
     tcase_add_test(tc, test_unsupported_arch_named);
-    tcase_add_loop_test(tc, test_grads_match_cpu, 0, 6);
-    tcase_add_test(tc, test_accumulate_and_recompute);
-    tcase_add_test(tc, test_adamw_steps_match_cpu);
-    tcase_add_test(tc, test_create_and_loss_decreases);
+    tcase_add_loop_test(tc, test_grads_match_cpu, 0, 2 * NELEM_(models_));
+    tcase_add_loop_test(tc, test_accumulate_and_recompute, 0, NELEM_(step_models_));
+    tcase_add_loop_test(tc, test_adamw_and_loss_falls, 0, NELEM_(step_models_));
   }
-  add_delta_tests_(tc, gpu);
   suite_add_tcase(s, tc);
   return th_run_suite(s);
-}
-
-/* ------------------------------------------------------------ DeltaNet, Gated DeltaNet, HGRN2, Transformer */
-
-/* The architectures of train_gpu_delta*.c and train_gpu_hgrn2.c: the delta
-** rule (short convolutions, L2-normed q and k, beta; Gated DeltaNet adds its
-** gate and the gated output norm; KDA a per-key gate through a low-rank
-** f_proj and a low-rank sigmoid output gate with a bias) and HGRN2 (floored forget gates whose
-** per-layer lower bounds come from one raw parameter), and the Transformer
-** (softmax attention with grouped heads and rotary: train_gpu_attn_layer.c)
-** through the same block loop; and RWKV-6 (train_gpu_rwkv6*.c: token shift,
-** LoRA lerps, the decay LoRA, the bonus, gated GroupNorm, the channel mix,
-** LayerNorms with bias and layer 0's pre-norm) through its own loop. */
-static const char *const delta_models_[] = {"gated_deltanet", "delta_net", "kda", "hgrn2", "transformer", "rwkv6"};
-/* the ones stepped with micro-batches, recompute and AdamW */
-static const char *const step_models_[] = {"gated_deltanet", "kda", "hgrn2", "transformer", "rwkv6"};
-#define NELEM_(a) ((int)(sizeof(a) / sizeof((a)[0])))
-
-/* _i: model _i / 2, float32 (even) or bf16 (odd): loss and every gradient against the CPU */
-START_TEST(test_delta_grads_match_cpu) {
-  int bf = _i % 2;
-  const char *name = delta_models_[_i / 2];
-  char what[64];
-  snprintf(what, sizeof what, "%s %s", name, bf ? "bf16" : "f32");
-  fla_ctx *cctx = th_cpu_ctx(), *gctx = cuda_ctx_();
-  fla_model *cpu = trainable_(cctx, name, -1), *gpu = trainable_(gctx, name, bf ? FLA_BF16 : FLA_F32);
-  int64_t B = 2, T = 77; /* T not a multiple of the chunk: the convolutions and the recipe's tail */
-  int32_t ids[154], tg[154];
-  batch_(17, B * T, fla_model_vocab_size(cpu), ids, tg);
-  double lc = 0, lg = 0;
-  int64_t nc = 0, ng = 0;
-  ck_assert_int_eq(fla_model_loss_backward(cpu, ids, tg, B, T, 0.01f, &lc, &nc), FLA_OK);
-  fla_status s = fla_model_loss_backward(gpu, ids, tg, B, T, 0.01f, &lg, &ng);
-  ck_assert_msg(s == FLA_OK, "%s: %s", what, fla_errmsg(gctx));
-  ck_assert_int_eq(nc, ng);
-  printf("test_gpu_train: %s: loss CPU %.7g GPU %.7g\n", what, lc, lg);
-  ck_assert_msg(fabs(lc - lg) < (bf ? 1e-2 : 1e-5) * fabs(lc), "%s: loss CPU %.9g GPU %.9g", what, lc, lg);
-  compare_grads_(cpu, gpu, bf ? BF16_TOL : F32_TOL, bf ? BF16_TOL_TOTAL : F32_TOL, what);
-  fla_model_free(cpu);
-  fla_model_free(gpu);
-  fla_ctx_free(gctx);
-  fla_ctx_free(cctx);
-}
-END_TEST
-
-/* step_models_[_i]: two micro-batches with recomputation equal one batch of both */
-START_TEST(test_delta_accumulate_and_recompute) {
-  const char *name = step_models_[_i];
-  char what[96];
-  snprintf(what, sizeof what, "%s micro-batches + recompute", name);
-  fla_ctx *gctx = cuda_ctx_();
-  fla_model *a = trainable_(gctx, name, FLA_F32), *b = trainable_(gctx, name, FLA_F32);
-  int64_t T = 64;
-  int32_t ids[128], tg[128];
-  batch_(23, 2 * T, fla_model_vocab_size(a), ids, tg);
-  double l, la = 0, lb = 0;
-  int64_t n;
-  ck_assert_int_eq(fla_model_loss_backward(a, ids, tg, 2, T, 0.5f, &la, &n), FLA_OK);
-  ck_assert_int_eq(fla_model_set_recompute(b, 1), FLA_OK);
-  ck_assert_int_eq(fla_model_loss_backward(b, ids, tg, 1, T, 0.5f, &l, &n), FLA_OK);
-  lb += l;
-  ck_assert_int_eq(fla_model_loss_backward(b, ids + T, tg + T, 1, T, 0.5f, &l, &n), FLA_OK);
-  lb += l;
-  ck_assert_msg(fabs(la - lb) < 1e-5 * fabs(la), "loss %.9g vs %.9g", la, lb);
-  compare_grads_(a, b, 1e-4, 1e-4, what);
-  fla_model_free(a);
-  fla_model_free(b);
-  fla_ctx_free(gctx);
-}
-END_TEST
-
-/* step_models_[_i]: three AdamW steps with clipping give the CPU's
-** weights, and a created bf16 model learns one batch (the loss falls) */
-START_TEST(test_delta_adamw_and_loss_falls) {
-  const char *name = step_models_[_i];
-  fla_ctx *cctx = th_cpu_ctx(), *gctx = cuda_ctx_();
-  fla_model *cpu = trainable_(cctx, name, -1), *gpu = trainable_(gctx, name, FLA_F32);
-  fla_adamw_options o = {0.9f, 0.95f, 1e-8f, 0.1f};
-  fla_adamw *ac = NULL, *ag = NULL;
-  ck_assert_int_eq(fla_adamw_new_model(cpu, &o, &ac), FLA_OK);
-  ck_assert_int_eq(fla_adamw_new_model(gpu, &o, &ag), FLA_OK);
-  int64_t B = 2, T = 50;
-  int32_t ids[256], tg[256];
-  const float lr = 1e-3f;
-  for (int step = 0; step < 3; step++) {
-    batch_(200 + step, B * T, fla_model_vocab_size(cpu), ids, tg);
-    double l;
-    int64_t n;
-    fla_model_zero_grad(cpu);
-    fla_model_zero_grad(gpu);
-    ck_assert_int_eq(fla_model_loss_backward(cpu, ids, tg, B, T, 1.0f / 99, &l, &n), FLA_OK);
-    ck_assert_int_eq(fla_model_loss_backward(gpu, ids, tg, B, T, 1.0f / 99, &l, &n), FLA_OK);
-    double nc = fla_model_clip_grad_norm(cpu, 0.5), ng = fla_model_clip_grad_norm(gpu, 0.5);
-    ck_assert_msg(fabs(nc - ng) < 1e-3 * nc, "grad norm CPU %.9g GPU %.9g", nc, ng);
-    ck_assert_int_eq(fla_adamw_step(ac, lr), FLA_OK);
-    ck_assert_int_eq(fla_adamw_step(ag, lr), FLA_OK);
-  }
-  ck_assert_int_eq(fla_model_sync_host(gpu), FLA_OK);
-  double worst = 0;
-  for (int i = 0; i < fla_model_num_params(cpu); i++) {
-    fla_param a, b;
-    fla_model_param(cpu, i, &a);
-    fla_model_param(gpu, i, &b);
-    for (int64_t j = 0; j < a.numel; j++) worst = fmax(worst, fabs((double)a.data[j] - b.data[j]));
-  }
-  printf("test_gpu_train: %s AdamW x3: largest weight difference %.3g (lr %g)\n", name, worst, (double)lr);
-  ck_assert_msg(worst < 0.1 * lr, "weights differ by %.3g after 3 steps", worst);
-  fla_adamw_free(ac);
-  fla_adamw_free(ag);
-  fla_model_free(cpu);
-  fla_model_free(gpu);
-  /* a fresh bf16 model from the config learns a batch whose targets are a function of the input */
-  char cfg[4096];
-  snprintf(cfg, sizeof cfg, "%s/config.json", model_dir_(name));
-  fla_model *m = NULL;
-  ck_assert_msg(fla_model_create_ex(gctx, cfg, 9, FLA_BF16, &m) == FLA_OK, "%s", fla_errmsg(gctx));
-  fla_adamw_options o2 = {0.9f, 0.95f, 1e-8f, 0.0f};
-  fla_adamw *a = NULL;
-  ck_assert_int_eq(fla_adamw_new_model(m, &o2, &a), FLA_OK);
-  B = 4, T = 64;
-  batch_(5, B * T, fla_model_vocab_size(m), ids, tg);
-  for (int i = 0; i < B * T; i++) tg[i] = (ids[i] * 7 + 3) % 256;
-  double first = 0, last = 0;
-  for (int step = 0; step < 40; step++) {
-    double l;
-    int64_t n;
-    fla_model_zero_grad(m);
-    ck_assert_int_eq(fla_model_loss_backward(m, ids, tg, B, T, 1.0f / (B * T), &l, &n), FLA_OK);
-    fla_model_clip_grad_norm(m, 1.0);
-    ck_assert_int_eq(fla_adamw_step(a, 1e-2f), FLA_OK);
-    if (step == 0) first = l / n;
-    last = l / n;
-  }
-  printf("test_gpu_train: %s fla_model_create bf16, 40 steps on one batch: loss %.4f -> %.4f\n", name, first, last);
-  ck_assert_msg(first > 5.0 && last < 0.6 * first, "loss %.4f -> %.4f", first, last);
-  fla_adamw_free(a);
-  fla_model_free(m);
-  fla_ctx_free(gctx);
-  fla_ctx_free(cctx);
-}
-END_TEST
-
-/* templates/cuda/train_delta.cuh and train_rwkv6.cuh compile with NVRTC (no GPU needed) */
-START_TEST(test_delta_kernels_compile) {
-  th_check_nvrtc_compiles("test_gpu_train", "train_delta", fla_template_text("train_delta.cuh"));
-  th_check_nvrtc_compiles("test_gpu_train", "train_rwkv6", fla_template_text("train_rwkv6.cuh"));
-}
-END_TEST
-
-static void add_delta_tests_(TCase *tc, int gpu) {
-  tcase_add_test(tc, test_delta_kernels_compile);
-  if (!gpu) return;
-  tcase_add_loop_test(tc, test_delta_grads_match_cpu, 0, 2 * NELEM_(delta_models_));
-  tcase_add_loop_test(tc, test_delta_accumulate_and_recompute, 0, NELEM_(step_models_));
-  tcase_add_loop_test(tc, test_delta_adamw_and_loss_falls, 0, NELEM_(step_models_));
 }
