@@ -808,6 +808,23 @@ static void compile_one(fla_ctx *ctx, compile_log *cl, const char *what, fla_sta
   free(cubin);
 }
 
+/* Generates stage st for key and compiles it (compile_one) where the stage's
+** check takes the key; count (may be NULL) counts the builds. Returns the
+** generator's status (FLA_UNSUPPORTED: declined, nothing compiled). */
+static fla_status compile_if_taken(fla_ctx *ctx, compile_log *cl, fla_stage st, const fla_gen_key *key,
+                                   const char *recipe, int bf16, const char *arch, int *count) {
+  char kn[FLA_STAGE_MAX_KERNELS][64], what[160];
+  int nk = 0;
+  char *src = NULL;
+  fla_status s = fla_generate(ctx, st, key, NULL, &src, kn, &nk);
+  if (s != FLA_OK) return s;
+  snprintf(what, sizeof what, "%s_%s_%s", recipe, fla_stage_name(st), bf16 ? "bf16" : "f32");
+  compile_one(ctx, cl, what, st, src, kn, nk, arch);
+  if (count) (*count)++;
+  free(src);
+  return FLA_OK;
+}
+
 /* Every shipped recipe x stage x {bf16, f32} x {sm_80, sm_90}, default
 ** configs: K = V = 128 (based: K = 16, a 273-dim state); recurrent_fwd and
 ** recurrent_bwd also at odd sizes (K = 100, V = 72: scalar loads, partial
@@ -885,74 +902,25 @@ START_TEST(test_every_recipe_compiles) {
             free(src);
           }
 
-          /* chunk_kda_fwd where it takes the key (KDA), at both shapes. */
-          src = NULL;
-          if (fla_generate(ctx, FLA_STAGE_CHUNK_KDA_FWD, &key, NULL, &src, kn, &nk) == FLA_OK) {
-            snprintf(what, sizeof what, "%s_chunk_kda_fwd_%s", names[i], bf16 ? "bf16" : "f32");
-            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_KDA_FWD, src, kn, nk, archs[a]);
-            cl.chunk_kda++;
-            free(src);
-          }
-          /* chunk_fwd where its check accepts the key. */
+          /* the chunked stages where their checks accept the key: chunk_kda_fwd
+          ** (KDA) at both shapes, the others at K = V = 128 */
+          compile_if_taken(ctx, &cl, FLA_STAGE_CHUNK_KDA_FWD, &key, names[i], bf16, archs[a], &cl.chunk_kda);
           if (shape) continue;
-          /* chunk_gk_fwd likewise (per-key gates). */
-          src = NULL;
-          if (fla_generate(ctx, FLA_STAGE_CHUNK_GK_FWD, &key, NULL, &src, kn, &nk) == FLA_OK) {
-            snprintf(what, sizeof what, "%s_chunk_gk_fwd_%s", names[i], bf16 ? "bf16" : "f32");
-            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_GK_FWD, src, kn, nk, archs[a]);
-            free(src);
-          }
-          /* chunk_fwd_portable likewise (scalar tiles; sm_90 only: it has no
-          ** arch-specific code; not in the sanitizer build, which only times out). */
-          src = NULL;
-          if (!strcmp(archs[a], "sm_90") && !th_quick() && /* the release build covers it */
-              fla_generate(ctx, FLA_STAGE_CHUNK_FWD_PORTABLE, &key, NULL, &src, kn, &nk) == FLA_OK) {
-            snprintf(what, sizeof what, "%s_chunk_fwd_portable_%s", names[i], bf16 ? "bf16" : "f32");
-            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_FWD_PORTABLE, src, kn, nk, archs[a]);
-            free(src);
-          }
-          /* chunk_wy_fwd likewise (delta rule, WY form). */
-          src = NULL;
-          if (fla_generate(ctx, FLA_STAGE_CHUNK_WY_FWD, &key, NULL, &src, kn, &nk) == FLA_OK) {
-            snprintf(what, sizeof what, "%s_chunk_wy_fwd_%s", names[i], bf16 ? "bf16" : "f32");
-            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_WY_FWD, src, kn, nk, archs[a]);
-            free(src);
-          }
-          /* chunk_wy_bwd likewise (delta rule backward, WY form). */
-          src = NULL;
-          if (fla_generate(ctx, FLA_STAGE_CHUNK_WY_BWD, &key, NULL, &src, kn, &nk) == FLA_OK) {
-            snprintf(what, sizeof what, "%s_chunk_wy_bwd_%s", names[i], bf16 ? "bf16" : "f32");
-            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_WY_BWD, src, kn, nk, archs[a]);
-            cl.chunk_wy_bwd++;
-            free(src);
-          }
-          /* chunk_bwd likewise (decay family backward). */
-          src = NULL;
-          if (fla_generate(ctx, FLA_STAGE_CHUNK_BWD, &key, NULL, &src, kn, &nk) == FLA_OK) {
-            snprintf(what, sizeof what, "%s_chunk_bwd_%s", names[i], bf16 ? "bf16" : "f32");
-            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_BWD, src, kn, nk, archs[a]);
-            cl.chunk_bwd++;
-            free(src);
-          }
-          /* chunk_gk_bwd likewise (per-key gates backward). */
-          src = NULL;
-          if (fla_generate(ctx, FLA_STAGE_CHUNK_GK_BWD, &key, NULL, &src, kn, &nk) == FLA_OK) {
-            snprintf(what, sizeof what, "%s_chunk_gk_bwd_%s", names[i], bf16 ? "bf16" : "f32");
-            compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_GK_BWD, src, kn, nk, archs[a]);
-            cl.chunk_gk_bwd++;
-            free(src);
-          }
-          src = NULL;
-          fla_status s = fla_generate(ctx, FLA_STAGE_CHUNK_FWD, &key, NULL, &src, kn, &nk);
+          compile_if_taken(ctx, &cl, FLA_STAGE_CHUNK_GK_FWD, &key, names[i], bf16, archs[a], NULL);
+          /* chunk_fwd_portable: scalar tiles, sm_90 only (no arch-specific code);
+          ** not in the sanitizer build, which only times out (the release build covers it) */
+          if (!strcmp(archs[a], "sm_90") && !th_quick())
+            compile_if_taken(ctx, &cl, FLA_STAGE_CHUNK_FWD_PORTABLE, &key, names[i], bf16, archs[a], NULL);
+          compile_if_taken(ctx, &cl, FLA_STAGE_CHUNK_WY_FWD, &key, names[i], bf16, archs[a], NULL);
+          compile_if_taken(ctx, &cl, FLA_STAGE_CHUNK_WY_BWD, &key, names[i], bf16, archs[a], &cl.chunk_wy_bwd);
+          compile_if_taken(ctx, &cl, FLA_STAGE_CHUNK_BWD, &key, names[i], bf16, archs[a], &cl.chunk_bwd);
+          compile_if_taken(ctx, &cl, FLA_STAGE_CHUNK_GK_BWD, &key, names[i], bf16, archs[a], &cl.chunk_gk_bwd);
+          fla_status s = compile_if_taken(ctx, &cl, FLA_STAGE_CHUNK_FWD, &key, names[i], bf16, archs[a], &chunks);
           if (s == FLA_UNSUPPORTED) {
             cl.unsupported_chunk++;
             continue;
           }
           ck_assert_msg(s == FLA_OK, "%s chunk_fwd: %s", names[i], fla_errmsg(ctx));
-          snprintf(what, sizeof what, "%s_chunk_fwd_%s", names[i], bf16 ? "bf16" : "f32");
-          compile_one(ctx, &cl, what, FLA_STAGE_CHUNK_FWD, src, kn, nk, archs[a]);
-          chunks++;
-          free(src);
         }
       }
     fla_recipe_free(r);
