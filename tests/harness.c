@@ -106,6 +106,19 @@ fla_ctx *th_cpu_ctx(void) {
   return ctx;
 }
 
+fla_ctx *th_cuda_ctx(void) {
+  fla_ctx *ctx = NULL;
+  char why[1024];
+  ck_assert_msg(fla_ctx_create_ex(FLA_BACKEND_CUDA, &ctx, why, sizeof why) == FLA_OK, "%s", why);
+  return ctx;
+}
+
+const char *th_tiny_model_dir(const char *name) {
+  static char buf[4096];
+  snprintf(buf, sizeof buf, "%s%s", th_shared_path("conformance/tiny_models/"), name);
+  return buf;
+}
+
 void th_write_bytes(const char *path, const void *p, size_t n) {
   FILE *f = fopen(path, "wb");
   ck_assert_ptr_nonnull(f);

@@ -33,6 +33,11 @@ int    th_any_nan_f32(const float *a, int64_t n);
 double th_now_s(void);
 /* A CPU context (the test fails when it cannot be made). */
 fla_ctx *th_cpu_ctx(void);
+/* A CUDA context (the test fails, with the reason, when it cannot be made). */
+fla_ctx *th_cuda_ctx(void);
+/* The directory of the tiny fla checkpoint `name` under
+** ../shared/conformance/tiny_models (a static buffer: copy it to keep it). */
+const char *th_tiny_model_dir(const char *name);
 
 /* Files for the tests: n bytes of p into path, the whole of path (malloc'd,
 ** *n set), and the number of entries of a directory besides . and ..;

@@ -92,9 +92,7 @@ static void check_(const char *what, const case_ *c, int bf, const float *got, c
 START_TEST(test_attention_matches_cpu) {
   const case_ *c = &cases_[_i / 2];
   int bf = _i % 2;
-  fla_ctx *ctx = NULL;
-  char why[512];
-  ck_assert_msg(fla_ctx_create_ex(FLA_BACKEND_CUDA, &ctx, why, sizeof why) == FLA_OK, "%s", why);
+  fla_ctx *ctx = th_cuda_ctx();
   int64_t rows = c->B * c->T, nq = rows * c->Hq * c->d, nk = rows * c->Hkv * c->d;
   th_rng r;
   th_seed(&r, 1000 + (uint64_t)_i);
@@ -129,9 +127,7 @@ END_TEST
 
 /* Bad sizes are named. */
 START_TEST(test_bad_shapes_named) {
-  fla_ctx *ctx = NULL;
-  char why[512];
-  ck_assert_msg(fla_ctx_create_ex(FLA_BACKEND_CUDA, &ctx, why, sizeof why) == FLA_OK, "%s", why);
+  fla_ctx *ctx = th_cuda_ctx();
   gpu_attn_shape s = {.bf = 0, .B = 1, .T = 4, .Hq = 3, .Hkv = 2, .d = 64};
   ck_assert_int_eq(gpu_attn_fwd(ctx, &s, 0, 0, 0, 0, 0), FLA_INVALID);
   ck_assert_msg(strstr(fla_errmsg(ctx), "3 query heads over 2") != NULL, "%s", fla_errmsg(ctx));

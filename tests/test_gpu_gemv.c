@@ -113,16 +113,9 @@ static void run_case_(fla_ctx *ctx, int shape, int mode, fla_dtype wdt, int use_
   nn_gpu_free(&g);
 }
 
-static fla_ctx *cuda_ctx_(void) {
-  char why[1024];
-  fla_ctx *ctx = NULL;
-  ck_assert_msg(fla_ctx_create_ex(FLA_BACKEND_CUDA, &ctx, why, sizeof why) == FLA_OK, "%s", why);
-  return ctx;
-}
-
 /* _i: shape x mode, bf16 weights, the one-row kernel and the warp-per-row one. */
 START_TEST(test_gemv_bf16) {
-  fla_ctx *ctx = cuda_ctx_();
+  fla_ctx *ctx = th_cuda_ctx();
   run_case_(ctx, _i / NMODES, _i % NMODES, FLA_BF16, 1);
   run_case_(ctx, _i / NMODES, _i % NMODES, FLA_BF16, 0);
   fla_ctx_free(ctx);
@@ -130,7 +123,7 @@ START_TEST(test_gemv_bf16) {
 END_TEST
 
 START_TEST(test_gemv_f32) {
-  fla_ctx *ctx = cuda_ctx_();
+  fla_ctx *ctx = th_cuda_ctx();
   run_case_(ctx, _i / NMODES, _i % NMODES, FLA_F32, 1);
   fla_ctx_free(ctx);
 }

@@ -36,23 +36,9 @@ static char gpu_why_[1024];
 ** 45-token prompts is off by up to 2.1e-2 already from the rounded weights.) */
 #define BF16_PATH_TOL 1e-3
 
-static const char *model_dir_(const char *name) {
-  static char buf[4096];
-  snprintf(buf, sizeof buf, "%s", th_shared_path("conformance/tiny_models/"));
-  strncat(buf, name, sizeof buf - strlen(buf) - 1);
-  return buf;
-}
-
-static fla_ctx *cuda_ctx_(void) {
-  fla_ctx *ctx = NULL;
-  char why[1024];
-  ck_assert_msg(fla_ctx_create_ex(FLA_BACKEND_CUDA, &ctx, why, sizeof why) == FLA_OK, "%s", why);
-  return ctx;
-}
-
 static fla_model *load_(fla_ctx *ctx, const char *name, int dtype) {
   fla_model *m = NULL;
-  fla_status s = fla_model_load_ex(ctx, model_dir_(name), dtype, &m);
+  fla_status s = fla_model_load_ex(ctx, th_tiny_model_dir(name), dtype, &m);
   ck_assert_msg(s == FLA_OK, "%s: %s: %s", name, fla_errstr(s), fla_errmsg(ctx));
   return m;
 }
@@ -61,7 +47,7 @@ static fla_model *load_(fla_ctx *ctx, const char *name, int dtype) {
 static void *ref_tensor_(const char *model, const char *name, fla_dtype dtype, int64_t *n) {
   fla_ctx *ctx = th_cpu_ctx();
   char path[4096];
-  snprintf(path, sizeof path, "%s/reference_logits.safetensors", model_dir_(model));
+  snprintf(path, sizeof path, "%s/reference_logits.safetensors", th_tiny_model_dir(model));
   fla_safetensors *st;
   ck_assert_int_eq(fla_safetensors_open(ctx, path, &st), FLA_OK);
   fla_tensor *t;
@@ -88,7 +74,7 @@ static int32_t argmax_(const float *x, int n) {
 START_TEST(test_reference_logits_and_greedy) {
   int bf16 = _i >= NMODELS;
   const char *name = models_[_i % NMODELS];
-  fla_ctx *ctx = cuda_ctx_();
+  fla_ctx *ctx = th_cuda_ctx();
   fla_model *m = load_(ctx, name, bf16 ? FLA_BF16 : FLA_F32);
   int64_t nids, nref;
   int32_t *ids = ref_tensor_(name, "input_ids", FLA_I32, &nids);
@@ -162,7 +148,7 @@ START_TEST(test_prefill_decode_equals_forward) {
   const char *name = models_[_i % NMODELS];
   if (mode == 0) setenv("FLA_CUDA_GRAPHS", "0", 1);
   else unsetenv("FLA_CUDA_GRAPHS");
-  fla_ctx *ctx = cuda_ctx_();
+  fla_ctx *ctx = th_cuda_ctx();
   fla_model *m = load_(ctx, name, FLA_F32);
   double tol = mode == 2 ? BF16_PATH_TOL : 1e-4;
   const char *what[3] = {"f32 no graphs", "f32 ", "bf16"};
@@ -244,7 +230,7 @@ END_TEST
 ** prefill 20 (the ring grows, moving the rows in reach), 35 decode steps: every
 ** logit equals the full forward's (float32), the ring wrapping many times. */
 START_TEST(test_sliding_window_ring) {
-  fla_ctx *ctx = cuda_ctx_();
+  fla_ctx *ctx = th_cuda_ctx();
   fla_model *m = load_(ctx, "gla_hybrid_swa", FLA_F32);
   int V = fla_model_vocab_size(m);
   int64_t nids;
@@ -288,9 +274,9 @@ END_TEST
 /* The GPU's greedy generation of two prompts equals the CPU's token for token. */
 START_TEST(test_generate_matches_cpu) {
   const char *name = models_[_i];
-  fla_ctx *gctx = cuda_ctx_(), *cctx = th_cpu_ctx();
+  fla_ctx *gctx = th_cuda_ctx(), *cctx = th_cpu_ctx();
   fla_model *gm = load_(gctx, name, FLA_F32), *cm = NULL;
-  ck_assert_int_eq(fla_model_load(cctx, model_dir_(name), &cm), FLA_OK);
+  ck_assert_int_eq(fla_model_load(cctx, th_tiny_model_dir(name), &cm), FLA_OK);
   int64_t nids;
   int32_t *ids = ref_tensor_(name, "input_ids", FLA_I32, &nids);
   const int32_t *prompts[2] = {ids, ids + nids / 2};
@@ -317,9 +303,9 @@ START_TEST(test_generate_matches_cpu) {
 END_TEST
 
 START_TEST(test_bad_dtype) {
-  fla_ctx *ctx = cuda_ctx_();
+  fla_ctx *ctx = th_cuda_ctx();
   fla_model *m = (fla_model *)0x1;
-  ck_assert_int_eq(fla_model_load_ex(ctx, model_dir_("gla"), FLA_F16, &m), FLA_INVALID);
+  ck_assert_int_eq(fla_model_load_ex(ctx, th_tiny_model_dir("gla"), FLA_F16, &m), FLA_INVALID);
   ck_assert_ptr_null(m);
   ck_assert(strstr(fla_errmsg(ctx), "dtype"));
   fla_ctx_free(ctx);

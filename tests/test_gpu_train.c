@@ -33,23 +33,9 @@ static char gpu_why_[1024];
 #define BF16_TOL 0.1
 #define BF16_TOL_TOTAL 0.05
 
-static const char *model_dir_(const char *name) {
-  static char buf[4096];
-  snprintf(buf, sizeof buf, "%s", th_shared_path("conformance/tiny_models/"));
-  strncat(buf, name, sizeof buf - strlen(buf) - 1);
-  return buf;
-}
-
-static fla_ctx *cuda_ctx_(void) {
-  fla_ctx *ctx = NULL;
-  char why[1024];
-  ck_assert_msg(fla_ctx_create_ex(FLA_BACKEND_CUDA, &ctx, why, sizeof why) == FLA_OK, "%s", why);
-  return ctx;
-}
-
 static fla_model *trainable_(fla_ctx *ctx, const char *name, int dtype) {
   fla_model *m = NULL;
-  fla_status s = fla_model_load_ex(ctx, model_dir_(name), dtype, &m);
+  fla_status s = fla_model_load_ex(ctx, th_tiny_model_dir(name), dtype, &m);
   ck_assert_msg(s == FLA_OK, "%s: %s", name, fla_errmsg(ctx));
   s = fla_model_enable_grad(m);
   ck_assert_msg(s == FLA_OK, "enable_grad %s: %s", name, fla_errmsg(ctx));
@@ -129,7 +115,7 @@ START_TEST(test_grads_match_cpu) {
   const char *name = models_[_i / 2];
   char what[64];
   snprintf(what, sizeof what, "%s %s", name, bf ? "bf16" : "f32");
-  fla_ctx *cctx = th_cpu_ctx(), *gctx = cuda_ctx_();
+  fla_ctx *cctx = th_cpu_ctx(), *gctx = th_cuda_ctx();
   fla_model *cpu = trainable_(cctx, name, -1), *gpu = trainable_(gctx, name, bf ? FLA_BF16 : FLA_F32);
   int64_t B = 2, T = 77; /* T not a multiple of the chunk: the convolutions and the recipe's tail */
   int32_t ids[154], tg[154];
@@ -160,7 +146,7 @@ START_TEST(test_accumulate_and_recompute) {
   const char *name = step_models_[_i];
   char what[96];
   snprintf(what, sizeof what, "%s micro-batches + recompute", name);
-  fla_ctx *gctx = cuda_ctx_();
+  fla_ctx *gctx = th_cuda_ctx();
   fla_model *a = trainable_(gctx, name, FLA_F32), *b = trainable_(gctx, name, FLA_F32);
   int64_t T = 64;
   int32_t ids[128], tg[128];
@@ -194,7 +180,7 @@ END_TEST
 ** on the GPU, has no forward */
 START_TEST(test_adamw_and_loss_falls) {
   const char *name = step_models_[_i];
-  fla_ctx *cctx = th_cpu_ctx(), *gctx = cuda_ctx_();
+  fla_ctx *cctx = th_cpu_ctx(), *gctx = th_cuda_ctx();
   fla_model *cpu = trainable_(cctx, name, -1), *gpu = trainable_(gctx, name, FLA_F32);
   fla_adamw_options o = {0.9f, 0.95f, 1e-8f, 0.1f};
   fla_adamw *ac = NULL, *ag = NULL;
@@ -247,7 +233,7 @@ START_TEST(test_adamw_and_loss_falls) {
   fla_model_free(gpu);
   /* a fresh bf16 model from the config learns a batch whose targets are a function of the input */
   char cfg[4096];
-  snprintf(cfg, sizeof cfg, "%s/config.json", model_dir_(name));
+  snprintf(cfg, sizeof cfg, "%s/config.json", th_tiny_model_dir(name));
   fla_model *m = NULL;
   ck_assert_msg(fla_model_create_ex(gctx, cfg, 9, FLA_BF16, &m) == FLA_OK, "%s", fla_errmsg(gctx));
   ck_assert_int_gt(fla_model_num_params(m), 10);
@@ -284,7 +270,7 @@ END_TEST
 ** written to a temporary directory and created there. */
 START_TEST(test_unsupported_arch_named) {
   char src[4096], dir[] = "/tmp/fla_gpu_unsup_XXXXXX", path[4200];
-  snprintf(src, sizeof src, "%s/config.json", model_dir_("transformer"));
+  snprintf(src, sizeof src, "%s/config.json", th_tiny_model_dir("transformer"));
   FILE *f = fopen(src, "rb");
   ck_assert_ptr_nonnull(f);
   static char text[1 << 16];
@@ -300,7 +286,7 @@ START_TEST(test_unsupported_arch_named) {
   ck_assert_ptr_nonnull(f);
   ck_assert_uint_eq(fwrite(text, 1, n, f), n);
   fclose(f);
-  fla_ctx *gctx = cuda_ctx_();
+  fla_ctx *gctx = th_cuda_ctx();
   fla_model *m = NULL;
   /* the same config trains on the CPU: the refusal is the GPU's */
   fla_ctx *cctx = th_cpu_ctx();

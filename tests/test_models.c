@@ -19,13 +19,6 @@ static const char *const models_[] = {
 };
 #define NMODELS ((int)(sizeof models_ / sizeof models_[0]))
 
-static const char *model_dir_(const char *name) {
-  static char buf[4096];
-  snprintf(buf, sizeof buf, "%s", th_shared_path("conformance/tiny_models/"));
-  strncat(buf, name, sizeof buf - strlen(buf) - 1);
-  return buf;
-}
-
 static fla_model *load_(fla_ctx *ctx, const char *dir) {
   fla_model *m = NULL;
   fla_status s = fla_model_load(ctx, dir, &m);
@@ -36,7 +29,7 @@ static fla_model *load_(fla_ctx *ctx, const char *dir) {
 /* The reference file's tensor as a new f32 or i32 array (malloc'd). */
 static void *ref_tensor_(fla_ctx *ctx, const char *model, const char *name, fla_dtype dtype, int64_t *n) {
   char path[4096];
-  snprintf(path, sizeof path, "%s/reference_logits.safetensors", model_dir_(model));
+  snprintf(path, sizeof path, "%s/reference_logits.safetensors", th_tiny_model_dir(model));
   fla_safetensors *st;
   ck_assert_int_eq(fla_safetensors_open(ctx, path, &st), FLA_OK);
   fla_tensor *t;
@@ -54,7 +47,7 @@ static void *ref_tensor_(fla_ctx *ctx, const char *model, const char *name, fla_
 START_TEST(test_reference_logits_and_greedy) {
   const char *name = models_[_i];
   fla_ctx *ctx = th_cpu_ctx();
-  fla_model *m = load_(ctx, model_dir_(name));
+  fla_model *m = load_(ctx, th_tiny_model_dir(name));
   int64_t nids, nref;
   int32_t *ids = ref_tensor_(ctx, name, "input_ids", FLA_I32, &nids);
   float *ref = ref_tensor_(ctx, name, "logits", FLA_F32, &nref);
@@ -147,7 +140,7 @@ END_TEST
 START_TEST(test_prefill_decode_equals_forward) {
   const char *name = models_[_i];
   fla_ctx *ctx = th_cpu_ctx();
-  fla_model *m = load_(ctx, model_dir_(name));
+  fla_model *m = load_(ctx, th_tiny_model_dir(name));
   int V = fla_model_vocab_size(m);
   int64_t nids;
   int32_t *ids = ref_tensor_(ctx, name, "input_ids", FLA_I32, &nids);
@@ -231,7 +224,7 @@ END_TEST
 ** a sequence (and are part of its output). */
 START_TEST(test_generate_options) {
   fla_ctx *ctx = th_cpu_ctx();
-  fla_model *m = load_(ctx, model_dir_("gla_hybrid_swa"));
+  fla_model *m = load_(ctx, th_tiny_model_dir("gla_hybrid_swa"));
   int32_t p0[5] = {72, 101, 108, 108, 111}, p1[2] = {65, 66};
   const int32_t *prompts[2] = {p0, p1};
   int64_t lens[2] = {5, 2};
@@ -297,7 +290,7 @@ static const char *tmp_path_(const char *file) {
 /* config.json of gla, with `from` replaced by `to` (when not NULL). */
 static void write_config_(const char *from, const char *to) {
   char src[4096];
-  snprintf(src, sizeof src, "%s/config.json", model_dir_("gla"));
+  snprintf(src, sizeof src, "%s/config.json", th_tiny_model_dir("gla"));
   size_t n;
   unsigned char *raw = th_read_bytes(src, &n);
   char *text = malloc(n + 1); /* NUL-terminated for strstr */
@@ -329,7 +322,7 @@ typedef struct {
 
 static void gla_tensors_(fla_ctx *ctx, tensor_set *ts, fla_dtype dtype) {
   char path[4096];
-  snprintf(path, sizeof path, "%s/model.safetensors", model_dir_("gla"));
+  snprintf(path, sizeof path, "%s/model.safetensors", th_tiny_model_dir("gla"));
   fla_safetensors *st;
   ck_assert_int_eq(fla_safetensors_open(ctx, path, &st), FLA_OK);
   ts->n = fla_safetensors_count(st);
@@ -493,7 +486,7 @@ END_TEST
 
 START_TEST(test_bad_arguments) {
   fla_ctx *ctx = th_cpu_ctx();
-  fla_model *m = load_(ctx, model_dir_("gla"));
+  fla_model *m = load_(ctx, th_tiny_model_dir("gla"));
   int32_t ids[2] = {5, 256};
   float logits[2 * 256];
   ck_assert_int_eq(fla_model_forward(m, ids, 1, 2, logits), FLA_INVALID);
@@ -503,7 +496,7 @@ START_TEST(test_bad_arguments) {
   ck_assert_int_eq(fla_model_num_layers(m), 2);
   ck_assert_int_eq(fla_model_eos_token(m), 2);
   fla_model_free(m);
-  m = load_(ctx, model_dir_("gla_hybrid_swa"));
+  m = load_(ctx, th_tiny_model_dir("gla_hybrid_swa"));
   ck_assert(!fla_model_layer_is_attention(m, 0) && fla_model_layer_is_attention(m, 1));
   fla_model_free(m);
   fla_ctx_free(ctx);

@@ -182,15 +182,9 @@ END_TEST
 
 /* ------------------------------------------------------------ whole models */
 
-static const char *model_dir_(const char *name) {
-  static char buf[4096];
-  snprintf(buf, sizeof buf, "%s%s", th_shared_path("conformance/tiny_models/"), name);
-  return buf;
-}
-
 static fla_model *load_trainable_(fla_ctx *ctx, const char *name) {
   fla_model *m = NULL;
-  fla_status s = fla_model_load(ctx, model_dir_(name), &m);
+  fla_status s = fla_model_load(ctx, th_tiny_model_dir(name), &m);
   ck_assert_msg(s == FLA_OK, "%s: %s", name, fla_errmsg(ctx));
   ck_assert_int_eq(fla_model_num_params(m), 0);
   ck_assert_int_eq(fla_model_enable_grad(m), FLA_OK);
@@ -424,7 +418,7 @@ START_TEST(test_create_every_arch) {
   fla_ctx *ctx = th_cpu_ctx();
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     char cfg[8192];
-    snprintf(cfg, sizeof cfg, "%s/config.json", model_dir_(names[i]));
+    snprintf(cfg, sizeof cfg, "%s/config.json", th_tiny_model_dir(names[i]));
     fla_model *m, *ref;
     ck_assert_msg(fla_model_create(ctx, cfg, 11, &m) == FLA_OK, "%s: %s", names[i], fla_errmsg(ctx));
     /* the same parameters, names and shapes as fla's checkpoint */
@@ -602,7 +596,7 @@ START_TEST(test_params_and_create) {
 
   /* a fresh model from the config alone: fla's init, reproducible by seed */
   char cfg[8192];
-  snprintf(cfg, sizeof cfg, "%s/config.json", model_dir_("gla"));
+  snprintf(cfg, sizeof cfg, "%s/config.json", th_tiny_model_dir("gla"));
   fla_model *a, *b;
   ck_assert_int_eq(fla_model_create(ctx, cfg, 42, &a), FLA_OK);
   ck_assert_int_eq(fla_model_create(ctx, cfg, 42, &b), FLA_OK);
@@ -775,7 +769,7 @@ END_TEST
 START_TEST(test_bad_input) {
   fla_ctx *ctx = th_cpu_ctx();
   fla_model *m = NULL;
-  ck_assert_int_eq(fla_model_load(ctx, model_dir_("gla"), &m), FLA_OK);
+  ck_assert_int_eq(fla_model_load(ctx, th_tiny_model_dir("gla"), &m), FLA_OK);
   int32_t ids[4] = {1, 2, 3, 4}, tg[4] = {2, 3, 4, 5};
   double loss;
   int64_t count;
