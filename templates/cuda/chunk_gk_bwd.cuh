@@ -57,6 +57,7 @@
 
 #define CK_BT 64
 //@include "chunk_common.cuh"
+//@include "chunk_tiles.cuh"
 //@include "chunk_gk_fwd.cuh"
 #define C3_LDA (CK_BT + 8)
 //@include "chunk_bwd_mm.cuh"

@@ -1,5 +1,6 @@
 /*
-** chunk_tiles.cuh -- what chunk_fwd and chunk_wy_fwd share after
+** chunk_tiles.cuh -- what the chunked stages (chunk_fwd, chunk_gk_fwd, chunk_wy_fwd,
+** chunk_kda_fwd and the backwards) share after
 ** chunk_common.cuh: bf16 tile loads into shared memory (cp.async when
 ** aligned), the gate loads and their chunk-local cumsum, and the fp32 state
 ** tiles in registers (zero, load, store). Spliced in with
@@ -7,22 +8,22 @@
 */
 /* ---------------------------------------------------------- tile loads */
 
-/* rows x COLS bf16 from global (row stride ld elements) into smem (row stride
+/* ROWS x COLS bf16 from global (row stride ld elements) into smem (row stride
 ** LDS); rows >= nrows and columns >= ncols read 0. vec: 16-byte cp.async
 ** (ncols, ld and the base a multiple of 8 elements / 16 bytes), else plain. */
-template <int COLS, int LDS, int NTH>
+template <int COLS, int LDS, int NTH, int ROWS = CK_BT>
 __device__ __forceinline__ void ck_load_tile(unsigned short *s, const unsigned short *g, long long ld,
                                              int nrows, int ncols, int vec, int tid) {
   if (vec) {
     const int P = COLS / 8;
 #pragma unroll 4
-    for (int p = tid; p < CK_BT * P; p += NTH) {
+    for (int p = tid; p < ROWS * P; p += NTH) {
       int r = p / P, c = (p % P) * 8;
       int ok = r < nrows && c < ncols;
       ck_cp16(ck_smem(s + r * LDS + c), ok ? (const void *)(g + r * ld + c) : (const void *)g, ok);
     }
   } else {
-    for (int p = tid; p < CK_BT * COLS; p += NTH) {
+    for (int p = tid; p < ROWS * COLS; p += NTH) {
       int r = p / COLS, c = p % COLS;
       s[r * LDS + c] = (r < nrows && c < ncols) ? g[r * ld + c] : (unsigned short)0;
     }
