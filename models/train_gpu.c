@@ -245,14 +245,7 @@ fla_status gpu_train_enable(fla_model *m, fla_dtype dtype) {
   const char *prof = getenv("FLA_TRAIN_PROFILE");
   t->profile = prof && prof[0] == '1';
   t->n = m->master_numel;
-  const char *src = fla_template_text("train_nn.cuh");
-  if (!src) return fla_set_error(m->ctx, FLA_ERROR, "templates/cuda/train_nn.cuh is not embedded in this build");
-  for (int i = 0; i < TK_COUNT; i += FLA_STAGE_MAX_KERNELS) {
-    int n = TK_COUNT - i < FLA_STAGE_MAX_KERNELS ? TK_COUNT - i : FLA_STAGE_MAX_KERNELS;
-    char names[FLA_STAGE_MAX_KERNELS][64];
-    for (int k = 0; k < n; k++) snprintf(names[k], sizeof names[k], "%s", tk_names_[i + k]);
-    if ((s = fla_cuda_get_kernels(m->ctx, "train_nn", src, names, n, (CUfunction *)&t->fn[i])) != FLA_OK) return s;
-  }
+  if ((s = gpu_train_kernels(m->ctx, "train_nn.cuh", tk_names_, TK_COUNT, t->fn)) != FLA_OK) return s;
   size_t n4 = 4 * (size_t)t->n;
   if ((s = fla_cuda_mem_alloc(m->ctx, n4, &t->master)) || (s = fla_cuda_mem_alloc(m->ctx, n4, &t->grad)) ||
       (s = fla_cuda_mem_alloc(m->ctx, 8, &t->sumsq)))

@@ -151,6 +151,15 @@ void gpu_train_embed(fla_model *m, dptr ids, dptr x, int64_t rows);
 void gpu_train_embed_bwd(fla_model *m, dptr ids, dptr dx, int64_t rows);
 void gpu_train_head(fla_model *m, int64_t rows, dptr hf, dptr targets, float grad_scale, dptr dhf, dptr lrows);
 
+/* The source of a training module: templates/cuda/train_common.cuh followed
+** by the template `file` (train_nn.cuh, train_delta.cuh, ...), malloc'd (the
+** caller frees it); NULL when a template is not embedded in this build. */
+char *gpu_train_source(const char *file);
+/* fn[i] = kernel names[i] (i < n) of that module, compiled with NVRTC on first
+** use and cached per context (fn: CUfunction). FLA_ERROR when a template is
+** missing; NVRTC's and the driver's errors as fla_cuda_get_kernels. */
+fla_status gpu_train_kernels(fla_ctx *ctx, const char *file, const char *const *names, int n, void **fn);
+
 /* The frame of one step (fla_model_loss_backward), the same in every loop:
 ** gpu_train_step_open clears the sticky status, marks the model in a step,
 ** synchronizes (making the context current), counts the targets (!= -100),

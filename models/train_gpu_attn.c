@@ -1,10 +1,11 @@
 /*
 ** train_gpu_attn.c -- train_gpu_attn.h: launches the kernels of
-** templates/cuda/train_attn.cuh (one module with train_nn.cuh's helpers in
-** front, loaded once per context) on the context's stream.
+** templates/cuda/train_attn.cuh (one module with train_common.cuh's helpers
+** in front, loaded once per context) on the context's stream.
 */
 #include "internal.h"
 #include "train_gpu_attn.h"
+#include "train_gpu.h"
 
 #include "cuda/cuda_api.h"
 #include "cuda/op_cuda.h"
@@ -15,25 +16,9 @@
 
 enum { AK_FWD, AK_DQ, AK_DKV, AK_COUNT };
 
-char *gpu_attn_source(void) {
-  const char *a = fla_template_text("train_nn.cuh"), *b = fla_template_text("train_attn.cuh");
-  if (!a || !b) return NULL;
-  size_t na = strlen(a), nb = strlen(b);
-  char *s = malloc(na + nb + 2);
-  if (!s) return NULL;
-  memcpy(s, a, na);
-  s[na] = '\n';
-  memcpy(s + na + 1, b, nb + 1);
-  return s;
-}
-
 static fla_status kernels_(fla_ctx *ctx, CUfunction *fn) {
-  char names[AK_COUNT][64] = {"tr_attn_fwd", "tr_attn_dq", "tr_attn_dkv"};
-  char *src = gpu_attn_source();
-  if (!src) return fla_set_error(ctx, FLA_ERROR, "templates/cuda/train_attn.cuh or train_nn.cuh is not embedded");
-  fla_status s = fla_cuda_get_kernels(ctx, "train_attn", src, names, AK_COUNT, fn);
-  free(src);
-  return s;
+  static const char *const names[AK_COUNT] = {"tr_attn_fwd", "tr_attn_dq", "tr_attn_dkv"};
+  return gpu_train_kernels(ctx, "train_attn.cuh", names, AK_COUNT, (void **)fn);
 }
 
 static fla_status check_(fla_ctx *ctx, const gpu_attn_shape *s) {

@@ -32,8 +32,4 @@ fla_status gpu_attn_fwd(fla_ctx *ctx, const gpu_attn_shape *s, uint64_t q, uint6
 fla_status gpu_attn_bwd(fla_ctx *ctx, const gpu_attn_shape *s, uint64_t q, uint64_t k, uint64_t v, uint64_t o,
                         uint64_t lse, uint64_t dO, uint64_t Dr, uint64_t dq, uint64_t dk, uint64_t dv);
 
-/* The module's source (train_nn.cuh then train_attn.cuh), malloc'd; NULL when
-** a template is not embedded. For the NVRTC compile test. */
-char *gpu_attn_source(void);
-
 #endif

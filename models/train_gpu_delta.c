@@ -38,17 +38,7 @@ int gpu_train_delta_arch(const fla_model *m) {
 }
 
 fla_status td_kernels(td_run *r) {
-  const char *src = fla_template_text("train_delta.cuh");
-  if (!src) return fla_set_error(r->m->ctx, FLA_ERROR, "templates/cuda/train_delta.cuh is not embedded in this build");
-  for (int i = 0; i < TD_COUNT; i += FLA_STAGE_MAX_KERNELS) {
-    int n = TD_COUNT - i < FLA_STAGE_MAX_KERNELS ? TD_COUNT - i : FLA_STAGE_MAX_KERNELS;
-    char names[FLA_STAGE_MAX_KERNELS][64];
-    for (int k = 0; k < n; k++) snprintf(names[k], sizeof names[k], "%s", td_names_[i + k]);
-    /* the module cache keeps them per context: later calls only look up */
-    fla_status s = fla_cuda_get_kernels(r->m->ctx, "train_delta", src, names, n, (CUfunction *)&r->fn[i]);
-    if (s != FLA_OK) return s;
-  }
-  return FLA_OK;
+  return gpu_train_kernels(r->m->ctx, "train_delta.cuh", td_names_, TD_COUNT, (void **)r->fn);
 }
 
 void td_launch(td_run *r, int k, unsigned gx, unsigned gy, unsigned block, void **args) {

@@ -30,17 +30,7 @@ static const char *rw_names_[RW_COUNT] = {"rw_shift",     "rw_shift_bwd", "rw_le
                                           "rw_ln_bwd",    "rw_sqrelu",    "rw_sqrelu_bwd", "rw_sigmul", "rw_sigmul_bwd"};
 
 fla_status rw_kernels(rw_run *r) {
-  const char *src = fla_template_text("train_rwkv6.cuh");
-  fla_ctx *ctx = r->td.m->ctx;
-  if (!src) return fla_set_error(ctx, FLA_ERROR, "templates/cuda/train_rwkv6.cuh is not embedded in this build");
-  for (int i = 0; i < RW_COUNT; i += FLA_STAGE_MAX_KERNELS) {
-    int n = RW_COUNT - i < FLA_STAGE_MAX_KERNELS ? RW_COUNT - i : FLA_STAGE_MAX_KERNELS;
-    char names[FLA_STAGE_MAX_KERNELS][64];
-    for (int k = 0; k < n; k++) snprintf(names[k], sizeof names[k], "%s", rw_names_[i + k]);
-    fla_status s = fla_cuda_get_kernels(ctx, "train_rwkv6", src, names, n, (CUfunction *)&r->fn[i]);
-    if (s != FLA_OK) return s;
-  }
-  return FLA_OK;
+  return gpu_train_kernels(r->td.m->ctx, "train_rwkv6.cuh", rw_names_, RW_COUNT, (void **)r->fn);
 }
 
 static void launch_(rw_run *r, int k, unsigned gx, unsigned block, void **args) {

@@ -10,12 +10,43 @@
 #include "train_gpu.h"
 
 #include "cuda/op_cuda.h"
+#include "stage.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define GPU_OP_MAX_INPUTS 8
 #define HEAD_CHUNK_BYTES ((size_t)256 << 20) /* float32 logits held at a time */
+
+char *gpu_train_source(const char *file) {
+  const char *a = fla_template_text("train_common.cuh"), *b = fla_template_text(file);
+  if (!a || !b) return NULL;
+  size_t na = strlen(a), nb = strlen(b);
+  char *s = malloc(na + nb + 2);
+  if (!s) return NULL;
+  memcpy(s, a, na);
+  s[na] = '\n';
+  memcpy(s + na + 1, b, nb + 1);
+  return s;
+}
+
+fla_status gpu_train_kernels(fla_ctx *ctx, const char *file, const char *const *names, int n, void **fn) {
+  char *src = gpu_train_source(file);
+  if (!src) return fla_set_error(ctx, FLA_ERROR, "templates/cuda/%s or train_common.cuh is not embedded in this build", file);
+  char module[64];
+  snprintf(module, sizeof module, "%.*s", (int)strcspn(file, "."), file); /* "train_delta" */
+  fla_status s = FLA_OK;
+  for (int i = 0; i < n && s == FLA_OK; i += FLA_STAGE_MAX_KERNELS) {
+    int m = n - i < FLA_STAGE_MAX_KERNELS ? n - i : FLA_STAGE_MAX_KERNELS;
+    char batch[FLA_STAGE_MAX_KERNELS][64];
+    for (int k = 0; k < m; k++) snprintf(batch[k], sizeof batch[k], "%s", names[i + k]);
+    /* the module cache keeps them per context: later calls only look up */
+    s = fla_cuda_get_kernels(ctx, module, src, batch, m, (CUfunction *)&fn[i]);
+  }
+  free(src);
+  return s;
+}
 
 fla_status gpu_train_step_open(fla_model *m, const int32_t *ids, const int32_t *targets, int64_t rows,
                                gpu_train_frame *f) {

@@ -13,6 +13,7 @@
 #include "grad_math.h"
 #include "internal.h"
 #include "stage.h"
+#include "train_gpu.h"
 #include "train_gpu_attn.h"
 
 #include <math.h>
@@ -140,7 +141,8 @@ END_TEST
 
 /* The module compiles (no GPU needed: NVRTC alone). */
 START_TEST(test_kernels_compile) {
-  char *src = gpu_attn_source();
+  char *src = gpu_train_source("train_attn.cuh");
+  ck_assert_ptr_nonnull(src);
   th_check_nvrtc_compiles("test_gpu_attn", "train_attn", src);
   free(src);
 }

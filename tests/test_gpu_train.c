@@ -13,6 +13,7 @@
 */
 #include "harness.h"
 #include "stage.h"
+#include "train_gpu.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -304,12 +305,16 @@ START_TEST(test_unsupported_arch_named) {
 }
 END_TEST
 
-/* The kernels of train_nn.cuh, train_delta.cuh and train_rwkv6.cuh compile
-** (no GPU needed: NVRTC alone). */
+/* The modules of train_nn.cuh, train_delta.cuh and train_rwkv6.cuh (each
+** after train_common.cuh) compile (no GPU needed: NVRTC alone). */
 START_TEST(test_kernels_compile) {
-  th_check_nvrtc_compiles("test_gpu_train", "train_nn", fla_template_text("train_nn.cuh"));
-  th_check_nvrtc_compiles("test_gpu_train", "train_delta", fla_template_text("train_delta.cuh"));
-  th_check_nvrtc_compiles("test_gpu_train", "train_rwkv6", fla_template_text("train_rwkv6.cuh"));
+  const char *files[] = {"train_nn.cuh", "train_delta.cuh", "train_rwkv6.cuh"};
+  for (int i = 0; i < 3; i++) {
+    char *src = gpu_train_source(files[i]);
+    ck_assert_msg(src != NULL, "%s is not embedded", files[i]);
+    th_check_nvrtc_compiles("test_gpu_train", files[i], src);
+    free(src);
+  }
 }
 END_TEST
 

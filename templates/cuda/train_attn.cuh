@@ -3,7 +3,7 @@
 ** the GPU: a forward that keeps the log-sum-exp of every row, and its backward
 ** (models/train_gpu_attn.c launches them; models/grad_math_impl.h's
 ** gm_attention / gm_attention_bwd are the CPU's). Compiled after
-** train_nn.cuh, whose helpers (bf2f, ldc, stc, warp_sum) it uses.
+** train_common.cuh, whose helpers (bf2f, ldc, stc, warp_sum) it uses.
 **
 ** Layout: q, o, dO, dq [B*T, Hq*d]; k, v, dk, dv [B*T, Hkv*d] (compute dtype:
 ** bf16 when bf, else float32); lse, Dr [B*T, Hq] float32. Sequences start at

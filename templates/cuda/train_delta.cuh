@@ -7,39 +7,15 @@
 ** (models/train_gpu_delta.c and train_gpu_hgrn2.c launch them; the CPU's are
 ** models/grad_math_impl.h, grad_mixer_delta.c and grad_mixer_linear.c).
 **
-** Compiled once per context with NVRTC as it stands (no generator, no
-** include). Buffers named *_bf are the compute dtype (bf16 when the flag is
-** set, else float32); the rest are float32. Rows are tokens of B sequences of
+** Compiled once per context with NVRTC after train_common.cuh (its helpers:
+** gpu_train_source), no generator. Buffers named *_bf are the compute dtype
+** (bf16 when the flag is set, else float32); the rest are float32. Rows are tokens of B sequences of
 ** T, sequence-major ([B, T, C]); a convolution never reaches across sequences.
 */
 
-typedef long long i64;
-typedef unsigned short bf16;
-
-__device__ __forceinline__ float bf2f(bf16 b) { return __uint_as_float(((unsigned)b) << 16); }
-/* round to nearest even, NaN kept quiet */
-__device__ __forceinline__ bf16 f2bf(float f) {
-  unsigned u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (bf16)(u >> 16);
-}
-__device__ __forceinline__ float ldc(const void *p, i64 i, int bf) {
-  return bf ? bf2f(((const bf16 *)p)[i]) : ((const float *)p)[i];
-}
-__device__ __forceinline__ void stc(void *p, i64 i, float v, int bf) {
-  if (bf) ((bf16 *)p)[i] = f2bf(v);
-  else ((float *)p)[i] = v;
-}
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = 16; o >= 1; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-__device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
 /* as nn_softplus: the identity above 20 */
 __device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(expf(x)); }
 
-#define GRID_LOOP(i, n) for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 #define CONV_MAX_W 8
 
 /* The pre-activation of the causal depthwise convolution at element i of
@@ -244,7 +220,6 @@ extern "C" __global__ void td_bias_add(float *y, const float *b, int C, i64 n) {
 
 /* ------------------------------------------------------------ HGRN2 */
 
-__device__ __forceinline__ float logsigm(float x) { return fminf(x, 0.f) - log1pf(expf(-fabsf(x))); }
 
 /* The per-layer lower bounds from the raw parameter [L, D] (model_hgrn2_lower_bounds):
 ** p = softmax over layers per column, lb[l] = sum_{j<=l} p_j - p_0; dlb := 0.

@@ -3,32 +3,14 @@
 ** training on the GPU (models/train_gpu.c launches them; the CPU versions are
 ** models/grad_math.c and train/optim.c). Products go through cuBLAS.
 **
-** Compiled once per context with NVRTC as it stands (no generator, no include).
+** Compiled once per context with NVRTC after train_common.cuh (its helpers:
+** gpu_train_source), no generator.
 ** Residual streams and gradients of parameters are float32. A buffer that feeds
 ** a product ("compute" buffers) is bf16 or float32: an int flag `*_bf` next to
 ** the pointer says which (bf16 = the bits of a __nv_bfloat16 in an unsigned short).
 ** Sums accumulate in float32 (float64 for the gradient norm).
 */
 
-typedef long long i64;
-typedef unsigned short bf16;
-
-__device__ __forceinline__ float bf2f(bf16 b) { return __uint_as_float(((unsigned)b) << 16); }
-/* round to nearest even, NaN kept quiet */
-__device__ __forceinline__ bf16 f2bf(float f) {
-  unsigned u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (bf16)(u >> 16);
-}
-/* element i of a compute buffer (bf16 when bf, else float32) */
-__device__ __forceinline__ float ldc(const void *p, i64 i, int bf) {
-  return bf ? bf2f(((const bf16 *)p)[i]) : ((const float *)p)[i];
-}
-__device__ __forceinline__ void stc(void *p, i64 i, float v, int bf) {
-  if (bf) ((bf16 *)p)[i] = f2bf(v);
-  else ((float *)p)[i] = v;
-}
 /* Elements i .. i + 7 of a compute buffer in one or two 16-byte accesses
 ** (i a multiple of 8, the buffer 16-byte aligned: the arena's are). */
 __device__ __forceinline__ void ld8(const void *p, i64 i, int bf, float *v) {
@@ -54,14 +36,6 @@ __device__ __forceinline__ void st8(void *p, i64 i, int bf, const float *v) {
   }
 }
 
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = 16; o >= 1; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-__device__ __forceinline__ float warp_max(float x) {
-  for (int o = 16; o >= 1; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-  return x;
-}
 /* Sum (or max) over a block of blockDim.x threads (a multiple of 32, <= 1024). */
 __device__ float block_reduce(float x, int is_max) {
   __shared__ float part[32];
@@ -80,10 +54,6 @@ __device__ float block_reduce(float x, int is_max) {
   return total;
 }
 
-__device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
-__device__ __forceinline__ float logsigm(float x) { return fminf(x, 0.f) - log1pf(expf(-fabsf(x))); }
-
-#define GRID_LOOP(i, n) for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
 /* ------------------------------------------------------------ copies */
 

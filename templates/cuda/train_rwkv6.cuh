@@ -6,37 +6,11 @@
 ** and backward (models/train_gpu_rwkv6.c launches them; the CPU's are
 ** models/grad_mixer_rwkv6.c and grad_math_impl.h's groupnorm).
 **
-** Compiled once per context with NVRTC as it stands (no generator, no
-** include). Buffers named *_bf are the compute dtype (bf16 when the flag is
-** set, else float32); the rest are float32. Rows are tokens of B sequences of
+** Compiled once per context with NVRTC after train_common.cuh (its helpers:
+** gpu_train_source), no generator. Buffers named *_bf are the compute dtype
+** (bf16 when the flag is set, else float32); the rest are float32. Rows are tokens of B sequences of
 ** T, sequence-major ([B, T, D]); the shift never reaches across sequences.
 */
-
-typedef long long i64;
-typedef unsigned short bf16;
-
-__device__ __forceinline__ float bf2f(bf16 b) { return __uint_as_float(((unsigned)b) << 16); }
-/* round to nearest even, NaN kept quiet */
-__device__ __forceinline__ bf16 f2bf(float f) {
-  unsigned u = __float_as_uint(f);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (bf16)((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (bf16)(u >> 16);
-}
-__device__ __forceinline__ float ldc(const void *p, i64 i, int bf) {
-  return bf ? bf2f(((const bf16 *)p)[i]) : ((const float *)p)[i];
-}
-__device__ __forceinline__ void stc(void *p, i64 i, float v, int bf) {
-  if (bf) ((bf16 *)p)[i] = f2bf(v);
-  else ((float *)p)[i] = v;
-}
-__device__ __forceinline__ float warp_sum(float x) {
-  for (int o = 16; o >= 1; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
-  return x;
-}
-__device__ __forceinline__ float sigm(float x) { return 1.f / (1.f + expf(-x)); }
-
-#define GRID_LOOP(i, n) for (i64 i = blockIdx.x * (i64)blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
 /* ------------------------------------------------------------ token shift */
 
