@@ -170,20 +170,6 @@ __device__ __forceinline__ void ckb_state_store_bf16(const float (&S)[CK_MT][CK_
       }
 }
 
-/* The chunk c of sequence n (chunks c0 .. c1-1, tokens from t0n to te) without
-** the chunk tables. */
-__device__ __forceinline__ void ckb_chunk_of(long long c, long long c0, long long c1, int n,
-                                             long long t0n, long long te, ck_chunk &x) {
-  x.n = n;
-  x.t0 = t0n + (c - c0) * CK_BT;
-  x.te = te;
-  x.cfn1 = c1;
-  long long r = te - x.t0;
-  x.rows = r < CK_BT ? (int)r : CK_BT;
-  x.first = c == c0;
-  x.last = c + 1 == c1;
-}
-
 /* The walks of kernels 1 and 2: step i handles chunk c0 + i (MODE 0, the state:
 ** X = k, Y = v, stored to ws0) or c1 - 1 - i (MODE 1, its gradient: X = q,
 ** Y = dO, stored to ws1). Per step: store bf16(S) for the chunk, then
@@ -200,7 +186,7 @@ __device__ __forceinline__ void ckb_walk_load(const fla_kernel_args &a, long lon
                                               unsigned short *Ys, int vecx, int vecy, int tid) {
   const long long H = a.H;
   ck_chunk x;
-  ckb_chunk_of(MODE ? c1 - 1 - i : c0 + i, c0, c1, n, t0n, te, x);
+  ck_chunk_of(MODE ? c1 - 1 - i : c0 + i, c0, c1, n, t0n, te, x);
   const int slot = (int)(i % CK_NST);
   const unsigned short *xp = (const unsigned short *)(MODE ? a.q : a.k);
   const unsigned short *yp = (const unsigned short *)(MODE ? a.d_o : a.v);
@@ -234,7 +220,7 @@ __device__ __forceinline__ void ckb_walk(const fla_kernel_args &a, float (&S)[CK
     ck_commit(); /* always: one group a step keeps the wait count fixed */
   }
   ck_chunk x;
-  ckb_chunk_of(MODE ? c1 - 1 : c0, c0, c1, n, t0n, te, x);
+  ck_chunk_of(MODE ? c1 - 1 : c0, c0, c1, n, t0n, te, x);
   float g0 = 0.0f, g1 = 0.0f;
   if (w == 0) ck_load_g(a, x, h, lane, g0, g1);
 
@@ -249,7 +235,7 @@ __device__ __forceinline__ void ckb_walk(const fla_kernel_args &a, float (&S)[CK
     ck_chunk xn = x;
     float gn0 = 0.0f, gn1 = 0.0f;
     if (i + 1 < nc) {
-      ckb_chunk_of(MODE ? c - 1 : c + 1, c0, c1, n, t0n, te, xn);
+      ck_chunk_of(MODE ? c - 1 : c + 1, c0, c1, n, t0n, te, xn);
       if (w == 0) ck_load_g(a, xn, h, lane, gn0, gn1);
     }
     ckb_state_store_bf16(S, store + (c * H + h) * KV, v0, w, lane);

@@ -84,6 +84,20 @@ __device__ __forceinline__ void ck_chunk_at(const fla_kernel_args &a, long long 
   x.last = c + 1 == x.cfn1;
 }
 
+/* The chunk c of sequence n (its chunks c0 .. c1-1, tokens t0n .. te) without
+** the chunk tables: the walks over one sequence of the backward stages. */
+__device__ __forceinline__ void ck_chunk_of(long long c, long long c0, long long c1, int n, long long t0n,
+                                            long long te, ck_chunk &x) {
+  x.n = n;
+  x.t0 = t0n + (c - c0) * CK_BT;
+  x.te = te;
+  x.cfn1 = c1;
+  long long r = te - x.t0;
+  x.rows = r < CK_BT ? (int)r : CK_BT;
+  x.first = c == c0;
+  x.last = c + 1 == c1;
+}
+
 __device__ __forceinline__ void ck_chunk_next(const fla_kernel_args &a, long long c, ck_chunk &x) {
   /* x describes chunk c; make it describe c + 1 */
   if (!x.last) {

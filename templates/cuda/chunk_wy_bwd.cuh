@@ -522,19 +522,6 @@ __device__ __forceinline__ void wyb_state_out(const float (&S)[CK_MT][WB_NTW][4]
       }
 }
 
-/* The chunk c of sequence n (chunks c0 .. c1-1, tokens from t0n to te). */
-__device__ __forceinline__ void wyb_chunk_of(long long c, long long c0, long long c1, int n,
-                                             long long t0n, long long te, ck_chunk &x) {
-  x.n = n;
-  x.t0 = t0n + (c - c0) * CK_BT;
-  x.te = te;
-  x.cfn1 = c1;
-  long long r = te - x.t0;
-  x.rows = r < CK_BT ? (int)r : CK_BT;
-  x.first = c == c0;
-  x.last = c + 1 == c1;
-}
-
 /* One stage of walk tiles: four [64][CK_LDQ] key tiles Xa..Xd and two
 ** [64][WB_LDW] value tiles Ya, Yb:
 **   Z 0: Xa = K, Xb = W, Xd = W lo, Ya = U, Yb = U lo (Xc unused);
@@ -616,7 +603,7 @@ __device__ __forceinline__ void wyb_walk_body(const fla_kernel_args &a, unsigned
   for (int i = 0; i < WB_NST - 1; i++) {
     if (i < nc) {
       ck_chunk xi;
-      wyb_chunk_of(z ? c1 - 1 - i : c0 + i, c0, c1, n, t0n, te, xi);
+      ck_chunk_of(z ? c1 - 1 - i : c0 + i, c0, c1, n, t0n, te, xi);
       if (z) wyb_walk_load<BVW, 1>(a, ws, xi, h, v0, vcols, stg + i * WB_STAGE, tid);
       else wyb_walk_load<BVW, 0>(a, ws, xi, h, v0, vcols, stg + i * WB_STAGE, tid);
     }
@@ -627,14 +614,14 @@ __device__ __forceinline__ void wyb_walk_body(const fla_kernel_args &a, unsigned
     if (i + WB_NST - 1 < nc) {
       const long long ip = i + WB_NST - 1;
       ck_chunk xi;
-      wyb_chunk_of(z ? c1 - 1 - ip : c0 + ip, c0, c1, n, t0n, te, xi);
+      ck_chunk_of(z ? c1 - 1 - ip : c0 + ip, c0, c1, n, t0n, te, xi);
       unsigned short *st = stg + (int)(ip % WB_NST) * WB_STAGE;
       if (z) wyb_walk_load<BVW, 1>(a, ws, xi, h, v0, vcols, st, tid);
       else wyb_walk_load<BVW, 0>(a, ws, xi, h, v0, vcols, st, tid);
     }
     ck_commit();
     ck_chunk x;
-    wyb_chunk_of(c, c0, c1, n, t0n, te, x);
+    ck_chunk_of(c, c0, c1, n, t0n, te, x);
     const int rows = x.rows;
     const unsigned short *st = stg + (int)(i % WB_NST) * WB_STAGE;
     const unsigned short *Xa = st, *Xb = Xa + CK_BT * CK_LDQ, *Xc = Xb + CK_BT * CK_LDQ;
