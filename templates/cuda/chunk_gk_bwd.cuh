@@ -48,8 +48,11 @@
 #if FLA_BT != 64 || FLA_WARPS != 4
 #error "chunk_gk_bwd: FLA_BT 64 and FLA_WARPS 4 only"
 #endif
-#if FLA_READ_BEFORE || FLA_HAS_BONUS || FLA_DECAY != 3 || FLA_DELTA || FLA_HAS_PROBE || !FLA_IN_BF16
-#error "chunk_gk_bwd: per-key decay read after the token (GLA, HGRN2), bf16 inputs only"
+#if FLA_DECAY != 3 || FLA_DELTA || FLA_HAS_PROBE || !FLA_IN_BF16 || (FLA_HAS_BONUS && !FLA_READ_BEFORE)
+#error "chunk_gk_bwd: per-key decay, plain write, bf16 inputs only (a bonus reads before the token)"
+#endif
+#if FLA_READ_BEFORE && (FLA_KEY_FROM_DECAY || FLA_K > 128)
+#error "chunk_gk_bwd: reading before the token (RWKV-6) with given keys and K <= 128 only"
 #endif
 #if FLA_BV % 16 || FLA_K > 256 || FLA_V > 512
 #error "chunk_gk_bwd: FLA_BV a multiple of 16; K <= 256, V <= 512"
@@ -87,6 +90,7 @@
 #define GB_LDKQ (GB_QK + 8)
 #define GB_LDGQ (GB_QK + 4)
 #define GB_HK ((GB_QK + CK_NTH - 1) / CK_NTH) /* keys a thread sums <h, dh> of (dq/dk kernel) */
+#define GB_RB FLA_READ_BEFORE /* 1: queries read the state before their token (RWKV-6) */
 
 /* ws0: DH [NC,H,K,V] bf16, the gradient of the state leaving each chunk. */
 __device__ __forceinline__ unsigned short *gb_ws_dh(const fla_kernel_args &a) {
@@ -313,30 +317,33 @@ __device__ __forceinline__ void gb_gate_b(unsigned (&yb)[4], const float *gam, c
 }
 
 /* The diagonal block's fp32 sums: acc_(i,d) += sum_{j in block w} dA(i,j) x_jd
-** 2^(gam_id - gam_jd) (TRANS 0: rows i, j <= i; dQ) or acc_(j,d) += sum_i dA(i,j)
-** x_id 2^(gam_id - gam_jd) (TRANS 1: rows j, i >= j; dK). dA is masked (0
-** above the diagonal), the exponent clamped at 0 where it is. */
+** 2^(gq_id - gam_jd) (TRANS 0: rows i, j <= i; dQ) or acc_(j,d) += sum_i dA(i,j)
+** x_id 2^(gq_id - gam_jd) (TRANS 1: rows j, i >= j; dK), gq the query side's
+** gate sums (gam, or gx = gam one row up when reading before). dA is masked (0
+** above the diagonal; also on it when reading before), the exponent clamped at
+** 0 where it is masked. */
 template <int TRANS>
 __device__ __forceinline__ void gb_diag(float (&acc)[GB_QK / 8][4], const unsigned short *dAs,
-                                        const unsigned short *Xs, const float *gam, int w, int lane) {
+                                        const unsigned short *Xs, const float *gq, const float *gam,
+                                        int w, int lane) {
   const int g = lane >> 2, q = lane & 3, r0 = 16 * w;
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
     const int r = r0 + g + 8 * hf;
-    const float *gr = gam + r * GB_LDGQ;
+    const float *gr = (TRANS ? gam : gq) + r * GB_LDGQ;
 #pragma unroll 2
     for (int u = 0; u < 16; u++) {
       const int s = r0 + u;
       const float da = ck_bf2f(TRANS ? dAs[s * C3_LDA + r] : dAs[r * C3_LDA + s]);
       if (da == 0.0f) continue;
       const unsigned short *xs = Xs + s * GB_LDKQ;
-      const float *gs = gam + s * GB_LDGQ;
+      const float *gs = (TRANS ? gq : gam) + s * GB_LDGQ;
 #pragma unroll
       for (int j = 0; j < GB_QK / 8; j++) {
         const int d = 8 * j + 2 * q;
         float xv[2];
         ck_unpack(*(const unsigned *)(xs + d), xv);
-        /* TRANS 0: 2^(gam_r - gam_s), s <= r; TRANS 1: 2^(gam_s - gam_r), s >= r */
+        /* TRANS 0: 2^(gq_r - gam_s), s <= r; TRANS 1: 2^(gq_s - gam_r), s >= r */
         const float e0 = TRANS ? gs[d] - gr[d] : gr[d] - gs[d];
         const float e1 = TRANS ? gs[d + 1] - gr[d + 1] : gr[d + 1] - gs[d + 1];
         acc[j][2 * hf] += da * xv[0] * ck_ex2(fminf(e0, 0.0f));
@@ -345,6 +352,48 @@ __device__ __forceinline__ void gb_diag(float (&acc)[GB_QK / 8][4], const unsign
     }
   }
 }
+
+#if FLA_HAS_BONUS
+/* The bonus's diagonal term: acc_(i,d) += SIGN dAd_i u_d x_id for the rows
+** rA, rB = rA + 8 and key columns 8j + 2q, +1 (dq: x = k; dk: x = q). */
+template <int SIGN>
+__device__ __forceinline__ void gb_bonus(float (&acc)[GB_QK / 8][4], const float *dad, const float *ub,
+                                         const unsigned short *Xs, int rA, int q) {
+  const float fa = SIGN * dad[rA], fb = SIGN * dad[rA + 8];
+#pragma unroll
+  for (int j = 0; j < GB_QK / 8; j++) {
+    const int d = 8 * j + 2 * q;
+    float xa[2], xb[2];
+    ck_unpack(*(const unsigned *)(Xs + rA * GB_LDKQ + d), xa);
+    ck_unpack(*(const unsigned *)(Xs + (rA + 8) * GB_LDKQ + d), xb);
+    acc[j][0] += fa * ub[d] * xa[0], acc[j][1] += fa * ub[d + 1] * xa[1];
+    acc[j][2] += fb * ub[d] * xb[0], acc[j][3] += fb * ub[d + 1] * xb[1];
+  }
+}
+
+/* du's column sums of warp w: dus[w][d] = sum over its rows i of dAd_i q_id k_id. */
+__device__ __forceinline__ void gb_bonus_du(float *dus, const float *dad, const unsigned short *Qs,
+                                            const unsigned short *Ks, int w, int lane) {
+  const int g = lane >> 2, q = lane & 3, rA = 16 * w + g, rB = rA + 8;
+#pragma unroll
+  for (int j = 0; j < GB_QK / 8; j++) {
+    const int d = 8 * j + 2 * q;
+    float qa[2], qb[2], ka[2], kb[2];
+    ck_unpack(*(const unsigned *)(Qs + rA * GB_LDKQ + d), qa);
+    ck_unpack(*(const unsigned *)(Qs + rB * GB_LDKQ + d), qb);
+    ck_unpack(*(const unsigned *)(Ks + rA * GB_LDKQ + d), ka);
+    ck_unpack(*(const unsigned *)(Ks + rB * GB_LDKQ + d), kb);
+    float s0 = dad[rA] * qa[0] * ka[0] + dad[rB] * qb[0] * kb[0];
+    float s1 = dad[rA] * qa[1] * ka[1] + dad[rB] * qb[1] * kb[1];
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+      s0 += __shfl_xor_sync(0xffffffffu, s0, off);
+      s1 += __shfl_xor_sync(0xffffffffu, s1, off);
+    }
+    if (g == 0) dus[w * GB_QK + d] = s0, dus[w * GB_QK + d + 1] = s1;
+  }
+}
+#endif
 
 /* Kernel 4: chunk blockIdx.x, head blockIdx.y; warp w owns rows 16w .. 16w+15.
 **   load Q, K (HGRN2: K = 1 - e^g), gam (chunk cumsum, base 2);
@@ -365,7 +414,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Qs = (unsigned short *)ck_sm;
   unsigned short *Ks = Qs + CK_BT * GB_LDKQ;
-  float *gam = (float *)(Ks + CK_BT * GB_LDKQ);
+  float *gam = (float *)(Ks + CK_BT * GB_LDKQ) + GB_RB * GB_LDGQ; /* read before: row -1 zeros */
+  const float *gx = gam - GB_RB * GB_LDGQ; /* the query side's gate sums (gam, or gam one row up) */
   unsigned short *Os = (unsigned short *)(gam + CK_BT * GB_LDGQ);
   unsigned short *Vs = Os + CK_BT * GB_LDQ;
   unsigned short *Hs = Vs + CK_BT * GB_LDQ;
@@ -374,6 +424,11 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
   float *kdi = (float *)(dAs + CK_BT * C3_LDA);
   float *hdh = kdi + 4 * GB_QK;
   float *ex = hdh + GB_QK; /* HGRN2 only */
+#if FLA_HAS_BONUS
+  float *dad = ex + (FLA_KEY_FROM_DECAY ? CK_BT * GB_LDGQ : 0); /* dA's diagonal [64] (fp32) */
+  float *ub = dad + CK_BT;                                      /* u of the key slice [GB_QK] */
+  float *dus = ub + GB_QK;                                      /* du per warp [4][GB_QK] */
+#endif
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const long long c = blockIdx.x;
   const int h = blockIdx.y;
@@ -392,6 +447,13 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
   ck_commit();
   ck_cumsum_global<CK_NTH, GB_QK, GB_LDKQ, GB_LDGQ>(gam, (const unsigned short *)a.g + rk, H * FLA_K,
                                                   rows, Ks, tid, kn);
+#if GB_RB
+  for (int i = tid; i < GB_LDGQ; i += CK_NTH) gam[i - GB_LDGQ] = 0.0f;
+#endif
+#if FLA_HAS_BONUS
+  for (int d = tid; d < GB_QK; d += CK_NTH)
+    ub[d] = d < kn ? ck_bf2f(((const unsigned short *)a.bonus)[(long long)h * FLA_K + k0 + d]) : 0.0f;
+#endif
   /* <h_d, dh_d> of keys d = tid + CK_NTH i (K over 128: two keys a thread) */
   float hsum[GB_HK];
 #pragma unroll
@@ -419,7 +481,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
     ckb_mm_nt<GB_QK / 8, GB_VQ, GB_LDQ, GB_LDQ>(accQ, Os, Hs, r0, lane);
   }
 
-  /* dA: mask (j <= i < rows), scale -> dAs (whole rows) */
+  /* dA: mask (j <= i < rows; j < i reading before), scale -> dAs (whole
+  ** rows); the bonus's diagonal dAd_i = scale dO_i . v_i -> dad (fp32) */
   const float scale = a.scale;
 #pragma unroll
   for (int j = 0; j < CK_BT / 8; j++) {
@@ -428,7 +491,10 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
 #pragma unroll
     for (int e = 0; e < 4; e++) {
       const int r = e < 2 ? rA : rB, col = cc + (e & 1);
-      va[e] = (col <= r && r < rows) ? scale * accD[j][e] : 0.0f;
+      va[e] = (col + GB_RB <= r && r < rows) ? scale * accD[j][e] : 0.0f;
+#if FLA_HAS_BONUS
+      if (col == r) dad[r] = r < rows ? scale * accD[j][e] : 0.0f;
+#endif
     }
     const unsigned p01 = ck_pack(va[0], va[1]), p23 = ck_pack(va[2], va[3]);
     *(unsigned *)(dAs + rA * C3_LDA + cc) = p01;
@@ -436,9 +502,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
   }
   __syncthreads(); /* dAs and gam complete */
 
-  /* dQ with reference row r = gam row r0 */
+  /* dQ with reference row r = gx row r0 (gam row r0, or r0 - 1 reading before) */
   {
-    const float *ref = gam + r0 * GB_LDGQ;
+    const float *ref = gx + r0 * GB_LDGQ;
 #pragma unroll
     for (int j = 0; j < GB_QK / 8; j++) {
       const int d = 8 * j + 2 * q;
@@ -460,20 +526,31 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
         ck_mma(accQ[2 * np + 1], daf, yb[2], yb[3]);
       }
     }
-    gb_gate_rows<1>(accQ, gam, ref, rA, q); /* 2^(gam_i - r) */
-    gb_diag<0>(accQ, dAs, Ks, gam, w, lane);
+    gb_gate_rows<1>(accQ, gx, ref, rA, q); /* 2^(gx_i - r) */
+    gb_diag<0>(accQ, dAs, Ks, gx, gam, w, lane);
     float *dG = gb_ws_dg(a, ch) + k0; /* computed where used: registers are short */
-    ckb_store_rows(accQ, (unsigned short *)a.dq + rk, H * FLA_K, rA, rows, kn, q);
+    /* q .* dq (the gated part) is the derivative in gx_i: row i, or reading
+    ** before row i - 1 (gx_i = gam_(i-1); row 0's is of a constant and row
+    ** 63 gets none: rA = 0 writes it 0) */
+    const int gA = GB_RB ? (rA == 0 ? CK_BT - 1 : rA - 1) : rA, gB = rB - GB_RB;
+    const int zA = GB_RB && rA == 0;
 #pragma unroll
     for (int j = 0; j < GB_QK / 8; j++) {
       const int d = 8 * j + 2 * q;
       float xa[2], xb[2];
       ck_unpack(*(const unsigned *)(Qs + rA * GB_LDKQ + d), xa);
       ck_unpack(*(const unsigned *)(Qs + rB * GB_LDKQ + d), xb);
-      if (d < kn) dG[rA * FLA_K + d] = xa[0] * accQ[j][0], dG[rB * FLA_K + d] = xb[0] * accQ[j][2];
+      if (d < kn)
+        dG[gA * FLA_K + d] = zA ? 0.0f : xa[0] * accQ[j][0], dG[gB * FLA_K + d] = xb[0] * accQ[j][2];
       if (d + 1 < kn)
-        dG[rA * FLA_K + d + 1] = xa[1] * accQ[j][1], dG[rB * FLA_K + d + 1] = xb[1] * accQ[j][3];
+        dG[gA * FLA_K + d + 1] = zA ? 0.0f : xa[1] * accQ[j][1],
+        dG[gB * FLA_K + d + 1] = xb[1] * accQ[j][3];
     }
+#if FLA_HAS_BONUS
+    gb_bonus<1>(accQ, dad, ub, Ks, rA, q); /* dq_i += dAd_i u .* k_i (not in dG: no gate) */
+    gb_bonus_du(dus, dad, Qs, Ks, w, lane);
+#endif
+    ckb_store_rows(accQ, (unsigned short *)a.dq + rk, H * FLA_K, rA, rows, kn, q);
   }
 
   /* pass 2: accK = V dh^T, <h, dh> per key */
@@ -505,6 +582,14 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
       }
     }
   }
+
+#if FLA_HAS_BONUS
+  /* du of the chunk (dus complete: pass 2 has barriers) -> GL's slot of ws1
+  ** (read by the walk only, before), summed over the chunks by fla_chunk_gk_bwd_du */
+  if (a.dbonus)
+    for (int d = tid; d < kn; d += CK_NTH)
+      ck_ws_gl(a)[ch * FLA_K + k0 + d] = dus[d] + dus[GB_QK + d] + dus[2 * GB_QK + d] + dus[3 * GB_QK + d];
+#endif
 
   /* dK with reference row r' = gam row r0 + 15 */
   {
@@ -539,15 +624,22 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
         unsigned yb[4];
         ck_ldm4t(yb, ck_smem(Qs + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * GB_LDKQ +
                              16 * np + (lane >> 4) * 8));
-        gb_gate_b<1>(yb, gam, ref, kk, np, lane); /* 2^(gam_i - r') */
+        gb_gate_b<1>(yb, gx, ref, kk, np, lane); /* 2^(gx_i - r') */
         ck_mma(accK[2 * np], pa, yb[0], yb[1]);
         ck_mma(accK[2 * np + 1], pa, yb[2], yb[3]);
       }
     }
     gb_gate_rows<-1>(accK, gam, ref, rA, q); /* 2^(r' - gam_j) */
-    gb_diag<1>(accK, dAs, Qs, gam, w, lane);
+    gb_diag<1>(accK, dAs, Qs, gx, gam, w, lane);
+#if FLA_HAS_BONUS
+    /* dk_i += dAd_i u .* q_i for the store; taken off again for dG (no gate) */
+    gb_bonus<1>(accK, dad, ub, Qs, rA, q);
+    ckb_store_rows(accK, (unsigned short *)a.dk + rk, H * FLA_K, rA, rows, kn, q);
+    gb_bonus<-1>(accK, dad, ub, Qs, rA, q);
+#else
     if (!FLA_KEY_FROM_DECAY)
       ckb_store_rows(accK, (unsigned short *)a.dk + rk, H * FLA_K, rA, rows, kn, q);
+#endif
   }
   if (!a.dg) return;
   __syncthreads(); /* kdi of every warp */
@@ -587,3 +679,20 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
     }
   }
 }
+
+#if FLA_HAS_BONUS
+/* Kernel 5 (bonus only): du [H,K] = the sum over the chunks (all sequences)
+** of the dq/dk kernel's per-chunk du (GL's slots of ws1), in chunk order
+** (deterministic), in the input dtype; head blockIdx.y. No chunks: 0. */
+extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_gk_bwd_du(fla_kernel_args a) {
+  if (!a.dbonus) return;
+  const int h = blockIdx.y;
+  const long long H = a.H;
+  const float *part = ck_ws_gl(a);
+  for (int d = threadIdx.x; d < FLA_K; d += CK_NTH) {
+    float s = 0.0f;
+    for (long long c = 0; c < a.num_chunks; c++) s += part[(c * H + h) * FLA_K + d];
+    ((unsigned short *)a.dbonus)[(long long)h * FLA_K + d] = (unsigned short)(ck_pack(s, 0.0f) & 0xffffu);
+  }
+}
+#endif
