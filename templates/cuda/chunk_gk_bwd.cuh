@@ -1,12 +1,12 @@
 /*
 ** chunk_gk_bwd.cuh -- the chunkwise-parallel backward of per-key gates (GLA,
-** HGRN2) on tensor cores (stage FLA_STAGE_CHUNK_GK_BWD, gen/stage_chunk_gk_bwd.c),
+** HGRN2, RWKV-6) on tensor cores (stage FLA_STAGE_CHUNK_GK_BWD, gen/stage_chunk_gk_bwd.c),
 ** fla's chunk_gla_bwd (fla/ops/gla/chunk.py, fla/ops/common/chunk_h.py).
 **
-** Keys handled: FLA_DECAY 3 (g [tok,H,K]), FLA_DELTA 0, FLA_READ_BEFORE 0, no
-** bonus, no probe, FLA_KEY_FROM_DECAY 0 or 1 (HGRN2: k = 1 - e^g; declined by
-** gen/stage_chunk_gk_bwd.c until it has run on a GPU); FLA_IN_BF16
-** 1; K <= 256, V <= 512 (value tiles of 64). Chunks of 64 tokens, 4 warps.
+** Keys handled: FLA_DECAY 3 (g [tok,H,K]), FLA_DELTA 0, no probe,
+** FLA_KEY_FROM_DECAY 0 or 1 (HGRN2: k = 1 - e^g), FLA_READ_BEFORE 0 or 1 (1
+** with FLA_HAS_BONUS: RWKV-6, keys given, K <= 128); FLA_IN_BF16 1; K <= 256,
+** V <= 512 (value tiles of 64). Chunks of 64 tokens, 4 warps.
 **
 ** The math (fla-notes.md §2.3; per chunk of C <= 64 rows, h the state entering
 ** it, dh the gradient of the state leaving it, log gates in base 2: gam_id =
@@ -31,7 +31,29 @@
 ** m16n8k16 bf16 -> fp32; states and gate sums are fp32, the states stored
 ** per chunk as bf16 (as fla stores h and dh); dA, A are bf16 operands.
 **
-** Four kernels:
+** Read before the token (RWKV-6: o_i = scale q_i (S_(i-1) + diag(u) k_i^T v_i),
+** FLA_READ_BEFORE, FLA_HAS_BONUS), as chunk_gk_fwd.cuh's forward: the query
+** side takes the exclusive sums gx_i = gam_(i-1) (gx_0 = 0: a zero row in
+** front of gam), A_ij (j < i, strict) = sum_d q_id k_jd 2^(gx_id - gam_jd) and
+** the diagonal A_ii = b_i = sum_d q_id u_d k_id (u = bonus [H,K]). So:
+**   QG = Q .* 2^gx (chunk_gk_fwd_a's), hence dh_prev and the walk as above;
+**   dA_ij = scale dO_i . v_j for j < i only; dAd_i = scale dO_i . v_i (fp32);
+**   dQ  = scale 2^gx .* (dO h^T) + sum_{j<i} dA_ij k_j 2^(gx_i - gam_j) + dAd_i u .* k_i
+**   dK  = 2^(gL - gam) .* (V dh^T) + sum_{i>j} dA_ij q_i 2^(gx_i - gam_j) + dAd_j u .* q_j
+**   du  = sum over every token (all chunks, sequences) of dAd_i q_i .* k_i   [H,K]
+**   dV  = scale A^T dO + KD dh (A with the bonus on its diagonal: + scale b_i dO_i)
+**   dG  : the gated part of q .* dq is the derivative in gx_i = gam_(i-1), so
+**         it lands one row earlier: dG_(i-1) += q_i .* dQg_i (row 0's is of a
+**         constant; dQg = dQ without the bonus, which has no gate), dG_i -=
+**         k_i .* dKg_i (without the bonus), the last row's terms as above.
+** (Checked against finite differences of the recurrence in float64 before
+** the kernels were written.) The reference rows: r = gx row 16w (gam row 16w
+** - 1) for dQ, between gx_I (I's rows) and gam_J (J < I); r' = gam row 16w +
+** 15 for dK as before (gx_I of the blocks I > J is at most gam row 16w + 15).
+** du of a chunk goes to its GL slot of ws1 (read by the walk only, earlier);
+** fla_chunk_gk_bwd_du sums the slots over the chunks in order (no atomics).
+**
+** Four kernels (five with the bonus):
 **   fla_chunk_gk_fwd_a (NC, H) of chunk_gk_fwd.cuh: A -> AW, Q .* 2^gam -> QG,
 **       K .* 2^(gL - gam) -> KD, gL -> GL (ws1, its layout: ck_ws_*).
 **   fla_chunk_gk_bwd_walk (N*NVW, H, 2): per sequence and value slice of
@@ -42,7 +64,8 @@
 **   fla_chunk_gk_bwd_dv (NC*NVD, H): dV for a value tile of 64.
 **   fla_chunk_gk_bwd_dqk (NC, H): dA, dQ, dK, dg of the chunk (two passes over
 **       the value tiles: dO, V, h for dA and dO h^T; V, dh, h for V dh^T and
-**       <h, dh>).
+**       <h, dh>); with the bonus the chunk's du.
+**   fla_chunk_gk_bwd_du (1, H), bonus only: du = the sum of the chunks' du.
 */
 
 #if FLA_BT != 64 || FLA_WARPS != 4
