@@ -5,13 +5,13 @@
 ** templates/cuda/chunk_gk_bwd.cuh (which splices in chunk_gk_fwd.cuh for the
 ** forward's per-chunk kernel and chunk_bwd_mm.cuh for warp-level products).
 **
-** Handled: FLA_DECAY 3 with plain writes read after the token (FLA_DELTA 0,
-** FLA_READ_BEFORE 0, no bonus, no probe), keys given (GLA), bf16 inputs, K up
-** to 256 and V up to 512, and keys derived from the decay (HGRN2: k = 1 - e^g,
-** GB_HGRN2_ENABLED). Everything else is
-** FLA_UNSUPPORTED and the op runs the recurrent backward: f32 inputs (no fp32
-** tensor-core path), RWKV-6 (read before the token, bonus), other decays
-** (chunk_bwd), the WY family.
+** Handled: FLA_DECAY 3 with plain writes (FLA_DELTA 0, no probe), keys given
+** (GLA), bf16 inputs, K up to 256 and V up to 512; keys derived from the decay
+** (HGRN2: k = 1 - e^g, GB_HGRN2_ENABLED); read before the token with the
+** bonus u (RWKV-6: FLA_READ_BEFORE, FLA_HAS_BONUS) for K up to 128, as
+** chunk_gk_fwd takes it. Everything else is FLA_UNSUPPORTED and the op runs
+** the recurrent backward: f32 inputs (no fp32 tensor-core path), RWKV-6 past K
+** = 128, other decays (chunk_bwd), the WY family.
 **
 ** Tiles: 64 tokens a chunk, 4 warps; BV (a multiple of 16, 16..128) is the
 ** value slice of the two state walks (KW = ceil(K/64)*16 keys a warp, KW/16 *
@@ -19,23 +19,29 @@
 ** dq/dk kernels take value tiles of 64 and 32 (fixed; the latter keeps the
 ** dq/dk kernel at two blocks an SM for K = 128).
 **
-** Four kernels (grid, block, dynamic shared memory), KP = K padded to 64:
+** Four kernels, five with a bonus (grid, block, dynamic shared memory), KP = K
+** padded to 64:
 **   fla_chunk_gk_fwd_a     (NC, H)        256  2*64*(KP+8)*2 + 65*(KP+4)*4
 **   fla_chunk_gk_bwd_walk  (N*NVW, H, 2)  128  3*(64*(KP+8)*2 + 64*(BV+8)*2 + KP*4)
 **   fla_chunk_gk_bwd_dv    (NC*NVD, H)    128  64*72*2*2 + 64*(KP+8)*2 + KP*72*2
 **   fla_chunk_gk_bwd_dqk   (NC, H, KS)    128  2*64*(KQ+8)*2 + 64*(KQ+4)*4
 **                                              + 2*64*40*2 + 2*KQ*40*2 + 64*72*2 + 5*KQ*4
-**                                              (HGRN2: + 64*(KQ+4)*4)
+**                                              (HGRN2: + 64*(KQ+4)*4; read before: +
+**                                              (KQ+4)*4; bonus: + (64+5*KQ)*4)
+**   fla_chunk_gk_bwd_du    (1, H)         128  0            (bonus only: du [H,K])
 ** with KS = 2 key slices of KQ = KP/2 keys past KP = 128, else KS = 1, KQ = KP.
 ** NVW = ceil(V/BV), NVD = ceil(V/64).
 ** Workspaces: ws0 = NC*H*K*V bf16 (DH: the gradient of the state leaving each
 ** chunk); ws1 = chunk_gk_fwd's layout up to GL (2-byte elements, each part
 ** padded to 8): NC*H*K*V (HS), NC*H*64*64 (AW), twice NC*H*64*K (QG, KD), NC*H*K
 ** f32 (GL). The dq/dk kernel keeps its dG [64][K] f32 of a chunk in the QG
-** and KD parts (read by the earlier kernels, free by then).
+** and KD parts (read by the earlier kernels, free by then), and with a bonus
+** the chunk's du [K] f32 in its GL slot (read by the walk only), which the du
+** kernel sums over the chunks.
 ** The args the kernels read: q, k, v, g, h0, d_o, dht (0: none), cu,
-** chunk_seq, chunk_first, ws0, ws1, N, H, num_chunks, scale; written: dq, dk
-** (GLA), dv (bf16, always), dg (bf16, when not 0), dh0 (f32, when not 0).
+** chunk_seq, chunk_first, ws0, ws1, N, H, num_chunks, scale (bonus: bonus);
+** written: dq, dk (GLA, RWKV-6), dv (bf16, always), dg (bf16, when not 0),
+** dbonus (bf16, when not 0), dh0 (f32, when not 0).
 */
 #include "internal.h"
 #include "stage.h"
@@ -79,7 +85,9 @@ static unsigned smem_dqk_(const fla_gen_key *key) {
   int KP = kp_(key->K) / ks_(key->K), LDQ = GB_VQ + 8;
   return (unsigned)(2 * GB_BT * (KP + 8) * 2 + GB_BT * (KP + 4) * 4 + 2 * GB_BT * LDQ * 2 +
                     2 * KP * LDQ * 2 + GB_BT * (GB_BT + 8) * 2 + 5 * KP * 4 +
-                    (key->key_from_decay ? GB_BT * (KP + 4) * 4 : 0));
+                    (key->key_from_decay ? GB_BT * (KP + 4) * 4 : 0) +
+                    (key->read_before ? (KP + 4) * 4 : 0) +  /* gam's zero row -1 */
+                    (key->has_bonus ? (GB_BT + 5 * KP) * 4 : 0)); /* dA's diagonal, u, du per warp */
 }
 
 static void default_config_(const fla_gen_key *key, fla_tile_config *cfg) {
@@ -98,8 +106,9 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
   if (key->decay != 3) no = "only per-key decay (decay 3; the others are chunk_bwd's)";
   else if (key->delta) no = "the delta rule is not done in chunk_gk_bwd";
   else if (key->has_probe) no = "a separate probe needs the delta write";
-  else if (key->read_before || key->has_bonus)
-    no = "reading before the token and the bonus (RWKV-6) are not done in chunk_gk_bwd";
+  else if (key->has_bonus && !key->read_before) no = "a bonus needs read_before";
+  else if (key->read_before && key->key_from_decay)
+    no = "reading before the token with keys derived from the decay is not done";
   else if (!key->in_bf16) no = "f32 inputs have no tensor-core path (use the recurrent backward)";
   /* HGRN2 (k = 1 - e^g, dg - e^g dk): off with GB_HGRN2_ENABLED 0 */
   else if (key->key_from_decay && !GB_HGRN2_ENABLED)
@@ -108,6 +117,10 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
   if (key->K < 1 || key->V < 1 || key->K > 256 || key->V > 512)
     return fla_set_error(ctx, FLA_UNSUPPORTED, "chunk_gk_bwd: K = %d, V = %d outside K 1..256, V 1..512",
                          key->K, key->V);
+  /* RWKV-6 as chunk_gk_fwd takes it: K up to 128 (one key slice) */
+  if (key->read_before && key->K > 128)
+    return fla_set_error(ctx, FLA_UNSUPPORTED,
+                         "chunk_gk_bwd: reading before the token (RWKV-6) at K = %d (K up to 128)", key->K);
   /* the dq/dk kernel's shared memory depends on the key alone (every K up to
   ** 256 fits, with two key slices past 128): past it, the recurrent backward */
   if (smem_dqk_(key) > GB_SMEM_MAX)
@@ -136,12 +149,14 @@ static fla_status check_(fla_ctx *ctx, const fla_gen_key *key, const fla_tile_co
 }
 
 static int kernels_(const fla_gen_key *key, const fla_tile_config *cfg, char (*names)[64]) {
-  (void)key, (void)cfg;
+  (void)cfg;
   snprintf(names[0], 64, "fla_chunk_gk_fwd_a");
   snprintf(names[1], 64, "fla_chunk_gk_bwd_walk");
   snprintf(names[2], 64, "fla_chunk_gk_bwd_dv");
   snprintf(names[3], 64, "fla_chunk_gk_bwd_dqk");
-  return 4;
+  if (!key->has_bonus) return 4;
+  snprintf(names[4], 64, "fla_chunk_gk_bwd_du");
+  return 5;
 }
 
 static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
@@ -158,7 +173,10 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
   fla_chunk_launch_set(&out[3], "fla_chunk_gk_bwd_dqk", NC, H, th, smem_dqk_(key));
   out[3].grid[2] = (unsigned)ks_(key->K);
   if (NC == 0) out[2].grid[0] = out[3].grid[0] = 0;
-  return 4;
+  if (!key->has_bonus) return 4;
+  /* du summed over the chunks; also with no chunks (du = 0) */
+  fla_chunk_launch_set(&out[4], "fla_chunk_gk_bwd_du", 1, H, th, 0);
+  return 5;
 }
 
 static int64_t pad8_(int64_t n) { return (n + 7) / 8 * 8; }

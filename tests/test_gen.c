@@ -399,9 +399,9 @@ START_TEST(test_chunk_gk_bwd_stage) {
   k = key;
   k.decay = 2;
   gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "per-key");
-  k = key;
-  k.read_before = 1, k.has_bonus = 1;
-  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "RWKV-6");
+  k = hk;
+  k.read_before = 1; /* HGRN2's keys read before the token: not done */
+  gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "derived from the decay");
   k = key;
   k.V = 513;
   gen_fails(ctx, B, &k, NULL, FLA_UNSUPPORTED, "outside");
@@ -454,6 +454,27 @@ START_TEST(test_chunk_gk_bwd_stage) {
   free(gen_ok(ctx, F, &rk, NULL, kn, &nk));
   rk.K = 256;
   gen_fails(ctx, F, &rk, NULL, FLA_UNSUPPORTED, "bonus");
+  /* RWKV-6 (read before the token, the bonus) on the chunked backward up to
+  ** K 128: a fifth kernel sums du over the chunks (also with none) */
+  recipe_key(ctx, "rwkv6", 128, 128, 1, &rk, NULL);
+  char *rsrc = gen_ok(ctx, B, &rk, NULL, kn, &nk);
+  ck_assert_int_eq(nk, 5);
+  ck_assert_str_eq(kn[3], "fla_chunk_gk_bwd_dqk");
+  ck_assert_str_eq(kn[4], "fla_chunk_gk_bwd_du");
+  ck_assert(strstr(rsrc, "#define FLA_READ_BEFORE 1"));
+  free(rsrc);
+  ck_assert_int_eq(fla_stage_launches(B, &rk, NULL, &a, WL), 5);
+  ck_assert_uint_eq(WL[4].grid[0], 1);
+  ck_assert_uint_eq(WL[4].grid[1], 4);
+  ck_assert_uint_gt(WL[3].smem, L[3].smem); /* gam's zero row, dA's diagonal, u, du */
+  ck_assert_uint_le(WL[3].smem, 227 * 1024);
+  a.num_chunks = 0;
+  ck_assert_int_eq(fla_stage_launches(B, &rk, NULL, &a, WL), 5);
+  ck_assert_uint_eq(WL[3].grid[0], 0);
+  ck_assert_uint_eq(WL[4].grid[0], 1); /* du = 0 written */
+  a.num_chunks = 10;
+  rk.K = 192;
+  gen_fails(ctx, B, &rk, NULL, FLA_UNSUPPORTED, "K up to 128");
   size_t w0 = 0, w1 = 0;
   fla_stage_workspace(B, &key, NULL, &a, &w0, &w1);
   ck_assert_uint_eq(w0, (size_t)10 * 4 * 128 * 256 * 2);
@@ -937,8 +958,8 @@ START_TEST(test_every_recipe_compiles) {
   ck_assert_int_ge(cl.chunk_kda, 4);
   /* delta_rule, gated_delta_rule, comba in bf16 on both archs */
   ck_assert_int_ge(cl.chunk_wy_bwd, 6);
-  /* gla and hgrn2 in bf16 on both archs */
-  ck_assert_int_ge(cl.chunk_gk_bwd, 4);
+  /* gla, hgrn2 and rwkv6 in bf16 on both archs */
+  ck_assert_int_ge(cl.chunk_gk_bwd, 6);
   for (int i = 0; i < cl.n; i++) free(cl.sources[i]);
   free(cl.sources);
   fla_ctx_free(ctx);

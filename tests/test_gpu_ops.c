@@ -32,7 +32,9 @@
 **     variable-length batch with a length-1 sequence. Gradients are poisoned
 **     with NaN first; one call asks for dv alone (the rest stays untouched).
 **     Tolerance: rel RMS < 5e-3 (bf16; 2e-2 for gates and beta) or 1e-4
-**     (f32). Each recipe prints one summary line starting "gpu_ops_bwd:".
+**     (f32). Per-key gates in bf16 (gla, hgrn2, rwkv6 up to K 128) must
+**     take chunk_gk_bwd (asserted). Each recipe prints one summary line
+**     starting "gpu_ops_bwd:".
 **   - "wide keys": gla and hgrn2 forward at K 192..256 and V up to 512 (GLA
 **     1.3B's heads: K 256, V 512) and backward at K 192..256, V up to 512, on
 **     chunk_gk_fwd / chunk_gk_bwd (asserted; other recipes skip them).
@@ -889,14 +891,15 @@ static void run_bcase_(fla_ctx *h, fla_ctx *g, const char *name, fla_recipe *r, 
   ck_assert_msg(fla_op_backward(oph, td.args, td.n, td.d_o, b->dht ? td.dht : NULL, hg, ng) == FLA_OK,
                 "%s", fla_errmsg(h));
   int stage = fla_cuda_op_backward_core_stage(opg, c->dtype, has_h0, b->dht);
-  /* per-key gates with plain writes read after the token (GLA, HGRN2; not
-  ** kda's delta rule) in bf16 take the chunked backward whenever the op does
-  ** not force the recurrent form */
-  if (ir->family == FLA_FAMILY_DECAY && ir->decay == FLA_DECAY_KEY && !ir->read_before &&
-      c->dtype == FLA_BF16 &&
+  /* per-key gates with plain writes (GLA, HGRN2; RWKV-6, read before the
+  ** token with the bonus, up to K 128; not kda's delta rule) in bf16 take the
+  ** chunked backward whenever the op does not force the recurrent form */
+  if (ir->family == FLA_FAMILY_DECAY && ir->decay == FLA_DECAY_KEY &&
+      (!ir->read_before || cfg.K <= 128) && c->dtype == FLA_BF16 &&
       c->algo != FLA_ALGO_RECURRENT && (c->T > 1 || c->nseqs) &&
       cfg.K <= 256 && cfg.V <= 512)
-    ck_assert_int_eq(stage, FLA_STAGE_CHUNK_GK_BWD);
+    ck_assert_msg(stage == FLA_STAGE_CHUNK_GK_BWD, "%s K=%lld: backward stage %d, not chunk_gk_bwd",
+                  name, (long long)cfg.K, stage);
   char label[200];
   snprintf(label, sizeof label, "%s T=%lld K=%lld V=%lld h0=%d dht=%d %s %s%s%s", name,
            (long long)cfg.T, (long long)cfg.K, (long long)cfg.V, c->h0, b->dht,

@@ -1,12 +1,12 @@
 /*
 ** chunk_gk_bwd.cuh -- the chunkwise-parallel backward of per-key gates (GLA,
-** HGRN2) on tensor cores (stage FLA_STAGE_CHUNK_GK_BWD, gen/stage_chunk_gk_bwd.c),
+** HGRN2, RWKV-6) on tensor cores (stage FLA_STAGE_CHUNK_GK_BWD, gen/stage_chunk_gk_bwd.c),
 ** fla's chunk_gla_bwd (fla/ops/gla/chunk.py, fla/ops/common/chunk_h.py).
 **
-** Keys handled: FLA_DECAY 3 (g [tok,H,K]), FLA_DELTA 0, FLA_READ_BEFORE 0, no
-** bonus, no probe, FLA_KEY_FROM_DECAY 0 or 1 (HGRN2: k = 1 - e^g; declined by
-** gen/stage_chunk_gk_bwd.c until it has run on a GPU); FLA_IN_BF16
-** 1; K <= 256, V <= 512 (value tiles of 64). Chunks of 64 tokens, 4 warps.
+** Keys handled: FLA_DECAY 3 (g [tok,H,K]), FLA_DELTA 0, no probe,
+** FLA_KEY_FROM_DECAY 0 or 1 (HGRN2: k = 1 - e^g), FLA_READ_BEFORE 0 or 1 (1
+** with FLA_HAS_BONUS: RWKV-6, keys given, K <= 128); FLA_IN_BF16 1; K <= 256,
+** V <= 512 (value tiles of 64). Chunks of 64 tokens, 4 warps.
 **
 ** The math (fla-notes.md §2.3; per chunk of C <= 64 rows, h the state entering
 ** it, dh the gradient of the state leaving it, log gates in base 2: gam_id =
@@ -31,7 +31,29 @@
 ** m16n8k16 bf16 -> fp32; states and gate sums are fp32, the states stored
 ** per chunk as bf16 (as fla stores h and dh); dA, A are bf16 operands.
 **
-** Four kernels:
+** Read before the token (RWKV-6: o_i = scale q_i (S_(i-1) + diag(u) k_i^T v_i),
+** FLA_READ_BEFORE, FLA_HAS_BONUS), as chunk_gk_fwd.cuh's forward: the query
+** side takes the exclusive sums gx_i = gam_(i-1) (gx_0 = 0: a zero row in
+** front of gam), A_ij (j < i, strict) = sum_d q_id k_jd 2^(gx_id - gam_jd) and
+** the diagonal A_ii = b_i = sum_d q_id u_d k_id (u = bonus [H,K]). So:
+**   QG = Q .* 2^gx (chunk_gk_fwd_a's), hence dh_prev and the walk as above;
+**   dA_ij = scale dO_i . v_j for j < i only; dAd_i = scale dO_i . v_i (fp32);
+**   dQ  = scale 2^gx .* (dO h^T) + sum_{j<i} dA_ij k_j 2^(gx_i - gam_j) + dAd_i u .* k_i
+**   dK  = 2^(gL - gam) .* (V dh^T) + sum_{i>j} dA_ij q_i 2^(gx_i - gam_j) + dAd_j u .* q_j
+**   du  = sum over every token (all chunks, sequences) of dAd_i q_i .* k_i   [H,K]
+**   dV  = scale A^T dO + KD dh (A with the bonus on its diagonal: + scale b_i dO_i)
+**   dG  : the gated part of q .* dq is the derivative in gx_i = gam_(i-1), so
+**         it lands one row earlier: dG_(i-1) += q_i .* dQg_i (row 0's is of a
+**         constant; dQg = dQ without the bonus, which has no gate), dG_i -=
+**         k_i .* dKg_i (without the bonus), the last row's terms as above.
+** (Checked against finite differences of the recurrence in float64 before
+** the kernels were written.) The reference rows: r = gx row 16w (gam row 16w
+** - 1) for dQ, between gx_I (I's rows) and gam_J (J < I); r' = gam row 16w +
+** 15 for dK as before (gx_I of the blocks I > J is at most gam row 16w + 15).
+** du of a chunk goes to its GL slot of ws1 (read by the walk only, earlier);
+** fla_chunk_gk_bwd_du sums the slots over the chunks in order (no atomics).
+**
+** Four kernels (five with the bonus):
 **   fla_chunk_gk_fwd_a (NC, H) of chunk_gk_fwd.cuh: A -> AW, Q .* 2^gam -> QG,
 **       K .* 2^(gL - gam) -> KD, gL -> GL (ws1, its layout: ck_ws_*).
 **   fla_chunk_gk_bwd_walk (N*NVW, H, 2): per sequence and value slice of
@@ -42,14 +64,18 @@
 **   fla_chunk_gk_bwd_dv (NC*NVD, H): dV for a value tile of 64.
 **   fla_chunk_gk_bwd_dqk (NC, H): dA, dQ, dK, dg of the chunk (two passes over
 **       the value tiles: dO, V, h for dA and dO h^T; V, dh, h for V dh^T and
-**       <h, dh>).
+**       <h, dh>); with the bonus the chunk's du.
+**   fla_chunk_gk_bwd_du (1, H), bonus only: du = the sum of the chunks' du.
 */
 
 #if FLA_BT != 64 || FLA_WARPS != 4
 #error "chunk_gk_bwd: FLA_BT 64 and FLA_WARPS 4 only"
 #endif
-#if FLA_READ_BEFORE || FLA_HAS_BONUS || FLA_DECAY != 3 || FLA_DELTA || FLA_HAS_PROBE || !FLA_IN_BF16
-#error "chunk_gk_bwd: per-key decay read after the token (GLA, HGRN2), bf16 inputs only"
+#if FLA_DECAY != 3 || FLA_DELTA || FLA_HAS_PROBE || !FLA_IN_BF16 || (FLA_HAS_BONUS && !FLA_READ_BEFORE)
+#error "chunk_gk_bwd: per-key decay, plain write, bf16 inputs only (a bonus reads before the token)"
+#endif
+#if FLA_READ_BEFORE && (FLA_KEY_FROM_DECAY || FLA_K > 128)
+#error "chunk_gk_bwd: reading before the token (RWKV-6) with given keys and K <= 128 only"
 #endif
 #if FLA_BV % 16 || FLA_K > 256 || FLA_V > 512
 #error "chunk_gk_bwd: FLA_BV a multiple of 16; K <= 256, V <= 512"
@@ -88,6 +114,7 @@
 #define GB_LDKQ (GB_QK + 8)
 #define GB_LDGQ (GB_QK + 4)
 #define GB_HK ((GB_QK + CK_NTH - 1) / CK_NTH) /* keys a thread sums <h, dh> of (dq/dk kernel) */
+#define GB_RB FLA_READ_BEFORE /* 1: queries read the state before their token (RWKV-6) */
 
 /* ws0: DH [NC,H,K,V] bf16, the gradient of the state leaving each chunk. */
 __device__ __forceinline__ unsigned short *gb_ws_dh(const fla_kernel_args &a) {
@@ -314,30 +341,33 @@ __device__ __forceinline__ void gb_gate_b(unsigned (&yb)[4], const float *gam, c
 }
 
 /* The diagonal block's fp32 sums: acc_(i,d) += sum_{j in block w} dA(i,j) x_jd
-** 2^(gam_id - gam_jd) (TRANS 0: rows i, j <= i; dQ) or acc_(j,d) += sum_i dA(i,j)
-** x_id 2^(gam_id - gam_jd) (TRANS 1: rows j, i >= j; dK). dA is masked (0
-** above the diagonal), the exponent clamped at 0 where it is. */
+** 2^(gq_id - gam_jd) (TRANS 0: rows i, j <= i; dQ) or acc_(j,d) += sum_i dA(i,j)
+** x_id 2^(gq_id - gam_jd) (TRANS 1: rows j, i >= j; dK), gq the query side's
+** gate sums (gam, or gx = gam one row up when reading before). dA is masked (0
+** above the diagonal; also on it when reading before), the exponent clamped at
+** 0 where it is masked. */
 template <int TRANS>
 __device__ __forceinline__ void gb_diag(float (&acc)[GB_QK / 8][4], const unsigned short *dAs,
-                                        const unsigned short *Xs, const float *gam, int w, int lane) {
+                                        const unsigned short *Xs, const float *gq, const float *gam,
+                                        int w, int lane) {
   const int g = lane >> 2, q = lane & 3, r0 = 16 * w;
 #pragma unroll
   for (int hf = 0; hf < 2; hf++) {
     const int r = r0 + g + 8 * hf;
-    const float *gr = gam + r * GB_LDGQ;
+    const float *gr = (TRANS ? gam : gq) + r * GB_LDGQ;
 #pragma unroll 2
     for (int u = 0; u < 16; u++) {
       const int s = r0 + u;
       const float da = ck_bf2f(TRANS ? dAs[s * C3_LDA + r] : dAs[r * C3_LDA + s]);
       if (da == 0.0f) continue;
       const unsigned short *xs = Xs + s * GB_LDKQ;
-      const float *gs = gam + s * GB_LDGQ;
+      const float *gs = (TRANS ? gq : gam) + s * GB_LDGQ;
 #pragma unroll
       for (int j = 0; j < GB_QK / 8; j++) {
         const int d = 8 * j + 2 * q;
         float xv[2];
         ck_unpack(*(const unsigned *)(xs + d), xv);
-        /* TRANS 0: 2^(gam_r - gam_s), s <= r; TRANS 1: 2^(gam_s - gam_r), s >= r */
+        /* TRANS 0: 2^(gq_r - gam_s), s <= r; TRANS 1: 2^(gq_s - gam_r), s >= r */
         const float e0 = TRANS ? gs[d] - gr[d] : gr[d] - gs[d];
         const float e1 = TRANS ? gs[d + 1] - gr[d + 1] : gr[d + 1] - gs[d + 1];
         acc[j][2 * hf] += da * xv[0] * ck_ex2(fminf(e0, 0.0f));
@@ -346,6 +376,48 @@ __device__ __forceinline__ void gb_diag(float (&acc)[GB_QK / 8][4], const unsign
     }
   }
 }
+
+#if FLA_HAS_BONUS
+/* The bonus's diagonal term: acc_(i,d) += SIGN dAd_i u_d x_id for the rows
+** rA, rB = rA + 8 and key columns 8j + 2q, +1 (dq: x = k; dk: x = q). */
+template <int SIGN>
+__device__ __forceinline__ void gb_bonus(float (&acc)[GB_QK / 8][4], const float *dad, const float *ub,
+                                         const unsigned short *Xs, int rA, int q) {
+  const float fa = SIGN * dad[rA], fb = SIGN * dad[rA + 8];
+#pragma unroll
+  for (int j = 0; j < GB_QK / 8; j++) {
+    const int d = 8 * j + 2 * q;
+    float xa[2], xb[2];
+    ck_unpack(*(const unsigned *)(Xs + rA * GB_LDKQ + d), xa);
+    ck_unpack(*(const unsigned *)(Xs + (rA + 8) * GB_LDKQ + d), xb);
+    acc[j][0] += fa * ub[d] * xa[0], acc[j][1] += fa * ub[d + 1] * xa[1];
+    acc[j][2] += fb * ub[d] * xb[0], acc[j][3] += fb * ub[d + 1] * xb[1];
+  }
+}
+
+/* du's column sums of warp w: dus[w][d] = sum over its rows i of dAd_i q_id k_id. */
+__device__ __forceinline__ void gb_bonus_du(float *dus, const float *dad, const unsigned short *Qs,
+                                            const unsigned short *Ks, int w, int lane) {
+  const int g = lane >> 2, q = lane & 3, rA = 16 * w + g, rB = rA + 8;
+#pragma unroll
+  for (int j = 0; j < GB_QK / 8; j++) {
+    const int d = 8 * j + 2 * q;
+    float qa[2], qb[2], ka[2], kb[2];
+    ck_unpack(*(const unsigned *)(Qs + rA * GB_LDKQ + d), qa);
+    ck_unpack(*(const unsigned *)(Qs + rB * GB_LDKQ + d), qb);
+    ck_unpack(*(const unsigned *)(Ks + rA * GB_LDKQ + d), ka);
+    ck_unpack(*(const unsigned *)(Ks + rB * GB_LDKQ + d), kb);
+    float s0 = dad[rA] * qa[0] * ka[0] + dad[rB] * qb[0] * kb[0];
+    float s1 = dad[rA] * qa[1] * ka[1] + dad[rB] * qb[1] * kb[1];
+#pragma unroll
+    for (int off = 4; off < 32; off <<= 1) {
+      s0 += __shfl_xor_sync(0xffffffffu, s0, off);
+      s1 += __shfl_xor_sync(0xffffffffu, s1, off);
+    }
+    if (g == 0) dus[w * GB_QK + d] = s0, dus[w * GB_QK + d + 1] = s1;
+  }
+}
+#endif
 
 /* Kernel 4: chunk blockIdx.x, head blockIdx.y; warp w owns rows 16w .. 16w+15.
 **   load Q, K (HGRN2: K = 1 - e^g), gam (chunk cumsum, base 2);
@@ -366,7 +438,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Qs = (unsigned short *)ck_sm;
   unsigned short *Ks = Qs + CK_BT * GB_LDKQ;
-  float *gam = (float *)(Ks + CK_BT * GB_LDKQ);
+  float *gam = (float *)(Ks + CK_BT * GB_LDKQ) + GB_RB * GB_LDGQ; /* read before: row -1 zeros */
+  const float *gx = gam - GB_RB * GB_LDGQ; /* the query side's gate sums (gam, or gam one row up) */
   unsigned short *Os = (unsigned short *)(gam + CK_BT * GB_LDGQ);
   unsigned short *Vs = Os + CK_BT * GB_LDQ;
   unsigned short *Hs = Vs + CK_BT * GB_LDQ;
@@ -375,6 +448,11 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
   float *kdi = (float *)(dAs + CK_BT * C3_LDA);
   float *hdh = kdi + 4 * GB_QK;
   float *ex = hdh + GB_QK; /* HGRN2 only */
+#if FLA_HAS_BONUS
+  float *dad = ex + (FLA_KEY_FROM_DECAY ? CK_BT * GB_LDGQ : 0); /* dA's diagonal [64] (fp32) */
+  float *ub = dad + CK_BT;                                      /* u of the key slice [GB_QK] */
+  float *dus = ub + GB_QK;                                      /* du per warp [4][GB_QK] */
+#endif
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const long long c = blockIdx.x;
   const int h = blockIdx.y;
@@ -393,6 +471,13 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
   ck_commit();
   ck_cumsum_global<CK_NTH, GB_QK, GB_LDKQ, GB_LDGQ>(gam, (const unsigned short *)a.g + rk, H * FLA_K,
                                                   rows, Ks, tid, kn);
+#if GB_RB
+  for (int i = tid; i < GB_LDGQ; i += CK_NTH) gam[i - GB_LDGQ] = 0.0f;
+#endif
+#if FLA_HAS_BONUS
+  for (int d = tid; d < GB_QK; d += CK_NTH)
+    ub[d] = d < kn ? ck_bf2f(((const unsigned short *)a.bonus)[(long long)h * FLA_K + k0 + d]) : 0.0f;
+#endif
   /* <h_d, dh_d> of keys d = tid + CK_NTH i (K over 128: two keys a thread) */
   float hsum[GB_HK];
 #pragma unroll
@@ -420,7 +505,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
     ckb_mm_nt<GB_QK / 8, GB_VQ, GB_LDQ, GB_LDQ>(accQ, Os, Hs, r0, lane);
   }
 
-  /* dA: mask (j <= i < rows), scale -> dAs (whole rows) */
+  /* dA: mask (j <= i < rows; j < i reading before), scale -> dAs (whole
+  ** rows); the bonus's diagonal dAd_i = scale dO_i . v_i -> dad (fp32) */
   const float scale = a.scale;
 #pragma unroll
   for (int j = 0; j < CK_BT / 8; j++) {
@@ -429,7 +515,10 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
 #pragma unroll
     for (int e = 0; e < 4; e++) {
       const int r = e < 2 ? rA : rB, col = cc + (e & 1);
-      va[e] = (col <= r && r < rows) ? scale * accD[j][e] : 0.0f;
+      va[e] = (col + GB_RB <= r && r < rows) ? scale * accD[j][e] : 0.0f;
+#if FLA_HAS_BONUS
+      if (col == r) dad[r] = r < rows ? scale * accD[j][e] : 0.0f;
+#endif
     }
     const unsigned p01 = ck_pack(va[0], va[1]), p23 = ck_pack(va[2], va[3]);
     *(unsigned *)(dAs + rA * C3_LDA + cc) = p01;
@@ -437,9 +526,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
   }
   __syncthreads(); /* dAs and gam complete */
 
-  /* dQ with reference row r = gam row r0 */
+  /* dQ with reference row r = gx row r0 (gam row r0, or r0 - 1 reading before) */
   {
-    const float *ref = gam + r0 * GB_LDGQ;
+    const float *ref = gx + r0 * GB_LDGQ;
 #pragma unroll
     for (int j = 0; j < GB_QK / 8; j++) {
       const int d = 8 * j + 2 * q;
@@ -461,20 +550,31 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
         ck_mma(accQ[2 * np + 1], daf, yb[2], yb[3]);
       }
     }
-    gb_gate_rows<1>(accQ, gam, ref, rA, q); /* 2^(gam_i - r) */
-    gb_diag<0>(accQ, dAs, Ks, gam, w, lane);
+    gb_gate_rows<1>(accQ, gx, ref, rA, q); /* 2^(gx_i - r) */
+    gb_diag<0>(accQ, dAs, Ks, gx, gam, w, lane);
     float *dG = gb_ws_dg(a, ch) + k0; /* computed where used: registers are short */
-    ckb_store_rows(accQ, (unsigned short *)a.dq + rk, H * FLA_K, rA, rows, kn, q);
+    /* q .* dq (the gated part) is the derivative in gx_i: row i, or reading
+    ** before row i - 1 (gx_i = gam_(i-1); row 0's is of a constant and row
+    ** 63 gets none: rA = 0 writes it 0) */
+    const int gA = GB_RB ? (rA == 0 ? CK_BT - 1 : rA - 1) : rA, gB = rB - GB_RB;
+    const int zA = GB_RB && rA == 0;
 #pragma unroll
     for (int j = 0; j < GB_QK / 8; j++) {
       const int d = 8 * j + 2 * q;
       float xa[2], xb[2];
       ck_unpack(*(const unsigned *)(Qs + rA * GB_LDKQ + d), xa);
       ck_unpack(*(const unsigned *)(Qs + rB * GB_LDKQ + d), xb);
-      if (d < kn) dG[rA * FLA_K + d] = xa[0] * accQ[j][0], dG[rB * FLA_K + d] = xb[0] * accQ[j][2];
+      if (d < kn)
+        dG[gA * FLA_K + d] = zA ? 0.0f : xa[0] * accQ[j][0], dG[gB * FLA_K + d] = xb[0] * accQ[j][2];
       if (d + 1 < kn)
-        dG[rA * FLA_K + d + 1] = xa[1] * accQ[j][1], dG[rB * FLA_K + d + 1] = xb[1] * accQ[j][3];
+        dG[gA * FLA_K + d + 1] = zA ? 0.0f : xa[1] * accQ[j][1],
+        dG[gB * FLA_K + d + 1] = xb[1] * accQ[j][3];
     }
+#if FLA_HAS_BONUS
+    gb_bonus<1>(accQ, dad, ub, Ks, rA, q); /* dq_i += dAd_i u .* k_i (not in dG: no gate) */
+    gb_bonus_du(dus, dad, Qs, Ks, w, lane);
+#endif
+    ckb_store_rows(accQ, (unsigned short *)a.dq + rk, H * FLA_K, rA, rows, kn, q);
   }
 
   /* pass 2: accK = V dh^T, <h, dh> per key */
@@ -506,6 +606,14 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
       }
     }
   }
+
+#if FLA_HAS_BONUS
+  /* du of the chunk (dus complete: pass 2 has barriers) -> GL's slot of ws1
+  ** (read by the walk only, before), summed over the chunks by fla_chunk_gk_bwd_du */
+  if (a.dbonus)
+    for (int d = tid; d < kn; d += CK_NTH)
+      ck_ws_gl(a)[ch * FLA_K + k0 + d] = dus[d] + dus[GB_QK + d] + dus[2 * GB_QK + d] + dus[3 * GB_QK + d];
+#endif
 
   /* dK with reference row r' = gam row r0 + 15 */
   {
@@ -540,15 +648,22 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
         unsigned yb[4];
         ck_ldm4t(yb, ck_smem(Qs + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * GB_LDKQ +
                              16 * np + (lane >> 4) * 8));
-        gb_gate_b<1>(yb, gam, ref, kk, np, lane); /* 2^(gam_i - r') */
+        gb_gate_b<1>(yb, gx, ref, kk, np, lane); /* 2^(gx_i - r') */
         ck_mma(accK[2 * np], pa, yb[0], yb[1]);
         ck_mma(accK[2 * np + 1], pa, yb[2], yb[3]);
       }
     }
     gb_gate_rows<-1>(accK, gam, ref, rA, q); /* 2^(r' - gam_j) */
-    gb_diag<1>(accK, dAs, Qs, gam, w, lane);
+    gb_diag<1>(accK, dAs, Qs, gx, gam, w, lane);
+#if FLA_HAS_BONUS
+    /* dk_i += dAd_i u .* q_i for the store; taken off again for dG (no gate) */
+    gb_bonus<1>(accK, dad, ub, Qs, rA, q);
+    ckb_store_rows(accK, (unsigned short *)a.dk + rk, H * FLA_K, rA, rows, kn, q);
+    gb_bonus<-1>(accK, dad, ub, Qs, rA, q);
+#else
     if (!FLA_KEY_FROM_DECAY)
       ckb_store_rows(accK, (unsigned short *)a.dk + rk, H * FLA_K, rA, rows, kn, q);
+#endif
   }
   if (!a.dg) return;
   __syncthreads(); /* kdi of every warp */
@@ -588,3 +703,20 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 2) fla_chunk_gk_bwd_dqk(fla
     }
   }
 }
+
+#if FLA_HAS_BONUS
+/* Kernel 5 (bonus only): du [H,K] = the sum over the chunks (all sequences)
+** of the dq/dk kernel's per-chunk du (GL's slots of ws1), in chunk order
+** (deterministic), in the input dtype; head blockIdx.y. No chunks: 0. */
+extern "C" __global__ void __launch_bounds__(CK_NTH) fla_chunk_gk_bwd_du(fla_kernel_args a) {
+  if (!a.dbonus) return;
+  const int h = blockIdx.y;
+  const long long H = a.H;
+  const float *part = ck_ws_gl(a);
+  for (int d = threadIdx.x; d < FLA_K; d += CK_NTH) {
+    float s = 0.0f;
+    for (long long c = 0; c < a.num_chunks; c++) s += part[(c * H + h) * FLA_K + d];
+    ((unsigned short *)a.dbonus)[(long long)h * FLA_K + d] = (unsigned short)(ck_pack(s, 0.0f) & 0xffffu);
+  }
+}
+#endif
