@@ -130,19 +130,6 @@ __device__ __forceinline__ float *gb_ws_dg(const fla_kernel_args &a, long long c
 
 /* ------------------------------------------------------------- the walks */
 
-/* Chunk c of sequence n (chunks c0 .. c1-1, tokens from t0n to te). */
-__device__ __forceinline__ void gb_chunk_of(long long c, long long c0, long long c1, int n,
-                                            long long t0n, long long te, ck_chunk &x) {
-  x.n = n;
-  x.t0 = t0n + (c - c0) * CK_BT;
-  x.te = te;
-  x.cfn1 = c1;
-  long long r = te - x.t0;
-  x.rows = r < CK_BT ? (int)r : CK_BT;
-  x.first = c == c0;
-  x.last = c + 1 == c1;
-}
-
 /* Step i of a walk (MODE 0: chunk c0 + i, X = KD, Y = V; MODE 1: chunk c1 - 1
 ** - i, X = QG, Y = dO) into ring slot i % GB_NS: X [64][CK_LDQ], Y [64][GB_LDW]
 ** bf16, GL [CK_KP] f32; one commit. */
@@ -156,7 +143,7 @@ __device__ __forceinline__ void gb_walk_load(const fla_kernel_args &a, long long
   const long long H = a.H;
   const long long c = MODE ? c1 - 1 - i : c0 + i, ch = c * H + h;
   ck_chunk x;
-  gb_chunk_of(c, c0, c1, n, t0n, te, x);
+  ck_chunk_of(c, c0, c1, n, t0n, te, x);
   const int slot = (int)(i % GB_NS);
   const unsigned short *xp = MODE ? ck_ws_qg(a) : ck_ws_kd(a);
   const unsigned long long yb = MODE ? a.d_o : a.v;
