@@ -18,9 +18,11 @@
 **   fla_wy_prep    (NC, H)      128   NBP*64*(KP+8)*2 + 2*64*68*4 + 3*64*4
 **                                      (+ 64*(VP+8)*2 for V > 128)
 **   fla_wy_fwd_seg (NVA*N*P, H) 128   as fla_wy_fwd_h64; only when P > 1
-**   fla_wy_fwd_h   (NVH*N*P, H) 128   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
+**   fla_wy_fwd_h   (NVH*N*P, H) 256   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
 **                                      + (KP + (BVH > 32 ? 0 : 64))*(BVH+8)*2
-**   or fla_wy_fwd_h64 (NVH*N, H, the wide BVH; the other gets grid 0)
+**   or fla_wy_fwd_h64 (NVH*N, H, the wide BVH, 128 threads; the other
+**                      gets grid 0)
+**   (fla_wy_fwd_h takes 128 threads for a tile under 32 columns: hthreads_())
 **   fla_wy_fwd_o   (NC*NV, H)   128   2*64*(KP+8)*2 + 64*(BV+8)*2 + KP*(BV+8)*2 + 256
 ** KP = K rounded up to 64, VP = V rounded up to 64, NBP = 2 with a probe
 ** (p and k tiles) else 1, NV = ceil(V/BV). The sequential state kernel
@@ -78,6 +80,17 @@ static int wide_(const fla_gen_key *key, const fla_tile_config *cfg, int64_t N, 
   int64_t nvh = (key->V + bvh_(cfg, 0) - 1) / bvh_(cfg, 0);
   return nvh * N * H > WY_MANY;
 }
+
+/* The state kernels' warps (CW_H_WARPS, CW_SEG_WARPS, CW_H64_WARPS and
+** CW_HW() in chunk_wy_fwd.cuh; keep in step): 8 (the value tile split in two
+** column halves, two warps a scheduler: shorter mma chains) for the narrow
+** kernel, 4 for the segment pass and the wide kernel (wide tiles: ~240
+** registers a thread, so 8 warps would be one block a SM where 4 are two);
+** 8 only for tiles of 32 columns or more. */
+#define WY_H_WARPS 8
+#define WY_SEG_WARPS 4
+#define WY_H64_WARPS 4
+static unsigned hthreads_(int warps, int bvh) { return 32u * (warps == 8 && bvh >= 32 ? 8 : 4); }
 
 /* The state kernel's pipeline depth (cw_stages() in chunk_wy_fwd.cuh): with
 ** at most WY_FEW programs (about one block a SM) 4 stages for K <= 128, else
@@ -188,13 +201,15 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
   ** segments a sequence */
   int64_t NVA = (key->V + bvh_(cfg, 1) - 1) / bvh_(cfg, 1) + (key->K + bvh_(cfg, 1) - 1) / bvh_(cfg, 1);
   fla_chunk_launch_set(&out[1], "fla_wy_fwd_seg", P > 1 ? (unsigned)(NVA * N * P) : 0, (unsigned)H,
-                       32 * WY_WARPS, smem_h_(key, cfg, 1, stages_h_(key, NVA * N * P * H)));
+                       hthreads_(WY_SEG_WARPS, bvh_(cfg, 1)),
+                       smem_h_(key, cfg, 1, stages_h_(key, NVA * N * P * H)));
   if (P == 1) out[1].grid[0] = 0; /* fla_cuda_run_stage skips an empty grid */
   for (int wide = 0; wide < 2; wide++) { /* one of the two state kernels runs */
     int64_t nvh = (key->V + bvh_(cfg, wide) - 1) / bvh_(cfg, wide), progs = nvh * N * P;
     int on = wide == wide_(key, cfg, N, H);
     fla_chunk_launch_set(&out[2 + wide], wide ? "fla_wy_fwd_h64" : "fla_wy_fwd_h",
-                         on ? (unsigned)progs : 0, (unsigned)H, 32 * WY_WARPS,
+                         on ? (unsigned)progs : 0, (unsigned)H,
+                         hthreads_(wide ? WY_H64_WARPS : WY_H_WARPS, bvh_(cfg, wide)),
                          smem_h_(key, cfg, wide, stages_h_(key, progs * H)));
     if (!on) out[2 + wide].grid[0] = 0;
   }
