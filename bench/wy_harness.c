@@ -20,8 +20,9 @@
 **                                on narrow tiles, CW_VREG=0 prep's V tile in
 **                                shared memory (V <= 128), CW_H_WARPS /
 **                                CW_SEG_WARPS / CW_H64_WARPS=4|8 the state
-**                                kernels' warps, CW_LATE=0 the third barrier
-**                                a chunk back, CW_NARROW=16 the narrow tile
+**                                kernels' warps, CW_LATE=0|2|3 where the
+**                                next stage's loads go, CW_WARP_OUT=0 h[c]
+**                                and Vn out by all threads, CW_NARROW=16 the narrow tile
 **                                (with CW_SEG_PROGS=0); the option may
 **                                repeat (each a variant, bench only)
 **          --shapes i,j  bench only these shapes (0-based)
@@ -211,7 +212,7 @@ static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev)
     }
   }
   for (int i = 0; i < 3; i++) { /* the state kernels' warps (CW_HW() in the template) */
-    int wn = v->warps[i] ? v->warps[i] : i == 1 && v->narrow ? 8 : 0; /* 8: WY_H_WARPS */
+    int wn = v->warps[i] ? v->warps[i] : i == 1 && v->narrow ? 4 : 0; /* 4: WY_H_WARPS */
     if (!wn) continue;
     int cap = i == 2 ? 64 : i == 1 ? (v->narrow ? v->narrow : 32) : v->segnarrow ? 32 : 64;
     int bvh = v->cfg.BV < cap ? v->cfg.BV : cap;

@@ -18,11 +18,9 @@
 **   fla_wy_prep    (NC, H)      128   NBP*64*(KP+8)*2 + 2*64*68*4 + 3*64*4
 **                                      (+ 64*(VP+8)*2 for V > 128)
 **   fla_wy_fwd_seg (NVA*N*P, H) 128   as fla_wy_fwd_h64; only when P > 1
-**   fla_wy_fwd_h   (NVH*N*P, H) 256   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
+**   fla_wy_fwd_h   (NVH*N*P, H) 128   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
 **                                      + (KP + (BVH > 32 ? 0 : 64))*(BVH+8)*2
-**   or fla_wy_fwd_h64 (NVH*N, H, the wide BVH, 128 threads; the other
-**                      gets grid 0)
-**   (fla_wy_fwd_h takes 128 threads for a tile under 32 columns: hthreads_())
+**   or fla_wy_fwd_h64 (NVH*N, H, the wide BVH; the other gets grid 0)
 **   fla_wy_fwd_o   (NC*NV, H)   128   2*64*(KP+8)*2 + 64*(BV+8)*2 + KP*(BV+8)*2 + 256
 ** KP = K rounded up to 64, VP = V rounded up to 64, NBP = 2 with a probe
 ** (p and k tiles) else 1, NV = ceil(V/BV). The sequential state kernel
@@ -82,12 +80,11 @@ static int wide_(const fla_gen_key *key, const fla_tile_config *cfg, int64_t N, 
 }
 
 /* The state kernels' warps (CW_H_WARPS, CW_SEG_WARPS, CW_H64_WARPS and
-** CW_HW() in chunk_wy_fwd.cuh; keep in step): 8 (the value tile split in two
-** column halves, two warps a scheduler: shorter mma chains) for the narrow
-** kernel, 4 for the segment pass and the wide kernel (wide tiles: ~240
-** registers a thread, so 8 warps would be one block a SM where 4 are two);
-** 8 only for tiles of 32 columns or more. */
-#define WY_H_WARPS 8
+** CW_HW() in chunk_wy_fwd.cuh; keep in step): 4 for each. 8 (the value tile
+** split in two column halves) measured slower at one block a SM and 2%
+** faster at two (bench/results/2026-11-23-chunk-wy-fwd-5.md); a knob of the
+** template, 8 only for tiles of 32 columns or more. */
+#define WY_H_WARPS 4
 #define WY_SEG_WARPS 4
 #define WY_H64_WARPS 4
 static unsigned hthreads_(int warps, int bvh) { return 32u * (warps == 8 && bvh >= 32 ? 8 : 4); }

@@ -606,15 +606,17 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
 ** split in two column halves: warp w owns keys CK_KW (w % 4).. (as with 4)
 ** of columns (w / 4) BVH / 2.., so each warp's mma chains are half as long
 ** (W S0: 16 mma a warp in two chains of 4 k-steps instead of 32 in chains
-** of 8; the update 16 instead of 32) and two warps share each scheduler,
-** hiding the ldmatrix / mma / exp2f latencies that bound the 4-warp kernel
-** at one block a SM (bench/results/2026-11-23-chunk-wy-fwd-5.md). 8 needs
+** of 8; the update 16 instead of 32) and two warps share each scheduler.
+** Measured on the H100 (bench/results/2026-11-23-chunk-wy-fwd-5.md) it
+** does not pay where it was meant to (one block a SM, 2,16384,16: 0.60 ms
+** against 0.54 with 4 warps; W and K fragments loaded twice) and gains 2%
+** at two blocks a SM, so every kernel ships with 4; 8 stays a knob. 8 needs
 ** BVH >= 32 (a warp's half must fill one ldmatrix.x4: 16 columns).
 ** CW_H_WARPS: fla_wy_fwd_h, CW_SEG_WARPS: fla_wy_fwd_seg, CW_H64_WARPS:
-** fla_wy_fwd_h64 (harness knobs; the defaults are hwarps_() in
+** fla_wy_fwd_h64 (harness knobs; the defaults are WY_*_WARPS in
 ** gen/stage_chunk_wy.c: keep in step). */
 #ifndef CW_H_WARPS
-#define CW_H_WARPS 8
+#define CW_H_WARPS 4
 #endif
 #ifndef CW_SEG_WARPS
 #define CW_SEG_WARPS 4
@@ -624,13 +626,23 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
 #endif
 #define CW_HW(knob, bvh) ((knob) == 8 && (bvh) >= 32 ? 8 : 4)
 
-/* CW_LATE 1: the next stage's loads are issued after the chunk's first
+/* CW_LATE 1..3: the next stage's loads are issued after the chunk's first
 ** barrier (into the stage the previous chunk used, which every warp is then
 ** done with), so the barrier at the end of a chunk goes (two a chunk instead
-** of three; the same loads in flight). Not with Vd over Ss (BVH > 32): there
-** the next chunk's S0 would overwrite Vd under the update. A harness knob. */
+** of three; the same loads in flight): 1 right after that barrier, 2 after
+** W S0's mma (their issue under the mma latency), 3 after the update's. 0:
+** issued first thing in the chunk, three barriers. Not with Vd over Ss
+** (BVH > 32): there the next chunk's S0 would overwrite Vd under the
+** update. A harness knob.
+** CW_WARP_OUT 1: h[c] and Vn leave shared memory for global (16-byte
+** pieces) by the warp that wrote them, right after it wrote them (a
+** __syncwarp, no barrier), instead of by all threads between barriers.
+** A harness knob. */
 #ifndef CW_LATE
 #define CW_LATE 1
+#endif
+#ifndef CW_WARP_OUT
+#define CW_WARP_OUT 1
 #endif
 
 /* Where the chunk states start in ws0 (after W, 16-byte aligned). */
@@ -780,6 +792,21 @@ __device__ __forceinline__ void cw_rows_out(unsigned short *dst, long long ld,
 }
 
 
+/* dst[r * ld + c] = src[r * CW_LDVH + c] for the warp's rows r0..r0+NR
+** (r < nrows) and columns c0..c0+NC (c < ncols, a multiple of 8), in
+** 16-byte pieces (FLA_V % 8 == 0: dst aligned): h[c] and Vn leave by the
+** warp that wrote them to shared memory (CW_WARP_OUT). */
+template <int BVH, int NR, int NC>
+__device__ __forceinline__ void cw_warp_rows_out(unsigned short *dst, long long ld,
+                                                 const unsigned short *src, int r0, int c0,
+                                                 int nrows, int ncols, int lane) {
+#pragma unroll
+  for (int p = lane; p < NR * (NC / 8); p += 32) {
+    const int r = r0 + p / (NC / 8), c = c0 + (p % (NC / 8)) * 8;
+    if (r < nrows && c < ncols) *(uint4 *)(dst + r * ld + c) = *(const uint4 *)(src + r * CW_LDVH + c);
+  }
+}
+
 /* Starts the loads of chunk c (at x) for value columns v0.. into one stage
 ** (one cp.async group, committed by the caller); uload 0 leaves U out (the
 ** segment pass's key tiles, whose U is 0). */
@@ -915,7 +942,8 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   /* Vd = Vn .* 2^(gam_L - gam), the update's operand: over Ss in the wide
   ** kernel (two blocks a SM; one more barrier a chunk), else its own */
   constexpr bool alias = BVH > 32;
-  constexpr bool late = CW_LATE && !alias;
+  constexpr int late = alias ? 0 : CW_LATE; /* where the next stage's loads go */
+  constexpr bool wout = CW_WARP_OUT && FLA_V % 8 == 0 && !SEG;
   unsigned short *Vd = alias ? Ss : Ss + CK_KP * CW_LDVH;
   float *gs = (float *)(Ss + (alias ? CK_KP : CK_KP + CK_BT) * CW_LDVH);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
@@ -993,18 +1021,20 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   ck_chunk_at(a, c0, x);
 
   int buf = 0, fbuf = ns - 1; /* the stages of chunk c and of chunk cfe */
+  /* the loads of chunk cfe into stage fbuf (one group, empty past the end) */
+  auto fetch = [&]() {
+    if (cfe < c1) {
+      cw_h_fetch<BVH, NTH>(a, xf, cfe, h, v0, vcols, veck, vecv, uload, Ks + fbuf * CK_BT * CK_LDQ,
+                           Ws + fbuf * CK_BT * CK_LDQ, Us + fbuf * CK_BT * CW_LDVH,
+                           gs + fbuf * CK_BT, tid);
+      if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
+      cfe++;
+    }
+    ck_commit();
+  };
   for (long long c = c0; c < c1; c++) {
     const int rows = x.rows;
-    if (!late) {
-      if (cfe < c1) {
-        cw_h_fetch<BVH, NTH>(a, xf, cfe, h, v0, vcols, veck, vecv, uload,
-                             Ks + fbuf * CK_BT * CK_LDQ, Ws + fbuf * CK_BT * CK_LDQ,
-                             Us + fbuf * CK_BT * CW_LDVH, gs + fbuf * CK_BT, tid);
-        if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
-        cfe++;
-      }
-      ck_commit();
-    }
+    if (late == 0) fetch();
     /* S0 as bf16: the B operand of W S0, and h[c] for the output kernel */
     unsigned short *hc = hws + (c * H + h) * KV + v0;
 #pragma unroll
@@ -1034,28 +1064,25 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
         }
 #endif
       }
+#if FLA_V % 8 == 0
+    if (wout) { /* h[c]: the warp's keys and columns, which it just wrote */
+      __syncwarp();
+      cw_warp_rows_out<BVH, CK_KW, BVW>(hc, FLA_V, Ss, CK_KW * wk, cb, FLA_K, vcols, lane);
+    }
+#endif
     if (late) /* chunk c's group: ns - 2 younger ones in flight */
       cw_wait_oldest(ns - 1);
     else
       cw_wait_oldest(ns);
     __syncthreads();
-    if (late) { /* into the stage chunk c - 1 used: every warp is past it */
-      if (cfe < c1) {
-        cw_h_fetch<BVH, NTH>(a, xf, cfe, h, v0, vcols, veck, vecv, uload,
-                             Ks + fbuf * CK_BT * CK_LDQ, Ws + fbuf * CK_BT * CK_LDQ,
-                             Us + fbuf * CK_BT * CW_LDVH, gs + fbuf * CK_BT, tid);
-        if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
-        cfe++;
-      }
-      ck_commit();
-    }
+    if (late == 1) fetch(); /* into the stage chunk c - 1 used: every warp is past it */
 
     const unsigned short *Kb = Ks + buf * CK_BT * CK_LDQ;
     const unsigned short *Wb = Ws + buf * CK_BT * CK_LDQ;
     unsigned short *Ub = Us + buf * CK_BT * CW_LDVH;
     const float *gam = gs + buf * CK_BT;
 #if FLA_V % 8 == 0
-    if (!SEG && alias) cw_rows_out<BVH, NTH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c], while Ss holds it */
+    if (!SEG && !wout && alias) cw_rows_out<BVH, NTH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c], while Ss holds it */
 #endif
 
     /* Vn = U - W S0 for the warp's rows 16 wk.., columns cb.., over U in
@@ -1082,6 +1109,7 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
           ck_mma(acc[kk % NA][2 * np + 1], wa, sb[2], sb[3]);
         }
       }
+      if (late == 2) fetch(); /* issued while the mma finish */
 #pragma unroll
       for (int i = 1; i < NA; i++)
 #pragma unroll
@@ -1115,7 +1143,7 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
         *(unsigned *)(Vd + rB * CW_LDVH + col) = ck_pack(fB * vb0, fB * vb1);
         if (SEG) continue;
 #if FLA_V % 8 == 0
-        /* Vn leaves from Ub in 16-byte rows (cw_rows_out below) */
+        /* Vn leaves from Ub in 16-byte rows (cw_warp_rows_out / cw_rows_out below) */
 #elif FLA_V % 2 == 0
         if (col < vcols) {
           if (rA < rows) *(unsigned *)(urow + rA * H * FLA_V + col) = na;
@@ -1131,21 +1159,29 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
         }
 #endif
       }
+#if FLA_V % 8 == 0
+      if (wout) { /* Vn: the warp's rows and columns, which it just wrote */
+        __syncwarp();
+        cw_warp_rows_out<BVH, 16, BVW>(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, 16 * wk,
+                                       cb, rows, vcols, lane);
+      }
+#endif
     }
 #if FLA_V % 8 == 0
-    if (!SEG && !alias) cw_rows_out<BVH, NTH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c] */
+    if (!SEG && !wout && !alias) cw_rows_out<BVH, NTH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c] */
 #endif
     __syncthreads();
 
     cw_state_update<BVH, NTW>(S, Kb, Vd, gam, rows, wk, cb, lane);
+    if (late == 3) fetch();
 #if FLA_V % 8 == 0
-    if (!SEG) cw_rows_out<BVH, NTH>(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, rows, vcols, tid);
+    if (!SEG && !wout) cw_rows_out<BVH, NTH>(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, rows, vcols, tid);
 #endif
 #if FLA_STORE_HT
     if (!SEG && x.last)
       ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0 + cb, wk, lane);
 #endif
-    if (!late) __syncthreads();
+    if (late == 0) __syncthreads();
     if (c + 1 < c1) ck_chunk_next(a, c, x);
     buf = buf + 1 == ns ? 0 : buf + 1;
     fbuf = fbuf + 1 == ns ? 0 : fbuf + 1;
