@@ -639,10 +639,10 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
 ** __syncwarp, no barrier), instead of by all threads between barriers.
 ** A harness knob. */
 #ifndef CW_LATE
-#define CW_LATE 1
+#define CW_LATE 2
 #endif
 #ifndef CW_WARP_OUT
-#define CW_WARP_OUT 1
+#define CW_WARP_OUT 0
 #endif
 
 /* Where the chunk states start in ws0 (after W, 16-byte aligned). */
@@ -807,6 +807,32 @@ __device__ __forceinline__ void cw_warp_rows_out(unsigned short *dst, long long 
   }
 }
 
+/* ck_load_tile for the state kernel's loop: a whole tile (nrows = 64, ncols
+** = COLS, 16-byte aligned) takes a fixed row and column a thread and fully
+** unrolled pieces, one address add each (the masked loop's divisions,
+** compares and 64-bit products were a large part of the instructions a
+** chunk: the kernel issues ~1 instruction in 3 cycles from one warp a
+** scheduler); anything else takes ck_load_tile. CW_FAST_LOAD: a harness knob. */
+#ifndef CW_FAST_LOAD
+#define CW_FAST_LOAD 1
+#endif
+template <int COLS, int LDS, int NTH>
+__device__ __forceinline__ void cw_load_tile(unsigned short *s, const unsigned short *g, long long ld,
+                                             int nrows, int ncols, int vec, int tid) {
+  constexpr int P = COLS / 8, RS = NTH / P, N = CK_BT * P / NTH;
+  if (CW_FAST_LOAD && NTH % P == 0 && (CK_BT * P) % NTH == 0 && vec && nrows == CK_BT &&
+      ncols == COLS) {
+    const int r0 = tid / P, c = (tid % P) * 8;
+    const unsigned short *gp = g + r0 * ld + c;
+    const unsigned sp = ck_smem(s + r0 * LDS + c);
+    const long long step = RS * ld;
+#pragma unroll
+    for (int i = 0; i < N; i++) ck_cp16(sp + i * RS * LDS * 2, gp + i * step, 1);
+  } else {
+    ck_load_tile<COLS, LDS, NTH>(s, g, ld, nrows, ncols, vec, tid);
+  }
+}
+
 /* Starts the loads of chunk c (at x) for value columns v0.. into one stage
 ** (one cp.async group, committed by the caller); uload 0 leaves U out (the
 ** segment pass's key tiles, whose U is 0). */
@@ -816,12 +842,12 @@ __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_ch
                                            unsigned short *Kd, unsigned short *Wd,
                                            unsigned short *Ud, float *gd, int tid) {
   const long long H = a.H, ro = x.t0 * H + h;
-  ck_load_tile<CK_KP, CK_LDQ, NTH>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
+  cw_load_tile<CK_KP, CK_LDQ, NTH>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
                                    x.rows, FLA_K, veck, tid);
-  ck_load_tile<CK_KP, CK_LDQ, NTH>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
+  cw_load_tile<CK_KP, CK_LDQ, NTH>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
                                    x.rows, FLA_K, veck, tid);
   if (uload)
-    ck_load_tile<BVH, CW_LDVH, NTH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
+    cw_load_tile<BVH, CW_LDVH, NTH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
                                        H * FLA_V, x.rows, vcols, vecv, tid);
 #if FLA_DECAY
   if (tid < CK_BT / 4) ck_cp16(ck_smem(gd + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
