@@ -633,13 +633,15 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
 ** W S0's mma (their issue under the mma latency), 3 after the update's. 0:
 ** issued first thing in the chunk, three barriers. Not with Vd over Ss
 ** (BVH > 32): there the next chunk's S0 would overwrite Vd under the
-** update. A harness knob.
+** update. A harness knob; measured (2026-11-23-chunk-wy-fwd-5.md, with
+** CW_FAST_LOAD) 1 is best at one block a SM (2,16384,16: 0.466 ms, 2: 0.493,
+** 3: 0.473, 0: 0.57 without CW_FAST_LOAD) and within 2% of the others at two.
 ** CW_WARP_OUT 1: h[c] and Vn leave shared memory for global (16-byte
 ** pieces) by the warp that wrote them, right after it wrote them (a
 ** __syncwarp, no barrier), instead of by all threads between barriers.
-** A harness knob. */
+** A harness knob, off: it measured 0-12% slower. */
 #ifndef CW_LATE
-#define CW_LATE 2
+#define CW_LATE 1
 #endif
 #ifndef CW_WARP_OUT
 #define CW_WARP_OUT 0
