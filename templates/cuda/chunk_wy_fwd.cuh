@@ -814,15 +814,18 @@ __device__ __forceinline__ void cw_warp_rows_out(unsigned short *dst, long long 
 ** unrolled pieces, one address add each (the masked loop's divisions,
 ** compares and 64-bit products were a large part of the instructions a
 ** chunk: the kernel issues ~1 instruction in 3 cycles from one warp a
-** scheduler); anything else takes ck_load_tile. CW_FAST_LOAD: a harness knob. */
+** scheduler); anything else takes ck_load_tile, and so does the wide state
+** kernel (FAST 0: at 255 registers it spilled with it and ran 2% slower;
+** the segment pass, also wide, writes nothing a chunk and has the room).
+** CW_FAST_LOAD: a harness knob. */
 #ifndef CW_FAST_LOAD
 #define CW_FAST_LOAD 1
 #endif
-template <int COLS, int LDS, int NTH>
+template <int COLS, int LDS, int NTH, bool FAST>
 __device__ __forceinline__ void cw_load_tile(unsigned short *s, const unsigned short *g, long long ld,
                                              int nrows, int ncols, int vec, int tid) {
   constexpr int P = COLS / 8, RS = NTH / P, N = CK_BT * P / NTH;
-  if (CW_FAST_LOAD && NTH % P == 0 && (CK_BT * P) % NTH == 0 && vec && nrows == CK_BT &&
+  if (FAST && CW_FAST_LOAD && NTH % P == 0 && (CK_BT * P) % NTH == 0 && vec && nrows == CK_BT &&
       ncols == COLS) {
     const int r0 = tid / P, c = (tid % P) * 8;
     const unsigned short *gp = g + r0 * ld + c;
@@ -838,24 +841,43 @@ __device__ __forceinline__ void cw_load_tile(unsigned short *s, const unsigned s
 /* Starts the loads of chunk c (at x) for value columns v0.. into one stage
 ** (one cp.async group, committed by the caller); uload 0 leaves U out (the
 ** segment pass's key tiles, whose U is 0). */
-template <int BVH, int NTH>
+template <int BVH, int NTH, bool FAST>
 __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_chunk &x, long long c,
                                            int h, int v0, int vcols, int veck, int vecv, int uload,
                                            unsigned short *Kd, unsigned short *Wd,
                                            unsigned short *Ud, float *gd, int tid) {
   const long long H = a.H, ro = x.t0 * H + h;
-  cw_load_tile<CK_KP, CK_LDQ, NTH>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
+  cw_load_tile<CK_KP, CK_LDQ, NTH, FAST>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
                                    x.rows, FLA_K, veck, tid);
-  cw_load_tile<CK_KP, CK_LDQ, NTH>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
+  cw_load_tile<CK_KP, CK_LDQ, NTH, FAST>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
                                    x.rows, FLA_K, veck, tid);
   if (uload)
-    cw_load_tile<BVH, CW_LDVH, NTH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
+    cw_load_tile<BVH, CW_LDVH, NTH, FAST>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
                                        H * FLA_V, x.rows, vcols, vecv, tid);
 #if FLA_DECAY
   if (tid < CK_BT / 4) ck_cp16(ck_smem(gd + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
 #else
   (void)c, (void)gd;
 #endif
+}
+
+/* The loads of chunk cfe (at xf) into stage fbuf as one cp.async group
+** (empty past c1, so that wait_group counts the same throughout), then xf
+** and cfe on to the next chunk. */
+template <int BVH, int NTH, bool FAST>
+__device__ __forceinline__ void cw_h_fetch_next(const fla_kernel_args &a, ck_chunk &xf, long long &cfe,
+                                                long long c1, int h, int v0, int vcols, int veck,
+                                                int vecv, int uload, unsigned short *Ks,
+                                                unsigned short *Ws, unsigned short *Us, float *gs,
+                                                int fbuf, int tid) {
+  if (cfe < c1) {
+    cw_h_fetch<BVH, NTH, FAST>(a, xf, cfe, h, v0, vcols, veck, vecv, uload, Ks + fbuf * CK_BT * CK_LDQ,
+                               Ws + fbuf * CK_BT * CK_LDQ, Us + fbuf * CK_BT * CW_LDVH,
+                               gs + fbuf * CK_BT, tid);
+    if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
+    cfe++;
+  }
+  ck_commit();
 }
 
 /* dst[key * ld + col] = S[key][col] for key < K, col < ncols (the warp's
@@ -972,6 +994,7 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   constexpr bool alias = BVH > 32;
   constexpr int late = alias ? 0 : CW_LATE; /* where the next stage's loads go */
   constexpr bool wout = CW_WARP_OUT && FLA_V % 8 == 0 && !SEG;
+  constexpr bool fast = !alias || SEG; /* cw_load_tile's whole tiles: not in the wide kernel */
   unsigned short *Vd = alias ? Ss : Ss + CK_KP * CW_LDVH;
   float *gs = (float *)(Ss + (alias ? CK_KP : CK_KP + CK_BT) * CW_LDVH);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
@@ -1036,33 +1059,17 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   ck_chunk xf; /* the next chunk to fetch, cfe */
   ck_chunk_at(a, c0, xf);
   long long cfe = c0;
-  for (int st = 0; st < ns - 1; st++) {
-    if (cfe < c1) {
-      cw_h_fetch<BVH, NTH>(a, xf, cfe, h, v0, vcols, veck, vecv, uload, Ks + st * CK_BT * CK_LDQ,
-                           Ws + st * CK_BT * CK_LDQ, Us + st * CK_BT * CW_LDVH, gs + st * CK_BT, tid);
-      if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
-      cfe++;
-    }
-    ck_commit();
-  }
+  for (int st = 0; st < ns - 1; st++)
+    cw_h_fetch_next<BVH, NTH, fast>(a, xf, cfe, c1, h, v0, vcols, veck, vecv, uload, Ks, Ws, Us, gs,
+                                      st, tid);
   ck_chunk x;
   ck_chunk_at(a, c0, x);
 
   int buf = 0, fbuf = ns - 1; /* the stages of chunk c and of chunk cfe */
-  /* the loads of chunk cfe into stage fbuf (one group, empty past the end) */
-  auto fetch = [&]() {
-    if (cfe < c1) {
-      cw_h_fetch<BVH, NTH>(a, xf, cfe, h, v0, vcols, veck, vecv, uload, Ks + fbuf * CK_BT * CK_LDQ,
-                           Ws + fbuf * CK_BT * CK_LDQ, Us + fbuf * CK_BT * CW_LDVH,
-                           gs + fbuf * CK_BT, tid);
-      if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
-      cfe++;
-    }
-    ck_commit();
-  };
   for (long long c = c0; c < c1; c++) {
     const int rows = x.rows;
-    if (late == 0) fetch();
+    if (late == 0) /* the next stage's loads (fbuf), first thing */
+      cw_h_fetch_next<BVH, NTH, fast>(a, xf, cfe, c1, h, v0, vcols, veck, vecv, uload, Ks, Ws, Us, gs, fbuf, tid);
     /* S0 as bf16: the B operand of W S0, and h[c] for the output kernel */
     unsigned short *hc = hws + (c * H + h) * KV + v0;
 #pragma unroll
@@ -1103,7 +1110,8 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
     else
       cw_wait_oldest(ns);
     __syncthreads();
-    if (late == 1) fetch(); /* into the stage chunk c - 1 used: every warp is past it */
+    if (late == 1) /* into the stage chunk c - 1 used: every warp is past it */
+      cw_h_fetch_next<BVH, NTH, fast>(a, xf, cfe, c1, h, v0, vcols, veck, vecv, uload, Ks, Ws, Us, gs, fbuf, tid);
 
     const unsigned short *Kb = Ks + buf * CK_BT * CK_LDQ;
     const unsigned short *Wb = Ws + buf * CK_BT * CK_LDQ;
@@ -1137,7 +1145,8 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
           ck_mma(acc[kk % NA][2 * np + 1], wa, sb[2], sb[3]);
         }
       }
-      if (late == 2) fetch(); /* issued while the mma finish */
+      if (late == 2) /* issued while the mma finish */
+        cw_h_fetch_next<BVH, NTH, fast>(a, xf, cfe, c1, h, v0, vcols, veck, vecv, uload, Ks, Ws, Us, gs, fbuf, tid);
 #pragma unroll
       for (int i = 1; i < NA; i++)
 #pragma unroll
@@ -1201,7 +1210,8 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
     __syncthreads();
 
     cw_state_update<BVH, NTW>(S, Kb, Vd, gam, rows, wk, cb, lane);
-    if (late == 3) fetch();
+    if (late == 3)
+      cw_h_fetch_next<BVH, NTH, fast>(a, xf, cfe, c1, h, v0, vcols, veck, vecv, uload, Ks, Ws, Us, gs, fbuf, tid);
 #if FLA_V % 8 == 0
     if (!SEG && !wout) cw_rows_out<BVH, NTH>(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, rows, vcols, tid);
 #endif
