@@ -18,7 +18,12 @@
 **                                CW_SEG_PROGS=0 no segments (HSEL and CW_FEW
 **                                need it), CW_SEG_NARROW=1 the segment pass
 **                                on narrow tiles, CW_VREG=0 prep's V tile in
-**                                shared memory (V <= 128); the option may
+**                                shared memory (V <= 128), CW_H_WARPS /
+**                                CW_SEG_WARPS / CW_H64_WARPS=4|8 the state
+**                                kernels' warps, CW_LATE=0|2|3 where the
+**                                next stage's loads go, CW_WARP_OUT=0 h[c]
+**                                and Vn out by all threads, CW_NARROW=16 the narrow tile
+**                                (with CW_SEG_PROGS=0); the option may
 **                                repeat (each a variant, bench only)
 **          --shapes i,j  bench only these shapes (0-based)
 **          --recipes gdn,delta,comba  bench only these
@@ -58,6 +63,8 @@ typedef struct variant {
   int noseg;        /* CW_SEG_PROGS=0 in defs: no segments (the stage's rule otherwise) */
   int segnarrow;    /* CW_SEG_NARROW in defs: the segment pass on narrow tiles */
   int vsmem;        /* CW_VREG=0 in defs: prep keeps V's tile in shared memory */
+  int warps[3];     /* CW_SEG_WARPS / CW_H_WARPS / CW_H64_WARPS=n in defs (0: the stage's) */
+  int narrow;       /* CW_NARROW=n in defs: the narrow tile's cap (0: 32) */
   CUmodule mod;
   CUfunction fn[NKMAX];
   char names[NKMAX][64];
@@ -89,8 +96,15 @@ static void make_variant(variant *v, int recipe, int K, int V, int has_h0, int s
   v->noseg = sg && atoi(sg + 13) == 0;
   v->segnarrow = defs && strstr(defs, "CW_SEG_NARROW") != NULL;
   v->vsmem = defs && strstr(defs, "CW_VREG=0") != NULL;
-  if ((v->hsel || v->few >= 0) && !v->noseg) {
-    fprintf(stderr, "HSEL and CW_FEW variants need CW_SEG_PROGS=0 too (launches without segments)\n");
+  static const char *wknob[3] = {"CW_SEG_WARPS=", "CW_H_WARPS=", "CW_H64_WARPS="};
+  for (int i = 0; i < 3; i++) {
+    const char *wk = defs ? strstr(defs, wknob[i]) : NULL;
+    v->warps[i] = wk ? atoi(wk + strlen(wknob[i])) : 0;
+  }
+  const char *nw = defs ? strstr(defs, "CW_NARROW=") : NULL;
+  v->narrow = nw ? atoi(nw + 10) : 0;
+  if ((v->hsel || v->few >= 0 || v->narrow) && !v->noseg) {
+    fprintf(stderr, "HSEL, CW_FEW and CW_NARROW variants need CW_SEG_PROGS=0 too (launches without segments)\n");
     exit(2);
   }
   fla_stage_chunk_wy_fwd.default_config(&v->key, &v->cfg);
@@ -188,7 +202,7 @@ static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev)
     int KP = (v->key.K + 63) / 64 * 64;
     L[1].grid[0] = 0;
     for (int wide = 0; wide < 2; wide++) {
-      int cap = wide ? 64 : 32, bvh = v->cfg.BV < cap ? v->cfg.BV : cap;
+      int cap = wide ? 64 : v->narrow ? v->narrow : 32, bvh = v->cfg.BV < cap ? v->cfg.BV : cap;
       int64_t nvh = (v->key.V + bvh - 1) / bvh, prog = nvh * a->N * a->H;
       int ns = prog <= (v->few >= 0 ? v->few : 128) && KP <= 128 ? 4 : 2;
       if (L[2 + wide].grid[0]) L[2 + wide].grid[0] = (unsigned)(nvh * a->N);
@@ -196,6 +210,13 @@ static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev)
       L[2 + wide].smem = (unsigned)(ns * (2 * 64 * (KP + 8) * 2 + 64 * (bvh + 8) * 2 + 256) +
                                     (KP + (bvh > 32 ? 0 : 64)) * (bvh + 8) * 2);
     }
+  }
+  for (int i = 0; i < 3; i++) { /* the state kernels' warps (CW_HW() in the template) */
+    int wn = v->warps[i] ? v->warps[i] : i == 1 && v->narrow ? 4 : 0; /* 4: WY_H_WARPS */
+    if (!wn) continue;
+    int cap = i == 2 ? 64 : i == 1 ? (v->narrow ? v->narrow : 32) : v->segnarrow ? 32 : 64;
+    int bvh = v->cfg.BV < cap ? v->cfg.BV : cap;
+    L[1 + i].block[0] = wn == 8 && bvh >= 32 ? 256 : 128;
   }
   void *params[] = {a};
   if (ev) CK(cu->cuEventRecord(ev[0], s));

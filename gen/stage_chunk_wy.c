@@ -79,6 +79,16 @@ static int wide_(const fla_gen_key *key, const fla_tile_config *cfg, int64_t N, 
   return nvh * N * H > WY_MANY;
 }
 
+/* The state kernels' warps (CW_H_WARPS, CW_SEG_WARPS, CW_H64_WARPS and
+** CW_HW() in chunk_wy_fwd.cuh; keep in step): 4 for each. 8 (the value tile
+** split in two column halves) measured slower at one block a SM and 2%
+** faster at two (bench/results/2026-11-23-chunk-wy-fwd-5.md); a knob of the
+** template, 8 only for tiles of 32 columns or more. */
+#define WY_H_WARPS 4
+#define WY_SEG_WARPS 4
+#define WY_H64_WARPS 4
+static unsigned hthreads_(int warps, int bvh) { return 32u * (warps == 8 && bvh >= 32 ? 8 : 4); }
+
 /* The state kernel's pipeline depth (cw_stages() in chunk_wy_fwd.cuh): with
 ** at most WY_FEW programs (about one block a SM) 4 stages for K <= 128, else
 ** 2 (two blocks a SM). ns_max: the deepest any launch can take. */
@@ -188,13 +198,15 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
   ** segments a sequence */
   int64_t NVA = (key->V + bvh_(cfg, 1) - 1) / bvh_(cfg, 1) + (key->K + bvh_(cfg, 1) - 1) / bvh_(cfg, 1);
   fla_chunk_launch_set(&out[1], "fla_wy_fwd_seg", P > 1 ? (unsigned)(NVA * N * P) : 0, (unsigned)H,
-                       32 * WY_WARPS, smem_h_(key, cfg, 1, stages_h_(key, NVA * N * P * H)));
+                       hthreads_(WY_SEG_WARPS, bvh_(cfg, 1)),
+                       smem_h_(key, cfg, 1, stages_h_(key, NVA * N * P * H)));
   if (P == 1) out[1].grid[0] = 0; /* fla_cuda_run_stage skips an empty grid */
   for (int wide = 0; wide < 2; wide++) { /* one of the two state kernels runs */
     int64_t nvh = (key->V + bvh_(cfg, wide) - 1) / bvh_(cfg, wide), progs = nvh * N * P;
     int on = wide == wide_(key, cfg, N, H);
     fla_chunk_launch_set(&out[2 + wide], wide ? "fla_wy_fwd_h64" : "fla_wy_fwd_h",
-                         on ? (unsigned)progs : 0, (unsigned)H, 32 * WY_WARPS,
+                         on ? (unsigned)progs : 0, (unsigned)H,
+                         hthreads_(wide ? WY_H64_WARPS : WY_H_WARPS, bvh_(cfg, wide)),
                          smem_h_(key, cfg, wide, stages_h_(key, progs * H)));
     if (!on) out[2 + wide].grid[0] = 0;
   }

@@ -5,7 +5,8 @@
 ** Keys handled: FLA_DELTA 1, FLA_DECAY 0 (none), 1 (const gamma[h]), 2
 ** (scalar g [tok,H]), FLA_HAS_PROBE 0/1 (p replaces k in L and W: Comba),
 ** FLA_READ_BEFORE 0, no bonus, no derived key, FLA_IN_BF16 1 (q, k, v, p, g,
-** beta, o bf16; h0, ht, gamma f32). FLA_BT 64, FLA_WARPS 4, FLA_BV value
+** beta, o bf16; h0, ht, gamma f32). FLA_BT 64, FLA_WARPS 4 (the narrow state
+** kernel takes 8 of its own), FLA_BV value
 ** columns a program of the output kernel (multiple of 16; the state kernels
 ** take min(BV, 32) or min(BV, 64)); K is never tiled.
 **
@@ -33,14 +34,16 @@
 **       registers and lands over L once T is done), W and U by mma with T's fragments
 **       rounded to bf16 (as fla's solve_tril output) -> ws0 = W bf16
 **       [tok,H,K], ws1 = U bf16 [tok,H,V].
-**   fla_wy_fwd_h / fla_wy_fwd_h64 (NVH*N, H), 128 threads: one (value tile
-**       of BVH = min(BV, 32) / min(BV, 64) columns, sequence, head), the
-**       launcher runs one of the two by the program count; sequential over
-**       the sequence's chunks with the K x BVH state slice in fp32 registers
-**       (chunk_fwd's layout); per chunk h[c] = bf16(S0) -> ws0 after W
-**       ([NC,H,K,V]), Vn = U - W h[c] by mma, rounded to bf16 (fla's v_new)
-**       -> ws1 over U, then S = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam)).
-**       K, W, U, gam tiles in 2..4 cp.async stages.
+**   fla_wy_fwd_h / fla_wy_fwd_h64 (NVH*N, H), 256 / 128 threads: one
+**       (value tile of BVH = min(BV, 32) / min(BV, 64) columns, sequence,
+**       head), the launcher runs one of the two by the program count;
+**       sequential over the sequence's chunks with the K x BVH state slice
+**       in fp32 registers (chunk_fwd's layout; with 8 warps each warp holds
+**       its keys of one column half: "The state kernels' warps" below); per
+**       chunk h[c] = bf16(S0) -> ws0 after W ([NC,H,K,V]), Vn = U - W h[c]
+**       by mma, rounded to bf16 (fla's v_new) -> ws1 over U, then
+**       S = 2^gam_L S0 + K^T (Vn .* 2^(gam_L - gam)). K, W, U, gam tiles in
+**       2..4 cp.async stages, two barriers a chunk (three with Vd over Ss).
 **   fla_wy_fwd_seg, with few programs over long sequences (see "segments"
 **       below): the segment pass in front of fla_wy_fwd_h, which then runs
 **       every segment of a sequence from its chained entering state.
@@ -590,11 +593,59 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
 ** each loading K and W once for twice the columns: many heads). The
 ** launcher runs one of them by the program count (gen/stage_chunk_wy.c).
 ** These macros read the BVH in scope. */
-#define CW_BVH32 (FLA_BV < 32 ? FLA_BV : 32)
+#ifndef CW_NARROW /* a harness knob: the narrow tile's cap (16: twice the programs; needs CW_SEG_PROGS=0) */
+#define CW_NARROW 32
+#endif
+#define CW_BVH32 (FLA_BV < CW_NARROW ? FLA_BV : CW_NARROW)
 #define CW_BVH64 (FLA_BV < 64 ? FLA_BV : 64)
 #define CW_NTH (BVH / 8)
 #define CW_NVH ((FLA_V + BVH - 1) / BVH)
 #define CW_LDVH (BVH + 8)
+
+/* The state kernels' warps NW: 4, or 8 (256 threads) with the value tile
+** split in two column halves: warp w owns keys CK_KW (w % 4).. (as with 4)
+** of columns (w / 4) BVH / 2.., so each warp's mma chains are half as long
+** (W S0: 16 mma a warp in two chains of 4 k-steps instead of 32 in chains
+** of 8; the update 16 instead of 32) and two warps share each scheduler.
+** Measured on the H100 (bench/results/2026-11-23-chunk-wy-fwd-5.md) it
+** does not pay where it was meant to (one block a SM, 2,16384,16: 0.60 ms
+** against 0.54 with 4 warps; W and K fragments loaded twice) and gains 2%
+** at two blocks a SM, so every kernel ships with 4; 8 stays a knob. 8 needs
+** BVH >= 32 (a warp's half must fill one ldmatrix.x4: 16 columns).
+** CW_H_WARPS: fla_wy_fwd_h, CW_SEG_WARPS: fla_wy_fwd_seg, CW_H64_WARPS:
+** fla_wy_fwd_h64 (harness knobs; the defaults are WY_*_WARPS in
+** gen/stage_chunk_wy.c: keep in step). */
+#ifndef CW_H_WARPS
+#define CW_H_WARPS 4
+#endif
+#ifndef CW_SEG_WARPS
+#define CW_SEG_WARPS 4
+#endif
+#ifndef CW_H64_WARPS
+#define CW_H64_WARPS 4
+#endif
+#define CW_HW(knob, bvh) ((knob) == 8 && (bvh) >= 32 ? 8 : 4)
+
+/* CW_LATE 1..3: the next stage's loads are issued after the chunk's first
+** barrier (into the stage the previous chunk used, which every warp is then
+** done with), so the barrier at the end of a chunk goes (two a chunk instead
+** of three; the same loads in flight): 1 right after that barrier, 2 after
+** W S0's mma (their issue under the mma latency), 3 after the update's. 0:
+** issued first thing in the chunk, three barriers. Not with Vd over Ss
+** (BVH > 32): there the next chunk's S0 would overwrite Vd under the
+** update. A harness knob; measured (2026-11-23-chunk-wy-fwd-5.md, with
+** CW_FAST_LOAD) 1 is best at one block a SM (2,16384,16: 0.466 ms, 2: 0.493,
+** 3: 0.473, 0: 0.57 without CW_FAST_LOAD) and within 2% of the others at two.
+** CW_WARP_OUT 1: h[c] and Vn leave shared memory for global (16-byte
+** pieces) by the warp that wrote them, right after it wrote them (a
+** __syncwarp, no barrier), instead of by all threads between barriers.
+** A harness knob, off: it measured 0-12% slower. */
+#ifndef CW_LATE
+#define CW_LATE 1
+#endif
+#ifndef CW_WARP_OUT
+#define CW_WARP_OUT 0
+#endif
 
 /* Where the chunk states start in ws0 (after W, 16-byte aligned). */
 __device__ __forceinline__ unsigned short *cw_hws(const fla_kernel_args &a) {
@@ -674,29 +725,32 @@ __device__ __forceinline__ float *cw_segws(const fla_kernel_args &a) {
   return cw_gws(a) + (long long)a.num_chunks * a.H * CK_BT;
 }
 
-/* cp.async.wait_group ns - 1: the oldest of ns groups in flight has landed. */
+/* cp.async.wait_group ns - 1: the oldest of ns groups in flight has landed
+** (ns 1..4). */
 __device__ __forceinline__ void cw_wait_oldest(int ns) {
   if (ns >= 4)
     asm volatile("cp.async.wait_group 3;\n" ::);
   else if (ns == 3)
     asm volatile("cp.async.wait_group 2;\n" ::);
-  else
+  else if (ns == 2)
     asm volatile("cp.async.wait_group 1;\n" ::);
+  else
+    asm volatile("cp.async.wait_group 0;\n" ::);
 }
 
 /* S = 2^gam_L S + K^T Vd, Vd = Vn .* 2^(gam_L - gam) rounded to bf16 (as
 ** fla's chunk_delta_h scales v_new, not k): ck_state_update without the
 ** gate work on the K fragments. */
-template <int BVH>
-__device__ __forceinline__ void cw_state_update(float (&S)[CK_MT][CW_NTH][4],
+template <int BVH, int NTW>
+__device__ __forceinline__ void cw_state_update(float (&S)[CK_MT][NTW][4],
                                                 const unsigned short *Ks, const unsigned short *Vs,
-                                                const float *gam, int rows, int w, int lane) {
+                                                const float *gam, int rows, int w, int cb, int lane) {
 #if FLA_DECAY
   const float eL = exp2f(gam[rows - 1]);
 #pragma unroll
   for (int mt = 0; mt < CK_MT; mt++)
 #pragma unroll
-    for (int j = 0; j < CW_NTH; j++)
+    for (int j = 0; j < NTW; j++)
 #pragma unroll
       for (int e = 0; e < 4; e++) S[mt][j][e] *= eL;
 #else
@@ -712,10 +766,10 @@ __device__ __forceinline__ void cw_state_update(float (&S)[CK_MT][CW_NTH][4],
       ck_ldm4t(ka[mt], ck_smem(Ks + row * CK_LDQ + col));
     }
 #pragma unroll
-    for (int np = 0; np < CW_NTH / 2; np++) {
+    for (int np = 0; np < NTW / 2; np++) {
       unsigned vb[4];
       int row = 16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7);
-      int col = 16 * np + (lane >> 4) * 8;
+      int col = cb + 16 * np + (lane >> 4) * 8;
       ck_ldm4t(vb, ck_smem(Vs + row * CW_LDVH + col));
 #pragma unroll
       for (int mt = 0; mt < CK_MT; mt++) {
@@ -729,32 +783,76 @@ __device__ __forceinline__ void cw_state_update(float (&S)[CK_MT][CW_NTH][4],
 /* dst[r * ld + c] = src[r * CW_LDVH + c] for r < nrows, c < ncols (a
 ** multiple of 8), in 16-byte pieces: the state kernel's h[c] and Vn leave
 ** from shared memory whole rows at a time (FLA_V % 8 == 0: dst aligned). */
-template <int BVH>
+template <int BVH, int NTH>
 __device__ __forceinline__ void cw_rows_out(unsigned short *dst, long long ld,
                                             const unsigned short *src, int nrows, int ncols,
                                             int tid) {
-  for (int p = tid; p < nrows * (BVH / 8); p += CK_NTH) {
+  for (int p = tid; p < nrows * (BVH / 8); p += NTH) {
     const int r = p / (BVH / 8), c = (p % (BVH / 8)) * 8;
     if (c < ncols) *(uint4 *)(dst + r * ld + c) = *(const uint4 *)(src + r * CW_LDVH + c);
   }
 }
 
 
+/* dst[r * ld + c] = src[r * CW_LDVH + c] for the warp's rows r0..r0+NR
+** (r < nrows) and columns c0..c0+NC (c < ncols, a multiple of 8), in
+** 16-byte pieces (FLA_V % 8 == 0: dst aligned): h[c] and Vn leave by the
+** warp that wrote them to shared memory (CW_WARP_OUT). */
+template <int BVH, int NR, int NC>
+__device__ __forceinline__ void cw_warp_rows_out(unsigned short *dst, long long ld,
+                                                 const unsigned short *src, int r0, int c0,
+                                                 int nrows, int ncols, int lane) {
+#pragma unroll
+  for (int p = lane; p < NR * (NC / 8); p += 32) {
+    const int r = r0 + p / (NC / 8), c = c0 + (p % (NC / 8)) * 8;
+    if (r < nrows && c < ncols) *(uint4 *)(dst + r * ld + c) = *(const uint4 *)(src + r * CW_LDVH + c);
+  }
+}
+
+/* ck_load_tile for the state kernel's loop: a whole tile (nrows = 64, ncols
+** = COLS, 16-byte aligned) takes a fixed row and column a thread and fully
+** unrolled pieces, one address add each (the masked loop's divisions,
+** compares and 64-bit products were a large part of the instructions a
+** chunk: the kernel issues ~1 instruction in 3 cycles from one warp a
+** scheduler); anything else takes ck_load_tile, and so does the wide state
+** kernel (FAST 0: at 255 registers it spilled with it and ran 2% slower;
+** the segment pass, also wide, writes nothing a chunk and has the room).
+** CW_FAST_LOAD: a harness knob. */
+#ifndef CW_FAST_LOAD
+#define CW_FAST_LOAD 1
+#endif
+template <int COLS, int LDS, int NTH, bool FAST>
+__device__ __forceinline__ void cw_load_tile(unsigned short *s, const unsigned short *g, long long ld,
+                                             int nrows, int ncols, int vec, int tid) {
+  constexpr int P = COLS / 8, RS = NTH / P, N = CK_BT * P / NTH;
+  if (FAST && CW_FAST_LOAD && NTH % P == 0 && (CK_BT * P) % NTH == 0 && vec && nrows == CK_BT &&
+      ncols == COLS) {
+    const int r0 = tid / P, c = (tid % P) * 8;
+    const unsigned short *gp = g + r0 * ld + c;
+    const unsigned sp = ck_smem(s + r0 * LDS + c);
+    const long long step = RS * ld;
+#pragma unroll
+    for (int i = 0; i < N; i++) ck_cp16(sp + i * RS * LDS * 2, gp + i * step, 1);
+  } else {
+    ck_load_tile<COLS, LDS, NTH>(s, g, ld, nrows, ncols, vec, tid);
+  }
+}
+
 /* Starts the loads of chunk c (at x) for value columns v0.. into one stage
 ** (one cp.async group, committed by the caller); uload 0 leaves U out (the
 ** segment pass's key tiles, whose U is 0). */
-template <int BVH>
+template <int BVH, int NTH, bool FAST>
 __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_chunk &x, long long c,
                                            int h, int v0, int vcols, int veck, int vecv, int uload,
                                            unsigned short *Kd, unsigned short *Wd,
                                            unsigned short *Ud, float *gd, int tid) {
   const long long H = a.H, ro = x.t0 * H + h;
-  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
-                                      x.rows, FLA_K, veck, tid);
-  ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
-                                      x.rows, FLA_K, veck, tid);
+  cw_load_tile<CK_KP, CK_LDQ, NTH, FAST>(Kd, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K,
+                                   x.rows, FLA_K, veck, tid);
+  cw_load_tile<CK_KP, CK_LDQ, NTH, FAST>(Wd, (const unsigned short *)a.ws0 + ro * FLA_K, H * FLA_K,
+                                   x.rows, FLA_K, veck, tid);
   if (uload)
-    ck_load_tile<BVH, CW_LDVH, CK_NTH>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
+    cw_load_tile<BVH, CW_LDVH, NTH, FAST>(Ud, (const unsigned short *)a.ws1 + ro * FLA_V + v0,
                                        H * FLA_V, x.rows, vcols, vecv, tid);
 #if FLA_DECAY
   if (tid < CK_BT / 4) ck_cp16(ck_smem(gd + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
@@ -763,15 +861,35 @@ __device__ __forceinline__ void cw_h_fetch(const fla_kernel_args &a, const ck_ch
 #endif
 }
 
-/* dst[key * ld + col] = S[key][col] for key < K, col < ncols (the slice). */
-template <int BVH>
-__device__ __forceinline__ void cw_state_store_ld(const float (&S)[CK_MT][CW_NTH][4], float *dst,
+/* The loads of chunk cfe (at xf) into stage fbuf as one cp.async group
+** (empty past c1, so that wait_group counts the same throughout), then xf
+** and cfe on to the next chunk. */
+template <int BVH, int NTH, bool FAST>
+__device__ __forceinline__ void cw_h_fetch_next(const fla_kernel_args &a, ck_chunk &xf, long long &cfe,
+                                                long long c1, int h, int v0, int vcols, int veck,
+                                                int vecv, int uload, unsigned short *Ks,
+                                                unsigned short *Ws, unsigned short *Us, float *gs,
+                                                int fbuf, int tid) {
+  if (cfe < c1) {
+    cw_h_fetch<BVH, NTH, FAST>(a, xf, cfe, h, v0, vcols, veck, vecv, uload, Ks + fbuf * CK_BT * CK_LDQ,
+                               Ws + fbuf * CK_BT * CK_LDQ, Us + fbuf * CK_BT * CW_LDVH,
+                               gs + fbuf * CK_BT, tid);
+    if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
+    cfe++;
+  }
+  ck_commit();
+}
+
+/* dst[key * ld + col] = S[key][col] for key < K, col < ncols (the warp's
+** part of the slice: dst and ncols relative to its first column). */
+template <int NT>
+__device__ __forceinline__ void cw_state_store_ld(const float (&S)[CK_MT][NT][4], float *dst,
                                                   long long ld, int ncols, int w, int lane) {
   const int g = lane >> 2, q = lane & 3;
 #pragma unroll
   for (int mt = 0; mt < CK_MT; mt++)
 #pragma unroll
-    for (int j = 0; j < CW_NTH; j++)
+    for (int j = 0; j < NT; j++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
         const int key = CK_KW * w + 16 * mt + g + (e >> 1) * 8, col = 8 * j + 2 * q + (e & 1);
@@ -785,12 +903,13 @@ __device__ __forceinline__ void cw_state_store_ld(const float (&S)[CK_MT][CW_NTH
 ** BVH f32 over the stage buffers (before the first load is issued). A
 ** thread a key row: M_j's row from global (L2), S_j's rows from shared
 ** memory (every thread reads the same row: a broadcast). */
-template <int BVH>
-__device__ __forceinline__ void cw_seg_enter(const fla_kernel_args &a, float (&S)[CK_MT][CW_NTH][4],
+template <int BVH, int NTW, int NTH>
+__device__ __forceinline__ void cw_seg_enter(const fla_kernel_args &a, float (&S)[CK_MT][NTW][4],
                                              const float *h0n, int n, int p, int P, int h, int v0,
-                                             int vcols, float *wsp, int tid, int w, int lane) {
+                                             int vcols, float *wsp, int tid, int w, int cb,
+                                             int lane) {
   float *Sa = wsp, *Sb = wsp + CK_KP * BVH;
-  for (int i = tid; i < CK_KP * BVH; i += CK_NTH) {
+  for (int i = tid; i < CK_KP * BVH; i += NTH) {
     const int r = i / BVH, cc = i % BVH;
     Sa[i] = (h0n && r < FLA_K && cc < vcols) ? h0n[(long long)r * FLA_V + v0 + cc] : 0.0f;
     Sb[i] = 0.0f;
@@ -799,7 +918,7 @@ __device__ __forceinline__ void cw_seg_enter(const fla_kernel_args &a, float (&S
   const long long H = a.H;
   for (int j = 0; j < p; j++) {
     const float *BM = cw_segws(a) + (((long long)n * P + j) * H + h) * FLA_K * CW_VK;
-    for (int r = tid; r < FLA_K; r += CK_NTH) {
+    for (int r = tid; r < FLA_K; r += NTH) {
       float acc[BVH];
 #pragma unroll
       for (int cc = 0; cc < BVH; cc++) acc[cc] = 0.0f;
@@ -827,10 +946,10 @@ __device__ __forceinline__ void cw_seg_enter(const fla_kernel_args &a, float (&S
 #pragma unroll
   for (int mt = 0; mt < CK_MT; mt++)
 #pragma unroll
-    for (int jn = 0; jn < CW_NTH; jn++)
+    for (int jn = 0; jn < NTW; jn++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
-        const int key = CK_KW * w + 16 * mt + g + (e >> 1) * 8, col = 8 * jn + 2 * q + (e & 1);
+        const int key = CK_KW * w + 16 * mt + g + (e >> 1) * 8, col = cb + 8 * jn + 2 * q + (e & 1);
         S[mt][jn][e] = Sa[key * BVH + col];
       }
   __syncthreads(); /* the stage buffers are free for the loads */
@@ -838,14 +957,16 @@ __device__ __forceinline__ void cw_seg_enter(const fla_kernel_args &a, float (&S
 
 /* Program (value tile vt, segment p of sequence n, head h), the segment's
 ** chunks in order (the whole sequence when P = 1), the K x BVH state slice
-** S in fp32 registers. Per chunk, S0 = S:
+** S in fp32 registers (NW = 8: each warp its keys of one column half).
+** Per chunk, S0 = S:
 **   h[c]  = bf16(S0)                     -> ws0 after W ([NC,H,K,V] bf16)
 **   Vn    = U - W h[c]                   -> ws1 over U (bf16), and smem
 **   S     = 2^gam_L S0 + (K .* 2^(gam_L - gam))^T Vn
 ** gam comes from fla_wy_prep (cw_gws). The loads of the next ns - 1 chunks
 ** are in flight while one is computed (ns = cw_stages()). Barriers a
 ** chunk: S0 and the stage in smem | W S0, Vn and Vd, h[c] out | the update,
-** Vn out | (Ss and the stage free again); the wide kernel puts Vd over Ss
+** Vn out | (Ss and the stage free again; not with CW_LATE, whose loads
+** wait for the next chunk's first barrier); the wide kernel puts Vd over Ss
 ** (smem for two blocks a SM) and so needs one more, after W S0.
 ** SEG 1 (fla_wy_fwd_seg): the segment pass. Tiles vt < NVH are value tiles
 ** from S = 0 (B_s), the next ceil(K / BVH) key tiles from S = I with U = 0
@@ -853,8 +974,13 @@ __device__ __forceinline__ void cw_seg_enter(const fla_kernel_args &a, float (&S
 ** P > 1 starts from cw_seg_enter's chained state.
 ** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Ss [KP][LDVH],
 ** Vd [64][LDVH] (over Ss's first rows when BVH > 32) bf16, gs [ns][64] f32. */
-template <int BVH, int SEG>
+template <int BVH, int SEG, int NW>
 __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char *ck_sm) {
+  constexpr int NTH = 32 * NW;
+  constexpr int BVW = BVH * 4 / NW; /* columns a warp */
+  constexpr int NTW = BVW / 8;      /* its n-tiles */
+  constexpr int NA = NW / 4;        /* W S0's k-steps in NA interleaved chains */
+  static_assert(NW == 4 || (NW == 8 && BVH >= 32), "8 warps need BVH >= 32");
   /* (the wide state kernel never has segments: its registers are at the limit) */
   const int P = (SEG || BVH <= 32) ? cw_segments(a) : 1;
   constexpr int NVT = CW_NVH + (SEG ? (FLA_K + BVH - 1) / BVH : 0); /* tiles a segment */
@@ -866,9 +992,14 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   /* Vd = Vn .* 2^(gam_L - gam), the update's operand: over Ss in the wide
   ** kernel (two blocks a SM; one more barrier a chunk), else its own */
   constexpr bool alias = BVH > 32;
+  constexpr int late = alias ? 0 : CW_LATE; /* where the next stage's loads go */
+  constexpr bool wout = CW_WARP_OUT && FLA_V % 8 == 0 && !SEG;
+  constexpr bool fast = !alias || SEG; /* cw_load_tile's whole tiles: not in the wide kernel */
   unsigned short *Vd = alias ? Ss : Ss + CK_KP * CW_LDVH;
   float *gs = (float *)(Ss + (alias ? CK_KP : CK_KP + CK_BT) * CW_LDVH);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  /* the warp's keys CK_KW wk.., columns cb.. (4 warps: w, 0) */
+  const int wk = NW == 8 ? (w & 3) : w, cb = NW == 8 ? (w >> 2) * BVW : 0;
   const int vt = blockIdx.x % NVT;
   const int seg = blockIdx.x / NVT;
   const int n = seg / P, p = seg % P;
@@ -887,31 +1018,32 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   float *segout = SEG ? cw_segws(a) + ((long long)seg * H + h) * FLA_K * CW_VK + (ktile ? FLA_V : 0) + v0
                       : (float *)0;
 
-  float S[CK_MT][CW_NTH][4];
+  float S[CK_MT][NTW][4];
   if (SEG) {
     ck_state_zero(S);
     if (ktile) /* S = I on the tile's keys v0.. */
 #pragma unroll
       for (int mt = 0; mt < CK_MT; mt++)
 #pragma unroll
-        for (int j = 0; j < CW_NTH; j++)
+        for (int j = 0; j < NTW; j++)
 #pragma unroll
           for (int e = 0; e < 4; e++) {
-            const int key = CK_KW * w + 16 * mt + g + (e >> 1) * 8, col = 8 * j + 2 * q + (e & 1);
+            const int key = CK_KW * wk + 16 * mt + g + (e >> 1) * 8;
+            const int col = cb + 8 * j + 2 * q + (e & 1);
             if (col < vcols && key == v0 + col) S[mt][j][e] = 1.0f;
           }
   } else if (P > 1 && p > 0) {
-    cw_seg_enter<BVH>(a, S, h0n, n, p, P, h, v0, vcols, (float *)ck_sm, tid, w, lane);
+    cw_seg_enter<BVH, NTW, NTH>(a, S, h0n, n, p, P, h, v0, vcols, (float *)ck_sm, tid, wk, cb, lane);
   } else {
-    ck_state_load<CK_KW>(S, h0n, v0, w, lane);
+    ck_state_load<CK_KW>(S, h0n, v0 + cb, wk, lane);
   }
   if (c0 >= c1) {
     if (SEG) {
-      cw_state_store_ld<BVH>(S, segout, CW_VK, vcols, w, lane);
+      cw_state_store_ld(S, segout + cb, CW_VK, vcols - cb, wk, lane);
     } else {
 #if FLA_STORE_HT
       if (p == P - 1) /* the sequence is empty: every segment is */
-        ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0, w, lane);
+        ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0 + cb, wk, lane);
 #endif
     }
     return;
@@ -927,36 +1059,24 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   ck_chunk xf; /* the next chunk to fetch, cfe */
   ck_chunk_at(a, c0, xf);
   long long cfe = c0;
-  for (int st = 0; st < ns - 1; st++) {
-    if (cfe < c1) {
-      cw_h_fetch<BVH>(a, xf, cfe, h, v0, vcols, veck, vecv, uload, Ks + st * CK_BT * CK_LDQ,
-                      Ws + st * CK_BT * CK_LDQ, Us + st * CK_BT * CW_LDVH, gs + st * CK_BT, tid);
-      if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
-      cfe++;
-    }
-    ck_commit();
-  }
+  for (int st = 0; st < ns - 1; st++)
+    cw_h_fetch_next<BVH, NTH, fast>(a, xf, cfe, c1, h, v0, vcols, veck, vecv, uload, Ks, Ws, Us, gs,
+                                      st, tid);
   ck_chunk x;
   ck_chunk_at(a, c0, x);
 
   int buf = 0, fbuf = ns - 1; /* the stages of chunk c and of chunk cfe */
   for (long long c = c0; c < c1; c++) {
     const int rows = x.rows;
-    if (cfe < c1) {
-      cw_h_fetch<BVH>(a, xf, cfe, h, v0, vcols, veck, vecv, uload, Ks + fbuf * CK_BT * CK_LDQ,
-                      Ws + fbuf * CK_BT * CK_LDQ, Us + fbuf * CK_BT * CW_LDVH, gs + fbuf * CK_BT,
-                      tid);
-      if (cfe + 1 < c1) ck_chunk_next(a, cfe, xf);
-      cfe++;
-    }
-    ck_commit();
+    if (late == 0) /* the next stage's loads (fbuf), first thing */
+      cw_h_fetch_next<BVH, NTH, fast>(a, xf, cfe, c1, h, v0, vcols, veck, vecv, uload, Ks, Ws, Us, gs, fbuf, tid);
     /* S0 as bf16: the B operand of W S0, and h[c] for the output kernel */
     unsigned short *hc = hws + (c * H + h) * KV + v0;
 #pragma unroll
     for (int mt = 0; mt < CK_MT; mt++)
 #pragma unroll
-      for (int j = 0; j < CW_NTH; j++) {
-        const int key = CK_KW * w + 16 * mt + g, col = 8 * j + 2 * q;
+      for (int j = 0; j < NTW; j++) {
+        const int key = CK_KW * wk + 16 * mt + g, col = cb + 8 * j + 2 * q;
         const unsigned lo = ck_pack(S[mt][j][0], S[mt][j][1]);
         const unsigned hi = ck_pack(S[mt][j][2], S[mt][j][3]);
         *(unsigned *)(Ss + key * CW_LDVH + col) = lo;
@@ -979,40 +1099,62 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
         }
 #endif
       }
-    cw_wait_oldest(ns);
+#if FLA_V % 8 == 0
+    if (wout) { /* h[c]: the warp's keys and columns, which it just wrote */
+      __syncwarp();
+      cw_warp_rows_out<BVH, CK_KW, BVW>(hc, FLA_V, Ss, CK_KW * wk, cb, FLA_K, vcols, lane);
+    }
+#endif
+    if (late) /* chunk c's group: ns - 2 younger ones in flight */
+      cw_wait_oldest(ns - 1);
+    else
+      cw_wait_oldest(ns);
     __syncthreads();
+    if (late == 1) /* into the stage chunk c - 1 used: every warp is past it */
+      cw_h_fetch_next<BVH, NTH, fast>(a, xf, cfe, c1, h, v0, vcols, veck, vecv, uload, Ks, Ws, Us, gs, fbuf, tid);
 
     const unsigned short *Kb = Ks + buf * CK_BT * CK_LDQ;
     const unsigned short *Wb = Ws + buf * CK_BT * CK_LDQ;
     unsigned short *Ub = Us + buf * CK_BT * CW_LDVH;
     const float *gam = gs + buf * CK_BT;
 #if FLA_V % 8 == 0
-    if (!SEG && alias) cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c], while Ss holds it */
+    if (!SEG && !wout && alias) cw_rows_out<BVH, NTH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c], while Ss holds it */
 #endif
 
-    /* Vn = U - W S0 for the warp's rows 16w.., over U in smem and in ws1 */
+    /* Vn = U - W S0 for the warp's rows 16 wk.., columns cb.., over U in
+    ** smem and in ws1 */
     {
-      float acc[CW_NTH][4];
+      float acc[NA][NTW][4];
 #pragma unroll
-      for (int j = 0; j < CW_NTH; j++)
+      for (int i = 0; i < NA; i++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+        for (int j = 0; j < NTW; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) acc[i][j][e] = 0.0f;
 #pragma unroll
       for (int kk = 0; kk < CK_KP / 16; kk++) {
         unsigned wa[4];
 
-        ck_ldm4(wa, ck_smem(Wb + (16 * w + (lane & 15)) * CK_LDQ + kk * 16 + (lane >> 4) * 8));
+        ck_ldm4(wa, ck_smem(Wb + (16 * wk + (lane & 15)) * CK_LDQ + kk * 16 + (lane >> 4) * 8));
 #pragma unroll
-        for (int np = 0; np < CW_NTH / 2; np++) {
+        for (int np = 0; np < NTW / 2; np++) {
           unsigned sb[4];
           ck_ldm4t(sb, ck_smem(Ss + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * CW_LDVH +
-                               16 * np + (lane >> 4) * 8));
-          ck_mma(acc[2 * np], wa, sb[0], sb[1]);
-          ck_mma(acc[2 * np + 1], wa, sb[2], sb[3]);
+                               cb + 16 * np + (lane >> 4) * 8));
+          ck_mma(acc[kk % NA][2 * np], wa, sb[0], sb[1]);
+          ck_mma(acc[kk % NA][2 * np + 1], wa, sb[2], sb[3]);
         }
       }
+      if (late == 2) /* issued while the mma finish */
+        cw_h_fetch_next<BVH, NTH, fast>(a, xf, cfe, c1, h, v0, vcols, veck, vecv, uload, Ks, Ws, Us, gs, fbuf, tid);
+#pragma unroll
+      for (int i = 1; i < NA; i++)
+#pragma unroll
+        for (int j = 0; j < NTW; j++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) acc[0][j][e] += acc[i][j][e];
       if (alias) __syncthreads(); /* every warp is done with Ss: Vd takes its place */
-      const int rA = 16 * w + g, rB = rA + 8;
+      const int rA = 16 * wk + g, rB = rA + 8;
 #if FLA_DECAY
       const float gL = gam[rows - 1];
       const float fA = exp2f(gL - gam[rA]), fB = exp2f(gL - gam[rB]);
@@ -1023,22 +1165,22 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
       unsigned short *urow = up + (x.t0 * H + h) * FLA_V + v0;
 #endif
 #pragma unroll
-      for (int j = 0; j < CW_NTH; j++) {
-        const int col = 8 * j + 2 * q;
+      for (int j = 0; j < NTW; j++) {
+        const int col = cb + 8 * j + 2 * q;
         unsigned *pa = (unsigned *)(Ub + rA * CW_LDVH + col);
         unsigned *pb = (unsigned *)(Ub + rB * CW_LDVH + col);
         const unsigned ua = uload ? *pa : 0u, ub = uload ? *pb : 0u;
-        const float va0 = __uint_as_float(ua << 16) - acc[j][0];
-        const float va1 = __uint_as_float(ua & 0xffff0000u) - acc[j][1];
-        const float vb0 = __uint_as_float(ub << 16) - acc[j][2];
-        const float vb1 = __uint_as_float(ub & 0xffff0000u) - acc[j][3];
+        const float va0 = __uint_as_float(ua << 16) - acc[0][j][0];
+        const float va1 = __uint_as_float(ua & 0xffff0000u) - acc[0][j][1];
+        const float vb0 = __uint_as_float(ub << 16) - acc[0][j][2];
+        const float vb1 = __uint_as_float(ub & 0xffff0000u) - acc[0][j][3];
         const unsigned na = ck_pack(va0, va1), nb = ck_pack(vb0, vb1);
         if (!SEG) *pa = na, *pb = nb;
         *(unsigned *)(Vd + rA * CW_LDVH + col) = ck_pack(fA * va0, fA * va1);
         *(unsigned *)(Vd + rB * CW_LDVH + col) = ck_pack(fB * vb0, fB * vb1);
         if (SEG) continue;
 #if FLA_V % 8 == 0
-        /* Vn leaves from Ub in 16-byte rows (cw_rows_out below) */
+        /* Vn leaves from Ub in 16-byte rows (cw_warp_rows_out / cw_rows_out below) */
 #elif FLA_V % 2 == 0
         if (col < vcols) {
           if (rA < rows) *(unsigned *)(urow + rA * H * FLA_V + col) = na;
@@ -1054,26 +1196,35 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
         }
 #endif
       }
+#if FLA_V % 8 == 0
+      if (wout) { /* Vn: the warp's rows and columns, which it just wrote */
+        __syncwarp();
+        cw_warp_rows_out<BVH, 16, BVW>(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, 16 * wk,
+                                       cb, rows, vcols, lane);
+      }
+#endif
     }
 #if FLA_V % 8 == 0
-    if (!SEG && !alias) cw_rows_out<BVH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c] */
+    if (!SEG && !wout && !alias) cw_rows_out<BVH, NTH>(hc, FLA_V, Ss, FLA_K, vcols, tid); /* h[c] */
 #endif
     __syncthreads();
 
-    cw_state_update<BVH>(S, Kb, Vd, gam, rows, w, lane);
+    cw_state_update<BVH, NTW>(S, Kb, Vd, gam, rows, wk, cb, lane);
+    if (late == 3)
+      cw_h_fetch_next<BVH, NTH, fast>(a, xf, cfe, c1, h, v0, vcols, veck, vecv, uload, Ks, Ws, Us, gs, fbuf, tid);
 #if FLA_V % 8 == 0
-    if (!SEG) cw_rows_out<BVH>(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, rows, vcols, tid);
+    if (!SEG && !wout) cw_rows_out<BVH, NTH>(up + (x.t0 * H + h) * FLA_V + v0, H * FLA_V, Ub, rows, vcols, tid);
 #endif
 #if FLA_STORE_HT
     if (!SEG && x.last)
-      ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0, w, lane);
+      ck_state_store<CK_KW>(S, (float *)a.ht + ((long long)n * H + h) * KV, v0 + cb, wk, lane);
 #endif
-    __syncthreads();
+    if (late == 0) __syncthreads();
     if (c + 1 < c1) ck_chunk_next(a, c, x);
     buf = buf + 1 == ns ? 0 : buf + 1;
     fbuf = fbuf + 1 == ns ? 0 : fbuf + 1;
   }
-  if (SEG) cw_state_store_ld<BVH>(S, segout, CW_VK, vcols, w, lane);
+  if (SEG) cw_state_store_ld(S, segout + cb, CW_VK, vcols - cb, wk, lane);
 }
 
 /* The segment pass takes the wide tile: K and W are loaded once for 64
@@ -1084,17 +1235,24 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
 #else
 #define CW_SEG_BVH CW_BVH64
 #endif
-extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_seg(fla_kernel_args a) {
+#define CW_NW_SEG CW_HW(CW_SEG_WARPS, CW_SEG_BVH)
+#define CW_NW_H CW_HW(CW_H_WARPS, CW_BVH32)
+#define CW_NW_H64 CW_HW(CW_H64_WARPS, CW_BVH64)
+/* 8 warps on narrow tiles with K <= 128: two blocks a SM when the launch
+** takes 2 stages (segments), so at most 128 registers (no spills there);
+** wider tiles or keys spill under that cap and fit one block a SM anyway */
+#define CW_MINB(nw, bvh) ((nw) == 8 && (bvh) <= 32 && CK_KP <= 128 ? 2 : 1)
+extern "C" __global__ void __launch_bounds__(32 * CW_NW_SEG, CW_MINB(CW_NW_SEG, CW_SEG_BVH)) fla_wy_fwd_seg(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
-  cw_fwd_h<CW_SEG_BVH, 1>(a, ck_sm);
+  cw_fwd_h<CW_SEG_BVH, 1, CW_NW_SEG>(a, ck_sm);
 }
-extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h(fla_kernel_args a) {
+extern "C" __global__ void __launch_bounds__(32 * CW_NW_H, CW_MINB(CW_NW_H, CW_BVH32)) fla_wy_fwd_h(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
-  cw_fwd_h<CW_BVH32, 0>(a, ck_sm);
+  cw_fwd_h<CW_BVH32, 0, CW_NW_H>(a, ck_sm);
 }
-extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_fwd_h64(fla_kernel_args a) {
+extern "C" __global__ void __launch_bounds__(32 * CW_NW_H64, 1) fla_wy_fwd_h64(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
-  cw_fwd_h<CW_BVH64, 0>(a, ck_sm);
+  cw_fwd_h<CW_BVH64, 0, CW_NW_H64>(a, ck_sm);
 }
 
 /* ------------------------------------------------ kernel 3: the output */
