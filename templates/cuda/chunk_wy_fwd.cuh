@@ -289,10 +289,10 @@ __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const un
 ** as bf16 to dst (row stride ld). T (fp32 [64][CW_LDL] in smem) is rounded
 ** to bf16 as its fragments are loaded (fla's solve_tril output is bf16); it
 ** is lower triangular: k-steps kk <= w only. */
-template <int NCOL, int LDB>
+template <int NCOL, int LDB, int INPL>
 __device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned short *Bs,
                                               unsigned short *dst, long long ld, int ncols,
-                                              int rows, int w, int lane) {
+                                              int rows, int w, int lane, const float *csc) {
   const int g = lane >> 2, q = lane & 3;
   const int rA = 16 * w + g, rB = rA + 8;
 #pragma unroll
@@ -306,9 +306,19 @@ __device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned sh
     for (int kk = 0; kk < 4; kk++) {
       if (kk <= w) {
         unsigned ta[4];
-        const float *tA = Tf + rA * CW_LDL + 16 * kk + 2 * q, *tB = tA + 8 * CW_LDL;
-        const float2 a0 = *(const float2 *)tA, a1 = *(const float2 *)tB;
-        const float2 a2 = *(const float2 *)(tA + 8), a3 = *(const float2 *)(tB + 8);
+        /* T's block (w, kk): row-major (INPL 0), or at rows 16 kk.., columns
+        ** 16 w.. (INPL 1: prep's in-place inverse, cw_tblk) */
+        const float *tA = INPL ? Tf + (16 * kk + g) * CW_LDL + 16 * w + 2 * q
+                               : Tf + rA * CW_LDL + 16 * kk + 2 * q;
+        const float *tB = tA + 8 * CW_LDL;
+        float2 a0 = *(const float2 *)tA, a1 = *(const float2 *)tB;
+        float2 a2 = *(const float2 *)(tA + 8), a3 = *(const float2 *)(tB + 8);
+        if (csc) { /* T diag(csc): the operand's row scale moved onto T's columns */
+          const float2 s0 = *(const float2 *)(csc + 16 * kk + 2 * q);
+          const float2 s8 = *(const float2 *)(csc + 16 * kk + 2 * q + 8);
+          a0.x *= s0.x, a0.y *= s0.y, a1.x *= s0.x, a1.y *= s0.y;
+          a2.x *= s8.x, a2.y *= s8.y, a3.x *= s8.x, a3.y *= s8.y;
+        }
         ta[0] = ck_pack(a0.x, a0.y);
         ta[1] = ck_pack(a1.x, a1.y);
         ta[2] = ck_pack(a2.x, a2.y);
@@ -362,6 +372,241 @@ __device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
 #endif
 #define CW_VPT (CK_BT * CW_VP / 8 / CK_NTH)
 
+#ifndef CW_PREP2 /* a harness knob: 0 keeps the previous prep (T beside L, scale passes) */
+#define CW_PREP2 1
+#endif
+#ifndef CW_ABL_INV /* a harness knob (timing only, wrong results): 1 skips the inverse */
+#define CW_ABL_INV 0
+#endif
+
+#if CW_PREP2
+/* fla_wy_prep (CW_PREP2, the shipped prep): T = (I + L)^-1 is computed in
+** place of L, so that the block keeps one 64 x 68 fp32 array instead of two
+** (39 KiB of shared memory for K = V = 128 instead of 52):
+**   - L's diagonal block (i, i) becomes T's (i, i) in place (a column of it
+**     a lane, held in registers until the warp has read the block);
+**   - T's off-diagonal block (i, j), i > j, goes to L's unused upper block
+**     (j, i) (cw_tblk): rows 16 j.., columns 16 i..; L's lower blocks, read
+**     by the later levels, are never overwritten;
+**   - the row scales of the W and U operands (beta 2^gam for P, beta for V)
+**     move onto T's columns as T's fragments are loaded (T diag(s) B =
+**     T (diag(s) B)): no scaling pass over P and V;
+**   - warp w owns L's rows 16w..: it inverts its own diagonal block right
+**     after computing them, with no block barrier in between;
+**   - V's tile (V <= 128, CW_VREG) waits in registers and lands over P's
+**     once W is done.
+** Shared memory: Ps[64][LDP] (and Ks with a probe; with CW_VREG at least
+** 64 x LDV1 for V's tile), Vs[64][LDV1] (not with CW_VREG), Lf[64][68] f32
+** (L, then T), Sc[16][68] f32 (the levels' partial products), gam, bet, fsc
+** [64] f32. Keep smem_prep_() in gen/stage_chunk_wy.c in step. */
+#define CW_PREG0 (CW_NBUF_P * CK_BT * CW_LDP)
+#define CW_PREG (CW_VREG && CK_BT * CW_LDV1 > CW_PREG0 ? CK_BT * CW_LDV1 : CW_PREG0)
+/* T's block (i, j), i >= j, in Lf: row 0 of it (row stride CW_LDL) */
+#define cw_tblk(Lf, i, j) ((Lf) + 16 * (j) * CW_LDL + 16 * (i))
+extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_prep(fla_kernel_args a) {
+  extern __shared__ __align__(16) unsigned char ck_sm[];
+  unsigned short *Ps = (unsigned short *)ck_sm;
+#if CW_VREG
+  unsigned short *Vs = Ps; /* once W is done */
+  float *Lf = (float *)(Ps + CW_PREG);
+#else
+  unsigned short *Vs = Ps + CW_PREG0;
+  float *Lf = (float *)(Vs + CK_BT * CW_LDV1);
+#endif
+  float *Sc = Lf + CK_BT * CW_LDL;
+  float *gam = Sc + 16 * CW_LDL;
+  float *bet = gam + CK_BT;
+  float *fsc = bet + CK_BT;
+  const long long c = blockIdx.x;
+  if (c >= a.num_chunks) return;
+  const int h = blockIdx.y;
+  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
+  const long long H = a.H;
+  ck_chunk x;
+  ck_chunk_at(a, c, x);
+  const int rows = x.rows;
+  const long long rk = (x.t0 * H + h) * FLA_K, rv = (x.t0 * H + h) * FLA_V;
+#if FLA_HAS_PROBE
+  unsigned short *Ks = Ps + CK_BT * CW_LDP;
+  const unsigned short *pp = (const unsigned short *)a.p;
+  const int vecp = (FLA_K % 8 == 0) && (((a.p | a.k) & 15) == 0);
+  ck_load_tile<CK_KP, CW_LDP, CK_NTH>(Ks, (const unsigned short *)a.k + rk, H * FLA_K, rows, FLA_K,
+                                      vecp, tid);
+#else
+  const unsigned short *pp = (const unsigned short *)a.k;
+  const int vecp = (FLA_K % 8 == 0) && ((a.k & 15) == 0);
+  const unsigned short *Ks = Ps;
+#endif
+  const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
+  ck_load_tile<CK_KP, CW_LDP, CK_NTH>(Ps, pp + rk, H * FLA_K, rows, FLA_K, vecp, tid);
+#if CW_VREG
+  /* piece i of this thread: row (tid + i NTH) / (VP / 8), 8 columns */
+  uint4 vr[CW_VPT];
+  {
+    const unsigned short *vg = (const unsigned short *)a.v + rv;
+#pragma unroll
+    for (int i = 0; i < CW_VPT; i++) {
+      const int pc = tid + i * CK_NTH, r = pc / (CW_VP / 8), cc = (pc % (CW_VP / 8)) * 8;
+      const unsigned short *src = vg + r * H * FLA_V + cc;
+      vr[i] = make_uint4(0u, 0u, 0u, 0u);
+      if (r < rows && cc < FLA_V) {
+        if (vecv) {
+          vr[i] = *(const uint4 *)src;
+        } else {
+          unsigned e[8];
+#pragma unroll
+          for (int j = 0; j < 8; j++) e[j] = cc + j < FLA_V ? src[j] : 0u;
+          vr[i] = make_uint4(e[0] | e[1] << 16, e[2] | e[3] << 16, e[4] | e[5] << 16, e[6] | e[7] << 16);
+        }
+      }
+    }
+  }
+#else
+  ck_load_tile<CW_VP, CW_LDV1, CK_NTH>(Vs, (const unsigned short *)a.v + rv, H * FLA_V, rows, FLA_V,
+                                       vecv, tid);
+#endif
+  ck_commit();
+  if (w == 0) {
+    float g0, g1;
+    ck_load_g(a, x, h, lane, g0, g1);
+    ck_scan_g(gam, g0, g1, ck_gamma_h(a, h), rows, lane);
+  }
+  if (tid < CK_BT)
+    bet[tid] = tid < rows ? ck_ldgf(a.beta, (x.t0 + tid) * H + h) : 0.0f;
+  ck_wait_all();
+  __syncthreads();
+#if FLA_DECAY
+  if (tid < CK_BT) cw_gws(a)[(c * H + h) * CK_BT + tid] = gam[tid];
+#endif
+
+  /* L = diag(beta) (P K^T .* 2^(gam_i - gam_j)), j < i: warp w rows 16w..
+  ** (all 64 columns: the upper blocks' zeros are overwritten by T's) */
+  {
+    float acc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < CK_KP / 16; kk++) {
+      unsigned pa[4];
+      ck_ldm4(pa, ck_smem(Ps + (16 * w + (lane & 15)) * CW_LDP + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+      for (int np = 0; np < 4; np++) {
+        if (np <= w) {
+          unsigned kb[4];
+          ck_ldm4(kb, ck_smem(Ks + (16 * np + (lane >> 4) * 8 + (lane & 7)) * CW_LDP + kk * 16 +
+                              ((lane >> 3) & 1) * 8));
+          ck_mma(acc[2 * np], pa, kb[0], kb[1]);
+          ck_mma(acc[2 * np + 1], pa, kb[2], kb[3]);
+        }
+      }
+    }
+    const int rA = 16 * w + g, rB = rA + 8;
+#pragma unroll
+    for (int j = 0; j < 8; j++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int r = (e < 2) ? rA : rB, col = 8 * j + 2 * q + (e & 1);
+        float v = 0.0f;
+        if (col < r && r < rows) {
+#if FLA_DECAY
+          v = bet[r] * acc[j][e] * exp2f(gam[r] - gam[col]);
+#else
+          v = bet[r] * acc[j][e];
+#endif
+        }
+        Lf[r * CW_LDL + col] = v;
+      }
+  }
+  __syncwarp();
+#if !CW_ABL_INV
+  /* A_ww = B_ww^-1 (B = I + L) by forward substitution, lane jj < 16 column
+  ** jj, in place: all of L_ww read before any lane writes */
+  if (lane < 16) {
+    const int o = 16 * w;
+    float xs[16];
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+      float s = i == lane ? 1.0f : 0.0f;
+      const float *Li = Lf + (o + i) * CW_LDL + o;
+#pragma unroll
+      for (int m = 0; m < i; m++) s -= Li[m] * xs[m];
+      xs[i] = s;
+    }
+    __syncwarp(0xffffu);
+#pragma unroll
+    for (int i = 0; i < 16; i++) Lf[(o + i) * CW_LDL + o + lane] = xs[i];
+  }
+#endif
+  if (tid < CK_BT) {
+#if FLA_DECAY
+    fsc[tid] = bet[tid] * exp2f(gam[tid]);
+#else
+    fsc[tid] = bet[tid];
+#endif
+  }
+  __syncthreads();
+
+  /* T's off-diagonal blocks, level by level in d = i - j (fla's solve_tril):
+  **   A_ij = -A_ii sum_{j<=m<i} L_im A_mj
+  ** all threads on the 4 - d blocks of a level, a thread a row and 4 columns
+  ** (float4): first P_b = sum L_im A_mj into Sc, then A_ij = -A_ii P_b into
+  ** L's upper block (j, i). */
+#if !CW_ABL_INV
+#pragma unroll
+  for (int d = 1; d < 4; d++) {
+    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
+      const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
+      const float *Lr = Lf + (16 * i + r) * CW_LDL + 16 * b;
+      float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+      for (int mm = 0; mm < d; mm++) {
+        const float *Ac = cw_tblk(Lf, b + mm, b) + cl;
+#pragma unroll
+        for (int t = 0; t < 16; t++) {
+          const float l = Lr[16 * mm + t];
+          const float4 v = *(const float4 *)(Ac + t * CW_LDL);
+          s.x += l * v.x, s.y += l * v.y, s.z += l * v.z, s.w += l * v.w;
+        }
+      }
+      *(float4 *)(Sc + r * CW_LDL + 16 * b + cl) = s;
+    }
+    __syncthreads();
+    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
+      const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
+      const float *Ar = cw_tblk(Lf, i, i) + r * CW_LDL; /* A_ii, upper triangle 0 */
+      const float *Pc = Sc + 16 * b + cl;
+      float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+      for (int t = 0; t < 16; t++) {
+        const float l = Ar[t];
+        const float4 v = *(const float4 *)(Pc + t * CW_LDL);
+        s.x -= l * v.x, s.y -= l * v.y, s.z -= l * v.z, s.w -= l * v.w;
+      }
+      *(float4 *)(cw_tblk(Lf, i, b) + r * CW_LDL + cl) = s;
+    }
+    __syncthreads();
+  }
+#endif
+
+  /* W = T diag(beta 2^gam) P -> ws0 */
+  cw_tmul_store<CK_KP, CW_LDP, 1>(Lf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w,
+                                  lane, fsc);
+#if CW_VREG
+  __syncthreads(); /* P read: V's tile over it */
+#pragma unroll
+  for (int i = 0; i < CW_VPT; i++) {
+    const int pc = tid + i * CK_NTH, r = pc / (CW_VP / 8), cc = (pc % (CW_VP / 8)) * 8;
+    *(uint4 *)(Vs + r * CW_LDV1 + cc) = vr[i];
+  }
+  __syncthreads();
+#endif
+  /* U = T diag(beta) V -> ws1 */
+  cw_tmul_store<CW_VP, CW_LDV1, 1>(Lf, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
+                                   lane, bet);
+}
+#else
 /* Shared memory: Ps[64][LDP] (and Ks[64][LDP] with a probe), Vs[64][LDV1]
 ** bf16 (not with CW_VREG: over Lf at the end), Lf[64][68], Tf[64][68] f32,
 ** gam, bet, fsc [64] f32. */
@@ -574,13 +819,15 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
   }
 #endif
   /* W = T (beta 2^gam .* P) -> ws0, U = T (beta .* V) -> ws1 */
-  cw_tmul_store<CK_KP, CW_LDP>(Tf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w, lane);
+  cw_tmul_store<CK_KP, CW_LDP, 0>(Tf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w, lane,
+                                  nullptr);
 #if CW_VREG
   __syncthreads(); /* Vs written */
 #endif
-  cw_tmul_store<CW_VP, CW_LDV1>(Tf, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
-                                lane);
+  cw_tmul_store<CW_VP, CW_LDV1, 0>(Tf, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
+                                   lane, nullptr);
 }
+#endif /* !CW_PREP2 */
 
 /* ----------------------------------------- kernel 2: the chunk states */
 
