@@ -289,17 +289,17 @@ __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const un
 ** as bf16 to dst (row stride ld). T (fp32 [64][CW_LDL] in smem) is rounded
 ** to bf16 as its fragments are loaded (fla's solve_tril output is bf16); it
 ** is lower triangular: k-steps kk <= w only. */
-template <int NCOL, int LDB, int INPL>
+template <int NCOL, int LDB, int INPL, int NG = 64>
 __device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned short *Bs,
                                               unsigned short *dst, long long ld, int ncols,
                                               int rows, int w, int lane, const float *csc) {
   const int g = lane >> 2, q = lane & 3;
   const int rA = 16 * w + g, rB = rA + 8;
 #pragma unroll
-  for (int n0 = 0; n0 < NCOL; n0 += 64) {
-    float acc[8][4];
+  for (int n0 = 0; n0 < NCOL; n0 += NG) {
+    float acc[NG / 8][4];
 #pragma unroll
-    for (int j = 0; j < 8; j++)
+    for (int j = 0; j < NG / 8; j++)
 #pragma unroll
       for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
 #pragma unroll
@@ -324,7 +324,7 @@ __device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned sh
         ta[2] = ck_pack(a2.x, a2.y);
         ta[3] = ck_pack(a3.x, a3.y);
 #pragma unroll
-        for (int np = 0; np < 4; np++) {
+        for (int np = 0; np < NG / 16; np++) {
           unsigned vb[4];
           ck_ldm4t(vb, ck_smem(Bs + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * LDB + n0 +
                                16 * np + (lane >> 4) * 8));
@@ -334,7 +334,7 @@ __device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned sh
       }
     }
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
+    for (int j = 0; j < NG / 8; j++) {
       const int col = n0 + 8 * j + 2 * q;
       if (ncols % 2 == 0 && (ld & 1) == 0 && ((unsigned long long)dst & 3) == 0) { /* pairs */
         if (col < ncols) {
@@ -402,8 +402,70 @@ __device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
 #define CW_PREG0 (CW_NBUF_P * CK_BT * CW_LDP)
 #define CW_PREG (CW_VREG && CK_BT * CW_LDV1 > CW_PREG0 ? CK_BT * CW_LDV1 : CW_PREG0)
 /* T's block (i, j), i >= j, in Lf: row 0 of it (row stride CW_LDL) */
+#ifndef CW_T_FSC
+#define CW_T_FSC fsc
+#define CW_T_BET bet
+#endif
+#ifndef CW_INVW /* a harness knob: 0 the levels of the inverse on all threads, block barriers */
+#define CW_INVW 1
+#endif
+#ifndef CW_INV_UNR /* the inverse's inner loops: unrolled this far (96 registers, no spills) */
+#define CW_INV_UNR 8
+#endif
+#ifndef CW_WNG /* W's columns a pass (V's tile is held in registers meanwhile) */
+#define CW_WNG 32
+#endif
+#ifndef CW_PREP_MINB /* 96 registers: 5 blocks a SM (K = V = 128: 39 KiB of shared memory);
+                        ** other shapes spill at 96 (ptxas) or are limited by shared memory */
+#define CW_PREP_MINB (CK_KP == 128 && CW_VP == 128 && FLA_K % 8 == 0 && FLA_V % 8 == 0 && !FLA_HAS_PROBE ? 5 : 1)
+#endif
 #define cw_tblk(Lf, i, j) ((Lf) + 16 * (j) * CW_LDL + 16 * (i))
-extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_prep(fla_kernel_args a) {
+/* T's blocks (i, cb), i > cb, for the columns col0..col0 + 4 NF of column
+** block cb, a lane row r (fla_wy_prep with CW_INVW): level by level,
+**   A_i,cb = -A_ii sum_{cb<=m<i} L_im A_m,cb,
+** the partial product through the warp's own columns of Sc. */
+template <int NF>
+__device__ __forceinline__ void cw_inv_cols(float *Lf, float *Sc, int cb, int col0, int r) {
+  float *Pw = Sc + 16 * cb + col0;
+  for (int i = cb + 1; i < 4; i++) {
+    float4 s[NF];
+#pragma unroll
+    for (int f = 0; f < NF; f++) s[f] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const float *Lr = Lf + (16 * i + r) * CW_LDL;
+    for (int mb = cb; mb < i; mb++) {
+      const float *Ac = cw_tblk(Lf, mb, cb) + col0;
+#pragma unroll CW_INV_UNR
+      for (int t = 0; t < 16; t++) {
+        const float l = Lr[16 * mb + t];
+#pragma unroll
+        for (int f = 0; f < NF; f++) {
+          const float4 v = *(const float4 *)(Ac + t * CW_LDL + 4 * f);
+          s[f].x += l * v.x, s[f].y += l * v.y, s[f].z += l * v.z, s[f].w += l * v.w;
+        }
+      }
+    }
+#pragma unroll
+    for (int f = 0; f < NF; f++) *(float4 *)(Pw + r * CW_LDL + 4 * f) = s[f];
+    __syncwarp();
+    const float *Ar = cw_tblk(Lf, i, i) + r * CW_LDL; /* A_ii, upper triangle 0 */
+#pragma unroll
+    for (int f = 0; f < NF; f++) s[f] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll CW_INV_UNR
+    for (int t = 0; t < 16; t++) {
+      const float l = Ar[t];
+#pragma unroll
+      for (int f = 0; f < NF; f++) {
+        const float4 v = *(const float4 *)(Pw + t * CW_LDL + 4 * f);
+        s[f].x -= l * v.x, s[f].y -= l * v.y, s[f].z -= l * v.z, s[f].w -= l * v.w;
+      }
+    }
+#pragma unroll
+    for (int f = 0; f < NF; f++) *(float4 *)(cw_tblk(Lf, i, cb) + r * CW_LDL + col0 + 4 * f) = s[f];
+    __syncwarp();
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(CK_NTH, CW_PREP_MINB) fla_wy_prep(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Ps = (unsigned short *)ck_sm;
 #if CW_VREG
@@ -480,34 +542,38 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_prep(fla_kernel_a
 #endif
 
   /* L = diag(beta) (P K^T .* 2^(gam_i - gam_j)), j < i: warp w rows 16w..
-  ** (all 64 columns: the upper blocks' zeros are overwritten by T's) */
-  {
-    float acc[8][4];
+  ** (all 64 columns: the upper blocks' zeros are overwritten by T's), in two
+  ** halves of 32 columns (16 accumulators: V's tile is held meanwhile) */
 #pragma unroll
-    for (int j = 0; j < 8; j++)
+  for (int nh = 0; nh < 2; nh++) {
+    float acc[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; j++)
 #pragma unroll
       for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+    if (2 * nh <= w) {
 #pragma unroll
-    for (int kk = 0; kk < CK_KP / 16; kk++) {
-      unsigned pa[4];
-      ck_ldm4(pa, ck_smem(Ps + (16 * w + (lane & 15)) * CW_LDP + kk * 16 + (lane >> 4) * 8));
+      for (int kk = 0; kk < CK_KP / 16; kk++) {
+        unsigned pa[4];
+        ck_ldm4(pa, ck_smem(Ps + (16 * w + (lane & 15)) * CW_LDP + kk * 16 + (lane >> 4) * 8));
 #pragma unroll
-      for (int np = 0; np < 4; np++) {
-        if (np <= w) {
-          unsigned kb[4];
-          ck_ldm4(kb, ck_smem(Ks + (16 * np + (lane >> 4) * 8 + (lane & 7)) * CW_LDP + kk * 16 +
-                              ((lane >> 3) & 1) * 8));
-          ck_mma(acc[2 * np], pa, kb[0], kb[1]);
-          ck_mma(acc[2 * np + 1], pa, kb[2], kb[3]);
+        for (int np = 0; np < 2; np++) {
+          if (2 * nh + np <= w) {
+            unsigned kb[4];
+            ck_ldm4(kb, ck_smem(Ks + (32 * nh + 16 * np + (lane >> 4) * 8 + (lane & 7)) * CW_LDP +
+                                kk * 16 + ((lane >> 3) & 1) * 8));
+            ck_mma(acc[2 * np], pa, kb[0], kb[1]);
+            ck_mma(acc[2 * np + 1], pa, kb[2], kb[3]);
+          }
         }
       }
     }
     const int rA = 16 * w + g, rB = rA + 8;
 #pragma unroll
-    for (int j = 0; j < 8; j++)
+    for (int j = 0; j < 4; j++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
-        const int r = (e < 2) ? rA : rB, col = 8 * j + 2 * q + (e & 1);
+        const int r = (e < 2) ? rA : rB, col = 32 * nh + 8 * j + 2 * q + (e & 1);
         float v = 0.0f;
         if (col < r && r < rows) {
 #if FLA_DECAY
@@ -553,7 +619,22 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_prep(fla_kernel_a
   ** all threads on the 4 - d blocks of a level, a thread a row and 4 columns
   ** (float4): first P_b = sum L_im A_mj into Sc, then A_ij = -A_ii P_b into
   ** L's upper block (j, i). */
-#if !CW_ABL_INV
+#if CW_ABL_INV
+#elif CW_INVW
+  /* T's columns do not mix: column block j's blocks need only A_mj of the
+  ** same columns, the diagonal A_ii and L. So each warp takes columns and
+  ** all their levels, with no block barrier: 8 columns of column block 0
+  ** (3 blocks: 144 row-steps) for warps 0 and 1, 8 columns of blocks 1 and
+  ** 2 (2 + 1 blocks: 112) for warps 2 and 3; a lane a row and 4 columns.
+  ** P_b goes through the warp's own columns of Sc. */
+  if (w < 2) {
+    cw_inv_cols<1>(Lf, Sc, 0, 8 * w + 4 * (lane >> 4), lane & 15);
+  } else {
+    cw_inv_cols<1>(Lf, Sc, 1, 8 * (w - 2) + 4 * (lane >> 4), lane & 15);
+    cw_inv_cols<1>(Lf, Sc, 2, 8 * (w - 2) + 4 * (lane >> 4), lane & 15);
+  }
+  __syncthreads();
+#else
 #pragma unroll
   for (int d = 1; d < 4; d++) {
     for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
@@ -591,8 +672,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_prep(fla_kernel_a
 #endif
 
   /* W = T diag(beta 2^gam) P -> ws0 */
-  cw_tmul_store<CK_KP, CW_LDP, 1>(Lf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w,
-                                  lane, fsc);
+  cw_tmul_store<CK_KP, CW_LDP, 1, CW_WNG>(Lf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w,
+                                  lane, CW_T_FSC);
 #if CW_VREG
   __syncthreads(); /* P read: V's tile over it */
 #pragma unroll
@@ -604,7 +685,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, 1) fla_wy_prep(fla_kernel_a
 #endif
   /* U = T diag(beta) V -> ws1 */
   cw_tmul_store<CW_VP, CW_LDV1, 1>(Lf, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
-                                   lane, bet);
+                                   lane, CW_T_BET);
 }
 #else
 /* Shared memory: Ps[64][LDP] (and Ks[64][LDP] with a probe), Vs[64][LDV1]
