@@ -284,6 +284,28 @@ __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const un
 #define CW_NBUF_P 1
 #endif
 
+#ifndef CW_ST16 /* a harness knob: 1 stores W and U in 16-byte rows (quad transposes) */
+#define CW_ST16 1
+#endif
+/* Lane q of a quad holds v = (M[q][0..3]) of the quad's 4 x 4 matrix M; after,
+** v = (M[0..3][q]): two exchange stages (lanes q ^ 2, then q ^ 1). */
+__device__ __forceinline__ void cw_quad_transpose(uint4 &v, int q) {
+  {
+    const int hi = q & 2;
+    unsigned x0 = hi ? v.x : v.z, x1 = hi ? v.y : v.w;
+    x0 = __shfl_xor_sync(0xffffffffu, x0, 2), x1 = __shfl_xor_sync(0xffffffffu, x1, 2);
+    if (hi) v.x = x0, v.y = x1;
+    else v.z = x0, v.w = x1;
+  }
+  {
+    const int lo = q & 1;
+    unsigned x0 = lo ? v.x : v.y, x1 = lo ? v.z : v.w;
+    x0 = __shfl_xor_sync(0xffffffffu, x0, 1), x1 = __shfl_xor_sync(0xffffffffu, x1, 1);
+    if (lo) v.x = x0, v.z = x1;
+    else v.y = x0, v.w = x1;
+  }
+}
+
 /* D[16w.., 0..NCOL) = T[16w.., 0..64) B[0..64, n0..n0+NCOL) for each 64-column
 ** group of B (bf16 [64][LDB] in smem), rows < rows and columns < ncols stored
 ** as bf16 to dst (row stride ld). T (fp32 [64][CW_LDL] in smem) is rounded
@@ -333,6 +355,25 @@ __device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned sh
         }
       }
     }
+#if CW_ST16
+    /* 16-byte rows: the quad's 4 x 4 bf16 pairs transposed by shuffles, lane
+    ** q then holds columns 8q..8q+7 of 32 (full 32-byte sectors a store) */
+    if (NG % 32 == 0 && ncols % 8 == 0 && (ld & 7) == 0 && ((unsigned long long)dst & 15) == 0) {
+#pragma unroll
+      for (int jg = 0; jg < NG / 32; jg++)
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+          uint4 v = make_uint4(ck_pack(acc[4 * jg][2 * hh], acc[4 * jg][2 * hh + 1]),
+                               ck_pack(acc[4 * jg + 1][2 * hh], acc[4 * jg + 1][2 * hh + 1]),
+                               ck_pack(acc[4 * jg + 2][2 * hh], acc[4 * jg + 2][2 * hh + 1]),
+                               ck_pack(acc[4 * jg + 3][2 * hh], acc[4 * jg + 3][2 * hh + 1]));
+          cw_quad_transpose(v, q);
+          const int col = n0 + 32 * jg + 8 * q, r = hh ? rB : rA;
+          if (col < ncols && r < rows) *(uint4 *)(dst + r * ld + col) = v;
+        }
+      continue;
+    }
+#endif
 #pragma unroll
     for (int j = 0; j < NG / 8; j++) {
       const int col = n0 + 8 * j + 2 * q;
@@ -375,7 +416,7 @@ __device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
 #ifndef CW_PREP2 /* a harness knob: 0 keeps the previous prep (T beside L, scale passes) */
 #define CW_PREP2 1
 #endif
-#ifndef CW_ABL_INV /* a harness knob (timing only, wrong results): 1 skips the inverse */
+#ifndef CW_ABL_INV /* a harness knob (timing only, wrong results): 1 skips the inverse, 2 L too */
 #define CW_ABL_INV 0
 #endif
 
@@ -412,6 +453,9 @@ __device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
 #ifndef CW_INV_UNR /* the inverse's inner loops: unrolled this far (96 registers, no spills) */
 #define CW_INV_UNR 8
 #endif
+#ifndef CW_INV_ACC2 /* a harness knob: 1 two partial sums in the inverse's products */
+#define CW_INV_ACC2 1
+#endif
 #ifndef CW_WNG /* W's columns a pass (V's tile is held in registers meanwhile) */
 #define CW_WNG 32
 #endif
@@ -431,6 +475,11 @@ __device__ __forceinline__ void cw_inv_cols(float *Lf, float *Sc, int cb, int co
     float4 s[NF];
 #pragma unroll
     for (int f = 0; f < NF; f++) s[f] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#if CW_INV_ACC2
+    float4 s2[NF];
+#pragma unroll
+    for (int f = 0; f < NF; f++) s2[f] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#endif
     const float *Lr = Lf + (16 * i + r) * CW_LDL;
     for (int mb = cb; mb < i; mb++) {
       const float *Ac = cw_tblk(Lf, mb, cb) + col0;
@@ -440,10 +489,20 @@ __device__ __forceinline__ void cw_inv_cols(float *Lf, float *Sc, int cb, int co
 #pragma unroll
         for (int f = 0; f < NF; f++) {
           const float4 v = *(const float4 *)(Ac + t * CW_LDL + 4 * f);
-          s[f].x += l * v.x, s[f].y += l * v.y, s[f].z += l * v.z, s[f].w += l * v.w;
+#if CW_INV_ACC2 /* odd t in a second sum: half the dependent chain */
+          float4 &d = (t & 1) ? s2[f] : s[f];
+#else
+          float4 &d = s[f];
+#endif
+          d.x += l * v.x, d.y += l * v.y, d.z += l * v.z, d.w += l * v.w;
         }
       }
     }
+#if CW_INV_ACC2
+#pragma unroll
+    for (int f = 0; f < NF; f++)
+      s[f].x += s2[f].x, s[f].y += s2[f].y, s[f].z += s2[f].z, s[f].w += s2[f].w;
+#endif
 #pragma unroll
     for (int f = 0; f < NF; f++) *(float4 *)(Pw + r * CW_LDL + 4 * f) = s[f];
     __syncwarp();
@@ -544,6 +603,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, CW_PREP_MINB) fla_wy_prep(f
   /* L = diag(beta) (P K^T .* 2^(gam_i - gam_j)), j < i: warp w rows 16w..
   ** (all 64 columns: the upper blocks' zeros are overwritten by T's), in two
   ** halves of 32 columns (16 accumulators: V's tile is held meanwhile) */
+#if CW_ABL_INV < 2
 #pragma unroll
   for (int nh = 0; nh < 2; nh++) {
     float acc[4][4];
@@ -585,6 +645,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, CW_PREP_MINB) fla_wy_prep(f
         Lf[r * CW_LDL + col] = v;
       }
   }
+#endif
   __syncwarp();
 #if !CW_ABL_INV
   /* A_ww = B_ww^-1 (B = I + L) by forward substitution, lane jj < 16 column
