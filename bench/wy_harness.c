@@ -18,9 +18,10 @@
 **                                CW_SEG_PROGS=0 no segments (HSEL and CW_FEW
 **                                need it), CW_SEG_NARROW=1 the segment pass
 **                                on narrow tiles, CW_VREG=0 prep's V tile in
-**                                shared memory (V <= 128), CW_PREP2=0 the
-**                                previous prep (T beside L), CW_ABL_INV=1
-**                                prep without the inverse (timing only); the option may
+**                                shared memory (V <= 128), CW_ST16=0 prep's
+**                                W and U stored in 4-byte pairs, CW_ABL_INV=1
+**                                prep without the inverse, 2 without L too
+**                                (timing only: wrong results); the option may
 **                                repeat (each a variant, bench only)
 **          --shapes i,j  bench only these shapes (0-based)
 **          --recipes gdn,delta,comba  bench only these
@@ -60,7 +61,6 @@ typedef struct variant {
   int noseg;        /* CW_SEG_PROGS=0 in defs: no segments (the stage's rule otherwise) */
   int segnarrow;    /* CW_SEG_NARROW in defs: the segment pass on narrow tiles */
   int vsmem;        /* CW_VREG=0 in defs: prep keeps V's tile in shared memory */
-  int prep1;        /* CW_PREP2=0 in defs: the previous prep (bench only, K = V <= 128) */
   CUmodule mod;
   CUfunction fn[NKMAX];
   char names[NKMAX][64];
@@ -92,7 +92,6 @@ static void make_variant(variant *v, int recipe, int K, int V, int has_h0, int s
   v->noseg = sg && atoi(sg + 13) == 0;
   v->segnarrow = defs && strstr(defs, "CW_SEG_NARROW") != NULL;
   v->vsmem = defs && strstr(defs, "CW_VREG=0") != NULL;
-  v->prep1 = defs && strstr(defs, "CW_PREP2=0") != NULL;
   if ((v->hsel || v->few >= 0) && !v->noseg) {
     fprintf(stderr, "HSEL and CW_FEW variants need CW_SEG_PROGS=0 too (launches without segments)\n");
     exit(2);
@@ -179,10 +178,6 @@ static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev)
   ** the kernel will take, else a deeper pipeline overruns it) */
   if (v->vsmem) /* prep with its own Vs */
     L[0].smem += (unsigned)(64 * (((v->key.V + 63) / 64 * 64) + 8) * 2);
-  if (v->prep1) { /* the previous prep: T beside L, V's tile over L (K = V = 128 bench) */
-    int KP = (v->key.K + 63) / 64 * 64, nbp = v->key.has_probe ? 2 : 1;
-    L[0].smem = (unsigned)(nbp * 64 * (KP + 8) * 2 + 2 * 64 * 68 * 4 + 3 * 64 * 4);
-  }
   if (v->segnarrow && L[1].grid[0]) { /* the narrow segment pass: its tiles and smem */
     int KP = (v->key.K + 63) / 64 * 64, bvh = v->cfg.BV < 32 ? v->cfg.BV : 32;
     int64_t nvh = (v->key.V + bvh - 1) / bvh, nvk = (v->key.K + bvh - 1) / bvh;

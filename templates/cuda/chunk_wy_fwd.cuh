@@ -306,12 +306,13 @@ __device__ __forceinline__ void cw_quad_transpose(uint4 &v, int q) {
   }
 }
 
-/* D[16w.., 0..NCOL) = T[16w.., 0..64) B[0..64, n0..n0+NCOL) for each 64-column
-** group of B (bf16 [64][LDB] in smem), rows < rows and columns < ncols stored
-** as bf16 to dst (row stride ld). T (fp32 [64][CW_LDL] in smem) is rounded
-** to bf16 as its fragments are loaded (fla's solve_tril output is bf16); it
-** is lower triangular: k-steps kk <= w only. */
-template <int NCOL, int LDB, int INPL, int NG = 64>
+/* D[16w.., 0..NCOL) = T[16w.., 0..64) diag(csc) B[0..64, n0..n0+NG) for each
+** NG-column group of B (bf16 [64][LDB] in smem), rows < rows and columns <
+** ncols stored as bf16 to dst (row stride ld). T (fp32, fla_wy_prep's
+** in-place layout: block (i, j) at rows 16 j.., columns 16 i.., cw_tblk) is
+** scaled by csc and rounded to bf16 as its fragments are loaded (fla's
+** solve_tril output is bf16); it is lower triangular: k-steps kk <= w only. */
+template <int NCOL, int LDB, int NG = 64>
 __device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned short *Bs,
                                               unsigned short *dst, long long ld, int ncols,
                                               int rows, int w, int lane, const float *csc) {
@@ -328,14 +329,12 @@ __device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned sh
     for (int kk = 0; kk < 4; kk++) {
       if (kk <= w) {
         unsigned ta[4];
-        /* T's block (w, kk): row-major (INPL 0), or at rows 16 kk.., columns
-        ** 16 w.. (INPL 1: prep's in-place inverse, cw_tblk) */
-        const float *tA = INPL ? Tf + (16 * kk + g) * CW_LDL + 16 * w + 2 * q
-                               : Tf + rA * CW_LDL + 16 * kk + 2 * q;
+        /* T's block (w, kk) at rows 16 kk.., columns 16 w.. (cw_tblk) */
+        const float *tA = Tf + (16 * kk + g) * CW_LDL + 16 * w + 2 * q;
         const float *tB = tA + 8 * CW_LDL;
         float2 a0 = *(const float2 *)tA, a1 = *(const float2 *)tB;
         float2 a2 = *(const float2 *)(tA + 8), a3 = *(const float2 *)(tB + 8);
-        if (csc) { /* T diag(csc): the operand's row scale moved onto T's columns */
+        { /* T diag(csc): the operand's row scale moved onto T's columns */
           const float2 s0 = *(const float2 *)(csc + 16 * kk + 2 * q);
           const float2 s8 = *(const float2 *)(csc + 16 * kk + 2 * q + 8);
           a0.x *= s0.x, a0.y *= s0.y, a1.x *= s0.x, a1.y *= s0.y;
@@ -413,15 +412,11 @@ __device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
 #endif
 #define CW_VPT (CK_BT * CW_VP / 8 / CK_NTH)
 
-#ifndef CW_PREP2 /* a harness knob: 0 keeps the previous prep (T beside L, scale passes) */
-#define CW_PREP2 1
-#endif
 #ifndef CW_ABL_INV /* a harness knob (timing only, wrong results): 1 skips the inverse, 2 L too */
 #define CW_ABL_INV 0
 #endif
 
-#if CW_PREP2
-/* fla_wy_prep (CW_PREP2, the shipped prep): T = (I + L)^-1 is computed in
+/* fla_wy_prep: T = (I + L)^-1 is computed in
 ** place of L, so that the block keeps one 64 x 68 fp32 array instead of two
 ** (39 KiB of shared memory for K = V = 128 instead of 52):
 **   - L's diagonal block (i, i) becomes T's (i, i) in place (a column of it
@@ -442,19 +437,9 @@ __device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
 ** [64] f32. Keep smem_prep_() in gen/stage_chunk_wy.c in step. */
 #define CW_PREG0 (CW_NBUF_P * CK_BT * CW_LDP)
 #define CW_PREG (CW_VREG && CK_BT * CW_LDV1 > CW_PREG0 ? CK_BT * CW_LDV1 : CW_PREG0)
-/* T's block (i, j), i >= j, in Lf: row 0 of it (row stride CW_LDL) */
-#ifndef CW_T_FSC
-#define CW_T_FSC fsc
-#define CW_T_BET bet
-#endif
-#ifndef CW_INVW /* a harness knob: 0 the levels of the inverse on all threads, block barriers */
-#define CW_INVW 1
-#endif
-#ifndef CW_INV_UNR /* the inverse's inner loops: unrolled this far (96 registers, no spills) */
-#define CW_INV_UNR 8
-#endif
-#ifndef CW_INV_ACC2 /* a harness knob: 1 two partial sums in the inverse's products */
-#define CW_INV_ACC2 1
+#ifndef CW_INV_UNR /* the inverse's inner loops unrolled this far: what ptxas fits in 96
+                      ** registers without spills (found by trial, K = V = 128) */
+#define CW_INV_UNR (FLA_DECAY ? 8 : 2)
 #endif
 #ifndef CW_WNG /* W's columns a pass (V's tile is held in registers meanwhile) */
 #define CW_WNG 32
@@ -463,23 +448,19 @@ __device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
                         ** other shapes spill at 96 (ptxas) or are limited by shared memory */
 #define CW_PREP_MINB (CK_KP == 128 && CW_VP == 128 && FLA_K % 8 == 0 && FLA_V % 8 == 0 && !FLA_HAS_PROBE ? 5 : 1)
 #endif
+/* T's block (i, j), i >= j, in Lf: row 0 of it (row stride CW_LDL) */
 #define cw_tblk(Lf, i, j) ((Lf) + 16 * (j) * CW_LDL + 16 * (i))
-/* T's blocks (i, cb), i > cb, for the columns col0..col0 + 4 NF of column
-** block cb, a lane row r (fla_wy_prep with CW_INVW): level by level,
+/* T's blocks (i, cb), i > cb, for the 4 columns col0.. of column block cb,
+** a lane row r (fla_wy_prep): level by level,
 **   A_i,cb = -A_ii sum_{cb<=m<i} L_im A_m,cb,
 ** the partial product through the warp's own columns of Sc. */
-template <int NF>
 __device__ __forceinline__ void cw_inv_cols(float *Lf, float *Sc, int cb, int col0, int r) {
+  enum { NF = 1 }; /* float4s a lane */
   float *Pw = Sc + 16 * cb + col0;
   for (int i = cb + 1; i < 4; i++) {
     float4 s[NF];
 #pragma unroll
     for (int f = 0; f < NF; f++) s[f] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#if CW_INV_ACC2
-    float4 s2[NF];
-#pragma unroll
-    for (int f = 0; f < NF; f++) s2[f] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#endif
     const float *Lr = Lf + (16 * i + r) * CW_LDL;
     for (int mb = cb; mb < i; mb++) {
       const float *Ac = cw_tblk(Lf, mb, cb) + col0;
@@ -489,20 +470,10 @@ __device__ __forceinline__ void cw_inv_cols(float *Lf, float *Sc, int cb, int co
 #pragma unroll
         for (int f = 0; f < NF; f++) {
           const float4 v = *(const float4 *)(Ac + t * CW_LDL + 4 * f);
-#if CW_INV_ACC2 /* odd t in a second sum: half the dependent chain */
-          float4 &d = (t & 1) ? s2[f] : s[f];
-#else
-          float4 &d = s[f];
-#endif
-          d.x += l * v.x, d.y += l * v.y, d.z += l * v.z, d.w += l * v.w;
+          s[f].x += l * v.x, s[f].y += l * v.y, s[f].z += l * v.z, s[f].w += l * v.w;
         }
       }
     }
-#if CW_INV_ACC2
-#pragma unroll
-    for (int f = 0; f < NF; f++)
-      s[f].x += s2[f].x, s[f].y += s2[f].y, s[f].z += s2[f].z, s[f].w += s2[f].w;
-#endif
 #pragma unroll
     for (int f = 0; f < NF; f++) *(float4 *)(Pw + r * CW_LDL + 4 * f) = s[f];
     __syncwarp();
@@ -675,66 +646,27 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, CW_PREP_MINB) fla_wy_prep(f
   }
   __syncthreads();
 
-  /* T's off-diagonal blocks, level by level in d = i - j (fla's solve_tril):
-  **   A_ij = -A_ii sum_{j<=m<i} L_im A_mj
-  ** all threads on the 4 - d blocks of a level, a thread a row and 4 columns
-  ** (float4): first P_b = sum L_im A_mj into Sc, then A_ij = -A_ii P_b into
-  ** L's upper block (j, i). */
-#if CW_ABL_INV
-#elif CW_INVW
-  /* T's columns do not mix: column block j's blocks need only A_mj of the
+#if !CW_ABL_INV
+  /* T's off-diagonal blocks (fla's solve_tril, level by level in i - j):
+  **   A_ij = -A_ii sum_{j<=m<i} L_im A_mj.
+  ** T's columns do not mix: column block j's blocks need only A_mj of the
   ** same columns, the diagonal A_ii and L. So each warp takes columns and
   ** all their levels, with no block barrier: 8 columns of column block 0
   ** (3 blocks: 144 row-steps) for warps 0 and 1, 8 columns of blocks 1 and
   ** 2 (2 + 1 blocks: 112) for warps 2 and 3; a lane a row and 4 columns.
   ** P_b goes through the warp's own columns of Sc. */
   if (w < 2) {
-    cw_inv_cols<1>(Lf, Sc, 0, 8 * w + 4 * (lane >> 4), lane & 15);
+    cw_inv_cols(Lf, Sc, 0, 8 * w + 4 * (lane >> 4), lane & 15);
   } else {
-    cw_inv_cols<1>(Lf, Sc, 1, 8 * (w - 2) + 4 * (lane >> 4), lane & 15);
-    cw_inv_cols<1>(Lf, Sc, 2, 8 * (w - 2) + 4 * (lane >> 4), lane & 15);
-  }
-  __syncthreads();
-#else
-#pragma unroll
-  for (int d = 1; d < 4; d++) {
-    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
-      const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
-      const float *Lr = Lf + (16 * i + r) * CW_LDL + 16 * b;
-      float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-      for (int mm = 0; mm < d; mm++) {
-        const float *Ac = cw_tblk(Lf, b + mm, b) + cl;
-#pragma unroll
-        for (int t = 0; t < 16; t++) {
-          const float l = Lr[16 * mm + t];
-          const float4 v = *(const float4 *)(Ac + t * CW_LDL);
-          s.x += l * v.x, s.y += l * v.y, s.z += l * v.z, s.w += l * v.w;
-        }
-      }
-      *(float4 *)(Sc + r * CW_LDL + 16 * b + cl) = s;
-    }
-    __syncthreads();
-    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
-      const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
-      const float *Ar = cw_tblk(Lf, i, i) + r * CW_LDL; /* A_ii, upper triangle 0 */
-      const float *Pc = Sc + 16 * b + cl;
-      float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-      for (int t = 0; t < 16; t++) {
-        const float l = Ar[t];
-        const float4 v = *(const float4 *)(Pc + t * CW_LDL);
-        s.x -= l * v.x, s.y -= l * v.y, s.z -= l * v.z, s.w -= l * v.w;
-      }
-      *(float4 *)(cw_tblk(Lf, i, b) + r * CW_LDL + cl) = s;
-    }
-    __syncthreads();
+    cw_inv_cols(Lf, Sc, 1, 8 * (w - 2) + 4 * (lane >> 4), lane & 15);
+    cw_inv_cols(Lf, Sc, 2, 8 * (w - 2) + 4 * (lane >> 4), lane & 15);
   }
 #endif
+  __syncthreads();
 
   /* W = T diag(beta 2^gam) P -> ws0 */
-  cw_tmul_store<CK_KP, CW_LDP, 1, CW_WNG>(Lf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w,
-                                  lane, CW_T_FSC);
+  cw_tmul_store<CK_KP, CW_LDP, CW_WNG>(Lf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w,
+                                  lane, fsc);
 #if CW_VREG
   __syncthreads(); /* P read: V's tile over it */
 #pragma unroll
@@ -745,231 +677,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, CW_PREP_MINB) fla_wy_prep(f
   __syncthreads();
 #endif
   /* U = T diag(beta) V -> ws1 */
-  cw_tmul_store<CW_VP, CW_LDV1, 1>(Lf, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
-                                   lane, CW_T_BET);
+  cw_tmul_store<CW_VP, CW_LDV1>(Lf, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
+                                   lane, bet);
 }
-#else
-/* Shared memory: Ps[64][LDP] (and Ks[64][LDP] with a probe), Vs[64][LDV1]
-** bf16 (not with CW_VREG: over Lf at the end), Lf[64][68], Tf[64][68] f32,
-** gam, bet, fsc [64] f32. */
-extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args a) {
-  extern __shared__ __align__(16) unsigned char ck_sm[];
-  unsigned short *Ps = (unsigned short *)ck_sm;
-#if CW_VREG
-  float *Lf = (float *)(Ps + CW_NBUF_P * CK_BT * CW_LDP);
-  unsigned short *Vs = (unsigned short *)Lf; /* once L is dead */
-#else
-  unsigned short *Vs = Ps + CW_NBUF_P * CK_BT * CW_LDP;
-  float *Lf = (float *)(Vs + CK_BT * CW_LDV1);
-#endif
-  float *Tf = Lf + CK_BT * CW_LDL;
-  float *gam = Tf + CK_BT * CW_LDL;
-  float *bet = gam + CK_BT;
-  float *fsc = bet + CK_BT;
-  const long long c = blockIdx.x;
-  if (c >= a.num_chunks) return;
-  const int h = blockIdx.y;
-  const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
-  const long long H = a.H;
-  ck_chunk x;
-  ck_chunk_at(a, c, x);
-  const int rows = x.rows;
-  const long long rk = (x.t0 * H + h) * FLA_K, rv = (x.t0 * H + h) * FLA_V;
-#if FLA_HAS_PROBE
-  unsigned short *Ks = Ps + CK_BT * CW_LDP;
-  const unsigned short *pp = (const unsigned short *)a.p;
-  const int vecp = (FLA_K % 8 == 0) && (((a.p | a.k) & 15) == 0);
-  ck_load_tile<CK_KP, CW_LDP, CK_NTH>(Ks, (const unsigned short *)a.k + rk, H * FLA_K, rows, FLA_K,
-                                      vecp, tid);
-#else
-  const unsigned short *pp = (const unsigned short *)a.k;
-  const int vecp = (FLA_K % 8 == 0) && ((a.k & 15) == 0);
-  const unsigned short *Ks = Ps;
-#endif
-  const int vecv = (FLA_V % 8 == 0) && ((a.v & 15) == 0);
-  ck_load_tile<CK_KP, CW_LDP, CK_NTH>(Ps, pp + rk, H * FLA_K, rows, FLA_K, vecp, tid);
-#if CW_VREG
-  /* piece i of this thread: row (tid + i NTH) / (VP / 8), 8 columns */
-  uint4 vr[CW_VPT];
-  {
-    const unsigned short *vg = (const unsigned short *)a.v + rv;
-#pragma unroll
-    for (int i = 0; i < CW_VPT; i++) {
-      const int pc = tid + i * CK_NTH, r = pc / (CW_VP / 8), cc = (pc % (CW_VP / 8)) * 8;
-      const unsigned short *src = vg + r * H * FLA_V + cc;
-      vr[i] = make_uint4(0u, 0u, 0u, 0u);
-      if (r < rows && cc < FLA_V) {
-        if (vecv) {
-          vr[i] = *(const uint4 *)src;
-        } else {
-          unsigned e[8];
-#pragma unroll
-          for (int j = 0; j < 8; j++) e[j] = cc + j < FLA_V ? src[j] : 0u;
-          vr[i] = make_uint4(e[0] | e[1] << 16, e[2] | e[3] << 16, e[4] | e[5] << 16, e[6] | e[7] << 16);
-        }
-      }
-    }
-  }
-#else
-  ck_load_tile<CW_VP, CW_LDV1, CK_NTH>(Vs, (const unsigned short *)a.v + rv, H * FLA_V, rows, FLA_V,
-                                       vecv, tid);
-#endif
-  ck_commit();
-  if (w == 0) {
-    float g0, g1;
-    ck_load_g(a, x, h, lane, g0, g1);
-    ck_scan_g(gam, g0, g1, ck_gamma_h(a, h), rows, lane);
-  }
-  if (tid < CK_BT)
-    bet[tid] = tid < rows ? ck_ldgf(a.beta, (x.t0 + tid) * H + h) : 0.0f;
-  ck_wait_all();
-  __syncthreads();
-#if FLA_DECAY
-  if (tid < CK_BT) cw_gws(a)[(c * H + h) * CK_BT + tid] = gam[tid];
-#endif
-
-  /* L = diag(beta) (P K^T .* 2^(gam_i - gam_j)), j < i: warp w rows 16w.. */
-  {
-    float acc[8][4];
-#pragma unroll
-    for (int j = 0; j < 8; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < CK_KP / 16; kk++) {
-      unsigned pa[4];
-      ck_ldm4(pa, ck_smem(Ps + (16 * w + (lane & 15)) * CW_LDP + kk * 16 + (lane >> 4) * 8));
-#pragma unroll
-      for (int np = 0; np < 4; np++) {
-        if (np <= w) {
-          unsigned kb[4];
-          ck_ldm4(kb, ck_smem(Ks + (16 * np + (lane >> 4) * 8 + (lane & 7)) * CW_LDP + kk * 16 +
-                              ((lane >> 3) & 1) * 8));
-          ck_mma(acc[2 * np], pa, kb[0], kb[1]);
-          ck_mma(acc[2 * np + 1], pa, kb[2], kb[3]);
-        }
-      }
-    }
-    const int rA = 16 * w + g, rB = rA + 8;
-#pragma unroll
-    for (int j = 0; j < 8; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int r = (e < 2) ? rA : rB, col = 8 * j + 2 * q + (e & 1);
-        float v = 0.0f;
-        if (col < r && r < rows) {
-#if FLA_DECAY
-          v = bet[r] * acc[j][e] * exp2f(gam[r] - gam[col]);
-#else
-          v = bet[r] * acc[j][e];
-#endif
-        }
-        Lf[r * CW_LDL + col] = v;
-      }
-  }
-  if (tid < CK_BT) {
-#if FLA_DECAY
-    fsc[tid] = bet[tid] * exp2f(gam[tid]);
-#else
-    fsc[tid] = bet[tid];
-#endif
-  }
-  __syncthreads();
-
-  /* T = (I + L)^-1 in fp32, blocked in 16 x 16 blocks (fla's solve_tril),
-  ** with B_ij the blocks of I + L and A_ij those of T:
-  **   A_ii = B_ii^-1 by forward substitution (one thread a column), while
-  **          the other threads scale the W and U operands;
-  **   A_ij = -A_ii sum_{j<=m<i} B_im A_mj, level by level in i - j = 1, 2, 3
-  **          (each level needs the ones below it), all threads on all blocks
-  **          of a level. */
-  if (tid < CK_BT) {
-    const int o = tid & ~15, jj = tid & 15;
-    float x[16];
-#pragma unroll
-    for (int i = 0; i < 16; i++) {
-      float s = i == jj ? 1.0f : 0.0f;
-      const float *Li = Lf + (o + i) * CW_LDL + o;
-#pragma unroll
-      for (int m = 0; m < i; m++) s -= Li[m] * x[m];
-      x[i] = s;
-    }
-#pragma unroll
-    for (int i = 0; i < 16; i++) Tf[(o + i) * CW_LDL + o + jj] = x[i];
-  } else {
-    /* the operands: Ps <- bf16(beta 2^gam .* P), Vs <- bf16(beta .* V) */
-    const int t = tid - CK_BT;
-    for (int e = t; e < CK_BT * (CK_KP / 2); e += CK_NTH - CK_BT) {
-      const int r = e / (CK_KP / 2), cc = 2 * (e % (CK_KP / 2));
-      unsigned *pv = (unsigned *)(Ps + r * CW_LDP + cc);
-      *pv = ck_scale2(*pv, fsc[r], fsc[r]);
-    }
-#if !CW_VREG
-    for (int e = t; e < CK_BT * (CW_VP / 2); e += CK_NTH - CK_BT) {
-      const int r = e / (CW_VP / 2), cc = 2 * (e % (CW_VP / 2));
-      unsigned *pv = (unsigned *)(Vs + r * CW_LDV1 + cc);
-      *pv = ck_scale2(*pv, bet[r], bet[r]);
-    }
-#endif
-  }
-  __syncthreads();
-#pragma unroll
-  for (int d = 1; d < 4; d++) {
-    /* P_b = sum_{j<=m<i} L_im A_mj for the blocks (i, j) = (d + b, b), kept
-    ** in T's unused upper block (b, 3) */
-    /* a thread a row and 4 columns (float4): smem bandwidth bounds this */
-    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
-      const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
-      const float *Lr = Lf + (16 * i + r) * CW_LDL;
-      const float *Ac = Tf + 16 * b + cl;
-      float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-      for (int m = 16 * b; m < 16 * b + 16 * d; m++) {
-        const float l = Lr[m];
-        const float4 x = *(const float4 *)(Ac + m * CW_LDL);
-        s.x += l * x.x, s.y += l * x.y, s.z += l * x.z, s.w += l * x.w;
-      }
-      *(float4 *)(Tf + (16 * b + r) * CW_LDL + 48 + cl) = s;
-    }
-    __syncthreads();
-    /* A_ij = -A_ii P_b (A_ii's upper triangle holds zeros) */
-    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
-      const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
-      const float *Ar = Tf + (16 * i + r) * CW_LDL + 16 * i;
-      const float *Pc = Tf + 16 * b * CW_LDL + 48 + cl;
-      float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-      for (int t = 0; t < 16; t++) {
-        const float l = Ar[t];
-        const float4 x = *(const float4 *)(Pc + t * CW_LDL);
-        s.x -= l * x.x, s.y -= l * x.y, s.z -= l * x.z, s.w -= l * x.w;
-      }
-      *(float4 *)(Tf + (16 * i + r) * CW_LDL + 16 * b + cl) = s;
-    }
-    __syncthreads();
-  }
-
-#if CW_VREG
-  /* L is dead: beta .* V from the registers over it */
-#pragma unroll
-  for (int i = 0; i < CW_VPT; i++) {
-    const int pc = tid + i * CK_NTH, r = pc / (CW_VP / 8), cc = (pc % (CW_VP / 8)) * 8;
-    const float b = bet[r];
-    const uint4 v = vr[i];
-    *(uint4 *)(Vs + r * CW_LDV1 + cc) =
-        make_uint4(ck_scale2(v.x, b, b), ck_scale2(v.y, b, b), ck_scale2(v.z, b, b), ck_scale2(v.w, b, b));
-  }
-#endif
-  /* W = T (beta 2^gam .* P) -> ws0, U = T (beta .* V) -> ws1 */
-  cw_tmul_store<CK_KP, CW_LDP, 0>(Tf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w, lane,
-                                  nullptr);
-#if CW_VREG
-  __syncthreads(); /* Vs written */
-#endif
-  cw_tmul_store<CW_VP, CW_LDV1, 0>(Tf, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
-                                   lane, nullptr);
-}
-#endif /* !CW_PREP2 */
 
 /* ----------------------------------------- kernel 2: the chunk states */
 
