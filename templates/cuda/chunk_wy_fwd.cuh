@@ -23,16 +23,21 @@
 ** there is no probe; with a probe, L_ij = beta_i (p_i . k_j) 2^(gam_i - gam_j).)
 **
 ** Five kernels, three or four launched (per-kernel timings and what limits
-** each: bench/results/2026-11-23-chunk-wy-fwd-2.md and -4.md):
+** each: bench/results/2026-11-23-chunk-wy-fwd-2.md and -4.md; the prep
+** kernel: 2026-11-23-chunk-wy-prep.md):
 **   fla_wy_prep  (NC, H), 128 threads: one chunk of one head, fully parallel.
 **       gam by a warp scan -> ws1 after U ([NC,H,64] f32, for the others);
-**       L by mma (fp32 accumulate) into fp32 smem; T in fp32 blocked in
-**       16 x 16 (fla's solve_tril): diagonal blocks by forward substitution,
-**       off-diagonal ones level by level; the operands beta .* 2^gam .* P
-**       and beta .* V rounded to bf16 (V <= 128: V's tile waits in
-**       registers and lands over L once T is done), W and U by mma with T's fragments
-**       rounded to bf16 (as fla's solve_tril output) -> ws0 = W bf16
-**       [tok,H,K], ws1 = U bf16 [tok,H,V].
+**       L by mma (fp32 accumulate) into fp32 smem; T = (I + L)^-1 in fp32
+**       in place of L, blocked in 16 x 16 (fla's solve_tril): each warp
+**       inverts its own diagonal block by forward substitution, then takes
+**       columns of the off-diagonal blocks through all their levels (T's
+**       columns do not mix: no block barrier); W = (T diag(beta 2^gam)) P
+**       and U = (T diag(beta)) V by mma, the row scales applied to T's
+**       fragments as they are rounded to bf16 (as fla's solve_tril output),
+**       P and V raw bf16 (V <= 128: V's tile waits in registers and lands
+**       over P's once W is done); stored in 16-byte rows -> ws0 = W bf16
+**       [tok,H,K], ws1 = U bf16 [tok,H,V]. 39 KiB, 96 registers, 5 blocks
+**       a SM for K = V = 128 (bench/results/2026-11-23-chunk-wy-prep.md).
 **   fla_wy_fwd_h / fla_wy_fwd_h64 (NVH*N, H), 128 threads: one (value tile
 **       of BVH = min(BV, 32) / min(BV, 64) columns, sequence, head), the
 **       launcher runs one of the two by the program count; sequential over
@@ -428,7 +433,10 @@ __device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
 **     move onto T's columns as T's fragments are loaded (T diag(s) B =
 **     T (diag(s) B)): no scaling pass over P and V;
 **   - warp w owns L's rows 16w..: it inverts its own diagonal block right
-**     after computing them, with no block barrier in between;
+**     after computing them, with no block barrier in between; then each
+**     warp takes 8 columns of the off-diagonal blocks through all their
+**     levels (cw_inv_cols: T's columns do not mix), no block barrier either;
+**   - W and U leave in 16-byte rows (CW_ST16: quad transposes by shuffles);
 **   - V's tile (V <= 128, CW_VREG) waits in registers and lands over P's
 **     once W is done.
 ** Shared memory: Ps[64][LDP] (and Ks with a probe; with CW_VREG at least
