@@ -18,7 +18,10 @@
 **                                CW_SEG_PROGS=0 no segments (HSEL and CW_FEW
 **                                need it), CW_SEG_NARROW=1 the segment pass
 **                                on narrow tiles, CW_VREG=0 prep's V tile in
-**                                shared memory (V <= 128), CW_H_WARPS /
+**                                shared memory (V <= 128), CW_ST16=0 prep's
+**                                W and U stored in 4-byte pairs, CW_ABL_INV=1
+**                                prep without the inverse, 2 without L too
+**                                (timing only: wrong results), CW_H_WARPS /
 **                                CW_SEG_WARPS / CW_H64_WARPS=4|8 the state
 **                                kernels' warps, CW_LATE=0|2|3 where the
 **                                next stage's loads go, CW_WARP_OUT=0 h[c]

@@ -15,8 +15,9 @@
 ** K > 128), BK 0 or K (never tiled).
 **
 ** Five kernels, three or four launched (grid, block, dynamic shared memory):
-**   fla_wy_prep    (NC, H)      128   NBP*64*(KP+8)*2 + 2*64*68*4 + 3*64*4
-**                                      (+ 64*(VP+8)*2 for V > 128)
+**   fla_wy_prep    (NC, H)      128   max(NBP*64*(KP+8), 64*(VP+8))*2
+**                                      + 64*68*4 + 16*68*4 + 3*64*4
+**                                      (V > 128: the sum, not the max)
 **   fla_wy_fwd_seg (NVA*N*P, H) 128   as fla_wy_fwd_h64; only when P > 1
 **   fla_wy_fwd_h   (NVH*N*P, H) 128   NS*(2*64*(KP+8)*2 + 64*(BVH+8)*2 + 256)
 **                                      + (KP + (BVH > 32 ? 0 : 64))*(BVH+8)*2
@@ -59,11 +60,16 @@ static int nv_(const fla_gen_key *key, const fla_tile_config *cfg) {
   return (key->V + cfg->BV - 1) / cfg->BV;
 }
 
-/* V's tile in registers for V <= 128, stored over L at the end (CW_VREG in
-** chunk_wy_fwd.cuh): no Vs of its own. */
+/* fla_wy_prep (CW_PREG / CW_PREP2 in chunk_wy_fwd.cuh): P's tile (and K's
+** with a probe), V's tile in registers for V <= 128 stored over P's once W is
+** done (the region at least V's tile), else its own; L and then T in place
+** in one 64 x 68 fp32 array, 16 x 68 fp32 of partial products, 3 x 64 fp32. */
 static unsigned smem_prep_(const fla_gen_key *key) {
-  int nbp = key->has_probe ? 2 : 1, vs = vp_(key->V) <= 128 ? 0 : WY_BT * (vp_(key->V) + 8) * 2;
-  return (unsigned)(nbp * WY_BT * (kp_(key->K) + 8) * 2 + vs + 2 * WY_BT * 68 * 4 + 3 * WY_BT * 4);
+  int nbp = key->has_probe ? 2 : 1, pr = nbp * WY_BT * (kp_(key->K) + 8);
+  int vt = WY_BT * (vp_(key->V) + 8);
+  if (vp_(key->V) <= 128) pr = pr > vt ? pr : vt;
+  else pr += vt;
+  return (unsigned)(pr * 2 + WY_BT * 68 * 4 + 16 * 68 * 4 + 3 * WY_BT * 4);
 }
 
 /* The state kernel's value tile (CW_BVH32 / CW_BVH64 in chunk_wy_fwd.cuh)

@@ -24,16 +24,21 @@
 ** there is no probe; with a probe, L_ij = beta_i (p_i . k_j) 2^(gam_i - gam_j).)
 **
 ** Five kernels, three or four launched (per-kernel timings and what limits
-** each: bench/results/2026-11-23-chunk-wy-fwd-2.md and -4.md):
+** each: bench/results/2026-11-23-chunk-wy-fwd-2.md and -4.md; the prep
+** kernel: 2026-11-23-chunk-wy-prep.md):
 **   fla_wy_prep  (NC, H), 128 threads: one chunk of one head, fully parallel.
 **       gam by a warp scan -> ws1 after U ([NC,H,64] f32, for the others);
-**       L by mma (fp32 accumulate) into fp32 smem; T in fp32 blocked in
-**       16 x 16 (fla's solve_tril): diagonal blocks by forward substitution,
-**       off-diagonal ones level by level; the operands beta .* 2^gam .* P
-**       and beta .* V rounded to bf16 (V <= 128: V's tile waits in
-**       registers and lands over L once T is done), W and U by mma with T's fragments
-**       rounded to bf16 (as fla's solve_tril output) -> ws0 = W bf16
-**       [tok,H,K], ws1 = U bf16 [tok,H,V].
+**       L by mma (fp32 accumulate) into fp32 smem; T = (I + L)^-1 in fp32
+**       in place of L, blocked in 16 x 16 (fla's solve_tril): each warp
+**       inverts its own diagonal block by forward substitution, then takes
+**       columns of the off-diagonal blocks through all their levels (T's
+**       columns do not mix: no block barrier); W = (T diag(beta 2^gam)) P
+**       and U = (T diag(beta)) V by mma, the row scales applied to T's
+**       fragments as they are rounded to bf16 (as fla's solve_tril output),
+**       P and V raw bf16 (V <= 128: V's tile waits in registers and lands
+**       over P's once W is done); stored in 16-byte rows -> ws0 = W bf16
+**       [tok,H,K], ws1 = U bf16 [tok,H,V]. 39 KiB, 96 registers, 5 blocks
+**       a SM for K = V = 128 (bench/results/2026-11-23-chunk-wy-prep.md).
 **   fla_wy_fwd_h / fla_wy_fwd_h64 (NVH*N, H), 256 / 128 threads: one
 **       (value tile of BVH = min(BV, 32) / min(BV, 64) columns, sequence,
 **       head), the launcher runs one of the two by the program count;
@@ -287,37 +292,68 @@ __device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const un
 #define CW_NBUF_P 1
 #endif
 
-/* D[16w.., 0..NCOL) = T[16w.., 0..64) B[0..64, n0..n0+NCOL) for each 64-column
-** group of B (bf16 [64][LDB] in smem), rows < rows and columns < ncols stored
-** as bf16 to dst (row stride ld). T (fp32 [64][CW_LDL] in smem) is rounded
-** to bf16 as its fragments are loaded (fla's solve_tril output is bf16); it
-** is lower triangular: k-steps kk <= w only. */
-template <int NCOL, int LDB>
+#ifndef CW_ST16 /* a harness knob: 1 stores W and U in 16-byte rows (quad transposes) */
+#define CW_ST16 1
+#endif
+/* Lane q of a quad holds v = (M[q][0..3]) of the quad's 4 x 4 matrix M; after,
+** v = (M[0..3][q]): two exchange stages (lanes q ^ 2, then q ^ 1). */
+__device__ __forceinline__ void cw_quad_transpose(uint4 &v, int q) {
+  {
+    const int hi = q & 2;
+    unsigned x0 = hi ? v.x : v.z, x1 = hi ? v.y : v.w;
+    x0 = __shfl_xor_sync(0xffffffffu, x0, 2), x1 = __shfl_xor_sync(0xffffffffu, x1, 2);
+    if (hi) v.x = x0, v.y = x1;
+    else v.z = x0, v.w = x1;
+  }
+  {
+    const int lo = q & 1;
+    unsigned x0 = lo ? v.x : v.y, x1 = lo ? v.z : v.w;
+    x0 = __shfl_xor_sync(0xffffffffu, x0, 1), x1 = __shfl_xor_sync(0xffffffffu, x1, 1);
+    if (lo) v.x = x0, v.z = x1;
+    else v.y = x0, v.w = x1;
+  }
+}
+
+/* D[16w.., 0..NCOL) = T[16w.., 0..64) diag(csc) B[0..64, n0..n0+NG) for each
+** NG-column group of B (bf16 [64][LDB] in smem), rows < rows and columns <
+** ncols stored as bf16 to dst (row stride ld). T (fp32, fla_wy_prep's
+** in-place layout: block (i, j) at rows 16 j.., columns 16 i.., cw_tblk) is
+** scaled by csc and rounded to bf16 as its fragments are loaded (fla's
+** solve_tril output is bf16); it is lower triangular: k-steps kk <= w only. */
+template <int NCOL, int LDB, int NG = 64>
 __device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned short *Bs,
                                               unsigned short *dst, long long ld, int ncols,
-                                              int rows, int w, int lane) {
+                                              int rows, int w, int lane, const float *csc) {
   const int g = lane >> 2, q = lane & 3;
   const int rA = 16 * w + g, rB = rA + 8;
 #pragma unroll
-  for (int n0 = 0; n0 < NCOL; n0 += 64) {
-    float acc[8][4];
+  for (int n0 = 0; n0 < NCOL; n0 += NG) {
+    float acc[NG / 8][4];
 #pragma unroll
-    for (int j = 0; j < 8; j++)
+    for (int j = 0; j < NG / 8; j++)
 #pragma unroll
       for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) {
       if (kk <= w) {
         unsigned ta[4];
-        const float *tA = Tf + rA * CW_LDL + 16 * kk + 2 * q, *tB = tA + 8 * CW_LDL;
-        const float2 a0 = *(const float2 *)tA, a1 = *(const float2 *)tB;
-        const float2 a2 = *(const float2 *)(tA + 8), a3 = *(const float2 *)(tB + 8);
+        /* T's block (w, kk) at rows 16 kk.., columns 16 w.. (cw_tblk) */
+        const float *tA = Tf + (16 * kk + g) * CW_LDL + 16 * w + 2 * q;
+        const float *tB = tA + 8 * CW_LDL;
+        float2 a0 = *(const float2 *)tA, a1 = *(const float2 *)tB;
+        float2 a2 = *(const float2 *)(tA + 8), a3 = *(const float2 *)(tB + 8);
+        { /* T diag(csc): the operand's row scale moved onto T's columns */
+          const float2 s0 = *(const float2 *)(csc + 16 * kk + 2 * q);
+          const float2 s8 = *(const float2 *)(csc + 16 * kk + 2 * q + 8);
+          a0.x *= s0.x, a0.y *= s0.y, a1.x *= s0.x, a1.y *= s0.y;
+          a2.x *= s8.x, a2.y *= s8.y, a3.x *= s8.x, a3.y *= s8.y;
+        }
         ta[0] = ck_pack(a0.x, a0.y);
         ta[1] = ck_pack(a1.x, a1.y);
         ta[2] = ck_pack(a2.x, a2.y);
         ta[3] = ck_pack(a3.x, a3.y);
 #pragma unroll
-        for (int np = 0; np < 4; np++) {
+        for (int np = 0; np < NG / 16; np++) {
           unsigned vb[4];
           ck_ldm4t(vb, ck_smem(Bs + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * LDB + n0 +
                                16 * np + (lane >> 4) * 8));
@@ -326,8 +362,27 @@ __device__ __forceinline__ void cw_tmul_store(const float *Tf, const unsigned sh
         }
       }
     }
+#if CW_ST16
+    /* 16-byte rows: the quad's 4 x 4 bf16 pairs transposed by shuffles, lane
+    ** q then holds columns 8q..8q+7 of 32 (full 32-byte sectors a store) */
+    if (NG % 32 == 0 && ncols % 8 == 0 && (ld & 7) == 0 && ((unsigned long long)dst & 15) == 0) {
 #pragma unroll
-    for (int j = 0; j < 8; j++) {
+      for (int jg = 0; jg < NG / 32; jg++)
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+          uint4 v = make_uint4(ck_pack(acc[4 * jg][2 * hh], acc[4 * jg][2 * hh + 1]),
+                               ck_pack(acc[4 * jg + 1][2 * hh], acc[4 * jg + 1][2 * hh + 1]),
+                               ck_pack(acc[4 * jg + 2][2 * hh], acc[4 * jg + 2][2 * hh + 1]),
+                               ck_pack(acc[4 * jg + 3][2 * hh], acc[4 * jg + 3][2 * hh + 1]));
+          cw_quad_transpose(v, q);
+          const int col = n0 + 32 * jg + 8 * q, r = hh ? rB : rA;
+          if (col < ncols && r < rows) *(uint4 *)(dst + r * ld + col) = v;
+        }
+      continue;
+    }
+#endif
+#pragma unroll
+    for (int j = 0; j < NG / 8; j++) {
       const int col = n0 + 8 * j + 2 * q;
       if (ncols % 2 == 0 && (ld & 1) == 0 && ((unsigned long long)dst & 3) == 0) { /* pairs */
         if (col < ncols) {
@@ -365,21 +420,104 @@ __device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
 #endif
 #define CW_VPT (CK_BT * CW_VP / 8 / CK_NTH)
 
-/* Shared memory: Ps[64][LDP] (and Ks[64][LDP] with a probe), Vs[64][LDV1]
-** bf16 (not with CW_VREG: over Lf at the end), Lf[64][68], Tf[64][68] f32,
-** gam, bet, fsc [64] f32. */
-extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args a) {
+#ifndef CW_ABL_INV /* a harness knob (timing only, wrong results): 1 skips the inverse, 2 L too */
+#define CW_ABL_INV 0
+#endif
+
+/* fla_wy_prep: T = (I + L)^-1 is computed in
+** place of L, so that the block keeps one 64 x 68 fp32 array instead of two
+** (39 KiB of shared memory for K = V = 128 instead of 52):
+**   - L's diagonal block (i, i) becomes T's (i, i) in place (a column of it
+**     a lane, held in registers until the warp has read the block);
+**   - T's off-diagonal block (i, j), i > j, goes to L's unused upper block
+**     (j, i) (cw_tblk): rows 16 j.., columns 16 i..; L's lower blocks, read
+**     by the later levels, are never overwritten;
+**   - the row scales of the W and U operands (beta 2^gam for P, beta for V)
+**     move onto T's columns as T's fragments are loaded (T diag(s) B =
+**     T (diag(s) B)): no scaling pass over P and V;
+**   - warp w owns L's rows 16w..: it inverts its own diagonal block right
+**     after computing them, with no block barrier in between; then each
+**     warp takes 8 columns of the off-diagonal blocks through all their
+**     levels (cw_inv_cols: T's columns do not mix), no block barrier either;
+**   - W and U leave in 16-byte rows (CW_ST16: quad transposes by shuffles);
+**   - V's tile (V <= 128, CW_VREG) waits in registers and lands over P's
+**     once W is done.
+** Shared memory: Ps[64][LDP] (and Ks with a probe; with CW_VREG at least
+** 64 x LDV1 for V's tile), Vs[64][LDV1] (not with CW_VREG), Lf[64][68] f32
+** (L, then T), Sc[16][68] f32 (the levels' partial products), gam, bet, fsc
+** [64] f32. Keep smem_prep_() in gen/stage_chunk_wy.c in step. */
+#define CW_PREG0 (CW_NBUF_P * CK_BT * CW_LDP)
+#define CW_PREG (CW_VREG && CK_BT * CW_LDV1 > CW_PREG0 ? CK_BT * CW_LDV1 : CW_PREG0)
+#ifndef CW_INV_UNR /* the inverse's inner loops unrolled this far: what ptxas fits in 96
+                      ** registers without spills (found by trial, K = V = 128) */
+#define CW_INV_UNR (FLA_DECAY ? 8 : 2)
+#endif
+#ifndef CW_WNG /* W's columns a pass (V's tile is held in registers meanwhile) */
+#define CW_WNG 32
+#endif
+#ifndef CW_PREP_MINB /* 96 registers: 5 blocks a SM (K = V = 128: 39 KiB of shared memory);
+                        ** other shapes spill at 96 (ptxas) or are limited by shared memory */
+#define CW_PREP_MINB (CK_KP == 128 && CW_VP == 128 && FLA_K % 8 == 0 && FLA_V % 8 == 0 && !FLA_HAS_PROBE ? 5 : 1)
+#endif
+/* T's block (i, j), i >= j, in Lf: row 0 of it (row stride CW_LDL) */
+#define cw_tblk(Lf, i, j) ((Lf) + 16 * (j) * CW_LDL + 16 * (i))
+/* T's blocks (i, cb), i > cb, for the 4 columns col0.. of column block cb,
+** a lane row r (fla_wy_prep): level by level,
+**   A_i,cb = -A_ii sum_{cb<=m<i} L_im A_m,cb,
+** the partial product through the warp's own columns of Sc. */
+__device__ __forceinline__ void cw_inv_cols(float *Lf, float *Sc, int cb, int col0, int r) {
+  enum { NF = 1 }; /* float4s a lane */
+  float *Pw = Sc + 16 * cb + col0;
+  for (int i = cb + 1; i < 4; i++) {
+    float4 s[NF];
+#pragma unroll
+    for (int f = 0; f < NF; f++) s[f] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    const float *Lr = Lf + (16 * i + r) * CW_LDL;
+    for (int mb = cb; mb < i; mb++) {
+      const float *Ac = cw_tblk(Lf, mb, cb) + col0;
+#pragma unroll CW_INV_UNR
+      for (int t = 0; t < 16; t++) {
+        const float l = Lr[16 * mb + t];
+#pragma unroll
+        for (int f = 0; f < NF; f++) {
+          const float4 v = *(const float4 *)(Ac + t * CW_LDL + 4 * f);
+          s[f].x += l * v.x, s[f].y += l * v.y, s[f].z += l * v.z, s[f].w += l * v.w;
+        }
+      }
+    }
+#pragma unroll
+    for (int f = 0; f < NF; f++) *(float4 *)(Pw + r * CW_LDL + 4 * f) = s[f];
+    __syncwarp();
+    const float *Ar = cw_tblk(Lf, i, i) + r * CW_LDL; /* A_ii, upper triangle 0 */
+#pragma unroll
+    for (int f = 0; f < NF; f++) s[f] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll CW_INV_UNR
+    for (int t = 0; t < 16; t++) {
+      const float l = Ar[t];
+#pragma unroll
+      for (int f = 0; f < NF; f++) {
+        const float4 v = *(const float4 *)(Pw + t * CW_LDL + 4 * f);
+        s[f].x -= l * v.x, s[f].y -= l * v.y, s[f].z -= l * v.z, s[f].w -= l * v.w;
+      }
+    }
+#pragma unroll
+    for (int f = 0; f < NF; f++) *(float4 *)(cw_tblk(Lf, i, cb) + r * CW_LDL + col0 + 4 * f) = s[f];
+    __syncwarp();
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(CK_NTH, CW_PREP_MINB) fla_wy_prep(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
   unsigned short *Ps = (unsigned short *)ck_sm;
 #if CW_VREG
-  float *Lf = (float *)(Ps + CW_NBUF_P * CK_BT * CW_LDP);
-  unsigned short *Vs = (unsigned short *)Lf; /* once L is dead */
+  unsigned short *Vs = Ps; /* once W is done */
+  float *Lf = (float *)(Ps + CW_PREG);
 #else
-  unsigned short *Vs = Ps + CW_NBUF_P * CK_BT * CW_LDP;
+  unsigned short *Vs = Ps + CW_PREG0;
   float *Lf = (float *)(Vs + CK_BT * CW_LDV1);
 #endif
-  float *Tf = Lf + CK_BT * CW_LDL;
-  float *gam = Tf + CK_BT * CW_LDL;
+  float *Sc = Lf + CK_BT * CW_LDL;
+  float *gam = Sc + 16 * CW_LDL;
   float *bet = gam + CK_BT;
   float *fsc = bet + CK_BT;
   const long long c = blockIdx.x;
@@ -444,34 +582,40 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
   if (tid < CK_BT) cw_gws(a)[(c * H + h) * CK_BT + tid] = gam[tid];
 #endif
 
-  /* L = diag(beta) (P K^T .* 2^(gam_i - gam_j)), j < i: warp w rows 16w.. */
-  {
-    float acc[8][4];
+  /* L = diag(beta) (P K^T .* 2^(gam_i - gam_j)), j < i: warp w rows 16w..
+  ** (all 64 columns: the upper blocks' zeros are overwritten by T's), in two
+  ** halves of 32 columns (16 accumulators: V's tile is held meanwhile) */
+#if CW_ABL_INV < 2
 #pragma unroll
-    for (int j = 0; j < 8; j++)
+  for (int nh = 0; nh < 2; nh++) {
+    float acc[4][4];
+#pragma unroll
+    for (int j = 0; j < 4; j++)
 #pragma unroll
       for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
+    if (2 * nh <= w) {
 #pragma unroll
-    for (int kk = 0; kk < CK_KP / 16; kk++) {
-      unsigned pa[4];
-      ck_ldm4(pa, ck_smem(Ps + (16 * w + (lane & 15)) * CW_LDP + kk * 16 + (lane >> 4) * 8));
+      for (int kk = 0; kk < CK_KP / 16; kk++) {
+        unsigned pa[4];
+        ck_ldm4(pa, ck_smem(Ps + (16 * w + (lane & 15)) * CW_LDP + kk * 16 + (lane >> 4) * 8));
 #pragma unroll
-      for (int np = 0; np < 4; np++) {
-        if (np <= w) {
-          unsigned kb[4];
-          ck_ldm4(kb, ck_smem(Ks + (16 * np + (lane >> 4) * 8 + (lane & 7)) * CW_LDP + kk * 16 +
-                              ((lane >> 3) & 1) * 8));
-          ck_mma(acc[2 * np], pa, kb[0], kb[1]);
-          ck_mma(acc[2 * np + 1], pa, kb[2], kb[3]);
+        for (int np = 0; np < 2; np++) {
+          if (2 * nh + np <= w) {
+            unsigned kb[4];
+            ck_ldm4(kb, ck_smem(Ks + (32 * nh + 16 * np + (lane >> 4) * 8 + (lane & 7)) * CW_LDP +
+                                kk * 16 + ((lane >> 3) & 1) * 8));
+            ck_mma(acc[2 * np], pa, kb[0], kb[1]);
+            ck_mma(acc[2 * np + 1], pa, kb[2], kb[3]);
+          }
         }
       }
     }
     const int rA = 16 * w + g, rB = rA + 8;
 #pragma unroll
-    for (int j = 0; j < 8; j++)
+    for (int j = 0; j < 4; j++)
 #pragma unroll
       for (int e = 0; e < 4; e++) {
-        const int r = (e < 2) ? rA : rB, col = 8 * j + 2 * q + (e & 1);
+        const int r = (e < 2) ? rA : rB, col = 32 * nh + 8 * j + 2 * q + (e & 1);
         float v = 0.0f;
         if (col < r && r < rows) {
 #if FLA_DECAY
@@ -483,6 +627,27 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
         Lf[r * CW_LDL + col] = v;
       }
   }
+#endif
+  __syncwarp();
+#if !CW_ABL_INV
+  /* A_ww = B_ww^-1 (B = I + L) by forward substitution, lane jj < 16 column
+  ** jj, in place: all of L_ww read before any lane writes */
+  if (lane < 16) {
+    const int o = 16 * w;
+    float xs[16];
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+      float s = i == lane ? 1.0f : 0.0f;
+      const float *Li = Lf + (o + i) * CW_LDL + o;
+#pragma unroll
+      for (int m = 0; m < i; m++) s -= Li[m] * xs[m];
+      xs[i] = s;
+    }
+    __syncwarp(0xffffu);
+#pragma unroll
+    for (int i = 0; i < 16; i++) Lf[(o + i) * CW_LDL + o + lane] = xs[i];
+  }
+#endif
   if (tid < CK_BT) {
 #if FLA_DECAY
     fsc[tid] = bet[tid] * exp2f(gam[tid]);
@@ -492,97 +657,39 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_prep(fla_kernel_args
   }
   __syncthreads();
 
-  /* T = (I + L)^-1 in fp32, blocked in 16 x 16 blocks (fla's solve_tril),
-  ** with B_ij the blocks of I + L and A_ij those of T:
-  **   A_ii = B_ii^-1 by forward substitution (one thread a column), while
-  **          the other threads scale the W and U operands;
-  **   A_ij = -A_ii sum_{j<=m<i} B_im A_mj, level by level in i - j = 1, 2, 3
-  **          (each level needs the ones below it), all threads on all blocks
-  **          of a level. */
-  if (tid < CK_BT) {
-    const int o = tid & ~15, jj = tid & 15;
-    float x[16];
-#pragma unroll
-    for (int i = 0; i < 16; i++) {
-      float s = i == jj ? 1.0f : 0.0f;
-      const float *Li = Lf + (o + i) * CW_LDL + o;
-#pragma unroll
-      for (int m = 0; m < i; m++) s -= Li[m] * x[m];
-      x[i] = s;
-    }
-#pragma unroll
-    for (int i = 0; i < 16; i++) Tf[(o + i) * CW_LDL + o + jj] = x[i];
+#if !CW_ABL_INV
+  /* T's off-diagonal blocks (fla's solve_tril, level by level in i - j):
+  **   A_ij = -A_ii sum_{j<=m<i} L_im A_mj.
+  ** T's columns do not mix: column block j's blocks need only A_mj of the
+  ** same columns, the diagonal A_ii and L. So each warp takes columns and
+  ** all their levels, with no block barrier: 8 columns of column block 0
+  ** (3 blocks: 144 row-steps) for warps 0 and 1, 8 columns of blocks 1 and
+  ** 2 (2 + 1 blocks: 112) for warps 2 and 3; a lane a row and 4 columns.
+  ** P_b goes through the warp's own columns of Sc. */
+  if (w < 2) {
+    cw_inv_cols(Lf, Sc, 0, 8 * w + 4 * (lane >> 4), lane & 15);
   } else {
-    /* the operands: Ps <- bf16(beta 2^gam .* P), Vs <- bf16(beta .* V) */
-    const int t = tid - CK_BT;
-    for (int e = t; e < CK_BT * (CK_KP / 2); e += CK_NTH - CK_BT) {
-      const int r = e / (CK_KP / 2), cc = 2 * (e % (CK_KP / 2));
-      unsigned *pv = (unsigned *)(Ps + r * CW_LDP + cc);
-      *pv = ck_scale2(*pv, fsc[r], fsc[r]);
-    }
-#if !CW_VREG
-    for (int e = t; e < CK_BT * (CW_VP / 2); e += CK_NTH - CK_BT) {
-      const int r = e / (CW_VP / 2), cc = 2 * (e % (CW_VP / 2));
-      unsigned *pv = (unsigned *)(Vs + r * CW_LDV1 + cc);
-      *pv = ck_scale2(*pv, bet[r], bet[r]);
-    }
+    cw_inv_cols(Lf, Sc, 1, 8 * (w - 2) + 4 * (lane >> 4), lane & 15);
+    cw_inv_cols(Lf, Sc, 2, 8 * (w - 2) + 4 * (lane >> 4), lane & 15);
+  }
 #endif
-  }
   __syncthreads();
-#pragma unroll
-  for (int d = 1; d < 4; d++) {
-    /* P_b = sum_{j<=m<i} L_im A_mj for the blocks (i, j) = (d + b, b), kept
-    ** in T's unused upper block (b, 3) */
-    /* a thread a row and 4 columns (float4): smem bandwidth bounds this */
-    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
-      const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
-      const float *Lr = Lf + (16 * i + r) * CW_LDL;
-      const float *Ac = Tf + 16 * b + cl;
-      float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-      for (int m = 16 * b; m < 16 * b + 16 * d; m++) {
-        const float l = Lr[m];
-        const float4 x = *(const float4 *)(Ac + m * CW_LDL);
-        s.x += l * x.x, s.y += l * x.y, s.z += l * x.z, s.w += l * x.w;
-      }
-      *(float4 *)(Tf + (16 * b + r) * CW_LDL + 48 + cl) = s;
-    }
-    __syncthreads();
-    /* A_ij = -A_ii P_b (A_ii's upper triangle holds zeros) */
-    for (int e = tid; e < (4 - d) * 64; e += CK_NTH) {
-      const int b = e >> 6, r = (e >> 2) & 15, cl = 4 * (e & 3), i = d + b;
-      const float *Ar = Tf + (16 * i + r) * CW_LDL + 16 * i;
-      const float *Pc = Tf + 16 * b * CW_LDL + 48 + cl;
-      float4 s = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-      for (int t = 0; t < 16; t++) {
-        const float l = Ar[t];
-        const float4 x = *(const float4 *)(Pc + t * CW_LDL);
-        s.x -= l * x.x, s.y -= l * x.y, s.z -= l * x.z, s.w -= l * x.w;
-      }
-      *(float4 *)(Tf + (16 * i + r) * CW_LDL + 16 * b + cl) = s;
-    }
-    __syncthreads();
-  }
 
+  /* W = T diag(beta 2^gam) P -> ws0 */
+  cw_tmul_store<CK_KP, CW_LDP, CW_WNG>(Lf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w,
+                                  lane, fsc);
 #if CW_VREG
-  /* L is dead: beta .* V from the registers over it */
+  __syncthreads(); /* P read: V's tile over it */
 #pragma unroll
   for (int i = 0; i < CW_VPT; i++) {
     const int pc = tid + i * CK_NTH, r = pc / (CW_VP / 8), cc = (pc % (CW_VP / 8)) * 8;
-    const float b = bet[r];
-    const uint4 v = vr[i];
-    *(uint4 *)(Vs + r * CW_LDV1 + cc) =
-        make_uint4(ck_scale2(v.x, b, b), ck_scale2(v.y, b, b), ck_scale2(v.z, b, b), ck_scale2(v.w, b, b));
+    *(uint4 *)(Vs + r * CW_LDV1 + cc) = vr[i];
   }
+  __syncthreads();
 #endif
-  /* W = T (beta 2^gam .* P) -> ws0, U = T (beta .* V) -> ws1 */
-  cw_tmul_store<CK_KP, CW_LDP>(Tf, Ps, (unsigned short *)a.ws0 + rk, H * FLA_K, FLA_K, rows, w, lane);
-#if CW_VREG
-  __syncthreads(); /* Vs written */
-#endif
-  cw_tmul_store<CW_VP, CW_LDV1>(Tf, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
-                                lane);
+  /* U = T diag(beta) V -> ws1 */
+  cw_tmul_store<CW_VP, CW_LDV1>(Lf, Vs, (unsigned short *)a.ws1 + rv, H * FLA_V, FLA_V, rows, w,
+                                   lane, bet);
 }
 
 /* ----------------------------------------- kernel 2: the chunk states */
