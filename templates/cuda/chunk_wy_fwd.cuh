@@ -457,7 +457,11 @@ __device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
 #endif
 #ifndef CW_PREP_MINB /* 96 registers: 5 blocks a SM (K = V = 128: 39 KiB of shared memory);
                         ** other shapes spill at 96 (ptxas) or are limited by shared memory */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900 /* sm_80's ptxas spills at 96 (delta_rule) */
+#define CW_PREP_MINB 1
+#else
 #define CW_PREP_MINB (CK_KP == 128 && CW_VP == 128 && FLA_K % 8 == 0 && FLA_V % 8 == 0 && !FLA_HAS_PROBE ? 5 : 1)
+#endif
 #endif
 /* T's block (i, j), i >= j, in Lf: row 0 of it (row stride CW_LDL) */
 #define cw_tblk(Lf, i, j) ((Lf) + 16 * (j) * CW_LDL + 16 * (i))
