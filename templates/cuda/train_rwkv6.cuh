@@ -104,6 +104,21 @@ extern "C" __global__ void rw_acc(const void *d, int bf, float *grad, i64 n) {
 
 /* ------------------------------------------------------------ LayerNorm / GroupNorm */
 
+/* The mean and 1 / sqrt(var + eps) of x[o .. o + dim) (one warp, every lane
+** gets both): rw_ln_fwd's and rw_ln_bwd's statistics. */
+__device__ __forceinline__ void rw_ln_stats(const void *x, int x_bf, i64 o, int dim, float eps, int lane,
+                                            float &mean, float &rstd) {
+  float s = 0.f;
+  for (int i = lane; i < dim; i += 32) s += ldc(x, o + i, x_bf);
+  mean = warp_sum(s) / dim;
+  float q = 0.f;
+  for (int i = lane; i < dim; i += 32) {
+    float v = ldc(x, o + i, x_bf) - mean;
+    q += v * v;
+  }
+  rstd = 1.f / sqrtf(warp_sum(q) / dim + eps);
+}
+
 /* A warp per group of dim elements (groups: rows x nh, the group's head
 ** h = group % nh; weight and bias index h dim + i):
 **   xh = (x - mean) rstd, rstd = 1 / sqrt(var + eps) (biased variance)
@@ -116,14 +131,8 @@ extern "C" __global__ void rw_ln_fwd(const void *x, int x_bf, const void *g, int
   if (gi >= groups) return; /* a whole warp */
   i64 o = gi * dim;
   int wo = (int)(gi % nh) * dim;
-  float s = 0.f;
-  for (int i = lane; i < dim; i += 32) s += ldc(x, o + i, x_bf);
-  float mean = warp_sum(s) / dim, q = 0.f;
-  for (int i = lane; i < dim; i += 32) {
-    float v = ldc(x, o + i, x_bf) - mean;
-    q += v * v;
-  }
-  float rstd = 1.f / sqrtf(warp_sum(q) / dim + eps);
+  float mean, rstd;
+  rw_ln_stats(x, x_bf, o, dim, eps, lane, mean, rstd);
   for (int i = lane; i < dim; i += 32) {
     float v = (ldc(x, o + i, x_bf) - mean) * rstd * w[wo + i] + (b ? b[wo + i] : 0.f);
     if (g) {
@@ -150,14 +159,8 @@ extern "C" __global__ void rw_ln_bwd(const void *x, int x_bf, const void *g, int
   if (gi >= groups) return;
   i64 o = gi * dim;
   int wo = (int)(gi % nh) * dim;
-  float s = 0.f;
-  for (int i = lane; i < dim; i += 32) s += ldc(x, o + i, x_bf);
-  float mean = warp_sum(s) / dim, q = 0.f;
-  for (int i = lane; i < dim; i += 32) {
-    float v = ldc(x, o + i, x_bf) - mean;
-    q += v * v;
-  }
-  float rstd = 1.f / sqrtf(warp_sum(q) / dim + eps);
+  float mean, rstd;
+  rw_ln_stats(x, x_bf, o, dim, eps, lane, mean, rstd);
   float m1 = 0.f, m2 = 0.f;
   for (int i = lane; i < dim; i += 32) {
     float xh = (ldc(x, o + i, x_bf) - mean) * rstd, dn = ldc(dy, o + i, dy_bf);
