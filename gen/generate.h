@@ -110,6 +110,11 @@ typedef struct fla_kernel_launch {
   char name[64];
   unsigned grid[3], block[3];
   unsigned smem;        /* dynamic shared memory bytes */
+  /* 1: the kernel may start while the kernel before it in the stream still
+  ** runs (programmatic dependent launch, sm_90 and later, where the driver
+  ** has cuLaunchKernelEx and $FLA_GPU_PDL is not 0): it then waits for what
+  ** it reads by flags of its own, and is correct launched plainly too. */
+  unsigned early;
 } fla_kernel_launch;
 
 #define FLA_STAGE_MAX_KERNELS 8

@@ -28,7 +28,7 @@
 ** takes BVH = min(BV, 32) value columns (more programs, a short chain a
 ** chunk), or min(BV, 64) when min(BV, 32) would give more than WY_MANY
 ** programs (K and W loaded once for twice the columns); NVH = ceil(V/BVH),
-** NS = its pipeline stages (4 when its programs are at most WY_FEW = 128 and
+** NS = its pipeline stages (4 when its programs are at most WY_FEW = 64 and
 ** KP <= 128, else 2). P (segments_()): with few narrow programs over long
 ** sequences each sequence is cut into P segments; the segment pass
 ** fla_wy_fwd_seg (NVA = ceil(V/64) + ceil(K/64) wide tiles) writes each
@@ -37,8 +37,11 @@
 ** Workspaces: ws0 = W bf16 [total, H, K] (padded to 16 bytes), then the chunk
 ** states h bf16 [NC, H, K, V]; ws1 = U bf16 [total, H, V], overwritten with Vn
 ** by fla_wy_fwd_h, then the chunks' gate sums gam f32 [NC, H, 64] (written
-** by fla_wy_prep, read by the others), then with P > 1 the segments' B | M
-** f32 [N*P, H, K, V + K].
+** by fla_wy_prep, read by the others), then the output kernel's flags u32
+** [NC, H] (padded to 16 bytes; zeroed by fla_wy_prep, counted up by the state
+** kernel, waited on by fla_wy_fwd_o, which is launched early: it runs beside
+** the state kernel on the SMs that kernel leaves free), then with P > 1 the
+** segments' B | M f32 [N*P, H, K, V + K].
 ** The kernels can need more than 48 KiB of shared memory: the launcher
 ** raises CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES to smem.
 */
@@ -96,9 +99,14 @@ static int wide_(const fla_gen_key *key, const fla_tile_config *cfg, int64_t N, 
 static unsigned hthreads_(int warps, int bvh) { return 32u * (warps == 8 && bvh >= 32 ? 8 : 4); }
 
 /* The state kernel's pipeline depth (cw_stages() in chunk_wy_fwd.cuh): with
-** at most WY_FEW programs (about one block a SM) 4 stages for K <= 128, else
-** 2 (two blocks a SM). ns_max: the deepest any launch can take. */
-#define WY_FEW 128
+** at most WY_FEW programs (at most one block a SM on half the SMs) 4 stages
+** for K <= 128, else 2 (two blocks a SM). Over 64 programs, 2 stages leave
+** room beside each state block for an output block (fla_wy_fwd_o runs beside
+** the state kernel): 2,16384,16 0.98 -> 1.10x fla; at 64 or fewer the output
+** kernel has the free SMs, and its blocks beside the state blocks would cost
+** the state kernel more than they gain (bench/results/2026-11-23-chunk-wy-overlap.md).
+** ns_max: the deepest any launch can take. */
+#define WY_FEW 64
 static int stages_few_(const fla_gen_key *key) { return kp_(key->K) <= 128 ? 4 : 2; }
 static int stages_h_(const fla_gen_key *key, int64_t programs) {
   return programs <= WY_FEW ? stages_few_(key) : 2;
@@ -109,8 +117,11 @@ static int stages_h_(const fla_gen_key *key, int64_t programs) {
 ** most WY_SEG_PROGS programs; then about WY_SEG_TARGET programs of the last
 ** pass, each segment WY_SEG_MIN chunks or more. The segment pass costs
 ** (K + V) / V of a state pass and the last pass another one, so segments
-** pay only when the programs fill well under a third of the GPU. */
-#define WY_SEG_PROGS 64
+** pay only when the programs fill well under a third of the GPU; and from
+** 33 to 64 programs the unsegmented state kernel leaves half the SMs to the
+** output kernel running beside it, which pays more (1,65536,16: 2.82 ms
+** with 4 segments, 2.53 without; 2026-11-23-chunk-wy-overlap.md). */
+#define WY_SEG_PROGS 32
 #define WY_SEG_TARGET 256
 #define WY_SEG_MIN 16
 static int64_t segments_(const fla_gen_key *key, const fla_tile_config *cfg, int64_t N, int64_t H,
@@ -217,6 +228,9 @@ static int launches_(const fla_gen_key *key, const fla_tile_config *cfg,
     if (!on) out[2 + wide].grid[0] = 0;
   }
   fla_chunk_launch_set(&out[4], "fla_wy_fwd_o", (unsigned)(NC * NV), (unsigned)H, 32 * WY_WARPS, smem_o_(key, cfg));
+  /* beside the state kernel, on the SMs its programs leave free: each block
+  ** waits for its chunk's flag (cw_flags in chunk_wy_fwd.cuh) */
+  out[4].early = 1;
   return 5;
 }
 
@@ -228,8 +242,9 @@ static void workspace_(const fla_gen_key *key, const fla_tile_config *cfg,
   *ws0 = rows > 0 ? wbytes + hbytes + 16 : 0;
   size_t ubytes = ((size_t)(rows * key->V) * 2 + 15) / 16 * 16;
   size_t gbytes = (size_t)((int64_t)args->num_chunks * args->H * WY_BT) * 4;
+  size_t fbytes = ((size_t)((int64_t)args->num_chunks * args->H) * 4 + 15) / 16 * 16; /* flags */
   int64_t P = segments_(key, cfg, args->N, args->H, args->num_chunks);
-  *ws1 = rows > 0 ? ubytes + gbytes + seg_bytes_(key, P, args->N, args->H) + 16 : 0;
+  *ws1 = rows > 0 ? ubytes + gbytes + fbytes + seg_bytes_(key, P, args->N, args->H) + 16 : 0;
 }
 
 const fla_stage_impl fla_stage_chunk_wy_fwd = {

@@ -114,38 +114,6 @@ static void cublas_load_(void) {
   cublas_ok_ = 1;
 }
 
-/* ------------------------------------------------------------ programmatic dependent launch */
-
-/* cuLaunchKernelEx's arguments (cuda.h, CUDA 12+), for programmatic dependent
-** launch: attribute 6 is CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION. */
-typedef struct {
-  int id;
-  char pad_[4];
-  union {
-    char bytes[64];
-    int value;
-  } v;
-} launch_attr_;
-typedef struct {
-  unsigned gx, gy, gz, bx, by, bz, smem;
-  CUstream stream;
-  launch_attr_ *attrs;
-  unsigned nattrs;
-} launch_config_;
-typedef CUresult (*launch_ex_fn_)(const launch_config_ *, CUfunction, void **, void **);
-
-static launch_ex_fn_ launch_ex_(void) {
-  static launch_ex_fn_ fn;
-  static int state; /* 0 unknown, 1 found, -1 missing */
-  if (!state) {
-    void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-    if (!h) h = dlopen("libcuda.so", RTLD_NOW | RTLD_NOLOAD);
-    if (h) *(void **)&fn = dlsym(h, "cuLaunchKernelEx");
-    state = fn ? 1 : -1;
-  }
-  return fn;
-}
-
 /* ------------------------------------------------------------ init */
 
 static const char *kernel_names_[NK_COUNT] = {
@@ -189,7 +157,7 @@ fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
   g->gemvk_off = gk && gk[0] == '0';
   /* programmatic dependent launch: sm_90 on, unless $FLA_GPU_PDL=0 */
   const char *pd = getenv("FLA_GPU_PDL");
-  g->pdl = info && info->cc_major >= 9 && !(pd && pd[0] == '0') && launch_ex_();
+  g->pdl = info && info->cc_major >= 9 && !(pd && pd[0] == '0') && fla_cuda_driver_api()->cuLaunchKernelEx;
   pthread_once(&cublas_once_, cublas_load_);
   if (!cublas_ok_) return gl_fail(g, FLA_UNSUPPORTED, "%s", cublas_err_);
   if (cublas_.create(&g->cublas) != 0) return gl_fail(g, FLA_ERROR, "cublasCreate failed");
@@ -283,11 +251,11 @@ static void launch_smem_(nn_gpu *g, int k, unsigned gx, unsigned gy, unsigned bl
   const fla_cuda_driver *d = fla_cuda_driver_api();
   CUresult r;
   if (g->pdl && pdl_kernel_(k)) {
-    launch_attr_ at;
+    fla_cuda_launch_attr at;
     memset(&at, 0, sizeof at);
-    at.id = 6, at.v.value = 1;
-    launch_config_ lc = {gx, gy, 1, block, 1, 1, smem, (CUstream)g->stream, &at, 1};
-    r = launch_ex_()(&lc, (CUfunction)g->fn[k], params, NULL);
+    at.id = FLA_CUDA_ATTR_PDL, at.v.value = 1;
+    fla_cuda_launch_config lc = {gx, gy, 1, block, 1, 1, smem, (CUstream)g->stream, &at, 1};
+    r = d->cuLaunchKernelEx(&lc, (CUfunction)g->fn[k], params, NULL);
   } else {
     r = d->cuLaunchKernel((CUfunction)g->fn[k], gx, gy, 1, block, 1, 1, smem, (CUstream)g->stream, params, NULL);
   }

@@ -329,6 +329,13 @@ fla_status fla_cuda_get_kernels(fla_ctx *ctx, const char *name, const char *sour
   return FLA_OK;
 }
 
+/* Whether a launch marked early goes with programmatic dependent launch:
+** sm_90 or later, cuLaunchKernelEx in the driver, $FLA_GPU_PDL not 0. */
+static int early_launch_(const struct fla_cuda_ctx *c) {
+  const char *pd = getenv("FLA_GPU_PDL");
+  return c->info.cc_major >= 9 && c->d->cuLaunchKernelEx && !(pd && pd[0] == '0');
+}
+
 fla_status fla_cuda_launch(fla_ctx *ctx, CUfunction fn, const fla_kernel_launch *l,
                            fla_kernel_args *args) {
   fla_status st = enter_(ctx);
@@ -349,8 +356,18 @@ fla_status fla_cuda_launch(fla_ctx *ctx, CUfunction fn, const fla_kernel_launch 
     }
   }
   void *params[1] = {args};
-  CUresult r = c->d->cuLaunchKernel(fn, l->grid[0], l->grid[1], l->grid[2], l->block[0],
-                                    l->block[1], l->block[2], l->smem, c->stream, params, NULL);
+  CUresult r;
+  if (l->early && early_launch_(c)) {
+    fla_cuda_launch_attr at;
+    memset(&at, 0, sizeof at);
+    at.id = FLA_CUDA_ATTR_PDL, at.v.value = 1;
+    fla_cuda_launch_config lc = {l->grid[0], l->grid[1], l->grid[2], l->block[0], l->block[1],
+                                 l->block[2], l->smem, c->stream, &at, 1};
+    r = c->d->cuLaunchKernelEx(&lc, fn, params, NULL);
+  } else {
+    r = c->d->cuLaunchKernel(fn, l->grid[0], l->grid[1], l->grid[2], l->block[0], l->block[1],
+                             l->block[2], l->smem, c->stream, params, NULL);
+  }
   if (r != CUDA_SUCCESS) {
     char what[256];
     snprintf(what, sizeof what, "kernel %s: cuLaunchKernel grid (%u,%u,%u) block (%u,%u,%u) smem %u",

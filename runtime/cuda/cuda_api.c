@@ -85,6 +85,7 @@ static const sym_entry driver_syms[] = {
   DRV(cuStreamWaitEvent, "cuStreamWaitEvent", NULL, 1),
   DRV(cuOccupancyMaxActiveBlocksPerMultiprocessor,
       "cuOccupancyMaxActiveBlocksPerMultiprocessor", NULL, 1),
+  DRV(cuLaunchKernelEx, "cuLaunchKernelEx", NULL, 1),
 };
 
 static pthread_once_t driver_once_flag = PTHREAD_ONCE_INIT;

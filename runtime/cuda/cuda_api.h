@@ -62,6 +62,27 @@ typedef struct CUevent_st *CUevent;
 
 /* The driver entry points, by the ABI names cuda.h maps them to (the _v2
 ** suffixes). Optional entries are NULL when the driver lacks them. */
+/* cuLaunchKernelEx's CUlaunchAttribute and CUlaunchConfig (cuda.h, CUDA 12+).
+** FLA_CUDA_ATTR_PDL is CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION:
+** with value 1 the kernel may start once every block of the kernel before it
+** in the stream has run griddepcontrol.launch_dependents (or exited), instead
+** of once that kernel has finished; it then waits itself for what it reads. */
+#define FLA_CUDA_ATTR_PDL 6
+typedef struct fla_cuda_launch_attr {
+  int id;
+  char pad_[4];
+  union {
+    char bytes[64];
+    int value;
+  } v;
+} fla_cuda_launch_attr;
+typedef struct fla_cuda_launch_config {
+  unsigned gx, gy, gz, bx, by, bz, smem;
+  CUstream stream;
+  fla_cuda_launch_attr *attrs;
+  unsigned nattrs;
+} fla_cuda_launch_config;
+
 typedef struct fla_cuda_driver {
   CUresult (*cuInit)(unsigned int flags);
   CUresult (*cuDriverGetVersion)(int *version);
@@ -113,6 +134,9 @@ typedef struct fla_cuda_driver {
   CUresult (*cuOccupancyMaxActiveBlocksPerMultiprocessor)(int *num_blocks, CUfunction f,
                                                           int block_size,
                                                           size_t dyn_smem);
+  /* CUDA 12+: a launch with attributes (programmatic dependent launch). */
+  CUresult (*cuLaunchKernelEx)(const struct fla_cuda_launch_config *config, CUfunction f,
+                               void **kernelParams, void **extra);
 } fla_cuda_driver;
 
 /* ------------------------------------------------------------- NVRTC types */

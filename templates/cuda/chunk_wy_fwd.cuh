@@ -54,7 +54,11 @@
 **       every segment of a sequence from its chained entering state.
 **   fla_wy_fwd_o (NC*NV, H), 128 threads: fully parallel, chunk_fwd's output
 **       of one chunk from Q, K, Vn, h[c] and gam (ck_o_chunk without the
-**       update).
+**       update). Launched early (programmatic dependent launch on sm_90):
+**       it runs beside the state kernel on the SMs that kernel leaves, its
+**       blocks in chunk order, each waiting for its chunk's flag, which
+**       the state programs count up as h[c] and Vn land (cw_flags);
+**       bench/results/2026-11-23-chunk-wy-overlap.md.
 ** The helpers below (primitives, chunk walk, tile loads, gate scan, state in
 ** registers, ck_o_chunk) are copied from chunk_fwd.cuh: keep them in step.
 */
@@ -410,6 +414,40 @@ __device__ __forceinline__ float *cw_gws(const fla_kernel_args &a) {
   return (float *)(a.ws1 + ubytes);
 }
 
+/* The output kernel's flags, u32 [NC, H] after gam in ws1 (padded to 16
+** bytes): how many value columns of h[c] and Vn the state programs have
+** written for chunk c and head h. fla_wy_prep zeroes them; a state program
+** adds its columns once the chunk's stores are visible GPU-wide; the output
+** kernel waits for all V of them. So the output kernel can run beside the
+** state kernel (launched early: gen/stage_chunk_wy.c) and is as right
+** launched after it. */
+__device__ __forceinline__ unsigned *cw_flags(const fla_kernel_args &a) {
+  return (unsigned *)(cw_gws(a) + (long long)a.num_chunks * a.H * CK_BT);
+}
+/* Flags of chunks c0..c1 - 1 (f: head h's, stride H) up by cols: one thread,
+** after a block barrier that follows every thread's stores. */
+__device__ __forceinline__ void cw_flags_add(unsigned *f, long long c0, long long c1, long long H,
+                                             unsigned cols) {
+  __threadfence();
+  for (long long c = c0; c < c1; c++) atomicAdd(f + c * H, cols);
+}
+/* One thread, then a block barrier before the reads it guards. */
+__device__ __forceinline__ void cw_flag_wait(const unsigned *f, unsigned cols) {
+  for (;;) {
+    unsigned v;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(f) : "memory");
+    if (v >= cols) return;
+    __nanosleep(64);
+  }
+}
+/* Lets the kernel launched early after this one start (sm_90 on; else the
+** launch waits for this kernel to end). */
+__device__ __forceinline__ void cw_let_next_start() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;\n" ::);
+#endif
+}
+
 /* V's tile in registers (CW_VREG, V <= 128): loaded into registers at the
 ** start, its latency under L and the inverse, and stored (scaled by beta) over
 ** Lf once T is done, L being dead then: 17 KiB less shared memory, 4 blocks
@@ -585,6 +623,7 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, CW_PREP_MINB) fla_wy_prep(f
 #if FLA_DECAY
   if (tid < CK_BT) cw_gws(a)[(c * H + h) * CK_BT + tid] = gam[tid];
 #endif
+  if (tid == 0) cw_flags(a)[c * H + h] = 0u; /* no columns of chunk c written yet */
 
   /* L = diag(beta) (P K^T .* 2^(gam_i - gam_j)), j < i: warp w rows 16w..
   ** (all 64 columns: the upper blocks' zeros are overwritten by T's), in two
@@ -757,6 +796,9 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, CW_PREP_MINB) fla_wy_prep(f
 #ifndef CW_WARP_OUT
 #define CW_WARP_OUT 0
 #endif
+#ifndef CW_FLAG_EVERY /* a harness knob: the output kernel's flags set every this many chunks */
+#define CW_FLAG_EVERY 16
+#endif
 
 /* Where the chunk states start in ws0 (after W, 16-byte aligned). */
 __device__ __forceinline__ unsigned short *cw_hws(const fla_kernel_args &a) {
@@ -765,12 +807,12 @@ __device__ __forceinline__ unsigned short *cw_hws(const fla_kernel_args &a) {
 }
 
 /* The state kernel's pipeline depth: with few programs (long sequences,
-** few heads: about one block a SM) the loads of CW_NS_FEW chunks are in
-** flight to hide the memory latency on the sequential path; with many, 2
-** stages and two blocks a SM. Keep in step with stages_h_() in
-** gen/stage_chunk_wy.c. */
+** few heads: one block a SM on at most half the SMs) the loads of CW_NS_FEW
+** chunks are in flight to hide the memory latency on the sequential path;
+** with more, 2 stages, and room on the SM for a second state block or an
+** output block. Keep in step with stages_h_() in gen/stage_chunk_wy.c. */
 #ifndef CW_FEW /* a harness knob: 0 keeps 2 stages always */
-#define CW_FEW 128
+#define CW_FEW 64
 #endif
 #define CW_NS_FEW (CK_KP <= 128 ? 4 : 2)
 __device__ __forceinline__ int cw_stages(const fla_kernel_args &a, int tiles) {
@@ -798,11 +840,12 @@ __device__ __forceinline__ int cw_stages(const fla_kernel_args &a, int tiles) {
 ** About 3x the state work (K + V columns, then V) on P times the programs.
 ** P (1: no segments) is computed alike here and in segments_() of
 ** gen/stage_chunk_wy.c from the narrow kernel's program count: only when
-** it is at most CW_SEG_PROGS, about CW_SEG_TARGET programs of the last pass
+** it is at most CW_SEG_PROGS (more, and the output kernel beside the
+** unsegmented state kernel pays more), about CW_SEG_TARGET programs of the last pass
 ** (two blocks a SM on the H100's 132), segments of CW_SEG_MIN chunks or
 ** more. Keep the two in step. */
 #ifndef CW_SEG_PROGS /* a harness knob: 0 turns segments off */
-#define CW_SEG_PROGS 64
+#define CW_SEG_PROGS 32
 #endif
 #define CW_SEG_TARGET 256
 #define CW_SEG_MIN 16
@@ -831,9 +874,9 @@ __device__ __forceinline__ void cw_seg_range(const fla_kernel_args &a, int n, in
   }
 }
 
-/* Where the segments' B_s | M_s start in ws1 (after U and gam). */
+/* Where the segments' B_s | M_s start in ws1 (after U, gam and the flags). */
 __device__ __forceinline__ float *cw_segws(const fla_kernel_args &a) {
-  return cw_gws(a) + (long long)a.num_chunks * a.H * CK_BT;
+  return (float *)(cw_flags(a) + ((long long)a.num_chunks * a.H + 3) / 4 * 4);
 }
 
 /* cp.async.wait_group ns - 1: the oldest of ns groups in flight has landed
@@ -1111,6 +1154,7 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   /* the warp's keys CK_KW wk.., columns cb.. (4 warps: w, 0) */
   const int wk = NW == 8 ? (w & 3) : w, cb = NW == 8 ? (w >> 2) * BVW : 0;
+  if (!SEG) cw_let_next_start(); /* the output kernel: it waits on cw_flags */
   const int vt = blockIdx.x % NVT;
   const int seg = blockIdx.x / NVT;
   const int n = seg / P, p = seg % P;
@@ -1161,6 +1205,7 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   }
   unsigned short *up = (unsigned short *)a.ws1;
   unsigned short *hws = cw_hws(a);
+  unsigned *flags = cw_flags(a) + h;
   const int veck = (FLA_K % 8 == 0) && (((a.k | a.ws0) & 15) == 0);
   const int vecv = (FLA_V % 8 == 0) && ((a.ws1 & 15) == 0);
   const int uload = !ktile;
@@ -1177,6 +1222,7 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   ck_chunk_at(a, c0, x);
 
   int buf = 0, fbuf = ns - 1; /* the stages of chunk c and of chunk cfe */
+  long long fdone = c0;         /* chunks before it have their flags set */
   for (long long c = c0; c < c1; c++) {
     const int rows = x.rows;
     if (late == 0) /* the next stage's loads (fbuf), first thing */
@@ -1221,6 +1267,13 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
     else
       cw_wait_oldest(ns);
     __syncthreads();
+    /* the flags of chunks fdone..c - 1: every thread's stores of their h[c]
+    ** and Vn are behind the barrier. One fence for CW_FLAG_EVERY chunks (a
+    ** fence a chunk costs the kernel 8%, one in 4 chunks 2%) */
+    if (!SEG && c - fdone >= CW_FLAG_EVERY) {
+      if (tid == 0) cw_flags_add(flags, fdone, c, H, vcols);
+      fdone = c;
+    }
     if (late == 1) /* into the stage chunk c - 1 used: every warp is past it */
       cw_h_fetch_next<BVH, NTH, fast>(a, xf, cfe, c1, h, v0, vcols, veck, vecv, uload, Ks, Ws, Us, gs, fbuf, tid);
 
@@ -1335,7 +1388,12 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
     buf = buf + 1 == ns ? 0 : buf + 1;
     fbuf = fbuf + 1 == ns ? 0 : fbuf + 1;
   }
-  if (SEG) cw_state_store_ld(S, segout + cb, CW_VK, vcols - cb, wk, lane);
+  if (SEG) {
+    cw_state_store_ld(S, segout + cb, CW_VK, vcols - cb, wk, lane);
+  } else { /* the last chunks' flags */
+    __syncthreads();
+    if (tid == 0) cw_flags_add(flags, fdone, c1, H, vcols);
+  }
 }
 
 /* The segment pass takes the wide tile: K and W are loaded once for 64
@@ -1380,9 +1438,14 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_fwd_o(fla_kernel_arg
   unsigned short *Ss = Vs + CK_BT * CK_LDV;
   float *gam = (float *)(Ss + CK_KP * CK_LDV);
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31;
-  const int vt = blockIdx.x % CK_NV;
-  const long long c = blockIdx.x / CK_NV;
-  const int h = blockIdx.y;
+  /* blocks in the order the state kernel finishes chunks (which it does for
+  ** every head at once): chunk slowest, then head, then value tile, so
+  ** that the first blocks the GPU places are the first to have their
+  ** inputs when this kernel runs beside the state kernel */
+  const long long id = blockIdx.x + (long long)gridDim.x * blockIdx.y;
+  const int vt = (int)(id % CK_NV);
+  const int h = (int)(id / CK_NV % a.H);
+  const long long c = id / CK_NV / a.H;
   if (c >= a.num_chunks) return;
   const int v0 = vt * CK_BV;
   const int vcols = FLA_V - v0 < CK_BV ? FLA_V - v0 : CK_BV;
@@ -1398,15 +1461,19 @@ extern "C" __global__ void __launch_bounds__(CK_NTH) fla_wy_fwd_o(fla_kernel_arg
                                       FLA_K, vecq, tid);
   ck_load_tile<CK_KP, CK_LDQ, CK_NTH>(Ks, (const unsigned short *)a.k + ro * FLA_K, H * FLA_K, x.rows,
                                       FLA_K, vecq, tid);
+#if FLA_DECAY
+  if (tid < CK_BT / 4) ck_cp16(ck_smem(gam + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
+#endif
+  ck_commit();
+  /* Vn and h[c]: once the state programs have written all V columns */
+  if (tid == 0) cw_flag_wait(cw_flags(a) + c * H + h, FLA_V);
+  __syncthreads();
   ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Vs, (const unsigned short *)a.ws1 + ro * FLA_V + v0, H * FLA_V,
                                       x.rows, vcols, vecv, tid);
 #pragma unroll
   for (int r0 = 0; r0 < CK_KP; r0 += CK_BT)
     ck_load_tile<CK_BV, CK_LDV, CK_NTH>(Ss + r0 * CK_LDV, hc + (long long)r0 * FLA_V, FLA_V,
                                         FLA_K - r0, vcols, vecv, tid);
-#if FLA_DECAY
-  if (tid < CK_BT / 4) ck_cp16(ck_smem(gam + 4 * tid), cw_gws(a) + (c * H + h) * CK_BT + 4 * tid, 1);
-#endif
   ck_commit();
   ck_wait_all();
   __syncthreads();
