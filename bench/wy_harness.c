@@ -9,7 +9,9 @@
 **             on the same bf16-rounded inputs: relative RMS of o and ht under
 **             6e-3, every output written (outputs and workspaces NaN-poisoned);
 **   --bench   the ANCHORS.md shapes (bf16, K = V = 128) with CUDA events,
-**             median of 30 runs after warm-up, per kernel and in total;
+**             median of 30 runs after warm-up, per kernel (events between
+**             them, nothing overlaps) and the whole stage as the runtime
+**             launches it (the output kernel early, beside the state kernel);
 **   --compile-only  compiles and prints ptxas' report per kernel (no GPU).
 ** Options: --def "NAME=VAL ..."  a variant: these #defines in front of the
 **                                generated source (knobs of the template), and
@@ -26,7 +28,9 @@
 **                                kernels' warps, CW_LATE=0|2|3 where the
 **                                next stage's loads go, CW_WARP_OUT=0 h[c]
 **                                and Vn out by all threads, CW_NARROW=16 the narrow tile
-**                                (with CW_SEG_PROGS=0); the option may
+**                                (with CW_SEG_PROGS=0), CW_FLAG_EVERY=n the
+**                                narrow kernel sets the output kernel's flags
+**                                every n chunks; the option may
 **                                repeat (each a variant, bench only)
 **          --shapes i,j  bench only these shapes (0-based)
 **          --recipes gdn,delta,comba  bench only these

@@ -643,12 +643,22 @@ START_TEST(test_chunk_wy_stage) {
   ck_assert_uint_eq(L[3].grid[0], 2);
   ck_assert_uint_eq(L[3].grid[1], 96);
   ck_assert_uint_eq(L[4].grid[0], 128); /* NC x one value tile of 128 */
-  /* 2 x 16384 tokens, 16 heads: 128 narrow programs, no segments, 4 stages */
+  ck_assert_uint_eq(L[4].early, 1); /* the output kernel beside the state kernel */
+  /* 2 x 16384 tokens, 16 heads: 128 narrow programs, no segments, 2 stages
+  ** (an output block fits beside each state block) */
   a.N = 2, a.H = 16, a.num_chunks = 512, a.total = 32768;
   ck_assert_int_eq(fla_stage_launches(W, &key, NULL, &a, L), 5);
   ck_assert_uint_eq(L[1].grid[0], 0);
   ck_assert_uint_eq(L[2].grid[0], 2 * 4);
+  ck_assert_uint_lt(L[2].smem + L[4].smem, 227 * 1024);
+  /* 1 x 65536 tokens, 16 heads: 64 narrow programs, no segments (the output
+  ** kernel takes the other SMs), 4 stages */
+  a.N = 1, a.H = 16, a.num_chunks = 1024, a.total = 65536;
+  ck_assert_int_eq(fla_stage_launches(W, &key, NULL, &a, L), 5);
+  ck_assert_uint_eq(L[1].grid[0], 0);
+  ck_assert_uint_eq(L[2].grid[0], 4);
   ck_assert_uint_gt(L[2].smem, 160 * 1024);
+  ck_assert_uint_gt(L[2].smem + L[4].smem, 227 * 1024);
   /* 1 x 262144 tokens, 8 heads: 32 narrow programs, cut into 256 / 32 = 8
   ** segments: the segment pass on 4 wide tiles (2 value, 2 key) x 8
   ** segments, then the narrow kernel on 4 x 8, both 2 stages (two blocks a SM) */
@@ -663,7 +673,7 @@ START_TEST(test_chunk_wy_stage) {
   size_t w0 = 0, w1 = 0;
   fla_stage_workspace(W, &key, NULL, &a, &w0, &w1);
   ck_assert_uint_eq(w1, (size_t)262144 * 8 * 128 * 2 + (size_t)4096 * 8 * 64 * 4 +
-                            (size_t)8 * 8 * 128 * 256 * 4 + 16);
+                            (size_t)4096 * 8 * 4 /* flags */ + (size_t)8 * 8 * 128 * 256 * 4 + 16);
   /* short sequences: segments of fewer than 16 chunks are not cut */
   a.num_chunks = 31, a.total = 31 * 64;
   ck_assert_int_eq(fla_stage_launches(W, &key, NULL, &a, L), 5);
@@ -671,7 +681,7 @@ START_TEST(test_chunk_wy_stage) {
   ck_assert_uint_eq(L[2].grid[0], 4);
   ck_assert_uint_gt(L[2].smem, 160 * 1024); /* 4 stages */
   fla_stage_workspace(W, &key, NULL, &a, &w0, &w1);
-  ck_assert_uint_eq(w1, (size_t)31 * 64 * 8 * 128 * 2 + (size_t)31 * 8 * 64 * 4 + 16);
+  ck_assert_uint_eq(w1, (size_t)31 * 64 * 8 * 128 * 2 + (size_t)31 * 8 * 64 * 4 + (size_t)31 * 8 * 4 + 16);
   /* K = V = 256 takes the 2-stage pipeline and value tiles of 32 */
   a.num_chunks = 4096, a.total = 262144;
   fla_gen_key k = key;

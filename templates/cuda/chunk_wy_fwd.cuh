@@ -59,8 +59,8 @@
 **       blocks in chunk order, each waiting for its chunk's flag, which
 **       the state programs count up as h[c] and Vn land (cw_flags);
 **       bench/results/2026-11-23-chunk-wy-overlap.md.
-** The helpers below (primitives, chunk walk, tile loads, gate scan, state in
-** registers, ck_o_chunk) are copied from chunk_fwd.cuh: keep them in step.
+** The output of a chunk and the state update are chunk_out.cuh's (shared
+** with chunk_fwd.cuh).
 */
 
 #if FLA_BT != 64 || FLA_WARPS != 4
@@ -90,197 +90,7 @@
 //@include "chunk_tiles.cuh"
 
 
-/* S = 2^gL S + (K .* 2^(gL - gam))^T V over the chunk's 64 tokens.
-** Kd^T is the A operand (m = key, k = token) read transposed from Ks[token][key];
-** V the B operand (k = token, n = val) read transposed from Vs[token][val]. */
-template <int KW, int MT, int NT, int LDQ, int LDV>
-__device__ __forceinline__ void ck_state_update(float (&S)[MT][NT][4], const unsigned short *Ks,
-                                                const unsigned short *Vs, const float *gam,
-                                                int rows, int w, int lane) {
-  const int q = lane & 3;
-#if FLA_DECAY
-  const float gL = gam[rows - 1];
-  const float eL = exp2f(gL);
-#pragma unroll
-  for (int mt = 0; mt < MT; mt++)
-#pragma unroll
-    for (int j = 0; j < NT; j++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) S[mt][j][e] *= eL;
-#else
-  (void)gam, (void)rows, (void)q;
-#endif
-#pragma unroll
-  for (int kk = 0; kk < CK_BT / 16; kk++) {
-    unsigned ka[MT][4];
-#pragma unroll
-    for (int mt = 0; mt < MT; mt++) {
-      int row = 16 * kk + (lane >> 4) * 8 + (lane & 7);
-      int col = KW * w + 16 * mt + ((lane >> 3) & 1) * 8;
-      ck_ldm4t(ka[mt], ck_smem(Ks + row * LDQ + col));
-    }
-#if FLA_DECAY
-    {
-      int t = 16 * kk + 2 * q;
-      float f0 = exp2f(gL - gam[t]), f1 = exp2f(gL - gam[t + 1]);
-      float f8 = exp2f(gL - gam[t + 8]), f9 = exp2f(gL - gam[t + 9]);
-#pragma unroll
-      for (int mt = 0; mt < MT; mt++) {
-        ka[mt][0] = ck_scale2(ka[mt][0], f0, f1);
-        ka[mt][1] = ck_scale2(ka[mt][1], f0, f1);
-        ka[mt][2] = ck_scale2(ka[mt][2], f8, f9);
-        ka[mt][3] = ck_scale2(ka[mt][3], f8, f9);
-      }
-    }
-#endif
-#pragma unroll
-    for (int np = 0; np < NT / 2; np++) {
-      unsigned vb[4];
-      int row = 16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7);
-      int col = 16 * np + (lane >> 4) * 8;
-      ck_ldm4t(vb, ck_smem(Vs + row * LDV + col));
-#pragma unroll
-      for (int mt = 0; mt < MT; mt++) {
-        ck_mma(S[mt][2 * np], ka[mt], vb[0], vb[1]);
-        ck_mma(S[mt][2 * np + 1], ka[mt], vb[2], vb[3]);
-      }
-    }
-  }
-}
-
-__device__ __forceinline__ float ck_gamma_h(const fla_kernel_args &a, int h) {
-#if FLA_DECAY == 1
-  return ((const float *)a.gamma)[h] * CK_LOG2E;
-#else
-  (void)a, (void)h;
-  return 0.0f;
-#endif
-}
-
-/* ------------------------------------ one chunk of output (chunk_fwd.cuh) */
-
-template <int UPD>
-__device__ __forceinline__ void ck_o_chunk(float (&S)[CK_MT][CK_NT][4], const unsigned short *Qb,
-                                           const unsigned short *Kb, const unsigned short *Vb,
-                                           const unsigned short *Ss, const float *gam, int rows,
-                                           int w, int lane, unsigned short *orow, long long ld,
-                                           int vcols, float scale) {
-  const int g = lane >> 2, q = lane & 3;
-  const int r0 = 16 * w;
-
-  /* A = Q K^T (columns up to the warp's last row), Oacc = Q S0 */
-  float acc[CK_BT / 8][4], oacc[CK_NT][4];
-#pragma unroll
-  for (int j = 0; j < CK_BT / 8; j++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) acc[j][e] = 0.0f;
-#pragma unroll
-  for (int j = 0; j < CK_NT; j++)
-#pragma unroll
-    for (int e = 0; e < 4; e++) oacc[j][e] = 0.0f;
-#pragma unroll
-  for (int kk = 0; kk < CK_KP / 16; kk++) {
-    unsigned qa[4];
-    ck_ldm4(qa, ck_smem(Qb + (r0 + (lane & 15)) * CK_LDQ + kk * 16 + (lane >> 4) * 8));
-#pragma unroll
-    for (int np = 0; np < CK_BT / 16; np++) {
-      if (np <= w) {
-        unsigned kb[4];
-        ck_ldm4(kb, ck_smem(Kb + (16 * np + (lane >> 4) * 8 + (lane & 7)) * CK_LDQ + kk * 16 +
-                            ((lane >> 3) & 1) * 8));
-        ck_mma(acc[2 * np], qa, kb[0], kb[1]);
-        ck_mma(acc[2 * np + 1], qa, kb[2], kb[3]);
-      }
-    }
-#pragma unroll
-    for (int np = 0; np < CK_NT / 2; np++) {
-      unsigned sb[4];
-      ck_ldm4t(sb, ck_smem(Ss + (kk * 16 + ((lane >> 3) & 1) * 8 + (lane & 7)) * CK_LDV +
-                           16 * np + (lane >> 4) * 8));
-      ck_mma(oacc[2 * np], qa, sb[0], sb[1]);
-      ck_mma(oacc[2 * np + 1], qa, sb[2], sb[3]);
-    }
-  }
-
-  const int rA = r0 + g, rB = r0 + g + 8;
-#if FLA_DECAY
-  const float gA = gam[rA], gB = gam[rB];
-  {
-    const float eA = exp2f(gA), eB = exp2f(gB);
-#pragma unroll
-    for (int j = 0; j < CK_NT; j++) {
-      oacc[j][0] *= eA, oacc[j][1] *= eA;
-      oacc[j][2] *= eB, oacc[j][3] *= eB;
-    }
-  }
-#endif
-  /* mask and gate A, then O += A V over the warp's causal k-steps */
-#pragma unroll
-  for (int kk = 0; kk < CK_BT / 16; kk++) {
-    if (kk <= w) {
-      unsigned af[4];
-#pragma unroll
-      for (int hf = 0; hf < 2; hf++) {
-        const int j = 2 * kk + hf;
-        const int cc = 8 * j + 2 * q;
-        float v[4];
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int r = (e < 2) ? rA : rB, col = cc + (e & 1);
-          const bool in = col <= r && r < rows;
-#if FLA_DECAY
-          const float gr = (e < 2) ? gA : gB;
-          v[e] = in ? acc[j][e] * exp2f(gr - gam[col]) : 0.0f;
-#else
-          v[e] = in ? acc[j][e] : 0.0f;
-#endif
-        }
-        af[2 * hf] = ck_pack(v[0], v[1]);
-        af[2 * hf + 1] = ck_pack(v[2], v[3]);
-      }
-      /* af = {a0a1, a2a3, a4a5, a6a7}: n-tile 2kk (rows g, g+8), then 2kk+1 */
-      unsigned afr[4] = {af[0], af[1], af[2], af[3]};
-#pragma unroll
-      for (int np = 0; np < CK_NT / 2; np++) {
-        unsigned vb[4];
-        ck_ldm4t(vb, ck_smem(Vb + (16 * kk + ((lane >> 3) & 1) * 8 + (lane & 7)) * CK_LDV +
-                             16 * np + (lane >> 4) * 8));
-        ck_mma(oacc[2 * np], afr, vb[0], vb[1]);
-        ck_mma(oacc[2 * np + 1], afr, vb[2], vb[3]);
-      }
-    }
-  }
-
-  /* store O */
-  /* store O */
-  {
-#pragma unroll
-    for (int j = 0; j < CK_NT; j++) {
-      const int col = 8 * j + 2 * q;
-#if FLA_V % 2 == 0
-      if (col < vcols) {
-        if (rA < rows)
-          *(unsigned *)(orow + rA * ld + col) = ck_pack(scale * oacc[j][0], scale * oacc[j][1]);
-        if (rB < rows)
-          *(unsigned *)(orow + rB * ld + col) = ck_pack(scale * oacc[j][2], scale * oacc[j][3]);
-      }
-#else
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int r = (e < 2) ? rA : rB, cl = col + (e & 1);
-        if (r < rows && cl < vcols) {
-          unsigned u = ck_pack(scale * oacc[j][e], 0.0f);
-          orow[r * ld + cl] = (unsigned short)(u & 0xffffu);
-        }
-      }
-#endif
-    }
-  }
-
-  /* the state leaving the chunk (UPD 0: the caller has no state) */
-  if (UPD) ck_state_update<CK_KW, CK_MT, CK_NT, CK_LDQ, CK_LDV>(S, Kb, Vb, gam, rows, w, lane);
-}
-
+//@include "chunk_out.cuh"
 
 /* ------------------------------------------------ kernel 1: W and U */
 
@@ -565,6 +375,8 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, CW_PREP_MINB) fla_wy_prep(f
   const long long c = blockIdx.x;
   if (c >= a.num_chunks) return;
   const int h = blockIdx.y;
+  /* no columns of chunk c written yet (first thing: later, at 96 registers, it spills) */
+  if (threadIdx.x == 0) cw_flags(a)[c * a.H + h] = 0u;
   const int tid = threadIdx.x, w = tid >> 5, lane = tid & 31, g = lane >> 2, q = lane & 3;
   const long long H = a.H;
   ck_chunk x;
@@ -623,7 +435,6 @@ extern "C" __global__ void __launch_bounds__(CK_NTH, CW_PREP_MINB) fla_wy_prep(f
 #if FLA_DECAY
   if (tid < CK_BT) cw_gws(a)[(c * H + h) * CK_BT + tid] = gam[tid];
 #endif
-  if (tid == 0) cw_flags(a)[c * H + h] = 0u; /* no columns of chunk c written yet */
 
   /* L = diag(beta) (P K^T .* 2^(gam_i - gam_j)), j < i: warp w rows 16w..
   ** (all 64 columns: the upper blocks' zeros are overwritten by T's), in two
@@ -1128,7 +939,7 @@ __device__ __forceinline__ void cw_seg_enter(const fla_kernel_args &a, float (&S
 ** P > 1 starts from cw_seg_enter's chained state.
 ** Shared memory: Ks, Ws [ns][64][LDQ], Us [ns][64][LDVH], Ss [KP][LDVH],
 ** Vd [64][LDVH] (over Ss's first rows when BVH > 32) bf16, gs [ns][64] f32. */
-template <int BVH, int SEG, int NW>
+template <int BVH, int SEG, int NW, int LOOPFLAGS>
 __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char *ck_sm) {
   constexpr int NTH = 32 * NW;
   constexpr int BVW = BVH * 4 / NW; /* columns a warp */
@@ -1205,7 +1016,6 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   }
   unsigned short *up = (unsigned short *)a.ws1;
   unsigned short *hws = cw_hws(a);
-  unsigned *flags = cw_flags(a) + h;
   const int veck = (FLA_K % 8 == 0) && (((a.k | a.ws0) & 15) == 0);
   const int vecv = (FLA_V % 8 == 0) && ((a.ws1 & 15) == 0);
   const int uload = !ktile;
@@ -1222,7 +1032,6 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   ck_chunk_at(a, c0, x);
 
   int buf = 0, fbuf = ns - 1; /* the stages of chunk c and of chunk cfe */
-  long long fdone = c0;         /* chunks before it have their flags set */
   for (long long c = c0; c < c1; c++) {
     const int rows = x.rows;
     if (late == 0) /* the next stage's loads (fbuf), first thing */
@@ -1267,13 +1076,12 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
     else
       cw_wait_oldest(ns);
     __syncthreads();
-    /* the flags of chunks fdone..c - 1: every thread's stores of their h[c]
-    ** and Vn are behind the barrier. One fence for CW_FLAG_EVERY chunks (a
-    ** fence a chunk costs the kernel 8%, one in 4 chunks 2%) */
-    if (!SEG && c - fdone >= CW_FLAG_EVERY) {
-      if (tid == 0) cw_flags_add(flags, fdone, c, H, vcols);
-      fdone = c;
-    }
+    /* the flags of chunks c - CW_FLAG_EVERY..c - 1 every CW_FLAG_EVERY
+    ** chunks: every thread's stores of their h[c] and Vn are behind the
+    ** barrier. One fence for them all (a fence a chunk costs the kernel 8%,
+    ** one in 4 chunks 2%) */
+    if (LOOPFLAGS && tid == 0 && c > c0 && (c - c0) % CW_FLAG_EVERY == 0)
+      cw_flags_add(cw_flags(a) + h, c - CW_FLAG_EVERY, c, H, vcols);
     if (late == 1) /* into the stage chunk c - 1 used: every warp is past it */
       cw_h_fetch_next<BVH, NTH, fast>(a, xf, cfe, c1, h, v0, vcols, veck, vecv, uload, Ks, Ws, Us, gs, fbuf, tid);
 
@@ -1390,10 +1198,31 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
   }
   if (SEG) {
     cw_state_store_ld(S, segout + cb, CW_VK, vcols - cb, wk, lane);
-  } else { /* the last chunks' flags */
+  } else if (LOOPFLAGS) { /* the last chunks' flags */
     __syncthreads();
-    if (tid == 0) cw_flags_add(flags, fdone, c1, H, vcols);
+    if (tid == 0) cw_flags_add(cw_flags(a) + h, c0 + (c1 - c0 - 1) / CW_FLAG_EVERY * CW_FLAG_EVERY, c1, H, vcols);
   }
+}
+
+/* The wide state kernel's flags (cw_flags), all at the end of its program
+** (LOOPFLAGS 0): its registers are full in the chunk loop, where flags spill
+** (delta_rule: 44 bytes). Every thread fences its own stores, a barrier, then
+** the flags of the program's chunks; the program's place is recomputed from
+** a, so nothing more stays live through the loop. The output blocks of a
+** chunk start once its programs are done, beside their tails. */
+template <int BVH>
+__device__ __forceinline__ void cw_flags_program(const fla_kernel_args &a) {
+  const int P = BVH <= 32 ? cw_segments(a) : 1; /* as cw_fwd_h */
+  const int seg = blockIdx.x / CW_NVH, n = seg / P;
+  if (n >= a.N) return;
+  long long c0, c1;
+  cw_seg_range(a, n, seg % P, P, c0, c1);
+  const int v0 = (int)(blockIdx.x % CW_NVH) * BVH;
+  const unsigned cols = (unsigned)(FLA_V - v0 < BVH ? FLA_V - v0 : BVH);
+  __threadfence();
+  __syncthreads();
+  for (long long c = c0 + threadIdx.x; c < c1; c += blockDim.x)
+    atomicAdd(cw_flags(a) + c * a.H + blockIdx.y, cols);
 }
 
 /* The segment pass takes the wide tile: K and W are loaded once for 64
@@ -1413,15 +1242,16 @@ __device__ __forceinline__ void cw_fwd_h(const fla_kernel_args &a, unsigned char
 #define CW_MINB(nw, bvh) ((nw) == 8 && (bvh) <= 32 && CK_KP <= 128 ? 2 : 1)
 extern "C" __global__ void __launch_bounds__(32 * CW_NW_SEG, CW_MINB(CW_NW_SEG, CW_SEG_BVH)) fla_wy_fwd_seg(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
-  cw_fwd_h<CW_SEG_BVH, 1, CW_NW_SEG>(a, ck_sm);
+  cw_fwd_h<CW_SEG_BVH, 1, CW_NW_SEG, 0>(a, ck_sm);
 }
 extern "C" __global__ void __launch_bounds__(32 * CW_NW_H, CW_MINB(CW_NW_H, CW_BVH32)) fla_wy_fwd_h(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
-  cw_fwd_h<CW_BVH32, 0, CW_NW_H>(a, ck_sm);
+  cw_fwd_h<CW_BVH32, 0, CW_NW_H, 1>(a, ck_sm);
 }
 extern "C" __global__ void __launch_bounds__(32 * CW_NW_H64, 1) fla_wy_fwd_h64(fla_kernel_args a) {
   extern __shared__ __align__(16) unsigned char ck_sm[];
-  cw_fwd_h<CW_BVH64, 0, CW_NW_H64>(a, ck_sm);
+  cw_fwd_h<CW_BVH64, 0, CW_NW_H64, 0>(a, ck_sm);
+  cw_flags_program<CW_BVH64>(a); /* its flags: all at the end */
 }
 
 /* ------------------------------------------------ kernel 3: the output */
