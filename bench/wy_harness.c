@@ -409,6 +409,9 @@ static int check_mode(const char *defs, int nthreads) {
       {"K256 V256 seg", 256, 256, 1, 1, {3000}, 0, 1},
       /* 48 programs: no segments, 4 stages, the output kernel beside */
       {"K128 V128 beside", 128, 128, 12, 1, {6000}, 1, 1},
+      /* over 256 narrow programs: the wide state kernel (its flags at its end) */
+      {"K128 V128 wide", 128, 128, 72, 1, {300}, 1, 1},
+      {"K64 V64 wide varlen", 64, 64, 48, 4, {200, 1, 130, 64}, 1, 1},
   };
   int fails = 0, runs = 0;
   for (int r = 0; r < 3; r++)
