@@ -43,6 +43,10 @@
 **     programs (T 6000..12000, H 2, dense and varlen, h0), where chunk_wy_fwd
 **     cuts sequences into segments (asserted from its launches). Summary line
 **     "gpu_ops_wy_segments:".
+**   - "state regimes": the same recipes at H 6, 12 and 48, where the state
+**     kernel runs unsegmented with the output kernel launched early beside
+**     it: alone on its SMs, sharing them, and the wide kernel (asserted from
+**     the launches). Summary line "gpu_ops_wy_regimes:".
 **
 ** Forward times: tools/fla_bench.c (fla-bench --device cuda).
 **
@@ -742,9 +746,9 @@ static const gcase wy_segment_cases_[] = {
     {6000, 100, 100, 1, FLA_BF16, FLA_ALGO_AUTO, 2},  /* 2 */
 };
 
-/* 1 when the chunk_wy_fwd launches of case c (default tiles) run the
-** segment pass (launch 1, gen/stage_chunk_wy.c). */
-static int wy_takes_segments_(const fla_recipe *r, const fla_op_config *cfg, const gcase *c) {
+/* The chunk_wy_fwd launches of case c (default tiles) into L; their count. */
+static int wy_launches_(const fla_recipe *r, const fla_op_config *cfg, const gcase *c,
+                        fla_kernel_launch *L) {
   fla_gen_key key;
   fla_gen_key_from_ir(fla_recipe_ir(r), (int)cfg->K, (int)cfg->V, 1, c->h0, 1, &key);
   int64_t N = c->nseqs ? c->nseqs : cfg->B;
@@ -753,9 +757,15 @@ static int wy_takes_segments_(const fla_recipe *r, const fla_op_config *cfg, con
   a.N = (int32_t)N, a.H = (int32_t)cfg->H, a.total = cfg->B * cfg->T;
   /* chunks: at most one partial chunk a sequence more than the dense count */
   a.num_chunks = (int32_t)(c->nseqs ? (cfg->T + 63) / 64 + N - 1 : N * ((cfg->T + 63) / 64));
+  memset(L, 0, sizeof *L * FLA_STAGE_MAX_KERNELS);
+  return fla_stage_launches(FLA_STAGE_CHUNK_WY_FWD, &key, NULL, &a, L);
+}
+
+/* 1 when the chunk_wy_fwd launches of case c (default tiles) run the
+** segment pass (launch 1, gen/stage_chunk_wy.c). */
+static int wy_takes_segments_(const fla_recipe *r, const fla_op_config *cfg, const gcase *c) {
   fla_kernel_launch L[FLA_STAGE_MAX_KERNELS];
-  int n = fla_stage_launches(FLA_STAGE_CHUNK_WY_FWD, &key, NULL, &a, L);
-  return n == 5 && L[1].grid[0] > 0;
+  return wy_launches_(r, cfg, c, L) == 5 && L[1].grid[0] > 0;
 }
 
 START_TEST(test_wy_segments) {
@@ -780,6 +790,61 @@ START_TEST(test_wy_segments) {
   if (sum.runs)
     printf("gpu_ops_wy_segments: %-16s %d runs  max rel RMS o %.2e ht %.2e  PASS\n", name, sum.runs,
            sum.max_o, sum.max_ht);
+  fla_recipe_free(r);
+  fla_ctx_free(g);
+  fla_ctx_free(h);
+}
+END_TEST
+
+/* The state kernel's regimes without segments (gen/stage_chunk_wy.c), each
+** with the output kernel launched early beside it: 0: 33..64 narrow
+** programs, 4 stages, a state block alone on its SM (the output kernel on the
+** free SMs); 1: 65..256, 2 stages, an output block fits beside a state block;
+** 2: over 256, the wide kernel, which sets its flags at its end. The regime
+** is asserted from the launches. */
+static const struct {
+  int64_t heads;
+  gcase c;
+  int regime;
+} wy_regime_cases_[] = {
+    {6, {600, 128, 128, 1, FLA_BF16, FLA_ALGO_AUTO, 0}, 0},  /* 4 x 2 x 6 = 48 programs */
+    {12, {500, 128, 128, 0, FLA_BF16, FLA_ALGO_AUTO, 3}, 1}, /* 4 x 3 x 12 = 144 */
+    {48, {300, 128, 128, 1, FLA_BF16, FLA_ALGO_AUTO, 0}, 2}, /* 4 x 2 x 48 = 384 */
+};
+
+static int wy_regime_(const fla_kernel_launch *L) {
+  if (L[1].grid[0] > 0) return -1; /* segments */
+  if (L[3].grid[0] > 0) return 2;
+  return L[2].smem + L[4].smem > 227 * 1024 ? 0 : 1;
+}
+
+START_TEST(test_wy_state_regimes) {
+  const char *name = recipes[_i];
+  fla_ctx *h = cpu_ctx(), *g = gpu_ctx();
+  fla_recipe *r = find_(h, name);
+  recipe_summary sum;
+  memset(&sum, 0, sizeof sum);
+  int n = (int)(sizeof wy_regime_cases_ / sizeof wy_regime_cases_[0]);
+  for (int i = 0; i < n; i++) {
+    const gcase *c = &wy_regime_cases_[i].c;
+    heads_ = wy_regime_cases_[i].heads;
+    fla_op_config cfg = config_(r, c);
+    fla_op *op = NULL;
+    ck_assert_msg(fla_op_bind(g, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(g));
+    int stage = fla_cuda_op_core_stage(op, FLA_BF16, c->h0, 1);
+    fla_op_free(op);
+    if (stage != FLA_STAGE_CHUNK_WY_FWD) break;
+    fla_kernel_launch L[FLA_STAGE_MAX_KERNELS];
+    ck_assert_int_eq(wy_launches_(r, &cfg, c, L), 5);
+    ck_assert_msg(wy_regime_(L) == wy_regime_cases_[i].regime, "%s case %d: regime %d, not %d", name, i,
+                  wy_regime_(L), wy_regime_cases_[i].regime);
+    ck_assert_uint_eq(L[4].early, 1);
+    run_case_(h, g, name, r, c, 8500u + (uint64_t)i, &sum);
+  }
+  heads_ = 0;
+  if (sum.runs)
+    printf("gpu_ops_wy_regimes: %-16s %d runs (H = 6, 12, 48)  max rel RMS o %.2e ht %.2e  PASS\n", name,
+           sum.runs, sum.max_o, sum.max_ht);
   fla_recipe_free(r);
   fla_ctx_free(g);
   fla_ctx_free(h);
@@ -1124,6 +1189,7 @@ static Suite *gpu_suite(void) {
   tcase_add_loop_test(fwd, test_recipe_forward, 0, nrecipes);
   tcase_add_loop_test(fwd, test_gk_many_heads, 0, nrecipes);
   tcase_add_loop_test(fwd, test_wy_segments, 0, nrecipes);
+  tcase_add_loop_test(fwd, test_wy_state_regimes, 0, nrecipes);
   tcase_add_loop_test(fwd, test_gk_wide_keys, 0, nrecipes);
   suite_add_tcase(s, fwd);
   TCase *bwd = tcase_create("backward");
