@@ -239,12 +239,7 @@ static int launch(const variant *v, fla_kernel_args *a, CUstream s, CUevent *ev,
       continue;
     }
     if (early && L[i].early && cu->cuLaunchKernelEx) { /* as fla_cuda_launch: PDL */
-      fla_cuda_launch_attr at;
-      memset(&at, 0, sizeof at);
-      at.id = FLA_CUDA_ATTR_PDL, at.v.value = 1;
-      fla_cuda_launch_config lc = {L[i].grid[0], L[i].grid[1], L[i].grid[2], L[i].block[0],
-                                   L[i].block[1], L[i].block[2], L[i].smem, s, &at, 1};
-      CK(cu->cuLaunchKernelEx(&lc, v->fn[f], params, NULL));
+      CK(fla_cuda_launch_early(cu, v->fn[f], L[i].grid, L[i].block, L[i].smem, s, params));
     } else {
       CK(cu->cuLaunchKernel(v->fn[f], L[i].grid[0], L[i].grid[1], L[i].grid[2], L[i].block[0],
                             L[i].block[1], L[i].block[2], L[i].smem, s, params, NULL));

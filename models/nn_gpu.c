@@ -155,9 +155,8 @@ fla_status nn_gpu_init(nn_gpu *g, fla_ctx *ctx, fla_dtype wdt) {
   g->gemv_rows = gr && atoi(gr) >= 1 && atoi(gr) <= 8 ? atoi(gr) : 1;
   const char *gk = getenv("FLA_GPU_GEMVK");
   g->gemvk_off = gk && gk[0] == '0';
-  /* programmatic dependent launch: sm_90 on, unless $FLA_GPU_PDL=0 */
-  const char *pd = getenv("FLA_GPU_PDL");
-  g->pdl = info && info->cc_major >= 9 && !(pd && pd[0] == '0') && fla_cuda_driver_api()->cuLaunchKernelEx;
+  /* programmatic dependent launch: sm_90 on, unless $FLA_GPU_PDL=0 (the context's rule) */
+  g->pdl = fla_cuda_ctx_early(ctx);
   pthread_once(&cublas_once_, cublas_load_);
   if (!cublas_ok_) return gl_fail(g, FLA_UNSUPPORTED, "%s", cublas_err_);
   if (cublas_.create(&g->cublas) != 0) return gl_fail(g, FLA_ERROR, "cublasCreate failed");
@@ -251,11 +250,8 @@ static void launch_smem_(nn_gpu *g, int k, unsigned gx, unsigned gy, unsigned bl
   const fla_cuda_driver *d = fla_cuda_driver_api();
   CUresult r;
   if (g->pdl && pdl_kernel_(k)) {
-    fla_cuda_launch_attr at;
-    memset(&at, 0, sizeof at);
-    at.id = FLA_CUDA_ATTR_PDL, at.v.value = 1;
-    fla_cuda_launch_config lc = {gx, gy, 1, block, 1, 1, smem, (CUstream)g->stream, &at, 1};
-    r = d->cuLaunchKernelEx(&lc, (CUfunction)g->fn[k], params, NULL);
+    const unsigned grid[3] = {gx, gy, 1}, blk[3] = {block, 1, 1};
+    r = fla_cuda_launch_early(d, (CUfunction)g->fn[k], grid, blk, smem, (CUstream)g->stream, params);
   } else {
     r = d->cuLaunchKernel((CUfunction)g->fn[k], gx, gy, 1, block, 1, 1, smem, (CUstream)g->stream, params, NULL);
   }

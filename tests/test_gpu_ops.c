@@ -699,6 +699,16 @@ START_TEST(test_recipe_forward) {
 }
 END_TEST
 
+/* The core forward stage the GPU context g binds for recipe r under cfg
+** (bf16, ht stored), with or without h0. */
+static int core_stage_(fla_ctx *g, const fla_recipe *r, const fla_op_config *cfg, int h0) {
+  fla_op *op = NULL;
+  ck_assert_msg(fla_op_bind(g, r, cfg, &op) == FLA_OK, "%s", fla_errmsg(g));
+  int stage = fla_cuda_op_core_stage(op, FLA_BF16, h0, 1);
+  fla_op_free(op);
+  return stage;
+}
+
 /* Enough (sequence, head) programs that chunk_gk_fwd walks whole sequences
 ** in one state pass (no block fold): the cases above, with H = 2, always
 ** take the blocked path. Recipes whose core is another stage are skipped. */
@@ -714,10 +724,7 @@ START_TEST(test_gk_many_heads) {
   fla_recipe *r = find_(h, name);
   heads_ = 48;
   fla_op_config cfg = config_(r, &many_heads_cases_[0]);
-  fla_op *op = NULL;
-  ck_assert_msg(fla_op_bind(g, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(g));
-  int stage = fla_cuda_op_core_stage(op, FLA_BF16, 1, 1);
-  fla_op_free(op);
+  int stage = core_stage_(g, r, &cfg, 1);
   recipe_summary sum;
   memset(&sum, 0, sizeof sum);
   if (stage == FLA_STAGE_CHUNK_GK_FWD) {
@@ -778,10 +785,7 @@ START_TEST(test_wy_segments) {
   for (int i = 0; i < n; i++) {
     const gcase *c = &wy_segment_cases_[i];
     fla_op_config cfg = config_(r, c);
-    fla_op *op = NULL;
-    ck_assert_msg(fla_op_bind(g, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(g));
-    int stage = fla_cuda_op_core_stage(op, FLA_BF16, c->h0, 1);
-    fla_op_free(op);
+    int stage = core_stage_(g, r, &cfg, c->h0);
     if (stage != FLA_STAGE_CHUNK_WY_FWD) break;
     ck_assert_msg(wy_takes_segments_(r, &cfg, c), "%s case %d: no segments under the default tiles",
                   name, i);
@@ -829,10 +833,7 @@ START_TEST(test_wy_state_regimes) {
     const gcase *c = &wy_regime_cases_[i].c;
     heads_ = wy_regime_cases_[i].heads;
     fla_op_config cfg = config_(r, c);
-    fla_op *op = NULL;
-    ck_assert_msg(fla_op_bind(g, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(g));
-    int stage = fla_cuda_op_core_stage(op, FLA_BF16, c->h0, 1);
-    fla_op_free(op);
+    int stage = core_stage_(g, r, &cfg, c->h0);
     if (stage != FLA_STAGE_CHUNK_WY_FWD) break;
     fla_kernel_launch L[FLA_STAGE_MAX_KERNELS];
     ck_assert_int_eq(wy_launches_(r, &cfg, c, L), 5);
@@ -861,10 +862,7 @@ START_TEST(test_gk_wide_keys) {
   memset(&sum, 0, sizeof sum);
   for (int i = 0; i < NWIDE; i++) {
     fla_op_config cfg = config_(r, &wide_cases_[i]);
-    fla_op *op = NULL;
-    ck_assert_msg(fla_op_bind(g, r, &cfg, &op) == FLA_OK, "%s", fla_errmsg(g));
-    int stage = fla_cuda_op_core_stage(op, FLA_BF16, wide_cases_[i].h0, 1);
-    fla_op_free(op);
+    int stage = core_stage_(g, r, &cfg, wide_cases_[i].h0);
     if (must_take_gk_(name))
       ck_assert_msg(stage == FLA_STAGE_CHUNK_GK_FWD, "%s K=%lld V=%lld: core stage %d, not chunk_gk_fwd",
                     name, (long long)cfg.K, (long long)cfg.V, stage);

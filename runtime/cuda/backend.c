@@ -41,6 +41,8 @@ struct fla_cuda_ctx {
   void *host;              /* host staging buffer */
   size_t host_bytes;
   int defer_sync;          /* fla_cuda_set_defer_sync */
+  int early;               /* launches marked early go with programmatic dependent launch:
+                           ** sm_90 or later, cuLaunchKernelEx, $FLA_GPU_PDL not 0 */
 };
 
 /* ----------------------------------------------------------------- errors */
@@ -130,6 +132,8 @@ fla_status fla_cuda_ctx_open(fla_ctx *ctx, char *err, size_t errlen) {
     free(c);
     return FLA_NODEVICE;
   }
+  const char *pd = getenv("FLA_GPU_PDL");
+  c->early = c->info.cc_major >= 9 && c->d->cuLaunchKernelEx && !(pd && pd[0] == '0');
   const char *step = NULL;
   CUresult r;
   if ((r = c->d->cuDeviceGet(&c->dev, ordinal)) != CUDA_SUCCESS) step = "cuDeviceGet";
@@ -269,6 +273,8 @@ const fla_cuda_device_info *fla_cuda_ctx_info(const fla_ctx *ctx) {
   return ctx && ctx->cuda ? &ctx->cuda->info : NULL;
 }
 
+int fla_cuda_ctx_early(const fla_ctx *ctx) { return ctx && ctx->cuda && ctx->cuda->early; }
+
 /* --------------------------------------------------------------- modules */
 
 fla_status fla_cuda_get_kernels(fla_ctx *ctx, const char *name, const char *source,
@@ -329,13 +335,6 @@ fla_status fla_cuda_get_kernels(fla_ctx *ctx, const char *name, const char *sour
   return FLA_OK;
 }
 
-/* Whether a launch marked early goes with programmatic dependent launch:
-** sm_90 or later, cuLaunchKernelEx in the driver, $FLA_GPU_PDL not 0. */
-static int early_launch_(const struct fla_cuda_ctx *c) {
-  const char *pd = getenv("FLA_GPU_PDL");
-  return c->info.cc_major >= 9 && c->d->cuLaunchKernelEx && !(pd && pd[0] == '0');
-}
-
 fla_status fla_cuda_launch(fla_ctx *ctx, CUfunction fn, const fla_kernel_launch *l,
                            fla_kernel_args *args) {
   fla_status st = enter_(ctx);
@@ -357,13 +356,8 @@ fla_status fla_cuda_launch(fla_ctx *ctx, CUfunction fn, const fla_kernel_launch 
   }
   void *params[1] = {args};
   CUresult r;
-  if (l->early && early_launch_(c)) {
-    fla_cuda_launch_attr at;
-    memset(&at, 0, sizeof at);
-    at.id = FLA_CUDA_ATTR_PDL, at.v.value = 1;
-    fla_cuda_launch_config lc = {l->grid[0], l->grid[1], l->grid[2], l->block[0], l->block[1],
-                                 l->block[2], l->smem, c->stream, &at, 1};
-    r = c->d->cuLaunchKernelEx(&lc, fn, params, NULL);
+  if (l->early && c->early) {
+    r = fla_cuda_launch_early(c->d, fn, l->grid, l->block, l->smem, c->stream, params);
   } else {
     r = c->d->cuLaunchKernel(fn, l->grid[0], l->grid[1], l->grid[2], l->block[0], l->block[1],
                              l->block[2], l->smem, c->stream, params, NULL);

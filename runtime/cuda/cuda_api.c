@@ -144,6 +144,16 @@ const fla_cuda_driver *fla_cuda_driver_api(void) {
   return driver_ok ? &driver_table : NULL;
 }
 
+CUresult fla_cuda_launch_early(const fla_cuda_driver *d, CUfunction f, const unsigned g[3],
+                               const unsigned b[3], unsigned smem, CUstream s, void **params) {
+  if (!d || !d->cuLaunchKernelEx) return CUDA_ERROR_NOT_SUPPORTED;
+  fla_cuda_launch_attr at;
+  memset(&at, 0, sizeof at);
+  at.id = FLA_CUDA_ATTR_PDL, at.v.value = 1;
+  fla_cuda_launch_config lc = {g[0], g[1], g[2], b[0], b[1], b[2], smem, s, &at, 1};
+  return d->cuLaunchKernelEx(&lc, f, params, NULL);
+}
+
 const char *fla_cuda_result_str(CUresult r) {
   static _Thread_local char buf[256];
   const char *name = NULL, *str = NULL;

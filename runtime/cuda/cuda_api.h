@@ -29,6 +29,7 @@ typedef struct CUevent_st *CUevent;
 #define CUDA_SUCCESS 0
 #define CUDA_ERROR_NOT_INITIALIZED 3
 #define CUDA_ERROR_NO_DEVICE 100
+#define CUDA_ERROR_NOT_SUPPORTED 801
 
 /* CUdevice_attribute values used by fla_cuda_device_query. */
 #define CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK 1
@@ -205,6 +206,13 @@ void *fla_nvrtc_try_load(const char *const *candidates, int n, fla_nvrtc_api *ap
 ** driver's own strings when it is loaded ("CUresult 2" otherwise). Returns a
 ** pointer to a thread-local buffer. */
 const char *fla_cuda_result_str(CUresult r);
+
+/* cuLaunchKernelEx with programmatic stream serialization (FLA_CUDA_ATTR_PDL):
+** kernel f on grid g[3] and block b[3] may start once every block of the
+** kernel before it on stream s has run griddepcontrol.launch_dependents.
+** The driver's result; CUDA_ERROR_NOT_SUPPORTED when it lacks cuLaunchKernelEx. */
+CUresult fla_cuda_launch_early(const fla_cuda_driver *d, CUfunction f, const unsigned g[3],
+                               const unsigned b[3], unsigned smem, CUstream s, void **params);
 
 /* --------------------------------------------------------- device queries */
 

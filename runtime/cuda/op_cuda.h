@@ -39,6 +39,11 @@ int fla_cuda_defer_sync(const fla_ctx *ctx);
 /* The device the context runs on; NULL for a context that is not CUDA. */
 const fla_cuda_device_info *fla_cuda_ctx_info(const fla_ctx *ctx);
 
+/* 1 when the context launches kernels marked early with programmatic
+** dependent launch (sm_90 or later, the driver has cuLaunchKernelEx,
+** $FLA_GPU_PDL is not 0 at context creation); 0 otherwise or not CUDA. */
+int fla_cuda_ctx_early(const fla_ctx *ctx);
+
 /* The functions names[0..n) of the module compiled from `source` (module
 ** `name` in the on-disk cache of runtime/cuda/modcache.h, for the device's
 ** arch). Modules are loaded once per context, keyed by a hash of
